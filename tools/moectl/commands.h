@@ -1,0 +1,21 @@
+// moectl subcommands. Each Register* adds one subcommand (with its flags and --help) to the app;
+// the subcommand's callback runs the command and throws CLI::RuntimeError(exit_code) after printing
+// a message to stderr on failure, so every error is a clear message and a non-zero exit.
+#ifndef MOE_TOOLS_MOECTL_COMMANDS_H_
+#define MOE_TOOLS_MOECTL_COMMANDS_H_
+
+#include "CLI/CLI.hpp"
+
+namespace moe::moectl {
+
+void RegisterMakeModelCommand(CLI::App& app);  // make_model_command.cc
+void RegisterTokenizeCommand(CLI::App& app);   // tokenize_command.cc
+void RegisterLogitsCommand(CLI::App& app);     // logits_command.cc
+void RegisterGenerateCommand(CLI::App& app);   // generate_command.cc
+
+// Prints "moectl <command>: <message>" to stderr and throws CLI::RuntimeError(exit_code).
+[[noreturn]] void Fail(const std::string& command, const std::string& message, int exit_code = 1);
+
+}  // namespace moe::moectl
+
+#endif  // MOE_TOOLS_MOECTL_COMMANDS_H_

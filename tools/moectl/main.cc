@@ -1,0 +1,25 @@
+// moectl: the user and operator CLI (DESIGN.md §3).
+#include <iostream>
+
+#include "CLI/CLI.hpp"
+#include "tools/moectl/commands.h"
+
+namespace moe::moectl {
+
+void Fail(const std::string& command, const std::string& message, int exit_code) {
+  std::cerr << "moectl " << command << ": " << message << std::endl;
+  throw CLI::RuntimeError(exit_code);
+}
+
+}  // namespace moe::moectl
+
+int main(int argc, char** argv) {
+  CLI::App app{"moectl: make models, tokenize, run and operate the Qwen3-MoE serving cluster"};
+  app.require_subcommand(1);
+  moe::moectl::RegisterMakeModelCommand(app);
+  moe::moectl::RegisterTokenizeCommand(app);
+  moe::moectl::RegisterLogitsCommand(app);
+  moe::moectl::RegisterGenerateCommand(app);
+  CLI11_PARSE(app, argc, argv);
+  return 0;
+}
