@@ -1,0 +1,70 @@
+// Token sampling exactly as transformers' generate does it (../shared/QWEN3_MOE.md §6): the
+// processors in transformers' order on fp32 logits, then argmax (greedy) or a draw from the
+// softmax. The random stream is this project's own (documented in sampler.cc) and depends only on
+// (seed, step index), so a request's output is reproducible and independent of batching.
+#ifndef MOE_COMMON_ENGINE_SAMPLER_H_
+#define MOE_COMMON_ENGINE_SAMPLER_H_
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/model/config.h"
+
+namespace moe::engine {
+
+// Resolved sampling parameters of one request. Use Resolve() to fill unset fields from the
+// model's generation_config.
+struct SamplingParams {
+  double temperature = 1.0;     // 0 means greedy
+  int64_t top_k = 0;            // 0 or -1: disabled
+  double top_p = 1.0;           // (0, 1]
+  double min_p = 0.0;           // [0, 1]; 0 disabled
+  double repetition_penalty = 1.0;  // > 0
+  uint64_t seed = 0;
+  bool greedy() const { return temperature == 0.0; }
+};
+
+// Optional overrides from a request; unset fields take the generation_config defaults. If the
+// generation_config has do_sample=false, the default temperature is 0 (greedy).
+struct SamplingOverrides {
+  std::optional<double> temperature;
+  std::optional<int64_t> top_k;
+  std::optional<double> top_p;
+  std::optional<double> min_p;
+  std::optional<double> repetition_penalty;
+  std::optional<uint64_t> seed;
+};
+// INVALID_ARGUMENT naming the field for: temperature < 0 or NaN, top_p outside (0, 1], top_k < -1,
+// min_p outside [0, 1], repetition_penalty <= 0 or NaN.
+absl::StatusOr<SamplingParams> ResolveSamplingParams(const SamplingOverrides& overrides,
+                                                     const model::GenerationConfig& defaults);
+
+struct SampleResult {
+  int32_t token_id = 0;
+  float logprob = 0.0f;  // log_softmax of the raw (unprocessed) fp32 logits at token_id
+};
+
+// A top-n entry of the raw distribution.
+struct TokenLogprob {
+  int32_t token_id = 0;
+  float logprob = 0.0f;
+};
+
+class Sampler {
+ public:
+  // Samples from `logits` ([vocab] fp32, the bf16 lm_head output upcast). `context` is prompt +
+  // generated ids (for the repetition penalty). `step` is the index of the token being generated
+  // (0 for the first) and keys the random draw. Pure function of its arguments.
+  static SampleResult Sample(std::span<const float> logits, std::span<const int32_t> context,
+                             const SamplingParams& params, uint64_t step);
+
+  // The n most likely tokens of the raw distribution, descending (ties: lower id first).
+  static std::vector<TokenLogprob> TopLogprobs(std::span<const float> logits, int n);
+};
+
+}  // namespace moe::engine
+
+#endif  // MOE_COMMON_ENGINE_SAMPLER_H_
