@@ -18,3 +18,17 @@ function(moe_add_test name)
                ENVIRONMENT "MOE_SOURCE_DIR=${CMAKE_SOURCE_DIR};MOE_BINARY_DIR=${CMAKE_BINARY_DIR}"
     DISCOVERY_TIMEOUT 60)
 endfunction()
+
+# moe_add_script_test(NAME COMMAND cmd args... LABELS label... [TIMEOUT s] [DEPENDS target...])
+# Registers a non-gtest test (a shell or Python script) with a label. The command runs from the
+# source dir with MOE_SOURCE_DIR/MOE_BINARY_DIR set; exit 0 is a pass, 77 a skip.
+function(moe_add_script_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "COMMAND;LABELS;DEPENDS" ${ARGN})
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 300)
+  endif()
+  add_test(NAME ${name} COMMAND ${ARG_COMMAND} WORKING_DIRECTORY ${CMAKE_SOURCE_DIR})
+  set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+    SKIP_RETURN_CODE 77
+    ENVIRONMENT "MOE_SOURCE_DIR=${CMAKE_SOURCE_DIR};MOE_BINARY_DIR=${CMAKE_BINARY_DIR}")
+endfunction()
