@@ -1,0 +1,267 @@
+#include "common/engine/engine.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "common/status/status_macros.h"
+
+namespace moe::engine {
+namespace {
+
+constexpr int32_t kAttentionPeer = 0;
+constexpr int32_t kFirstExpertPeer = 1000;
+constexpr int kMaxTopLogprobs = 20;
+
+}  // namespace
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNone: return "none";
+    case FinishReason::kStop: return "stop";
+    case FinishReason::kLength: return "length";
+    case FinishReason::kAbort: return "abort";
+    case FinishReason::kError: return "error";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string& model_dir,
+                                                               const EngineOptions& options,
+                                                               int num_expert_shards) {
+  std::unique_ptr<Engine> engine(new Engine());
+  engine->options_ = options;
+  ASSIGN_OR_RETURN(engine->config_, model::ModelConfig::FromFile(model_dir + "/config.json"));
+  ASSIGN_OR_RETURN(engine->generation_config_,
+                   model::GenerationConfig::FromModelDir(model_dir, engine->config_));
+  const model::ModelConfig& config = engine->config_;
+  ASSIGN_OR_RETURN(engine->checkpoint_, model::Checkpoint::Open(model_dir));
+  ASSIGN_OR_RETURN(engine->dense_, model::LoadDenseWeights(*engine->checkpoint_, config));
+
+  if (config.IsMoe()) {
+    if (num_expert_shards < 1 || num_expert_shards > config.num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat("num_expert_shards must be in [1, ",
+                                                     config.num_experts, "], got ", num_expert_shards));
+    }
+    std::vector<int32_t> peers;
+    for (int w = 0; w < num_expert_shards; ++w) {
+      const ExpertRange range = ExpertPlacement::RangeOf(config.num_experts, num_expert_shards, w);
+      ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(*engine->checkpoint_, config, range.first,
+                                                          range.count));
+      engine->expert_blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
+      const int32_t peer = kFirstExpertPeer + w;
+      peers.push_back(peer);
+      engine->expert_servers_.push_back(std::make_unique<ExpertServer>(
+          engine->expert_blocks_.back().get(), engine->hub_.Endpoint(peer)));
+      engine->expert_servers_.back()->Start();
+    }
+    engine->dispatcher_ = std::make_unique<MoeDispatcher>(
+        engine->hub_.Endpoint(kAttentionPeer), ExpertPlacement(config.num_experts, peers),
+        config.hidden_size, options.moe_timeout);
+  }
+
+  engine->max_model_len_ = options.max_model_len > 0
+                                ? std::min(options.max_model_len, config.max_position_embeddings)
+                                : config.max_position_embeddings;
+  int64_t num_blocks = options.num_kv_blocks;
+  if (num_blocks <= 0) {
+    num_blocks = options.kv_cache_bytes / KvCache::BytesPerBlock(config, options.kv_block_size);
+  }
+  if (num_blocks < 1) return absl::InvalidArgumentError("the KV cache holds no block");
+  engine->kv_cache_ = std::make_unique<KvCache>(config, options.kv_block_size,
+                                                static_cast<int32_t>(num_blocks));
+  engine->attention_ = std::make_unique<AttentionBlock>(config, engine->dense_.get(),
+                                                        engine->kv_cache_.get(),
+                                                        engine->dispatcher_.get());
+  engine->scheduler_ = std::make_unique<Scheduler>(
+      SchedulerOptions{options.max_num_seqs, options.max_step_tokens, options.kv_block_size},
+      &engine->kv_cache_->pool());
+  return engine;
+}
+
+Engine::~Engine() {
+  for (auto& server : expert_servers_) server->Stop();
+}
+
+absl::Status Engine::AddRequest(GenerationRequest request) {
+  if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: must not be empty");
+  for (int32_t id : request.prompt) {
+    if (id < 0 || id >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt: token id ", id,
+                                                     " is outside the vocabulary [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+  }
+  const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
+  if (prompt_len >= max_model_len_) {
+    return absl::InvalidArgumentError(absl::StrCat("prompt: ", prompt_len,
+                                                   " tokens leave no room to generate in the context of ",
+                                                   max_model_len_, " tokens"));
+  }
+  if (request.max_new_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_new_tokens: must be >= 1, got ", request.max_new_tokens));
+  }
+  if (request.min_new_tokens < 0) {
+    return absl::InvalidArgumentError("min_new_tokens: must be >= 0");
+  }
+  if (request.top_logprobs < 0 || request.top_logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("top_logprobs: must be in [0, ", kMaxTopLogprobs,
+                                                   "], got ", request.top_logprobs));
+  }
+  for (int32_t id : request.stop_token_ids) {
+    if (id < 0 || id >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("stop_token_ids: ", id, " is out of range"));
+    }
+  }
+  if (sequences_.contains(request.id)) {
+    return absl::AlreadyExistsError(absl::StrCat("request id ", request.id, " is already running"));
+  }
+  const int64_t total = std::min(prompt_len + request.max_new_tokens, max_model_len_);
+  if (KvCacheBlockPool::BlocksFor(total, options_.kv_block_size) > kv_cache_->pool().num_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request needs ", total, " tokens of KV cache; this worker holds ",
+        int64_t{kv_cache_->pool().num_blocks()} * options_.kv_block_size));
+  }
+  auto seq = std::make_unique<Sequence>();
+  seq->tokens = request.prompt;
+  seq->request = std::move(request);
+  seq->sched.id = next_sched_id_++;
+  seq->sched.num_tokens = prompt_len;
+  Sequence* raw = seq.get();
+  by_sched_id_[raw->sched.id] = raw;
+  sequences_[raw->request.id] = std::move(seq);
+  scheduler_->Enqueue(&raw->sched);
+  return absl::OkStatus();
+}
+
+void Engine::Cancel(const std::string& request_id) {
+  auto it = sequences_.find(request_id);
+  if (it != sequences_.end()) it->second->cancelled = true;
+}
+
+bool Engine::IsStopToken(const Sequence& seq, int32_t token) const {
+  const auto& stops = seq.request.stop_token_ids;
+  if (std::find(stops.begin(), stops.end(), token) != stops.end()) return true;
+  if (seq.request.ignore_eos) return false;
+  const auto& eos = generation_config_.eos_token_ids;
+  return std::find(eos.begin(), eos.end(), token) != eos.end();
+}
+
+void Engine::Finish(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
+                    const std::string& error) {
+  if (events->empty() || events->back().request_id != seq->request.id ||
+      events->back().finish_reason != FinishReason::kNone) {
+    TokenEvent event;
+    event.request_id = seq->request.id;
+    events->push_back(std::move(event));
+  }
+  TokenEvent& last = events->back();
+  last.finish_reason = reason;
+  last.error = error;
+  last.prompt_tokens = static_cast<int64_t>(seq->request.prompt.size());
+  last.completion_tokens = seq->num_generated;
+  scheduler_->Remove(&seq->sched);
+  by_sched_id_.erase(seq->sched.id);
+  sequences_.erase(seq->request.id);  // destroys seq
+}
+
+std::vector<TokenEvent> Engine::Step() {
+  std::vector<TokenEvent> events;
+  // Cancellations take effect before planning, so a cancelled sequence frees its blocks this step.
+  std::vector<Sequence*> cancelled;
+  for (auto& [id, seq] : sequences_) {
+    if (seq->cancelled) cancelled.push_back(seq.get());
+  }
+  for (Sequence* seq : cancelled) Finish(seq, FinishReason::kAbort, &events);
+
+  std::vector<ScheduledSequence*> preempted;
+  std::vector<PlannedSegment> plan = scheduler_->Plan(&preempted);
+  if (plan.empty()) return events;
+  ++step_;
+
+  std::vector<BatchSegment> segments;
+  segments.reserve(plan.size());
+  for (const PlannedSegment& p : plan) {
+    Sequence* seq = by_sched_id_.at(p.seq->id);
+    segments.push_back(BatchSegment{seq->tokens.data() + p.start_pos, p.num_tokens, p.start_pos,
+                                    &p.seq->blocks, p.completes});
+  }
+  std::vector<float> logits;
+  absl::Status status = attention_->Forward(step_, segments, &logits);
+  if (!status.ok()) {
+    for (const PlannedSegment& p : plan) {
+      Finish(by_sched_id_.at(p.seq->id), FinishReason::kError, &events, status.ToString());
+    }
+    return events;
+  }
+
+  const int64_t vocab = config_.vocab_size;
+  int64_t row = 0;
+  std::vector<Sequence*> done;
+  for (const PlannedSegment& p : plan) {
+    Sequence* seq = by_sched_id_.at(p.seq->id);
+    seq->sched.num_computed += p.num_tokens;
+    if (!p.completes) continue;
+    std::span<float> row_logits(logits.data() + row * vocab, static_cast<size_t>(vocab));
+    ++row;
+    TokenEvent event;
+    event.request_id = seq->request.id;
+    if (seq->request.top_logprobs > 0) {
+      event.top_logprobs = Sampler::TopLogprobs(row_logits, seq->request.top_logprobs);
+    }
+    if (seq->num_generated < seq->request.min_new_tokens && !seq->request.ignore_eos) {
+      for (int64_t eos : generation_config_.eos_token_ids) {
+        if (eos >= 0 && eos < vocab) row_logits[eos] = -std::numeric_limits<float>::infinity();
+      }
+    }
+    const SampleResult sample = Sampler::Sample(row_logits, seq->tokens, seq->request.sampling,
+                                                static_cast<uint64_t>(seq->num_generated));
+    event.token_id = sample.token_id;
+    event.logprob = sample.logprob;
+    seq->tokens.push_back(sample.token_id);
+    seq->num_generated += 1;
+    seq->sched.num_tokens += 1;
+    events.push_back(std::move(event));
+    if (IsStopToken(*seq, sample.token_id)) {
+      Finish(seq, FinishReason::kStop, &events);
+    } else if (seq->num_generated >= seq->request.max_new_tokens ||
+               static_cast<int64_t>(seq->tokens.size()) >= max_model_len_) {
+      Finish(seq, FinishReason::kLength, &events);
+    }
+  }
+  return events;
+}
+
+absl::StatusOr<std::vector<float>> Engine::PromptLogits(const std::vector<int32_t>& prompt) {
+  if (prompt.empty()) return absl::InvalidArgumentError("ids: must not be empty");
+  for (int32_t id : prompt) {
+    if (id < 0 || id >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("ids: token id ", id,
+                                                     " is outside the vocabulary [0, ",
+                                                     config_.vocab_size, ")"));
+    }
+  }
+  const int64_t n = static_cast<int64_t>(prompt.size());
+  if (n > max_model_len_) {
+    return absl::InvalidArgumentError(absl::StrCat("ids: ", n, " tokens exceed the context length ",
+                                                   max_model_len_));
+  }
+  std::vector<int32_t> blocks;
+  RETURN_IF_ERROR(kv_cache_->pool().Allocate(
+      KvCacheBlockPool::BlocksFor(n, options_.kv_block_size), &blocks));
+  std::vector<float> logits;
+  std::vector<float> chunk_logits;
+  absl::Status status;
+  for (int64_t start = 0; start < n && status.ok(); start += options_.max_step_tokens) {
+    const int64_t len = std::min(options_.max_step_tokens, n - start);
+    const BatchSegment segment{prompt.data() + start, len, start, &blocks, start + len == n};
+    status = attention_->Forward(++step_, std::span<const BatchSegment>(&segment, 1), &chunk_logits);
+    if (status.ok() && start + len == n) logits = std::move(chunk_logits);
+  }
+  kv_cache_->pool().Free(blocks).IgnoreError();
+  RETURN_IF_ERROR(status);
+  return logits;
+}
+
+}  // namespace moe::engine

@@ -1,0 +1,135 @@
+// The generation engine of one attention worker: requests in, tokens out, one Step() at a time.
+// It owns the sequences, the scheduler and the KV cache and drives AttentionBlock; the experts are
+// behind MoeDispatcher (loopback in embedded mode, UCX/NCCL in a cluster).
+//
+// Thread safety: not thread-safe. One thread (the step loop) calls every method.
+#ifndef MOE_COMMON_ENGINE_ENGINE_H_
+#define MOE_COMMON_ENGINE_ENGINE_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/engine/attention_block.h"
+#include "common/engine/expert_block.h"
+#include "common/engine/expert_server.h"
+#include "common/engine/kv_cache.h"
+#include "common/engine/sampler.h"
+#include "common/engine/scheduler.h"
+#include "common/model/checkpoint.h"
+#include "common/model/config.h"
+#include "common/model/weights.h"
+#include "common/transport/loopback/loopback_transport.h"
+
+namespace moe::engine {
+
+struct EngineOptions {
+  int64_t max_num_seqs = 256;
+  int64_t max_step_tokens = 512;       // token budget per step (chunked prefill)
+  int64_t kv_block_size = 16;
+  int64_t kv_cache_bytes = int64_t{1} << 30;
+  int64_t num_kv_blocks = 0;           // if > 0, overrides kv_cache_bytes
+  int64_t max_model_len = 0;           // 0: the model's max_position_embeddings
+  absl::Duration moe_timeout = absl::Seconds(30);
+};
+
+enum class FinishReason { kNone = 0, kStop, kLength, kAbort, kError };
+const char* FinishReasonName(FinishReason reason);
+
+struct GenerationRequest {
+  std::string id;
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  int64_t max_new_tokens = 16;
+  int64_t min_new_tokens = 0;
+  std::vector<int32_t> stop_token_ids;  // in addition to generation_config's eos (unless ignore_eos)
+  bool ignore_eos = false;
+  int top_logprobs = 0;  // [0, 20]
+};
+
+// One event of one request: a generated token, and/or the end of the request.
+struct TokenEvent {
+  std::string request_id;
+  int32_t token_id = -1;  // -1 when the event only reports the end (abort, error)
+  float logprob = 0.0f;
+  std::vector<TokenLogprob> top_logprobs;
+  FinishReason finish_reason = FinishReason::kNone;
+  std::string error;  // for kError
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+};
+
+class Engine {
+ public:
+  // Embedded mode: loads the model from `model_dir` and serves its experts in-process through
+  // `num_expert_shards` ExpertServers over a loopback transport.
+  static absl::StatusOr<std::unique_ptr<Engine>> CreateEmbedded(const std::string& model_dir,
+                                                                const EngineOptions& options,
+                                                                int num_expert_shards = 1);
+  ~Engine();
+
+  // Validates and queues a request. INVALID_ARGUMENT naming the field (empty prompt, token id out of
+  // range, prompt longer than the context, max_new_tokens < 1, top_logprobs > 20, ...);
+  // ALREADY_EXISTS for a duplicate id; RESOURCE_EXHAUSTED if it could never fit in the KV cache.
+  absl::Status AddRequest(GenerationRequest request);
+  // Ends a request at the next step with FinishReason::kAbort and frees its blocks.
+  void Cancel(const std::string& request_id);
+  // Runs one iteration. Returns the events it produced. A data-plane failure ends every request in
+  // the step with kError (and returns the events, not an error): the engine stays usable.
+  std::vector<TokenEvent> Step();
+  bool HasWork() const { return !sequences_.empty(); }
+
+  // Runs the prompt alone and returns its last position's logits ([vocab] fp32); leaves no state.
+  absl::StatusOr<std::vector<float>> PromptLogits(const std::vector<int32_t>& prompt);
+
+  const model::ModelConfig& config() const { return config_; }
+  const model::GenerationConfig& generation_config() const { return generation_config_; }
+  int64_t max_model_len() const { return max_model_len_; }
+  int32_t num_free_blocks() const { return kv_cache_->pool().num_free_blocks(); }
+  int32_t num_blocks() const { return kv_cache_->pool().num_blocks(); }
+  uint64_t steps() const { return step_; }
+
+ private:
+  struct Sequence {
+    GenerationRequest request;
+    ScheduledSequence sched;
+    std::vector<int32_t> tokens;  // prompt + generated
+    int64_t num_generated = 0;
+    bool cancelled = false;
+  };
+
+  Engine() = default;
+  bool IsStopToken(const Sequence& seq, int32_t token) const;
+  void Finish(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
+              const std::string& error = "");
+
+  model::ModelConfig config_;
+  model::GenerationConfig generation_config_;
+  EngineOptions options_;
+  int64_t max_model_len_ = 0;
+
+  // Embedded-mode parts (declaration order = reverse destruction order).
+  std::unique_ptr<model::Checkpoint> checkpoint_;
+  std::unique_ptr<model::DenseWeights> dense_;
+  transport::LoopbackHub hub_;
+  std::vector<std::unique_ptr<ExpertBlock>> expert_blocks_;
+  std::vector<std::unique_ptr<ExpertServer>> expert_servers_;
+  std::unique_ptr<MoeDispatcher> dispatcher_;
+
+  std::unique_ptr<KvCache> kv_cache_;
+  std::unique_ptr<AttentionBlock> attention_;
+  std::unique_ptr<Scheduler> scheduler_;
+  absl::flat_hash_map<std::string, std::unique_ptr<Sequence>> sequences_;
+  absl::flat_hash_map<int64_t, Sequence*> by_sched_id_;
+  int64_t next_sched_id_ = 0;
+  uint64_t step_ = 0;
+};
+
+}  // namespace moe::engine
+
+#endif  // MOE_COMMON_ENGINE_ENGINE_H_

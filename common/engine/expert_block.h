@@ -1,0 +1,47 @@
+// The expert side of a MoE layer: one shard of experts [first, first + count) of every layer, and
+// the grouped SwiGLU that serves a dispatch message (all rows routed to one expert in one round go
+// through the expert as one matrix product).
+//
+// Thread safety: Serve() may be called concurrently (it only reads weights; scratch is per call).
+#ifndef MOE_COMMON_ENGINE_EXPERT_BLOCK_H_
+#define MOE_COMMON_ENGINE_EXPERT_BLOCK_H_
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model/config.h"
+#include "common/model/weights.h"
+
+namespace moe::engine {
+
+class ExpertBlock {
+ public:
+  ExpertBlock(const model::ModelConfig& config, std::unique_ptr<model::ExpertShardWeights> weights);
+
+  int64_t first_expert() const { return weights_->first_expert; }
+  int64_t num_experts() const { return weights_->num_experts; }
+
+  // y = down(silu(gate(x)) * up(x)) for the experts of `layer`. x, y: [num_rows, hidden] bf16.
+  absl::Status Apply(int64_t layer, int64_t expert, const bf16* x, int64_t num_rows, bf16* y) const;
+
+  // Decodes a dispatch payload for `layer`, runs each group through its expert and returns the
+  // combine payload (same group order). INVALID_ARGUMENT for a malformed message or an expert this
+  // shard does not host.
+  absl::StatusOr<std::vector<std::byte>> Serve(int64_t layer, std::span<const std::byte> dispatch) const;
+
+  // Per-layer per-expert token counts since start (for load reporting), [layer][local expert].
+  std::vector<std::vector<uint64_t>> TokenCounts() const;
+
+ private:
+  const model::ModelConfig config_;
+  std::unique_ptr<model::ExpertShardWeights> weights_;
+  mutable std::vector<std::unique_ptr<std::atomic<uint64_t>[]>> token_counts_;
+};
+
+}  // namespace moe::engine
+
+#endif  // MOE_COMMON_ENGINE_EXPERT_BLOCK_H_

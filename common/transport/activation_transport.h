@@ -1,0 +1,77 @@
+// The data-plane seam (DESIGN.md §5): send a tagged buffer to a peer, receive from a peer. The
+// implementations are loopback/ (in-process), ucx/ (CPU or GPU memory) and nccl/ (GPU). Control
+// (membership, rendezvous) goes over gRPC and is not part of this interface.
+//
+// Peers are small integers in one rank space per cluster (see engine/expert_placement.h for how
+// attention and expert workers are numbered). Every wait has a deadline: a peer that does not answer
+// in time yields UNAVAILABLE, never a hang.
+#ifndef MOE_COMMON_TRANSPORT_ACTIVATION_TRANSPORT_H_
+#define MOE_COMMON_TRANSPORT_ACTIVATION_TRANSPORT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace moe::transport {
+
+enum class MessageKind : uint8_t {
+  kUnspecified = 0,
+  kDispatch = 1,  // attention worker -> expert worker: token rows per local expert
+  kCombine = 2,   // expert worker -> attention worker: expert outputs, same order
+};
+
+// Identifies one message of one round. A round is (step, layer, micro_batch) of one attention
+// worker; `sender` is the sending peer. Receivers compare tags so a late or duplicate message is
+// detected and dropped, never mixed into another round.
+struct MessageTag {
+  MessageKind kind = MessageKind::kUnspecified;
+  uint64_t step = 0;
+  uint32_t layer = 0;
+  uint32_t micro_batch = 0;
+  int32_t sender = 0;
+
+  friend bool operator==(const MessageTag&, const MessageTag&) = default;
+  std::string DebugString() const;
+};
+
+struct Message {
+  MessageTag tag;
+  std::vector<std::byte> payload;
+};
+
+class ActivationTransport {
+ public:
+  virtual ~ActivationTransport() = default;
+
+  // This endpoint's peer id.
+  virtual int32_t self() const = 0;
+
+  // Sends `payload` to `peer` tagged `tag` (tag.sender must be self()). Returns once the buffer may
+  // be reused. UNAVAILABLE if the peer is unknown or gone.
+  virtual absl::Status Send(int32_t peer, const MessageTag& tag,
+                            std::span<const std::byte> payload) = 0;
+
+  // The next message from any peer, in arrival order (expert workers serve rounds this way).
+  // UNAVAILABLE when the deadline passes; CANCELLED after Shutdown().
+  virtual absl::StatusOr<Message> ReceiveAny(absl::Time deadline) = 0;
+
+  // The message from tag.sender with exactly `tag`. Messages from that sender with an older step
+  // are dropped (counted in dropped_messages()); other messages stay queued for later calls.
+  // UNAVAILABLE when the deadline passes; CANCELLED after Shutdown().
+  virtual absl::StatusOr<Message> ReceiveTagged(const MessageTag& tag, absl::Time deadline) = 0;
+
+  // Wakes every waiter with CANCELLED; later calls fail fast.
+  virtual void Shutdown() = 0;
+
+  virtual uint64_t dropped_messages() const = 0;
+};
+
+}  // namespace moe::transport
+
+#endif  // MOE_COMMON_TRANSPORT_ACTIVATION_TRANSPORT_H_

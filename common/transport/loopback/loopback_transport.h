@@ -1,0 +1,62 @@
+// In-process ActivationTransport: endpoints of one LoopbackHub exchange messages through per-peer
+// mailboxes (copying the payload, as a network would). Used by embedded mode and tests.
+//
+// Thread safety: all methods are thread-safe.
+#ifndef MOE_COMMON_TRANSPORT_LOOPBACK_LOOPBACK_TRANSPORT_H_
+#define MOE_COMMON_TRANSPORT_LOOPBACK_LOOPBACK_TRANSPORT_H_
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "common/transport/activation_transport.h"
+
+namespace moe::transport {
+
+class LoopbackHub;
+
+class LoopbackTransport final : public ActivationTransport {
+ public:
+  int32_t self() const override { return self_; }
+  absl::Status Send(int32_t peer, const MessageTag& tag, std::span<const std::byte> payload) override;
+  absl::StatusOr<Message> ReceiveAny(absl::Time deadline) override;
+  absl::StatusOr<Message> ReceiveTagged(const MessageTag& tag, absl::Time deadline) override;
+  void Shutdown() override;
+  uint64_t dropped_messages() const override;
+
+ private:
+  friend class LoopbackHub;
+  LoopbackTransport(LoopbackHub* hub, int32_t self) : hub_(hub), self_(self) {}
+  void Deliver(Message message);
+
+  LoopbackHub* const hub_;
+  const int32_t self_;
+  mutable absl::Mutex mu_;
+  std::deque<Message> inbox_ ABSL_GUARDED_BY(mu_);
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Owns the endpoints. Endpoints must not outlive the hub.
+class LoopbackHub {
+ public:
+  // Creates (or returns the existing) endpoint for `peer`.
+  LoopbackTransport* Endpoint(int32_t peer);
+  // Removes a peer: later sends to it fail with UNAVAILABLE (simulates a dead worker) and its
+  // waiters are cancelled.
+  void Disconnect(int32_t peer);
+
+ private:
+  friend class LoopbackTransport;
+  LoopbackTransport* Find(int32_t peer);
+  absl::Mutex mu_;
+  absl::flat_hash_map<int32_t, std::unique_ptr<LoopbackTransport>> endpoints_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<int32_t, bool> disconnected_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace moe::transport
+
+#endif  // MOE_COMMON_TRANSPORT_LOOPBACK_LOOPBACK_TRANSPORT_H_
