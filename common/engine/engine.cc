@@ -233,7 +233,7 @@ std::vector<TokenEvent> Engine::Step() {
   return events;
 }
 
-absl::StatusOr<std::vector<float>> Engine::PromptLogits(const std::vector<int32_t>& prompt) {
+absl::Status Engine::ValidateLogitsPrompt(const std::vector<int32_t>& prompt) const {
   if (prompt.empty()) return absl::InvalidArgumentError("ids: must not be empty");
   for (int32_t id : prompt) {
     if (id < 0 || id >= config_.vocab_size) {
@@ -242,11 +242,46 @@ absl::StatusOr<std::vector<float>> Engine::PromptLogits(const std::vector<int32_
                                                      config_.vocab_size, ")"));
     }
   }
-  const int64_t n = static_cast<int64_t>(prompt.size());
-  if (n > max_model_len_) {
-    return absl::InvalidArgumentError(absl::StrCat("ids: ", n, " tokens exceed the context length ",
+  if (static_cast<int64_t>(prompt.size()) > max_model_len_) {
+    return absl::InvalidArgumentError(absl::StrCat("ids: ", prompt.size(),
+                                                   " tokens exceed the context length ",
                                                    max_model_len_));
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::vector<float>>> Engine::BatchLogits(
+    const std::vector<std::vector<int32_t>>& prompts) {
+  std::vector<std::vector<int32_t>> tables(prompts.size());
+  std::vector<BatchSegment> segments;
+  absl::Status status;
+  for (size_t i = 0; i < prompts.size() && status.ok(); ++i) {
+    status = ValidateLogitsPrompt(prompts[i]);
+    if (!status.ok()) break;
+    const int64_t n = static_cast<int64_t>(prompts[i].size());
+    status = kv_cache_->pool().Allocate(KvCacheBlockPool::BlocksFor(n, options_.kv_block_size),
+                                        &tables[i]);
+    segments.push_back(BatchSegment{prompts[i].data(), n, 0, &tables[i], true});
+  }
+  std::vector<float> logits;
+  if (status.ok()) status = attention_->Forward(++step_, segments, &logits);
+  for (auto& table : tables) {
+    if (!table.empty()) kv_cache_->pool().Free(table).IgnoreError();
+  }
+  RETURN_IF_ERROR(status);
+  std::vector<std::vector<float>> result(prompts.size());
+  const size_t vocab = static_cast<size_t>(config_.vocab_size);
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    result[i].assign(logits.begin() + i * vocab, logits.begin() + (i + 1) * vocab);
+  }
+  return result;
+}
+
+void Engine::DisconnectExpertShardForTest(int shard) { hub_.Disconnect(kFirstExpertPeer + shard); }
+
+absl::StatusOr<std::vector<float>> Engine::PromptLogits(const std::vector<int32_t>& prompt) {
+  RETURN_IF_ERROR(ValidateLogitsPrompt(prompt));
+  const int64_t n = static_cast<int64_t>(prompt.size());
   std::vector<int32_t> blocks;
   RETURN_IF_ERROR(kv_cache_->pool().Allocate(
       KvCacheBlockPool::BlocksFor(n, options_.kv_block_size), &blocks));

@@ -85,7 +85,15 @@ class Engine {
   bool HasWork() const { return !sequences_.empty(); }
 
   // Runs the prompt alone and returns its last position's logits ([vocab] fp32); leaves no state.
+  // Prompts longer than max_step_tokens are prefilled in chunks.
   absl::StatusOr<std::vector<float>> PromptLogits(const std::vector<int32_t>& prompt);
+  // Runs several prompts as one batch (one step, no chunking) and returns each one's last-position
+  // logits; leaves no state. Batch invariance means each equals PromptLogits of the prompt alone.
+  absl::StatusOr<std::vector<std::vector<float>>> BatchLogits(
+      const std::vector<std::vector<int32_t>>& prompts);
+
+  // Test hook: makes expert shard `shard` unreachable, as if its worker died.
+  void DisconnectExpertShardForTest(int shard);
 
   const model::ModelConfig& config() const { return config_; }
   const model::GenerationConfig& generation_config() const { return generation_config_; }
@@ -105,6 +113,7 @@ class Engine {
 
   Engine() = default;
   bool IsStopToken(const Sequence& seq, int32_t token) const;
+  absl::Status ValidateLogitsPrompt(const std::vector<int32_t>& prompt) const;
   void Finish(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
               const std::string& error = "");
 

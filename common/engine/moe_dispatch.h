@@ -15,6 +15,7 @@
 #include "common/engine/expert_placement.h"
 #include "common/tensor/bf16.h"
 #include "common/transport/activation_transport.h"
+#include "common/transport/moe_message.h"
 
 namespace moe::engine {
 
