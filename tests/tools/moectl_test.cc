@@ -131,7 +131,7 @@ TEST(MoectlTest, GenerateRejectsAnEmptyPrompt) {
 
 TEST(MoectlTest, GenerateRejectsInvalidUtf8) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
-  ExpectCleanFailure(Run("generate --model " + model + " --prompt $'abc\\xff'"), "UTF-8");
+  ExpectCleanFailure(Run("generate --model " + model + " --prompt \"$(printf 'abc\\377')\""), "UTF-8");
 }
 
 TEST(MoectlTest, GenerateRejectsBadSamplingFlags) {

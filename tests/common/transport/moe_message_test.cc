@@ -1,0 +1,57 @@
+#include "common/transport/moe_message.h"
+
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace moe::transport {
+namespace {
+
+TEST(MoeMessageTest, RoundTripsGroupsAndRows) {
+  const std::vector<ExpertGroup> groups = {{3, 2}, {17, 1}};
+  std::vector<std::byte> payload;
+  bf16* rows = EncodeMoeMessageHeader(4, groups, &payload);
+  for (int i = 0; i < 12; ++i) rows[i] = FloatToBF16(static_cast<float>(i));
+  EXPECT_EQ(payload.size(), MoeMessageSize(4, 2, 3));
+
+  auto view = DecodeMoeMessage(payload);
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->hidden, 4);
+  ASSERT_EQ(view->groups.size(), 2u);
+  EXPECT_EQ(view->groups[1].expert, 17);
+  EXPECT_EQ(view->groups[1].num_rows, 1);
+  EXPECT_EQ(view->total_rows, 3);
+  EXPECT_EQ(BF16ToFloat(view->rows[11]), 11.0f);
+}
+
+TEST(MoeMessageTest, EmptyMessageIsValid) {
+  std::vector<std::byte> payload;
+  EncodeMoeMessageHeader(2048, {}, &payload);
+  auto view = DecodeMoeMessage(payload);
+  ASSERT_TRUE(view.ok());
+  EXPECT_EQ(view->total_rows, 0);
+}
+
+TEST(MoeMessageTest, RejectsEveryTruncationWithoutReadingPastTheEnd) {
+  const std::vector<ExpertGroup> groups = {{0, 2}, {1, 3}};
+  std::vector<std::byte> payload;
+  EncodeMoeMessageHeader(8, groups, &payload);
+  for (size_t size = 0; size < payload.size(); ++size) {
+    std::vector<std::byte> cut(payload.begin(), payload.begin() + static_cast<long>(size));
+    EXPECT_FALSE(DecodeMoeMessage(cut).ok()) << size;
+  }
+}
+
+TEST(MoeMessageTest, RejectsBadMagicAndHugeGroupCounts) {
+  std::vector<std::byte> payload;
+  EncodeMoeMessageHeader(8, {}, &payload);
+  auto bad_magic = payload;
+  bad_magic[0] = std::byte{0};
+  EXPECT_FALSE(DecodeMoeMessage(bad_magic).ok());
+  auto huge = payload;
+  huge[12] = huge[13] = huge[14] = huge[15] = std::byte{0xff};  // num_groups = 2^32 - 1
+  EXPECT_FALSE(DecodeMoeMessage(huge).ok());
+}
+
+}  // namespace
+}  // namespace moe::transport
