@@ -1,0 +1,212 @@
+{{/* Chart name, truncated to the 63 characters a DNS label allows. */}}
+{{- define "moe.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Release-qualified name; component names append "-router" etc., so keep room for them. */}}
+{{- define "moe.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "moe.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Selector labels of one component. Call with (dict "root" $ "component" "router"). */}}
+{{- define "moe.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "moe.name" .root }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/* Full label set of one component. Call with (dict "root" $ "component" "router"). */}}
+{{- define "moe.labels" -}}
+helm.sh/chart: {{ include "moe.chart" .root }}
+{{ include "moe.selectorLabels" . }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/part-of: moe-serving
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+{{- end }}
+
+{{- define "moe.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "moe.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "moe.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+Comma-separated gRPC addresses of a worker StatefulSet's pods through its headless Service:
+<sts>-<ordinal>.<sts>.<namespace>.svc:<grpc port>. Call with (dict "root" $ "component" "attention"
+"replicas" N).
+*/}}
+{{- define "moe.workerAddresses" -}}
+{{- $sts := printf "%s-%s" (include "moe.fullname" .root) .component }}
+{{- $addrs := list }}
+{{- range $i := until (int .replicas) }}
+{{- $addrs = append $addrs (printf "%s-%d.%s.%s.svc:%d" $sts $i $sts $.root.Release.Namespace (int $.root.Values.ports.grpc)) }}
+{{- end }}
+{{- join "," $addrs }}
+{{- end }}
+
+{{/* Model directory as the services see it. */}}
+{{- define "moe.modelDir" -}}
+{{- if eq .Values.model.source "generated" }}
+{{- printf "%s/generated" .Values.model.mountPath }}
+{{- else }}
+{{- printf "%s/%s" .Values.model.mountPath .Values.model.path }}
+{{- end }}
+{{- end }}
+
+{{/* Container ports shared by all services. */}}
+{{- define "moe.containerPorts" -}}
+- name: grpc
+  containerPort: {{ .Values.ports.grpc }}
+  protocol: TCP
+- name: metrics
+  containerPort: {{ .Values.ports.metrics }}
+  protocol: TCP
+{{- end }}
+
+{{/*
+Native gRPC probes. The health service names are the services' contract (deploy/k8s/README.md):
+"startup" turns SERVING once weights are loaded, "liveness" while the process is healthy,
+"readiness" while it can take traffic. The startup budget is rounded up to whole periods.
+Call with (dict "root" $ "c" .Values.<component>).
+*/}}
+{{- define "moe.probes" -}}
+{{- $p := .root.Values.probes }}
+{{- $period := int .c.startupPeriodSeconds }}
+{{- $budget := int .c.startupBudgetSeconds -}}
+startupProbe:
+  grpc:
+    port: {{ .root.Values.ports.grpc }}
+    service: startup
+  periodSeconds: {{ $period }}
+  timeoutSeconds: 5
+  failureThreshold: {{ div (add $budget (sub $period 1)) $period }}
+livenessProbe:
+  grpc:
+    port: {{ .root.Values.ports.grpc }}
+    service: liveness
+  periodSeconds: {{ $p.liveness.periodSeconds }}
+  timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
+  failureThreshold: {{ $p.liveness.failureThreshold }}
+readinessProbe:
+  grpc:
+    port: {{ .root.Values.ports.grpc }}
+    service: readiness
+  periodSeconds: {{ $p.readiness.periodSeconds }}
+  timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
+  failureThreshold: {{ $p.readiness.failureThreshold }}
+{{- end }}
+
+{{/* Environment of every service container: ConfigMap plus the pod's own price. */}}
+{{- define "moe.env" -}}
+envFrom:
+  - configMapRef:
+      name: {{ include "moe.fullname" .root }}
+env:
+  - name: MOE_WORKER_PRICE_PER_HOUR
+    value: {{ .c.pricePerHourDollars | quote }}
+  - name: POD_NAME
+    valueFrom:
+      fieldRef:
+        fieldPath: metadata.name
+{{- with .c.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Volume mounts of every service container. */}}
+{{- define "moe.volumeMounts" -}}
+- name: model
+  mountPath: {{ .Values.model.mountPath }}
+  readOnly: true
+- name: tmp
+  mountPath: /tmp
+{{- end }}
+
+{{/* Pod volumes: the model source and a scratch /tmp (the root filesystem is read-only). */}}
+{{- define "moe.volumes" -}}
+- name: model
+{{- if eq .Values.model.source "pvc" }}
+  persistentVolumeClaim:
+    claimName: {{ include "moe.fullname" . }}-model
+    readOnly: true
+{{- else if eq .Values.model.source "existingClaim" }}
+  persistentVolumeClaim:
+    claimName: {{ required "model.existingClaim is required when model.source=existingClaim" .Values.model.existingClaim }}
+    readOnly: true
+{{- else if eq .Values.model.source "hostPath" }}
+  hostPath:
+    path: {{ .Values.model.hostPath.path }}
+    type: {{ .Values.model.hostPath.type }}
+{{- else if eq .Values.model.source "generated" }}
+  emptyDir:
+    sizeLimit: {{ .Values.model.generated.sizeLimit }}
+{{- else }}
+{{- fail (printf "model.source must be pvc, existingClaim, hostPath or generated, not %q" .Values.model.source) }}
+{{- end }}
+- name: tmp
+  emptyDir: {}
+{{- end }}
+
+{{/*
+initContainer that writes the model with `moectl make-model` when model.source=generated. A fixed
+preset and seed make every pod produce the same weights, so no shared volume is needed.
+*/}}
+{{- define "moe.initContainers" -}}
+{{- if eq .Values.model.source "generated" }}
+initContainers:
+  - name: make-model
+    image: {{ include "moe.image" . }}
+    imagePullPolicy: {{ .Values.image.pullPolicy }}
+    command: ["moectl"]
+    args:
+      - make-model
+      - --preset={{ .Values.model.generated.preset }}
+      - --dtype={{ .Values.model.generated.dtype }}
+      - --seed={{ .Values.model.generated.seed }}
+      - --out={{ include "moe.modelDir" . }}
+    securityContext:
+      {{- toYaml .Values.securityContext | nindent 6 }}
+    resources:
+      {{- toYaml .Values.initResources | nindent 6 }}
+    volumeMounts:
+      - name: model
+        mountPath: {{ .Values.model.mountPath }}
+      - name: tmp
+        mountPath: /tmp
+{{- end }}
+{{- end }}
+
+{{/* Prefer spreading a component's pods over nodes unless the user gave an affinity. */}}
+{{- define "moe.affinity" -}}
+{{- if .c.affinity }}
+{{- toYaml .c.affinity }}
+{{- else -}}
+podAntiAffinity:
+  preferredDuringSchedulingIgnoredDuringExecution:
+    - weight: 100
+      podAffinityTerm:
+        topologyKey: kubernetes.io/hostname
+        labelSelector:
+          matchLabels:
+            {{- include "moe.selectorLabels" (dict "root" .root "component" .component) | nindent 12 }}
+{{- end }}
+{{- end }}
