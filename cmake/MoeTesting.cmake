@@ -1,5 +1,6 @@
 # moe_add_test(NAME SOURCES a.cc b.cc LIBS lib... LABELS unit|integration|oracle|gpu [TIMEOUT s])
 # The one helper that registers every test with CTest, with a label.
+find_package(GTest REQUIRED)
 include(GoogleTest)
 function(moe_add_test name)
   cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})

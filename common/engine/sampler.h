@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/model/config.h"
 
 namespace moe::engine {
@@ -18,10 +19,10 @@ namespace moe::engine {
 // Resolved sampling parameters of one request. Use Resolve() to fill unset fields from the
 // model's generation_config.
 struct SamplingParams {
-  double temperature = 1.0;     // 0 means greedy
-  int64_t top_k = 0;            // 0 or -1: disabled
-  double top_p = 1.0;           // (0, 1]
-  double min_p = 0.0;           // [0, 1]; 0 disabled
+  double temperature = 1.0;         // 0 means greedy
+  int64_t top_k = 0;                // 0 or -1: disabled
+  double top_p = 1.0;               // (0, 1]
+  double min_p = 0.0;               // [0, 1]; 0 disabled
   double repetition_penalty = 1.0;  // > 0
   uint64_t seed = 0;
   bool greedy() const { return temperature == 0.0; }
@@ -37,8 +38,10 @@ struct SamplingOverrides {
   std::optional<double> repetition_penalty;
   std::optional<uint64_t> seed;
 };
-// INVALID_ARGUMENT naming the field for: temperature < 0 or NaN, top_p outside (0, 1], top_k < -1,
-// min_p outside [0, 1], repetition_penalty <= 0 or NaN.
+// INVALID_ARGUMENT naming the field for: temperature < 0, NaN or infinite, top_p outside (0, 1],
+// top_k < -1, min_p outside [0, 1], repetition_penalty <= 0, NaN or infinite. The checks apply to
+// the resolved values, so an invalid generation_config default is reported the same way. An unset
+// seed resolves to 0 (callers wanting fresh randomness per request pass their own).
 absl::StatusOr<SamplingParams> ResolveSamplingParams(const SamplingOverrides& overrides,
                                                      const model::GenerationConfig& defaults);
 
@@ -53,15 +56,43 @@ struct TokenLogprob {
   float logprob = 0.0f;
 };
 
+// All functions are stateless and thread-safe. `logits` is [vocab] fp32 (the bf16 lm_head output
+// upcast). NaN logits are treated as -inf (never chosen) so a bad row cannot crash or poison the
+// draw. Context ids outside [0, vocab) are ignored by the repetition penalty.
 class Sampler {
  public:
-  // Samples from `logits` ([vocab] fp32, the bf16 lm_head output upcast). `context` is prompt +
-  // generated ids (for the repetition penalty). `step` is the index of the token being generated
-  // (0 for the first) and keys the random draw. Pure function of its arguments.
+  // Samples from `logits`. `context` is prompt + generated ids (for the repetition penalty).
+  // `step` is the index of the token being generated (0 for the first) and keys the random draw.
+  // Pure function of its arguments. Greedy (temperature 0): argmax of the penalized scores, first
+  // index on ties. Degenerate rows: empty logits give token_id -1; a row with every score -inf
+  // after the processors gives the lowest id among the best penalized scores (token 0 if all are
+  // -inf). logprob is -inf (never NaN) when the raw row has no finite maximum at token_id.
   static SampleResult Sample(std::span<const float> logits, std::span<const int32_t> context,
                              const SamplingParams& params, uint64_t step);
 
-  // The n most likely tokens of the raw distribution, descending (ties: lower id first).
+  // transformers' `logits_processor(input_ids, scores)` output: [vocab] fp32 scores after the
+  // repetition penalty and, when sampling, temperature, top-k, top-p and min-p; filtered tokens are
+  // -inf. For greedy params only the repetition penalty is applied (transformers adds the warpers
+  // only when do_sample). Sample() draws from the softmax of exactly these scores. One documented
+  // divergence: top-p sorts stably (equal scores in ascending id order, so at an exact tie on the
+  // boundary the lower id is removed first); transformers uses torch's unstable sort, whose order
+  // of equal scores is implementation-defined.
+  static std::vector<float> ProcessLogits(std::span<const float> logits,
+                                          std::span<const int32_t> context,
+                                          const SamplingParams& params);
+
+  // softmax(ProcessLogits(...)): the [vocab] fp32 distribution Sample() draws from when sampling
+  // (0 for filtered tokens). For greedy params, 1 at the greedy token and 0 elsewhere.
+  static std::vector<float> Probabilities(std::span<const float> logits,
+                                          std::span<const int32_t> context,
+                                          const SamplingParams& params);
+
+  // The uniform double in [0, 1) that keys the draw of (seed, step); the exact formula is
+  // documented in sampler.cc and is part of the reproducibility contract (version-stable).
+  static double RandomUniform(uint64_t seed, uint64_t step);
+
+  // The n most likely tokens of the raw distribution, descending (ties: lower id first). Returns
+  // min(n, vocab) entries; none for n <= 0.
   static std::vector<TokenLogprob> TopLogprobs(std::span<const float> logits, int n);
 };
 
