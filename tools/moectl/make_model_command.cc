@@ -1,6 +1,33 @@
-// Placeholder until the make_model command lands.
+// moectl make-model --preset NAME --out DIR [--dtype bf16|fp8] [--seed N] [--shards N] [--force]
+#include <chrono>
+#include <iostream>
+#include <string>
+
+#include "absl/strings/str_join.h"
+#include "common/model/make_model.h"
 #include "tools/moectl/commands.h"
 
 namespace moe::moectl {
-void RegisterMakeModelCommand(CLI::App& app) {}
+
+void RegisterMakeModelCommand(CLI::App& app) {
+  auto options = std::make_shared<model::MakeModelOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "make-model", "Write a Hugging Face model directory with random weights of the real Qwen3-MoE architecture");
+  cmd->add_option("--preset", options->preset, "Preset: " + absl::StrJoin(model::PresetNames(), ", "))->required();
+  cmd->add_option("--out", options->out_dir, "Output directory (created; must be empty unless --force)")->required();
+  cmd->add_option("--dtype", options->dtype, "bf16, or fp8 (the real -FP8 format: e4m3 + 128x128 block scales)");
+  cmd->add_option("--seed", options->seed, "Seed of the deterministic weight generator");
+  cmd->add_option("--shards", options->shards, "Write exactly N shards + index (0: one file up to 5 GB)");
+  cmd->add_option("--threads", options->threads, "Generator threads (0: all cores)");
+  cmd->add_flag("--force", options->force, "Write into a non-empty --out directory");
+  cmd->callback([options] {
+    const auto start = std::chrono::steady_clock::now();
+    absl::Status status = model::MakeModel(*options);
+    if (!status.ok()) Fail("make-model", std::string(status.message()));
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::cerr << "moectl make-model: wrote " << options->preset << " (" << options->dtype << ") to "
+              << options->out_dir << " in " << seconds << " s" << std::endl;
+  });
+}
+
 }  // namespace moe::moectl

@@ -1,0 +1,80 @@
+// Internals of Linear shared by the portable and AVX-512 code paths (not a public interface).
+//
+// Both paths compute every output element with the same, fixed reduction order, which is what
+// makes Linear batch invariant and lets the portable path reproduce the AVX-512 path bit for bit
+// (except that VDPBF16PS flushes bf16 subnormal inputs to zero, so bf16 weights/activations below
+// 2^-126 in magnitude may round differently; such values do not occur in real checkpoints):
+//
+// BF16 weights, output (m, n): 16 fp32 lanes start at +0. For each 32-element chunk c of k
+//   (ascending; a partial last chunk is zero padded), lane i adds x*w for k = 32c+2i+1, then for
+//   k = 32c+2i (the VDPBF16PS order; products of two bf16 values are exact in fp32, so each add
+//   rounds once, exactly like the instruction). The lanes are then summed by the tree
+//   Reduce16 below, and the sum is rounded to bf16 once.
+// FP8 weights: per 128-wide k-block kb (ascending) 16 lanes start at +0 and lane i adds a_q*w_q
+//   for k = 128kb + i, +16, +32, ... ascending (products of two e4m3 values are exact in fp32);
+//   block = Reduce16(lanes); total = total + (block * s[m, kb]) * scale_inv[n/128, kb], starting
+//   from total = +0; y = bf16(total).
+#ifndef MOE_COMMON_KERNELS_CPU_LINEAR_INTERNAL_H_
+#define MOE_COMMON_KERNELS_CPU_LINEAR_INTERNAL_H_
+
+#include <cstdint>
+
+#include "common/tensor/bf16.h"
+
+namespace moe::kernels::cpu::internal {
+
+// Output columns per parallel task. Fixed (never derived from the batch size) and a divisor of
+// 128 so that a task never straddles an FP8 scale row.
+inline constexpr int64_t kLinearColumnsPerTask = 64;
+// Rows per cache block inside a task.
+inline constexpr int64_t kLinearRowBlock = 64;
+
+// The fixed 16-lane summation tree: pairs (i, i+8), then (i, i+4), (i, i+2), (0, 1).
+inline float Reduce16(const float* lane) {
+  float s8[8], s4[4], s2[2];
+  for (int i = 0; i < 8; ++i) s8[i] = lane[i] + lane[i + 8];
+  for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+  for (int i = 0; i < 2; ++i) s2[i] = s4[i] + s4[i + 2];
+  return s2[0] + s2[1];
+}
+
+// Rounds v (already clamped to [-448, 448]) to the nearest e4m3 value, ties to even; returns the
+// value as float. Equal to Fp8E4M3ToFloat(FloatToFp8E4M3(v)) for such v, but a few instructions.
+float RoundToE4M3(float v);
+
+// Quantizes one activation row per 128-column group (QWEN3_MOE.md §3.5, eps variant):
+// s = max(max|x_g|, 1e-10) / 448, a_q = e4m3(clamp(x / s, -448, 448)). Writes the e4m3 values as
+// floats to aq[0, num_groups*128) (zero padded past k) and s to scale[0, num_groups).
+void QuantizeRowFp8(const bf16* x, int64_t k, float* aq, float* scale);
+
+// One task of Linear: columns [n0, n1) for all num_rows rows.
+struct Bf16Task {
+  const bf16* x;
+  int64_t x_stride;
+  int64_t num_rows;
+  const bf16* w;  // [N, k]
+  int64_t k;
+  bf16* y;
+  int64_t y_stride;
+};
+struct Fp8Task {
+  const float* aq;       // [num_rows, aq_stride] quantized activations as floats, zero padded
+  int64_t aq_stride;     // num_k_blocks * 128
+  const float* a_scale;  // [num_rows, num_k_blocks]
+  int64_t num_rows;
+  const uint8_t* w;          // [N, k] e4m3 codes
+  const float* w_scale_inv;  // [ceil(N/128), num_k_blocks]
+  int64_t k;
+  int64_t num_k_blocks;
+  bf16* y;
+  int64_t y_stride;
+};
+
+void LinearBf16TaskPortable(const Bf16Task& t, int64_t n0, int64_t n1);
+void LinearFp8TaskPortable(const Fp8Task& t, int64_t n0, int64_t n1);
+void LinearBf16TaskAvx512(const Bf16Task& t, int64_t n0, int64_t n1);
+void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1);
+
+}  // namespace moe::kernels::cpu::internal
+
+#endif  // MOE_COMMON_KERNELS_CPU_LINEAR_INTERNAL_H_

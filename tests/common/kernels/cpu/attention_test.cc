@@ -1,0 +1,150 @@
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "common/kernels/cpu/kernels.h"
+#include "common/kernels/cpu/thread_pool.h"
+#include "gtest/gtest.h"
+#include "tests/common/kernels/cpu/test_util.h"
+
+namespace moe::kernels::cpu {
+namespace {
+
+using testing::FirstDifference;
+using testing::RandomBf16;
+
+// A paged cache whose blocks are handed out in a scrambled order.
+struct TestCache {
+  TestCache(int64_t num_blocks, int64_t block_size, int64_t kv_heads, int64_t head_dim, uint32_t seed)
+      : k(num_blocks * block_size * kv_heads * head_dim), v(k.size()), table(num_blocks) {
+    kv = PagedKv{k.data(), v.data(), block_size, kv_heads, head_dim};
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), std::mt19937(seed));
+  }
+  std::vector<bf16> k, v;
+  std::vector<int32_t> table;
+  PagedKv kv;
+};
+
+TEST(WriteKvTest, WritesSlotsThroughBlockTable) {
+  const int64_t block_size = 3, kv_heads = 2, dim = 4, row = kv_heads * dim;
+  TestCache cache(4, block_size, kv_heads, dim, 1);
+  const std::vector<bf16> k = RandomBf16(5 * row, 2), v = RandomBf16(5 * row, 3);
+  WriteKv(k.data(), row, v.data(), row, 5, /*start_pos=*/4, cache.table.data(), cache.kv);
+  for (int64_t t = 0; t < 5; ++t) {
+    const int64_t pos = 4 + t;
+    const int64_t slot = cache.table[pos / block_size] * block_size + pos % block_size;
+    for (int64_t i = 0; i < row; ++i) {
+      EXPECT_EQ(cache.k[slot * row + i].bits, k[t * row + i].bits);
+      EXPECT_EQ(cache.v[slot * row + i].bits, v[t * row + i].bits);
+    }
+  }
+  // Positions 0..3 were not written.
+  for (int64_t pos = 0; pos < 4; ++pos) {
+    const int64_t slot = cache.table[pos / block_size] * block_size + pos % block_size;
+    for (int64_t i = 0; i < row; ++i) EXPECT_EQ(cache.k[slot * row + i].bits, 0);
+  }
+}
+
+// Naive attention in double over the logical (unpaged) sequence, with P rounded to bf16 as the
+// kernel contract says.
+std::vector<double> ReferenceAttention(const bf16* q, const std::vector<bf16>& keys,
+                                       const std::vector<bf16>& values, int64_t pos, int64_t kv_heads,
+                                       int64_t dim, int64_t kv_head, float scale) {
+  std::vector<double> s(pos + 1);
+  double max_s = -INFINITY;
+  for (int64_t j = 0; j <= pos; ++j) {
+    double dot = 0;
+    for (int64_t d = 0; d < dim; ++d)
+      dot += static_cast<double>(BF16ToFloat(q[d])) * BF16ToFloat(keys[(j * kv_heads + kv_head) * dim + d]);
+    s[j] = dot * scale;
+    max_s = std::max(max_s, s[j]);
+  }
+  double sum = 0;
+  for (double& x : s) sum += (x = std::exp(x - max_s));
+  std::vector<double> out(dim, 0.0);
+  for (int64_t j = 0; j <= pos; ++j) {
+    const double p = RoundBF16(static_cast<float>(s[j] / sum));
+    for (int64_t d = 0; d < dim; ++d) out[d] += p * BF16ToFloat(values[(j * kv_heads + kv_head) * dim + d]);
+  }
+  return out;
+}
+
+TEST(PagedAttentionTest, MatchesNaiveReferenceWithGqa) {
+  const int64_t heads = 8, kv_heads = 2, dim = 64, block_size = 5;  // 5 divides no context below
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  for (int64_t context : {1, 7, 33, 258}) {
+    TestCache cache((context + block_size - 1) / block_size, block_size, kv_heads, dim, 4);
+    const std::vector<bf16> keys = RandomBf16(context * kv_heads * dim, 5);
+    const std::vector<bf16> values = RandomBf16(context * kv_heads * dim, 6);
+    WriteKv(keys.data(), kv_heads * dim, values.data(), kv_heads * dim, context, 0, cache.table.data(),
+            cache.kv);
+    // Queries for the last 3 positions (or fewer), as a prefill chunk would issue them.
+    const int64_t num_tokens = std::min<int64_t>(3, context), start = context - num_tokens;
+    const std::vector<bf16> q = RandomBf16(num_tokens * heads * dim, 7, 2.0f);
+    std::vector<bf16> out(num_tokens * heads * dim);
+    PagedAttention(q.data(), heads * dim, num_tokens, start, heads, scale, cache.table.data(), cache.kv,
+                   out.data(), heads * dim);
+    for (int64_t t = 0; t < num_tokens; ++t) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const std::vector<double> ref = ReferenceAttention(q.data() + (t * heads + h) * dim, keys, values,
+                                                           start + t, kv_heads, dim, h / (heads / kv_heads), scale);
+        for (int64_t d = 0; d < dim; ++d) {
+          const double got = BF16ToFloat(out[(t * heads + h) * dim + d]);
+          ASSERT_NEAR(got, ref[d], std::ldexp(std::fabs(ref[d]), -8) + 1e-4)
+              << "context " << context << " t " << t << " h " << h << " d " << d;
+        }
+      }
+    }
+  }
+}
+
+TEST(PagedAttentionTest, QueryHeadsUseTheirKvGroup) {
+  // Only kv head 1 has nonzero values: query heads 0-1 (group 0) must output 0, 2-3 nonzero.
+  const int64_t heads = 4, kv_heads = 2, dim = 16, context = 6;
+  TestCache cache(2, 4, kv_heads, dim, 8);
+  std::vector<bf16> keys = RandomBf16(context * kv_heads * dim, 9);
+  std::vector<bf16> values(context * kv_heads * dim, FloatToBF16(0.0f));
+  for (int64_t j = 0; j < context; ++j)
+    for (int64_t d = 0; d < dim; ++d) values[(j * kv_heads + 1) * dim + d] = FloatToBF16(1.0f);
+  WriteKv(keys.data(), kv_heads * dim, values.data(), kv_heads * dim, context, 0, cache.table.data(), cache.kv);
+  const std::vector<bf16> q = RandomBf16(heads * dim, 10);
+  std::vector<bf16> out(heads * dim);
+  PagedAttention(q.data(), heads * dim, 1, context - 1, heads, 0.25f, cache.table.data(), cache.kv, out.data(),
+                 heads * dim);
+  for (int64_t d = 0; d < 2 * dim; ++d) EXPECT_EQ(BF16ToFloat(out[d]), 0.0f);
+  // Sum of bf16-rounded probabilities is within a few bf16 ulps of 1.
+  for (int64_t d = 2 * dim; d < 4 * dim; ++d) EXPECT_NEAR(BF16ToFloat(out[d]), 1.0f, 0.02f);
+}
+
+// Chunked prefill, one-shot prefill, decode-style single queries and other thread counts give
+// identical bits for each query (single-pass softmax over the full context).
+TEST(PagedAttentionTest, IsInvariantToChunkingAndThreads) {
+  const int64_t heads = 4, kv_heads = 1, dim = 128, block_size = 16, context = 100;
+  TestCache cache(7, block_size, kv_heads, dim, 11);
+  const std::vector<bf16> keys = RandomBf16(context * kv_heads * dim, 12);
+  const std::vector<bf16> values = RandomBf16(context * kv_heads * dim, 13);
+  WriteKv(keys.data(), dim, values.data(), dim, context, 0, cache.table.data(), cache.kv);
+  const std::vector<bf16> q = RandomBf16(context * heads * dim, 14);
+  const int64_t row = heads * dim;
+  std::vector<bf16> all(context * row), one(context * row), chunked(context * row), threads(context * row);
+  PagedAttention(q.data(), row, context, 0, heads, 0.088f, cache.table.data(), cache.kv, all.data(), row);
+  for (int64_t t = 0; t < context; ++t)
+    PagedAttention(q.data() + t * row, row, 1, t, heads, 0.088f, cache.table.data(), cache.kv,
+                   one.data() + t * row, row);
+  EXPECT_EQ(FirstDifference(all, one), -1);
+  for (int64_t start = 0; start < context; start += 37) {
+    const int64_t n = std::min<int64_t>(37, context - start);
+    PagedAttention(q.data() + start * row, row, n, start, heads, 0.088f, cache.table.data(), cache.kv,
+                   chunked.data() + start * row, row);
+  }
+  EXPECT_EQ(FirstDifference(all, chunked), -1);
+  ThreadPool pool(3);
+  ScopedThreadPool scoped(&pool);
+  PagedAttention(q.data(), row, context, 0, heads, 0.088f, cache.table.data(), cache.kv, threads.data(), row);
+  EXPECT_EQ(FirstDifference(all, threads), -1);
+}
+
+}  // namespace
+}  // namespace moe::kernels::cpu

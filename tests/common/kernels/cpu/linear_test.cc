@@ -1,0 +1,289 @@
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "common/kernels/cpu/cpu_features.h"
+#include "common/kernels/cpu/kernels.h"
+#include "common/kernels/cpu/linear_internal.h"
+#include "common/kernels/cpu/thread_pool.h"
+#include "common/tensor/fp8.h"
+#include "gtest/gtest.h"
+#include "tests/common/kernels/cpu/test_util.h"
+
+namespace moe::kernels::cpu {
+namespace {
+
+using testing::FirstDifference;
+using testing::RandomBf16;
+using testing::SameBits;
+
+// Owns the storage behind a LinearWeight.
+struct TestWeight {
+  std::vector<bf16> bf16_data;
+  std::vector<uint8_t> fp8_data;
+  std::vector<float> scale_inv;
+  LinearWeight w;
+};
+
+TestWeight MakeBf16Weight(int64_t n, int64_t k, uint32_t seed) {
+  TestWeight t;
+  t.bf16_data = RandomBf16(n * k, seed, 0.05f);
+  t.w = LinearWeight{DType::kBF16, n, k, t.bf16_data.data(), nullptr};
+  return t;
+}
+
+TestWeight MakeFp8Weight(int64_t n, int64_t k, uint32_t seed) {
+  TestWeight t;
+  std::mt19937 rng(seed);
+  t.fp8_data.resize(n * k);
+  for (uint8_t& c : t.fp8_data) {
+    do {
+      c = static_cast<uint8_t>(rng() & 0xff);
+    } while ((c & 0x7f) == 0x7f);  // no NaN codes in real checkpoints
+  }
+  t.w = LinearWeight{DType::kF8E4M3, n, k, nullptr, nullptr};
+  t.scale_inv.resize(t.w.ScaleRows() * t.w.ScaleCols());
+  std::uniform_real_distribution<float> dist(1e-4f, 2e-3f);
+  for (float& s : t.scale_inv) s = dist(rng);
+  t.w.data = t.fp8_data.data();
+  t.w.scale_inv = t.scale_inv.data();
+  return t;
+}
+
+// Straightforward double reference of y = x W^T for bf16 weights; also returns sum |x*w| per
+// output for the error bound.
+void ReferenceBf16(const std::vector<bf16>& x, int64_t m, const TestWeight& t, std::vector<double>* y,
+                   std::vector<double>* magnitude) {
+  const int64_t n = t.w.out_features, k = t.w.in_features;
+  y->assign(m * n, 0.0);
+  magnitude->assign(m * n, 0.0);
+  for (int64_t r = 0; r < m; ++r)
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t i = 0; i < k; ++i) {
+        const double p = static_cast<double>(BF16ToFloat(x[r * k + i])) *
+                         BF16ToFloat(t.bf16_data[c * k + i]);
+        (*y)[r * n + c] += p;
+        (*magnitude)[r * n + c] += std::fabs(p);
+      }
+}
+
+// transformers' FP8Linear in double, with the library's (independent) e4m3 encoder.
+void ReferenceFp8(const std::vector<bf16>& x, int64_t m, const TestWeight& t, std::vector<double>* y,
+                  std::vector<double>* magnitude) {
+  const int64_t n = t.w.out_features, k = t.w.in_features, kb_count = t.w.ScaleCols();
+  std::vector<double> aq(k), as(kb_count);
+  y->assign(m * n, 0.0);
+  magnitude->assign(m * n, 0.0);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t kb = 0; kb < kb_count; ++kb) {
+      const int64_t k0 = kb * 128, k1 = std::min(k, k0 + 128);
+      float amax = 0.0f;
+      for (int64_t i = k0; i < k1; ++i) amax = std::max(amax, std::fabs(BF16ToFloat(x[r * k + i])));
+      const float s = std::max(amax, 1e-10f) / 448.0f;
+      as[kb] = s;
+      for (int64_t i = k0; i < k1; ++i) {
+        const float v = std::clamp(BF16ToFloat(x[r * k + i]) / s, -448.0f, 448.0f);
+        aq[i] = Fp8E4M3ToFloat(FloatToFp8E4M3(v));
+      }
+    }
+    for (int64_t c = 0; c < n; ++c) {
+      for (int64_t kb = 0; kb < kb_count; ++kb) {
+        double block = 0.0;
+        for (int64_t i = kb * 128; i < std::min(k, kb * 128 + 128); ++i)
+          block += aq[i] * Fp8E4M3ToFloat(t.fp8_data[c * k + i]);
+        const double term = block * as[kb] * t.scale_inv[(c / 128) * kb_count + kb];
+        (*y)[r * n + c] += term;
+        (*magnitude)[r * n + c] += std::fabs(term);
+      }
+    }
+  }
+}
+
+// |y - ref| <= bf16 rounding (2^-8 relative, generous) + fp32 accumulation error.
+void ExpectClose(const std::vector<bf16>& y, const std::vector<double>& ref,
+                 const std::vector<double>& magnitude, double accumulation_tolerance) {
+  ASSERT_EQ(y.size(), ref.size());
+  for (size_t i = 0; i < y.size(); ++i) {
+    const double got = BF16ToFloat(y[i]);
+    const double bound = std::ldexp(std::fabs(ref[i]), -8) + accumulation_tolerance * magnitude[i];
+    ASSERT_LE(std::fabs(got - ref[i]), bound) << "element " << i << " ref " << ref[i];
+  }
+}
+
+class LinearIsaTest : public ::testing::TestWithParam<Isa> {
+ protected:
+  void SetUp() override {
+    if (!CpuSupports(GetParam())) GTEST_SKIP() << "CPU lacks " << IsaName(GetParam());
+    saved_ = ActiveIsa();
+    internal::SetIsaForTesting(GetParam());
+  }
+  void TearDown() override { internal::SetIsaForTesting(saved_); }
+  Isa saved_ = Isa::kPortable;
+};
+
+TEST_P(LinearIsaTest, Bf16MatchesDoubleReference) {
+  for (auto [m, n, k] : {std::tuple{5, 96, 2048}, std::tuple{3, 13, 77}, std::tuple{9, 70, 300}}) {
+    const TestWeight t = MakeBf16Weight(n, k, 11);
+    const std::vector<bf16> x = RandomBf16(m * k, 12);
+    std::vector<bf16> y(m * n);
+    Linear(x.data(), m, t.w, y.data());
+    std::vector<double> ref, magnitude;
+    ReferenceBf16(x, m, t, &ref, &magnitude);
+    ExpectClose(y, ref, magnitude, std::ldexp(1.0, -18));
+  }
+}
+
+TEST_P(LinearIsaTest, Fp8MatchesDoubleReference) {
+  for (auto [m, n, k] : {std::tuple{4, 130, 384}, std::tuple{7, 64, 200}, std::tuple{1, 5, 40}}) {
+    const TestWeight t = MakeFp8Weight(n, k, 21);
+    const std::vector<bf16> x = RandomBf16(m * k, 22);
+    std::vector<bf16> y(m * n);
+    Linear(x.data(), m, t.w, y.data());
+    std::vector<double> ref, magnitude;
+    ReferenceFp8(x, m, t, &ref, &magnitude);
+    ExpectClose(y, ref, magnitude, std::ldexp(1.0, -16));
+  }
+}
+
+TEST_P(LinearIsaTest, HonorsRowStrides) {
+  const int64_t m = 6, n = 20, k = 64, xs = 100, ys = 33;
+  const TestWeight t = MakeBf16Weight(n, k, 31);
+  const std::vector<bf16> packed = RandomBf16(m * k, 32);
+  std::vector<bf16> strided(m * xs, FloatToBF16(1000.0f));
+  for (int64_t r = 0; r < m; ++r)
+    std::copy(packed.begin() + r * k, packed.begin() + (r + 1) * k, strided.begin() + r * xs);
+  std::vector<bf16> y_packed(m * n), y_strided(m * ys, FloatToBF16(-7.0f));
+  Linear(packed.data(), m, t.w, y_packed.data());
+  Linear(strided.data(), xs, m, t.w, y_strided.data(), ys);
+  for (int64_t r = 0; r < m; ++r) {
+    for (int64_t c = 0; c < n; ++c) EXPECT_EQ(y_strided[r * ys + c].bits, y_packed[r * n + c].bits);
+    for (int64_t c = n; c < ys && r + 1 < m; ++c) EXPECT_EQ(BF16ToFloat(y_strided[r * ys + c]), -7.0f);
+  }
+}
+
+// Row r's output must not depend on the batch: all rows at once, one at a time, reversed order
+// (other positions), and pools of 1 and 3 threads must agree bit for bit.
+void CheckBatchInvariance(const LinearWeight& w, uint32_t seed) {
+  const int64_t m = 70, n = w.out_features, k = w.in_features;  // 70 rows cross a 64-row block
+  const std::vector<bf16> x = RandomBf16(m * k, seed);
+  std::vector<bf16> all(m * n);
+  Linear(x.data(), m, w, all.data());
+
+  std::vector<bf16> single(m * n);
+  for (int64_t r = 0; r < m; ++r) Linear(x.data() + r * k, 1, w, single.data() + r * n);
+  EXPECT_EQ(FirstDifference(all, single), -1) << "one row at a time";
+
+  std::vector<bf16> reversed_x(m * k), reversed_y(m * n), unreversed(m * n);
+  for (int64_t r = 0; r < m; ++r)
+    std::copy(x.begin() + r * k, x.begin() + (r + 1) * k, reversed_x.begin() + (m - 1 - r) * k);
+  Linear(reversed_x.data(), m, w, reversed_y.data());
+  for (int64_t r = 0; r < m; ++r)
+    std::copy(reversed_y.begin() + (m - 1 - r) * n, reversed_y.begin() + (m - r) * n,
+              unreversed.begin() + r * n);
+  EXPECT_EQ(FirstDifference(all, unreversed), -1) << "rows reversed";
+
+  for (int threads : {1, 3}) {
+    ThreadPool pool(threads);
+    ScopedThreadPool scoped(&pool);
+    std::vector<bf16> y(m * n);
+    Linear(x.data(), m, w, y.data());
+    EXPECT_EQ(FirstDifference(all, y), -1) << threads << " threads";
+    std::vector<bf16> some(13 * n);  // a 13-row batch from the middle
+    Linear(x.data() + 20 * k, 13, w, some.data());
+    EXPECT_TRUE(std::equal(some.begin(), some.end(), all.begin() + 20 * n,
+                           [](bf16 a, bf16 b) { return a.bits == b.bits; }));
+  }
+}
+
+TEST_P(LinearIsaTest, Bf16IsBatchInvariant) {
+  const TestWeight t = MakeBf16Weight(203, 300, 41);
+  CheckBatchInvariance(t.w, 42);
+}
+
+TEST_P(LinearIsaTest, Fp8IsBatchInvariant) {
+  const TestWeight t = MakeFp8Weight(203, 300, 51);
+  CheckBatchInvariance(t.w, 52);
+}
+
+INSTANTIATE_TEST_SUITE_P(Isas, LinearIsaTest, ::testing::Values(Isa::kPortable, Isa::kAvx512Bf16),
+                         [](const auto& info) { return std::string(IsaName(info.param)); });
+
+// The portable path reproduces the documented order, so it must equal the AVX-512 path exactly
+// (inputs here have no bf16 subnormals, the one documented difference).
+TEST(LinearTest, PortablePathEqualsAvx512BitForBit) {
+  if (!CpuSupports(Isa::kAvx512Bf16)) GTEST_SKIP() << "no AVX-512 BF16";
+  const Isa saved = ActiveIsa();
+  for (bool fp8 : {false, true}) {
+    const TestWeight t = fp8 ? MakeFp8Weight(150, 1000, 61) : MakeBf16Weight(150, 1000, 61);
+    const int64_t m = 11;
+    const std::vector<bf16> x = RandomBf16(m * 1000, 62, 3.0f);
+    std::vector<bf16> fast(m * 150), portable(m * 150);
+    internal::SetIsaForTesting(Isa::kAvx512Bf16);
+    Linear(x.data(), m, t.w, fast.data());
+    internal::SetIsaForTesting(Isa::kPortable);
+    Linear(x.data(), m, t.w, portable.data());
+    EXPECT_EQ(FirstDifference(fast, portable), -1) << (fp8 ? "fp8" : "bf16");
+  }
+  internal::SetIsaForTesting(saved);
+}
+
+TEST(LinearTest, RoundToE4M3MatchesLibraryEncoder) {
+  std::vector<float> values;
+  for (int code = 0; code < 256; ++code) {
+    if ((code & 0x7f) == 0x7f) continue;
+    const float v = Fp8E4M3ToFloat(static_cast<uint8_t>(code));
+    values.push_back(v);
+    values.push_back(std::nextafter(v, 0.0f));
+    values.push_back(std::nextafter(v, 1000.0f * (v < 0 ? -1.0f : 1.0f)));
+  }
+  for (int code = 0; code < 0x7e; ++code) {  // exact midpoints between neighbours: ties to even
+    const float a = Fp8E4M3ToFloat(static_cast<uint8_t>(code));
+    const float b = Fp8E4M3ToFloat(static_cast<uint8_t>(code + 1));
+    values.push_back((a + b) / 2);
+    values.push_back(-(a + b) / 2);
+  }
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> dist(-448.0f, 448.0f);
+  for (int i = 0; i < 100000; ++i) values.push_back(dist(rng) / (1 << (i % 16)));
+  for (float v : values) {
+    if (std::fabs(v) > 448.0f) continue;  // callers clamp first
+    const float expected = Fp8E4M3ToFloat(FloatToFp8E4M3(v));
+    const float got = internal::RoundToE4M3(v);
+    ASSERT_EQ(std::signbit(got), std::signbit(expected)) << v;
+    ASSERT_EQ(got, expected) << v;
+  }
+}
+
+TEST(LinearTest, QuantizeUsesEpsForAllZeroGroup) {
+  std::vector<bf16> x(256, FloatToBF16(0.0f));
+  x[128] = FloatToBF16(-3.5f);
+  x[200] = FloatToBF16(0.75f);
+  std::vector<float> aq(256, -1.0f), scale(2, -1.0f);
+  internal::QuantizeRowFp8(x.data(), 256, aq.data(), scale.data());
+  EXPECT_EQ(scale[0], 1e-10f / 448.0f);
+  for (int i = 0; i < 128; ++i) ASSERT_EQ(aq[i], 0.0f);
+  EXPECT_EQ(scale[1], 3.5f / 448.0f);
+  EXPECT_EQ(aq[128], -448.0f);
+  EXPECT_EQ(aq[200], Fp8E4M3ToFloat(FloatToFp8E4M3(0.75f / (3.5f / 448.0f))));  // 96
+  EXPECT_EQ(aq[200], 96.0f);
+
+  // Through Linear: an all-zero input row gives exact zeros, never NaN.
+  const TestWeight t = MakeFp8Weight(8, 256, 71);
+  std::vector<bf16> zeros(256, FloatToBF16(0.0f)), y(8, FloatToBF16(1.0f));
+  Linear(zeros.data(), 1, t.w, y.data());
+  for (bf16 v : y) EXPECT_EQ(v.bits, 0);
+}
+
+TEST(LinearTest, QuantizePadsPartialGroupWithZeros) {
+  const std::vector<bf16> x = RandomBf16(130, 81);
+  std::vector<float> aq(256, -1.0f), scale(2);
+  internal::QuantizeRowFp8(x.data(), 130, aq.data(), scale.data());
+  for (int i = 130; i < 256; ++i) ASSERT_EQ(aq[i], 0.0f);
+  const float amax = std::max(std::fabs(BF16ToFloat(x[128])), std::fabs(BF16ToFloat(x[129])));
+  EXPECT_EQ(scale[1], amax / 448.0f);
+}
+
+}  // namespace
+}  // namespace moe::kernels::cpu
