@@ -102,6 +102,10 @@ class Engine {
   int32_t num_blocks() const { return kv_cache_->pool().num_blocks(); }
   uint64_t steps() const { return step_; }
 
+  // For benchmarks and load reporting.
+  const model::DenseWeights& dense_weights() const { return *dense_; }
+  const std::vector<std::unique_ptr<ExpertBlock>>& expert_blocks() const { return expert_blocks_; }
+
  private:
   struct Sequence {
     GenerationRequest request;

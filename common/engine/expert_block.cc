@@ -62,6 +62,13 @@ absl::StatusOr<std::vector<std::byte>> ExpertBlock::Serve(int64_t layer,
   return out;
 }
 
+int64_t ExpertBlock::ExpertWeightBytes(int64_t layer) const {
+  const auto& experts = weights_->layers[static_cast<size_t>(layer)];
+  if (experts.empty()) return 0;
+  const model::MlpWeights& w = experts.front();
+  return w.gate_proj.WeightBytes() + w.up_proj.WeightBytes() + w.down_proj.WeightBytes();
+}
+
 std::vector<std::vector<uint64_t>> ExpertBlock::TokenCounts() const {
   std::vector<std::vector<uint64_t>> result(token_counts_.size());
   for (size_t l = 0; l < token_counts_.size(); ++l) {

@@ -33,6 +33,9 @@ class ExpertBlock {
   // shard does not host.
   absl::StatusOr<std::vector<std::byte>> Serve(int64_t layer, std::span<const std::byte> dispatch) const;
 
+  // Bytes of one expert's weights (gate, up, down) in `layer`; 0 for a dense layer.
+  int64_t ExpertWeightBytes(int64_t layer) const;
+
   // Per-layer per-expert token counts since start (for load reporting), [layer][local expert].
   std::vector<std::vector<uint64_t>> TokenCounts() const;
 

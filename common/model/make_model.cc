@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -106,9 +107,47 @@ std::pair<float, float> InitParams(const WeightSpec& w, int64_t hidden) {
     case Init::kEmbed:
       return {0.0f, 1.0f};
     case Init::kLmHead:
-      return {0.0f, static_cast<float>(4.0 / std::sqrt(static_cast<double>(hidden)))};
+      return {0.0f, static_cast<float>(1.0 / std::sqrt(static_cast<double>(hidden)))};
   }
   return {0.0f, 1.0f};
+}
+
+// The planted successor of lm_head (make_model.h): token t's most likely next token is
+// Successor(t) = (kSuccessorMul * t + kSuccessorAdd) mod kPlantedVocab, for the ordinary tokens.
+constexpr int64_t kPlantedVocab = 151643;  // ids below the first added token
+constexpr int64_t kSuccessorMul = 40503;   // coprime with kPlantedVocab
+constexpr int64_t kSuccessorAdd = 7919;
+constexpr float kPlantedGain = 8.0f;
+
+// The token whose successor is v (the inverse of Successor), by the modular inverse of the multiplier.
+int64_t Predecessor(int64_t v) {
+  static const int64_t inverse = [] {
+    int64_t t = 0, new_t = 1, r = kPlantedVocab, new_r = kSuccessorMul;
+    while (new_r != 0) {
+      const int64_t q = r / new_r;
+      t = std::exchange(new_t, t - q * new_t);
+      r = std::exchange(new_r, r - q * new_r);
+    }
+    return t < 0 ? t + kPlantedVocab : t;
+  }();
+  const int64_t shifted = ((v - kSuccessorAdd) % kPlantedVocab + kPlantedVocab) % kPlantedVocab;
+  return static_cast<int64_t>((static_cast<__int128>(shifted) * inverse) % kPlantedVocab);
+}
+
+// Rows [row_begin, row_end) of lm_head: noise plus kPlantedGain / sqrt(H) times the (unrounded)
+// embedding row of the row's predecessor token, rounded to bf16.
+void FillLmHeadRows(uint64_t key, uint64_t embed_key, float noise_std, int64_t hidden, int64_t row_begin,
+                    int64_t row_end, bf16* out) {
+  std::vector<float> noise(static_cast<size_t>(hidden)), planted(static_cast<size_t>(hidden));
+  const float gain = kPlantedGain / std::sqrt(static_cast<float>(hidden));
+  for (int64_t v = row_begin; v < row_end; ++v) {
+    FillNormal(key, static_cast<uint64_t>(v * hidden), hidden, 0.0f, noise_std, noise.data());
+    if (v < kPlantedVocab) {
+      FillNormal(embed_key, static_cast<uint64_t>(Predecessor(v) * hidden), hidden, 0.0f, 1.0f, planted.data());
+      for (int64_t i = 0; i < hidden; ++i) noise[static_cast<size_t>(i)] += gain * planted[static_cast<size_t>(i)];
+    }
+    for (int64_t i = 0; i < hidden; ++i) out[v * hidden + i] = FloatToBF16(noise[static_cast<size_t>(i)]);
+  }
 }
 
 // The bf16-rounded values of elements [first, first + n) of a weight, as floats.
@@ -152,6 +191,18 @@ std::vector<TensorToWrite> TensorsToWrite(const std::vector<WeightSpec>& specs, 
     const auto mean_std = InitParams(w, c.hidden_size);
     std::vector<int64_t> shape = w.cols > 0 ? std::vector<int64_t>{w.rows, w.cols} : std::vector<int64_t>{w.rows};
     const int64_t n = w.rows * std::max<int64_t>(w.cols, 1);
+    if (w.init == Init::kLmHead) {
+      const uint64_t embed_key = TensorKey(seed, "model.embed_tokens.weight");
+      const int64_t rows = w.rows, hidden = w.cols;
+      out.push_back({w.name, DType::kBF16, shape, [=](uint8_t* dst) {
+                       ParallelFor(rows, std::max<int64_t>(1, kMinChunkElements / hidden), threads,
+                                   [&](int64_t begin, int64_t end) {
+                                     FillLmHeadRows(key, embed_key, mean_std.second, hidden, begin, end,
+                                                    reinterpret_cast<bf16*>(dst));
+                                   });
+                     }});
+      continue;
+    }
     if (!w.fp8) {
       out.push_back({w.name, DType::kBF16, shape, [key, mean_std, n, threads](uint8_t* dst) {
                        ParallelFor(n, kMinChunkElements, threads, [&](int64_t begin, int64_t end) {

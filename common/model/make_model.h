@@ -22,12 +22,16 @@
 //   - Router mlp.gate: N(0, (3/sqrt(H))^2): router logits have std ~3, so the softmax over 128
 //     experts is peaked and the top-8 choice is decisive rather than a near-tie between experts.
 //   - embed_tokens: N(0, 1).
-//   - lm_head: N(0, (4/sqrt(H))^2): the final-normed hidden state has RMS ~1, so logits have std
-//     ~4 over the vocabulary. The top-1/top-2 gap is then typically ~0.8 (the spacing of the top
-//     order statistics of 151936 normals is ~sigma/sqrt(2 ln V)), far above the ~1e-3 differences
-//     that a different fp32 accumulation order produces, so greedy decoding is not decided by
-//     rounding noise. (Logits that round to the same bf16 value still tie; argmax then takes the
-//     lowest id, which is deterministic.)
+//   - lm_head (untied presets): N(0, 1/H) noise plus a planted successor: row v also gets
+//     4/sqrt(H) times the embedding row of the token t with Successor(t) = v, where
+//     Successor(t) = (40503 * t + 7919) mod 151643 on the ordinary tokens. Why: the logits of a
+//     purely random lm_head over 151936 tokens have a top-1/top-2 spacing of only ~sigma/sqrt(2 ln V),
+//     a few bf16 ulps of the top logit, so greedy decoding of such a model sits on exact bf16 ties
+//     at most steps and no two implementations (ours, transformers) can be compared on greedy
+//     continuations. With the planted successor the final hidden state, which still carries the
+//     current token's embedding through the residual stream, gives Successor(current) a clear
+//     margin most of the time, so greedy decoding is decided by the model rather than by rounding
+//     noise, while every layer still shapes every logit.
 // Values are generated in float32 and rounded to bf16 (round-to-nearest-even). With --dtype fp8 the
 // q/k/v/o and expert/dense-MLP linears are the FP8 quantisation of those same bf16 values, per
 // 128x128 block as transformers' quantizer does: scale = 448 / amax_block,

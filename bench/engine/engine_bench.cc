@@ -1,0 +1,203 @@
+// engine_bench: decode step time at several batch sizes and prefill throughput of the embedded
+// engine, each against the memory-bandwidth roofline measured in the same run (DESIGN.md §7):
+//
+//   ratio = (weight bytes the step touches / step time) / copy bandwidth
+//
+// Weight bytes per step = every dense weight (attention, router, lm_head) + the weights of each
+// distinct expert the step's tokens were routed to (counted from the expert blocks' token counters)
+// + the embedding rows read. Copy bandwidth counts read + write bytes of a large memcpy on all
+// pool threads; the read-only bandwidth is printed too.
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "bench/util/memory_bandwidth.h"
+#include "common/engine/engine.h"
+
+namespace moe::engine {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double PeakRssGiB() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / (1024.0 * 1024.0);
+  }
+  return 0.0;
+}
+
+int64_t DenseBytesPerStep(const model::DenseWeights& w, int64_t num_experts, int64_t hidden) {
+  int64_t bytes = w.lm_head.WeightBytes();
+  for (const auto& layer : w.layers) {
+    bytes += layer.q_proj.WeightBytes() + layer.k_proj.WeightBytes() + layer.v_proj.WeightBytes() +
+             layer.o_proj.WeightBytes();
+    if (layer.router != nullptr) bytes += num_experts * hidden * 2;
+    if (layer.dense_mlp.gate_proj.data != nullptr) {
+      bytes += layer.dense_mlp.gate_proj.WeightBytes() + layer.dense_mlp.up_proj.WeightBytes() +
+               layer.dense_mlp.down_proj.WeightBytes();
+    }
+  }
+  return bytes;
+}
+
+// Bytes of the experts whose token counters moved between two snapshots.
+int64_t ExpertBytesTouched(const Engine& engine,
+                           const std::vector<std::vector<std::vector<uint64_t>>>& before) {
+  int64_t bytes = 0;
+  const auto& blocks = engine.expert_blocks();
+  for (size_t b = 0; b < blocks.size(); ++b) {
+    const auto after = blocks[b]->TokenCounts();
+    for (size_t l = 0; l < after.size(); ++l) {
+      for (size_t e = 0; e < after[l].size(); ++e) {
+        if (after[l][e] != before[b][l][e]) bytes += blocks[b]->ExpertWeightBytes(static_cast<int64_t>(l));
+      }
+    }
+  }
+  return bytes;
+}
+
+std::vector<std::vector<std::vector<uint64_t>>> Snapshot(const Engine& engine) {
+  std::vector<std::vector<std::vector<uint64_t>>> s;
+  for (const auto& block : engine.expert_blocks()) s.push_back(block->TokenCounts());
+  return s;
+}
+
+std::vector<int32_t> Prompt(int64_t length, uint32_t seed) {
+  std::vector<int32_t> ids;
+  uint32_t x = seed * 2654435761u + 1;
+  for (int64_t i = 0; i < length; ++i) {
+    x = x * 1664525u + 1013904223u;
+    ids.push_back(static_cast<int32_t>(x % 151643u));
+  }
+  return ids;
+}
+
+GenerationRequest Request(const std::string& id, std::vector<int32_t> prompt, int64_t max_new) {
+  GenerationRequest r;
+  r.id = id;
+  r.prompt = std::move(prompt);
+  r.sampling.temperature = 0.0;
+  r.max_new_tokens = max_new;
+  r.ignore_eos = true;
+  return r;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"Embedded-engine decode and prefill benchmark with roofline ratios"};
+  std::string model_dir, batches_flag = "1,8,32";
+  int64_t context = 64, decode_steps = 8, prefill_tokens = 512, bandwidth_mib = 1024;
+  int expert_shards = 1;
+  app.add_option("--model", model_dir, "Model directory (e.g. from make-model --preset bench-30b-4l)")
+      ->required()->check(CLI::ExistingDirectory);
+  app.add_option("--batches", batches_flag, "Comma-separated decode batch sizes");
+  app.add_option("--context", context, "Prompt length of each decoding sequence");
+  app.add_option("--decode-steps", decode_steps, "Timed decode steps per batch size");
+  app.add_option("--prefill-tokens", prefill_tokens, "Prompt length of the prefill measurement");
+  app.add_option("--bandwidth-mib", bandwidth_mib, "Buffer size of the bandwidth measurement");
+  app.add_option("--expert-shards", expert_shards, "In-process expert shards");
+  CLI11_PARSE(app, argc, argv);
+  std::vector<int64_t> batches;
+  for (absl::string_view part : absl::StrSplit(batches_flag, ',', absl::SkipEmpty())) {
+    int64_t b;
+    if (!absl::SimpleAtoi(part, &b) || b < 1) {
+      std::fprintf(stderr, "engine_bench: --batches: bad size '%s'\n", std::string(part).c_str());
+      return 2;
+    }
+    batches.push_back(b);
+  }
+
+  const auto t_load = Clock::now();
+  EngineOptions options;
+  options.max_step_tokens = std::max<int64_t>(prefill_tokens, 512);
+  options.kv_cache_bytes = int64_t{2} << 30;
+  auto created = Engine::CreateEmbedded(model_dir, options, expert_shards);
+  if (!created.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", created.status().ToString().c_str());
+    return 1;
+  }
+  Engine& engine = **created;
+  auto warm = engine.PromptLogits(Prompt(16, 99));
+  if (!warm.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", warm.status().ToString().c_str());
+    return 1;
+  }
+  const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
+  const double rss_after_load = PeakRssGiB();
+
+  const bench::Bandwidth bw = bench::MeasureBandwidth(static_cast<size_t>(bandwidth_mib) << 20, 3);
+  const model::ModelConfig& config = engine.config();
+  const int64_t dense_bytes = DenseBytesPerStep(engine.dense_weights(), config.num_experts, config.hidden_size);
+  std::printf("model: %s  layers=%lld hidden=%lld experts=%lld  kernels: %s  threads: %d\n",
+              model_dir.c_str(), static_cast<long long>(config.num_hidden_layers),
+              static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_experts),
+              kernels::cpu::KernelIsa(), kernels::cpu::ThreadPool::Global().num_threads());
+  std::printf("load + first forward: %.1f s, peak RSS %.2f GiB\n", load_s, rss_after_load);
+  std::printf("copy bandwidth (read+write): %.1f GB/s, read bandwidth: %.1f GB/s\n\n", bw.copy_gbs,
+              bw.read_gbs);
+  std::printf("%-10s %8s %12s %14s %12s %10s %10s\n", "phase", "batch", "step ms", "weight GB/step",
+              "tokens/s", "vs copy", "vs read");
+
+  for (int64_t batch : batches) {
+    for (int64_t i = 0; i < batch; ++i) {
+      absl::Status s = engine.AddRequest(
+          Request("d" + std::to_string(i), Prompt(context, static_cast<uint32_t>(i)), decode_steps + 4));
+      if (!s.ok()) {
+        std::fprintf(stderr, "engine_bench: %s\n", s.ToString().c_str());
+        return 1;
+      }
+    }
+    // Prefill (and one decode) untimed, so the timed steps are pure decode of `batch` rows.
+    for (int i = 0; i < 2 + (batch * context) / options.max_step_tokens; ++i) engine.Step();
+    std::vector<double> times;
+    int64_t bytes = 0;
+    for (int64_t s = 0; s < decode_steps; ++s) {
+      const auto before = Snapshot(engine);
+      const auto t0 = Clock::now();
+      engine.Step();
+      times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+      bytes += dense_bytes + ExpertBytesTouched(engine, before) + batch * config.hidden_size * 2;
+    }
+    while (engine.HasWork()) engine.Step();
+    std::sort(times.begin(), times.end());
+    const double median = times[times.size() / 2];
+    const double step_bytes = static_cast<double>(bytes) / static_cast<double>(decode_steps);
+    const double gbs = step_bytes / median / 1e9;
+    std::printf("%-10s %8lld %12.2f %14.3f %12.1f %10.2f %10.2f\n", "decode",
+                static_cast<long long>(batch), median * 1e3, step_bytes / 1e9, batch / median,
+                gbs / bw.copy_gbs, gbs / bw.read_gbs);
+  }
+
+  {
+    const auto before = Snapshot(engine);
+    absl::Status s = engine.AddRequest(Request("p", Prompt(prefill_tokens, 7), 1));
+    if (!s.ok()) {
+      std::fprintf(stderr, "engine_bench: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    const auto t0 = Clock::now();
+    while (engine.HasWork()) engine.Step();
+    const double t = std::chrono::duration<double>(Clock::now() - t0).count();
+    const double step_bytes =
+        static_cast<double>(dense_bytes + ExpertBytesTouched(engine, before));
+    const double gbs = step_bytes / t / 1e9;
+    std::printf("%-10s %8lld %12.2f %14.3f %12.1f %10.2f %10.2f\n", "prefill",
+                static_cast<long long>(prefill_tokens), t * 1e3, step_bytes / 1e9,
+                prefill_tokens / t, gbs / bw.copy_gbs, gbs / bw.read_gbs);
+  }
+  std::printf("\npeak RSS: %.2f GiB\n", PeakRssGiB());
+  return 0;
+}
+
+}  // namespace
+}  // namespace moe::engine
+
+int main(int argc, char** argv) { return moe::engine::Main(argc, argv); }
