@@ -13,10 +13,13 @@ function(moe_add_test name)
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_LIBS} GTest::gtest GTest::gmock GTest::gtest_main)
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+  # Also compiled in, so a test binary run by hand finds them without the environment.
+  target_compile_definitions(${name} PRIVATE MOE_SOURCE_DIR_DEFAULT="${CMAKE_SOURCE_DIR}"
+                                             MOE_BINARY_DIR_DEFAULT="${CMAKE_BINARY_DIR}")
   gtest_discover_tests(${name}
     WORKING_DIRECTORY ${CMAKE_SOURCE_DIR}
     PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
-               ENVIRONMENT "MOE_SOURCE_DIR=${CMAKE_SOURCE_DIR};MOE_BINARY_DIR=${CMAKE_BINARY_DIR}"
+               ENVIRONMENT "MOE_SOURCE_DIR=${CMAKE_SOURCE_DIR}"
     DISCOVERY_TIMEOUT 60)
 endfunction()
 

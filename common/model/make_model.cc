@@ -117,10 +117,14 @@ std::pair<float, float> InitParams(const WeightSpec& w, int64_t hidden) {
 constexpr int64_t kPlantedVocab = 151643;  // ids below the first added token
 constexpr int64_t kSuccessorMul = 40503;   // coprime with kPlantedVocab
 constexpr int64_t kSuccessorAdd = 7919;
-constexpr float kPlantedGain = 8.0f;
 
-// The token whose successor is v (the inverse of Successor), by the modular inverse of the multiplier.
-int64_t Predecessor(int64_t v) {
+}  // namespace
+
+int64_t PlantedSuccessor(int64_t token) {
+  return (kSuccessorMul * (token % kPlantedVocab) + kSuccessorAdd) % kPlantedVocab;
+}
+
+int64_t PlantedPredecessor(int64_t v) {
   static const int64_t inverse = [] {
     int64_t t = 0, new_t = 1, r = kPlantedVocab, new_r = kSuccessorMul;
     while (new_r != 0) {
@@ -134,16 +138,18 @@ int64_t Predecessor(int64_t v) {
   return static_cast<int64_t>((static_cast<__int128>(shifted) * inverse) % kPlantedVocab);
 }
 
-// Rows [row_begin, row_end) of lm_head: noise plus kPlantedGain / sqrt(H) times the (unrounded)
+namespace {
+
+// Rows [row_begin, row_end) of lm_head: noise plus kPlantedSuccessorGain / sqrt(H) times the (unrounded)
 // embedding row of the row's predecessor token, rounded to bf16.
 void FillLmHeadRows(uint64_t key, uint64_t embed_key, float noise_std, int64_t hidden, int64_t row_begin,
                     int64_t row_end, bf16* out) {
   std::vector<float> noise(static_cast<size_t>(hidden)), planted(static_cast<size_t>(hidden));
-  const float gain = kPlantedGain / std::sqrt(static_cast<float>(hidden));
+  const float gain = kPlantedSuccessorGain / std::sqrt(static_cast<float>(hidden));
   for (int64_t v = row_begin; v < row_end; ++v) {
     FillNormal(key, static_cast<uint64_t>(v * hidden), hidden, 0.0f, noise_std, noise.data());
     if (v < kPlantedVocab) {
-      FillNormal(embed_key, static_cast<uint64_t>(Predecessor(v) * hidden), hidden, 0.0f, 1.0f, planted.data());
+      FillNormal(embed_key, static_cast<uint64_t>(PlantedPredecessor(v) * hidden), hidden, 0.0f, 1.0f, planted.data());
       for (int64_t i = 0; i < hidden; ++i) noise[static_cast<size_t>(i)] += gain * planted[static_cast<size_t>(i)];
     }
     for (int64_t i = 0; i < hidden; ++i) out[v * hidden + i] = FloatToBF16(noise[static_cast<size_t>(i)]);

@@ -65,6 +65,11 @@ struct MakeModelOptions {
 };
 
 std::vector<std::string> PresetNames();
+
+// The planted successor of lm_head (see above) on ordinary token ids [0, 151643), and its inverse.
+int64_t PlantedSuccessor(int64_t token);
+int64_t PlantedPredecessor(int64_t token);
+inline constexpr float kPlantedSuccessorGain = 8.0f;  // times 1/sqrt(H) times the embedding row
 // The preset's config.json (before any quantization_config), pretty-printed. NOT_FOUND for an
 // unknown preset.
 absl::StatusOr<std::string> PresetConfigJson(const std::string& preset);

@@ -38,7 +38,7 @@ constexpr double kMaxRelL2Error = 5e-2;
 double Bf16Ulp(double x) { return std::ldexp(1.0, std::ilogb(std::max(x, 1e-30)) - 7); }
 
 std::string GoldenDir(const std::string& name) {
-  return std::string(std::getenv("MOE_SOURCE_DIR")) + "/tests/oracle/goldens/" + name;
+  return std::string(MOE_SOURCE_DIR_DEFAULT) + "/tests/oracle/goldens/" + name;
 }
 
 nlohmann::json ReadJson(const std::string& path) {

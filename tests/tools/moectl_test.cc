@@ -25,7 +25,7 @@ struct Result {
   std::string err;
 };
 
-std::string Moectl() { return std::string(std::getenv("MOE_BINARY_DIR")) + "/bin/moectl"; }
+std::string Moectl() { return std::string(MOE_BINARY_DIR_DEFAULT) + "/bin/moectl"; }
 
 std::string Quote(const std::string& s) {
   std::string q = "'";
@@ -34,7 +34,7 @@ std::string Quote(const std::string& s) {
 }
 
 // Runs moectl with `args` (already quoted), feeding `input` on stdin.
-Result Run(const std::string& args, const std::string& input = "") {
+Result RunMoectl(const std::string& args, const std::string& input = "") {
   const std::string dir = testing::MakeTempDir("moectl-run");
   const std::string in = dir + "/in", out = dir + "/out", err = dir + "/err";
   std::ofstream(in) << input;
@@ -63,7 +63,7 @@ std::string CopyModel(const std::string& src) {
 
 TEST(MoectlTest, EveryCommandHasHelp) {
   for (const std::string cmd : {"", "make-model", "tokenize", "logits", "generate"}) {
-    Result r = Run(cmd + " --help");
+    Result r = RunMoectl(cmd + " --help");
     EXPECT_EQ(r.exit_code, 0) << cmd;
     EXPECT_THAT(r.out, HasSubstr("--")) << cmd;
   }
@@ -71,7 +71,7 @@ TEST(MoectlTest, EveryCommandHasHelp) {
 
 TEST(MoectlTest, LogitsPrintsTheLastPositionAsJson) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
-  Result r = Run("logits --model " + model + " --ids 9707,1879 --top 3");
+  Result r = RunMoectl("logits --model " + model + " --ids 9707,1879 --top 3");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto json = nlohmann::json::parse(r.out);
   EXPECT_EQ(json["num_tokens"], 2);
@@ -83,16 +83,16 @@ TEST(MoectlTest, LogitsPrintsTheLastPositionAsJson) {
 
 TEST(MoectlTest, LogitsRejectsTokenIdsOutsideTheVocabulary) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
-  ExpectCleanFailure(Run("logits --model " + model + " --ids 1,151936"), "outside the vocabulary");
-  ExpectCleanFailure(Run("logits --model " + model + " --ids 1,x"), "--ids");
-  ExpectCleanFailure(Run("logits --model " + model + " --ids ''"), "--ids");
+  ExpectCleanFailure(RunMoectl("logits --model " + model + " --ids 1,151936"), "outside the vocabulary");
+  ExpectCleanFailure(RunMoectl("logits --model " + model + " --ids 1,x"), "--ids");
+  ExpectCleanFailure(RunMoectl("logits --model " + model + " --ids ''"), "--ids");
 }
 
 TEST(MoectlTest, LogitsRejectsAPromptLongerThanTheContext) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
   std::string ids = "1";
   for (int i = 0; i < 5000; ++i) ids += ",1";  // tiny's context is 4096
-  ExpectCleanFailure(Run("logits --model " + model + " --ids " + ids), "context length");
+  ExpectCleanFailure(RunMoectl("logits --model " + model + " --ids " + ids), "context length");
 }
 
 TEST(MoectlTest, TruncatedCheckpointIsAClearError) {
@@ -100,7 +100,7 @@ TEST(MoectlTest, TruncatedCheckpointIsAClearError) {
   const fs::path file = fs::path(model) / "model.safetensors";
   ASSERT_TRUE(fs::exists(file));
   fs::resize_file(file, fs::file_size(file) / 2);
-  ExpectCleanFailure(Run("logits --model " + model + " --ids 1"), "model.safetensors");
+  ExpectCleanFailure(RunMoectl("logits --model " + model + " --ids 1"), "model.safetensors");
 }
 
 TEST(MoectlTest, CorruptHeaderIsAClearError) {
@@ -111,7 +111,7 @@ TEST(MoectlTest, CorruptHeaderIsAClearError) {
     f.seekp(8);
     f.write("!!!!", 4);  // breaks the JSON header
   }
-  ExpectCleanFailure(Run("logits --model " + model + " --ids 1"), "model.safetensors");
+  ExpectCleanFailure(RunMoectl("logits --model " + model + " --ids 1"), "model.safetensors");
 }
 
 TEST(MoectlTest, UnsupportedConfigIsAClearError) {
@@ -121,29 +121,29 @@ TEST(MoectlTest, UnsupportedConfigIsAClearError) {
   auto json = nlohmann::json::parse(in);
   json["model_type"] = "llama4";
   std::ofstream(config) << json.dump();
-  ExpectCleanFailure(Run("logits --model " + model + " --ids 1"), "model_type");
+  ExpectCleanFailure(RunMoectl("logits --model " + model + " --ids 1"), "model_type");
 }
 
 TEST(MoectlTest, GenerateRejectsAnEmptyPrompt) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
-  ExpectCleanFailure(Run("generate --model " + model + " --prompt ''"), "empty");
+  ExpectCleanFailure(RunMoectl("generate --model " + model + " --prompt ''"), "empty");
 }
 
 TEST(MoectlTest, GenerateRejectsInvalidUtf8) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
-  ExpectCleanFailure(Run("generate --model " + model + " --prompt \"$(printf 'abc\\377')\""), "UTF-8");
+  ExpectCleanFailure(RunMoectl("generate --model " + model + " --prompt \"$(printf 'abc\\377')\""), "UTF-8");
 }
 
 TEST(MoectlTest, GenerateRejectsBadSamplingFlags) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
-  ExpectCleanFailure(Run("generate --model " + model + " --prompt hi --temperature -1"),
+  ExpectCleanFailure(RunMoectl("generate --model " + model + " --prompt hi --temperature -1"),
                      "temperature");
-  ExpectCleanFailure(Run("generate --model " + model + " --prompt hi --top-p 1.5"), "top_p");
+  ExpectCleanFailure(RunMoectl("generate --model " + model + " --prompt hi --top-p 1.5"), "top_p");
 }
 
 TEST(MoectlTest, GenerateStreamsJsonTokensAndAFinalSummary) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
-  Result r = Run("generate --model " + model +
+  Result r = RunMoectl("generate --model " + model +
                  " --prompt 'Hello there' --chat --max-tokens 5 --temperature 0 --ignore-eos --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<nlohmann::json> lines;
@@ -166,8 +166,8 @@ TEST(MoectlTest, GenerateStreamsJsonTokensAndAFinalSummary) {
 TEST(MoectlTest, GreedyGenerationIsTheSameWithShardedExperts) {
   const std::string& model = testing::TestModelDir("tiny", "fp8");
   const std::string common = " --prompt 'Tell me a story' --max-tokens 8 --temperature 0 --ignore-eos --json";
-  Result one = Run("generate --model " + model + common);
-  Result four = Run("generate --model " + model + common + " --expert-shards 4");
+  Result one = RunMoectl("generate --model " + model + common);
+  Result four = RunMoectl("generate --model " + model + common + " --expert-shards 4");
   ASSERT_EQ(one.exit_code, 0) << one.err;
   EXPECT_EQ(one.out, four.out);
 }

@@ -106,9 +106,18 @@ TEST(MakeModelTest, TinyLoadsBackThroughWeights) {
   ASSERT_TRUE(experts.ok()) << experts.status();
   // The norm weights are 1 + 0.1 z with |z| < 2 sqrt(3).
   for (int i = 0; i < 128; ++i) EXPECT_NEAR(BF16ToFloat((*dense)->final_norm[i]), 1.0, 0.35);
-  // Element 5 of lm_head is the generator's sample 5 scaled by 4 / sqrt(128), rounded to bf16.
-  const float expected = RoundBF16(4.0f / std::sqrt(128.0f) * InitNormal(TensorKey(0, "lm_head.weight"), 5));
-  EXPECT_EQ(BF16ToFloat(static_cast<const bf16*>((*dense)->lm_head.data)[5]), expected);
+  // Element (v, 5) of lm_head is the generator's noise sample scaled by 1 / sqrt(128), plus the
+  // planted successor: 8 / sqrt(128) times element 5 of the embedding of v's predecessor.
+  for (int64_t v : {int64_t{0}, int64_t{7919}, int64_t{151642}, int64_t{151700}}) {
+    float expected = 1.0f / std::sqrt(128.0f) * InitNormal(TensorKey(0, "lm_head.weight"), v * 128 + 5);
+    if (v < 151643) {
+      EXPECT_EQ(PlantedSuccessor(PlantedPredecessor(v)), v);
+      expected += kPlantedSuccessorGain / std::sqrt(128.0f) *
+                  InitNormal(TensorKey(0, "model.embed_tokens.weight"), PlantedPredecessor(v) * 128 + 5);
+    }
+    EXPECT_EQ(BF16ToFloat(static_cast<const bf16*>((*dense)->lm_head.data)[v * 128 + 5]), RoundBF16(expected)) << v;
+  }
+  EXPECT_EQ(PlantedSuccessor(0), 7919);
   EXPECT_GT(std::filesystem::file_size(dir.File("tokenizer.json")), 10'000'000u);
 }
 

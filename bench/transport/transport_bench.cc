@@ -1,0 +1,191 @@
+// Data-plane benchmark (DESIGN.md §7): two UcxTransports in one process on separate threads.
+//
+//   round trip: peer 0 sends an N-byte dispatch, peer 1 answers with an N-byte combine (one MoE
+//               layer's hop); reported as median and mean round-trip time and as half of it
+//               (comparable to ucx_perftest's one-way ucp_am_lat).
+//   bandwidth:  peer 0 sends `iters` N-byte messages back to back, peer 1 receives them and
+//               acknowledges the last; bytes / time (comparable to ucx_perftest's ucp_am_bw).
+//
+// Sizes default to one Qwen3-30B layer's hop (hidden 2048 bf16 = 4 KiB per token row, x8 experts):
+// 32 KiB, 256 KiB, 1 MiB, 4 MiB. Output: a table, plus one "RESULT ..." line per measurement for
+// scripts.
+//
+// Usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,1048576,4194304] [--iters=N] [--busy_poll_us=U]
+// --tls is a list of UCX_TLS selections separated by ';' or the shorthands sm (= sm,self) / tcp.
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "common/transport/ucx/ucx_transport.h"
+
+namespace moe::transport {
+namespace {
+
+struct Args {
+  std::vector<std::string> tls = {"sm", "tcp"};
+  std::vector<size_t> sizes = {32 << 10, 256 << 10, 1 << 20, 4 << 20};
+  int iters = 0;  // 0: by size
+  int busy_poll_us = -1;  // -1: UcxOptions' default
+};
+
+bool ParseArgs(int argc, char** argv, Args* args) {
+  for (int i = 1; i < argc; ++i) {
+    absl::string_view arg = argv[i];
+    if (absl::ConsumePrefix(&arg, "--tls=")) {
+      args->tls = absl::StrSplit(arg, ';', absl::SkipEmpty());
+      if (arg.find(';') == absl::string_view::npos && arg.find(',') != absl::string_view::npos &&
+          arg != "sm,self") {
+        // "sm,tcp" means the two shorthands, not one UCX_TLS value.
+        args->tls = absl::StrSplit(arg, ',', absl::SkipEmpty());
+      }
+    } else if (absl::ConsumePrefix(&arg, "--sizes=")) {
+      args->sizes.clear();
+      for (absl::string_view s : absl::StrSplit(arg, ',', absl::SkipEmpty())) {
+        size_t v;
+        if (!absl::SimpleAtoi(s, &v)) return false;
+        args->sizes.push_back(v);
+      }
+    } else if (absl::ConsumePrefix(&arg, "--busy_poll_us=")) {
+      if (!absl::SimpleAtoi(arg, &args->busy_poll_us) || args->busy_poll_us < 0) return false;
+    } else if (absl::ConsumePrefix(&arg, "--iters=")) {
+      if (!absl::SimpleAtoi(arg, &args->iters) || args->iters <= 0) return false;
+    } else {
+      return false;
+    }
+  }
+  return !args->tls.empty() && !args->sizes.empty();
+}
+
+std::string UcxTls(const std::string& name) {
+  if (name == "sm") return "sm,self";
+  return name;
+}
+
+int ItersFor(size_t size, int override_iters) {
+  if (override_iters > 0) return override_iters;
+  if (size <= (64 << 10)) return 2000;
+  if (size <= (1 << 20)) return 500;
+  return 200;
+}
+
+MessageTag Tag(MessageKind kind, uint64_t step, int32_t sender) {
+  return MessageTag{kind, step, 0, 0, sender};
+}
+
+struct Result {
+  double rtt_median_us = 0;
+  double rtt_mean_us = 0;
+  double bw_mib_s = 0;  // MiB/s (2^20 bytes), the unit ucx_perftest prints as MB/s
+};
+
+absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, int iters) {
+  std::vector<std::byte> payload(size, std::byte{0x5a});
+  const int warmup = std::max(10, iters / 10);
+  const absl::Time deadline_pad = absl::Now() + absl::Minutes(5);
+  absl::Status echo_status;
+  // Peer 1: answer every dispatch, then take the bandwidth stream and acknowledge its end.
+  std::thread echo([&] {
+    for (int i = 0; i < warmup + iters; ++i) {
+      auto m = b.ReceiveTagged(Tag(MessageKind::kDispatch, i, 0), deadline_pad);
+      if (!m.ok()) { echo_status = m.status(); return; }
+      echo_status = b.Send(0, Tag(MessageKind::kCombine, i, 1), m->payload);
+      if (!echo_status.ok()) return;
+    }
+    const uint64_t base = warmup + iters;
+    for (int i = 0; i < iters; ++i) {
+      auto m = b.ReceiveTagged(Tag(MessageKind::kDispatch, base + i, 0), deadline_pad);
+      if (!m.ok()) { echo_status = m.status(); return; }
+    }
+    echo_status = b.Send(0, Tag(MessageKind::kCombine, base + iters, 1), {});
+  });
+
+  std::vector<double> rtts;
+  absl::Status status;
+  for (int i = 0; i < warmup + iters && status.ok(); ++i) {
+    const absl::Time start = absl::Now();
+    status = a.Send(1, Tag(MessageKind::kDispatch, i, 0), payload);
+    if (!status.ok()) break;
+    auto answer = a.ReceiveTagged(Tag(MessageKind::kCombine, i, 1), deadline_pad);
+    if (!answer.ok()) { status = answer.status(); break; }
+    if (answer->payload.size() != size) status = absl::InternalError("echo size mismatch");
+    if (i >= warmup) rtts.push_back(absl::ToDoubleMicroseconds(absl::Now() - start));
+  }
+  const uint64_t base = warmup + iters;
+  const absl::Time stream_start = absl::Now();
+  for (int i = 0; i < iters && status.ok(); ++i) {
+    status = a.Send(1, Tag(MessageKind::kDispatch, base + i, 0), payload);
+  }
+  if (status.ok()) {
+    status = a.ReceiveTagged(Tag(MessageKind::kCombine, base + iters, 1), deadline_pad).status();
+  }
+  const absl::Duration stream_time = absl::Now() - stream_start;
+  if (!status.ok()) a.Shutdown();  // unblocks the echo thread's waits
+  echo.join();
+  if (!status.ok()) return status;
+  if (!echo_status.ok()) return echo_status;
+
+  Result r;
+  std::sort(rtts.begin(), rtts.end());
+  r.rtt_median_us = rtts[rtts.size() / 2];
+  r.rtt_mean_us = std::accumulate(rtts.begin(), rtts.end(), 0.0) / rtts.size();
+  r.bw_mib_s = static_cast<double>(size) * iters / (1 << 20) / absl::ToDoubleSeconds(stream_time);
+  return r;
+}
+
+int Run(const Args& args) {
+  std::printf("%-8s %10s %7s %14s %14s %14s %12s\n", "tls", "bytes", "iters", "rtt_p50_us",
+              "rtt_mean_us", "half_rtt_us", "bw_MiB/s");
+  for (const std::string& tls : args.tls) {
+    UcxOptions options;
+    options.tls = UcxTls(tls);
+    if (args.busy_poll_us >= 0) options.busy_poll = absl::Microseconds(args.busy_poll_us);
+    auto a = UcxTransport::Create(0, options);
+    auto b = UcxTransport::Create(1, options);
+    if (!a.ok() || !b.ok()) {
+      std::fprintf(stderr, "%s: %s\n", tls.c_str(),
+                   (!a.ok() ? a.status() : b.status()).ToString().c_str());
+      return 1;
+    }
+    absl::Status st = (*a)->Connect(1, (*b)->WorkerAddress());
+    if (st.ok()) st = (*b)->Connect(0, (*a)->WorkerAddress());
+    if (!st.ok()) {
+      std::fprintf(stderr, "%s: %s\n", tls.c_str(), st.ToString().c_str());
+      return 1;
+    }
+    for (size_t size : args.sizes) {
+      const int iters = ItersFor(size, args.iters);
+      auto r = Measure(**a, **b, size, iters);
+      if (!r.ok()) {
+        std::fprintf(stderr, "%s %zu: %s\n", tls.c_str(), size, r.status().ToString().c_str());
+        return 1;
+      }
+      std::printf("%-8s %10zu %7d %14.1f %14.1f %14.1f %12.1f\n", tls.c_str(), size, iters,
+                  r->rtt_median_us, r->rtt_mean_us, r->rtt_median_us / 2, r->bw_mib_s);
+      std::printf("RESULT tls=%s bytes=%zu rtt_p50_us=%.2f rtt_mean_us=%.2f bw_MiBps=%.1f\n",
+                  tls.c_str(), size, r->rtt_median_us, r->rtt_mean_us, r->bw_mib_s);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace moe::transport
+
+int main(int argc, char** argv) {
+  moe::transport::Args args;
+  if (!moe::transport::ParseArgs(argc, argv, &args)) {
+    std::fprintf(stderr,
+                 "usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,...] [--iters=N] [--busy_poll_us=U]\n");
+    return 2;
+  }
+  return moe::transport::Run(args);
+}

@@ -1,0 +1,309 @@
+#include "common/transport/ucx/ucx_transport.h"
+
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/common/transport/ucx/ucx_test_peers.h"
+
+namespace moe::transport {
+namespace {
+
+using ::moe::transport::testing::MakeConnectedPeers;
+using ::moe::transport::testing::Pattern;
+using ::moe::transport::testing::TlsCase;
+
+constexpr size_t kSizes[] = {0, 1, 64 * 1024, 16 * 1024 * 1024};
+
+MessageTag Tag(MessageKind kind, uint64_t step, int32_t sender, uint32_t layer = 0,
+               uint32_t micro_batch = 0) {
+  return MessageTag{kind, step, layer, micro_batch, sender};
+}
+
+absl::Time In(absl::Duration d) { return absl::Now() + d; }
+
+// Every test runs over TCP, over shared memory and over the environment's UCX_TLS.
+class UcxTransportTest : public ::testing::TestWithParam<TlsCase> {
+ protected:
+  void SetUp() override {
+    options_.tls = GetParam().tls;
+    options_.send_timeout = absl::Seconds(20);
+    auto peers = MakeConnectedPeers(3, options_);
+    if (!peers.ok() && (absl::IsUnimplemented(peers.status()) ||
+                        absl::IsUnavailable(peers.status()))) {
+      GTEST_SKIP() << "UCX_TLS=" << options_.tls << " unavailable here: " << peers.status();
+    }
+    ASSERT_TRUE(peers.ok()) << peers.status();
+    peers_ = *std::move(peers);
+    if (!GetParam().expected_any.empty()) {
+      auto description = peers_[0]->DescribeEndpoint(1);
+      ASSERT_TRUE(description.ok()) << description.status();
+      bool found = false;
+      for (const std::string& name : GetParam().expected_any) {
+        found = found || absl::StrContains(*description, name);
+      }
+      if (!found) {
+        GTEST_SKIP() << "UCX did not select any of {" << absl::StrJoin(GetParam().expected_any, ",")
+                     << "} for UCX_TLS=" << options_.tls << ":\n"
+                     << *description;
+      }
+    }
+  }
+
+  UcxTransport& peer(int i) { return *peers_[i]; }
+
+  UcxOptions options_;
+  std::vector<std::unique_ptr<UcxTransport>> peers_;
+};
+
+TEST_P(UcxTransportTest, ExchangesExactPayloadsOfEverySize) {
+  uint64_t step = 0;
+  for (size_t size : kSizes) {
+    ++step;
+    const std::vector<std::byte> request = Pattern(size, 1000 + step);
+    const std::vector<std::byte> answer = Pattern(size, 2000 + step);
+    ASSERT_TRUE(peer(0).Send(1, Tag(MessageKind::kDispatch, step, 0), request).ok());
+    auto got = peer(1).ReceiveTagged(Tag(MessageKind::kDispatch, step, 0), In(absl::Seconds(10)));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->tag, Tag(MessageKind::kDispatch, step, 0));
+    EXPECT_EQ(got->payload.size(), size);
+    EXPECT_TRUE(got->payload == request) << "payload of " << size << " bytes differs";
+
+    ASSERT_TRUE(peer(1).Send(0, Tag(MessageKind::kCombine, step, 1), answer).ok());
+    auto back = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, step, 1), In(absl::Seconds(10)));
+    ASSERT_TRUE(back.ok()) << back.status();
+    EXPECT_TRUE(back->payload == answer) << "payload of " << size << " bytes differs";
+  }
+  EXPECT_EQ(peer(0).dropped_messages(), 0u);
+  EXPECT_EQ(peer(1).dropped_messages(), 0u);
+}
+
+TEST_P(UcxTransportTest, ThreePeersExchangeAllSizesFromTheirOwnThreads) {
+  // Every peer sends every size to both others at the same time, then receives: sends in both
+  // directions at once, large ones by rendezvous, must all complete.
+  auto seed = [](int from, int to, int size_index) {
+    return static_cast<uint32_t>(100 * from + 10 * to + size_index);
+  };
+  std::vector<std::string> errors(3);
+  std::vector<std::thread> threads;
+  for (int me = 0; me < 3; ++me) {
+    threads.emplace_back([&, me] {
+      for (int s = 0; s < 4; ++s) {
+        for (int other = 0; other < 3; ++other) {
+          if (other == me) continue;
+          absl::Status st = peer(me).Send(other, Tag(MessageKind::kDispatch, s, me, 7, 1),
+                                          Pattern(kSizes[s], seed(me, other, s)));
+          if (!st.ok()) errors[me] += st.ToString() + "\n";
+        }
+      }
+      for (int s = 0; s < 4; ++s) {
+        for (int other = 0; other < 3; ++other) {
+          if (other == me) continue;
+          auto got = peer(me).ReceiveTagged(Tag(MessageKind::kDispatch, s, other, 7, 1),
+                                            In(absl::Seconds(20)));
+          if (!got.ok()) {
+            errors[me] += got.status().ToString() + "\n";
+          } else if (got->payload != Pattern(kSizes[s], seed(other, me, s))) {
+            errors[me] += absl::StrCat("wrong payload from ", other, " size ", kSizes[s], "\n");
+          }
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (int me = 0; me < 3; ++me) EXPECT_EQ(errors[me], "") << "peer " << me;
+}
+
+TEST_P(UcxTransportTest, SimultaneousBidirectionalLargeSendsComplete) {
+  constexpr int kMessages = 4;
+  constexpr size_t kSize = 16 * 1024 * 1024;
+  absl::Status status_a, status_b;
+  std::thread a([&] {
+    for (int i = 0; i < kMessages && status_a.ok(); ++i) {
+      status_a = peer(0).Send(1, Tag(MessageKind::kDispatch, i, 0), Pattern(kSize, i));
+    }
+  });
+  std::thread b([&] {
+    for (int i = 0; i < kMessages && status_b.ok(); ++i) {
+      status_b = peer(1).Send(0, Tag(MessageKind::kCombine, i, 1), Pattern(kSize, 50 + i));
+    }
+  });
+  a.join();
+  b.join();
+  ASSERT_TRUE(status_a.ok()) << status_a;
+  ASSERT_TRUE(status_b.ok()) << status_b;
+  for (int i = 0; i < kMessages; ++i) {
+    auto at_b = peer(1).ReceiveTagged(Tag(MessageKind::kDispatch, i, 0), In(absl::Seconds(10)));
+    ASSERT_TRUE(at_b.ok()) << at_b.status();
+    EXPECT_TRUE(at_b->payload == Pattern(kSize, i));
+    auto at_a = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, i, 1), In(absl::Seconds(10)));
+    ASSERT_TRUE(at_a.ok()) << at_a.status();
+    EXPECT_TRUE(at_a->payload == Pattern(kSize, 50 + i));
+  }
+}
+
+TEST_P(UcxTransportTest, ReceiveTaggedTakesRoundsOutOfOrderAndDropsStaleSteps) {
+  // Eager messages on one endpoint arrive in send order, so when the last one is received the
+  // earlier ones are queued.
+  ASSERT_TRUE(peer(2).Send(0, Tag(MessageKind::kCombine, 4, 2, 0), Pattern(8, 40)).ok());  // late
+  ASSERT_TRUE(peer(2).Send(0, Tag(MessageKind::kCombine, 5, 2, 1), Pattern(8, 51)).ok());
+  ASSERT_TRUE(peer(1).Send(0, Tag(MessageKind::kCombine, 3, 1, 0), Pattern(8, 13)).ok());  // other sender
+  ASSERT_TRUE(peer(2).Send(0, Tag(MessageKind::kCombine, 5, 2, 0), Pattern(8, 50)).ok());
+
+  auto layer0 = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 5, 2, 0), In(absl::Seconds(10)));
+  ASSERT_TRUE(layer0.ok()) << layer0.status();
+  EXPECT_EQ(layer0->payload, Pattern(8, 50));
+  EXPECT_EQ(peer(0).dropped_messages(), 1u);  // step 4 from peer 2
+
+  auto layer1 = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 5, 2, 1), In(absl::Seconds(10)));
+  ASSERT_TRUE(layer1.ok()) << layer1.status();
+  EXPECT_EQ(layer1->payload, Pattern(8, 51));
+
+  // Peer 1's older step is not stale for peer 2's rounds: still there.
+  auto other = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 3, 1, 0), In(absl::Seconds(10)));
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(other->payload, Pattern(8, 13));
+
+  auto stale = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 4, 2, 0), In(absl::Milliseconds(50)));
+  EXPECT_TRUE(absl::IsUnavailable(stale.status())) << stale.status();
+  EXPECT_EQ(peer(0).dropped_messages(), 1u);
+}
+
+TEST_P(UcxTransportTest, ReceiveAnyReturnsMessagesInArrivalOrder) {
+  for (uint64_t step = 1; step <= 3; ++step) {
+    ASSERT_TRUE(peer(0).Send(2, Tag(MessageKind::kDispatch, step, 0), Pattern(step, step)).ok());
+  }
+  for (uint64_t step = 1; step <= 3; ++step) {
+    auto got = peer(2).ReceiveAny(In(absl::Seconds(10)));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->tag, Tag(MessageKind::kDispatch, step, 0));
+    EXPECT_EQ(got->payload, Pattern(step, step));
+  }
+}
+
+TEST_P(UcxTransportTest, MissedDeadlineIsUnavailable) {
+  const absl::Time start = absl::Now();
+  auto any = peer(0).ReceiveAny(start + absl::Milliseconds(100));
+  EXPECT_TRUE(absl::IsUnavailable(any.status())) << any.status();
+  auto tagged = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 1, 1), In(absl::Milliseconds(100)));
+  EXPECT_TRUE(absl::IsUnavailable(tagged.status())) << tagged.status();
+  EXPECT_TRUE(absl::StrContains(tagged.status().message(), "peer 1")) << tagged.status();
+  const absl::Duration elapsed = absl::Now() - start;
+  EXPECT_GE(elapsed, absl::Milliseconds(200));
+  EXPECT_LT(elapsed, absl::Seconds(5));
+}
+
+TEST_P(UcxTransportTest, ShutdownWakesWaitersWithCancelled) {
+  absl::Status any_status, tagged_status;
+  std::thread any([&] { any_status = peer(0).ReceiveAny(In(absl::Seconds(30))).status(); });
+  std::thread tagged([&] {
+    tagged_status = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 1, 1), In(absl::Seconds(30)))
+                        .status();
+  });
+  absl::SleepFor(absl::Milliseconds(50));  // let both block (a missed wait still must pass)
+  const absl::Time start = absl::Now();
+  peer(0).Shutdown();
+  any.join();
+  tagged.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_TRUE(absl::IsCancelled(any_status)) << any_status;
+  EXPECT_TRUE(absl::IsCancelled(tagged_status)) << tagged_status;
+  EXPECT_TRUE(absl::IsCancelled(peer(0).Send(1, Tag(MessageKind::kDispatch, 1, 0), {})));
+  EXPECT_TRUE(absl::IsCancelled(peer(0).ReceiveAny(In(absl::Seconds(1))).status()));
+  // The others learnt that peer 0 left: waiting on it fails at once, not at the deadline.
+  const absl::Time wait_start = absl::Now();
+  auto from_0 = peer(1).ReceiveTagged(Tag(MessageKind::kDispatch, 1, 0), In(absl::Seconds(30)));
+  EXPECT_TRUE(absl::IsUnavailable(from_0.status())) << from_0.status();
+  EXPECT_LT(absl::Now() - wait_start, absl::Seconds(10));
+}
+
+TEST_P(UcxTransportTest, PeerDestroyedMidExchangeIsUnavailableNotAHang) {
+  constexpr size_t kSize = 16 * 1024 * 1024;
+  const std::vector<std::byte> payload = Pattern(kSize, 9);
+  // Peer 1 takes one message, then dies while peer 0 keeps sending and waits for an answer.
+  std::thread victim([&] {
+    auto first = peer(1).ReceiveTagged(Tag(MessageKind::kDispatch, 0, 0), In(absl::Seconds(20)));
+    EXPECT_TRUE(first.ok()) << first.status();
+    peers_[1].reset();
+  });
+  const absl::Time start = absl::Now();
+  absl::Status send_status;
+  for (uint64_t step = 0; step < 1000 && send_status.ok(); ++step) {
+    send_status = peer(0).Send(1, Tag(MessageKind::kDispatch, step, 0), payload);
+  }
+  victim.join();
+  EXPECT_TRUE(absl::IsUnavailable(send_status)) << send_status;
+  EXPECT_TRUE(absl::StrContains(send_status.message(), "peer 1")) << send_status;
+  auto answer = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 0, 1), In(absl::Seconds(30)));
+  EXPECT_TRUE(absl::IsUnavailable(answer.status())) << answer.status();
+  EXPECT_TRUE(absl::StrContains(answer.status().message(), "peer 1")) << answer.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  // The survivors still talk.
+  ASSERT_TRUE(peer(0).Send(2, Tag(MessageKind::kDispatch, 1, 0), Pattern(64, 1)).ok());
+  auto got = peer(2).ReceiveTagged(Tag(MessageKind::kDispatch, 1, 0), In(absl::Seconds(10)));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->payload, Pattern(64, 1));
+}
+
+TEST_P(UcxTransportTest, RestartedPeerIsReachableAfterConnectingAgain) {
+  peers_[1].reset();
+  auto restarted = UcxTransport::Create(1, options_);
+  ASSERT_TRUE(restarted.ok()) << restarted.status();
+  peers_[1] = *std::move(restarted);
+  // Peer 0 learnt of the goodbye (asynchronously); either way, reconnecting makes it reachable.
+  ASSERT_TRUE(peer(0).Connect(1, peer(1).WorkerAddress()).ok());
+  ASSERT_TRUE(peer(1).Connect(0, peer(0).WorkerAddress()).ok());
+  ASSERT_TRUE(peer(0).Send(1, Tag(MessageKind::kDispatch, 1, 0), Pattern(100, 3)).ok());
+  auto got = peer(1).ReceiveTagged(Tag(MessageKind::kDispatch, 1, 0), In(absl::Seconds(10)));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->payload, Pattern(100, 3));
+}
+
+TEST_P(UcxTransportTest, DisconnectedPeerIsUnavailable) {
+  ASSERT_TRUE(peer(0).Disconnect(2).ok());
+  absl::Status status = peer(0).Send(2, Tag(MessageKind::kDispatch, 1, 0), Pattern(4, 1));
+  EXPECT_TRUE(absl::IsUnavailable(status)) << status;
+  EXPECT_TRUE(absl::IsNotFound(peer(0).Disconnect(2)));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Transports, UcxTransportTest,
+    ::testing::Values(TlsCase{"tcp", {"tcp"}}, TlsCase{"sm,self", {"posix", "sysv", "cma"}},
+                      TlsCase{"", {}}),
+    [](const ::testing::TestParamInfo<TlsCase>& info) {
+      return ::moe::transport::testing::TlsCaseName(info.param);
+    });
+
+TEST(UcxTransportBadInputTest, RejectsNegativePeerIds) {
+  EXPECT_TRUE(absl::IsInvalidArgument(UcxTransport::Create(-1).status()));
+  auto transport = UcxTransport::Create(0);
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(-3, (*transport)->WorkerAddress())));
+}
+
+TEST(UcxTransportBadInputTest, RejectsAddressesNotFromWorkerAddress) {
+  auto transport = UcxTransport::Create(0);
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  const std::string good = (*transport)->WorkerAddress();
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, "")));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, "127.0.0.1:5000")));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, good.substr(0, good.size() - 1))));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, good + "x")));
+}
+
+TEST(UcxTransportBadInputTest, SendChecksSenderAndPeer) {
+  auto transport = UcxTransport::Create(4);
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  EXPECT_TRUE(absl::IsInvalidArgument(
+      (*transport)->Send(1, Tag(MessageKind::kDispatch, 1, /*sender=*/3), Pattern(4, 1))));
+  absl::Status unknown = (*transport)->Send(9, Tag(MessageKind::kDispatch, 1, 4), Pattern(4, 1));
+  EXPECT_TRUE(absl::IsUnavailable(unknown)) << unknown;
+  EXPECT_TRUE(absl::StrContains(unknown.message(), "peer 9")) << unknown;
+  EXPECT_TRUE(absl::IsNotFound((*transport)->DescribeEndpoint(9).status()));
+}
+
+}  // namespace
+}  // namespace moe::transport
