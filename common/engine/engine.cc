@@ -26,18 +26,41 @@ const char* FinishReasonName(FinishReason reason) {
   return "unknown";
 }
 
+absl::Status Engine::LoadDense(const std::string& model_dir) {
+  ASSIGN_OR_RETURN(config_, model::ModelConfig::FromFile(model_dir + "/config.json"));
+  ASSIGN_OR_RETURN(generation_config_, model::GenerationConfig::FromModelDir(model_dir, config_));
+  ASSIGN_OR_RETURN(checkpoint_, model::Checkpoint::Open(model_dir));
+  ASSIGN_OR_RETURN(dense_, model::LoadDenseWeights(*checkpoint_, config_));
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Finish() {
+  max_model_len_ = options_.max_model_len > 0
+                       ? std::min(options_.max_model_len, config_.max_position_embeddings)
+                       : config_.max_position_embeddings;
+  int64_t num_blocks = options_.num_kv_blocks;
+  if (num_blocks <= 0) {
+    num_blocks = options_.kv_cache_bytes / KvCache::BytesPerBlock(config_, options_.kv_block_size);
+  }
+  if (num_blocks < 1) return absl::InvalidArgumentError("the KV cache holds no block");
+  if (num_blocks > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("the KV cache has too many blocks");
+  }
+  kv_cache_ = std::make_unique<KvCache>(config_, options_.kv_block_size, static_cast<int32_t>(num_blocks));
+  attention_ = std::make_unique<AttentionBlock>(config_, dense_.get(), kv_cache_.get(), dispatcher_.get());
+  scheduler_ = std::make_unique<Scheduler>(
+      SchedulerOptions{options_.max_num_seqs, options_.max_step_tokens, options_.kv_block_size},
+      &kv_cache_->pool());
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string& model_dir,
                                                                const EngineOptions& options,
                                                                int num_expert_shards) {
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
-  ASSIGN_OR_RETURN(engine->config_, model::ModelConfig::FromFile(model_dir + "/config.json"));
-  ASSIGN_OR_RETURN(engine->generation_config_,
-                   model::GenerationConfig::FromModelDir(model_dir, engine->config_));
+  RETURN_IF_ERROR(engine->LoadDense(model_dir));
   const model::ModelConfig& config = engine->config_;
-  ASSIGN_OR_RETURN(engine->checkpoint_, model::Checkpoint::Open(model_dir));
-  ASSIGN_OR_RETURN(engine->dense_, model::LoadDenseWeights(*engine->checkpoint_, config));
-
   if (config.IsMoe()) {
     if (num_expert_shards < 1 || num_expert_shards > config.num_experts) {
       return absl::InvalidArgumentError(absl::StrCat("num_expert_shards must be in [1, ",
@@ -59,23 +82,27 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
         engine->hub_.Endpoint(kAttentionPeer), ExpertPlacement(config.num_experts, peers),
         config.hidden_size, options.moe_timeout);
   }
+  RETURN_IF_ERROR(engine->Finish());
+  return engine;
+}
 
-  engine->max_model_len_ = options.max_model_len > 0
-                                ? std::min(options.max_model_len, config.max_position_embeddings)
-                                : config.max_position_embeddings;
-  int64_t num_blocks = options.num_kv_blocks;
-  if (num_blocks <= 0) {
-    num_blocks = options.kv_cache_bytes / KvCache::BytesPerBlock(config, options.kv_block_size);
+absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateAttentionWorker(
+    const std::string& model_dir, const EngineOptions& options,
+    transport::ActivationTransport* transport, ExpertPlacement placement) {
+  std::unique_ptr<Engine> engine(new Engine());
+  engine->options_ = options;
+  RETURN_IF_ERROR(engine->LoadDense(model_dir));
+  if (engine->config_.IsMoe()) {
+    if (placement.num_experts() != engine->config_.num_experts || placement.num_workers() < 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the expert placement covers ", placement.num_experts(), " experts on ",
+          placement.num_workers(), " workers; the model has ", engine->config_.num_experts));
+    }
+    engine->dispatcher_ = std::make_unique<MoeDispatcher>(transport, std::move(placement),
+                                                          engine->config_.hidden_size,
+                                                          options.moe_timeout);
   }
-  if (num_blocks < 1) return absl::InvalidArgumentError("the KV cache holds no block");
-  engine->kv_cache_ = std::make_unique<KvCache>(config, options.kv_block_size,
-                                                static_cast<int32_t>(num_blocks));
-  engine->attention_ = std::make_unique<AttentionBlock>(config, engine->dense_.get(),
-                                                        engine->kv_cache_.get(),
-                                                        engine->dispatcher_.get());
-  engine->scheduler_ = std::make_unique<Scheduler>(
-      SchedulerOptions{options.max_num_seqs, options.max_step_tokens, options.kv_block_size},
-      &engine->kv_cache_->pool());
+  RETURN_IF_ERROR(engine->Finish());
   return engine;
 }
 

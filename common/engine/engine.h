@@ -71,6 +71,11 @@ class Engine {
   static absl::StatusOr<std::unique_ptr<Engine>> CreateEmbedded(const std::string& model_dir,
                                                                 const EngineOptions& options,
                                                                 int num_expert_shards = 1);
+  // Cluster attention worker: loads only the dense weights; the experts are reached through
+  // `transport` (not owned; must outlive the engine) at the peers of `placement`.
+  static absl::StatusOr<std::unique_ptr<Engine>> CreateAttentionWorker(
+      const std::string& model_dir, const EngineOptions& options,
+      transport::ActivationTransport* transport, ExpertPlacement placement);
   ~Engine();
 
   // Validates and queues a request. INVALID_ARGUMENT naming the field (empty prompt, token id out of
@@ -99,6 +104,9 @@ class Engine {
   const model::GenerationConfig& generation_config() const { return generation_config_; }
   int64_t max_model_len() const { return max_model_len_; }
   int32_t num_free_blocks() const { return kv_cache_->pool().num_free_blocks(); }
+  int64_t num_running() const { return static_cast<int64_t>(scheduler_->num_running()); }
+  int64_t num_waiting() const { return static_cast<int64_t>(scheduler_->num_waiting()); }
+  int64_t kv_block_size() const { return options_.kv_block_size; }
   int32_t num_blocks() const { return kv_cache_->pool().num_blocks(); }
   uint64_t steps() const { return step_; }
 
@@ -116,6 +124,10 @@ class Engine {
   };
 
   Engine() = default;
+  // Loads config, generation config, checkpoint and dense weights.
+  absl::Status LoadDense(const std::string& model_dir);
+  // Builds the KV cache, attention block and scheduler once the dispatcher (if any) exists.
+  absl::Status Finish();
   bool IsStopToken(const Sequence& seq, int32_t token) const;
   absl::Status ValidateLogitsPrompt(const std::vector<int32_t>& prompt) const;
   void Finish(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,

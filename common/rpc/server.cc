@@ -1,0 +1,68 @@
+#include "common/rpc/server.h"
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+
+namespace moe::rpc {
+
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const std::string& listen,
+                                                              const std::vector<grpc::Service*>& services,
+                                                              int max_message_bytes) {
+  if (absl::Status s = ValidateHostPort("listen", listen); !s.ok()) return s;
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  auto server = std::unique_ptr<GrpcServer>(new GrpcServer());
+  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &server->port_);
+  builder.SetMaxReceiveMessageSize(max_message_bytes);
+  builder.SetMaxSendMessageSize(max_message_bytes);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || server->port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
+  }
+  grpc::HealthCheckServiceInterface* health = server->server_->GetHealthCheckService();
+  health->SetServingStatus("startup", false);
+  health->SetServingStatus("liveness", true);
+  health->SetServingStatus("readiness", false);
+  health->SetServingStatus("", false);
+  return server;
+}
+
+GrpcServer::~GrpcServer() { Shutdown(absl::ZeroDuration()); }
+
+void GrpcServer::SetStarted() { server_->GetHealthCheckService()->SetServingStatus("startup", true); }
+
+void GrpcServer::SetReady(bool ready) {
+  ready_ = ready;
+  grpc::HealthCheckServiceInterface* health = server_->GetHealthCheckService();
+  health->SetServingStatus("readiness", ready);
+  health->SetServingStatus("", ready);
+}
+
+void GrpcServer::Shutdown(absl::Duration grace) {
+  if (server_ == nullptr) return;
+  server_->GetHealthCheckService()->Shutdown();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_->Wait();
+  server_.reset();
+}
+
+void GrpcServer::Wait() {
+  if (server_ != nullptr) server_->Wait();
+}
+
+absl::Status ValidateHostPort(const std::string& flag, const std::string& value) {
+  const size_t colon = value.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || colon == 0 ||
+      !absl::SimpleAtoi(value.substr(colon + 1), &port) || port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, ": '", value, "' is not HOST:PORT with a port in [0, 65535]"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe::rpc
