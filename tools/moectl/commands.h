@@ -12,6 +12,7 @@ void RegisterMakeModelCommand(CLI::App& app);  // make_model_command.cc
 void RegisterTokenizeCommand(CLI::App& app);   // tokenize_command.cc
 void RegisterLogitsCommand(CLI::App& app);     // logits_command.cc
 void RegisterGenerateCommand(CLI::App& app);   // generate_command.cc
+void RegisterClusterCommand(CLI::App& app);    // cluster_command.cc (builds with the services)
 
 // Prints "moectl <command>: <message>" to stderr and throws CLI::RuntimeError(exit_code).
 [[noreturn]] void Fail(const std::string& command, const std::string& message, int exit_code = 1);

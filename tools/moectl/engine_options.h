@@ -17,8 +17,10 @@ struct EngineFlags {
   int64_t kv_cache_mib = 1024;
   int64_t kv_block_size = 16;
 
-  void Register(CLI::App* cmd) {
-    cmd->add_option("--model", model_dir, "Hugging Face model directory")->required()->check(CLI::ExistingDirectory);
+  void Register(CLI::App* cmd, bool required = true) {
+    CLI::Option* model = cmd->add_option("--model", model_dir, "Hugging Face model directory");
+    model->check(CLI::ExistingDirectory);
+    if (required) model->required();
     cmd->add_option("--expert-shards", expert_shards,
                     "Serve the experts from N in-process shards over the loopback transport")
         ->check(CLI::Range(1, 128));

@@ -15,12 +15,17 @@
 #include "nlohmann/json.hpp"
 #include "tools/moectl/commands.h"
 #include "tools/moectl/engine_options.h"
+#ifdef MOE_MOECTL_WITH_CLUSTER
+#include "tools/moectl/router_generate.h"
+#endif
 
 namespace moe::moectl {
 namespace {
 
 struct GenerateFlags {
   EngineFlags engine;
+  std::string router;
+  double timeout_s = 0;
   std::string prompt;
   bool chat = false;
   std::optional<bool> thinking;
@@ -39,6 +44,31 @@ struct GenerateFlags {
 };
 
 void Run(const GenerateFlags& flags) {
+#ifdef MOE_MOECTL_WITH_CLUSTER
+  if (!flags.router.empty()) {
+    RouterGenerateOptions o;
+    o.router = flags.router;
+    o.prompt = flags.prompt;
+    o.chat = flags.chat;
+    o.thinking = flags.thinking;
+    o.system = flags.system;
+    o.max_tokens = flags.max_tokens;
+    o.min_tokens = flags.min_tokens;
+    o.temperature = flags.temperature;
+    o.top_p = flags.top_p;
+    o.top_k = flags.top_k;
+    o.min_p = flags.min_p;
+    o.repetition_penalty = flags.repetition_penalty;
+    o.seed = flags.seed;
+    o.ignore_eos = flags.ignore_eos;
+    o.logprobs = flags.logprobs;
+    o.json = flags.json;
+    o.timeout_s = flags.timeout_s;
+    GenerateViaRouter(o);
+    return;
+  }
+#endif
+  if (flags.engine.model_dir.empty()) Fail("generate", "one of --model or --router is required");
   auto tokenizer = tokenizer::Tokenizer::FromModelDir(flags.engine.model_dir);
   if (!tokenizer.ok()) Fail("generate", tokenizer.status().ToString());
 
@@ -129,7 +159,12 @@ void Run(const GenerateFlags& flags) {
 void RegisterGenerateCommand(CLI::App& app) {
   auto flags = std::make_shared<GenerateFlags>();
   CLI::App* cmd = app.add_subcommand("generate", "Generate text with the embedded engine (streams)");
-  flags->engine.Register(cmd);
+  flags->engine.Register(cmd, /*required=*/false);
+#ifdef MOE_MOECTL_WITH_CLUSTER
+  CLI::Option* router = cmd->add_option("--router", flags->router, "HOST:PORT of a running cluster's router");
+  router->excludes(cmd->get_option("--model"));
+  cmd->add_option("--timeout", flags->timeout_s, "Deadline in seconds (--router)");
+#endif
   cmd->add_option("--prompt", flags->prompt, "Prompt text (the user message with --chat)")->required();
   cmd->add_flag("--chat", flags->chat, "Wrap the prompt in the model's chat template");
   cmd->add_option("--system", flags->system, "System message (with --chat)");

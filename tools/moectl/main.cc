@@ -20,6 +20,9 @@ int main(int argc, char** argv) {
   moe::moectl::RegisterTokenizeCommand(app);
   moe::moectl::RegisterLogitsCommand(app);
   moe::moectl::RegisterGenerateCommand(app);
+#ifdef MOE_MOECTL_WITH_CLUSTER
+  moe::moectl::RegisterClusterCommand(app);
+#endif
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
