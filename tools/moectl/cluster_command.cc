@@ -6,7 +6,8 @@
 // moectl), waits until the router reports SERVING, prints the router address, and stays up until
 // SIGINT/SIGTERM, then stops every child (SIGTERM, then SIGKILL after a grace period). If a child
 // dies, the cluster is torn down and `up` exits non-zero. With --detach it daemonizes and records
-// its pid in --state-dir; `moectl cluster down` stops it.
+// its pid in --state-dir; `moectl cluster down` stops it. The state dir also holds each child's log
+// (<name>.log) and pid (<name>.pid: expert-0.., attention-0.., router).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
@@ -227,6 +228,7 @@ void RunUp(const ClusterFlags& flags) {
                                      "--transport=" + flags.transport},
                                     state / (name + ".log"))});
   }
+  for (const Child& c : children) std::ofstream(state / (c.name + ".pid")) << c.pid << "\n";
   const std::string router = absl::StrCat(host, ":", base);
   children.push_back({"router", Spawn(bin / "moe-router",
                                       {"--model=" + flags.model_dir,
@@ -241,6 +243,7 @@ void RunUp(const ClusterFlags& flags) {
     if (std::chrono::steady_clock::now() > deadline) fail("the router did not become ready in time");
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
+  std::ofstream(state / "router.pid") << children.back().pid << "\n";
   { std::ofstream(state / "router.address") << router << "\n"; }
   if (!flags.detach) {
     std::cout << router << std::endl;

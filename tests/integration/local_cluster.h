@@ -1,0 +1,42 @@
+// A local cluster for integration tests, started with `moectl cluster up --detach` on free ports of
+// 127.0.0.1 with its own state dir, and stopped (with every child) on destruction.
+#ifndef MOE_TESTS_INTEGRATION_LOCAL_CLUSTER_H_
+#define MOE_TESTS_INTEGRATION_LOCAL_CLUSTER_H_
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace moe::testing {
+
+class LocalCluster {
+ public:
+  // Returns nullptr (after printing the reason and the logs) if the cluster did not come up.
+  static std::unique_ptr<LocalCluster> Start(const std::string& model_dir, int attention_workers,
+                                             int expert_workers);
+  ~LocalCluster();
+
+  const std::string& router() const { return router_; }
+  const std::vector<std::string>& attention_workers() const { return attention_; }
+  const std::vector<std::string>& expert_workers() const { return experts_; }
+  const std::string& state_dir() const { return state_dir_; }
+  // Pid of a child ("router", "attention-0", "expert-1", ...), -1 if unknown.
+  pid_t Pid(const std::string& child) const;
+  std::string Logs() const;
+
+ private:
+  std::string moectl_;
+  std::string state_dir_;
+  std::string router_;
+  std::vector<std::string> attention_;
+  std::vector<std::string> experts_;
+};
+
+// A base port such that [base, base + count) and [base + 1000, base + 1000 + count) are free now.
+int FreePortBlock(int count);
+
+}  // namespace moe::testing
+
+#endif  // MOE_TESTS_INTEGRATION_LOCAL_CLUSTER_H_
