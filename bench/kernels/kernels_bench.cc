@@ -124,10 +124,15 @@ int main(int argc, char** argv) {
   CLI::App app{"CPU kernel benchmarks: memory bandwidth and Linear on Qwen3-30B-A3B shapes"};
   double buffer_mib = 1024, pool_mib = 1024, min_seconds = 0.3;
   bool skip_prefill = false;
+  std::vector<std::string> layers;
+  std::string dtype = "all";
   app.add_option("--buffer-mib", buffer_mib, "Size of each bandwidth test buffer (MiB)");
   app.add_option("--pool-mib", pool_mib, "Total bytes of weight copies cycled per shape (MiB)");
   app.add_option("--min-seconds", min_seconds, "Minimum timed seconds per measurement");
   app.add_flag("--skip-prefill", skip_prefill, "Skip the 512-row measurements");
+  app.add_option("--layers", layers, "Only these layers (expert, down, q_proj, lm_head)");
+  app.add_option("--dtype", dtype, "Only this weight dtype: bf16, fp8 or all")
+      ->check(CLI::IsMember({"bf16", "fp8", "all"}));
   CLI11_PARSE(app, argc, argv);
 
   std::printf("isa=%s threads=%d\n", KernelIsa(), ThreadPool::Global().num_threads());
@@ -139,7 +144,10 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {{"expert", 768, 2048}, {"down", 2048, 768}, {"q_proj", 4096, 2048},
                           {"lm_head", 151936, 2048}};
   for (const Shape& shape : shapes) {
+    if (!layers.empty() && std::find(layers.begin(), layers.end(), shape.name) == layers.end())
+      continue;
     for (bool fp8 : {false, true}) {
+      if (dtype != "all" && (dtype == "fp8") != fp8) continue;
       std::vector<int64_t> rows = {1, 8, 32};
       // 512 rows of lm_head never happen (only the last position needs logits).
       if (!skip_prefill && shape.out_features < 100000) rows.push_back(512);

@@ -80,7 +80,15 @@ void LinearFp8TaskPortable(const Fp8Task& t, int64_t n0, int64_t n1) {
         const int64_t k0 = kb * kFp8BlockSize;
         const int64_t k1 = std::min(t.k, k0 + kFp8BlockSize);
         float lane[16] = {};
-        for (int64_t k = k0; k < k1; ++k) lane[(k - k0) % 16] += a[k] * table[w[k]];
+        for (int64_t c = k0; c < k1; c += 64) {
+          for (int64_t h : {0, 8}) {
+            for (int i = 0; i < 16; ++i) {
+              const int64_t j = c + 16 * (i / 4) + 2 * (i % 4) + h;
+              if (j + 1 < k1) lane[i] += a[j + 1] * table[w[j + 1]];
+              if (j < k1) lane[i] += a[j] * table[w[j]];
+            }
+          }
+        }
         total += (Reduce16(lane) * t.a_scale[m * t.num_k_blocks + kb]) * ws[kb];
       }
       t.y[m * t.y_stride + n] = FloatToBF16(total);
@@ -128,21 +136,40 @@ void Linear(const bf16* x, int64_t x_stride, int64_t num_rows, const LinearWeigh
     return;
   }
   if (w.dtype == DType::kF8E4M3) {
+    const bool avx_fp8 = avx && internal::Fp8Avx512Supported();
     const int64_t num_k_blocks = w.ScaleCols();
     const int64_t aq_stride = num_k_blocks * kFp8BlockSize;
+    // The same scratch holds either layout (natural for the portable path, packed for AVX-512).
     std::vector<float>& scratch =
         ScratchFloats(static_cast<size_t>(num_rows * (aq_stride + num_k_blocks)));
     float* aq = scratch.data();
     float* a_scale = aq + num_rows * aq_stride;
-    pool.ParallelFor(num_rows, [&](int64_t m) {
-      internal::QuantizeRowFp8(x + m * x_stride, k, aq + m * aq_stride, a_scale + m * num_k_blocks);
-    });
-    const internal::Fp8Task t{aq, aq_stride, a_scale, num_rows, static_cast<const uint8_t*>(w.data),
-                              w.scale_inv, k, num_k_blocks, y, y_stride};
+    auto quantize = [&](int64_t m) {
+      if (avx_fp8) {
+        internal::QuantizeRowFp8PackedAvx512(x + m * x_stride, k, aq + m * aq_stride,
+                                             a_scale + m * num_k_blocks);
+      } else {
+        internal::QuantizeRowFp8(x + m * x_stride, k, aq + m * aq_stride,
+                                 a_scale + m * num_k_blocks);
+      }
+    };
+    pool.ParallelFor(num_rows, quantize);  // runs inline for a single row
+    internal::Fp8Task t{};
+    t.aq = avx_fp8 ? nullptr : aq;
+    t.aq_packed = avx_fp8 ? aq : nullptr;
+    t.aq_stride = aq_stride;
+    t.a_scale = a_scale;
+    t.num_rows = num_rows;
+    t.w = static_cast<const uint8_t*>(w.data);
+    t.w_scale_inv = w.scale_inv;
+    t.k = k;
+    t.num_k_blocks = num_k_blocks;
+    t.y = y;
+    t.y_stride = y_stride;
     pool.ParallelFor(num_tasks, [&](int64_t task) {
       int64_t n0, n1;
       range(task, &n0, &n1);
-      if (avx) {
+      if (avx_fp8) {
         internal::LinearFp8TaskAvx512(t, n0, n1);
       } else {
         internal::LinearFp8TaskPortable(t, n0, n1);

@@ -1,4 +1,5 @@
-// AVX-512 (F/BW/VL/DQ + BF16) micro-kernels for Linear. Compiled without global -m flags: every
+// AVX-512 (F/BW/VL/DQ + BF16) micro-kernels for Linear with bf16 weights (FP8 weights:
+// linear_fp8_avx512.cc). Compiled without global -m flags: every
 // function here carries a target attribute and is only called after ActiveIsa() confirmed the
 // CPU supports it. The reduction order is the one documented in linear_internal.h.
 #include <algorithm>
@@ -13,7 +14,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#define MOE_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c")))
+#define MOE_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #define MOE_AVX512_INLINE MOE_AVX512_TARGET inline __attribute__((always_inline))
 
 namespace moe::kernels::cpu::internal {
@@ -72,83 +73,12 @@ MOE_AVX512_TARGET void MicroBf16(const bf16* x, int64_t x_stride, const bf16* w,
     for (int n = 0; n < NR; ++n) y[m * y_stride + n] = FloatToBF16(Reduce16Avx(acc[m][n]));
 }
 
-// e4m3 codes -> 32 floats equal to value * 2^-8, exactly (subnormals included): sign-extending
-// the byte and shifting left by 7 puts the exponent and mantissa bits where an IEEE half keeps
-// them (bias 15 instead of 7, hence the 2^-8) and the sign at bit 15; bit 14 then holds a copy of
-// the sign and is cleared.
-MOE_AVX512_INLINE void WidenE4M3(__m256i codes, __m512* lo, __m512* hi) {
-  const __m512i h = _mm512_and_si512(_mm512_slli_epi16(_mm512_cvtepi8_epi16(codes), 7),
-                                     _mm512_set1_epi16(static_cast<short>(0xbfff)));
-  *lo = _mm512_cvtph_ps(_mm512_castsi512_si256(h));
-  *hi = _mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1));
-}
-
-template <int MR, int NR>
-MOE_AVX512_TARGET void MicroFp8(const Fp8Task& t, int64_t m0, int64_t n0) {
-  float total[MR][NR] = {};
-  for (int64_t kb = 0; kb < t.num_k_blocks; ++kb) {
-    __m512 acc[MR][NR];
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_setzero_ps();
-    const int64_t k0 = kb * kFp8BlockSize;
-    const int64_t k1 = std::min(t.k, k0 + kFp8BlockSize);
-    for (int64_t c = k0; c < k1; c += 32) {
-      __m512 wlo[NR], whi[NR];
-      if (c + 32 <= k1) {
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; ++n)
-          WidenE4M3(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(t.w + (n0 + n) * t.k + c)),
-                    &wlo[n], &whi[n]);
-      } else {
-        const __mmask32 mask = static_cast<__mmask32>((1ull << (k1 - c)) - 1);
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; ++n)
-          WidenE4M3(_mm256_maskz_loadu_epi8(mask, t.w + (n0 + n) * t.k + c), &wlo[n], &whi[n]);
-      }
-#pragma GCC unroll 4
-      for (int m = 0; m < MR; ++m) {
-        const float* a = t.aq + (m0 + m) * t.aq_stride + c;  // zero padded to the block end
-        const __m512 alo = _mm512_loadu_ps(a);
-        const __m512 ahi = _mm512_loadu_ps(a + 16);
-#pragma GCC unroll 4
-        for (int n = 0; n < NR; ++n) {
-          acc[m][n] = _mm512_fmadd_ps(alo, wlo[n], acc[m][n]);
-          acc[m][n] = _mm512_fmadd_ps(ahi, whi[n], acc[m][n]);
-        }
-      }
-    }
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m) {
-      const float as = t.a_scale[(m0 + m) * t.num_k_blocks + kb];
-#pragma GCC unroll 4
-      for (int n = 0; n < NR; ++n) {
-        const float ws = t.w_scale_inv[((n0 + n) / kFp8BlockSize) * t.num_k_blocks + kb];
-        // The weights were widened as value * 2^-8; * 256 restores the block sum exactly.
-        const float block = Reduce16Avx(acc[m][n]) * 256.0f;
-        total[m][n] += (block * as) * ws;
-      }
-    }
-  }
-#pragma GCC unroll 4
-  for (int m = 0; m < MR; ++m)
-#pragma GCC unroll 4
-    for (int n = 0; n < NR; ++n) t.y[(m0 + m) * t.y_stride + n0 + n] = FloatToBF16(total[m][n]);
-}
-
 using Bf16Micro = void (*)(const bf16*, int64_t, const bf16*, int64_t, bf16*, int64_t);
-using Fp8Micro = void (*)(const Fp8Task&, int64_t, int64_t);
 
 template <int MR>
 constexpr Bf16Micro kBf16Row[4] = {MicroBf16<MR, 1>, MicroBf16<MR, 2>, MicroBf16<MR, 3>,
                                    MicroBf16<MR, 4>};
 constexpr const Bf16Micro* kBf16Table[4] = {kBf16Row<1>, kBf16Row<2>, kBf16Row<3>, kBf16Row<4>};
-template <int MR>
-constexpr Fp8Micro kFp8Row[4] = {MicroFp8<MR, 1>, MicroFp8<MR, 2>, MicroFp8<MR, 3>,
-                                 MicroFp8<MR, 4>};
-constexpr const Fp8Micro* kFp8Table[4] = {kFp8Row<1>, kFp8Row<2>, kFp8Row<3>, kFp8Row<4>};
-
 }  // namespace
 
 // Loop order: a block of rows, then 4 weight rows (kept in L1 while every row quad of the block
@@ -167,19 +97,6 @@ void LinearBf16TaskAvx512(const Bf16Task& t, int64_t n0, int64_t n1) {
   }
 }
 
-void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1) {
-  for (int64_t mb = 0; mb < t.num_rows; mb += kLinearRowBlock) {
-    const int64_t mb1 = std::min(t.num_rows, mb + kLinearRowBlock);
-    for (int64_t n = n0; n < n1; n += 4) {
-      const int nr = static_cast<int>(std::min<int64_t>(4, n1 - n));
-      for (int64_t m = mb; m < mb1; m += 4) {
-        const int mr = static_cast<int>(std::min<int64_t>(4, mb1 - m));
-        kFp8Table[mr - 1][nr - 1](t, m, n);
-      }
-    }
-  }
-}
-
 }  // namespace moe::kernels::cpu::internal
 
 #else  // not x86-64 GCC/Clang: the AVX-512 path is never selected (CpuSupports is false).
@@ -187,9 +104,6 @@ void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1) {
 namespace moe::kernels::cpu::internal {
 void LinearBf16TaskAvx512(const Bf16Task& t, int64_t n0, int64_t n1) {
   LinearBf16TaskPortable(t, n0, n1);
-}
-void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1) {
-  LinearFp8TaskPortable(t, n0, n1);
 }
 }  // namespace moe::kernels::cpu::internal
 

@@ -10,8 +10,12 @@
 //   k = 32c+2i (the VDPBF16PS order; products of two bf16 values are exact in fp32, so each add
 //   rounds once, exactly like the instruction). The lanes are then summed by the tree
 //   Reduce16 below, and the sum is rounded to bf16 once.
-// FP8 weights: per 128-wide k-block kb (ascending) 16 lanes start at +0 and lane i adds a_q*w_q
-//   for k = 128kb + i, +16, +32, ... ascending (products of two e4m3 values are exact in fp32);
+// FP8 weights: per 128-wide k-block kb (ascending) 16 lanes start at +0. The block is walked in
+//   64-element chunks c (ascending; k past the end contributes nothing), and each chunk in two
+//   halves h = 0, 8; lane i adds a_q*w_q for k = j + 1, then for k = j, where
+//   j = 128kb + 64c + 16*(i/4) + 2*(i%4) + h (the order in which VDPBF16PS would consume e4m3
+//   values widened to bf16 and interleaved by VPUNPCK{L,H}BW, which the AVX-512 path reproduces
+//   with FMAs; products of e4m3 values are exact in fp32, so each add rounds once). Then
 //   block = Reduce16(lanes); total = total + (block * s[m, kb]) * scale_inv[n/128, kb], starting
 //   from total = +0; y = bf16(total).
 #ifndef MOE_COMMON_KERNELS_CPU_LINEAR_INTERNAL_H_
@@ -47,6 +51,20 @@ float RoundToE4M3(float v);
 // floats to aq[0, num_groups*128) (zero padded past k) and s to scale[0, num_groups).
 void QuantizeRowFp8(const bf16* x, int64_t k, float* aq, float* scale);
 
+// Position of k-offset `i` (0..63) of a 64-element chunk in the packed activation layout the
+// AVX-512 FP8 kernel reads: four runs of 16 lanes, holding for lane l = 0..15 the offsets
+// j + 1, j, j + 9, j + 8 with j = 16 * (l / 4) + 2 * (l % 4), i.e. the order above.
+inline int64_t Fp8PackedPosition(int64_t i) {
+  const int64_t lane = (i / 16) * 4 + (i % 8) / 2;
+  const int64_t run = ((i & 8) ? 2 : 0) + ((i & 1) ? 0 : 1);
+  return run * 16 + lane;
+}
+
+// Same values and scales as QuantizeRowFp8 (bit for bit), but in the packed layout:
+// packed[64c + Fp8PackedPosition(i)] = a_q[64c + i], zero padded to num_groups*128. Requires the
+// AVX-512 ISA (Fp8Avx512Supported).
+void QuantizeRowFp8PackedAvx512(const bf16* x, int64_t k, float* packed, float* scale);
+
 // One task of Linear: columns [n0, n1) for all num_rows rows.
 struct Bf16Task {
   const bf16* x;
@@ -58,8 +76,11 @@ struct Bf16Task {
   int64_t y_stride;
 };
 struct Fp8Task {
-  const float* aq;       // [num_rows, aq_stride] quantized activations as floats, zero padded
-  int64_t aq_stride;     // num_k_blocks * 128
+  // Quantized activations, zero padded to aq_stride = num_k_blocks * 128 per row: the portable
+  // path reads aq (natural order), the AVX-512 path aq_packed (packed layout).
+  const float* aq;
+  const float* aq_packed;
+  int64_t aq_stride;
   const float* a_scale;  // [num_rows, num_k_blocks]
   int64_t num_rows;
   const uint8_t* w;          // [N, k] e4m3 codes
@@ -74,6 +95,9 @@ void LinearBf16TaskPortable(const Bf16Task& t, int64_t n0, int64_t n1);
 void LinearFp8TaskPortable(const Fp8Task& t, int64_t n0, int64_t n1);
 void LinearBf16TaskAvx512(const Bf16Task& t, int64_t n0, int64_t n1);
 void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1);
+// Whether the CPU runs the AVX-512 FP8 path (it also needs VBMI, which e.g. Cooper Lake lacks;
+// there FP8 weights take the portable path, which gives the same results).
+bool Fp8Avx512Supported();
 
 }  // namespace moe::kernels::cpu::internal
 

@@ -207,6 +207,29 @@ TEST_P(LinearIsaTest, Fp8IsBatchInvariant) {
   CheckBatchInvariance(t.w, 52);
 }
 
+// Pins the documented FP8 reduction order with absorption: P = 448 * 448 swallows t = 2^-9 in
+// fp32, so the result depends on where t is added relative to +P and -P. Lane 0 of block 0 sums
+// k = 1, 0, 9, 8 (chunk 0), then k = 65, 64, ... (chunk 1).
+//   column 0: k1 = +P, k0 = t, k9 = -P, k8 = t  -> ((P + t) - P) + t = t
+//   column 1: k1 = +P, k0 = t, k65 = -P, k64 = t -> t
+// Summing in k order, or the previous order (lane i: k = i, i + 16, ...), gives 2t instead.
+TEST_P(LinearIsaTest, Fp8FollowsDocumentedOrder) {
+  constexpr int64_t kK = 128;
+  constexpr uint8_t kPlus448 = 0x7e, kMinus448 = 0xfe, kOne = 0x38;
+  std::vector<uint8_t> codes(2 * kK, 0);
+  codes[1] = kPlus448, codes[0] = kOne, codes[9] = kMinus448, codes[8] = kOne;
+  codes[kK + 1] = kPlus448, codes[kK + 0] = kOne, codes[kK + 65] = kMinus448, codes[kK + 64] = kOne;
+  std::vector<float> scale_inv(1, 1.0f);
+  const LinearWeight w{DType::kF8E4M3, 2, kK, codes.data(), scale_inv.data()};
+  std::vector<bf16> x(kK, FloatToBF16(0.0f));
+  for (int64_t k : {1, 9, 65}) x[k] = FloatToBF16(448.0f);  // amax 448: scale 1, exact codes
+  for (int64_t k : {0, 8, 64}) x[k] = FloatToBF16(std::ldexp(1.0f, -9));
+  std::vector<bf16> y(2);
+  Linear(x.data(), 1, w, y.data());
+  EXPECT_EQ(BF16ToFloat(y[0]), std::ldexp(1.0f, -9));
+  EXPECT_EQ(BF16ToFloat(y[1]), std::ldexp(1.0f, -9));
+}
+
 INSTANTIATE_TEST_SUITE_P(Isas, LinearIsaTest, ::testing::Values(Isa::kPortable, Isa::kAvx512Bf16),
                          [](const auto& info) { return std::string(IsaName(info.param)); });
 
@@ -227,6 +250,70 @@ TEST(LinearTest, PortablePathEqualsAvx512BitForBit) {
     EXPECT_EQ(FirstDifference(fast, portable), -1) << (fp8 ? "fp8" : "bf16");
   }
   internal::SetIsaForTesting(saved);
+}
+
+// Activations spread over many binades, so that quantization yields e4m3 subnormals, zeros and
+// clamped values in every group.
+std::vector<bf16> WideRangeBf16(size_t n, uint32_t seed) {
+  std::vector<bf16> x = RandomBf16(n, seed, 1.0f);
+  std::mt19937 rng(seed + 1);
+  for (bf16& v : x) v = FloatToBF16(std::ldexp(BF16ToFloat(v), static_cast<int>(rng() % 24) - 20));
+  return x;
+}
+
+// Every tile shape of the AVX-512 FP8 kernel (1 x 16, 2 x 8, 4 x 4 with 3 or 4 rows, 8 x 2 and
+// the mixes after it), partial column groups and partial k chunks and blocks must reproduce the
+// portable path bit for bit.
+TEST(LinearTest, Fp8PortableEqualsAvx512ForEveryTileShape) {
+  if (!CpuSupports(Isa::kAvx512Bf16) || !internal::Fp8Avx512Supported())
+    GTEST_SKIP() << "no AVX-512 FP8 path on this CPU";
+  const Isa saved = ActiveIsa();
+  for (auto [n, k] : {std::pair{37, 40}, std::pair{16, 64}, std::pair{130, 200}, std::pair{5, 1000},
+                      std::pair{64, 256}}) {
+    const TestWeight t = MakeFp8Weight(n, k, static_cast<uint32_t>(n * 1000 + k));
+    for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 19}) {
+      const std::vector<bf16> x = WideRangeBf16(m * k, static_cast<uint32_t>(m + k));
+      std::vector<bf16> fast(m * n), portable(m * n);
+      internal::SetIsaForTesting(Isa::kAvx512Bf16);
+      Linear(x.data(), m, t.w, fast.data());
+      internal::SetIsaForTesting(Isa::kPortable);
+      Linear(x.data(), m, t.w, portable.data());
+      ASSERT_EQ(FirstDifference(fast, portable), -1) << "n=" << n << " k=" << k << " rows=" << m;
+    }
+  }
+  internal::SetIsaForTesting(saved);
+}
+
+TEST(LinearTest, PackedPositionIsAPermutation) {
+  std::vector<int> seen(64, 0);
+  for (int i = 0; i < 64; ++i) ++seen[internal::Fp8PackedPosition(i)];
+  for (int i = 0; i < 64; ++i) EXPECT_EQ(seen[i], 1) << i;
+  // Lane 0 of the four runs: k = 1, 0, 9, 8; lane 5: j = 16 + 2 = 18.
+  EXPECT_EQ(internal::Fp8PackedPosition(1), 0);
+  EXPECT_EQ(internal::Fp8PackedPosition(0), 16);
+  EXPECT_EQ(internal::Fp8PackedPosition(9), 32);
+  EXPECT_EQ(internal::Fp8PackedPosition(8), 48);
+  EXPECT_EQ(internal::Fp8PackedPosition(19), 5);
+  EXPECT_EQ(internal::Fp8PackedPosition(26), 53);
+}
+
+TEST(LinearTest, PackedQuantizationMatchesPortable) {
+  if (!internal::Fp8Avx512Supported()) GTEST_SKIP() << "no AVX-512 FP8 path on this CPU";
+  for (int64_t k : {1, 40, 128, 130, 300, 2048}) {
+    std::vector<bf16> x = WideRangeBf16(k, static_cast<uint32_t>(k));
+    if (k >= 300) std::fill(x.begin() + 128, x.begin() + 256, FloatToBF16(0.0f));  // eps group
+    const int64_t groups = (k + 127) / 128;
+    std::vector<float> aq(groups * 128), scale(groups), packed(groups * 128, -1.0f),
+        packed_scale(groups);
+    internal::QuantizeRowFp8(x.data(), k, aq.data(), scale.data());
+    internal::QuantizeRowFp8PackedAvx512(x.data(), k, packed.data(), packed_scale.data());
+    for (int64_t g = 0; g < groups; ++g) ASSERT_EQ(packed_scale[g], scale[g]) << "k=" << k;
+    for (int64_t i = 0; i < groups * 128; ++i) {
+      const float got = packed[i / 64 * 64 + internal::Fp8PackedPosition(i % 64)];
+      ASSERT_EQ(std::signbit(got), std::signbit(aq[i])) << "k=" << k << " i=" << i;
+      ASSERT_EQ(got, aq[i]) << "k=" << k << " i=" << i;
+    }
+  }
 }
 
 TEST(LinearTest, RoundToE4M3MatchesLibraryEncoder) {
