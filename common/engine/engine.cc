@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <limits>
+#include <tuple>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/status/status_macros.h"
 
 namespace moe::engine {
@@ -209,13 +211,25 @@ std::vector<TokenEvent> Engine::Step() {
 
   std::vector<BatchSegment> segments;
   segments.reserve(plan.size());
+  StepStats stats;
+  stats.all_decode = true;
   for (const PlannedSegment& p : plan) {
     Sequence* seq = by_sched_id_.at(p.seq->id);
     segments.push_back(BatchSegment{seq->tokens.data() + p.start_pos, p.num_tokens, p.start_pos,
                                     &p.seq->blocks, p.completes});
+    const bool decode = p.num_tokens == 1 && seq->num_generated > 0;
+    stats.all_decode = stats.all_decode && decode;
+    if (!decode) stats.num_prefill_tokens += p.num_tokens;
+    stats.num_tokens += p.num_tokens;
   }
+  stats.num_sequences = static_cast<int64_t>(plan.size());
   std::vector<float> logits;
+  const absl::Time forward_start = absl::Now();
+  if (dispatcher_ != nullptr) dispatcher_->TakeTimes();
   absl::Status status = attention_->Forward(step_, segments, &logits);
+  stats.forward = absl::Now() - forward_start;
+  if (dispatcher_ != nullptr) std::tie(stats.dispatch, stats.combine) = dispatcher_->TakeTimes();
+  last_step_stats_ = stats;
   if (!status.ok()) {
     for (const PlannedSegment& p : plan) {
       Finish(by_sched_id_.at(p.seq->id), FinishReason::kError, &events, status.ToString());

@@ -64,6 +64,17 @@ struct TokenEvent {
   int64_t completion_tokens = 0;
 };
 
+// What the last Step() ran, for metrics.
+struct StepStats {
+  int64_t num_tokens = 0;         // prefill chunk tokens + decode tokens
+  int64_t num_sequences = 0;
+  int64_t num_prefill_tokens = 0; // tokens of segments that were not a single decode token
+  bool all_decode = false;        // every segment was one decode token
+  absl::Duration forward;         // the whole forward pass
+  absl::Duration dispatch;        // MoE dispatch, summed over layers
+  absl::Duration combine;         // MoE combine (incl. waiting for experts), summed over layers
+};
+
 class Engine {
  public:
   // Embedded mode: loads the model from `model_dir` and serves its experts in-process through
@@ -109,6 +120,7 @@ class Engine {
   int64_t kv_block_size() const { return options_.kv_block_size; }
   int32_t num_blocks() const { return kv_cache_->pool().num_blocks(); }
   uint64_t steps() const { return step_; }
+  const StepStats& last_step_stats() const { return last_step_stats_; }
 
   // For benchmarks and load reporting.
   const model::DenseWeights& dense_weights() const { return *dense_; }
@@ -153,6 +165,7 @@ class Engine {
   absl::flat_hash_map<int64_t, Sequence*> by_sched_id_;
   int64_t next_sched_id_ = 0;
   uint64_t step_ = 0;
+  StepStats last_step_stats_;
 };
 
 }  // namespace moe::engine

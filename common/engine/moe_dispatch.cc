@@ -13,6 +13,7 @@ absl::StatusOr<DispatchHandle> MoeDispatcher::Dispatch(uint64_t step, uint32_t l
                                                        uint32_t micro_batch, const bf16* h,
                                                        int64_t num_tokens, const int32_t* ids,
                                                        const float* weights, int64_t top_k) {
+  const absl::Time start = absl::Now();
   const int64_t num_workers = placement_.num_workers();
   const int64_t num_experts = placement_.num_experts();
   DispatchHandle handle;
@@ -57,12 +58,14 @@ absl::StatusOr<DispatchHandle> MoeDispatcher::Dispatch(uint64_t step, uint32_t l
     handle.rows_per_worker[static_cast<size_t>(w)] = row;
     RETURN_IF_ERROR(transport_->Send(placement_.peer(w), handle.tag, payload));
   }
+  dispatch_time_ += absl::Now() - start;
   return handle;
 }
 
 absl::Status MoeDispatcher::Combine(const DispatchHandle& handle, bf16* out) {
   const int64_t num_workers = placement_.num_workers();
-  const absl::Time deadline = absl::Now() + timeout_;
+  const absl::Time start = absl::Now();
+  const absl::Time deadline = start + timeout_;
   std::vector<transport::Message> answers(static_cast<size_t>(num_workers));
   std::vector<const bf16*> rows(static_cast<size_t>(num_workers), nullptr);
   for (int64_t w = 0; w < num_workers; ++w) {
@@ -107,6 +110,7 @@ absl::Status MoeDispatcher::Combine(const DispatchHandle& handle, bf16* out) {
     bf16* o = out + t * hidden_;
     for (int64_t i = 0; i < hidden_; ++i) o[i] = FloatToBF16(acc[static_cast<size_t>(i)]);
   }
+  combine_time_ += absl::Now() - start;
   return absl::OkStatus();
 }
 

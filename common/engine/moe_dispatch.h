@@ -8,6 +8,7 @@
 #define MOE_COMMON_ENGINE_MOE_DISPATCH_H_
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -49,11 +50,21 @@ class MoeDispatcher {
 
   const ExpertPlacement& placement() const { return placement_; }
 
+  // Wall time spent in Dispatch() and Combine() since the last call (then resets). Combine time
+  // includes waiting for the expert workers.
+  std::pair<absl::Duration, absl::Duration> TakeTimes() {
+    auto times = std::make_pair(dispatch_time_, combine_time_);
+    dispatch_time_ = combine_time_ = absl::ZeroDuration();
+    return times;
+  }
+
  private:
   transport::ActivationTransport* transport_;
   ExpertPlacement placement_;
   int64_t hidden_;
   absl::Duration timeout_;
+  absl::Duration dispatch_time_;
+  absl::Duration combine_time_;
 };
 
 }  // namespace moe::engine

@@ -302,16 +302,29 @@ TEST(LinearTest, PackedQuantizationMatchesPortable) {
   for (int64_t k : {1, 40, 128, 130, 300, 2048}) {
     std::vector<bf16> x = WideRangeBf16(k, static_cast<uint32_t>(k));
     if (k >= 300) std::fill(x.begin() + 128, x.begin() + 256, FloatToBF16(0.0f));  // eps group
+    if (k == 2048) {  // non-finite inputs: a NaN group, and an inf group (x / inf = NaN)
+      x[300] = bf16{0x7fc0};
+      x[700] = FloatToBF16(-INFINITY);
+    }
     const int64_t groups = (k + 127) / 128;
     std::vector<float> aq(groups * 128), scale(groups), packed(groups * 128, -1.0f),
         packed_scale(groups);
     internal::QuantizeRowFp8(x.data(), k, aq.data(), scale.data());
     internal::QuantizeRowFp8PackedAvx512(x.data(), k, packed.data(), packed_scale.data());
-    for (int64_t g = 0; g < groups; ++g) ASSERT_EQ(packed_scale[g], scale[g]) << "k=" << k;
+    auto bits = [](float f) {
+      uint32_t u;
+      std::memcpy(&u, &f, sizeof(u));
+      return u;
+    };
+    for (int64_t g = 0; g < groups; ++g)
+      ASSERT_EQ(bits(packed_scale[g]), bits(scale[g])) << "k=" << k << " g=" << g;
     for (int64_t i = 0; i < groups * 128; ++i) {
       const float got = packed[i / 64 * 64 + internal::Fp8PackedPosition(i % 64)];
-      ASSERT_EQ(std::signbit(got), std::signbit(aq[i])) << "k=" << k << " i=" << i;
-      ASSERT_EQ(got, aq[i]) << "k=" << k << " i=" << i;
+      ASSERT_EQ(bits(got), bits(aq[i])) << "k=" << k << " i=" << i << ": " << got << " vs " << aq[i];
+    }
+    if (k == 2048) {
+      EXPECT_TRUE(std::isnan(aq[300]));
+      EXPECT_TRUE(std::isnan(aq[700]));
     }
   }
 }

@@ -1,0 +1,332 @@
+// AVX-512 (F/BW/DQ/VL + VBMI) path of Linear with FP8 (e4m3) weights. e4m3 values, subnormals
+// included, are exact in bf16 (hence in fp32) and products of two are exact in fp32. Weight codes
+// are widened with two 128-entry byte lookups (VPERMT2B: high and low byte of the bf16),
+// interleaved into bf16 words with VPUNPCK{L,H}BW and split into the odd and even words as fp32
+// (AND / shift); the activations are quantized once per row straight into the matching packed
+// fp32 layout. The block dot products then run on FMA in the VDPBF16PS order documented in
+// linear_internal.h (odd word, then even word, per lane), which the portable path reproduces bit
+// for bit. (FMA, not VDPBF16PS itself: on the Xeon this was tuned on, a 512-bit VDPBF16PS took as
+// long as four FMAs for twice an FMA's products, so the split halves on FMA are no slower, and
+// the multi-row tiles are faster.)
+//
+// Every micro-kernel keeps 16 accumulators (MR rows x NR columns, MR * NR = 16) and folds them at
+// the end of each 128-wide k-block with one 16-way transposing reduction, so the per-block work
+// does not grow with the tile. Each output's instruction sequence is the same for every tile
+// shape, which keeps the result independent of the batch.
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "common/kernels/cpu/linear_internal.h"
+#include "common/tensor/fp8.h"
+#include "common/tensor/linear_weight.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+// GCC 12's AVX-512 headers trip -Wuninitialized on their own setzero/extract helpers.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#define MOE_FP8_TARGET \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi")))
+#define MOE_FP8_INLINE MOE_FP8_TARGET inline __attribute__((always_inline))
+
+namespace moe::kernels::cpu::internal {
+namespace {
+
+// bf16 bits of the e4m3 magnitude code c (0..127; 127 is NaN).
+constexpr uint16_t E4M3MagnitudeToBf16(int c) {
+  if (c == 0x7f) return 0x7fc0;
+  const int e = c >> 3, m = c & 7;
+  if (e != 0) return static_cast<uint16_t>(((e + 120) << 7) | (m << 4));
+  if (m == 0) return 0;
+  const int p = m >= 4 ? 2 : (m >= 2 ? 1 : 0);  // value m * 2^-9 = 1.f * 2^(p - 9)
+  return static_cast<uint16_t>(((p - 9 + 127) << 7) | ((m - (1 << p)) << (7 - p)));
+}
+
+// High bytes (without sign) then low bytes of the 128 magnitudes, 64-byte aligned for loads.
+struct alignas(64) WidenTables {
+  uint8_t high[128];
+  uint8_t low[128];
+};
+constexpr WidenTables MakeWidenTables() {
+  WidenTables t{};
+  for (int c = 0; c < 128; ++c) {
+    t.high[c] = static_cast<uint8_t>(E4M3MagnitudeToBf16(c) >> 8);
+    t.low[c] = static_cast<uint8_t>(E4M3MagnitudeToBf16(c) & 0xff);
+  }
+  return t;
+}
+constexpr WidenTables kWiden = MakeWidenTables();
+
+struct Widener {
+  __m512i high_lo, high_hi, low_lo, low_hi, sign;
+  MOE_FP8_INLINE Widener()
+      : high_lo(_mm512_load_si512(kWiden.high)),
+        high_hi(_mm512_load_si512(kWiden.high + 64)),
+        low_lo(_mm512_load_si512(kWiden.low)),
+        low_hi(_mm512_load_si512(kWiden.low + 64)),
+        sign(_mm512_set1_epi8(static_cast<char>(0x80))) {}
+  // 64 codes (k = 0..63 of a chunk) -> the four fp32 vectors of the packed layout: lane i of
+  // w[0] / w[1] holds k = j + 1 / k = j for j = 16 * (i / 4) + 2 * (i % 4); w[2], w[3]: j + 8.
+  MOE_FP8_INLINE void Widen(__m512i codes, __m512* w) const {
+    __m512i h = _mm512_permutex2var_epi8(high_lo, codes, high_hi);  // index bit 7 is ignored
+    const __m512i l = _mm512_permutex2var_epi8(low_lo, codes, low_hi);
+    h = _mm512_ternarylogic_epi32(h, codes, sign, 0xf8);  // h | (codes & 0x80)
+    const __m512i p0 = _mm512_unpacklo_epi8(l, h);  // bf16 words of k = j, j + 1 in dword i
+    const __m512i p1 = _mm512_unpackhi_epi8(l, h);
+    const __m512i high_word = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
+    w[0] = _mm512_castsi512_ps(_mm512_and_si512(p0, high_word));
+    w[1] = _mm512_castsi512_ps(_mm512_slli_epi32(p0, 16));
+    w[2] = _mm512_castsi512_ps(_mm512_and_si512(p1, high_word));
+    w[3] = _mm512_castsi512_ps(_mm512_slli_epi32(p1, 16));
+  }
+};
+
+// Lane l of the result is Reduce16(v[l]) with Reduce16's tree: (i, i+8), (i, i+4), (i, i+2),
+// (0, 1). The inputs are taken in the order u[a] = v[4 * (a % 4) + a / 4], the transpose that the
+// shuffle network below undoes.
+MOE_FP8_INLINE __m512 Reduce16x16(const __m512* v) {
+  __m512 s8[8], s4[4], s2[2];
+#pragma GCC unroll 8
+  for (int j = 0; j < 8; ++j) {
+    const __m512 a = v[4 * ((2 * j) % 4) + (2 * j) / 4];
+    const __m512 b = v[4 * ((2 * j + 1) % 4) + (2 * j + 1) / 4];
+    s8[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    const __m512 a = s8[2 * j], b = s8[2 * j + 1];
+    s4[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xdd));
+  }
+#pragma GCC unroll 2
+  for (int j = 0; j < 2; ++j) {
+    const __m512d a = _mm512_castps_pd(s4[2 * j]), b = _mm512_castps_pd(s4[2 * j + 1]);
+    s2[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                          _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// The 16 block dot products of one k-block [k0, k1) for an MR x NR tile (w: NR weight rows,
+// a: MR packed activation rows), folded by Reduce16x16: lane m * NR + n.
+template <int MR, int NR>
+MOE_FP8_INLINE __m512 BlockFp8(const Widener& widener, const uint8_t* const* w,
+                               const float* const* a, int64_t k0, int64_t k1) {
+  static_assert(MR * NR == 16);
+  __m512 acc[16];
+#pragma GCC unroll 16
+  for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
+  for (int64_t c = k0; c < k1; c += 64) {
+    const __mmask64 mask = c + 64 <= k1 ? ~0ull : (1ull << (k1 - c)) - 1;  // zeros widen to +0
+    // Widen one weight row at a time and use it at once: widening all NR rows first would need
+    // 4 * NR more registers than there are. Activations come straight from L1.
+#pragma GCC unroll 16
+    for (int n = 0; n < NR; ++n) {
+      __m512 wv[4];
+      widener.Widen(_mm512_maskz_loadu_epi8(mask, w[n] + c), wv);
+#pragma GCC unroll 16
+      for (int m = 0; m < MR; ++m) {
+        __m512& s = acc[m * NR + n];
+        // The product is exact, so each FMA rounds once, like the add it stands for. The
+        // activations are zero padded to the block end, so always whole.
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q)
+          s = _mm512_fmadd_ps(_mm512_loadu_ps(a[m] + c + 16 * q), wv[q], s);
+      }
+    }
+  }
+  return Reduce16x16(acc);
+}
+
+// Rows [m0, m0 + mr) (mr <= MR) x the columns [g, g1) of one 16-column group (g a multiple of
+// 16, so inside one 128-row scale group), as 16 / NR tiles of NR columns. k-blocks are the outer
+// loop, so the activations and weights in use (MR + 16 rows of one block) stay in L1 whatever k
+// is. Missing rows and columns repeat the last valid one (no out-of-bounds reads) and are not
+// stored.
+template <int MR, int NR>
+MOE_FP8_TARGET void GroupFp8(const Fp8Task& t, int64_t m0, int mr, int64_t g, int64_t g1) {
+  constexpr int kTiles = 16 / NR;
+  const int num_tiles = static_cast<int>((g1 - g + NR - 1) / NR);
+  const Widener widener;
+  const uint8_t* w[kTiles][NR];
+#pragma GCC unroll 16
+  for (int j = 0; j < kTiles; ++j)
+#pragma GCC unroll 16
+    for (int n = 0; n < NR; ++n) w[j][n] = t.w + std::min(g + j * NR + n, g1 - 1) * t.k;
+  const float* a[MR];
+  const float* a_scale[MR];
+#pragma GCC unroll 16
+  for (int m = 0; m < MR; ++m) {
+    const int64_t row = m0 + std::min(m, mr - 1);
+    a[m] = t.aq_packed + row * t.aq_stride;
+    a_scale[m] = t.a_scale + row * t.num_k_blocks;
+  }
+  const float* w_scale = t.w_scale_inv + (g / kFp8BlockSize) * t.num_k_blocks;
+  // Rows are only k bytes long and 16 are read at once: too short and too many for the hardware
+  // prefetcher to ramp up. Fetch the next group (the next 16 rows, contiguous) linearly, one
+  // block's share per block, into L2.
+  // (Integer addresses: past the last group this points beyond the array, which prefetching
+  // tolerates but pointer arithmetic would not.)
+  const uintptr_t next = reinterpret_cast<uintptr_t>(t.w) + (g + 16) * t.k;
+
+  __m512 total[kTiles];
+#pragma GCC unroll 16
+  for (int j = 0; j < kTiles; ++j) total[j] = _mm512_setzero_ps();
+  for (int64_t kb = 0; kb < t.num_k_blocks; ++kb) {
+    for (int i = 0; i < 16 * kFp8BlockSize; i += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(next + kb * 16 * kFp8BlockSize + i), _MM_HINT_T1);
+    const int64_t k0 = kb * kFp8BlockSize;
+    const int64_t k1 = std::min(t.k, k0 + kFp8BlockSize);
+    __m512 as = _mm512_set1_ps(a_scale[0][kb]);
+#pragma GCC unroll 16
+    for (int m = 1; m < MR; ++m)
+      as = _mm512_mask_mov_ps(as, static_cast<__mmask16>(((1u << NR) - 1) << (m * NR)),
+                              _mm512_set1_ps(a_scale[m][kb]));
+    const __m512 ws = _mm512_set1_ps(w_scale[kb]);
+#pragma GCC unroll 16
+    for (int j = 0; j < kTiles; ++j) {
+      if (j >= num_tiles) break;
+      const __m512 block = BlockFp8<MR, NR>(widener, w[j], a, k0, k1);
+      total[j] = _mm512_add_ps(total[j], _mm512_mul_ps(_mm512_mul_ps(block, as), ws));
+    }
+  }
+  for (int j = 0; j < num_tiles; ++j) {
+    alignas(64) float out[16];
+    _mm512_store_ps(out, total[j]);
+    const int64_t n0 = g + j * NR;
+    const int nr = static_cast<int>(std::min<int64_t>(NR, g1 - n0));
+    for (int m = 0; m < mr; ++m)
+      for (int n = 0; n < nr; ++n)
+        t.y[(m0 + m) * t.y_stride + n0 + n] = FloatToBF16(out[m * NR + n]);
+  }
+}
+
+// Float bits of a zero-padded 16-value slice of x, as floats.
+MOE_FP8_INLINE __m512 LoadBf16(const bf16* x, int64_t count) {
+  const __mmask16 mask =
+      count >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << count) - 1);
+  const __m256i raw = _mm256_maskz_loadu_epi16(mask, x);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+}
+
+// RoundToE4M3 on 16 lanes with the same IEEE operations, hence the same results.
+MOE_FP8_INLINE __m512 RoundToE4M3Avx(__m512 v) {
+  const __m512 a = _mm512_abs_ps(v);
+  const __m512 shift = _mm512_set1_ps(24576.0f);
+  const __m512 sub = _mm512_sub_ps(_mm512_add_ps(a, shift), shift);
+  __m512i u = _mm512_castps_si512(a);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 20), _mm512_set1_epi32(1));
+  u = _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7ffff)), odd);
+  u = _mm512_and_si512(u, _mm512_set1_epi32(static_cast<int>(0xfff00000u)));
+  const __mmask16 is_sub = _mm512_cmp_ps_mask(a, _mm512_set1_ps(0.015625f), _CMP_LT_OQ);
+  const __m512 q = _mm512_mask_mov_ps(_mm512_castsi512_ps(u), is_sub, sub);
+  const __m512i sign = _mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(INT32_MIN));
+  return _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(q), sign));
+}
+
+}  // namespace
+
+bool Fp8Avx512Supported() {
+  static const bool supported = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vbmi");
+  }();
+  return supported;
+}
+
+MOE_FP8_TARGET void QuantizeRowFp8PackedAvx512(const bf16* x, int64_t k, float* packed,
+                                               float* scale) {
+  // Packed vector v (0..3) of a chunk, lane i: k-offset 16 * (i / 4) + 2 * (i % 4) + (1, 0, 9,
+  // 8)[v], gathered from natural vectors 2 * (i / 8) and 2 * (i / 8) + 1 by a two-source permute.
+  alignas(64) static constexpr std::array<std::array<int32_t, 16>, 4> kIdx = [] {
+    std::array<std::array<int32_t, 16>, 4> idx{};
+    constexpr int kOffset[4] = {1, 0, 9, 8};
+    for (int v = 0; v < 4; ++v)
+      for (int i = 0; i < 16; ++i) idx[v][i] = ((i / 4) & 1) * 16 + 2 * (i % 4) + kOffset[v];
+    return idx;
+  }();
+  const int64_t num_groups = (k + kFp8BlockSize - 1) / kFp8BlockSize;
+  for (int64_t g = 0; g < num_groups; ++g) {
+    const int64_t k0 = g * kFp8BlockSize;
+    const int64_t valid = std::min<int64_t>(kFp8BlockSize, k - k0);
+    __m512 v[8];
+    __m512 amax = _mm512_setzero_ps();
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      v[i] = LoadBf16(x + k0 + 16 * i, std::clamp<int64_t>(valid - 16 * i, 0, 16));
+      // Operand order as in std::max(amax, |x|): a NaN x is skipped, as in QuantizeRowFp8.
+      amax = _mm512_max_ps(_mm512_abs_ps(v[i]), amax);
+    }
+    const float s = std::max(_mm512_reduce_max_ps(amax), 1e-10f) / kFp8E4M3Max;
+    scale[g] = s;
+    const __m512 sv = _mm512_set1_ps(s);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const __m512 q = _mm512_div_ps(v[i], sv);
+      // std::clamp: a NaN passes through (MAXPS/MINPS return the second operand then).
+      v[i] = RoundToE4M3Avx(_mm512_min_ps(_mm512_set1_ps(kFp8E4M3Max),
+                                          _mm512_max_ps(_mm512_set1_ps(-kFp8E4M3Max), q)));
+    }
+#pragma GCC unroll 2
+    for (int c = 0; c < 2; ++c) {
+#pragma GCC unroll 4
+      for (int p = 0; p < 4; ++p) {
+        const __m512i idx = _mm512_load_si512(kIdx[p].data());
+        const __m512 lo = _mm512_permutex2var_ps(v[4 * c], idx, v[4 * c + 1]);
+        const __m512 hi = _mm512_permutex2var_ps(v[4 * c + 2], idx, v[4 * c + 3]);
+        _mm512_storeu_ps(packed + k0 + 64 * c + 16 * p, _mm512_mask_mov_ps(lo, 0xff00, hi));
+      }
+    }
+  }
+}
+
+// Per 16-column group, row tiles of 8 x 2 while at least 8 rows remain (weights widened once per
+// 8 rows), then 4 x 4, 2 x 8 or 1 x 16 for the rest.
+void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1) {
+  for (int64_t g = n0; g < n1; g += 16) {
+    const int64_t g1 = std::min(n1, g + 16);
+    for (int64_t m = 0; m < t.num_rows;) {
+      const int64_t left = t.num_rows - m;
+      if (left >= 8) {
+        GroupFp8<8, 2>(t, m, 8, g, g1);
+        m += 8;
+      } else if (left >= 3) {
+        const int mr = static_cast<int>(std::min<int64_t>(4, left));
+        GroupFp8<4, 4>(t, m, mr, g, g1);
+        m += mr;
+      } else if (left == 2) {
+        GroupFp8<2, 8>(t, m, 2, g, g1);
+        m += 2;
+      } else {
+        GroupFp8<1, 16>(t, m, 1, g, g1);
+        m += 1;
+      }
+    }
+  }
+}
+
+}  // namespace moe::kernels::cpu::internal
+
+#else  // not x86-64 GCC/Clang: the AVX-512 path is never selected.
+
+namespace moe::kernels::cpu::internal {
+bool Fp8Avx512Supported() { return false; }
+// Never called (Fp8Avx512Supported is false), but kept a correct equivalent.
+void QuantizeRowFp8PackedAvx512(const bf16* x, int64_t k, float* packed, float* scale) {
+  const int64_t padded = (k + kFp8BlockSize - 1) / kFp8BlockSize * kFp8BlockSize;
+  std::vector<float> aq(padded);
+  QuantizeRowFp8(x, k, aq.data(), scale);
+  for (int64_t i = 0; i < padded; ++i) packed[i / 64 * 64 + Fp8PackedPosition(i % 64)] = aq[i];
+}
+void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1) {
+  LinearFp8TaskPortable(t, n0, n1);
+}
+}  // namespace moe::kernels::cpu::internal
+
+#endif

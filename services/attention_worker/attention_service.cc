@@ -1,0 +1,79 @@
+#include "services/attention_worker/attention_service.h"
+
+#include <memory>
+
+#include "absl/strings/str_cat.h"
+#include "common/rpc/status.h"
+
+namespace moe::services {
+namespace {
+
+// A reactor that only finishes with `status` (rejections before the loop sees the request).
+class RejectReactor final : public grpc::ServerWriteReactor<v1::AttentionGenerateResponse> {
+ public:
+  explicit RejectReactor(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
+
+absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::AttentionGenerateRequest& request) {
+  if (request.request_id().empty()) return absl::InvalidArgumentError("request_id: must not be empty");
+  if (request.top_logprobs() < 0 || request.top_logprobs() > 20) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs: must be in [0, 20], got ", request.top_logprobs()));
+  }
+  engine::GenerationRequest out;
+  out.id = request.request_id();
+  out.prompt.assign(request.prompt().begin(), request.prompt().end());
+  if (request.has_sampling()) {
+    const v1::AttentionSampling& s = request.sampling();
+    out.sampling.temperature = s.temperature();
+    out.sampling.top_p = s.top_p();
+    out.sampling.top_k = s.top_k();
+    out.sampling.min_p = s.min_p();
+    out.sampling.repetition_penalty = s.repetition_penalty();
+    out.sampling.seed = s.seed();
+  } else {
+    out.sampling.temperature = 0.0;  // greedy; the router always sends resolved values
+  }
+  out.max_new_tokens = request.max_new_tokens();
+  out.min_new_tokens = request.min_new_tokens();
+  for (int32_t id : request.stop_token_ids()) {
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("stop_token_ids: negative id ", id));
+    out.stop_token_ids.push_back(id);
+  }
+  out.ignore_eos = request.ignore_eos();
+  out.top_logprobs = request.top_logprobs();
+  return out;
+}
+
+grpc::ServerWriteReactor<v1::AttentionGenerateResponse>* AttentionService::Generate(
+    grpc::CallbackServerContext* context, const v1::AttentionGenerateRequest* request) {
+  StepLoop* loop = loop_.load();
+  if (loop == nullptr) {
+    return new RejectReactor(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the attention worker is loading"));
+  }
+  auto converted = ToGenerationRequest(*request);
+  if (!converted.ok()) return new RejectReactor(rpc::ToGrpcStatus(converted.status()));
+  auto stream = std::make_shared<GenerateStream>(
+      converted->id, [loop](const std::string& id) { loop->Cancel(id); });
+  auto* reactor = stream->MakeReactor(stream);
+  loop->Submit(stream, *std::move(converted));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionService::GetLoad(grpc::CallbackServerContext* context,
+                                                    const v1::GetLoadRequest*, v1::WorkerLoad* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  StepLoop* loop = loop_.load();
+  if (loop == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the attention worker is loading"));
+    return reactor;
+  }
+  *response = loop->Load();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace moe::services

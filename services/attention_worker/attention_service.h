@@ -1,0 +1,41 @@
+// gRPC surface of the attention worker: moe.v1.AttentionWorker (attention.proto) with the callback
+// API. Generate turns the request into an engine::GenerationRequest and hands it to the StepLoop
+// with a GenerateStream (ServerWriteReactor); GetLoad answers from the loop's published load.
+//
+// Thread safety: RPCs run on gRPC threads; StepLoop's Submit/Cancel/Load are thread-safe.
+#ifndef MOE_SERVICES_ATTENTION_WORKER_ATTENTION_SERVICE_H_
+#define MOE_SERVICES_ATTENTION_WORKER_ATTENTION_SERVICE_H_
+
+#include <atomic>
+
+#include "absl/status/statusor.h"
+#include "common/engine/engine.h"
+#include "moe/v1/attention.grpc.pb.h"
+#include "services/attention_worker/step_loop.h"
+
+namespace moe::services {
+
+// Converts a request (INVALID_ARGUMENT naming the field for what the engine cannot check: missing
+// request_id, top_logprobs outside [0, 20], negative stop token ids). An absent `sampling` means
+// greedy decoding.
+absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::AttentionGenerateRequest& request);
+
+class AttentionService final : public v1::AttentionWorker::CallbackService {
+ public:
+  // RPCs answer UNAVAILABLE ("loading") until SetLoop. `loop` is not owned and must outlive the
+  // server.
+  AttentionService() = default;
+  void SetLoop(StepLoop* loop) { loop_ = loop; }
+
+  grpc::ServerWriteReactor<v1::AttentionGenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const v1::AttentionGenerateRequest* request) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
+                                    const v1::GetLoadRequest* request, v1::WorkerLoad* response) override;
+
+ private:
+  std::atomic<StepLoop*> loop_{nullptr};
+};
+
+}  // namespace moe::services
+
+#endif  // MOE_SERVICES_ATTENTION_WORKER_ATTENTION_SERVICE_H_

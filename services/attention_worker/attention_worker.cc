@@ -1,0 +1,68 @@
+#include "services/attention_worker/attention_worker.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/engine/expert_placement.h"
+#include "common/model/config.h"
+#include "common/status/status_macros.h"
+#include "services/expert_worker/expert_worker.h"
+#include "services/expert_worker/model_fingerprint.h"
+
+namespace moe::services {
+
+absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
+    const AttentionWorkerOptions& options, prometheus::Registry* registry) {
+  if (options.rank < 0 || options.rank >= kFirstExpertPeerId) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rank must be in [0, ", kFirstExpertPeerId, "), got ", options.rank));
+  }
+  ASSIGN_OR_RETURN(model::ModelConfig config,
+                   model::ModelConfig::FromFile(options.model_dir + "/config.json"));
+  const int64_t num_workers = static_cast<int64_t>(options.expert_addresses.size());
+  if (config.IsMoe() && num_workers < 1) {
+    return absl::InvalidArgumentError("--expert_workers: a MoE model needs at least one expert worker");
+  }
+  if (config.IsMoe() && num_workers > config.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("--expert_workers: ", num_workers, " workers for ",
+                                                   config.num_experts, " experts"));
+  }
+  std::unique_ptr<AttentionWorker> worker(new AttentionWorker());
+  worker->options_ = options;
+  ASSIGN_OR_RETURN(worker->transport_, transport::UcxTransport::Create(options.rank, options.ucx));
+  std::vector<int32_t> peers;
+  for (int64_t w = 0; w < num_workers; ++w) peers.push_back(kFirstExpertPeerId + static_cast<int32_t>(w));
+  ASSIGN_OR_RETURN(worker->engine_,
+                   engine::Engine::CreateAttentionWorker(
+                       options.model_dir, options.engine, worker->transport_.get(),
+                       engine::ExpertPlacement(config.num_experts, std::move(peers))));
+  ExpertConnectorOptions& connector = worker->options_.connector;
+  connector.expert_addresses = options.expert_addresses;
+  connector.attention_rank = options.rank;
+  connector.num_experts = config.num_experts;
+  ASSIGN_OR_RETURN(connector.model_fingerprint, ModelFingerprint(options.model_dir));
+  if (registry != nullptr) worker->metrics_ = std::make_unique<AttentionMetrics>(*registry);
+  return worker;
+}
+
+void AttentionWorker::Start(std::function<void(bool)> on_ready_change) {
+  on_ready_change_ = std::move(on_ready_change);
+  // The loop needs the connector's readiness and the connector wakes the loop: build both, then
+  // start the connector last.
+  connector_ = std::make_unique<ExpertConnector>(options_.connector, transport_.get(), [this](bool ready) {
+    if (loop_ != nullptr) loop_->Wake();
+    if (on_ready_change_) on_ready_change_(ready);
+  });
+  ExpertConnector* connector = connector_.get();
+  StepLoopHooks hooks;
+  hooks.ready = [connector] { return connector->ready(); };
+  hooks.on_data_plane_failure = [connector] { connector->ReportFailure(); };
+  loop_ = std::make_unique<StepLoop>(std::move(engine_), options_.rank, std::move(hooks), metrics_.get());
+  loop_->Start();
+  connector_->Start();
+}
+
+void AttentionWorker::Stop() {
+  if (connector_ != nullptr) connector_->Stop();
+  if (loop_ != nullptr) loop_->Stop();
+}
+
+}  // namespace moe::services

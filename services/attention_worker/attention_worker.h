@@ -1,0 +1,65 @@
+// One attention worker: the dense weights and KV cache (engine::Engine in attention-worker mode),
+// its UCX endpoint (peer id = rank), the connections to the expert workers (ExpertConnector) and
+// the step loop. The gRPC surface is attention_service.h.
+//
+// Thread safety: Create/Start/Stop from one control thread; the parts are thread-safe as documented.
+#ifndef MOE_SERVICES_ATTENTION_WORKER_ATTENTION_WORKER_H_
+#define MOE_SERVICES_ATTENTION_WORKER_ATTENTION_WORKER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/engine/engine.h"
+#include "common/transport/ucx/ucx_transport.h"
+#include "prometheus/registry.h"
+#include "services/attention_worker/attention_metrics.h"
+#include "services/attention_worker/expert_connector.h"
+#include "services/attention_worker/step_loop.h"
+
+namespace moe::services {
+
+struct AttentionWorkerOptions {
+  std::string model_dir;
+  int rank = 0;
+  std::vector<std::string> expert_addresses;  // rank order
+  engine::EngineOptions engine;
+  transport::UcxOptions ucx;
+  ExpertConnectorOptions connector;  // addresses, rank, fingerprint, num_experts are filled in
+};
+
+class AttentionWorker {
+ public:
+  // Loads the dense weights and creates the transport; nothing runs yet. INVALID_ARGUMENT naming
+  // the flag for bad options (rank outside [0, 1000), no expert workers for a MoE model, more
+  // expert workers than experts). `registry` may be null.
+  static absl::StatusOr<std::unique_ptr<AttentionWorker>> Create(const AttentionWorkerOptions& options,
+                                                                 prometheus::Registry* registry);
+  ~AttentionWorker() { Stop(); }
+
+  // Starts the step loop and the connector. `on_ready_change(ready)` is called whenever every
+  // expert worker becomes connected or one goes missing (from the connector or loop thread).
+  void Start(std::function<void(bool)> on_ready_change);
+  // Stops the connector, then the loop (open streams end with UNAVAILABLE). Idempotent.
+  void Stop();
+
+  StepLoop* loop() { return loop_.get(); }
+  bool ready() const { return connector_ != nullptr && connector_->ready(); }
+
+ private:
+  AttentionWorker() = default;
+
+  AttentionWorkerOptions options_;
+  std::unique_ptr<transport::UcxTransport> transport_;  // outlives engine (declared first)
+  std::unique_ptr<AttentionMetrics> metrics_;
+  std::unique_ptr<engine::Engine> engine_;  // moved into loop_ by Start
+  std::unique_ptr<ExpertConnector> connector_;
+  std::unique_ptr<StepLoop> loop_;
+  std::function<void(bool)> on_ready_change_;
+};
+
+}  // namespace moe::services
+
+#endif  // MOE_SERVICES_ATTENTION_WORKER_ATTENTION_WORKER_H_

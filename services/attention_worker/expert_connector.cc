@@ -1,0 +1,167 @@
+#include "services/attention_worker/expert_connector.h"
+
+#include <algorithm>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/engine/expert_placement.h"
+#include "grpcpp/grpcpp.h"
+
+namespace moe::services {
+namespace {
+
+constexpr int32_t kFirstExpertPeer = 1000;  // engine/expert_placement.h numbering
+
+}  // namespace
+
+absl::Status ValidateExpertInfo(const v1::ExpertWorkerInfo& info, int rank, int num_workers,
+                                int64_t num_experts, const std::string& fingerprint) {
+  auto mismatch = [&](const char* field, auto got, auto want) {
+    return absl::FailedPreconditionError(absl::StrCat("expert worker ", rank, ": ", field, " is ", got,
+                                                      ", expected ", want));
+  };
+  if (info.rank() != rank) return mismatch("rank", info.rank(), rank);
+  if (info.num_expert_workers() != num_workers) {
+    return mismatch("num_expert_workers", info.num_expert_workers(), num_workers);
+  }
+  const engine::ExpertRange range = engine::ExpertPlacement::RangeOf(num_experts, num_workers, rank);
+  if (info.first_expert() != range.first) return mismatch("first_expert", info.first_expert(), range.first);
+  if (info.num_experts() != range.count) return mismatch("num_experts", info.num_experts(), range.count);
+  if (info.peer_id() != kFirstExpertPeer + rank) {
+    return mismatch("peer_id", info.peer_id(), kFirstExpertPeer + rank);
+  }
+  if (info.data_plane() != v1::DATA_PLANE_UCX) {
+    return mismatch("data_plane", v1::DataPlane_Name(info.data_plane()), "DATA_PLANE_UCX");
+  }
+  if (info.model_fingerprint() != fingerprint) {
+    return mismatch("model_fingerprint", info.model_fingerprint(), fingerprint);
+  }
+  return absl::OkStatus();
+}
+
+ExpertConnector::ExpertConnector(ExpertConnectorOptions options, transport::UcxTransport* transport,
+                                 std::function<void(bool)> on_ready_change)
+    : options_(std::move(options)), transport_(transport), on_ready_change_(std::move(on_ready_change)) {
+  for (const std::string& address : options_.expert_addresses) {
+    Peer peer;
+    peer.address = address;
+    peer.stub = v1::ExpertWorker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    peers_.push_back(std::move(peer));
+  }
+}
+
+void ExpertConnector::Start() { thread_ = std::thread([this] { Loop(); }); }
+
+void ExpertConnector::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+bool ExpertConnector::ready() const {
+  absl::MutexLock lock(&mu_);
+  return ready_;
+}
+
+void ExpertConnector::ReportFailure() {
+  bool was_ready;
+  {
+    absl::MutexLock lock(&mu_);
+    was_ready = ready_;
+    ready_ = false;
+    recheck_ = true;
+  }
+  if (was_ready && on_ready_change_) on_ready_change_(false);
+}
+
+bool ExpertConnector::WaitReady(absl::Time deadline) const {
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithDeadline(absl::Condition(
+                            +[](const bool* ready) { return *ready; }, &ready_),
+                        deadline);
+  return ready_;
+}
+
+bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
+  Peer& peer = peers_[static_cast<size_t>(rank)];
+  auto set_error = [&](const std::string& error) {
+    if (peer.connected || error != peer.last_error) {
+      std::cerr << "attention worker: expert worker " << rank << " (" << peer.address
+                << ") not connected: " << error << std::endl;
+    }
+    peer.connected = false;
+    peer.last_error = error;
+    return false;
+  };
+  grpc::ClientContext info_context;
+  info_context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+  v1::ExpertWorkerInfo info;
+  grpc::Status rpc = peer.stub->GetInfo(&info_context, v1::GetInfoRequest(), &info);
+  if (!rpc.ok()) return set_error(absl::StrCat("GetInfo: ", rpc.error_message()));
+  if (peer.connected && !force_reconnect && info.address() == peer.data_address) return true;
+
+  absl::Status valid = ValidateExpertInfo(info, rank, static_cast<int>(peers_.size()),
+                                          options_.num_experts, options_.model_fingerprint);
+  if (!valid.ok()) return set_error(std::string(valid.message()));
+  // Ours first, so that by the time the expert worker can answer us our endpoint exists; Connect
+  // replaces an endpoint to a previous incarnation and clears its recorded failure.
+  absl::Status local = transport_->Connect(info.peer_id(), info.address());
+  if (!local.ok()) return set_error(absl::StrCat("UCX connect: ", local.ToString()));
+  grpc::ClientContext connect_context;
+  connect_context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+  v1::ConnectRequest request;
+  request.set_attention_rank(options_.attention_rank);
+  request.set_peer_id(transport_->self());
+  request.set_address(transport_->WorkerAddress());
+  request.set_model_fingerprint(options_.model_fingerprint);
+  v1::ConnectResponse response;
+  rpc = peer.stub->Connect(&connect_context, request, &response);
+  if (!rpc.ok()) return set_error(absl::StrCat("Connect: ", rpc.error_message()));
+  peer.connected = true;
+  peer.data_address = info.address();
+  peer.last_error.clear();
+  std::cerr << "attention worker: expert worker " << rank << " connected, experts ["
+            << info.first_expert() << ", " << info.first_expert() + info.num_experts() << ")"
+            << std::endl;
+  return true;
+}
+
+void ExpertConnector::Loop() {
+  absl::Duration backoff = options_.initial_backoff;
+  while (true) {
+    bool force;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_) return;
+      force = recheck_;
+      recheck_ = false;
+    }
+    bool all = true;  // a dense model has no expert workers to wait for
+    for (int rank = 0; rank < static_cast<int>(peers_.size()); ++rank) {
+      all = CheckPeer(rank, force) && all;
+    }
+    bool changed;
+    {
+      absl::MutexLock lock(&mu_);
+      // A failure reported while we were checking wins: check again before claiming readiness.
+      if (recheck_) all = false;
+      changed = ready_ != all;
+      ready_ = all;
+    }
+    if (changed && on_ready_change_) on_ready_change_(all);
+    const absl::Duration wait = all ? options_.monitor_interval : backoff;
+    backoff = all ? options_.initial_backoff : std::min(backoff * 2, options_.max_backoff);
+    absl::MutexLock lock(&mu_);
+    mu_.AwaitWithTimeout(absl::Condition(
+                             +[](ExpertConnector* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+                               return self->stop_ || self->recheck_;
+                             },
+                             this),
+                         wait);
+  }
+}
+
+}  // namespace moe::services

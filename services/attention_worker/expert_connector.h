@@ -1,0 +1,90 @@
+// The attention worker's view of the expert workers (control.proto ExpertWorker clients): at start
+// and whenever one is missing it calls GetInfo + Connect on it (retrying with a bounded backoff),
+// validates its shard against the ExpertPlacement layout and the model fingerprint, and connects
+// the local UcxTransport to its data-plane address. While all are connected it re-checks them every
+// `monitor_interval`, so a dead or restarted expert worker (new UCX address) is noticed without
+// traffic; ReportFailure() (a step failed with UNAVAILABLE) re-checks at once.
+//
+// Thread safety: all public methods are thread-safe. One background thread does the RPCs.
+#ifndef MOE_SERVICES_ATTENTION_WORKER_EXPERT_CONNECTOR_H_
+#define MOE_SERVICES_ATTENTION_WORKER_EXPERT_CONNECTOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "common/transport/ucx/ucx_transport.h"
+#include "moe/v1/control.grpc.pb.h"
+
+namespace moe::services {
+
+struct ExpertConnectorOptions {
+  std::vector<std::string> expert_addresses;  // "host:port", index = expert rank
+  int attention_rank = 0;
+  std::string model_fingerprint;
+  int64_t num_experts = 0;  // the model's experts per layer
+  absl::Duration rpc_timeout = absl::Seconds(2);
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(2);
+  absl::Duration monitor_interval = absl::Milliseconds(500);
+};
+
+// Checks one GetInfo answer against the layout the attention worker expects for expert rank
+// `rank`: rank, worker count, expert range (ExpertPlacement::RangeOf), peer id 1000 + rank, data
+// plane UCX and the fingerprint. FAILED_PRECONDITION naming the mismatching field.
+absl::Status ValidateExpertInfo(const v1::ExpertWorkerInfo& info, int rank, int num_workers,
+                                int64_t num_experts, const std::string& fingerprint);
+
+class ExpertConnector {
+ public:
+  // `transport` is not owned and must outlive Stop(). `on_ready_change(ready)` is called from the
+  // connector thread whenever all-connected flips.
+  ExpertConnector(ExpertConnectorOptions options, transport::UcxTransport* transport,
+                  std::function<void(bool)> on_ready_change);
+  ~ExpertConnector() { Stop(); }
+
+  void Start();
+  void Stop();
+
+  // True while every expert worker is connected and validated.
+  bool ready() const;
+  // A step failed with a data-plane error: readiness drops at once and every expert worker is
+  // checked (and reconnected) again.
+  void ReportFailure();
+  // Blocks until ready() or the deadline; returns ready().
+  bool WaitReady(absl::Time deadline) const;
+
+ private:
+  struct Peer {
+    std::string address;
+    std::unique_ptr<v1::ExpertWorker::Stub> stub;
+    bool connected = false;
+    std::string data_address;  // UCX address the endpoint was made with
+    std::string last_error;    // logged once per change
+  };
+  void Loop();
+  // Checks peer `rank`; (re)connects it if needed. Returns whether it is connected afterwards.
+  bool CheckPeer(int rank, bool force_reconnect);
+
+  const ExpertConnectorOptions options_;
+  transport::UcxTransport* transport_;
+  std::function<void(bool)> on_ready_change_;
+  std::vector<Peer> peers_;  // connector thread only
+  std::thread thread_;
+
+  mutable absl::Mutex mu_;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool ready_ ABSL_GUARDED_BY(mu_) = false;
+  bool recheck_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace moe::services
+
+#endif  // MOE_SERVICES_ATTENTION_WORKER_EXPERT_CONNECTOR_H_

@@ -1,0 +1,175 @@
+#include "services/attention_worker/step_loop.h"
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "common/rpc/status.h"
+
+namespace moe::services {
+
+StepLoop::StepLoop(std::unique_ptr<engine::Engine> engine, int rank, StepLoopHooks hooks,
+                   AttentionMetrics* metrics)
+    : engine_(std::move(engine)), rank_(rank), hooks_(std::move(hooks)), metrics_(metrics) {
+  Publish();
+}
+
+void StepLoop::Start() { thread_ = std::thread([this] { Loop(); }); }
+
+void StepLoop::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+}
+
+void StepLoop::Submit(std::shared_ptr<GenerateStream> stream, engine::GenerationRequest request) {
+  absl::MutexLock lock(&mu_);
+  if (stop_) {
+    stream->End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the attention worker is shutting down"));
+    return;
+  }
+  inbox_.push_back(Command{std::move(stream), std::move(request), ""});
+}
+
+void StepLoop::Cancel(const std::string& request_id) {
+  absl::MutexLock lock(&mu_);
+  inbox_.push_back(Command{nullptr, {}, request_id});
+}
+
+void StepLoop::Wake() {
+  absl::MutexLock lock(&mu_);
+  wake_ = true;
+}
+
+v1::WorkerLoad StepLoop::Load() const {
+  v1::WorkerLoad load;
+  {
+    absl::MutexLock lock(&mu_);
+    load = load_;
+  }
+  load.set_ready(hooks_.ready());
+  return load;
+}
+
+void StepLoop::Publish() {
+  v1::WorkerLoad load;
+  load.set_rank(rank_);
+  load.set_num_kv_blocks(engine_->num_blocks());
+  load.set_num_free_kv_blocks(engine_->num_free_blocks());
+  load.set_kv_block_size(static_cast<int32_t>(engine_->kv_block_size()));
+  load.set_num_running(static_cast<int32_t>(engine_->num_running()));
+  load.set_num_waiting(static_cast<int32_t>(engine_->num_waiting()));
+  if (metrics_ != nullptr) {
+    const double blocks = std::max<int32_t>(engine_->num_blocks(), 1);
+    metrics_->kv_blocks->Set(engine_->num_blocks());
+    metrics_->kv_free_blocks->Set(engine_->num_free_blocks());
+    metrics_->kv_usage_ratio->Set((engine_->num_blocks() - engine_->num_free_blocks()) / blocks);
+    metrics_->sequences_running->Set(static_cast<double>(live_.size()));
+  }
+  absl::MutexLock lock(&mu_);
+  load_ = std::move(load);
+}
+
+void StepLoop::Apply(Command command, bool ready) {
+  if (command.stream == nullptr) {
+    engine_->Cancel(command.cancel_id);
+    return;
+  }
+  if (!ready) {
+    command.stream->End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                     "UNAVAILABLE: not every expert worker is connected"));
+    return;
+  }
+  const std::string id = command.request.id;
+  const int64_t prompt_tokens = static_cast<int64_t>(command.request.prompt.size());
+  absl::Status added = engine_->AddRequest(std::move(command.request));
+  if (!added.ok()) {
+    command.stream->End(rpc::ToGrpcStatus(added));
+    return;
+  }
+  live_[id] = Live{std::move(command.stream), prompt_tokens, 0};
+}
+
+void StepLoop::FailAllUnavailable() {
+  for (auto& [id, live] : live_) {
+    live.stream->FailUnavailable("UNAVAILABLE: an expert worker is unreachable");
+    engine_->Cancel(id);
+  }
+}
+
+void StepLoop::RunStep() {
+  const uint64_t steps_before = engine_->steps();
+  std::vector<engine::TokenEvent> events = engine_->Step();
+
+  bool data_plane_failed = false;
+  for (const engine::TokenEvent& event : events) {
+    auto it = live_.find(event.request_id);
+    if (it == live_.end()) continue;
+    if (event.token_id >= 0) ++it->second.generated;
+    it->second.stream->OnEvent(event);
+    if (event.finish_reason != engine::FinishReason::kNone) {
+      if (event.finish_reason == engine::FinishReason::kError &&
+          absl::StrContains(event.error, "UNAVAILABLE")) {
+        data_plane_failed = true;
+      }
+      live_.erase(it);
+    }
+  }
+  if (data_plane_failed && hooks_.on_data_plane_failure) hooks_.on_data_plane_failure();
+  if (metrics_ != nullptr && engine_->steps() != steps_before) {
+    const engine::StepStats& stats = engine_->last_step_stats();
+    metrics_->steps->Increment();
+    (stats.all_decode ? metrics_->step_decode_seconds : metrics_->step_prefill_seconds)
+        ->Observe(absl::ToDoubleSeconds(stats.forward));
+    metrics_->step_dispatch_seconds->Observe(absl::ToDoubleSeconds(stats.dispatch));
+    metrics_->step_combine_seconds->Observe(absl::ToDoubleSeconds(stats.combine));
+    metrics_->batch_sequences->Observe(static_cast<double>(stats.num_sequences));
+    metrics_->batch_tokens->Observe(static_cast<double>(stats.num_tokens));
+  }
+}
+
+void StepLoop::Loop() {
+  while (true) {
+    std::deque<Command> commands;
+    const bool busy = engine_->HasWork() && hooks_.ready();
+    {
+      absl::MutexLock lock(&mu_);
+      if (!busy) {
+        // The timeout bounds how late a readiness change (which does not always Wake) is noticed.
+        mu_.AwaitWithTimeout(absl::Condition(
+                                 +[](StepLoop* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+                                   return !self->inbox_.empty() || self->stop_ || self->wake_;
+                                 },
+                                 this),
+                             absl::Milliseconds(100));
+      }
+      if (stop_) break;
+      commands.swap(inbox_);
+      wake_ = false;
+    }
+    const bool ready = hooks_.ready();
+    for (Command& command : commands) Apply(std::move(command), ready);
+    if (!ready && !live_.empty()) FailAllUnavailable();
+    // Not ready: every held sequence was just cancelled, so the step only frees them.
+    if (engine_->HasWork()) RunStep();
+    Publish();
+  }
+  // Shutdown: nothing more will be stepped.
+  for (auto& [id, live] : live_) {
+    live.stream->End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the attention worker is shutting down"));
+  }
+  live_.clear();
+  absl::MutexLock lock(&mu_);
+  for (Command& command : inbox_) {
+    if (command.stream != nullptr) {
+      command.stream->End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the attention worker is shutting down"));
+    }
+  }
+  inbox_.clear();
+}
+
+}  // namespace moe::services

@@ -1,0 +1,48 @@
+#include "services/expert_worker/expert_service.h"
+
+#include <iostream>
+
+#include "common/rpc/status.h"
+
+namespace moe::services {
+namespace {
+
+const grpc::Status kLoading(grpc::StatusCode::UNAVAILABLE, "the expert worker is loading its shard");
+
+}  // namespace
+
+grpc::Status ExpertService::GetInfo(grpc::ServerContext*, const v1::GetInfoRequest*,
+                                    v1::ExpertWorkerInfo* response) {
+  ExpertWorker* worker = worker_.load();
+  if (worker == nullptr) return kLoading;
+  *response = worker->info();
+  return grpc::Status::OK;
+}
+
+grpc::Status ExpertService::Connect(grpc::ServerContext*, const v1::ConnectRequest* request,
+                                    v1::ConnectResponse* response) {
+  ExpertWorker* worker = worker_.load();
+  if (worker == nullptr) return kLoading;
+  if (drained_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the expert worker is draining");
+  absl::Status status =
+      worker->ConnectAttention(request->peer_id(), request->address(), request->model_fingerprint());
+  if (!status.ok()) {
+    std::cerr << "expert worker: Connect from attention rank " << request->attention_rank()
+              << " refused: " << status << "\n";
+    return rpc::ToGrpcStatus(status);
+  }
+  std::cerr << "expert worker: connected to attention worker peer " << request->peer_id() << "\n";
+  *response->mutable_info() = worker->info();
+  return grpc::Status::OK;
+}
+
+grpc::Status ExpertService::Drain(grpc::ServerContext*, const v1::DrainRequest*,
+                                  v1::DrainResponse* response) {
+  ExpertWorker* worker = worker_.load();
+  if (worker == nullptr) return kLoading;
+  drained_ = true;
+  response->set_rounds_served(worker->Drain());
+  return grpc::Status::OK;
+}
+
+}  // namespace moe::services

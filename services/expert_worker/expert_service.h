@@ -1,0 +1,38 @@
+// gRPC surface of the expert worker: moe.v1.ExpertWorker (control.proto) over an ExpertWorker.
+// Thread safety: RPCs run on gRPC threads; ExpertWorker's methods used here are thread-safe.
+#ifndef MOE_SERVICES_EXPERT_WORKER_EXPERT_SERVICE_H_
+#define MOE_SERVICES_EXPERT_WORKER_EXPERT_SERVICE_H_
+
+#include <atomic>
+
+#include "moe/v1/control.grpc.pb.h"
+#include "services/expert_worker/expert_worker.h"
+
+namespace moe::services {
+
+class ExpertService final : public v1::ExpertWorker::Service {
+ public:
+  // RPCs answer UNAVAILABLE ("loading") until SetWorker. `worker` is not owned and must outlive
+  // the service. The server starts before the weights load so that health probes answer meanwhile.
+  ExpertService() = default;
+  void SetWorker(ExpertWorker* worker) { worker_ = worker; }
+
+  grpc::Status GetInfo(grpc::ServerContext* context, const v1::GetInfoRequest* request,
+                       v1::ExpertWorkerInfo* response) override;
+  // Idempotent: connecting the same attention worker again replaces its endpoint.
+  grpc::Status Connect(grpc::ServerContext* context, const v1::ConnectRequest* request,
+                       v1::ConnectResponse* response) override;
+  // After Drain, Connect is refused with UNAVAILABLE (the worker is going away).
+  grpc::Status Drain(grpc::ServerContext* context, const v1::DrainRequest* request,
+                     v1::DrainResponse* response) override;
+
+  bool drained() const { return drained_.load(); }
+
+ private:
+  std::atomic<ExpertWorker*> worker_{nullptr};
+  std::atomic<bool> drained_{false};
+};
+
+}  // namespace moe::services
+
+#endif  // MOE_SERVICES_EXPERT_WORKER_EXPERT_SERVICE_H_

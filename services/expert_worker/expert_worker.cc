@@ -1,0 +1,90 @@
+#include "services/expert_worker/expert_worker.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/engine/expert_placement.h"
+#include "common/model/checkpoint.h"
+#include "common/model/config.h"
+#include "common/model/weights.h"
+#include "common/status/status_macros.h"
+#include "services/expert_worker/model_fingerprint.h"
+
+namespace moe::services {
+
+absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertWorkerOptions& options,
+                                                                   prometheus::Registry* registry) {
+  if (options.num_expert_workers < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--num_expert_workers must be >= 1, got ", options.num_expert_workers));
+  }
+  if (options.rank < 0 || options.rank >= options.num_expert_workers) {
+    return absl::InvalidArgumentError(absl::StrCat("--rank must be in [0, ", options.num_expert_workers,
+                                                   "), got ", options.rank));
+  }
+  if (options.load_window <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--load_window_seconds must be > 0");
+  }
+  ASSIGN_OR_RETURN(model::ModelConfig config,
+                   model::ModelConfig::FromFile(options.model_dir + "/config.json"));
+  if (!config.IsMoe()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--model: ", options.model_dir, " is a dense model; it needs no expert workers"));
+  }
+  if (options.num_expert_workers > config.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("--num_expert_workers: ", options.num_expert_workers,
+                                                   " workers for ", config.num_experts, " experts"));
+  }
+  std::unique_ptr<ExpertWorker> worker(new ExpertWorker());
+  const engine::ExpertRange range =
+      engine::ExpertPlacement::RangeOf(config.num_experts, options.num_expert_workers, options.rank);
+  {
+    // The checkpoint is mmap'd; LoadExpertShard copies out (or views) only this shard's tensors.
+    ASSIGN_OR_RETURN(auto checkpoint, model::Checkpoint::Open(options.model_dir));
+    ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(*checkpoint, config, range.first, range.count));
+    worker->block_ = std::make_unique<engine::ExpertBlock>(config, std::move(shard));
+    worker->checkpoint_ = std::move(checkpoint);
+  }
+  ASSIGN_OR_RETURN(std::string fingerprint, ModelFingerprint(options.model_dir));
+  const int32_t peer = kFirstExpertPeerId + options.rank;
+  ASSIGN_OR_RETURN(worker->transport_, transport::UcxTransport::Create(peer, options.ucx));
+
+  v1::ExpertWorkerInfo& info = worker->info_;
+  info.set_rank(options.rank);
+  info.set_num_expert_workers(options.num_expert_workers);
+  info.set_first_expert(static_cast<int32_t>(range.first));
+  info.set_num_experts(static_cast<int32_t>(range.count));
+  info.set_peer_id(peer);
+  info.set_data_plane(v1::DATA_PLANE_UCX);
+  info.set_address(worker->transport_->WorkerAddress());
+  info.set_model_fingerprint(fingerprint);
+
+  if (registry != nullptr) {
+    std::vector<int64_t> moe_layers;
+    for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
+      if (config.IsMoeLayer(l)) moe_layers.push_back(l);
+    }
+    worker->metrics_ = std::make_unique<ExpertMetrics>(*registry, moe_layers, config.num_hidden_layers,
+                                                       range.first, range.count,
+                                                       options.per_expert_metrics);
+  }
+  worker->loop_ = std::make_unique<ExpertRoundLoop>(worker->block_.get(), worker->transport_.get(),
+                                                    worker->metrics_.get(), config.num_hidden_layers,
+                                                    options.load_window);
+  worker->loop_->Start();
+  return worker;
+}
+
+absl::Status ExpertWorker::ConnectAttention(int32_t peer_id, const std::string& address,
+                                            const std::string& fingerprint) {
+  if (peer_id < 0 || peer_id >= kFirstExpertPeerId) {
+    return absl::InvalidArgumentError(absl::StrCat("peer_id: attention worker peer ids are in [0, ",
+                                                   kFirstExpertPeerId, "), got ", peer_id));
+  }
+  if (!fingerprint.empty() && fingerprint != info_.model_fingerprint()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "model_fingerprint: the attention worker serves model ", fingerprint, ", this expert worker ",
+        info_.model_fingerprint()));
+  }
+  return transport_->Connect(peer_id, address);
+}
+
+}  // namespace moe::services

@@ -1,0 +1,68 @@
+#include "services/router/generate_service.h"
+
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/rpc/status.h"
+#include "services/router/generate_call.h"
+
+namespace moe::router {
+
+GenerateService::GenerateService(const ServedModel* model, Scheduler* scheduler, RouterMetrics* metrics,
+                                 RequestLimits limits, int num_expert_workers)
+    : model_(model),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      limits_(limits),
+      num_expert_workers_(num_expert_workers) {}
+
+std::string GenerateService::NextRequestId() {
+  return absl::StrCat("router-", getpid(), "-", next_id_.fetch_add(1));
+}
+
+grpc::ServerWriteReactor<moe::v1::GenerateResponse>* GenerateService::Generate(
+    grpc::CallbackServerContext* context, const moe::v1::GenerateRequest* request) {
+  return new GenerateCall(this, context, *request);
+}
+
+grpc::ServerUnaryReactor* GenerateService::GetModelInfo(grpc::CallbackServerContext* context,
+                                                        const moe::v1::GetModelInfoRequest* /*request*/,
+                                                        moe::v1::ModelInfo* response) {
+  const model::ModelConfig& c = model_->config;
+  response->set_model(model_->name);
+  response->set_model_type(c.model_type);
+  response->set_vocab_size(static_cast<int32_t>(c.vocab_size));
+  response->set_max_context_length(static_cast<int32_t>(c.max_position_embeddings));
+  response->set_num_experts(static_cast<int32_t>(c.num_experts));
+  response->set_num_experts_per_token(static_cast<int32_t>(c.num_experts_per_tok));
+  response->set_num_layers(static_cast<int32_t>(c.num_hidden_layers));
+  response->set_weight_dtype(model_->weight_dtype());
+  response->set_num_attention_workers(static_cast<int32_t>(scheduler_->num_workers()));
+  response->set_num_expert_workers(num_expert_workers_);
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* GenerateService::Tokenize(grpc::CallbackServerContext* context,
+                                                    const moe::v1::TokenizeRequest* request,
+                                                    moe::v1::TokenizeResponse* response) {
+  absl::StatusOr<std::vector<int32_t>> ids;
+  switch (request->input_case()) {
+    case moe::v1::TokenizeRequest::kText:
+      ids = TokenizeText(*model_, request->text(), limits_, "text");
+      break;
+    case moe::v1::TokenizeRequest::kChat:
+      ids = TokenizeChat(*model_, request->chat(), limits_, "chat");
+      break;
+    case moe::v1::TokenizeRequest::INPUT_NOT_SET:
+      ids = absl::InvalidArgumentError("input: no input: set text or chat");
+      break;
+  }
+  if (ids.ok()) response->mutable_ids()->Add(ids->begin(), ids->end());
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(rpc::ToGrpcStatus(ids.status()));
+  return reactor;
+}
+
+}  // namespace moe::router

@@ -1,0 +1,59 @@
+// moe.v1.Generation on gRPC's callback API: Generate (a ServerWriteReactor per call), GetModelInfo
+// and Tokenize (unary reactors).
+//
+// A Generate call: validate (INVALID_ARGUMENT naming the field) -> admission (Scheduler::Submit;
+// RESOURCE_EXHAUSTED when the queue is full) -> placement (OnPlaced) -> a WorkerCall to the chosen
+// attention worker, whose tokens go through an OutputProcessor (detokenize, think split, stop
+// strings) to the client, one client message per worker message (the next worker message is read
+// only after the client took the previous one). The last message has `finished`, the finish
+// reason, usage and timings. Client cancel and deadline cancel the worker call (the worker call also
+// carries the client's deadline); a failing worker ends the stream with its status (UNAVAILABLE
+// for a lost worker).
+#ifndef MOE_SERVICES_ROUTER_GENERATE_SERVICE_H_
+#define MOE_SERVICES_ROUTER_GENERATE_SERVICE_H_
+
+#include <atomic>
+#include <string>
+
+#include "grpcpp/grpcpp.h"
+#include "moe/v1/generate.grpc.pb.h"
+#include "services/router/request_validation.h"
+#include "services/router/router_metrics.h"
+#include "services/router/scheduler.h"
+#include "services/router/served_model.h"
+
+namespace moe::router {
+
+// Thread-safe. `model`, `scheduler` and `metrics` must outlive the service and every call.
+class GenerateService final : public moe::v1::Generation::CallbackService {
+ public:
+  GenerateService(const ServedModel* model, Scheduler* scheduler, RouterMetrics* metrics,
+                  RequestLimits limits = {}, int num_expert_workers = 0);
+
+  grpc::ServerWriteReactor<moe::v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* context, const moe::v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
+                                         const moe::v1::GetModelInfoRequest* request,
+                                         moe::v1::ModelInfo* response) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* context,
+                                     const moe::v1::TokenizeRequest* request,
+                                     moe::v1::TokenizeResponse* response) override;
+
+  const ServedModel& model() const { return *model_; }
+  Scheduler& scheduler() { return *scheduler_; }
+  RouterMetrics& metrics() { return *metrics_; }
+  const RequestLimits& limits() const { return limits_; }
+  std::string NextRequestId();
+
+ private:
+  const ServedModel* model_;
+  Scheduler* scheduler_;
+  RouterMetrics* metrics_;
+  const RequestLimits limits_;
+  const int num_expert_workers_;
+  std::atomic<uint64_t> next_id_{1};
+};
+
+}  // namespace moe::router
+
+#endif  // MOE_SERVICES_ROUTER_GENERATE_SERVICE_H_

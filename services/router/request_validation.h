@@ -1,0 +1,69 @@
+// Validation of public requests and their translation into what an attention worker runs. Every
+// error is INVALID_ARGUMENT whose message starts with the offending field's path in the request
+// (e.g. "sampling.top_p: must be in (0, 1], got 1.5").
+#ifndef MOE_SERVICES_ROUTER_REQUEST_VALIDATION_H_
+#define MOE_SERVICES_ROUTER_REQUEST_VALIDATION_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "moe/v1/attention.pb.h"
+#include "moe/v1/generate.pb.h"
+#include "services/router/served_model.h"
+
+namespace moe::router {
+
+// Limits on request fields. Text and chat content beyond max_input_bytes is INVALID_ARGUMENT
+// (naming the field) rather than a transport error; the server's gRPC receive limit
+// (kMaxReceiveMessageBytes) is larger, so only requests beyond it get gRPC's own
+// RESOURCE_EXHAUSTED.
+struct RequestLimits {
+  size_t max_input_bytes = 1 << 20;
+  size_t max_stop_strings = 16;
+  size_t max_stop_bytes = 256;
+  size_t max_stop_token_ids = 64;
+  int32_t max_logprobs = 20;
+  int32_t default_max_new_tokens = 256;
+};
+inline constexpr int kMaxReceiveMessageBytes = 8 << 20;
+
+// Why a request was refused, for moe_router_rejections_total{reason}.
+enum class RejectReason { kInvalidArgument, kPromptTooLong };
+
+// A validated request, ready to place.
+struct PreparedRequest {
+  std::string request_id;
+  std::vector<int32_t> prompt;
+  moe::v1::AttentionGenerateRequest worker_request;  // carries the prompt too
+  std::vector<std::string> stop;
+  bool skip_special_tokens = true;
+  // The prompt leaves the model inside <think>: output starts as reasoning.
+  bool start_in_reasoning = false;
+  int32_t max_new_tokens = 0;
+  int32_t logprobs = 0;
+};
+
+// Token ids of a chat input with the model's template (field paths under `field`, e.g. "chat").
+absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model,
+                                                  const moe::v1::ChatInput& chat,
+                                                  const RequestLimits& limits,
+                                                  const std::string& field);
+// Token ids of text (no special tokens added); INVALID_ARGUMENT naming `field` for bad UTF-8 or
+// text over the limit.
+absl::StatusOr<std::vector<int32_t>> TokenizeText(const ServedModel& model, const std::string& text,
+                                                  const RequestLimits& limits,
+                                                  const std::string& field);
+
+// Validates `request` against `model` and resolves unset sampling fields from the model's
+// generation_config. `generated_id` is used when request_id is empty. On error, *reason (if not
+// null) says which rejection it is.
+absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& request,
+                                               const ServedModel& model, const RequestLimits& limits,
+                                               const std::string& generated_id,
+                                               RejectReason* reason = nullptr);
+
+}  // namespace moe::router
+
+#endif  // MOE_SERVICES_ROUTER_REQUEST_VALIDATION_H_

@@ -1,0 +1,167 @@
+#include "services/router/router_metrics.h"
+
+#include <limits>
+#include <string>
+
+namespace moe::router {
+namespace {
+
+using prometheus::Histogram;
+
+Histogram& MakeHistogram(prometheus::Registry& r, const std::string& name, const std::string& help,
+                         Histogram::BucketBoundaries buckets) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(r).Add({}, std::move(buckets));
+}
+
+prometheus::Gauge& MakeGauge(prometheus::Registry& r, const std::string& name, const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
+}
+
+const Histogram::BucketBoundaries kTokenBuckets = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04,
+                                                   0.06,  0.08,   0.1,   0.25, 0.5,  1,
+                                                   2.5,   5,      10,    30,   60};
+
+}  // namespace
+
+std::string_view GrpcCodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK: return "OK";
+    case grpc::StatusCode::CANCELLED: return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED: return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL: return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
+    default: return "UNKNOWN";
+  }
+}
+
+RouterMetrics::RouterMetrics(prometheus::Registry& r, double price_per_hour_dollars,
+                             absl::Duration cost_window)
+    : requests_(prometheus::BuildCounter()
+                    .Name("moe_router_requests_total")
+                    .Help("Finished Generate requests by finish reason and final gRPC status code.")
+                    .Register(r)),
+      rejections_(prometheus::BuildCounter()
+                      .Name("moe_router_rejections_total")
+                      .Help("Requests refused at admission, by reason.")
+                      .Register(r)),
+      running_(MakeGauge(r, "moe_router_requests_running",
+                         "Requests placed on an attention worker and not yet finished.")),
+      waiting_(MakeGauge(r, "moe_router_requests_waiting",
+                         "Requests admitted and waiting in the router queue for placement.")),
+      prompt_tokens_(prometheus::BuildCounter()
+                         .Name("moe_router_prompt_tokens_total")
+                         .Help("Prompt tokens of admitted requests (after chat template).")
+                         .Register(r)
+                         .Add({})),
+      generation_tokens_(prometheus::BuildCounter()
+                             .Name("moe_router_generation_tokens_total")
+                             .Help("Tokens generated and streamed to clients.")
+                             .Register(r)
+                             .Add({})),
+      queue_time_(MakeHistogram(r, "moe_router_queue_time_seconds",
+                                "Time from admission to placement on an attention worker.",
+                                {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20,
+                                 30, 60, 120, 300, 600})),
+      ttft_(MakeHistogram(r, "moe_router_time_to_first_token_seconds",
+                          "Time from request arrival to the first generated token sent to the client.",
+                          {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 30, 60, 120,
+                           300, 600})),
+      itl_(MakeHistogram(r, "moe_router_inter_token_latency_seconds",
+                         "Time between two consecutive generated tokens of one request.",
+                         kTokenBuckets)),
+      tpot_(MakeHistogram(r, "moe_router_time_per_output_token_seconds",
+                          "Per request: (end-to-end time - time to first token) / (generated tokens "
+                          "- 1), observed once per request with at least 2 tokens.",
+                          kTokenBuckets)),
+      duration_(MakeHistogram(r, "moe_router_request_duration_seconds",
+                              "End-to-end time of a Generate request, arrival to final message.",
+                              {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600,
+                               1200, 1800})),
+      workers_ready_(prometheus::BuildGauge()
+                         .Name("moe_router_workers_ready")
+                         .Help("Workers of each role whose readiness check passes, as seen by the router.")
+                         .Register(r)),
+      workers_expected_(prometheus::BuildGauge()
+                            .Name("moe_router_workers_expected")
+                            .Help("Workers of each role the router is configured with (or discovered).")
+                            .Register(r)),
+      cost_per_1k_(MakeGauge(r, "moe_cost_per_1k_generated_tokens_dollars",
+                             "Cluster cost of 1000 generated tokens over the last "
+                             "--cost_window_seconds: price per hour x (1 + ready workers) / tokens "
+                             "generated by this router; NaN when no token was generated in the window.")),
+      cost_per_request_(MakeGauge(r, "moe_cost_per_request_dollars",
+                                  "Cluster cost per finished request over the last "
+                                  "--cost_window_seconds, computed like "
+                                  "moe_cost_per_1k_generated_tokens_dollars; NaN when no request "
+                                  "finished in the window.")),
+      price_per_hour_(price_per_hour_dollars),
+      cost_window_(cost_window) {
+  // Every label value is known up front: export the zero series so rate() works from the start.
+  for (const char* reason : {"queue_full", "kv_capacity", "prompt_too_long", "invalid_argument", "no_workers"}) {
+    rejections_.Add({{"reason", reason}});
+  }
+  for (const char* role : {"attention_worker", "expert_worker"}) {
+    workers_ready_.Add({{"role", role}});
+    workers_expected_.Add({{"role", role}});
+  }
+  cost_per_1k_.Set(std::numeric_limits<double>::quiet_NaN());
+  cost_per_request_.Set(std::numeric_limits<double>::quiet_NaN());
+}
+
+void RouterMetrics::RequestFinished(std::string_view finish_reason, grpc::StatusCode code,
+                                    absl::Time now) {
+  requests_.Add({{"finish_reason", std::string(finish_reason)}, {"code", std::string(GrpcCodeName(code))}})
+      .Increment();
+  AddToWindow(now, 0, 1);
+}
+
+void RouterMetrics::Rejected(std::string_view reason, grpc::StatusCode code, absl::Time now) {
+  rejections_.Add({{"reason", std::string(reason)}}).Increment();
+  RequestFinished("error", code, now);
+}
+
+void RouterMetrics::TokensGenerated(int64_t n, absl::Time now) {
+  generation_tokens_.Increment(static_cast<double>(n));
+  AddToWindow(now, n, 0);
+}
+
+void RouterMetrics::SetWorkers(std::string_view role, int ready, int expected) {
+  workers_ready_.Add({{"role", std::string(role)}}).Set(ready);
+  workers_expected_.Add({{"role", std::string(role)}}).Set(expected);
+}
+
+void RouterMetrics::AddToWindow(absl::Time now, int64_t tokens, int64_t requests) {
+  absl::MutexLock lock(&mu_);
+  window_.push_back({now, tokens, requests});
+}
+
+void RouterMetrics::UpdateCost(absl::Time now, int ready_workers) {
+  int64_t tokens = 0;
+  int64_t requests = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    while (!window_.empty() && window_.front().time < now - cost_window_) window_.pop_front();
+    for (const WindowEvent& e : window_) {
+      tokens += e.tokens;
+      requests += e.requests;
+    }
+  }
+  const double cost = price_per_hour_ * (1 + ready_workers) * absl::ToDoubleSeconds(cost_window_) / 3600.0;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  cost_per_1k_.Set(tokens > 0 ? cost / (static_cast<double>(tokens) / 1000.0) : nan);
+  cost_per_request_.Set(requests > 0 ? cost / static_cast<double>(requests) : nan);
+}
+
+}  // namespace moe::router

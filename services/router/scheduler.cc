@@ -1,0 +1,196 @@
+#include "services/router/scheduler.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe::router {
+
+Scheduler::Scheduler(std::vector<std::string> attention_workers, std::vector<std::string> expert_workers,
+                     SchedulerOptions options, RouterMetrics* metrics)
+    : options_(options), metrics_(metrics), queue_(options.max_queued_requests) {
+  for (std::string& a : attention_workers) workers_.push_back(std::make_unique<AttentionClient>(std::move(a)));
+  for (std::string& e : expert_workers) experts_.push_back(std::make_unique<HealthClient>(std::move(e)));
+  state_.resize(workers_.size());
+  expert_ready_.assign(experts_.size(), false);
+  expert_check_in_flight_.assign(experts_.size(), false);
+}
+
+Scheduler::~Scheduler() { Stop(); }
+
+void Scheduler::Start(std::function<void(bool)> on_ready_change) {
+  on_ready_change_ = std::move(on_ready_change);
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void Scheduler::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  if (thread_.joinable()) thread_.join();
+  // Outstanding load polls reference `this`: wait for their callbacks (each has a deadline).
+  absl::MutexLock lock(&mu_);
+  auto idle = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (polls_in_flight_ > 0) return false;
+    return std::none_of(expert_check_in_flight_.begin(), expert_check_in_flight_.end(),
+                        [](bool b) { return b; });
+  };
+  mu_.Await(absl::Condition(&idle));
+}
+
+bool Scheduler::ready() const {
+  absl::MutexLock lock(&mu_);
+  return NumReadyLocked() > 0;
+}
+
+size_t Scheduler::queued() const {
+  absl::MutexLock lock(&mu_);
+  return queue_.size();
+}
+
+int Scheduler::NumReadyLocked() const {
+  int n = 0;
+  for (const Worker& w : state_) n += w.view.ready ? 1 : 0;
+  return n;
+}
+
+absl::Status Scheduler::Submit(std::shared_ptr<PendingRequest> request, std::string* reason) {
+  absl::MutexLock lock(&mu_);
+  std::vector<WorkerView> views;
+  for (const Worker& w : state_) views.push_back(w.view);
+  if (stopping_ || NumReadyLocked() == 0) {
+    *reason = "no_workers";
+    return absl::UnavailableError("no attention worker is ready");
+  }
+  if (!FitsSomeWorker(views, request->max_tokens())) {
+    *reason = "kv_capacity";
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the request may need ", request->max_tokens(),
+        " tokens of KV cache, more than any ready attention worker has; lower sampling.max_new_tokens"));
+  }
+  if (!queue_.Push(std::move(request))) {
+    *reason = "queue_full";
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the router queue is full (", queue_.max_size(), " requests waiting)"));
+  }
+  metrics_->waiting().Set(static_cast<double>(queue_.size()));
+  kicked_ = true;
+  return absl::OkStatus();
+}
+
+bool Scheduler::Cancel(const PendingRequest* request) {
+  absl::MutexLock lock(&mu_);
+  const bool removed = queue_.Remove(request);
+  metrics_->waiting().Set(static_cast<double>(queue_.size()));
+  return removed;
+}
+
+void Scheduler::IssuePolls(absl::Time now) {
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    if (state_[i].poll_in_flight) continue;  // a hung worker: its deadline will answer
+    state_[i].poll_in_flight = true;
+    ++polls_in_flight_;
+    workers_[i]->GetLoad(options_.load_timeout,
+                         [this, i, now](const grpc::Status& status, const moe::v1::WorkerLoad& load) {
+                           OnLoad(i, now, status, load);
+                         });
+  }
+  for (size_t i = 0; i < experts_.size(); ++i) {
+    if (expert_check_in_flight_[i]) continue;
+    expert_check_in_flight_[i] = true;
+    experts_[i]->CheckReadiness(options_.load_timeout, [this, i](bool serving) {
+      absl::MutexLock lock(&mu_);
+      expert_ready_[i] = serving;
+      expert_check_in_flight_[i] = false;
+    });
+  }
+}
+
+void Scheduler::OnLoad(size_t index, absl::Time issued, const grpc::Status& status,
+                       const moe::v1::WorkerLoad& load) {
+  absl::MutexLock lock(&mu_);
+  Worker& w = state_[index];
+  w.poll_in_flight = false;
+  --polls_in_flight_;
+  w.view.ready = status.ok() && load.ready();
+  if (status.ok()) {
+    w.view.num_kv_blocks = load.num_kv_blocks();
+    w.view.num_free_kv_blocks = load.num_free_kv_blocks();
+    w.view.kv_block_size = load.kv_block_size();
+    // The answer includes every request placed before the poll was issued.
+    std::erase_if(w.reservations, [&](const Reservation& r) { return r.placed < issued; });
+  }
+  w.view.reserved_kv_blocks = 0;
+  for (const Reservation& r : w.reservations) w.view.reserved_kv_blocks += r.blocks;
+  kicked_ = true;
+}
+
+void Scheduler::UpdateMetrics(absl::Time now) {
+  const int ready_attention = NumReadyLocked();
+  const int ready_experts =
+      static_cast<int>(std::count(expert_ready_.begin(), expert_ready_.end(), true));
+  metrics_->SetWorkers("attention_worker", ready_attention, static_cast<int>(workers_.size()));
+  metrics_->SetWorkers("expert_worker", ready_experts, static_cast<int>(experts_.size()));
+  metrics_->waiting().Set(static_cast<double>(queue_.size()));
+  metrics_->UpdateCost(now, ready_attention + ready_experts);
+}
+
+void Scheduler::Loop() {
+  std::optional<bool> reported_ready;
+  while (true) {
+    std::vector<std::shared_ptr<PendingRequest>> expired;
+    std::vector<std::pair<std::shared_ptr<PendingRequest>, std::pair<size_t, uint64_t>>> placed;
+    bool ready = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto wake = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return kicked_ || stopping_; };
+      mu_.AwaitWithDeadline(absl::Condition(&wake), std::max(next_poll_, absl::Now()));
+      kicked_ = false;
+      const absl::Time now = absl::Now();
+      if (stopping_) {
+        while (!queue_.empty()) expired.push_back(queue_.PopFront());
+      } else {
+        if (now >= next_poll_) {
+          IssuePolls(now);
+          next_poll_ = now + options_.poll_interval;
+          UpdateMetrics(now);
+        }
+        expired = queue_.PopExpired(now);
+        // FIFO: the oldest request goes first; if it fits nowhere now, everyone behind it waits.
+        while (!queue_.empty()) {
+          std::vector<WorkerView> views;
+          for (const Worker& w : state_) views.push_back(w.view);
+          const std::optional<size_t> pick = PickWorker(views, queue_.front()->max_tokens());
+          if (!pick.has_value()) break;
+          Worker& w = state_[*pick];
+          const int64_t blocks = KvBlocksNeeded(queue_.front()->max_tokens(), w.view.kv_block_size);
+          const uint64_t id = next_reservation_++;
+          w.reservations.push_back({id, now, blocks});
+          w.view.reserved_kv_blocks += blocks;
+          placed.push_back({queue_.PopFront(), {*pick, id}});
+        }
+        metrics_->waiting().Set(static_cast<double>(queue_.size()));
+      }
+      ready = NumReadyLocked() > 0 && !stopping_;
+    }
+    for (auto& r : expired) r->OnExpired();
+    for (auto& [request, where] : placed) {
+      if (request->OnPlaced(where.first)) continue;
+      absl::MutexLock lock(&mu_);
+      Worker& w = state_[where.first];
+      std::erase_if(w.reservations, [&](const Reservation& r) { return r.id == where.second; });
+      w.view.reserved_kv_blocks = 0;
+      for (const Reservation& r : w.reservations) w.view.reserved_kv_blocks += r.blocks;
+    }
+    if (on_ready_change_ && reported_ready != ready) {
+      reported_ready = ready;
+      on_ready_change_(ready);
+    }
+    absl::MutexLock lock(&mu_);
+    if (stopping_ && queue_.empty()) return;
+  }
+}
+
+}  // namespace moe::router

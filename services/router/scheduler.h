@@ -1,0 +1,102 @@
+// The scheduler: admission (bounded FIFO), load polling of the attention workers, placement on the
+// worker with the most free KV blocks, readiness and the membership/cost metrics.
+//
+// One scheduler thread does all placement and calls PendingRequest::OnPlaced/OnExpired and the
+// readiness callback; load answers arrive on gRPC threads and only update the views.
+//
+// Thread-safe.
+#ifndef MOE_SERVICES_ROUTER_SCHEDULER_H_
+#define MOE_SERVICES_ROUTER_SCHEDULER_H_
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "services/router/admission.h"
+#include "services/router/attention_client.h"
+#include "services/router/health_client.h"
+#include "services/router/placement.h"
+#include "services/router/router_metrics.h"
+
+namespace moe::router {
+
+struct SchedulerOptions {
+  size_t max_queued_requests = 256;
+  absl::Duration poll_interval = absl::Milliseconds(100);
+  absl::Duration load_timeout = absl::Seconds(1);
+};
+
+class Scheduler {
+ public:
+  // `metrics` must outlive the scheduler.
+  Scheduler(std::vector<std::string> attention_workers, std::vector<std::string> expert_workers,
+            SchedulerOptions options, RouterMetrics* metrics);
+  ~Scheduler();
+
+  // Starts the scheduler thread. `on_ready_change(ready)` is called from it whenever readiness
+  // (at least one attention worker ready) changes, including the first poll's result.
+  void Start(std::function<void(bool ready)> on_ready_change);
+  // Stops the thread; requests still queued get OnExpired.
+  void Stop();
+
+  // Queues `request` for placement (OnPlaced later, on the scheduler thread). Errors (the request
+  // is not queued): UNAVAILABLE "no_workers" when no attention worker is ready; RESOURCE_EXHAUSTED
+  // "kv_capacity" when no worker could ever hold it; RESOURCE_EXHAUSTED "queue_full". *reason gets
+  // the rejection label.
+  absl::Status Submit(std::shared_ptr<PendingRequest> request, std::string* reason);
+  // Removes a queued request; false if it is not queued (placement may be under way).
+  bool Cancel(const PendingRequest* request);
+
+  AttentionClient& worker(size_t index) { return *workers_[index]; }
+  size_t num_workers() const { return workers_.size(); }
+  bool ready() const;
+  size_t queued() const;
+
+ private:
+  struct Reservation {
+    uint64_t id;
+    absl::Time placed;
+    int64_t blocks;
+  };
+  struct Worker {
+    WorkerView view;
+    std::vector<Reservation> reservations;
+    bool poll_in_flight = false;
+  };
+
+  void Loop();
+  void IssuePolls(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnLoad(size_t index, absl::Time issued, const grpc::Status& status,
+              const moe::v1::WorkerLoad& load);
+  void UpdateMetrics(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  int NumReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  const SchedulerOptions options_;
+  RouterMetrics* const metrics_;
+  std::vector<std::unique_ptr<AttentionClient>> workers_;
+  std::vector<std::unique_ptr<HealthClient>> experts_;
+
+  mutable absl::Mutex mu_;
+  AdmissionQueue queue_ ABSL_GUARDED_BY(mu_);
+  std::vector<Worker> state_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> expert_ready_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> expert_check_in_flight_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_reservation_ ABSL_GUARDED_BY(mu_) = 1;
+  bool kicked_ ABSL_GUARDED_BY(mu_) = false;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  int polls_in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  absl::Time next_poll_ ABSL_GUARDED_BY(mu_) = absl::InfinitePast();
+
+  std::function<void(bool)> on_ready_change_;
+  std::thread thread_;
+};
+
+}  // namespace moe::router
+
+#endif  // MOE_SERVICES_ROUTER_SCHEDULER_H_

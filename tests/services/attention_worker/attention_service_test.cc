@@ -1,0 +1,58 @@
+#include "services/attention_worker/attention_service.h"
+
+#include "gtest/gtest.h"
+
+namespace moe::services {
+namespace {
+
+TEST(ToGenerationRequestTest, CopiesEveryField) {
+  v1::AttentionGenerateRequest request;
+  request.set_request_id("a");
+  request.add_prompt(5);
+  request.add_prompt(6);
+  request.mutable_sampling()->set_temperature(0.5f);
+  request.mutable_sampling()->set_top_p(0.25f);
+  request.mutable_sampling()->set_top_k(7);
+  request.mutable_sampling()->set_seed(99);
+  request.set_max_new_tokens(12);
+  request.set_min_new_tokens(2);
+  request.add_stop_token_ids(3);
+  request.set_ignore_eos(true);
+  request.set_top_logprobs(4);
+  auto out = ToGenerationRequest(request);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->id, "a");
+  EXPECT_EQ(out->prompt, (std::vector<int32_t>{5, 6}));
+  EXPECT_EQ(out->sampling.temperature, 0.5);
+  EXPECT_EQ(out->sampling.top_p, 0.25);
+  EXPECT_EQ(out->sampling.top_k, 7);
+  EXPECT_EQ(out->sampling.seed, 99u);
+  EXPECT_EQ(out->max_new_tokens, 12);
+  EXPECT_EQ(out->min_new_tokens, 2);
+  EXPECT_EQ(out->stop_token_ids, (std::vector<int32_t>{3}));
+  EXPECT_TRUE(out->ignore_eos);
+  EXPECT_EQ(out->top_logprobs, 4);
+}
+
+TEST(ToGenerationRequestTest, AbsentSamplingIsGreedy) {
+  v1::AttentionGenerateRequest request;
+  request.set_request_id("a");
+  auto out = ToGenerationRequest(request);
+  ASSERT_TRUE(out.ok());
+  EXPECT_TRUE(out->sampling.greedy());
+}
+
+TEST(ToGenerationRequestTest, RejectsBadFieldsNamingThem) {
+  v1::AttentionGenerateRequest request;
+  EXPECT_EQ(ToGenerationRequest(request).status().message(), "request_id: must not be empty");
+  request.set_request_id("a");
+  request.set_top_logprobs(21);
+  EXPECT_EQ(ToGenerationRequest(request).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ToGenerationRequest(request).status().message(), "top_logprobs: must be in [0, 20], got 21");
+  request.set_top_logprobs(0);
+  request.add_stop_token_ids(-1);
+  EXPECT_EQ(ToGenerationRequest(request).status().message(), "stop_token_ids: negative id -1");
+}
+
+}  // namespace
+}  // namespace moe::services

@@ -1,0 +1,229 @@
+// Integration: real moe-expert-worker and moe-attention-worker processes on 127.0.0.1 over UCX,
+// compared with the embedded engine on the same model.
+#include <csignal>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/engine/engine.h"
+#include "gtest/gtest.h"
+#include "grpcpp/grpcpp.h"
+#include "moe/v1/attention.grpc.pb.h"
+#include "tests/services/process_helper.h"
+#include "tests/util/test_models.h"
+
+namespace moe::services {
+namespace {
+
+using moe::testing::ChildProcess;
+
+struct Generated {
+  std::vector<int32_t> tokens;
+  std::vector<float> logprobs;
+  grpc::Status status;
+  v1::AttentionFinishReason finish_reason = v1::ATTENTION_FINISH_REASON_UNSPECIFIED;
+};
+
+v1::AttentionGenerateRequest GreedyRequest(const std::string& id, std::vector<int32_t> prompt,
+                                           int max_new_tokens) {
+  v1::AttentionGenerateRequest request;
+  request.set_request_id(id);
+  for (int32_t t : prompt) request.add_prompt(t);
+  v1::AttentionSampling* sampling = request.mutable_sampling();
+  sampling->set_temperature(0);
+  sampling->set_top_p(1);
+  sampling->set_top_k(0);
+  sampling->set_repetition_penalty(1);
+  request.set_max_new_tokens(max_new_tokens);
+  request.set_ignore_eos(true);
+  return request;
+}
+
+class Cluster {
+ public:
+  Cluster(const std::string& model, int num_experts) : model_(model) {
+    for (int r = 0; r < num_experts; ++r) expert_ports_.push_back(moe::testing::FreePort());
+    for (int r = 0; r < num_experts; ++r) StartExpert(r);
+    for (int r = 0; r < num_experts; ++r) {
+      EXPECT_TRUE(moe::testing::WaitForHealth(ExpertAddress(r), "readiness", true,
+                                              absl::Now() + absl::Seconds(60)).ok());
+    }
+    std::vector<std::string> addresses;
+    for (int r = 0; r < num_experts; ++r) addresses.push_back(ExpertAddress(r));
+    attention_port_ = moe::testing::FreePort();
+    log_ = moe::testing::MakeTempDir("attention-log") + "/attention.log";
+    auto child = ChildProcess::Start(
+        moe::testing::BinaryPath("moe-attention-worker"),
+        {"--model", model_, "--rank", "0", "--expert_workers", absl::StrJoin(addresses, ","),
+         "--listen", AttentionAddress(), "--metrics_port", "0", "--moe_timeout_seconds", "5",
+         "--num_kv_blocks", "512"},
+        log_);
+    EXPECT_TRUE(child.ok());
+    attention_ = *std::move(child);
+    absl::Status ready = moe::testing::WaitForHealth(AttentionAddress(), "readiness", true,
+                                                     absl::Now() + absl::Seconds(60));
+    EXPECT_TRUE(ready.ok()) << ready << "\n" << attention_->Log();
+    stub_ = v1::AttentionWorker::NewStub(
+        grpc::CreateChannel(AttentionAddress(), grpc::InsecureChannelCredentials()));
+  }
+
+  void StartExpert(int rank) {
+    auto child = ChildProcess::Start(
+        moe::testing::BinaryPath("moe-expert-worker"),
+        {"--model", model_, "--rank", std::to_string(rank), "--num_expert_workers",
+         std::to_string(expert_ports_.size()), "--listen", ExpertAddress(rank), "--metrics_port", "0"});
+    EXPECT_TRUE(child.ok());
+    if (experts_.size() <= static_cast<size_t>(rank)) experts_.resize(static_cast<size_t>(rank) + 1);
+    experts_[static_cast<size_t>(rank)] = *std::move(child);
+  }
+
+  std::string ExpertAddress(int rank) const { return moe::testing::LocalAddress(expert_ports_[rank]); }
+  std::string AttentionAddress() const { return moe::testing::LocalAddress(attention_port_); }
+  ChildProcess& expert(int rank) { return *experts_[static_cast<size_t>(rank)]; }
+  v1::AttentionWorker::Stub& stub() { return *stub_; }
+  std::string log() const { return attention_->Log(); }
+
+  Generated Generate(const v1::AttentionGenerateRequest& request) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    auto reader = stub_->Generate(&context, request);
+    Generated out;
+    v1::AttentionGenerateResponse response;
+    while (reader->Read(&response)) {
+      for (const auto& token : response.tokens()) {
+        out.tokens.push_back(token.token_id());
+        out.logprobs.push_back(token.logprob());
+      }
+      if (response.finished()) out.finish_reason = response.finish_reason();
+    }
+    out.status = reader->Finish();
+    return out;
+  }
+
+  v1::WorkerLoad Load() {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::WorkerLoad load;
+    EXPECT_TRUE(stub_->GetLoad(&context, v1::GetLoadRequest(), &load).ok());
+    return load;
+  }
+
+ private:
+  std::string model_;
+  std::vector<int> expert_ports_;
+  int attention_port_ = 0;
+  std::string log_;
+  std::vector<std::unique_ptr<ChildProcess>> experts_;
+  std::unique_ptr<ChildProcess> attention_;  // destroyed first: stops before the experts
+  std::unique_ptr<v1::AttentionWorker::Stub> stub_;
+};
+
+const std::vector<std::vector<int32_t>>& Prompts() {
+  static const auto* prompts = new std::vector<std::vector<int32_t>>{
+      {1, 2, 3, 4, 5}, {42}, {7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 9}};
+  return *prompts;
+}
+
+Generated Embedded(const std::string& model, const std::vector<int32_t>& prompt, int max_new_tokens) {
+  engine::EngineOptions options;
+  options.num_kv_blocks = 512;
+  auto engine = engine::Engine::CreateEmbedded(model, options);
+  EXPECT_TRUE(engine.ok()) << engine.status();
+  engine::GenerationRequest request;
+  request.id = "embedded";
+  request.prompt = prompt;
+  request.sampling.temperature = 0;
+  request.max_new_tokens = max_new_tokens;
+  request.ignore_eos = true;
+  EXPECT_TRUE((*engine)->AddRequest(request).ok());
+  Generated out;
+  while ((*engine)->HasWork()) {
+    for (const engine::TokenEvent& event : (*engine)->Step()) {
+      if (event.token_id >= 0) {
+        out.tokens.push_back(event.token_id);
+        out.logprobs.push_back(event.logprob);
+      }
+    }
+  }
+  return out;
+}
+
+class AttentionWorkerClusterTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(AttentionWorkerClusterTest, GreedyTokensAndLogprobsEqualEmbeddedMode) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  Cluster cluster(model, GetParam());
+  for (size_t i = 0; i < Prompts().size(); ++i) {
+    const Generated want = Embedded(model, Prompts()[i], 8);
+    const Generated got = cluster.Generate(GreedyRequest("r" + std::to_string(i), Prompts()[i], 8));
+    ASSERT_TRUE(got.status.ok()) << got.status.error_message() << "\n" << cluster.log();
+    EXPECT_EQ(got.finish_reason, v1::ATTENTION_FINISH_REASON_LENGTH);
+    ASSERT_EQ(got.tokens.size(), 8u);
+    EXPECT_EQ(got.tokens, want.tokens) << "prompt " << i;
+    // Bit-identical: compare the float bits, not within a tolerance.
+    EXPECT_EQ(got.logprobs, want.logprobs) << "prompt " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(ExpertWorkers, AttentionWorkerClusterTest, ::testing::Values(1, 3));
+
+TEST(AttentionWorkerCancelTest, CancelledStreamFreesEveryKvBlock) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  Cluster cluster(model, 1);
+  const v1::WorkerLoad idle = cluster.Load();
+  ASSERT_EQ(idle.num_free_kv_blocks(), idle.num_kv_blocks());
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto reader = cluster.stub().Generate(&context, GreedyRequest("long", {1, 2, 3}, 400));
+  v1::AttentionGenerateResponse response;
+  ASSERT_TRUE(reader->Read(&response));
+  EXPECT_LT(cluster.Load().num_free_kv_blocks(), idle.num_kv_blocks());
+  context.TryCancel();
+  while (reader->Read(&response)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  v1::WorkerLoad load = cluster.Load();
+  while ((load.num_free_kv_blocks() != load.num_kv_blocks() || load.num_running() != 0) &&
+         absl::Now() < deadline) {
+    load = cluster.Load();
+  }
+  EXPECT_EQ(load.num_free_kv_blocks(), idle.num_kv_blocks());
+  EXPECT_EQ(load.num_running(), 0);
+  EXPECT_EQ(load.num_waiting(), 0);
+}
+
+TEST(AttentionWorkerFailureTest, KilledExpertWorkerEndsStreamUnavailableAndRecoversAfterRestart) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  Cluster cluster(model, 3);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto reader = cluster.stub().Generate(&context, GreedyRequest("doomed", {1, 2, 3}, 4000));
+  v1::AttentionGenerateResponse response;
+  ASSERT_TRUE(reader->Read(&response)) << reader->Finish().error_message();
+
+  cluster.expert(1).Signal(SIGKILL);
+  const absl::Time killed = absl::Now();
+  while (reader->Read(&response)) {
+  }
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_LT(absl::Now() - killed, absl::Seconds(10));
+  EXPECT_TRUE(moe::testing::WaitForHealth(cluster.AttentionAddress(), "readiness", false,
+                                          absl::Now() + absl::Seconds(10)).ok());
+  EXPECT_FALSE(cluster.Load().ready());
+
+  ASSERT_TRUE(cluster.expert(1).Wait(absl::Seconds(5)).has_value());
+  cluster.StartExpert(1);
+  absl::Status ready = moe::testing::WaitForHealth(cluster.AttentionAddress(), "readiness", true,
+                                                   absl::Now() + absl::Seconds(60));
+  ASSERT_TRUE(ready.ok()) << ready << "\n" << cluster.log();
+  const Generated after = cluster.Generate(GreedyRequest("after", Prompts()[0], 8));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message() << "\n" << cluster.log();
+  EXPECT_EQ(after.tokens, Embedded(model, Prompts()[0], 8).tokens);
+}
+
+}  // namespace
+}  // namespace moe::services

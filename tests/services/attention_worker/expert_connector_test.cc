@@ -1,0 +1,48 @@
+#include "services/attention_worker/expert_connector.h"
+
+#include "gtest/gtest.h"
+
+namespace moe::services {
+namespace {
+
+v1::ExpertWorkerInfo Info(int rank, int first, int count) {
+  v1::ExpertWorkerInfo info;
+  info.set_rank(rank);
+  info.set_num_expert_workers(3);
+  info.set_first_expert(first);
+  info.set_num_experts(count);
+  info.set_peer_id(1000 + rank);
+  info.set_data_plane(v1::DATA_PLANE_UCX);
+  info.set_model_fingerprint("f");
+  return info;
+}
+
+TEST(ValidateExpertInfoTest, AcceptsTheUnevenSplitOf128OverThree) {
+  EXPECT_TRUE(ValidateExpertInfo(Info(0, 0, 43), 0, 3, 128, "f").ok());
+  EXPECT_TRUE(ValidateExpertInfo(Info(1, 43, 43), 1, 3, 128, "f").ok());
+  EXPECT_TRUE(ValidateExpertInfo(Info(2, 86, 42), 2, 3, 128, "f").ok());
+}
+
+TEST(ValidateExpertInfoTest, RejectsARangeThatDoesNotTile) {
+  const absl::Status status = ValidateExpertInfo(Info(2, 85, 43), 2, 3, 128, "f");
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(status.message(), "expert worker 2: first_expert is 85, expected 86");
+}
+
+TEST(ValidateExpertInfoTest, RejectsWrongRankPeerAndFingerprint) {
+  EXPECT_EQ(ValidateExpertInfo(Info(1, 43, 43), 0, 3, 128, "f").message(),
+            "expert worker 0: rank is 1, expected 0");
+  v1::ExpertWorkerInfo info = Info(0, 0, 43);
+  info.set_peer_id(7);
+  EXPECT_EQ(ValidateExpertInfo(info, 0, 3, 128, "f").message(),
+            "expert worker 0: peer_id is 7, expected 1000");
+  EXPECT_EQ(ValidateExpertInfo(Info(0, 0, 43), 0, 3, 128, "g").message(),
+            "expert worker 0: model_fingerprint is f, expected g");
+  info = Info(0, 0, 43);
+  info.set_num_expert_workers(2);
+  EXPECT_EQ(ValidateExpertInfo(info, 0, 3, 128, "f").message(),
+            "expert worker 0: num_expert_workers is 2, expected 3");
+}
+
+}  // namespace
+}  // namespace moe::services

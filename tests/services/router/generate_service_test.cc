@@ -1,0 +1,255 @@
+// The router's services in-process against a fake attention worker (an in-process gRPC
+// AttentionWorker on 127.0.0.1 port 0 that emits scripted tokens).
+#include "services/router/generate_service.h"
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/synchronization/notification.h"
+#include "common/rpc/server.h"
+#include "gtest/gtest.h"
+#include "moe/v1/attention.grpc.pb.h"
+#include "tests/util/test_models.h"
+
+namespace moe::router {
+namespace {
+
+constexpr int32_t kNormal = 1;  // prompt[0]: stream the script, then STOP
+constexpr int32_t kStall = 2;   // one token, then wait for a cancel
+constexpr int32_t kFail = 3;    // UNAVAILABLE
+
+class FakeWorker final : public moe::v1::AttentionWorker::CallbackService {
+ public:
+  std::vector<int32_t> script;
+  std::atomic<int> free_blocks{1000};
+  std::atomic<int> cancels_seen{0};
+  absl::Notification stalled;
+
+  class Stream : public grpc::ServerWriteReactor<moe::v1::AttentionGenerateResponse> {
+   public:
+    Stream(FakeWorker* w, const moe::v1::AttentionGenerateRequest& r) : w_(w) {
+      mode_ = r.prompt(0);
+      if (mode_ == kFail) {
+        Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "expert worker lost"));
+        return;
+      }
+      Next();
+    }
+    void Next() {
+      msg_.Clear();
+      const size_t n = mode_ == kStall ? 1 : w_->script.size();
+      if (i_ < n) {
+        msg_.add_tokens()->set_token_id(w_->script[i_++]);
+        if (mode_ == kNormal && i_ == n) {
+          msg_.set_finished(true);
+          msg_.set_finish_reason(moe::v1::ATTENTION_FINISH_REASON_STOP);
+        }
+        StartWrite(&msg_);
+      } else if (mode_ == kStall) {
+        w_->stalled.Notify();  // now only a cancel ends it
+      } else {
+        Finish(grpc::Status::OK);
+      }
+    }
+    void OnWriteDone(bool ok) override {
+      if (ok) Next();
+    }
+    void OnCancel() override {
+      w_->cancels_seen++;
+      Finish(grpc::Status::CANCELLED);
+    }
+    void OnDone() override { delete this; }
+
+   private:
+    FakeWorker* w_;
+    int32_t mode_;
+    size_t i_ = 0;
+    moe::v1::AttentionGenerateResponse msg_;
+  };
+
+  grpc::ServerWriteReactor<moe::v1::AttentionGenerateResponse>* Generate(
+      grpc::CallbackServerContext*, const moe::v1::AttentionGenerateRequest* r) override {
+    return new Stream(this, *r);
+  }
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* c, const moe::v1::GetLoadRequest*,
+                                    moe::v1::WorkerLoad* load) override {
+    load->set_num_kv_blocks(1000);
+    load->set_num_free_kv_blocks(free_blocks.load());
+    load->set_kv_block_size(16);
+    load->set_ready(true);
+    auto* reactor = c->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+};
+
+class GenerateServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    model_ = *ServedModel::Load(testing::TestModelDir("tiny", "bf16"), "tiny");
+    worker_.script = *model_->tokenizer->Encode("Hello world peace and more");
+    worker_server_ = *rpc::GrpcServer::Start("127.0.0.1:0", {&worker_});
+    metrics_ = std::make_unique<RouterMetrics>(registry_, 1.0, absl::Seconds(60));
+    SchedulerOptions options;
+    options.max_queued_requests = 1;
+    options.poll_interval = absl::Milliseconds(20);
+    scheduler_ = std::make_unique<Scheduler>(
+        std::vector<std::string>{"127.0.0.1:" + std::to_string(worker_server_->port())},
+        std::vector<std::string>{}, options, metrics_.get());
+    service_ = std::make_unique<GenerateService>(model_.get(), scheduler_.get(), metrics_.get());
+    router_ = *rpc::GrpcServer::Start("127.0.0.1:0", {service_.get()});
+    absl::Notification ready;
+    scheduler_->Start([&ready, this](bool r) {
+      if (r && !ready.HasBeenNotified()) ready.Notify();
+    });
+    ASSERT_TRUE(ready.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    stub_ = moe::v1::Generation::NewStub(
+        grpc::CreateChannel("127.0.0.1:" + std::to_string(router_->port()), grpc::InsecureChannelCredentials()));
+  }
+  void TearDown() override {
+    router_->Shutdown(absl::Seconds(1));
+    scheduler_->Stop();
+    worker_server_->Shutdown(absl::Seconds(1));
+  }
+
+  struct Result {
+    grpc::Status status;
+    std::vector<moe::v1::GenerateResponse> messages;
+    std::string text;
+  };
+  Result Generate(const moe::v1::GenerateRequest& request, absl::Duration timeout = absl::Seconds(10),
+                  grpc::ClientContext* context = nullptr) {
+    grpc::ClientContext own;
+    if (context == nullptr) context = &own;
+    context->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    auto reader = stub_->Generate(context, request);
+    Result r;
+    moe::v1::GenerateResponse m;
+    while (reader->Read(&m)) {
+      r.text += m.text();
+      r.messages.push_back(m);
+    }
+    r.status = reader->Finish();
+    return r;
+  }
+  static moe::v1::GenerateRequest Request(int32_t mode) {
+    moe::v1::GenerateRequest r;
+    r.mutable_token_ids()->add_ids(mode);
+    r.mutable_sampling()->set_max_new_tokens(16);
+    return r;
+  }
+
+  std::unique_ptr<ServedModel> model_;
+  FakeWorker worker_;
+  std::unique_ptr<rpc::GrpcServer> worker_server_;
+  prometheus::Registry registry_;
+  std::unique_ptr<RouterMetrics> metrics_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<GenerateService> service_;
+  std::unique_ptr<rpc::GrpcServer> router_;
+  std::unique_ptr<moe::v1::Generation::Stub> stub_;
+};
+
+TEST_F(GenerateServiceTest, StreamsTextAndFinalMessage) {
+  Result r = Generate(Request(kNormal));
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.text, "Hello world peace and more");
+  ASSERT_FALSE(r.messages.empty());
+  const auto& last = r.messages.back();
+  EXPECT_TRUE(last.finished());
+  EXPECT_EQ(last.finish_reason(), moe::v1::FINISH_REASON_STOP);
+  EXPECT_EQ(last.usage().prompt_tokens(), 1);
+  EXPECT_EQ(last.usage().completion_tokens(), static_cast<int>(worker_.script.size()));
+  EXPECT_GE(last.timings().total_seconds(), last.timings().time_to_first_token_seconds());
+}
+
+TEST_F(GenerateServiceTest, StopStringAcrossTokensEndsStreamAndCancelsWorker) {
+  moe::v1::GenerateRequest req = Request(kNormal);
+  req.mutable_sampling()->add_stop("d pea");  // spans " world" and " peace"
+  Result r = Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.text, "Hello worl");
+  EXPECT_EQ(r.messages.back().finish_reason(), moe::v1::FINISH_REASON_STOP_SEQUENCE);
+  EXPECT_EQ(r.messages.back().matched_stop(), "d pea");
+}
+
+TEST_F(GenerateServiceTest, ClientCancelReachesWorkerAndRouterKeepsServing) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+  auto reader = stub_->Generate(&context, Request(kStall));
+  moe::v1::GenerateResponse m;
+  ASSERT_TRUE(reader->Read(&m));
+  ASSERT_TRUE(worker_.stalled.WaitForNotificationWithTimeout(absl::Seconds(10)));
+  context.TryCancel();
+  while (reader->Read(&m)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  // The fake worker sees the cancel (no sleep: poll the counter with a bound).
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (worker_.cancels_seen.load() == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(worker_.cancels_seen.load(), 1);
+  EXPECT_TRUE(Generate(Request(kNormal)).status.ok());
+}
+
+TEST_F(GenerateServiceTest, DeadlineIsPropagatedToTheWorker) {
+  Result r = Generate(Request(kStall), absl::Milliseconds(500));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  const absl::Time until = absl::Now() + absl::Seconds(10);
+  while (worker_.cancels_seen.load() == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(worker_.cancels_seen.load(), 1);
+  EXPECT_TRUE(Generate(Request(kNormal)).status.ok());
+}
+
+TEST_F(GenerateServiceTest, WorkerUnavailableEndsStreamWithUnavailable) {
+  Result r = Generate(Request(kFail));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(r.status.error_message().find("expert worker lost"), std::string::npos);
+  EXPECT_TRUE(Generate(Request(kNormal)).status.ok());
+}
+
+TEST_F(GenerateServiceTest, FullQueueIsResourceExhaustedAndQueuedRequestTimesOut) {
+  worker_.free_blocks = 0;  // nothing can be placed: requests wait in the queue (bound 1)
+  absl::SleepFor(absl::Milliseconds(100));  // let a poll publish the new load
+  grpc::ClientContext first_context;
+  first_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
+  auto first = stub_->Generate(&first_context, Request(kNormal));
+  const absl::Time until = absl::Now() + absl::Seconds(5);
+  while (scheduler_->queued() == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(scheduler_->queued(), 1u);
+  Result second = Generate(Request(kNormal));
+  EXPECT_EQ(second.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  moe::v1::GenerateResponse m;
+  EXPECT_FALSE(first->Read(&m));
+  EXPECT_EQ(first->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  worker_.free_blocks = 1000;
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_TRUE(Generate(Request(kNormal)).status.ok());
+}
+
+TEST_F(GenerateServiceTest, BadRequestIsInvalidArgumentNamingField) {
+  moe::v1::GenerateRequest req = Request(kNormal);
+  req.set_logprobs(21);
+  Result r = Generate(req);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(r.status.error_message().rfind("logprobs", 0), 0u) << r.status.error_message();
+}
+
+TEST_F(GenerateServiceTest, ModelInfoAndTokenize) {
+  grpc::ClientContext c1;
+  moe::v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&c1, {}, &info).ok());
+  EXPECT_EQ(info.model(), "tiny");
+  EXPECT_EQ(info.vocab_size(), model_->config.vocab_size);
+  EXPECT_EQ(info.num_attention_workers(), 1);
+  grpc::ClientContext c2;
+  moe::v1::TokenizeRequest tr;
+  tr.set_text("Hello world peace and more");
+  moe::v1::TokenizeResponse ids;
+  ASSERT_TRUE(stub_->Tokenize(&c2, tr, &ids).ok());
+  EXPECT_EQ(std::vector<int32_t>(ids.ids().begin(), ids.ids().end()), worker_.script);
+}
+
+}  // namespace
+}  // namespace moe::router
