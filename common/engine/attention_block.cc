@@ -37,8 +37,10 @@ AttentionBlock::AttentionBlock(const model::ModelConfig& config, const model::De
 void AttentionBlock::DenseMlp(const model::MlpWeights& w, const bf16* h, int64_t num_tokens,
                               bf16* out) {
   const int64_t inter = w.gate_proj.out_features;
-  std::vector<bf16> gate(static_cast<size_t>(num_tokens * inter));
-  std::vector<bf16> up(static_cast<size_t>(num_tokens * inter));
+  std::vector<bf16>& gate = scratch_.mlp_gate;
+  std::vector<bf16>& up = scratch_.mlp_up;
+  gate.resize(static_cast<size_t>(num_tokens * inter));
+  up.resize(static_cast<size_t>(num_tokens * inter));
   cpu::Linear(h, num_tokens, w.gate_proj, gate.data());
   cpu::Linear(h, num_tokens, w.up_proj, up.data());
   cpu::SiluMul(gate.data(), up.data(), num_tokens * inter, gate.data());
@@ -54,10 +56,13 @@ absl::Status AttentionBlock::MoeLayer(uint64_t step, int64_t layer, const bf16* 
   const int64_t num_experts = config_.num_experts;
   const int64_t k = config_.num_experts_per_tok;
   LinearWeight router{DType::kBF16, num_experts, config_.hidden_size, lw.router, nullptr};
-  std::vector<bf16> router_logits(static_cast<size_t>(num_tokens * num_experts));
+  std::vector<bf16>& router_logits = scratch_.router_logits;
+  router_logits.resize(static_cast<size_t>(num_tokens * num_experts));
   cpu::Linear(h, num_tokens, router, router_logits.data());
-  std::vector<int32_t> ids(static_cast<size_t>(num_tokens * k));
-  std::vector<float> weights(static_cast<size_t>(num_tokens * k));
+  std::vector<int32_t>& ids = scratch_.expert_ids;
+  std::vector<float>& weights = scratch_.expert_weights;
+  ids.resize(static_cast<size_t>(num_tokens * k));
+  weights.resize(static_cast<size_t>(num_tokens * k));
   cpu::TopKSoftmax(router_logits.data(), num_tokens, num_experts, k, config_.norm_topk_prob,
                    ids.data(), weights.data());
   ASSIGN_OR_RETURN(DispatchHandle handle,
@@ -101,10 +106,10 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
   }
   if (num_tokens == 0) return absl::OkStatus();
 
-  std::vector<int32_t> ids;
-  std::vector<int64_t> positions;
-  ids.reserve(static_cast<size_t>(num_tokens));
-  positions.reserve(static_cast<size_t>(num_tokens));
+  std::vector<int32_t>& ids = scratch_.ids;
+  std::vector<int64_t>& positions = scratch_.positions;
+  ids.clear();
+  positions.clear();
   for (const BatchSegment& s : segments) {
     for (int64_t i = 0; i < s.num_tokens; ++i) {
       ids.push_back(s.token_ids[i]);
@@ -113,8 +118,15 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
   }
 
   const size_t n = static_cast<size_t>(num_tokens);
-  std::vector<bf16> x(n * hidden), h(n * hidden), branch(n * hidden);
-  std::vector<bf16> q(n * q_width), k(n * kv_width), v(n * kv_width), attn(n * q_width);
+  std::vector<bf16>&x = scratch_.x, &h = scratch_.h, &branch = scratch_.branch, &q = scratch_.q,
+                    &k = scratch_.k, &v = scratch_.v, &attn = scratch_.attn;
+  x.resize(n * hidden);
+  h.resize(n * hidden);
+  branch.resize(n * hidden);
+  q.resize(n * q_width);
+  k.resize(n * kv_width);
+  v.resize(n * kv_width);
+  attn.resize(n * q_width);
   cpu::Embed(weights_->embed_tokens, hidden, ids.data(), num_tokens, x.data());
 
   for (int64_t layer = 0; layer < config_.num_hidden_layers; ++layer) {
@@ -155,7 +167,8 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
   }
 
   // Final norm and lm_head for the rows that need logits.
-  std::vector<bf16> last;
+  std::vector<bf16>& last = scratch_.last;
+  last.clear();
   int64_t offset = 0, num_logit_rows = 0;
   for (const BatchSegment& s : segments) {
     offset += s.num_tokens;
@@ -168,7 +181,8 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
   cpu::RmsNorm(last.data(), hidden, num_logit_rows, hidden, weights_->final_norm, eps, last.data(),
                hidden);
   const int64_t vocab = weights_->lm_head.out_features;
-  std::vector<bf16> out(static_cast<size_t>(num_logit_rows * vocab));
+  std::vector<bf16>& out = scratch_.logits_bf16;
+  out.resize(static_cast<size_t>(num_logit_rows * vocab));
   cpu::Linear(last.data(), num_logit_rows, weights_->lm_head, out.data());
   logits->resize(out.size());
   for (size_t i = 0; i < out.size(); ++i) (*logits)[i] = BF16ToFloat(out[i]);

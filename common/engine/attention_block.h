@@ -50,6 +50,17 @@ class AttentionBlock {
   KvCache* kv_cache_;
   MoeDispatcher* dispatcher_;
   kernels::cpu::RopeTable rope_;
+
+  // Scratch reused across steps (grown, never shrunk): a fresh multi-100 KB allocation per step is
+  // an mmap and a page fault per page, which showed up at ~10% of a decode step.
+  struct Scratch {
+    std::vector<int32_t> ids;
+    std::vector<int64_t> positions;
+    std::vector<bf16> x, h, branch, q, k, v, attn, last, logits_bf16, router_logits;
+    std::vector<int32_t> expert_ids;
+    std::vector<float> expert_weights;
+    std::vector<bf16> mlp_gate, mlp_up;
+  } scratch_;
 };
 
 }  // namespace moe::engine

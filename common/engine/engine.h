@@ -166,6 +166,7 @@ class Engine {
   int64_t next_sched_id_ = 0;
   uint64_t step_ = 0;
   StepStats last_step_stats_;
+  std::vector<float> step_logits_;  // reused across steps (see AttentionBlock::Scratch)
 };
 
 }  // namespace moe::engine
