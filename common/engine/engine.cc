@@ -12,7 +12,6 @@ namespace moe::engine {
 namespace {
 
 constexpr int32_t kAttentionPeer = 0;
-constexpr int32_t kFirstExpertPeer = 1000;
 constexpr int kMaxTopLogprobs = 20;
 
 }  // namespace
@@ -74,7 +73,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
       ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(*engine->checkpoint_, config, range.first,
                                                           range.count));
       engine->expert_blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
-      const int32_t peer = kFirstExpertPeer + w;
+      const int32_t peer = kFirstExpertPeerId + w;
       peers.push_back(peer);
       engine->expert_servers_.push_back(std::make_unique<ExpertServer>(
           engine->expert_blocks_.back().get(), engine->hub_.Endpoint(peer)));
@@ -318,7 +317,7 @@ absl::StatusOr<std::vector<std::vector<float>>> Engine::BatchLogits(
   return result;
 }
 
-void Engine::DisconnectExpertShardForTest(int shard) { hub_.Disconnect(kFirstExpertPeer + shard); }
+void Engine::DisconnectExpertShardForTest(int shard) { hub_.Disconnect(kFirstExpertPeerId + shard); }
 
 absl::StatusOr<std::vector<float>> Engine::PromptLogits(const std::vector<int32_t>& prompt) {
   RETURN_IF_ERROR(ValidateLogitsPrompt(prompt));

@@ -9,6 +9,10 @@
 
 namespace moe::engine {
 
+// Data-plane peer ids, one rank space per cluster: attention worker a is peer a, expert worker e is
+// peer kFirstExpertPeerId + e (so up to 1000 attention workers).
+inline constexpr int32_t kFirstExpertPeerId = 1000;
+
 struct ExpertRange {
   int64_t first = 0;  // first expert id
   int64_t count = 0;  // number of experts

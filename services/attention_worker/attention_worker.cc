@@ -4,16 +4,16 @@
 #include "common/engine/expert_placement.h"
 #include "common/model/config.h"
 #include "common/status/status_macros.h"
-#include "services/expert_worker/expert_worker.h"
-#include "services/expert_worker/model_fingerprint.h"
+#include "common/engine/expert_placement.h"
+#include "common/model/model_fingerprint.h"
 
 namespace moe::services {
 
 absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
     const AttentionWorkerOptions& options, prometheus::Registry* registry) {
-  if (options.rank < 0 || options.rank >= kFirstExpertPeerId) {
+  if (options.rank < 0 || options.rank >= engine::kFirstExpertPeerId) {
     return absl::InvalidArgumentError(
-        absl::StrCat("--rank must be in [0, ", kFirstExpertPeerId, "), got ", options.rank));
+        absl::StrCat("--rank must be in [0, ", engine::kFirstExpertPeerId, "), got ", options.rank));
   }
   ASSIGN_OR_RETURN(model::ModelConfig config,
                    model::ModelConfig::FromFile(options.model_dir + "/config.json"));
@@ -29,7 +29,7 @@ absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
   worker->options_ = options;
   ASSIGN_OR_RETURN(worker->transport_, transport::UcxTransport::Create(options.rank, options.ucx));
   std::vector<int32_t> peers;
-  for (int64_t w = 0; w < num_workers; ++w) peers.push_back(kFirstExpertPeerId + static_cast<int32_t>(w));
+  for (int64_t w = 0; w < num_workers; ++w) peers.push_back(engine::kFirstExpertPeerId + static_cast<int32_t>(w));
   ASSIGN_OR_RETURN(worker->engine_,
                    engine::Engine::CreateAttentionWorker(
                        options.model_dir, options.engine, worker->transport_.get(),
@@ -38,7 +38,7 @@ absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
   connector.expert_addresses = options.expert_addresses;
   connector.attention_rank = options.rank;
   connector.num_experts = config.num_experts;
-  ASSIGN_OR_RETURN(connector.model_fingerprint, ModelFingerprint(options.model_dir));
+  ASSIGN_OR_RETURN(connector.model_fingerprint, model::ModelFingerprint(options.model_dir));
   if (registry != nullptr) worker->metrics_ = std::make_unique<AttentionMetrics>(*registry);
   return worker;
 }

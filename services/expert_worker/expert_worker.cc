@@ -6,7 +6,7 @@
 #include "common/model/config.h"
 #include "common/model/weights.h"
 #include "common/status/status_macros.h"
-#include "services/expert_worker/model_fingerprint.h"
+#include "common/model/model_fingerprint.h"
 
 namespace moe::services {
 
@@ -43,7 +43,7 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
     worker->block_ = std::make_unique<engine::ExpertBlock>(config, std::move(shard));
     worker->checkpoint_ = std::move(checkpoint);
   }
-  ASSIGN_OR_RETURN(std::string fingerprint, ModelFingerprint(options.model_dir));
+  ASSIGN_OR_RETURN(std::string fingerprint, model::ModelFingerprint(options.model_dir));
   const int32_t peer = kFirstExpertPeerId + options.rank;
   ASSIGN_OR_RETURN(worker->transport_, transport::UcxTransport::Create(peer, options.ucx));
 

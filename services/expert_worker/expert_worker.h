@@ -17,6 +17,7 @@
 #include "common/model/checkpoint.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "moe/v1/control.pb.h"
+#include "common/engine/expert_placement.h"
 #include "prometheus/registry.h"
 #include "services/expert_worker/expert_metrics.h"
 #include "services/expert_worker/expert_round_loop.h"
@@ -25,7 +26,7 @@ namespace moe::services {
 
 // Peer ids of the data plane (engine/expert_placement.h): attention rank a = a, expert rank e =
 // kFirstExpertPeerId + e.
-inline constexpr int32_t kFirstExpertPeerId = 1000;
+using engine::kFirstExpertPeerId;
 
 struct ExpertWorkerOptions {
   std::string model_dir;

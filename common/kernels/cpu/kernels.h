@@ -6,7 +6,7 @@
 // the row's position in the batch. Results are bit-identical for a row alone or in any batch.
 //
 // Threading: kernels split work over the process-wide pool (ThreadPool::Global()), all cores.
-// AVX-512 (F/BW/VL/BF16) paths are chosen at run time; a portable path computes the same
+// AVX-512 (F/BW/VL/BF16; VBMI too for fp8) paths are chosen at run time; a portable path computes the same
 // function (possibly with different rounding; one process always uses one path).
 #ifndef MOE_COMMON_KERNELS_CPU_KERNELS_H_
 #define MOE_COMMON_KERNELS_CPU_KERNELS_H_

@@ -3,7 +3,7 @@
 #include <cmath>
 
 #include "gtest/gtest.h"
-#include "services/expert_worker/model_fingerprint.h"
+#include "common/model/model_fingerprint.h"
 
 namespace moe::services {
 namespace {
@@ -53,12 +53,12 @@ TEST(ExpertLoadWindowTest, IgnoresOutOfRangeIndices) {
 
 TEST(ModelFingerprintTest, IsFnv1a64OfTheBytes) {
   // FNV-1a 64 reference values.
-  EXPECT_EQ(FingerprintBytes(""), "fnv1a64:cbf29ce484222325");
-  EXPECT_EQ(FingerprintBytes("a"), "fnv1a64:af63dc4c8601ec8c");
+  EXPECT_EQ(model::FingerprintBytes(""), "fnv1a64:cbf29ce484222325");
+  EXPECT_EQ(model::FingerprintBytes("a"), "fnv1a64:af63dc4c8601ec8c");
 }
 
 TEST(ModelFingerprintTest, MissingConfigIsNotFound) {
-  EXPECT_EQ(ModelFingerprint("/nonexistent-moe-dir").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(model::ModelFingerprint("/nonexistent-moe-dir").status().code(), absl::StatusCode::kNotFound);
 }
 
 }  // namespace

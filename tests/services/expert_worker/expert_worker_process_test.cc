@@ -8,7 +8,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/control.grpc.pb.h"
-#include "services/expert_worker/model_fingerprint.h"
+#include "common/model/model_fingerprint.h"
 #include "tests/services/process_helper.h"
 #include "tests/util/test_models.h"
 
@@ -36,7 +36,7 @@ TEST(ExpertWorkerProcessTest, ServesItsShardOfAnUnevenSplitAndExitsZeroOnSigterm
   EXPECT_EQ(info.peer_id(), 1002);
   EXPECT_EQ(info.data_plane(), v1::DATA_PLANE_UCX);
   EXPECT_FALSE(info.address().empty());
-  EXPECT_EQ(info.model_fingerprint(), *ModelFingerprint(model));
+  EXPECT_EQ(info.model_fingerprint(), *model::ModelFingerprint(model));
   // tiny has the real 128 experts: 43 + 43 + 42.
   EXPECT_EQ(info.first_expert(), 86);
   EXPECT_EQ(info.num_experts(), 42);

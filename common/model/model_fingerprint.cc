@@ -1,4 +1,4 @@
-#include "services/expert_worker/model_fingerprint.h"
+#include "common/model/model_fingerprint.h"
 
 #include <cstdint>
 #include <fstream>
@@ -7,7 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
-namespace moe::services {
+namespace moe::model {
 
 std::string FingerprintBytes(std::string_view bytes) {
   uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a 64 offset basis
@@ -27,4 +27,4 @@ absl::StatusOr<std::string> ModelFingerprint(const std::string& model_dir) {
   return FingerprintBytes(contents.str());
 }
 
-}  // namespace moe::services
+}  // namespace moe::model
