@@ -97,7 +97,7 @@ for c in ${CONCURRENCY//,/ }; do
     lat=$(perftest "$tls" ucp_am_lat "$bm" | awk '{print $3}')
     bw=$(perftest "$tls" ucp_am_bw "$bm" | awk '{print $7}')
     awk -v c="$c" -v bl="$bl" -v bm="$bm" -v dc="$dc" -v ach="$ach" -v t="$tls" -v lat="$lat" -v bw="$bw" 'BEGIN {
-      printf "%5d %10d %10d | %10.1f %10.1f | %-4s %12.1f %7.2f %12.1f %7.2f\n",
+      printf "%5d %10d %10d | %10.1f %10.1f | %-4s %12.1f %7.1f %12.1f %7.4f\n",
         c, bl, bm, dc, ach, t, 2 * lat, dc / (2 * lat), bw, ach / bw }'
   done
 done
