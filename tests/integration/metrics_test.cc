@@ -34,6 +34,7 @@
 #include "gtest/gtest.h"
 #include "moe/v1/generate.grpc.pb.h"
 #include "tests/integration/local_cluster.h"
+#include "tests/services/process_helper.h"
 #include "tests/util/test_models.h"
 
 namespace moe {
@@ -498,6 +499,8 @@ TEST_F(MetricsTest, RequestsShowInRouterAttentionAndExpertMetrics) {
     for (const Sample* s : Find(*r, name)) {
       if (s->labels.at("role") == "attention_worker") {
         EXPECT_EQ(s->value, kAttentionWorkers) << name;
+      } else if (s->labels.at("role") == "expert_worker") {
+        EXPECT_EQ(s->value, kExpertWorkers) << name;
       }
     }
   }
@@ -530,6 +533,57 @@ TEST_F(MetricsTest, RequestsShowInRouterAttentionAndExpertMetrics) {
       }
     }
   }
+}
+
+// With --per_expert_metrics an expert worker adds exactly the flag-gated per-expert family, one
+// series per (MoE layer, hosted expert), labelled with the global expert index.
+TEST(PerExpertMetricsTest, FlagAddsOneSeriesPerLayerAndHostedExpert) {
+  auto catalog = LoadCatalog(SourceDir() + "/deploy/metrics/catalog.txt");
+  ASSERT_TRUE(catalog.ok()) << catalog.status();
+  const int metrics_port = testing::FreePort();
+  const std::string listen = testing::LocalAddress(testing::FreePort());
+  const std::string log = testing::MakeTempDir("moe-per-expert") + "/expert.log";
+  auto child = testing::ChildProcess::Start(
+      testing::BinaryPath("moe-expert-worker"),
+      {"--model=" + testing::TestModelDir("tiny", "bf16"), "--rank=1", "--num_expert_workers=2",
+       "--listen=" + listen, absl::StrCat("--metrics_port=", metrics_port), "--per_expert_metrics"},
+      log);
+  ASSERT_TRUE(child.ok()) << child.status();
+  const absl::Status ready = testing::WaitForHealth(listen, "readiness", true, absl::Now() + absl::Seconds(60));
+  ASSERT_TRUE(ready.ok()) << ready << "\n" << (*child)->Log();
+  auto body = HttpGet(metrics_port, "/metrics");
+  ASSERT_TRUE(body.ok()) << body.status();
+  auto e = ParseExposition(*body);
+  ASSERT_TRUE(e.ok()) << e.status();
+
+  std::map<std::string, CatalogEntry> expected = Expected(*catalog, "expert");
+  for (const CatalogEntry& entry : *catalog) {
+    if (entry.when == "--per_expert_metrics") expected[entry.name] = entry;
+  }
+  ASSERT_TRUE(expected.count("moe_expert_expert_tokens_total"));
+  const std::vector<std::string> problems = CheckAgainstCatalog(*e, expected);
+  EXPECT_TRUE(problems.empty()) << absl::StrJoin(problems, "\n");
+
+  const double hosted = Sum(*e, "moe_expert_hosted_experts");
+  const size_t layers = Find(*e, "moe_expert_tokens_total").size();
+  ASSERT_GT(hosted, 0.0);
+  ASSERT_GT(layers, 0u);
+  std::set<int> experts;
+  std::set<std::string> layer_labels;
+  const auto series = Find(*e, "moe_expert_expert_tokens_total");
+  for (const Sample* s : series) {
+    int expert = -1;
+    ASSERT_TRUE(absl::SimpleAtoi(s->labels.at("expert"), &expert)) << s->labels.at("expert");
+    experts.insert(expert);
+    layer_labels.insert(s->labels.at("layer"));
+    EXPECT_EQ(s->value, 0.0);
+  }
+  EXPECT_EQ(series.size(), layers * static_cast<size_t>(hosted));
+  EXPECT_EQ(layer_labels.size(), layers);
+  // Rank 1 of 2 hosts the upper half of the experts: global indices [hosted, 2 * hosted).
+  ASSERT_EQ(experts.size(), static_cast<size_t>(hosted));
+  EXPECT_EQ(*experts.begin(), static_cast<int>(hosted));
+  EXPECT_EQ(*experts.rbegin(), static_cast<int>(2 * hosted) - 1);
 }
 
 // The checker itself must catch a missing family, an extra one, a wrong label and wrong buckets.

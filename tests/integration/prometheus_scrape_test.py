@@ -313,9 +313,23 @@ def run(work, moectl, prometheus):
         wait_until("non-zero TTFT count, generated tokens and expert load series", all_positive, 60)
         for name, (series, total) in found.items():
             log(f"{name}: {series} series, sum of positive values {total:g}")
-        generated = query(api, "sum(moe_router_generation_tokens_total)")
-        if float(generated[0]["value"][1]) != requests * 8:
-            raise Failure(f"generated tokens {generated[0]['value'][1]}, want {requests * 8}")
+        # Scrapes are 1 s apart: the last one after the burst brings every token and request.
+        want = {"sum(moe_router_generation_tokens_total)": requests * 8,
+                "sum(moe_router_time_to_first_token_seconds_count)": requests,
+                'sum(moe_router_requests_total{finish_reason="length",code="OK"})': requests}
+        seen = {}
+
+        def totals_match():
+            for expr, value in want.items():
+                result = query(api, expr)
+                seen[expr] = float(result[0]["value"][1]) if result else None
+            return all(seen[expr] == value for expr, value in want.items())
+
+        try:
+            wait_until("the scraped totals to match the burst", totals_match, 20)
+        except Failure:
+            raise Failure(f"scraped totals {seen}, want {want}")
+        log(f"scraped totals match the burst: {want}")
 
         expressions = rule_expressions(rules_path)
         if not any(kind == "record" for kind, _, _ in expressions):

@@ -185,6 +185,15 @@ void RunUp(const ClusterFlags& flags) {
       Fail("cluster up", "timed out waiting for the cluster; logs in " + state.string());
     }
     setsid();
+    // Let go of the caller's terminal or pipe: a caller reading `up`'s output must see EOF when the
+    // parent exits, not when the cluster stops.
+    const int null_fd = open("/dev/null", O_RDONLY);
+    const int log_fd = open((state / "supervisor.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
+    if (log_fd >= 0) {
+      dup2(log_fd, STDOUT_FILENO);
+      dup2(log_fd, STDERR_FILENO);
+    }
   }
   fs::remove(state / "router.address", ec);
   { std::ofstream(pid_file) << getpid() << "\n"; }
@@ -233,6 +242,7 @@ void RunUp(const ClusterFlags& flags) {
   children.push_back({"router", Spawn(bin / "moe-router",
                                       {"--model=" + flags.model_dir,
                                        "--attention_workers=" + absl::StrJoin(attention, ","),
+                                       "--expert_workers=" + absl::StrJoin(experts, ","),
                                        "--listen=" + router, absl::StrCat("--metrics_port=", next_metrics++)},
                                       state / "router.log")});
 
