@@ -1,5 +1,7 @@
 #include "common/rpc/flags.h"
 
+#include <pthread.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -30,6 +32,34 @@ std::vector<char*> ParseFlagsWithEnv(int argc, char** argv, const std::string& u
     }
   }
   return absl::ParseCommandLine(argc, argv);
+}
+
+namespace {
+sigset_t TerminationSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  return signals;
+}
+}  // namespace
+
+void BlockTerminationSignals() {
+  const sigset_t signals = TerminationSignals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+}
+
+int WaitForTerminationSignal() {
+  const sigset_t signals = TerminationSignals();
+  int signal = 0;
+  sigwait(&signals, &signal);
+  return signal;
+}
+
+absl::StatusOr<int> ResolveRank(int rank_flag, bool from_hostname) {
+  if (from_hostname) return RankFromHostname();
+  if (rank_flag < 0) return absl::InvalidArgumentError(absl::StrCat("--rank must be >= 0, got ", rank_flag));
+  return rank_flag;
 }
 
 absl::StatusOr<int> RankFromHostname() {

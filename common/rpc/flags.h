@@ -17,6 +17,16 @@ namespace moe::rpc {
 std::vector<char*> ParseFlagsWithEnv(int argc, char** argv, const std::string& usage,
                                      const std::vector<std::pair<std::string, std::string>>& env_flags);
 
+// Blocks SIGTERM and SIGINT in the calling thread (call first in main, before any thread starts,
+// so every thread inherits the mask and none dies of them); WaitForTerminationSignal() then takes
+// them synchronously, letting main drain and exit 0.
+void BlockTerminationSignals();
+// Waits for SIGTERM or SIGINT (blocked by BlockTerminationSignals) and returns which.
+int WaitForTerminationSignal();
+
+// A worker's rank: --rank, or the host name's ordinal with --rank_from_hostname.
+absl::StatusOr<int> ResolveRank(int rank_flag, bool from_hostname);
+
 // The trailing "-<ordinal>" of this host's name (StatefulSet pods: "moe-expert-3" -> 3).
 absl::StatusOr<int> RankFromHostname();
 

@@ -52,11 +52,7 @@ int main(int argc, char** argv) {
        {"transport", "MOE_TRANSPORT"},
        {"worker_price_per_hour", "MOE_WORKER_PRICE_PER_HOUR"},
        {"log_level", "MOE_LOG_LEVEL"}});
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  moe::rpc::BlockTerminationSignals();
 
   if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");
   if (absl::GetFlag(FLAGS_transport) != "ucx") {
@@ -65,12 +61,9 @@ int main(int argc, char** argv) {
   }
   moe::services::AttentionWorkerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
-  options.rank = absl::GetFlag(FLAGS_rank);
-  if (absl::GetFlag(FLAGS_rank_from_hostname)) {
-    auto rank = moe::rpc::RankFromHostname();
-    if (!rank.ok()) return Fail(std::string(rank.status().message()));
-    options.rank = *rank;
-  }
+  auto rank = moe::rpc::ResolveRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_rank_from_hostname));
+  if (!rank.ok()) return Fail(std::string(rank.status().message()));
+  options.rank = *rank;
   if (options.rank >= absl::GetFlag(FLAGS_num_attention_workers)) {
     return Fail("--rank " + std::to_string(options.rank) + " is not below --num_attention_workers " +
                 std::to_string(absl::GetFlag(FLAGS_num_attention_workers)));
@@ -114,8 +107,7 @@ int main(int argc, char** argv) {
   service.SetLoop((*worker)->loop());
   grpc_server->SetStarted();
 
-  int signal = 0;
-  sigwait(&signals, &signal);
+  const int signal = moe::rpc::WaitForTerminationSignal();
   std::cerr << "moe-attention-worker: signal " << signal << ", stopping" << std::endl;
   grpc_server->SetReady(false);
   ready_gauge.Set(0);

@@ -47,13 +47,7 @@ int main(int argc, char** argv) {
        {"per_expert_metrics", "MOE_PER_EXPERT_METRICS"},
        {"worker_price_per_hour", "MOE_WORKER_PRICE_PER_HOUR"},
        {"log_level", "MOE_LOG_LEVEL"}});
-  // SIGTERM/SIGINT are taken by sigwait below; blocked before any thread starts so every thread
-  // inherits the mask and none dies of them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  moe::rpc::BlockTerminationSignals();
 
   if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");
   if (absl::GetFlag(FLAGS_transport) != "ucx") {
@@ -62,12 +56,9 @@ int main(int argc, char** argv) {
   }
   moe::services::ExpertWorkerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
-  options.rank = absl::GetFlag(FLAGS_rank);
-  if (absl::GetFlag(FLAGS_rank_from_hostname)) {
-    auto rank = moe::rpc::RankFromHostname();
-    if (!rank.ok()) return Fail(std::string(rank.status().message()));
-    options.rank = *rank;
-  }
+  auto rank = moe::rpc::ResolveRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_rank_from_hostname));
+  if (!rank.ok()) return Fail(std::string(rank.status().message()));
+  options.rank = *rank;
   options.num_expert_workers = absl::GetFlag(FLAGS_num_expert_workers);
   options.load_window = absl::Seconds(absl::GetFlag(FLAGS_load_window_seconds));
   options.per_expert_metrics = absl::GetFlag(FLAGS_per_expert_metrics);
@@ -95,8 +86,7 @@ int main(int argc, char** argv) {
   std::cerr << "moe-expert-worker: serving experts [" << info.first_expert() << ", "
             << info.first_expert() + info.num_experts() << ") as peer " << info.peer_id() << std::endl;
 
-  int signal = 0;
-  sigwait(&signals, &signal);
+  const int signal = moe::rpc::WaitForTerminationSignal();
   std::cerr << "moe-expert-worker: signal " << signal << ", draining" << std::endl;
   (*server)->SetReady(false);
   ready_gauge.Set(0);

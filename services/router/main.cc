@@ -53,11 +53,7 @@ int main(int argc, char** argv) {
        {"cost_window_seconds", "MOE_COST_WINDOW_SECONDS"},
        {"worker_price_per_hour", "MOE_WORKER_PRICE_PER_HOUR"},
        {"log_level", "MOE_LOG_LEVEL"}});
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  moe::rpc::BlockTerminationSignals();
 
   if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");
   auto attention = moe::rpc::ParseAddressList("attention_workers", absl::GetFlag(FLAGS_attention_workers));
@@ -106,8 +102,7 @@ int main(int argc, char** argv) {
             << ", metrics on port " << *metrics_port << ", " << attention->size()
             << " attention worker(s)" << std::endl;
 
-  int signal = 0;
-  sigwait(&signals, &signal);
+  const int signal = moe::rpc::WaitForTerminationSignal();
   std::cerr << "moe-router: signal " << signal << ", draining" << std::endl;
   grpc_server->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_drain_seconds)));
   scheduler.Stop();
