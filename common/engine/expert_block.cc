@@ -21,26 +21,75 @@ ExpertBlock::ExpertBlock(const model::ModelConfig& config,
 
 absl::Status ExpertBlock::Apply(int64_t layer, int64_t expert, const bf16* x, int64_t num_rows,
                                 bf16* y) const {
+  const Group group{expert, x, num_rows, y};
+  return RunGroups(layer, std::span<const Group>(&group, 1));
+}
+
+absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups) const {
   if (layer < 0 || layer >= config_.num_hidden_layers || !config_.IsMoeLayer(layer)) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not a MoE layer"));
   }
-  const int64_t local = expert - weights_->first_expert;
-  if (local < 0 || local >= weights_->num_experts) {
-    return absl::InvalidArgumentError(absl::StrCat("expert ", expert, " is not hosted here ([",
-                                                   weights_->first_expert, ", ",
-                                                   weights_->first_expert + weights_->num_experts, "))"));
+  // Validate every group before computing anything, so a bad group leaves no partial work.
+  int64_t total_rows = 0;
+  for (const Group& g : groups) {
+    const int64_t local = g.expert - weights_->first_expert;
+    if (local < 0 || local >= weights_->num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expert ", g.expert, " is not hosted here ([", weights_->first_expert, ", ",
+          weights_->first_expert + weights_->num_experts, "))"));
+    }
+    if (g.num_rows < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("negative row count ", g.num_rows));
+    }
+    total_rows += g.num_rows;
   }
-  if (num_rows == 0) return absl::OkStatus();
-  const model::MlpWeights& w = weights_->layers[static_cast<size_t>(layer)][static_cast<size_t>(local)];
-  const int64_t inter = w.gate_proj.out_features;
-  std::vector<bf16> gate(static_cast<size_t>(num_rows * inter));
-  std::vector<bf16> up(static_cast<size_t>(num_rows * inter));
-  kernels::cpu::Linear(x, num_rows, w.gate_proj, gate.data());
-  kernels::cpu::Linear(x, num_rows, w.up_proj, up.data());
-  kernels::cpu::SiluMul(gate.data(), up.data(), num_rows * inter, gate.data());
-  kernels::cpu::Linear(gate.data(), num_rows, w.down_proj, y);
-  token_counts_[static_cast<size_t>(layer)][local].fetch_add(static_cast<uint64_t>(num_rows),
-                                                             std::memory_order_relaxed);
+  if (total_rows == 0) return absl::OkStatus();
+  const auto& experts = weights_->layers[static_cast<size_t>(layer)];
+  const int64_t hidden = config_.hidden_size;
+  // Every expert of a layer has the same intermediate size; take it per expert anyway so the
+  // scratch layout never depends on that.
+  std::vector<int64_t> inter_offset(groups.size() + 1, 0);
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const model::MlpWeights& w =
+        experts[static_cast<size_t>(groups[i].expert - weights_->first_expert)];
+    inter_offset[i + 1] = inter_offset[i] + groups[i].num_rows * w.gate_proj.out_features;
+  }
+  std::vector<bf16> gate(static_cast<size_t>(inter_offset.back()));
+  std::vector<bf16> up(static_cast<size_t>(inter_offset.back()));
+
+  // Gate and up projections of all groups in one grouped product (gate then up per group, so
+  // the FP8 path quantizes each group's rows once), then SiLU·mul, then all down projections.
+  std::vector<kernels::cpu::LinearCall> calls;
+  calls.reserve(2 * groups.size());
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const Group& g = groups[i];
+    if (g.num_rows == 0) continue;
+    const model::MlpWeights& w = experts[static_cast<size_t>(g.expert - weights_->first_expert)];
+    const int64_t inter = w.gate_proj.out_features;
+    calls.push_back({g.x, hidden, g.num_rows, &w.gate_proj, gate.data() + inter_offset[i], inter});
+    calls.push_back({g.x, hidden, g.num_rows, &w.up_proj, up.data() + inter_offset[i], inter});
+  }
+  kernels::cpu::LinearGrouped(calls);
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const int64_t n = inter_offset[i + 1] - inter_offset[i];
+    if (n == 0) continue;
+    kernels::cpu::SiluMul(gate.data() + inter_offset[i], up.data() + inter_offset[i], n,
+                          gate.data() + inter_offset[i]);
+  }
+  calls.clear();
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const Group& g = groups[i];
+    if (g.num_rows == 0) continue;
+    const model::MlpWeights& w = experts[static_cast<size_t>(g.expert - weights_->first_expert)];
+    calls.push_back({gate.data() + inter_offset[i], w.down_proj.in_features, g.num_rows,
+                     &w.down_proj, g.y, hidden});
+  }
+  kernels::cpu::LinearGrouped(calls);
+  for (const Group& g : groups) {
+    if (g.num_rows == 0) continue;
+    token_counts_[static_cast<size_t>(layer)][g.expert - weights_->first_expert].fetch_add(
+        static_cast<uint64_t>(g.num_rows), std::memory_order_relaxed);
+  }
   return absl::OkStatus();
 }
 
@@ -53,12 +102,15 @@ absl::StatusOr<std::vector<std::byte>> ExpertBlock::Serve(int64_t layer,
   }
   std::vector<std::byte> out;
   bf16* rows_out = transport::EncodeMoeMessageHeader(in.hidden, in.groups, &out);
+  std::vector<Group> groups;
+  groups.reserve(in.groups.size());
   int64_t offset = 0;
   for (const transport::ExpertGroup& g : in.groups) {
-    RETURN_IF_ERROR(Apply(layer, g.expert, in.rows + offset * in.hidden, g.num_rows,
-                          rows_out + offset * in.hidden));
+    groups.push_back(Group{g.expert, in.rows + offset * in.hidden, g.num_rows,
+                           rows_out + offset * in.hidden});
     offset += g.num_rows;
   }
+  RETURN_IF_ERROR(RunGroups(layer, groups));
   return out;
 }
 

@@ -1,6 +1,6 @@
 // The expert side of a MoE layer: one shard of experts [first, first + count) of every layer, and
 // the grouped SwiGLU that serves a dispatch message (all rows routed to one expert in one round go
-// through the expert as one matrix product).
+// through the expert as one matrix product, and all experts of the round share each parallel loop).
 //
 // Thread safety: Serve() may be called concurrently (it only reads weights; scratch is per call).
 #ifndef MOE_COMMON_ENGINE_EXPERT_BLOCK_H_
@@ -40,6 +40,19 @@ class ExpertBlock {
   std::vector<std::vector<uint64_t>> TokenCounts() const;
 
  private:
+  // Rows x -> y ([num_rows, hidden], row stride hidden) through one expert.
+  struct Group {
+    int64_t expert;
+    const bf16* x;
+    int64_t num_rows;
+    bf16* y;
+  };
+  // Validates every group, then runs the SwiGLU of all groups of one round: gate and up of all
+  // groups as one grouped product, SiLU·mul per group, all down projections as one grouped
+  // product (two fork/joins per round however many experts it touches). Outputs are identical to
+  // running each group alone.
+  absl::Status RunGroups(int64_t layer, std::span<const Group> groups) const;
+
   const model::ModelConfig config_;
   std::unique_ptr<model::ExpertShardWeights> weights_;
   mutable std::vector<std::unique_ptr<std::atomic<uint64_t>[]>> token_counts_;

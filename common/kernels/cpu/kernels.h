@@ -12,6 +12,7 @@
 #define MOE_COMMON_KERNELS_CPU_KERNELS_H_
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,23 @@ void Linear(const bf16* x, int64_t x_stride, int64_t num_rows, const LinearWeigh
 inline void Linear(const bf16* x, int64_t num_rows, const LinearWeight& w, bf16* y) {
   Linear(x, w.in_features, num_rows, w, y, w.out_features);
 }
+
+// One product of LinearGrouped: y = x W^T with the shapes and strides of Linear. w must be
+// non-null and outlive the call.
+struct LinearCall {
+  const bf16* x = nullptr;
+  int64_t x_stride = 0;
+  int64_t num_rows = 0;
+  const LinearWeight* w = nullptr;
+  bf16* y = nullptr;
+  int64_t y_stride = 0;
+};
+// Runs every call as Linear would (bit-identical outputs), but as one parallel loop over all
+// (call, column chunk) tasks, so many small products (the experts of a MoE round) pay for one
+// fork/join instead of one each. Outputs must not overlap each other or any input; FP8 calls
+// that directly follow one another on the same x (pointer, stride, rows, in_features) share one
+// activation quantization.
+void LinearGrouped(std::span<const LinearCall> calls);
 
 // RMSNorm (QWEN3_MOE.md §1.3): y = bf16( bf16(x * rsqrt(mean(x^2) + eps)) * w ), stats in fp32.
 // x, y: [num_rows, dim] with the given row strides (may alias: in-place allowed). w: [dim].

@@ -107,79 +107,168 @@ std::vector<float>& ScratchFloats(size_t size) {
   return buffer;
 }
 
+// Quantizing this many activation elements or fewer runs on the calling thread: a fork/join
+// costs more than quantizing a few decode rows (which thread quantizes does not change results).
+constexpr int64_t kInlineQuantizeElements = int64_t{1} << 16;
+
+// One call of LinearGrouped, ready to run: its task descriptor and where its column tasks start
+// in the grouped task space.
+struct PreparedCall {
+  enum class Kind { kBf16, kFp8, kUnsupported } kind = Kind::kUnsupported;
+  int64_t n = 0;
+  int64_t first_task = 0;
+  internal::Bf16Task bf16{};
+  internal::Fp8Task fp8{};
+};
+
+// One activation matrix to quantize for FP8 calls (shared by consecutive calls on the same x).
+struct QuantizeJob {
+  const bf16* x;
+  int64_t x_stride;
+  int64_t num_rows;
+  int64_t k;
+  int64_t num_k_blocks;
+  float* aq;
+  float* a_scale;
+  int64_t first_row;  // index of its first row among all rows to quantize
+};
+
 }  // namespace
+
+void LinearGrouped(std::span<const LinearCall> calls) {
+  const bool avx = ActiveIsa() == Isa::kAvx512Bf16;
+  const bool avx_fp8 = avx && internal::Fp8Avx512Supported();
+  std::vector<PreparedCall> prepared(calls.size());
+  std::vector<QuantizeJob> jobs;
+
+  // Pass 1: scratch size for FP8 activations. Consecutive FP8 calls that read the same activation
+  // rows with the same k (e.g. gate and up of one expert) share one quantization.
+  auto same_input = [](const LinearCall& a, const LinearCall& b) {
+    return a.x == b.x && a.x_stride == b.x_stride && a.num_rows == b.num_rows &&
+           a.w->in_features == b.w->in_features;
+  };
+  size_t scratch_floats = 0;
+  const LinearCall* last_fp8 = nullptr;
+  for (const LinearCall& c : calls) {
+    if (c.num_rows <= 0 || c.w->out_features <= 0 || c.w->dtype != DType::kF8E4M3) continue;
+    if (last_fp8 == nullptr || !same_input(*last_fp8, c)) {
+      const int64_t num_k_blocks = c.w->ScaleCols();
+      scratch_floats +=
+          static_cast<size_t>(c.num_rows * (num_k_blocks * kFp8BlockSize + num_k_blocks));
+    }
+    last_fp8 = &c;
+  }
+  // The same scratch holds either layout (natural for the portable path, packed for AVX-512).
+  float* scratch = scratch_floats > 0 ? ScratchFloats(scratch_floats).data() : nullptr;
+
+  // Pass 2: task descriptors, task offsets and quantization jobs.
+  int64_t total_tasks = 0, total_quantize_rows = 0, total_quantize_elements = 0;
+  last_fp8 = nullptr;
+  for (size_t i = 0; i < calls.size(); ++i) {
+    const LinearCall& c = calls[i];
+    PreparedCall& p = prepared[i];
+    const LinearWeight& w = *c.w;
+    const int64_t n = w.out_features, k = w.in_features;
+    p.n = n;
+    p.first_task = total_tasks;
+    if (c.num_rows <= 0 || n <= 0) continue;
+    total_tasks += (n + internal::kLinearColumnsPerTask - 1) / internal::kLinearColumnsPerTask;
+    if (w.dtype == DType::kBF16) {
+      p.kind = PreparedCall::Kind::kBf16;
+      p.bf16 = internal::Bf16Task{c.x, c.x_stride, c.num_rows, static_cast<const bf16*>(w.data),
+                                  k, c.y, c.y_stride};
+    } else if (w.dtype == DType::kF8E4M3) {
+      p.kind = PreparedCall::Kind::kFp8;
+      const int64_t num_k_blocks = w.ScaleCols();
+      const int64_t aq_stride = num_k_blocks * kFp8BlockSize;
+      if (last_fp8 == nullptr || !same_input(*last_fp8, c)) {
+        float* aq = scratch;
+        float* a_scale = aq + c.num_rows * aq_stride;
+        scratch = a_scale + c.num_rows * num_k_blocks;
+        jobs.push_back(QuantizeJob{c.x, c.x_stride, c.num_rows, k, num_k_blocks, aq, a_scale,
+                                   total_quantize_rows});
+        total_quantize_rows += c.num_rows;
+        total_quantize_elements += c.num_rows * k;
+      }
+      last_fp8 = &c;
+      const QuantizeJob& job = jobs.back();
+      internal::Fp8Task& t = p.fp8;
+      t.aq = avx_fp8 ? nullptr : job.aq;
+      t.aq_packed = avx_fp8 ? job.aq : nullptr;
+      t.aq_stride = aq_stride;
+      t.a_scale = job.a_scale;
+      t.num_rows = c.num_rows;
+      t.w = static_cast<const uint8_t*>(w.data);
+      t.w_scale_inv = w.scale_inv;
+      t.k = k;
+      t.num_k_blocks = num_k_blocks;
+      t.y = c.y;
+      t.y_stride = c.y_stride;
+    } else {
+      // Unsupported weight dtype: the loader only produces bf16 and e4m3 weights. Zero the
+      // output rather than leave garbage, so a misuse is visible in tests.
+      for (int64_t m = 0; m < c.num_rows; ++m) {
+        std::memset(c.y + m * c.y_stride, 0, n * sizeof(bf16));
+      }
+    }
+  }
+
+  ThreadPool& pool = ThreadPool::Current();
+  // Quantize every FP8 activation row (each row independently, so the split does not matter).
+  if (total_quantize_rows > 0) {
+    auto quantize = [&](int64_t row) {
+      // Jobs are few; find the one holding this row.
+      size_t j = 0;
+      while (j + 1 < jobs.size() && jobs[j + 1].first_row <= row) ++j;
+      const QuantizeJob& job = jobs[j];
+      const int64_t m = row - job.first_row;
+      const int64_t aq_stride = job.num_k_blocks * kFp8BlockSize;
+      if (avx_fp8) {
+        internal::QuantizeRowFp8PackedAvx512(job.x + m * job.x_stride, job.k,
+                                             job.aq + m * aq_stride,
+                                             job.a_scale + m * job.num_k_blocks);
+      } else {
+        internal::QuantizeRowFp8(job.x + m * job.x_stride, job.k, job.aq + m * aq_stride,
+                                 job.a_scale + m * job.num_k_blocks);
+      }
+    };
+    if (total_quantize_elements <= kInlineQuantizeElements) {
+      for (int64_t row = 0; row < total_quantize_rows; ++row) quantize(row);
+    } else {
+      pool.ParallelFor(total_quantize_rows, quantize);
+    }
+  }
+
+  // All column tasks of all calls in one loop. Task i of a call covers the same columns as task i
+  // of Linear, with the same task function, so every element is computed exactly as Linear does.
+  pool.ParallelFor(total_tasks, [&](int64_t task) {
+    // The call whose task range holds `task`: the last one with first_task <= task that has tasks.
+    const auto it = std::upper_bound(
+        prepared.begin(), prepared.end(), task,
+        [](int64_t value, const PreparedCall& p) { return value < p.first_task; });
+    const PreparedCall& p = *(it - 1);
+    const int64_t n0 = (task - p.first_task) * internal::kLinearColumnsPerTask;
+    const int64_t n1 = std::min(p.n, n0 + internal::kLinearColumnsPerTask);
+    if (p.kind == PreparedCall::Kind::kBf16) {
+      if (avx) {
+        internal::LinearBf16TaskAvx512(p.bf16, n0, n1);
+      } else {
+        internal::LinearBf16TaskPortable(p.bf16, n0, n1);
+      }
+    } else if (p.kind == PreparedCall::Kind::kFp8) {
+      if (avx_fp8) {
+        internal::LinearFp8TaskAvx512(p.fp8, n0, n1);
+      } else {
+        internal::LinearFp8TaskPortable(p.fp8, n0, n1);
+      }
+    }
+  });
+}
 
 void Linear(const bf16* x, int64_t x_stride, int64_t num_rows, const LinearWeight& w, bf16* y,
             int64_t y_stride) {
-  const int64_t n = w.out_features, k = w.in_features;
-  if (num_rows <= 0 || n <= 0) return;
-  const bool avx = ActiveIsa() == Isa::kAvx512Bf16;
-  const int64_t num_tasks = (n + internal::kLinearColumnsPerTask - 1) / internal::kLinearColumnsPerTask;
-  ThreadPool& pool = ThreadPool::Current();
-  auto range = [n](int64_t task, int64_t* n0, int64_t* n1) {
-    *n0 = task * internal::kLinearColumnsPerTask;
-    *n1 = std::min(n, *n0 + internal::kLinearColumnsPerTask);
-  };
-
-  if (w.dtype == DType::kBF16) {
-    const internal::Bf16Task t{x, x_stride, num_rows, static_cast<const bf16*>(w.data), k, y,
-                               y_stride};
-    pool.ParallelFor(num_tasks, [&](int64_t task) {
-      int64_t n0, n1;
-      range(task, &n0, &n1);
-      if (avx) {
-        internal::LinearBf16TaskAvx512(t, n0, n1);
-      } else {
-        internal::LinearBf16TaskPortable(t, n0, n1);
-      }
-    });
-    return;
-  }
-  if (w.dtype == DType::kF8E4M3) {
-    const bool avx_fp8 = avx && internal::Fp8Avx512Supported();
-    const int64_t num_k_blocks = w.ScaleCols();
-    const int64_t aq_stride = num_k_blocks * kFp8BlockSize;
-    // The same scratch holds either layout (natural for the portable path, packed for AVX-512).
-    std::vector<float>& scratch =
-        ScratchFloats(static_cast<size_t>(num_rows * (aq_stride + num_k_blocks)));
-    float* aq = scratch.data();
-    float* a_scale = aq + num_rows * aq_stride;
-    auto quantize = [&](int64_t m) {
-      if (avx_fp8) {
-        internal::QuantizeRowFp8PackedAvx512(x + m * x_stride, k, aq + m * aq_stride,
-                                             a_scale + m * num_k_blocks);
-      } else {
-        internal::QuantizeRowFp8(x + m * x_stride, k, aq + m * aq_stride,
-                                 a_scale + m * num_k_blocks);
-      }
-    };
-    pool.ParallelFor(num_rows, quantize);  // runs inline for a single row
-    internal::Fp8Task t{};
-    t.aq = avx_fp8 ? nullptr : aq;
-    t.aq_packed = avx_fp8 ? aq : nullptr;
-    t.aq_stride = aq_stride;
-    t.a_scale = a_scale;
-    t.num_rows = num_rows;
-    t.w = static_cast<const uint8_t*>(w.data);
-    t.w_scale_inv = w.scale_inv;
-    t.k = k;
-    t.num_k_blocks = num_k_blocks;
-    t.y = y;
-    t.y_stride = y_stride;
-    pool.ParallelFor(num_tasks, [&](int64_t task) {
-      int64_t n0, n1;
-      range(task, &n0, &n1);
-      if (avx_fp8) {
-        internal::LinearFp8TaskAvx512(t, n0, n1);
-      } else {
-        internal::LinearFp8TaskPortable(t, n0, n1);
-      }
-    });
-    return;
-  }
-  // Unsupported weight dtype: the loader only produces bf16 and e4m3 weights. Zero the output
-  // rather than leave garbage, so a misuse is visible in tests.
-  for (int64_t m = 0; m < num_rows; ++m) std::memset(y + m * y_stride, 0, n * sizeof(bf16));
+  const LinearCall call{x, x_stride, num_rows, &w, y, y_stride};
+  LinearGrouped(std::span<const LinearCall>(&call, 1));
 }
 
 }  // namespace moe::kernels::cpu

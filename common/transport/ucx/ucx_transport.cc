@@ -4,10 +4,12 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <random>
 #include <type_traits>
 #include <utility>
 
@@ -73,10 +75,24 @@ constexpr int kMaxSleepMs = 50;
 // Bound on waiting for a forced endpoint close to finish.
 constexpr absl::Duration kCloseTimeout = absl::Seconds(2);
 
-// WorkerAddress() frames UCX's address blob as "MUXA" | u32 blob length | blob, so that Connect
-// rejects a truncated or unrelated string before UCX parses it.
+// WorkerAddress() frames UCX's address blob as "MUXA" | u32 blob length | u64 instance | blob, so
+// that Connect rejects a truncated or unrelated string before UCX parses it, and learns which
+// incarnation of the peer it connects to.
 constexpr char kAddressMagic[4] = {'M', 'U', 'X', 'A'};
-constexpr size_t kAddressPrefix = sizeof(kAddressMagic) + sizeof(uint32_t);
+constexpr size_t kAddressPrefix = sizeof(kAddressMagic) + sizeof(uint32_t) + sizeof(uint64_t);
+
+// The goodbye active message's header.
+struct GoodbyeHeader {
+  int32_t sender;
+  uint32_t reserved;
+  uint64_t instance;
+};
+
+uint64_t NewInstanceId() {
+  std::random_device device;
+  return (uint64_t{device()} << 32) ^ device() ^
+         static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+}
 
 bool IsStaleFor(const MessageTag& queued, const MessageTag& wanted) {
   return queued.sender == wanted.sender && queued.kind == wanted.kind && queued.step < wanted.step;
@@ -159,8 +175,10 @@ absl::Status UcxTransport::Init() {
   RETURN_IF_ERROR(UcsStatusToStatus(ucp_worker_get_address(worker_, &address, &address_length),
                                     "ucp_worker_get_address"));
   const uint32_t blob_length = static_cast<uint32_t>(address_length);
+  instance_ = NewInstanceId();
   address_.assign(kAddressMagic, sizeof(kAddressMagic));
   address_.append(reinterpret_cast<const char*>(&blob_length), sizeof(blob_length));
+  address_.append(reinterpret_cast<const char*>(&instance_), sizeof(instance_));
   address_.append(reinterpret_cast<const char*>(address), address_length);
   ucp_worker_release_address(worker_, address);
 
@@ -311,8 +329,9 @@ void UcxTransport::SayGoodbyeAndCloseAll() {
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     param.flags = UCP_AM_SEND_FLAG_EAGER;
+    const GoodbyeHeader goodbye{self_, 0, instance_};
     ucs_status_ptr_t request =
-        ucp_am_send_nbx(ep, kGoodbyeAmId, &self_, sizeof(self_), nullptr, 0, &param);
+        ucp_am_send_nbx(ep, kGoodbyeAmId, &goodbye, sizeof(goodbye), nullptr, 0, &param);
     if (UCS_PTR_IS_PTR(request)) requests.push_back(request);
   }
   const absl::Time deadline = absl::Now() + options_.goodbye_timeout;
@@ -344,6 +363,8 @@ absl::Status UcxTransport::Connect(int32_t peer, std::string_view address) {
     absl::MutexLock lock(&mu_);
     if (shutdown_) return absl::CancelledError("transport shut down");
   }
+  uint64_t instance = 0;
+  std::memcpy(&instance, address.data() + sizeof(kAddressMagic) + sizeof(uint32_t), sizeof(instance));
   const std::string blob(address.substr(kAddressPrefix));  // aligned copy for ucp_ep_create
   RETURN_IF_ERROR(RunOnProgressThread([&]() -> absl::Status {
     if (auto it = endpoints_.find(peer); it != endpoints_.end()) {
@@ -362,6 +383,7 @@ absl::Status UcxTransport::Connect(int32_t peer, std::string_view address) {
     RETURN_IF_ERROR(UcsStatusToStatus(ucp_ep_create(worker_, &params, &ep),
                                       absl::StrCat("connecting to peer ", peer)));
     endpoints_[peer] = ep;
+    peer_instances_[peer] = instance;
     return absl::OkStatus();
   }));
   absl::MutexLock lock(&mu_);
@@ -571,13 +593,18 @@ void UcxTransport::OnRndvDone(void* request, ucs_status_t status, size_t length,
 ucs_status_t UcxTransport::OnGoodbye(void* arg, const void* header, size_t header_length,
                                      void* data, size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxTransport*>(arg);
-  int32_t sender = -1;
-  if (header == nullptr || header_length != sizeof(sender)) {
+  GoodbyeHeader goodbye;
+  if (header == nullptr || header_length != sizeof(goodbye)) {
     absl::MutexLock lock(&self->mu_);
     ++self->malformed_;
     return UCS_OK;
   }
-  std::memcpy(&sender, header, sizeof(sender));
+  std::memcpy(&goodbye, header, sizeof(goodbye));
+  const int32_t sender = goodbye.sender;
+  if (auto it = self->peer_instances_.find(sender);
+      it == self->peer_instances_.end() || it->second != goodbye.instance) {
+    return UCS_OK;  // a goodbye from an incarnation we are no longer connected to
+  }
   self->MarkFailed(sender, absl::UnavailableError(absl::StrCat("peer ", sender, " shut down")));
   // Our endpoint to it is useless now; close it after this callback (not inside progress).
   if (auto it = self->endpoints_.find(sender); it != self->endpoints_.end()) {

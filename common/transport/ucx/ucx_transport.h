@@ -160,10 +160,14 @@ class UcxTransport final : public ActivationTransport {
   ucp_worker_h worker_ = nullptr;
   int epoll_fd_ = -1;
   std::string address_;
+  // Random per transport object, carried in WorkerAddress() and in goodbyes, so a late goodbye from
+  // a peer's previous incarnation cannot mark its restarted successor as failed.
+  uint64_t instance_ = 0;
   std::thread progress_thread_;
 
   // Progress thread only (UCX runs in UCS_THREAD_MODE_SINGLE).
   absl::flat_hash_map<int32_t, ucp_ep_h> endpoints_;
+  absl::flat_hash_map<int32_t, uint64_t> peer_instances_;  // progress thread only, like endpoints_
   std::vector<ucp_ep_h> endpoints_to_close_;  // failed inside a callback, closed after it
   int ops_in_flight_ = 0;  // our send and rendezvous-receive requests not yet completed
 

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <vector>
 
@@ -228,6 +229,88 @@ TEST_P(LinearIsaTest, Fp8FollowsDocumentedOrder) {
   Linear(x.data(), 1, w, y.data());
   EXPECT_EQ(BF16ToFloat(y[0]), std::ldexp(1.0f, -9));
   EXPECT_EQ(BF16ToFloat(y[1]), std::ldexp(1.0f, -9));
+}
+
+// LinearGrouped must equal one Linear per call, bit for bit: random shapes (partial column chunks,
+// partial k blocks), bf16 and fp8 weights mixed, strided inputs and outputs, empty calls, and
+// consecutive fp8 calls on the same x (which share one quantization), under several pool sizes.
+void CheckGroupedEqualsLinear(uint32_t seed) {
+  std::mt19937 rng(seed);
+  auto uniform = [&rng](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
+  const int num_calls = static_cast<int>(uniform(6, 14));
+  std::vector<TestWeight> weights;
+  weights.reserve(num_calls);
+  std::vector<std::vector<bf16>> inputs;
+  std::vector<LinearCall> calls;
+  std::vector<int64_t> y_offset;
+  int64_t y_total = 0;
+  for (int i = 0; i < num_calls; ++i) {
+    const bool share_x = i > 0 && uniform(0, 2) == 0;  // same x as the previous call (gate/up)
+    const int64_t k = share_x ? calls.back().w->in_features : uniform(1, 400);
+    const int64_t n = uniform(1, 300);
+    const bool fp8 = uniform(0, 1) == 1;
+    const uint32_t wseed = seed * 100 + i;
+    weights.push_back(fp8 ? MakeFp8Weight(n, k, wseed) : MakeBf16Weight(n, k, wseed));
+    LinearCall c;
+    c.w = &weights.back().w;
+    if (share_x) {
+      c.x = calls.back().x;
+      c.x_stride = calls.back().x_stride;
+      c.num_rows = calls.back().num_rows;
+    } else {
+      c.num_rows = uniform(0, 5) == 0 ? 0 : uniform(1, 9);
+      c.x_stride = k + uniform(0, 7);
+      inputs.push_back(RandomBf16(std::max<int64_t>(c.num_rows, 1) * c.x_stride, wseed, 2.0f));
+      c.x = inputs.back().data();
+    }
+    c.y_stride = n + uniform(0, 5);
+    y_offset.push_back(y_total);
+    y_total += std::max<int64_t>(c.num_rows, 1) * c.y_stride;
+    calls.push_back(c);
+  }
+  const bf16 sentinel = FloatToBF16(-123.0f);
+  std::vector<bf16> expected(y_total, sentinel);
+  for (int i = 0; i < num_calls; ++i) {
+    const LinearCall& c = calls[i];
+    Linear(c.x, c.x_stride, c.num_rows, *c.w, expected.data() + y_offset[i], c.y_stride);
+  }
+  for (int threads : {0, 1, 3}) {  // 0: the global pool
+    std::unique_ptr<ThreadPool> pool = threads > 0 ? std::make_unique<ThreadPool>(threads) : nullptr;
+    std::unique_ptr<ScopedThreadPool> scoped =
+        pool ? std::make_unique<ScopedThreadPool>(pool.get()) : nullptr;
+    std::vector<bf16> grouped(y_total, sentinel);
+    std::vector<LinearCall> grouped_calls = calls;
+    for (int i = 0; i < num_calls; ++i) grouped_calls[i].y = grouped.data() + y_offset[i];
+    LinearGrouped(grouped_calls);
+    ASSERT_EQ(std::memcmp(grouped.data(), expected.data(), y_total * sizeof(bf16)), 0)
+        << "seed " << seed << " threads " << threads << " first difference at "
+        << FirstDifference(grouped, expected);
+  }
+}
+
+TEST_P(LinearIsaTest, GroupedEqualsLinearPerCall) {
+  for (uint32_t seed = 1; seed <= 12; ++seed) CheckGroupedEqualsLinear(seed);
+}
+
+TEST_P(LinearIsaTest, GroupedWritesOnlyItsOutputs) {
+  // Two calls: one real, one with zero rows (must not write). The padding columns between output
+  // rows keep their values.
+  const TestWeight a = MakeFp8Weight(70, 130, 81), b = MakeBf16Weight(10, 20, 82);
+  const std::vector<bf16> x = RandomBf16(3 * 130, 83);
+  std::vector<bf16> ya(3 * 75, FloatToBF16(5.0f)), yb(10, FloatToBF16(6.0f));
+  const std::vector<LinearCall> calls = {{x.data(), 130, 3, &a.w, ya.data(), 75},
+                                         {x.data(), 20, 0, &b.w, yb.data(), 10}};
+  LinearGrouped(calls);
+  std::vector<bf16> ref(3 * 70);
+  Linear(x.data(), 3, a.w, ref.data());
+  for (int64_t r = 0; r < 3; ++r) {
+    for (int64_t c = 0; c < 70; ++c) EXPECT_EQ(ya[r * 75 + c].bits, ref[r * 70 + c].bits);
+    for (int64_t c = 70; c < 75; ++c) EXPECT_EQ(BF16ToFloat(ya[r * 75 + c]), 5.0f);
+  }
+  for (const bf16 v : yb) EXPECT_EQ(BF16ToFloat(v), 6.0f);
+  LinearGrouped({});  // no calls: nothing to do
 }
 
 INSTANTIATE_TEST_SUITE_P(Isas, LinearIsaTest, ::testing::Values(Isa::kPortable, Isa::kAvx512Bf16),
