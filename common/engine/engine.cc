@@ -32,6 +32,7 @@ absl::Status Engine::LoadDense(const std::string& model_dir) {
   ASSIGN_OR_RETURN(generation_config_, model::GenerationConfig::FromModelDir(model_dir, config_));
   ASSIGN_OR_RETURN(checkpoint_, model::Checkpoint::Open(model_dir));
   ASSIGN_OR_RETURN(dense_, model::LoadDenseWeights(*checkpoint_, config_));
+  model::PrefaultWeights(*dense_);
   return absl::OkStatus();
 }
 
@@ -72,6 +73,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
       const ExpertRange range = ExpertPlacement::RangeOf(config.num_experts, num_expert_shards, w);
       ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(*engine->checkpoint_, config, range.first,
                                                           range.count));
+      model::PrefaultWeights(*shard);
       engine->expert_blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
       const int32_t peer = kFirstExpertPeerId + w;
       peers.push_back(peer);

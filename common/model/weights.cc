@@ -1,5 +1,8 @@
 #include "common/model/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <string>
 
@@ -305,6 +308,53 @@ absl::StatusOr<std::unique_ptr<ExpertShardWeights>> LoadExpertShard(const Checkp
     w->layers.push_back(std::move(experts));
   }
   return w;
+}
+
+namespace {
+
+// Touches [data, data + bytes): advises readahead for the whole range, then reads one byte per page.
+int64_t Prefault(const void* data, int64_t bytes) {
+  if (data == nullptr || bytes <= 0) return 0;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
+  const long page = sysconf(_SC_PAGESIZE);
+  const uintptr_t aligned = begin & ~static_cast<uintptr_t>(page - 1);
+  madvise(reinterpret_cast<void*>(aligned), static_cast<size_t>(begin + bytes - aligned), MADV_WILLNEED);
+  volatile uint8_t sink = 0;
+  const auto* p = static_cast<const uint8_t*>(data);
+  for (int64_t offset = 0; offset < bytes; offset += page) sink = sink + p[offset];
+  sink = sink + p[bytes - 1];
+  return bytes;
+}
+
+int64_t Prefault(const LinearWeight& w) {
+  if (w.data == nullptr) return 0;
+  int64_t bytes = Prefault(w.data, w.out_features * w.in_features * static_cast<int64_t>(DTypeSize(w.dtype)));
+  if (w.scale_inv != nullptr) bytes += Prefault(w.scale_inv, w.ScaleRows() * w.ScaleCols() * 4);
+  return bytes;
+}
+
+int64_t Prefault(const MlpWeights& w) { return Prefault(w.gate_proj) + Prefault(w.up_proj) + Prefault(w.down_proj); }
+
+}  // namespace
+
+int64_t PrefaultWeights(const DenseWeights& weights) {
+  int64_t bytes = Prefault(weights.lm_head);
+  if (weights.embed_tokens != weights.lm_head.data) {
+    bytes += Prefault(weights.embed_tokens, weights.lm_head.out_features * weights.lm_head.in_features * 2);
+  }
+  for (const AttentionLayerWeights& layer : weights.layers) {
+    bytes += Prefault(layer.q_proj) + Prefault(layer.k_proj) + Prefault(layer.v_proj) + Prefault(layer.o_proj);
+    bytes += Prefault(layer.dense_mlp);
+  }
+  return bytes;
+}
+
+int64_t PrefaultWeights(const ExpertShardWeights& weights) {
+  int64_t bytes = 0;
+  for (const auto& layer : weights.layers) {
+    for (const MlpWeights& expert : layer) bytes += Prefault(expert);
+  }
+  return bytes;
 }
 
 }  // namespace moe::model

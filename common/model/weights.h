@@ -72,6 +72,13 @@ absl::StatusOr<std::unique_ptr<ExpertShardWeights>> LoadExpertShard(const Checkp
                                                                     int64_t first_expert,
                                                                     int64_t num_experts);
 
+// Brings every byte the weights view into memory now (readahead, then one read per page), so the
+// first request that routes to a cold expert does not wait on the disk, and resident memory is
+// what the worker will use: all dense weights, or exactly the shard's experts. Returns the bytes
+// touched.
+int64_t PrefaultWeights(const DenseWeights& weights);
+int64_t PrefaultWeights(const ExpertShardWeights& weights);
+
 }  // namespace moe::model
 
 #endif  // MOE_COMMON_MODEL_WEIGHTS_H_

@@ -40,6 +40,7 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
     // The checkpoint is mmap'd; LoadExpertShard copies out (or views) only this shard's tensors.
     ASSIGN_OR_RETURN(auto checkpoint, model::Checkpoint::Open(options.model_dir));
     ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(*checkpoint, config, range.first, range.count));
+    model::PrefaultWeights(*shard);
     worker->block_ = std::make_unique<engine::ExpertBlock>(config, std::move(shard));
     worker->checkpoint_ = std::move(checkpoint);
   }
