@@ -176,6 +176,9 @@ absl::Status UcxTransport::Init() {
                                     "ucp_worker_get_address"));
   const uint32_t blob_length = static_cast<uint32_t>(address_length);
   instance_ = NewInstanceId();
+  const GoodbyeHeader goodbye{self_, 0, instance_};
+  static_assert(sizeof(goodbye) == sizeof(goodbye_header_));
+  std::memcpy(goodbye_header_.data(), &goodbye, sizeof(goodbye));
   address_.assign(kAddressMagic, sizeof(kAddressMagic));
   address_.append(reinterpret_cast<const char*>(&blob_length), sizeof(blob_length));
   address_.append(reinterpret_cast<const char*>(&instance_), sizeof(instance_));
@@ -329,9 +332,8 @@ void UcxTransport::SayGoodbyeAndCloseAll() {
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     param.flags = UCP_AM_SEND_FLAG_EAGER;
-    const GoodbyeHeader goodbye{self_, 0, instance_};
-    ucs_status_ptr_t request =
-        ucp_am_send_nbx(ep, kGoodbyeAmId, &goodbye, sizeof(goodbye), nullptr, 0, &param);
+    ucs_status_ptr_t request = ucp_am_send_nbx(ep, kGoodbyeAmId, goodbye_header_.data(),
+                                               goodbye_header_.size(), nullptr, 0, &param);
     if (UCS_PTR_IS_PTR(request)) requests.push_back(request);
   }
   const absl::Time deadline = absl::Now() + options_.goodbye_timeout;

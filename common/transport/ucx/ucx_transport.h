@@ -37,6 +37,7 @@
 #define MOE_COMMON_TRANSPORT_UCX_UCX_TRANSPORT_H_
 
 #include <atomic>
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -163,6 +164,9 @@ class UcxTransport final : public ActivationTransport {
   // Random per transport object, carried in WorkerAddress() and in goodbyes, so a late goodbye from
   // a peer's previous incarnation cannot mark its restarted successor as failed.
   uint64_t instance_ = 0;
+  // The goodbye active message's header (sender, instance). A member, not a local: UCX may send it
+  // after ucp_am_send_nbx returns, so it must outlive the request.
+  std::array<uint8_t, 16> goodbye_header_{};
   std::thread progress_thread_;
 
   // Progress thread only (UCX runs in UCS_THREAD_MODE_SINGLE).
