@@ -36,7 +36,9 @@ bool PortFree(int port) {
 int FreePortBlock(int count) {
   std::mt19937 rng(static_cast<unsigned>(getpid()) * 7919u + static_cast<unsigned>(time(nullptr)));
   for (int attempt = 0; attempt < 200; ++attempt) {
-    const int base = 20000 + static_cast<int>(rng() % 30000);
+    // Below the ephemeral range (32768+), so no outgoing connection takes a port between our check
+    // and the cluster's bind; metrics ports are base + 1000.
+    const int base = 10000 + static_cast<int>(rng() % 21000);
     bool ok = true;
     for (int i = 0; i < count && ok; ++i) ok = PortFree(base + i) && PortFree(base + 1000 + i);
     if (ok) return base;

@@ -56,7 +56,8 @@ class ChildProcess {
   std::optional<int> exit_status_;
 };
 
-// A TCP port on 127.0.0.1 that was free a moment ago (bound to port 0, then released).
+// A TCP port on 127.0.0.1 that was free a moment ago, chosen below the kernel's ephemeral range so
+// that a port a test frees and binds again is not taken meanwhile by some connection's source port.
 int FreePort();
 
 // "127.0.0.1:<port>".

@@ -179,7 +179,14 @@ TEST(AttentionWorkerCancelTest, CancelledStreamFreesEveryKvBlock) {
   auto reader = cluster.stub().Generate(&context, GreedyRequest("long", {1, 2, 3}, 400));
   v1::AttentionGenerateResponse response;
   ASSERT_TRUE(reader->Read(&response));
-  EXPECT_LT(cluster.Load().num_free_kv_blocks(), idle.num_kv_blocks());
+  // GetLoad reports what the step loop published after its last step, which may predate the step
+  // that wrote the first token: poll (bounded) until the sequence's blocks show as taken.
+  const absl::Time busy_deadline = absl::Now() + absl::Seconds(10);
+  v1::WorkerLoad busy = cluster.Load();
+  while (busy.num_free_kv_blocks() == idle.num_kv_blocks() && absl::Now() < busy_deadline) {
+    busy = cluster.Load();
+  }
+  EXPECT_LT(busy.num_free_kv_blocks(), idle.num_kv_blocks());
   context.TryCancel();
   while (reader->Read(&response)) {
   }
