@@ -143,7 +143,8 @@ bool RunCluster(const Flags& flags, int c, Timeline* timeline, std::optional<Sna
     threads.emplace_back([&, i] {
       auto stub = v1::Generation::NewStub(channel);
       v1::GenerateRequest request;
-      for (int32_t id : Prompt(flags.prompt_len, static_cast<uint32_t>(i))) request.mutable_token_ids()->add_ids(id);
+      for (int32_t id : Prompt(flags.prompt_len, static_cast<uint32_t>(i)))
+        request.mutable_token_ids()->add_ids(id);
       request.mutable_sampling()->set_temperature(0.0f);
       request.mutable_sampling()->set_max_new_tokens(flags.max_new_tokens);
       request.mutable_sampling()->set_ignore_eos(true);
@@ -154,8 +155,10 @@ bool RunCluster(const Flags& flags, int c, Timeline* timeline, std::optional<Sna
       while (reader->Read(&response)) {
         if (timeline != nullptr && timeline->Add(i, response.tokens_size()) && start != nullptr) {
           auto s = Scrape(flags.attention_metrics);
-          if (s.ok()) *start = *s;
-          else std::fprintf(stderr, "cluster_bench: scrape: %s\n", s.status().ToString().c_str());
+          if (s.ok())
+            *start = *s;
+          else
+            std::fprintf(stderr, "cluster_bench: scrape: %s\n", s.status().ToString().c_str());
         }
       }
       statuses[static_cast<size_t>(i)] = reader->Finish();
@@ -211,15 +214,21 @@ void RunEmbedded(const Flags& flags, engine::Engine& engine, int c, int round, T
 int Main(int argc, char** argv) {
   Flags flags;
   CLI::App app("cluster_bench: decode tokens/s of a cluster or of embedded mode");
-  app.add_option("--mode", flags.mode, "cluster or embedded")->required()->check(CLI::IsMember({"cluster", "embedded"}));
+  app.add_option("--mode", flags.mode, "cluster or embedded")
+      ->required()
+      ->check(CLI::IsMember({"cluster", "embedded"}));
   app.add_option("--model", flags.model_dir, "Model directory")->required()->check(CLI::ExistingDirectory);
   app.add_option("--router", flags.router, "Router HOST:PORT (cluster mode)");
-  app.add_option("--attention_metrics", flags.attention_metrics, "Attention worker metrics HOST:PORT (cluster mode)");
+  app.add_option("--attention_metrics", flags.attention_metrics,
+                 "Attention worker metrics HOST:PORT (cluster mode)");
   app.add_option("--concurrency", flags.concurrency, "Comma-separated concurrencies");
   app.add_option("--prompt_len", flags.prompt_len, "Prompt tokens")->check(CLI::Range(1, 4096));
-  app.add_option("--max_new_tokens", flags.max_new_tokens, "Generated tokens per request")->check(CLI::Range(2, 4096));
-  app.add_option("--embedded_shards", flags.embedded_shards, "Expert shards in embedded mode")->check(CLI::Range(1, 128));
-  app.add_option("--expert_workers", flags.expert_workers, "Expert workers of the cluster (message size)")->check(CLI::Range(1, 128));
+  app.add_option("--max_new_tokens", flags.max_new_tokens, "Generated tokens per request")
+      ->check(CLI::Range(2, 4096));
+  app.add_option("--embedded_shards", flags.embedded_shards, "Expert shards in embedded mode")
+      ->check(CLI::Range(1, 128));
+  app.add_option("--expert_workers", flags.expert_workers, "Expert workers of the cluster (message size)")
+      ->check(CLI::Range(1, 128));
   CLI11_PARSE(app, argc, argv);
   if (flags.mode == "cluster" && (flags.router.empty() || flags.attention_metrics.empty())) {
     return Fail("--mode=cluster needs --router and --attention_metrics");
@@ -227,7 +236,8 @@ int Main(int argc, char** argv) {
   std::vector<int> concurrencies;
   for (absl::string_view part : absl::StrSplit(flags.concurrency, ',')) {
     int c = 0;
-    if (!absl::SimpleAtoi(part, &c) || c < 1 || c > 1024) return Fail(absl::StrCat("--concurrency: bad value '", part, "'"));
+    if (!absl::SimpleAtoi(part, &c) || c < 1 || c > 1024)
+      return Fail(absl::StrCat("--concurrency: bad value '", part, "'"));
     concurrencies.push_back(c);
   }
   auto config = model::ModelConfig::FromFile(flags.model_dir + "/config.json");
@@ -238,7 +248,8 @@ int Main(int argc, char** argv) {
 
   std::unique_ptr<engine::Engine> engine;
   if (flags.mode == "embedded") {
-    auto created = engine::Engine::CreateEmbedded(flags.model_dir, engine::EngineOptions{}, flags.embedded_shards);
+    auto created =
+        engine::Engine::CreateEmbedded(flags.model_dir, engine::EngineOptions{}, flags.embedded_shards);
     if (!created.ok()) return Fail(created.status().ToString());
     engine = *std::move(created);
   }
@@ -260,12 +271,14 @@ int Main(int argc, char** argv) {
       return 1;
     }
     const auto [tokens, seconds] = timeline.Decode();
-    std::string line = absl::StrCat("RESULT mode=", flags.mode, " concurrency=", c, " decode_tokens=", tokens,
-                                    " decode_seconds=", seconds,
-                                    " decode_tok_per_s=", seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0);
+    std::string line =
+        absl::StrCat("RESULT mode=", flags.mode, " concurrency=", c, " decode_tokens=", tokens,
+                     " decode_seconds=", seconds,
+                     " decode_tok_per_s=", seconds > 0 ? static_cast<double>(tokens) / seconds : 0.0);
     if (start.has_value() && end.has_value()) {
       const double steps = end->steps - start->steps;
-      const double moe_seconds = (end->dispatch_sum - start->dispatch_sum) + (end->combine_sum - start->combine_sum);
+      const double moe_seconds =
+          (end->dispatch_sum - start->dispatch_sum) + (end->combine_sum - start->combine_sum);
       const double step_tokens = steps > 0 ? (end->tokens - start->tokens) / steps : 0;
       const double bytes_each_way = step_tokens * static_cast<double>(topk * hidden * 2);
       const double per_layer_us = steps > 0 ? moe_seconds / (steps * static_cast<double>(layers)) * 1e6 : 0;
@@ -285,4 +298,6 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace moe::bench
 
-int main(int argc, char** argv) { return moe::bench::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return moe::bench::Main(argc, argv);
+}

@@ -81,7 +81,8 @@ absl::StatusOr<std::string> ScrapeMetrics(const std::string& address, absl::Dura
 absl::StatusOr<double> SampleValue(const std::string& body, const std::string& sample) {
   for (absl::string_view line : absl::StrSplit(body, '\n')) {
     if (line.empty() || line[0] == '#') continue;
-    if (!absl::StartsWith(line, sample) || line.size() <= sample.size() || line[sample.size()] != ' ') continue;
+    if (!absl::StartsWith(line, sample) || line.size() <= sample.size() || line[sample.size()] != ' ')
+      continue;
     absl::string_view rest = line.substr(sample.size() + 1);
     rest = rest.substr(0, rest.find(' '));  // an optional timestamp follows the value
     double value = 0;

@@ -101,7 +101,8 @@ int Main(int argc, char** argv) {
   int64_t context = 64, decode_steps = 8, prefill_tokens = 512, bandwidth_mib = 1024;
   int expert_shards = 1;
   app.add_option("--model", model_dir, "Model directory (e.g. from make-model --preset bench-30b-4l)")
-      ->required()->check(CLI::ExistingDirectory);
+      ->required()
+      ->check(CLI::ExistingDirectory);
   app.add_option("--batches", batches_flag, "Comma-separated decode batch sizes");
   app.add_option("--context", context, "Prompt length of each decoding sequence");
   app.add_option("--decode-steps", decode_steps, "Timed decode steps per batch size");
@@ -139,15 +140,18 @@ int Main(int argc, char** argv) {
 
   const bench::Bandwidth bw = bench::MeasureBandwidth(static_cast<size_t>(bandwidth_mib) << 20, 3);
   const model::ModelConfig& config = engine.config();
-  const int64_t dense_bytes = DenseBytesPerStep(engine.dense_weights(), config.num_experts, config.hidden_size);
+  const int64_t dense_bytes =
+      DenseBytesPerStep(engine.dense_weights(), config.num_experts, config.hidden_size);
   std::printf("model: %s  layers=%lld hidden=%lld experts=%lld  kernels: %s  threads: %d\n",
               model_dir.c_str(), static_cast<long long>(config.num_hidden_layers),
               static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_experts),
               kernels::cpu::KernelIsa(), kernels::cpu::ThreadPool::Global().num_threads());
   std::printf("load + first forward: %.1f s, peak RSS %.2f GiB\n", load_s, rss_after_load);
   const double memcpy_gbs = bw.copy_gbs / 2;
-  std::printf("memcpy rate (bytes copied): %.1f GB/s, copy traffic (read+write): %.1f GB/s, "
-              "read bandwidth: %.1f GB/s\n\n", memcpy_gbs, bw.copy_gbs, bw.read_gbs);
+  std::printf(
+      "memcpy rate (bytes copied): %.1f GB/s, copy traffic (read+write): %.1f GB/s, "
+      "read bandwidth: %.1f GB/s\n\n",
+      memcpy_gbs, bw.copy_gbs, bw.read_gbs);
   std::printf("%-10s %8s %12s %14s %12s %10s %10s %10s\n", "phase", "batch", "step ms", "weight GB/step",
               "tokens/s", "vs memcpy", "vs r+w", "vs read");
 
@@ -191,12 +195,11 @@ int Main(int argc, char** argv) {
     const auto t0 = Clock::now();
     while (engine.HasWork()) engine.Step();
     const double t = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double step_bytes =
-        static_cast<double>(dense_bytes + ExpertBytesTouched(engine, before));
+    const double step_bytes = static_cast<double>(dense_bytes + ExpertBytesTouched(engine, before));
     const double gbs = step_bytes / t / 1e9;
     std::printf("%-10s %8lld %12.2f %14.3f %12.1f %10.2f %10.2f %10.2f\n", "prefill",
-                static_cast<long long>(prefill_tokens), t * 1e3, step_bytes / 1e9,
-                prefill_tokens / t, gbs / memcpy_gbs, gbs / bw.copy_gbs, gbs / bw.read_gbs);
+                static_cast<long long>(prefill_tokens), t * 1e3, step_bytes / 1e9, prefill_tokens / t,
+                gbs / memcpy_gbs, gbs / bw.copy_gbs, gbs / bw.read_gbs);
   }
   std::printf("\npeak RSS: %.2f GiB\n", PeakRssGiB());
   return 0;
@@ -205,4 +208,6 @@ int Main(int argc, char** argv) {
 }  // namespace
 }  // namespace moe::engine
 
-int main(int argc, char** argv) { return moe::engine::Main(argc, argv); }
+int main(int argc, char** argv) {
+  return moe::engine::Main(argc, argv);
+}

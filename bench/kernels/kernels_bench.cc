@@ -15,11 +15,11 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "bench/util/memory_bandwidth.h"
 #include "common/kernels/cpu/kernels.h"
 #include "common/kernels/cpu/thread_pool.h"
 #include "common/tensor/bf16.h"
 #include "common/tensor/linear_weight.h"
-#include "bench/util/memory_bandwidth.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -31,10 +31,10 @@
 namespace moe::kernels::cpu {
 namespace {
 
-using ::moe::bench::Buffer;
-using ::moe::bench::PerThreadChunks;
 using ::moe::bench::Bandwidth;
+using ::moe::bench::Buffer;
 using ::moe::bench::MeasureBandwidth;
+using ::moe::bench::PerThreadChunks;
 
 using Clock = std::chrono::steady_clock;
 
@@ -69,10 +69,10 @@ struct Shape {
   int64_t out_features, in_features;
 };
 
-void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_list,
-                 size_t pool_bytes, double min_seconds, double read_gbs) {
-  LinearWeight proto{fp8 ? DType::kF8E4M3 : DType::kBF16, shape.out_features, shape.in_features,
-                     nullptr, nullptr};
+void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_list, size_t pool_bytes,
+                 double min_seconds, double read_gbs) {
+  LinearWeight proto{fp8 ? DType::kF8E4M3 : DType::kBF16, shape.out_features, shape.in_features, nullptr,
+                     nullptr};
   const size_t data_bytes = shape.out_features * shape.in_features * (fp8 ? 1 : 2);
   const size_t copies = std::max<size_t>(1, (pool_bytes + data_bytes - 1) / data_bytes);
   std::vector<std::unique_ptr<Buffer>> data;
@@ -92,7 +92,8 @@ void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_
   const int64_t max_rows = *std::max_element(rows_list.begin(), rows_list.end());
   std::vector<bf16> x(max_rows * shape.in_features);
   uint64_t s = 42;
-  for (bf16& v : x) v = FloatToBF16(static_cast<float>(static_cast<int64_t>(NextRandom(s) % 2001) - 1000) / 1000.0f);
+  for (bf16& v : x)
+    v = FloatToBF16(static_cast<float>(static_cast<int64_t>(NextRandom(s) % 2001) - 1000) / 1000.0f);
   std::vector<bf16> y(max_rows * shape.out_features);
   for (int64_t rows : rows_list) {
     Linear(x.data(), rows, weights[0], y.data());  // warm up (scratch, threads)
@@ -141,11 +142,10 @@ int main(int argc, char** argv) {
               bw.copy_gbs, bw.read_gbs);
   std::printf("%-8s %-14s %5s %5s %10s %9s %7s %9s\n", "layer", "N x K", "dtype", "rows", "us/call",
               "weightGB/s", "ratio", "GFLOP/s");
-  const Shape shapes[] = {{"expert", 768, 2048}, {"down", 2048, 768}, {"q_proj", 4096, 2048},
-                          {"lm_head", 151936, 2048}};
+  const Shape shapes[] = {
+      {"expert", 768, 2048}, {"down", 2048, 768}, {"q_proj", 4096, 2048}, {"lm_head", 151936, 2048}};
   for (const Shape& shape : shapes) {
-    if (!layers.empty() && std::find(layers.begin(), layers.end(), shape.name) == layers.end())
-      continue;
+    if (!layers.empty() && std::find(layers.begin(), layers.end(), shape.name) == layers.end()) continue;
     for (bool fp8 : {false, true}) {
       if (dtype != "all" && (dtype == "fp8") != fp8) continue;
       std::vector<int64_t> rows = {1, 8, 32};

@@ -95,8 +95,8 @@ int main(int argc, char** argv) {
   const auto c0 = Clock::now();
   const std::vector<std::vector<int32_t>> ids = encode_pass(&cold_tokens);
   const double cold = Seconds(c0, Clock::now());
-  std::cout << "encode cold (first pass): " << bytes_per_pass / cold / 1e6 << " MB/s, "
-            << cold_tokens / cold << " tokens/s\n";
+  std::cout << "encode cold (first pass): " << bytes_per_pass / cold / 1e6 << " MB/s, " << cold_tokens / cold
+            << " tokens/s\n";
 
   size_t tokens = 0, passes = 0;
   const auto w0 = Clock::now();
@@ -106,8 +106,8 @@ int main(int argc, char** argv) {
     ++passes;
     warm = Seconds(w0, Clock::now());
   } while (warm < min_seconds);
-  std::cout << "encode warm (" << passes << " passes): " << passes * bytes_per_pass / warm / 1e6
-            << " MB/s, " << tokens / warm << " tokens/s\n";
+  std::cout << "encode warm (" << passes << " passes): " << passes * bytes_per_pass / warm / 1e6 << " MB/s, "
+            << tokens / warm << " tokens/s\n";
 
   size_t decoded_bytes = 0;
   passes = 0;

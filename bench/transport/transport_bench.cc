@@ -32,7 +32,7 @@ namespace {
 struct Args {
   std::vector<std::string> tls = {"sm", "tcp"};
   std::vector<size_t> sizes = {32 << 10, 256 << 10, 1 << 20, 4 << 20};
-  int iters = 0;  // 0: by size
+  int iters = 0;          // 0: by size
   int busy_poll_us = -1;  // -1: UcxOptions' default
 };
 
@@ -95,14 +95,20 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
   std::thread echo([&] {
     for (int i = 0; i < warmup + iters; ++i) {
       auto m = b.ReceiveTagged(Tag(MessageKind::kDispatch, i, 0), deadline_pad);
-      if (!m.ok()) { echo_status = m.status(); return; }
+      if (!m.ok()) {
+        echo_status = m.status();
+        return;
+      }
       echo_status = b.Send(0, Tag(MessageKind::kCombine, i, 1), m->payload);
       if (!echo_status.ok()) return;
     }
     const uint64_t base = warmup + iters;
     for (int i = 0; i < iters; ++i) {
       auto m = b.ReceiveTagged(Tag(MessageKind::kDispatch, base + i, 0), deadline_pad);
-      if (!m.ok()) { echo_status = m.status(); return; }
+      if (!m.ok()) {
+        echo_status = m.status();
+        return;
+      }
     }
     echo_status = b.Send(0, Tag(MessageKind::kCombine, base + iters, 1), {});
   });
@@ -114,7 +120,10 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
     status = a.Send(1, Tag(MessageKind::kDispatch, i, 0), payload);
     if (!status.ok()) break;
     auto answer = a.ReceiveTagged(Tag(MessageKind::kCombine, i, 1), deadline_pad);
-    if (!answer.ok()) { status = answer.status(); break; }
+    if (!answer.ok()) {
+      status = answer.status();
+      break;
+    }
     if (answer->payload.size() != size) status = absl::InternalError("echo size mismatch");
     if (i >= warmup) rtts.push_back(absl::ToDoubleMicroseconds(absl::Now() - start));
   }
@@ -141,8 +150,8 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
 }
 
 int Run(const Args& args) {
-  std::printf("%-8s %10s %7s %14s %14s %14s %12s\n", "tls", "bytes", "iters", "rtt_p50_us",
-              "rtt_mean_us", "half_rtt_us", "bw_MiB/s");
+  std::printf("%-8s %10s %7s %14s %14s %14s %12s\n", "tls", "bytes", "iters", "rtt_p50_us", "rtt_mean_us",
+              "half_rtt_us", "bw_MiB/s");
   for (const std::string& tls : args.tls) {
     UcxOptions options;
     options.tls = UcxTls(tls);
@@ -150,8 +159,7 @@ int Run(const Args& args) {
     auto a = UcxTransport::Create(0, options);
     auto b = UcxTransport::Create(1, options);
     if (!a.ok() || !b.ok()) {
-      std::fprintf(stderr, "%s: %s\n", tls.c_str(),
-                   (!a.ok() ? a.status() : b.status()).ToString().c_str());
+      std::fprintf(stderr, "%s: %s\n", tls.c_str(), (!a.ok() ? a.status() : b.status()).ToString().c_str());
       return 1;
     }
     absl::Status st = (*a)->Connect(1, (*b)->WorkerAddress());
@@ -167,10 +175,10 @@ int Run(const Args& args) {
         std::fprintf(stderr, "%s %zu: %s\n", tls.c_str(), size, r.status().ToString().c_str());
         return 1;
       }
-      std::printf("%-8s %10zu %7d %14.1f %14.1f %14.1f %12.1f\n", tls.c_str(), size, iters,
-                  r->rtt_median_us, r->rtt_mean_us, r->rtt_median_us / 2, r->bw_mib_s);
-      std::printf("RESULT tls=%s bytes=%zu rtt_p50_us=%.2f rtt_mean_us=%.2f bw_MiBps=%.1f\n",
-                  tls.c_str(), size, r->rtt_median_us, r->rtt_mean_us, r->bw_mib_s);
+      std::printf("%-8s %10zu %7d %14.1f %14.1f %14.1f %12.1f\n", tls.c_str(), size, iters, r->rtt_median_us,
+                  r->rtt_mean_us, r->rtt_median_us / 2, r->bw_mib_s);
+      std::printf("RESULT tls=%s bytes=%zu rtt_p50_us=%.2f rtt_mean_us=%.2f bw_MiBps=%.1f\n", tls.c_str(),
+                  size, r->rtt_median_us, r->rtt_mean_us, r->bw_mib_s);
       std::fflush(stdout);
     }
   }
@@ -183,8 +191,9 @@ int Run(const Args& args) {
 int main(int argc, char** argv) {
   moe::transport::Args args;
   if (!moe::transport::ParseArgs(argc, argv, &args)) {
-    std::fprintf(stderr,
-                 "usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,...] [--iters=N] [--busy_poll_us=U]\n");
+    std::fprintf(
+        stderr,
+        "usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,...] [--iters=N] [--busy_poll_us=U]\n");
     return 2;
   }
   return moe::transport::Run(args);

@@ -77,5 +77,4 @@ Bandwidth MeasureBandwidth(size_t bytes, int repeats) {
   return {2.0 * bytes / best_copy / 1e9, bytes / best_read / 1e9};
 }
 
-
 }  // namespace moe::bench

@@ -31,11 +31,9 @@ AttentionBlock::AttentionBlock(const model::ModelConfig& config, const model::De
       weights_(weights),
       kv_cache_(kv_cache),
       dispatcher_(dispatcher),
-      rope_(cpu::BuildRopeTable(RopeParamsOf(config), config.head_dim,
-                                config.max_position_embeddings)) {}
+      rope_(cpu::BuildRopeTable(RopeParamsOf(config), config.head_dim, config.max_position_embeddings)) {}
 
-void AttentionBlock::DenseMlp(const model::MlpWeights& w, const bf16* h, int64_t num_tokens,
-                              bf16* out) {
+void AttentionBlock::DenseMlp(const model::MlpWeights& w, const bf16* h, int64_t num_tokens, bf16* out) {
   const int64_t inter = w.gate_proj.out_features;
   std::vector<bf16>& gate = scratch_.mlp_gate;
   std::vector<bf16>& up = scratch_.mlp_up;
@@ -47,8 +45,8 @@ void AttentionBlock::DenseMlp(const model::MlpWeights& w, const bf16* h, int64_t
   cpu::Linear(gate.data(), num_tokens, w.down_proj, out);
 }
 
-absl::Status AttentionBlock::MoeLayer(uint64_t step, int64_t layer, const bf16* h,
-                                      int64_t num_tokens, bf16* out) {
+absl::Status AttentionBlock::MoeLayer(uint64_t step, int64_t layer, const bf16* h, int64_t num_tokens,
+                                      bf16* out) {
   if (dispatcher_ == nullptr) {
     return absl::FailedPreconditionError("MoE layer without an expert dispatcher");
   }
@@ -63,11 +61,11 @@ absl::Status AttentionBlock::MoeLayer(uint64_t step, int64_t layer, const bf16* 
   std::vector<float>& weights = scratch_.expert_weights;
   ids.resize(static_cast<size_t>(num_tokens * k));
   weights.resize(static_cast<size_t>(num_tokens * k));
-  cpu::TopKSoftmax(router_logits.data(), num_tokens, num_experts, k, config_.norm_topk_prob,
-                   ids.data(), weights.data());
+  cpu::TopKSoftmax(router_logits.data(), num_tokens, num_experts, k, config_.norm_topk_prob, ids.data(),
+                   weights.data());
   ASSIGN_OR_RETURN(DispatchHandle handle,
-                   dispatcher_->Dispatch(step, static_cast<uint32_t>(layer), /*micro_batch=*/0, h,
-                                         num_tokens, ids.data(), weights.data(), k));
+                   dispatcher_->Dispatch(step, static_cast<uint32_t>(layer), /*micro_batch=*/0, h, num_tokens,
+                                         ids.data(), weights.data(), k));
   return dispatcher_->Combine(handle, out);
 }
 
@@ -87,8 +85,7 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
     if (s.num_tokens <= 0) return absl::InvalidArgumentError("empty batch segment");
     if (s.start_pos + s.num_tokens > rope_.max_positions) {
       return absl::InvalidArgumentError(absl::StrCat("position ", s.start_pos + s.num_tokens - 1,
-                                                     " is past the context length ",
-                                                     rope_.max_positions));
+                                                     " is past the context length ", rope_.max_positions));
     }
     const int64_t blocks_needed =
         (s.start_pos + s.num_tokens + kv_cache_->block_size() - 1) / kv_cache_->block_size();
@@ -97,9 +94,8 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
     }
     for (int64_t i = 0; i < s.num_tokens; ++i) {
       if (s.token_ids[i] < 0 || s.token_ids[i] >= config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("token id ", s.token_ids[i],
-                                                       " is outside the vocabulary [0, ",
-                                                       config_.vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", s.token_ids[i], " is outside the vocabulary [0, ", config_.vocab_size, ")"));
       }
     }
     num_tokens += s.num_tokens;
@@ -119,7 +115,7 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
 
   const size_t n = static_cast<size_t>(num_tokens);
   std::vector<bf16>&x = scratch_.x, &h = scratch_.h, &branch = scratch_.branch, &q = scratch_.q,
-                    &k = scratch_.k, &v = scratch_.v, &attn = scratch_.attn;
+  &k = scratch_.k, &v = scratch_.v, &attn = scratch_.attn;
   x.resize(n * hidden);
   h.resize(n * hidden);
   branch.resize(n * hidden);
@@ -136,10 +132,8 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
     cpu::Linear(h.data(), num_tokens, lw.q_proj, q.data());
     cpu::Linear(h.data(), num_tokens, lw.k_proj, k.data());
     cpu::Linear(h.data(), num_tokens, lw.v_proj, v.data());
-    cpu::RmsNorm(q.data(), head_dim, num_tokens * num_heads, head_dim, lw.q_norm, eps, q.data(),
-                 head_dim);
-    cpu::RmsNorm(k.data(), head_dim, num_tokens * num_kv_heads, head_dim, lw.k_norm, eps, k.data(),
-                 head_dim);
+    cpu::RmsNorm(q.data(), head_dim, num_tokens * num_heads, head_dim, lw.q_norm, eps, q.data(), head_dim);
+    cpu::RmsNorm(k.data(), head_dim, num_tokens * num_kv_heads, head_dim, lw.k_norm, eps, k.data(), head_dim);
     cpu::ApplyRope(q.data(), q_width, num_tokens, num_heads, positions.data(), rope_);
     cpu::ApplyRope(k.data(), kv_width, num_tokens, num_kv_heads, positions.data(), rope_);
     const cpu::PagedKv kv = kv_cache_->Layer(layer);
@@ -147,17 +141,15 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
     for (const BatchSegment& s : segments) {
       cpu::WriteKv(k.data() + offset * kv_width, kv_width, v.data() + offset * kv_width, kv_width,
                    s.num_tokens, s.start_pos, s.block_table->data(), kv);
-      cpu::PagedAttention(q.data() + offset * q_width, q_width, s.num_tokens, s.start_pos,
-                          num_heads, scale, s.block_table->data(), kv,
-                          attn.data() + offset * q_width, q_width);
+      cpu::PagedAttention(q.data() + offset * q_width, q_width, s.num_tokens, s.start_pos, num_heads, scale,
+                          s.block_table->data(), kv, attn.data() + offset * q_width, q_width);
       offset += s.num_tokens;
     }
     cpu::Linear(attn.data(), num_tokens, lw.o_proj, branch.data());
     cpu::Add(x.data(), branch.data(), num_tokens * hidden, x.data());
 
     // MLP: sparse experts or dense.
-    cpu::RmsNorm(x.data(), hidden, num_tokens, hidden, lw.post_attention_layernorm, eps, h.data(),
-                 hidden);
+    cpu::RmsNorm(x.data(), hidden, num_tokens, hidden, lw.post_attention_layernorm, eps, h.data(), hidden);
     if (config_.IsMoeLayer(layer)) {
       RETURN_IF_ERROR(MoeLayer(step, layer, h.data(), num_tokens, branch.data()));
     } else {
@@ -178,8 +170,7 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
   }
   logits->clear();
   if (num_logit_rows == 0) return absl::OkStatus();
-  cpu::RmsNorm(last.data(), hidden, num_logit_rows, hidden, weights_->final_norm, eps, last.data(),
-               hidden);
+  cpu::RmsNorm(last.data(), hidden, num_logit_rows, hidden, weights_->final_norm, eps, last.data(), hidden);
   const int64_t vocab = weights_->lm_head.out_features;
   std::vector<bf16>& out = scratch_.logits_bf16;
   out.resize(static_cast<size_t>(num_logit_rows * vocab));

@@ -31,13 +31,12 @@ struct BatchSegment {
 class AttentionBlock {
  public:
   // None of the pointers is owned. `dispatcher` may be null for dense models.
-  AttentionBlock(const model::ModelConfig& config, const model::DenseWeights* weights,
-                 KvCache* kv_cache, MoeDispatcher* dispatcher);
+  AttentionBlock(const model::ModelConfig& config, const model::DenseWeights* weights, KvCache* kv_cache,
+                 MoeDispatcher* dispatcher);
 
   // Runs the step. logits: [segments with want_logits, vocab] fp32 (the bf16 lm_head output
   // upcast), in segment order. Errors from the data plane (UNAVAILABLE) fail the whole step.
-  absl::Status Forward(uint64_t step, std::span<const BatchSegment> segments,
-                       std::vector<float>* logits);
+  absl::Status Forward(uint64_t step, std::span<const BatchSegment> segments, std::vector<float>* logits);
 
   int64_t max_positions() const { return rope_.max_positions; }
 

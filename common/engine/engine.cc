@@ -18,11 +18,16 @@ constexpr int kMaxTopLogprobs = 20;
 
 const char* FinishReasonName(FinishReason reason) {
   switch (reason) {
-    case FinishReason::kNone: return "none";
-    case FinishReason::kStop: return "stop";
-    case FinishReason::kLength: return "length";
-    case FinishReason::kAbort: return "abort";
-    case FinishReason::kError: return "error";
+    case FinishReason::kNone:
+      return "none";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kAbort:
+      return "abort";
+    case FinishReason::kError:
+      return "error";
   }
   return "unknown";
 }
@@ -65,45 +70,44 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
   const model::ModelConfig& config = engine->config_;
   if (config.IsMoe()) {
     if (num_expert_shards < 1 || num_expert_shards > config.num_experts) {
-      return absl::InvalidArgumentError(absl::StrCat("num_expert_shards must be in [1, ",
-                                                     config.num_experts, "], got ", num_expert_shards));
+      return absl::InvalidArgumentError(absl::StrCat("num_expert_shards must be in [1, ", config.num_experts,
+                                                     "], got ", num_expert_shards));
     }
     std::vector<int32_t> peers;
     for (int w = 0; w < num_expert_shards; ++w) {
       const ExpertRange range = ExpertPlacement::RangeOf(config.num_experts, num_expert_shards, w);
-      ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(*engine->checkpoint_, config, range.first,
-                                                          range.count));
+      ASSIGN_OR_RETURN(auto shard,
+                       model::LoadExpertShard(*engine->checkpoint_, config, range.first, range.count));
       model::PrefaultWeights(*shard);
       engine->expert_blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
       const int32_t peer = kFirstExpertPeerId + w;
       peers.push_back(peer);
-      engine->expert_servers_.push_back(std::make_unique<ExpertServer>(
-          engine->expert_blocks_.back().get(), engine->hub_.Endpoint(peer)));
+      engine->expert_servers_.push_back(
+          std::make_unique<ExpertServer>(engine->expert_blocks_.back().get(), engine->hub_.Endpoint(peer)));
       engine->expert_servers_.back()->Start();
     }
-    engine->dispatcher_ = std::make_unique<MoeDispatcher>(
-        engine->hub_.Endpoint(kAttentionPeer), ExpertPlacement(config.num_experts, peers),
-        config.hidden_size, options.moe_timeout);
+    engine->dispatcher_ = std::make_unique<MoeDispatcher>(engine->hub_.Endpoint(kAttentionPeer),
+                                                          ExpertPlacement(config.num_experts, peers),
+                                                          config.hidden_size, options.moe_timeout);
   }
   RETURN_IF_ERROR(engine->Finish());
   return engine;
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateAttentionWorker(
-    const std::string& model_dir, const EngineOptions& options,
-    transport::ActivationTransport* transport, ExpertPlacement placement) {
+    const std::string& model_dir, const EngineOptions& options, transport::ActivationTransport* transport,
+    ExpertPlacement placement) {
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
   RETURN_IF_ERROR(engine->LoadDense(model_dir));
   if (engine->config_.IsMoe()) {
     if (placement.num_experts() != engine->config_.num_experts || placement.num_workers() < 1) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the expert placement covers ", placement.num_experts(), " experts on ",
-          placement.num_workers(), " workers; the model has ", engine->config_.num_experts));
+      return absl::InvalidArgumentError(
+          absl::StrCat("the expert placement covers ", placement.num_experts(), " experts on ",
+                       placement.num_workers(), " workers; the model has ", engine->config_.num_experts));
     }
     engine->dispatcher_ = std::make_unique<MoeDispatcher>(transport, std::move(placement),
-                                                          engine->config_.hidden_size,
-                                                          options.moe_timeout);
+                                                          engine->config_.hidden_size, options.moe_timeout);
   }
   RETURN_IF_ERROR(engine->Finish());
   return engine;
@@ -117,9 +121,8 @@ absl::Status Engine::AddRequest(GenerationRequest request) {
   if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: must not be empty");
   for (int32_t id : request.prompt) {
     if (id < 0 || id >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt: token id ", id,
-                                                     " is outside the vocabulary [0, ",
-                                                     config_.vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt: token id ", id, " is outside the vocabulary [0, ", config_.vocab_size, ")"));
     }
   }
   const int64_t prompt_len = static_cast<int64_t>(request.prompt.size());
@@ -136,8 +139,8 @@ absl::Status Engine::AddRequest(GenerationRequest request) {
     return absl::InvalidArgumentError("min_new_tokens: must be >= 0");
   }
   if (request.top_logprobs < 0 || request.top_logprobs > kMaxTopLogprobs) {
-    return absl::InvalidArgumentError(absl::StrCat("top_logprobs: must be in [0, ", kMaxTopLogprobs,
-                                                   "], got ", request.top_logprobs));
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs: must be in [0, ", kMaxTopLogprobs, "], got ", request.top_logprobs));
   }
   for (int32_t id : request.stop_token_ids) {
     if (id < 0 || id >= config_.vocab_size) {
@@ -149,9 +152,9 @@ absl::Status Engine::AddRequest(GenerationRequest request) {
   }
   const int64_t total = std::min(prompt_len + request.max_new_tokens, max_model_len_);
   if (KvCacheBlockPool::BlocksFor(total, options_.kv_block_size) > kv_cache_->pool().num_blocks()) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "request needs ", total, " tokens of KV cache; this worker holds ",
-        int64_t{kv_cache_->pool().num_blocks()} * options_.kv_block_size));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("request needs ", total, " tokens of KV cache; this worker holds ",
+                     int64_t{kv_cache_->pool().num_blocks()} * options_.kv_block_size));
   }
   auto seq = std::make_unique<Sequence>();
   seq->tokens = request.prompt;
@@ -279,15 +282,13 @@ absl::Status Engine::ValidateLogitsPrompt(const std::vector<int32_t>& prompt) co
   if (prompt.empty()) return absl::InvalidArgumentError("ids: must not be empty");
   for (int32_t id : prompt) {
     if (id < 0 || id >= config_.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("ids: token id ", id,
-                                                     " is outside the vocabulary [0, ",
-                                                     config_.vocab_size, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("ids: token id ", id, " is outside the vocabulary [0, ", config_.vocab_size, ")"));
     }
   }
   if (static_cast<int64_t>(prompt.size()) > max_model_len_) {
-    return absl::InvalidArgumentError(absl::StrCat("ids: ", prompt.size(),
-                                                   " tokens exceed the context length ",
-                                                   max_model_len_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ids: ", prompt.size(), " tokens exceed the context length ", max_model_len_));
   }
   return absl::OkStatus();
 }
@@ -301,8 +302,7 @@ absl::StatusOr<std::vector<std::vector<float>>> Engine::BatchLogits(
     status = ValidateLogitsPrompt(prompts[i]);
     if (!status.ok()) break;
     const int64_t n = static_cast<int64_t>(prompts[i].size());
-    status = kv_cache_->pool().Allocate(KvCacheBlockPool::BlocksFor(n, options_.kv_block_size),
-                                        &tables[i]);
+    status = kv_cache_->pool().Allocate(KvCacheBlockPool::BlocksFor(n, options_.kv_block_size), &tables[i]);
     segments.push_back(BatchSegment{prompts[i].data(), n, 0, &tables[i], true});
   }
   std::vector<float> logits;
@@ -319,14 +319,16 @@ absl::StatusOr<std::vector<std::vector<float>>> Engine::BatchLogits(
   return result;
 }
 
-void Engine::DisconnectExpertShardForTest(int shard) { hub_.Disconnect(kFirstExpertPeerId + shard); }
+void Engine::DisconnectExpertShardForTest(int shard) {
+  hub_.Disconnect(kFirstExpertPeerId + shard);
+}
 
 absl::StatusOr<std::vector<float>> Engine::PromptLogits(const std::vector<int32_t>& prompt) {
   RETURN_IF_ERROR(ValidateLogitsPrompt(prompt));
   const int64_t n = static_cast<int64_t>(prompt.size());
   std::vector<int32_t> blocks;
-  RETURN_IF_ERROR(kv_cache_->pool().Allocate(
-      KvCacheBlockPool::BlocksFor(n, options_.kv_block_size), &blocks));
+  RETURN_IF_ERROR(
+      kv_cache_->pool().Allocate(KvCacheBlockPool::BlocksFor(n, options_.kv_block_size), &blocks));
   std::vector<float> logits;
   std::vector<float> chunk_logits;
   absl::Status status;

@@ -30,11 +30,11 @@ namespace moe::engine {
 
 struct EngineOptions {
   int64_t max_num_seqs = 256;
-  int64_t max_step_tokens = 512;       // token budget per step (chunked prefill)
+  int64_t max_step_tokens = 512;  // token budget per step (chunked prefill)
   int64_t kv_block_size = 16;
   int64_t kv_cache_bytes = int64_t{1} << 30;
-  int64_t num_kv_blocks = 0;           // if > 0, overrides kv_cache_bytes
-  int64_t max_model_len = 0;           // 0: the model's max_position_embeddings
+  int64_t num_kv_blocks = 0;  // if > 0, overrides kv_cache_bytes
+  int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
   absl::Duration moe_timeout = absl::Seconds(30);
 };
 
@@ -66,13 +66,13 @@ struct TokenEvent {
 
 // What the last Step() ran, for metrics.
 struct StepStats {
-  int64_t num_tokens = 0;         // prefill chunk tokens + decode tokens
+  int64_t num_tokens = 0;  // prefill chunk tokens + decode tokens
   int64_t num_sequences = 0;
-  int64_t num_prefill_tokens = 0; // tokens of segments that were not a single decode token
-  bool all_decode = false;        // every segment was one decode token
-  absl::Duration forward;         // the whole forward pass
-  absl::Duration dispatch;        // MoE dispatch, summed over layers
-  absl::Duration combine;         // MoE combine (incl. waiting for experts), summed over layers
+  int64_t num_prefill_tokens = 0;  // tokens of segments that were not a single decode token
+  bool all_decode = false;         // every segment was one decode token
+  absl::Duration forward;          // the whole forward pass
+  absl::Duration dispatch;         // MoE dispatch, summed over layers
+  absl::Duration combine;          // MoE combine (incl. waiting for experts), summed over layers
 };
 
 class Engine {
@@ -85,8 +85,8 @@ class Engine {
   // Cluster attention worker: loads only the dense weights; the experts are reached through
   // `transport` (not owned; must outlive the engine) at the peers of `placement`.
   static absl::StatusOr<std::unique_ptr<Engine>> CreateAttentionWorker(
-      const std::string& model_dir, const EngineOptions& options,
-      transport::ActivationTransport* transport, ExpertPlacement placement);
+      const std::string& model_dir, const EngineOptions& options, transport::ActivationTransport* transport,
+      ExpertPlacement placement);
   ~Engine();
 
   // Validates and queues a request. INVALID_ARGUMENT naming the field (empty prompt, token id out of

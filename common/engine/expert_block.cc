@@ -9,8 +9,7 @@
 
 namespace moe::engine {
 
-ExpertBlock::ExpertBlock(const model::ModelConfig& config,
-                         std::unique_ptr<model::ExpertShardWeights> weights)
+ExpertBlock::ExpertBlock(const model::ModelConfig& config, std::unique_ptr<model::ExpertShardWeights> weights)
     : config_(config), weights_(std::move(weights)) {
   token_counts_.resize(static_cast<size_t>(config_.num_hidden_layers));
   for (auto& counts : token_counts_) {
@@ -34,9 +33,9 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
   for (const Group& g : groups) {
     const int64_t local = g.expert - weights_->first_expert;
     if (local < 0 || local >= weights_->num_experts) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "expert ", g.expert, " is not hosted here ([", weights_->first_expert, ", ",
-          weights_->first_expert + weights_->num_experts, "))"));
+      return absl::InvalidArgumentError(absl::StrCat("expert ", g.expert, " is not hosted here ([",
+                                                     weights_->first_expert, ", ",
+                                                     weights_->first_expert + weights_->num_experts, "))"));
     }
     if (g.num_rows < 0) {
       return absl::InvalidArgumentError(absl::StrCat("negative row count ", g.num_rows));
@@ -50,8 +49,7 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
   // scratch layout never depends on that.
   std::vector<int64_t> inter_offset(groups.size() + 1, 0);
   for (size_t i = 0; i < groups.size(); ++i) {
-    const model::MlpWeights& w =
-        experts[static_cast<size_t>(groups[i].expert - weights_->first_expert)];
+    const model::MlpWeights& w = experts[static_cast<size_t>(groups[i].expert - weights_->first_expert)];
     inter_offset[i + 1] = inter_offset[i] + groups[i].num_rows * w.gate_proj.out_features;
   }
   std::vector<bf16> gate(static_cast<size_t>(inter_offset.back()));
@@ -81,8 +79,8 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
     const Group& g = groups[i];
     if (g.num_rows == 0) continue;
     const model::MlpWeights& w = experts[static_cast<size_t>(g.expert - weights_->first_expert)];
-    calls.push_back({gate.data() + inter_offset[i], w.down_proj.in_features, g.num_rows,
-                     &w.down_proj, g.y, hidden});
+    calls.push_back(
+        {gate.data() + inter_offset[i], w.down_proj.in_features, g.num_rows, &w.down_proj, g.y, hidden});
   }
   kernels::cpu::LinearGrouped(calls);
   for (const Group& g : groups) {
@@ -97,8 +95,8 @@ absl::StatusOr<std::vector<std::byte>> ExpertBlock::Serve(int64_t layer,
                                                           std::span<const std::byte> dispatch) const {
   ASSIGN_OR_RETURN(transport::MoeMessageView in, transport::DecodeMoeMessage(dispatch));
   if (in.hidden != config_.hidden_size) {
-    return absl::InvalidArgumentError(absl::StrCat("dispatch hidden size ", in.hidden,
-                                                   " != model hidden size ", config_.hidden_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("dispatch hidden size ", in.hidden, " != model hidden size ", config_.hidden_size));
   }
   std::vector<std::byte> out;
   bf16* rows_out = transport::EncodeMoeMessageHeader(in.hidden, in.groups, &out);
@@ -106,8 +104,8 @@ absl::StatusOr<std::vector<std::byte>> ExpertBlock::Serve(int64_t layer,
   groups.reserve(in.groups.size());
   int64_t offset = 0;
   for (const transport::ExpertGroup& g : in.groups) {
-    groups.push_back(Group{g.expert, in.rows + offset * in.hidden, g.num_rows,
-                           rows_out + offset * in.hidden});
+    groups.push_back(
+        Group{g.expert, in.rows + offset * in.hidden, g.num_rows, rows_out + offset * in.hidden});
     offset += g.num_rows;
   }
   RETURN_IF_ERROR(RunGroups(layer, groups));

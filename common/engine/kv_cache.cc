@@ -23,9 +23,8 @@ int64_t KvCache::BytesPerBlock(const model::ModelConfig& config, int64_t block_s
 }
 
 kernels::cpu::PagedKv KvCache::Layer(int64_t layer) {
-  return kernels::cpu::PagedKv{k_[static_cast<size_t>(layer)].data(),
-                               v_[static_cast<size_t>(layer)].data(), block_size_, num_kv_heads_,
-                               head_dim_};
+  return kernels::cpu::PagedKv{k_[static_cast<size_t>(layer)].data(), v_[static_cast<size_t>(layer)].data(),
+                               block_size_, num_kv_heads_, head_dim_};
 }
 
 }  // namespace moe::engine

@@ -16,9 +16,13 @@ KvCacheBlockPool::KvCacheBlockPool(int32_t num_blocks)
   }
 }
 
-int32_t KvCacheBlockPool::num_blocks() const { return static_cast<int32_t>(allocated_.size()); }
+int32_t KvCacheBlockPool::num_blocks() const {
+  return static_cast<int32_t>(allocated_.size());
+}
 
-int32_t KvCacheBlockPool::num_free_blocks() const { return static_cast<int32_t>(free_ids_.size()); }
+int32_t KvCacheBlockPool::num_free_blocks() const {
+  return static_cast<int32_t>(free_ids_.size());
+}
 
 int32_t KvCacheBlockPool::BlocksFor(int64_t num_tokens, int64_t block_size) {
   if (block_size <= 0) return -1;
@@ -37,8 +41,7 @@ absl::Status KvCacheBlockPool::Allocate(int32_t count, std::vector<int32_t>* blo
   if (count < 0) return absl::InvalidArgumentError(absl::StrCat("Allocate: count ", count, " < 0"));
   if (!CanAllocate(count)) {
     return absl::ResourceExhaustedError(absl::StrCat("KV cache: ", count, " blocks requested, ",
-                                                     num_free_blocks(), " of ", num_blocks(),
-                                                     " free"));
+                                                     num_free_blocks(), " of ", num_blocks(), " free"));
   }
   blocks->reserve(blocks->size() + static_cast<size_t>(count));
   for (int32_t i = 0; i < count; ++i) {

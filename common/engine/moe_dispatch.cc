@@ -9,16 +9,15 @@
 
 namespace moe::engine {
 
-absl::StatusOr<DispatchHandle> MoeDispatcher::Dispatch(uint64_t step, uint32_t layer,
-                                                       uint32_t micro_batch, const bf16* h,
-                                                       int64_t num_tokens, const int32_t* ids,
+absl::StatusOr<DispatchHandle> MoeDispatcher::Dispatch(uint64_t step, uint32_t layer, uint32_t micro_batch,
+                                                       const bf16* h, int64_t num_tokens, const int32_t* ids,
                                                        const float* weights, int64_t top_k) {
   const absl::Time start = absl::Now();
   const int64_t num_workers = placement_.num_workers();
   const int64_t num_experts = placement_.num_experts();
   DispatchHandle handle;
-  handle.tag = transport::MessageTag{transport::MessageKind::kDispatch, step, layer, micro_batch,
-                                     transport_->self()};
+  handle.tag =
+      transport::MessageTag{transport::MessageKind::kDispatch, step, layer, micro_batch, transport_->self()};
   handle.num_tokens = num_tokens;
   handle.top_k = top_k;
   handle.weights.assign(weights, weights + num_tokens * top_k);
@@ -74,21 +73,20 @@ absl::Status MoeDispatcher::Combine(const DispatchHandle& handle, bf16* out) {
     tag.sender = placement_.peer(w);
     auto answer = transport_->ReceiveTagged(tag, deadline);
     if (!answer.ok()) {
-      return absl::UnavailableError(absl::StrCat("expert worker ", w, " (peer ", tag.sender,
-                                                 "): ", answer.status().message()));
+      return absl::UnavailableError(
+          absl::StrCat("expert worker ", w, " (peer ", tag.sender, "): ", answer.status().message()));
     }
     answers[static_cast<size_t>(w)] = *std::move(answer);
     ASSIGN_OR_RETURN(transport::MoeMessageView view,
                      transport::DecodeMoeMessage(answers[static_cast<size_t>(w)].payload));
     const auto& sent = handle.groups_per_worker[static_cast<size_t>(w)];
-    bool same = view.groups.size() == sent.size() &&
-                (sent.empty() || view.hidden == hidden_);
+    bool same = view.groups.size() == sent.size() && (sent.empty() || view.hidden == hidden_);
     for (size_t g = 0; same && g < sent.size(); ++g) {
       same = view.groups[g].expert == sent[g].expert && view.groups[g].num_rows == sent[g].num_rows;
     }
     if (!same) {
-      return absl::InternalError(absl::StrCat("expert worker ", w,
-                                              " answered a different round layout (it failed the round)"));
+      return absl::InternalError(
+          absl::StrCat("expert worker ", w, " answered a different round layout (it failed the round)"));
     }
     rows[static_cast<size_t>(w)] = view.rows;
   }

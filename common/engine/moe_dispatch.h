@@ -35,15 +35,15 @@ struct DispatchHandle {
 
 class MoeDispatcher {
  public:
-  MoeDispatcher(transport::ActivationTransport* transport, ExpertPlacement placement,
-                int64_t hidden, absl::Duration timeout)
+  MoeDispatcher(transport::ActivationTransport* transport, ExpertPlacement placement, int64_t hidden,
+                absl::Duration timeout)
       : transport_(transport), placement_(std::move(placement)), hidden_(hidden), timeout_(timeout) {}
 
   // h: [num_tokens, hidden] bf16 (the post-attention-norm hidden states); ids/weights:
   // [num_tokens, top_k] from the gate, in rank order. Sends the round's messages.
-  absl::StatusOr<DispatchHandle> Dispatch(uint64_t step, uint32_t layer, uint32_t micro_batch,
-                                          const bf16* h, int64_t num_tokens, const int32_t* ids,
-                                          const float* weights, int64_t top_k);
+  absl::StatusOr<DispatchHandle> Dispatch(uint64_t step, uint32_t layer, uint32_t micro_batch, const bf16* h,
+                                          int64_t num_tokens, const int32_t* ids, const float* weights,
+                                          int64_t top_k);
   // Receives every expert worker's answer and writes out: [num_tokens, hidden] bf16. UNAVAILABLE if
   // a worker does not answer before the timeout; INTERNAL if an answer does not match the dispatch.
   absl::Status Combine(const DispatchHandle& handle, bf16* out);

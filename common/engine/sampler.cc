@@ -38,7 +38,9 @@ uint64_t SplitMix64Mix(uint64_t z) {
 
 // NaN compares false with everything, which would make max/sort/threshold results depend on
 // position; mapping it to -inf gives it the one meaning that cannot be drawn.
-float Clean(float x) { return std::isnan(x) ? kNegInf : x; }
+float Clean(float x) {
+  return std::isnan(x) ? kNegInf : x;
+}
 
 // fp32 scores after the repetition penalty: for each distinct in-range id of `context`,
 // s < 0 ? s * p : s / p (transformers' RepetitionPenaltyLogitsProcessor, in fp32).
@@ -109,8 +111,7 @@ float KthLargest(const std::vector<float>& scores, int64_t k) {
 // whole vocabulary; sorting 151936 entries costs ~15 ms, so first look for a bottom block (in the
 // sorted order) whose total mass is already <= limit: all of it is removed whatever its internal
 // order, so only the top `m` entries are sorted. m grows 4x until that holds (or covers all).
-std::vector<int32_t> TopP(const std::vector<float>& scores, const std::vector<int32_t>& ids,
-                          float limit) {
+std::vector<int32_t> TopP(const std::vector<float>& scores, const std::vector<int32_t>& ids, float limit) {
   struct Entry {
     float score;
     int32_t id;
@@ -127,8 +128,7 @@ std::vector<int32_t> TopP(const std::vector<float>& scores, const std::vector<in
   size_t first_sorted = 0;
   double cum = 0.0;
   for (size_t m = 256; m < n; m *= 4) {
-    std::nth_element(entries.begin(), entries.begin() + static_cast<ptrdiff_t>(n - m),
-                     entries.end(), less);
+    std::nth_element(entries.begin(), entries.begin() + static_cast<ptrdiff_t>(n - m), entries.end(), less);
     double bottom = 0.0;
     for (size_t i = 0; i < n - m; ++i) bottom += entries[i].prob;
     if (static_cast<float>(bottom) <= limit) {
@@ -252,7 +252,9 @@ class RawLogSoftmax {
   size_t num_pos_inf_ = 0;
 };
 
-absl::Status Invalid(const std::string& what) { return absl::InvalidArgumentError(what); }
+absl::Status Invalid(const std::string& what) {
+  return absl::InvalidArgumentError(what);
+}
 
 }  // namespace
 
@@ -292,8 +294,7 @@ double Sampler::RandomUniform(uint64_t seed, uint64_t step) {
   return static_cast<double>(bits >> 11) * 0x1.0p-53;
 }
 
-std::vector<float> Sampler::ProcessLogits(std::span<const float> logits,
-                                          std::span<const int32_t> context,
+std::vector<float> Sampler::ProcessLogits(std::span<const float> logits, std::span<const int32_t> context,
                                           const SamplingParams& params) {
   const Processed processed = Process(logits, context, params);
   std::vector<float> out(logits.size(), kNegInf);
@@ -301,8 +302,7 @@ std::vector<float> Sampler::ProcessLogits(std::span<const float> logits,
   return out;
 }
 
-std::vector<float> Sampler::Probabilities(std::span<const float> logits,
-                                          std::span<const int32_t> context,
+std::vector<float> Sampler::Probabilities(std::span<const float> logits, std::span<const int32_t> context,
                                           const SamplingParams& params) {
   std::vector<float> out(logits.size(), 0.0f);
   if (logits.empty()) return out;

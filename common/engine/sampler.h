@@ -77,14 +77,12 @@ class Sampler {
   // divergence: top-p sorts stably (equal scores in ascending id order, so at an exact tie on the
   // boundary the lower id is removed first); transformers uses torch's unstable sort, whose order
   // of equal scores is implementation-defined.
-  static std::vector<float> ProcessLogits(std::span<const float> logits,
-                                          std::span<const int32_t> context,
+  static std::vector<float> ProcessLogits(std::span<const float> logits, std::span<const int32_t> context,
                                           const SamplingParams& params);
 
   // softmax(ProcessLogits(...)): the [vocab] fp32 distribution Sample() draws from when sampling
   // (0 for filtered tokens). For greedy params, 1 at the greedy token and 0 elsewhere.
-  static std::vector<float> Probabilities(std::span<const float> logits,
-                                          std::span<const int32_t> context,
+  static std::vector<float> Probabilities(std::span<const float> logits, std::span<const int32_t> context,
                                           const SamplingParams& params);
 
   // The uniform double in [0, 1) that keys the draw of (seed, step); the exact formula is

@@ -14,8 +14,8 @@ void Scheduler::Remove(ScheduledSequence* seq) {
 }
 
 bool Scheduler::EnsureBlocks(ScheduledSequence* seq, int64_t num_tokens) {
-  const int32_t needed = KvCacheBlockPool::BlocksFor(num_tokens, options_.block_size) -
-                         static_cast<int32_t>(seq->blocks.size());
+  const int32_t needed =
+      KvCacheBlockPool::BlocksFor(num_tokens, options_.block_size) - static_cast<int32_t>(seq->blocks.size());
   if (needed <= 0) return true;
   return pool_->Allocate(needed, &seq->blocks).ok();
 }
@@ -60,8 +60,7 @@ std::vector<PlannedSegment> Scheduler::Plan(std::vector<ScheduledSequence*>* pre
     ++i;
   }
 
-  while (budget > 0 && !waiting_.empty() &&
-         static_cast<int64_t>(running_.size()) < options_.max_num_seqs) {
+  while (budget > 0 && !waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_num_seqs) {
     ScheduledSequence* seq = waiting_.front();
     const int64_t chunk = std::min(seq->num_tokens - seq->num_computed, budget);
     if (!EnsureBlocks(seq, seq->num_computed + chunk)) break;  // wait for blocks to free up

@@ -25,7 +25,9 @@ std::shared_ptr<prometheus::Registry> SharedRegistry() {
   return *registry;
 }
 
-prometheus::Registry& Registry() { return *SharedRegistry(); }
+prometheus::Registry& Registry() {
+  return *SharedRegistry();
+}
 
 absl::StatusOr<int> StartExposer(int port) {
   std::lock_guard<std::mutex> lock(mu);

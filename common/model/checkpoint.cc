@@ -77,7 +77,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
   }
   const fs::path single = dir / kSingleName;
   if (!fs::exists(single, ec)) {
-    return absl::NotFoundError(absl::StrCat(model_dir, ": neither ", kIndexName, " nor ", kSingleName, " exists"));
+    return absl::NotFoundError(
+        absl::StrCat(model_dir, ": neither ", kIndexName, " nor ", kSingleName, " exists"));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> file, SafetensorsFile::Open(single.string()));
   for (const auto& [name, view] : file->tensors()) {
@@ -95,7 +96,9 @@ absl::StatusOr<TensorView> Checkpoint::Get(std::string_view name) const {
   return it->second.second;
 }
 
-bool Checkpoint::Contains(std::string_view name) const { return tensors_.contains(std::string(name)); }
+bool Checkpoint::Contains(std::string_view name) const {
+  return tensors_.contains(std::string(name));
+}
 
 std::vector<std::string> Checkpoint::TensorNames() const {
   std::vector<std::string> names;

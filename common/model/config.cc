@@ -22,7 +22,9 @@ absl::Status FieldError(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("config field '", field, "': ", what));
 }
 
-std::string TypeName(const json& v) { return v.type_name(); }
+std::string TypeName(const json& v) {
+  return v.type_name();
+}
 
 // Reads `obj[key]` when present and not null. Every getter rejects a wrong JSON type by name.
 const json* Find(const json& obj, absl::string_view key) {
@@ -96,8 +98,8 @@ absl::StatusOr<std::vector<int64_t>> IntOrIntList(const json& obj, absl::string_
       out.push_back(e.get<int64_t>());
     }
   } else {
-    return FieldError(key, absl::StrCat("must be an integer or a list of integers, got ",
-                                        TypeName(*v), " ", v->dump()));
+    return FieldError(
+        key, absl::StrCat("must be an integer or a list of integers, got ", TypeName(*v), " ", v->dump()));
   }
   for (int64_t id : out) {
     if (id < 0) return FieldError(key, absl::StrCat("token ids must be >= 0, got ", id));
@@ -201,9 +203,9 @@ absl::StatusOr<QuantizationConfig> ParseQuantization(const json& q) {
 
 absl::Status ValidateConfig(const ModelConfig& c) {
   if (c.num_attention_heads % c.num_key_value_heads != 0) {
-    return FieldError("num_key_value_heads",
-                      absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ",
-                                   c.num_attention_heads));
+    return FieldError(
+        "num_key_value_heads",
+        absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ", c.num_attention_heads));
   }
   if (c.IsMoe()) {
     if (c.num_experts_per_tok > c.num_experts) {

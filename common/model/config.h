@@ -29,30 +29,30 @@ struct RopeScaling {
 
 // quantization_config for the fine-grained FP8 checkpoints (quant_method "fp8").
 struct QuantizationConfig {
-  std::string quant_method;              // "fp8"
+  std::string quant_method;  // "fp8"
   std::string activation_scheme = "dynamic";
-  int64_t block_rows = 128;              // weight_block_size[0]
-  int64_t block_cols = 128;              // weight_block_size[1]
+  int64_t block_rows = 128;  // weight_block_size[0]
+  int64_t block_cols = 128;  // weight_block_size[1]
   std::vector<std::string> modules_to_not_convert;
 };
 
 struct ModelConfig {
-  std::string model_type;                // "qwen3_moe" or "qwen3"
+  std::string model_type;  // "qwen3_moe" or "qwen3"
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
-  int64_t intermediate_size = 0;         // dense MLP width (dense models, mlp_only_layers)
-  int64_t moe_intermediate_size = 0;     // per-expert width
+  int64_t intermediate_size = 0;      // dense MLP width (dense models, mlp_only_layers)
+  int64_t moe_intermediate_size = 0;  // per-expert width
   int64_t num_hidden_layers = 0;
   int64_t num_attention_heads = 0;
   int64_t num_key_value_heads = 0;
-  int64_t head_dim = 0;                  // from config.json, else hidden_size / num_attention_heads
-  int64_t num_experts = 0;               // 0 for dense models (v5 alias num_local_experts)
+  int64_t head_dim = 0;     // from config.json, else hidden_size / num_attention_heads
+  int64_t num_experts = 0;  // 0 for dense models (v5 alias num_local_experts)
   int64_t num_experts_per_tok = 0;
   int64_t decoder_sparse_step = 1;
   std::vector<int64_t> mlp_only_layers;
   bool norm_topk_prob = false;
   double rms_norm_eps = 1e-6;
-  double rope_theta = 10000.0;           // v4 rope_theta or v5 rope_parameters.rope_theta
+  double rope_theta = 10000.0;  // v4 rope_theta or v5 rope_parameters.rope_theta
   RopeScaling rope_scaling;
   int64_t max_position_embeddings = 32768;
   bool tie_word_embeddings = false;
@@ -83,7 +83,7 @@ struct GenerationConfig {
   double top_p = 1.0;
   std::optional<double> min_p;
   double repetition_penalty = 1.0;
-  std::vector<int64_t> eos_token_ids;    // int or list in the file
+  std::vector<int64_t> eos_token_ids;  // int or list in the file
   std::optional<int64_t> pad_token_id;
   std::optional<int64_t> bos_token_id;
   std::optional<int64_t> max_new_tokens;

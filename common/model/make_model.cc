@@ -149,23 +149,26 @@ void FillLmHeadRows(uint64_t key, uint64_t embed_key, float noise_std, int64_t h
   for (int64_t v = row_begin; v < row_end; ++v) {
     FillNormal(key, static_cast<uint64_t>(v * hidden), hidden, 0.0f, noise_std, noise.data());
     if (v < kPlantedVocab) {
-      FillNormal(embed_key, static_cast<uint64_t>(PlantedPredecessor(v) * hidden), hidden, 0.0f, 1.0f, planted.data());
-      for (int64_t i = 0; i < hidden; ++i) noise[static_cast<size_t>(i)] += gain * planted[static_cast<size_t>(i)];
+      FillNormal(embed_key, static_cast<uint64_t>(PlantedPredecessor(v) * hidden), hidden, 0.0f, 1.0f,
+                 planted.data());
+      for (int64_t i = 0; i < hidden; ++i)
+        noise[static_cast<size_t>(i)] += gain * planted[static_cast<size_t>(i)];
     }
     for (int64_t i = 0; i < hidden; ++i) out[v * hidden + i] = FloatToBF16(noise[static_cast<size_t>(i)]);
   }
 }
 
 // The bf16-rounded values of elements [first, first + n) of a weight, as floats.
-void GenerateRounded(uint64_t key, const std::pair<float, float>& mean_std, int64_t first, int64_t n, float* dst) {
+void GenerateRounded(uint64_t key, const std::pair<float, float>& mean_std, int64_t first, int64_t n,
+                     float* dst) {
   FillNormal(key, static_cast<uint64_t>(first), n, mean_std.first, mean_std.second, dst);
   for (int64_t i = 0; i < n; ++i) dst[i] = RoundBF16(dst[i]);
 }
 
 // FP8 block quantisation of one 128-row band of a [rows, cols] weight: writes the e4m3 codes of
 // those rows (if `codes` is set) and the band's scale_inv row (if `scales` is set).
-void QuantizeBand(uint64_t key, const std::pair<float, float>& mean_std, int64_t rows, int64_t cols, int64_t band,
-                  uint8_t* codes, float* scales) {
+void QuantizeBand(uint64_t key, const std::pair<float, float>& mean_std, int64_t rows, int64_t cols,
+                  int64_t band, uint8_t* codes, float* scales) {
   const int64_t r0 = band * kFp8BlockSize, r1 = std::min(rows, r0 + kFp8BlockSize);
   std::vector<float> values(static_cast<size_t>((r1 - r0) * cols));
   GenerateRounded(key, mean_std, r0 * cols, (r1 - r0) * cols, values.data());
@@ -189,13 +192,14 @@ void QuantizeBand(uint64_t key, const std::pair<float, float>& mean_std, int64_t
 }
 
 // The tensors on disk for the weights, with fills that generate them in parallel.
-std::vector<TensorToWrite> TensorsToWrite(const std::vector<WeightSpec>& specs, const ModelConfig& c, uint64_t seed,
-                                          int threads) {
+std::vector<TensorToWrite> TensorsToWrite(const std::vector<WeightSpec>& specs, const ModelConfig& c,
+                                          uint64_t seed, int threads) {
   std::vector<TensorToWrite> out;
   for (const WeightSpec& w : specs) {
     const uint64_t key = TensorKey(seed, w.name);
     const auto mean_std = InitParams(w, c.hidden_size);
-    std::vector<int64_t> shape = w.cols > 0 ? std::vector<int64_t>{w.rows, w.cols} : std::vector<int64_t>{w.rows};
+    std::vector<int64_t> shape =
+        w.cols > 0 ? std::vector<int64_t>{w.rows, w.cols} : std::vector<int64_t>{w.rows};
     const int64_t n = w.rows * std::max<int64_t>(w.cols, 1);
     if (w.init == Init::kLmHead) {
       const uint64_t embed_key = TensorKey(seed, "model.embed_tokens.weight");
@@ -216,7 +220,8 @@ std::vector<TensorToWrite> TensorsToWrite(const std::vector<WeightSpec>& specs, 
                          auto* out = reinterpret_cast<bf16*>(dst);
                          for (int64_t i = begin; i < end; i += static_cast<int64_t>(tmp.size())) {
                            const int64_t m = std::min<int64_t>(end - i, static_cast<int64_t>(tmp.size()));
-                           FillNormal(key, static_cast<uint64_t>(i), m, mean_std.first, mean_std.second, tmp.data());
+                           FillNormal(key, static_cast<uint64_t>(i), m, mean_std.first, mean_std.second,
+                                      tmp.data());
                            for (int64_t j = 0; j < m; ++j) out[i + j] = FloatToBF16(tmp[j]);
                          }
                        });
@@ -229,11 +234,12 @@ std::vector<TensorToWrite> TensorsToWrite(const std::vector<WeightSpec>& specs, 
     const int64_t band_min = std::max<int64_t>(1, kMinChunkElements / (kFp8BlockSize * cols));
     out.push_back({w.name, DType::kF8E4M3, shape, [=](uint8_t* dst) {
                      ParallelFor(bands, band_min, threads, [&](int64_t begin, int64_t end) {
-                       for (int64_t b = begin; b < end; ++b) QuantizeBand(key, mean_std, rows, cols, b, dst, nullptr);
+                       for (int64_t b = begin; b < end; ++b)
+                         QuantizeBand(key, mean_std, rows, cols, b, dst, nullptr);
                      });
                    }});
-    const std::string scale_name = w.name.substr(0, w.name.size() - std::string_view(".weight").size()) +
-                                   ".weight_scale_inv";
+    const std::string scale_name =
+        w.name.substr(0, w.name.size() - std::string_view(".weight").size()) + ".weight_scale_inv";
     out.push_back({scale_name, DType::kF32, {bands, col_blocks}, [=](uint8_t* dst) {
                      auto* scales = reinterpret_cast<float*>(dst);
                      ParallelFor(bands, band_min, threads, [&](int64_t begin, int64_t end) {
@@ -252,8 +258,8 @@ int64_t TensorBytes(const TensorToWrite& t) {
 
 // Splits tensors (in order) into contiguous shards: exactly `shards` of them when shards > 0
 // (balanced by bytes, none empty), else as few as possible of at most `max_bytes` each.
-absl::StatusOr<std::vector<std::vector<TensorToWrite>>> AssignShards(std::vector<TensorToWrite> tensors, int shards,
-                                                                     int64_t max_bytes) {
+absl::StatusOr<std::vector<std::vector<TensorToWrite>>> AssignShards(std::vector<TensorToWrite> tensors,
+                                                                     int shards, int64_t max_bytes) {
   int64_t total = 0;
   for (const TensorToWrite& t : tensors) total += TensorBytes(t);
   const int64_t n = static_cast<int64_t>(tensors.size());
@@ -305,9 +311,11 @@ absl::Status PrepareOutDir(const MakeModelOptions& options) {
     // Stale weight files from an earlier run would be picked up by the checkpoint reader.
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
       const std::string name = entry.path().filename().string();
-      if (name.rfind("model", 0) == 0 && (name.ends_with(".safetensors") || name == "model.safetensors.index.json")) {
+      if (name.rfind("model", 0) == 0 &&
+          (name.ends_with(".safetensors") || name == "model.safetensors.index.json")) {
         fs::remove(entry.path(), ec);
-        if (ec) return absl::InternalError(absl::StrCat(entry.path().string(), ": cannot remove: ", ec.message()));
+        if (ec)
+          return absl::InternalError(absl::StrCat(entry.path().string(), ": cannot remove: ", ec.message()));
       }
     }
   } else {

@@ -52,7 +52,7 @@ namespace moe::model {
 inline constexpr int64_t kDefaultMaxShardBytes = 5'000'000'000;
 
 struct MakeModelOptions {
-  std::string preset;         // see PresetNames()
+  std::string preset;  // see PresetNames()
   std::string out_dir;
   std::string dtype = "bf16";  // "bf16" or "fp8"
   uint64_t seed = 0;

@@ -74,7 +74,9 @@ json DenseTiny() {
 
 }  // namespace
 
-std::vector<std::string> PresetNames() { return {"tiny", "dense-tiny", "bench-30b-4l", "bench-235b-2l"}; }
+std::vector<std::string> PresetNames() {
+  return {"tiny", "dense-tiny", "bench-30b-4l", "bench-235b-2l"};
+}
 
 absl::StatusOr<std::string> PresetConfigJson(const std::string& preset) {
   json c;
@@ -91,8 +93,8 @@ absl::StatusOr<std::string> PresetConfigJson(const std::string& preset) {
     c["num_hidden_layers"] = 2;
     c["max_window_layers"] = 2;
   } else {
-    return absl::NotFoundError(absl::StrCat("unknown preset '", preset,
-                                            "' (known: tiny, dense-tiny, bench-30b-4l, bench-235b-2l)"));
+    return absl::NotFoundError(
+        absl::StrCat("unknown preset '", preset, "' (known: tiny, dense-tiny, bench-30b-4l, bench-235b-2l)"));
   }
   return c.dump(2) + "\n";
 }

@@ -96,9 +96,9 @@ absl::StatusOr<std::vector<Entry>> ParseHeader(const std::string& path, std::str
       return Invalid(path, absl::StrCat(where, "data_offsets [", e.begin, ", ", e.end, "] has begin > end"));
     }
     if (e.end - e.begin != bytes) {
-      return Invalid(path, absl::StrCat(where, "shape ", ShapeString(e.shape), " of ", std::string(DTypeName(*dtype)),
-                                        " needs ", bytes, " bytes but data_offsets span ",
-                                        e.end - e.begin));
+      return Invalid(
+          path, absl::StrCat(where, "shape ", ShapeString(e.shape), " of ", std::string(DTypeName(*dtype)),
+                             " needs ", bytes, " bytes but data_offsets span ", e.end - e.begin));
     }
     if (e.end > buffer_size) {
       return Invalid(path, absl::StrCat(where, "data_offsets end ", e.end, " is past the data buffer (",
@@ -119,8 +119,9 @@ absl::StatusOr<std::vector<Entry>> ParseHeader(const std::string& path, std::str
       return Invalid(path, absl::StrCat("tensor '", e->name, "' overlaps tensor '", previous->name, "'"));
     }
     if (e->begin > expected) {
-      return Invalid(path, absl::StrCat("data buffer has a gap of ", e->begin - expected,
-                                        " bytes before tensor '", e->name, "' (offsets do not tile the buffer)"));
+      return Invalid(path,
+                     absl::StrCat("data buffer has a gap of ", e->begin - expected, " bytes before tensor '",
+                                  e->name, "' (offsets do not tile the buffer)"));
     }
     expected = e->end;
     previous = e;
@@ -179,8 +180,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return Invalid(path, absl::StrCat("header length ", header_len, " exceeds the 100 MB limit"));
   }
   if (header_len > size - 8) {
-    return Invalid(path, absl::StrCat("header length ", header_len, " runs past the end of the file (",
-                                      size, " bytes)"));
+    return Invalid(path, absl::StrCat("header length ", header_len, " runs past the end of the file (", size,
+                                      " bytes)"));
   }
   const std::string_view header(reinterpret_cast<const char*>(bytes + 8), header_len);
   const uint64_t data_start = 8 + header_len;
@@ -213,14 +214,16 @@ absl::Status WriteSafetensors(const std::string& path, const std::vector<TensorT
   std::set<std::string> names;
   for (const TensorToWrite& t : tensors) {
     if (t.name == "__metadata__" || !names.insert(t.name).second) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": duplicate or reserved tensor name '", t.name, "'"));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": duplicate or reserved tensor name '", t.name, "'"));
     }
     if (DTypeSize(t.dtype) == 0) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", t.name, "' has no dtype"));
     }
     uint64_t bytes = DTypeSize(t.dtype);
     for (int64_t d : t.shape) {
-      if (d < 0) return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", t.name, "' has a negative dim"));
+      if (d < 0)
+        return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", t.name, "' has a negative dim"));
       bytes *= static_cast<uint64_t>(d);
     }
     header[t.name] = json{{"dtype", std::string(DTypeName(t.dtype))},

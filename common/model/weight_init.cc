@@ -32,7 +32,8 @@ uint64_t TensorKey(uint64_t seed, std::string_view tensor_name) {
 
 float InitNormal(uint64_t key, uint64_t index) {
   const uint64_t r = SplitMix64Mix(key + (index + 1) * kGolden);
-  const int32_t sum = static_cast<int32_t>((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48));
+  const int32_t sum =
+      static_cast<int32_t>((r & 0xffff) + ((r >> 16) & 0xffff) + ((r >> 32) & 0xffff) + (r >> 48));
   return static_cast<float>(sum - 131070) * kLaneScale;
 }
 
@@ -46,7 +47,8 @@ void FillNormal(uint64_t key, uint64_t first, int64_t n, float mean, float std, 
 void ParallelFor(int64_t n, int64_t min_chunk, int threads, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;
   if (threads <= 0) threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(threads, n / std::max<int64_t>(min_chunk, 1)));
+  const int64_t chunks =
+      std::max<int64_t>(1, std::min<int64_t>(threads, n / std::max<int64_t>(min_chunk, 1)));
   if (chunks == 1) {
     fn(0, n);
     return;

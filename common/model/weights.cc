@@ -24,9 +24,13 @@ struct Part {
   int64_t offset = 0;
 };
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+int64_t CeilDiv(int64_t a, int64_t b) {
+  return (a + b - 1) / b;
+}
 
-bool Aligned(const void* p, size_t alignment) { return reinterpret_cast<uintptr_t>(p) % alignment == 0; }
+bool Aligned(const void* p, size_t alignment) {
+  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
+}
 
 const uint8_t* ElementPtr(const Part& p) {
   return static_cast<const uint8_t*>(p.view.data) + p.offset * static_cast<int64_t>(DTypeSize(p.view.dtype));
@@ -54,12 +58,15 @@ float LoadAsFloat(DType dtype, const uint8_t* src, int64_t i) {
   }
 }
 
-bool IsFloatDType(DType d) { return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16; }
+bool IsFloatDType(DType d) {
+  return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16;
+}
 
 // `count` bf16 values: a view when the checkpoint holds aligned BF16, else an owned conversion.
 absl::StatusOr<const bf16*> Bf16Data(const Part& p, int64_t count, Owned* owned) {
   if (!IsFloatDType(p.view.dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", p.name, "' has dtype ", std::string(DTypeName(p.view.dtype)),
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", p.name, "' has dtype ",
+                                                   std::string(DTypeName(p.view.dtype)),
                                                    ", expected BF16 (or F32/F16, converted to BF16)"));
   }
   const uint8_t* src = ElementPtr(p);
@@ -74,8 +81,8 @@ absl::StatusOr<const bf16*> Bf16Data(const Part& p, int64_t count, Owned* owned)
 // `count` float32 values (FP8 scales): a view of aligned F32, else an owned conversion.
 absl::StatusOr<const float*> F32Data(const Part& p, int64_t count, Owned* owned) {
   if (!IsFloatDType(p.view.dtype)) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", p.name, "' has dtype ", std::string(DTypeName(p.view.dtype)),
-                                                   ", expected F32 or BF16"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensor '", p.name, "' has dtype ", std::string(DTypeName(p.view.dtype)), ", expected F32 or BF16"));
   }
   const uint8_t* src = ElementPtr(p);
   if (p.view.dtype == DType::kF32 && Aligned(src, alignof(float))) return reinterpret_cast<const float*>(src);
@@ -96,14 +103,16 @@ absl::Status CheckShape(const std::string& name, const TensorView& v, const std:
 
 // A linear weight [out, in] from `w`; FP8 weights take their scales [ceil(out/128), ceil(in/128)]
 // from `scale` (already shape-checked by the caller).
-absl::StatusOr<LinearWeight> MakeLinear(const Part& w, const Part* scale, int64_t out, int64_t in, Owned* owned) {
+absl::StatusOr<LinearWeight> MakeLinear(const Part& w, const Part* scale, int64_t out, int64_t in,
+                                        Owned* owned) {
   LinearWeight lw;
   lw.out_features = out;
   lw.in_features = in;
   if (w.view.dtype == DType::kF8E4M3) {
     lw.dtype = DType::kF8E4M3;
     lw.data = ElementPtr(w);
-    ASSIGN_OR_RETURN(lw.scale_inv, F32Data(*scale, CeilDiv(out, kFp8BlockSize) * CeilDiv(in, kFp8BlockSize), owned));
+    ASSIGN_OR_RETURN(lw.scale_inv,
+                     F32Data(*scale, CeilDiv(out, kFp8BlockSize) * CeilDiv(in, kFp8BlockSize), owned));
     return lw;
   }
   lw.dtype = DType::kBF16;
@@ -116,7 +125,8 @@ absl::StatusOr<LinearWeight> MakeLinear(const Part& w, const Part* scale, int64_
 bool NotConverted(const ModelConfig& config, const std::string& module) {
   if (!config.quantization.has_value()) return true;
   for (const std::string& m : config.quantization->modules_to_not_convert) {
-    if (module == m || absl::EndsWith(module, absl::StrCat(".", m)) || absl::StartsWith(module, absl::StrCat(m, ".")) ||
+    if (module == m || absl::EndsWith(module, absl::StrCat(".", m)) ||
+        absl::StartsWith(module, absl::StrCat(m, ".")) ||
         absl::StrContains(module, absl::StrCat(".", m, "."))) {
       return true;
     }
@@ -186,19 +196,22 @@ class Resolver {
   Owned* owned_;
 };
 
-std::string LayerPrefix(int64_t layer) { return absl::StrCat("model.layers.", layer); }
+std::string LayerPrefix(int64_t layer) {
+  return absl::StrCat("model.layers.", layer);
+}
 
 // The v5 fused experts of one layer: gate_up_proj [E, 2I, H] (rows [0, I) gate, [I, 2I) up) and
 // down_proj [E, H, I], with `<name>_scale_inv` (or `_scales_inv`) when FP8.
-absl::StatusOr<std::vector<MlpWeights>> FusedExperts(Resolver& r, int64_t layer, int64_t first, int64_t count) {
+absl::StatusOr<std::vector<MlpWeights>> FusedExperts(Resolver& r, int64_t layer, int64_t first,
+                                                     int64_t count) {
   const ModelConfig& c = r.config();
   const int64_t e_total = c.num_experts, h = c.hidden_size, inter = c.moe_intermediate_size;
   const std::string base = LayerPrefix(layer) + ".mlp.experts.";
   ASSIGN_OR_RETURN(Part gate_up, r.Get(base + "gate_up_proj", {e_total, 2 * inter, h}));
   ASSIGN_OR_RETURN(Part down, r.Get(base + "down_proj", {e_total, h, inter}));
   if (gate_up.view.dtype != down.view.dtype) {
-    return absl::InvalidArgumentError(absl::StrCat("tensors '", gate_up.name, "' and '", down.name,
-                                                   "' have different dtypes"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensors '", gate_up.name, "' and '", down.name, "' have different dtypes"));
   }
   const bool fp8 = gate_up.view.dtype == DType::kF8E4M3;
   Part gate_up_scale, down_scale;
@@ -211,10 +224,10 @@ absl::StatusOr<std::vector<MlpWeights>> FusedExperts(Resolver& r, int64_t layer,
     auto scale_name = [&](const std::string& n) {
       return r.checkpoint().Contains(n + "_scales_inv") ? n + "_scales_inv" : n + "_scale_inv";
     };
-    ASSIGN_OR_RETURN(gate_up_scale, r.Get(scale_name(gate_up.name), {e_total, 2 * inter / kFp8BlockSize,
-                                                                     CeilDiv(h, kFp8BlockSize)}));
-    ASSIGN_OR_RETURN(down_scale, r.Get(scale_name(down.name), {e_total, CeilDiv(h, kFp8BlockSize),
-                                                              inter / kFp8BlockSize}));
+    ASSIGN_OR_RETURN(gate_up_scale, r.Get(scale_name(gate_up.name),
+                                          {e_total, 2 * inter / kFp8BlockSize, CeilDiv(h, kFp8BlockSize)}));
+    ASSIGN_OR_RETURN(down_scale, r.Get(scale_name(down.name),
+                                       {e_total, CeilDiv(h, kFp8BlockSize), inter / kFp8BlockSize}));
   }
   const int64_t gu_scale_per_expert = 2 * inter / kFp8BlockSize * CeilDiv(h, kFp8BlockSize);
   const int64_t gate_scale_rows = inter / kFp8BlockSize * CeilDiv(h, kFp8BlockSize);
@@ -280,13 +293,15 @@ absl::StatusOr<std::unique_ptr<DenseWeights>> LoadDenseWeights(const Checkpoint&
 
 absl::StatusOr<std::unique_ptr<ExpertShardWeights>> LoadExpertShard(const Checkpoint& checkpoint,
                                                                     const ModelConfig& config,
-                                                                    int64_t first_expert, int64_t num_experts) {
+                                                                    int64_t first_expert,
+                                                                    int64_t num_experts) {
   if (!config.IsMoe()) {
     return absl::InvalidArgumentError(absl::StrCat("model_type ", config.model_type, " has no experts"));
   }
   if (first_expert < 0 || num_experts <= 0 || first_expert + num_experts > config.num_experts) {
-    return absl::InvalidArgumentError(absl::StrCat("expert shard [", first_expert, ", ", first_expert + num_experts,
-                                                   ") is not inside [0, ", config.num_experts, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("expert shard [", first_expert, ", ",
+                                                   first_expert + num_experts, ") is not inside [0, ",
+                                                   config.num_experts, ")"));
   }
   auto w = std::make_unique<ExpertShardWeights>();
   w->first_expert = first_expert;
@@ -333,7 +348,9 @@ int64_t Prefault(const LinearWeight& w) {
   return bytes;
 }
 
-int64_t Prefault(const MlpWeights& w) { return Prefault(w.gate_proj) + Prefault(w.up_proj) + Prefault(w.down_proj); }
+int64_t Prefault(const MlpWeights& w) {
+  return Prefault(w.gate_proj) + Prefault(w.up_proj) + Prefault(w.down_proj);
+}
 
 }  // namespace
 
@@ -343,7 +360,8 @@ int64_t PrefaultWeights(const DenseWeights& weights) {
     bytes += Prefault(weights.embed_tokens, weights.lm_head.out_features * weights.lm_head.in_features * 2);
   }
   for (const AttentionLayerWeights& layer : weights.layers) {
-    bytes += Prefault(layer.q_proj) + Prefault(layer.k_proj) + Prefault(layer.v_proj) + Prefault(layer.o_proj);
+    bytes +=
+        Prefault(layer.q_proj) + Prefault(layer.k_proj) + Prefault(layer.v_proj) + Prefault(layer.o_proj);
     bytes += Prefault(layer.dense_mlp);
   }
   return bytes;

@@ -20,7 +20,7 @@
 
 namespace moe::model {
 
-struct MlpWeights {  // SwiGLU: down(silu(gate(x)) * up(x))
+struct MlpWeights {        // SwiGLU: down(silu(gate(x)) * up(x))
   LinearWeight gate_proj;  // [I, H]
   LinearWeight up_proj;    // [I, H]
   LinearWeight down_proj;  // [H, I]
@@ -45,8 +45,8 @@ struct AttentionLayerWeights {
 struct DenseWeights {
   const bf16* embed_tokens = nullptr;  // [V, H]
   std::vector<AttentionLayerWeights> layers;
-  const bf16* final_norm = nullptr;    // [H]
-  LinearWeight lm_head;                // [V, H] bf16; aliases embed_tokens when tied
+  const bf16* final_norm = nullptr;  // [H]
+  LinearWeight lm_head;              // [V, H] bf16; aliases embed_tokens when tied
 
   // Owned conversions (see file comment). Views above may point into these.
   std::vector<std::unique_ptr<uint8_t[]>> owned;

@@ -26,8 +26,8 @@ std::vector<char*> ParseFlagsWithEnv(int argc, char** argv, const std::string& u
     absl::CommandLineFlag* handle = absl::FindCommandLineFlag(flag);
     std::string error;
     if (handle == nullptr || !handle->ParseFrom(value, &error)) {
-      std::cerr << argv[0] << ": " << variable << "='" << value << "' is not a valid --" << flag
-                << ": " << error << std::endl;
+      std::cerr << argv[0] << ": " << variable << "='" << value << "' is not a valid --" << flag << ": "
+                << error << std::endl;
       std::exit(2);
     }
   }
@@ -69,8 +69,8 @@ absl::StatusOr<int> RankFromHostname() {
   const size_t dash = host.rfind('-');
   int rank = -1;
   if (dash == std::string::npos || !absl::SimpleAtoi(host.substr(dash + 1), &rank) || rank < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--rank_from_hostname: host name '", host, "' does not end in -<ordinal>"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rank_from_hostname: host name '", host, "' does not end in -<ordinal>"));
   }
   return rank;
 }

@@ -31,9 +31,13 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const std::string&
   return server;
 }
 
-GrpcServer::~GrpcServer() { Shutdown(absl::ZeroDuration()); }
+GrpcServer::~GrpcServer() {
+  Shutdown(absl::ZeroDuration());
+}
 
-void GrpcServer::SetStarted() { server_->GetHealthCheckService()->SetServingStatus("startup", true); }
+void GrpcServer::SetStarted() {
+  server_->GetHealthCheckService()->SetServingStatus("startup", true);
+}
 
 void GrpcServer::SetReady(bool ready) {
   ready_ = ready;
@@ -57,8 +61,8 @@ void GrpcServer::Wait() {
 absl::Status ValidateHostPort(const std::string& flag, const std::string& value) {
   const size_t colon = value.rfind(':');
   int port = -1;
-  if (colon == std::string::npos || colon == 0 ||
-      !absl::SimpleAtoi(value.substr(colon + 1), &port) || port < 0 || port > 65535) {
+  if (colon == std::string::npos || colon == 0 || !absl::SimpleAtoi(value.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
     return absl::InvalidArgumentError(
         absl::StrCat("--", flag, ": '", value, "' is not HOST:PORT with a port in [0, 65535]"));
   }

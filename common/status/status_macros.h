@@ -10,10 +10,10 @@
 #define MOE_STATUS_CONCAT_(a, b) MOE_STATUS_CONCAT_INNER_(a, b)
 
 // Evaluates `expr` (an absl::Status); returns it from the enclosing function if not OK.
-#define RETURN_IF_ERROR(expr)                                   \
-  do {                                                          \
-    ::absl::Status moe_status_tmp_ = (expr);                    \
-    if (!moe_status_tmp_.ok()) return moe_status_tmp_;          \
+#define RETURN_IF_ERROR(expr)                          \
+  do {                                                 \
+    ::absl::Status moe_status_tmp_ = (expr);           \
+    if (!moe_status_tmp_.ok()) return moe_status_tmp_; \
   } while (0)
 
 // ASSIGN_OR_RETURN(lhs, expr): evaluates `expr` (an absl::StatusOr<T>); on error returns its status,

@@ -30,7 +30,9 @@ inline bf16 FloatToBF16(float f) {
 }
 
 // Rounds a float to the nearest bf16 and back: the value a bf16 tensor op would produce.
-inline float RoundBF16(float f) { return BF16ToFloat(FloatToBF16(f)); }
+inline float RoundBF16(float f) {
+  return BF16ToFloat(FloatToBF16(f));
+}
 
 // IEEE half precision.
 float HalfToFloat(uint16_t h);

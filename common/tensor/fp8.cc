@@ -34,8 +34,12 @@ const std::array<float, 256>& Table() {
 
 }  // namespace
 
-float Fp8E4M3ToFloat(uint8_t code) { return Table()[code]; }
-const float* Fp8E4M3Table() { return Table().data(); }
+float Fp8E4M3ToFloat(uint8_t code) {
+  return Table()[code];
+}
+const float* Fp8E4M3Table() {
+  return Table().data();
+}
 
 uint8_t FloatToFp8E4M3(float f) {
   if (std::isnan(f)) return 0x7f;

@@ -23,8 +23,7 @@ ByteLevelAlphabet::ByteLevelAlphabet() {
   byte_of_code_point_.fill(-1);
   uint32_t next_extra = 256;
   for (uint32_t b = 0; b < 256; ++b) {
-    const bool printable =
-        (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+    const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
     const uint32_t cp = printable ? b : next_extra++;
     AppendUtf8(cp, &encoded_[b]);
     byte_of_code_point_[cp] = static_cast<int16_t>(b);

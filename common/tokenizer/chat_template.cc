@@ -31,7 +31,9 @@ std::string_view RStripNewlines(std::string_view s) {
   while (!s.empty() && s.back() == '\n') s.remove_suffix(1);
   return s;
 }
-std::string_view StripNewlines(std::string_view s) { return RStripNewlines(LStripNewlines(s)); }
+std::string_view StripNewlines(std::string_view s) {
+  return RStripNewlines(LStripNewlines(s));
+}
 
 // Index of the last real user query: the last user turn that is not a wrapped tool response
 // (the template's ns.last_query_index; len-1 when there is none).
@@ -69,8 +71,7 @@ void AppendAssistant(ChatTemplateFlavor flavor, const ChatMessage& m, size_t ind
     std::string_view reasoning;
     if (m.reasoning_content.has_value()) {
       reasoning = *m.reasoning_content;
-    } else if (const size_t first_end = content.find("</think>");
-               first_end != std::string_view::npos) {
+    } else if (const size_t first_end = content.find("</think>"); first_end != std::string_view::npos) {
       // reasoning = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n')
       std::string_view before = RStripNewlines(content.substr(0, first_end));
       if (const size_t open = before.rfind("<think>"); open != std::string_view::npos) {
@@ -118,29 +119,25 @@ std::string_view ChatTemplateFlavorName(ChatTemplateFlavor flavor) {
 }
 
 absl::StatusOr<ChatTemplateFlavor> ParseChatTemplateFlavor(std::string_view name) {
-  for (ChatTemplateFlavor f : {ChatTemplateFlavor::kHybrid, ChatTemplateFlavor::kInstruct2507,
-                               ChatTemplateFlavor::kThinking2507}) {
+  for (ChatTemplateFlavor f :
+       {ChatTemplateFlavor::kHybrid, ChatTemplateFlavor::kInstruct2507, ChatTemplateFlavor::kThinking2507}) {
     if (name == ChatTemplateFlavorName(f)) return f;
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("unknown chat template \"", AbslView(name),
-                   "\" (expected hybrid, instruct-2507 or thinking-2507)"));
+  return absl::InvalidArgumentError(absl::StrCat("unknown chat template \"", AbslView(name),
+                                                 "\" (expected hybrid, instruct-2507 or thinking-2507)"));
 }
 
 absl::StatusOr<ChatTemplateFlavor> DetectChatTemplateFlavor(std::string_view chat_template) {
-  if (absl::StrContains(AbslView(chat_template), "enable_thinking"))
-    return ChatTemplateFlavor::kHybrid;
+  if (absl::StrContains(AbslView(chat_template), "enable_thinking")) return ChatTemplateFlavor::kHybrid;
   // The Jinja source spells the newlines as backslash-n.
   if (absl::StrContains(AbslView(chat_template), R"('<|im_start|>assistant\n<think>\n')")) {
     return ChatTemplateFlavor::kThinking2507;
   }
-  if (absl::StrContains(AbslView(chat_template), "<|im_start|>"))
-    return ChatTemplateFlavor::kInstruct2507;
+  if (absl::StrContains(AbslView(chat_template), "<|im_start|>")) return ChatTemplateFlavor::kInstruct2507;
   return absl::InvalidArgumentError("chat_template is not a Qwen3 (ChatML) template");
 }
 
-absl::StatusOr<ChatTemplateFlavor> ChatTemplateFlavorFromModelDir(
-    const std::filesystem::path& dir) {
+absl::StatusOr<ChatTemplateFlavor> ChatTemplateFlavorFromModelDir(const std::filesystem::path& dir) {
   const std::filesystem::path path = dir / "tokenizer_config.json";
   if (!std::filesystem::exists(path)) return ChatTemplateFlavor::kHybrid;
   absl::StatusOr<std::string> text = ReadFile(path);
@@ -152,26 +149,23 @@ absl::StatusOr<ChatTemplateFlavor> ChatTemplateFlavorFromModelDir(
   const auto it = config.find("chat_template");
   if (it == config.end() || it->is_null()) return ChatTemplateFlavor::kHybrid;
   if (!it->is_string()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path.string(), ": chat_template is not a string"));
+    return absl::InvalidArgumentError(absl::StrCat(path.string(), ": chat_template is not a string"));
   }
-  absl::StatusOr<ChatTemplateFlavor> flavor =
-      DetectChatTemplateFlavor(it->get_ref<const std::string&>());
+  absl::StatusOr<ChatTemplateFlavor> flavor = DetectChatTemplateFlavor(it->get_ref<const std::string&>());
   if (!flavor.ok()) {
     return absl::InvalidArgumentError(absl::StrCat(path.string(), ": ", flavor.status().message()));
   }
   return flavor;
 }
 
-absl::StatusOr<std::string> RenderChat(ChatTemplateFlavor flavor,
-                                       std::span<const ChatMessage> messages,
+absl::StatusOr<std::string> RenderChat(ChatTemplateFlavor flavor, std::span<const ChatMessage> messages,
                                        const ChatTemplateOptions& options) {
   if (messages.empty()) return absl::InvalidArgumentError("messages is empty");
   for (size_t i = 0; i < messages.size(); ++i) {
     const std::string& role = messages[i].role;
     if (role != "system" && role != "user" && role != "assistant" && role != "tool") {
-      return BadMessage(i, absl::StrCat("unknown role \"", role,
-                                        "\" (expected system, user, assistant or tool)"));
+      return BadMessage(
+          i, absl::StrCat("unknown role \"", role, "\" (expected system, user, assistant or tool)"));
     }
   }
   std::string out;

@@ -63,15 +63,13 @@ struct ChatTemplateOptions {
 
 // Renders `messages` as the flavour's Jinja template does with transformers'
 // apply_chat_template(tokenize=False). INVALID_ARGUMENT for an empty list or an unknown role.
-absl::StatusOr<std::string> RenderChat(ChatTemplateFlavor flavor,
-                                       std::span<const ChatMessage> messages,
+absl::StatusOr<std::string> RenderChat(ChatTemplateFlavor flavor, std::span<const ChatMessage> messages,
                                        const ChatTemplateOptions& options);
 
 // Reads OpenAI-style messages: [{"role": ..., "content": string|null, "reasoning_content": ...,
 // "tool_calls": [{"function": {"name": ..., "arguments": string|object}} or {"name",
 // "arguments"}]}]. INVALID_ARGUMENT naming the offending message for anything else.
-absl::StatusOr<std::vector<ChatMessage>> ChatMessagesFromJson(
-    const nlohmann::ordered_json& messages);
+absl::StatusOr<std::vector<ChatMessage>> ChatMessagesFromJson(const nlohmann::ordered_json& messages);
 
 }  // namespace moe::tokenizer
 

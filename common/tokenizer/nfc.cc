@@ -41,8 +41,7 @@ absl::StatusOr<std::string_view> NormalizeNfc(std::string_view text, std::string
       i += 3;
     } else {
       cp = (b0 & 0x07u) << 18 | (static_cast<uint8_t>(text[i + 1]) & 0x3Fu) << 12 |
-           (static_cast<uint8_t>(text[i + 2]) & 0x3Fu) << 6 |
-           (static_cast<uint8_t>(text[i + 3]) & 0x3Fu);
+           (static_cast<uint8_t>(text[i + 2]) & 0x3Fu) << 6 | (static_cast<uint8_t>(text[i + 3]) & 0x3Fu);
       i += 4;
     }
     inert = IsNfcInert(cp);
@@ -50,10 +49,9 @@ absl::StatusOr<std::string_view> NormalizeNfc(std::string_view text, std::string
   if (inert) return text;
 
   utf8proc_uint8_t* out = nullptr;
-  const utf8proc_ssize_t n =
-      utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
-                   static_cast<utf8proc_ssize_t>(text.size()), &out,
-                   static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(text.data()),
+                                          static_cast<utf8proc_ssize_t>(text.size()), &out,
+                                          static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
   if (n < 0) return absl::InternalError(absl::StrCat("NFC failed: ", utf8proc_errmsg(n)));
   storage->assign(reinterpret_cast<const char*>(out), static_cast<size_t>(n));
   std::free(out);

@@ -32,9 +32,8 @@ absl::StatusOr<std::unique_ptr<RegexSplitter>> RegexSplitter::Create(std::string
   pcre2_code* code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
                                    PCRE2_UTF | PCRE2_UCP, &error_code, &error_offset, nullptr);
   if (code == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("split regex does not compile at offset ",
-                                                   error_offset, ": ",
-                                                   Pcre2ErrorMessage(error_code)));
+    return absl::InvalidArgumentError(absl::StrCat("split regex does not compile at offset ", error_offset,
+                                                   ": ", Pcre2ErrorMessage(error_code)));
   }
   // JIT is an optimisation only; the interpreter gives the same matches.
   pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
@@ -44,8 +43,7 @@ absl::StatusOr<std::unique_ptr<RegexSplitter>> RegexSplitter::Create(std::string
   return splitter;
 }
 
-absl::Status RegexSplitter::Split(std::string_view text,
-                                  std::vector<std::string_view>* pieces) const {
+absl::Status RegexSplitter::Split(std::string_view text, std::vector<std::string_view>* pieces) const {
   pcre2_match_data* match = pcre2_match_data_create_from_pattern(impl_->code, nullptr);
   if (match == nullptr) return absl::ResourceExhaustedError("pcre2_match_data_create failed");
   const auto subject = reinterpret_cast<PCRE2_SPTR>(text.data());
@@ -53,8 +51,7 @@ absl::Status RegexSplitter::Split(std::string_view text,
   size_t emitted = 0;  // end of the last piece pushed
   absl::Status status;
   while (pos < text.size()) {
-    const int rc =
-        pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, match, nullptr);
+    const int rc = pcre2_match(impl_->code, subject, text.size(), pos, PCRE2_NO_UTF_CHECK, match, nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
     if (rc < 0) {
       status = absl::InternalError(absl::StrCat("split regex failed: ", Pcre2ErrorMessage(rc)));

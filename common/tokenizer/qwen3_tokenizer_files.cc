@@ -56,16 +56,16 @@ absl::StatusOr<std::string> EmbeddedQwen3TokenizerJson() {
   const size_t produced = stream.total_out;
   inflateEnd(&stream);
   if (rc != Z_STREAM_END || produced != out.size()) {
-    return absl::InternalError(absl::StrCat("embedded tokenizer.json.gz does not inflate (zlib rc ",
-                                            rc, ", ", produced, " of ", out.size(), " bytes)"));
+    return absl::InternalError(absl::StrCat("embedded tokenizer.json.gz does not inflate (zlib rc ", rc, ", ",
+                                            produced, " of ", out.size(), " bytes)"));
   }
   return out;
 }
 
 std::string_view EmbeddedQwen3TokenizerConfigJson() {
-  return std::string_view(moe_qwen3_tokenizer_config_json_begin,
-                          static_cast<size_t>(moe_qwen3_tokenizer_config_json_end -
-                                              moe_qwen3_tokenizer_config_json_begin));
+  return std::string_view(
+      moe_qwen3_tokenizer_config_json_begin,
+      static_cast<size_t>(moe_qwen3_tokenizer_config_json_end - moe_qwen3_tokenizer_config_json_begin));
 }
 
 }  // namespace moe::tokenizer

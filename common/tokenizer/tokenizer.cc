@@ -85,8 +85,7 @@ void Tokenizer::EncodePiece(std::string_view piece, std::vector<int32_t>* ids) c
   if (cacheable) {
     absl::MutexLock lock(&cache_mutex_);
     if (cache_.size() >= kMaxCacheEntries) cache_.clear();
-    cache_.try_emplace(std::string(piece), ids->begin() + static_cast<ptrdiff_t>(first),
-                       ids->end());
+    cache_.try_emplace(std::string(piece), ids->begin() + static_cast<ptrdiff_t>(first), ids->end());
   }
 }
 
@@ -103,9 +102,7 @@ void Tokenizer::Bpe(std::string_view piece, std::vector<int32_t>* ids) const {
     int32_t left;  // symbol index
     int32_t left_id;
     int32_t right_id;
-    bool operator>(const Candidate& o) const {
-      return rank != o.rank ? rank > o.rank : left > o.left;
-    }
+    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
   };
   const int32_t n = static_cast<int32_t>(piece.size());
   std::vector<Symbol> symbols(static_cast<size_t>(n));
@@ -173,8 +170,7 @@ absl::Status Tokenizer::ValidateIds(std::span<const int32_t> ids) const {
   for (size_t i = 0; i < ids.size(); ++i) {
     if (!IsValidId(ids[i])) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", ids[i], " at position ", i,
-                                                     " is not in the vocabulary (size ",
-                                                     vocab_size(), ")"));
+                                                     " is not in the vocabulary (size ", vocab_size(), ")"));
     }
   }
   return absl::OkStatus();

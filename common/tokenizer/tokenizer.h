@@ -105,8 +105,7 @@ class Tokenizer {
 
   // BPE results of pieces seen before: the same words recur constantly in text.
   mutable absl::Mutex cache_mutex_;
-  mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache_
-      ABSL_GUARDED_BY(cache_mutex_);
+  mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache_ ABSL_GUARDED_BY(cache_mutex_);
 };
 
 }  // namespace moe::tokenizer

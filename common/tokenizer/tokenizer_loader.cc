@@ -92,8 +92,7 @@ bool IsEmptyOrNull(const json& model, const char* key) {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModelDir(
-    const std::filesystem::path& dir) {
+absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromModelDir(const std::filesystem::path& dir) {
   const std::filesystem::path path = dir / "tokenizer.json";
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", path.string()));
@@ -120,8 +119,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
   if (type != model.end() && (!type->is_string() || *type != "BPE")) {
     return Invalid("model.type is not BPE");
   }
-  if (!IsEmptyOrNull(model, "continuing_subword_prefix") ||
-      !IsEmptyOrNull(model, "end_of_word_suffix")) {
+  if (!IsEmptyOrNull(model, "continuing_subword_prefix") || !IsEmptyOrNull(model, "end_of_word_suffix")) {
     return Invalid("BPE subword prefixes/suffixes are not supported");
   }
   const auto vocab = model.find("vocab");
@@ -151,8 +149,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
   int64_t max_id = -1;
   for (const auto& [token, id] : vocab->items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() >= (1 << 30)) {
-      return Invalid(
-          absl::StrCat("vocab id of \"", token, "\" is not a small non-negative integer"));
+      return Invalid(absl::StrCat("vocab id of \"", token, "\" is not a small non-negative integer"));
     }
     max_id = std::max(max_id, id.get<int64_t>());
   }
@@ -162,10 +159,9 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
   }
   if (added != root.end() && added->is_array()) {
     for (const json& a : *added) {
-      if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() ||
-          !a.contains("content") || !a["content"].is_string() ||
-          a["content"].get<std::string>().empty() || a["id"].get<int64_t>() < 0 ||
-          a["id"].get<int64_t>() >= (1 << 30)) {
+      if (!a.is_object() || !a.contains("id") || !a["id"].is_number_integer() || !a.contains("content") ||
+          !a["content"].is_string() || a["content"].get<std::string>().empty() ||
+          a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() >= (1 << 30)) {
         return Invalid(absl::StrCat("malformed added token ", a.dump()));
       }
       max_id = std::max(max_id, a["id"].get<int64_t>());
@@ -203,8 +199,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
     for (const json& a : *added) {
       const auto id = static_cast<size_t>(a["id"].get<int64_t>());
       std::string content = a["content"].get<std::string>();
-      const bool special =
-          a.contains("special") && a["special"].is_boolean() && a["special"].get<bool>();
+      const bool special = a.contains("special") && a["special"].is_boolean() && a["special"].get<bool>();
       // The ByteLevel decoder maps a token through the alphabet when every code point is in it,
       // and takes its UTF-8 bytes as they are otherwise (tokenizers decoders/byte_level.rs).
       std::optional<std::string> bytes = alphabet.Decode(content);
@@ -230,8 +225,7 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
     const auto r = tok->vocab_.find(right);
     const auto m = tok->vocab_.find(left + right);
     if (l == tok->vocab_.end() || r == tok->vocab_.end() || m == tok->vocab_.end()) {
-      return Invalid(
-          absl::StrCat("merge \"", left, " ", right, "\" uses a token not in the vocab"));
+      return Invalid(absl::StrCat("merge \"", left, " ", right, "\" uses a token not in the vocab"));
     }
     // The first occurrence wins, as in tokenizers (later duplicates can never fire first).
     tok->merges_.try_emplace(PairKey(l->second, r->second), Merge{rank, m->second});

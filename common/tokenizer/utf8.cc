@@ -59,8 +59,8 @@ absl::Status ValidateUtf8(std::string_view text) {
     bool incomplete;
     const int n = SequenceLength(text, i, &incomplete);
     if (n < 0) {
-      return absl::InvalidArgumentError(absl::StrCat("invalid UTF-8 at byte offset ", i,
-                                                     incomplete ? " (truncated sequence)" : ""));
+      return absl::InvalidArgumentError(
+          absl::StrCat("invalid UTF-8 at byte offset ", i, incomplete ? " (truncated sequence)" : ""));
     }
     i += n;
   }

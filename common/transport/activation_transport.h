@@ -54,8 +54,7 @@ class ActivationTransport {
 
   // Sends `payload` to `peer` tagged `tag` (tag.sender must be self()). Returns once the buffer may
   // be reused. UNAVAILABLE if the peer is unknown or gone.
-  virtual absl::Status Send(int32_t peer, const MessageTag& tag,
-                            std::span<const std::byte> payload) = 0;
+  virtual absl::Status Send(int32_t peer, const MessageTag& tag, std::span<const std::byte> payload) = 0;
 
   // The next message from any peer, in arrival order (expert workers serve rounds this way).
   // UNAVAILABLE when the deadline passes; CANCELLED after Shutdown().

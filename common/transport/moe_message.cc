@@ -57,8 +57,8 @@ bf16* EncodeMoeMessageHeader(int64_t hidden, std::span<const ExpertGroup> groups
 
 absl::StatusOr<MoeMessageView> DecodeMoeMessage(std::span<const std::byte> payload) {
   if (payload.size() < kHeaderBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("moe message of ", payload.size(),
-                                                   " bytes is shorter than its header"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("moe message of ", payload.size(), " bytes is shorter than its header"));
   }
   const std::byte* p = payload.data();
   const uint32_t magic = Get<uint32_t>(p);
@@ -91,9 +91,9 @@ absl::StatusOr<MoeMessageView> DecodeMoeMessage(std::span<const std::byte> paylo
   }
   const uint64_t row_bytes = total_rows * uint64_t{hidden} * sizeof(bf16);
   if (row_bytes != payload.size() - kHeaderBytes - num_groups * kGroupBytes) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("moe message: ", total_rows, " rows of ", hidden, " need ", row_bytes,
-                     " bytes, payload has ", payload.size() - kHeaderBytes - num_groups * kGroupBytes));
+    return absl::InvalidArgumentError(absl::StrCat("moe message: ", total_rows, " rows of ", hidden, " need ",
+                                                   row_bytes, " bytes, payload has ",
+                                                   payload.size() - kHeaderBytes - num_groups * kGroupBytes));
   }
   view.rows = reinterpret_cast<const bf16*>(p);
   view.total_rows = static_cast<int64_t>(total_rows);

@@ -33,21 +33,22 @@ AttentionMetrics::AttentionMetrics(prometheus::Registry& registry) {
   auto& step_family =
       prometheus::BuildHistogram()
           .Name("moe_attention_step_duration_seconds")
-          .Help("Time spent per step in each phase; dispatch and combine are the data-plane hops "
-                "summed over layers.")
+          .Help(
+              "Time spent per step in each phase; dispatch and combine are the data-plane hops "
+              "summed over layers.")
           .Register(registry);
-  const auto step_buckets = metrics::Buckets({0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
-                                              0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60});
+  const auto step_buckets = metrics::Buckets({0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                              0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60});
   step_prefill_seconds = &step_family.Add({{"phase", "prefill"}}, step_buckets);
   step_decode_seconds = &step_family.Add({{"phase", "decode"}}, step_buckets);
   step_dispatch_seconds = &step_family.Add({{"phase", "dispatch"}}, step_buckets);
   step_combine_seconds = &step_family.Add({{"phase", "combine"}}, step_buckets);
-  batch_tokens = &prometheus::BuildHistogram()
-                      .Name("moe_attention_step_batch_tokens")
-                      .Help("Tokens (prefill chunk tokens + decode tokens) in one step's batch.")
-                      .Register(registry)
-                      .Add({}, metrics::Buckets({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048,
-                                                 4096, 8192, 16384}));
+  batch_tokens =
+      &prometheus::BuildHistogram()
+           .Name("moe_attention_step_batch_tokens")
+           .Help("Tokens (prefill chunk tokens + decode tokens) in one step's batch.")
+           .Register(registry)
+           .Add({}, metrics::Buckets({1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384}));
   batch_sequences = &prometheus::BuildHistogram()
                          .Name("moe_attention_step_batch_sequences")
                          .Help("Sequences in one step's batch.")

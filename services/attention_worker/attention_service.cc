@@ -56,8 +56,8 @@ grpc::ServerWriteReactor<v1::AttentionGenerateResponse>* AttentionService::Gener
   }
   auto converted = ToGenerationRequest(*request);
   if (!converted.ok()) return new RejectReactor(rpc::ToGrpcStatus(converted.status()));
-  auto stream = std::make_shared<GenerateStream>(
-      converted->id, [loop](const std::string& id) { loop->Cancel(id); });
+  auto stream =
+      std::make_shared<GenerateStream>(converted->id, [loop](const std::string& id) { loop->Cancel(id); });
   auto* reactor = stream->MakeReactor(stream);
   loop->Submit(stream, *std::move(converted));
   return reactor;

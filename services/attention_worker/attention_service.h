@@ -29,8 +29,8 @@ class AttentionService final : public v1::AttentionWorker::CallbackService {
 
   grpc::ServerWriteReactor<v1::AttentionGenerateResponse>* Generate(
       grpc::CallbackServerContext* context, const v1::AttentionGenerateRequest* request) override;
-  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context,
-                                    const v1::GetLoadRequest* request, v1::WorkerLoad* response) override;
+  grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const v1::GetLoadRequest* request,
+                                    v1::WorkerLoad* response) override;
 
  private:
   std::atomic<StepLoop*> loop_{nullptr};

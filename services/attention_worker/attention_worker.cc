@@ -3,9 +3,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/engine/expert_placement.h"
 #include "common/model/config.h"
-#include "common/status/status_macros.h"
-#include "common/engine/expert_placement.h"
 #include "common/model/model_fingerprint.h"
+#include "common/status/status_macros.h"
 
 namespace moe::services {
 
@@ -22,18 +21,18 @@ absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
     return absl::InvalidArgumentError("--expert_workers: a MoE model needs at least one expert worker");
   }
   if (config.IsMoe() && num_workers > config.num_experts) {
-    return absl::InvalidArgumentError(absl::StrCat("--expert_workers: ", num_workers, " workers for ",
-                                                   config.num_experts, " experts"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--expert_workers: ", num_workers, " workers for ", config.num_experts, " experts"));
   }
   std::unique_ptr<AttentionWorker> worker(new AttentionWorker());
   worker->options_ = options;
   ASSIGN_OR_RETURN(worker->transport_, transport::UcxTransport::Create(options.rank, options.ucx));
   std::vector<int32_t> peers;
-  for (int64_t w = 0; w < num_workers; ++w) peers.push_back(engine::kFirstExpertPeerId + static_cast<int32_t>(w));
-  ASSIGN_OR_RETURN(worker->engine_,
-                   engine::Engine::CreateAttentionWorker(
-                       options.model_dir, options.engine, worker->transport_.get(),
-                       engine::ExpertPlacement(config.num_experts, std::move(peers))));
+  for (int64_t w = 0; w < num_workers; ++w)
+    peers.push_back(engine::kFirstExpertPeerId + static_cast<int32_t>(w));
+  ASSIGN_OR_RETURN(worker->engine_, engine::Engine::CreateAttentionWorker(
+                                        options.model_dir, options.engine, worker->transport_.get(),
+                                        engine::ExpertPlacement(config.num_experts, std::move(peers))));
   ExpertConnectorOptions& connector = worker->options_.connector;
   connector.expert_addresses = options.expert_addresses;
   connector.attention_rank = options.rank;

@@ -18,8 +18,8 @@ constexpr int32_t kFirstExpertPeer = 1000;  // engine/expert_placement.h numberi
 absl::Status ValidateExpertInfo(const v1::ExpertWorkerInfo& info, int rank, int num_workers,
                                 int64_t num_experts, const std::string& fingerprint) {
   auto mismatch = [&](const char* field, auto got, auto want) {
-    return absl::FailedPreconditionError(absl::StrCat("expert worker ", rank, ": ", field, " is ", got,
-                                                      ", expected ", want));
+    return absl::FailedPreconditionError(
+        absl::StrCat("expert worker ", rank, ": ", field, " is ", got, ", expected ", want));
   };
   if (info.rank() != rank) return mismatch("rank", info.rank(), rank);
   if (info.num_expert_workers() != num_workers) {
@@ -51,7 +51,9 @@ ExpertConnector::ExpertConnector(ExpertConnectorOptions options, transport::UcxT
   }
 }
 
-void ExpertConnector::Start() { thread_ = std::thread([this] { Loop(); }); }
+void ExpertConnector::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
 
 void ExpertConnector::Stop() {
   {
@@ -103,8 +105,8 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   if (!rpc.ok()) return set_error(absl::StrCat("GetInfo: ", rpc.error_message()));
   if (peer.connected && !force_reconnect && info.address() == peer.data_address) return true;
 
-  absl::Status valid = ValidateExpertInfo(info, rank, static_cast<int>(peers_.size()),
-                                          options_.num_experts, options_.model_fingerprint);
+  absl::Status valid = ValidateExpertInfo(info, rank, static_cast<int>(peers_.size()), options_.num_experts,
+                                          options_.model_fingerprint);
   if (!valid.ok()) return set_error(std::string(valid.message()));
   // Ours first, so that by the time the expert worker can answer us our endpoint exists; Connect
   // replaces an endpoint to a previous incarnation and clears its recorded failure.
@@ -123,9 +125,8 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   peer.connected = true;
   peer.data_address = info.address();
   peer.last_error.clear();
-  std::cerr << "attention worker: expert worker " << rank << " connected, experts ["
-            << info.first_expert() << ", " << info.first_expert() + info.num_experts() << ")"
-            << std::endl;
+  std::cerr << "attention worker: expert worker " << rank << " connected, experts [" << info.first_expert()
+            << ", " << info.first_expert() + info.num_experts() << ")" << std::endl;
   return true;
 }
 

@@ -37,11 +37,16 @@ namespace {
 
 v1::AttentionFinishReason ToProto(engine::FinishReason reason) {
   switch (reason) {
-    case engine::FinishReason::kStop: return v1::ATTENTION_FINISH_REASON_STOP;
-    case engine::FinishReason::kLength: return v1::ATTENTION_FINISH_REASON_LENGTH;
-    case engine::FinishReason::kAbort: return v1::ATTENTION_FINISH_REASON_ABORT;
-    case engine::FinishReason::kError: return v1::ATTENTION_FINISH_REASON_ERROR;
-    case engine::FinishReason::kNone: break;
+    case engine::FinishReason::kStop:
+      return v1::ATTENTION_FINISH_REASON_STOP;
+    case engine::FinishReason::kLength:
+      return v1::ATTENTION_FINISH_REASON_LENGTH;
+    case engine::FinishReason::kAbort:
+      return v1::ATTENTION_FINISH_REASON_ABORT;
+    case engine::FinishReason::kError:
+      return v1::ATTENTION_FINISH_REASON_ERROR;
+    case engine::FinishReason::kNone:
+      break;
   }
   return v1::ATTENTION_FINISH_REASON_UNSPECIFIED;
 }
@@ -84,7 +89,7 @@ void GenerateStream::OnEvent(const engine::TokenEvent& event) {
       break;
     case engine::FinishReason::kError:
       end_ = grpc::Status(absl::StrContains(event.error, "UNAVAILABLE") ? grpc::StatusCode::UNAVAILABLE
-                                                                          : grpc::StatusCode::INTERNAL,
+                                                                        : grpc::StatusCode::INTERNAL,
                           event.error);
       break;
   }

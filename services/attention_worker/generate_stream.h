@@ -62,10 +62,10 @@ class GenerateStream {
 
   mutable absl::Mutex mu_;
   ReactorImpl* reactor_ ABSL_GUARDED_BY(mu_) = nullptr;
-  v1::AttentionGenerateResponse pending_ ABSL_GUARDED_BY(mu_);   // tokens not yet written
-  v1::AttentionGenerateResponse writing_ ABSL_GUARDED_BY(mu_);   // the write in flight
-  std::optional<grpc::Status> end_ ABSL_GUARDED_BY(mu_);         // how the call ends
-  bool final_message_ ABSL_GUARDED_BY(mu_) = false;               // pending_ carries finished=true
+  v1::AttentionGenerateResponse pending_ ABSL_GUARDED_BY(mu_);  // tokens not yet written
+  v1::AttentionGenerateResponse writing_ ABSL_GUARDED_BY(mu_);  // the write in flight
+  std::optional<grpc::Status> end_ ABSL_GUARDED_BY(mu_);        // how the call ends
+  bool final_message_ ABSL_GUARDED_BY(mu_) = false;             // pending_ carries finished=true
   bool write_in_flight_ ABSL_GUARDED_BY(mu_) = false;
   bool finish_called_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;

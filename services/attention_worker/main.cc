@@ -83,23 +83,24 @@ int main(int argc, char** argv) {
   // A send to a dead expert worker must not outlast the round's own deadline.
   options.ucx.send_timeout = options.engine.moe_timeout;
 
-  prometheus::Gauge& ready_gauge = moe::metrics::RegisterProcessMetrics(
-      "attention_worker", absl::GetFlag(FLAGS_worker_price_per_hour));
+  prometheus::Gauge& ready_gauge =
+      moe::metrics::RegisterProcessMetrics("attention_worker", absl::GetFlag(FLAGS_worker_price_per_hour));
   auto metrics_port = moe::metrics::StartExposer(absl::GetFlag(FLAGS_metrics_port));
   if (!metrics_port.ok()) return Fail(metrics_port.status().ToString());
 
   moe::services::AttentionService service;
   auto server = moe::rpc::GrpcServer::Start(absl::GetFlag(FLAGS_listen), {&service});
   if (!server.ok()) return Fail(server.status().ToString());
-  std::cerr << "moe-attention-worker: rank " << options.rank << " listening on port "
-            << (*server)->port() << ", metrics on port " << *metrics_port << std::endl;
+  std::cerr << "moe-attention-worker: rank " << options.rank << " listening on port " << (*server)->port()
+            << ", metrics on port " << *metrics_port << std::endl;
 
   auto worker = moe::services::AttentionWorker::Create(options, &moe::metrics::Registry());
   if (!worker.ok()) return Fail(worker.status().ToString());
   moe::rpc::GrpcServer* grpc_server = server->get();
   (*worker)->Start([grpc_server, &ready_gauge](bool ready) {
-    std::cerr << "moe-attention-worker: " << (ready ? "every expert worker connected: SERVING"
-                                                    : "an expert worker is missing: NOT_SERVING")
+    std::cerr << "moe-attention-worker: "
+              << (ready ? "every expert worker connected: SERVING"
+                        : "an expert worker is missing: NOT_SERVING")
               << std::endl;
     grpc_server->SetReady(ready);
     ready_gauge.Set(ready ? 1 : 0);

@@ -16,7 +16,9 @@ StepLoop::StepLoop(std::unique_ptr<engine::Engine> engine, int rank, StepLoopHoo
   Publish();
 }
 
-void StepLoop::Start() { thread_ = std::thread([this] { Loop(); }); }
+void StepLoop::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
 
 void StepLoop::Stop() {
   {
@@ -80,8 +82,8 @@ void StepLoop::Apply(Command command, bool ready) {
     return;
   }
   if (!ready) {
-    command.stream->End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                                     "UNAVAILABLE: not every expert worker is connected"));
+    command.stream->End(
+        grpc::Status(grpc::StatusCode::UNAVAILABLE, "UNAVAILABLE: not every expert worker is connected"));
     return;
   }
   const std::string id = command.request.id;
@@ -166,7 +168,8 @@ void StepLoop::Loop() {
   absl::MutexLock lock(&mu_);
   for (Command& command : inbox_) {
     if (command.stream != nullptr) {
-      command.stream->End(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the attention worker is shutting down"));
+      command.stream->End(
+          grpc::Status(grpc::StatusCode::UNAVAILABLE, "the attention worker is shutting down"));
     }
   }
   inbox_.clear();

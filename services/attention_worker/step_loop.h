@@ -37,8 +37,7 @@ struct StepLoopHooks {
 class StepLoop {
  public:
   // `engine` is owned by the loop from Start on; `metrics` may be null. `rank` is reported by Load.
-  StepLoop(std::unique_ptr<engine::Engine> engine, int rank, StepLoopHooks hooks,
-           AttentionMetrics* metrics);
+  StepLoop(std::unique_ptr<engine::Engine> engine, int rank, StepLoopHooks hooks, AttentionMetrics* metrics);
   ~StepLoop() { Stop(); }
 
   void Start();

@@ -5,8 +5,8 @@
 
 namespace moe::services {
 
-ExpertLoadWindow::ExpertLoadWindow(int64_t num_layers, int64_t num_hosted_experts,
-                                   absl::Duration window, int num_buckets)
+ExpertLoadWindow::ExpertLoadWindow(int64_t num_layers, int64_t num_hosted_experts, absl::Duration window,
+                                   int num_buckets)
     : num_layers_(std::max<int64_t>(num_layers, 0)),
       num_hosted_(std::max<int64_t>(num_hosted_experts, 0)),
       bucket_width_(std::max(window, absl::Milliseconds(1)) / std::max(num_buckets, 1)),

@@ -35,7 +35,7 @@ class ExpertLoadWindow {
 
  private:
   struct Bucket {
-    int64_t index = -1;  // bucket number since the epoch; -1 = empty
+    int64_t index = -1;            // bucket number since the epoch; -1 = empty
     std::vector<uint64_t> counts;  // [layer * num_hosted + expert]
   };
   int64_t BucketIndex(absl::Time now) const;

@@ -8,8 +8,7 @@
 namespace moe::services {
 
 ExpertMetrics::ExpertMetrics(prometheus::Registry& registry, const std::vector<int64_t>& moe_layers,
-                             int64_t num_layers, int64_t first_expert, int64_t num_hosted,
-                             bool per_expert) {
+                             int64_t num_layers, int64_t first_expert, int64_t num_hosted, bool per_expert) {
   hosted_experts = &prometheus::BuildGauge()
                         .Name("moe_expert_hosted_experts")
                         .Help("Experts per MoE layer hosted by this worker (its shard plus replicas).")
@@ -21,13 +20,13 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry, const std::vector<i
                 .Help("Dispatch/combine rounds (one layer of one micro-batch from one sender) served.")
                 .Register(registry)
                 .Add({});
-  compute_seconds = &prometheus::BuildHistogram()
-                         .Name("moe_expert_compute_duration_seconds")
-                         .Help("Expert compute time of one round (grouped SwiGLU over the received rows).")
-                         .Register(registry)
-                         .Add({}, metrics::Buckets({0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
-                                                    5, 10, 30, 60}));
+  compute_seconds =
+      &prometheus::BuildHistogram()
+           .Name("moe_expert_compute_duration_seconds")
+           .Help("Expert compute time of one round (grouped SwiGLU over the received rows).")
+           .Register(registry)
+           .Add({}, metrics::Buckets({0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                      0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}));
   bytes_received = &prometheus::BuildCounter()
                         .Name("moe_expert_bytes_received_total")
                         .Help("Activation bytes received on the data plane (dispatch).")
@@ -45,8 +44,9 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry, const std::vector<i
   auto& balance_family =
       prometheus::BuildGauge()
           .Name("moe_expert_load_balance_ratio")
-          .Help("Per layer, mean / max tokens per hosted expert over the last --load_window_seconds "
-                "(1 = perfectly even); NaN when the layer saw no tokens.")
+          .Help(
+              "Per layer, mean / max tokens per hosted expert over the last --load_window_seconds "
+              "(1 = perfectly even); NaN when the layer saw no tokens.")
           .Register(registry);
   layer_tokens.assign(static_cast<size_t>(num_layers), nullptr);
   load_balance.assign(static_cast<size_t>(num_layers), nullptr);

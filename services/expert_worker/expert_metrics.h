@@ -19,16 +19,16 @@ namespace moe::services {
 struct ExpertMetrics {
   // `moe_layers`: the MoE layer indices; hosted experts [first_expert, first_expert + num_hosted).
   // Per-expert counters only if `per_expert`.
-  ExpertMetrics(prometheus::Registry& registry, const std::vector<int64_t>& moe_layers,
-                int64_t num_layers, int64_t first_expert, int64_t num_hosted, bool per_expert);
+  ExpertMetrics(prometheus::Registry& registry, const std::vector<int64_t>& moe_layers, int64_t num_layers,
+                int64_t first_expert, int64_t num_hosted, bool per_expert);
 
   prometheus::Gauge* hosted_experts;
   prometheus::Counter* rounds;
   prometheus::Histogram* compute_seconds;
   prometheus::Counter* bytes_received;
   prometheus::Counter* bytes_sent;
-  std::vector<prometheus::Counter*> layer_tokens;   // [layer]; nullptr for dense layers
-  std::vector<prometheus::Gauge*> load_balance;     // [layer]; nullptr for dense layers
+  std::vector<prometheus::Counter*> layer_tokens;                // [layer]; nullptr for dense layers
+  std::vector<prometheus::Gauge*> load_balance;                  // [layer]; nullptr for dense layers
   std::vector<std::vector<prometheus::Counter*>> expert_tokens;  // [layer][local]; empty w/o flag
 };
 

@@ -8,9 +8,8 @@
 
 namespace moe::services {
 
-ExpertRoundLoop::ExpertRoundLoop(const engine::ExpertBlock* block,
-                                 transport::ActivationTransport* transport, ExpertMetrics* metrics,
-                                 int64_t num_layers, absl::Duration load_window)
+ExpertRoundLoop::ExpertRoundLoop(const engine::ExpertBlock* block, transport::ActivationTransport* transport,
+                                 ExpertMetrics* metrics, int64_t num_layers, absl::Duration load_window)
     : block_(block),
       transport_(transport),
       metrics_(metrics),

@@ -4,9 +4,9 @@
 #include "common/engine/expert_placement.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
+#include "common/model/model_fingerprint.h"
 #include "common/model/weights.h"
 #include "common/status/status_macros.h"
-#include "common/model/model_fingerprint.h"
 
 namespace moe::services {
 
@@ -17,8 +17,8 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
         absl::StrCat("--num_expert_workers must be >= 1, got ", options.num_expert_workers));
   }
   if (options.rank < 0 || options.rank >= options.num_expert_workers) {
-    return absl::InvalidArgumentError(absl::StrCat("--rank must be in [0, ", options.num_expert_workers,
-                                                   "), got ", options.rank));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--rank must be in [0, ", options.num_expert_workers, "), got ", options.rank));
   }
   if (options.load_window <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--load_window_seconds must be > 0");
@@ -64,8 +64,7 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
       if (config.IsMoeLayer(l)) moe_layers.push_back(l);
     }
     worker->metrics_ = std::make_unique<ExpertMetrics>(*registry, moe_layers, config.num_hidden_layers,
-                                                       range.first, range.count,
-                                                       options.per_expert_metrics);
+                                                       range.first, range.count, options.per_expert_metrics);
   }
   worker->loop_ = std::make_unique<ExpertRoundLoop>(worker->block_.get(), worker->transport_.get(),
                                                     worker->metrics_.get(), config.num_hidden_layers,
@@ -81,9 +80,9 @@ absl::Status ExpertWorker::ConnectAttention(int32_t peer_id, const std::string& 
                                                    kFirstExpertPeerId, "), got ", peer_id));
   }
   if (!fingerprint.empty() && fingerprint != info_.model_fingerprint()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "model_fingerprint: the attention worker serves model ", fingerprint, ", this expert worker ",
-        info_.model_fingerprint()));
+    return absl::FailedPreconditionError(absl::StrCat("model_fingerprint: the attention worker serves model ",
+                                                      fingerprint, ", this expert worker ",
+                                                      info_.model_fingerprint()));
   }
   return transport_->Connect(peer_id, address);
 }

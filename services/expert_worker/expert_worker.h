@@ -14,10 +14,10 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/engine/expert_block.h"
+#include "common/engine/expert_placement.h"
 #include "common/model/checkpoint.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "moe/v1/control.pb.h"
-#include "common/engine/expert_placement.h"
 #include "prometheus/registry.h"
 #include "services/expert_worker/expert_metrics.h"
 #include "services/expert_worker/expert_round_loop.h"
@@ -50,8 +50,7 @@ class ExpertWorker {
   // Connects the data plane back to attention worker `peer_id` (0 <= peer_id < 1000) at `address`.
   // Replaces a previous endpoint (a restarted attention worker). INVALID_ARGUMENT for a bad peer id
   // or address; FAILED_PRECONDITION when `fingerprint` (if non-empty) is not this model's.
-  absl::Status ConnectAttention(int32_t peer_id, const std::string& address,
-                                const std::string& fingerprint);
+  absl::Status ConnectAttention(int32_t peer_id, const std::string& address, const std::string& fingerprint);
 
   // See ExpertRoundLoop::Drain / Stop.
   uint64_t Drain() { return loop_->Drain(); }

@@ -35,18 +35,18 @@ int Fail(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moe::rpc::ParseFlagsWithEnv(
-      argc, argv, "moe-expert-worker --model DIR --rank R --num_expert_workers N --listen H:P",
-      {{"model", "MOE_MODEL"},
-       {"rank", "MOE_RANK"},
-       {"num_expert_workers", "MOE_NUM_EXPERT_WORKERS"},
-       {"listen", "MOE_LISTEN"},
-       {"metrics_port", "MOE_METRICS_PORT"},
-       {"transport", "MOE_TRANSPORT"},
-       {"load_window_seconds", "MOE_LOAD_WINDOW_SECONDS"},
-       {"per_expert_metrics", "MOE_PER_EXPERT_METRICS"},
-       {"worker_price_per_hour", "MOE_WORKER_PRICE_PER_HOUR"},
-       {"log_level", "MOE_LOG_LEVEL"}});
+  moe::rpc::ParseFlagsWithEnv(argc, argv,
+                              "moe-expert-worker --model DIR --rank R --num_expert_workers N --listen H:P",
+                              {{"model", "MOE_MODEL"},
+                               {"rank", "MOE_RANK"},
+                               {"num_expert_workers", "MOE_NUM_EXPERT_WORKERS"},
+                               {"listen", "MOE_LISTEN"},
+                               {"metrics_port", "MOE_METRICS_PORT"},
+                               {"transport", "MOE_TRANSPORT"},
+                               {"load_window_seconds", "MOE_LOAD_WINDOW_SECONDS"},
+                               {"per_expert_metrics", "MOE_PER_EXPERT_METRICS"},
+                               {"worker_price_per_hour", "MOE_WORKER_PRICE_PER_HOUR"},
+                               {"log_level", "MOE_LOG_LEVEL"}});
   moe::rpc::BlockTerminationSignals();
 
   if (absl::GetFlag(FLAGS_model).empty()) return Fail("--model is required");

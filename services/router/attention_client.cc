@@ -22,7 +22,9 @@ void WorkerCall::ReleaseHoldOnce() {
   if (!(hold_state_.fetch_or(kReleased) & kReleased)) RemoveHold();
 }
 
-void WorkerCall::ReadNext() { StartRead(&response_); }
+void WorkerCall::ReadNext() {
+  StartRead(&response_);
+}
 
 void WorkerCall::StopReading() {
   if (hold_state_.fetch_or(kStopRequested) & kStarted) ReleaseHoldOnce();
@@ -62,10 +64,9 @@ void AttentionClient::GetLoad(absl::Duration timeout,
   };
   auto call = std::make_shared<Call>();
   call->context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
-  stub_->async()->GetLoad(&call->context, &call->request, &call->response,
-                          [call, done = std::move(done)](grpc::Status status) {
-                            done(status, call->response);
-                          });
+  stub_->async()->GetLoad(
+      &call->context, &call->request, &call->response,
+      [call, done = std::move(done)](grpc::Status status) { done(status, call->response); });
 }
 
 }  // namespace moe::router

@@ -14,9 +14,12 @@ constexpr absl::Duration kNoDeadline = absl::Hours(24 * 365);
 
 moe::v1::FinishReason FromWorker(moe::v1::AttentionFinishReason r) {
   switch (r) {
-    case moe::v1::ATTENTION_FINISH_REASON_STOP: return moe::v1::FINISH_REASON_STOP;
-    case moe::v1::ATTENTION_FINISH_REASON_LENGTH: return moe::v1::FINISH_REASON_LENGTH;
-    default: return moe::v1::FINISH_REASON_ERROR;
+    case moe::v1::ATTENTION_FINISH_REASON_STOP:
+      return moe::v1::FINISH_REASON_STOP;
+    case moe::v1::ATTENTION_FINISH_REASON_LENGTH:
+      return moe::v1::FINISH_REASON_LENGTH;
+    default:
+      return moe::v1::FINISH_REASON_ERROR;
   }
 }
 
@@ -43,9 +46,9 @@ GenerateCall::GenerateCall(GenerateService* service, grpc::CallbackServerContext
     } else {
       prepared_ = *std::move(prepared);
       prompt_tokens_ = static_cast<int32_t>(prepared_.prompt.size());
-      output_ = std::make_unique<OutputProcessor>(
-          *service_->model().tokenizer, prepared_.skip_special_tokens, service_->model().think,
-          prepared_.start_in_reasoning, prepared_.stop);
+      output_ = std::make_unique<OutputProcessor>(*service_->model().tokenizer, prepared_.skip_special_tokens,
+                                                  service_->model().think, prepared_.start_in_reasoning,
+                                                  prepared_.stop);
       std::string reason;
       // No gRPC callback delivers until mu_ is released, so queued_ is set before OnCancel runs.
       absl::Status admitted = service_->scheduler().Submit(
@@ -243,11 +246,12 @@ void GenerateCall::OnWorkerMessage(const moe::v1::AttentionGenerateResponse& mes
       const moe::v1::FinishReason reason = FromWorker(message.finish_reason());
       if (reason == moe::v1::FINISH_REASON_ERROR) {
         // The worker gave up on the sequence (e.g. an expert worker was lost): a worker failure.
-        Decide(grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                            absl::StrCat("attention worker ", service_->scheduler().worker(worker_index_).address(),
-                                         " failed the request: ",
-                                         message.error().empty() ? "aborted" : message.error())),
-               "error");
+        Decide(
+            grpc::Status(
+                grpc::StatusCode::UNAVAILABLE,
+                absl::StrCat("attention worker ", service_->scheduler().worker(worker_index_).address(),
+                             " failed the request: ", message.error().empty() ? "aborted" : message.error())),
+            "error");
         out.clear_tokens();  // the partial text of a failed request is not sent
         out.clear_text();
         out.clear_reasoning_text();
@@ -257,8 +261,8 @@ void GenerateCall::OnWorkerMessage(const moe::v1::AttentionGenerateResponse& mes
         final_written_ = true;
       }
     }
-    const bool has_content = out.tokens_size() > 0 || out.finished() || !out.text().empty() ||
-                             !out.reasoning_text().empty();
+    const bool has_content =
+        out.tokens_size() > 0 || out.finished() || !out.text().empty() || !out.reasoning_text().empty();
     if (has_content) {
       write_in_flight_ = true;
       actions.write = true;
@@ -314,6 +318,8 @@ void GenerateCall::OnWorkerDone(const grpc::Status& status) {
   Run(actions);
 }
 
-void GenerateCall::OnDone() { delete this; }
+void GenerateCall::OnDone() {
+  delete this;
+}
 
 }  // namespace moe::router

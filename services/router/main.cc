@@ -99,8 +99,8 @@ int main(int argc, char** argv) {
               << std::endl;
   });
   std::cerr << "moe-router: serving " << (*model)->name << " on port " << grpc_server->port()
-            << ", metrics on port " << *metrics_port << ", " << attention->size()
-            << " attention worker(s)" << std::endl;
+            << ", metrics on port " << *metrics_port << ", " << attention->size() << " attention worker(s)"
+            << std::endl;
 
   const int signal = moe::rpc::WaitForTerminationSignal();
   std::cerr << "moe-router: signal " << signal << ", draining" << std::endl;

@@ -41,8 +41,8 @@ struct OutputDelta {
 // both channels are checked. After a stop string matched, every later token is ignored.
 class OutputProcessor {
  public:
-  OutputProcessor(const tokenizer::Tokenizer& tokenizer, bool skip_special_tokens,
-                  ThinkTokens think, bool start_in_reasoning, const std::vector<std::string>& stops);
+  OutputProcessor(const tokenizer::Tokenizer& tokenizer, bool skip_special_tokens, ThinkTokens think,
+                  bool start_in_reasoning, const std::vector<std::string>& stops);
 
   // Processes one generated token, appending its text to `delta`. Returns false (and appends
   // nothing) when a stop string matched before this token.

@@ -17,8 +17,8 @@ absl::Status Invalid(const std::string& field, const std::string& what) {
 
 absl::Status CheckText(const std::string& field, const std::string& text, const RequestLimits& limits) {
   if (text.size() > limits.max_input_bytes) {
-    return Invalid(field, absl::StrCat("is ", text.size(), " bytes, over the limit of ",
-                                       limits.max_input_bytes));
+    return Invalid(field,
+                   absl::StrCat("is ", text.size(), " bytes, over the limit of ", limits.max_input_bytes));
   }
   if (!tokenizer::ValidateUtf8(text).ok()) return Invalid(field, "is not valid UTF-8");
   return absl::OkStatus();
@@ -43,8 +43,7 @@ absl::Status SamplingError(const absl::Status& status) {
 }  // namespace
 
 absl::StatusOr<std::vector<int32_t>> TokenizeText(const ServedModel& model, const std::string& text,
-                                                  const RequestLimits& limits,
-                                                  const std::string& field) {
+                                                  const RequestLimits& limits, const std::string& field) {
   if (text.empty()) return Invalid(field, "is empty");
   RETURN_IF_ERROR(CheckText(field, text, limits));
   absl::StatusOr<std::vector<int32_t>> ids = model.tokenizer->Encode(text);
@@ -52,10 +51,8 @@ absl::StatusOr<std::vector<int32_t>> TokenizeText(const ServedModel& model, cons
   return ids;
 }
 
-absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model,
-                                                  const moe::v1::ChatInput& chat,
-                                                  const RequestLimits& limits,
-                                                  const std::string& field) {
+absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model, const moe::v1::ChatInput& chat,
+                                                  const RequestLimits& limits, const std::string& field) {
   if (chat.messages().empty()) return Invalid(field + ".messages", "is empty");
   std::vector<tokenizer::ChatMessage> messages;
   size_t total_bytes = 0;
@@ -79,8 +76,7 @@ absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model,
   }
   if (total_bytes > limits.max_input_bytes) {
     return Invalid(field + ".messages", absl::StrCat("content totals ", total_bytes,
-                                                      " bytes, over the limit of ",
-                                                      limits.max_input_bytes));
+                                                     " bytes, over the limit of ", limits.max_input_bytes));
   }
   tokenizer::ChatTemplateOptions options;
   options.add_generation_prompt = chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
@@ -94,8 +90,7 @@ absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model,
 
 absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& request,
                                                const ServedModel& model, const RequestLimits& limits,
-                                               const std::string& generated_id,
-                                               RejectReason* reason) {
+                                               const std::string& generated_id, RejectReason* reason) {
   RejectReason unused;
   if (reason == nullptr) reason = &unused;
   *reason = RejectReason::kInvalidArgument;
@@ -106,8 +101,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
   out.request_id = request.request_id().empty() ? generated_id : request.request_id();
   if (!request.model().empty() && request.model() != model.name) {
     RETURN_IF_ERROR(CheckText("model", request.model(), limits));
-    return Invalid("model", absl::StrCat("unknown model '", request.model(), "' (serving '",
-                                         model.name, "')"));
+    return Invalid("model",
+                   absl::StrCat("unknown model '", request.model(), "' (serving '", model.name, "')"));
   }
 
   // Input.
@@ -133,9 +128,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
   const int64_t prompt_len = static_cast<int64_t>(out.prompt.size());
   if (prompt_len >= context) {
     *reason = RejectReason::kPromptTooLong;
-    return Invalid("prompt", absl::StrCat("the prompt has ", prompt_len,
-                                          " tokens; the context length is ", context,
-                                          " (at least one token must be left to generate)"));
+    return Invalid("prompt", absl::StrCat("the prompt has ", prompt_len, " tokens; the context length is ",
+                                          context, " (at least one token must be left to generate)"));
   }
   const int64_t context_left = context - prompt_len;
 
@@ -172,8 +166,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
                    absl::StrCat("must be in [0, max_new_tokens = ", out.max_new_tokens, "], got ", min_new));
   }
   if (static_cast<size_t>(s.stop_size()) > limits.max_stop_strings) {
-    return Invalid("sampling.stop", absl::StrCat("has ", s.stop_size(), " strings; at most ",
-                                                 limits.max_stop_strings));
+    return Invalid("sampling.stop",
+                   absl::StrCat("has ", s.stop_size(), " strings; at most ", limits.max_stop_strings));
   }
   for (int i = 0; i < s.stop_size(); ++i) {
     const std::string field = absl::StrCat("sampling.stop[", i, "]");
@@ -185,13 +179,13 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
     out.stop.push_back(s.stop(i));
   }
   if (static_cast<size_t>(s.stop_token_ids_size()) > limits.max_stop_token_ids) {
-    return Invalid("sampling.stop_token_ids", absl::StrCat("has ", s.stop_token_ids_size(),
-                                                           " ids; at most ", limits.max_stop_token_ids));
+    return Invalid("sampling.stop_token_ids", absl::StrCat("has ", s.stop_token_ids_size(), " ids; at most ",
+                                                           limits.max_stop_token_ids));
   }
   RETURN_IF_ERROR(CheckIds("sampling.stop_token_ids", s.stop_token_ids(), model.config.vocab_size));
   if (request.logprobs() < 0 || request.logprobs() > limits.max_logprobs) {
-    return Invalid("logprobs", absl::StrCat("must be in [0, ", limits.max_logprobs, "], got ",
-                                            request.logprobs()));
+    return Invalid("logprobs",
+                   absl::StrCat("must be in [0, ", limits.max_logprobs, "], got ", request.logprobs()));
   }
   out.logprobs = request.logprobs();
   out.skip_special_tokens = request.has_skip_special_tokens() ? request.skip_special_tokens() : true;

@@ -46,15 +46,12 @@ struct PreparedRequest {
 };
 
 // Token ids of a chat input with the model's template (field paths under `field`, e.g. "chat").
-absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model,
-                                                  const moe::v1::ChatInput& chat,
-                                                  const RequestLimits& limits,
-                                                  const std::string& field);
+absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model, const moe::v1::ChatInput& chat,
+                                                  const RequestLimits& limits, const std::string& field);
 // Token ids of text (no special tokens added); INVALID_ARGUMENT naming `field` for bad UTF-8 or
 // text over the limit.
 absl::StatusOr<std::vector<int32_t>> TokenizeText(const ServedModel& model, const std::string& text,
-                                                  const RequestLimits& limits,
-                                                  const std::string& field);
+                                                  const RequestLimits& limits, const std::string& field);
 
 // Validates `request` against `model` and resolves unset sampling fields from the model's
 // generation_config. `generated_id` is used when request_id is empty. On error, *reason (if not

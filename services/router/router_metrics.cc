@@ -17,32 +17,49 @@ prometheus::Gauge& MakeGauge(prometheus::Registry& r, const std::string& name, c
   return prometheus::BuildGauge().Name(name).Help(help).Register(r).Add({});
 }
 
-const Histogram::BucketBoundaries kTokenBuckets = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04,
-                                                   0.06,  0.08,   0.1,   0.25, 0.5,  1,
-                                                   2.5,   5,      10,    30,   60};
+const Histogram::BucketBoundaries kTokenBuckets = {0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
+                                                   0.25,  0.5,    1,     2.5,  5,    10,   30,   60};
 
 }  // namespace
 
 std::string_view GrpcCodeName(grpc::StatusCode code) {
   switch (code) {
-    case grpc::StatusCode::OK: return "OK";
-    case grpc::StatusCode::CANCELLED: return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN: return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT: return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED: return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND: return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS: return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED: return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED: return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION: return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED: return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE: return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED: return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL: return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE: return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS: return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED: return "UNAUTHENTICATED";
-    default: return "UNKNOWN";
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
   }
 }
 
@@ -70,25 +87,23 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r, double price_per_hour_doll
                              .Help("Tokens generated and streamed to clients.")
                              .Register(r)
                              .Add({})),
-      queue_time_(MakeHistogram(r, "moe_router_queue_time_seconds",
-                                "Time from admission to placement on an attention worker.",
-                                {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20,
-                                 30, 60, 120, 300, 600})),
-      ttft_(MakeHistogram(r, "moe_router_time_to_first_token_seconds",
-                          "Time from request arrival to the first generated token sent to the client.",
-                          {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 30, 60, 120,
-                           300, 600})),
+      queue_time_(MakeHistogram(
+          r, "moe_router_queue_time_seconds", "Time from admission to placement on an attention worker.",
+          {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600})),
+      ttft_(
+          MakeHistogram(r, "moe_router_time_to_first_token_seconds",
+                        "Time from request arrival to the first generated token sent to the client.",
+                        {0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600})),
       itl_(MakeHistogram(r, "moe_router_inter_token_latency_seconds",
-                         "Time between two consecutive generated tokens of one request.",
-                         kTokenBuckets)),
+                         "Time between two consecutive generated tokens of one request.", kTokenBuckets)),
       tpot_(MakeHistogram(r, "moe_router_time_per_output_token_seconds",
                           "Per request: (end-to-end time - time to first token) / (generated tokens "
                           "- 1), observed once per request with at least 2 tokens.",
                           kTokenBuckets)),
-      duration_(MakeHistogram(r, "moe_router_request_duration_seconds",
-                              "End-to-end time of a Generate request, arrival to final message.",
-                              {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600,
-                               1200, 1800})),
+      duration_(
+          MakeHistogram(r, "moe_router_request_duration_seconds",
+                        "End-to-end time of a Generate request, arrival to final message.",
+                        {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800})),
       workers_ready_(prometheus::BuildGauge()
                          .Name("moe_router_workers_ready")
                          .Help("Workers of each role whose readiness check passes, as seen by the router.")
@@ -109,7 +124,8 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r, double price_per_hour_doll
       price_per_hour_(price_per_hour_dollars),
       cost_window_(cost_window) {
   // Every label value is known up front: export the zero series so rate() works from the start.
-  for (const char* reason : {"queue_full", "kv_capacity", "prompt_too_long", "invalid_argument", "no_workers"}) {
+  for (const char* reason :
+       {"queue_full", "kv_capacity", "prompt_too_long", "invalid_argument", "no_workers"}) {
     rejections_.Add({{"reason", reason}});
   }
   for (const char* role : {"attention_worker", "expert_worker"}) {
@@ -120,8 +136,7 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r, double price_per_hour_doll
   cost_per_request_.Set(std::numeric_limits<double>::quiet_NaN());
 }
 
-void RouterMetrics::RequestFinished(std::string_view finish_reason, grpc::StatusCode code,
-                                    absl::Time now) {
+void RouterMetrics::RequestFinished(std::string_view finish_reason, grpc::StatusCode code, absl::Time now) {
   requests_.Add({{"finish_reason", std::string(finish_reason)}, {"code", std::string(GrpcCodeName(code))}})
       .Increment();
   AddToWindow(now, 0, 1);

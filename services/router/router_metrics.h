@@ -25,8 +25,7 @@ std::string_view GrpcCodeName(grpc::StatusCode code);
 
 class RouterMetrics {
  public:
-  RouterMetrics(prometheus::Registry& registry, double price_per_hour_dollars,
-                absl::Duration cost_window);
+  RouterMetrics(prometheus::Registry& registry, double price_per_hour_dollars, absl::Duration cost_window);
 
   // One finished Generate call. finish_reason: stop, length, stop_sequence, cancelled, deadline,
   // error.

@@ -10,14 +10,17 @@ namespace moe::router {
 Scheduler::Scheduler(std::vector<std::string> attention_workers, std::vector<std::string> expert_workers,
                      SchedulerOptions options, RouterMetrics* metrics)
     : options_(options), metrics_(metrics), queue_(options.max_queued_requests) {
-  for (std::string& a : attention_workers) workers_.push_back(std::make_unique<AttentionClient>(std::move(a)));
+  for (std::string& a : attention_workers)
+    workers_.push_back(std::make_unique<AttentionClient>(std::move(a)));
   for (std::string& e : expert_workers) experts_.push_back(std::make_unique<HealthClient>(std::move(e)));
   state_.resize(workers_.size());
   expert_ready_.assign(experts_.size(), false);
   expert_check_in_flight_.assign(experts_.size(), false);
 }
 
-Scheduler::~Scheduler() { Stop(); }
+Scheduler::~Scheduler() {
+  Stop();
+}
 
 void Scheduler::Start(std::function<void(bool)> on_ready_change) {
   on_ready_change_ = std::move(on_ready_change);
@@ -129,8 +132,7 @@ void Scheduler::OnLoad(size_t index, absl::Time issued, const grpc::Status& stat
 
 void Scheduler::UpdateMetrics(absl::Time now) {
   const int ready_attention = NumReadyLocked();
-  const int ready_experts =
-      static_cast<int>(std::count(expert_ready_.begin(), expert_ready_.end(), true));
+  const int ready_experts = static_cast<int>(std::count(expert_ready_.begin(), expert_ready_.end(), true));
   metrics_->SetWorkers("attention_worker", ready_attention, static_cast<int>(workers_.size()));
   metrics_->SetWorkers("expert_worker", ready_experts, static_cast<int>(experts_.size()));
   metrics_->waiting().Set(static_cast<double>(queue_.size()));

@@ -72,8 +72,7 @@ class Scheduler {
 
   void Loop();
   void IssuePolls(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void OnLoad(size_t index, absl::Time issued, const grpc::Status& status,
-              const moe::v1::WorkerLoad& load);
+  void OnLoad(size_t index, absl::Time issued, const grpc::Status& status, const moe::v1::WorkerLoad& load);
   void UpdateMetrics(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int NumReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 

@@ -15,8 +15,7 @@ absl::StatusOr<std::unique_ptr<ServedModel>> ServedModel::Load(const std::string
     m->name = name;
   } else {
     // "models/tiny/" has an empty filename(); use the parent's.
-    m->name = path.filename().empty() ? path.parent_path().filename().string()
-                                      : path.filename().string();
+    m->name = path.filename().empty() ? path.parent_path().filename().string() : path.filename().string();
   }
   ASSIGN_OR_RETURN(m->config, model::ModelConfig::FromFile((path / "config.json").string()));
   ASSIGN_OR_RETURN(m->generation, model::GenerationConfig::FromModelDir(dir, m->config));

@@ -27,8 +27,7 @@ struct ServedModel {
 
   // Reads config.json, generation_config.json, tokenizer.json and tokenizer_config.json of `dir`.
   // `name` empty: the directory's base name. Errors name the file.
-  static absl::StatusOr<std::unique_ptr<ServedModel>> Load(const std::string& dir,
-                                                           const std::string& name);
+  static absl::StatusOr<std::unique_ptr<ServedModel>> Load(const std::string& dir, const std::string& name);
 };
 
 }  // namespace moe::router

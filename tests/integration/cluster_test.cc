@@ -57,7 +57,8 @@ v1::GenerateRequest GreedyRequest(const std::vector<int32_t>& prompt, int max_ne
 Result Generate(const std::string& router, const v1::GenerateRequest& request, double timeout_s = 120) {
   auto stub = v1::Generation::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
+  ctx.set_deadline(std::chrono::system_clock::now() +
+                   std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
   auto reader = stub->Generate(&ctx, request);
   Result result;
   v1::GenerateResponse response;
@@ -140,25 +141,30 @@ TEST_P(TopologyTest, ConcurrentGreedyRequestsReproduceEmbeddedModeExactly) {
   std::vector<Result> actual(prompts.size());
   std::vector<std::thread> threads;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    threads.emplace_back([&, i] { actual[i] = Generate(cluster->router(), GreedyRequest(prompts[i], kMaxNew)); });
+    threads.emplace_back(
+        [&, i] { actual[i] = Generate(cluster->router(), GreedyRequest(prompts[i], kMaxNew)); });
   }
   for (auto& th : threads) th.join();
   for (size_t i = 0; i < prompts.size(); ++i) {
-    ASSERT_TRUE(actual[i].status.ok()) << i << ": " << actual[i].status.error_message() << "\n" << cluster->Logs();
+    ASSERT_TRUE(actual[i].status.ok()) << i << ": " << actual[i].status.error_message() << "\n"
+                                       << cluster->Logs();
     EXPECT_EQ(actual[i].tokens, expected[i].tokens) << "request " << i;
     ASSERT_EQ(actual[i].logprobs.size(), expected[i].logprobs.size());
     EXPECT_EQ(std::memcmp(actual[i].logprobs.data(), expected[i].logprobs.data(),
-                          expected[i].logprobs.size() * sizeof(float)), 0)
+                          expected[i].logprobs.size() * sizeof(float)),
+              0)
         << "request " << i << ": logprobs differ";
     EXPECT_EQ(actual[i].finish, v1::FINISH_REASON_LENGTH);
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Topologies, TopologyTest,
-                         ::testing::Values(Topology{"bf16", 1, 1}, Topology{"bf16", 1, 3}, Topology{"bf16", 2, 4},
-                                           Topology{"fp8", 1, 1}, Topology{"fp8", 1, 3}, Topology{"fp8", 2, 4}),
+                         ::testing::Values(Topology{"bf16", 1, 1}, Topology{"bf16", 1, 3},
+                                           Topology{"bf16", 2, 4}, Topology{"fp8", 1, 1},
+                                           Topology{"fp8", 1, 3}, Topology{"fp8", 2, 4}),
                          [](const auto& info) {
-                           return absl::StrCat(info.param.dtype, "_", info.param.attention, "x", info.param.experts);
+                           return absl::StrCat(info.param.dtype, "_", info.param.attention, "x",
+                                               info.param.experts);
                          });
 
 class ClusterTest : public ::testing::Test {
@@ -183,7 +189,8 @@ TEST_F(ClusterTest, SixtyFourConcurrentStreamsFinishAndFreeEveryBlock) {
   for (int i = 0; i < kStreams; ++i) {
     max_new[i] = 1 + (i * 7) % 24;
     threads.emplace_back([&, i] {
-      results[i] = Generate(cluster_->router(), GreedyRequest(Prompt(1 + (i * 37) % 150, 100 + i), max_new[i]));
+      results[i] =
+          Generate(cluster_->router(), GreedyRequest(Prompt(1 + (i * 37) % 150, 100 + i), max_new[i]));
     });
   }
   for (auto& th : threads) th.join();
@@ -201,7 +208,8 @@ TEST_F(ClusterTest, SixtyFourConcurrentStreamsFinishAndFreeEveryBlock) {
 }
 
 TEST_F(ClusterTest, CancellingAStreamFreesItsSequenceOnTheWorker) {
-  auto stub = v1::Generation::NewStub(grpc::CreateChannel(cluster_->router(), grpc::InsecureChannelCredentials()));
+  auto stub =
+      v1::Generation::NewStub(grpc::CreateChannel(cluster_->router(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   auto reader = stub->Generate(&ctx, GreedyRequest(Prompt(40, 7), 3000));
   v1::GenerateResponse response;
@@ -226,9 +234,12 @@ TEST_F(ClusterTest, BadRequestsAreInvalidArgumentNamingTheFieldAndTheClusterKeep
   };
   const std::vector<Case> cases = {
       {"no input", [](v1::GenerateRequest& r) { r.clear_token_ids(); }, "input"},
-      {"token id out of range", [](v1::GenerateRequest& r) { r.mutable_token_ids()->add_ids(151936); }, "token"},
-      {"max_new_tokens 0", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_max_new_tokens(0); }, "max_new_tokens"},
-      {"negative temperature", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_temperature(-1); }, "temperature"},
+      {"token id out of range", [](v1::GenerateRequest& r) { r.mutable_token_ids()->add_ids(151936); },
+       "token"},
+      {"max_new_tokens 0", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_max_new_tokens(0); },
+       "max_new_tokens"},
+      {"negative temperature", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_temperature(-1); },
+       "temperature"},
       {"top_p 0", [](v1::GenerateRequest& r) { r.mutable_sampling()->set_top_p(0); }, "top_p"},
       {"logprobs 21", [](v1::GenerateRequest& r) { r.set_logprobs(21); }, "logprobs"},
       {"unknown model", [](v1::GenerateRequest& r) { r.set_model("no-such-model"); }, "model"},
@@ -237,7 +248,8 @@ TEST_F(ClusterTest, BadRequestsAreInvalidArgumentNamingTheFieldAndTheClusterKeep
     v1::GenerateRequest request = GreedyRequest({9707, 1879}, 4);
     c.mutate(request);
     const Result r = Generate(cluster_->router(), request, 30);
-    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name << ": " << r.status.error_message();
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+        << c.name << ": " << r.status.error_message();
     EXPECT_THAT(r.status.error_message(), HasSubstr(c.field)) << c.name;
   }
   // Invalid UTF-8 cannot travel in a proto3 `string`: most client libraries refuse to send it, and
@@ -257,9 +269,9 @@ TEST_F(ClusterTest, BadRequestsAreInvalidArgumentNamingTheFieldAndTheClusterKeep
 
 TEST_F(ClusterTest, MoectlGenerateStreamsThroughTheRouter) {
   const std::string out = moe::testing::MakeTempDir("moectl-router") + "/out";
-  const std::string cmd = absl::StrCat(MOE_BINARY_DIR_DEFAULT, "/bin/moectl generate --router ", cluster_->router(),
-                                       " --chat --prompt Hello --max-tokens 6 --temperature 0 --ignore-eos --json > ",
-                                       out, " 2>&1");
+  const std::string cmd = absl::StrCat(
+      MOE_BINARY_DIR_DEFAULT, "/bin/moectl generate --router ", cluster_->router(),
+      " --chat --prompt Hello --max-tokens 6 --temperature 0 --ignore-eos --json > ", out, " 2>&1");
   ASSERT_EQ(std::system(cmd.c_str()), 0);
   std::ifstream in(out);
   std::string text((std::istreambuf_iterator<char>(in)), {});

@@ -126,21 +126,20 @@ class FailoverTest : public ::testing::Test {
     std::vector<std::string> expert_addresses;
     for (int r = 0; r < kNumExpertWorkers; ++r) expert_addresses.push_back(ExpertAddress(r));
     attention_address_ = moe::testing::LocalAddress(moe::testing::FreePort());
-    auto attention = ChildProcess::Start(
-        moe::testing::BinaryPath("moe-attention-worker"),
-        {"--model=" + model_, "--rank=0", "--num_attention_workers=1",
-         "--expert_workers=" + absl::StrJoin(expert_addresses, ","), "--listen=" + attention_address_,
-         "--metrics_port=0", "--transport=ucx"},
-        log_dir_ + "/attention-0.log");
+    auto attention =
+        ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"),
+                            {"--model=" + model_, "--rank=0", "--num_attention_workers=1",
+                             "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
+                             "--listen=" + attention_address_, "--metrics_port=0", "--transport=ucx"},
+                            log_dir_ + "/attention-0.log");
     ASSERT_TRUE(attention.ok()) << attention.status();
     attention_ = *std::move(attention);
     router_address_ = moe::testing::LocalAddress(moe::testing::FreePort());
-    auto router = ChildProcess::Start(
-        moe::testing::BinaryPath("moe-router"),
-        {"--model=" + model_, "--attention_workers=" + attention_address_,
-         "--expert_workers=" + absl::StrJoin(expert_addresses, ","), "--listen=" + router_address_,
-         "--metrics_port=0"},
-        log_dir_ + "/router.log");
+    auto router = ChildProcess::Start(moe::testing::BinaryPath("moe-router"),
+                                      {"--model=" + model_, "--attention_workers=" + attention_address_,
+                                       "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
+                                       "--listen=" + router_address_, "--metrics_port=0"},
+                                      log_dir_ + "/router.log");
     ASSERT_TRUE(router.ok()) << router.status();
     router_ = *std::move(router);
     const absl::Status ready =
@@ -157,12 +156,12 @@ class FailoverTest : public ::testing::Test {
   }
 
   void StartExpert(int rank) {
-    auto child = ChildProcess::Start(
-        moe::testing::BinaryPath("moe-expert-worker"),
-        {"--model=" + model_, absl::StrCat("--rank=", rank),
-         absl::StrCat("--num_expert_workers=", kNumExpertWorkers), "--listen=" + ExpertAddress(rank),
-         "--metrics_port=0", "--transport=ucx"},
-        absl::StrCat(log_dir_, "/expert-", rank, ".log"));
+    auto child =
+        ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"),
+                            {"--model=" + model_, absl::StrCat("--rank=", rank),
+                             absl::StrCat("--num_expert_workers=", kNumExpertWorkers),
+                             "--listen=" + ExpertAddress(rank), "--metrics_port=0", "--transport=ucx"},
+                            absl::StrCat(log_dir_, "/expert-", rank, ".log"));
     ASSERT_TRUE(child.ok()) << child.status();
     experts_[static_cast<size_t>(rank)] = *std::move(child);
   }
@@ -241,8 +240,8 @@ class InFlightStreams {
     grpc::ClientContext context;
     // A bound so that a hang fails the test instead of blocking it; far above the 10 s asserted.
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
-    auto reader = stub->Generate(&context, GreedyRequest(Prompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)),
-                                                         kLongMaxNewTokens));
+    auto reader = stub->Generate(
+        &context, GreedyRequest(Prompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)), kLongMaxNewTokens));
     Outcome& out = outcomes_[static_cast<size_t>(i)];
     bool counted = false;
     v1::GenerateResponse response;
@@ -286,8 +285,8 @@ TEST_F(FailoverTest, KilledExpertWorkerEndsEveryInFlightStreamUnavailableWithinT
     EXPECT_LT(static_cast<int>(o.tokens.size()), kLongMaxNewTokens) << "stream " << i;
     const absl::Duration took = o.ended - killed;
     EXPECT_LT(took, absl::Seconds(10)) << "stream " << i;
-    std::cerr << "stream " << i << ": " << o.tokens.size() << " tokens, ended "
-              << absl::FormatDuration(took) << " after the kill: " << o.status.error_message() << "\n";
+    std::cerr << "stream " << i << ": " << o.tokens.size() << " tokens, ended " << absl::FormatDuration(took)
+              << " after the kill: " << o.status.error_message() << "\n";
   }
 }
 
@@ -331,7 +330,8 @@ TEST_F(FailoverTest, RestartedExpertWorkerRestoresServingWithEmbeddedGreedyToken
       EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
     }
   }
-  ASSERT_TRUE(moe::testing::WaitForHealth(router_address_, "readiness", false, absl::Now() + absl::Seconds(10)).ok());
+  ASSERT_TRUE(
+      moe::testing::WaitForHealth(router_address_, "readiness", false, absl::Now() + absl::Seconds(10)).ok());
 
   const pid_t router_pid = router_->pid();
   const pid_t attention_pid = attention_->pid();
@@ -340,8 +340,7 @@ TEST_F(FailoverTest, RestartedExpertWorkerRestoresServingWithEmbeddedGreedyToken
   const absl::Status serving =
       moe::testing::WaitForHealth(router_address_, "readiness", true, absl::Now() + kStartupTimeout);
   ASSERT_TRUE(serving.ok()) << serving;
-  std::cerr << "router SERVING " << absl::FormatDuration(absl::Now() - restarted)
-            << " after the restart\n";
+  std::cerr << "router SERVING " << absl::FormatDuration(absl::Now() - restarted) << " after the restart\n";
   // Nothing else was restarted.
   EXPECT_EQ(router_->pid(), router_pid);
   EXPECT_TRUE(router_->Running());
@@ -350,7 +349,8 @@ TEST_F(FailoverTest, RestartedExpertWorkerRestoresServingWithEmbeddedGreedyToken
   // The failed sequences gave back their KV blocks (polled: freeing happens on the worker's step).
   v1::WorkerLoad load = AttentionLoad();
   for (const absl::Time deadline = absl::Now() + absl::Seconds(10);
-       (load.num_free_kv_blocks() != load.num_kv_blocks() || load.num_running() != 0) && absl::Now() < deadline;) {
+       (load.num_free_kv_blocks() != load.num_kv_blocks() || load.num_running() != 0) &&
+       absl::Now() < deadline;) {
     load = AttentionLoad();
   }
   EXPECT_EQ(load.num_free_kv_blocks(), load.num_kv_blocks());

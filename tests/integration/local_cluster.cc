@@ -55,13 +55,14 @@ std::unique_ptr<LocalCluster> LocalCluster::Start(const std::string& model_dir, 
   for (int attempt = 0; attempt < 3; ++attempt) {
     const int base = FreePortBlock(count);
     if (base < 0) break;
-    const std::string cmd = absl::StrCat(cluster->moectl_, " cluster up --detach --model ", model_dir,
-                                         " --attention-workers ", attention_workers, " --expert-workers ",
-                                         expert_workers, " --port ", base, " --state-dir ", cluster->state_dir_,
-                                         " --startup-timeout 120 > ", cluster->state_dir_, "/up.out 2>&1");
+    const std::string cmd = absl::StrCat(
+        cluster->moectl_, " cluster up --detach --model ", model_dir, " --attention-workers ",
+        attention_workers, " --expert-workers ", expert_workers, " --port ", base, " --state-dir ",
+        cluster->state_dir_, " --startup-timeout 120 > ", cluster->state_dir_, "/up.out 2>&1");
     if (std::system(cmd.c_str()) == 0) {
       cluster->router_ = absl::StrCat("127.0.0.1:", base);
-      for (int i = 0; i < attention_workers; ++i) cluster->attention_.push_back(absl::StrCat("127.0.0.1:", base + 1 + i));
+      for (int i = 0; i < attention_workers; ++i)
+        cluster->attention_.push_back(absl::StrCat("127.0.0.1:", base + 1 + i));
       for (int i = 0; i < expert_workers; ++i) {
         cluster->experts_.push_back(absl::StrCat("127.0.0.1:", base + 1 + attention_workers + i));
       }
@@ -73,7 +74,8 @@ std::unique_ptr<LocalCluster> LocalCluster::Start(const std::string& model_dir, 
 }
 
 LocalCluster::~LocalCluster() {
-  const std::string cmd = absl::StrCat(moectl_, " cluster down --state-dir ", state_dir_, " > /dev/null 2>&1");
+  const std::string cmd =
+      absl::StrCat(moectl_, " cluster down --state-dir ", state_dir_, " > /dev/null 2>&1");
   if (!router_.empty() && std::system(cmd.c_str()) != 0) std::cerr << "cluster down failed" << std::endl;
 }
 

@@ -68,19 +68,26 @@ absl::StatusOr<std::vector<CatalogEntry>> LoadCatalog(const std::string& path) {
   while (std::getline(in, line)) {
     ++line_no;
     if (absl::StartsWith(line, "# ----")) {
-      if (absl::StrContains(line, "every service")) section = "every";
-      else if (absl::StrContains(line, "router")) section = "router";
-      else if (absl::StrContains(line, "attention worker")) section = "attention";
-      else if (absl::StrContains(line, "expert worker")) section = "expert";
-      else return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": unknown section ", line));
+      if (absl::StrContains(line, "every service"))
+        section = "every";
+      else if (absl::StrContains(line, "router"))
+        section = "router";
+      else if (absl::StrContains(line, "attention worker"))
+        section = "attention";
+      else if (absl::StrContains(line, "expert worker"))
+        section = "expert";
+      else
+        return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": unknown section ", line));
       continue;
     }
     if (line.empty() || line[0] == '#') continue;
     std::vector<std::string> fields = absl::StrSplit(line, " | ");
     if (fields.size() != 6) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": expected 6 fields, got ", fields.size()));
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ":", line_no, ": expected 6 fields, got ", fields.size()));
     }
-    if (section.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": entry before a section"));
+    if (section.empty())
+      return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": entry before a section"));
     CatalogEntry e;
     e.name = fields[0];
     e.type = fields[1];
@@ -88,7 +95,8 @@ absl::StatusOr<std::vector<CatalogEntry>> LoadCatalog(const std::string& path) {
     if (fields[3] != "-") {
       for (absl::string_view b : absl::StrSplit(fields[3], ',')) {
         double v = 0;
-        if (!absl::SimpleAtod(b, &v)) return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": bad bucket ", b));
+        if (!absl::SimpleAtod(b, &v))
+          return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": bad bucket ", b));
         e.buckets.push_back(v);
       }
     }
@@ -101,7 +109,8 @@ absl::StatusOr<std::vector<CatalogEntry>> LoadCatalog(const std::string& path) {
 }
 
 // The always-on catalogue entries a service of `role` must export.
-std::map<std::string, CatalogEntry> Expected(const std::vector<CatalogEntry>& catalog, const std::string& role) {
+std::map<std::string, CatalogEntry> Expected(const std::vector<CatalogEntry>& catalog,
+                                             const std::string& role) {
   std::map<std::string, CatalogEntry> out;
   for (const CatalogEntry& e : catalog) {
     if (e.when == "always" && (e.section == "every" || e.section == role)) out[e.name] = e;
@@ -151,7 +160,8 @@ absl::StatusOr<Exposition> ParseExposition(const std::string& text) {
           if (line[j] == '\\' && j + 1 < line.size()) ++j;
           value += line[j];
         }
-        if (j >= line.size()) return absl::InvalidArgumentError(absl::StrCat("unterminated label in: ", line));
+        if (j >= line.size())
+          return absl::InvalidArgumentError(absl::StrCat("unterminated label in: ", line));
         s.labels[key] = value;
         i = j + 1;
         if (i < line.size() && line[i] == ',') ++i;
@@ -185,7 +195,8 @@ std::string FamilyOf(const Exposition& e, const std::string& sample) {
 }
 
 // Compares the moe_* families of `e` with `expected`; returns one line per problem.
-std::vector<std::string> CheckAgainstCatalog(const Exposition& e, const std::map<std::string, CatalogEntry>& expected) {
+std::vector<std::string> CheckAgainstCatalog(const Exposition& e,
+                                             const std::map<std::string, CatalogEntry>& expected) {
   std::vector<std::string> problems;
   std::set<std::string> exported;
   for (const auto& [name, type] : e.types) {
@@ -196,7 +207,8 @@ std::vector<std::string> CheckAgainstCatalog(const Exposition& e, const std::map
       problems.push_back(absl::StrCat("extra family ", name));
       continue;
     }
-    if (type != it->second.type) problems.push_back(absl::StrCat(name, ": type ", type, ", catalogue says ", it->second.type));
+    if (type != it->second.type)
+      problems.push_back(absl::StrCat(name, ": type ", type, ", catalogue says ", it->second.type));
   }
   for (const auto& [name, entry] : expected) {
     if (!exported.count(name)) problems.push_back(absl::StrCat("missing family ", name));
@@ -208,7 +220,8 @@ std::vector<std::string> CheckAgainstCatalog(const Exposition& e, const std::map
     const std::string family = FamilyOf(e, s.name);
     auto it = expected.find(family);
     if (it == expected.end()) {
-      if (absl::StartsWith(s.name, "moe_")) problems.push_back(absl::StrCat("sample of an undeclared or extra family: ", s.name));
+      if (absl::StartsWith(s.name, "moe_"))
+        problems.push_back(absl::StrCat("sample of an undeclared or extra family: ", s.name));
       continue;
     }
     ++samples_per_family[family];
@@ -238,7 +251,8 @@ std::vector<std::string> CheckAgainstCatalog(const Exposition& e, const std::map
     }
   }
   for (const auto& [name, entry] : expected) {
-    if (exported.count(name) && samples_per_family[name] == 0) problems.push_back(absl::StrCat(name, ": declared but no sample"));
+    if (exported.count(name) && samples_per_family[name] == 0)
+      problems.push_back(absl::StrCat(name, ": declared but no sample"));
     if (entry.type != "histogram") continue;
     std::vector<double> want = entry.buckets;
     want.push_back(INFINITY);
@@ -357,8 +371,9 @@ struct Service {
 class MetricsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    cluster_ = testing::LocalCluster::Start(testing::TestModelDir("tiny", "bf16"), kAttentionWorkers, kExpertWorkers)
-                   .release();
+    cluster_ =
+        testing::LocalCluster::Start(testing::TestModelDir("tiny", "bf16"), kAttentionWorkers, kExpertWorkers)
+            .release();
     if (cluster_ == nullptr) return;
     // moectl cluster up: metrics ports from router port + 1000, expert workers first, then
     // attention workers, then the router (tools/moectl/cluster_command.cc).
@@ -367,7 +382,8 @@ class MetricsTest : public ::testing::Test {
     if (!absl::SimpleAtoi(router.substr(router.rfind(':') + 1), &router_port)) return;
     int next = router_port + 1000;
     services_ = new std::vector<Service>();
-    for (int i = 0; i < kExpertWorkers; ++i) services_->push_back({absl::StrCat("expert-", i), "expert", "expert_worker", next++});
+    for (int i = 0; i < kExpertWorkers; ++i)
+      services_->push_back({absl::StrCat("expert-", i), "expert", "expert_worker", next++});
     for (int i = 0; i < kAttentionWorkers; ++i) {
       services_->push_back({absl::StrCat("attention-", i), "attention", "attention_worker", next++});
     }
@@ -386,8 +402,10 @@ class MetricsTest : public ::testing::Test {
       while (reader->Read(&response)) {
       }
       const grpc::Status status = reader->Finish();
-      if (!status.ok()) std::cerr << "Generate " << r << " failed: " << status.error_message() << std::endl;
-      else ++requests_ok_;
+      if (!status.ok())
+        std::cerr << "Generate " << r << " failed: " << status.error_message() << std::endl;
+      else
+        ++requests_ok_;
     }
   }
   static void TearDownTestSuite() {
@@ -524,7 +542,8 @@ TEST_F(MetricsTest, RequestsShowInRouterAttentionAndExpertMetrics) {
     EXPECT_GT(Sum(*x, "moe_expert_bytes_received_total"), 0.0);
     EXPECT_GT(Sum(*x, "moe_expert_bytes_sent_total"), 0.0);
     std::map<std::string, double> tokens_by_layer;
-    for (const Sample* s : Find(*x, "moe_expert_tokens_total")) tokens_by_layer[s->labels.at("layer")] = s->value;
+    for (const Sample* s : Find(*x, "moe_expert_tokens_total"))
+      tokens_by_layer[s->labels.at("layer")] = s->value;
     for (const Sample* s : Find(*x, "moe_expert_load_balance_ratio")) {
       const std::string& layer = s->labels.at("layer");
       if (tokens_by_layer[layer] > 0) {
@@ -549,7 +568,8 @@ TEST(PerExpertMetricsTest, FlagAddsOneSeriesPerLayerAndHostedExpert) {
        "--listen=" + listen, absl::StrCat("--metrics_port=", metrics_port), "--per_expert_metrics"},
       log);
   ASSERT_TRUE(child.ok()) << child.status();
-  const absl::Status ready = testing::WaitForHealth(listen, "readiness", true, absl::Now() + absl::Seconds(60));
+  const absl::Status ready =
+      testing::WaitForHealth(listen, "readiness", true, absl::Now() + absl::Seconds(60));
   ASSERT_TRUE(ready.ok()) << ready << "\n" << (*child)->Log();
   auto body = HttpGet(metrics_port, "/metrics");
   ASSERT_TRUE(body.ok()) << body.status();
@@ -632,8 +652,10 @@ TEST(MetricsCatalogCheckTest, CatalogueSectionsCoverEveryRole) {
   std::map<std::string, int> per_section;
   for (const CatalogEntry& e : *catalog) {
     ++per_section[e.section];
-    if (e.type == "histogram") EXPECT_FALSE(e.buckets.empty()) << e.name;
-    else EXPECT_TRUE(e.buckets.empty()) << e.name;
+    if (e.type == "histogram")
+      EXPECT_FALSE(e.buckets.empty()) << e.name;
+    else
+      EXPECT_TRUE(e.buckets.empty()) << e.name;
   }
   EXPECT_EQ(per_section["every"], 3);
   EXPECT_GT(per_section["router"], 0);

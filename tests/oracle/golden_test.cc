@@ -35,7 +35,9 @@ constexpr double kToleranceUlps = 4;
 constexpr double kMaxRelL2Error = 5e-2;
 
 // The bf16 ulp at magnitude x: 2^(floor(log2 x) - 7).
-double Bf16Ulp(double x) { return std::ldexp(1.0, std::ilogb(std::max(x, 1e-30)) - 7); }
+double Bf16Ulp(double x) {
+  return std::ldexp(1.0, std::ilogb(std::max(x, 1e-30)) - 7);
+}
 
 std::string GoldenDir(const std::string& name) {
   return std::string(MOE_SOURCE_DIR_DEFAULT) + "/tests/oracle/goldens/" + name;
@@ -98,7 +100,8 @@ TEST_P(GoldenTest, LogitsAndGreedyContinuationsMatchTheReference) {
     const double gap = p["top2_gap"];
     const double tolerance = kToleranceUlps * Bf16Ulp(p["max_abs_logit"].get<double>());
     const int32_t ref_argmax = p["argmax"];
-    const auto ours = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+    const auto ours =
+        static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) - logits->begin());
 
     if (!p["logits_file"].is_null()) {
       const std::vector<float> ref = ReadBf16(dir + "/" + p["logits_file"].get<std::string>());
@@ -114,9 +117,10 @@ TEST_P(GoldenTest, LogitsAndGreedyContinuationsMatchTheReference) {
       EXPECT_LE(std::sqrt(num / den), kMaxRelL2Error) << name;
       EXPECT_NEAR((*logits)[ref_argmax], ref[ref_argmax], tolerance) << name;
       ++compared_logit_files;
-      std::printf("[golden] %s/%s: max |dlogit| %.4f (tolerance %.3f), rel L2 %.2e, argmax %d vs %d "
-                  "(ref gap %.3f)\n", GetParam().c_str(), name.c_str(), max_abs, tolerance,
-                  std::sqrt(num / den), ours, ref_argmax, gap);
+      std::printf(
+          "[golden] %s/%s: max |dlogit| %.4f (tolerance %.3f), rel L2 %.2e, argmax %d vs %d "
+          "(ref gap %.3f)\n",
+          GetParam().c_str(), name.c_str(), max_abs, tolerance, std::sqrt(num / den), ours, ref_argmax, gap);
     }
     if (gap > 2 * tolerance) {
       EXPECT_EQ(ours, ref_argmax) << name;
@@ -146,8 +150,7 @@ TEST_P(GoldenTest, LogitsAndGreedyContinuationsMatchTheReference) {
   EXPECT_EQ(e.num_free_blocks(), e.num_blocks());
 }
 
-INSTANTIATE_TEST_SUITE_P(Goldens, GoldenTest,
-                         ::testing::Values("tiny_bf16", "tiny_fp8", "dense_tiny_bf16"));
+INSTANTIATE_TEST_SUITE_P(Goldens, GoldenTest, ::testing::Values("tiny_bf16", "tiny_fp8", "dense_tiny_bf16"));
 
 }  // namespace
 }  // namespace moe

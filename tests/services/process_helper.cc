@@ -88,7 +88,9 @@ std::optional<int> ChildProcess::Wait(absl::Duration timeout) {
   return exit_status_;
 }
 
-bool ChildProcess::Running() { return !Wait(absl::ZeroDuration()).has_value(); }
+bool ChildProcess::Running() {
+  return !Wait(absl::ZeroDuration()).has_value();
+}
 
 std::string ChildProcess::Log() const {
   if (log_path_.empty()) return "";
@@ -119,7 +121,9 @@ int FreePort() {
   return 0;
 }
 
-std::string LocalAddress(int port) { return absl::StrCat("127.0.0.1:", port); }
+std::string LocalAddress(int port) {
+  return absl::StrCat("127.0.0.1:", port);
+}
 
 std::string BinaryPath(const std::string& name) {
   if (const char* dir = std::getenv("MOE_BINARY_DIR"); dir != nullptr && *dir != '\0') {
@@ -135,10 +139,10 @@ std::string BinaryPath(const std::string& name) {
 namespace {
 
 grpc::health::v1::HealthCheckResponse::ServingStatus Check(const std::string& address,
-                                                           const std::string& service,
-                                                           absl::Duration timeout, std::string* error) {
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+                                                           const std::string& service, absl::Duration timeout,
+                                                           std::string* error) {
+  auto stub =
+      grpc::health::v1::Health::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   grpc::health::v1::HealthCheckRequest request;
@@ -169,9 +173,8 @@ absl::Status WaitForHealth(const std::string& address, const std::string& servic
                             grpc::health::v1::HealthCheckResponse::SERVING;
     if (is_serving == serving) return absl::OkStatus();
     if (absl::Now() >= deadline) {
-      return absl::DeadlineExceededError(absl::StrCat("health '", service, "' of ", address, " is ",
-                                                      last, ", waited for ",
-                                                      serving ? "SERVING" : "not SERVING"));
+      return absl::DeadlineExceededError(absl::StrCat("health '", service, "' of ", address, " is ", last,
+                                                      ", waited for ", serving ? "SERVING" : "not SERVING"));
     }
     absl::SleepFor(absl::Milliseconds(20));
   }

@@ -25,7 +25,9 @@ struct Result {
   std::string err;
 };
 
-std::string Moectl() { return std::string(MOE_BINARY_DIR_DEFAULT) + "/bin/moectl"; }
+std::string Moectl() {
+  return std::string(MOE_BINARY_DIR_DEFAULT) + "/bin/moectl";
+}
 
 std::string Quote(const std::string& s) {
   std::string q = "'";
@@ -136,15 +138,14 @@ TEST(MoectlTest, GenerateRejectsInvalidUtf8) {
 
 TEST(MoectlTest, GenerateRejectsBadSamplingFlags) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
-  ExpectCleanFailure(RunMoectl("generate --model " + model + " --prompt hi --temperature -1"),
-                     "temperature");
+  ExpectCleanFailure(RunMoectl("generate --model " + model + " --prompt hi --temperature -1"), "temperature");
   ExpectCleanFailure(RunMoectl("generate --model " + model + " --prompt hi --top-p 1.5"), "top_p");
 }
 
 TEST(MoectlTest, GenerateStreamsJsonTokensAndAFinalSummary) {
   const std::string& model = testing::TestModelDir("tiny", "bf16");
   Result r = RunMoectl("generate --model " + model +
-                 " --prompt 'Hello there' --chat --max-tokens 5 --temperature 0 --ignore-eos --json");
+                       " --prompt 'Hello there' --chat --max-tokens 5 --temperature 0 --ignore-eos --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   std::vector<nlohmann::json> lines;
   std::istringstream stream(r.out);

@@ -51,7 +51,9 @@ struct ClusterFlags {
 };
 
 std::atomic<bool> stop_requested{false};
-void OnSignal(int) { stop_requested = true; }
+void OnSignal(int) {
+  stop_requested = true;
+}
 
 std::string DefaultStateDir() {
   const char* runtime = std::getenv("XDG_RUNTIME_DIR");
@@ -141,7 +143,6 @@ void StopAll(std::vector<Child>& children, std::chrono::seconds grace) {
   }
 }
 
-
 void RunUp(const ClusterFlags& flags) {
   const fs::path bin = BinaryDir();
   for (const char* name : {"moe-router", "moe-attention-worker", "moe-expert-worker"}) {
@@ -156,8 +157,8 @@ void RunUp(const ClusterFlags& flags) {
     std::ifstream in(pid_file);
     pid_t pid = 0;
     if (in >> pid && pid > 0 && kill(pid, 0) == 0) {
-      Fail("cluster up", absl::StrCat("a cluster is already running (pid ", pid, ", state ",
-                                      state.string(), "); stop it with `moectl cluster down`"));
+      Fail("cluster up", absl::StrCat("a cluster is already running (pid ", pid, ", state ", state.string(),
+                                      "); stop it with `moectl cluster down`"));
     }
   }
 
@@ -167,7 +168,8 @@ void RunUp(const ClusterFlags& flags) {
     if (pid > 0) {
       // Parent: wait for the supervisor to report the router address (or fail) and exit.
       const fs::path ready = state / "router.address";
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(flags.startup_timeout_s + 10);
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::duration<double>(flags.startup_timeout_s + 10);
       while (std::chrono::steady_clock::now() < deadline) {
         if (fs::exists(ready)) {
           std::ifstream in(ready);
@@ -204,7 +206,8 @@ void RunUp(const ClusterFlags& flags) {
   const int base = flags.port;
   // Ports: router `port`, attention workers port+1.., expert workers after them.
   std::vector<std::string> attention, experts;
-  for (int i = 0; i < flags.attention_workers; ++i) attention.push_back(absl::StrCat(host, ":", base + 1 + i));
+  for (int i = 0; i < flags.attention_workers; ++i)
+    attention.push_back(absl::StrCat(host, ":", base + 1 + i));
   for (int i = 0; i < flags.expert_workers; ++i) {
     experts.push_back(absl::StrCat(host, ":", base + 1 + flags.attention_workers + i));
   }
@@ -218,35 +221,36 @@ void RunUp(const ClusterFlags& flags) {
   };
   for (int i = 0; i < flags.expert_workers; ++i) {
     const std::string name = absl::StrCat("expert-", i);
-    children.push_back({name, Spawn(bin / "moe-expert-worker",
-                                    {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
-                                     absl::StrCat("--num_expert_workers=", flags.expert_workers),
-                                     "--listen=" + experts[static_cast<size_t>(i)],
-                                     absl::StrCat("--metrics_port=", next_metrics++),
-                                     "--transport=" + flags.transport},
-                                    state / (name + ".log"))});
+    children.push_back(
+        {name, Spawn(bin / "moe-expert-worker",
+                     {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
+                      absl::StrCat("--num_expert_workers=", flags.expert_workers),
+                      "--listen=" + experts[static_cast<size_t>(i)],
+                      absl::StrCat("--metrics_port=", next_metrics++), "--transport=" + flags.transport},
+                     state / (name + ".log"))});
   }
   for (int i = 0; i < flags.attention_workers; ++i) {
     const std::string name = absl::StrCat("attention-", i);
-    children.push_back({name, Spawn(bin / "moe-attention-worker",
-                                    {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
-                                     absl::StrCat("--num_attention_workers=", flags.attention_workers),
-                                     "--expert_workers=" + absl::StrJoin(experts, ","),
-                                     "--listen=" + attention[static_cast<size_t>(i)],
-                                     absl::StrCat("--metrics_port=", next_metrics++),
-                                     "--transport=" + flags.transport},
-                                    state / (name + ".log"))});
+    children.push_back(
+        {name, Spawn(bin / "moe-attention-worker",
+                     {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
+                      absl::StrCat("--num_attention_workers=", flags.attention_workers),
+                      "--expert_workers=" + absl::StrJoin(experts, ","),
+                      "--listen=" + attention[static_cast<size_t>(i)],
+                      absl::StrCat("--metrics_port=", next_metrics++), "--transport=" + flags.transport},
+                     state / (name + ".log"))});
   }
   for (const Child& c : children) std::ofstream(state / (c.name + ".pid")) << c.pid << "\n";
   const std::string router = absl::StrCat(host, ":", base);
-  children.push_back({"router", Spawn(bin / "moe-router",
-                                      {"--model=" + flags.model_dir,
-                                       "--attention_workers=" + absl::StrJoin(attention, ","),
-                                       "--expert_workers=" + absl::StrJoin(experts, ","),
-                                       "--listen=" + router, absl::StrCat("--metrics_port=", next_metrics++)},
-                                      state / "router.log")});
+  children.push_back(
+      {"router", Spawn(bin / "moe-router",
+                       {"--model=" + flags.model_dir, "--attention_workers=" + absl::StrJoin(attention, ","),
+                        "--expert_workers=" + absl::StrJoin(experts, ","), "--listen=" + router,
+                        absl::StrCat("--metrics_port=", next_metrics++)},
+                       state / "router.log")});
 
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(flags.startup_timeout_s);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::duration<double>(flags.startup_timeout_s);
   while (!HealthServing(router)) {
     if (stop_requested) fail("interrupted while starting");
     if (auto dead = ReapDead(children)) fail(*dead + " exited during startup");
@@ -257,9 +261,9 @@ void RunUp(const ClusterFlags& flags) {
   { std::ofstream(state / "router.address") << router << "\n"; }
   if (!flags.detach) {
     std::cout << router << std::endl;
-    std::cerr << "moectl cluster: router " << router << ", " << flags.attention_workers
-              << " attention and " << flags.expert_workers << " expert workers (metrics from port "
-              << metrics_base << "; logs in " << state.string() << "); Ctrl-C stops it" << std::endl;
+    std::cerr << "moectl cluster: router " << router << ", " << flags.attention_workers << " attention and "
+              << flags.expert_workers << " expert workers (metrics from port " << metrics_base << "; logs in "
+              << state.string() << "); Ctrl-C stops it" << std::endl;
   }
   std::optional<std::string> died;
   while (!stop_requested && !(died = ReapDead(children))) {
@@ -275,14 +279,17 @@ void RunDown(const std::string& state_dir) {
   const fs::path state = state_dir.empty() ? fs::path(DefaultStateDir()) : fs::path(state_dir);
   std::ifstream in(state / "supervisor.pid");
   pid_t pid = 0;
-  if (!(in >> pid) || pid <= 0) Fail("cluster down", "no cluster is running (no pid in " + state.string() + ")");
+  if (!(in >> pid) || pid <= 0)
+    Fail("cluster down", "no cluster is running (no pid in " + state.string() + ")");
   if (kill(pid, SIGTERM) != 0) {
     std::error_code ec;
     fs::remove(state / "supervisor.pid", ec);
     Fail("cluster down", absl::StrCat("no cluster is running (pid ", pid, " is gone)"));
   }
-  for (int i = 0; i < 300 && kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  if (kill(pid, 0) == 0) Fail("cluster down", absl::StrCat("the supervisor (pid ", pid, ") did not stop in 30 s"));
+  for (int i = 0; i < 300 && kill(pid, 0) == 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  if (kill(pid, 0) == 0)
+    Fail("cluster down", absl::StrCat("the supervisor (pid ", pid, ") did not stop in 30 s"));
   std::cerr << "moectl cluster: stopped" << std::endl;
 }
 
@@ -292,12 +299,16 @@ void RegisterClusterCommand(CLI::App& app) {
   CLI::App* cluster = app.add_subcommand("cluster", "Run a local cluster on 127.0.0.1");
   cluster->require_subcommand(1);
   auto flags = std::make_shared<ClusterFlags>();
-  CLI::App* up = cluster->add_subcommand("up", "Start a router, attention and expert workers; stay up until SIGINT/SIGTERM");
+  CLI::App* up = cluster->add_subcommand(
+      "up", "Start a router, attention and expert workers; stay up until SIGINT/SIGTERM");
   up->add_option("--model", flags->model_dir, "Model directory")->required()->check(CLI::ExistingDirectory);
-  up->add_option("--attention-workers", flags->attention_workers, "Attention workers")->check(CLI::Range(1, 64));
+  up->add_option("--attention-workers", flags->attention_workers, "Attention workers")
+      ->check(CLI::Range(1, 64));
   up->add_option("--expert-workers", flags->expert_workers, "Expert workers")->check(CLI::Range(1, 128));
-  up->add_option("--port", flags->port, "Router port; workers use the ports after it")->check(CLI::Range(1, 65000));
-  up->add_option("--metrics-port", flags->metrics_port, "First metrics port (default: port + 1000)")->check(CLI::Range(0, 65000));
+  up->add_option("--port", flags->port, "Router port; workers use the ports after it")
+      ->check(CLI::Range(1, 65000));
+  up->add_option("--metrics-port", flags->metrics_port, "First metrics port (default: port + 1000)")
+      ->check(CLI::Range(0, 65000));
   up->add_option("--state-dir", flags->state_dir, "Where logs and the pid file go");
   up->add_option("--startup-timeout", flags->startup_timeout_s, "Seconds to wait for readiness");
   up->add_option("--transport", flags->transport, "Data plane")->check(CLI::IsMember({"ucx"}));

@@ -93,8 +93,8 @@ void Run(const GenerateFlags& flags) {
                                                flags.engine.expert_shards);
   if (!engine.ok()) Fail("generate", engine.status().ToString());
 
-  engine::SamplingOverrides overrides{flags.temperature, flags.top_k, flags.top_p,
-                                      flags.min_p, flags.repetition_penalty, flags.seed};
+  engine::SamplingOverrides overrides{flags.temperature,        flags.top_k, flags.top_p, flags.min_p,
+                                      flags.repetition_penalty, flags.seed};
   auto sampling = engine::ResolveSamplingParams(overrides, (*engine)->generation_config());
   if (!sampling.ok()) Fail("generate", sampling.status().ToString());
 
@@ -118,8 +118,7 @@ void Run(const GenerateFlags& flags) {
       if (event.token_id >= 0) {
         const std::string delta = detokenizer.Add(event.token_id);
         if (flags.json) {
-          nlohmann::ordered_json line{{"id", event.token_id}, {"text", delta},
-                                      {"logprob", event.logprob}};
+          nlohmann::ordered_json line{{"id", event.token_id}, {"text", delta}, {"logprob", event.logprob}};
           if (!event.top_logprobs.empty()) {
             nlohmann::ordered_json top = nlohmann::ordered_json::array();
             for (const auto& t : event.top_logprobs) {
@@ -127,8 +126,7 @@ void Run(const GenerateFlags& flags) {
             }
             line["top_logprobs"] = top;
           }
-          std::cout << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
-                    << std::endl;
+          std::cout << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
         } else {
           std::cout << delta << std::flush;
         }

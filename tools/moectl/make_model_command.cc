@@ -12,10 +12,14 @@ namespace moe::moectl {
 void RegisterMakeModelCommand(CLI::App& app) {
   auto options = std::make_shared<model::MakeModelOptions>();
   CLI::App* cmd = app.add_subcommand(
-      "make-model", "Write a Hugging Face model directory with random weights of the real Qwen3-MoE architecture");
-  cmd->add_option("--preset", options->preset, "Preset: " + absl::StrJoin(model::PresetNames(), ", "))->required();
-  cmd->add_option("--out", options->out_dir, "Output directory (created; must be empty unless --force)")->required();
-  cmd->add_option("--dtype", options->dtype, "bf16, or fp8 (the real -FP8 format: e4m3 + 128x128 block scales)");
+      "make-model",
+      "Write a Hugging Face model directory with random weights of the real Qwen3-MoE architecture");
+  cmd->add_option("--preset", options->preset, "Preset: " + absl::StrJoin(model::PresetNames(), ", "))
+      ->required();
+  cmd->add_option("--out", options->out_dir, "Output directory (created; must be empty unless --force)")
+      ->required();
+  cmd->add_option("--dtype", options->dtype,
+                  "bf16, or fp8 (the real -FP8 format: e4m3 + 128x128 block scales)");
   cmd->add_option("--seed", options->seed, "Seed of the deterministic weight generator");
   cmd->add_option("--shards", options->shards, "Write exactly N shards + index (0: one file up to 5 GB)");
   cmd->add_option("--threads", options->threads, "Generator threads (0: all cores)");

@@ -13,12 +13,18 @@ namespace {
 
 const char* FinishReasonName(moe::v1::FinishReason reason) {
   switch (reason) {
-    case moe::v1::FINISH_REASON_STOP: return "stop";
-    case moe::v1::FINISH_REASON_LENGTH: return "length";
-    case moe::v1::FINISH_REASON_STOP_SEQUENCE: return "stop_sequence";
-    case moe::v1::FINISH_REASON_ABORT: return "abort";
-    case moe::v1::FINISH_REASON_ERROR: return "error";
-    default: return "unspecified";
+    case moe::v1::FINISH_REASON_STOP:
+      return "stop";
+    case moe::v1::FINISH_REASON_LENGTH:
+      return "length";
+    case moe::v1::FINISH_REASON_STOP_SEQUENCE:
+      return "stop_sequence";
+    case moe::v1::FINISH_REASON_ABORT:
+      return "abort";
+    case moe::v1::FINISH_REASON_ERROR:
+      return "error";
+    default:
+      return "unspecified";
   }
 }
 
@@ -70,10 +76,12 @@ void GenerateViaRouter(const RouterGenerateOptions& o) {
         nlohmann::ordered_json line{{"id", t.token_id()},
                                     {"text", last_token ? response.text() : std::string()},
                                     {"logprob", t.logprob()}};
-        if (last_token && !response.reasoning_text().empty()) line["reasoning_text"] = response.reasoning_text();
+        if (last_token && !response.reasoning_text().empty())
+          line["reasoning_text"] = response.reasoning_text();
         if (t.top_logprobs_size() > 0) {
           nlohmann::ordered_json top = nlohmann::ordered_json::array();
-          for (const auto& l : t.top_logprobs()) top.push_back({{"id", l.token_id()}, {"logprob", l.logprob()}});
+          for (const auto& l : t.top_logprobs())
+            top.push_back({{"id", l.token_id()}, {"logprob", l.logprob()}});
           line["top_logprobs"] = top;
         }
         std::cout << line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
@@ -86,16 +94,19 @@ void GenerateViaRouter(const RouterGenerateOptions& o) {
   const grpc::Status status = reader->Finish();
   if (!status.ok()) {
     if (!o.json) std::cout << std::endl;
-    Fail("generate", std::string("router: ") + std::to_string(status.error_code()) + " " + status.error_message());
+    Fail("generate",
+         std::string("router: ") + std::to_string(status.error_code()) + " " + status.error_message());
   }
   if (o.json) {
     nlohmann::ordered_json done{
         {"finish_reason", FinishReasonName(last.finish_reason())},
-        {"usage", {{"prompt_tokens", last.usage().prompt_tokens()},
-                   {"completion_tokens", last.usage().completion_tokens()}}},
-        {"timings", {{"queue_seconds", last.timings().queue_seconds()},
-                     {"time_to_first_token_seconds", last.timings().time_to_first_token_seconds()},
-                     {"total_seconds", last.timings().total_seconds()}}}};
+        {"usage",
+         {{"prompt_tokens", last.usage().prompt_tokens()},
+          {"completion_tokens", last.usage().completion_tokens()}}},
+        {"timings",
+         {{"queue_seconds", last.timings().queue_seconds()},
+          {"time_to_first_token_seconds", last.timings().time_to_first_token_seconds()},
+          {"total_seconds", last.timings().total_seconds()}}}};
     if (!last.matched_stop().empty()) done["matched_stop"] = last.matched_stop();
     std::cout << done.dump() << std::endl;
   } else {

@@ -34,7 +34,9 @@ struct TokenizeOptions {
   Fail("tokenize", "line " + std::to_string(line) + ": " + message);
 }
 
-std::string StatusText(const absl::Status& status) { return std::string(status.message()); }
+std::string StatusText(const absl::Status& status) {
+  return std::string(status.message());
+}
 
 ordered_json EncodeLine(const tokenizer::Tokenizer& tok, const ordered_json& request, int line) {
   const auto text = request.find("text");
@@ -94,9 +96,8 @@ void RunTokenize(const TokenizeOptions& options) {
   if (!tok.ok()) Fail("tokenize", StatusText(tok.status()));
   tokenizer::ChatTemplateFlavor flavor = tokenizer::ChatTemplateFlavor::kHybrid;
   if (options.chat) {
-    auto chosen = options.chat_template.empty()
-                      ? tokenizer::ChatTemplateFlavorFromModelDir(options.model_dir)
-                      : tokenizer::ParseChatTemplateFlavor(options.chat_template);
+    auto chosen = options.chat_template.empty() ? tokenizer::ChatTemplateFlavorFromModelDir(options.model_dir)
+                                                : tokenizer::ParseChatTemplateFlavor(options.chat_template);
     if (!chosen.ok()) Fail("tokenize", StatusText(chosen.status()));
     flavor = *chosen;
   }
@@ -127,11 +128,9 @@ void RegisterTokenizeCommand(CLI::App& app) {
       "Tokenize JSON lines from stdin: {\"text\"} -> {\"ids\"}; --decode {\"ids\"} -> {\"text\"}; "
       "--chat {\"messages\", \"enable_thinking\", \"tools\"} -> {\"ids\"} with the generation "
       "prompt");
-  cmd->add_option("--model", options->model_dir, "Model directory holding tokenizer.json")
-      ->required();
+  cmd->add_option("--model", options->model_dir, "Model directory holding tokenizer.json")->required();
   CLI::Option* decode = cmd->add_flag("--decode", options->decode, "Decode ids to text");
-  CLI::Option* chat =
-      cmd->add_flag("--chat", options->chat, "Render chat messages with the chat template");
+  CLI::Option* chat = cmd->add_flag("--chat", options->chat, "Render chat messages with the chat template");
   decode->excludes(chat);
   cmd->add_option("--chat-template", options->chat_template,
                   "Chat template flavour: hybrid, instruct-2507 or thinking-2507 (default: "

@@ -54,16 +54,16 @@ void WriteKv(const bf16* k, int64_t k_stride, const bf16* v, int64_t v_stride, i
   const int64_t row = kv.num_kv_heads * kv.head_dim;
   for (int64_t t = 0; t < num_tokens; ++t) {
     const int64_t pos = start_pos + t;
-    const int64_t slot = static_cast<int64_t>(block_table[pos / kv.block_size]) * kv.block_size +
-                         pos % kv.block_size;
+    const int64_t slot =
+        static_cast<int64_t>(block_table[pos / kv.block_size]) * kv.block_size + pos % kv.block_size;
     std::memcpy(kv.k + slot * row, k + t * k_stride, static_cast<size_t>(row) * sizeof(bf16));
     std::memcpy(kv.v + slot * row, v + t * v_stride, static_cast<size_t>(row) * sizeof(bf16));
   }
 }
 
-void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos,
-                    int64_t num_heads, float scale, const int32_t* block_table, const PagedKv& kv,
-                    bf16* out, int64_t out_stride) {
+void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos, int64_t num_heads,
+                    float scale, const int32_t* block_table, const PagedKv& kv, bf16* out,
+                    int64_t out_stride) {
   if (num_tokens <= 0 || num_heads <= 0 || kv.num_kv_heads <= 0) return;
   const int64_t dim = kv.head_dim;
   const int64_t group = std::max<int64_t>(1, num_heads / kv.num_kv_heads);

@@ -39,7 +39,9 @@ bool CpuSupports(Isa isa) {
   return false;
 }
 
-Isa ActiveIsa() { return static_cast<Isa>(IsaSlot().load(std::memory_order_relaxed)); }
+Isa ActiveIsa() {
+  return static_cast<Isa>(IsaSlot().load(std::memory_order_relaxed));
+}
 
 const char* IsaName(Isa isa) {
   switch (isa) {
@@ -57,6 +59,8 @@ void SetIsaForTesting(Isa isa) {
 }
 }  // namespace internal
 
-const char* KernelIsa() { return IsaName(ActiveIsa()); }
+const char* KernelIsa() {
+  return IsaName(ActiveIsa());
+}
 
 }  // namespace moe::kernels::cpu

@@ -29,8 +29,8 @@ void ParallelOverItems(int64_t num_items, int64_t item_cost,
 
 }  // namespace
 
-void RmsNorm(const bf16* x, int64_t x_stride, int64_t num_rows, int64_t dim, const bf16* w,
-             float eps, bf16* y, int64_t y_stride) {
+void RmsNorm(const bf16* x, int64_t x_stride, int64_t num_rows, int64_t dim, const bf16* w, float eps,
+             bf16* y, int64_t y_stride) {
   if (dim <= 0) return;
   ParallelOverItems(num_rows, dim, [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
@@ -90,8 +90,8 @@ void Embed(const bf16* table, int64_t hidden, const int32_t* ids, int64_t num_to
   });
 }
 
-void TopKSoftmax(const bf16* logits, int64_t num_rows, int64_t num_experts, int64_t k,
-                 bool norm_topk_prob, int32_t* ids, float* weights) {
+void TopKSoftmax(const bf16* logits, int64_t num_rows, int64_t num_experts, int64_t k, bool norm_topk_prob,
+                 int32_t* ids, float* weights) {
   if (k <= 0 || num_experts <= 0) return;
   const int64_t chosen = std::min(k, num_experts);
   ParallelOverItems(num_rows, num_experts * 8, [&](int64_t r0, int64_t r1) {
@@ -113,9 +113,7 @@ void TopKSoftmax(const bf16* logits, int64_t num_rows, int64_t num_experts, int6
       // NaN (from NaN logits) ranks last so the comparator stays a strict weak order.
       auto key = [&](int32_t e) { return std::isnan(prob[e]) ? -INFINITY : prob[e]; };
       std::partial_sort(order.begin(), order.begin() + chosen, order.end(),
-                        [&](int32_t a, int32_t b) {
-                          return key(a) > key(b) || (key(a) == key(b) && a < b);
-                        });
+                        [&](int32_t a, int32_t b) { return key(a) > key(b) || (key(a) == key(b) && a < b); });
       float top_sum = 0.0f;  // in rank order
       for (int64_t i = 0; i < chosen; ++i) top_sum += prob[order[i]];
       int32_t* row_ids = ids + r * k;

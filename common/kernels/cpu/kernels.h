@@ -53,8 +53,8 @@ void LinearGrouped(std::span<const LinearCall> calls);
 
 // RMSNorm (QWEN3_MOE.md §1.3): y = bf16( bf16(x * rsqrt(mean(x^2) + eps)) * w ), stats in fp32.
 // x, y: [num_rows, dim] with the given row strides (may alias: in-place allowed). w: [dim].
-void RmsNorm(const bf16* x, int64_t x_stride, int64_t num_rows, int64_t dim, const bf16* w,
-             float eps, bf16* y, int64_t y_stride);
+void RmsNorm(const bf16* x, int64_t x_stride, int64_t num_rows, int64_t dim, const bf16* w, float eps,
+             bf16* y, int64_t y_stride);
 
 // RoPE tables for positions [0, max_positions): cos/sin already rounded to bf16 as in §1.5,
 // including YaRN's inv_freq and attention_scaling when configured.
@@ -77,8 +77,8 @@ struct RopeParams {
 RopeTable BuildRopeTable(const RopeParams& params, int64_t head_dim, int64_t max_positions);
 // In place, NeoX rotate_half with the three bf16 roundings of §1.5.
 // x: [num_tokens, num_heads, head_dim] with row stride x_stride between tokens (elements).
-void ApplyRope(bf16* x, int64_t x_stride, int64_t num_tokens, int64_t num_heads,
-               const int64_t* positions, const RopeTable& table);
+void ApplyRope(bf16* x, int64_t x_stride, int64_t num_tokens, int64_t num_heads, const int64_t* positions,
+               const RopeTable& table);
 
 // out = bf16( bf16(silu(gate)) * up ), silu in fp32 (§1.6.2). gate, up, out: [n].
 void SiluMul(const bf16* gate, const bf16* up, int64_t n, bf16* out);
@@ -86,8 +86,8 @@ void SiluMul(const bf16* gate, const bf16* up, int64_t n, bf16* out);
 // MoE router (§1.6.1): for each row, softmax over num_experts fp32 (from bf16 logits), top-k in
 // descending probability (ties: lower expert id first), then, if norm_topk_prob, divide by their
 // sum (fp32). ids: [num_rows, k] int32, weights: [num_rows, k] float.
-void TopKSoftmax(const bf16* logits, int64_t num_rows, int64_t num_experts, int64_t k,
-                 bool norm_topk_prob, int32_t* ids, float* weights);
+void TopKSoftmax(const bf16* logits, int64_t num_rows, int64_t num_experts, int64_t k, bool norm_topk_prob,
+                 int32_t* ids, float* weights);
 
 // One layer's paged KV cache: k and v are [num_blocks, block_size, num_kv_heads, head_dim] bf16.
 struct PagedKv {
@@ -107,9 +107,9 @@ void WriteKv(const bf16* k, int64_t k_stride, const bf16* v, int64_t v_stride, i
 // h / (num_heads / num_kv_heads). Per query: s_j = fp32 dot(q, k_j) * scale; p = softmax(s) in
 // fp32 over all j <= pos in one pass (so the result does not depend on chunking); P rounded to
 // bf16; o = sum_j bf16(p_j) * v_j in fp32 ascending j; output rounded to bf16.
-void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos,
-                    int64_t num_heads, float scale, const int32_t* block_table, const PagedKv& kv,
-                    bf16* out, int64_t out_stride);
+void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos, int64_t num_heads,
+                    float scale, const int32_t* block_table, const PagedKv& kv, bf16* out,
+                    int64_t out_stride);
 
 // out[i] = bf16(a[i] + b[i]) (residual add in fp32, one rounding). May alias.
 void Add(const bf16* a, const bf16* b, int64_t n, bf16* out);

@@ -153,8 +153,7 @@ void LinearGrouped(std::span<const LinearCall> calls) {
     if (c.num_rows <= 0 || c.w->out_features <= 0 || c.w->dtype != DType::kF8E4M3) continue;
     if (last_fp8 == nullptr || !same_input(*last_fp8, c)) {
       const int64_t num_k_blocks = c.w->ScaleCols();
-      scratch_floats +=
-          static_cast<size_t>(c.num_rows * (num_k_blocks * kFp8BlockSize + num_k_blocks));
+      scratch_floats += static_cast<size_t>(c.num_rows * (num_k_blocks * kFp8BlockSize + num_k_blocks));
     }
     last_fp8 = &c;
   }
@@ -176,7 +175,7 @@ void LinearGrouped(std::span<const LinearCall> calls) {
     if (w.dtype == DType::kBF16) {
       p.kind = PreparedCall::Kind::kBf16;
       p.bf16 = internal::Bf16Task{c.x, c.x_stride, c.num_rows, static_cast<const bf16*>(w.data),
-                                  k, c.y, c.y_stride};
+                                  k,   c.y,        c.y_stride};
     } else if (w.dtype == DType::kF8E4M3) {
       p.kind = PreparedCall::Kind::kFp8;
       const int64_t num_k_blocks = w.ScaleCols();
@@ -185,8 +184,8 @@ void LinearGrouped(std::span<const LinearCall> calls) {
         float* aq = scratch;
         float* a_scale = aq + c.num_rows * aq_stride;
         scratch = a_scale + c.num_rows * num_k_blocks;
-        jobs.push_back(QuantizeJob{c.x, c.x_stride, c.num_rows, k, num_k_blocks, aq, a_scale,
-                                   total_quantize_rows});
+        jobs.push_back(
+            QuantizeJob{c.x, c.x_stride, c.num_rows, k, num_k_blocks, aq, a_scale, total_quantize_rows});
         total_quantize_rows += c.num_rows;
         total_quantize_elements += c.num_rows * k;
       }
@@ -224,8 +223,7 @@ void LinearGrouped(std::span<const LinearCall> calls) {
       const int64_t m = row - job.first_row;
       const int64_t aq_stride = job.num_k_blocks * kFp8BlockSize;
       if (avx_fp8) {
-        internal::QuantizeRowFp8PackedAvx512(job.x + m * job.x_stride, job.k,
-                                             job.aq + m * aq_stride,
+        internal::QuantizeRowFp8PackedAvx512(job.x + m * job.x_stride, job.k, job.aq + m * aq_stride,
                                              job.a_scale + m * job.num_k_blocks);
       } else {
         internal::QuantizeRowFp8(job.x + m * job.x_stride, job.k, job.aq + m * aq_stride,
@@ -243,9 +241,9 @@ void LinearGrouped(std::span<const LinearCall> calls) {
   // of Linear, with the same task function, so every element is computed exactly as Linear does.
   pool.ParallelFor(total_tasks, [&](int64_t task) {
     // The call whose task range holds `task`: the last one with first_task <= task that has tasks.
-    const auto it = std::upper_bound(
-        prepared.begin(), prepared.end(), task,
-        [](int64_t value, const PreparedCall& p) { return value < p.first_task; });
+    const auto it =
+        std::upper_bound(prepared.begin(), prepared.end(), task,
+                         [](int64_t value, const PreparedCall& p) { return value < p.first_task; });
     const PreparedCall& p = *(it - 1);
     const int64_t n0 = (task - p.first_task) * internal::kLinearColumnsPerTask;
     const int64_t n1 = std::min(p.n, n0 + internal::kLinearColumnsPerTask);

@@ -34,8 +34,8 @@ MOE_AVX512_INLINE float Reduce16Avx(__m512 v) {
 // MR rows x NR columns, full k. Each accumulator sees the same instruction sequence whatever
 // MR and NR are, so the tile shape never changes a result.
 template <int MR, int NR>
-MOE_AVX512_TARGET void MicroBf16(const bf16* x, int64_t x_stride, const bf16* w, int64_t k,
-                                 bf16* y, int64_t y_stride) {
+MOE_AVX512_TARGET void MicroBf16(const bf16* x, int64_t x_stride, const bf16* w, int64_t k, bf16* y,
+                                 int64_t y_stride) {
   __m512 acc[MR][NR];
 #pragma GCC unroll 4
   for (int m = 0; m < MR; ++m)
@@ -50,8 +50,7 @@ MOE_AVX512_TARGET void MicroBf16(const bf16* x, int64_t x_stride, const bf16* w,
     for (int m = 0; m < MR; ++m) {
       const __m512i xv = _mm512_loadu_si512(x + m * x_stride + c);
 #pragma GCC unroll 4
-      for (int n = 0; n < NR; ++n)
-        acc[m][n] = _mm512_dpbf16_ps(acc[m][n], (__m512bh)xv, (__m512bh)wv[n]);
+      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], (__m512bh)xv, (__m512bh)wv[n]);
     }
   }
   if (c < k) {
@@ -63,8 +62,7 @@ MOE_AVX512_TARGET void MicroBf16(const bf16* x, int64_t x_stride, const bf16* w,
     for (int m = 0; m < MR; ++m) {
       const __m512i xv = _mm512_maskz_loadu_epi16(mask, x + m * x_stride + c);
 #pragma GCC unroll 4
-      for (int n = 0; n < NR; ++n)
-        acc[m][n] = _mm512_dpbf16_ps(acc[m][n], (__m512bh)xv, (__m512bh)wv[n]);
+      for (int n = 0; n < NR; ++n) acc[m][n] = _mm512_dpbf16_ps(acc[m][n], (__m512bh)xv, (__m512bh)wv[n]);
     }
   }
 #pragma GCC unroll 4
@@ -76,8 +74,7 @@ MOE_AVX512_TARGET void MicroBf16(const bf16* x, int64_t x_stride, const bf16* w,
 using Bf16Micro = void (*)(const bf16*, int64_t, const bf16*, int64_t, bf16*, int64_t);
 
 template <int MR>
-constexpr Bf16Micro kBf16Row[4] = {MicroBf16<MR, 1>, MicroBf16<MR, 2>, MicroBf16<MR, 3>,
-                                   MicroBf16<MR, 4>};
+constexpr Bf16Micro kBf16Row[4] = {MicroBf16<MR, 1>, MicroBf16<MR, 2>, MicroBf16<MR, 3>, MicroBf16<MR, 4>};
 constexpr const Bf16Micro* kBf16Table[4] = {kBf16Row<1>, kBf16Row<2>, kBf16Row<3>, kBf16Row<4>};
 }  // namespace
 

@@ -29,8 +29,7 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#define MOE_FP8_TARGET \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi")))
+#define MOE_FP8_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi")))
 #define MOE_FP8_INLINE MOE_FP8_TARGET inline __attribute__((always_inline))
 
 namespace moe::kernels::cpu::internal {
@@ -75,7 +74,7 @@ struct Widener {
     __m512i h = _mm512_permutex2var_epi8(high_lo, codes, high_hi);  // index bit 7 is ignored
     const __m512i l = _mm512_permutex2var_epi8(low_lo, codes, low_hi);
     h = _mm512_ternarylogic_epi32(h, codes, sign, 0xf8);  // h | (codes & 0x80)
-    const __m512i p0 = _mm512_unpacklo_epi8(l, h);  // bf16 words of k = j, j + 1 in dword i
+    const __m512i p0 = _mm512_unpacklo_epi8(l, h);        // bf16 words of k = j, j + 1 in dword i
     const __m512i p1 = _mm512_unpackhi_epi8(l, h);
     const __m512i high_word = _mm512_set1_epi32(static_cast<int>(0xffff0000u));
     w[0] = _mm512_castsi512_ps(_mm512_and_si512(p0, high_word));
@@ -104,8 +103,8 @@ MOE_FP8_INLINE __m512 Reduce16x16(const __m512* v) {
 #pragma GCC unroll 2
   for (int j = 0; j < 2; ++j) {
     const __m512d a = _mm512_castps_pd(s4[2 * j]), b = _mm512_castps_pd(s4[2 * j + 1]);
-    s2[j] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
-                          _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    s2[j] =
+        _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
   }
   return _mm512_add_ps(_mm512_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(2, 0, 2, 0)),
                        _mm512_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(3, 1, 3, 1)));
@@ -114,8 +113,8 @@ MOE_FP8_INLINE __m512 Reduce16x16(const __m512* v) {
 // The 16 block dot products of one k-block [k0, k1) for an MR x NR tile (w: NR weight rows,
 // a: MR packed activation rows), folded by Reduce16x16: lane m * NR + n.
 template <int MR, int NR>
-MOE_FP8_INLINE __m512 BlockFp8(const Widener& widener, const uint8_t* const* w,
-                               const float* const* a, int64_t k0, int64_t k1) {
+MOE_FP8_INLINE __m512 BlockFp8(const Widener& widener, const uint8_t* const* w, const float* const* a,
+                               int64_t k0, int64_t k1) {
   static_assert(MR * NR == 16);
   __m512 acc[16];
 #pragma GCC unroll 16
@@ -134,8 +133,7 @@ MOE_FP8_INLINE __m512 BlockFp8(const Widener& widener, const uint8_t* const* w,
         // The product is exact, so each FMA rounds once, like the add it stands for. The
         // activations are zero padded to the block end, so always whole.
 #pragma GCC unroll 4
-        for (int q = 0; q < 4; ++q)
-          s = _mm512_fmadd_ps(_mm512_loadu_ps(a[m] + c + 16 * q), wv[q], s);
+        for (int q = 0; q < 4; ++q) s = _mm512_fmadd_ps(_mm512_loadu_ps(a[m] + c + 16 * q), wv[q], s);
       }
     }
   }
@@ -200,8 +198,7 @@ MOE_FP8_TARGET void GroupFp8(const Fp8Task& t, int64_t m0, int mr, int64_t g, in
     const int64_t n0 = g + j * NR;
     const int nr = static_cast<int>(std::min<int64_t>(NR, g1 - n0));
     for (int m = 0; m < mr; ++m)
-      for (int n = 0; n < nr; ++n)
-        t.y[(m0 + m) * t.y_stride + n0 + n] = FloatToBF16(out[m * NR + n]);
+      for (int n = 0; n < nr; ++n) t.y[(m0 + m) * t.y_stride + n0 + n] = FloatToBF16(out[m * NR + n]);
   }
 }
 
@@ -240,8 +237,7 @@ bool Fp8Avx512Supported() {
   return supported;
 }
 
-MOE_FP8_TARGET void QuantizeRowFp8PackedAvx512(const bf16* x, int64_t k, float* packed,
-                                               float* scale) {
+MOE_FP8_TARGET void QuantizeRowFp8PackedAvx512(const bf16* x, int64_t k, float* packed, float* scale) {
   // Packed vector v (0..3) of a chunk, lane i: k-offset 16 * (i / 4) + 2 * (i % 4) + (1, 0, 9,
   // 8)[v], gathered from natural vectors 2 * (i / 8) and 2 * (i / 8) + 1 by a two-source permute.
   alignas(64) static constexpr std::array<std::array<int32_t, 16>, 4> kIdx = [] {
@@ -270,8 +266,8 @@ MOE_FP8_TARGET void QuantizeRowFp8PackedAvx512(const bf16* x, int64_t k, float* 
     for (int i = 0; i < 8; ++i) {
       const __m512 q = _mm512_div_ps(v[i], sv);
       // std::clamp: a NaN passes through (MAXPS/MINPS return the second operand then).
-      v[i] = RoundToE4M3Avx(_mm512_min_ps(_mm512_set1_ps(kFp8E4M3Max),
-                                          _mm512_max_ps(_mm512_set1_ps(-kFp8E4M3Max), q)));
+      v[i] = RoundToE4M3Avx(
+          _mm512_min_ps(_mm512_set1_ps(kFp8E4M3Max), _mm512_max_ps(_mm512_set1_ps(-kFp8E4M3Max), q)));
     }
 #pragma GCC unroll 2
     for (int c = 0; c < 2; ++c) {
@@ -316,7 +312,9 @@ void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1) {
 #else  // not x86-64 GCC/Clang: the AVX-512 path is never selected.
 
 namespace moe::kernels::cpu::internal {
-bool Fp8Avx512Supported() { return false; }
+bool Fp8Avx512Supported() {
+  return false;
+}
 // Never called (Fp8Avx512Supported is false), but kept a correct equivalent.
 void QuantizeRowFp8PackedAvx512(const bf16* x, int64_t k, float* packed, float* scale) {
   const int64_t padded = (k + kFp8BlockSize - 1) / kFp8BlockSize * kFp8BlockSize;

@@ -74,8 +74,8 @@ RopeTable BuildRopeTable(const RopeParams& params, int64_t head_dim, int64_t max
       inv_freq[i] = interpolation * (1.0f - extra) + extrapolation * extra;
     }
     attention_factor = params.attention_factor > 0.0 ? static_cast<float>(params.attention_factor)
-                       : factor <= 1.0 ? 1.0f
-                                       : static_cast<float>(0.1 * std::log(factor) + 1.0);
+                       : factor <= 1.0               ? 1.0f
+                                                     : static_cast<float>(0.1 * std::log(factor) + 1.0);
   } else if (params.attention_factor > 0.0) {
     attention_factor = static_cast<float>(params.attention_factor);
   }
@@ -98,15 +98,14 @@ RopeTable BuildRopeTable(const RopeParams& params, int64_t head_dim, int64_t max
   return table;
 }
 
-void ApplyRope(bf16* x, int64_t x_stride, int64_t num_tokens, int64_t num_heads,
-               const int64_t* positions, const RopeTable& table) {
+void ApplyRope(bf16* x, int64_t x_stride, int64_t num_tokens, int64_t num_heads, const int64_t* positions,
+               const RopeTable& table) {
   const int64_t half = table.head_dim / 2;
   for (int64_t t = 0; t < num_tokens; ++t) {
     if (positions[t] < 0 || positions[t] >= table.max_positions) {
       // A programming error upstream (the engine bounds positions by the table it built).
       std::fprintf(stderr, "ApplyRope: position %lld outside the table [0, %lld)\n",
-                   static_cast<long long>(positions[t]),
-                   static_cast<long long>(table.max_positions));
+                   static_cast<long long>(positions[t]), static_cast<long long>(table.max_positions));
       std::abort();
     }
   }

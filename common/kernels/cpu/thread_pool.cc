@@ -108,6 +108,8 @@ ThreadPool& ThreadPool::Current() {
 ScopedThreadPool::ScopedThreadPool(ThreadPool* pool) : previous_(tls_override_pool) {
   tls_override_pool = pool;
 }
-ScopedThreadPool::~ScopedThreadPool() { tls_override_pool = previous_; }
+ScopedThreadPool::~ScopedThreadPool() {
+  tls_override_pool = previous_;
+}
 
 }  // namespace moe::kernels::cpu

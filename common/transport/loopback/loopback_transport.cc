@@ -7,8 +7,8 @@
 namespace moe::transport {
 
 std::string MessageTag::DebugString() const {
-  return absl::StrCat("{kind=", static_cast<int>(kind), " step=", step, " layer=", layer,
-                      " mb=", micro_batch, " sender=", sender, "}");
+  return absl::StrCat("{kind=", static_cast<int>(kind), " step=", step, " layer=", layer, " mb=", micro_batch,
+                      " sender=", sender, "}");
 }
 
 LoopbackTransport* LoopbackHub::Endpoint(int32_t peer) {
@@ -65,8 +65,7 @@ absl::StatusOr<Message> LoopbackTransport::ReceiveAny(absl::Time deadline) {
   return message;
 }
 
-absl::StatusOr<Message> LoopbackTransport::ReceiveTagged(const MessageTag& tag,
-                                                         absl::Time deadline) {
+absl::StatusOr<Message> LoopbackTransport::ReceiveTagged(const MessageTag& tag, absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   for (;;) {
     for (auto it = inbox_.begin(); it != inbox_.end();) {
@@ -85,9 +84,8 @@ absl::StatusOr<Message> LoopbackTransport::ReceiveTagged(const MessageTag& tag,
     }
     if (shutdown_) return absl::CancelledError("transport shut down");
     const size_t seen = inbox_.size();
-    auto changed = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-      return shutdown_ || inbox_.size() != seen;
-    };
+    auto changed = [this, seen]()
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutdown_ || inbox_.size() != seen; };
     if (!mu_.AwaitWithDeadline(absl::Condition(&changed), deadline)) {
       return absl::UnavailableError(
           absl::StrCat("peer ", tag.sender, " did not answer ", tag.DebugString(), " in time"));

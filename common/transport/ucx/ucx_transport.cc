@@ -129,8 +129,7 @@ struct UcxTransport::SendOp {
   }
 };
 
-absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(int32_t self,
-                                                                   const UcxOptions& options) {
+absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(int32_t self, const UcxOptions& options) {
   if (self < 0) return absl::InvalidArgumentError(absl::StrCat("peer id ", self, " is negative"));
   if (options.send_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("UcxOptions.send_timeout must be positive");
@@ -150,8 +149,7 @@ absl::Status UcxTransport::Init() {
                                absl::StrCat("UCX TLS=", options_.tls));
   }
   if (status.ok() && std::getenv("UCX_KEEPALIVE_INTERVAL") == nullptr) {
-    const std::string interval =
-        absl::StrCat(absl::ToInt64Milliseconds(options_.keepalive_interval), "ms");
+    const std::string interval = absl::StrCat(absl::ToInt64Milliseconds(options_.keepalive_interval), "ms");
     status = UcsStatusToStatus(ucp_config_modify(config, "KEEPALIVE_INTERVAL", interval.c_str()),
                                "UCX KEEPALIVE_INTERVAL");
   }
@@ -185,8 +183,8 @@ absl::Status UcxTransport::Init() {
   address_.append(reinterpret_cast<const char*>(address), address_length);
   ucp_worker_release_address(worker_, address);
 
-  for (auto [id, cb] : {std::pair{kDataAmId, &UcxTransport::OnData},
-                        std::pair{kGoodbyeAmId, &UcxTransport::OnGoodbye}}) {
+  for (auto [id, cb] :
+       {std::pair{kDataAmId, &UcxTransport::OnData}, std::pair{kGoodbyeAmId, &UcxTransport::OnGoodbye}}) {
     ucp_am_handler_param_t handler{};
     handler.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
                          UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
@@ -332,8 +330,8 @@ void UcxTransport::SayGoodbyeAndCloseAll() {
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     param.flags = UCP_AM_SEND_FLAG_EAGER;
-    ucs_status_ptr_t request = ucp_am_send_nbx(ep, kGoodbyeAmId, goodbye_header_.data(),
-                                               goodbye_header_.size(), nullptr, 0, &param);
+    ucs_status_ptr_t request =
+        ucp_am_send_nbx(ep, kGoodbyeAmId, goodbye_header_.data(), goodbye_header_.size(), nullptr, 0, &param);
     if (UCS_PTR_IS_PTR(request)) requests.push_back(request);
   }
   const absl::Time deadline = absl::Now() + options_.goodbye_timeout;
@@ -357,9 +355,9 @@ absl::Status UcxTransport::Connect(int32_t peer, std::string_view address) {
   if (address.size() <= kAddressPrefix ||
       std::memcmp(address.data(), kAddressMagic, sizeof(kAddressMagic)) != 0 ||
       blob_length != address.size() - kAddressPrefix) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "not a UCX worker address from UcxTransport::WorkerAddress (", address.size(),
-        " bytes) for peer ", peer));
+    return absl::InvalidArgumentError(
+        absl::StrCat("not a UCX worker address from UcxTransport::WorkerAddress (", address.size(),
+                     " bytes) for peer ", peer));
   }
   {
     absl::MutexLock lock(&mu_);
@@ -382,8 +380,8 @@ absl::Status UcxTransport::Connect(int32_t peer, std::string_view address) {
     params.err_handler.cb = &UcxTransport::OnEndpointError;
     params.err_handler.arg = this;
     ucp_ep_h ep = nullptr;
-    RETURN_IF_ERROR(UcsStatusToStatus(ucp_ep_create(worker_, &params, &ep),
-                                      absl::StrCat("connecting to peer ", peer)));
+    RETURN_IF_ERROR(
+        UcsStatusToStatus(ucp_ep_create(worker_, &params, &ep), absl::StrCat("connecting to peer ", peer)));
     endpoints_[peer] = ep;
     peer_instances_[peer] = instance;
     return absl::OkStatus();
@@ -426,8 +424,7 @@ absl::StatusOr<std::string> UcxTransport::DescribeEndpoint(int32_t peer) {
   return description;
 }
 
-absl::Status UcxTransport::Send(int32_t peer, const MessageTag& tag,
-                                std::span<const std::byte> payload) {
+absl::Status UcxTransport::Send(int32_t peer, const MessageTag& tag, std::span<const std::byte> payload) {
   if (tag.sender != self_) {
     return absl::InvalidArgumentError(absl::StrCat("tag.sender ", tag.sender, " != self ", self_));
   }
@@ -445,16 +442,14 @@ absl::Status UcxTransport::Send(int32_t peer, const MessageTag& tag,
       return absl::UnavailableError(absl::StrCat("peer ", peer, " is not connected"));
     }
     ucp_request_param_t param{};
-    param.op_attr_mask =
-        UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+    param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
     param.cb.send = &UcxTransport::OnSendDone;
     param.user_data = &op;
     param.flags = (options_.rndv_threshold > 0 && payload.size() >= options_.rndv_threshold)
                       ? UCP_AM_SEND_FLAG_RNDV
                       : 0;
-    ucs_status_ptr_t request = ucp_am_send_nbx(it->second, kDataAmId, &op.header,
-                                               sizeof(op.header), payload.data(), payload.size(),
-                                               &param);
+    ucs_status_ptr_t request = ucp_am_send_nbx(it->second, kDataAmId, &op.header, sizeof(op.header),
+                                               payload.data(), payload.size(), &param);
     if (UCS_PTR_IS_ERR(request)) {
       op.Finish(UCS_PTR_STATUS(request));
     } else if (request == nullptr) {
@@ -475,9 +470,9 @@ absl::Status UcxTransport::Send(int32_t peer, const MessageTag& tag,
     // The peer neither took the message nor failed: abort the endpoint, which completes every
     // request on it with an error (UCX guarantees this for a forced close); below we wait for ours
     // so UCX no longer reads `payload` or `op` when we return.
-    MarkFailed(peer, absl::UnavailableError(absl::StrCat(
-                         "peer ", peer, " did not take a ", payload.size(), "-byte message in ",
-                         absl::FormatDuration(options_.send_timeout))));
+    MarkFailed(peer, absl::UnavailableError(absl::StrCat("peer ", peer, " did not take a ", payload.size(),
+                                                         "-byte message in ",
+                                                         absl::FormatDuration(options_.send_timeout))));
     RunOnProgressThread([&]() -> absl::Status {
       if (auto it = endpoints_.find(peer); it != endpoints_.end()) {
         ucp_ep_h ep = it->second;
@@ -557,8 +552,8 @@ ucs_status_t UcxTransport::OnData(void* arg, const void* header, size_t header_l
   recv_param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
   recv_param.cb.recv_am = &UcxTransport::OnRndvDone;
   recv_param.user_data = raw;
-  ucs_status_ptr_t request = ucp_am_recv_data_nbx(self->worker_, data, raw->message.payload.data(),
-                                                  length, &recv_param);
+  ucs_status_ptr_t request =
+      ucp_am_recv_data_nbx(self->worker_, data, raw->message.payload.data(), length, &recv_param);
   // A request completes through OnRndvDone (which frees it); otherwise it finished already.
   if (UCS_PTR_IS_PTR(request)) {
     ++self->ops_in_flight_;
@@ -585,15 +580,15 @@ void UcxTransport::OnRndvDone(void* request, ucs_status_t status, size_t length,
   const int32_t sender = receive->message.tag.sender;
   if (status != UCS_OK) {
     // The sender died (or we are closing) mid-transfer: the partial message is dropped.
-    self->MarkFailed(sender, absl::UnavailableError(absl::StrCat(
-                                 "receiving from peer ", sender, ": ", ucs_status_string(status))));
+    self->MarkFailed(sender, absl::UnavailableError(absl::StrCat("receiving from peer ", sender, ": ",
+                                                                 ucs_status_string(status))));
     return;
   }
   self->Deliver(std::move(receive->message));
 }
 
-ucs_status_t UcxTransport::OnGoodbye(void* arg, const void* header, size_t header_length,
-                                     void* data, size_t length, const ucp_am_recv_param_t* param) {
+ucs_status_t UcxTransport::OnGoodbye(void* arg, const void* header, size_t header_length, void* data,
+                                     size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxTransport*>(arg);
   GoodbyeHeader goodbye;
   if (header == nullptr || header_length != sizeof(goodbye)) {
@@ -619,8 +614,8 @@ void UcxTransport::OnEndpointError(void* arg, ucp_ep_h ep, ucs_status_t status) 
   auto* self = static_cast<UcxTransport*>(arg);
   for (const auto& [peer, endpoint] : self->endpoints_) {
     if (endpoint != ep) continue;
-    self->MarkFailed(peer, absl::UnavailableError(
-                               absl::StrCat("peer ", peer, " failed: ", ucs_status_string(status))));
+    self->MarkFailed(
+        peer, absl::UnavailableError(absl::StrCat("peer ", peer, " failed: ", ucs_status_string(status))));
     break;
   }
   self->endpoints_to_close_.push_back(ep);

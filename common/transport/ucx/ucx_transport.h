@@ -36,8 +36,8 @@
 #ifndef MOE_COMMON_TRANSPORT_UCX_UCX_TRANSPORT_H_
 #define MOE_COMMON_TRANSPORT_UCX_UCX_TRANSPORT_H_
 
-#include <atomic>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -83,8 +83,7 @@ struct UcxOptions {
 class UcxTransport final : public ActivationTransport {
  public:
   // Creates the UCX context, worker and progress thread for peer id `self` (>= 0).
-  static absl::StatusOr<std::unique_ptr<UcxTransport>> Create(int32_t self,
-                                                              const UcxOptions& options = {});
+  static absl::StatusOr<std::unique_ptr<UcxTransport>> Create(int32_t self, const UcxOptions& options = {});
   // Shuts down (telling peers goodbye), stops the progress thread, releases UCX.
   ~UcxTransport() override;
 
@@ -147,8 +146,8 @@ class UcxTransport final : public ActivationTransport {
   void Deliver(Message message);
 
   // UCX callbacks (static trampolines; arg/user_data is this or the operation).
-  static ucs_status_t OnData(void* arg, const void* header, size_t header_length, void* data,
-                             size_t length, const ucp_am_recv_param_t* param);
+  static ucs_status_t OnData(void* arg, const void* header, size_t header_length, void* data, size_t length,
+                             const ucp_am_recv_param_t* param);
   static ucs_status_t OnGoodbye(void* arg, const void* header, size_t header_length, void* data,
                                 size_t length, const ucp_am_recv_param_t* param);
   static void OnSendDone(void* request, ucs_status_t status, void* user_data);
@@ -172,7 +171,7 @@ class UcxTransport final : public ActivationTransport {
   // Progress thread only (UCX runs in UCS_THREAD_MODE_SINGLE).
   absl::flat_hash_map<int32_t, ucp_ep_h> endpoints_;
   absl::flat_hash_map<int32_t, uint64_t> peer_instances_;  // progress thread only, like endpoints_
-  std::vector<ucp_ep_h> endpoints_to_close_;  // failed inside a callback, closed after it
+  std::vector<ucp_ep_h> endpoints_to_close_;               // failed inside a callback, closed after it
   int ops_in_flight_ = 0;  // our send and rendezvous-receive requests not yet completed
 
   // Commands for the progress thread.
@@ -186,8 +185,7 @@ class UcxTransport final : public ActivationTransport {
   absl::flat_hash_map<int32_t, absl::Status> failed_ ABSL_GUARDED_BY(mu_);
   std::deque<Message> inbox_ ABSL_GUARDED_BY(mu_);
   // Rendezvous receives in flight, owned here until their callback (or the destructor).
-  absl::flat_hash_map<RndvReceive*, std::unique_ptr<RndvReceive>> rndv_in_flight_
-      ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<RndvReceive*, std::unique_ptr<RndvReceive>> rndv_in_flight_ ABSL_GUARDED_BY(mu_);
   uint64_t failure_generation_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;

@@ -24,8 +24,8 @@ std::vector<int32_t> Prompt(int64_t length, int32_t seed) {
   return ids;
 }
 
-std::unique_ptr<Engine> MakeEngine(const std::string& dtype, EngineOptions options = {},
-                                   int shards = 1, const std::string& preset = "tiny") {
+std::unique_ptr<Engine> MakeEngine(const std::string& dtype, EngineOptions options = {}, int shards = 1,
+                                   const std::string& preset = "tiny") {
   options.kv_cache_bytes = int64_t{64} << 20;
   auto engine = Engine::CreateEmbedded(moe::testing::TestModelDir(preset, dtype), options, shards);
   EXPECT_TRUE(engine.ok()) << engine.status();
@@ -203,8 +203,8 @@ TEST(EngineTest, RejectsBadRequestsNamingTheField) {
   expect_error(Greedy("a", {}, 4), absl::StatusCode::kInvalidArgument, "prompt");
   expect_error(Greedy("a", {151936}, 4), absl::StatusCode::kInvalidArgument, "prompt");
   expect_error(Greedy("a", {-1}, 4), absl::StatusCode::kInvalidArgument, "prompt");
-  expect_error(Greedy("a", Prompt(engine->max_model_len(), 1), 4),
-               absl::StatusCode::kInvalidArgument, "prompt");
+  expect_error(Greedy("a", Prompt(engine->max_model_len(), 1), 4), absl::StatusCode::kInvalidArgument,
+               "prompt");
   expect_error(Greedy("a", {1}, 0), absl::StatusCode::kInvalidArgument, "max_new_tokens");
   GenerationRequest logprobs = Greedy("a", {1}, 1);
   logprobs.top_logprobs = 21;

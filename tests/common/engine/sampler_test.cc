@@ -188,40 +188,35 @@ TEST(SamplerProcessTest, RepetitionPenaltyDividesPositiveAndMultipliesNegativeOn
   p.repetition_penalty = 2.0;
   // Ids repeat (1 twice) and fall outside [0, 6) (6, -1): each in-range id is penalized once.
   const std::vector<int32_t> context = {0, 1, 1, 4, 6, -1};
-  EXPECT_THAT(Sampler::ProcessLogits(logits, context, p),
-              ElementsAre(0.5f, -4.0f, 3.0f, 0.5f, -2.0f, 2.0f));
+  EXPECT_THAT(Sampler::ProcessLogits(logits, context, p), ElementsAre(0.5f, -4.0f, 3.0f, 0.5f, -2.0f, 2.0f));
 }
 
 TEST(SamplerProcessTest, RepetitionPenaltyBelowOneBoostsSeenTokens) {
   const std::vector<float> logits = {1.0f, -2.0f, 3.0f};
   SamplingParams p = Plain();
   p.repetition_penalty = 0.5;
-  EXPECT_THAT(Sampler::ProcessLogits(logits, std::vector<int32_t>{0, 1}, p),
-              ElementsAre(2.0f, -1.0f, 3.0f));
+  EXPECT_THAT(Sampler::ProcessLogits(logits, std::vector<int32_t>{0, 1}, p), ElementsAre(2.0f, -1.0f, 3.0f));
 }
 
 TEST(SamplerProcessTest, TemperatureDividesScores) {
   const std::vector<float> logits = {1.0f, -2.0f, 3.0f, 0.5f, -1.0f, 2.0f};
   SamplingParams p = Plain();
   p.temperature = 0.5;
-  EXPECT_THAT(Sampler::ProcessLogits(logits, {}, p),
-              ElementsAre(2.0f, -4.0f, 6.0f, 1.0f, -2.0f, 4.0f));
+  EXPECT_THAT(Sampler::ProcessLogits(logits, {}, p), ElementsAre(2.0f, -4.0f, 6.0f, 1.0f, -2.0f, 4.0f));
 }
 
 TEST(SamplerProcessTest, TopKKeepsTheKBest) {
   const std::vector<float> logits = {1.0f, -2.0f, 3.0f, 0.5f, -1.0f, 2.0f};
   SamplingParams p = Plain();
   p.top_k = 2;
-  EXPECT_THAT(Sampler::ProcessLogits(logits, {}, p),
-              ElementsAre(-kInf, -kInf, 3.0f, -kInf, -kInf, 2.0f));
+  EXPECT_THAT(Sampler::ProcessLogits(logits, {}, p), ElementsAre(-kInf, -kInf, 3.0f, -kInf, -kInf, 2.0f));
 }
 
 TEST(SamplerProcessTest, TopKKeepsTiesAtTheKthValue) {
   const std::vector<float> logits = {1.0f, 3.0f, 3.0f, 0.0f, 3.0f, -1.0f};
   SamplingParams p = Plain();
   p.top_k = 2;
-  EXPECT_THAT(Sampler::ProcessLogits(logits, {}, p),
-              ElementsAre(-kInf, 3.0f, 3.0f, -kInf, 3.0f, -kInf));
+  EXPECT_THAT(Sampler::ProcessLogits(logits, {}, p), ElementsAre(-kInf, 3.0f, 3.0f, -kInf, 3.0f, -kInf));
 }
 
 TEST(SamplerProcessTest, TopKLargerThanVocabOrDisabledKeepsAll) {
@@ -242,8 +237,7 @@ TEST(SamplerProcessTest, TopPRemovesTheTailWhoseMassIsAtMostOneMinusTopP) {
   EXPECT_THAT(scores, ElementsAre(-kInf, -kInf, logits[2], -kInf, logits[4], -kInf));
 
   p.top_p = 0.85;  // removes cum <= 0.15: .02 .03 .05; keeps .10 .30 .50
-  ExpectProbsNear(Sampler::Probabilities(logits, {}, p),
-                  {0.1 / 0.9, 0, 0.5 / 0.9, 0, 0.3 / 0.9, 0});
+  ExpectProbsNear(Sampler::Probabilities(logits, {}, p), {0.1 / 0.9, 0, 0.5 / 0.9, 0, 0.3 / 0.9, 0});
 }
 
 // Four equal scores have probabilities of exactly 0.25 and cumulative sums 0.25 0.5 0.75 1, so
@@ -267,8 +261,7 @@ TEST(SamplerProcessTest, MinPRemovesTokensBelowAFractionOfTheBest) {
   const std::vector<float> logits = Logs(kProbs);
   SamplingParams p = Plain();
   p.min_p = 0.15;  // threshold 0.075: keeps .10 .30 .50
-  ExpectProbsNear(Sampler::Probabilities(logits, {}, p),
-                  {0.1 / 0.9, 0, 0.5 / 0.9, 0, 0.3 / 0.9, 0});
+  ExpectProbsNear(Sampler::Probabilities(logits, {}, p), {0.1 / 0.9, 0, 0.5 / 0.9, 0, 0.3 / 0.9, 0});
   p.min_p = 0.5;  // threshold 0.25: keeps .30 .50
   ExpectProbsNear(Sampler::Probabilities(logits, {}, p), {0, 0, 0.625, 0, 0.375, 0});
   p.min_p = 1.0;  // only the best survives
@@ -285,8 +278,7 @@ TEST(SamplerProcessTest, NoProcessorSamplesTheRawSoftmax) {
 std::vector<int32_t> NaiveTopP(const std::vector<float>& scores, double top_p) {
   std::vector<int32_t> order(scores.size());
   for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int32_t>(i);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int32_t a, int32_t b) { return scores[a] < scores[b]; });
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return scores[a] < scores[b]; });
   const double max_score = scores[order.back()];
   double sum = 0.0;
   for (const float x : scores) sum += std::exp(static_cast<double>(x) - max_score);
@@ -398,8 +390,8 @@ TEST(SamplerRandomTest, DifferentSeedsGiveDifferentSequences) {
   b.seed = 2;
   int differences = 0;
   for (uint64_t step = 0; step < 100; ++step) {
-    differences += Sampler::Sample(logits, {}, a, step).token_id !=
-                   Sampler::Sample(logits, {}, b, step).token_id;
+    differences +=
+        Sampler::Sample(logits, {}, a, step).token_id != Sampler::Sample(logits, {}, b, step).token_id;
   }
   // Two independent draws agree with probability sum p_i^2 = 0.3638; 100 steps differ ~64 times.
   EXPECT_GT(differences, 40);
@@ -577,8 +569,7 @@ TEST(SamplerTransformersTest, MatchesTorchProcessorsOnFixtures) {
     p.min_p = jp["min_p"].get<double>();
     p.repetition_penalty = jp["repetition_penalty"].get<double>();
     std::vector<float> logits;
-    for (const nlohmann::json& x : c["logits"])
-      logits.push_back(static_cast<float>(x.get<double>()));
+    for (const nlohmann::json& x : c["logits"]) logits.push_back(static_cast<float>(x.get<double>()));
     const std::vector<int32_t> context = c["context"].get<std::vector<int32_t>>();
 
     // Where transformers' unstable torch.sort makes an exact tie at the top-p boundary come out
@@ -589,8 +580,7 @@ TEST(SamplerTransformersTest, MatchesTorchProcessorsOnFixtures) {
     const nlohmann::json& want_probs = tie_dependent ? c["stable_probs"] : c["probs"];
     if (tie_dependent) {
       auto survivors = [](const nlohmann::json& v) {
-        return std::count_if(v.begin(), v.end(),
-                             [](const nlohmann::json& x) { return !x.is_null(); });
+        return std::count_if(v.begin(), v.end(), [](const nlohmann::json& x) { return !x.is_null(); });
       };
       EXPECT_EQ(survivors(c["stable_scores"]), survivors(c["scores"]));
     }

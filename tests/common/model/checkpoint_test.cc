@@ -9,16 +9,16 @@
 namespace moe::model {
 namespace {
 
+using testing::BytesTensor;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing::BytesTensor;
 using testing::TempDir;
 using testing::WriteFileBytes;
 
 TEST(CheckpointTest, OpensSingleFile) {
   TempDir dir;
-  ASSERT_TRUE(WriteSafetensors(dir.File("model.safetensors"),
-                               {BytesTensor("b", DType::kU8, {2}, {1, 2}), BytesTensor("a", DType::kU8, {1}, {3})})
+  ASSERT_TRUE(WriteSafetensors(dir.File("model.safetensors"), {BytesTensor("b", DType::kU8, {2}, {1, 2}),
+                                                               BytesTensor("a", DType::kU8, {1}, {3})})
                   .ok());
   absl::StatusOr<std::unique_ptr<Checkpoint>> c = Checkpoint::Open(dir.path());
   ASSERT_TRUE(c.ok()) << c.status();
@@ -35,9 +35,11 @@ TEST(CheckpointTest, OpensSingleFile) {
 TEST(CheckpointTest, OpensShardsThroughIndex) {
   TempDir dir;
   ASSERT_TRUE(WriteSafetensors(dir.File("model-00001-of-00002.safetensors"),
-                               {BytesTensor("x", DType::kU8, {1}, {10})}).ok());
+                               {BytesTensor("x", DType::kU8, {1}, {10})})
+                  .ok());
   ASSERT_TRUE(WriteSafetensors(dir.File("model-00002-of-00002.safetensors"),
-                               {BytesTensor("y", DType::kU8, {2}, {20, 21})}).ok());
+                               {BytesTensor("y", DType::kU8, {2}, {20, 21})})
+                  .ok());
   WriteFileBytes(dir.File("model.safetensors.index.json"),
                  R"({"metadata": {"total_size": 3}, "weight_map": {"x": "model-00001-of-00002.safetensors",
                     "y": "model-00002-of-00002.safetensors"}})");
@@ -50,7 +52,8 @@ TEST(CheckpointTest, OpensShardsThroughIndex) {
 
 TEST(CheckpointTest, RejectsIndexNamingMissingShard) {
   TempDir dir;
-  WriteFileBytes(dir.File("model.safetensors.index.json"), R"({"weight_map": {"x": "model-00001-of-00001.safetensors"}})");
+  WriteFileBytes(dir.File("model.safetensors.index.json"),
+                 R"({"weight_map": {"x": "model-00001-of-00001.safetensors"}})");
   absl::StatusOr<std::unique_ptr<Checkpoint>> c = Checkpoint::Open(dir.path());
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
@@ -60,7 +63,8 @@ TEST(CheckpointTest, RejectsIndexNamingMissingShard) {
 TEST(CheckpointTest, RejectsIndexNamingTensorAbsentFromShard) {
   TempDir dir;
   ASSERT_TRUE(WriteSafetensors(dir.File("s.safetensors"), {BytesTensor("x", DType::kU8, {1}, {1})}).ok());
-  WriteFileBytes(dir.File("model.safetensors.index.json"), R"({"weight_map": {"x": "s.safetensors", "q": "s.safetensors"}})");
+  WriteFileBytes(dir.File("model.safetensors.index.json"),
+                 R"({"weight_map": {"x": "s.safetensors", "q": "s.safetensors"}})");
   absl::StatusOr<std::unique_ptr<Checkpoint>> c = Checkpoint::Open(dir.path());
   ASSERT_FALSE(c.ok());
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
@@ -72,7 +76,8 @@ TEST(CheckpointTest, RejectsMalformedIndex) {
   WriteFileBytes(dir.File("model.safetensors.index.json"), R"({"metadata": {}})");
   EXPECT_THAT(Checkpoint::Open(dir.path()).status().message(), HasSubstr("missing weight_map"));
   WriteFileBytes(dir.File("model.safetensors.index.json"), R"({"weight_map": {"x": "../evil.safetensors"}})");
-  EXPECT_THAT(Checkpoint::Open(dir.path()).status().message(), HasSubstr("not a file in the model directory"));
+  EXPECT_THAT(Checkpoint::Open(dir.path()).status().message(),
+              HasSubstr("not a file in the model directory"));
   WriteFileBytes(dir.File("model.safetensors.index.json"), "{not json");
   EXPECT_EQ(Checkpoint::Open(dir.path()).status().code(), absl::StatusCode::kInvalidArgument);
 }

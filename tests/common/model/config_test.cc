@@ -32,7 +32,8 @@ constexpr char k30B[] = R"({
 })";
 
 // Qwen/Qwen3-235B-A22B config.json (§2.3), verbatim.
-constexpr char k235B[] = R"({ "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
+constexpr char k235B[] =
+    R"({ "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
   "bos_token_id": 151643, "eos_token_id": 151645, "decoder_sparse_step": 1, "head_dim": 128,
   "hidden_act": "silu", "hidden_size": 4096, "initializer_range": 0.02, "intermediate_size": 12288,
   "max_position_embeddings": 40960, "max_window_layers": 94, "mlp_only_layers": [],
@@ -117,8 +118,8 @@ TEST(ModelConfigTest, ParsesTransformersV5Serialization) {
 }
 
 TEST(ModelConfigTest, ParsesYarnInBothForms) {
-  absl::StatusOr<ModelConfig> v4 = ModelConfig::FromJson(
-      Patched(R"({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}})"));
+  absl::StatusOr<ModelConfig> v4 = ModelConfig::FromJson(Patched(
+      R"({"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}})"));
   ASSERT_TRUE(v4.ok()) << v4.status();
   EXPECT_EQ(v4->rope_scaling.type, "yarn");
   EXPECT_EQ(v4->rope_scaling.factor, 4.0);
@@ -127,8 +128,8 @@ TEST(ModelConfigTest, ParsesYarnInBothForms) {
   EXPECT_EQ(v4->rope_scaling.beta_slow, 1.0);
   EXPECT_FALSE(v4->rope_scaling.attention_factor.has_value());
 
-  absl::StatusOr<ModelConfig> old_key =
-      ModelConfig::FromJson(Patched(R"({"rope_scaling": {"type": "yarn", "factor": 2.0, "attention_factor": 1.5}})"));
+  absl::StatusOr<ModelConfig> old_key = ModelConfig::FromJson(
+      Patched(R"({"rope_scaling": {"type": "yarn", "factor": 2.0, "attention_factor": 1.5}})"));
   ASSERT_TRUE(old_key.ok()) << old_key.status();
   EXPECT_EQ(old_key->rope_scaling.type, "yarn");
   EXPECT_EQ(old_key->rope_scaling.original_max_position_embeddings, 40960);  // falls back
@@ -158,9 +159,11 @@ TEST(ModelConfigTest, ParsesFp8QuantizationConfig) {
 TEST(ModelConfigTest, RejectsOtherFp8BlockSizesAndMethods) {
   ExpectInvalid(Patched(R"({"quantization_config": {"quant_method": "fp8", "weight_block_size": [64, 64]}})"),
                 "quantization_config.weight_block_size");
-  ExpectInvalid(Patched(R"({"quantization_config": {"quant_method": "fp8"}})"), "quantization_config.weight_block_size");
-  ExpectInvalid(Patched(R"({"quantization_config": {"quant_method": "gptq", "weight_block_size": [128, 128]}})"),
-                "quantization_config.quant_method");
+  ExpectInvalid(Patched(R"({"quantization_config": {"quant_method": "fp8"}})"),
+                "quantization_config.weight_block_size");
+  ExpectInvalid(
+      Patched(R"({"quantization_config": {"quant_method": "gptq", "weight_block_size": [128, 128]}})"),
+      "quantization_config.quant_method");
   ExpectInvalid(Patched(R"({"quantization_config": {"quant_method": "fp8", "activation_scheme": "static",
                             "weight_block_size": [128, 128]}})"),
                 "quantization_config.activation_scheme");
@@ -194,8 +197,8 @@ TEST(ModelConfigTest, ParsesDenseQwen3) {
 }
 
 TEST(ModelConfigTest, SparseStepAndMlpOnlyLayersSelectDenseLayers) {
-  absl::StatusOr<ModelConfig> c =
-      ModelConfig::FromJson(Patched(R"({"decoder_sparse_step": 2, "mlp_only_layers": [3], "num_hidden_layers": 6})"));
+  absl::StatusOr<ModelConfig> c = ModelConfig::FromJson(
+      Patched(R"({"decoder_sparse_step": 2, "mlp_only_layers": [3], "num_hidden_layers": 6})"));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_FALSE(c->IsMoeLayer(0));  // (0+1) % 2 != 0
   EXPECT_TRUE(c->IsMoeLayer(1));
@@ -209,7 +212,8 @@ TEST(ModelConfigTest, RejectsUnsupportedArchitectureFields) {
   ExpectInvalid(Patched(R"({"hidden_act": "gelu"})"), "hidden_act");
   ExpectInvalid(Patched(R"({"attention_bias": true})"), "attention_bias");
   ExpectInvalid(Patched(R"({"use_sliding_window": true})"), "use_sliding_window");
-  ExpectInvalid(Patched(R"({"rope_scaling": {"rope_type": "linear", "factor": 2.0}})"), "rope_scaling.rope_type");
+  ExpectInvalid(Patched(R"({"rope_scaling": {"rope_type": "linear", "factor": 2.0}})"),
+                "rope_scaling.rope_type");
   ExpectInvalid(Patched(R"({"rope_scaling": {"rope_type": "yarn"}})"), "rope_scaling.factor");
 }
 
@@ -262,7 +266,8 @@ TEST(ModelConfigTest, FromFileNamesThePath) {
 }
 
 TEST(GenerationConfigTest, ParsesHybridQwen3File) {
-  absl::StatusOr<GenerationConfig> g = GenerationConfig::FromJson(R"({"bos_token_id": 151643, "do_sample": true,
+  absl::StatusOr<GenerationConfig> g =
+      GenerationConfig::FromJson(R"({"bos_token_id": 151643, "do_sample": true,
       "eos_token_id": [151645, 151643], "pad_token_id": 151643, "temperature": 0.6, "top_k": 20, "top_p": 0.95})");
   ASSERT_TRUE(g.ok()) << g.status();
   EXPECT_TRUE(g->do_sample);
@@ -277,7 +282,8 @@ TEST(GenerationConfigTest, ParsesHybridQwen3File) {
 }
 
 TEST(GenerationConfigTest, AbsentKeysTakeTransformersDefaults) {
-  absl::StatusOr<GenerationConfig> g = GenerationConfig::FromJson(R"({"do_sample": true, "eos_token_id": 151645})");
+  absl::StatusOr<GenerationConfig> g =
+      GenerationConfig::FromJson(R"({"do_sample": true, "eos_token_id": 151645})");
   ASSERT_TRUE(g.ok()) << g.status();
   EXPECT_EQ(g->temperature, 1.0);
   EXPECT_EQ(g->top_k, 50);
@@ -287,7 +293,8 @@ TEST(GenerationConfigTest, AbsentKeysTakeTransformersDefaults) {
 }
 
 TEST(GenerationConfigTest, RejectsBadValues) {
-  EXPECT_THAT(GenerationConfig::FromJson(R"({"temperature": "hot"})").status().message(), HasSubstr("'temperature'"));
+  EXPECT_THAT(GenerationConfig::FromJson(R"({"temperature": "hot"})").status().message(),
+              HasSubstr("'temperature'"));
   EXPECT_THAT(GenerationConfig::FromJson(R"({"top_p": 1.5})").status().message(), HasSubstr("'top_p'"));
   EXPECT_THAT(GenerationConfig::FromJson(R"({"top_k": -1})").status().message(), HasSubstr("'top_k'"));
 }
@@ -296,8 +303,8 @@ TEST(GenerationConfigTest, MissingFileYieldsDefaultsWithModelEos) {
   ModelConfig model;
   model.eos_token_ids = {151645};
   model.bos_token_id = 151643;
-  absl::StatusOr<GenerationConfig> g =
-      GenerationConfig::FromModelDir((std::filesystem::temp_directory_path() / "moe_no_such_dir").string(), model);
+  absl::StatusOr<GenerationConfig> g = GenerationConfig::FromModelDir(
+      (std::filesystem::temp_directory_path() / "moe_no_such_dir").string(), model);
   ASSERT_TRUE(g.ok()) << g.status();
   EXPECT_FALSE(g->do_sample);
   EXPECT_EQ(g->top_k, 50);

@@ -75,7 +75,8 @@ TEST(MakeModelTest, DifferentSeedGivesDifferentWeights) {
   ob.seed = 1;
   ASSERT_TRUE(MakeModel(oa).ok());
   ASSERT_TRUE(MakeModel(ob).ok());
-  const std::string wa = ReadFileBytes(a.File("model.safetensors")), wb = ReadFileBytes(b.File("model.safetensors"));
+  const std::string wa = ReadFileBytes(a.File("model.safetensors")),
+                    wb = ReadFileBytes(b.File("model.safetensors"));
   EXPECT_EQ(wa.size(), wb.size());
   EXPECT_NE(wa, wb);
 }
@@ -115,7 +116,8 @@ TEST(MakeModelTest, TinyLoadsBackThroughWeights) {
       expected += kPlantedSuccessorGain / std::sqrt(128.0f) *
                   InitNormal(TensorKey(0, "model.embed_tokens.weight"), PlantedPredecessor(v) * 128 + 5);
     }
-    EXPECT_EQ(BF16ToFloat(static_cast<const bf16*>((*dense)->lm_head.data)[v * 128 + 5]), RoundBF16(expected)) << v;
+    EXPECT_EQ(BF16ToFloat(static_cast<const bf16*>((*dense)->lm_head.data)[v * 128 + 5]), RoundBF16(expected))
+        << v;
   }
   EXPECT_EQ(PlantedSuccessor(0), 7919);
   EXPECT_GT(std::filesystem::file_size(dir.File("tokenizer.json")), 10'000'000u);

@@ -10,9 +10,9 @@
 namespace moe::model {
 namespace {
 
+using testing::BytesTensor;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
-using testing::BytesTensor;
 using testing::TempDir;
 using testing::WriteFileBytes;
 
@@ -115,7 +115,8 @@ TEST(SafetensorsTest, RejectsUnknownDtype) {
 
 TEST(SafetensorsTest, RejectsShapeByteSizeMismatch) {
   TempDir dir;
-  ExpectInvalid(dir, RawFile(R"({"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 6]}})", "123456"),
+  ExpectInvalid(dir,
+                RawFile(R"({"w": {"dtype": "BF16", "shape": [2, 2], "data_offsets": [0, 6]}})", "123456"),
                 "needs 8 bytes but data_offsets span 6");
 }
 
@@ -130,9 +131,10 @@ TEST(SafetensorsTest, RejectsMalformedEntries) {
   ExpectInvalid(dir, RawFile(R"({"w": 3})", ""), "entry is not an object");
   ExpectInvalid(dir, RawFile(R"({"__metadata__": {"a": 1}})", ""), "is not a string");
   // A shape whose byte size overflows 64 bits must not wrap around to a small number.
-  ExpectInvalid(dir,
-                RawFile(R"({"w": {"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 0]}})", ""),
-                "shape is too large");
+  ExpectInvalid(
+      dir,
+      RawFile(R"({"w": {"dtype": "F32", "shape": [4611686018427387904, 4], "data_offsets": [0, 0]}})", ""),
+      "shape is too large");
 }
 
 TEST(SafetensorsTest, RejectsOffsetsOutOfRange) {

@@ -31,10 +31,10 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
-TensorToWrite BytesTensor(const std::string& name, DType dtype, std::vector<int64_t> shape, std::vector<uint8_t> bytes) {
-  return {name, dtype, std::move(shape), [bytes = std::move(bytes)](uint8_t* dst) {
-            std::memcpy(dst, bytes.data(), bytes.size());
-          }};
+TensorToWrite BytesTensor(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                          std::vector<uint8_t> bytes) {
+  return {name, dtype, std::move(shape),
+          [bytes = std::move(bytes)](uint8_t* dst) { std::memcpy(dst, bytes.data(), bytes.size()); }};
 }
 
 TensorToWrite PatternTensor(const std::string& name, DType dtype, std::vector<int64_t> shape, float base) {
@@ -78,14 +78,15 @@ std::string SmallMoeConfigJson(const std::string& extra) {
 }
 
 namespace {
-void AddLinear(std::vector<TensorToWrite>* out, const std::string& module, int64_t rows, int64_t cols, bool fp8,
-               DType scale_dtype) {
+void AddLinear(std::vector<TensorToWrite>* out, const std::string& module, int64_t rows, int64_t cols,
+               bool fp8, DType scale_dtype) {
   if (!fp8) {
     out->push_back(PatternTensor(module + ".weight", DType::kBF16, {rows, cols}));
     return;
   }
   out->push_back(PatternTensor(module + ".weight", DType::kF8E4M3, {rows, cols}));
-  out->push_back(PatternTensor(module + ".weight_scale_inv", scale_dtype, {(rows + 127) / 128, (cols + 127) / 128}, 0.5f));
+  out->push_back(PatternTensor(module + ".weight_scale_inv", scale_dtype,
+                               {(rows + 127) / 128, (cols + 127) / 128}, 0.5f));
 }
 }  // namespace
 
@@ -118,18 +119,21 @@ std::vector<TensorToWrite> ModelTensors(const ModelConfig& c, bool fp8, DType sc
     }
   }
   t.push_back(PatternTensor("model.norm.weight", DType::kBF16, {h}, 1.0f));
-  if (!c.tie_word_embeddings) t.push_back(PatternTensor("lm_head.weight", DType::kBF16, {c.vocab_size, h}, 0.5f));
+  if (!c.tie_word_embeddings)
+    t.push_back(PatternTensor("lm_head.weight", DType::kBF16, {c.vocab_size, h}, 0.5f));
   return t;
 }
 
 void DropTensor(std::vector<TensorToWrite>* tensors, const std::string& name) {
-  auto it = std::find_if(tensors->begin(), tensors->end(), [&](const TensorToWrite& t) { return t.name == name; });
+  auto it =
+      std::find_if(tensors->begin(), tensors->end(), [&](const TensorToWrite& t) { return t.name == name; });
   ASSERT_NE(it, tensors->end()) << name;
   tensors->erase(it);
 }
 
 void ReshapeTensor(std::vector<TensorToWrite>* tensors, const std::string& name, std::vector<int64_t> shape) {
-  auto it = std::find_if(tensors->begin(), tensors->end(), [&](const TensorToWrite& t) { return t.name == name; });
+  auto it =
+      std::find_if(tensors->begin(), tensors->end(), [&](const TensorToWrite& t) { return t.name == name; });
   ASSERT_NE(it, tensors->end()) << name;
   *it = PatternTensor(name, it->dtype, std::move(shape));
 }

@@ -26,16 +26,19 @@ class TempDir {
 };
 
 // A tensor whose bytes are given.
-TensorToWrite BytesTensor(const std::string& name, DType dtype, std::vector<int64_t> shape, std::vector<uint8_t> bytes);
+TensorToWrite BytesTensor(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                          std::vector<uint8_t> bytes);
 // A tensor of `dtype` (BF16, F32, F16 or F8_E4M3) whose element i is float(i % 7) * 0.25 + base.
-TensorToWrite PatternTensor(const std::string& name, DType dtype, std::vector<int64_t> shape, float base = 0.0f);
+TensorToWrite PatternTensor(const std::string& name, DType dtype, std::vector<int64_t> shape,
+                            float base = 0.0f);
 
 // A small qwen3_moe config: vocab 16, hidden 8, 2 layers, 2 heads / 1 kv head, head_dim 4,
 // 4 experts top-2, expert width 4, untied. `extra` is merged over it (a JSON object text).
 std::string SmallMoeConfigJson(const std::string& extra = "{}");
 // Every tensor of `config` (per-expert names) in BF16; with `fp8`, the linears are F8_E4M3 plus
 // weight_scale_inv of `scale_dtype`.
-std::vector<TensorToWrite> ModelTensors(const ModelConfig& config, bool fp8 = false, DType scale_dtype = DType::kF32);
+std::vector<TensorToWrite> ModelTensors(const ModelConfig& config, bool fp8 = false,
+                                        DType scale_dtype = DType::kF32);
 // Removes the named tensor from the list (to test missing tensors) / replaces its shape.
 void DropTensor(std::vector<TensorToWrite>* tensors, const std::string& name);
 void ReshapeTensor(std::vector<TensorToWrite>* tensors, const std::string& name, std::vector<int64_t> shape);

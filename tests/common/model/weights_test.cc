@@ -28,7 +28,9 @@ std::unique_ptr<Checkpoint> Write(const TempDir& dir, const std::vector<TensorTo
 }
 
 // Pattern value of element i (see test_util.h).
-float Pattern(int64_t i, float base = 0.0f) { return static_cast<float>(i % 7) * 0.25f + base; }
+float Pattern(int64_t i, float base = 0.0f) {
+  return static_cast<float>(i % 7) * 0.25f + base;
+}
 
 TEST(WeightsTest, LoadsDenseWeightsAsViews) {
   TempDir dir;
@@ -141,7 +143,8 @@ TEST(WeightsTest, LoadsExpertShardPerExpertNames) {
   EXPECT_EQ((*s)->first_expert, 1);
   ASSERT_EQ((*s)->layers.size(), 2u);
   ASSERT_EQ((*s)->layers[1].size(), 2u);
-  EXPECT_EQ((*s)->layers[1][1].down_proj.data, ck->Get("model.layers.1.mlp.experts.2.down_proj.weight")->data);
+  EXPECT_EQ((*s)->layers[1][1].down_proj.data,
+            ck->Get("model.layers.1.mlp.experts.2.down_proj.weight")->data);
   EXPECT_EQ((*s)->layers[0][0].gate_proj.out_features, 4);
   EXPECT_EQ((*s)->layers[0][0].gate_proj.in_features, 8);
   EXPECT_EQ(LoadExpertShard(*ck, config, 3, 2).status().code(), absl::StatusCode::kInvalidArgument);
@@ -184,7 +187,8 @@ TEST(WeightsTest, LoadsFp8WithF32Scales) {
   EXPECT_EQ(q.dtype, DType::kF8E4M3);
   EXPECT_EQ(q.ScaleRows(), 1);
   EXPECT_EQ(q.scale_inv[0], 0.5f);
-  EXPECT_EQ(static_cast<const void*>(q.scale_inv), ck->Get("model.layers.0.self_attn.q_proj.weight_scale_inv")->data);
+  EXPECT_EQ(static_cast<const void*>(q.scale_inv),
+            ck->Get("model.layers.0.self_attn.q_proj.weight_scale_inv")->data);
   absl::StatusOr<std::unique_ptr<ExpertShardWeights>> s = LoadExpertShard(*ck, config, 0, 4);
   ASSERT_TRUE(s.ok()) << s.status();
   EXPECT_EQ((*s)->layers[1][3].up_proj.dtype, DType::kF8E4M3);

@@ -173,9 +173,7 @@ TEST(ChatTemplateTest, ReadsOpenAiStyleMessages) {
   EXPECT_EQ(Render(ChatTemplateFlavor::kHybrid, *messages, {.add_generation_prompt = false}),
             "<|im_start|>user\ngo<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
             "<tool_call>\n{\"name\": \"f\", \"arguments\": {\"x\": 1}}\n</tool_call><|im_end|>\n");
-  EXPECT_EQ(ChatMessagesFromJson(ordered_json::parse(R"([{"role": "user", "content": 5}])"))
-                .status()
-                .code(),
+  EXPECT_EQ(ChatMessagesFromJson(ordered_json::parse(R"([{"role": "user", "content": 5}])")).status().code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(ChatMessagesFromJson(ordered_json::parse(R"([{"content": "x"}])")).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -189,8 +187,7 @@ TEST(ChatTemplateTest, DetectsTheFlavourFromTheTemplateText) {
                 "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n<think>\\n' }}")
                 .value(),
             ChatTemplateFlavor::kThinking2507);
-  EXPECT_EQ(DetectChatTemplateFlavor(
-                "{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}")
+  EXPECT_EQ(DetectChatTemplateFlavor("{%- if add_generation_prompt %}\n    {{- '<|im_start|>assistant\\n' }}")
                 .value(),
             ChatTemplateFlavor::kInstruct2507);
   EXPECT_EQ(DetectChatTemplateFlavor("{{ bos_token }}{{ messages }}").status().code(),
@@ -204,12 +201,10 @@ TEST(ChatTemplateTest, ReadsTheFlavourFromAModelDir) {
       std::filesystem::temp_directory_path() / ("chat_template_test_" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   EXPECT_EQ(ChatTemplateFlavorFromModelDir(dir).value(), ChatTemplateFlavor::kHybrid);
-  std::ofstream(dir / "tokenizer_config.json")
-      << R"({"chat_template": "{{- '<|im_start|>assistant\\n' }}"})";
+  std::ofstream(dir / "tokenizer_config.json") << R"({"chat_template": "{{- '<|im_start|>assistant\\n' }}"})";
   EXPECT_EQ(ChatTemplateFlavorFromModelDir(dir).value(), ChatTemplateFlavor::kInstruct2507);
   std::ofstream(dir / "tokenizer_config.json") << "{not json";
-  EXPECT_EQ(ChatTemplateFlavorFromModelDir(dir).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ChatTemplateFlavorFromModelDir(dir).status().code(), absl::StatusCode::kInvalidArgument);
   std::filesystem::remove_all(dir);
 }
 

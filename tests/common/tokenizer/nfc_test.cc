@@ -18,9 +18,9 @@ std::string Utf8(char32_t cp) {
 
 std::string Utf8procNfc(const std::string& s) {
   utf8proc_uint8_t* out = nullptr;
-  const utf8proc_ssize_t n = utf8proc_map(
-      reinterpret_cast<const utf8proc_uint8_t*>(s.data()), static_cast<utf8proc_ssize_t>(s.size()),
-      &out, static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
+  const utf8proc_ssize_t n = utf8proc_map(reinterpret_cast<const utf8proc_uint8_t*>(s.data()),
+                                          static_cast<utf8proc_ssize_t>(s.size()), &out,
+                                          static_cast<utf8proc_option_t>(UTF8PROC_STABLE | UTF8PROC_COMPOSE));
   std::string result = n < 0 ? "" : std::string(reinterpret_cast<const char*>(out), n);
   std::free(out);
   return result;
@@ -39,9 +39,9 @@ TEST(NfcTest, InertCodePointsAreStableInAnyContext) {
     // Every code point after the first in a canonical decomposition can be a composition second.
     utf8proc_int32_t decomposed[8];
     int last_boundclass = 0;
-    const utf8proc_ssize_t n = utf8proc_decompose_char(
-        static_cast<utf8proc_int32_t>(cp), decomposed, 8,
-        static_cast<utf8proc_option_t>(UTF8PROC_DECOMPOSE), &last_boundclass);
+    const utf8proc_ssize_t n =
+        utf8proc_decompose_char(static_cast<utf8proc_int32_t>(cp), decomposed, 8,
+                                static_cast<utf8proc_option_t>(UTF8PROC_DECOMPOSE), &last_boundclass);
     ASSERT_GT(n, 0);
     for (utf8proc_ssize_t k = 1; k < n && k < 8; ++k) {
       ASSERT_FALSE(IsNfcInert(static_cast<char32_t>(decomposed[k])))
@@ -63,9 +63,9 @@ TEST(NfcTest, ComposesDecomposedText) {
   std::string storage;
   EXPECT_EQ(NormalizeNfc("Cafe\u0301", &storage).value(), "Caf\u00e9");
   EXPECT_EQ(NormalizeNfc("\u1100\u1161\u11a8", &storage).value(), "\uac01");  // jamo -> 각
-  EXPECT_EQ(NormalizeNfc("\uac00\u11a8", &storage).value(), "\uac01");  // LV syllable + T jamo
-  EXPECT_EQ(NormalizeNfc("\u304b\u3099", &storage).value(), "\u304c");  // か + voicing -> が
-  EXPECT_EQ(NormalizeNfc("\u2126", &storage).value(), "\u03a9");        // ohm sign -> omega
+  EXPECT_EQ(NormalizeNfc("\uac00\u11a8", &storage).value(), "\uac01");        // LV syllable + T jamo
+  EXPECT_EQ(NormalizeNfc("\u304b\u3099", &storage).value(), "\u304c");        // か + voicing -> が
+  EXPECT_EQ(NormalizeNfc("\u2126", &storage).value(), "\u03a9");              // ohm sign -> omega
 }
 
 }  // namespace

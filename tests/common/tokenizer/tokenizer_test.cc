@@ -27,7 +27,9 @@ TEST(TokenizerTest, EncodesHelloWorldToKnownIds) {
   EXPECT_THAT(EncodeOk(" Hello world"), ElementsAre(21927, 1879));
 }
 
-TEST(TokenizerTest, EncodesEmptyTextToNothing) { EXPECT_TRUE(EncodeOk("").empty()); }
+TEST(TokenizerTest, EncodesEmptyTextToNothing) {
+  EXPECT_TRUE(EncodeOk("").empty());
+}
 
 TEST(TokenizerTest, SplitsDigitsOnePerToken) {
   // '0'..'9' are ids 15..24.
@@ -139,8 +141,7 @@ std::string TinyTokenizerJson(const nlohmann::json& merges) {
   vocab["abc"] = 257;
   nlohmann::json root = {
       {"normalizer", {{"type", "NFC"}}},
-      {"pre_tokenizer",
-       {{"type", "Split"}, {"pattern", {{"Regex", "\\s+|\\S+"}}}, {"behavior", "Isolated"}}},
+      {"pre_tokenizer", {{"type", "Split"}, {"pattern", {{"Regex", "\\s+|\\S+"}}}, {"behavior", "Isolated"}}},
       {"added_tokens", {{{"id", 300}, {"content", "<eos>"}, {"special", true}}}},
       {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}}}};
   return root.dump();
@@ -149,8 +150,7 @@ std::string TinyTokenizerJson(const nlohmann::json& merges) {
 TEST(TokenizerTest, AcceptsMergesAsStringsOrPairs) {
   for (const nlohmann::json& merges :
        {nlohmann::json::array({"a b", "ab c"}),
-        nlohmann::json::array(
-            {nlohmann::json::array({"a", "b"}), nlohmann::json::array({"ab", "c"})})}) {
+        nlohmann::json::array({nlohmann::json::array({"a", "b"}), nlohmann::json::array({"ab", "c"})})}) {
     auto tok = Tokenizer::FromJson(TinyTokenizerJson(merges));
     ASSERT_TRUE(tok.ok()) << tok.status();
     auto ids = (*tok)->Encode("abc ab<eos>");

@@ -82,8 +82,7 @@ TEST(LoopbackTransportTest, DisconnectedPeerIsUnavailableAndItsWaitersAreCancell
   });
   hub.Disconnect(1);
   waiter.join();
-  EXPECT_EQ(a->Send(1, Tag(MessageKind::kDispatch, 1, 0), Bytes({1})).code(),
-            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(a->Send(1, Tag(MessageKind::kDispatch, 1, 0), Bytes({1})).code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(a->Send(42, Tag(MessageKind::kDispatch, 1, 0), Bytes({1})).code(),
             absl::StatusCode::kUnavailable);
 }

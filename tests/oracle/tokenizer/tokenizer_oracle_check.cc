@@ -50,8 +50,8 @@ int main(int argc, char** argv) {
     }
     const auto sample = nlohmann::json::parse(corpus_line, nullptr, false);
     const auto want = nlohmann::json::parse(expected_line, nullptr, false);
-    if (sample.is_discarded() || want.is_discarded() || !sample.contains("text") ||
-        !want.contains("ids") || !want.contains("nfc")) {
+    if (sample.is_discarded() || want.is_discarded() || !sample.contains("text") || !want.contains("ids") ||
+        !want.contains("nfc")) {
       std::cerr << "line " << line << ": malformed corpus or expected line\n";
       return 1;
     }
@@ -67,18 +67,16 @@ int main(int argc, char** argv) {
     if (*ids != want_ids) {
       ++id_mismatches;
       std::cerr << "line " << line << ": ids differ for " << nlohmann::json(text).dump()
-                << "\n  ours:   " << IdsToString(*ids) << "\n  oracle: " << IdsToString(want_ids)
-                << "\n";
+                << "\n  ours:   " << IdsToString(*ids) << "\n  oracle: " << IdsToString(want_ids) << "\n";
     }
     const std::string decoded = (*tokenizer)->Decode(*ids);
     if (decoded != want["nfc"].get<std::string>()) {
       ++roundtrip_mismatches;
-      std::cerr << "line " << line
-                << ": decode(encode(x)) != NFC(x): " << nlohmann::json(decoded).dump() << " vs "
-                << want["nfc"].dump() << "\n";
+      std::cerr << "line " << line << ": decode(encode(x)) != NFC(x): " << nlohmann::json(decoded).dump()
+                << " vs " << want["nfc"].dump() << "\n";
     }
   }
-  std::cout << samples << " samples, " << id_mismatches << " id mismatches, "
-            << roundtrip_mismatches << " round-trip mismatches\n";
+  std::cout << samples << " samples, " << id_mismatches << " id mismatches, " << roundtrip_mismatches
+            << " round-trip mismatches\n";
   return (samples > 0 && id_mismatches == 0 && roundtrip_mismatches == 0) ? 0 : 1;
 }

@@ -8,8 +8,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/engine/engine.h"
-#include "gtest/gtest.h"
 #include "grpcpp/grpcpp.h"
+#include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
 #include "tests/services/process_helper.h"
 #include "tests/util/test_models.h"
@@ -47,8 +47,9 @@ class Cluster {
     for (int r = 0; r < num_experts; ++r) expert_ports_.push_back(moe::testing::FreePort());
     for (int r = 0; r < num_experts; ++r) StartExpert(r);
     for (int r = 0; r < num_experts; ++r) {
-      EXPECT_TRUE(moe::testing::WaitForHealth(ExpertAddress(r), "readiness", true,
-                                              absl::Now() + absl::Seconds(60)).ok());
+      EXPECT_TRUE(
+          moe::testing::WaitForHealth(ExpertAddress(r), "readiness", true, absl::Now() + absl::Seconds(60))
+              .ok());
     }
     std::vector<std::string> addresses;
     for (int r = 0; r < num_experts; ++r) addresses.push_back(ExpertAddress(r));
@@ -56,14 +57,13 @@ class Cluster {
     log_ = moe::testing::MakeTempDir("attention-log") + "/attention.log";
     auto child = ChildProcess::Start(
         moe::testing::BinaryPath("moe-attention-worker"),
-        {"--model", model_, "--rank", "0", "--expert_workers", absl::StrJoin(addresses, ","),
-         "--listen", AttentionAddress(), "--metrics_port", "0", "--moe_timeout_seconds", "5",
-         "--num_kv_blocks", "512"},
+        {"--model", model_, "--rank", "0", "--expert_workers", absl::StrJoin(addresses, ","), "--listen",
+         AttentionAddress(), "--metrics_port", "0", "--moe_timeout_seconds", "5", "--num_kv_blocks", "512"},
         log_);
     EXPECT_TRUE(child.ok());
     attention_ = *std::move(child);
-    absl::Status ready = moe::testing::WaitForHealth(AttentionAddress(), "readiness", true,
-                                                     absl::Now() + absl::Seconds(60));
+    absl::Status ready =
+        moe::testing::WaitForHealth(AttentionAddress(), "readiness", true, absl::Now() + absl::Seconds(60));
     EXPECT_TRUE(ready.ok()) << ready << "\n" << attention_->Log();
     stub_ = v1::AttentionWorker::NewStub(
         grpc::CreateChannel(AttentionAddress(), grpc::InsecureChannelCredentials()));
@@ -219,7 +219,8 @@ TEST(AttentionWorkerFailureTest, KilledExpertWorkerEndsStreamUnavailableAndRecov
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
   EXPECT_LT(absl::Now() - killed, absl::Seconds(10));
   EXPECT_TRUE(moe::testing::WaitForHealth(cluster.AttentionAddress(), "readiness", false,
-                                          absl::Now() + absl::Seconds(10)).ok());
+                                          absl::Now() + absl::Seconds(10))
+                  .ok());
   EXPECT_FALSE(cluster.Load().ready());
 
   ASSERT_TRUE(cluster.expert(1).Wait(absl::Seconds(5)).has_value());

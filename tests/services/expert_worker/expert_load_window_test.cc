@@ -2,8 +2,8 @@
 
 #include <cmath>
 
-#include "gtest/gtest.h"
 #include "common/model/model_fingerprint.h"
+#include "gtest/gtest.h"
 
 namespace moe::services {
 namespace {

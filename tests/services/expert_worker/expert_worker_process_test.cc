@@ -5,10 +5,10 @@
 #include <csignal>
 
 #include "absl/time/clock.h"
+#include "common/model/model_fingerprint.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/control.grpc.pb.h"
-#include "common/model/model_fingerprint.h"
 #include "tests/services/process_helper.h"
 #include "tests/util/test_models.h"
 
@@ -19,10 +19,9 @@ TEST(ExpertWorkerProcessTest, ServesItsShardOfAnUnevenSplitAndExitsZeroOnSigterm
   const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
   const int port = moe::testing::FreePort();
   const std::string address = moe::testing::LocalAddress(port);
-  auto child = moe::testing::ChildProcess::Start(
-      moe::testing::BinaryPath("moe-expert-worker"),
-      {"--model", model, "--rank", "2", "--num_expert_workers", "3", "--listen", address,
-       "--metrics_port", "0"});
+  auto child = moe::testing::ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"),
+                                                 {"--model", model, "--rank", "2", "--num_expert_workers",
+                                                  "3", "--listen", address, "--metrics_port", "0"});
   ASSERT_TRUE(child.ok());
   ASSERT_TRUE(moe::testing::WaitForHealth(address, "readiness", true, absl::Now() + absl::Seconds(60)).ok());
   EXPECT_TRUE(moe::testing::IsServing(address, "startup"));
@@ -49,8 +48,7 @@ TEST(ExpertWorkerProcessTest, ServesItsShardOfAnUnevenSplitAndExitsZeroOnSigterm
   EXPECT_EQ(stub->Connect(&bad_context, bad, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   grpc::ClientContext wrong_model;
   bad.set_model_fingerprint("fnv1a64:0000000000000000");
-  EXPECT_EQ(stub->Connect(&wrong_model, bad, &response).error_code(),
-            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(stub->Connect(&wrong_model, bad, &response).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
 
   (*child)->Signal(SIGTERM);
   const std::optional<int> status = (*child)->Wait(absl::Seconds(10));

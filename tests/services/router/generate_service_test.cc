@@ -105,8 +105,8 @@ class GenerateServiceTest : public ::testing::Test {
       if (r && !ready.HasBeenNotified()) ready.Notify();
     });
     ASSERT_TRUE(ready.WaitForNotificationWithTimeout(absl::Seconds(10)));
-    stub_ = moe::v1::Generation::NewStub(
-        grpc::CreateChannel("127.0.0.1:" + std::to_string(router_->port()), grpc::InsecureChannelCredentials()));
+    stub_ = moe::v1::Generation::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(router_->port()),
+                                                             grpc::InsecureChannelCredentials()));
   }
   void TearDown() override {
     router_->Shutdown(absl::Seconds(1));
@@ -210,7 +210,7 @@ TEST_F(GenerateServiceTest, WorkerUnavailableEndsStreamWithUnavailable) {
 }
 
 TEST_F(GenerateServiceTest, FullQueueIsResourceExhaustedAndQueuedRequestTimesOut) {
-  worker_.free_blocks = 0;  // nothing can be placed: requests wait in the queue (bound 1)
+  worker_.free_blocks = 0;                  // nothing can be placed: requests wait in the queue (bound 1)
   absl::SleepFor(absl::Milliseconds(100));  // let a poll publish the new load
   grpc::ClientContext first_context;
   first_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));

@@ -11,12 +11,13 @@ namespace moe::router {
 namespace {
 
 const ServedModel& Model() {
-  static const ServedModel* model =
-      ServedModel::Load(testing::TestModelDir("tiny", "bf16"), "")->release();
+  static const ServedModel* model = ServedModel::Load(testing::TestModelDir("tiny", "bf16"), "")->release();
   return *model;
 }
 
-std::vector<int32_t> Ids(const std::string& text) { return *Model().tokenizer->Encode(text); }
+std::vector<int32_t> Ids(const std::string& text) {
+  return *Model().tokenizer->Encode(text);
+}
 
 OutputDelta RunAll(OutputProcessor& p, const std::vector<int32_t>& ids) {
   OutputDelta d;

@@ -8,8 +8,11 @@ namespace moe::router {
 namespace {
 
 WorkerView View(bool ready, int64_t total, int64_t free, int64_t reserved = 0) {
-  return WorkerView{.ready = ready, .num_kv_blocks = total, .num_free_kv_blocks = free,
-                    .kv_block_size = 16, .reserved_kv_blocks = reserved};
+  return WorkerView{.ready = ready,
+                    .num_kv_blocks = total,
+                    .num_free_kv_blocks = free,
+                    .kv_block_size = 16,
+                    .reserved_kv_blocks = reserved};
 }
 
 TEST(PlacementTest, BlocksNeededRoundsUp) {

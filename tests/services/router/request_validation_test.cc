@@ -43,30 +43,64 @@ TEST(RequestValidationTest, EachBadRequestIsInvalidArgumentNamingTheField) {
       {"empty text", [](auto* r) { r->set_text(""); }, "text"},
       {"empty ids", [](auto* r) { r->mutable_token_ids(); }, "token_ids.ids"},
       {"empty chat", [](auto* r) { r->mutable_chat(); }, "chat.messages"},
-      {"id too large", [&](auto* r) { r->mutable_token_ids()->add_ids(5); r->mutable_token_ids()->add_ids(static_cast<int32_t>(vocab)); }, "token_ids.ids[1]"},
+      {"id too large",
+       [&](auto* r) {
+         r->mutable_token_ids()->add_ids(5);
+         r->mutable_token_ids()->add_ids(static_cast<int32_t>(vocab));
+       },
+       "token_ids.ids[1]"},
       {"negative id", [](auto* r) { r->mutable_token_ids()->add_ids(-1); }, "token_ids.ids[0]"},
-      {"prompt over context", [&](auto* r) { r->mutable_token_ids()->mutable_ids()->Resize(static_cast<int>(context), 11); }, "prompt"},
-      {"max_new_tokens 0", [](auto* r) { r->mutable_sampling()->set_max_new_tokens(0); }, "sampling.max_new_tokens"},
-      {"max_new_tokens over context", [&](auto* r) { r->mutable_sampling()->set_max_new_tokens(static_cast<int32_t>(context)); }, "sampling.max_new_tokens"},
-      {"negative temperature", [](auto* r) { r->mutable_sampling()->set_temperature(-0.5f); }, "sampling.temperature"},
-      {"NaN temperature", [](auto* r) { r->mutable_sampling()->set_temperature(std::nanf("")); }, "sampling.temperature"},
+      {"prompt over context",
+       [&](auto* r) { r->mutable_token_ids()->mutable_ids()->Resize(static_cast<int>(context), 11); },
+       "prompt"},
+      {"max_new_tokens 0", [](auto* r) { r->mutable_sampling()->set_max_new_tokens(0); },
+       "sampling.max_new_tokens"},
+      {"max_new_tokens over context",
+       [&](auto* r) { r->mutable_sampling()->set_max_new_tokens(static_cast<int32_t>(context)); },
+       "sampling.max_new_tokens"},
+      {"negative temperature", [](auto* r) { r->mutable_sampling()->set_temperature(-0.5f); },
+       "sampling.temperature"},
+      {"NaN temperature", [](auto* r) { r->mutable_sampling()->set_temperature(std::nanf("")); },
+       "sampling.temperature"},
       {"top_p 0", [](auto* r) { r->mutable_sampling()->set_top_p(0.0f); }, "sampling.top_p"},
       {"top_p over 1", [](auto* r) { r->mutable_sampling()->set_top_p(1.5f); }, "sampling.top_p"},
       {"top_k below -1", [](auto* r) { r->mutable_sampling()->set_top_k(-2); }, "sampling.top_k"},
       {"min_p over 1", [](auto* r) { r->mutable_sampling()->set_min_p(1.5f); }, "sampling.min_p"},
-      {"repetition_penalty 0", [](auto* r) { r->mutable_sampling()->set_repetition_penalty(0.0f); }, "sampling.repetition_penalty"},
-      {"min_new_tokens negative", [](auto* r) { r->mutable_sampling()->set_min_new_tokens(-1); }, "sampling.min_new_tokens"},
+      {"repetition_penalty 0", [](auto* r) { r->mutable_sampling()->set_repetition_penalty(0.0f); },
+       "sampling.repetition_penalty"},
+      {"min_new_tokens negative", [](auto* r) { r->mutable_sampling()->set_min_new_tokens(-1); },
+       "sampling.min_new_tokens"},
       {"empty stop", [](auto* r) { r->mutable_sampling()->add_stop(""); }, "sampling.stop[0]"},
-      {"stop token out of range", [&](auto* r) { r->mutable_sampling()->add_stop_token_ids(static_cast<int32_t>(vocab) + 3); }, "sampling.stop_token_ids[0]"},
+      {"stop token out of range",
+       [&](auto* r) { r->mutable_sampling()->add_stop_token_ids(static_cast<int32_t>(vocab) + 3); },
+       "sampling.stop_token_ids[0]"},
       {"logprobs 21", [](auto* r) { r->set_logprobs(21); }, "logprobs"},
       {"logprobs negative", [](auto* r) { r->set_logprobs(-1); }, "logprobs"},
       {"unknown model", [](auto* r) { r->set_model("gpt-9"); }, "model"},
       {"invalid UTF-8 text", [](auto* r) { r->set_text("ab\xff"); }, "text"},
       {"invalid UTF-8 stop", [](auto* r) { r->mutable_sampling()->add_stop("\xc3"); }, "sampling.stop[0]"},
-      {"invalid UTF-8 chat", [](auto* r) { auto* m = r->mutable_chat()->add_messages(); m->set_role("user"); m->set_content("\xe2\x82"); }, "chat.messages[0].content"},
+      {"invalid UTF-8 chat",
+       [](auto* r) {
+         auto* m = r->mutable_chat()->add_messages();
+         m->set_role("user");
+         m->set_content("\xe2\x82");
+       },
+       "chat.messages[0].content"},
       {"text over size limit", [](auto* r) { r->set_text(std::string((1 << 20) + 1, 'a')); }, "text"},
-      {"chat over size limit", [](auto* r) { auto* m = r->mutable_chat()->add_messages(); m->set_role("user"); m->set_content(std::string((1 << 20) + 1, 'a')); }, "chat.messages[0].content"},
-      {"unknown role", [](auto* r) { auto* m = r->mutable_chat()->add_messages(); m->set_role("wizard"); m->set_content("hi"); }, "chat.messages[0].role"},
+      {"chat over size limit",
+       [](auto* r) {
+         auto* m = r->mutable_chat()->add_messages();
+         m->set_role("user");
+         m->set_content(std::string((1 << 20) + 1, 'a'));
+       },
+       "chat.messages[0].content"},
+      {"unknown role",
+       [](auto* r) {
+         auto* m = r->mutable_chat()->add_messages();
+         m->set_role("wizard");
+         m->set_content("hi");
+       },
+       "chat.messages[0].role"},
   };
   for (const BadCase& c : cases) {
     moe::v1::GenerateRequest r = Good();

@@ -88,8 +88,9 @@ TEST(PagedAttentionTest, MatchesNaiveReferenceWithGqa) {
                    out.data(), heads * dim);
     for (int64_t t = 0; t < num_tokens; ++t) {
       for (int64_t h = 0; h < heads; ++h) {
-        const std::vector<double> ref = ReferenceAttention(q.data() + (t * heads + h) * dim, keys, values,
-                                                           start + t, kv_heads, dim, h / (heads / kv_heads), scale);
+        const std::vector<double> ref =
+            ReferenceAttention(q.data() + (t * heads + h) * dim, keys, values, start + t, kv_heads, dim,
+                               h / (heads / kv_heads), scale);
         for (int64_t d = 0; d < dim; ++d) {
           const double got = BF16ToFloat(out[(t * heads + h) * dim + d]);
           ASSERT_NEAR(got, ref[d], std::ldexp(std::fabs(ref[d]), -8) + 1e-4)
@@ -108,11 +109,12 @@ TEST(PagedAttentionTest, QueryHeadsUseTheirKvGroup) {
   std::vector<bf16> values(context * kv_heads * dim, FloatToBF16(0.0f));
   for (int64_t j = 0; j < context; ++j)
     for (int64_t d = 0; d < dim; ++d) values[(j * kv_heads + 1) * dim + d] = FloatToBF16(1.0f);
-  WriteKv(keys.data(), kv_heads * dim, values.data(), kv_heads * dim, context, 0, cache.table.data(), cache.kv);
+  WriteKv(keys.data(), kv_heads * dim, values.data(), kv_heads * dim, context, 0, cache.table.data(),
+          cache.kv);
   const std::vector<bf16> q = RandomBf16(heads * dim, 10);
   std::vector<bf16> out(heads * dim);
-  PagedAttention(q.data(), heads * dim, 1, context - 1, heads, 0.25f, cache.table.data(), cache.kv, out.data(),
-                 heads * dim);
+  PagedAttention(q.data(), heads * dim, 1, context - 1, heads, 0.25f, cache.table.data(), cache.kv,
+                 out.data(), heads * dim);
   for (int64_t d = 0; d < 2 * dim; ++d) EXPECT_EQ(BF16ToFloat(out[d]), 0.0f);
   // Sum of bf16-rounded probabilities is within a few bf16 ulps of 1.
   for (int64_t d = 2 * dim; d < 4 * dim; ++d) EXPECT_NEAR(BF16ToFloat(out[d]), 1.0f, 0.02f);

@@ -63,8 +63,7 @@ void ReferenceBf16(const std::vector<bf16>& x, int64_t m, const TestWeight& t, s
   for (int64_t r = 0; r < m; ++r)
     for (int64_t c = 0; c < n; ++c)
       for (int64_t i = 0; i < k; ++i) {
-        const double p = static_cast<double>(BF16ToFloat(x[r * k + i])) *
-                         BF16ToFloat(t.bf16_data[c * k + i]);
+        const double p = static_cast<double>(BF16ToFloat(x[r * k + i])) * BF16ToFloat(t.bf16_data[c * k + i]);
         (*y)[r * n + c] += p;
         (*magnitude)[r * n + c] += std::fabs(p);
       }
@@ -351,8 +350,8 @@ TEST(LinearTest, Fp8PortableEqualsAvx512ForEveryTileShape) {
   if (!CpuSupports(Isa::kAvx512Bf16) || !internal::Fp8Avx512Supported())
     GTEST_SKIP() << "no AVX-512 FP8 path on this CPU";
   const Isa saved = ActiveIsa();
-  for (auto [n, k] : {std::pair{37, 40}, std::pair{16, 64}, std::pair{130, 200}, std::pair{5, 1000},
-                      std::pair{64, 256}}) {
+  for (auto [n, k] :
+       {std::pair{37, 40}, std::pair{16, 64}, std::pair{130, 200}, std::pair{5, 1000}, std::pair{64, 256}}) {
     const TestWeight t = MakeFp8Weight(n, k, static_cast<uint32_t>(n * 1000 + k));
     for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 19}) {
       const std::vector<bf16> x = WideRangeBf16(m * k, static_cast<uint32_t>(m + k));
@@ -390,8 +389,7 @@ TEST(LinearTest, PackedQuantizationMatchesPortable) {
       x[700] = FloatToBF16(-INFINITY);
     }
     const int64_t groups = (k + 127) / 128;
-    std::vector<float> aq(groups * 128), scale(groups), packed(groups * 128, -1.0f),
-        packed_scale(groups);
+    std::vector<float> aq(groups * 128), scale(groups), packed(groups * 128, -1.0f), packed_scale(groups);
     internal::QuantizeRowFp8(x.data(), k, aq.data(), scale.data());
     internal::QuantizeRowFp8PackedAvx512(x.data(), k, packed.data(), packed_scale.data());
     auto bits = [](float f) {

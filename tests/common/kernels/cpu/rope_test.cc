@@ -45,7 +45,8 @@ TEST(RopeTableTest, YarnBlendsFrequenciesAndScales) {
   auto correction = [&](double rot) {
     return dim * std::log(orig / (rot * 2 * M_PI)) / (2 * std::log(base));
   };
-  const double low = std::max(0.0, std::floor(correction(32))), high = std::min(dim - 1, std::ceil(correction(1)));
+  const double low = std::max(0.0, std::floor(correction(32))),
+               high = std::min(dim - 1, std::ceil(correction(1)));
   ASSERT_LT(low, high);
   const float mscale = static_cast<float>(0.1 * std::log(4.0) + 1.0);
   const int64_t p = 37;

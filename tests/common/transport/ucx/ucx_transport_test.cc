@@ -23,7 +23,9 @@ MessageTag Tag(MessageKind kind, uint64_t step, int32_t sender, uint32_t layer =
   return MessageTag{kind, step, layer, micro_batch, sender};
 }
 
-absl::Time In(absl::Duration d) { return absl::Now() + d; }
+absl::Time In(absl::Duration d) {
+  return absl::Now() + d;
+}
 
 // Every test runs over TCP, over shared memory and over the environment's UCX_TLS.
 class UcxTransportTest : public ::testing::TestWithParam<TlsCase> {
@@ -32,8 +34,7 @@ class UcxTransportTest : public ::testing::TestWithParam<TlsCase> {
     options_.tls = GetParam().tls;
     options_.send_timeout = absl::Seconds(20);
     auto peers = MakeConnectedPeers(3, options_);
-    if (!peers.ok() && (absl::IsUnimplemented(peers.status()) ||
-                        absl::IsUnavailable(peers.status()))) {
+    if (!peers.ok() && (absl::IsUnimplemented(peers.status()) || absl::IsUnavailable(peers.status()))) {
       GTEST_SKIP() << "UCX_TLS=" << options_.tls << " unavailable here: " << peers.status();
     }
     ASSERT_TRUE(peers.ok()) << peers.status();
@@ -102,8 +103,8 @@ TEST_P(UcxTransportTest, ThreePeersExchangeAllSizesFromTheirOwnThreads) {
       for (int s = 0; s < 4; ++s) {
         for (int other = 0; other < 3; ++other) {
           if (other == me) continue;
-          auto got = peer(me).ReceiveTagged(Tag(MessageKind::kDispatch, s, other, 7, 1),
-                                            In(absl::Seconds(20)));
+          auto got =
+              peer(me).ReceiveTagged(Tag(MessageKind::kDispatch, s, other, 7, 1), In(absl::Seconds(20)));
           if (!got.ok()) {
             errors[me] += got.status().ToString() + "\n";
           } else if (got->payload != Pattern(kSizes[s], seed(other, me, s))) {
@@ -200,8 +201,7 @@ TEST_P(UcxTransportTest, ShutdownWakesWaitersWithCancelled) {
   absl::Status any_status, tagged_status;
   std::thread any([&] { any_status = peer(0).ReceiveAny(In(absl::Seconds(30))).status(); });
   std::thread tagged([&] {
-    tagged_status = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 1, 1), In(absl::Seconds(30)))
-                        .status();
+    tagged_status = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 1, 1), In(absl::Seconds(30))).status();
   });
   absl::SleepFor(absl::Milliseconds(50));  // let both block (a missed wait still must pass)
   const absl::Time start = absl::Now();
@@ -269,13 +269,12 @@ TEST_P(UcxTransportTest, DisconnectedPeerIsUnavailable) {
   EXPECT_TRUE(absl::IsNotFound(peer(0).Disconnect(2)));
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Transports, UcxTransportTest,
-    ::testing::Values(TlsCase{"tcp", {"tcp"}}, TlsCase{"sm,self", {"posix", "sysv", "cma"}},
-                      TlsCase{"", {}}),
-    [](const ::testing::TestParamInfo<TlsCase>& info) {
-      return ::moe::transport::testing::TlsCaseName(info.param);
-    });
+INSTANTIATE_TEST_SUITE_P(Transports, UcxTransportTest,
+                         ::testing::Values(TlsCase{"tcp", {"tcp"}},
+                                           TlsCase{"sm,self", {"posix", "sysv", "cma"}}, TlsCase{"", {}}),
+                         [](const ::testing::TestParamInfo<TlsCase>& info) {
+                           return ::moe::transport::testing::TlsCaseName(info.param);
+                         });
 
 TEST(UcxTransportBadInputTest, RejectsNegativePeerIds) {
   EXPECT_TRUE(absl::IsInvalidArgument(UcxTransport::Create(-1).status()));
