@@ -1,0 +1,77 @@
+# The layering check: a wrong-way include fails the build.
+#
+# At configure time this writes build/layering.txt: for every target of the project, its kind, source
+# directory, sources and the project targets it links. tools/check_layering.py (run by the
+# `layering_check` target, part of `all`) reads it and fails when a file includes a project header
+# whose owning library is not among the targets its own target links (directly or transitively). The
+# owner of a header is the library whose source directory is the longest prefix of the header's path;
+# generated headers (proto/) belong to moe_proto.
+
+function(_moe_collect_targets dir out)
+  get_property(targets DIRECTORY "${dir}" PROPERTY BUILDSYSTEM_TARGETS)
+  get_property(subdirs DIRECTORY "${dir}" PROPERTY SUBDIRECTORIES)
+  foreach(sub IN LISTS subdirs)
+    _moe_collect_targets("${sub}" sub_targets)
+    list(APPEND targets ${sub_targets})
+  endforeach()
+  set(${out} ${targets} PARENT_SCOPE)
+endfunction()
+
+function(moe_add_layering_check)
+  find_package(Python3 COMPONENTS Interpreter QUIET)
+  if(NOT Python3_Interpreter_FOUND)
+    message(STATUS "moe: python3 not found; the layering check is off")
+    return()
+  endif()
+  _moe_collect_targets("${CMAKE_SOURCE_DIR}" all_targets)
+  set(lines "")
+  foreach(t IN LISTS all_targets)
+    get_target_property(type ${t} TYPE)
+    if(NOT type MATCHES "LIBRARY|EXECUTABLE")
+      continue()
+    endif()
+    get_target_property(src_dir ${t} SOURCE_DIR)
+    file(RELATIVE_PATH rel_dir "${CMAKE_SOURCE_DIR}" "${src_dir}")
+    set(sources "")
+    if(NOT type STREQUAL "INTERFACE_LIBRARY")
+      get_target_property(raw_sources ${t} SOURCES)
+      foreach(s IN LISTS raw_sources)
+        if(s MATCHES "^\\$<")
+          continue()
+        endif()
+        if(NOT IS_ABSOLUTE "${s}")
+          set(s "${src_dir}/${s}")
+        endif()
+        file(RELATIVE_PATH rel "${CMAKE_SOURCE_DIR}" "${s}")
+        if(NOT rel MATCHES "^\\.\\.")
+          list(APPEND sources "${rel}")
+        endif()
+      endforeach()
+    endif()
+    set(deps "")
+    foreach(prop LINK_LIBRARIES INTERFACE_LINK_LIBRARIES)
+      if(type STREQUAL "INTERFACE_LIBRARY" AND prop STREQUAL "LINK_LIBRARIES")
+        continue()
+      endif()
+      get_target_property(libs ${t} ${prop})
+      if(libs)
+        foreach(l IN LISTS libs)
+          string(REGEX REPLACE "^\\$<LINK_ONLY:(.*)>$" "\\1" l "${l}")
+          if(TARGET ${l} AND l IN_LIST all_targets)
+            list(APPEND deps ${l})
+          endif()
+        endforeach()
+      endif()
+    endforeach()
+    list(REMOVE_DUPLICATES deps)
+    string(REPLACE ";" "," sources "${sources}")
+    string(REPLACE ";" "," deps "${deps}")
+    string(APPEND lines "${t}|${type}|${rel_dir}|${sources}|${deps}\n")
+  endforeach()
+  file(WRITE "${CMAKE_BINARY_DIR}/layering.txt" "${lines}")
+  add_custom_target(layering_check ALL
+    COMMAND Python3::Interpreter "${CMAKE_SOURCE_DIR}/tools/check_layering.py"
+            --manifest "${CMAKE_BINARY_DIR}/layering.txt" --root "${CMAKE_SOURCE_DIR}"
+    COMMENT "Checking that every include follows the target graph"
+    VERBATIM)
+endfunction()
