@@ -2,7 +2,8 @@
 # Cluster (1 attention worker, 2 expert workers, `moectl cluster up --detach`) against embedded mode
 # on the same model: decode tokens/s at several concurrencies, the attention worker's per-layer
 # dispatch+combine time and achieved bandwidth, next to ucx_perftest at the same message sizes
-# (the invocation of bench/transport/compare_ucx_perftest.sh). DESIGN.md §7: ratios from one run.
+# (the invocation of bench/transport/compare_ucx_perftest.sh). Ratios from one run:
+# docs/contributing.md#benchmarks.
 #
 # Usage: bench/cluster/run_cluster_bench.sh [MODEL_DIR]
 #   MODEL_DIR defaults to /tmp/models/bench-30b-4l-fp8, made by

@@ -1,5 +1,6 @@
 // engine_bench: decode step time at several batch sizes and prefill throughput of the embedded
-// engine, each against the memory-bandwidth roofline measured in the same run (DESIGN.md §7):
+// engine, each against the memory-bandwidth roofline measured in the same run
+// (docs/contributing.md#benchmarks):
 //
 //   ratio = (weight bytes the step touches / step time) / copy bandwidth
 //

@@ -1,6 +1,6 @@
 // kernels_bench: memory bandwidth and Linear throughput on Qwen3-30B-A3B shapes, with each
 // Linear's effective weight bandwidth as a ratio of the read bandwidth measured in the same run
-// (DESIGN.md §7: ratios, not absolute numbers, since the machines are noisy).
+// (docs/contributing.md#benchmarks: ratios, not absolute numbers, since the machines are noisy).
 //
 // Weights are cycled over enough copies (>= --pool-bytes in total) that every call streams them
 // from memory rather than from a cache.

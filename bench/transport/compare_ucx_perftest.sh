@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs transport_bench (UcxTransport, two endpoints in one process) and ucx_perftest (server and
 # client processes on 127.0.0.1) at the same message sizes over shared memory and TCP, and prints
-# them side by side with ratios (DESIGN.md §7: ratios from one run on one machine).
+# them side by side with ratios (docs/contributing.md#benchmarks: ratios from one run on one machine).
 #
 #   latency:   our half round trip (dispatch + combine of N bytes each way, median) vs
 #              ucp_am_lat's one-way latency (median)

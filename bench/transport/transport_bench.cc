@@ -1,4 +1,5 @@
-// Data-plane benchmark (DESIGN.md §7): two UcxTransports in one process on separate threads.
+// Data-plane benchmark (docs/contributing.md#benchmarks): two UcxTransports in one process on
+// separate threads.
 //
 //   round trip: peer 0 sends an N-byte dispatch, peer 1 answers with an N-byte combine (one MoE
 //               layer's hop); reported as median and mean round-trip time and as half of it

@@ -1,4 +1,5 @@
-// Memory bandwidth measured in the same run as a benchmark, for roofline ratios (DESIGN.md §7).
+// Memory bandwidth measured in the same run as a benchmark, for roofline ratios
+// (docs/contributing.md#benchmarks).
 #ifndef MOE_BENCH_UTIL_MEMORY_BANDWIDTH_H_
 #define MOE_BENCH_UTIL_MEMORY_BANDWIDTH_H_
 

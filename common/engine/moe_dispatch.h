@@ -1,7 +1,7 @@
 // The attention worker's side of a MoE layer (DeepEP naming): Dispatch() groups the tokens by the
 // expert worker hosting each chosen expert and sends one message to every expert worker (possibly
 // empty); Combine() waits for the answers and sums each token's expert outputs in the gate's rank
-// order in fp32, weighted by the routing weights, rounding to bf16 once (QWEN3_MOE.md §1.6.3, the
+// order in fp32, weighted by the routing weights, rounding to bf16 once (docs/numerics.md#combine, the
 // v5 grouped_mm semantics). The fixed order makes the result independent of which expert worker
 // computed what, so every topology reproduces embedded mode bit for bit.
 #ifndef MOE_COMMON_ENGINE_MOE_DISPATCH_H_

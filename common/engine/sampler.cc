@@ -1,4 +1,4 @@
-// Sampling as transformers' generate does it (../shared/QWEN3_MOE.md §6, logits_process.py).
+// Sampling as transformers' generate does it (docs/numerics.md#sampling, logits_process.py).
 //
 // Random stream (part of the reproducibility contract; changing it changes every seeded output):
 //   mix(z)  = SplitMix64's output function:

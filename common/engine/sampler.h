@@ -1,4 +1,4 @@
-// Token sampling exactly as transformers' generate does it (../shared/QWEN3_MOE.md §6): the
+// Token sampling exactly as transformers' generate does it (docs/numerics.md#sampling): the
 // processors in transformers' order on fp32 logits, then argmax (greedy) or a draw from the
 // softmax. The random stream is this project's own (documented in sampler.cc) and depends only on
 // (seed, step index), so a request's output is reproducible and independent of batching.

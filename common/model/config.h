@@ -1,6 +1,6 @@
 // config.json and generation_config.json of Qwen3-MoE (model_type "qwen3_moe") and dense Qwen3
-// ("qwen3") checkpoints, in both the transformers v4 and v5 serializations (../shared/QWEN3_MOE.md
-// §1.1, §2, §7.10).
+// ("qwen3") checkpoints, in both the transformers v4 and v5 serializations
+// (docs/numerics.md#model-config).
 #ifndef MOE_COMMON_MODEL_CONFIG_H_
 #define MOE_COMMON_MODEL_CONFIG_H_
 
@@ -62,7 +62,7 @@ struct ModelConfig {
   std::vector<int64_t> eos_token_ids;
   std::optional<QuantizationConfig> quantization;
 
-  // True iff layer `layer` uses the sparse MoE block (QWEN3_MOE.md §1.1 decoder_sparse_step).
+  // True iff layer `layer` uses the sparse MoE block (docs/numerics.md#model-config).
   bool IsMoeLayer(int64_t layer) const;
   bool IsMoe() const { return num_experts > 0; }
   bool IsFp8() const { return quantization.has_value(); }
@@ -74,7 +74,7 @@ struct ModelConfig {
   static absl::StatusOr<ModelConfig> FromFile(const std::string& path);
 };
 
-// generation_config.json: the defaults for unset sampling parameters (QWEN3_MOE.md §2.6, §6).
+// generation_config.json: the defaults for unset sampling parameters (docs/numerics.md#generation-config).
 // Keys absent from the file take transformers' GenerationConfig defaults.
 struct GenerationConfig {
   bool do_sample = false;

@@ -28,7 +28,7 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-// The hybrid Qwen3 generation_config.json (QWEN3_MOE.md §2.6).
+// The hybrid Qwen3 generation_config.json (docs/numerics.md#generation-config).
 constexpr char kGenerationConfig[] = R"({
   "bos_token_id": 151643,
   "do_sample": true,

@@ -9,8 +9,8 @@
 //                  FP8 linear a multiple of 128 (q [512,128], k/v [256,128], o [128,512]). ~130 MB.
 //   dense-tiny     qwen3 (dense): hidden 128, intermediate 256, 2 layers, 4/2 heads, head_dim 128,
 //                  tied embeddings (as the small dense Qwen3 releases are), so the tied path is used.
-//   bench-30b-4l   Qwen3-30B-A3B's config.json (QWEN3_MOE.md §2.1) with 4 layers (~6 GB bf16).
-//   bench-235b-2l  Qwen3-235B-A22B's config.json (§2.3) with 2 layers (~12 GB bf16, sharded).
+//   bench-30b-4l   Qwen3-30B-A3B's config.json (docs/numerics.md#released-models) with 4 layers (~6 GB bf16).
+//   bench-235b-2l  Qwen3-235B-A22B's config.json with 2 layers (~12 GB bf16, sharded).
 //
 // Weights come from weight_init.h's generator keyed by (--seed, tensor name), so the same seed
 // gives byte-identical files on any machine and any thread count. Initialisation, chosen so the

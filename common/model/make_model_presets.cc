@@ -12,7 +12,7 @@ namespace {
 
 using nlohmann::json;
 
-// Qwen/Qwen3-30B-A3B's config.json, verbatim (QWEN3_MOE.md §2.1).
+// Qwen/Qwen3-30B-A3B's config.json, verbatim (docs/numerics.md#released-models).
 json Qwen3_30B_A3B() {
   return json::parse(R"({
   "architectures": ["Qwen3MoeForCausalLM"],
@@ -31,7 +31,7 @@ json Qwen3_30B_A3B() {
 })");
 }
 
-// Qwen/Qwen3-235B-A22B differs from 30B-A3B in these fields (§2.3).
+// Qwen/Qwen3-235B-A22B differs from 30B-A3B in these fields (docs/numerics.md#released-models).
 json Qwen3_235B_A22B() {
   json c = Qwen3_30B_A3B();
   c["hidden_size"] = 4096;

@@ -1,6 +1,6 @@
-// safetensors files (../shared/QWEN3_MOE.md §4): a u64 LE header length N, N bytes of JSON, then
-// the data buffer. Reading maps the file and validates the header fully before any tensor is
-// handed out, so a corrupt file is an error and never an out-of-bounds read.
+// safetensors files (docs/numerics.md#safetensors-and-checkpoints): a u64 LE header length N,
+// N bytes of JSON, then the data buffer. Reading maps the file and validates the header fully
+// before any tensor is handed out, so a corrupt file is an error and never an out-of-bounds read.
 #ifndef MOE_COMMON_MODEL_SAFETENSORS_H_
 #define MOE_COMMON_MODEL_SAFETENSORS_H_
 

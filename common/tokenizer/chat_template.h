@@ -1,5 +1,5 @@
 // The Qwen3 chat templates, rendered natively (no Jinja engine). Three flavours reproduce the
-// Jinja `chat_template` of the Qwen3 releases byte for byte (QWEN3_MOE.md §5.4):
+// Jinja `chat_template` of the Qwen3 releases byte for byte (docs/numerics.md#chat-template):
 //   kHybrid       Qwen3-30B-A3B / Qwen3-235B-A22B (thinking switchable with enable_thinking);
 //                 third_party/qwen3_tokenizer/tokenizer_config.json holds its template.
 //   kInstruct2507 *-Instruct-2507: never emits think tags in the prompt, keeps assistant content

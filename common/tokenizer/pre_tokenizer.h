@@ -12,7 +12,7 @@
 
 namespace moe::tokenizer {
 
-// QWEN3_MOE.md §5.1, identical to transformers' Qwen2 PRETOKENIZE_REGEX.
+// docs/numerics.md#tokenizer, identical to transformers' Qwen2 PRETOKENIZE_REGEX.
 inline constexpr std::string_view kQwen3SplitPattern =
     R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
 

@@ -1,5 +1,5 @@
 // Qwen3 byte-level BPE tokenizer with the semantics of Hugging Face tokenizers for the Qwen3
-// tokenizer.json (QWEN3_MOE.md §5):
+// tokenizer.json (docs/numerics.md#tokenizer):
 //   1. split on added tokens (literal, leftmost-longest; special or not, e.g. <think>),
 //   2. NFC-normalize the text between them,
 //   3. split with the pre-tokenizer regex (Isolated),

@@ -1,4 +1,4 @@
-// The data-plane seam (DESIGN.md §5): send a tagged buffer to a peer, receive from a peer. The
+// The data-plane seam (docs/data-plane.md): send a tagged buffer to a peer, receive from a peer. The
 // implementations are loopback/ (in-process), ucx/ (CPU or GPU memory) and nccl/ (GPU). Control
 // (membership, rendezvous) goes over gRPC and is not part of this interface.
 //

@@ -1,4 +1,4 @@
-// moectl cluster up|down: a local cluster on 127.0.0.1 (DESIGN.md §3).
+// moectl cluster up|down: a local cluster on 127.0.0.1 (docs/operations.md#a-local-cluster).
 //
 //   moectl cluster up --model DIR --attention-workers M --expert-workers N [--port P] [--detach]
 //

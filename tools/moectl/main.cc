@@ -1,4 +1,4 @@
-// moectl: the user and operator CLI (DESIGN.md §3).
+// moectl: the user and operator CLI (docs/operations.md#moectl).
 #include <iostream>
 
 #include "CLI/CLI.hpp"

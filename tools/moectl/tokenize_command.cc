@@ -1,4 +1,4 @@
-// moectl tokenize (DESIGN.md §3): JSON lines on stdin to JSON lines on stdout.
+// moectl tokenize (docs/operations.md#moectl): JSON lines on stdin to JSON lines on stdout.
 //   default   {"text": "..."}                                   -> {"ids": [...]}
 //   --decode  {"ids": [...], "skip_special_tokens": false}      -> {"text": "..."}
 //   --chat    {"messages": [...], "enable_thinking": bool, "tools": [...]}

@@ -1,4 +1,4 @@
-// Paged KV cache writes and causal paged attention (QWEN3_MOE.md §1.4, the recommended fp32
+// Paged KV cache writes and causal paged attention (docs/numerics.md#paged-attention, the fp32
 // path: fp32 QK^T and softmax, P rounded to bf16, fp32 P·V, bf16 output).
 #include <algorithm>
 #include <cmath>

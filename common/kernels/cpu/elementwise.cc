@@ -51,7 +51,8 @@ void RmsNorm(const bf16* x, int64_t x_stride, int64_t num_rows, int64_t dim, con
       }
       const float variance = internal::Reduce16(lane) / static_cast<float>(dim);
       const float inv = 1.0f / std::sqrt(variance + eps);
-      // Two roundings (§1.3): normalize, round to bf16, then multiply by the weight and round.
+      // Two roundings (docs/numerics.md#rmsnorm): normalize, round to bf16, then multiply by the
+      // weight and round.
       for (int64_t i = 0; i < dim; ++i) {
         const float normed = RoundBF16(BF16ToFloat(xr[i]) * inv);
         yr[i] = FloatToBF16(normed * BF16ToFloat(w[i]));

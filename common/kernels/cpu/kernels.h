@@ -1,9 +1,10 @@
-// CPU kernels for the Qwen3(-MoE) forward pass. Numerics follow ../shared/QWEN3_MOE.md (§1.3-§1.6,
-// §3.5-§3.6): bf16 storage, fp32 accumulation, roundings where transformers rounds.
+// CPU kernels for the Qwen3(-MoE) forward pass. Numerics follow docs/numerics.md (forward pass and
+// FP8 format): bf16 storage, fp32 accumulation, roundings where transformers rounds.
 //
-// Batch invariance (DESIGN.md §4): every kernel computes row m of its output from row m of its
-// inputs with a reduction order that does not depend on the number of rows, the thread count or
-// the row's position in the batch. Results are bit-identical for a row alone or in any batch.
+// Batch invariance (docs/numerics.md#batch-and-topology-invariance): every kernel computes row m of
+// its output from row m of its inputs with a reduction order that does not depend on the number of
+// rows, the thread count or the row's position in the batch. Results are bit-identical for a row
+// alone or in any batch.
 //
 // Threading: kernels split work over the process-wide pool (ThreadPool::Global()), all cores.
 // AVX-512 (F/BW/VL/BF16; VBMI too for fp8) paths are chosen at run time; a portable path computes the same
@@ -24,9 +25,10 @@ namespace moe::kernels::cpu {
 // y[m, n] = bf16( sum_k x[m, k] * W[n, k] ) for m < num_rows, n < w.out_features.
 //   x: [num_rows, w.in_features] bf16 with row stride x_stride (elements);
 //   y: [num_rows, w.out_features] bf16 with row stride y_stride.
-// BF16 weights: fp32 accumulation over k. FP8 weights: transformers' FP8Linear (QWEN3_MOE.md §3.5,
-// §3.6): each row of x is quantized per 128-column group to e4m3 with s = max(|x_g|, 1e-10)/448,
-// then C = sum over k-blocks kb (ascending) of (sum_{k in kb} a_q*w_q) * s[m, kb] * scale_inv[n/128, kb],
+// BF16 weights: fp32 accumulation over k. FP8 weights: transformers' FP8Linear
+// (docs/numerics.md#block-scaled-linear): each row of x is quantized per 128-column group to e4m3
+// with s = max(|x_g|, 1e-10)/448, then
+// C = sum over k-blocks kb (ascending) of (sum_{k in kb} a_q*w_q) * s[m, kb] * scale_inv[n/128, kb],
 // all fp32, rounded to bf16 once.
 void Linear(const bf16* x, int64_t x_stride, int64_t num_rows, const LinearWeight& w, bf16* y,
             int64_t y_stride);
@@ -51,13 +53,13 @@ struct LinearCall {
 // activation quantization.
 void LinearGrouped(std::span<const LinearCall> calls);
 
-// RMSNorm (QWEN3_MOE.md §1.3): y = bf16( bf16(x * rsqrt(mean(x^2) + eps)) * w ), stats in fp32.
+// RMSNorm (docs/numerics.md#rmsnorm): y = bf16( bf16(x * rsqrt(mean(x^2) + eps)) * w ), stats in fp32.
 // x, y: [num_rows, dim] with the given row strides (may alias: in-place allowed). w: [dim].
 void RmsNorm(const bf16* x, int64_t x_stride, int64_t num_rows, int64_t dim, const bf16* w, float eps,
              bf16* y, int64_t y_stride);
 
-// RoPE tables for positions [0, max_positions): cos/sin already rounded to bf16 as in §1.5,
-// including YaRN's inv_freq and attention_scaling when configured.
+// RoPE tables for positions [0, max_positions): cos/sin already rounded to bf16, including YaRN's
+// inv_freq and attention_scaling when configured (docs/numerics.md#rope-and-yarn).
 struct RopeTable {
   int64_t head_dim = 0;
   int64_t max_positions = 0;
@@ -75,17 +77,17 @@ struct RopeParams {
   bool truncate = true;
 };
 RopeTable BuildRopeTable(const RopeParams& params, int64_t head_dim, int64_t max_positions);
-// In place, NeoX rotate_half with the three bf16 roundings of §1.5.
+// In place, NeoX rotate_half with the three bf16 roundings of docs/numerics.md#rope-and-yarn.
 // x: [num_tokens, num_heads, head_dim] with row stride x_stride between tokens (elements).
 void ApplyRope(bf16* x, int64_t x_stride, int64_t num_tokens, int64_t num_heads, const int64_t* positions,
                const RopeTable& table);
 
-// out = bf16( bf16(silu(gate)) * up ), silu in fp32 (§1.6.2). gate, up, out: [n].
+// out = bf16( bf16(silu(gate)) * up ), silu in fp32 (docs/numerics.md#experts). gate, up, out: [n].
 void SiluMul(const bf16* gate, const bf16* up, int64_t n, bf16* out);
 
-// MoE router (§1.6.1): for each row, softmax over num_experts fp32 (from bf16 logits), top-k in
-// descending probability (ties: lower expert id first), then, if norm_topk_prob, divide by their
-// sum (fp32). ids: [num_rows, k] int32, weights: [num_rows, k] float.
+// MoE router (docs/numerics.md#moe-gate): for each row, softmax over num_experts fp32 (from bf16
+// logits), top-k in descending probability (ties: lower expert id first), then, if norm_topk_prob,
+// divide by their sum (fp32). ids: [num_rows, k] int32, weights: [num_rows, k] float.
 void TopKSoftmax(const bf16* logits, int64_t num_rows, int64_t num_experts, int64_t k, bool norm_topk_prob,
                  int32_t* ids, float* weights);
 

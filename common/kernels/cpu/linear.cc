@@ -39,7 +39,8 @@ void QuantizeRowFp8(const bf16* x, int64_t k, float* aq, float* scale) {
     const int64_t k1 = std::min(k, k0 + kFp8BlockSize);
     float amax = 0.0f;
     for (int64_t i = k0; i < k1; ++i) amax = std::max(amax, std::fabs(BF16ToFloat(x[i])));
-    // eps keeps an all-zero group finite (transformers would produce NaN there; §3.5).
+    // eps keeps an all-zero group finite (transformers would produce NaN there;
+    // docs/numerics.md#activation-quantization).
     const float s = std::max(amax, 1e-10f) / kFp8E4M3Max;
     scale[g] = s;
     for (int64_t i = k0; i < k1; ++i) {

@@ -46,7 +46,7 @@ inline float Reduce16(const float* lane) {
 // value as float. Equal to Fp8E4M3ToFloat(FloatToFp8E4M3(v)) for such v, but a few instructions.
 float RoundToE4M3(float v);
 
-// Quantizes one activation row per 128-column group (QWEN3_MOE.md §3.5, eps variant):
+// Quantizes one activation row per 128-column group (docs/numerics.md#activation-quantization):
 // s = max(max|x_g|, 1e-10) / 448, a_q = e4m3(clamp(x / s, -448, 448)). Writes the e4m3 values as
 // floats to aq[0, num_groups*128) (zero padded past k) and s to scale[0, num_groups).
 void QuantizeRowFp8(const bf16* x, int64_t k, float* aq, float* scale);

@@ -1,4 +1,4 @@
-// RoPE tables (default and YaRN) and the NeoX rotate_half application (QWEN3_MOE.md §1.5).
+// RoPE tables (default and YaRN) and the NeoX rotate_half application (docs/numerics.md#rope-and-yarn).
 #include <algorithm>
 #include <cmath>
 #include <cstdio>

@@ -1,5 +1,5 @@
-// ActivationTransport over UCX (DESIGN.md §5): one ucp_context + ucp_worker per endpoint, messages
-// as UCX Active Messages.
+// ActivationTransport over UCX (docs/data-plane.md#ucx-transport): one ucp_context + ucp_worker per
+// endpoint, messages as UCX Active Messages.
 //
 // Why Active Messages rather than tag matching: ReceiveAny must accept a message of unknown size
 // from any peer, and receivers match on the full MessageTag (u64 step, layer, micro-batch, sender),

@@ -14,7 +14,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-// Qwen/Qwen3-30B-A3B config.json (QWEN3_MOE.md §2.1), verbatim.
+// Qwen/Qwen3-30B-A3B config.json (docs/numerics.md#released-models), verbatim.
 constexpr char k30B[] = R"({
   "architectures": ["Qwen3MoeForCausalLM"],
   "attention_bias": false, "attention_dropout": 0.0,
@@ -31,7 +31,7 @@ constexpr char k30B[] = R"({
   "use_sliding_window": false, "vocab_size": 151936
 })";
 
-// Qwen/Qwen3-235B-A22B config.json (§2.3), verbatim.
+// Qwen/Qwen3-235B-A22B config.json (docs/numerics.md#released-models), verbatim.
 constexpr char k235B[] =
     R"({ "architectures": ["Qwen3MoeForCausalLM"], "attention_bias": false, "attention_dropout": 0.0,
   "bos_token_id": 151643, "eos_token_id": 151645, "decoder_sparse_step": 1, "head_dim": 128,
@@ -96,7 +96,7 @@ TEST(ModelConfigTest, Parses235BAnd2507Variants) {
   EXPECT_EQ(c->num_attention_heads, 64);
   EXPECT_EQ(c->moe_intermediate_size, 1536);
   EXPECT_EQ(c->num_hidden_layers, 94);
-  // 235B-A22B-Instruct-2507 (§2.4).
+  // 235B-A22B-Instruct-2507 (docs/numerics.md#released-models).
   c = ModelConfig::FromJson(Patched(R"({"max_position_embeddings": 262144, "rope_theta": 5000000})", k235B));
   ASSERT_TRUE(c.ok()) << c.status();
   EXPECT_EQ(c->rope_theta, 5e6);
@@ -104,7 +104,7 @@ TEST(ModelConfigTest, Parses235BAnd2507Variants) {
 }
 
 TEST(ModelConfigTest, ParsesTransformersV5Serialization) {
-  // 30B-A3B-Thinking-2507 as re-saved by transformers v5 (§2.2): dtype, rope_parameters,
+  // 30B-A3B-Thinking-2507 as re-saved by transformers v5: dtype, rope_parameters,
   // num_local_experts.
   const std::string v5 = Patched(R"({"torch_dtype": null, "dtype": "bfloat16", "rope_theta": null,
       "rope_scaling": null, "rope_parameters": {"rope_theta": 10000000, "rope_type": "default"},

@@ -1,10 +1,10 @@
 """float8_e4m3fn emulation for torch builds without a float8 dtype (Debian's torch 1.13).
 
-Decoding is a 256-entry table (QWEN3_MOE.md §3.4). Encoding saturates to +-448 first (as every FP8
-quantizer in transformers/vLLM clamps before the cast) and then rounds to nearest, ties to the
-even code. Because codes 0..126 are monotonic in value and a code's parity is its mantissa LSB,
-"ties to even mantissa" is the same as "ties to the even code", including at the
-subnormal/normal boundary.
+Decoding is a 256-entry table (docs/numerics.md#fp8-block-format). Encoding saturates to +-448
+first (as every FP8 quantizer in transformers/vLLM clamps before the cast) and then rounds to
+nearest, ties to the even code. Because codes 0..126 are monotonic in value and a code's parity
+is its mantissa LSB, "ties to even mantissa" is the same as "ties to the even code", including at
+the subnormal/normal boundary.
 """
 
 import numpy as np

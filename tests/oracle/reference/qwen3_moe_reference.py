@@ -1,6 +1,6 @@
 """Independent CPU reference of the Qwen3-MoE (and dense Qwen3) forward pass.
 
-Follows transformers' modeling_qwen3_moe.py op by op (QWEN3_MOE.md §1-§3) with the numerics the
+Follows transformers' modeling_qwen3_moe.py op by op (docs/numerics.md) with the numerics the
 C++ engine chose (common/kernels/cpu/kernels.h). Every rounding point is explicit:
 
   bf16 linear   y = bf16(sum_k x*W)                     (exact sum, see below)
@@ -13,7 +13,7 @@ C++ engine chose (common/kernels/cpu/kernels.h). Every rounding point is explici
                 rounded to bf16 once (transformers v5 grouped_mm)
   residual      bf16 adds; final norm; lm_head bf16; logits returned as fp32 of the bf16 values
   FP8 linear    per-token per-128-group e4m3 activations (s = max(amax,1e-10)/448), block-scaled
-                sum over k-blocks ascending in fp32, one bf16 rounding (QWEN3_MOE.md §3.5-§3.6)
+                sum over k-blocks ascending in fp32, one bf16 rounding (docs/numerics.md#block-scaled-linear)
 
 "fp32 accumulation" is evaluated in float64 and rounded to fp32 (or straight to bf16) where
 transformers holds an fp32 value: products of bf16 values are exact in float64 and the sums'

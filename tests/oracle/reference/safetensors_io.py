@@ -1,4 +1,5 @@
-"""Minimal safetensors reader/writer (QWEN3_MOE.md §4), independent of the `safetensors` package.
+"""Minimal safetensors reader/writer (docs/numerics.md#safetensors-and-checkpoints), independent of
+the `safetensors` package.
 
 Reader: u64 LE header length, JSON header, byte buffer; offsets relative to the buffer start.
 BF16 is returned as torch.bfloat16 (int16 bits reinterpreted), F8_E4M3 as uint8 codes (torch 1.13

@@ -2,7 +2,8 @@
 
 The weights are N(0, std) rounded to bf16 (norm weights around 1), seeded, so each test model is
 reproducible. FP8 variants quantize every attention/expert/dense projection block-wise
-(quantize_weight_blocks) and keep router, norms, embeddings and lm_head in bf16 (QWEN3_MOE.md §3.2).
+(quantize_weight_blocks) and keep router, norms, embeddings and lm_head in bf16
+(docs/numerics.md#fp8-block-format).
 """
 
 import json

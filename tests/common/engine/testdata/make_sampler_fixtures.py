@@ -2,8 +2,8 @@
 """Writes sampler_transformers_cases.json: transformers' logits processors run with torch.
 
 The processors below are transformers' code (src/transformers/generation/logits_process.py,
-../shared/QWEN3_MOE.md S11) reduced to one row; the list order is _get_logits_processor's
-(utils.py, S10): RepetitionPenalty, then only when sampling Temperature -> TopK -> TopP -> MinP.
+docs/numerics.md#sampling) reduced to one row; the list order is _get_logits_processor's
+(utils.py): RepetitionPenalty, then only when sampling Temperature -> TopK -> TopP -> MinP.
 The C++ test (sampler_test.cc) compares Sampler::ProcessLogits / Probabilities to these outputs, so
 CI needs no torch. Regenerate with:  /usr/bin/python3 make_sampler_fixtures.py  (torch 1.13).
 With --check it regenerates in memory and exits 1 if the committed file differs, 77 (skip) without

@@ -12,7 +12,7 @@ namespace {
 using testing::FirstDifference;
 using testing::RandomBf16;
 
-// Straightforward RMSNorm reference (§1.3) with a double sum of squares.
+// Straightforward RMSNorm reference (docs/numerics.md#rmsnorm) with a double sum of squares.
 std::vector<float> ReferenceRmsNorm(const bf16* x, int64_t dim, const bf16* w, float eps) {
   double sum = 0;
   for (int64_t i = 0; i < dim; ++i) sum += static_cast<double>(BF16ToFloat(x[i])) * BF16ToFloat(x[i]);
@@ -75,7 +75,7 @@ TEST(SiluMulTest, RoundsSiluThenProduct) {
   SiluMul(gate.data(), up.data(), 3000, out.data());
   for (int i = 0; i < 3000; ++i) {
     const float g = BF16ToFloat(gate[i]);
-    const float silu = RoundBF16(g / (1.0f + std::exp(-g)));  // fp32 silu (§1.6.2)
+    const float silu = RoundBF16(g / (1.0f + std::exp(-g)));  // fp32 silu (docs/numerics.md#experts)
     ASSERT_NEAR(silu, g / (1.0 + std::exp(-static_cast<double>(g))), 0.01 * std::fabs(silu) + 1e-30);
     const float expected = RoundBF16(silu * BF16ToFloat(up[i]));
     ASSERT_EQ(BF16ToFloat(out[i]), expected) << i;
