@@ -8,7 +8,7 @@ packages=(
   libabsl-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev zlib1g-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
-  prometheus-cpp-dev libucx-dev ucx-utils
+  prometheus-cpp-dev libucx-dev ucx-utils libgoogle-glog-dev
   python3 python3-numpy
 )
 if [[ "${1:-}" == "--test" ]]; then

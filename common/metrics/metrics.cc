@@ -3,14 +3,8 @@
 #include <mutex>
 
 #include "absl/strings/str_cat.h"
+#include "common/metrics/build_info.h"
 #include "prometheus/exposer.h"
-
-#ifndef MOE_VERSION
-#define MOE_VERSION "0.0.0"
-#endif
-#ifndef MOE_REVISION
-#define MOE_REVISION "unknown"
-#endif
 
 namespace moe::metrics {
 namespace {
@@ -29,18 +23,23 @@ prometheus::Registry& Registry() {
   return *SharedRegistry();
 }
 
-absl::StatusOr<int> StartExposer(int port) {
+absl::StatusOr<int> StartExposer(const std::string& host, int port) {
   std::lock_guard<std::mutex> lock(mu);
   if (exposer != nullptr) return absl::FailedPreconditionError("the metrics exposer is already running");
+  // civetweb writes IPv6 addresses in brackets: [::1]:9090.
+  const bool ipv6 = host.find(':') != std::string::npos && host.front() != '[';
+  const std::string address = ipv6 ? absl::StrCat("[", host, "]:", port) : absl::StrCat(host, ":", port);
   try {
     // civetweb throws on a bind failure; this is the one exception boundary in the metrics path.
-    auto e = std::make_unique<prometheus::Exposer>(absl::StrCat("0.0.0.0:", port));
+    auto e = std::make_unique<prometheus::Exposer>(
+        std::vector<std::string>{"listening_ports", address, "num_threads", absl::StrCat(kMetricsThreads),
+                                 "request_timeout_ms", absl::StrCat(kMetricsRequestTimeoutMs)});
     e->RegisterCollectable(SharedRegistry());
     const std::vector<int> ports = e->GetListeningPorts();
     exposer = new std::unique_ptr<prometheus::Exposer>(std::move(e));
     return ports.empty() ? port : ports.front();
   } catch (const std::exception& error) {
-    return absl::UnavailableError(absl::StrCat("cannot serve metrics on port ", port, ": ", error.what()));
+    return absl::UnavailableError(absl::StrCat("cannot serve /metrics on ", address, ": ", error.what()));
   }
 }
 
@@ -51,13 +50,15 @@ prometheus::Gauge& RegisterProcessMetrics(std::string_view service, double price
       .Help("Constant 1; labels say which service binary, version, git revision and compute backend.")
       .Register(registry)
       .Add({{"service", std::string(service)},
-            {"version", MOE_VERSION},
-            {"revision", MOE_REVISION},
+            {"version", std::string(BuildVersion())},
+            {"revision", std::string(BuildRevision())},
             {"backend", "cpu"}})
       .Set(1);
   prometheus::BuildGauge()
       .Name("moe_worker_price_per_hour_dollars")
-      .Help("Configured price of running this process for one hour (--worker_price_per_hour), in dollars.")
+      .Help(
+          "Price of running this process for one hour, in dollars: its own --worker_price_per_hour. "
+          "Cluster cost is the sum over processes (recording rule moe:worker_price_per_hour_dollars:sum).")
       .Register(registry)
       .Add({})
       .Set(price_per_hour_dollars);

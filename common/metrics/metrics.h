@@ -23,12 +23,21 @@ namespace moe::metrics {
 prometheus::Registry& Registry();
 std::shared_ptr<prometheus::Registry> SharedRegistry();
 
-// Serves /metrics on 0.0.0.0:`port` (0 picks a free port). Returns the bound port. Callable once per
-// process; a second call returns FAILED_PRECONDITION.
-absl::StatusOr<int> StartExposer(int port);
+// Worker threads of the /metrics server. Each connection holds one while it is open (up to
+// kMetricsRequestTimeoutMs without a request), so a few idle or slow clients must not use them all
+// and starve Prometheus's scrape.
+inline constexpr int kMetricsThreads = 8;
+inline constexpr int kMetricsRequestTimeoutMs = 10000;
 
-// The metrics every service exports: moe_build_info{service,version,revision,backend} = 1,
-// moe_ready, moe_worker_price_per_hour_dollars. Returns the moe_ready gauge, which the service sets
+// Serves /metrics on `host`:`port` (host "0.0.0.0" for every IPv4 interface, "127.0.0.1" for
+// loopback only; port 0 picks a free port) with kMetricsThreads threads. Returns the bound port.
+// UNAVAILABLE naming the address when it cannot be bound. Callable once per process; a second call
+// returns FAILED_PRECONDITION.
+absl::StatusOr<int> StartExposer(const std::string& host, int port);
+
+// The metrics every service exports: moe_build_info{service,version,revision,backend} = 1 (version
+// and revision of common/metrics/build_info.h), moe_ready, and moe_worker_price_per_hour_dollars
+// (this process's own --worker_price_per_hour). Returns the moe_ready gauge, which the service sets
 // whenever its readiness changes.
 prometheus::Gauge& RegisterProcessMetrics(std::string_view service, double price_per_hour_dollars);
 

@@ -4,12 +4,15 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 
 #include "absl/flags/parse.h"
 #include "absl/flags/reflection.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
@@ -17,17 +20,59 @@
 
 namespace moe::rpc {
 
-std::vector<char*> ParseFlagsWithEnv(int argc, char** argv, const std::string& usage,
-                                     const std::vector<std::pair<std::string, std::string>>& env_flags) {
+std::string FlagEnvVariable(absl::string_view name) {
+  return absl::StrCat("MOE_", absl::AsciiStrToUpper(name));
+}
+
+std::vector<absl::CommandLineFlag*> ServiceFlags() {
+  std::vector<absl::CommandLineFlag*> flags;
+  for (const auto& [name, flag] : absl::GetAllFlags()) {
+    // Abseil's own flags are defined in its sources (Filename "./absl/flags/parse.cc" on Debian).
+    if (absl::StrContains(flag->Filename(), "absl/")) continue;
+    flags.push_back(flag);
+  }
+  std::sort(flags.begin(), flags.end(), [](const absl::CommandLineFlag* a, const absl::CommandLineFlag* b) {
+    return a->Name() < b->Name();
+  });
+  return flags;
+}
+
+std::string HelpText(absl::string_view usage) {
+  std::string text = absl::StrCat(
+      usage, "\n\nFlags (each also read from its environment variable; the command line wins):\n");
+  for (const absl::CommandLineFlag* flag : ServiceFlags()) {
+    absl::StrAppend(&text, "  --", flag->Name(), "  (env ", FlagEnvVariable(flag->Name()), ")\n      ",
+                    flag->Help(), "; default: ", flag->DefaultValue().empty() ? "\"\"" : flag->DefaultValue(),
+                    "\n");
+  }
+  absl::StrAppend(&text, "  --help\n      print this text and exit\n",
+                  "  --version\n      print the version and git revision and exit\n");
+  return text;
+}
+
+std::vector<char*> ParseFlagsWithEnv(int argc, char** argv, absl::string_view usage,
+                                     absl::string_view version) {
   absl::SetProgramUsageMessage(usage);
-  for (const auto& [flag, variable] : env_flags) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view arg = argv[i];
+    if (arg == "--") break;
+    if (arg == "--help" || arg == "-help" || arg == "-h") {
+      std::cout << HelpText(usage) << std::flush;
+      std::exit(0);
+    }
+    if (arg == "--version" || arg == "-version") {
+      std::cout << version << std::endl;
+      std::exit(0);
+    }
+  }
+  for (absl::CommandLineFlag* flag : ServiceFlags()) {
+    const std::string variable = FlagEnvVariable(flag->Name());
     const char* value = std::getenv(variable.c_str());
     if (value == nullptr) continue;
-    absl::CommandLineFlag* handle = absl::FindCommandLineFlag(flag);
     std::string error;
-    if (handle == nullptr || !handle->ParseFrom(value, &error)) {
-      std::cerr << argv[0] << ": " << variable << "='" << value << "' is not a valid --" << flag << ": "
-                << error << std::endl;
+    if (!flag->ParseFrom(value, &error)) {
+      std::cerr << argv[0] << ": " << variable << "='" << value << "' is not a valid --" << flag->Name()
+                << ": " << error << std::endl;
       std::exit(2);
     }
   }

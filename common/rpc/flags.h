@@ -1,21 +1,35 @@
-// Service flags: absl flags whose defaults can come from MOE_* environment variables (a flag on the
-// command line wins over its variable, which wins over the default), as deploy/k8s/README.md says.
+// Service flags: absl flags whose values can also come from environment variables: flag `foo_bar`
+// reads MOE_FOO_BAR (a flag on the command line wins over its variable, which wins over the
+// default), as deploy/k8s/README.md says.
 #ifndef MOE_COMMON_RPC_FLAGS_H_
 #define MOE_COMMON_RPC_FLAGS_H_
 
 #include <string>
-#include <utility>
+#include <string_view>
 #include <vector>
 
+#include "absl/flags/commandlineflag.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace moe::rpc {
 
-// Parses argv with absl flags after applying the environment: for each (flag name, variable) pair
-// whose variable is set, the flag is first set from it. Exits with a message naming the flag or
-// variable on a bad value (as absl's parser does for command-line values). Returns positional args.
-std::vector<char*> ParseFlagsWithEnv(int argc, char** argv, const std::string& usage,
-                                     const std::vector<std::pair<std::string, std::string>>& env_flags);
+// The environment variable of flag `name`: "MOE_" + name in upper case (log_level: MOE_LOG_LEVEL).
+std::string FlagEnvVariable(absl::string_view name);
+
+// The binary's own flags: every absl flag except Abseil's (--flagfile, --fromenv, ...), by name.
+std::vector<absl::CommandLineFlag*> ServiceFlags();
+
+// The --help text: `usage`, then each of ServiceFlags() with its environment variable, help text
+// and default, then --help and --version.
+std::string HelpText(absl::string_view usage);
+
+// Parses argv with absl flags after applying the environment: each service flag whose variable is
+// set is first set from it. Before parsing, --help (or -h) prints HelpText(usage) and --version
+// prints `version`, both to stdout, and exit 0. Exits 2 with a message naming the flag or variable
+// on a bad value (as absl's parser does for command-line values). Returns positional args.
+std::vector<char*> ParseFlagsWithEnv(int argc, char** argv, absl::string_view usage,
+                                     absl::string_view version);
 
 // Blocks SIGTERM and SIGINT in the calling thread (call first in main, before any thread starts,
 // so every thread inherits the mask and none dies of them); WaitForTerminationSignal() then takes

@@ -17,7 +17,8 @@ class GrpcServer {
  public:
   // Binds `listen` ("host:port"; port 0 picks a free one) and serves `services` (not owned; must
   // outlive the server). Health starts as: startup NOT_SERVING, liveness SERVING, readiness and ""
-  // NOT_SERVING. UNAVAILABLE if the address cannot be bound.
+  // NOT_SERVING. UNAVAILABLE naming `listen` if the address cannot be bound, including when another
+  // socket already listens on the port (SO_REUSEPORT is off: two servers never share a port).
   static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::string& listen,
                                                            const std::vector<grpc::Service*>& services,
                                                            int max_message_bytes = 64 << 20);

@@ -148,6 +148,18 @@ for (const { where, expr } of exprs) {
     checks.ok(known.has(n) || recorded.has(n), `${where}: metric ${n} is not in deploy/metrics/catalog.txt`);
   }
 }
+// Every dashboard selector is scoped to the chosen namespace and jobs (template variables), so two
+// releases scraped by one Prometheus are never summed together.
+const dashboard = JSON.parse(fs.readFileSync(path.join(repoRoot, "deploy/grafana/moe-serving.json"), "utf8"));
+const variables = new Set(dashboard.templating.list.map((v) => v.name));
+["namespace", "job"].forEach((v) => checks.ok(variables.has(v), `dashboard has no $${v} template variable`));
+for (const { where, expr } of exprs.filter((x) => x.where.startsWith("dashboard"))) {
+  for (const m of expr.matchAll(/\b(moe_[a-z0-9_]+)(?![a-z0-9_(])(\{[^}]*\})?/g)) {
+    const matchers = m[2] ?? "";
+    checks.ok(matchers.includes('namespace=~"$namespace"') && matchers.includes('job=~"$job"'),
+      `${where}: ${m[1]} is not scoped by namespace=~"$namespace" and job=~"$job" in ${expr}`);
+  }
+}
 // Each always-on metric should be watched somewhere (dashboard or rules).
 for (const m of metrics.values()) {
   if (m.when !== "always") continue;

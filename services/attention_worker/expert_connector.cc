@@ -1,11 +1,11 @@
 #include "services/attention_worker/expert_connector.h"
 
 #include <algorithm>
-#include <iostream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/engine/expert_placement.h"
+#include "common/logging/logging.h"
 #include "grpcpp/grpcpp.h"
 
 namespace moe::services {
@@ -91,8 +91,7 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   Peer& peer = peers_[static_cast<size_t>(rank)];
   auto set_error = [&](const std::string& error) {
     if (peer.connected || error != peer.last_error) {
-      std::cerr << "attention worker: expert worker " << rank << " (" << peer.address
-                << ") not connected: " << error << std::endl;
+      LOG(WARNING) << "expert worker " << rank << " (" << peer.address << ") not connected: " << error;
     }
     peer.connected = false;
     peer.last_error = error;
@@ -125,8 +124,8 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   peer.connected = true;
   peer.data_address = info.address();
   peer.last_error.clear();
-  std::cerr << "attention worker: expert worker " << rank << " connected, experts [" << info.first_expert()
-            << ", " << info.first_expert() + info.num_experts() << ")" << std::endl;
+  LOG(INFO) << "expert worker " << rank << " connected, experts [" << info.first_expert() << ", "
+            << info.first_expert() + info.num_experts() << ")";
   return true;
 }
 

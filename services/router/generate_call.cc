@@ -40,7 +40,7 @@ GenerateCall::GenerateCall(GenerateService* service, grpc::CallbackServerContext
     if (!prepared.ok()) {
       service_->metrics().Rejected(
           reject == RejectReason::kPromptTooLong ? "prompt_too_long" : "invalid_argument",
-          grpc::StatusCode::INVALID_ARGUMENT, absl::Now());
+          grpc::StatusCode::INVALID_ARGUMENT);
       finish_called_ = true;
       actions.finish = rpc::ToGrpcStatus(prepared.status());
     } else {
@@ -55,7 +55,7 @@ GenerateCall::GenerateCall(GenerateService* service, grpc::CallbackServerContext
           std::shared_ptr<PendingRequest>(this, [](PendingRequest*) {}), &reason);
       if (!admitted.ok()) {
         const grpc::Status status = rpc::ToGrpcStatus(admitted);
-        service_->metrics().Rejected(reason, status.error_code(), absl::Now());
+        service_->metrics().Rejected(reason, status.error_code());
         finish_called_ = true;
         actions.finish = status;
       } else {
@@ -100,7 +100,7 @@ void GenerateCall::MaybeFinish(Actions* actions) {
   finish_called_ = true;
   const absl::Time now = absl::Now();
   RouterMetrics& m = service_->metrics();
-  m.RequestFinished(decided_reason_, decided_->error_code(), now);
+  m.RequestFinished(decided_reason_, decided_->error_code());
   m.request_duration().Observe(absl::ToDoubleSeconds(now - arrival_));
   if (first_token_at_.has_value() && completion_tokens_ >= 2) {
     m.time_per_output_token().Observe(absl::ToDoubleSeconds(now - *first_token_at_) /
@@ -208,7 +208,7 @@ void GenerateCall::AddTokens(const moe::v1::AttentionGenerateResponse& message,
     ++completion_tokens_;
     ++added;
   }
-  if (added > 0) service_->metrics().TokensGenerated(added, now);
+  if (added > 0) service_->metrics().TokensGenerated(added);
   if (message.finished() && !output_->stopped()) output_->Finish(&delta);
   out->set_text(std::move(delta.text));
   out->set_reasoning_text(std::move(delta.reasoning_text));

@@ -136,7 +136,6 @@ void Scheduler::UpdateMetrics(absl::Time now) {
   metrics_->SetWorkers("attention_worker", ready_attention, static_cast<int>(workers_.size()));
   metrics_->SetWorkers("expert_worker", ready_experts, static_cast<int>(experts_.size()));
   metrics_->waiting().Set(static_cast<double>(queue_.size()));
-  metrics_->UpdateCost(now, ready_attention + ready_experts);
 }
 
 void Scheduler::Loop() {

@@ -1,5 +1,5 @@
 // The scheduler: admission (bounded FIFO), load polling of the attention workers, placement on the
-// worker with the most free KV blocks, readiness and the membership/cost metrics.
+// worker with the most free KV blocks, readiness and the membership/metrics.
 //
 // One scheduler thread does all placement and calls PendingRequest::OnPlaced/OnExpired and the
 // readiness callback; load answers arrive on gRPC threads and only update the views.

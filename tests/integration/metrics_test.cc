@@ -468,6 +468,8 @@ TEST_F(MetricsTest, EachServiceExportsExactlyTheCatalogue) {
     ASSERT_EQ(build_info.size(), 1u);
     EXPECT_EQ(build_info[0]->labels.at("service"), s.build_info_service);
     EXPECT_EQ(build_info[0]->labels.at("backend"), "cpu");
+    // Built from a git checkout (CI clones the repository): the revision is git's, not the fallback.
+    EXPECT_NE(build_info[0]->labels.at("revision"), "unknown");
     EXPECT_EQ(build_info[0]->value, 1.0);
     EXPECT_EQ(Sum(*exposition, "moe_ready"), 1.0);
   }

@@ -202,6 +202,7 @@ void RunUp(const ClusterFlags& flags) {
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  // gRPC and /metrics of a local cluster listen on loopback only.
   const std::string host = "127.0.0.1";
   const int base = flags.port;
   // Ports: router `port`, attention workers port+1.., expert workers after them.
@@ -221,24 +222,24 @@ void RunUp(const ClusterFlags& flags) {
   };
   for (int i = 0; i < flags.expert_workers; ++i) {
     const std::string name = absl::StrCat("expert-", i);
-    children.push_back(
-        {name, Spawn(bin / "moe-expert-worker",
-                     {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
-                      absl::StrCat("--num_expert_workers=", flags.expert_workers),
-                      "--listen=" + experts[static_cast<size_t>(i)],
-                      absl::StrCat("--metrics_port=", next_metrics++), "--transport=" + flags.transport},
-                     state / (name + ".log"))});
+    children.push_back({name, Spawn(bin / "moe-expert-worker",
+                                    {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
+                                     absl::StrCat("--num_expert_workers=", flags.expert_workers),
+                                     "--listen=" + experts[static_cast<size_t>(i)],
+                                     absl::StrCat("--metrics_port=", next_metrics++),
+                                     "--metrics_listen=" + host, "--transport=" + flags.transport},
+                                    state / (name + ".log"))});
   }
   for (int i = 0; i < flags.attention_workers; ++i) {
     const std::string name = absl::StrCat("attention-", i);
-    children.push_back(
-        {name, Spawn(bin / "moe-attention-worker",
-                     {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
-                      absl::StrCat("--num_attention_workers=", flags.attention_workers),
-                      "--expert_workers=" + absl::StrJoin(experts, ","),
-                      "--listen=" + attention[static_cast<size_t>(i)],
-                      absl::StrCat("--metrics_port=", next_metrics++), "--transport=" + flags.transport},
-                     state / (name + ".log"))});
+    children.push_back({name, Spawn(bin / "moe-attention-worker",
+                                    {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
+                                     absl::StrCat("--num_attention_workers=", flags.attention_workers),
+                                     "--expert_workers=" + absl::StrJoin(experts, ","),
+                                     "--listen=" + attention[static_cast<size_t>(i)],
+                                     absl::StrCat("--metrics_port=", next_metrics++),
+                                     "--metrics_listen=" + host, "--transport=" + flags.transport},
+                                    state / (name + ".log"))});
   }
   for (const Child& c : children) std::ofstream(state / (c.name + ".pid")) << c.pid << "\n";
   const std::string router = absl::StrCat(host, ":", base);
@@ -246,7 +247,7 @@ void RunUp(const ClusterFlags& flags) {
       {"router", Spawn(bin / "moe-router",
                        {"--model=" + flags.model_dir, "--attention_workers=" + absl::StrJoin(attention, ","),
                         "--expert_workers=" + absl::StrJoin(experts, ","), "--listen=" + router,
-                        absl::StrCat("--metrics_port=", next_metrics++)},
+                        absl::StrCat("--metrics_port=", next_metrics++), "--metrics_listen=" + host},
                        state / "router.log")});
 
   const auto deadline =

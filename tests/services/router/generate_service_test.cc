@@ -91,7 +91,7 @@ class GenerateServiceTest : public ::testing::Test {
     model_ = *ServedModel::Load(testing::TestModelDir("tiny", "bf16"), "tiny");
     worker_.script = *model_->tokenizer->Encode("Hello world peace and more");
     worker_server_ = *rpc::GrpcServer::Start("127.0.0.1:0", {&worker_});
-    metrics_ = std::make_unique<RouterMetrics>(registry_, 1.0, absl::Seconds(60));
+    metrics_ = std::make_unique<RouterMetrics>(registry_);
     SchedulerOptions options;
     options.max_queued_requests = 1;
     options.poll_interval = absl::Milliseconds(20);

@@ -1,0 +1,94 @@
+#include "common/rpc/service_main.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "common/metrics/build_info.h"
+#include "common/metrics/metrics.h"
+#include "common/rpc/flags.h"
+
+ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address HOST:PORT (port 0: any)");
+ABSL_FLAG(std::string, metrics_listen, "0.0.0.0",
+          "address /metrics binds (0.0.0.0: every interface; 127.0.0.1: this host only)");
+ABSL_FLAG(int, metrics_port, 9090, "Prometheus /metrics port (0: any)");
+ABSL_FLAG(std::string, log_level, "info",
+          "minimum level of the log lines on stderr: debug, info, warning or error");
+ABSL_FLAG(double, worker_price_per_hour, 0,
+          "dollars per hour of this process, exported as moe_worker_price_per_hour_dollars");
+
+namespace moe::rpc {
+
+std::string ServiceMain::VersionLine(absl::string_view binary) {
+  return absl::StrCat(binary, " ", metrics::BuildVersion(), " (revision ", metrics::BuildRevision(), ")");
+}
+
+std::unique_ptr<ServiceMain> ServiceMain::Init(int argc, char** argv, ServiceDescription description) {
+  ParseFlagsWithEnv(argc, argv, description.usage, VersionLine(description.binary));
+  auto level = logging::ParseLogLevel(absl::GetFlag(FLAGS_log_level));
+  if (!level.ok()) {
+    std::cerr << description.binary << ": " << level.status().message() << std::endl;
+    std::exit(2);
+  }
+  logging::InitLogging(argv[0], *level);
+  BlockTerminationSignals();
+
+  const double price = absl::GetFlag(FLAGS_worker_price_per_hour);
+  if (!(price >= 0)) {
+    LOG(ERROR) << description.binary << ": --worker_price_per_hour must be >= 0, got " << price;
+    std::exit(2);
+  }
+  prometheus::Gauge& ready_gauge = metrics::RegisterProcessMetrics(description.role, price);
+  auto metrics_port =
+      metrics::StartExposer(absl::GetFlag(FLAGS_metrics_listen), absl::GetFlag(FLAGS_metrics_port));
+  if (!metrics_port.ok()) {
+    LOG(ERROR) << description.binary << ": " << metrics_port.status().message();
+    std::exit(1);
+  }
+  LOG(INFO) << description.binary << ": "
+            << VersionLine(description.binary).substr(description.binary.size() + 1) << ", /metrics on "
+            << absl::GetFlag(FLAGS_metrics_listen) << ":" << *metrics_port;
+  return std::unique_ptr<ServiceMain>(new ServiceMain(std::move(description), ready_gauge, *metrics_port));
+}
+
+int ServiceMain::Fail(absl::string_view message) const {
+  LOG(ERROR) << description_.binary << ": " << message;
+  return 1;
+}
+
+int ServiceMain::Fail(const absl::Status& status) const {
+  return Fail(status.ToString());
+}
+
+double ServiceMain::worker_price_per_hour() const {
+  return absl::GetFlag(FLAGS_worker_price_per_hour);
+}
+
+absl::Status ServiceMain::Serve(const std::vector<grpc::Service*>& services, int max_message_bytes) {
+  auto server = GrpcServer::Start(absl::GetFlag(FLAGS_listen), services, max_message_bytes);
+  if (!server.ok()) return server.status();
+  server_ = std::move(*server);
+  LOG(INFO) << description_.binary << ": gRPC on " << absl::GetFlag(FLAGS_listen) << " (port "
+            << server_->port() << ")";
+  return absl::OkStatus();
+}
+
+void ServiceMain::SetStarted() {
+  if (server_ != nullptr) server_->SetStarted();
+}
+
+void ServiceMain::SetReady(bool ready) {
+  if (server_ != nullptr) server_->SetReady(ready);
+  ready_gauge_.Set(ready ? 1 : 0);
+}
+
+int ServiceMain::WaitForTerminationSignal() {
+  const int signal = rpc::WaitForTerminationSignal();
+  LOG(INFO) << description_.binary << ": " << strsignal(signal) << ", stopping";
+  SetReady(false);
+  return signal;
+}
+
+}  // namespace moe::rpc

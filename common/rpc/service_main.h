@@ -1,0 +1,92 @@
+// The process setup every service shares (its one copy; services/*/main.cc keep only what is
+// theirs): flags with MOE_* environment fallback, --help and --version, glog logging at
+// --log_level, termination signals, the process metrics and the /metrics exposer, and the gRPC
+// server with its health service.
+//
+//   int main(int argc, char** argv) {
+//     auto service = moe::rpc::ServiceMain::Init(argc, argv, {.binary = "moe-x", .role = "x", ...});
+//     if (bad flag) return service->Fail("--foo must be > 0");
+//     if (absl::Status s = service->Serve({&grpc_service}); !s.ok()) return service->Fail(s);
+//     service->SetStarted();
+//     service->SetReady(true);
+//     service->WaitForTerminationSignal();
+//     ... stop the service's own parts, then service->server()->Shutdown(grace).
+//   }
+//
+// Flags defined here, common to every service: --listen, --metrics_listen, --metrics_port,
+// --log_level, --worker_price_per_hour.
+//
+// Thread safety: Init, Serve, SetStarted and WaitForTerminationSignal from main only; SetReady from
+// any thread.
+#ifndef MOE_COMMON_RPC_SERVICE_MAIN_H_
+#define MOE_COMMON_RPC_SERVICE_MAIN_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/string_view.h"
+#include "common/logging/logging.h"  // IWYU pragma: export
+#include "common/rpc/server.h"
+#include "prometheus/gauge.h"
+
+namespace moe::rpc {
+
+struct ServiceDescription {
+  // The binary's name, e.g. "moe-router": --help, --version and the log lines.
+  std::string binary;
+  // The service label of moe_build_info: "router", "attention_worker" or "expert_worker".
+  std::string role;
+  // What the service does and its typical command line: the first lines of --help.
+  std::string usage;
+};
+
+class ServiceMain {
+ public:
+  // Parses the flags (exits 0 after --help or --version, 2 on a bad flag or variable), initializes
+  // logging at --log_level (exits 2 on a bad level), blocks SIGTERM and SIGINT in this thread and
+  // every thread it starts later, registers the process metrics with this process's
+  // --worker_price_per_hour (exits 2 if negative) and starts /metrics on --metrics_listen:
+  // --metrics_port (exits 1 if it cannot bind). Call first in main, before any thread starts.
+  static std::unique_ptr<ServiceMain> Init(int argc, char** argv, ServiceDescription description);
+
+  // "moe-router 0.1.0 (revision 1a2b3c4)": what --version prints.
+  static std::string VersionLine(absl::string_view binary);
+
+  // Logs `message` (or `status`) at ERROR and returns 1, the exit code of a failed startup:
+  // `return service->Fail(...)` in main.
+  int Fail(absl::string_view message) const;
+  int Fail(const absl::Status& status) const;
+
+  // Serves `services` (not owned; they outlive the server) on --listen with the health service.
+  // UNAVAILABLE naming the address when it cannot be bound (e.g. the port is taken).
+  absl::Status Serve(const std::vector<grpc::Service*>& services, int max_message_bytes = 64 << 20);
+  // The server Serve started (null before).
+  GrpcServer* server() const { return server_.get(); }
+  int metrics_port() const { return metrics_port_; }
+  // --worker_price_per_hour: this process's own price in dollars per hour (>= 0).
+  double worker_price_per_hour() const;
+  const ServiceDescription& description() const { return description_; }
+
+  // Startup done: the "startup" health check turns SERVING.
+  void SetStarted();
+  // Readiness: the "readiness" and "" health checks and the moe_ready gauge.
+  void SetReady(bool ready);
+
+  // Waits for SIGTERM or SIGINT, logs it, marks the process not ready, and returns the signal.
+  int WaitForTerminationSignal();
+
+ private:
+  ServiceMain(ServiceDescription description, prometheus::Gauge& ready_gauge, int metrics_port)
+      : description_(std::move(description)), ready_gauge_(ready_gauge), metrics_port_(metrics_port) {}
+
+  const ServiceDescription description_;
+  prometheus::Gauge& ready_gauge_;
+  const int metrics_port_;
+  std::unique_ptr<GrpcServer> server_;
+};
+
+}  // namespace moe::rpc
+
+#endif  // MOE_COMMON_RPC_SERVICE_MAIN_H_
