@@ -12,7 +12,7 @@ namespace {
 // lines of several processes sort by time; the program, since a local cluster's logs interleave.
 void WritePrefix(std::ostream& out, const google::LogMessageInfo& line, void* program) {
   const google::LogMessageTime& t = line.time;
-  char time[40];
+  char time[64];  // room for any int the format could be given (-Wformat-truncation)
   std::snprintf(time, sizeof(time), "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ", t.year() + 1900, t.month() + 1,
                 t.day(), t.hour(), t.min(), t.sec(), static_cast<int>(t.usec()));
   out << time << ' ' << line.severity << ' ' << *static_cast<const std::string*>(program) << ' '
