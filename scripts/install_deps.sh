@@ -14,6 +14,8 @@ packages=(
 if [[ "${1:-}" == "--test" ]]; then
   # Oracles and tools used by the test suite only.
   packages+=(nodejs npm python3-grpcio python3-protobuf prometheus unzip)
+  # torch 1.13 for the oracle reference self-test and the sampler-fixture check (they must run, not skip).
+  packages+=(python3-torch)
 fi
 
 missing=()

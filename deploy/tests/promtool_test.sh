@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # promtool on the Prometheus artifacts: `check rules`, the rule unit tests (rules_test.yaml), and a
 # syntax check of every Grafana query (each one wrapped as a recording rule, $__rate_interval -> 5m).
-# Exit 77 only when promtool cannot be installed.
+# A tool that cannot be installed is a failure (exit 1), never a skip: CI must not lose the test.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "${here}/../.." && pwd)"
-"${here}/install_tools.sh" >/dev/null || { echo "SKIP: tools could not be installed"; exit 77; }
+"${here}/install_tools.sh" >/dev/null || { echo "FAIL: deploy/tests/install_tools.sh could not install the tools"; exit 1; }
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "${tmp}"' EXIT
