@@ -41,7 +41,7 @@ absl::Status Engine::LoadDense(const std::string& model_dir) {
   return absl::OkStatus();
 }
 
-absl::Status Engine::Finish() {
+absl::Status Engine::BuildStepState() {
   max_model_len_ = options_.max_model_len > 0
                        ? std::min(options_.max_model_len, config_.max_position_embeddings)
                        : config_.max_position_embeddings;
@@ -90,7 +90,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
                                                           ExpertPlacement(config.num_experts, peers),
                                                           config.hidden_size, options.moe_timeout);
   }
-  RETURN_IF_ERROR(engine->Finish());
+  RETURN_IF_ERROR(engine->BuildStepState());
   return engine;
 }
 
@@ -109,7 +109,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateAttentionWorker(
     engine->dispatcher_ = std::make_unique<MoeDispatcher>(transport, std::move(placement),
                                                           engine->config_.hidden_size, options.moe_timeout);
   }
-  RETURN_IF_ERROR(engine->Finish());
+  RETURN_IF_ERROR(engine->BuildStepState());
   return engine;
 }
 
@@ -181,8 +181,8 @@ bool Engine::IsStopToken(const Sequence& seq, int32_t token) const {
   return std::find(eos.begin(), eos.end(), token) != eos.end();
 }
 
-void Engine::Finish(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
-                    const std::string& error) {
+void Engine::EndSequence(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
+                         const std::string& error) {
   if (events->empty() || events->back().request_id != seq->request.id ||
       events->back().finish_reason != FinishReason::kNone) {
     TokenEvent event;
@@ -206,7 +206,7 @@ std::vector<TokenEvent> Engine::Step() {
   for (auto& [id, seq] : sequences_) {
     if (seq->cancelled) cancelled.push_back(seq.get());
   }
-  for (Sequence* seq : cancelled) Finish(seq, FinishReason::kAbort, &events);
+  for (Sequence* seq : cancelled) EndSequence(seq, FinishReason::kAbort, &events);
 
   std::vector<ScheduledSequence*> preempted;
   std::vector<PlannedSegment> plan = scheduler_->Plan(&preempted);
@@ -236,7 +236,7 @@ std::vector<TokenEvent> Engine::Step() {
   last_step_stats_ = stats;
   if (!status.ok()) {
     for (const PlannedSegment& p : plan) {
-      Finish(by_sched_id_.at(p.seq->id), FinishReason::kError, &events, status.ToString());
+      EndSequence(by_sched_id_.at(p.seq->id), FinishReason::kError, &events, status.ToString());
     }
     return events;
   }
@@ -269,10 +269,10 @@ std::vector<TokenEvent> Engine::Step() {
     seq->sched.num_tokens += 1;
     events.push_back(std::move(event));
     if (IsStopToken(*seq, sample.token_id)) {
-      Finish(seq, FinishReason::kStop, &events);
+      EndSequence(seq, FinishReason::kStop, &events);
     } else if (seq->num_generated >= seq->request.max_new_tokens ||
                static_cast<int64_t>(seq->tokens.size()) >= max_model_len_) {
-      Finish(seq, FinishReason::kLength, &events);
+      EndSequence(seq, FinishReason::kLength, &events);
     }
   }
   return events;

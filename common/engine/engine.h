@@ -139,11 +139,13 @@ class Engine {
   // Loads config, generation config, checkpoint and dense weights.
   absl::Status LoadDense(const std::string& model_dir);
   // Builds the KV cache, attention block and scheduler once the dispatcher (if any) exists.
-  absl::Status Finish();
+  absl::Status BuildStepState();
   bool IsStopToken(const Sequence& seq, int32_t token) const;
   absl::Status ValidateLogitsPrompt(const std::vector<int32_t>& prompt) const;
-  void Finish(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
-              const std::string& error = "");
+  // Ends `seq` with `reason`: sets the finish fields on its last event of this step (appending one
+  // if it has none), releases its KV blocks and destroys it.
+  void EndSequence(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
+                   const std::string& error = "");
 
   model::ModelConfig config_;
   model::GenerationConfig generation_config_;
