@@ -54,11 +54,17 @@ int64_t DenseBytesPerStep(const model::DenseWeights& w, int64_t num_experts, int
   return bytes;
 }
 
+// The in-process expert blocks (none for a dense model).
+const std::vector<std::unique_ptr<ExpertBlock>>& ExpertBlocks(const Engine& engine) {
+  static const std::vector<std::unique_ptr<ExpertBlock>> kNone;
+  return engine.embedded_experts() != nullptr ? engine.embedded_experts()->blocks() : kNone;
+}
+
 // Bytes of the experts whose token counters moved between two snapshots.
 int64_t ExpertBytesTouched(const Engine& engine,
                            const std::vector<std::vector<std::vector<uint64_t>>>& before) {
   int64_t bytes = 0;
-  const auto& blocks = engine.expert_blocks();
+  const auto& blocks = ExpertBlocks(engine);
   for (size_t b = 0; b < blocks.size(); ++b) {
     const auto after = blocks[b]->TokenCounts();
     for (size_t l = 0; l < after.size(); ++l) {
@@ -72,7 +78,7 @@ int64_t ExpertBytesTouched(const Engine& engine,
 
 std::vector<std::vector<std::vector<uint64_t>>> Snapshot(const Engine& engine) {
   std::vector<std::vector<std::vector<uint64_t>>> s;
-  for (const auto& block : engine.expert_blocks()) s.push_back(block->TokenCounts());
+  for (const auto& block : ExpertBlocks(engine)) s.push_back(block->TokenCounts());
   return s;
 }
 

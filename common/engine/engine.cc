@@ -11,7 +11,6 @@
 namespace moe::engine {
 namespace {
 
-constexpr int32_t kAttentionPeer = 0;
 constexpr int kMaxTopLogprobs = 20;
 
 }  // namespace
@@ -69,25 +68,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
   RETURN_IF_ERROR(engine->LoadDense(model_dir));
   const model::ModelConfig& config = engine->config_;
   if (config.IsMoe()) {
-    if (num_expert_shards < 1 || num_expert_shards > config.num_experts) {
-      return absl::InvalidArgumentError(absl::StrCat("num_expert_shards must be in [1, ", config.num_experts,
-                                                     "], got ", num_expert_shards));
-    }
-    std::vector<int32_t> peers;
-    for (int w = 0; w < num_expert_shards; ++w) {
-      const ExpertRange range = ExpertPlacement::RangeOf(config.num_experts, num_expert_shards, w);
-      ASSIGN_OR_RETURN(auto shard,
-                       model::LoadExpertShard(*engine->checkpoint_, config, range.first, range.count));
-      model::PrefaultWeights(*shard);
-      engine->expert_blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
-      const int32_t peer = kFirstExpertPeerId + w;
-      peers.push_back(peer);
-      engine->expert_servers_.push_back(
-          std::make_unique<ExpertServer>(engine->expert_blocks_.back().get(), engine->hub_.Endpoint(peer)));
-      engine->expert_servers_.back()->Start();
-    }
-    engine->dispatcher_ = std::make_unique<MoeDispatcher>(engine->hub_.Endpoint(kAttentionPeer),
-                                                          ExpertPlacement(config.num_experts, peers),
+    ASSIGN_OR_RETURN(engine->embedded_experts_,
+                     EmbeddedExperts::Create(*engine->checkpoint_, config, num_expert_shards));
+    EmbeddedExperts& experts = *engine->embedded_experts_;
+    engine->dispatcher_ = std::make_unique<MoeDispatcher>(experts.attention_endpoint(), experts.placement(),
                                                           config.hidden_size, options.moe_timeout);
   }
   RETURN_IF_ERROR(engine->BuildStepState());
@@ -113,9 +97,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateAttentionWorker(
   return engine;
 }
 
-Engine::~Engine() {
-  for (auto& server : expert_servers_) server->Stop();
-}
+// The members' declaration order tears down in the right order (see engine.h).
+Engine::~Engine() = default;
 
 absl::Status Engine::AddRequest(GenerationRequest request) {
   if (request.prompt.empty()) return absl::InvalidArgumentError("prompt: must not be empty");
@@ -320,7 +303,7 @@ absl::StatusOr<std::vector<std::vector<float>>> Engine::BatchLogits(
 }
 
 void Engine::DisconnectExpertShardForTest(int shard) {
-  hub_.Disconnect(kFirstExpertPeerId + shard);
+  if (embedded_experts_ != nullptr) embedded_experts_->DisconnectShardForTest(shard);
 }
 
 absl::StatusOr<std::vector<float>> Engine::PromptLogits(const std::vector<int32_t>& prompt) {

@@ -16,15 +16,14 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/engine/attention_block.h"
+#include "common/engine/embedded_experts.h"
 #include "common/engine/expert_block.h"
-#include "common/engine/expert_server.h"
 #include "common/engine/kv_cache.h"
 #include "common/engine/sampler.h"
 #include "common/engine/scheduler.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
 #include "common/model/weights.h"
-#include "common/transport/loopback/loopback_transport.h"
 
 namespace moe::engine {
 
@@ -77,8 +76,8 @@ struct StepStats {
 
 class Engine {
  public:
-  // Embedded mode: loads the model from `model_dir` and serves its experts in-process through
-  // `num_expert_shards` ExpertServers over a loopback transport.
+  // Embedded mode: loads the model from `model_dir` and serves its experts in-process as
+  // `num_expert_shards` EmbeddedExperts shards (ignored for a dense model).
   static absl::StatusOr<std::unique_ptr<Engine>> CreateEmbedded(const std::string& model_dir,
                                                                 const EngineOptions& options,
                                                                 int num_expert_shards = 1);
@@ -108,7 +107,7 @@ class Engine {
   absl::StatusOr<std::vector<std::vector<float>>> BatchLogits(
       const std::vector<std::vector<int32_t>>& prompts);
 
-  // Test hook: makes expert shard `shard` unreachable, as if its worker died.
+  // Test hook (embedded mode only): makes expert shard `shard` unreachable, as if its worker died.
   void DisconnectExpertShardForTest(int shard);
 
   const model::ModelConfig& config() const { return config_; }
@@ -124,7 +123,8 @@ class Engine {
 
   // For benchmarks and load reporting.
   const model::DenseWeights& dense_weights() const { return *dense_; }
-  const std::vector<std::unique_ptr<ExpertBlock>>& expert_blocks() const { return expert_blocks_; }
+  // Embedded mode's experts; nullptr for a cluster attention worker or a dense model.
+  const EmbeddedExperts* embedded_experts() const { return embedded_experts_.get(); }
 
  private:
   struct Sequence {
@@ -152,12 +152,11 @@ class Engine {
   EngineOptions options_;
   int64_t max_model_len_ = 0;
 
-  // Embedded-mode parts (declaration order = reverse destruction order).
+  // Declaration order = reverse destruction order: the weights view the checkpoint, the embedded
+  // experts view the checkpoint, the dispatcher sends from an embedded-experts endpoint.
   std::unique_ptr<model::Checkpoint> checkpoint_;
   std::unique_ptr<model::DenseWeights> dense_;
-  transport::LoopbackHub hub_;
-  std::vector<std::unique_ptr<ExpertBlock>> expert_blocks_;
-  std::vector<std::unique_ptr<ExpertServer>> expert_servers_;
+  std::unique_ptr<EmbeddedExperts> embedded_experts_;
   std::unique_ptr<MoeDispatcher> dispatcher_;
 
   std::unique_ptr<KvCache> kv_cache_;

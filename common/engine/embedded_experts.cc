@@ -1,0 +1,43 @@
+#include "common/engine/embedded_experts.h"
+
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/model/weights.h"
+#include "common/status/status_macros.h"
+
+namespace moe::engine {
+
+absl::StatusOr<std::unique_ptr<EmbeddedExperts>> EmbeddedExperts::Create(const model::Checkpoint& checkpoint,
+                                                                         const model::ModelConfig& config,
+                                                                         int num_shards) {
+  if (!config.IsMoe()) return absl::InvalidArgumentError("the model has no experts to embed");
+  if (num_shards < 1 || num_shards > config.num_experts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_expert_shards must be in [1, ", config.num_experts, "], got ", num_shards));
+  }
+  std::vector<int32_t> peers;
+  for (int w = 0; w < num_shards; ++w) peers.push_back(kFirstExpertPeerId + w);
+  std::unique_ptr<EmbeddedExperts> experts(
+      new EmbeddedExperts(ExpertPlacement(config.num_experts, std::move(peers))));
+  for (int w = 0; w < num_shards; ++w) {
+    const ExpertRange range = experts->placement_.range(w);
+    ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(checkpoint, config, range.first, range.count));
+    model::PrefaultWeights(*shard);
+    experts->blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
+    experts->servers_.push_back(std::make_unique<ExpertServer>(
+        experts->blocks_.back().get(), experts->hub_.Endpoint(experts->placement_.peer(w))));
+    experts->servers_.back()->Start();
+  }
+  return experts;
+}
+
+EmbeddedExperts::~EmbeddedExperts() {
+  for (auto& server : servers_) server->Stop();
+}
+
+void EmbeddedExperts::DisconnectShardForTest(int shard) {
+  hub_.Disconnect(kFirstExpertPeerId + shard);
+}
+
+}  // namespace moe::engine

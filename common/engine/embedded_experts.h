@@ -1,0 +1,66 @@
+// Embedded mode's expert side: the model's experts split into contiguous shards (as the cluster's
+// expert workers would hold them), each served in-process by an ExpertServer on its own thread over
+// a LoopbackHub. The engine reaches them through attention_endpoint() and placement() exactly as a
+// cluster attention worker reaches its expert workers, so embedded mode runs the same data-plane
+// code (dispatch, combine, timeouts) as a cluster.
+//
+// Thread safety: Create and the destructor must not race with other calls; the accessors and
+// DisconnectShardForTest may be called from any thread.
+#ifndef MOE_COMMON_ENGINE_EMBEDDED_EXPERTS_H_
+#define MOE_COMMON_ENGINE_EMBEDDED_EXPERTS_H_
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/engine/expert_block.h"
+#include "common/engine/expert_placement.h"
+#include "common/engine/expert_server.h"
+#include "common/model/checkpoint.h"
+#include "common/model/config.h"
+#include "common/transport/loopback/loopback_transport.h"
+
+namespace moe::engine {
+
+class EmbeddedExperts {
+ public:
+  // The data-plane peer id of the engine's own endpoint (attention worker 0).
+  static constexpr int32_t kAttentionPeer = 0;
+
+  // Loads `num_shards` expert shards of `config`'s MoE layers from `checkpoint` (not owned: the
+  // weights view its memory, so it must outlive the returned object), prefaults them and starts one
+  // server per shard. INVALID_ARGUMENT unless `config` is an MoE model and num_shards is in
+  // [1, num_experts]; the checkpoint's errors (NOT_FOUND, INVALID_ARGUMENT) naming a tensor.
+  static absl::StatusOr<std::unique_ptr<EmbeddedExperts>> Create(const model::Checkpoint& checkpoint,
+                                                                 const model::ModelConfig& config,
+                                                                 int num_shards);
+  // Stops every server (joining its thread) before the blocks and the hub go away.
+  ~EmbeddedExperts();
+  EmbeddedExperts(const EmbeddedExperts&) = delete;
+  EmbeddedExperts& operator=(const EmbeddedExperts&) = delete;
+
+  // The endpoint the engine's MoeDispatcher sends dispatches from (peer kAttentionPeer); owned by
+  // this object.
+  transport::ActivationTransport* attention_endpoint() { return hub_.Endpoint(kAttentionPeer); }
+  // Shard w is served at peer kFirstExpertPeerId + w.
+  const ExpertPlacement& placement() const { return placement_; }
+  // One block per shard, in shard order (for benchmarks and load reporting).
+  const std::vector<std::unique_ptr<ExpertBlock>>& blocks() const { return blocks_; }
+
+  // Makes shard `shard` unreachable, as if its worker died: later dispatches to it fail with
+  // UNAVAILABLE.
+  void DisconnectShardForTest(int shard);
+
+ private:
+  explicit EmbeddedExperts(ExpertPlacement placement) : placement_(std::move(placement)) {}
+
+  ExpertPlacement placement_;
+  // Declaration order is the reverse of destruction: servers stop before their blocks and endpoints.
+  transport::LoopbackHub hub_;
+  std::vector<std::unique_ptr<ExpertBlock>> blocks_;
+  std::vector<std::unique_ptr<ExpertServer>> servers_;
+};
+
+}  // namespace moe::engine
+
+#endif  // MOE_COMMON_ENGINE_EMBEDDED_EXPERTS_H_

@@ -1,0 +1,101 @@
+#include "common/engine/embedded_experts.h"
+
+#include <memory>
+#include <string>
+
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/util/test_models.h"
+
+namespace moe::engine {
+namespace {
+
+struct Loaded {
+  model::ModelConfig config;
+  std::unique_ptr<model::Checkpoint> checkpoint;
+};
+
+Loaded Load(const std::string& preset) {
+  const std::string dir = moe::testing::TestModelDir(preset, "bf16");
+  Loaded loaded;
+  auto config = model::ModelConfig::FromFile(dir + "/config.json");
+  EXPECT_TRUE(config.ok()) << config.status();
+  if (config.ok()) loaded.config = *config;
+  auto checkpoint = model::Checkpoint::Open(dir);
+  EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+  if (checkpoint.ok()) loaded.checkpoint = *std::move(checkpoint);
+  return loaded;
+}
+
+TEST(EmbeddedExpertsTest, SplitsTheExpertsIntoContiguousShardsAtConsecutivePeers) {
+  Loaded tiny = Load("tiny");
+  ASSERT_NE(tiny.checkpoint, nullptr);
+  auto experts = EmbeddedExperts::Create(*tiny.checkpoint, tiny.config, 3);
+  ASSERT_TRUE(experts.ok()) << experts.status();
+  const ExpertPlacement& placement = (*experts)->placement();
+  EXPECT_EQ(placement.num_experts(), tiny.config.num_experts);
+  ASSERT_EQ(placement.num_workers(), 3);
+  ASSERT_EQ((*experts)->blocks().size(), 3u);
+  int64_t next = 0;
+  for (int w = 0; w < 3; ++w) {
+    EXPECT_EQ(placement.peer(w), kFirstExpertPeerId + w);
+    EXPECT_EQ((*experts)->blocks()[w]->first_expert(), next);
+    EXPECT_EQ((*experts)->blocks()[w]->num_experts(), placement.range(w).count);
+    next += placement.range(w).count;
+  }
+  EXPECT_EQ(next, tiny.config.num_experts);
+  EXPECT_EQ((*experts)->attention_endpoint()->self(), EmbeddedExperts::kAttentionPeer);
+}
+
+TEST(EmbeddedExpertsTest, EveryShardAnswersADispatchWithACombineOfTheSameRound) {
+  Loaded tiny = Load("tiny");
+  ASSERT_NE(tiny.checkpoint, nullptr);
+  auto experts = EmbeddedExperts::Create(*tiny.checkpoint, tiny.config, 2);
+  ASSERT_TRUE(experts.ok()) << experts.status();
+  transport::ActivationTransport* endpoint = (*experts)->attention_endpoint();
+  for (int w = 0; w < 2; ++w) {
+    // An empty payload is a malformed dispatch: the server still answers (with an empty combine),
+    // so this checks that each shard's serving thread runs and replies to the sender's round.
+    const transport::MessageTag dispatch{transport::MessageKind::kDispatch, 7, 1, 0,
+                                         EmbeddedExperts::kAttentionPeer};
+    ASSERT_TRUE(endpoint->Send((*experts)->placement().peer(w), dispatch, {}).ok());
+    const transport::MessageTag combine{transport::MessageKind::kCombine, 7, 1, 0, kFirstExpertPeerId + w};
+    auto reply = endpoint->ReceiveTagged(combine, absl::Now() + absl::Seconds(30));
+    ASSERT_TRUE(reply.ok()) << reply.status();
+    EXPECT_EQ(reply->tag, combine);
+  }
+}
+
+TEST(EmbeddedExpertsTest, ADisconnectedShardRefusesSendsWithUnavailable) {
+  Loaded tiny = Load("tiny");
+  ASSERT_NE(tiny.checkpoint, nullptr);
+  auto experts = EmbeddedExperts::Create(*tiny.checkpoint, tiny.config, 2);
+  ASSERT_TRUE(experts.ok()) << experts.status();
+  (*experts)->DisconnectShardForTest(1);
+  const transport::MessageTag dispatch{transport::MessageKind::kDispatch, 1, 0, 0,
+                                       EmbeddedExperts::kAttentionPeer};
+  EXPECT_TRUE((*experts)->attention_endpoint()->Send(kFirstExpertPeerId + 0, dispatch, {}).ok());
+  EXPECT_EQ((*experts)->attention_endpoint()->Send(kFirstExpertPeerId + 1, dispatch, {}).code(),
+            absl::StatusCode::kUnavailable);
+}
+
+TEST(EmbeddedExpertsTest, RejectsShardCountsOutsideOneToTheNumberOfExperts) {
+  Loaded tiny = Load("tiny");
+  ASSERT_NE(tiny.checkpoint, nullptr);
+  for (int shards : {0, -1, static_cast<int>(tiny.config.num_experts) + 1}) {
+    auto experts = EmbeddedExperts::Create(*tiny.checkpoint, tiny.config, shards);
+    EXPECT_EQ(experts.status().code(), absl::StatusCode::kInvalidArgument) << shards;
+  }
+  EXPECT_TRUE(
+      EmbeddedExperts::Create(*tiny.checkpoint, tiny.config, static_cast<int>(tiny.config.num_experts)).ok());
+}
+
+TEST(EmbeddedExpertsTest, RejectsADenseModel) {
+  Loaded dense = Load("dense-tiny");
+  ASSERT_NE(dense.checkpoint, nullptr);
+  auto experts = EmbeddedExperts::Create(*dense.checkpoint, dense.config, 1);
+  EXPECT_EQ(experts.status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace moe::engine
