@@ -43,7 +43,7 @@ const char* FinishReasonName(FinishReason reason);
 struct GenerationRequest {
   std::string id;
   std::vector<int32_t> prompt;
-  SamplingParams sampling;
+  request::SamplingParams sampling;
   int64_t max_new_tokens = 16;
   int64_t min_new_tokens = 0;
   std::vector<int32_t> stop_token_ids;  // in addition to generation_config's eos (unless ignore_eos)

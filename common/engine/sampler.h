@@ -6,44 +6,12 @@
 #define MOE_COMMON_ENGINE_SAMPLER_H_
 
 #include <cstdint>
-#include <optional>
 #include <span>
 #include <vector>
 
-#include "absl/status/status.h"
-#include "absl/status/statusor.h"
-#include "common/model/config.h"
+#include "common/request/sampling_params.h"
 
 namespace moe::engine {
-
-// Resolved sampling parameters of one request. Use Resolve() to fill unset fields from the
-// model's generation_config.
-struct SamplingParams {
-  double temperature = 1.0;         // 0 means greedy
-  int64_t top_k = 0;                // 0 or -1: disabled
-  double top_p = 1.0;               // (0, 1]
-  double min_p = 0.0;               // [0, 1]; 0 disabled
-  double repetition_penalty = 1.0;  // > 0
-  uint64_t seed = 0;
-  bool greedy() const { return temperature == 0.0; }
-};
-
-// Optional overrides from a request; unset fields take the generation_config defaults. If the
-// generation_config has do_sample=false, the default temperature is 0 (greedy).
-struct SamplingOverrides {
-  std::optional<double> temperature;
-  std::optional<int64_t> top_k;
-  std::optional<double> top_p;
-  std::optional<double> min_p;
-  std::optional<double> repetition_penalty;
-  std::optional<uint64_t> seed;
-};
-// INVALID_ARGUMENT naming the field for: temperature < 0, NaN or infinite, top_p outside (0, 1],
-// top_k < -1, min_p outside [0, 1], repetition_penalty <= 0, NaN or infinite. The checks apply to
-// the resolved values, so an invalid generation_config default is reported the same way. An unset
-// seed resolves to 0 (callers wanting fresh randomness per request pass their own).
-absl::StatusOr<SamplingParams> ResolveSamplingParams(const SamplingOverrides& overrides,
-                                                     const model::GenerationConfig& defaults);
 
 struct SampleResult {
   int32_t token_id = 0;
@@ -68,7 +36,7 @@ class Sampler {
   // after the processors gives the lowest id among the best penalized scores (token 0 if all are
   // -inf). logprob is -inf (never NaN) when the raw row has no finite maximum at token_id.
   static SampleResult Sample(std::span<const float> logits, std::span<const int32_t> context,
-                             const SamplingParams& params, uint64_t step);
+                             const request::SamplingParams& params, uint64_t step);
 
   // transformers' `logits_processor(input_ids, scores)` output: [vocab] fp32 scores after the
   // repetition penalty and, when sampling, temperature, top-k, top-p and min-p; filtered tokens are
@@ -78,12 +46,12 @@ class Sampler {
   // boundary the lower id is removed first); transformers uses torch's unstable sort, whose order
   // of equal scores is implementation-defined.
   static std::vector<float> ProcessLogits(std::span<const float> logits, std::span<const int32_t> context,
-                                          const SamplingParams& params);
+                                          const request::SamplingParams& params);
 
   // softmax(ProcessLogits(...)): the [vocab] fp32 distribution Sample() draws from when sampling
   // (0 for filtered tokens). For greedy params, 1 at the greedy token and 0 elsewhere.
   static std::vector<float> Probabilities(std::span<const float> logits, std::span<const int32_t> context,
-                                          const SamplingParams& params);
+                                          const request::SamplingParams& params);
 
   // The uniform double in [0, 1) that keys the draw of (seed, step); the exact formula is
   // documented in sampler.cc and is part of the reproducibility contract (version-stable).

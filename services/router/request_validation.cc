@@ -4,7 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "common/engine/sampler.h"
+#include "common/request/sampling_params.h"
 #include "common/status/status_macros.h"
 #include "common/tokenizer/utf8.h"
 
@@ -135,14 +135,15 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
 
   // Sampling.
   const moe::v1::SamplingParams& s = request.sampling();
-  engine::SamplingOverrides overrides;
+  moe::request::SamplingOverrides overrides;
   if (s.has_temperature()) overrides.temperature = s.temperature();
   if (s.has_top_p()) overrides.top_p = s.top_p();
   if (s.has_top_k()) overrides.top_k = s.top_k();
   if (s.has_min_p()) overrides.min_p = s.min_p();
   if (s.has_repetition_penalty()) overrides.repetition_penalty = s.repetition_penalty();
   if (s.has_seed()) overrides.seed = s.seed();
-  absl::StatusOr<engine::SamplingParams> params = engine::ResolveSamplingParams(overrides, model.generation);
+  absl::StatusOr<moe::request::SamplingParams> params =
+      moe::request::ResolveSamplingParams(overrides, model.generation);
   if (!params.ok()) return SamplingError(params.status());
 
   if (s.has_max_new_tokens()) {

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/engine/engine.h"
+#include "common/request/sampling_params.h"
 #include "common/tokenizer/chat_template.h"
 #include "common/tokenizer/incremental_detokenizer.h"
 #include "common/tokenizer/tokenizer.h"
@@ -93,9 +94,9 @@ void Run(const GenerateFlags& flags) {
                                                flags.engine.expert_shards);
   if (!engine.ok()) Fail("generate", engine.status().ToString());
 
-  engine::SamplingOverrides overrides{flags.temperature,        flags.top_k, flags.top_p, flags.min_p,
-                                      flags.repetition_penalty, flags.seed};
-  auto sampling = engine::ResolveSamplingParams(overrides, (*engine)->generation_config());
+  request::SamplingOverrides overrides{flags.temperature,        flags.top_k, flags.top_p, flags.min_p,
+                                       flags.repetition_penalty, flags.seed};
+  auto sampling = request::ResolveSamplingParams(overrides, (*engine)->generation_config());
   if (!sampling.ok()) Fail("generate", sampling.status().ToString());
 
   engine::GenerationRequest request;
