@@ -9,7 +9,7 @@
 // agree within kToleranceUlps ulps of the largest |logit|, and the whole vector in relative L2 to
 // kMaxRelL2Error. Argmax and greedy tokens must be identical wherever the reference's decision is
 // numerically determined, i.e. its top-2 gap exceeds twice the tolerance (the tiny preset's
-// planted successor, common/model/make_model.h, makes that nearly every step); at a near-tie the
+// planted successor, common/model_maker/make_model.h, makes that nearly every step); at a near-tie the
 // engine's choice must score within the tolerance of the reference's, and the continuation
 // comparison stops there because the two sides may then legitimately continue differently.
 #include <cmath>

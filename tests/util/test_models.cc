@@ -7,7 +7,7 @@
 #include <mutex>
 #include <vector>
 
-#include "common/model/make_model.h"
+#include "common/model_maker/make_model.h"
 
 namespace moe::testing {
 namespace {
@@ -52,12 +52,12 @@ const std::string& TestModelDir(const std::string& preset, const std::string& dt
     if (it != dirs->end()) return it->second;
   }
   const std::string dir = MakeTempDir("moe-model-" + preset + "-" + dtype) + "/model";
-  model::MakeModelOptions options;
+  model_maker::MakeModelOptions options;
   options.preset = preset;
   options.out_dir = dir;
   options.dtype = dtype;
   options.seed = 0;
-  const absl::Status status = model::MakeModel(options);
+  const absl::Status status = model_maker::MakeModel(options);
   if (!status.ok()) {
     std::cerr << "make-model " << key << " failed: " << status << std::endl;
     std::abort();

@@ -1,5 +1,5 @@
 // Generated models for tests: made once per test process into a temporary directory with
-// `moectl make-model`'s library (common/model/make_model.h) and removed at exit.
+// `moectl make-model`'s library (common/model_maker/make_model.h) and removed at exit.
 #ifndef MOE_TESTS_UTIL_TEST_MODELS_H_
 #define MOE_TESTS_UTIL_TEST_MODELS_H_
 

@@ -4,17 +4,17 @@
 #include <string>
 
 #include "absl/strings/str_join.h"
-#include "common/model/make_model.h"
+#include "common/model_maker/make_model.h"
 #include "tools/moectl/commands.h"
 
 namespace moe::moectl {
 
 void RegisterMakeModelCommand(CLI::App& app) {
-  auto options = std::make_shared<model::MakeModelOptions>();
+  auto options = std::make_shared<model_maker::MakeModelOptions>();
   CLI::App* cmd = app.add_subcommand(
       "make-model",
       "Write a Hugging Face model directory with random weights of the real Qwen3-MoE architecture");
-  cmd->add_option("--preset", options->preset, "Preset: " + absl::StrJoin(model::PresetNames(), ", "))
+  cmd->add_option("--preset", options->preset, "Preset: " + absl::StrJoin(model_maker::PresetNames(), ", "))
       ->required();
   cmd->add_option("--out", options->out_dir, "Output directory (created; must be empty unless --force)")
       ->required();
@@ -26,7 +26,7 @@ void RegisterMakeModelCommand(CLI::App& app) {
   cmd->add_flag("--force", options->force, "Write into a non-empty --out directory");
   cmd->callback([options] {
     const auto start = std::chrono::steady_clock::now();
-    absl::Status status = model::MakeModel(*options);
+    absl::Status status = model_maker::MakeModel(*options);
     if (!status.ok()) Fail("make-model", std::string(status.message()));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::cerr << "moectl make-model: wrote " << options->preset << " (" << options->dtype << ") to "

@@ -36,8 +36,8 @@
 // q/k/v/o and expert/dense-MLP linears are the FP8 quantisation of those same bf16 values, per
 // 128x128 block as transformers' quantizer does: scale = 448 / amax_block,
 // q = e4m3(clamp(w * scale)), weight_scale_inv = 1 / scale (F32); everything else stays BF16.
-#ifndef MOE_COMMON_MODEL_MAKE_MODEL_H_
-#define MOE_COMMON_MODEL_MAKE_MODEL_H_
+#ifndef MOE_COMMON_MODEL_MAKER_MAKE_MODEL_H_
+#define MOE_COMMON_MODEL_MAKER_MAKE_MODEL_H_
 
 #include <cstdint>
 #include <string>
@@ -46,7 +46,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
-namespace moe::model {
+namespace moe::model_maker {
 
 // Shards are cut when the model exceeds this many bytes (5 GB, as Hugging Face's default max_shard_size).
 inline constexpr int64_t kDefaultMaxShardBytes = 5'000'000'000;
@@ -79,6 +79,6 @@ absl::StatusOr<std::string> PresetConfigJson(const std::string& preset);
 // empty and force is false. Thread-safe with respect to other calls on different directories.
 absl::Status MakeModel(const MakeModelOptions& options);
 
-}  // namespace moe::model
+}  // namespace moe::model_maker
 
-#endif  // MOE_COMMON_MODEL_MAKE_MODEL_H_
+#endif  // MOE_COMMON_MODEL_MAKER_MAKE_MODEL_H_

@@ -12,14 +12,14 @@
 //                         mean 0, variance 1 (up to 2^-32), bounded by |z| < 2*sqrt(3).
 //   value                 mean + std * z in float32 (compiled with -ffp-contract=off).
 // Element i of a [rows, cols] tensor is row-major index r * cols + c.
-#ifndef MOE_COMMON_MODEL_WEIGHT_INIT_H_
-#define MOE_COMMON_MODEL_WEIGHT_INIT_H_
+#ifndef MOE_COMMON_MODEL_MAKER_WEIGHT_INIT_H_
+#define MOE_COMMON_MODEL_MAKER_WEIGHT_INIT_H_
 
 #include <cstdint>
 #include <functional>
 #include <string_view>
 
-namespace moe::model {
+namespace moe::model_maker {
 
 uint64_t SplitMix64Mix(uint64_t z);
 uint64_t Fnv1a64(std::string_view bytes);
@@ -33,6 +33,6 @@ void FillNormal(uint64_t key, uint64_t first, int64_t n, float mean, float std, 
 // (0 = all cores). Chunks are at least `min_chunk` long; runs inline when one chunk suffices.
 void ParallelFor(int64_t n, int64_t min_chunk, int threads, const std::function<void(int64_t, int64_t)>& fn);
 
-}  // namespace moe::model
+}  // namespace moe::model_maker
 
-#endif  // MOE_COMMON_MODEL_WEIGHT_INIT_H_
+#endif  // MOE_COMMON_MODEL_MAKER_WEIGHT_INIT_H_

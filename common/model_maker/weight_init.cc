@@ -1,10 +1,10 @@
-#include "common/model/weight_init.h"
+#include "common/model_maker/weight_init.h"
 
 #include <algorithm>
 #include <thread>
 #include <vector>
 
-namespace moe::model {
+namespace moe::model_maker {
 namespace {
 constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
 // sqrt(3) / 65536 rounded to float: scales the centred sum of four 16-bit lanes to unit variance.
@@ -64,4 +64,4 @@ void ParallelFor(int64_t n, int64_t min_chunk, int threads, const std::function<
   for (std::thread& t : workers) t.join();
 }
 
-}  // namespace moe::model
+}  // namespace moe::model_maker

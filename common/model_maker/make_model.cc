@@ -1,4 +1,4 @@
-#include "common/model/make_model.h"
+#include "common/model_maker/make_model.h"
 
 #include <algorithm>
 #include <cmath>
@@ -14,7 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "common/model/config.h"
 #include "common/model/safetensors.h"
-#include "common/model/weight_init.h"
+#include "common/model_maker/weight_init.h"
 #include "common/status/status_macros.h"
 #include "common/tensor/bf16.h"
 #include "common/tensor/fp8.h"
@@ -22,7 +22,12 @@
 #include "common/tokenizer/qwen3_tokenizer_files.h"
 #include "nlohmann/json.hpp"
 
-namespace moe::model {
+namespace moe::model_maker {
+
+using model::ModelConfig;
+using model::TensorToWrite;
+using model::WriteSafetensors;
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -387,4 +392,4 @@ absl::Status MakeModel(const MakeModelOptions& options) {
   return WriteText(dir / "model.safetensors.index.json", index.dump(2) + "\n");
 }
 
-}  // namespace moe::model
+}  // namespace moe::model_maker

@@ -1,4 +1,4 @@
-#include "common/model/make_model.h"
+#include "common/model_maker/make_model.h"
 
 #include <cmath>
 #include <filesystem>
@@ -6,8 +6,8 @@
 
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
-#include "common/model/weight_init.h"
 #include "common/model/weights.h"
+#include "common/model_maker/weight_init.h"
 #include "common/tensor/bf16.h"
 #include "common/tensor/fp8.h"
 #include "gmock/gmock.h"
@@ -15,12 +15,17 @@
 #include "nlohmann/json.hpp"
 #include "tests/common/model/test_util.h"
 
-namespace moe::model {
+namespace moe::model_maker {
 namespace {
 
+using model::Checkpoint;
+using model::DenseWeights;
+using model::ExpertShardWeights;
+using model::GenerationConfig;
+using model::ModelConfig;
+using model::testing::ReadFileBytes;
+using model::testing::TempDir;
 using ::testing::HasSubstr;
-using testing::ReadFileBytes;
-using testing::TempDir;
 
 MakeModelOptions Options(const std::string& dir, const std::string& preset = "tiny") {
   MakeModelOptions o;
@@ -248,4 +253,4 @@ TEST(MakeModelTest, BenchPresetsHaveTheRealShapes) {
 }
 
 }  // namespace
-}  // namespace moe::model
+}  // namespace moe::model_maker

@@ -4,10 +4,10 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
-#include "common/model/make_model.h"
+#include "common/model_maker/make_model.h"
 #include "nlohmann/json.hpp"
 
-namespace moe::model {
+namespace moe::model_maker {
 namespace {
 
 using nlohmann::json;
@@ -99,4 +99,4 @@ absl::StatusOr<std::string> PresetConfigJson(const std::string& preset) {
   return c.dump(2) + "\n";
 }
 
-}  // namespace moe::model
+}  // namespace moe::model_maker
