@@ -11,21 +11,21 @@
 
 namespace moe::router {
 
-// A request as the scheduler sees it. Implemented by the Generate call.
+// A request as the attention worker pool sees it. Implemented by the Generate call.
 class PendingRequest {
  public:
   virtual ~PendingRequest() = default;
   // Prompt + max_new_tokens: the KV capacity the request may need.
   virtual int64_t max_tokens() const = 0;
   virtual absl::Time deadline() const = 0;
-  // Placed on attention worker `worker` (called once, without scheduler locks held). Returns false
-  // if the request was cancelled meanwhile; the scheduler then drops the placement.
+  // Placed on attention worker `worker` (called once, without the pool's lock held). Returns false
+  // if the request was cancelled meanwhile; the pool then drops the placement.
   virtual bool OnPlaced(size_t worker) = 0;
   // Its deadline passed while it waited (called once, instead of OnPlaced).
   virtual void OnExpired() = 0;
 };
 
-// Not thread-safe (the scheduler locks around it).
+// Not thread-safe (the attention worker pool locks around it).
 class AdmissionQueue {
  public:
   explicit AdmissionQueue(size_t max_size) : max_size_(max_size) {}

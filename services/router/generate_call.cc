@@ -51,7 +51,7 @@ GenerateCall::GenerateCall(GenerateService* service, grpc::CallbackServerContext
                                                   prepared_.stop);
       std::string reason;
       // No gRPC callback delivers until mu_ is released, so queued_ is set before OnCancel runs.
-      absl::Status admitted = service_->scheduler().Submit(
+      absl::Status admitted = service_->worker_pool().Submit(
           std::shared_ptr<PendingRequest>(this, [](PendingRequest*) {}), &reason);
       if (!admitted.ok()) {
         const grpc::Status status = rpc::ToGrpcStatus(admitted);
@@ -127,7 +127,7 @@ bool GenerateCall::OnPlaced(size_t worker) {
       service_->metrics().queue_time().Observe(absl::ToDoubleSeconds(placed_at_ - arrival_));
       service_->metrics().running().Increment();
       worker_done_ = false;
-      worker_call_ = std::make_unique<WorkerCall>(service_->scheduler().worker(worker).stub(),
+      worker_call_ = std::make_unique<WorkerCall>(service_->worker_pool().worker(worker).stub(),
                                                   prepared_.worker_request, deadline_, this);
       actions.start_worker = true;
     }
@@ -168,7 +168,7 @@ void GenerateCall::OnCancel() {
       MaybeFinish(&actions);
     }
   }
-  if (unqueue && service_->scheduler().Cancel(this)) {
+  if (unqueue && service_->worker_pool().Cancel(this)) {
     // Removed before placement: nobody else will touch this call.
     absl::MutexLock lock(&mu_);
     queued_ = false;
@@ -249,7 +249,7 @@ void GenerateCall::OnWorkerMessage(const moe::v1::AttentionGenerateResponse& mes
         Decide(
             grpc::Status(
                 grpc::StatusCode::UNAVAILABLE,
-                absl::StrCat("attention worker ", service_->scheduler().worker(worker_index_).address(),
+                absl::StrCat("attention worker ", service_->worker_pool().worker(worker_index_).address(),
                              " failed the request: ", message.error().empty() ? "aborted" : message.error())),
             "error");
         out.clear_tokens();  // the partial text of a failed request is not sent
@@ -298,7 +298,7 @@ void GenerateCall::OnWorkerDone(const grpc::Status& status) {
     worker_done_ = true;
     if (!decided_.has_value()) {
       const std::string where =
-          absl::StrCat("attention worker ", service_->scheduler().worker(worker_index_).address());
+          absl::StrCat("attention worker ", service_->worker_pool().worker(worker_index_).address());
       if (cancelled_) {
         DecideCancelled();
       } else if (status.ok()) {

@@ -1,7 +1,7 @@
-// One Generate call: the server stream to the client, its place in the scheduler and its call to
-// an attention worker. See generate_service.h for the flow.
+// One Generate call: the server stream to the client, its place in the attention worker pool and
+// its call to an attention worker. See generate_service.h for the flow.
 //
-// Threading: gRPC callbacks (OnCancel, OnWriteDone, worker messages) and the scheduler thread
+// Threading: gRPC callbacks (OnCancel, OnWriteDone, worker messages) and the pool thread
 // (OnPlaced, OnExpired) run concurrently; state is under mu_. gRPC operations are started only
 // after mu_ is released, and Finish() is always the last thing a handler does, because OnDone
 // (which deletes the call) may follow it at once.

@@ -8,10 +8,10 @@
 
 namespace moe::router {
 
-GenerateService::GenerateService(const ServedModel* model, Scheduler* scheduler, RouterMetrics* metrics,
-                                 RequestLimits limits, int num_expert_workers)
+GenerateService::GenerateService(const ServedModel* model, AttentionWorkerPool* worker_pool,
+                                 RouterMetrics* metrics, RequestLimits limits, int num_expert_workers)
     : model_(model),
-      scheduler_(scheduler),
+      worker_pool_(worker_pool),
       metrics_(metrics),
       limits_(limits),
       num_expert_workers_(num_expert_workers) {}
@@ -37,7 +37,7 @@ grpc::ServerUnaryReactor* GenerateService::GetModelInfo(grpc::CallbackServerCont
   response->set_num_experts_per_token(static_cast<int32_t>(c.num_experts_per_tok));
   response->set_num_layers(static_cast<int32_t>(c.num_hidden_layers));
   response->set_weight_dtype(model_->weight_dtype());
-  response->set_num_attention_workers(static_cast<int32_t>(scheduler_->num_workers()));
+  response->set_num_attention_workers(static_cast<int32_t>(worker_pool_->num_workers()));
   response->set_num_expert_workers(num_expert_workers_);
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);

@@ -1,14 +1,13 @@
 // moe.v1.Generation on gRPC's callback API: Generate (a ServerWriteReactor per call), GetModelInfo
 // and Tokenize (unary reactors).
 //
-// A Generate call: validate (INVALID_ARGUMENT naming the field) -> admission (Scheduler::Submit;
-// RESOURCE_EXHAUSTED when the queue is full) -> placement (OnPlaced) -> a WorkerCall to the chosen
-// attention worker, whose tokens go through an OutputProcessor (detokenize, think split, stop
-// strings) to the client, one client message per worker message (the next worker message is read
-// only after the client took the previous one). The last message has `finished`, the finish
-// reason, usage and timings. Client cancel and deadline cancel the worker call (the worker call also
-// carries the client's deadline); a failing worker ends the stream with its status (UNAVAILABLE
-// for a lost worker).
+// A Generate call: validate (INVALID_ARGUMENT naming the field) -> admission (AttentionWorkerPool::Submit;
+// RESOURCE_EXHAUSTED when the queue is full) -> placement (OnPlaced) -> a WorkerCall to the chosen attention
+// worker, whose tokens go through an OutputProcessor (detokenize, think split, stop strings) to the client,
+// one client message per worker message (the next worker message is read only after the client took the
+// previous one). The last message has `finished`, the finish reason, usage and timings. Client cancel and
+// deadline cancel the worker call (the worker call also carries the client's deadline); a failing worker ends
+// the stream with its status (UNAVAILABLE for a lost worker).
 #ifndef MOE_SERVICES_ROUTER_GENERATE_SERVICE_H_
 #define MOE_SERVICES_ROUTER_GENERATE_SERVICE_H_
 
@@ -17,17 +16,17 @@
 
 #include "grpcpp/grpcpp.h"
 #include "moe/v1/generate.grpc.pb.h"
+#include "services/router/attention_worker_pool.h"
 #include "services/router/request_validation.h"
 #include "services/router/router_metrics.h"
-#include "services/router/scheduler.h"
 #include "services/router/served_model.h"
 
 namespace moe::router {
 
-// Thread-safe. `model`, `scheduler` and `metrics` must outlive the service and every call.
+// Thread-safe. `model`, `worker_pool` and `metrics` must outlive the service and every call.
 class GenerateService final : public moe::v1::Generation::CallbackService {
  public:
-  GenerateService(const ServedModel* model, Scheduler* scheduler, RouterMetrics* metrics,
+  GenerateService(const ServedModel* model, AttentionWorkerPool* worker_pool, RouterMetrics* metrics,
                   RequestLimits limits = {}, int num_expert_workers = 0);
 
   grpc::ServerWriteReactor<moe::v1::GenerateResponse>* Generate(
@@ -40,14 +39,14 @@ class GenerateService final : public moe::v1::Generation::CallbackService {
                                      moe::v1::TokenizeResponse* response) override;
 
   const ServedModel& model() const { return *model_; }
-  Scheduler& scheduler() { return *scheduler_; }
+  AttentionWorkerPool& worker_pool() { return *worker_pool_; }
   RouterMetrics& metrics() { return *metrics_; }
   const RequestLimits& limits() const { return limits_; }
   std::string NextRequestId();
 
  private:
   const ServedModel* model_;
-  Scheduler* scheduler_;
+  AttentionWorkerPool* worker_pool_;
   RouterMetrics* metrics_;
   const RequestLimits limits_;
   const int num_expert_workers_;

@@ -9,10 +9,10 @@
 #include "common/metrics/metrics.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
+#include "services/router/attention_worker_pool.h"
 #include "services/router/generate_service.h"
 #include "services/router/request_validation.h"
 #include "services/router/router_metrics.h"
-#include "services/router/scheduler.h"
 #include "services/router/served_model.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory (only tokenizer and config are read)");
@@ -52,19 +52,19 @@ int main(int argc, char** argv) {
   auto model = moe::router::ServedModel::Load(absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_model_name));
   if (!model.ok()) return service->Fail(model.status());
 
-  moe::router::SchedulerOptions options;
+  moe::router::AttentionWorkerPoolOptions options;
   options.max_queued_requests = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_requests));
   options.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_load_poll_ms));
   const int num_experts = static_cast<int>(experts.size());
-  moe::router::Scheduler scheduler(*attention, std::move(experts), options, &metrics);
-  moe::router::GenerateService generate(model->get(), &scheduler, &metrics, moe::router::RequestLimits{},
+  moe::router::AttentionWorkerPool worker_pool(*attention, std::move(experts), options, &metrics);
+  moe::router::GenerateService generate(model->get(), &worker_pool, &metrics, moe::router::RequestLimits{},
                                         num_experts);
   if (absl::Status s = service->Serve({&generate}, moe::router::kMaxReceiveMessageBytes); !s.ok()) {
     return service->Fail(s);
   }
   service->SetStarted();
   moe::rpc::ServiceMain* main_service = service.get();
-  scheduler.Start([main_service](bool ready) {
+  worker_pool.Start([main_service](bool ready) {
     main_service->SetReady(ready);
     LOG(INFO) << (ready ? "ready" : "not ready (no attention worker is ready)");
   });
@@ -72,6 +72,6 @@ int main(int argc, char** argv) {
 
   service->WaitForTerminationSignal();
   service->server()->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_drain_seconds)));
-  scheduler.Stop();
+  worker_pool.Stop();
   return 0;
 }

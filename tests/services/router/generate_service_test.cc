@@ -92,16 +92,16 @@ class GenerateServiceTest : public ::testing::Test {
     worker_.script = *model_->tokenizer->Encode("Hello world peace and more");
     worker_server_ = *rpc::GrpcServer::Start("127.0.0.1:0", {&worker_});
     metrics_ = std::make_unique<RouterMetrics>(registry_);
-    SchedulerOptions options;
+    AttentionWorkerPoolOptions options;
     options.max_queued_requests = 1;
     options.poll_interval = absl::Milliseconds(20);
-    scheduler_ = std::make_unique<Scheduler>(
+    worker_pool_ = std::make_unique<AttentionWorkerPool>(
         std::vector<std::string>{"127.0.0.1:" + std::to_string(worker_server_->port())},
         std::vector<std::string>{}, options, metrics_.get());
-    service_ = std::make_unique<GenerateService>(model_.get(), scheduler_.get(), metrics_.get());
+    service_ = std::make_unique<GenerateService>(model_.get(), worker_pool_.get(), metrics_.get());
     router_ = *rpc::GrpcServer::Start("127.0.0.1:0", {service_.get()});
     absl::Notification ready;
-    scheduler_->Start([&ready, this](bool r) {
+    worker_pool_->Start([&ready, this](bool r) {
       if (r && !ready.HasBeenNotified()) ready.Notify();
     });
     ASSERT_TRUE(ready.WaitForNotificationWithTimeout(absl::Seconds(10)));
@@ -110,7 +110,7 @@ class GenerateServiceTest : public ::testing::Test {
   }
   void TearDown() override {
     router_->Shutdown(absl::Seconds(1));
-    scheduler_->Stop();
+    worker_pool_->Stop();
     worker_server_->Shutdown(absl::Seconds(1));
   }
 
@@ -146,7 +146,7 @@ class GenerateServiceTest : public ::testing::Test {
   std::unique_ptr<rpc::GrpcServer> worker_server_;
   prometheus::Registry registry_;
   std::unique_ptr<RouterMetrics> metrics_;
-  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<AttentionWorkerPool> worker_pool_;
   std::unique_ptr<GenerateService> service_;
   std::unique_ptr<rpc::GrpcServer> router_;
   std::unique_ptr<moe::v1::Generation::Stub> stub_;
@@ -216,8 +216,8 @@ TEST_F(GenerateServiceTest, FullQueueIsResourceExhaustedAndQueuedRequestTimesOut
   first_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   auto first = stub_->Generate(&first_context, Request(kNormal));
   const absl::Time until = absl::Now() + absl::Seconds(5);
-  while (scheduler_->queued() == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
-  ASSERT_EQ(scheduler_->queued(), 1u);
+  while (worker_pool_->queued() == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_EQ(worker_pool_->queued(), 1u);
   Result second = Generate(Request(kNormal));
   EXPECT_EQ(second.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   moe::v1::GenerateResponse m;

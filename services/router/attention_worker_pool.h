@@ -1,12 +1,13 @@
-// The scheduler: admission (bounded FIFO), load polling of the attention workers, placement on the
-// worker with the most free KV blocks, readiness and the membership/metrics.
+// The router's pool of attention workers: admission (bounded FIFO), load polling of the attention
+// workers (and health checks of the expert workers), placement on the worker with the most free KV
+// blocks, readiness and the membership metrics.
 //
-// One scheduler thread does all placement and calls PendingRequest::OnPlaced/OnExpired and the
+// One pool thread does all placement and calls PendingRequest::OnPlaced/OnExpired and the
 // readiness callback; load answers arrive on gRPC threads and only update the views.
 //
 // Thread-safe.
-#ifndef MOE_SERVICES_ROUTER_SCHEDULER_H_
-#define MOE_SERVICES_ROUTER_SCHEDULER_H_
+#ifndef MOE_SERVICES_ROUTER_ATTENTION_WORKER_POOL_H_
+#define MOE_SERVICES_ROUTER_ATTENTION_WORKER_POOL_H_
 
 #include <functional>
 #include <memory>
@@ -26,26 +27,26 @@
 
 namespace moe::router {
 
-struct SchedulerOptions {
+struct AttentionWorkerPoolOptions {
   size_t max_queued_requests = 256;
   absl::Duration poll_interval = absl::Milliseconds(100);
   absl::Duration load_timeout = absl::Seconds(1);
 };
 
-class Scheduler {
+class AttentionWorkerPool {
  public:
-  // `metrics` must outlive the scheduler.
-  Scheduler(std::vector<std::string> attention_workers, std::vector<std::string> expert_workers,
-            SchedulerOptions options, RouterMetrics* metrics);
-  ~Scheduler();
+  // `metrics` must outlive the pool.
+  AttentionWorkerPool(std::vector<std::string> attention_workers, std::vector<std::string> expert_workers,
+                      AttentionWorkerPoolOptions options, RouterMetrics* metrics);
+  ~AttentionWorkerPool();
 
-  // Starts the scheduler thread. `on_ready_change(ready)` is called from it whenever readiness
+  // Starts the pool thread. `on_ready_change(ready)` is called from it whenever readiness
   // (at least one attention worker ready) changes, including the first poll's result.
   void Start(std::function<void(bool ready)> on_ready_change);
   // Stops the thread; requests still queued get OnExpired.
   void Stop();
 
-  // Queues `request` for placement (OnPlaced later, on the scheduler thread). Errors (the request
+  // Queues `request` for placement (OnPlaced later, on the pool thread). Errors (the request
   // is not queued): UNAVAILABLE "no_workers" when no attention worker is ready; RESOURCE_EXHAUSTED
   // "kv_capacity" when no worker could ever hold it; RESOURCE_EXHAUSTED "queue_full". *reason gets
   // the rejection label.
@@ -76,7 +77,7 @@ class Scheduler {
   void UpdateMetrics(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   int NumReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  const SchedulerOptions options_;
+  const AttentionWorkerPoolOptions options_;
   RouterMetrics* const metrics_;
   std::vector<std::unique_ptr<AttentionClient>> workers_;
   std::vector<std::unique_ptr<HealthClient>> experts_;
@@ -98,4 +99,4 @@ class Scheduler {
 
 }  // namespace moe::router
 
-#endif  // MOE_SERVICES_ROUTER_SCHEDULER_H_
+#endif  // MOE_SERVICES_ROUTER_ATTENTION_WORKER_POOL_H_

@@ -1,4 +1,4 @@
-#include "services/router/scheduler.h"
+#include "services/router/attention_worker_pool.h"
 
 #include <algorithm>
 #include <utility>
@@ -7,8 +7,9 @@
 
 namespace moe::router {
 
-Scheduler::Scheduler(std::vector<std::string> attention_workers, std::vector<std::string> expert_workers,
-                     SchedulerOptions options, RouterMetrics* metrics)
+AttentionWorkerPool::AttentionWorkerPool(std::vector<std::string> attention_workers,
+                                         std::vector<std::string> expert_workers,
+                                         AttentionWorkerPoolOptions options, RouterMetrics* metrics)
     : options_(options), metrics_(metrics), queue_(options.max_queued_requests) {
   for (std::string& a : attention_workers)
     workers_.push_back(std::make_unique<AttentionClient>(std::move(a)));
@@ -18,16 +19,16 @@ Scheduler::Scheduler(std::vector<std::string> attention_workers, std::vector<std
   expert_check_in_flight_.assign(experts_.size(), false);
 }
 
-Scheduler::~Scheduler() {
+AttentionWorkerPool::~AttentionWorkerPool() {
   Stop();
 }
 
-void Scheduler::Start(std::function<void(bool)> on_ready_change) {
+void AttentionWorkerPool::Start(std::function<void(bool)> on_ready_change) {
   on_ready_change_ = std::move(on_ready_change);
   thread_ = std::thread([this] { Loop(); });
 }
 
-void Scheduler::Stop() {
+void AttentionWorkerPool::Stop() {
   {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
@@ -43,23 +44,23 @@ void Scheduler::Stop() {
   mu_.Await(absl::Condition(&idle));
 }
 
-bool Scheduler::ready() const {
+bool AttentionWorkerPool::ready() const {
   absl::MutexLock lock(&mu_);
   return NumReadyLocked() > 0;
 }
 
-size_t Scheduler::queued() const {
+size_t AttentionWorkerPool::queued() const {
   absl::MutexLock lock(&mu_);
   return queue_.size();
 }
 
-int Scheduler::NumReadyLocked() const {
+int AttentionWorkerPool::NumReadyLocked() const {
   int n = 0;
   for (const Worker& w : state_) n += w.view.ready ? 1 : 0;
   return n;
 }
 
-absl::Status Scheduler::Submit(std::shared_ptr<PendingRequest> request, std::string* reason) {
+absl::Status AttentionWorkerPool::Submit(std::shared_ptr<PendingRequest> request, std::string* reason) {
   absl::MutexLock lock(&mu_);
   std::vector<WorkerView> views;
   for (const Worker& w : state_) views.push_back(w.view);
@@ -83,14 +84,14 @@ absl::Status Scheduler::Submit(std::shared_ptr<PendingRequest> request, std::str
   return absl::OkStatus();
 }
 
-bool Scheduler::Cancel(const PendingRequest* request) {
+bool AttentionWorkerPool::Cancel(const PendingRequest* request) {
   absl::MutexLock lock(&mu_);
   const bool removed = queue_.Remove(request);
   metrics_->waiting().Set(static_cast<double>(queue_.size()));
   return removed;
 }
 
-void Scheduler::IssuePolls(absl::Time now) {
+void AttentionWorkerPool::IssuePolls(absl::Time now) {
   for (size_t i = 0; i < workers_.size(); ++i) {
     if (state_[i].poll_in_flight) continue;  // a hung worker: its deadline will answer
     state_[i].poll_in_flight = true;
@@ -111,8 +112,8 @@ void Scheduler::IssuePolls(absl::Time now) {
   }
 }
 
-void Scheduler::OnLoad(size_t index, absl::Time issued, const grpc::Status& status,
-                       const moe::v1::WorkerLoad& load) {
+void AttentionWorkerPool::OnLoad(size_t index, absl::Time issued, const grpc::Status& status,
+                                 const moe::v1::WorkerLoad& load) {
   absl::MutexLock lock(&mu_);
   Worker& w = state_[index];
   w.poll_in_flight = false;
@@ -130,7 +131,7 @@ void Scheduler::OnLoad(size_t index, absl::Time issued, const grpc::Status& stat
   kicked_ = true;
 }
 
-void Scheduler::UpdateMetrics(absl::Time now) {
+void AttentionWorkerPool::UpdateMetrics(absl::Time now) {
   const int ready_attention = NumReadyLocked();
   const int ready_experts = static_cast<int>(std::count(expert_ready_.begin(), expert_ready_.end(), true));
   metrics_->SetWorkers("attention_worker", ready_attention, static_cast<int>(workers_.size()));
@@ -138,7 +139,7 @@ void Scheduler::UpdateMetrics(absl::Time now) {
   metrics_->waiting().Set(static_cast<double>(queue_.size()));
 }
 
-void Scheduler::Loop() {
+void AttentionWorkerPool::Loop() {
   std::optional<bool> reported_ready;
   while (true) {
     std::vector<std::shared_ptr<PendingRequest>> expired;
