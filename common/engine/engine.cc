@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <limits>
 #include <tuple>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -165,7 +166,7 @@ bool Engine::IsStopToken(const Sequence& seq, int32_t token) const {
 }
 
 void Engine::EndSequence(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
-                         const std::string& error) {
+                         absl::Status error) {
   if (events->empty() || events->back().request_id != seq->request.id ||
       events->back().finish_reason != FinishReason::kNone) {
     TokenEvent event;
@@ -174,7 +175,7 @@ void Engine::EndSequence(Sequence* seq, FinishReason reason, std::vector<TokenEv
   }
   TokenEvent& last = events->back();
   last.finish_reason = reason;
-  last.error = error;
+  last.error = std::move(error);
   last.prompt_tokens = static_cast<int64_t>(seq->request.prompt.size());
   last.completion_tokens = seq->num_generated;
   scheduler_->Remove(&seq->sched);
@@ -219,7 +220,7 @@ std::vector<TokenEvent> Engine::Step() {
   last_step_stats_ = stats;
   if (!status.ok()) {
     for (const PlannedSegment& p : plan) {
-      EndSequence(by_sched_id_.at(p.seq->id), FinishReason::kError, &events, status.ToString());
+      EndSequence(by_sched_id_.at(p.seq->id), FinishReason::kError, &events, status);
     }
     return events;
   }

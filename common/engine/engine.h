@@ -13,6 +13,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/engine/attention_block.h"
@@ -58,7 +59,9 @@ struct TokenEvent {
   float logprob = 0.0f;
   std::vector<TokenLogprob> top_logprobs;
   FinishReason finish_reason = FinishReason::kNone;
-  std::string error;  // for kError
+  // OK unless finish_reason is kError; then why the step failed, with its code: UNAVAILABLE when a
+  // data-plane peer is gone or did not answer in time (retryable on another worker).
+  absl::Status error;
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
 };
@@ -145,7 +148,7 @@ class Engine {
   // Ends `seq` with `reason`: sets the finish fields on its last event of this step (appending one
   // if it has none), releases its KV blocks and destroys it.
   void EndSequence(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
-                   const std::string& error = "");
+                   absl::Status error = absl::OkStatus());
 
   model::ModelConfig config_;
   model::GenerationConfig generation_config_;

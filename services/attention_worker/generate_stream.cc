@@ -1,8 +1,13 @@
 #include "services/attention_worker/generate_stream.h"
 
-#include "absl/strings/match.h"
+#include "common/rpc/status.h"
 
 namespace moe::services {
+
+grpc::Status EngineErrorToGrpcStatus(const absl::Status& error) {
+  if (absl::IsUnavailable(error)) return rpc::ToGrpcStatus(error);
+  return rpc::ToGrpcStatus(absl::InternalError(error.ToString()));
+}
 
 class GenerateStream::ReactorImpl final : public GenerateStream::Reactor {
  public:
@@ -88,9 +93,7 @@ void GenerateStream::OnEvent(const engine::TokenEvent& event) {
       end_ = grpc::Status::OK;
       break;
     case engine::FinishReason::kError:
-      end_ = grpc::Status(absl::StrContains(event.error, "UNAVAILABLE") ? grpc::StatusCode::UNAVAILABLE
-                                                                        : grpc::StatusCode::INTERNAL,
-                          event.error);
+      end_ = EngineErrorToGrpcStatus(event.error);
       break;
   }
   MaybeWriteLocked();

@@ -18,12 +18,19 @@
 #include <string>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "common/engine/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "moe/v1/attention.pb.h"
 
 namespace moe::services {
+
+// The one mapping of an engine error (TokenEvent::error of a kError event) to the call's status. A
+// failed step is never the client's fault: UNAVAILABLE (a data-plane peer is gone; the router may
+// retry on another worker) passes through with its message; any other code becomes INTERNAL, whose
+// message keeps the engine's code and message.
+grpc::Status EngineErrorToGrpcStatus(const absl::Status& error);
 
 class GenerateStream {
  public:
@@ -39,8 +46,8 @@ class GenerateStream {
 
   // Step loop: one engine event of this request. A finishing event ends the call: STOP/LENGTH with
   // a final message and OK; ABORT with CANCELLED if the client cancelled, with UNAVAILABLE if
-  // FailUnavailable was called, else a final ABORT message; ERROR with UNAVAILABLE when the engine's
-  // message says UNAVAILABLE (a data-plane peer is gone), INTERNAL otherwise.
+  // FailUnavailable was called, else a final ABORT message; ERROR with EngineErrorToGrpcStatus of
+  // the event's error.
   void OnEvent(const engine::TokenEvent& event);
   // Step loop: the request's sequence was cancelled because the expert workers are unreachable;
   // its abort event ends the call with UNAVAILABLE and `why`.

@@ -4,7 +4,6 @@
 #include <utility>
 #include <vector>
 
-#include "absl/strings/match.h"
 #include "absl/time/clock.h"
 #include "common/rpc/status.h"
 
@@ -114,8 +113,7 @@ void StepLoop::RunStep() {
     if (event.token_id >= 0) ++it->second.generated;
     it->second.stream->OnEvent(event);
     if (event.finish_reason != engine::FinishReason::kNone) {
-      if (event.finish_reason == engine::FinishReason::kError &&
-          absl::StrContains(event.error, "UNAVAILABLE")) {
+      if (event.finish_reason == engine::FinishReason::kError && absl::IsUnavailable(event.error)) {
         data_plane_failed = true;
       }
       live_.erase(it);

@@ -134,7 +134,7 @@ void Run(const GenerateFlags& flags) {
       }
       if (event.finish_reason != engine::FinishReason::kNone) {
         finish = event.finish_reason;
-        error = event.error;
+        if (!event.error.ok()) error = event.error.ToString();
         completion_tokens = event.completion_tokens;
       }
     }
