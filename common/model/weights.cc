@@ -9,6 +9,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/model/load_progress.h"
 #include "common/status/status_macros.h"
 #include "common/tensor/bf16.h"
 
@@ -277,6 +278,7 @@ absl::StatusOr<std::unique_ptr<DenseWeights>> LoadDenseWeights(const Checkpoint&
       ASSIGN_OR_RETURN(layer.dense_mlp, r.Mlp(p + ".mlp", config.intermediate_size));
     }
     w->layers.push_back(std::move(layer));
+    ReportLoadProgress("resolving dense weights", l + 1, config.num_hidden_layers);
   }
   ASSIGN_OR_RETURN(w->final_norm, r.Vector("model.norm.weight", h));
   w->lm_head.dtype = DType::kBF16;
@@ -321,6 +323,8 @@ absl::StatusOr<std::unique_ptr<ExpertShardWeights>> LoadExpertShard(const Checkp
       }
     }
     w->layers.push_back(std::move(experts));
+    ReportLoadProgress(absl::StrCat("resolving experts ", first_expert, "-", first_expert + num_experts - 1),
+                       l + 1, config.num_hidden_layers);
   }
   return w;
 }
@@ -359,18 +363,24 @@ int64_t PrefaultWeights(const DenseWeights& weights) {
   if (weights.embed_tokens != weights.lm_head.data) {
     bytes += Prefault(weights.embed_tokens, weights.lm_head.out_features * weights.lm_head.in_features * 2);
   }
-  for (const AttentionLayerWeights& layer : weights.layers) {
+  for (size_t l = 0; l < weights.layers.size(); ++l) {
+    const AttentionLayerWeights& layer = weights.layers[l];
     bytes +=
         Prefault(layer.q_proj) + Prefault(layer.k_proj) + Prefault(layer.v_proj) + Prefault(layer.o_proj);
     bytes += Prefault(layer.dense_mlp);
+    ReportLoadProgress("reading dense weights", static_cast<int64_t>(l + 1),
+                       static_cast<int64_t>(weights.layers.size()));
   }
   return bytes;
 }
 
 int64_t PrefaultWeights(const ExpertShardWeights& weights) {
   int64_t bytes = 0;
-  for (const auto& layer : weights.layers) {
-    for (const MlpWeights& expert : layer) bytes += Prefault(expert);
+  for (size_t l = 0; l < weights.layers.size(); ++l) {
+    for (const MlpWeights& expert : weights.layers[l]) bytes += Prefault(expert);
+    ReportLoadProgress(absl::StrCat("reading experts ", weights.first_expert, "-",
+                                    weights.first_expert + weights.num_experts - 1),
+                       static_cast<int64_t>(l + 1), static_cast<int64_t>(weights.layers.size()));
   }
   return bytes;
 }

@@ -1,11 +1,17 @@
 // Runs the real moectl binary: each bad input gets a clear message and a non-zero exit, never a
 // crash; good input gives the documented JSON.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -162,6 +168,170 @@ TEST(MoectlTest, GenerateStreamsJsonTokensAndAFinalSummary) {
   EXPECT_EQ(tokens, 5);
   EXPECT_EQ(lines.back()["finish_reason"], "length");
   EXPECT_EQ(lines.back()["usage"]["completion_tokens"], 5);
+}
+
+// The prompt ids `generate --json` reports in its summary (embedded engine).
+std::vector<int> GeneratePromptIds(const std::string& model, const std::string& flags) {
+  Result r = RunMoectl("generate --model " + model + " --max-tokens 1 --temperature 0 --json " + flags);
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  const std::string last = r.out.substr(r.out.rfind('\n', r.out.size() - 2) + 1);
+  return nlohmann::json::parse(last)["prompt_ids"].get<std::vector<int>>();
+}
+
+std::vector<int> TokenizeChatIds(const std::string& model, const std::string& request) {
+  Result r = RunMoectl("tokenize --chat --model " + model, request + "\n");
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  return nlohmann::json::parse(r.out)["ids"].get<std::vector<int>>();
+}
+
+TEST(MoectlTest, GenerateChatUsesTheTemplatesThinkingDefaultAsTokenizeDoes) {
+  const std::string& model = testing::TestModelDir("tiny", "bf16");
+  const std::vector<int> by_default = GeneratePromptIds(model, "--chat --prompt Hi");
+  EXPECT_EQ(by_default, TokenizeChatIds(model, R"({"messages": [{"role": "user", "content": "Hi"}]})"));
+  // <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n: thinking on, no empty think block.
+  EXPECT_EQ(by_default.size(), 9u);
+  const std::vector<int> off = GeneratePromptIds(model, "--chat --prompt Hi --no-thinking");
+  EXPECT_EQ(
+      off, TokenizeChatIds(model,
+                           R"({"messages": [{"role": "user", "content": "Hi"}], "enable_thinking": false})"));
+  EXPECT_EQ(off.size(), 13u);
+  EXPECT_EQ(GeneratePromptIds(model, "--chat --prompt Hi --thinking"), by_default);
+  EXPECT_EQ(
+      GeneratePromptIds(model, "--chat --prompt Hi --system 'Be brief'"),
+      TokenizeChatIds(
+          model,
+          R"({"messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "Hi"}]})"));
+}
+
+TEST(MoectlTest, GenerateRouterNeedsAHostAndPort) {
+  ExpectCleanFailure(RunMoectl("generate --router localhost --prompt hi"),
+                     "--router: expected HOST:PORT, e.g. 127.0.0.1:50051");
+}
+
+TEST(MoectlTest, GenerateRouterErrorsNameTheGrpcCode) {
+  // Nothing listens on port 1.
+  Result r = RunMoectl("generate --router 127.0.0.1:1 --prompt hi");
+  ExpectCleanFailure(r, "router 127.0.0.1:1: UNAVAILABLE: ");
+  EXPECT_THAT(r.err, ::testing::Not(HasSubstr(": 14")));
+}
+
+TEST(MoectlTest, KvCacheGibTooSmallForOneBlockIsAClearError) {
+  const std::string& model = testing::TestModelDir("tiny", "bf16");
+  // tiny: 4 layers x 2 KV heads x 128 x 2 (K, V) x 2 bytes = 4 KiB per token, 4 MiB per block of 1024.
+  ExpectCleanFailure(
+      RunMoectl("logits --model " + model + " --ids 1 --kv-block-size 1024 --kv-cache-gib 0.001"),
+      "holds no KV block (one block of 1024 tokens takes 4194304 bytes)");
+}
+
+TEST(MoectlTest, ProgressShowsModelLoadingWhenAsked) {
+  const std::string& model = testing::TestModelDir("tiny", "bf16");
+  Result quiet = RunMoectl("logits --model " + model + " --ids 1 --top 1");
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.err;
+  EXPECT_EQ(quiet.err, "");  // stderr is a file, not a terminal
+  Result shown = RunMoectl("logits --model " + model + " --ids 1 --top 1 --progress");
+  ASSERT_EQ(shown.exit_code, 0) << shown.err;
+  EXPECT_THAT(shown.err, HasSubstr("moectl logits: resolving dense weights: layer 4/4\n"));
+  EXPECT_THAT(shown.err, HasSubstr("moectl logits: reading experts 0-127: layer 4/4\n"));
+  ExpectCleanFailure(RunMoectl("generate --model " + model + " --prompt hi --json --progress"), "excludes");
+}
+
+// A listening socket on 127.0.0.1 (port chosen by the kernel), closed when the object goes.
+class Listener {
+ public:
+  Listener() {
+    fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof(addr);
+    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&addr), len) != 0 || listen(fd_, 1) != 0 ||
+        getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
+      ADD_FAILURE() << "cannot listen on 127.0.0.1";
+      return;
+    }
+    port_ = ntohs(addr.sin_port);
+  }
+  ~Listener() {
+    if (fd_ >= 0) close(fd_);
+  }
+  int port() const { return port_; }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+};
+
+bool PortFree(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return ok;
+}
+
+// A base port below the ephemeral range with `count` free ports from it and from it + 1000 (the
+// default metrics ports).
+int FreePortBlock(int count) {
+  std::mt19937 rng(static_cast<unsigned>(getpid()) * 104729u + static_cast<unsigned>(time(nullptr)));
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const int base = 10000 + static_cast<int>(rng() % 21000);
+    bool ok = true;
+    for (int i = 0; i < count && ok; ++i) ok = PortFree(base + i) && PortFree(base + 1000 + i);
+    if (ok) return base;
+  }
+  ADD_FAILURE() << "no free port block";
+  return -1;
+}
+
+TEST(MoectlTest, ClusterUpRefusesAPortInUse) {
+  Listener taken;
+  const std::string empty = testing::MakeTempDir("moectl-empty");
+  Result r = RunMoectl("cluster up --detach --model " + empty + " --port " + std::to_string(taken.port()) +
+                       " --state-dir " + testing::MakeTempDir("moectl-state"));
+  ExpectCleanFailure(r, std::to_string(taken.port()) + " (router)");
+  EXPECT_THAT(r.err, HasSubstr("already in use"));
+}
+
+TEST(MoectlTest, ClusterUpFailureShowsTheChildsExitStatusAndLog) {
+  // Every child fails to load a model directory without config.json.
+  const std::string empty = testing::MakeTempDir("moectl-empty");
+  const int port = FreePortBlock(3);
+  Result r = RunMoectl("cluster up --detach --model " + empty + " --port " + std::to_string(port) +
+                       " --state-dir " + testing::MakeTempDir("moectl-state"));
+  ExpectCleanFailure(r, "exited (exit status 1); the last lines of ");
+  EXPECT_THAT(r.err, HasSubstr("config.json"));
+  EXPECT_THAT(r.err, HasSubstr("the cluster failed to start"));
+}
+
+TEST(MoectlTest, ClusterUpDetachReturnsOnceTheRouterServes) {
+  const std::string& model = testing::TestModelDir("tiny", "fp8");
+  const int port = FreePortBlock(3);
+  const std::string state = testing::MakeTempDir("moectl-state");
+  Result up = RunMoectl("cluster up --detach --model " + model + " --port " + std::to_string(port) +
+                        " --state-dir " + state);
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  struct StopOnFailure {
+    std::string state;
+    bool stopped = false;
+    ~StopOnFailure() {
+      if (!stopped) RunMoectl("cluster down --state-dir " + state);
+    }
+  } guard{state};
+  const std::string router = "127.0.0.1:" + std::to_string(port);
+  EXPECT_EQ(up.out, router + "\n");
+  EXPECT_THAT(up.err, HasSubstr("expert-0 ready ("));
+  EXPECT_THAT(up.err, HasSubstr("attention-0 ready ("));
+  EXPECT_THAT(up.err, HasSubstr("router ready (3/3)"));
+  EXPECT_THAT(up.err, HasSubstr("ready: router " + router + " serving"));
+  // At once, as the README's block does.
+  Result generate = RunMoectl("generate --router " + router + " --prompt Hi --max-tokens 2 --temperature 0");
+  EXPECT_EQ(generate.exit_code, 0) << generate.err;
+  Result down = RunMoectl("cluster down --state-dir " + state);
+  guard.stopped = true;
+  EXPECT_EQ(down.exit_code, 0) << down.err;
 }
 
 TEST(MoectlTest, GreedyGenerationIsTheSameWithShardedExperts) {

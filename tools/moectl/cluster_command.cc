@@ -2,14 +2,21 @@
 //
 //   moectl cluster up --model DIR --attention-workers M --expert-workers N [--port P] [--detach]
 //
-// starts N expert workers, M attention workers and one router (the service binaries next to
-// moectl), waits until the router reports SERVING, prints the router address, and stays up until
-// SIGINT/SIGTERM, then stops every child (SIGTERM, then SIGKILL after a grace period). If a child
-// dies, the cluster is torn down and `up` exits non-zero. With --detach it daemonizes and records
-// its pid in --state-dir; `moectl cluster down` stops it. The state dir also holds each child's log
-// (<name>.log) and pid (<name>.pid: expert-0.., attention-0.., router).
+// checks that every port it will use is free, starts N expert workers, M attention workers and one
+// router (the service binaries next to moectl), reports each child as it becomes ready on stderr
+// ("expert-1 ready (2/7)"), then prints "ready" on stderr and the router address on stdout once the
+// router reports SERVING, and stays up until SIGINT/SIGTERM, then stops every child (SIGTERM, then
+// SIGKILL after a grace period). If a child dies, the cluster is torn down and `up` exits non-zero
+// with the child's exit status and the last lines of its log. With --detach it daemonizes and
+// records its pid in --state-dir, but returns only once the cluster is ready (printing the same
+// progress and the router address) or has failed (exit 1, with the reason); `moectl cluster down`
+// stops it. The state dir also holds each child's log (<name>.log) and pid (<name>.pid: expert-0..,
+// attention-0.., router).
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,6 +26,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -28,6 +36,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -69,7 +78,46 @@ fs::path BinaryDir() {
 struct Child {
   std::string name;
   pid_t pid = -1;
+  std::string address;  // its gRPC HOST:PORT (health checks)
+  fs::path log;
+  bool ready = false;
 };
+
+constexpr int kLogTailLines = 20;
+
+// The last `lines` lines of `path`, each indented, or a note that there is no log.
+std::string LogTail(const fs::path& path, int lines) {
+  std::ifstream in(path);
+  if (!in) return "  (no log at " + path.string() + ")\n";
+  std::deque<std::string> tail;
+  for (std::string line; std::getline(in, line);) {
+    tail.push_back(std::move(line));
+    if (static_cast<int>(tail.size()) > lines) tail.pop_front();
+  }
+  if (tail.empty()) return "  (" + path.string() + " is empty)\n";
+  std::string out;
+  for (const std::string& line : tail) absl::StrAppend(&out, "  | ", line, "\n");
+  return out;
+}
+
+// True if nothing listens on `port` (any address): a bind to 0.0.0.0:port succeeds. SO_REUSEADDR
+// as servers set it, so connections of an earlier cluster lingering in TIME_WAIT do not count; a
+// listener (even one with SO_REUSEPORT, which this socket does not set) does.
+bool PortIsFree(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return true;  // cannot tell; the child will report a clash
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_ANY);
+  // Only EADDRINUSE means taken; other failures (EACCES for a privileged port) are left to the child.
+  const bool in_use =
+      bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0 && errno == EADDRINUSE;
+  close(fd);
+  return !in_use;
+}
 
 pid_t Spawn(const fs::path& binary, const std::vector<std::string>& args, const fs::path& log) {
   const pid_t pid = fork();
@@ -105,15 +153,19 @@ bool HealthServing(const std::string& address) {
          response.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
-// Returns the name of a child that exited, if any (reaping it).
+// If a child exited, reaps it and returns "<name> exited (exit N)" or "(killed by signal N)" and
+// the last lines of its log.
 std::optional<std::string> ReapDead(std::vector<Child>& children) {
   for (Child& c : children) {
     if (c.pid <= 0) continue;
     int status = 0;
     if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
       c.pid = -1;
-      return c.name + (WIFSIGNALED(status) ? absl::StrCat(" (killed by signal ", WTERMSIG(status), ")")
-                                           : absl::StrCat(" (exit ", WEXITSTATUS(status), ")"));
+      const std::string how = WIFSIGNALED(status) ? absl::StrCat("killed by signal ", WTERMSIG(status), " (",
+                                                                 strsignal(WTERMSIG(status)), ")")
+                                                  : absl::StrCat("exit status ", WEXITSTATUS(status));
+      return absl::StrCat(c.name, " exited (", how, "); the last lines of ", c.log.string(), ":\n",
+                          LogTail(c.log, kLogTailLines));
     }
   }
   return std::nullopt;
@@ -162,25 +214,79 @@ void RunUp(const ClusterFlags& flags) {
     }
   }
 
+  // gRPC and /metrics of a local cluster listen on loopback only.
+  const std::string host = "127.0.0.1";
+  const int base = flags.port;
+  // Ports: router `port`, attention workers port+1.., expert workers after them; metrics ports from
+  // metrics_base, experts first, then attention workers, then the router.
+  const int metrics_base = flags.metrics_port > 0 ? flags.metrics_port : base + 1000;
+  const int num_children = flags.expert_workers + flags.attention_workers + 1;
+  if (base + flags.attention_workers + flags.expert_workers > 65535 ||
+      metrics_base + num_children - 1 > 65535) {
+    Fail("cluster up", "--port / --metrics-port: the cluster's ports would run past 65535");
+  }
+  {
+    std::vector<std::string> busy;
+    auto check = [&](int port, const std::string& what) {
+      if (!PortIsFree(port)) busy.push_back(absl::StrCat(port, " (", what, ")"));
+    };
+    check(base, "router");
+    for (int i = 0; i < flags.attention_workers; ++i) check(base + 1 + i, absl::StrCat("attention-", i));
+    for (int i = 0; i < flags.expert_workers; ++i)
+      check(base + 1 + flags.attention_workers + i, absl::StrCat("expert-", i));
+    for (int i = 0; i < num_children; ++i) check(metrics_base + i, "metrics");
+    if (!busy.empty()) {
+      Fail("cluster up", absl::StrCat("port", busy.size() > 1 ? "s " : " ", absl::StrJoin(busy, ", "),
+                                      busy.size() > 1 ? " are" : " is",
+                                      " already in use (another cluster?); choose free ones with --port (the "
+                                      "router; workers take the ports after it) and --metrics-port"));
+    }
+  }
+
   if (flags.detach) {
+    // The supervisor's stderr goes to supervisor.log; the caller sees it relayed from where it
+    // stands now until the cluster is ready or has failed.
+    const fs::path supervisor_log = state / "supervisor.log";
+    std::error_code size_ec;
+    const auto log_start = fs::exists(supervisor_log) ? fs::file_size(supervisor_log, size_ec) : 0;
+    fs::remove(state / "router.address", ec);
     const pid_t pid = fork();
     if (pid < 0) Fail("cluster up", "fork failed");
     if (pid > 0) {
-      // Parent: wait for the supervisor to report the router address (or fail) and exit.
+      std::ifstream log;
+      std::streamoff offset = size_ec ? 0 : static_cast<std::streamoff>(log_start);
+      auto relay = [&] {
+        if (!log.is_open()) {
+          log.open(supervisor_log);
+          if (!log.is_open()) return;
+        }
+        log.clear();
+        log.seekg(offset);
+        std::string line;
+        // Only whole lines: a line being written is picked up on the next pass.
+        while (std::getline(log, line) && !log.eof()) {
+          std::cerr << line << "\n";
+          offset = log.tellg();
+        }
+        std::cerr << std::flush;
+      };
       const fs::path ready = state / "router.address";
       const auto deadline =
           std::chrono::steady_clock::now() + std::chrono::duration<double>(flags.startup_timeout_s + 10);
       while (std::chrono::steady_clock::now() < deadline) {
+        relay();
         if (fs::exists(ready)) {
           std::ifstream in(ready);
           std::string address;
           std::getline(in, address);
+          relay();
           std::cout << address << std::endl;
           return;
         }
         int status;
         if (waitpid(pid, &status, WNOHANG) == pid) {
-          Fail("cluster up", "the cluster failed to start; logs in " + state.string());
+          relay();
+          Fail("cluster up", "the cluster failed to start (see above); logs in " + state.string());
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
@@ -190,7 +296,7 @@ void RunUp(const ClusterFlags& flags) {
     // Let go of the caller's terminal or pipe: a caller reading `up`'s output must see EOF when the
     // parent exits, not when the cluster stops.
     const int null_fd = open("/dev/null", O_RDONLY);
-    const int log_fd = open((state / "supervisor.log").c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    const int log_fd = open(supervisor_log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
     if (log_fd >= 0) {
       dup2(log_fd, STDOUT_FILENO);
@@ -202,70 +308,81 @@ void RunUp(const ClusterFlags& flags) {
 
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
-  // gRPC and /metrics of a local cluster listen on loopback only.
-  const std::string host = "127.0.0.1";
-  const int base = flags.port;
-  // Ports: router `port`, attention workers port+1.., expert workers after them.
   std::vector<std::string> attention, experts;
   for (int i = 0; i < flags.attention_workers; ++i)
     attention.push_back(absl::StrCat(host, ":", base + 1 + i));
   for (int i = 0; i < flags.expert_workers; ++i) {
     experts.push_back(absl::StrCat(host, ":", base + 1 + flags.attention_workers + i));
   }
-  const int metrics_base = flags.metrics_port > 0 ? flags.metrics_port : base + 1000;
   int next_metrics = metrics_base;
   std::vector<Child> children;
   auto fail = [&](const std::string& message) {
     StopAll(children, std::chrono::seconds(5));
     fs::remove(pid_file, ec);
-    Fail("cluster up", message + "; logs in " + state.string());
+    Fail("cluster up", message + "logs in " + state.string());
   };
+  auto spawn = [&](const std::string& name, const char* binary, std::vector<std::string> args,
+                   const std::string& address) {
+    const fs::path log = state / (name + ".log");
+    args.push_back("--listen=" + address);
+    args.push_back(absl::StrCat("--metrics_port=", next_metrics++));
+    args.push_back("--metrics_listen=" + host);
+    children.push_back({name, Spawn(bin / binary, args, log), address, log});
+  };
+  std::cerr << "moectl cluster: starting " << flags.expert_workers << " expert and "
+            << flags.attention_workers << " attention workers and the router (logs in " << state.string()
+            << ")" << std::endl;
   for (int i = 0; i < flags.expert_workers; ++i) {
-    const std::string name = absl::StrCat("expert-", i);
-    children.push_back({name, Spawn(bin / "moe-expert-worker",
-                                    {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
-                                     absl::StrCat("--num_expert_workers=", flags.expert_workers),
-                                     "--listen=" + experts[static_cast<size_t>(i)],
-                                     absl::StrCat("--metrics_port=", next_metrics++),
-                                     "--metrics_listen=" + host, "--transport=" + flags.transport},
-                                    state / (name + ".log"))});
+    spawn(absl::StrCat("expert-", i), "moe-expert-worker",
+          {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
+           absl::StrCat("--num_expert_workers=", flags.expert_workers), "--transport=" + flags.transport},
+          experts[static_cast<size_t>(i)]);
   }
   for (int i = 0; i < flags.attention_workers; ++i) {
-    const std::string name = absl::StrCat("attention-", i);
-    children.push_back({name, Spawn(bin / "moe-attention-worker",
-                                    {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
-                                     absl::StrCat("--num_attention_workers=", flags.attention_workers),
-                                     "--expert_workers=" + absl::StrJoin(experts, ","),
-                                     "--listen=" + attention[static_cast<size_t>(i)],
-                                     absl::StrCat("--metrics_port=", next_metrics++),
-                                     "--metrics_listen=" + host, "--transport=" + flags.transport},
-                                    state / (name + ".log"))});
+    spawn(absl::StrCat("attention-", i), "moe-attention-worker",
+          {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
+           absl::StrCat("--num_attention_workers=", flags.attention_workers),
+           "--expert_workers=" + absl::StrJoin(experts, ","), "--transport=" + flags.transport},
+          attention[static_cast<size_t>(i)]);
   }
   for (const Child& c : children) std::ofstream(state / (c.name + ".pid")) << c.pid << "\n";
   const std::string router = absl::StrCat(host, ":", base);
-  children.push_back(
-      {"router", Spawn(bin / "moe-router",
-                       {"--model=" + flags.model_dir, "--attention_workers=" + absl::StrJoin(attention, ","),
-                        "--expert_workers=" + absl::StrJoin(experts, ","), "--listen=" + router,
-                        absl::StrCat("--metrics_port=", next_metrics++), "--metrics_listen=" + host},
-                       state / "router.log")});
+  spawn("router", "moe-router",
+        {"--model=" + flags.model_dir, "--attention_workers=" + absl::StrJoin(attention, ","),
+         "--expert_workers=" + absl::StrJoin(experts, ",")},
+        router);
 
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::duration<double>(flags.startup_timeout_s);
-  while (!HealthServing(router)) {
-    if (stop_requested) fail("interrupted while starting");
-    if (auto dead = ReapDead(children)) fail(*dead + " exited during startup");
-    if (std::chrono::steady_clock::now() > deadline) fail("the router did not become ready in time");
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  const auto start = std::chrono::steady_clock::now();
+  const auto deadline = start + std::chrono::duration<double>(flags.startup_timeout_s);
+  int num_ready = 0;
+  while (num_ready < num_children) {
+    if (stop_requested) fail("interrupted while starting; ");
+    if (auto dead = ReapDead(children)) fail("during startup " + *dead);
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::vector<std::string> waiting;
+      for (const Child& c : children)
+        if (!c.ready) waiting.push_back(c.name);
+      fail(absl::StrCat("not ready after ", flags.startup_timeout_s, " s: ", absl::StrJoin(waiting, ", "),
+                        " (--startup-timeout); "));
+    }
+    for (Child& c : children) {
+      if (c.ready || !HealthServing(c.address)) continue;
+      c.ready = true;
+      ++num_ready;
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      std::cerr << absl::StrFormat("moectl cluster: %s ready (%d/%d) after %.1f s", c.name, num_ready,
+                                   num_children, seconds)
+                << std::endl;
+    }
+    if (num_ready < num_children) std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
   std::ofstream(state / "router.pid") << children.back().pid << "\n";
+  std::cerr << "moectl cluster: ready: router " << router << " serving, " << flags.attention_workers
+            << " attention and " << flags.expert_workers << " expert workers (metrics ports " << metrics_base
+            << "-" << metrics_base + num_children - 1 << "; logs in " << state.string() << ")"
+            << (flags.detach ? "; `moectl cluster down` stops it" : "; Ctrl-C stops it") << std::endl;
   { std::ofstream(state / "router.address") << router << "\n"; }
-  if (!flags.detach) {
-    std::cout << router << std::endl;
-    std::cerr << "moectl cluster: router " << router << ", " << flags.attention_workers << " attention and "
-              << flags.expert_workers << " expert workers (metrics from port " << metrics_base << "; logs in "
-              << state.string() << "); Ctrl-C stops it" << std::endl;
-  }
+  if (!flags.detach) std::cout << router << std::endl;
   std::optional<std::string> died;
   while (!stop_requested && !(died = ReapDead(children))) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
@@ -273,7 +390,7 @@ void RunUp(const ClusterFlags& flags) {
   StopAll(children, std::chrono::seconds(10));
   fs::remove(pid_file, ec);
   fs::remove(state / "router.address", ec);
-  if (died) Fail("cluster up", *died + " exited; the cluster was stopped");
+  if (died) Fail("cluster up", *died + "the cluster was stopped");
 }
 
 void RunDown(const std::string& state_dir) {

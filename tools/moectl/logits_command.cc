@@ -13,12 +13,14 @@
 #include "nlohmann/json.hpp"
 #include "tools/moectl/commands.h"
 #include "tools/moectl/engine_options.h"
+#include "tools/moectl/progress.h"
 
 namespace moe::moectl {
 namespace {
 
 struct LogitsFlags {
   EngineFlags engine;
+  Progress progress;
   std::string ids;
   int top = 0;
 };
@@ -36,10 +38,14 @@ std::vector<int32_t> ParseIds(const std::string& text) {
   return ids;
 }
 
-void Run(const LogitsFlags& flags) {
+void Run(LogitsFlags& flags) {
   const std::vector<int32_t> ids = ParseIds(flags.ids);
-  auto engine = engine::Engine::CreateEmbedded(flags.engine.model_dir, flags.engine.ToOptions(),
-                                               flags.engine.expert_shards);
+  auto options = flags.engine.ToOptions();
+  if (!options.ok()) Fail("logits", options.status().ToString());
+  flags.progress.Enable("logits", /*quiet=*/false);
+  flags.progress.ShowModelLoading();
+  auto engine = engine::Engine::CreateEmbedded(flags.engine.model_dir, *options, flags.engine.expert_shards);
+  flags.progress.Finish();
   if (!engine.ok()) Fail("logits", engine.status().ToString());
   auto logits = (*engine)->PromptLogits(ids);
   if (!logits.ok()) Fail("logits", logits.status().ToString());
@@ -71,6 +77,7 @@ void RegisterLogitsCommand(CLI::App& app) {
   auto flags = std::make_shared<LogitsFlags>();
   CLI::App* cmd = app.add_subcommand("logits", "Print the last position's logits of a token sequence");
   flags->engine.Register(cmd);
+  flags->progress.Register(cmd);
   cmd->add_option("--ids", flags->ids, "Comma-separated token ids")->required();
   cmd->add_option("--top", flags->top, "Print only the N largest logits")->check(CLI::Range(1, 1 << 20));
   cmd->callback([flags] { Run(*flags); });

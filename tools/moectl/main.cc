@@ -1,17 +1,6 @@
 // moectl: the user and operator CLI (docs/operations.md#moectl).
-#include <iostream>
-
 #include "CLI/CLI.hpp"
 #include "tools/moectl/commands.h"
-
-namespace moe::moectl {
-
-void Fail(const std::string& command, const std::string& message, int exit_code) {
-  std::cerr << "moectl " << command << ": " << message << std::endl;
-  throw CLI::RuntimeError(exit_code);
-}
-
-}  // namespace moe::moectl
 
 int main(int argc, char** argv) {
   CLI::App app{"moectl: make models, tokenize, run and operate the Qwen3-MoE serving cluster"};

@@ -2,31 +2,32 @@
 #ifndef MOE_TOOLS_MOECTL_ROUTER_GENERATE_H_
 #define MOE_TOOLS_MOECTL_ROUTER_GENERATE_H_
 
-#include <cstdint>
-#include <optional>
 #include <string>
+#include "absl/strings/string_view.h"
+
+#include "absl/status/statusor.h"
+#include "grpcpp/grpcpp.h"
+#include "moe/v1/generate.pb.h"
+#include "tools/moectl/generation_flags.h"
 
 namespace moe::moectl {
 
-struct RouterGenerateOptions {
-  std::string router;
-  std::string prompt;
-  bool chat = false;
-  std::optional<bool> thinking;
-  std::string system;
-  int64_t max_tokens = 128;
-  int64_t min_tokens = 0;
-  std::optional<double> temperature, top_p, min_p, repetition_penalty;
-  std::optional<int64_t> top_k;
-  std::optional<uint64_t> seed;
-  bool ignore_eos = false;
-  int logprobs = 0;
-  bool json = false;
-  double timeout_s = 0;  // 0: no deadline
-};
+// The gRPC target for --router. HOST:PORT (IPv6 hosts in brackets: [::1]:50051) is required: gRPC
+// would otherwise take a bare host to mean port 443. Targets with a scheme (unix:, dns:, ipv4:,
+// ipv6:) pass through unchanged. INVALID_ARGUMENT with an example otherwise.
+absl::StatusOr<std::string> ParseRouterAddress(absl::string_view address);
 
-// Streams the answer to stdout; on failure prints the gRPC status and throws CLI::RuntimeError.
-void GenerateViaRouter(const RouterGenerateOptions& options);
+// The router's request for `flags`: chat messages or text, every sampling override that is set
+// (unset ones stay absent so the router applies the model's defaults) and the limits.
+moe::v1::GenerateRequest ToGenerateRequest(const GenerationFlags& flags);
+
+// "router ADDRESS: UNAVAILABLE: <message>" plus a hint for the codes a user can act on. Never the
+// numeric code.
+std::string DescribeRouterError(const grpc::Status& status, const std::string& address);
+
+// Streams the answer to stdout; on failure prints DescribeRouterError and throws CLI::RuntimeError.
+// timeout_s <= 0: no deadline.
+void GenerateViaRouter(const GenerationFlags& flags, const std::string& router, double timeout_s, bool json);
 
 }  // namespace moe::moectl
 
