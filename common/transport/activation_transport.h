@@ -1,6 +1,7 @@
-// The data-plane seam (docs/data-plane.md): send a tagged buffer to a peer, receive from a peer. The
-// implementations are loopback/ (in-process), ucx/ (CPU or GPU memory) and nccl/ (GPU). Control
-// (membership, rendezvous) goes over gRPC and is not part of this interface.
+// The data-plane seam (docs/data-plane.md): send a tagged buffer to a peer, receive from a peer.
+// The implementations are loopback/ (in-process) and ucx/ (UCX: shared memory, TCP, RDMA); an NCCL
+// transport is not written yet. Both share their receive side (inbox_transport.h, a TaggedInbox).
+// Control (membership, rendezvous) goes over gRPC and is not part of this interface.
 //
 // Peers are small integers in one rank space per cluster (see engine/expert_placement.h for how
 // attention and expert workers are numbered). Every wait has a deadline: a peer that does not answer

@@ -1,43 +1,36 @@
-// In-process ActivationTransport: endpoints of one LoopbackHub exchange messages through per-peer
-// mailboxes (copying the payload, as a network would). Used by embedded mode and tests.
+// In-process ActivationTransport: endpoints of one LoopbackHub exchange messages through their
+// inboxes (copying the payload, as a network would; receiving as in inbox_transport.h). Used by
+// embedded mode and tests.
 //
 // Thread safety: all methods are thread-safe.
 #ifndef MOE_COMMON_TRANSPORT_LOOPBACK_LOOPBACK_TRANSPORT_H_
 #define MOE_COMMON_TRANSPORT_LOOPBACK_LOOPBACK_TRANSPORT_H_
 
 #include <cstdint>
-#include <deque>
 #include <memory>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "common/transport/activation_transport.h"
+#include "common/transport/inbox_transport.h"
 
 namespace moe::transport {
 
 class LoopbackHub;
 
-class LoopbackTransport final : public ActivationTransport {
+class LoopbackTransport final : public InboxTransport {
  public:
-  int32_t self() const override { return self_; }
+  // Copies `payload` straight into the peer's inbox. UNAVAILABLE for an unknown or disconnected
+  // peer.
   absl::Status Send(int32_t peer, const MessageTag& tag, std::span<const std::byte> payload) override;
-  absl::StatusOr<Message> ReceiveAny(absl::Time deadline) override;
-  absl::StatusOr<Message> ReceiveTagged(const MessageTag& tag, absl::Time deadline) override;
   void Shutdown() override;
-  uint64_t dropped_messages() const override;
 
  private:
   friend class LoopbackHub;
-  LoopbackTransport(LoopbackHub* hub, int32_t self) : hub_(hub), self_(self) {}
-  void Deliver(Message message);
+  LoopbackTransport(LoopbackHub* hub, int32_t self) : InboxTransport(self), hub_(hub) {}
 
   LoopbackHub* const hub_;
-  const int32_t self_;
-  mutable absl::Mutex mu_;
-  std::deque<Message> inbox_ ABSL_GUARDED_BY(mu_);
-  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
-  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Owns the endpoints. Endpoints must not outlive the hub.

@@ -27,17 +27,23 @@ absl::Time In(absl::Duration d) {
   return absl::Now() + d;
 }
 
-// Every test runs over TCP, over shared memory and over the environment's UCX_TLS.
+// Every test runs over TCP, over shared memory and over the environment's UCX_TLS. A case is
+// skipped only when UCX's own resource query finds none of its transports on this machine
+// (decided before any transport is made); where they exist, failing to connect over them or UCX
+// choosing another transport is a failure, never a skip.
 class UcxTransportTest : public ::testing::TestWithParam<TlsCase> {
  protected:
   void SetUp() override {
+    if (!testing::TlsCaseAvailable(GetParam())) {
+      GTEST_SKIP() << "none of {" << absl::StrJoin(GetParam().expected_any, ",")
+                   << "} (UCX_TLS=" << GetParam().tls
+                   << ") on this machine; UCX finds: " << testing::DescribeAvailableUcxTransports();
+    }
     options_.tls = GetParam().tls;
     options_.send_timeout = absl::Seconds(20);
     auto peers = MakeConnectedPeers(3, options_);
-    if (!peers.ok() && (absl::IsUnimplemented(peers.status()) || absl::IsUnavailable(peers.status()))) {
-      GTEST_SKIP() << "UCX_TLS=" << options_.tls << " unavailable here: " << peers.status();
-    }
-    ASSERT_TRUE(peers.ok()) << peers.status();
+    ASSERT_TRUE(peers.ok()) << "UCX_TLS=" << options_.tls << " with "
+                            << testing::DescribeAvailableUcxTransports() << ": " << peers.status();
     peers_ = *std::move(peers);
     if (!GetParam().expected_any.empty()) {
       auto description = peers_[0]->DescribeEndpoint(1);
@@ -46,11 +52,10 @@ class UcxTransportTest : public ::testing::TestWithParam<TlsCase> {
       for (const std::string& name : GetParam().expected_any) {
         found = found || absl::StrContains(*description, name);
       }
-      if (!found) {
-        GTEST_SKIP() << "UCX did not select any of {" << absl::StrJoin(GetParam().expected_any, ",")
-                     << "} for UCX_TLS=" << options_.tls << ":\n"
-                     << *description;
-      }
+      ASSERT_TRUE(found) << "UCX did not select any of {" << absl::StrJoin(GetParam().expected_any, ",")
+                         << "} for UCX_TLS=" << options_.tls << " though the machine has "
+                         << testing::DescribeAvailableUcxTransports() << ":\n"
+                         << *description;
     }
   }
 
@@ -275,6 +280,13 @@ INSTANTIATE_TEST_SUITE_P(Transports, UcxTransportTest,
                          [](const ::testing::TestParamInfo<TlsCase>& info) {
                            return ::moe::transport::testing::TlsCaseName(info.param);
                          });
+
+// The skip decision above rests on this query: if it found nothing, every case would skip.
+TEST(UcxAvailableTransportsTest, QueryFindsTheSelfAndTcpTransports) {
+  const auto& available = testing::AvailableUcxTransports();
+  EXPECT_TRUE(available.contains("self")) << testing::DescribeAvailableUcxTransports();
+  EXPECT_TRUE(available.contains("tcp")) << testing::DescribeAvailableUcxTransports();
+}
 
 TEST(UcxTransportBadInputTest, RejectsNegativePeerIds) {
   EXPECT_TRUE(absl::IsInvalidArgument(UcxTransport::Create(-1).status()));

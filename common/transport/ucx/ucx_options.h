@@ -1,0 +1,36 @@
+// UcxTransport's options (ucx_transport.h), in their own header so the transport's private pieces
+// can read them without the public class.
+#ifndef MOE_COMMON_TRANSPORT_UCX_UCX_OPTIONS_H_
+#define MOE_COMMON_TRANSPORT_UCX_UCX_OPTIONS_H_
+
+#include <cstddef>
+#include <string>
+
+#include "absl/time/time.h"
+
+namespace moe::transport {
+
+struct UcxOptions {
+  // UCX transports, e.g. "tcp" or "sm,self" or "posix,cma,self". Empty: UCX_TLS from the
+  // environment (or UCX's default, "all").
+  std::string tls;
+  // A Send not completed after this long (a peer that neither answers nor reports an error) is
+  // aborted: the endpoint is closed and Send returns UNAVAILABLE.
+  absl::Duration send_timeout = absl::Seconds(30);
+  // Payloads of at least this many bytes force rendezvous; 0 leaves the choice to UCX for all.
+  size_t rndv_threshold = 256 * 1024;
+  // How long the progress thread keeps polling after the last activity before sleeping on the
+  // worker's event fd. Longer: lower latency under steady traffic, more CPU when idle.
+  // Default 0: on a shared machine a spinning thread slows the peers it waits for (measured with
+  // bench/transport); raise it on dedicated cores.
+  absl::Duration busy_poll = absl::ZeroDuration();
+  // UCX keepalive interval, which bounds how fast a silently dead peer is noticed. Ignored when
+  // UCX_KEEPALIVE_INTERVAL is set in the environment.
+  absl::Duration keepalive_interval = absl::Seconds(1);
+  // Time Shutdown() spends telling each peer goodbye.
+  absl::Duration goodbye_timeout = absl::Milliseconds(500);
+};
+
+}  // namespace moe::transport
+
+#endif  // MOE_COMMON_TRANSPORT_UCX_UCX_OPTIONS_H_
