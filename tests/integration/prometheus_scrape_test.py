@@ -64,11 +64,17 @@ def port_free(port):
             return False
 
 
+# Ports are picked below the ephemeral range (32768+ on Linux), as tests/integration/local_cluster.cc
+# does: an outgoing connection can take an ephemeral port between our check and the server's bind.
+# [10000, 31000) leaves room for the metrics block at base + 1000.
+PORT_LOW, PORT_HIGH = 10000, 31000
+
+
 def free_port_block(count, avoid=()):
     """A base such that [base, base+count) and [base+1000, base+1000+count) are free now."""
     rng = random.Random(os.getpid() * 7919 + int(time.time()))
     for _ in range(200):
-        base = rng.randrange(20000, 50000)
+        base = rng.randrange(PORT_LOW, PORT_HIGH)
         ports = [base + i for i in range(count)] + [base + 1000 + i for i in range(count)]
         if not set(ports) & set(avoid) and all(port_free(p) for p in ports):
             return base
@@ -227,7 +233,7 @@ def run(work, moectl, prometheus):
     count = 1 + ATTENTION_WORKERS + EXPERT_WORKERS
     prom_port = None
     for _ in range(50):
-        candidate = random.randrange(20000, 50000)
+        candidate = random.randrange(PORT_LOW, PORT_HIGH)
         if port_free(candidate):
             prom_port = candidate
             break
