@@ -6,6 +6,9 @@ namespace moe::services {
 namespace {
 
 TEST(ToGenerationRequestTest, CopiesEveryField) {
+  // A field added to the proto must be set and checked here too.
+  ASSERT_EQ(v1::AttentionGenerateRequest::descriptor()->field_count(), 8);
+  ASSERT_EQ(v1::AttentionSampling::descriptor()->field_count(), 6);
   v1::AttentionGenerateRequest request;
   request.set_request_id("a");
   request.add_prompt(5);
@@ -13,6 +16,8 @@ TEST(ToGenerationRequestTest, CopiesEveryField) {
   request.mutable_sampling()->set_temperature(0.5f);
   request.mutable_sampling()->set_top_p(0.25f);
   request.mutable_sampling()->set_top_k(7);
+  request.mutable_sampling()->set_min_p(0.125f);
+  request.mutable_sampling()->set_repetition_penalty(1.5f);
   request.mutable_sampling()->set_seed(99);
   request.set_max_new_tokens(12);
   request.set_min_new_tokens(2);
@@ -26,6 +31,8 @@ TEST(ToGenerationRequestTest, CopiesEveryField) {
   EXPECT_EQ(out->sampling.temperature, 0.5);
   EXPECT_EQ(out->sampling.top_p, 0.25);
   EXPECT_EQ(out->sampling.top_k, 7);
+  EXPECT_EQ(out->sampling.min_p, 0.125);
+  EXPECT_EQ(out->sampling.repetition_penalty, 1.5);
   EXPECT_EQ(out->sampling.seed, 99u);
   EXPECT_EQ(out->max_new_tokens, 12);
   EXPECT_EQ(out->min_new_tokens, 2);
