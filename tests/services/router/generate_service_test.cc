@@ -3,6 +3,7 @@
 #include "services/router/generate_service.h"
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,12 +20,22 @@ namespace {
 constexpr int32_t kNormal = 1;  // prompt[0]: stream the script, then STOP
 constexpr int32_t kStall = 2;   // one token, then wait for a cancel
 constexpr int32_t kFail = 3;    // UNAVAILABLE
+constexpr int32_t kOpen = 4;    // stream the script without finishing, then wait for a cancel
+
+// Waits until `done()` holds or `timeout` passes; returns done(). For conditions set on gRPC
+// threads that have no notification of their own.
+bool WaitFor(const std::function<bool()>& done, absl::Duration timeout = absl::Seconds(10)) {
+  const absl::Time until = absl::Now() + timeout;
+  while (!done() && absl::Now() < until) absl::SleepFor(absl::Milliseconds(2));
+  return done();
+}
 
 class FakeWorker final : public moe::v1::AttentionWorker::CallbackService {
  public:
   std::vector<int32_t> script;
   std::atomic<int> free_blocks{1000};
   std::atomic<int> cancels_seen{0};
+  std::atomic<int> loads_served{0};  // GetLoad answers sent
   absl::Notification stalled;
 
   class Stream : public grpc::ServerWriteReactor<moe::v1::AttentionGenerateResponse> {
@@ -40,6 +51,7 @@ class FakeWorker final : public moe::v1::AttentionWorker::CallbackService {
     void Next() {
       msg_.Clear();
       const size_t n = mode_ == kStall ? 1 : w_->script.size();
+      const bool open = mode_ == kStall || mode_ == kOpen;
       if (i_ < n) {
         msg_.add_tokens()->set_token_id(w_->script[i_++]);
         if (mode_ == kNormal && i_ == n) {
@@ -47,8 +59,8 @@ class FakeWorker final : public moe::v1::AttentionWorker::CallbackService {
           msg_.set_finish_reason(moe::v1::ATTENTION_FINISH_REASON_STOP);
         }
         StartWrite(&msg_);
-      } else if (mode_ == kStall) {
-        w_->stalled.Notify();  // now only a cancel ends it
+      } else if (open) {
+        if (mode_ == kStall) w_->stalled.Notify();  // now only a cancel ends it
       } else {
         Finish(grpc::Status::OK);
       }
@@ -79,6 +91,7 @@ class FakeWorker final : public moe::v1::AttentionWorker::CallbackService {
     load->set_num_free_kv_blocks(free_blocks.load());
     load->set_kv_block_size(16);
     load->set_ready(true);
+    loads_served++;
     auto* reactor = c->DefaultReactor();
     reactor->Finish(grpc::Status::OK);
     return reactor;
@@ -166,13 +179,16 @@ TEST_F(GenerateServiceTest, StreamsTextAndFinalMessage) {
 }
 
 TEST_F(GenerateServiceTest, StopStringAcrossTokensEndsStreamAndCancelsWorker) {
-  moe::v1::GenerateRequest req = Request(kNormal);
+  // The worker keeps its stream open after the script, so only the router's cancel ends it.
+  moe::v1::GenerateRequest req = Request(kOpen);
   req.mutable_sampling()->add_stop("d pea");  // spans " world" and " peace"
   Result r = Generate(req);
   ASSERT_TRUE(r.status.ok()) << r.status.error_message();
   EXPECT_EQ(r.text, "Hello worl");
   EXPECT_EQ(r.messages.back().finish_reason(), moe::v1::FINISH_REASON_STOP_SEQUENCE);
   EXPECT_EQ(r.messages.back().matched_stop(), "d pea");
+  EXPECT_TRUE(WaitFor([this] { return worker_.cancels_seen.load() > 0; }));
+  EXPECT_EQ(worker_.cancels_seen.load(), 1);
 }
 
 TEST_F(GenerateServiceTest, ClientCancelReachesWorkerAndRouterKeepsServing) {
@@ -186,9 +202,7 @@ TEST_F(GenerateServiceTest, ClientCancelReachesWorkerAndRouterKeepsServing) {
   while (reader->Read(&m)) {
   }
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  // The fake worker sees the cancel (no sleep: poll the counter with a bound).
-  const absl::Time until = absl::Now() + absl::Seconds(10);
-  while (worker_.cancels_seen.load() == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_TRUE(WaitFor([this] { return worker_.cancels_seen.load() > 0; }));
   EXPECT_EQ(worker_.cancels_seen.load(), 1);
   EXPECT_TRUE(Generate(Request(kNormal)).status.ok());
 }
@@ -196,8 +210,7 @@ TEST_F(GenerateServiceTest, ClientCancelReachesWorkerAndRouterKeepsServing) {
 TEST_F(GenerateServiceTest, DeadlineIsPropagatedToTheWorker) {
   Result r = Generate(Request(kStall), absl::Milliseconds(500));
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  const absl::Time until = absl::Now() + absl::Seconds(10);
-  while (worker_.cancels_seen.load() == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_TRUE(WaitFor([this] { return worker_.cancels_seen.load() > 0; }));
   EXPECT_EQ(worker_.cancels_seen.load(), 1);
   EXPECT_TRUE(Generate(Request(kNormal)).status.ok());
 }
@@ -210,13 +223,17 @@ TEST_F(GenerateServiceTest, WorkerUnavailableEndsStreamWithUnavailable) {
 }
 
 TEST_F(GenerateServiceTest, FullQueueIsResourceExhaustedAndQueuedRequestTimesOut) {
-  worker_.free_blocks = 0;                  // nothing can be placed: requests wait in the queue (bound 1)
-  absl::SleepFor(absl::Milliseconds(100));  // let a poll publish the new load
+  worker_.free_blocks = 0;  // nothing can be placed: requests wait in the queue (bound 1)
+  // Wait until the router has seen the new load. Polls of one worker are sequential (the next is
+  // issued after the previous answer is applied), and an answer counted after the store may have
+  // read the old value; so the second answer after it reads 0, and the third is issued only once
+  // the second has been applied.
+  const int served = worker_.loads_served.load();
+  ASSERT_TRUE(WaitFor([&] { return worker_.loads_served.load() >= served + 3; }));
   grpc::ClientContext first_context;
   first_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(1)));
   auto first = stub_->Generate(&first_context, Request(kNormal));
-  const absl::Time until = absl::Now() + absl::Seconds(5);
-  while (worker_pool_->queued() == 0 && absl::Now() < until) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_TRUE(WaitFor([this] { return worker_pool_->queued() > 0; }));
   ASSERT_EQ(worker_pool_->queued(), 1u);
   Result second = Generate(Request(kNormal));
   EXPECT_EQ(second.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
@@ -224,7 +241,9 @@ TEST_F(GenerateServiceTest, FullQueueIsResourceExhaustedAndQueuedRequestTimesOut
   EXPECT_FALSE(first->Read(&m));
   EXPECT_EQ(first->Finish().error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   worker_.free_blocks = 1000;
-  absl::SleepFor(absl::Milliseconds(100));
+  // The expired request may still hold the queue's one place until the scheduler drops it; a
+  // request queued after that waits there until a poll shows the free blocks.
+  ASSERT_TRUE(WaitFor([this] { return worker_pool_->queued() == 0; }));
   EXPECT_TRUE(Generate(Request(kNormal)).status.ok());
 }
 
