@@ -211,6 +211,7 @@ std::vector<TokenEvent> Engine::Step() {
     stats.num_tokens += p.num_tokens;
   }
   stats.num_sequences = static_cast<int64_t>(plan.size());
+  stats.num_preemptions = static_cast<int64_t>(preempted.size());
   std::vector<float>& logits = step_logits_;
   const absl::Time forward_start = absl::Now();
   if (dispatcher_ != nullptr) dispatcher_->TakeTimes();

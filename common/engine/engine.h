@@ -72,6 +72,7 @@ struct StepStats {
   int64_t num_sequences = 0;
   int64_t num_prefill_tokens = 0;  // tokens of segments that were not a single decode token
   bool all_decode = false;         // every segment was one decode token
+  int64_t num_preemptions = 0;     // running sequences the scheduler pushed back to the queue
   absl::Duration forward;          // the whole forward pass
   absl::Duration dispatch;         // MoE dispatch, summed over layers
   absl::Duration combine;          // MoE combine (incl. waiting for experts), summed over layers
@@ -123,6 +124,8 @@ class Engine {
   int32_t num_blocks() const { return kv_cache_->pool().num_blocks(); }
   uint64_t steps() const { return step_; }
   const StepStats& last_step_stats() const { return last_step_stats_; }
+  // The last Step()'s logits: [sequences that sampled a token, vocab] fp32 in plan order (for tests).
+  const std::vector<float>& last_step_logits() const { return step_logits_; }
 
   // For benchmarks and load reporting.
   const model::DenseWeights& dense_weights() const { return *dense_; }

@@ -1,12 +1,16 @@
 #include "common/engine/engine.h"
 
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/util/test_models.h"
 
 namespace moe::engine {
@@ -49,10 +53,18 @@ struct Output {
   absl::Status error;
 };
 
-std::map<std::string, Output> RunToCompletion(Engine& engine, int max_steps = 10000) {
+// Steps until no work is left. `preemptions`, if set, receives the scheduler's preemptions summed
+// over the steps that ran a forward pass.
+std::map<std::string, Output> RunToCompletion(Engine& engine, int max_steps = 10000,
+                                              int64_t* preemptions = nullptr) {
   std::map<std::string, Output> outputs;
   for (int step = 0; engine.HasWork() && step < max_steps; ++step) {
-    for (const TokenEvent& e : engine.Step()) {
+    const uint64_t steps_before = engine.steps();
+    const std::vector<TokenEvent> events = engine.Step();
+    if (preemptions != nullptr && engine.steps() != steps_before) {
+      *preemptions += engine.last_step_stats().num_preemptions;
+    }
+    for (const TokenEvent& e : events) {
       Output& o = outputs[e.request_id];
       if (e.token_id >= 0) {
         o.tokens.push_back(e.token_id);
@@ -158,10 +170,14 @@ TEST(EngineTest, PreemptionUnderKvPressureKeepsOutputsExact) {
     ASSERT_TRUE((*engine)->AddRequest(Greedy(id, Prompt(10, 20 + i), 20)).ok());
   }
   auto expected = RunToCompletion(*reference);
-  auto actual = RunToCompletion(**engine);
+  int64_t preemptions = 0;
+  auto actual = RunToCompletion(**engine, 10000, &preemptions);
+  EXPECT_GT(preemptions, 0);
+  ASSERT_EQ(expected.size(), 3u);
   for (const auto& [id, out] : expected) {
     EXPECT_EQ(actual[id].tokens, out.tokens) << id;
     EXPECT_EQ(actual[id].finish, FinishReason::kLength);
+    EXPECT_EQ(out.tokens.size(), 20u) << id;
   }
   EXPECT_EQ((*engine)->num_free_blocks(), (*engine)->num_blocks());
 }
@@ -179,7 +195,7 @@ TEST(EngineTest, CancelFreesTheSequenceAtTheNextStep) {
   EXPECT_FALSE(engine->HasWork());
 }
 
-TEST(EngineTest, StopsOnEosUnlessIgnored) {
+TEST(EngineTest, StopsOnARequestStopTokenId) {
   auto engine = MakeEngine("bf16");
   const auto prompt = Prompt(8, 9);
   ASSERT_TRUE(engine->AddRequest(Greedy("probe", prompt, 1)).ok());
@@ -192,6 +208,105 @@ TEST(EngineTest, StopsOnEosUnlessIgnored) {
   EXPECT_EQ(out.tokens, std::vector<int32_t>{first});
   EXPECT_EQ(out.finish, FinishReason::kStop);
   EXPECT_TRUE(out.error.ok()) << out.error;
+}
+
+// The tiny model never picks its real EOS ids greedily (the planted successor maps only onto ordinary
+// tokens), so these tests use a copy of it whose generation_config.json names a token it does pick.
+class EngineEosTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    probe_engine_ = MakeEngine("bf16");
+    ASSERT_NE(probe_engine_, nullptr);
+    ASSERT_TRUE(probe_engine_->AddRequest(Greedy("probe", prompt_, 8)).ok());
+    greedy_ = RunToCompletion(*probe_engine_)["probe"].tokens;
+    ASSERT_EQ(greedy_.size(), 8u);
+    eos_ = greedy_[2];
+    ASSERT_NE(greedy_[0], eos_);
+    ASSERT_NE(greedy_[1], eos_);
+  }
+
+  // An engine on the tiny bf16 model whose only EOS id is `eos`.
+  std::unique_ptr<Engine> EngineWithEos(int32_t eos) {
+    namespace fs = std::filesystem;
+    const fs::path source = moe::testing::TestModelDir("tiny", "bf16");
+    const fs::path dir = moe::testing::MakeTempDir("moe-eos-model");
+    for (const auto& entry : fs::directory_iterator(source)) {
+      if (entry.path().filename() != "generation_config.json") {
+        fs::create_symlink(entry.path(), dir / entry.path().filename());
+      }
+    }
+    std::ifstream in(source / "generation_config.json");
+    nlohmann::json config = nlohmann::json::parse(in);
+    config["eos_token_id"] = std::vector<int32_t>{eos};
+    std::ofstream(dir / "generation_config.json") << config.dump(2);
+    EngineOptions options;
+    options.kv_cache_bytes = int64_t{64} << 20;
+    auto engine = Engine::CreateEmbedded(dir.string(), options, 1);
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    if (engine.ok()) EXPECT_EQ((*engine)->generation_config().eos_token_ids, std::vector<int64_t>{eos});
+    return engine.ok() ? *std::move(engine) : nullptr;
+  }
+
+  GenerationRequest Request(bool ignore_eos, int64_t min_new_tokens) const {
+    GenerationRequest r = Greedy("e", prompt_, 8);
+    r.ignore_eos = ignore_eos;
+    r.min_new_tokens = min_new_tokens;
+    return r;
+  }
+
+  const std::vector<int32_t> prompt_ = Prompt(8, 9);
+  std::unique_ptr<Engine> probe_engine_;
+  std::vector<int32_t> greedy_;  // the greedy continuation with no EOS in force
+  int32_t eos_ = -1;             // its third token
+};
+
+TEST_F(EngineEosTest, StopsOnEosUnlessIgnored) {
+  auto engine = EngineWithEos(eos_);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_TRUE(engine->AddRequest(Request(/*ignore_eos=*/false, 0)).ok());
+  auto stopped = RunToCompletion(*engine)["e"];
+  EXPECT_EQ(stopped.tokens, std::vector<int32_t>(greedy_.begin(), greedy_.begin() + 3));
+  EXPECT_EQ(stopped.finish, FinishReason::kStop);
+
+  ASSERT_TRUE(engine->AddRequest(Request(/*ignore_eos=*/true, 0)).ok());
+  auto ignored = RunToCompletion(*engine)["e"];
+  EXPECT_EQ(ignored.tokens, greedy_);
+  EXPECT_EQ(ignored.finish, FinishReason::kLength);
+}
+
+TEST_F(EngineEosTest, MinNewTokensHoldsEosBackUntilReached) {
+  auto engine = EngineWithEos(eos_);
+  ASSERT_NE(engine, nullptr);
+  // EOS comes third; with min_new_tokens 3 it is masked for the first three tokens, so the third is
+  // the best token other than EOS at that position.
+  std::vector<int32_t> before_third = prompt_;
+  before_third.insert(before_third.end(), greedy_.begin(), greedy_.begin() + 2);
+  auto logits = engine->PromptLogits(before_third);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  (*logits)[static_cast<size_t>(eos_)] = -std::numeric_limits<float>::infinity();
+  const auto runner_up =
+      static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) - logits->begin());
+  ASSERT_NE(runner_up, eos_);
+
+  ASSERT_TRUE(engine->AddRequest(Request(/*ignore_eos=*/false, 3)).ok());
+  auto out = RunToCompletion(*engine)["e"];
+  ASSERT_GE(out.tokens.size(), 3u);
+  EXPECT_EQ(out.tokens[0], greedy_[0]);
+  EXPECT_EQ(out.tokens[1], greedy_[1]);
+  EXPECT_EQ(out.tokens[2], runner_up);
+  // Past min_new_tokens EOS ends the request again whenever it is picked.
+  for (size_t i = 0; i + 1 < out.tokens.size(); ++i) EXPECT_NE(out.tokens[i], eos_) << i;
+  if (out.finish == FinishReason::kStop) {
+    EXPECT_EQ(out.tokens.back(), eos_);
+  } else {
+    EXPECT_EQ(out.finish, FinishReason::kLength);
+    EXPECT_EQ(out.tokens.size(), 8u);
+  }
+
+  // min_new_tokens 2 leaves the third position free: EOS is picked there and ends the request.
+  GenerationRequest two = Request(/*ignore_eos=*/false, 2);
+  ASSERT_TRUE(engine->AddRequest(two).ok());
+  EXPECT_EQ(RunToCompletion(*engine)["e"].tokens, std::vector<int32_t>(greedy_.begin(), greedy_.begin() + 3));
 }
 
 TEST(EngineTest, RejectsBadRequestsNamingTheField) {
