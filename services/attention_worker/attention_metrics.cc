@@ -30,6 +30,13 @@ AttentionMetrics::AttentionMetrics(prometheus::Registry& registry) {
                .Help("Engine steps (iterations of continuous batching) executed.")
                .Register(registry)
                .Add({});
+  preemptions = &prometheus::BuildCounter()
+                     .Name("moe_attention_preemptions_total")
+                     .Help(
+                         "Running sequences pushed back to the queue for lack of KV cache blocks "
+                         "(recomputed when readmitted).")
+                     .Register(registry)
+                     .Add({});
   auto& step_family =
       prometheus::BuildHistogram()
           .Name("moe_attention_step_duration_seconds")

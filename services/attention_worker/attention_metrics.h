@@ -18,6 +18,7 @@ struct AttentionMetrics {
   prometheus::Gauge* kv_blocks;
   prometheus::Gauge* sequences_running;
   prometheus::Counter* steps;
+  prometheus::Counter* preemptions;
   prometheus::Histogram* step_prefill_seconds;
   prometheus::Histogram* step_decode_seconds;
   prometheus::Histogram* step_dispatch_seconds;

@@ -123,6 +123,7 @@ void StepLoop::RunStep() {
   if (metrics_ != nullptr && engine_->steps() != steps_before) {
     const engine::StepStats& stats = engine_->last_step_stats();
     metrics_->steps->Increment();
+    metrics_->preemptions->Increment(static_cast<double>(stats.num_preemptions));
     (stats.all_decode ? metrics_->step_decode_seconds : metrics_->step_prefill_seconds)
         ->Observe(absl::ToDoubleSeconds(stats.forward));
     metrics_->step_dispatch_seconds->Observe(absl::ToDoubleSeconds(stats.dispatch));
