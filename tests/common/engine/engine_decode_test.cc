@@ -119,7 +119,7 @@ TEST_P(EngineDecodeTest, BatchedDecodeStepsMatchThePrefillOfEachExtendedSequence
           "request " + event.request_id + " at position " + std::to_string(sequence.size() - 1);
       auto prefill = engine->PromptLogits(sequence);
       ASSERT_TRUE(prefill.ok()) << prefill.status();
-      SamplingParams greedy;
+      request::SamplingParams greedy;
       greedy.temperature = 0.0;
       const SampleResult expected = Sampler::Sample(*prefill, sequence, greedy, 0);
       EXPECT_EQ(event.token_id, expected.token_id) << where;

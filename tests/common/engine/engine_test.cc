@@ -243,7 +243,9 @@ class EngineEosTest : public ::testing::Test {
     options.kv_cache_bytes = int64_t{64} << 20;
     auto engine = Engine::CreateEmbedded(dir.string(), options, 1);
     EXPECT_TRUE(engine.ok()) << engine.status();
-    if (engine.ok()) EXPECT_EQ((*engine)->generation_config().eos_token_ids, std::vector<int64_t>{eos});
+    if (engine.ok()) {
+      EXPECT_EQ((*engine)->generation_config().eos_token_ids, std::vector<int64_t>{eos});
+    }
     return engine.ok() ? *std::move(engine) : nullptr;
   }
 
