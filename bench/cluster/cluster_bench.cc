@@ -38,6 +38,7 @@
 #include "common/model/config.h"
 #include "grpcpp/grpcpp.h"
 #include "moe/v1/generate.grpc.pb.h"
+#include "tests/integration/client/cluster_client.h"
 
 namespace moe::bench {
 namespace {
@@ -54,15 +55,8 @@ struct Flags {
   int expert_workers = 2;
 };
 
-std::vector<int32_t> Prompt(int length, uint32_t seed) {
-  std::vector<int32_t> ids;
-  uint32_t x = seed * 2654435761u + 17u;
-  for (int i = 0; i < length; ++i) {
-    x = x * 1664525u + 1013904223u;
-    ids.push_back(static_cast<int32_t>(x % 150000u));
-  }
-  return ids;
-}
+using moe::testing::GreedyRequest;
+using moe::testing::Prompt;
 
 // Token arrival times of concurrent requests, and the moment all of them had a first token.
 class Timeline {
@@ -136,23 +130,11 @@ int Fail(const std::string& message) {
 // request failed.
 bool RunCluster(const Flags& flags, int c, Timeline* timeline, std::optional<Snapshot>* start,
                 std::optional<Snapshot>* end) {
-  auto channel = grpc::CreateChannel(flags.router, grpc::InsecureChannelCredentials());
   std::vector<std::thread> threads;
   std::vector<grpc::Status> statuses(static_cast<size_t>(c));
   for (int i = 0; i < c; ++i) {
     threads.emplace_back([&, i] {
-      auto stub = v1::Generation::NewStub(channel);
-      v1::GenerateRequest request;
-      for (int32_t id : Prompt(flags.prompt_len, static_cast<uint32_t>(i)))
-        request.mutable_token_ids()->add_ids(id);
-      request.mutable_sampling()->set_temperature(0.0f);
-      request.mutable_sampling()->set_max_new_tokens(flags.max_new_tokens);
-      request.mutable_sampling()->set_ignore_eos(true);
-      grpc::ClientContext context;
-      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(600)));
-      auto reader = stub->Generate(&context, request);
-      v1::GenerateResponse response;
-      while (reader->Read(&response)) {
+      auto on_response = [&](const v1::GenerateResponse& response) {
         if (timeline != nullptr && timeline->Add(i, response.tokens_size()) && start != nullptr) {
           auto s = Scrape(flags.attention_metrics);
           if (s.ok())
@@ -160,8 +142,13 @@ bool RunCluster(const Flags& flags, int c, Timeline* timeline, std::optional<Sna
           else
             std::fprintf(stderr, "cluster_bench: scrape: %s\n", s.status().ToString().c_str());
         }
-      }
-      statuses[static_cast<size_t>(i)] = reader->Finish();
+      };
+      statuses[static_cast<size_t>(i)] =
+          moe::testing::Generate(
+              flags.router,
+              GreedyRequest(Prompt(flags.prompt_len, static_cast<uint32_t>(i)), flags.max_new_tokens),
+              absl::Seconds(600), on_response)
+              .status;
     });
   }
   for (std::thread& t : threads) t.join();

@@ -12,12 +12,12 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "common/engine/engine.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
 #include "moe/v1/generate.grpc.pb.h"
+#include "tests/integration/client/cluster_client.h"
 #include "tests/integration/local_cluster.h"
 #include "tests/util/test_models.h"
 
@@ -26,84 +26,10 @@ namespace {
 
 using ::testing::HasSubstr;
 
-struct Result {
-  std::vector<int32_t> tokens;
-  std::vector<float> logprobs;
-  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
-  int completion_tokens = 0;
-  grpc::Status status;
-  std::string text;
-};
-
-std::vector<int32_t> Prompt(int64_t length, uint32_t seed) {
-  std::vector<int32_t> ids;
-  uint32_t x = seed * 2654435761u + 99u;
-  for (int64_t i = 0; i < length; ++i) {
-    x = x * 1664525u + 1013904223u;
-    ids.push_back(static_cast<int32_t>(x % 151643u));
-  }
-  return ids;
-}
-
-v1::GenerateRequest GreedyRequest(const std::vector<int32_t>& prompt, int max_new) {
-  v1::GenerateRequest r;
-  for (int32_t id : prompt) r.mutable_token_ids()->add_ids(id);
-  r.mutable_sampling()->set_temperature(0.0f);
-  r.mutable_sampling()->set_max_new_tokens(max_new);
-  r.mutable_sampling()->set_ignore_eos(true);
-  return r;
-}
-
-Result Generate(const std::string& router, const v1::GenerateRequest& request, double timeout_s = 120) {
-  auto stub = v1::Generation::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() +
-                   std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000)));
-  auto reader = stub->Generate(&ctx, request);
-  Result result;
-  v1::GenerateResponse response;
-  while (reader->Read(&response)) {
-    for (const auto& t : response.tokens()) {
-      result.tokens.push_back(t.token_id());
-      result.logprobs.push_back(t.logprob());
-    }
-    result.text += response.text();
-    if (response.finished()) {
-      result.finish = response.finish_reason();
-      result.completion_tokens = response.usage().completion_tokens();
-    }
-  }
-  result.status = reader->Finish();
-  return result;
-}
-
-// The embedded engine's greedy outputs for the same prompts, all in one batch.
-std::vector<Result> Embedded(const std::string& model_dir, const std::vector<std::vector<int32_t>>& prompts,
-                             int max_new) {
-  auto engine = engine::Engine::CreateEmbedded(model_dir, {}, 1);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  std::map<std::string, Result> by_id;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    engine::GenerationRequest r;
-    r.id = std::to_string(i);
-    r.prompt = prompts[i];
-    r.sampling.temperature = 0.0;
-    r.max_new_tokens = max_new;
-    r.ignore_eos = true;
-    EXPECT_TRUE((*engine)->AddRequest(r).ok());
-  }
-  while ((*engine)->HasWork()) {
-    for (const auto& e : (*engine)->Step()) {
-      if (e.token_id >= 0) {
-        by_id[e.request_id].tokens.push_back(e.token_id);
-        by_id[e.request_id].logprobs.push_back(e.logprob);
-      }
-    }
-  }
-  std::vector<Result> out;
-  for (size_t i = 0; i < prompts.size(); ++i) out.push_back(by_id[std::to_string(i)]);
-  return out;
-}
+using moe::testing::Generate;
+using moe::testing::GenerateResult;
+using moe::testing::GreedyRequest;
+using moe::testing::Prompt;
 
 // Polls an attention worker's GetLoad until every KV block is free (or the deadline passes).
 bool AllBlocksFreeWithin(const std::string& worker, std::chrono::seconds timeout, v1::WorkerLoad* load) {
@@ -131,27 +57,29 @@ class TopologyTest : public ::testing::TestWithParam<Topology> {};
 TEST_P(TopologyTest, ConcurrentGreedyRequestsReproduceEmbeddedModeExactly) {
   const Topology& t = GetParam();
   const std::string& model = moe::testing::TestModelDir("tiny", t.dtype);
-  std::vector<std::vector<int32_t>> prompts;
-  for (int i = 0; i < 8; ++i) prompts.push_back(Prompt(3 + 11 * i, static_cast<uint32_t>(i)));
   constexpr int kMaxNew = 12;
-  const std::vector<Result> expected = Embedded(model, prompts, kMaxNew);
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < 8; ++i)
+    requests.push_back(GreedyRequest(Prompt(3 + 11 * i, static_cast<uint32_t>(i)), kMaxNew));
+  const absl::StatusOr<std::vector<GenerateResult>> expected =
+      moe::testing::GenerateEmbedded(model, requests);
+  ASSERT_TRUE(expected.ok()) << expected.status();
 
   auto cluster = moe::testing::LocalCluster::Start(model, t.attention, t.experts);
   ASSERT_NE(cluster, nullptr);
-  std::vector<Result> actual(prompts.size());
+  std::vector<GenerateResult> actual(requests.size());
   std::vector<std::thread> threads;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    threads.emplace_back(
-        [&, i] { actual[i] = Generate(cluster->router(), GreedyRequest(prompts[i], kMaxNew)); });
+  for (size_t i = 0; i < requests.size(); ++i) {
+    threads.emplace_back([&, i] { actual[i] = Generate(cluster->router(), requests[i]); });
   }
   for (auto& th : threads) th.join();
-  for (size_t i = 0; i < prompts.size(); ++i) {
+  for (size_t i = 0; i < requests.size(); ++i) {
     ASSERT_TRUE(actual[i].status.ok()) << i << ": " << actual[i].status.error_message() << "\n"
                                        << cluster->Logs();
-    EXPECT_EQ(actual[i].tokens, expected[i].tokens) << "request " << i;
-    ASSERT_EQ(actual[i].logprobs.size(), expected[i].logprobs.size());
-    EXPECT_EQ(std::memcmp(actual[i].logprobs.data(), expected[i].logprobs.data(),
-                          expected[i].logprobs.size() * sizeof(float)),
+    EXPECT_EQ(actual[i].tokens, (*expected)[i].tokens) << "request " << i;
+    ASSERT_EQ(actual[i].logprobs.size(), (*expected)[i].logprobs.size());
+    EXPECT_EQ(std::memcmp(actual[i].logprobs.data(), (*expected)[i].logprobs.data(),
+                          (*expected)[i].logprobs.size() * sizeof(float)),
               0)
         << "request " << i << ": logprobs differ";
     EXPECT_EQ(actual[i].finish, v1::FINISH_REASON_LENGTH);
@@ -177,13 +105,20 @@ class ClusterTest : public ::testing::Test {
     cluster_ = nullptr;
   }
   void SetUp() override { ASSERT_NE(cluster_, nullptr); }
+  // The embedded engine's answers to `requests` on the cluster's model.
+  static void EmbeddedAnswers(const std::vector<v1::GenerateRequest>& requests,
+                              std::vector<GenerateResult>* answers) {
+    auto embedded = moe::testing::GenerateEmbedded(moe::testing::TestModelDir("tiny", "bf16"), requests);
+    ASSERT_TRUE(embedded.ok()) << embedded.status();
+    *answers = *std::move(embedded);
+  }
   static moe::testing::LocalCluster* cluster_;
 };
 moe::testing::LocalCluster* ClusterTest::cluster_ = nullptr;
 
 TEST_F(ClusterTest, SixtyFourConcurrentStreamsFinishAndFreeEveryBlock) {
   constexpr int kStreams = 64;
-  std::vector<Result> results(kStreams);
+  std::vector<GenerateResult> results(kStreams);
   std::vector<int> max_new(kStreams);
   std::vector<std::thread> threads;
   for (int i = 0; i < kStreams; ++i) {
@@ -247,7 +182,7 @@ TEST_F(ClusterTest, BadRequestsAreInvalidArgumentNamingTheFieldAndTheClusterKeep
   for (const Case& c : cases) {
     v1::GenerateRequest request = GreedyRequest({9707, 1879}, 4);
     c.mutate(request);
-    const Result r = Generate(cluster_->router(), request, 30);
+    const GenerateResult r = Generate(cluster_->router(), request, absl::Seconds(30));
     EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
         << c.name << ": " << r.status.error_message();
     EXPECT_THAT(r.status.error_message(), HasSubstr(c.field)) << c.name;
@@ -259,12 +194,74 @@ TEST_F(ClusterTest, BadRequestsAreInvalidArgumentNamingTheFieldAndTheClusterKeep
   // breaks, and the next request is served.
   v1::GenerateRequest bad_utf8 = GreedyRequest({9707, 1879}, 4);
   bad_utf8.set_text("abc\xff");
-  const Result refused = Generate(cluster_->router(), bad_utf8, 30);
+  const GenerateResult refused = Generate(cluster_->router(), bad_utf8, absl::Seconds(30));
   EXPECT_FALSE(refused.status.ok());
   EXPECT_TRUE(refused.tokens.empty());
-  const Result ok = Generate(cluster_->router(), GreedyRequest({9707, 1879}, 4));
+  const GenerateResult ok = Generate(cluster_->router(), GreedyRequest({9707, 1879}, 4));
   EXPECT_TRUE(ok.status.ok()) << ok.status.error_message();
   EXPECT_EQ(ok.tokens.size(), 4u);
+}
+
+// Sampling settings that make tiny's planted successor (a logit spike of ~40-100) no sure thing, so
+// that the drawn tokens depend on the seed; every field set, as the embedded reference needs.
+v1::GenerateRequest SeededRequest(const std::vector<int32_t>& prompt, uint64_t seed) {
+  v1::GenerateRequest request = GreedyRequest(prompt, 16);
+  v1::SamplingParams& s = *request.mutable_sampling();
+  s.set_temperature(50.0f);
+  s.set_top_k(100);
+  s.set_top_p(1.0f);
+  s.set_min_p(0.0f);
+  s.set_repetition_penalty(1.0f);
+  s.set_seed(seed);
+  return request;
+}
+
+TEST_F(ClusterTest, SeededSamplingReproducesEmbeddedModeAndAnotherSeedDrawsOtherTokens) {
+  const std::vector<int32_t> prompt = Prompt(21, 4242);
+  const std::vector<v1::GenerateRequest> requests = {SeededRequest(prompt, 1234),
+                                                     SeededRequest(prompt, 1235)};
+  std::vector<GenerateResult> expected;
+  ASSERT_NO_FATAL_FAILURE(EmbeddedAnswers(requests, &expected));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const GenerateResult actual = Generate(cluster_->router(), requests[i]);
+    ASSERT_TRUE(actual.status.ok()) << actual.status.error_message();
+    EXPECT_EQ(actual.tokens, expected[i].tokens) << "seed " << requests[i].sampling().seed();
+    EXPECT_EQ(actual.logprobs, expected[i].logprobs) << "seed " << requests[i].sampling().seed();
+    EXPECT_EQ(actual.tokens.size(), 16u);
+  }
+  // The same seed again gives the same tokens; the other seed, other tokens (in most positions:
+  // with top_k 100 at temperature 50 two seeds agree on a token about 1% of the time).
+  EXPECT_EQ(Generate(cluster_->router(), requests[0]).tokens, expected[0].tokens);
+  int same = 0;
+  for (size_t t = 0; t < 16; ++t) same += expected[0].tokens[t] == expected[1].tokens[t];
+  EXPECT_LE(same, 3) << ::testing::PrintToString(expected[0].tokens) << " vs "
+                     << ::testing::PrintToString(expected[1].tokens);
+}
+
+TEST_F(ClusterTest, TopLogprobsInResponsesMatchEmbeddedMode) {
+  constexpr int kTop = 5;
+  std::vector<v1::GenerateRequest> requests;
+  for (uint32_t i = 0; i < 2; ++i) {
+    requests.push_back(GreedyRequest(Prompt(9 + 13 * i, 310 + i), 8));
+    requests.back().set_logprobs(kTop);
+  }
+  std::vector<GenerateResult> expected;
+  ASSERT_NO_FATAL_FAILURE(EmbeddedAnswers(requests, &expected));
+  for (size_t i = 0; i < requests.size(); ++i) {
+    const GenerateResult actual = Generate(cluster_->router(), requests[i]);
+    ASSERT_TRUE(actual.status.ok()) << actual.status.error_message();
+    ASSERT_EQ(actual.tokens.size(), 8u);
+    EXPECT_EQ(actual.tokens, expected[i].tokens) << "request " << i;
+    ASSERT_EQ(actual.top_logprobs.size(), 8u);
+    for (size_t t = 0; t < actual.tokens.size(); ++t) {
+      ASSERT_EQ(actual.top_logprobs[t].size(), static_cast<size_t>(kTop))
+          << "request " << i << " token " << t;
+      // Greedy: the best alternative is the chosen token, with the chosen token's logprob.
+      EXPECT_EQ(actual.top_logprobs[t][0].token_id, actual.tokens[t]);
+      EXPECT_EQ(actual.top_logprobs[t][0].logprob, actual.logprobs[t]);
+      EXPECT_EQ(actual.top_logprobs[t], expected[i].top_logprobs[t]) << "request " << i << " token " << t;
+    }
+  }
 }
 
 TEST_F(ClusterTest, MoectlGenerateStreamsThroughTheRouter) {

@@ -1,10 +1,14 @@
-// Worker failure at the router level (issue 3, "Worker failure"): a router, one attention worker and
+// Worker failure at the router level (issue 3, "Worker failure"): a router, attention workers and
 // three expert workers run as separate processes on 127.0.0.1 (started with the process helper, not
-// `moectl cluster up`, whose supervisor tears the whole cluster down when one child dies). One
-// expert worker is killed with SIGKILL while streams are in flight; the tests check that every
-// stream ends UNAVAILABLE within 10 s, that the router's readiness turns NOT_SERVING and new
-// requests fail fast, and that restarting the worker (same rank, same port) brings the cluster back
-// to serving the embedded engine's exact greedy tokens without restarting anything else.
+// `moectl cluster up`, whose supervisor tears the whole cluster down when one child dies).
+// - An expert worker is killed with SIGKILL while streams are in flight: every stream ends
+//   UNAVAILABLE within 10 s, the router's readiness turns NOT_SERVING and new requests fail fast,
+//   and restarting the worker (same rank, same port) brings the cluster back to serving the
+//   embedded engine's exact greedy tokens without restarting anything else.
+// - An expert worker hangs (SIGSTOP): the streams fail UNAVAILABLE within the attention worker's
+//   MoE timeout; after SIGCONT the cluster serves embedded mode's tokens again.
+// - One of two attention workers is killed: its streams fail, the other's finish, and new requests
+//   succeed on the survivor.
 //
 // Synchronisation is by polling with deadlines (health checks, GetLoad, stream reads), never sleeps.
 #include <csignal>
@@ -20,11 +24,11 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "common/engine/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
 #include "moe/v1/generate.grpc.pb.h"
+#include "tests/integration/client/cluster_client.h"
 #include "tests/services/process_helper.h"
 #include "tests/util/test_models.h"
 
@@ -32,6 +36,10 @@ namespace moe {
 namespace {
 
 using moe::testing::ChildProcess;
+using moe::testing::Generate;
+using moe::testing::GenerateResult;
+using moe::testing::GreedyRequest;
+using moe::testing::Prompt;
 
 constexpr int kNumExpertWorkers = 3;
 constexpr int kVictimRank = 1;  // the middle shard: experts [42, 85) of every layer
@@ -39,85 +47,21 @@ constexpr int kVictimRank = 1;  // the middle shard: experts [42, 85) of every l
 constexpr int kLongMaxNewTokens = 4000;
 const absl::Duration kStartupTimeout = absl::Seconds(120);
 
-std::vector<int32_t> Prompt(int64_t length, uint32_t seed) {
-  std::vector<int32_t> ids;
-  uint32_t x = seed * 2654435761u + 7u;
-  for (int64_t i = 0; i < length; ++i) {
-    x = x * 1664525u + 1013904223u;
-    ids.push_back(static_cast<int32_t>(x % 151643u));
-  }
-  return ids;
-}
-
-v1::GenerateRequest GreedyRequest(const std::vector<int32_t>& prompt, int max_new_tokens) {
-  v1::GenerateRequest request;
-  for (int32_t id : prompt) request.mutable_token_ids()->add_ids(id);
-  request.mutable_sampling()->set_temperature(0.0f);
-  request.mutable_sampling()->set_max_new_tokens(max_new_tokens);
-  request.mutable_sampling()->set_ignore_eos(true);
-  return request;
-}
-
-struct Outcome {
-  std::vector<int32_t> tokens;
-  std::vector<float> logprobs;
-  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
-  grpc::Status status;
-  absl::Time ended;
+// What a fixture starts: attention workers and the extra flags they get.
+struct ClusterShape {
+  int attention_workers = 1;
+  std::vector<std::string> attention_flags;
 };
 
-// One blocking Generate call to completion.
-Outcome Generate(const std::string& router, const v1::GenerateRequest& request, absl::Duration deadline) {
-  auto stub = v1::Generation::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext context;
-  context.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
-  auto reader = stub->Generate(&context, request);
-  Outcome out;
-  v1::GenerateResponse response;
-  while (reader->Read(&response)) {
-    for (const auto& token : response.tokens()) {
-      out.tokens.push_back(token.token_id());
-      out.logprobs.push_back(token.logprob());
-    }
-    if (response.finished()) out.finish = response.finish_reason();
-  }
-  out.status = reader->Finish();
-  out.ended = absl::Now();
-  return out;
-}
-
-// The embedded engine's greedy tokens and logprobs for `prompts`, all in one batch.
-std::vector<Outcome> Embedded(const std::string& model_dir, const std::vector<std::vector<int32_t>>& prompts,
-                              int max_new_tokens) {
-  auto engine = engine::Engine::CreateEmbedded(model_dir, engine::EngineOptions{});
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  if (!engine.ok()) return {};
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    engine::GenerationRequest request;
-    request.id = std::to_string(i);
-    request.prompt = prompts[i];
-    request.sampling.temperature = 0.0;
-    request.max_new_tokens = max_new_tokens;
-    request.ignore_eos = true;
-    EXPECT_TRUE((*engine)->AddRequest(request).ok());
-  }
-  std::vector<Outcome> out(prompts.size());
-  while ((*engine)->HasWork()) {
-    for (const engine::TokenEvent& event : (*engine)->Step()) {
-      if (event.token_id < 0) continue;
-      Outcome& o = out[std::stoul(event.request_id)];
-      o.tokens.push_back(event.token_id);
-      o.logprobs.push_back(event.logprob);
-    }
-  }
-  return out;
-}
-
-// Router + 1 attention worker + kNumExpertWorkers expert workers on free ports, with the same
-// flags `moectl cluster up` gives them (so the timeouts under test are the product's defaults).
+// Router + attention workers + kNumExpertWorkers expert workers on reserved ports, with the same
+// flags `moectl cluster up` gives them (so the timeouts under test are the product's defaults unless
+// the shape says otherwise).
 class FailoverTest : public ::testing::Test {
  protected:
+  virtual ClusterShape Shape() const { return {}; }
+
   void SetUp() override {
+    const ClusterShape shape = Shape();
     model_ = moe::testing::TestModelDir("tiny", "bf16");
     log_dir_ = moe::testing::MakeTempDir("failover-logs");
     for (int r = 0; r < kNumExpertWorkers; ++r) expert_ports_.push_back(moe::testing::FreePort());
@@ -125,21 +69,31 @@ class FailoverTest : public ::testing::Test {
     for (int r = 0; r < kNumExpertWorkers; ++r) ASSERT_NO_FATAL_FAILURE(StartExpert(r));
     std::vector<std::string> expert_addresses;
     for (int r = 0; r < kNumExpertWorkers; ++r) expert_addresses.push_back(ExpertAddress(r));
-    attention_address_ = moe::testing::LocalAddress(moe::testing::FreePort());
-    auto attention =
-        ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"),
-                            {"--model=" + model_, "--rank=0", "--num_attention_workers=1",
-                             "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
-                             "--listen=" + attention_address_, "--metrics_port=0", "--transport=ucx"},
-                            log_dir_ + "/attention-0.log");
-    ASSERT_TRUE(attention.ok()) << attention.status();
-    attention_ = *std::move(attention);
+    for (int a = 0; a < shape.attention_workers; ++a) {
+      attention_addresses_.push_back(moe::testing::LocalAddress(moe::testing::FreePort()));
+    }
+    for (int a = 0; a < shape.attention_workers; ++a) {
+      std::vector<std::string> flags = {"--model=" + model_,
+                                        absl::StrCat("--rank=", a),
+                                        absl::StrCat("--num_attention_workers=", shape.attention_workers),
+                                        "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
+                                        "--listen=" + attention_addresses_[static_cast<size_t>(a)],
+                                        "--metrics_port=0",
+                                        "--transport=ucx"};
+      flags.insert(flags.end(), shape.attention_flags.begin(), shape.attention_flags.end());
+      auto attention = ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"), flags,
+                                           absl::StrCat(log_dir_, "/attention-", a, ".log"));
+      ASSERT_TRUE(attention.ok()) << attention.status();
+      attention_.push_back(*std::move(attention));
+    }
+    attention_address_ = attention_addresses_[0];
     router_address_ = moe::testing::LocalAddress(moe::testing::FreePort());
-    auto router = ChildProcess::Start(moe::testing::BinaryPath("moe-router"),
-                                      {"--model=" + model_, "--attention_workers=" + attention_address_,
-                                       "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
-                                       "--listen=" + router_address_, "--metrics_port=0"},
-                                      log_dir_ + "/router.log");
+    auto router = ChildProcess::Start(
+        moe::testing::BinaryPath("moe-router"),
+        {"--model=" + model_, "--attention_workers=" + absl::StrJoin(attention_addresses_, ","),
+         "--expert_workers=" + absl::StrJoin(expert_addresses, ","), "--listen=" + router_address_,
+         "--metrics_port=0"},
+        log_dir_ + "/router.log");
     ASSERT_TRUE(router.ok()) << router.status();
     router_ = *std::move(router);
     const absl::Status ready =
@@ -151,7 +105,7 @@ class FailoverTest : public ::testing::Test {
     if (HasFailure()) std::cerr << Logs();
     // Reverse order of start: the router first, the expert workers last.
     router_.reset();
-    attention_.reset();
+    attention_.clear();
     experts_.clear();
   }
 
@@ -167,19 +121,19 @@ class FailoverTest : public ::testing::Test {
   }
 
   // SIGKILL, then reap (so the port is released before a restart).
-  void KillExpert(int rank) {
-    ChildProcess& victim = *experts_[static_cast<size_t>(rank)];
+  static void Kill(ChildProcess& victim, const std::string& name) {
     victim.Signal(SIGKILL);
-    ASSERT_TRUE(victim.Wait(absl::Seconds(10)).has_value()) << "expert-" << rank << " survived SIGKILL";
+    ASSERT_TRUE(victim.Wait(absl::Seconds(10)).has_value()) << name << " survived SIGKILL";
   }
+  void KillExpert(int rank) { Kill(*experts_[static_cast<size_t>(rank)], absl::StrCat("expert-", rank)); }
 
   std::string ExpertAddress(int rank) const {
     return moe::testing::LocalAddress(expert_ports_[static_cast<size_t>(rank)]);
   }
 
-  v1::WorkerLoad AttentionLoad() {
-    auto stub = v1::AttentionWorker::NewStub(
-        grpc::CreateChannel(attention_address_, grpc::InsecureChannelCredentials()));
+  v1::WorkerLoad AttentionLoad(int rank = 0) {
+    auto stub = v1::AttentionWorker::NewStub(grpc::CreateChannel(
+        attention_addresses_[static_cast<size_t>(rank)], grpc::InsecureChannelCredentials()));
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     v1::WorkerLoad load;
@@ -188,13 +142,45 @@ class FailoverTest : public ::testing::Test {
     return load;
   }
 
+  // Polls attention worker `rank` until every KV block is free and nothing runs (freeing happens
+  // on the worker's step), up to 10 s; returns the last load seen.
+  v1::WorkerLoad AttentionLoadWhenIdle(int rank = 0) {
+    v1::WorkerLoad load = AttentionLoad(rank);
+    for (const absl::Time deadline = absl::Now() + absl::Seconds(10);
+         (load.num_free_kv_blocks() != load.num_kv_blocks() || load.num_running() != 0) &&
+         absl::Now() < deadline;) {
+      load = AttentionLoad(rank);
+    }
+    return load;
+  }
+
+  // The embedded engine's answers to `requests` and the cluster's, all sent at once; expects the
+  // same tokens and bit-identical logprobs, finishing by length.
+  void ExpectClusterMatchesEmbedded(const std::vector<v1::GenerateRequest>& requests) {
+    const absl::StatusOr<std::vector<GenerateResult>> expected =
+        moe::testing::GenerateEmbedded(model_, requests);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    std::vector<GenerateResult> actual(requests.size());
+    std::vector<std::thread> threads;
+    for (size_t i = 0; i < requests.size(); ++i) {
+      threads.emplace_back([&, i] { actual[i] = Generate(router_address_, requests[i], absl::Seconds(60)); });
+    }
+    for (std::thread& t : threads) t.join();
+    for (size_t i = 0; i < requests.size(); ++i) {
+      ASSERT_TRUE(actual[i].status.ok()) << i << ": " << actual[i].status.error_message();
+      EXPECT_EQ(actual[i].finish, v1::FINISH_REASON_LENGTH);
+      EXPECT_EQ(actual[i].tokens, (*expected)[i].tokens) << "request " << i;
+      EXPECT_EQ(actual[i].logprobs, (*expected)[i].logprobs) << "request " << i;
+    }
+  }
+
   std::string Logs() const {
     std::string out;
     auto add = [&out](const std::string& name, const std::unique_ptr<ChildProcess>& child) {
       if (child) absl::StrAppend(&out, "==== ", name, " ====\n", child->Log(), "\n");
     };
     add("router", router_);
-    add("attention-0", attention_);
+    for (size_t a = 0; a < attention_.size(); ++a) add(absl::StrCat("attention-", a), attention_[a]);
     for (size_t r = 0; r < experts_.size(); ++r) add(absl::StrCat("expert-", r), experts_[r]);
     return out;
   }
@@ -202,19 +188,21 @@ class FailoverTest : public ::testing::Test {
   std::string model_;
   std::string log_dir_;
   std::vector<int> expert_ports_;
-  std::string attention_address_;
+  std::vector<std::string> attention_addresses_;
+  std::string attention_address_;  // attention worker 0
   std::string router_address_;
   std::vector<std::unique_ptr<ChildProcess>> experts_;
-  std::unique_ptr<ChildProcess> attention_;
+  std::vector<std::unique_ptr<ChildProcess>> attention_;
   std::unique_ptr<ChildProcess> router_;
 };
 
 // Streams started in background threads; Wait() blocks until each has received its first token.
 class InFlightStreams {
  public:
-  InFlightStreams(const std::string& router, int count) : outcomes_(static_cast<size_t>(count)) {
+  InFlightStreams(const std::string& router, int count, int max_new_tokens = kLongMaxNewTokens)
+      : outcomes_(static_cast<size_t>(count)) {
     for (int i = 0; i < count; ++i) {
-      threads_.emplace_back([this, router, i] { Run(router, i); });
+      threads_.emplace_back([this, router, i, max_new_tokens] { Run(router, i, max_new_tokens); });
     }
   }
   ~InFlightStreams() { Join(); }
@@ -227,7 +215,7 @@ class InFlightStreams {
     return mu_.AwaitWithTimeout(absl::Condition(&all), timeout) && ended_early_ == 0;
   }
 
-  const std::vector<Outcome>& Join() {
+  const std::vector<GenerateResult>& Join() {
     for (std::thread& t : threads_) {
       if (t.joinable()) t.join();
     }
@@ -235,34 +223,25 @@ class InFlightStreams {
   }
 
  private:
-  void Run(const std::string& router, int i) {
-    auto stub = v1::Generation::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()));
-    grpc::ClientContext context;
-    // A bound so that a hang fails the test instead of blocking it; far above the 10 s asserted.
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
-    auto reader = stub->Generate(
-        &context, GreedyRequest(Prompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)), kLongMaxNewTokens));
-    Outcome& out = outcomes_[static_cast<size_t>(i)];
+  void Run(const std::string& router, int i, int max_new_tokens) {
     bool counted = false;
-    v1::GenerateResponse response;
-    while (reader->Read(&response)) {
-      for (const auto& token : response.tokens()) out.tokens.push_back(token.token_id());
-      if (response.finished()) out.finish = response.finish_reason();
-      if (!counted && !out.tokens.empty()) {
-        counted = true;
-        absl::MutexLock lock(&mu_);
-        ++started_;
-      }
-    }
-    out.status = reader->Finish();
-    out.ended = absl::Now();
+    auto count_first_token = [&](const v1::GenerateResponse& response) {
+      if (counted || response.tokens_size() == 0) return;
+      counted = true;
+      absl::MutexLock lock(&mu_);
+      ++started_;
+    };
+    // A bound so that a hang fails the test instead of blocking it; far above the 10 s asserted.
+    outcomes_[static_cast<size_t>(i)] =
+        Generate(router, GreedyRequest(Prompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)), max_new_tokens),
+                 absl::Seconds(120), count_first_token);
     if (!counted) {
       absl::MutexLock lock(&mu_);
       ++ended_early_;
     }
   }
 
-  std::vector<Outcome> outcomes_;
+  std::vector<GenerateResult> outcomes_;
   std::vector<std::thread> threads_;
   absl::Mutex mu_;
   int started_ ABSL_GUARDED_BY(mu_) = 0;
@@ -276,9 +255,9 @@ TEST_F(FailoverTest, KilledExpertWorkerEndsEveryInFlightStreamUnavailableWithinT
   ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(60))) << "streams did not start";
   ASSERT_NO_FATAL_FAILURE(KillExpert(kVictimRank));
   const absl::Time killed = absl::Now();
-  const std::vector<Outcome>& outcomes = streams.Join();
+  const std::vector<GenerateResult>& outcomes = streams.Join();
   for (int i = 0; i < kNumStreams; ++i) {
-    const Outcome& o = outcomes[static_cast<size_t>(i)];
+    const GenerateResult& o = outcomes[static_cast<size_t>(i)];
     EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE)
         << "stream " << i << ": " << o.status.error_message();
     EXPECT_NE(o.finish, v1::FINISH_REASON_LENGTH) << "stream " << i << " finished before the kill";
@@ -303,7 +282,8 @@ TEST_F(FailoverTest, RouterTurnsNotServingAndRefusesNewRequestsFastDuringTheOuta
   // until its deadline: UNAVAILABLE well before the 30 s deadline given.
   for (int i = 0; i < 3; ++i) {
     const absl::Time sent = absl::Now();
-    const Outcome o = Generate(router_address_, GreedyRequest(Prompt(5, 900u + i), 8), absl::Seconds(30));
+    const GenerateResult o =
+        Generate(router_address_, GreedyRequest(Prompt(5, 900u + i), 8), absl::Seconds(30));
     EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
     EXPECT_TRUE(o.tokens.empty());
     EXPECT_LT(o.ended - sent, absl::Seconds(2)) << "request " << i << " was not refused fast";
@@ -311,22 +291,25 @@ TEST_F(FailoverTest, RouterTurnsNotServingAndRefusesNewRequestsFastDuringTheOuta
   // Still refusing: the outage lasts until the worker is back, with nothing restarted.
   EXPECT_FALSE(moe::testing::IsServing(router_address_, "readiness"));
   EXPECT_TRUE(router_->Running());
-  EXPECT_TRUE(attention_->Running());
+  EXPECT_TRUE(attention_[0]->Running());
+}
+
+// Greedy requests for the recovered cluster to answer as embedded mode does.
+std::vector<v1::GenerateRequest> CheckRequests() {
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < 3; ++i) {
+    requests.push_back(
+        GreedyRequest(Prompt(3 + 9 * i, 700u + static_cast<uint32_t>(i)), /*max_new_tokens=*/12));
+  }
+  return requests;
 }
 
 TEST_F(FailoverTest, RestartedExpertWorkerRestoresServingWithEmbeddedGreedyTokens) {
-  const std::string model = model_;
-  std::vector<std::vector<int32_t>> prompts;
-  for (int i = 0; i < 3; ++i) prompts.push_back(Prompt(3 + 9 * i, 700u + static_cast<uint32_t>(i)));
-  constexpr int kMaxNew = 12;
-  const std::vector<Outcome> expected = Embedded(model, prompts, kMaxNew);
-  ASSERT_EQ(expected.size(), prompts.size());
-
   {
     InFlightStreams streams(router_address_, 2);
     ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(60)));
     ASSERT_NO_FATAL_FAILURE(KillExpert(kVictimRank));
-    for (const Outcome& o : streams.Join()) {
+    for (const GenerateResult& o : streams.Join()) {
       EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
     }
   }
@@ -334,7 +317,7 @@ TEST_F(FailoverTest, RestartedExpertWorkerRestoresServingWithEmbeddedGreedyToken
       moe::testing::WaitForHealth(router_address_, "readiness", false, absl::Now() + absl::Seconds(10)).ok());
 
   const pid_t router_pid = router_->pid();
-  const pid_t attention_pid = attention_->pid();
+  const pid_t attention_pid = attention_[0]->pid();
   const absl::Time restarted = absl::Now();
   ASSERT_NO_FATAL_FAILURE(StartExpert(kVictimRank));
   const absl::Status serving =
@@ -344,32 +327,99 @@ TEST_F(FailoverTest, RestartedExpertWorkerRestoresServingWithEmbeddedGreedyToken
   // Nothing else was restarted.
   EXPECT_EQ(router_->pid(), router_pid);
   EXPECT_TRUE(router_->Running());
-  EXPECT_EQ(attention_->pid(), attention_pid);
-  EXPECT_TRUE(attention_->Running());
-  // The failed sequences gave back their KV blocks (polled: freeing happens on the worker's step).
-  v1::WorkerLoad load = AttentionLoad();
-  for (const absl::Time deadline = absl::Now() + absl::Seconds(10);
-       (load.num_free_kv_blocks() != load.num_kv_blocks() || load.num_running() != 0) &&
-       absl::Now() < deadline;) {
-    load = AttentionLoad();
-  }
+  EXPECT_EQ(attention_[0]->pid(), attention_pid);
+  EXPECT_TRUE(attention_[0]->Running());
+  // The failed sequences gave back their KV blocks.
+  const v1::WorkerLoad load = AttentionLoadWhenIdle();
   EXPECT_EQ(load.num_free_kv_blocks(), load.num_kv_blocks());
   EXPECT_EQ(load.num_running(), 0);
 
-  std::vector<Outcome> actual(prompts.size());
-  std::vector<std::thread> threads;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    threads.emplace_back([&, i] {
-      actual[i] = Generate(router_address_, GreedyRequest(prompts[i], kMaxNew), absl::Seconds(60));
-    });
+  ExpectClusterMatchesEmbedded(CheckRequests());
+}
+
+// A hung expert worker (SIGSTOP: its sockets stay open, nothing answers) is caught by the attention
+// worker's MoE round deadline, set short here, not by a broken connection.
+constexpr int kMoeTimeoutSeconds = 3;
+
+class HungExpertWorkerTest : public FailoverTest {
+ protected:
+  ClusterShape Shape() const override {
+    return {.attention_workers = 1,
+            .attention_flags = {absl::StrCat("--moe_timeout_seconds=", kMoeTimeoutSeconds)}};
   }
-  for (std::thread& t : threads) t.join();
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ASSERT_TRUE(actual[i].status.ok()) << i << ": " << actual[i].status.error_message();
-    EXPECT_EQ(actual[i].finish, v1::FINISH_REASON_LENGTH);
-    EXPECT_EQ(actual[i].tokens, expected[i].tokens) << "request " << i;
-    EXPECT_EQ(actual[i].logprobs, expected[i].logprobs) << "request " << i;
+};
+
+TEST_F(HungExpertWorkerTest, StreamsFailUnavailableWithinTheMoeTimeoutAndTheClusterRecoversAfterSigcont) {
+  ChildProcess& victim = *experts_[kVictimRank];
+  {
+    InFlightStreams streams(router_address_, kNumStreams);
+    ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(60))) << "streams did not start";
+    victim.Signal(SIGSTOP);
+    const absl::Time stopped = absl::Now();
+    const std::vector<GenerateResult>& outcomes = streams.Join();
+    for (int i = 0; i < kNumStreams; ++i) {
+      const GenerateResult& o = outcomes[static_cast<size_t>(i)];
+      EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << "stream " << i << ": " << o.status.error_message();
+      EXPECT_LT(static_cast<int>(o.tokens.size()), kLongMaxNewTokens) << "stream " << i;
+      // The round that hangs may have started up to one step before the stop; the stream ends when
+      // its deadline passes, plus the time for the error to reach the client.
+      const absl::Duration took = o.ended - stopped;
+      EXPECT_LT(took, absl::Seconds(kMoeTimeoutSeconds + 3)) << "stream " << i;
+      std::cerr << "stream " << i << ": ended " << absl::FormatDuration(took)
+                << " after SIGSTOP: " << o.status.error_message() << "\n";
+    }
   }
+  EXPECT_TRUE(victim.Running());  // hung, not dead: nothing restarted it
+
+  victim.Signal(SIGCONT);
+  const absl::Time resumed = absl::Now();
+  const absl::Status serving =
+      moe::testing::WaitForHealth(router_address_, "readiness", true, absl::Now() + absl::Seconds(60));
+  ASSERT_TRUE(serving.ok()) << serving;
+  std::cerr << "router SERVING " << absl::FormatDuration(absl::Now() - resumed) << " after SIGCONT\n";
+  const v1::WorkerLoad load = AttentionLoadWhenIdle();
+  EXPECT_EQ(load.num_free_kv_blocks(), load.num_kv_blocks());
+  EXPECT_EQ(load.num_running(), 0);
+  // The rounds the worker answers late, after SIGCONT, must not be mistaken for new ones.
+  ExpectClusterMatchesEmbedded(CheckRequests());
+}
+
+class AttentionWorkerFailoverTest : public FailoverTest {
+ protected:
+  ClusterShape Shape() const override { return {.attention_workers = 2}; }
+};
+
+TEST_F(AttentionWorkerFailoverTest, KilledAttentionWorkerLeavesTheOtherServingAndNewRequestsSucceed) {
+  constexpr int kShortMaxNewTokens = 150;
+  {
+    InFlightStreams streams(router_address_, kNumStreams, kShortMaxNewTokens);
+    ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(60))) << "streams did not start";
+    // The router spread the streams over both workers, so the kill hits some and spares others.
+    const int running_on_victim = AttentionLoad(1).num_running();
+    const int running_on_survivor = AttentionLoad(0).num_running();
+    ASSERT_GT(running_on_victim, 0);
+    ASSERT_GT(running_on_survivor, 0);
+    ASSERT_NO_FATAL_FAILURE(Kill(*attention_[1], "attention-1"));
+    int unavailable = 0, finished = 0;
+    for (const GenerateResult& o : streams.Join()) {
+      if (o.status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+        ++unavailable;
+        continue;
+      }
+      EXPECT_TRUE(o.status.ok()) << o.status.error_message();
+      EXPECT_EQ(o.finish, v1::FINISH_REASON_LENGTH);
+      EXPECT_EQ(static_cast<int>(o.tokens.size()), kShortMaxNewTokens);
+      ++finished;
+    }
+    // Exactly the streams on the dead worker failed; the survivor's ran to their end.
+    EXPECT_EQ(unavailable, running_on_victim);
+    EXPECT_EQ(finished, running_on_survivor);
+  }
+  EXPECT_TRUE(moe::testing::IsServing(router_address_, "readiness"));
+  EXPECT_TRUE(router_->Running());
+  EXPECT_TRUE(attention_[0]->Running());
+  ExpectClusterMatchesEmbedded(CheckRequests());
 }
 
 }  // namespace

@@ -1,5 +1,10 @@
-// A local cluster for integration tests, started with `moectl cluster up --detach` on free ports of
-// 127.0.0.1 with its own state dir, and stopped (with every child) on destruction.
+// A local cluster for integration tests, started with `moectl cluster up --detach` on ports of
+// 127.0.0.1 this process has reserved (tests/services/process_helper.h: ReservePorts) with its own
+// state dir, and stopped (with every child) on destruction.
+//
+// Start-up is deterministic: one attempt, on ports no other test can be handed, and Start returns
+// only once the router and every worker answer their gRPC health check "readiness" as SERVING
+// (polled, with a deadline). A failure is the test's failure, never retried.
 #ifndef MOE_TESTS_INTEGRATION_LOCAL_CLUSTER_H_
 #define MOE_TESTS_INTEGRATION_LOCAL_CLUSTER_H_
 
@@ -9,11 +14,14 @@
 #include <string>
 #include <vector>
 
+#include "tests/services/process_helper.h"
+
 namespace moe::testing {
 
 class LocalCluster {
  public:
-  // Returns nullptr (after printing the reason and the logs) if the cluster did not come up.
+  // Returns nullptr (after printing the reason and the logs) if the cluster did not come up, or a
+  // process did not turn ready, within 120 s.
   static std::unique_ptr<LocalCluster> Start(const std::string& model_dir, int attention_workers,
                                              int expert_workers);
   ~LocalCluster();
@@ -27,15 +35,13 @@ class LocalCluster {
   std::string Logs() const;
 
  private:
+  std::unique_ptr<PortReservation> ports_;
   std::string moectl_;
   std::string state_dir_;
   std::string router_;
   std::vector<std::string> attention_;
   std::vector<std::string> experts_;
 };
-
-// A base port such that [base, base + count) and [base + 1000, base + 1000 + count) are free now.
-int FreePortBlock(int count);
 
 }  // namespace moe::testing
 

@@ -4,8 +4,10 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,7 +18,9 @@
 #include <sstream>
 #include <thread>
 
+#include "absl/base/const_init.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
@@ -100,23 +104,94 @@ std::string ChildProcess::Log() const {
   return contents.str();
 }
 
-int FreePort() {
-  // Below the kernel's ephemeral range (ip_local_port_range, 32768-60999 by default): a port handed
-  // out by bind(0) is ephemeral, so once a test frees it (kill -9 of a worker it then restarts on
-  // the same port), any outgoing connection of a parallel test may take it as its source port.
-  static std::mt19937 rng(static_cast<unsigned>(getpid()) * 2654435761u ^
-                          static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count()));
-  for (int attempt = 0; attempt < 500; ++attempt) {
-    const int port = 10000 + static_cast<int>(rng() % 22000);  // [10000, 32000)
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) return 0;
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = htons(static_cast<uint16_t>(port));
-    const bool free = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+namespace {
+
+constexpr int kFirstTestPort = 10000;
+constexpr int kNumPortBlocks = (32000 - kFirstTestPort) / kPortBlockSize;
+constexpr char kPortLockDir[] = "/tmp/moe-test-ports";
+
+bool PortBindable(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  const bool free = bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  close(fd);
+  return free;
+}
+
+// The fd holding the exclusive flock of `block`, or -1 if another process holds it.
+int LockBlock(int block) {
+  const std::string path = absl::StrCat(kPortLockDir, "/", block, ".lock");
+  const int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd < 0) return -1;
+  if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
     close(fd);
-    if (free) return port;
+    return -1;
+  }
+  return fd;
+}
+
+}  // namespace
+
+PortReservation::~PortReservation() {
+  for (int fd : lock_fds_) close(fd);
+}
+
+absl::StatusOr<std::unique_ptr<PortReservation>> ReservePorts(int count, int offset) {
+  if (count < 1 || count > kPortBlockSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ReservePorts: count ", count, " outside [1, ", kPortBlockSize, "]"));
+  }
+  if (offset < 0 || offset % kPortBlockSize != 0 || offset / kPortBlockSize >= kNumPortBlocks) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ReservePorts: offset ", offset, " is not a multiple of ", kPortBlockSize));
+  }
+  mkdir(kPortLockDir, 0777);
+  chmod(kPortLockDir, 0777);  // shared by every user's tests on the machine
+  const int offset_blocks = offset / kPortBlockSize;
+  const int usable_blocks = kNumPortBlocks - offset_blocks;
+  // Start at a random block: parallel processes then rarely contend for the same lock file.
+  std::mt19937 rng(static_cast<unsigned>(getpid()) * 2654435761u ^
+                   static_cast<unsigned>(std::chrono::steady_clock::now().time_since_epoch().count()));
+  const int first = static_cast<int>(rng() % static_cast<unsigned>(usable_blocks));
+  for (int i = 0; i < usable_blocks; ++i) {
+    const int block = (first + i) % usable_blocks;
+    const int base = kFirstTestPort + block * kPortBlockSize;
+    std::vector<int> fds;
+    for (int b : offset > 0 ? std::vector<int>{block, block + offset_blocks} : std::vector<int>{block}) {
+      const int fd = LockBlock(b);
+      if (fd < 0) break;
+      fds.push_back(fd);
+    }
+    bool ok = fds.size() == (offset > 0 ? 2u : 1u);
+    for (int p = 0; ok && p < count; ++p)
+      ok = PortBindable(base + p) && (offset == 0 || PortBindable(base + offset + p));
+    if (ok) return std::unique_ptr<PortReservation>(new PortReservation(base, std::move(fds)));
+    for (int fd : fds) close(fd);
+  }
+  return absl::ResourceExhaustedError(
+      absl::StrCat("no free block of ", count, " test ports (locks in ", kPortLockDir, ")"));
+}
+
+int FreePort() {
+  static absl::Mutex mu(absl::kConstInit);
+  // Reservations are never released: ports handed out stay this process's until it exits.
+  static std::vector<std::unique_ptr<PortReservation>>* blocks =
+      new std::vector<std::unique_ptr<PortReservation>>();
+  static int next = kPortBlockSize;
+  absl::MutexLock lock(&mu);
+  for (int attempt = 0; attempt < 4 * kPortBlockSize; ++attempt) {
+    if (next == kPortBlockSize) {
+      auto block = ReservePorts(1);
+      if (!block.ok()) return 0;
+      blocks->push_back(*std::move(block));
+      next = 0;
+    }
+    const int port = blocks->back()->base() + next++;
+    if (PortBindable(port)) return port;
   }
   return 0;
 }

@@ -56,8 +56,39 @@ class ChildProcess {
   std::optional<int> exit_status_;
 };
 
-// A TCP port on 127.0.0.1 that was free a moment ago, chosen below the kernel's ephemeral range so
-// that a port a test frees and binds again is not taken meanwhile by some connection's source port.
+// Ports for test servers, below the kernel's ephemeral range (32768+) so that a port a test frees
+// and binds again (a restarted worker) is not taken meanwhile by some connection's source port.
+// [10000, 32000) is cut into blocks of kPortBlockSize; a process reserves a block by holding an
+// flock on /tmp/moe-test-ports/<block>.lock, so tests running in parallel (ctest -j, several build
+// trees on one machine) never hand out the same port, and nothing needs a retry. The lock goes with
+// the reservation, or with the process.
+inline constexpr int kPortBlockSize = 40;
+
+class PortReservation {
+ public:
+  ~PortReservation();
+  PortReservation(const PortReservation&) = delete;
+  PortReservation& operator=(const PortReservation&) = delete;
+
+  // The first reserved port: [base(), base() + count) is reserved, and so is
+  // [base() + offset, base() + offset + count) if an offset was asked for.
+  int base() const { return base_; }
+
+ private:
+  friend absl::StatusOr<std::unique_ptr<PortReservation>> ReservePorts(int count, int offset);
+  PortReservation(int base, std::vector<int> lock_fds) : base_(base), lock_fds_(std::move(lock_fds)) {}
+  int base_;
+  std::vector<int> lock_fds_;
+};
+
+// Reserves `count` consecutive ports (1 <= count <= kPortBlockSize), each bindable on 127.0.0.1 now,
+// and, when `offset` > 0 (a multiple of kPortBlockSize), the `count` ports from base + offset too
+// (moectl cluster up puts metrics ports at port + 1000). RESOURCE_EXHAUSTED if no block is free;
+// INVALID_ARGUMENT for a bad count or offset.
+absl::StatusOr<std::unique_ptr<PortReservation>> ReservePorts(int count, int offset = 0);
+
+// A TCP port on 127.0.0.1, bindable now, from a block this process reserved (see above); 0 if none
+// can be reserved. Thread-safe; successive calls return different ports.
 int FreePort();
 
 // "127.0.0.1:<port>".
