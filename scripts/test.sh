@@ -8,6 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install_deps.sh --test
+# Formatting first: it fails in a second where a build would take minutes.
+scripts/format.sh --check
 /usr/bin/python3 scripts/check_skips.py --self-test
 
 failed_passes=()
@@ -26,7 +28,8 @@ run_ctest() {
   [[ ${rc} == 0 ]] || failed_passes+=("${name}")
 }
 
-scripts/build.sh
+# The main build treats warnings as errors (the sanitizer builds add their own flags and do not).
+scripts/build.sh -DMOE_WERROR=ON
 run_ctest main build -j 2 -LE gpu --timeout 900
 
 if [[ "${MOE_SKIP_SANITIZERS:-0}" != 1 ]]; then

@@ -35,12 +35,6 @@ std::string Moectl() {
   return std::string(MOE_BINARY_DIR_DEFAULT) + "/bin/moectl";
 }
 
-std::string Quote(const std::string& s) {
-  std::string q = "'";
-  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-  return q + "'";
-}
-
 // Runs moectl with `args` (already quoted), feeding `input` on stdin.
 Result RunMoectl(const std::string& args, const std::string& input = "") {
   const std::string dir = testing::MakeTempDir("moectl-run");
