@@ -25,7 +25,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedExperts>> EmbeddedExperts::Create(const m
     ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(checkpoint, config, range.first, range.count));
     model::PrefaultWeights(*shard);
     experts->blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
-    experts->servers_.push_back(std::make_unique<ExpertServer>(
+    experts->servers_.push_back(std::make_unique<ExpertShardServer>(
         experts->blocks_.back().get(), experts->hub_.Endpoint(experts->placement_.peer(w))));
     experts->servers_.back()->Start();
   }

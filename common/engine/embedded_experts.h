@@ -1,5 +1,5 @@
 // Embedded mode's expert side: the model's experts split into contiguous shards (as the cluster's
-// expert workers would hold them), each served in-process by an ExpertServer on its own thread over
+// expert workers would hold them), each served in-process by an ExpertShardServer on its own thread over
 // a LoopbackHub. The engine reaches them through attention_endpoint() and placement() exactly as a
 // cluster attention worker reaches its expert workers, so embedded mode runs the same data-plane
 // code (dispatch, combine, timeouts) as a cluster.
@@ -15,7 +15,7 @@
 #include "absl/status/statusor.h"
 #include "common/engine/expert_block.h"
 #include "common/engine/expert_placement.h"
-#include "common/engine/expert_server.h"
+#include "common/engine/expert_shard_server.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
 #include "common/transport/loopback/loopback_transport.h"
@@ -58,7 +58,7 @@ class EmbeddedExperts {
   // Declaration order is the reverse of destruction: servers stop before their blocks and endpoints.
   transport::LoopbackHub hub_;
   std::vector<std::unique_ptr<ExpertBlock>> blocks_;
-  std::vector<std::unique_ptr<ExpertServer>> servers_;
+  std::vector<std::unique_ptr<ExpertShardServer>> servers_;
 };
 
 }  // namespace moe::engine

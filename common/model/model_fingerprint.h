@@ -1,5 +1,5 @@
-// The model fingerprint exchanged over control (control.proto model_fingerprint): workers that were
-// started on different models refuse to pair instead of computing garbage.
+// The model fingerprint exchanged over control (expert_control.proto model_fingerprint): workers
+// that were started on different models refuse to pair instead of computing garbage.
 #ifndef MOE_COMMON_MODEL_MODEL_FINGERPRINT_H_
 #define MOE_COMMON_MODEL_MODEL_FINGERPRINT_H_
 

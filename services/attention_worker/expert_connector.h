@@ -1,5 +1,5 @@
-// The attention worker's view of the expert workers (control.proto ExpertWorker clients): at start
-// and whenever one is missing it calls GetInfo + Connect on it (retrying with a bounded backoff),
+// The attention worker's view of the expert workers (ExpertControl clients, expert_control.proto): at
+// start and whenever one is missing it calls GetInfo + Connect on it (retrying with a bounded backoff),
 // validates its shard against the ExpertPlacement layout and the model fingerprint, and connects
 // the local UcxTransport to its data-plane address. While all are connected it re-checks them every
 // `monitor_interval`, so a dead or restarted expert worker (new UCX address) is noticed without
@@ -21,7 +21,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/transport/ucx/ucx_transport.h"
-#include "moe/v1/control.grpc.pb.h"
+#include "moe/v1/expert_control.grpc.pb.h"
 
 namespace moe::services {
 
@@ -64,7 +64,7 @@ class ExpertConnector {
  private:
   struct Peer {
     std::string address;
-    std::unique_ptr<v1::ExpertWorker::Stub> stub;
+    std::unique_ptr<v1::ExpertControl::Stub> stub;
     bool connected = false;
     std::string data_address;  // UCX address the endpoint was made with
     std::string last_error;    // logged once per change

@@ -63,13 +63,13 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
     for (int64_t l = 0; l < config.num_hidden_layers; ++l) {
       if (config.IsMoeLayer(l)) moe_layers.push_back(l);
     }
-    worker->metrics_ = std::make_unique<ExpertMetrics>(*registry, moe_layers, config.num_hidden_layers,
-                                                       range.first, range.count, options.per_expert_metrics);
+    worker->metrics_ =
+        std::make_unique<ExpertMetrics>(*registry, moe_layers, config.num_hidden_layers, range.first,
+                                        range.count, options.per_expert_metrics, options.load_window);
   }
-  worker->loop_ = std::make_unique<ExpertRoundLoop>(worker->block_.get(), worker->transport_.get(),
-                                                    worker->metrics_.get(), config.num_hidden_layers,
-                                                    options.load_window);
-  worker->loop_->Start();
+  worker->server_ = std::make_unique<engine::ExpertShardServer>(
+      worker->block_.get(), worker->transport_.get(), worker->metrics_.get());
+  worker->server_->Start();
   return worker;
 }
 

@@ -1,6 +1,7 @@
 // One expert worker: loads its shard of the experts (only those tensors: memory proportional to
 // the shard), opens its UCX endpoint (peer id 1000 + rank, engine/expert_placement.h) and serves
-// dispatches through ExpertRoundLoop. The gRPC surface is expert_service.h.
+// dispatches through an engine::ExpertShardServer observed by ExpertMetrics. The gRPC surface is
+// expert_control_service.h.
 //
 // Thread safety: info() is immutable after Create; ConnectAttention may be called from any thread
 // (UcxTransport is thread-safe); Drain/Stop from one control thread.
@@ -15,12 +16,12 @@
 #include "absl/time/time.h"
 #include "common/engine/expert_block.h"
 #include "common/engine/expert_placement.h"
+#include "common/engine/expert_shard_server.h"
 #include "common/model/checkpoint.h"
 #include "common/transport/ucx/ucx_transport.h"
-#include "moe/v1/control.pb.h"
+#include "moe/v1/expert_control.pb.h"
 #include "prometheus/registry.h"
 #include "services/expert_worker/expert_metrics.h"
-#include "services/expert_worker/expert_round_loop.h"
 
 namespace moe::services {
 
@@ -52,12 +53,12 @@ class ExpertWorker {
   // or address; FAILED_PRECONDITION when `fingerprint` (if non-empty) is not this model's.
   absl::Status ConnectAttention(int32_t peer_id, const std::string& address, const std::string& fingerprint);
 
-  // See ExpertRoundLoop::Drain / Stop.
-  uint64_t Drain() { return loop_->Drain(); }
+  // See engine::ExpertShardServer::Drain / Stop.
+  uint64_t Drain() { return server_->Drain(); }
   void Stop() {
-    if (loop_ != nullptr) loop_->Stop();
+    if (server_ != nullptr) server_->Stop();
   }
-  uint64_t rounds_served() const { return loop_->rounds_served(); }
+  uint64_t rounds_served() const { return server_->rounds_served(); }
 
  private:
   ExpertWorker() = default;
@@ -68,7 +69,7 @@ class ExpertWorker {
   std::unique_ptr<engine::ExpertBlock> block_;
   std::unique_ptr<transport::UcxTransport> transport_;
   std::unique_ptr<ExpertMetrics> metrics_;
-  std::unique_ptr<ExpertRoundLoop> loop_;
+  std::unique_ptr<engine::ExpertShardServer> server_;
 };
 
 }  // namespace moe::services

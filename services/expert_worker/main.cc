@@ -7,7 +7,7 @@
 #include "common/metrics/metrics.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
-#include "services/expert_worker/expert_service.h"
+#include "services/expert_worker/expert_control_service.h"
 #include "services/expert_worker/expert_worker.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   options.per_expert_metrics = absl::GetFlag(FLAGS_per_expert_metrics);
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
 
-  moe::services::ExpertService control;
+  moe::services::ExpertControlService control;
   if (absl::Status s = service->Serve({&control}); !s.ok()) return service->Fail(s);
   LOG(INFO) << "rank " << options.rank << " of " << options.num_expert_workers << ", loading the model";
 

@@ -8,7 +8,7 @@
 #include "common/model/model_fingerprint.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
-#include "moe/v1/control.grpc.pb.h"
+#include "moe/v1/expert_control.grpc.pb.h"
 #include "tests/services/process_helper.h"
 #include "tests/util/test_models.h"
 
@@ -26,7 +26,7 @@ TEST(ExpertWorkerProcessTest, ServesItsShardOfAnUnevenSplitAndExitsZeroOnSigterm
   ASSERT_TRUE(moe::testing::WaitForHealth(address, "readiness", true, absl::Now() + absl::Seconds(60)).ok());
   EXPECT_TRUE(moe::testing::IsServing(address, "startup"));
 
-  auto stub = v1::ExpertWorker::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub = v1::ExpertControl::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
   grpc::ClientContext context;
   v1::ExpertWorkerInfo info;
   ASSERT_TRUE(stub->GetInfo(&context, v1::GetInfoRequest(), &info).ok());

@@ -1,5 +1,5 @@
 // An MoE round over UcxTransport: two attention endpoints dispatch encoded token rows
-// (moe_message.h) to an expert endpoint running an ExpertServer-like loop, which answers each
+// (moe_message.h) to an expert endpoint running an ExpertShardServer-like loop, which answers each
 // round with "expert outputs" (every value doubled, exact in bf16) in the same group order.
 #include <thread>
 #include <vector>
@@ -17,7 +17,7 @@ constexpr int kExpert = 2;  // peer id of the expert endpoint; attention endpoin
 constexpr int64_t kHidden = 2048;
 constexpr int kLayers = 4;
 
-// Serves rounds until `rounds` have been answered: the shape of ExpertServer's loop.
+// Serves rounds until `rounds` have been answered: the shape of ExpertShardServer's loop.
 absl::Status ServeRounds(UcxTransport& expert, int rounds) {
   for (int served = 0; served < rounds; ++served) {
     auto message = expert.ReceiveAny(absl::Now() + absl::Seconds(20));

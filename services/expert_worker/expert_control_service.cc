@@ -1,4 +1,4 @@
-#include "services/expert_worker/expert_service.h"
+#include "services/expert_worker/expert_control_service.h"
 
 #include <iostream>
 
@@ -11,16 +11,16 @@ const grpc::Status kLoading(grpc::StatusCode::UNAVAILABLE, "the expert worker is
 
 }  // namespace
 
-grpc::Status ExpertService::GetInfo(grpc::ServerContext*, const v1::GetInfoRequest*,
-                                    v1::ExpertWorkerInfo* response) {
+grpc::Status ExpertControlService::GetInfo(grpc::ServerContext*, const v1::GetInfoRequest*,
+                                           v1::ExpertWorkerInfo* response) {
   ExpertWorker* worker = worker_.load();
   if (worker == nullptr) return kLoading;
   *response = worker->info();
   return grpc::Status::OK;
 }
 
-grpc::Status ExpertService::Connect(grpc::ServerContext*, const v1::ConnectRequest* request,
-                                    v1::ConnectResponse* response) {
+grpc::Status ExpertControlService::Connect(grpc::ServerContext*, const v1::ConnectRequest* request,
+                                           v1::ConnectResponse* response) {
   ExpertWorker* worker = worker_.load();
   if (worker == nullptr) return kLoading;
   if (drained_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the expert worker is draining");
@@ -36,8 +36,8 @@ grpc::Status ExpertService::Connect(grpc::ServerContext*, const v1::ConnectReque
   return grpc::Status::OK;
 }
 
-grpc::Status ExpertService::Drain(grpc::ServerContext*, const v1::DrainRequest*,
-                                  v1::DrainResponse* response) {
+grpc::Status ExpertControlService::Drain(grpc::ServerContext*, const v1::DrainRequest*,
+                                         v1::DrainResponse* response) {
   ExpertWorker* worker = worker_.load();
   if (worker == nullptr) return kLoading;
   drained_ = true;

@@ -1,20 +1,21 @@
-// gRPC surface of the expert worker: moe.v1.ExpertWorker (control.proto) over an ExpertWorker.
+// gRPC surface of the expert worker: moe.v1.ExpertControl (expert_control.proto) over an
+// ExpertWorker.
 // Thread safety: RPCs run on gRPC threads; ExpertWorker's methods used here are thread-safe.
-#ifndef MOE_SERVICES_EXPERT_WORKER_EXPERT_SERVICE_H_
-#define MOE_SERVICES_EXPERT_WORKER_EXPERT_SERVICE_H_
+#ifndef MOE_SERVICES_EXPERT_WORKER_EXPERT_CONTROL_SERVICE_H_
+#define MOE_SERVICES_EXPERT_WORKER_EXPERT_CONTROL_SERVICE_H_
 
 #include <atomic>
 
-#include "moe/v1/control.grpc.pb.h"
+#include "moe/v1/expert_control.grpc.pb.h"
 #include "services/expert_worker/expert_worker.h"
 
 namespace moe::services {
 
-class ExpertService final : public v1::ExpertWorker::Service {
+class ExpertControlService final : public v1::ExpertControl::Service {
  public:
   // RPCs answer UNAVAILABLE ("loading") until SetWorker. `worker` is not owned and must outlive
   // the service. The server starts before the weights load so that health probes answer meanwhile.
-  ExpertService() = default;
+  ExpertControlService() = default;
   void SetWorker(ExpertWorker* worker) { worker_ = worker; }
 
   grpc::Status GetInfo(grpc::ServerContext* context, const v1::GetInfoRequest* request,
@@ -35,4 +36,4 @@ class ExpertService final : public v1::ExpertWorker::Service {
 
 }  // namespace moe::services
 
-#endif  // MOE_SERVICES_EXPERT_WORKER_EXPERT_SERVICE_H_
+#endif  // MOE_SERVICES_EXPERT_WORKER_EXPERT_CONTROL_SERVICE_H_

@@ -1,0 +1,82 @@
+// The data-plane loop of one expert shard: receives dispatch messages from any attention worker
+// over an ActivationTransport, runs each through the ExpertBlock (grouped SwiGLU per expert) and
+// answers its sender with the combine message carrying the same (step, layer, micro-batch), in
+// arrival order. The expert worker process serves over UCX with this; embedded mode serves over
+// loopback. Statistics go to an optional ExpertRoundObserver (the expert worker's metrics).
+//
+// A dispatch the block rejects (malformed, or an expert this shard does not host) is answered with
+// an empty combine message: the sender sees the group mismatch and fails its step at once rather
+// than at its deadline.
+//
+// Thread safety: Start/Drain/Stop from one control thread (or several: they serialize); counters
+// readable from any thread. The observer is called from one thread at a time.
+#ifndef MOE_COMMON_ENGINE_EXPERT_SHARD_SERVER_H_
+#define MOE_COMMON_ENGINE_EXPERT_SHARD_SERVER_H_
+
+#include <atomic>
+#include <cstdint>
+#include <thread>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "common/engine/expert_block.h"
+#include "common/engine/expert_round_observer.h"
+#include "common/transport/activation_transport.h"
+
+namespace moe::engine {
+
+class ExpertShardServer {
+ public:
+  // None of the pointers is owned; all must outlive Stop(). `observer` may be null.
+  ExpertShardServer(const ExpertBlock* block, transport::ActivationTransport* transport,
+                    ExpertRoundObserver* observer = nullptr)
+      : block_(block), transport_(transport), observer_(observer) {}
+  ~ExpertShardServer() { Stop(); }
+  ExpertShardServer(const ExpertShardServer&) = delete;
+  ExpertShardServer& operator=(const ExpertShardServer&) = delete;
+
+  // Starts the serving thread; no-op while it runs. After Drain it starts serving again; after
+  // Stop the transport is shut down and the thread ends at once.
+  void Start();
+  // Stops taking new rounds; returns once the round being served (if any) is answered and the
+  // serving thread has ended (up to one poll interval, 200 ms, when idle). Dispatches that arrive
+  // later stay unanswered in the transport, so their senders fail their step with UNAVAILABLE at
+  // their deadline. Idempotent. Returns the rounds served.
+  uint64_t Drain();
+  // Lets the round being served (if any) be answered, then shuts the transport down and joins the
+  // serving thread. Idempotent.
+  void Stop();
+
+  uint64_t rounds_served() const { return served_.load(); }
+  // Messages that got no expert output (see FailedRound).
+  uint64_t rounds_failed() const { return failed_.load(); }
+
+  // Serves one received message exactly as the loop does (for tests, and for callers with their
+  // own receive loop).
+  void ServeOne(const transport::Message& message) ABSL_LOCKS_EXCLUDED(serve_mu_);
+
+ private:
+  void Loop();
+  void ServeLocked(const transport::Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(serve_mu_);
+  // Tells the observer the token rows of each hosted expert in `dispatch` (already validated by
+  // the block's Serve).
+  void ReportServed(const transport::Message& message, absl::Time start, absl::Duration compute,
+                    uint64_t bytes_sent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(serve_mu_);
+
+  const ExpertBlock* const block_;
+  transport::ActivationTransport* const transport_;
+  ExpertRoundObserver* const observer_;
+
+  absl::Mutex control_mu_;
+  std::thread thread_ ABSL_GUARDED_BY(control_mu_);
+  // Held while one round is served (and while the observer is called), so Stop can let it finish
+  // before the transport goes, and the observer never sees two calls at once.
+  absl::Mutex serve_mu_;
+  std::atomic<bool> draining_{false};
+  std::atomic<uint64_t> served_{0};
+  std::atomic<uint64_t> failed_{0};
+};
+
+}  // namespace moe::engine
+
+#endif  // MOE_COMMON_ENGINE_EXPERT_SHARD_SERVER_H_
