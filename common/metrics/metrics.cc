@@ -73,4 +73,20 @@ prometheus::Histogram::BucketBoundaries Buckets(std::initializer_list<double> bo
   return prometheus::Histogram::BucketBoundaries(bounds);
 }
 
+prometheus::Counter& AddUnlabeledCounter(prometheus::Registry& registry, const std::string& name,
+                                         const std::string& help) {
+  return prometheus::BuildCounter().Name(name).Help(help).Register(registry).Add({});
+}
+
+prometheus::Gauge& AddUnlabeledGauge(prometheus::Registry& registry, const std::string& name,
+                                     const std::string& help) {
+  return prometheus::BuildGauge().Name(name).Help(help).Register(registry).Add({});
+}
+
+prometheus::Histogram& AddUnlabeledHistogram(prometheus::Registry& registry, const std::string& name,
+                                             const std::string& help,
+                                             const prometheus::Histogram::BucketBoundaries& buckets) {
+  return prometheus::BuildHistogram().Name(name).Help(help).Register(registry).Add({}, buckets);
+}
+
 }  // namespace moe::metrics

@@ -44,6 +44,16 @@ prometheus::Gauge& RegisterProcessMetrics(std::string_view service, double price
 // Histogram bucket upper bounds (the catalogue lists each histogram's).
 prometheus::Histogram::BucketBoundaries Buckets(std::initializer_list<double> bounds);
 
+// A new family `name` with help text `help` in `registry`, and its one series without labels (most
+// per-process metrics: counters, gauges and histograms that need no label).
+prometheus::Counter& AddUnlabeledCounter(prometheus::Registry& registry, const std::string& name,
+                                         const std::string& help);
+prometheus::Gauge& AddUnlabeledGauge(prometheus::Registry& registry, const std::string& name,
+                                     const std::string& help);
+prometheus::Histogram& AddUnlabeledHistogram(prometheus::Registry& registry, const std::string& name,
+                                             const std::string& help,
+                                             const prometheus::Histogram::BucketBoundaries& buckets);
+
 }  // namespace moe::metrics
 
 #endif  // MOE_COMMON_METRICS_METRICS_H_

@@ -11,34 +11,21 @@ ExpertMetrics::ExpertMetrics(prometheus::Registry& registry, const std::vector<i
                              int64_t num_layers, int64_t first_expert, int64_t num_hosted, bool per_expert,
                              absl::Duration load_window)
     : window_(num_layers, num_hosted, load_window) {
-  prometheus::BuildGauge()
-      .Name("moe_expert_hosted_experts")
-      .Help("Experts per MoE layer hosted by this worker (its shard plus replicas).")
-      .Register(registry)
-      .Add({})
+  metrics::AddUnlabeledGauge(registry, "moe_expert_hosted_experts",
+                             "Experts per MoE layer hosted by this worker (its shard plus replicas).")
       .Set(static_cast<double>(num_hosted));
-  rounds_ = &prometheus::BuildCounter()
-                 .Name("moe_expert_rounds_total")
-                 .Help("Dispatch/combine rounds (one layer of one micro-batch from one sender) served.")
-                 .Register(registry)
-                 .Add({});
-  compute_seconds_ =
-      &prometheus::BuildHistogram()
-           .Name("moe_expert_compute_duration_seconds")
-           .Help("Expert compute time of one round (grouped SwiGLU over the received rows).")
-           .Register(registry)
-           .Add({}, metrics::Buckets({0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
-                                      0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60}));
-  bytes_received_ = &prometheus::BuildCounter()
-                         .Name("moe_expert_bytes_received_total")
-                         .Help("Activation bytes received on the data plane (dispatch).")
-                         .Register(registry)
-                         .Add({});
-  bytes_sent_ = &prometheus::BuildCounter()
-                     .Name("moe_expert_bytes_sent_total")
-                     .Help("Activation bytes sent on the data plane (combine).")
-                     .Register(registry)
-                     .Add({});
+  rounds_ = &metrics::AddUnlabeledCounter(
+      registry, "moe_expert_rounds_total",
+      "Dispatch/combine rounds (one layer of one micro-batch from one sender) served.");
+  compute_seconds_ = &metrics::AddUnlabeledHistogram(
+      registry, "moe_expert_compute_duration_seconds",
+      "Expert compute time of one round (grouped SwiGLU over the received rows).",
+      metrics::Buckets({0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                        0.5, 1, 2.5, 5, 10, 30, 60}));
+  bytes_received_ = &metrics::AddUnlabeledCounter(registry, "moe_expert_bytes_received_total",
+                                                  "Activation bytes received on the data plane (dispatch).");
+  bytes_sent_ = &metrics::AddUnlabeledCounter(registry, "moe_expert_bytes_sent_total",
+                                              "Activation bytes sent on the data plane (combine).");
   auto& tokens_family = prometheus::BuildCounter()
                             .Name("moe_expert_tokens_total")
                             .Help("Token rows (token x routed expert pairs) computed, by MoE layer.")
