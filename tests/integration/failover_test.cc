@@ -11,6 +11,7 @@
 //   succeed on the survivor.
 //
 // Synchronisation is by polling with deadlines (health checks, GetLoad, stream reads), never sleeps.
+#include <algorithm>
 #include <csignal>
 #include <cstdint>
 #include <iostream>
@@ -391,16 +392,23 @@ class AttentionWorkerFailoverTest : public FailoverTest {
 };
 
 TEST_F(AttentionWorkerFailoverTest, KilledAttentionWorkerLeavesTheOtherServingAndNewRequestsSucceed) {
-  constexpr int kShortMaxNewTokens = 150;
+  // Long enough that every stream is still running when the loads are read and the victim killed.
+  constexpr int kShortMaxNewTokens = 400;
+  int survivor = 0;
   {
     InFlightStreams streams(router_address_, kNumStreams, kShortMaxNewTokens);
     ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(60))) << "streams did not start";
-    // The router spread the streams over both workers, so the kill hits some and spares others.
-    const int running_on_victim = AttentionLoad(1).num_running();
-    const int running_on_survivor = AttentionLoad(0).num_running();
+    // How the router spreads the streams depends on when its load polls land (streams admitted
+    // within one poll interval may all go to one worker), so the victim is the worker holding the
+    // most streams: the kill always hits some, and spares the other's (possibly none).
+    const int running_on_0 = AttentionLoad(0).num_running();
+    const int running_on_1 = AttentionLoad(1).num_running();
+    const int victim = running_on_1 >= running_on_0 ? 1 : 0;
+    survivor = 1 - victim;
+    const int running_on_victim = std::max(running_on_0, running_on_1);
     ASSERT_GT(running_on_victim, 0);
-    ASSERT_GT(running_on_survivor, 0);
-    ASSERT_NO_FATAL_FAILURE(Kill(*attention_[1], "attention-1"));
+    ASSERT_NO_FATAL_FAILURE(
+        Kill(*attention_[static_cast<size_t>(victim)], absl::StrCat("attention-", victim)));
     int unavailable = 0, finished = 0;
     for (const GenerateResult& o : streams.Join()) {
       if (o.status.error_code() == grpc::StatusCode::UNAVAILABLE) {
@@ -412,13 +420,15 @@ TEST_F(AttentionWorkerFailoverTest, KilledAttentionWorkerLeavesTheOtherServingAn
       EXPECT_EQ(static_cast<int>(o.tokens.size()), kShortMaxNewTokens);
       ++finished;
     }
-    // Exactly the streams on the dead worker failed; the survivor's ran to their end.
-    EXPECT_EQ(unavailable, running_on_victim);
-    EXPECT_EQ(finished, running_on_survivor);
+    // Only streams on the dead worker failed (all of them, unless one ended just before the kill);
+    // every other stream ran to its end.
+    EXPECT_EQ(unavailable + finished, kNumStreams);
+    EXPECT_GE(unavailable, 1);
+    EXPECT_LE(unavailable, running_on_victim);
   }
   EXPECT_TRUE(moe::testing::IsServing(router_address_, "readiness"));
   EXPECT_TRUE(router_->Running());
-  EXPECT_TRUE(attention_[0]->Running());
+  EXPECT_TRUE(attention_[static_cast<size_t>(survivor)]->Running());
   ExpectClusterMatchesEmbedded(CheckRequests());
 }
 
