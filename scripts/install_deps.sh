@@ -9,6 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   prometheus-cpp-dev libucx-dev ucx-utils libgoogle-glog-dev
+  openssl  # moectl cluster up and the tests make throwaway mTLS certificates with it
   python3 python3-numpy
 )
 if [[ "${1:-}" == "--test" ]]; then

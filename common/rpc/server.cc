@@ -7,9 +7,9 @@
 
 namespace moe::rpc {
 
-absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const std::string& listen,
-                                                              const std::vector<grpc::Service*>& services,
-                                                              int max_message_bytes) {
+absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(
+    const std::string& listen, const std::vector<grpc::Service*>& services, int max_message_bytes,
+    std::shared_ptr<grpc::ServerCredentials> credentials) {
   if (absl::Status s = ValidateHostPort("listen", listen); !s.ok()) return s;
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -18,7 +18,8 @@ absl::StatusOr<std::unique_ptr<GrpcServer>> GrpcServer::Start(const std::string&
   // "successfully" and share the port with the first. A taken port must be a startup error.
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
   auto server = std::unique_ptr<GrpcServer>(new GrpcServer());
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &server->port_);
+  if (credentials == nullptr) credentials = grpc::InsecureServerCredentials();
+  builder.AddListeningPort(listen, credentials, &server->port_);
   builder.SetMaxReceiveMessageSize(max_message_bytes);
   builder.SetMaxSendMessageSize(max_message_bytes);
   for (grpc::Service* service : services) builder.RegisterService(service);

@@ -19,9 +19,11 @@ class GrpcServer {
   // outlive the server). Health starts as: startup NOT_SERVING, liveness SERVING, readiness and ""
   // NOT_SERVING. UNAVAILABLE naming `listen` if the address cannot be bound, including when another
   // socket already listens on the port (SO_REUSEPORT is off: two servers never share a port).
-  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(const std::string& listen,
-                                                           const std::vector<grpc::Service*>& services,
-                                                           int max_message_bytes = 64 << 20);
+  // `credentials`: the listener's (common/rpc/tls.h MakeServerCredentials); null is plaintext, for
+  // tests of something else and the router's public port.
+  static absl::StatusOr<std::unique_ptr<GrpcServer>> Start(
+      const std::string& listen, const std::vector<grpc::Service*>& services,
+      int max_message_bytes = 64 << 20, std::shared_ptr<grpc::ServerCredentials> credentials = nullptr);
   ~GrpcServer();
 
   int port() const { return port_; }

@@ -19,6 +19,12 @@ ABSL_FLAG(std::string, log_level, "info",
 ABSL_FLAG(double, worker_price_per_hour, 0,
           "dollars per hour of this process, exported as moe_worker_price_per_hour_dollars");
 
+ABSL_FLAG(std::string, tls_ca, "", "mTLS: PEM file of the cluster CA that signs every internal certificate");
+ABSL_FLAG(std::string, tls_cert, "", "mTLS: PEM certificate of this process, signed by --tls_ca");
+ABSL_FLAG(std::string, tls_key, "", "mTLS: PEM private key of --tls_cert");
+ABSL_FLAG(bool, insecure, false,
+          "serve and dial the internal gRPC hops in plaintext, without authentication (instead of --tls_*)");
+
 namespace moe::rpc {
 
 std::string ServiceMain::VersionLine(absl::string_view binary) {
@@ -40,6 +46,28 @@ std::unique_ptr<ServiceMain> ServiceMain::Init(int argc, char** argv, ServiceDes
     LOG(ERROR) << description.binary << ": --worker_price_per_hour must be >= 0, got " << price;
     std::exit(2);
   }
+  TlsOptions tls;
+  tls.ca_file = absl::GetFlag(FLAGS_tls_ca);
+  tls.cert_file = absl::GetFlag(FLAGS_tls_cert);
+  tls.key_file = absl::GetFlag(FLAGS_tls_key);
+  tls.insecure = absl::GetFlag(FLAGS_insecure);
+  auto material = LoadTlsMaterial(tls);
+  if (!material.ok()) {
+    LOG(ERROR) << description.binary << ": " << material.status().message();
+    std::exit(2);
+  }
+  if (tls.insecure) {
+    LOG(WARNING) << description.binary
+                 << ": WARNING: --insecure: the cluster's control plane is UNAUTHENTICATED and UNENCRYPTED; "
+                    "anyone who can reach this process's gRPC port can call it. Use --tls_ca, --tls_cert "
+                    "and --tls_key outside a test.";
+  } else {
+    LOG(INFO) << description.binary << ": mTLS with CA " << tls.ca_file << ", certificate " << tls.cert_file;
+  }
+  std::shared_ptr<grpc::ServerCredentials> server_credentials =
+      description.public_listener ? grpc::InsecureServerCredentials() : MakeServerCredentials(tls, *material);
+  ClientCredentials client_credentials(tls, *material);
+
   prometheus::Gauge& ready_gauge = metrics::RegisterProcessMetrics(description.role, price);
   auto metrics_port =
       metrics::StartExposer(absl::GetFlag(FLAGS_metrics_listen), absl::GetFlag(FLAGS_metrics_port));
@@ -50,7 +78,9 @@ std::unique_ptr<ServiceMain> ServiceMain::Init(int argc, char** argv, ServiceDes
   LOG(INFO) << description.binary << ": "
             << VersionLine(description.binary).substr(description.binary.size() + 1) << ", /metrics on "
             << absl::GetFlag(FLAGS_metrics_listen) << ":" << *metrics_port;
-  return std::unique_ptr<ServiceMain>(new ServiceMain(std::move(description), ready_gauge, *metrics_port));
+  return std::unique_ptr<ServiceMain>(new ServiceMain(std::move(description), ready_gauge, *metrics_port,
+                                                      std::move(server_credentials),
+                                                      std::move(client_credentials)));
 }
 
 int ServiceMain::Fail(absl::string_view message) const {
@@ -67,7 +97,8 @@ double ServiceMain::worker_price_per_hour() const {
 }
 
 absl::Status ServiceMain::Serve(const std::vector<grpc::Service*>& services, int max_message_bytes) {
-  auto server = GrpcServer::Start(absl::GetFlag(FLAGS_listen), services, max_message_bytes);
+  auto server =
+      GrpcServer::Start(absl::GetFlag(FLAGS_listen), services, max_message_bytes, server_credentials_);
   if (!server.ok()) return server.status();
   server_ = std::move(*server);
   LOG(INFO) << description_.binary << ": gRPC on " << absl::GetFlag(FLAGS_listen) << " (port "

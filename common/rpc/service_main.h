@@ -14,7 +14,8 @@
 //   }
 //
 // Flags defined here, common to every service: --listen, --metrics_listen, --metrics_port,
-// --log_level, --worker_price_per_hour.
+// --log_level, --worker_price_per_hour, and mTLS: --tls_ca, --tls_cert, --tls_key or --insecure
+// (common/rpc/tls.h, docs/operations.md#security).
 //
 // Thread safety: Init, Serve, SetStarted and WaitForTerminationSignal from main only; SetReady from
 // any thread.
@@ -29,6 +30,7 @@
 #include "absl/strings/string_view.h"
 #include "common/logging/logging.h"  // IWYU pragma: export
 #include "common/rpc/server.h"
+#include "common/rpc/tls.h"
 #include "prometheus/gauge.h"
 
 namespace moe::rpc {
@@ -40,6 +42,9 @@ struct ServiceDescription {
   std::string role;
   // What the service does and its typical command line: the first lines of --help.
   std::string usage;
+  // The router: its --listen port serves the public API and stays plaintext even with mTLS (the
+  // mTLS flags then apply to its clients only; docs/operations.md#security).
+  bool public_listener = false;
 };
 
 class ServiceMain {
@@ -48,7 +53,9 @@ class ServiceMain {
   // logging at --log_level (exits 2 on a bad level), blocks SIGTERM and SIGINT in this thread and
   // every thread it starts later, registers the process metrics with this process's
   // --worker_price_per_hour (exits 2 if negative) and starts /metrics on --metrics_listen:
-  // --metrics_port (exits 1 if it cannot bind). Call first in main, before any thread starts.
+  // --metrics_port (exits 1 if it cannot bind). Reads the mTLS files (exits 2 naming the flag and
+  // path when one is missing, unreadable or empty, and when neither --tls_* nor --insecure is
+  // given); --insecure logs a warning. Call first in main, before any thread starts.
   static std::unique_ptr<ServiceMain> Init(int argc, char** argv, ServiceDescription description);
 
   // "moe-router 0.1.0 (revision 1a2b3c4)": what --version prints.
@@ -59,7 +66,8 @@ class ServiceMain {
   int Fail(absl::string_view message) const;
   int Fail(const absl::Status& status) const;
 
-  // Serves `services` (not owned; they outlive the server) on --listen with the health service.
+  // Serves `services` (not owned; they outlive the server) on --listen with the health service,
+  // requiring client certificates signed by --tls_ca unless --insecure or public_listener.
   // UNAVAILABLE naming the address when it cannot be bound (e.g. the port is taken).
   absl::Status Serve(const std::vector<grpc::Service*>& services, int max_message_bytes = 64 << 20);
   // The server Serve started (null before).
@@ -68,6 +76,9 @@ class ServiceMain {
   // --worker_price_per_hour: this process's own price in dollars per hour (>= 0).
   double worker_price_per_hour() const;
   const ServiceDescription& description() const { return description_; }
+  // How this process dials the cluster's other services: mTLS with --tls_*, plaintext with
+  // --insecure.
+  const ClientCredentials& client_credentials() const { return client_credentials_; }
 
   // Startup done: the "startup" health check turns SERVING.
   void SetStarted();
@@ -78,12 +89,20 @@ class ServiceMain {
   int WaitForTerminationSignal();
 
  private:
-  ServiceMain(ServiceDescription description, prometheus::Gauge& ready_gauge, int metrics_port)
-      : description_(std::move(description)), ready_gauge_(ready_gauge), metrics_port_(metrics_port) {}
+  ServiceMain(ServiceDescription description, prometheus::Gauge& ready_gauge, int metrics_port,
+              std::shared_ptr<grpc::ServerCredentials> server_credentials,
+              ClientCredentials client_credentials)
+      : description_(std::move(description)),
+        ready_gauge_(ready_gauge),
+        metrics_port_(metrics_port),
+        server_credentials_(std::move(server_credentials)),
+        client_credentials_(std::move(client_credentials)) {}
 
   const ServiceDescription description_;
   prometheus::Gauge& ready_gauge_;
   const int metrics_port_;
+  const std::shared_ptr<grpc::ServerCredentials> server_credentials_;
+  const ClientCredentials client_credentials_;
   std::unique_ptr<GrpcServer> server_;
 };
 

@@ -46,7 +46,7 @@ ExpertConnector::ExpertConnector(ExpertConnectorOptions options, transport::UcxT
   for (const std::string& address : options_.expert_addresses) {
     Peer peer;
     peer.address = address;
-    peer.stub = v1::ExpertControl::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    peer.stub = v1::ExpertControl::NewStub(options_.credentials.CreateChannel(address));
     peers_.push_back(std::move(peer));
   }
 }

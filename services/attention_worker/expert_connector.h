@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/rpc/tls.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "moe/v1/expert_control.grpc.pb.h"
 
@@ -34,6 +35,8 @@ struct ExpertConnectorOptions {
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(2);
   absl::Duration monitor_interval = absl::Milliseconds(500);
+  // How the connector dials the expert workers (default: plaintext).
+  rpc::ClientCredentials credentials;
 };
 
 // Checks one GetInfo answer against the layout the attention worker expects for expert rank

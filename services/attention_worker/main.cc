@@ -34,7 +34,8 @@ int main(int argc, char** argv) {
        .usage = "moe-attention-worker: dense layers, KV cache and batching of the requests the router places "
                 "here.\n\n"
                 "Usage: moe-attention-worker --model DIR --rank R --num_attention_workers N "
-                "--expert_workers H:P,... [--listen H:P] [--metrics_port M]"});
+                "--expert_workers H:P,... [--listen H:P] [--metrics_port M] "
+                "(--tls_ca F --tls_cert F --tls_key F | --insecure)"});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
   if (absl::GetFlag(FLAGS_transport) != "ucx") {
@@ -62,6 +63,7 @@ int main(int argc, char** argv) {
   options.engine.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   options.engine.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
+  options.connector.credentials = service->client_credentials();
   // A send to a dead expert worker must not outlast the round's own deadline.
   options.ucx.send_timeout = options.engine.moe_timeout;
 

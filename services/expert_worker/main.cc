@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
        .usage =
            "moe-expert-worker: serves one shard of every MoE layer's experts to the attention workers.\n\n"
            "Usage: moe-expert-worker --model DIR --rank R --num_expert_workers N [--listen H:P] "
-           "[--metrics_port M]"});
+           "[--metrics_port M] (--tls_ca F --tls_cert F --tls_key F | --insecure)"});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
   if (absl::GetFlag(FLAGS_transport) != "ucx") {

@@ -43,7 +43,8 @@ void WorkerCall::OnDone(const grpc::Status& status) {
   listener_->OnWorkerDone(status);
 }
 
-AttentionClient::AttentionClient(std::string address) : address_(std::move(address)) {
+AttentionClient::AttentionClient(std::string address, const rpc::ClientCredentials& credentials)
+    : address_(std::move(address)) {
   grpc::ChannelArguments args;
   // Token streams are small, but a 20-logprob chunk of many tokens must never hit the 4 MiB default.
   args.SetMaxReceiveMessageSize(64 << 20);
@@ -51,7 +52,7 @@ AttentionClient::AttentionClient(std::string address) : address_(std::move(addre
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  channel_ = credentials.CreateChannel(address_, args);
   stub_ = moe::v1::AttentionWorker::NewStub(channel_);
 }
 

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "common/rpc/tls.h"
 #include "grpcpp/grpcpp.h"
 #include "moe/v1/attention.grpc.pb.h"
 
@@ -61,7 +62,8 @@ class WorkerCall : public grpc::ClientReadReactor<moe::v1::AttentionGenerateResp
 class AttentionClient {
  public:
   // Channel to `address` ("host:port"). Does not connect until used.
-  explicit AttentionClient(std::string address);
+  // Dials `address` with `credentials` (mTLS, or plaintext with --insecure).
+  AttentionClient(std::string address, const rpc::ClientCredentials& credentials);
 
   const std::string& address() const { return address_; }
   moe::v1::AttentionWorker::Stub* stub() { return stub_.get(); }

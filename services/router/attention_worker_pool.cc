@@ -12,8 +12,9 @@ AttentionWorkerPool::AttentionWorkerPool(std::vector<std::string> attention_work
                                          AttentionWorkerPoolOptions options, RouterMetrics* metrics)
     : options_(options), metrics_(metrics), queue_(options.max_queued_requests) {
   for (std::string& a : attention_workers)
-    workers_.push_back(std::make_unique<AttentionClient>(std::move(a)));
-  for (std::string& e : expert_workers) experts_.push_back(std::make_unique<HealthClient>(std::move(e)));
+    workers_.push_back(std::make_unique<AttentionClient>(std::move(a), options_.credentials));
+  for (std::string& e : expert_workers)
+    experts_.push_back(std::make_unique<HealthClient>(std::move(e), options_.credentials));
   state_.resize(workers_.size());
   expert_ready_.assign(experts_.size(), false);
   expert_check_in_flight_.assign(experts_.size(), false);

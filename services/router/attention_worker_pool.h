@@ -19,6 +19,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/rpc/tls.h"
 #include "services/router/admission.h"
 #include "services/router/attention_client.h"
 #include "services/router/health_client.h"
@@ -31,6 +32,8 @@ struct AttentionWorkerPoolOptions {
   size_t max_queued_requests = 256;
   absl::Duration poll_interval = absl::Milliseconds(100);
   absl::Duration load_timeout = absl::Seconds(1);
+  // How the pool dials the workers (default: plaintext).
+  rpc::ClientCredentials credentials;
 };
 
 class AttentionWorkerPool {

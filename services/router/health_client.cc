@@ -19,12 +19,13 @@ bool IsServing(const grpc::ByteBuffer& buffer) {
 
 }  // namespace
 
-HealthClient::HealthClient(std::string address) : address_(std::move(address)) {
+HealthClient::HealthClient(std::string address, const rpc::ClientCredentials& credentials)
+    : address_(std::move(address)) {
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  channel_ = credentials.CreateChannel(address_, args);
   stub_ = std::make_unique<grpc::GenericStub>(channel_);
 }
 

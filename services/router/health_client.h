@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "common/rpc/tls.h"
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/grpcpp.h"
 
@@ -16,7 +17,8 @@ namespace moe::router {
 // Thread-safe.
 class HealthClient {
  public:
-  explicit HealthClient(std::string address);
+  // Dials `address` with `credentials` (mTLS, or plaintext with --insecure).
+  HealthClient(std::string address, const rpc::ClientCredentials& credentials);
   const std::string& address() const { return address_; }
   // Calls Check("readiness"); `done(serving)` runs on a gRPC thread. Any error is "not serving".
   void CheckReadiness(absl::Duration timeout, std::function<void(bool serving)> done);

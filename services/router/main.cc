@@ -32,7 +32,8 @@ int main(int argc, char** argv) {
        .usage =
            "moe-router: the cluster's public moe.v1.Generation API; places requests on attention workers.\n\n"
            "Usage: moe-router --model DIR --attention_workers H:P,... [--expert_workers H:P,...] "
-           "[--listen H:P] [--metrics_port M]"});
+           "[--listen H:P] [--metrics_port M] (--tls_ca F --tls_cert F --tls_key F | --insecure)",
+       .public_listener = true});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
   auto attention = moe::rpc::ParseAddressList("attention_workers", absl::GetFlag(FLAGS_attention_workers));
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
   moe::router::AttentionWorkerPoolOptions options;
   options.max_queued_requests = static_cast<size_t>(absl::GetFlag(FLAGS_max_queued_requests));
   options.poll_interval = absl::Milliseconds(absl::GetFlag(FLAGS_load_poll_ms));
+  options.credentials = service->client_credentials();
   const int num_experts = static_cast<int>(experts.size());
   moe::router::AttentionWorkerPool worker_pool(*attention, std::move(experts), options, &metrics);
   moe::router::GenerateService generate(model->get(), &worker_pool, &metrics, moe::router::RequestLimits{},

@@ -32,8 +32,9 @@ using moe::testing::GreedyRequest;
 using moe::testing::Prompt;
 
 // Polls an attention worker's GetLoad until every KV block is free (or the deadline passes).
-bool AllBlocksFreeWithin(const std::string& worker, std::chrono::seconds timeout, v1::WorkerLoad* load) {
-  auto stub = v1::AttentionWorker::NewStub(grpc::CreateChannel(worker, grpc::InsecureChannelCredentials()));
+bool AllBlocksFreeWithin(const std::string& worker, const rpc::ClientCredentials& credentials,
+                         std::chrono::seconds timeout, v1::WorkerLoad* load) {
+  auto stub = v1::AttentionWorker::NewStub(credentials.CreateChannel(worker));
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < deadline) {
     grpc::ClientContext ctx;
@@ -137,7 +138,7 @@ TEST_F(ClusterTest, SixtyFourConcurrentStreamsFinishAndFreeEveryBlock) {
   }
   for (const std::string& worker : cluster_->attention_workers()) {
     v1::WorkerLoad load;
-    EXPECT_TRUE(AllBlocksFreeWithin(worker, std::chrono::seconds(10), &load))
+    EXPECT_TRUE(AllBlocksFreeWithin(worker, cluster_->worker_credentials(), std::chrono::seconds(10), &load))
         << worker << ": " << load.num_free_kv_blocks() << " of " << load.num_kv_blocks() << " free";
   }
 }
@@ -157,8 +158,27 @@ TEST_F(ClusterTest, CancellingAStreamFreesItsSequenceOnTheWorker) {
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
   for (const std::string& worker : cluster_->attention_workers()) {
     v1::WorkerLoad load;
-    EXPECT_TRUE(AllBlocksFreeWithin(worker, std::chrono::seconds(5), &load)) << worker;
+    EXPECT_TRUE(AllBlocksFreeWithin(worker, cluster_->worker_credentials(), std::chrono::seconds(5), &load))
+        << worker;
   }
+}
+
+// The local cluster is secure by default: a worker answers only callers presenting a certificate
+// of the cluster's CA (docs/operations.md#security).
+TEST_F(ClusterTest, WorkersAnswerOnlyCallersWithTheClusterCertificate) {
+  const std::string& worker = cluster_->attention_workers()[0];
+  auto get_load = [&](const std::shared_ptr<grpc::Channel>& channel) {
+    auto stub = v1::AttentionWorker::NewStub(channel);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::GetLoadRequest request;
+    v1::WorkerLoad load;
+    return stub->GetLoad(&ctx, request, &load);
+  };
+  const grpc::Status plaintext = get_load(grpc::CreateChannel(worker, grpc::InsecureChannelCredentials()));
+  EXPECT_EQ(plaintext.error_code(), grpc::StatusCode::UNAVAILABLE) << plaintext.error_message();
+  const grpc::Status mtls = get_load(cluster_->worker_credentials().CreateChannel(worker));
+  EXPECT_TRUE(mtls.ok()) << mtls.error_message();
 }
 
 TEST_F(ClusterTest, BadRequestsAreInvalidArgumentNamingTheFieldAndTheClusterKeepsServing) {

@@ -80,7 +80,8 @@ class FailoverTest : public ::testing::Test {
                                         "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
                                         "--listen=" + attention_addresses_[static_cast<size_t>(a)],
                                         "--metrics_port=0",
-                                        "--transport=ucx"};
+                                        "--transport=ucx",
+                                        "--insecure"};
       flags.insert(flags.end(), shape.attention_flags.begin(), shape.attention_flags.end());
       auto attention = ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"), flags,
                                            absl::StrCat(log_dir_, "/attention-", a, ".log"));
@@ -93,7 +94,7 @@ class FailoverTest : public ::testing::Test {
         moe::testing::BinaryPath("moe-router"),
         {"--model=" + model_, "--attention_workers=" + absl::StrJoin(attention_addresses_, ","),
          "--expert_workers=" + absl::StrJoin(expert_addresses, ","), "--listen=" + router_address_,
-         "--metrics_port=0"},
+         "--metrics_port=0", "--insecure"},
         log_dir_ + "/router.log");
     ASSERT_TRUE(router.ok()) << router.status();
     router_ = *std::move(router);
@@ -111,12 +112,12 @@ class FailoverTest : public ::testing::Test {
   }
 
   void StartExpert(int rank) {
-    auto child =
-        ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"),
-                            {"--model=" + model_, absl::StrCat("--rank=", rank),
-                             absl::StrCat("--num_expert_workers=", kNumExpertWorkers),
-                             "--listen=" + ExpertAddress(rank), "--metrics_port=0", "--transport=ucx"},
-                            absl::StrCat(log_dir_, "/expert-", rank, ".log"));
+    auto child = ChildProcess::Start(
+        moe::testing::BinaryPath("moe-expert-worker"),
+        {"--model=" + model_, absl::StrCat("--rank=", rank),
+         absl::StrCat("--num_expert_workers=", kNumExpertWorkers), "--listen=" + ExpertAddress(rank),
+         "--metrics_port=0", "--transport=ucx", "--insecure"},
+        absl::StrCat(log_dir_, "/expert-", rank, ".log"));
     ASSERT_TRUE(child.ok()) << child.status();
     experts_[static_cast<size_t>(rank)] = *std::move(child);
   }

@@ -44,11 +44,26 @@ std::unique_ptr<LocalCluster> LocalCluster::Start(const std::string& model_dir, 
   }
   // `cluster up` returns once the router is ready; every process must be, before a test may assume
   // anything of it (a worker's readiness is what the router's depends on, checked here directly).
-  std::vector<std::string> all = {cluster->router_};
-  all.insert(all.end(), cluster->attention_.begin(), cluster->attention_.end());
-  all.insert(all.end(), cluster->experts_.begin(), cluster->experts_.end());
-  for (const std::string& address : all) {
-    if (absl::Status ready = WaitForHealth(address, "readiness", true, deadline); !ready.ok()) {
+  rpc::TlsOptions tls;
+  tls.ca_file = cluster->state_dir_ + "/tls/ca.crt";
+  tls.cert_file = cluster->state_dir_ + "/tls/tls.crt";
+  tls.key_file = cluster->state_dir_ + "/tls/tls.key";
+  auto credentials = rpc::MakeClientCredentials(tls);
+  if (!credentials.ok()) {
+    std::cerr << "LocalCluster: " << credentials.status() << "\n" << cluster->Logs() << std::endl;
+    return nullptr;
+  }
+  cluster->worker_credentials_ = *credentials;
+  if (absl::Status ready = WaitForHealth(cluster->router_, "readiness", true, deadline); !ready.ok()) {
+    std::cerr << "LocalCluster: " << ready << "\n" << cluster->Logs() << std::endl;
+    return nullptr;
+  }
+  std::vector<std::string> workers = cluster->attention_;
+  workers.insert(workers.end(), cluster->experts_.begin(), cluster->experts_.end());
+  for (const std::string& address : workers) {
+    if (absl::Status ready =
+            WaitForHealth(address, "readiness", true, deadline, cluster->worker_credentials_);
+        !ready.ok()) {
       std::cerr << "LocalCluster: " << ready << "\n" << cluster->Logs() << std::endl;
       return nullptr;  // the destructor stops what did start
     }

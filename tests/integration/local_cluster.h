@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/rpc/tls.h"
 #include "tests/services/process_helper.h"
 
 namespace moe::testing {
@@ -30,6 +31,9 @@ class LocalCluster {
   const std::vector<std::string>& attention_workers() const { return attention_; }
   const std::vector<std::string>& expert_workers() const { return experts_; }
   const std::string& state_dir() const { return state_dir_; }
+  // How a test dials the workers: mTLS with the certificate `moectl cluster up` made in
+  // <state_dir>/tls (the cluster's CA). The router's public port is plaintext.
+  const rpc::ClientCredentials& worker_credentials() const { return worker_credentials_; }
   // Pid of a child ("router", "attention-0", "expert-1", ...), -1 if unknown.
   pid_t Pid(const std::string& child) const;
   std::string Logs() const;
@@ -41,6 +45,7 @@ class LocalCluster {
   std::string router_;
   std::vector<std::string> attention_;
   std::vector<std::string> experts_;
+  rpc::ClientCredentials worker_credentials_;
 };
 
 }  // namespace moe::testing

@@ -567,7 +567,8 @@ TEST(PerExpertMetricsTest, FlagAddsOneSeriesPerLayerAndHostedExpert) {
   auto child = testing::ChildProcess::Start(
       testing::BinaryPath("moe-expert-worker"),
       {"--model=" + testing::TestModelDir("tiny", "bf16"), "--rank=1", "--num_expert_workers=2",
-       "--listen=" + listen, absl::StrCat("--metrics_port=", metrics_port), "--per_expert_metrics"},
+       "--listen=" + listen, absl::StrCat("--metrics_port=", metrics_port), "--per_expert_metrics",
+       "--insecure"},
       log);
   ASSERT_TRUE(child.ok()) << child.status();
   const absl::Status ready =

@@ -215,9 +215,9 @@ namespace {
 
 grpc::health::v1::HealthCheckResponse::ServingStatus Check(const std::string& address,
                                                            const std::string& service, absl::Duration timeout,
+                                                           const rpc::ClientCredentials& credentials,
                                                            std::string* error) {
-  auto stub =
-      grpc::health::v1::Health::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub = grpc::health::v1::Health::NewStub(credentials.CreateChannel(address));
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
   grpc::health::v1::HealthCheckRequest request;
@@ -234,17 +234,19 @@ grpc::health::v1::HealthCheckResponse::ServingStatus Check(const std::string& ad
 
 }  // namespace
 
-bool IsServing(const std::string& address, const std::string& service, absl::Duration timeout) {
+bool IsServing(const std::string& address, const std::string& service, absl::Duration timeout,
+               const rpc::ClientCredentials& credentials) {
   std::string error;
-  return Check(address, service, timeout, &error) == grpc::health::v1::HealthCheckResponse::SERVING;
+  return Check(address, service, timeout, credentials, &error) ==
+         grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
 absl::Status WaitForHealth(const std::string& address, const std::string& service, bool serving,
-                           absl::Time deadline) {
+                           absl::Time deadline, const rpc::ClientCredentials& credentials) {
   std::string last;
   while (true) {
     const absl::Duration left = std::max(deadline - absl::Now(), absl::Milliseconds(50));
-    const bool is_serving = Check(address, service, std::min(left, absl::Seconds(1)), &last) ==
+    const bool is_serving = Check(address, service, std::min(left, absl::Seconds(1)), credentials, &last) ==
                             grpc::health::v1::HealthCheckResponse::SERVING;
     if (is_serving == serving) return absl::OkStatus();
     if (absl::Now() >= deadline) {

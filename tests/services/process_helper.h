@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/rpc/tls.h"
 
 namespace moe::testing {
 
@@ -101,12 +102,13 @@ std::string BinaryPath(const std::string& name);
 // Polls grpc.health.v1.Health/Check of `service` ("readiness", "startup", "liveness" or "") at
 // `address` until its status is SERVING (`serving`) or anything else (`!serving`), or the deadline.
 // DEADLINE_EXCEEDED naming the last status seen. Poll interval 20 ms.
+// `credentials`: how to dial (mTLS for a worker of a secure cluster; default plaintext).
 absl::Status WaitForHealth(const std::string& address, const std::string& service, bool serving,
-                           absl::Time deadline);
+                           absl::Time deadline, const rpc::ClientCredentials& credentials = {});
 
 // One health check: true iff SERVING. An unreachable server is not serving.
 bool IsServing(const std::string& address, const std::string& service,
-               absl::Duration timeout = absl::Seconds(1));
+               absl::Duration timeout = absl::Seconds(1), const rpc::ClientCredentials& credentials = {});
 
 }  // namespace moe::testing
 

@@ -38,6 +38,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/rpc/tls.h"
+#include "common/rpc/tls_certificates.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "tools/moectl/commands.h"
@@ -57,6 +59,7 @@ struct ClusterFlags {
   bool detach = false;
   double startup_timeout_s = 300;
   std::string transport = "ucx";
+  bool insecure = false;  // plaintext internal hops instead of mTLS
 };
 
 std::atomic<bool> stop_requested{false};
@@ -81,6 +84,7 @@ struct Child {
   std::string address;  // its gRPC HOST:PORT (health checks)
   fs::path log;
   bool ready = false;
+  bool mtls = false;  // its port wants a client certificate (workers; not the router's public port)
 };
 
 constexpr int kLogTailLines = 20;
@@ -141,8 +145,8 @@ pid_t Spawn(const fs::path& binary, const std::vector<std::string>& args, const 
   _exit(127);
 }
 
-bool HealthServing(const std::string& address) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+bool HealthServing(const std::string& address, const rpc::ClientCredentials& credentials) {
+  auto channel = credentials.CreateChannel(address);
   auto stub = grpc::health::v1::Health::NewStub(channel);
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
@@ -243,6 +247,29 @@ void RunUp(const ClusterFlags& flags) {
     }
   }
 
+  // mTLS between the cluster's processes (docs/operations.md#security): a throwaway CA and one
+  // certificate for the whole cluster, made anew by every `up`, in <state>/tls.
+  std::vector<std::string> tls_args;
+  rpc::TlsOptions tls_options;
+  tls_options.insecure = flags.insecure;
+  if (flags.insecure) {
+    std::cerr << "moectl cluster: WARNING: --insecure: the cluster's internal gRPC hops are plaintext and "
+                 "UNAUTHENTICATED; any local process can call its workers"
+              << std::endl;
+    tls_args = {"--insecure"};
+  } else {
+    const fs::path tls_dir = state / "tls";
+    fs::create_directories(tls_dir, ec);
+    if (ec) Fail("cluster up", "cannot create " + tls_dir.string() + ": " + ec.message());
+    auto tls = rpc::MakeClusterCertificates(tls_dir.string(), "moectl local cluster CA");
+    if (!tls.ok()) {
+      Fail("cluster up", absl::StrCat("making the cluster's certificates: ", tls.status().message(),
+                                      " (or pass --insecure)"));
+    }
+    tls_options = *tls;
+    tls_args = {"--tls_ca=" + tls->ca_file, "--tls_cert=" + tls->cert_file, "--tls_key=" + tls->key_file};
+  }
+
   if (flags.detach) {
     // The supervisor's stderr goes to supervisor.log; the caller sees it relayed from where it
     // stands now until the cluster is ready or has failed.
@@ -306,6 +333,10 @@ void RunUp(const ClusterFlags& flags) {
   fs::remove(state / "router.address", ec);
   { std::ofstream(pid_file) << getpid() << "\n"; }
 
+  // gRPC objects only now: gRPC must not be initialized before the fork above.
+  auto worker_credentials = rpc::MakeClientCredentials(tls_options);
+  if (!worker_credentials.ok()) Fail("cluster up", std::string(worker_credentials.status().message()));
+  const rpc::ClientCredentials router_credentials;  // the public port is plaintext
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   std::vector<std::string> attention, experts;
@@ -327,7 +358,9 @@ void RunUp(const ClusterFlags& flags) {
     args.push_back("--listen=" + address);
     args.push_back(absl::StrCat("--metrics_port=", next_metrics++));
     args.push_back("--metrics_listen=" + host);
-    children.push_back({name, Spawn(bin / binary, args, log), address, log});
+    args.insert(args.end(), tls_args.begin(), tls_args.end());
+    children.push_back(
+        {name, Spawn(bin / binary, args, log), address, log, false, !flags.insecure && name != "router"});
   };
   std::cerr << "moectl cluster: starting " << flags.expert_workers << " expert and "
             << flags.attention_workers << " attention workers and the router (logs in " << state.string()
@@ -366,7 +399,7 @@ void RunUp(const ClusterFlags& flags) {
                         " (--startup-timeout); "));
     }
     for (Child& c : children) {
-      if (c.ready || !HealthServing(c.address)) continue;
+      if (c.ready || !HealthServing(c.address, c.mtls ? *worker_credentials : router_credentials)) continue;
       c.ready = true;
       ++num_ready;
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -431,6 +464,8 @@ void RegisterClusterCommand(CLI::App& app) {
   up->add_option("--startup-timeout", flags->startup_timeout_s, "Seconds to wait for readiness");
   up->add_option("--transport", flags->transport, "Data plane")->check(CLI::IsMember({"ucx"}));
   up->add_flag("--detach", flags->detach, "Run in the background; stop with `moectl cluster down`");
+  up->add_flag("--insecure", flags->insecure,
+               "No mTLS between the cluster's processes (default: a throwaway CA in <state-dir>/tls)");
   up->callback([flags] { RunUp(*flags); });
   auto state_dir = std::make_shared<std::string>();
   CLI::App* down = cluster->add_subcommand("down", "Stop a cluster started with --detach");

@@ -37,9 +37,11 @@ ProcessRun RunBinary(const std::string& name, const std::vector<std::string>& ar
   return run;
 }
 
-// The test program with /metrics on a free loopback port.
-ProcessRun RunProgram(std::vector<std::string> args) {
+// The test program with /metrics on a free loopback port (and --insecure unless `insecure` is
+// false: these tests are about something else than mTLS).
+ProcessRun RunProgram(std::vector<std::string> args, bool insecure = true) {
   args.insert(args.begin(), {"--metrics_listen=127.0.0.1", "--metrics_port=0"});
+  if (insecure) args.push_back("--insecure");
   return RunBinary("service_main_test_program", args);
 }
 
@@ -109,6 +111,38 @@ TEST(ServiceMainTest, AnUnknownLogLevelExitsTwoNamingTheFlag) {
   const ProcessRun run = RunProgram({"--log_level=loud"});
   EXPECT_EQ(run.exit_code, 2);
   EXPECT_TRUE(Contains(run.output, "--log_level: 'loud' is not one of debug, info, warning, error"))
+      << run.output;
+}
+
+TEST(ServiceMainTest, WithoutTlsFlagsOrInsecureAServiceRefusesToStart) {
+  const ProcessRun run = RunProgram({"--serve", "--listen=127.0.0.1:0"}, /*insecure=*/false);
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_TRUE(Contains(run.output,
+                       "pass --tls_ca, --tls_cert and --tls_key (or MOE_TLS_CA, MOE_TLS_CERT, "
+                       "MOE_TLS_KEY), or --insecure"))
+      << run.output;
+}
+
+TEST(ServiceMainTest, TheRouterWithoutTlsFlagsOrInsecureRefusesToStart) {
+  const ProcessRun run = RunBinary("moe-router", {"--metrics_listen=127.0.0.1", "--metrics_port=0",
+                                                  "--model=/nonexistent", "--attention_workers=127.0.0.1:1"});
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_TRUE(Contains(run.output, "pass --tls_ca, --tls_cert and --tls_key")) << run.output;
+}
+
+TEST(ServiceMainTest, AMissingCertificateFileFailsStartupNamingTheFlagAndPath) {
+  const ProcessRun run = RunProgram(
+      {"--tls_ca=/nonexistent/ca.crt", "--tls_cert=/nonexistent/tls.crt", "--tls_key=/nonexistent/tls.key"},
+      /*insecure=*/false);
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_TRUE(Contains(run.output, "--tls_ca: cannot read '/nonexistent/ca.crt': No such file or directory"))
+      << run.output;
+}
+
+TEST(ServiceMainTest, InsecureLogsAWarningThatTheControlPlaneIsUnauthenticated) {
+  const ProcessRun run = RunProgram({});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_TRUE(Contains(run.output, "WARNING: --insecure: the cluster's control plane is UNAUTHENTICATED"))
       << run.output;
 }
 

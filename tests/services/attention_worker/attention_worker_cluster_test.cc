@@ -55,11 +55,12 @@ class Cluster {
     for (int r = 0; r < num_experts; ++r) addresses.push_back(ExpertAddress(r));
     attention_port_ = moe::testing::FreePort();
     log_ = moe::testing::MakeTempDir("attention-log") + "/attention.log";
-    auto child = ChildProcess::Start(
-        moe::testing::BinaryPath("moe-attention-worker"),
-        {"--model", model_, "--rank", "0", "--expert_workers", absl::StrJoin(addresses, ","), "--listen",
-         AttentionAddress(), "--metrics_port", "0", "--moe_timeout_seconds", "5", "--num_kv_blocks", "512"},
-        log_);
+    auto child =
+        ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"),
+                            {"--model", model_, "--rank", "0", "--expert_workers",
+                             absl::StrJoin(addresses, ","), "--listen", AttentionAddress(), "--metrics_port",
+                             "0", "--moe_timeout_seconds", "5", "--num_kv_blocks", "512", "--insecure"},
+                            log_);
     EXPECT_TRUE(child.ok());
     attention_ = *std::move(child);
     absl::Status ready =
@@ -70,10 +71,10 @@ class Cluster {
   }
 
   void StartExpert(int rank) {
-    auto child = ChildProcess::Start(
-        moe::testing::BinaryPath("moe-expert-worker"),
-        {"--model", model_, "--rank", std::to_string(rank), "--num_expert_workers",
-         std::to_string(expert_ports_.size()), "--listen", ExpertAddress(rank), "--metrics_port", "0"});
+    auto child = ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"),
+                                     {"--model", model_, "--rank", std::to_string(rank),
+                                      "--num_expert_workers", std::to_string(expert_ports_.size()),
+                                      "--listen", ExpertAddress(rank), "--metrics_port", "0", "--insecure"});
     EXPECT_TRUE(child.ok());
     if (experts_.size() <= static_cast<size_t>(rank)) experts_.resize(static_cast<size_t>(rank) + 1);
     experts_[static_cast<size_t>(rank)] = *std::move(child);

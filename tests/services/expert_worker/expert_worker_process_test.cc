@@ -19,9 +19,10 @@ TEST(ExpertWorkerProcessTest, ServesItsShardOfAnUnevenSplitAndExitsZeroOnSigterm
   const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
   const int port = moe::testing::FreePort();
   const std::string address = moe::testing::LocalAddress(port);
-  auto child = moe::testing::ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"),
-                                                 {"--model", model, "--rank", "2", "--num_expert_workers",
-                                                  "3", "--listen", address, "--metrics_port", "0"});
+  auto child =
+      moe::testing::ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"),
+                                        {"--model", model, "--rank", "2", "--num_expert_workers", "3",
+                                         "--listen", address, "--metrics_port", "0", "--insecure"});
   ASSERT_TRUE(child.ok());
   ASSERT_TRUE(moe::testing::WaitForHealth(address, "readiness", true, absl::Now() + absl::Seconds(60)).ok());
   EXPECT_TRUE(moe::testing::IsServing(address, "startup"));

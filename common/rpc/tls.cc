@@ -1,0 +1,111 @@
+#include "common/rpc/tls.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
+namespace moe::rpc {
+namespace {
+
+absl::StatusOr<std::string> ReadPemFile(const char* flag, const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    const int error = errno;
+    const std::string what = absl::StrCat("--", flag, ": cannot read '", path, "': ", std::strerror(error));
+    if (error == ENOENT) return absl::NotFoundError(what);
+    if (error == EACCES) return absl::PermissionDeniedError(what);
+    return absl::InvalidArgumentError(what);
+  }
+  std::stringstream contents;
+  contents << in.rdbuf();
+  if (in.bad()) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": cannot read '", path, "'"));
+  }
+  std::string pem = contents.str();
+  if (pem.empty()) return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", path, "' is empty"));
+  if (pem.find("-----BEGIN ") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat("--", flag, ": '", path, "' is not PEM"));
+  }
+  return pem;
+}
+
+}  // namespace
+
+absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsOptions& options) {
+  const bool any_file = !options.ca_file.empty() || !options.cert_file.empty() || !options.key_file.empty();
+  if (options.insecure) {
+    if (any_file) {
+      return absl::InvalidArgumentError(
+          "--insecure cannot be combined with --tls_ca, --tls_cert or --tls_key");
+    }
+    return TlsMaterial{};
+  }
+  if (!any_file) {
+    return absl::InvalidArgumentError(
+        "the internal gRPC hops need mTLS: pass --tls_ca, --tls_cert and --tls_key (or MOE_TLS_CA, "
+        "MOE_TLS_CERT, MOE_TLS_KEY), or --insecure to run without authentication");
+  }
+  std::vector<std::string> missing;
+  if (options.ca_file.empty()) missing.push_back("--tls_ca");
+  if (options.cert_file.empty()) missing.push_back("--tls_cert");
+  if (options.key_file.empty()) missing.push_back("--tls_key");
+  if (!missing.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("mTLS needs --tls_ca, --tls_cert and --tls_key; missing: ",
+                                                   absl::StrJoin(missing, ", ")));
+  }
+  TlsMaterial material;
+  auto ca = ReadPemFile("tls_ca", options.ca_file);
+  if (!ca.ok()) return ca.status();
+  auto cert = ReadPemFile("tls_cert", options.cert_file);
+  if (!cert.ok()) return cert.status();
+  auto key = ReadPemFile("tls_key", options.key_file);
+  if (!key.ok()) return key.status();
+  material.ca_pem = std::move(*ca);
+  material.cert_pem = std::move(*cert);
+  material.key_pem = std::move(*key);
+  return material;
+}
+
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsOptions& options,
+                                                               const TlsMaterial& material) {
+  if (options.insecure) return grpc::InsecureServerCredentials();
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  ssl.pem_root_certs = material.ca_pem;
+  ssl.pem_key_cert_pairs.push_back({material.key_pem, material.cert_pem});
+  return grpc::SslServerCredentials(ssl);
+}
+
+ClientCredentials::ClientCredentials() : credentials_(grpc::InsecureChannelCredentials()) {}
+
+ClientCredentials::ClientCredentials(const TlsOptions& options, const TlsMaterial& material) {
+  if (options.insecure) {
+    credentials_ = grpc::InsecureChannelCredentials();
+    return;
+  }
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = material.ca_pem;
+  ssl.pem_private_key = material.key_pem;
+  ssl.pem_cert_chain = material.cert_pem;
+  credentials_ = grpc::SslCredentials(ssl);
+  server_name_ = options.server_name;
+  secure_ = true;
+}
+
+std::shared_ptr<grpc::Channel> ClientCredentials::CreateChannel(const std::string& address,
+                                                                grpc::ChannelArguments args) const {
+  if (secure_ && !server_name_.empty()) args.SetSslTargetNameOverride(server_name_);
+  return grpc::CreateCustomChannel(address, credentials_, args);
+}
+
+absl::StatusOr<ClientCredentials> MakeClientCredentials(const TlsOptions& options) {
+  auto material = LoadTlsMaterial(options);
+  if (!material.ok()) return material.status();
+  return ClientCredentials(options, *material);
+}
+
+}  // namespace moe::rpc
