@@ -53,7 +53,8 @@ absl::Status Engine::BuildStepState() {
   if (num_blocks > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError("the KV cache has too many blocks");
   }
-  kv_cache_ = std::make_unique<KvCache>(config_, options_.kv_block_size, static_cast<int32_t>(num_blocks));
+  ASSIGN_OR_RETURN(kv_cache_,
+                   KvCache::Create(config_, options_.kv_block_size, static_cast<int32_t>(num_blocks)));
   attention_ = std::make_unique<AttentionBlock>(config_, dense_.get(), kv_cache_.get(), dispatcher_.get());
   scheduler_ = std::make_unique<Scheduler>(
       SchedulerOptions{options_.max_num_seqs, options_.max_step_tokens, options_.kv_block_size},

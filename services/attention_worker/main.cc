@@ -20,8 +20,10 @@ ABSL_FLAG(std::string, transport, "ucx",
           "data plane to the expert workers; accepted: ucx (nccl is planned, not available yet)");
 ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
 ABSL_FLAG(double, moe_timeout_seconds, 10, "deadline of one layer's dispatch+combine round");
-ABSL_FLAG(int64_t, kv_cache_bytes, int64_t{1} << 30, "KV cache size in bytes");
-ABSL_FLAG(int64_t, num_kv_blocks, 0, "KV cache blocks (overrides --kv_cache_bytes if > 0)");
+ABSL_FLAG(double, kv_cache_gib, 8,
+          "KV cache size in GiB (mapped lazily: memory is used as blocks are written; Qwen3-30B-A3B "
+          "takes 96 KiB per token, so 8 GiB hold ~87k tokens)");
+ABSL_FLAG(int64_t, num_kv_blocks, 0, "KV cache blocks (overrides --kv_cache_gib if > 0)");
 ABSL_FLAG(int64_t, kv_block_size, 16, "tokens per KV block");
 ABSL_FLAG(int64_t, max_num_seqs, 256, "sequences per step");
 ABSL_FLAG(int64_t, max_step_tokens, 512, "token budget per step (chunked prefill)");
@@ -57,7 +59,11 @@ int main(int argc, char** argv) {
   const double moe_timeout = absl::GetFlag(FLAGS_moe_timeout_seconds);
   if (!(moe_timeout > 0)) return service->Fail("--moe_timeout_seconds must be > 0");
   options.engine.moe_timeout = absl::Seconds(moe_timeout);
-  options.engine.kv_cache_bytes = absl::GetFlag(FLAGS_kv_cache_bytes);
+  const double kv_cache_gib = absl::GetFlag(FLAGS_kv_cache_gib);
+  if (!(kv_cache_gib > 0) || kv_cache_gib > 1 << 20) {
+    return service->Fail("--kv_cache_gib must be in (0, 1048576]");
+  }
+  options.engine.kv_cache_bytes = static_cast<int64_t>(kv_cache_gib * (int64_t{1} << 30));
   options.engine.num_kv_blocks = absl::GetFlag(FLAGS_num_kv_blocks);
   options.engine.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
   options.engine.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
