@@ -26,9 +26,13 @@
 #include "absl/strings/str_split.h"
 #include "bench/util/memory_bandwidth.h"
 #include "common/engine/engine.h"
+#include "common/engine/testing/requests.h"
 
 namespace moe::engine {
 namespace {
+
+using engine_testing::GreedyRequest;
+using engine_testing::PseudoRandomPrompt;
 
 using Clock = std::chrono::steady_clock;
 
@@ -82,26 +86,6 @@ std::vector<std::vector<std::vector<uint64_t>>> Snapshot(const Engine& engine) {
   return s;
 }
 
-std::vector<int32_t> Prompt(int64_t length, uint32_t seed) {
-  std::vector<int32_t> ids;
-  uint32_t x = seed * 2654435761u + 1;
-  for (int64_t i = 0; i < length; ++i) {
-    x = x * 1664525u + 1013904223u;
-    ids.push_back(static_cast<int32_t>(x % 151643u));
-  }
-  return ids;
-}
-
-GenerationRequest Request(const std::string& id, std::vector<int32_t> prompt, int64_t max_new) {
-  GenerationRequest r;
-  r.id = id;
-  r.prompt = std::move(prompt);
-  r.sampling.temperature = 0.0;
-  r.max_new_tokens = max_new;
-  r.ignore_eos = true;
-  return r;
-}
-
 int Main(int argc, char** argv) {
   CLI::App app{"Embedded-engine decode and prefill benchmark with roofline ratios"};
   std::string model_dir, batches_flag = "1,8,32";
@@ -137,7 +121,7 @@ int Main(int argc, char** argv) {
     return 1;
   }
   Engine& engine = **created;
-  auto warm = engine.PromptLogits(Prompt(16, 99));
+  auto warm = engine.PromptLogits(PseudoRandomPrompt(16, 99));
   if (!warm.ok()) {
     std::fprintf(stderr, "engine_bench: %s\n", warm.status().ToString().c_str());
     return 1;
@@ -164,8 +148,8 @@ int Main(int argc, char** argv) {
 
   for (int64_t batch : batches) {
     for (int64_t i = 0; i < batch; ++i) {
-      absl::Status s = engine.AddRequest(
-          Request("d" + std::to_string(i), Prompt(context, static_cast<uint32_t>(i)), decode_steps + 4));
+      absl::Status s = engine.AddRequest(GreedyRequest(
+          "d" + std::to_string(i), PseudoRandomPrompt(context, static_cast<uint32_t>(i)), decode_steps + 4));
       if (!s.ok()) {
         std::fprintf(stderr, "engine_bench: %s\n", s.ToString().c_str());
         return 1;
@@ -194,7 +178,7 @@ int Main(int argc, char** argv) {
 
   {
     const auto before = Snapshot(engine);
-    absl::Status s = engine.AddRequest(Request("p", Prompt(prefill_tokens, 7), 1));
+    absl::Status s = engine.AddRequest(GreedyRequest("p", PseudoRandomPrompt(prefill_tokens, 7), 1));
     if (!s.ok()) {
       std::fprintf(stderr, "engine_bench: %s\n", s.ToString().c_str());
       return 1;

@@ -1,6 +1,7 @@
 #include "common/model_maker/make_model.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -364,6 +365,18 @@ absl::Status MakeModel(const MakeModelOptions& options) {
 
   std::vector<TensorToWrite> tensors =
       TensorsToWrite(ModelWeights(config, fp8), config, options.seed, options.threads);
+  if (options.progress) {
+    int64_t total_bytes = 0;
+    for (const TensorToWrite& t : tensors) total_bytes += TensorBytes(t);
+    auto done_bytes = std::make_shared<std::atomic<int64_t>>(0);
+    for (TensorToWrite& t : tensors) {
+      t.fill = [fill = std::move(t.fill), bytes = TensorBytes(t), done_bytes, total_bytes,
+                progress = options.progress](uint8_t* dst) {
+        fill(dst);
+        progress(done_bytes->fetch_add(bytes) + bytes, total_bytes);
+      };
+    }
+  }
   ASSIGN_OR_RETURN(auto shards, AssignShards(std::move(tensors), options.shards, options.max_shard_bytes));
 
   RETURN_IF_ERROR(PrepareOutDir(options));

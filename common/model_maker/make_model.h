@@ -40,6 +40,7 @@
 #define MOE_COMMON_MODEL_MAKER_MAKE_MODEL_H_
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -62,6 +63,9 @@ struct MakeModelOptions {
   int64_t max_shard_bytes = kDefaultMaxShardBytes;
   bool force = false;  // allow a non-empty out_dir (replaces the files this writes)
   int threads = 0;     // 0 = all cores
+  // Called after each tensor is generated and written, with the bytes of weights written so far and
+  // in all (the last call has done == total). May be empty.
+  std::function<void(int64_t done_bytes, int64_t total_bytes)> progress;
 };
 
 std::vector<std::string> PresetNames();

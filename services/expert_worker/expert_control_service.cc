@@ -1,7 +1,6 @@
 #include "services/expert_worker/expert_control_service.h"
 
-#include <iostream>
-
+#include "common/logging/logging.h"
 #include "common/rpc/status.h"
 
 namespace moe::services {
@@ -27,11 +26,10 @@ grpc::Status ExpertControlService::Connect(grpc::ServerContext*, const v1::Conne
   absl::Status status =
       worker->ConnectAttention(request->peer_id(), request->address(), request->model_fingerprint());
   if (!status.ok()) {
-    std::cerr << "expert worker: Connect from attention rank " << request->attention_rank()
-              << " refused: " << status << "\n";
+    LOG(WARNING) << "Connect from attention rank " << request->attention_rank() << " refused: " << status;
     return rpc::ToGrpcStatus(status);
   }
-  std::cerr << "expert worker: connected to attention worker peer " << request->peer_id() << "\n";
+  LOG(INFO) << "connected to attention worker peer " << request->peer_id();
   *response->mutable_info() = worker->info();
   return grpc::Status::OK;
 }

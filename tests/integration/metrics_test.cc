@@ -35,10 +35,13 @@
 #include "moe/v1/generate.grpc.pb.h"
 #include "tests/integration/local_cluster.h"
 #include "tests/services/process_helper.h"
+#include "tests/util/http_get.h"
 #include "tests/util/test_models.h"
 
 namespace moe {
 namespace {
+
+using ::moe::testing::HttpGet;
 
 std::string SourceDir() {
   const char* env = std::getenv("MOE_SOURCE_DIR");
@@ -284,46 +287,6 @@ std::vector<const Sample*> Find(const Exposition& e, const std::string& name) {
 }
 
 // ---- HTTP and promtool ----------------------------------------------------------------------------
-
-// GET http://127.0.0.1:port/path with HTTP/1.0 (no chunking); the body, or an error.
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError("socket failed");
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return absl::UnavailableError(absl::StrCat("cannot connect to 127.0.0.1:", port));
-  }
-  const std::string request = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(request.size())) {
-    close(fd);
-    return absl::UnavailableError("send failed");
-  }
-  std::string response;
-  char buf[16384];
-  while (true) {
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n < 0) {
-      close(fd);
-      return absl::DeadlineExceededError(absl::StrCat("timed out reading 127.0.0.1:", port, path));
-    }
-    if (n == 0) break;
-    response.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  const size_t header_end = response.find("\r\n\r\n");
-  if (header_end == std::string::npos) return absl::InternalError("no HTTP header end");
-  if (response.compare(0, 12, "HTTP/1.1 200") != 0 && response.compare(0, 12, "HTTP/1.0 200") != 0) {
-    return absl::InternalError(absl::StrCat("HTTP status: ", response.substr(0, response.find("\r\n"))));
-  }
-  return response.substr(header_end + 4);
-}
 
 struct CommandResult {
   int exit_code = -1;

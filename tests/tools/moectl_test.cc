@@ -229,6 +229,21 @@ TEST(MoectlTest, ProgressShowsModelLoadingWhenAsked) {
   ExpectCleanFailure(RunMoectl("generate --model " + model + " --prompt hi --json --progress"), "excludes");
 }
 
+TEST(MoectlTest, MakeModelShowsProgressWhenAsked) {
+  const std::string out = ::testing::TempDir() + "/moectl_make_model_progress";
+  Result shown = RunMoectl("make-model --preset dense-tiny --out " + out + " --force --progress");
+  ASSERT_EQ(shown.exit_code, 0) << shown.err;
+  EXPECT_THAT(shown.err, HasSubstr("moectl make-model: writing weights (MiB) "));
+  // The last update is always shown, and it is complete.
+  const size_t last = shown.err.rfind("writing weights (MiB) ");
+  ASSERT_NE(last, std::string::npos);
+  const std::string tail = shown.err.substr(last + 22, shown.err.find('\n', last) - last - 22);
+  const size_t slash = tail.find('/');
+  ASSERT_NE(slash, std::string::npos) << tail;
+  EXPECT_EQ(tail.substr(0, slash), tail.substr(slash + 1)) << shown.err;
+  std::filesystem::remove_all(out);
+}
+
 // A listening socket on 127.0.0.1 (port chosen by the kernel), closed when the object goes.
 class Listener {
  public:

@@ -6,6 +6,7 @@
 #include "absl/strings/str_join.h"
 #include "common/model_maker/make_model.h"
 #include "tools/moectl/commands.h"
+#include "tools/moectl/progress.h"
 
 namespace moe::moectl {
 
@@ -24,9 +25,17 @@ void RegisterMakeModelCommand(CLI::App& app) {
   cmd->add_option("--shards", options->shards, "Write exactly N shards + index (0: one file up to 5 GB)");
   cmd->add_option("--threads", options->threads, "Generator threads (0: all cores)");
   cmd->add_flag("--force", options->force, "Write into a non-empty --out directory");
-  cmd->callback([options] {
+  auto progress = std::make_shared<Progress>();
+  progress->Register(cmd);
+  cmd->callback([options, progress] {
+    progress->Enable("make-model", /*quiet=*/false);
+    options->progress = [progress](int64_t done, int64_t total) {
+      constexpr int64_t kMiB = int64_t{1} << 20;
+      progress->Update("writing weights (MiB)", (done + kMiB - 1) / kMiB, (total + kMiB - 1) / kMiB);
+    };
     const auto start = std::chrono::steady_clock::now();
     absl::Status status = model_maker::MakeModel(*options);
+    progress->Finish();
     if (!status.ok()) Fail("make-model", std::string(status.message()));
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     std::cerr << "moectl make-model: wrote " << options->preset << " (" << options->dtype << ") to "

@@ -12,24 +12,18 @@
 
 #include "common/engine/engine.h"
 #include "common/engine/sampler.h"
+#include "common/engine/testing/requests.h"
 #include "gtest/gtest.h"
 #include "tests/util/test_models.h"
 
 namespace moe::engine {
 namespace {
 
+using engine_testing::GreedyRequest;
+using engine_testing::PseudoRandomPrompt;
+
 constexpr int64_t kBlockSize = 16;
 constexpr int kDecodeSteps = 5;
-
-std::vector<int32_t> Prompt(int64_t length, uint32_t seed) {
-  std::vector<int32_t> ids;
-  uint32_t x = seed * 2654435761u + 12345u;
-  for (int64_t i = 0; i < length; ++i) {
-    x = x * 1664525u + 1013904223u;
-    ids.push_back(static_cast<int32_t>(x % 151643u));
-  }
-  return ids;
-}
 
 std::unique_ptr<Engine> MakeEngine(const std::string& dtype) {
   EngineOptions options;
@@ -41,12 +35,7 @@ std::unique_ptr<Engine> MakeEngine(const std::string& dtype) {
 }
 
 GenerationRequest Greedy(const std::string& id, std::vector<int32_t> prompt, int64_t max_new) {
-  GenerationRequest r;
-  r.id = id;
-  r.prompt = std::move(prompt);
-  r.sampling.temperature = 0.0;
-  r.max_new_tokens = max_new;
-  r.ignore_eos = true;
+  GenerationRequest r = GreedyRequest(id, std::move(prompt), max_new);
   r.top_logprobs = 20;
   return r;
 }
@@ -70,7 +59,7 @@ TEST_P(EngineDecodeTest, EachDecodeStepsLogitsAreBitIdenticalToThePrefillOfTheEx
   // Decode positions 13..17, 30..34, 46..50: each run writes across a block boundary.
   for (const int64_t length : {13, 30, 46}) {
     SCOPED_TRACE("prompt length " + std::to_string(length));
-    std::vector<int32_t> sequence = Prompt(length, static_cast<uint32_t>(length));
+    std::vector<int32_t> sequence = PseudoRandomPrompt(length, static_cast<uint32_t>(length));
     ASSERT_TRUE(engine->AddRequest(Greedy("d", sequence, kDecodeSteps + 1)).ok());
     int generated = 0;
     while (engine->HasWork()) {
@@ -106,7 +95,7 @@ TEST_P(EngineDecodeTest, BatchedDecodeStepsMatchThePrefillOfEachExtendedSequence
   const std::vector<int64_t> lengths = {14, 31, 47};
   std::vector<std::vector<int32_t>> sequences;
   for (size_t i = 0; i < lengths.size(); ++i) {
-    sequences.push_back(Prompt(lengths[i], static_cast<uint32_t>(100 + i)));
+    sequences.push_back(PseudoRandomPrompt(lengths[i], static_cast<uint32_t>(100 + i)));
     ASSERT_TRUE(engine->AddRequest(Greedy(std::to_string(i), sequences[i], kDecodeSteps + 1)).ok());
   }
   int decode_events = 0;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/engine/testing/requests.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -16,17 +17,10 @@
 namespace moe::engine {
 namespace {
 
-using ::testing::HasSubstr;
+using engine_testing::GreedyRequest;
+using engine_testing::PseudoRandomPrompt;
 
-std::vector<int32_t> Prompt(int64_t length, int32_t seed) {
-  std::vector<int32_t> ids;
-  uint32_t x = static_cast<uint32_t>(seed) * 2654435761u + 12345u;
-  for (int64_t i = 0; i < length; ++i) {
-    x = x * 1664525u + 1013904223u;
-    ids.push_back(static_cast<int32_t>(x % 151643u));
-  }
-  return ids;
-}
+using ::testing::HasSubstr;
 
 std::unique_ptr<Engine> MakeEngine(const std::string& dtype, EngineOptions options = {}, int shards = 1,
                                    const std::string& preset = "tiny") {
@@ -34,16 +28,6 @@ std::unique_ptr<Engine> MakeEngine(const std::string& dtype, EngineOptions optio
   auto engine = Engine::CreateEmbedded(moe::testing::TestModelDir(preset, dtype), options, shards);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return engine.ok() ? *std::move(engine) : nullptr;
-}
-
-GenerationRequest Greedy(const std::string& id, std::vector<int32_t> prompt, int64_t max_new) {
-  GenerationRequest r;
-  r.id = id;
-  r.prompt = std::move(prompt);
-  r.sampling.temperature = 0.0;
-  r.max_new_tokens = max_new;
-  r.ignore_eos = true;
-  return r;
 }
 
 struct Output {
@@ -89,7 +73,7 @@ class EngineDTypeTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(EngineDTypeTest, LogitsAreBitIdenticalAloneOrBatchedWithOtherLengths) {
   auto engine = MakeEngine(GetParam());
   ASSERT_NE(engine, nullptr);
-  const auto a = Prompt(13, 1), b = Prompt(40, 2), c = Prompt(1, 3);
+  const auto a = PseudoRandomPrompt(13, 1), b = PseudoRandomPrompt(40, 2), c = PseudoRandomPrompt(1, 3);
   auto alone = engine->PromptLogits(a);
   ASSERT_TRUE(alone.ok()) << alone.status();
   auto batched = engine->BatchLogits({b, a, c});
@@ -110,9 +94,9 @@ TEST_P(EngineDTypeTest, ChunkedPrefillGivesTheSameGreedyContinuation) {
   auto b = MakeEngine(GetParam(), chunked);
   ASSERT_NE(a, nullptr);
   ASSERT_NE(b, nullptr);
-  const auto prompt = Prompt(61, 4);
-  ASSERT_TRUE(a->AddRequest(Greedy("r", prompt, 16)).ok());
-  ASSERT_TRUE(b->AddRequest(Greedy("r", prompt, 16)).ok());
+  const auto prompt = PseudoRandomPrompt(61, 4);
+  ASSERT_TRUE(a->AddRequest(GreedyRequest("r", prompt, 16)).ok());
+  ASSERT_TRUE(b->AddRequest(GreedyRequest("r", prompt, 16)).ok());
   auto out_a = RunToCompletion(*a);
   auto out_b = RunToCompletion(*b);
   ASSERT_EQ(out_a["r"].tokens.size(), 16u);
@@ -125,7 +109,7 @@ TEST_P(EngineDTypeTest, ExpertShardingDoesNotChangeLogits) {
   auto one = MakeEngine(GetParam(), {}, 1);
   auto three = MakeEngine(GetParam(), {}, 3);
   auto seven = MakeEngine(GetParam(), {}, 7);
-  const auto prompt = Prompt(29, 5);
+  const auto prompt = PseudoRandomPrompt(29, 5);
   auto l1 = one->PromptLogits(prompt);
   auto l3 = three->PromptLogits(prompt);
   auto l7 = seven->PromptLogits(prompt);
@@ -141,12 +125,12 @@ TEST(EngineTest, ConcurrentRequestsMatchRunningAlone) {
   std::map<std::string, Output> alone;
   for (int i = 0; i < 4; ++i) {
     const std::string id = "r" + std::to_string(i);
-    ASSERT_TRUE(engine->AddRequest(Greedy(id, Prompt(5 + 9 * i, 10 + i), 6 + i)).ok());
+    ASSERT_TRUE(engine->AddRequest(GreedyRequest(id, PseudoRandomPrompt(5 + 9 * i, 10 + i), 6 + i)).ok());
     alone[id] = RunToCompletion(*engine)[id];
   }
   for (int i = 0; i < 4; ++i) {
     const std::string id = "r" + std::to_string(i);
-    ASSERT_TRUE(engine->AddRequest(Greedy(id, Prompt(5 + 9 * i, 10 + i), 6 + i)).ok());
+    ASSERT_TRUE(engine->AddRequest(GreedyRequest(id, PseudoRandomPrompt(5 + 9 * i, 10 + i), 6 + i)).ok());
   }
   auto together = RunToCompletion(*engine);
   for (const auto& [id, out] : alone) {
@@ -166,8 +150,8 @@ TEST(EngineTest, PreemptionUnderKvPressureKeepsOutputsExact) {
   ASSERT_TRUE(engine.ok()) << engine.status();
   for (int i = 0; i < 3; ++i) {
     const std::string id = "p" + std::to_string(i);
-    ASSERT_TRUE(reference->AddRequest(Greedy(id, Prompt(10, 20 + i), 20)).ok());
-    ASSERT_TRUE((*engine)->AddRequest(Greedy(id, Prompt(10, 20 + i), 20)).ok());
+    ASSERT_TRUE(reference->AddRequest(GreedyRequest(id, PseudoRandomPrompt(10, 20 + i), 20)).ok());
+    ASSERT_TRUE((*engine)->AddRequest(GreedyRequest(id, PseudoRandomPrompt(10, 20 + i), 20)).ok());
   }
   auto expected = RunToCompletion(*reference);
   int64_t preemptions = 0;
@@ -184,7 +168,7 @@ TEST(EngineTest, PreemptionUnderKvPressureKeepsOutputsExact) {
 
 TEST(EngineTest, CancelFreesTheSequenceAtTheNextStep) {
   auto engine = MakeEngine("bf16");
-  ASSERT_TRUE(engine->AddRequest(Greedy("c", Prompt(20, 7), 100)).ok());
+  ASSERT_TRUE(engine->AddRequest(GreedyRequest("c", PseudoRandomPrompt(20, 7), 100)).ok());
   engine->Step();
   EXPECT_LT(engine->num_free_blocks(), engine->num_blocks());
   engine->Cancel("c");
@@ -197,11 +181,11 @@ TEST(EngineTest, CancelFreesTheSequenceAtTheNextStep) {
 
 TEST(EngineTest, StopsOnARequestStopTokenId) {
   auto engine = MakeEngine("bf16");
-  const auto prompt = Prompt(8, 9);
-  ASSERT_TRUE(engine->AddRequest(Greedy("probe", prompt, 1)).ok());
+  const auto prompt = PseudoRandomPrompt(8, 9);
+  ASSERT_TRUE(engine->AddRequest(GreedyRequest("probe", prompt, 1)).ok());
   const int32_t first = RunToCompletion(*engine)["probe"].tokens.at(0);
   // Make the first greedy token a stop token: generation ends after one token with kStop.
-  GenerationRequest r = Greedy("s", prompt, 10);
+  GenerationRequest r = GreedyRequest("s", prompt, 10);
   r.stop_token_ids = {first};
   ASSERT_TRUE(engine->AddRequest(r).ok());
   auto out = RunToCompletion(*engine)["s"];
@@ -217,7 +201,7 @@ class EngineEosTest : public ::testing::Test {
   void SetUp() override {
     probe_engine_ = MakeEngine("bf16");
     ASSERT_NE(probe_engine_, nullptr);
-    ASSERT_TRUE(probe_engine_->AddRequest(Greedy("probe", prompt_, 8)).ok());
+    ASSERT_TRUE(probe_engine_->AddRequest(GreedyRequest("probe", prompt_, 8)).ok());
     greedy_ = RunToCompletion(*probe_engine_)["probe"].tokens;
     ASSERT_EQ(greedy_.size(), 8u);
     eos_ = greedy_[2];
@@ -250,13 +234,13 @@ class EngineEosTest : public ::testing::Test {
   }
 
   GenerationRequest Request(bool ignore_eos, int64_t min_new_tokens) const {
-    GenerationRequest r = Greedy("e", prompt_, 8);
+    GenerationRequest r = GreedyRequest("e", prompt_, 8);
     r.ignore_eos = ignore_eos;
     r.min_new_tokens = min_new_tokens;
     return r;
   }
 
-  const std::vector<int32_t> prompt_ = Prompt(8, 9);
+  const std::vector<int32_t> prompt_ = PseudoRandomPrompt(8, 9);
   std::unique_ptr<Engine> probe_engine_;
   std::vector<int32_t> greedy_;  // the greedy continuation with no EOS in force
   int32_t eos_ = -1;             // its third token
@@ -318,17 +302,17 @@ TEST(EngineTest, RejectsBadRequestsNamingTheField) {
     EXPECT_EQ(s.code(), code) << s;
     EXPECT_THAT(std::string(s.message()), HasSubstr(field));
   };
-  expect_error(Greedy("a", {}, 4), absl::StatusCode::kInvalidArgument, "prompt");
-  expect_error(Greedy("a", {151936}, 4), absl::StatusCode::kInvalidArgument, "prompt");
-  expect_error(Greedy("a", {-1}, 4), absl::StatusCode::kInvalidArgument, "prompt");
-  expect_error(Greedy("a", Prompt(engine->max_model_len(), 1), 4), absl::StatusCode::kInvalidArgument,
-               "prompt");
-  expect_error(Greedy("a", {1}, 0), absl::StatusCode::kInvalidArgument, "max_new_tokens");
-  GenerationRequest logprobs = Greedy("a", {1}, 1);
+  expect_error(GreedyRequest("a", {}, 4), absl::StatusCode::kInvalidArgument, "prompt");
+  expect_error(GreedyRequest("a", {151936}, 4), absl::StatusCode::kInvalidArgument, "prompt");
+  expect_error(GreedyRequest("a", {-1}, 4), absl::StatusCode::kInvalidArgument, "prompt");
+  expect_error(GreedyRequest("a", PseudoRandomPrompt(engine->max_model_len(), 1), 4),
+               absl::StatusCode::kInvalidArgument, "prompt");
+  expect_error(GreedyRequest("a", {1}, 0), absl::StatusCode::kInvalidArgument, "max_new_tokens");
+  GenerationRequest logprobs = GreedyRequest("a", {1}, 1);
   logprobs.top_logprobs = 21;
   expect_error(logprobs, absl::StatusCode::kInvalidArgument, "top_logprobs");
-  ASSERT_TRUE(engine->AddRequest(Greedy("dup", {1}, 1)).ok());
-  expect_error(Greedy("dup", {1}, 1), absl::StatusCode::kAlreadyExists, "dup");
+  ASSERT_TRUE(engine->AddRequest(GreedyRequest("dup", {1}, 1)).ok());
+  expect_error(GreedyRequest("dup", {1}, 1), absl::StatusCode::kAlreadyExists, "dup");
   RunToCompletion(*engine);
 
   auto empty = engine->PromptLogits({});
@@ -341,7 +325,7 @@ TEST(EngineTest, ADeadExpertShardFailsTheStepWithoutHanging) {
   EngineOptions options;
   options.moe_timeout = absl::Seconds(5);
   auto engine = MakeEngine("bf16", options, 2);
-  ASSERT_TRUE(engine->AddRequest(Greedy("x", Prompt(6, 11), 50)).ok());
+  ASSERT_TRUE(engine->AddRequest(GreedyRequest("x", PseudoRandomPrompt(6, 11), 50)).ok());
   engine->Step();
   engine->DisconnectExpertShardForTest(1);
   auto out = RunToCompletion(*engine, 5);
@@ -354,9 +338,9 @@ TEST(EngineTest, DenseQwen3RunsWithoutExperts) {
   auto engine = MakeEngine("bf16", {}, 1, "dense-tiny");
   ASSERT_NE(engine, nullptr);
   EXPECT_FALSE(engine->config().IsMoe());
-  auto alone = engine->PromptLogits(Prompt(9, 12));
+  auto alone = engine->PromptLogits(PseudoRandomPrompt(9, 12));
   ASSERT_TRUE(alone.ok()) << alone.status();
-  auto batched = engine->BatchLogits({Prompt(3, 13), Prompt(9, 12)});
+  auto batched = engine->BatchLogits({PseudoRandomPrompt(3, 13), PseudoRandomPrompt(9, 12)});
   ASSERT_TRUE(batched.ok());
   EXPECT_TRUE(BitEqual((*batched)[1], *alone));
 }
