@@ -132,6 +132,9 @@ absl::Status Engine::AddRequest(GenerationRequest request) {
       return absl::InvalidArgumentError(absl::StrCat("stop_token_ids: ", id, " is out of range"));
     }
   }
+  if (absl::Status s = request::ValidateSamplingParams(request.sampling); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling: ", s.message()));
+  }
   if (sequences_.contains(request.id)) {
     return absl::AlreadyExistsError(absl::StrCat("request id ", request.id, " is already running"));
   }

@@ -25,7 +25,11 @@ absl::StatusOr<SamplingParams> ResolveSamplingParams(const SamplingOverrides& ov
   p.min_p = overrides.min_p.value_or(defaults.min_p.value_or(0.0));
   p.repetition_penalty = overrides.repetition_penalty.value_or(defaults.repetition_penalty);
   p.seed = overrides.seed.value_or(0);
+  if (absl::Status s = ValidateSamplingParams(p); !s.ok()) return s;
+  return p;
+}
 
+absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!std::isfinite(p.temperature) || p.temperature < 0.0) {
     return Invalid(absl::StrCat("temperature must be a finite number >= 0, got ", p.temperature));
   }
@@ -42,7 +46,7 @@ absl::StatusOr<SamplingParams> ResolveSamplingParams(const SamplingOverrides& ov
     return Invalid(
         absl::StrCat("repetition_penalty must be a finite number > 0, got ", p.repetition_penalty));
   }
-  return p;
+  return absl::OkStatus();
 }
 
 }  // namespace moe::request

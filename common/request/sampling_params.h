@@ -42,6 +42,10 @@ struct SamplingOverrides {
 absl::StatusOr<SamplingParams> ResolveSamplingParams(const SamplingOverrides& overrides,
                                                      const model::GenerationConfig& defaults);
 
+// The checks above on resolved values, for callers that receive them from elsewhere (the engine
+// checks every request it is given: an attention worker must not trust its caller's values).
+absl::Status ValidateSamplingParams(const SamplingParams& params);
+
 }  // namespace moe::request
 
 #endif  // MOE_COMMON_REQUEST_SAMPLING_PARAMS_H_

@@ -19,6 +19,9 @@ class RejectReactor final : public grpc::ServerWriteReactor<v1::AttentionGenerat
 
 absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::AttentionGenerateRequest& request) {
   if (request.request_id().empty()) return absl::InvalidArgumentError("request_id: must not be empty");
+  if (request.request_id().size() > 256) {
+    return absl::InvalidArgumentError("request_id: is longer than 256 bytes");
+  }
   if (request.top_logprobs() < 0 || request.top_logprobs() > 20) {
     return absl::InvalidArgumentError(
         absl::StrCat("top_logprobs: must be in [0, 20], got ", request.top_logprobs()));
@@ -56,6 +59,7 @@ grpc::ServerWriteReactor<v1::AttentionGenerateResponse>* AttentionService::Gener
   }
   auto converted = ToGenerationRequest(*request);
   if (!converted.ok()) return new RejectReactor(rpc::ToGrpcStatus(converted.status()));
+  converted->id = absl::StrCat(next_sequence_.fetch_add(1), ":", converted->id);
   auto stream =
       std::make_shared<GenerateStream>(converted->id, [loop](const std::string& id) { loop->Cancel(id); });
   auto* reactor = stream->MakeReactor(stream);

@@ -2,11 +2,16 @@
 // API. Generate turns the request into an engine::GenerationRequest and hands it to the StepLoop
 // with a GenerateStream (ServerWriteReactor); GetLoad answers from the loop's published load.
 //
+// Sequence identity: the engine and the step loop key a sequence by an id this service makes, a
+// per-process counter followed by the caller's request_id ("17:router-…", kept for the logs). A
+// caller's stream can cancel only its own sequence, however its request_id collides with another's.
+//
 // Thread safety: RPCs run on gRPC threads; StepLoop's Submit/Cancel/Load are thread-safe.
 #ifndef MOE_SERVICES_ATTENTION_WORKER_ATTENTION_SERVICE_H_
 #define MOE_SERVICES_ATTENTION_WORKER_ATTENTION_SERVICE_H_
 
 #include <atomic>
+#include <cstdint>
 
 #include "absl/status/statusor.h"
 #include "common/engine/engine.h"
@@ -16,8 +21,9 @@
 namespace moe::services {
 
 // Converts a request (INVALID_ARGUMENT naming the field for what the engine cannot check: missing
-// request_id, top_logprobs outside [0, 20], negative stop token ids). An absent `sampling` means
-// greedy decoding.
+// request_id or one over 256 bytes, top_logprobs outside [0, 20], negative stop token ids; the
+// engine checks the rest, sampling values included). An absent `sampling` means greedy decoding.
+// The engine request's id is the caller's request_id; Generate makes it unique (see below).
 absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::AttentionGenerateRequest& request);
 
 class AttentionService final : public v1::AttentionWorker::CallbackService {
@@ -34,6 +40,7 @@ class AttentionService final : public v1::AttentionWorker::CallbackService {
 
  private:
   std::atomic<StepLoop*> loop_{nullptr};
+  std::atomic<uint64_t> next_sequence_{0};
 };
 
 }  // namespace moe::services

@@ -1,11 +1,14 @@
 #include "common/engine/engine.h"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/engine/testing/requests.h"
@@ -311,6 +314,21 @@ TEST(EngineTest, RejectsBadRequestsNamingTheField) {
   GenerationRequest logprobs = GreedyRequest("a", {1}, 1);
   logprobs.top_logprobs = 21;
   expect_error(logprobs, absl::StatusCode::kInvalidArgument, "top_logprobs");
+  // Sampling values are checked here too, not only by whoever resolved them.
+  const std::vector<std::pair<std::function<void(request::SamplingParams&)>, std::string>> bad_sampling = {
+      {[](auto& p) { p.temperature = std::nan(""); }, "sampling: temperature"},
+      {[](auto& p) { p.temperature = std::numeric_limits<double>::infinity(); }, "sampling: temperature"},
+      {[](auto& p) { p.temperature = -0.5; }, "sampling: temperature"},
+      {[](auto& p) { p.top_p = 0; }, "sampling: top_p"},
+      {[](auto& p) { p.top_k = -2; }, "sampling: top_k"},
+      {[](auto& p) { p.min_p = 1.5; }, "sampling: min_p"},
+      {[](auto& p) { p.repetition_penalty = 0; }, "sampling: repetition_penalty"},
+  };
+  for (const auto& [spoil, field] : bad_sampling) {
+    GenerationRequest r = GreedyRequest("s", {1}, 1);
+    spoil(r.sampling);
+    expect_error(r, absl::StatusCode::kInvalidArgument, field);
+  }
   ASSERT_TRUE(engine->AddRequest(GreedyRequest("dup", {1}, 1)).ok());
   expect_error(GreedyRequest("dup", {1}, 1), absl::StatusCode::kAlreadyExists, "dup");
   RunToCompletion(*engine);

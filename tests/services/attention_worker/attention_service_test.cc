@@ -1,3 +1,5 @@
+#include <string>
+
 #include "services/attention_worker/attention_service.h"
 
 #include "gtest/gtest.h"
@@ -52,6 +54,10 @@ TEST(ToGenerationRequestTest, AbsentSamplingIsGreedy) {
 TEST(ToGenerationRequestTest, RejectsBadFieldsNamingThem) {
   v1::AttentionGenerateRequest request;
   EXPECT_EQ(ToGenerationRequest(request).status().message(), "request_id: must not be empty");
+  request.set_request_id(std::string(257, 'x'));
+  EXPECT_EQ(ToGenerationRequest(request).status().message(), "request_id: is longer than 256 bytes");
+  request.set_request_id(std::string(256, 'x'));
+  EXPECT_TRUE(ToGenerationRequest(request).ok());
   request.set_request_id("a");
   request.set_top_logprobs(21);
   EXPECT_EQ(ToGenerationRequest(request).status().code(), absl::StatusCode::kInvalidArgument);

@@ -1,6 +1,8 @@
 // Integration: real moe-expert-worker and moe-attention-worker processes on 127.0.0.1 over UCX,
 // compared with the embedded engine on the same model.
+#include <cmath>
 #include <csignal>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -232,6 +234,73 @@ TEST(AttentionWorkerFailureTest, KilledExpertWorkerEndsStreamUnavailableAndRecov
   const Generated after = cluster.Generate(GreedyRequest("after", Prompts()[0], 8));
   ASSERT_TRUE(after.status.ok()) << after.status.error_message() << "\n" << cluster.log();
   EXPECT_EQ(after.tokens, Embedded(model, Prompts()[0], 8).tokens);
+}
+
+// A caller cannot reach another caller's sequence by reusing its request_id: the worker keys
+// sequences by ids of its own. Both streams run; cancelling one leaves the other whole.
+TEST(AttentionWorkerIdentityTest, ACollidingRequestIdNeitherFailsNorCancelsTheOtherStream) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  Cluster cluster(model, 1);
+  grpc::ClientContext victim_context;
+  victim_context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  auto victim = cluster.stub().Generate(&victim_context, GreedyRequest("same-id", Prompts()[0], 48));
+  v1::AttentionGenerateResponse response;
+  ASSERT_TRUE(victim->Read(&response)) << victim->Finish().error_message();
+  std::vector<int32_t> tokens;
+  for (const auto& token : response.tokens()) tokens.push_back(token.token_id());
+
+  {
+    grpc::ClientContext attacker_context;
+    auto attacker = cluster.stub().Generate(&attacker_context, GreedyRequest("same-id", {9, 9, 9}, 400));
+    v1::AttentionGenerateResponse first;
+    ASSERT_TRUE(attacker->Read(&first)) << attacker->Finish().error_message();
+    attacker_context.TryCancel();
+    while (attacker->Read(&first)) {
+    }
+    EXPECT_EQ(attacker->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+
+  while (victim->Read(&response)) {
+    for (const auto& token : response.tokens()) tokens.push_back(token.token_id());
+  }
+  const grpc::Status status = victim->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message() << "\n" << cluster.log();
+  EXPECT_EQ(tokens, Embedded(model, Prompts()[0], 48).tokens);
+}
+
+// The worker checks what it is sent, not only the router: a direct caller's bad values are
+// INVALID_ARGUMENT naming the field.
+TEST(AttentionWorkerIdentityTest, BadValuesFromADirectCallerAreRefusedNamingTheField) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  Cluster cluster(model, 1);
+  struct Case {
+    std::string name;
+    std::function<void(v1::AttentionGenerateRequest&)> spoil;
+    std::string field;
+  };
+  const std::vector<Case> cases = {
+      {"nan temperature", [](auto& r) { r.mutable_sampling()->set_temperature(std::nanf("")); },
+       "temperature"},
+      {"inf temperature", [](auto& r) { r.mutable_sampling()->set_temperature(INFINITY); }, "temperature"},
+      {"negative temperature", [](auto& r) { r.mutable_sampling()->set_temperature(-1); }, "temperature"},
+      {"top_p 0", [](auto& r) { r.mutable_sampling()->set_top_p(0); }, "top_p"},
+      {"repetition_penalty 0", [](auto& r) { r.mutable_sampling()->set_repetition_penalty(0); },
+       "repetition_penalty"},
+      {"1 MiB request id", [](auto& r) { r.set_request_id(std::string(1 << 20, 'x')); }, "request_id"},
+      {"no tokens to make", [](auto& r) { r.set_max_new_tokens(0); }, "max_new_tokens"},
+  };
+  for (const Case& c : cases) {
+    v1::AttentionGenerateRequest request = GreedyRequest("bad", Prompts()[0], 4);
+    c.spoil(request);
+    const Generated got = cluster.Generate(request);
+    EXPECT_EQ(got.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << c.name;
+    EXPECT_NE(got.status.error_message().find(c.field), std::string::npos)
+        << c.name << ": " << got.status.error_message();
+    EXPECT_TRUE(got.tokens.empty()) << c.name;
+  }
+  // The worker still serves.
+  const Generated after = cluster.Generate(GreedyRequest("after", Prompts()[0], 4));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message() << "\n" << cluster.log();
 }
 
 }  // namespace
