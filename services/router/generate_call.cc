@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging/logging.h"
 #include "common/rpc/status.h"
 
 namespace moe::router {
@@ -91,6 +92,28 @@ void GenerateCall::DecideCancelled() {
     Decide(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded"), "deadline");
   } else {
     Decide(grpc::Status(grpc::StatusCode::CANCELLED, "cancelled by the client"), "cancelled");
+  }
+}
+
+void GenerateCall::DecideWorkerFailure(grpc::StatusCode code, const std::string& detail) {
+  const std::string where =
+      absl::StrCat("attention worker ", service_->worker_pool().worker(worker_index_).address());
+  LOG(WARNING) << "request " << prepared_.request_id << ": " << where << ": " << detail;
+  switch (code) {
+    case grpc::StatusCode::INVALID_ARGUMENT:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      Decide(grpc::Status(code, detail), "error");
+      return;
+    case grpc::StatusCode::UNAVAILABLE:
+      Decide(grpc::Status(code, absl::StrCat("request ", prepared_.request_id,
+                                             " failed on an attention worker; it is safe to retry")),
+             "error");
+      return;
+    default:
+      Decide(grpc::Status(code, absl::StrCat("request ", prepared_.request_id,
+                                             " failed on an attention worker (see the router's log)")),
+             "error");
   }
 }
 
@@ -246,12 +269,8 @@ void GenerateCall::OnWorkerMessage(const moe::v1::AttentionGenerateResponse& mes
       const moe::v1::FinishReason reason = FromWorker(message.finish_reason());
       if (reason == moe::v1::FINISH_REASON_ERROR) {
         // The worker gave up on the sequence (e.g. an expert worker was lost): a worker failure.
-        Decide(
-            grpc::Status(
-                grpc::StatusCode::UNAVAILABLE,
-                absl::StrCat("attention worker ", service_->worker_pool().worker(worker_index_).address(),
-                             " failed the request: ", message.error().empty() ? "aborted" : message.error())),
-            "error");
+        DecideWorkerFailure(grpc::StatusCode::UNAVAILABLE,
+                            "failed the request: " + (message.error().empty() ? "aborted" : message.error()));
         out.clear_tokens();  // the partial text of a failed request is not sent
         out.clear_text();
         out.clear_reasoning_text();
@@ -297,20 +316,17 @@ void GenerateCall::OnWorkerDone(const grpc::Status& status) {
     absl::MutexLock lock(&mu_);
     worker_done_ = true;
     if (!decided_.has_value()) {
-      const std::string where =
-          absl::StrCat("attention worker ", service_->worker_pool().worker(worker_index_).address());
       if (cancelled_) {
         DecideCancelled();
       } else if (status.ok()) {
-        Decide(grpc::Status(grpc::StatusCode::INTERNAL, where + " ended the stream without a final message"),
-               "error");
+        DecideWorkerFailure(grpc::StatusCode::INTERNAL, "ended the stream without a final message");
       } else if (status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
         Decide(grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "deadline exceeded"), "deadline");
       } else if (status.error_code() == grpc::StatusCode::CANCELLED) {
         // Not our cancel: the worker (or its connection) dropped the call.
-        Decide(grpc::Status(grpc::StatusCode::UNAVAILABLE, where + " cancelled the request"), "error");
+        DecideWorkerFailure(grpc::StatusCode::UNAVAILABLE, "cancelled the request");
       } else {
-        Decide(grpc::Status(status.error_code(), absl::StrCat(where, ": ", status.error_message())), "error");
+        DecideWorkerFailure(status.error_code(), status.error_message());
       }
     }
     MaybeFinish(&actions);

@@ -67,6 +67,12 @@ class GenerateCall final : public grpc::ServerWriteReactor<moe::v1::GenerateResp
   void MaybeFinish(Actions* actions) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // The reason and status for a call cancelled by the client or its deadline.
   void DecideCancelled() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A failure on the worker side. The client gets `code` and a message that names only its request
+  // id (no worker addresses, peer ids or steps: those stay in the router's log, with the same id),
+  // except for codes whose message is about the request itself (INVALID_ARGUMENT,
+  // RESOURCE_EXHAUSTED, FAILED_PRECONDITION), which pass through as the worker wrote them.
+  void DecideWorkerFailure(grpc::StatusCode code, const std::string& detail)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddTokens(const moe::v1::AttentionGenerateResponse& message, moe::v1::GenerateResponse* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillFinal(moe::v1::FinishReason reason, moe::v1::GenerateResponse* out)

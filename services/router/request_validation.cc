@@ -100,6 +100,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
   RETURN_IF_ERROR(CheckText("request_id", request.request_id(), limits));
   out.request_id = request.request_id().empty() ? generated_id : request.request_id();
   if (!request.model().empty() && request.model() != model.name) {
+    // Echoed in the error below, so bounded like request_id.
+    if (request.model().size() > 256) return Invalid("model", "is longer than 256 bytes");
     RETURN_IF_ERROR(CheckText("model", request.model(), limits));
     return Invalid("model",
                    absl::StrCat("unknown model '", request.model(), "' (serving '", model.name, "')"));

@@ -1,6 +1,6 @@
-#include <string>
-
 #include "services/attention_worker/attention_service.h"
+
+#include <string>
 
 #include "gtest/gtest.h"
 

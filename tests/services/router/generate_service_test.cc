@@ -215,10 +215,16 @@ TEST_F(GenerateServiceTest, DeadlineIsPropagatedToTheWorker) {
   EXPECT_TRUE(Generate(Request(kNormal)).status.ok());
 }
 
-TEST_F(GenerateServiceTest, WorkerUnavailableEndsStreamWithUnavailable) {
-  Result r = Generate(Request(kFail));
+// The client learns that its request failed and may be retried, but nothing of the inside: no
+// worker address, no detail of the worker's error (the router logs those).
+TEST_F(GenerateServiceTest, WorkerUnavailableEndsStreamWithUnavailableAndNoInternals) {
+  moe::v1::GenerateRequest request = Request(kFail);
+  request.set_request_id("client-7");
+  Result r = Generate(request);
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
-  EXPECT_NE(r.status.error_message().find("expert worker lost"), std::string::npos);
+  EXPECT_EQ(r.status.error_message(), "request client-7 failed on an attention worker; it is safe to retry");
+  EXPECT_EQ(r.status.error_message().find("expert worker lost"), std::string::npos);
+  EXPECT_EQ(r.status.error_message().find("127.0.0.1"), std::string::npos);
   EXPECT_TRUE(Generate(Request(kNormal)).status.ok());
 }
 

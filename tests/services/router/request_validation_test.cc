@@ -77,6 +77,8 @@ TEST(RequestValidationTest, EachBadRequestIsInvalidArgumentNamingTheField) {
       {"logprobs 21", [](auto* r) { r->set_logprobs(21); }, "logprobs"},
       {"logprobs negative", [](auto* r) { r->set_logprobs(-1); }, "logprobs"},
       {"unknown model", [](auto* r) { r->set_model("gpt-9"); }, "model"},
+      {"1 MiB model name", [](auto* r) { r->set_model(std::string(1 << 20, 'm')); },
+       "model: is longer than 256 bytes"},
       {"invalid UTF-8 text", [](auto* r) { r->set_text("ab\xff"); }, "text"},
       {"invalid UTF-8 stop", [](auto* r) { r->mutable_sampling()->add_stop("\xc3"); }, "sampling.stop[0]"},
       {"invalid UTF-8 chat",
