@@ -148,13 +148,13 @@ namespace {
 
 // Rows [row_begin, row_end) of lm_head: noise plus kPlantedSuccessorGain / sqrt(H) times the (unrounded)
 // embedding row of the row's predecessor token, rounded to bf16.
-void FillLmHeadRows(uint64_t key, uint64_t embed_key, float noise_std, int64_t hidden, int64_t row_begin,
-                    int64_t row_end, bf16* out) {
+void FillLmHeadRows(uint64_t key, uint64_t embed_key, float noise_std, float planted_gain, int64_t hidden,
+                    int64_t row_begin, int64_t row_end, bf16* out) {
   std::vector<float> noise(static_cast<size_t>(hidden)), planted(static_cast<size_t>(hidden));
-  const float gain = kPlantedSuccessorGain / std::sqrt(static_cast<float>(hidden));
+  const float gain = planted_gain / std::sqrt(static_cast<float>(hidden));
   for (int64_t v = row_begin; v < row_end; ++v) {
     FillNormal(key, static_cast<uint64_t>(v * hidden), hidden, 0.0f, noise_std, noise.data());
-    if (v < kPlantedVocab) {
+    if (v < kPlantedVocab && planted_gain != 0.0f) {
       FillNormal(embed_key, static_cast<uint64_t>(PlantedPredecessor(v) * hidden), hidden, 0.0f, 1.0f,
                  planted.data());
       for (int64_t i = 0; i < hidden; ++i)
@@ -199,11 +199,12 @@ void QuantizeBand(uint64_t key, const std::pair<float, float>& mean_std, int64_t
 
 // The tensors on disk for the weights, with fills that generate them in parallel.
 std::vector<TensorToWrite> TensorsToWrite(const std::vector<WeightSpec>& specs, const ModelConfig& c,
-                                          uint64_t seed, int threads) {
+                                          uint64_t seed, int threads, float planted_gain, float embed_std) {
   std::vector<TensorToWrite> out;
   for (const WeightSpec& w : specs) {
     const uint64_t key = TensorKey(seed, w.name);
-    const auto mean_std = InitParams(w, c.hidden_size);
+    auto mean_std = InitParams(w, c.hidden_size);
+    if (w.init == Init::kEmbed) mean_std.second = embed_std;
     std::vector<int64_t> shape =
         w.cols > 0 ? std::vector<int64_t>{w.rows, w.cols} : std::vector<int64_t>{w.rows};
     const int64_t n = w.rows * std::max<int64_t>(w.cols, 1);
@@ -213,8 +214,8 @@ std::vector<TensorToWrite> TensorsToWrite(const std::vector<WeightSpec>& specs, 
       out.push_back({w.name, DType::kBF16, shape, [=](uint8_t* dst) {
                        ParallelFor(rows, std::max<int64_t>(1, kMinChunkElements / hidden), threads,
                                    [&](int64_t begin, int64_t end) {
-                                     FillLmHeadRows(key, embed_key, mean_std.second, hidden, begin, end,
-                                                    reinterpret_cast<bf16*>(dst));
+                                     FillLmHeadRows(key, embed_key, mean_std.second, planted_gain, hidden,
+                                                    begin, end, reinterpret_cast<bf16*>(dst));
                                    });
                      }});
       continue;
@@ -364,7 +365,8 @@ absl::Status MakeModel(const MakeModelOptions& options) {
   RETURN_IF_ERROR(ModelConfig::FromJson(config_text).status());
 
   std::vector<TensorToWrite> tensors =
-      TensorsToWrite(ModelWeights(config, fp8), config, options.seed, options.threads);
+      TensorsToWrite(ModelWeights(config, fp8), config, options.seed, options.threads,
+                     options.planted_successor_gain, options.embed_std);
   if (options.progress) {
     int64_t total_bytes = 0;
     for (const TensorToWrite& t : tensors) total_bytes += TensorBytes(t);

@@ -21,9 +21,10 @@
 //     preserving, so hidden states stay O(1) through layers and residual adds matter.
 //   - Router mlp.gate: N(0, (3/sqrt(H))^2): router logits have std ~3, so the softmax over 128
 //     experts is peaked and the top-8 choice is decisive rather than a near-tie between experts.
-//   - embed_tokens: N(0, 1).
+//   - embed_tokens: N(0, 1) (MakeModelOptions::embed_std).
 //   - lm_head (untied presets): N(0, 1/H) noise plus a planted successor: row v also gets
-//     4/sqrt(H) times the embedding row of the token t with Successor(t) = v, where
+//     gain/sqrt(H) (gain 8 unless MakeModelOptions says otherwise) times the embedding row of the
+//     token t with Successor(t) = v, where
 //     Successor(t) = (40503 * t + 7919) mod 151643 on the ordinary tokens. Why: the logits of a
 //     purely random lm_head over 151936 tokens have a top-1/top-2 spacing of only ~sigma/sqrt(2 ln V),
 //     a few bf16 ulps of the top logit, so greedy decoding of such a model sits on exact bf16 ties
@@ -52,6 +53,9 @@ namespace moe::model_maker {
 // Shards are cut when the model exceeds this many bytes (5 GB, as Hugging Face's default max_shard_size).
 inline constexpr int64_t kDefaultMaxShardBytes = 5'000'000'000;
 
+// The default strength of the planted successor: times 1/sqrt(H) times the embedding row.
+inline constexpr float kPlantedSuccessorGain = 8.0f;
+
 struct MakeModelOptions {
   std::string preset;  // see PresetNames()
   std::string out_dir;
@@ -66,6 +70,14 @@ struct MakeModelOptions {
   // Called after each tensor is generated and written, with the bytes of weights written so far and
   // in all (the last call has done == total). May be empty.
   std::function<void(int64_t done_bytes, int64_t total_bytes)> progress;
+  // Times 1/sqrt(H) times the embedding row (see above); 0 writes a plain N(0, 1/H) lm_head, whose
+  // greedy continuations the plant does not decide (the oracle goldens use one).
+  float planted_successor_gain = kPlantedSuccessorGain;
+  // Standard deviation of embed_tokens (1 by default). The planted successor uses the unscaled rows.
+  // The dense-tiny golden model uses 0.05: its lm_head is tied, and with N(0, 1) embeddings the
+  // current token's own embedding dominates the 2-layer residual stream, so greedy decoding repeats
+  // the last token; smaller embeddings leave the next token to the layers' output.
+  float embed_std = 1.0f;
 };
 
 std::vector<std::string> PresetNames();
@@ -73,7 +85,6 @@ std::vector<std::string> PresetNames();
 // The planted successor of lm_head (see above) on ordinary token ids [0, 151643), and its inverse.
 int64_t PlantedSuccessor(int64_t token);
 int64_t PlantedPredecessor(int64_t token);
-inline constexpr float kPlantedSuccessorGain = 8.0f;  // times 1/sqrt(H) times the embedding row
 // The preset's config.json (before any quantization_config), pretty-printed. NOT_FOUND for an
 // unknown preset.
 absl::StatusOr<std::string> PresetConfigJson(const std::string& preset);

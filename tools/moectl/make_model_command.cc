@@ -24,6 +24,11 @@ void RegisterMakeModelCommand(CLI::App& app) {
   cmd->add_option("--seed", options->seed, "Seed of the deterministic weight generator");
   cmd->add_option("--shards", options->shards, "Write exactly N shards + index (0: one file up to 5 GB)");
   cmd->add_option("--threads", options->threads, "Generator threads (0: all cores)");
+  cmd->add_option(
+      "--planted-successor-gain", options->planted_successor_gain,
+      "Strength of lm_head's planted successor (default 8; 0: none, as the oracle goldens' model)");
+  cmd->add_option("--embed-std", options->embed_std,
+                  "Standard deviation of embed_tokens (default 1; the dense-tiny oracle golden uses 0.05)");
   cmd->add_flag("--force", options->force, "Write into a non-empty --out directory");
   auto progress = std::make_shared<Progress>();
   progress->Register(cmd);

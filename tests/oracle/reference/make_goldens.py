@@ -16,6 +16,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +26,7 @@ import torch  # noqa: E402
 import qwen3_moe_reference as ref  # noqa: E402
 
 GREEDY_STEPS = 32
+TOP_PER_STEP = 8  # logits recorded at each greedy step (ids and values, descending)
 
 
 def lcg_ids(seed, n, vocab_limit=151643):
@@ -97,6 +99,12 @@ def write_bf16(path, logits):
         f.write(bits.tobytes())
 
 
+def compact_number_lists(text):
+    """json.dumps(indent=1) output with every list of numbers on one line (keeps the file small)."""
+    return re.sub(r"\[\s*(-?[0-9][-+0-9.eE,\s]*?)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--model", required=True, help="model directory (config.json + safetensors)")
@@ -109,6 +117,10 @@ def main(argv=None):
     ap.add_argument("--logits-files", type=int, default=None,
                     help="write .bf16 logits for the first N prompts only (size budget)")
     ap.add_argument("--steps", type=int, default=GREEDY_STEPS, help="greedy steps")
+    ap.add_argument("--planted-successor-gain", type=float, default=None,
+                    help="make-model --planted-successor-gain of the model (recorded)")
+    ap.add_argument("--embed-std", type=float, default=None,
+                    help="make-model --embed-std of the model (recorded)")
     args = ap.parse_args(argv)
 
     if args.backend == "torch-cpu":
@@ -126,6 +138,8 @@ def main(argv=None):
         "dtype": "fp8" if cfg.fp8 else "bf16",
         "preset": args.preset,
         "seed": args.seed,
+        "planted_successor_gain": args.planted_successor_gain,
+        "embed_std": args.embed_std,
         "reference": reference,
         "reference_details": extra,
         "logits_format": "raw little-endian bf16, vocab_size entries, last prompt position",
@@ -135,7 +149,14 @@ def main(argv=None):
     }
     min_gap = None
     for i, (name, ids) in enumerate(prompts()):
-        prompt_logits, gen, gaps = ref.greedy(fn, ids, args.steps, eos_ids, use_cache=True)
+        steps = []
+
+        def record(logits):
+            top = torch.topk(logits, TOP_PER_STEP)
+            steps.append({"ids": top.indices.tolist(), "values": top.values.tolist(),
+                          "std": float(logits.to(torch.float64).std())})
+
+        prompt_logits, gen, gaps = ref.greedy(fn, ids, args.steps, eos_ids, use_cache=True, on_step=record)
         top = torch.topk(prompt_logits, 5)
         entry = {
             "name": name, "ids": ids, "argmax": ref.argmax_first(prompt_logits),
@@ -146,6 +167,8 @@ def main(argv=None):
             "top2_gap": ref.top2_gap(prompt_logits),
             "greedy_min_top2_gap": min(gaps),
             "greedy_top2_gaps": gaps,
+            "greedy_steps_top": steps,
+            "logits_std": steps[0]["std"],
         }
         if args.logits_files is None or i < args.logits_files:
             entry["logits_file"] = f"prompt{i}.bf16"
@@ -157,7 +180,7 @@ def main(argv=None):
               flush=True)
     golden["min_top2_gap_over_greedy_steps"] = min_gap
     with open(os.path.join(args.out, "golden.json"), "w") as f:
-        json.dump(golden, f, indent=1)
+        f.write(compact_number_lists(json.dumps(golden, indent=1)))
         f.write("\n")
     print(f"min top-2 gap over all greedy steps: {min_gap:.6g}")
     return 0

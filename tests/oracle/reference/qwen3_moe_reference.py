@@ -458,10 +458,11 @@ def argmax_first(logits):
     return int(torch.nonzero(logits == m)[0, 0])
 
 
-def greedy(forward_fn, prompt, max_new_tokens, eos_ids, use_cache=True):
+def greedy(forward_fn, prompt, max_new_tokens, eos_ids, use_cache=True, on_step=None):
     """Greedy decoding. forward_fn(ids, cache) -> last-position logits (cache None = recompute).
 
-    Returns (prompt_logits, generated ids, per-step top-2 gaps). Stops after an eos id (included)."""
+    Returns (prompt_logits, generated ids, per-step top-2 gaps). Stops after an eos id (included).
+    on_step(logits), if given, sees the logits each token is chosen from."""
     cache = "new" if use_cache else None
     seq = list(prompt)
     out, gaps = [], []
@@ -469,6 +470,8 @@ def greedy(forward_fn, prompt, max_new_tokens, eos_ids, use_cache=True):
     prompt_logits = logits
     for step in range(max_new_tokens):
         gaps.append(top2_gap(logits))
+        if on_step is not None:
+            on_step(logits)
         tok = argmax_first(logits)
         out.append(tok)
         seq.append(tok)
