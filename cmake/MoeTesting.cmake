@@ -2,10 +2,25 @@
 # The one helper that registers every test with CTest, with a label.
 find_package(GTest REQUIRED)
 include(GoogleTest)
+
+# The test targets over the threaded parts (transports, the engine's step loop and expert round
+# serving, the thread pool, the attention worker, expert worker and router units). They also get the
+# label `threaded`, and the target moe_threaded_tests builds them all: the ThreadSanitizer pass of
+# scripts/test.sh builds only that target and runs `ctest -L threaded`.
+set(MOE_THREADED_TEST_TARGETS
+    "^(transport|tagged_inbox|ucx_transport|engine|expert_shard_server|embedded_experts|kernels_cpu|attention_worker|expert_worker|router_.*)_test$")
+if(NOT TARGET moe_threaded_tests)
+  add_custom_target(moe_threaded_tests)
+endif()
+
 function(moe_add_test name)
   cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
   if(NOT ARG_LABELS)
     set(ARG_LABELS unit)
+  endif()
+  if(name MATCHES "${MOE_THREADED_TEST_TARGETS}")
+    list(APPEND ARG_LABELS threaded)
+    add_dependencies(moe_threaded_tests ${name})
   endif()
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
