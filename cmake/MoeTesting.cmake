@@ -3,12 +3,17 @@
 find_package(GTest REQUIRED)
 include(GoogleTest)
 
-# The test targets over the threaded parts (transports, the engine's step loop and expert round
-# serving, the thread pool, the attention worker, expert worker and router units). They also get the
-# label `threaded`, and the target moe_threaded_tests builds them all: the ThreadSanitizer pass of
+# The test targets over the threaded parts (transports, expert round serving and embedded experts,
+# the thread pool, the attention worker's step loop, the expert worker, the router's admission
+# queue and its streaming calls). Not engine_test (its threads are the ones embedded_experts_test
+# covers, and its forward passes take minutes under TSan), nor the router's single-threaded units
+# (each loads the real tokenizer, a minute under TSan). Their label gets
+# the suffix `-threaded` (`unit-threaded`: one label, because gtest_discover_tests flattens a list of
+# labels into separate properties), which `ctest -L unit` and `ctest -L threaded` both match (-L is
+# a regular expression). The target moe_threaded_tests builds them all: the ThreadSanitizer pass of
 # scripts/test.sh builds only that target and runs `ctest -L threaded`.
 set(MOE_THREADED_TEST_TARGETS
-    "^(transport|tagged_inbox|ucx_transport|engine|expert_shard_server|embedded_experts|kernels_cpu|attention_worker|expert_worker|router_.*)_test$")
+    "^(transport|tagged_inbox|ucx_transport|expert_shard_server|embedded_experts|kernels_cpu|attention_worker|expert_worker|router_admission|router_generate_service)_test$")
 if(NOT TARGET moe_threaded_tests)
   add_custom_target(moe_threaded_tests)
 endif()
@@ -19,7 +24,7 @@ function(moe_add_test name)
     set(ARG_LABELS unit)
   endif()
   if(name MATCHES "${MOE_THREADED_TEST_TARGETS}")
-    list(APPEND ARG_LABELS threaded)
+    list(TRANSFORM ARG_LABELS APPEND "-threaded")
     add_dependencies(moe_threaded_tests ${name})
   endif()
   if(NOT ARG_TIMEOUT)

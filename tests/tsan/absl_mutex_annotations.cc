@@ -6,7 +6,7 @@
 // calls the real ones (dlsym RTLD_NEXT), and tells TSan about the happens-before edges:
 // acquire(mu) after a lock is taken, release(mu) before it is let go. A Condition is evaluated
 // under the lock, possibly inside the library before the lock call returns, so it is wrapped to
-// acquire first. Linked into every executable of the TSan build as an object library.
+// acquire before and release after it. Linked first into every executable of the TSan build.
 #include <dlfcn.h>
 #include <sanitizer/tsan_interface.h>
 
@@ -45,10 +45,22 @@ struct AcquiringCondition {
   const absl::Condition* cond;
   absl::Mutex* mu;
 };
+// The condition runs under the lock, inside the library: what it reads must be ordered after the
+// last holder's release (acquire first), and before the next holder's writes, which the library
+// lets in through its own unlock path when the condition is false (release after).
 bool EvalAcquiring(AcquiringCondition* c) {
   __tsan_acquire(c->mu);
-  return c->cond->Eval();
+  const bool met = c->cond->Eval();
+  __tsan_release(c->mu);
+  return met;
 }
+
+// Abseil's lock-order (deadlock) detector keeps a graph under locks TSan cannot see; it is a
+// debugging aid that the tests do not rely on, and off it costs nothing.
+[[maybe_unused]] const bool kDeadlockDetectionOff = [] {
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  return true;
+}();
 
 }  // namespace
 

@@ -14,8 +14,10 @@ namespace {
 
 // The inner loops are cloned for AVX-512 and baseline x86-64 and picked by the loader. Both
 // clones perform the same fp32 operations in the same order (independent lanes, no contraction:
-// the library builds with -ffp-contract=off), so they give identical results.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+// the library builds with -ffp-contract=off), so they give identical results. Not under
+// ThreadSanitizer: the loader runs the clone resolver before TSan's runtime is up, and the
+// instrumented resolver crashes.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_THREAD__)
 #define MOE_CLONES __attribute__((target_clones("avx512f", "default")))
 #else
 #define MOE_CLONES
