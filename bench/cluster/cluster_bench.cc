@@ -35,6 +35,7 @@
 #include "absl/time/time.h"
 #include "bench/cluster/metrics_scrape.h"
 #include "common/engine/engine.h"
+#include "common/engine/testing/requests.h"
 #include "common/model/config.h"
 #include "grpcpp/grpcpp.h"
 #include "moe/v1/generate.grpc.pb.h"
@@ -55,8 +56,8 @@ struct Flags {
   int expert_workers = 2;
 };
 
+using moe::engine_testing::PseudoRandomPrompt;
 using moe::testing::GreedyRequest;
-using moe::testing::Prompt;
 
 // Token arrival times of concurrent requests, and the moment all of them had a first token.
 class Timeline {
@@ -144,10 +145,10 @@ bool RunCluster(const Flags& flags, int c, Timeline* timeline, std::optional<Sna
         }
       };
       statuses[static_cast<size_t>(i)] =
-          moe::testing::Generate(
-              flags.router,
-              GreedyRequest(Prompt(flags.prompt_len, static_cast<uint32_t>(i)), flags.max_new_tokens),
-              absl::Seconds(600), on_response)
+          moe::testing::Generate(flags.router,
+                                 GreedyRequest(PseudoRandomPrompt(flags.prompt_len, static_cast<uint32_t>(i)),
+                                               flags.max_new_tokens),
+                                 absl::Seconds(600), on_response)
               .status;
     });
   }
@@ -175,7 +176,7 @@ void RunEmbedded(const Flags& flags, engine::Engine& engine, int c, int round, T
   for (int i = 0; i < c; ++i) {
     engine::GenerationRequest request;
     request.id = absl::StrCat("r", round, "-", i);
-    request.prompt = Prompt(flags.prompt_len, static_cast<uint32_t>(i));
+    request.prompt = PseudoRandomPrompt(flags.prompt_len, static_cast<uint32_t>(i));
     request.sampling.temperature = 0.0;
     request.max_new_tokens = flags.max_new_tokens;
     request.ignore_eos = true;

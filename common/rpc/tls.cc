@@ -99,7 +99,14 @@ ClientCredentials::ClientCredentials(const TlsOptions& options, const TlsMateria
 std::shared_ptr<grpc::Channel> ClientCredentials::CreateChannel(const std::string& address,
                                                                 grpc::ChannelArguments args) const {
   if (secure_ && !server_name_.empty()) args.SetSslTargetNameOverride(server_name_);
+  ApplyInternalChannelDefaults(&args);
   return grpc::CreateCustomChannel(address, credentials_, args);
+}
+
+void ApplyInternalChannelDefaults(grpc::ChannelArguments* args) {
+  args->SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+  args->SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+  args->SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
 }
 
 absl::StatusOr<ClientCredentials> MakeClientCredentials(const TlsOptions& options) {

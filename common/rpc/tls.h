@@ -59,7 +59,8 @@ class ClientCredentials {
   // key) checking `options.server_name`, or plaintext when `options.insecure`.
   ClientCredentials(const TlsOptions& options, const TlsMaterial& material);
 
-  // A channel to `address` ("host:port") with `args` plus the target-name override.
+  // A channel to `address` ("host:port") with `args` plus the target-name override and the internal
+  // channel defaults below.
   std::shared_ptr<grpc::Channel> CreateChannel(const std::string& address,
                                                grpc::ChannelArguments args = {}) const;
   bool secure() const { return secure_; }
@@ -69,6 +70,12 @@ class ClientCredentials {
   std::string server_name_;  // empty: the dialed host name is checked
   bool secure_ = false;
 };
+
+// What every internal channel gets (CreateChannel applies it): reconnect backoff of 100 ms growing to
+// at most 1 s, so that a restarted worker is dialed again within a second instead of on gRPC's
+// default backoff, which grows to minutes (after a 120 s outage, 62 s passed before an attention
+// worker reconnected to its expert worker).
+void ApplyInternalChannelDefaults(grpc::ChannelArguments* args);
 
 // Reads options and material in one go and builds client credentials: what moectl and tests use.
 absl::StatusOr<ClientCredentials> MakeClientCredentials(const TlsOptions& options);

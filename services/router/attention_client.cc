@@ -48,10 +48,6 @@ AttentionClient::AttentionClient(std::string address, const rpc::ClientCredentia
   grpc::ChannelArguments args;
   // Token streams are small, but a 20-logprob chunk of many tokens must never hit the 4 MiB default.
   args.SetMaxReceiveMessageSize(64 << 20);
-  // Reconnect quickly after a worker restarts (the default backoff grows to minutes).
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   channel_ = credentials.CreateChannel(address_, args);
   stub_ = moe::v1::AttentionWorker::NewStub(channel_);
 }

@@ -21,11 +21,7 @@ bool IsServing(const grpc::ByteBuffer& buffer) {
 
 HealthClient::HealthClient(std::string address, const rpc::ClientCredentials& credentials)
     : address_(std::move(address)) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  channel_ = credentials.CreateChannel(address_, args);
+  channel_ = credentials.CreateChannel(address_);
   stub_ = std::make_unique<grpc::GenericStub>(channel_);
 }
 

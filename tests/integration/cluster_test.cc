@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/engine/testing/requests.h"
 #include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
@@ -26,10 +27,10 @@ namespace {
 
 using ::testing::HasSubstr;
 
+using moe::engine_testing::PseudoRandomPrompt;
 using moe::testing::Generate;
 using moe::testing::GenerateResult;
 using moe::testing::GreedyRequest;
-using moe::testing::Prompt;
 
 // Polls an attention worker's GetLoad until every KV block is free (or the deadline passes).
 bool AllBlocksFreeWithin(const std::string& worker, const rpc::ClientCredentials& credentials,
@@ -61,7 +62,7 @@ TEST_P(TopologyTest, ConcurrentGreedyRequestsReproduceEmbeddedModeExactly) {
   constexpr int kMaxNew = 12;
   std::vector<v1::GenerateRequest> requests;
   for (int i = 0; i < 8; ++i)
-    requests.push_back(GreedyRequest(Prompt(3 + 11 * i, static_cast<uint32_t>(i)), kMaxNew));
+    requests.push_back(GreedyRequest(PseudoRandomPrompt(3 + 11 * i, static_cast<uint32_t>(i)), kMaxNew));
   const absl::StatusOr<std::vector<GenerateResult>> expected =
       moe::testing::GenerateEmbedded(model, requests);
   ASSERT_TRUE(expected.ok()) << expected.status();
@@ -124,9 +125,12 @@ TEST_F(ClusterTest, SixtyFourConcurrentStreamsFinishAndFreeEveryBlock) {
   std::vector<std::thread> threads;
   for (int i = 0; i < kStreams; ++i) {
     max_new[i] = 1 + (i * 7) % 24;
+    // A deadline, not a speed check: 64 streams on 2 cores take about a minute, several under the
+    // sanitizers.
     threads.emplace_back([&, i] {
-      results[i] =
-          Generate(cluster_->router(), GreedyRequest(Prompt(1 + (i * 37) % 150, 100 + i), max_new[i]));
+      results[i] = Generate(cluster_->router(),
+                            GreedyRequest(PseudoRandomPrompt(1 + (i * 37) % 150, 100 + i), max_new[i]),
+                            absl::Minutes(10));
     });
   }
   for (auto& th : threads) th.join();
@@ -147,7 +151,7 @@ TEST_F(ClusterTest, CancellingAStreamFreesItsSequenceOnTheWorker) {
   auto stub =
       v1::Generation::NewStub(grpc::CreateChannel(cluster_->router(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
-  auto reader = stub->Generate(&ctx, GreedyRequest(Prompt(40, 7), 3000));
+  auto reader = stub->Generate(&ctx, GreedyRequest(PseudoRandomPrompt(40, 7), 3000));
   v1::GenerateResponse response;
   int tokens = 0;
   while (tokens < 3 && reader->Read(&response)) tokens += response.tokens_size();
@@ -237,7 +241,7 @@ v1::GenerateRequest SeededRequest(const std::vector<int32_t>& prompt, uint64_t s
 }
 
 TEST_F(ClusterTest, SeededSamplingReproducesEmbeddedModeAndAnotherSeedDrawsOtherTokens) {
-  const std::vector<int32_t> prompt = Prompt(21, 4242);
+  const std::vector<int32_t> prompt = PseudoRandomPrompt(21, 4242);
   const std::vector<v1::GenerateRequest> requests = {SeededRequest(prompt, 1234),
                                                      SeededRequest(prompt, 1235)};
   std::vector<GenerateResult> expected;
@@ -262,7 +266,7 @@ TEST_F(ClusterTest, TopLogprobsInResponsesMatchEmbeddedMode) {
   constexpr int kTop = 5;
   std::vector<v1::GenerateRequest> requests;
   for (uint32_t i = 0; i < 2; ++i) {
-    requests.push_back(GreedyRequest(Prompt(9 + 13 * i, 310 + i), 8));
+    requests.push_back(GreedyRequest(PseudoRandomPrompt(9 + 13 * i, 310 + i), 8));
     requests.back().set_logprobs(kTop);
   }
   std::vector<GenerateResult> expected;

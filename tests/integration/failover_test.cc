@@ -25,6 +25,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/engine/testing/requests.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
@@ -36,11 +37,11 @@
 namespace moe {
 namespace {
 
+using moe::engine_testing::PseudoRandomPrompt;
 using moe::testing::ChildProcess;
 using moe::testing::Generate;
 using moe::testing::GenerateResult;
 using moe::testing::GreedyRequest;
-using moe::testing::Prompt;
 
 constexpr int kNumExpertWorkers = 3;
 constexpr int kVictimRank = 1;  // the middle shard: experts [42, 85) of every layer
@@ -234,9 +235,9 @@ class InFlightStreams {
       ++started_;
     };
     // A bound so that a hang fails the test instead of blocking it; far above the 10 s asserted.
-    outcomes_[static_cast<size_t>(i)] =
-        Generate(router, GreedyRequest(Prompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)), max_new_tokens),
-                 absl::Seconds(120), count_first_token);
+    outcomes_[static_cast<size_t>(i)] = Generate(
+        router, GreedyRequest(PseudoRandomPrompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)), max_new_tokens),
+        absl::Seconds(120), count_first_token);
     if (!counted) {
       absl::MutexLock lock(&mu_);
       ++ended_early_;
@@ -285,7 +286,7 @@ TEST_F(FailoverTest, RouterTurnsNotServingAndRefusesNewRequestsFastDuringTheOuta
   for (int i = 0; i < 3; ++i) {
     const absl::Time sent = absl::Now();
     const GenerateResult o =
-        Generate(router_address_, GreedyRequest(Prompt(5, 900u + i), 8), absl::Seconds(30));
+        Generate(router_address_, GreedyRequest(PseudoRandomPrompt(5, 900u + i), 8), absl::Seconds(30));
     EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
     EXPECT_TRUE(o.tokens.empty());
     EXPECT_LT(o.ended - sent, absl::Seconds(2)) << "request " << i << " was not refused fast";
@@ -301,7 +302,7 @@ std::vector<v1::GenerateRequest> CheckRequests() {
   std::vector<v1::GenerateRequest> requests;
   for (int i = 0; i < 3; ++i) {
     requests.push_back(
-        GreedyRequest(Prompt(3 + 9 * i, 700u + static_cast<uint32_t>(i)), /*max_new_tokens=*/12));
+        GreedyRequest(PseudoRandomPrompt(3 + 9 * i, 700u + static_cast<uint32_t>(i)), /*max_new_tokens=*/12));
   }
   return requests;
 }

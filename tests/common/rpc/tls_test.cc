@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include <fstream>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -150,6 +151,22 @@ TEST(TlsOptionsTest, AnEmptyFileIsAnErrorNamingTheFlagAndPath) {
   auto material = LoadTlsMaterial(*certificates);
   EXPECT_EQ(material.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(material.status().message(), absl::StrCat("--tls_key: '", certificates->key_file, "' is empty"));
+}
+
+// Internal channels reconnect within a second of a worker coming back, not on gRPC's default
+// backoff (which grows to minutes).
+TEST(InternalChannelTest, DefaultsAreAShortReconnectBackoff) {
+  grpc::ChannelArguments args;
+  ApplyInternalChannelDefaults(&args);
+  grpc_channel_args c_args;
+  args.SetChannelArgs(&c_args);
+  std::map<std::string, int> ints;
+  for (size_t i = 0; i < c_args.num_args; ++i) {
+    if (c_args.args[i].type == GRPC_ARG_INTEGER) ints[c_args.args[i].key] = c_args.args[i].value.integer;
+  }
+  EXPECT_EQ(ints[GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS], 100);
+  EXPECT_EQ(ints[GRPC_ARG_MIN_RECONNECT_BACKOFF_MS], 100);
+  EXPECT_EQ(ints[GRPC_ARG_MAX_RECONNECT_BACKOFF_MS], 1000);
 }
 
 }  // namespace

@@ -13,17 +13,6 @@
 
 namespace moe::testing {
 
-std::vector<int32_t> Prompt(int64_t length, uint32_t seed) {
-  std::vector<int32_t> ids;
-  ids.reserve(static_cast<size_t>(length));
-  uint32_t x = seed * 2654435761u + 99u;
-  for (int64_t i = 0; i < length; ++i) {
-    x = x * 1664525u + 1013904223u;
-    ids.push_back(static_cast<int32_t>(x % 151643u));
-  }
-  return ids;
-}
-
 v1::GenerateRequest GreedyRequest(const std::vector<int32_t>& prompt, int max_new_tokens) {
   v1::GenerateRequest request;
   for (int32_t id : prompt) request.mutable_token_ids()->add_ids(id);

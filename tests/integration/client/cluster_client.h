@@ -21,9 +21,7 @@
 
 namespace moe::testing {
 
-// `length` pseudo-random token ids in [0, 151643) (below Qwen3's special tokens), a pure function
-// of (length, seed): a linear congruential sequence, so tests and benches need no RNG state.
-std::vector<int32_t> Prompt(int64_t length, uint32_t seed);
+// Prompts: engine_testing::PseudoRandomPrompt (common/engine/testing/requests.h).
 
 // A request for `prompt` (token ids) with temperature 0, `max_new_tokens` and ignore_eos, so that
 // exactly `max_new_tokens` tokens come back.
