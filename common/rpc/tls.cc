@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/status/status_macros.h"
 
 namespace moe::rpc {
 namespace {
@@ -59,15 +60,9 @@ absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsOptions& options) {
                                                    absl::StrJoin(missing, ", ")));
   }
   TlsMaterial material;
-  auto ca = ReadPemFile("tls_ca", options.ca_file);
-  if (!ca.ok()) return ca.status();
-  auto cert = ReadPemFile("tls_cert", options.cert_file);
-  if (!cert.ok()) return cert.status();
-  auto key = ReadPemFile("tls_key", options.key_file);
-  if (!key.ok()) return key.status();
-  material.ca_pem = std::move(*ca);
-  material.cert_pem = std::move(*cert);
-  material.key_pem = std::move(*key);
+  ASSIGN_OR_RETURN(material.ca_pem, ReadPemFile("tls_ca", options.ca_file));
+  ASSIGN_OR_RETURN(material.cert_pem, ReadPemFile("tls_cert", options.cert_file));
+  ASSIGN_OR_RETURN(material.key_pem, ReadPemFile("tls_key", options.key_file));
   return material;
 }
 
@@ -110,9 +105,8 @@ void ApplyInternalChannelDefaults(grpc::ChannelArguments* args) {
 }
 
 absl::StatusOr<ClientCredentials> MakeClientCredentials(const TlsOptions& options) {
-  auto material = LoadTlsMaterial(options);
-  if (!material.ok()) return material.status();
-  return ClientCredentials(options, *material);
+  ASSIGN_OR_RETURN(TlsMaterial material, LoadTlsMaterial(options));
+  return ClientCredentials(options, material);
 }
 
 }  // namespace moe::rpc

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "common/status/status_macros.h"
 
 extern char** environ;
 
@@ -72,18 +73,15 @@ absl::StatusOr<TlsOptions> MakeClusterCertificates(const std::string& dir, const
   make_ca.insert(make_ca.end(),
                  {"-keyout", ca_key, "-out", ca_crt, "-days", days, "-subj", "/CN=" + ca_name, "-addext",
                   "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"});
-  if (absl::Status s = RunOpenssl(make_ca, log); !s.ok()) return s;
+  RETURN_IF_ERROR(RunOpenssl(make_ca, log));
   std::vector<std::string> make_csr = {"req"};
   make_csr.insert(make_csr.end(), ec_key.begin(), ec_key.end());
   make_csr.insert(make_csr.end(),
                   {"-keyout", key, "-out", csr, "-subj", absl::StrCat("/CN=", kClusterServerName)});
-  if (absl::Status s = RunOpenssl(make_csr, log); !s.ok()) return s;
-  if (absl::Status s = RunOpenssl({"x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
-                                   "-CAcreateserial", "-out", crt, "-days", days, "-extfile", ext},
-                                  log);
-      !s.ok()) {
-    return s;
-  }
+  RETURN_IF_ERROR(RunOpenssl(make_csr, log));
+  RETURN_IF_ERROR(RunOpenssl({"x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+                              "-out", crt, "-days", days, "-extfile", ext},
+                             log));
   for (const std::string& private_key : {ca_key, key}) chmod(private_key.c_str(), 0600);
   for (const std::string& scratch : {csr, ext, log, dir + "/ca.srl"}) unlink(scratch.c_str());
   TlsOptions options;
