@@ -22,6 +22,10 @@ ABSL_FLAG(double, worker_price_per_hour, 0,
 ABSL_FLAG(std::string, tls_ca, "", "mTLS: PEM file of the cluster CA that signs every internal certificate");
 ABSL_FLAG(std::string, tls_cert, "", "mTLS: PEM certificate of this process, signed by --tls_ca");
 ABSL_FLAG(std::string, tls_key, "", "mTLS: PEM private key of --tls_cert");
+ABSL_FLAG(std::string, public_tls_cert, "",
+          "router: PEM certificate (chain) for TLS on the public --listen port (with --public_tls_key); "
+          "unset: the public port is plaintext");
+ABSL_FLAG(std::string, public_tls_key, "", "router: PEM private key of --public_tls_cert");
 ABSL_FLAG(bool, insecure, false,
           "serve and dial the internal gRPC hops in plaintext, without authentication (instead of --tls_*)");
 
@@ -64,8 +68,26 @@ std::unique_ptr<ServiceMain> ServiceMain::Init(int argc, char** argv, ServiceDes
   } else {
     LOG(INFO) << description.binary << ": mTLS with CA " << tls.ca_file << ", certificate " << tls.cert_file;
   }
-  std::shared_ptr<grpc::ServerCredentials> server_credentials =
-      description.public_listener ? grpc::InsecureServerCredentials() : MakeServerCredentials(tls, *material);
+  std::shared_ptr<grpc::ServerCredentials> server_credentials;
+  const std::string public_cert = absl::GetFlag(FLAGS_public_tls_cert);
+  const std::string public_key = absl::GetFlag(FLAGS_public_tls_key);
+  if (description.public_listener) {
+    auto credentials = MakePublicServerCredentials(public_cert, public_key);
+    if (!credentials.ok()) {
+      LOG(ERROR) << description.binary << ": " << credentials.status().message();
+      std::exit(2);
+    }
+    server_credentials = *std::move(credentials);
+    LOG(INFO) << description.binary << ": public port "
+              << (public_cert.empty() ? "in plaintext (no --public_tls_cert)" : "with TLS, certificate " + public_cert);
+  } else {
+    if (!public_cert.empty() || !public_key.empty()) {
+      LOG(ERROR) << description.binary
+                 << ": --public_tls_cert and --public_tls_key are for the router's public port only";
+      std::exit(2);
+    }
+    server_credentials = MakeServerCredentials(tls, *material);
+  }
   ClientCredentials client_credentials(tls, *material);
 
   prometheus::Gauge& ready_gauge = metrics::RegisterProcessMetrics(description.role, price);

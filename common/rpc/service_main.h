@@ -14,8 +14,9 @@
 //   }
 //
 // Flags defined here, common to every service: --listen, --metrics_listen, --metrics_port,
-// --log_level, --worker_price_per_hour, and mTLS: --tls_ca, --tls_cert, --tls_key or --insecure
-// (common/rpc/tls.h, docs/operations.md#security).
+// --log_level, --worker_price_per_hour, mTLS: --tls_ca, --tls_cert, --tls_key or --insecure
+// (common/rpc/tls.h, docs/operations.md#security), and for a public listener --public_tls_cert and
+// --public_tls_key.
 //
 // Thread safety: Init, Serve, SetStarted and WaitForTerminationSignal from main only; SetReady from
 // any thread.
@@ -42,8 +43,9 @@ struct ServiceDescription {
   std::string role;
   // What the service does and its typical command line: the first lines of --help.
   std::string usage;
-  // The router: its --listen port serves the public API and stays plaintext even with mTLS (the
-  // mTLS flags then apply to its clients only; docs/operations.md#security).
+  // The router: its --listen port serves the public API, with TLS from --public_tls_cert/_key or in
+  // plaintext, never asking for a client certificate (the mTLS flags apply to its clients only;
+  // docs/operations.md#security).
   bool public_listener = false;
 };
 

@@ -75,6 +75,20 @@ std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsOptions&
   return grpc::SslServerCredentials(ssl);
 }
 
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakePublicServerCredentials(
+    const std::string& cert_file, const std::string& key_file) {
+  if (cert_file.empty() && key_file.empty()) return grpc::InsecureServerCredentials();
+  if (cert_file.empty() || key_file.empty()) {
+    return absl::InvalidArgumentError("TLS on the public port needs both --public_tls_cert and --public_tls_key");
+  }
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile("public_tls_cert", cert_file));
+  ASSIGN_OR_RETURN(pair.private_key, ReadPemFile("public_tls_key", key_file));
+  ssl.pem_key_cert_pairs.push_back(std::move(pair));
+  return grpc::SslServerCredentials(ssl);
+}
+
 ClientCredentials::ClientCredentials() : credentials_(grpc::InsecureChannelCredentials()) {}
 
 ClientCredentials::ClientCredentials(const TlsOptions& options, const TlsMaterial& material) {

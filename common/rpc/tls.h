@@ -77,6 +77,13 @@ class ClientCredentials {
 // worker reconnected to its expert worker).
 void ApplyInternalChannelDefaults(grpc::ChannelArguments* args);
 
+// Server credentials for a public port (the router's --listen): TLS with `cert_file`/`key_file`
+// (--public_tls_cert / --public_tls_key), not asking clients for a certificate (public clients
+// authenticate with API keys instead); plaintext when both are empty. INVALID_ARGUMENT when only
+// one is given; the file errors of LoadTlsMaterial, naming the flag.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakePublicServerCredentials(
+    const std::string& cert_file, const std::string& key_file);
+
 // Reads options and material in one go and builds client credentials: what moectl and tests use.
 absl::StatusOr<ClientCredentials> MakeClientCredentials(const TlsOptions& options);
 

@@ -33,15 +33,21 @@ GenerateCall::GenerateCall(GenerateService* service, grpc::CallbackServerContext
   if (deadline - arrival_ < kNoDeadline) deadline_ = deadline;
 
   RejectReason reject = RejectReason::kInvalidArgument;
+  // Authorize counts its own rejection.
+  const absl::Status authorized = service->Authorize(*context);
   absl::StatusOr<PreparedRequest> prepared =
-      PrepareRequest(request, service->model(), service->limits(), service->NextRequestId(), &reject);
+      authorized.ok()
+          ? PrepareRequest(request, service->model(), service->limits(), service->NextRequestId(), &reject)
+          : absl::StatusOr<PreparedRequest>(authorized);
   Actions actions;
   {
     absl::MutexLock lock(&mu_);
     if (!prepared.ok()) {
-      service_->metrics().Rejected(
-          reject == RejectReason::kPromptTooLong ? "prompt_too_long" : "invalid_argument",
-          grpc::StatusCode::INVALID_ARGUMENT);
+      if (authorized.ok()) {
+        service_->metrics().Rejected(
+            reject == RejectReason::kPromptTooLong ? "prompt_too_long" : "invalid_argument",
+            grpc::StatusCode::INVALID_ARGUMENT);
+      }
       finish_called_ = true;
       actions.finish = rpc::ToGrpcStatus(prepared.status());
     } else {
@@ -98,7 +104,7 @@ void GenerateCall::DecideCancelled() {
 void GenerateCall::DecideWorkerFailure(grpc::StatusCode code, const std::string& detail) {
   const std::string where =
       absl::StrCat("attention worker ", service_->worker_pool().worker(worker_index_).address());
-  LOG(WARNING) << "request " << prepared_.request_id << ": " << where << ": " << detail;
+  LOG(WARNING) << "request " << prepared_.request_id << " (" << prepared_.cluster_id << "): " << where << ": " << detail;
   switch (code) {
     case grpc::StatusCode::INVALID_ARGUMENT:
     case grpc::StatusCode::RESOURCE_EXHAUSTED:

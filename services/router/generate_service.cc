@@ -1,7 +1,8 @@
 #include "services/router/generate_service.h"
 
-#include <unistd.h>
+#include <random>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/rpc/status.h"
 #include "services/router/generate_call.h"
@@ -17,7 +18,30 @@ GenerateService::GenerateService(const ServedModel* model, AttentionWorkerPool* 
       num_expert_workers_(num_expert_workers) {}
 
 std::string GenerateService::NextRequestId() {
-  return absl::StrCat("router-", getpid(), "-", next_id_.fetch_add(1));
+  // std::random_device reads the kernel's CSPRNG (getrandom) on Linux with libstdc++.
+  thread_local std::random_device random;
+  std::string bytes(16, '\0');
+  for (size_t i = 0; i < bytes.size(); i += 4) {
+    const uint32_t word = random();
+    for (size_t j = 0; j < 4; ++j) bytes[i + j] = static_cast<char>(word >> (8 * j));
+  }
+  return absl::StrCat("req-", absl::BytesToHexString(bytes));
+}
+
+absl::Status GenerateService::Authorize(const grpc::CallbackServerContext& context) {
+  if (api_keys_ == nullptr) return absl::OkStatus();
+  absl::string_view authorization;
+  const auto& metadata = context.client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization = absl::string_view(it->second.data(), it->second.size());
+  }
+  absl::StatusOr<std::string> name = api_keys_->Authenticate(authorization);
+  if (!name.ok()) {
+    metrics_->Rejected("unauthenticated", grpc::StatusCode::UNAUTHENTICATED);
+    return name.status();
+  }
+  metrics_->ApiKeyUsed(*name);
+  return absl::OkStatus();
 }
 
 grpc::ServerWriteReactor<moe::v1::GenerateResponse>* GenerateService::Generate(
@@ -28,6 +52,11 @@ grpc::ServerWriteReactor<moe::v1::GenerateResponse>* GenerateService::Generate(
 grpc::ServerUnaryReactor* GenerateService::GetModelInfo(grpc::CallbackServerContext* context,
                                                         const moe::v1::GetModelInfoRequest* /*request*/,
                                                         moe::v1::ModelInfo* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = Authorize(*context); !s.ok()) {
+    reactor->Finish(rpc::ToGrpcStatus(s));
+    return reactor;
+  }
   const model::ModelConfig& c = model_->config;
   response->set_model(model_->name);
   response->set_model_type(c.model_type);
@@ -39,7 +68,6 @@ grpc::ServerUnaryReactor* GenerateService::GetModelInfo(grpc::CallbackServerCont
   response->set_weight_dtype(model_->weight_dtype());
   response->set_num_attention_workers(static_cast<int32_t>(worker_pool_->num_workers()));
   response->set_num_expert_workers(num_expert_workers_);
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -47,6 +75,11 @@ grpc::ServerUnaryReactor* GenerateService::GetModelInfo(grpc::CallbackServerCont
 grpc::ServerUnaryReactor* GenerateService::Tokenize(grpc::CallbackServerContext* context,
                                                     const moe::v1::TokenizeRequest* request,
                                                     moe::v1::TokenizeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = Authorize(*context); !s.ok()) {
+    reactor->Finish(rpc::ToGrpcStatus(s));
+    return reactor;
+  }
   absl::StatusOr<std::vector<int32_t>> ids;
   switch (request->input_case()) {
     case moe::v1::TokenizeRequest::kText:
@@ -60,7 +93,6 @@ grpc::ServerUnaryReactor* GenerateService::Tokenize(grpc::CallbackServerContext*
       break;
   }
   if (ids.ok()) response->mutable_ids()->Add(ids->begin(), ids->end());
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(rpc::ToGrpcStatus(ids.status()));
   return reactor;
 }

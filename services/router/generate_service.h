@@ -11,11 +11,11 @@
 #ifndef MOE_SERVICES_ROUTER_GENERATE_SERVICE_H_
 #define MOE_SERVICES_ROUTER_GENERATE_SERVICE_H_
 
-#include <atomic>
 #include <string>
 
 #include "grpcpp/grpcpp.h"
 #include "moe/v1/generate.grpc.pb.h"
+#include "services/router/api_keys.h"
 #include "services/router/attention_worker_pool.h"
 #include "services/router/request_validation.h"
 #include "services/router/router_metrics.h"
@@ -42,7 +42,16 @@ class GenerateService final : public moe::v1::Generation::CallbackService {
   AttentionWorkerPool& worker_pool() { return *worker_pool_; }
   RouterMetrics& metrics() { return *metrics_; }
   const RequestLimits& limits() const { return limits_; }
+  // An unguessable id ("req-" + 32 hex digits of a CSPRNG) for the cluster's own use: what attention
+  // workers see, and the client's id when it sent none.
   std::string NextRequestId();
+
+  // Requires every call to carry `authorization: Bearer KEY` of `keys` (null: no API keys, the
+  // default). Call before serving; `keys` must outlive the service.
+  void RequireApiKeys(ApiKeyStore* keys) { api_keys_ = keys; }
+  // OK when no keys are required or the call carries a valid key (counted per key name);
+  // UNAUTHENTICATED otherwise (counted as a rejection "unauthenticated").
+  absl::Status Authorize(const grpc::CallbackServerContext& context);
 
  private:
   const ServedModel* model_;
@@ -50,7 +59,7 @@ class GenerateService final : public moe::v1::Generation::CallbackService {
   RouterMetrics* metrics_;
   const RequestLimits limits_;
   const int num_expert_workers_;
-  std::atomic<uint64_t> next_id_{1};
+  ApiKeyStore* api_keys_ = nullptr;
 };
 
 }  // namespace moe::router

@@ -1,6 +1,7 @@
 // moe-router: the public moe.v1.Generation API of the cluster. Tokenizes, validates, queues and
 // places requests on attention workers and streams their text back. Flags and env: --help,
 // deploy/k8s/README.md.
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -9,6 +10,7 @@
 #include "common/metrics/metrics.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
+#include "services/router/api_keys.h"
 #include "services/router/attention_worker_pool.h"
 #include "services/router/generate_service.h"
 #include "services/router/request_validation.h"
@@ -22,6 +24,9 @@ ABSL_FLAG(std::string, expert_workers, "",
           "expert workers H:P,... (their health is reported in moe_router_workers_ready)");
 ABSL_FLAG(int, max_queued_requests, 256, "admission bound; beyond it RESOURCE_EXHAUSTED");
 ABSL_FLAG(double, load_poll_ms, 100, "interval of the attention workers' GetLoad polls");
+ABSL_FLAG(std::string, api_keys_file, "",
+          "require an API key (`authorization: Bearer KEY`) on every public call; the file has one "
+          "`NAME KEY` per line and is re-read when it changes (docs/operations.md#api-keys)");
 ABSL_FLAG(double, drain_seconds, 20, "on SIGTERM, how long open streams may finish");
 
 int main(int argc, char** argv) {
@@ -32,7 +37,8 @@ int main(int argc, char** argv) {
        .usage =
            "moe-router: the cluster's public moe.v1.Generation API; places requests on attention workers.\n\n"
            "Usage: moe-router --model DIR --attention_workers H:P,... [--expert_workers H:P,...] "
-           "[--listen H:P] [--metrics_port M] (--tls_ca F --tls_cert F --tls_key F | --insecure)",
+           "[--listen H:P] [--metrics_port M] [--api_keys_file F] [--public_tls_cert F --public_tls_key F] "
+           "(--tls_ca F --tls_cert F --tls_key F | --insecure)",
        .public_listener = true});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
@@ -49,6 +55,17 @@ int main(int argc, char** argv) {
     return service->Fail("--max_queued_requests must be >= 1");
   if (!(absl::GetFlag(FLAGS_load_poll_ms) > 0)) return service->Fail("--load_poll_ms must be > 0");
 
+  std::unique_ptr<moe::router::ApiKeyStore> api_keys;
+  if (!absl::GetFlag(FLAGS_api_keys_file).empty()) {
+    auto loaded = moe::router::ApiKeyStore::Load(absl::GetFlag(FLAGS_api_keys_file));
+    if (!loaded.ok()) return service->Fail(loaded.status().message());
+    api_keys = *std::move(loaded);
+    LOG(INFO) << "API keys required: " << api_keys->num_keys() << " key(s) from "
+              << absl::GetFlag(FLAGS_api_keys_file);
+  } else {
+    LOG(WARNING) << "no --api_keys_file: the public API accepts every caller";
+  }
+
   moe::router::RouterMetrics metrics(moe::metrics::Registry());
   auto model = moe::router::ServedModel::Load(absl::GetFlag(FLAGS_model), absl::GetFlag(FLAGS_model_name));
   if (!model.ok()) return service->Fail(model.status());
@@ -61,6 +78,7 @@ int main(int argc, char** argv) {
   moe::router::AttentionWorkerPool worker_pool(*attention, std::move(experts), options, &metrics);
   moe::router::GenerateService generate(model->get(), &worker_pool, &metrics, moe::router::RequestLimits{},
                                         num_experts);
+  if (api_keys != nullptr) generate.RequireApiKeys(api_keys.get());
   if (absl::Status s = service->Serve({&generate}, moe::router::kMaxReceiveMessageBytes); !s.ok()) {
     return service->Fail(s);
   }

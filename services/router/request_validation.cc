@@ -99,6 +99,7 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
   if (request.request_id().size() > 256) return Invalid("request_id", "is longer than 256 bytes");
   RETURN_IF_ERROR(CheckText("request_id", request.request_id(), limits));
   out.request_id = request.request_id().empty() ? generated_id : request.request_id();
+  out.cluster_id = generated_id;
   if (!request.model().empty() && request.model() != model.name) {
     // Echoed in the error below, so bounded like request_id.
     if (request.model().size() > 256) return Invalid("model", "is longer than 256 bytes");
@@ -195,7 +196,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
   out.start_in_reasoning = model.think.PromptOpensThinking(out.prompt);
 
   moe::v1::AttentionGenerateRequest& w = out.worker_request;
-  w.set_request_id(out.request_id);
+  // Workers see the router's own id, never the client's (a label only the client sees).
+  w.set_request_id(out.cluster_id);
   w.mutable_prompt()->Add(out.prompt.begin(), out.prompt.end());
   moe::v1::AttentionSampling* ws = w.mutable_sampling();
   ws->set_temperature(static_cast<float>(params->temperature));

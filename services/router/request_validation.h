@@ -34,7 +34,10 @@ enum class RejectReason { kInvalidArgument, kPromptTooLong };
 
 // A validated request, ready to place.
 struct PreparedRequest {
+  // The client's request_id (echoed to it), or cluster_id when it sent none.
   std::string request_id;
+  // The router's unguessable id: what the attention worker sees and logs.
+  std::string cluster_id;
   std::vector<int32_t> prompt;
   moe::v1::AttentionGenerateRequest worker_request;  // carries the prompt too
   std::vector<std::string> stop;
@@ -54,7 +57,7 @@ absl::StatusOr<std::vector<int32_t>> TokenizeText(const ServedModel& model, cons
                                                   const RequestLimits& limits, const std::string& field);
 
 // Validates `request` against `model` and resolves unset sampling fields from the model's
-// generation_config. `generated_id` is used when request_id is empty. On error, *reason (if not
+// generation_config. `generated_id` becomes cluster_id, and request_id when the request has none. On error, *reason (if not
 // null) says which rejection it is.
 absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& request,
                                                const ServedModel& model, const RequestLimits& limits,

@@ -102,6 +102,7 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r)
           MakeHistogram(r, "moe_router_request_duration_seconds",
                         "End-to-end time of a Generate request, arrival to final message.",
                         {0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800})),
+      registry_(r),
       workers_ready_(prometheus::BuildGauge()
                          .Name("moe_router_workers_ready")
                          .Help("Workers of each role whose readiness check passes, as seen by the router.")
@@ -112,7 +113,7 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r)
                             .Register(r)) {
   // Every label value is known up front: export the zero series so rate() works from the start.
   for (const char* reason :
-       {"queue_full", "kv_capacity", "prompt_too_long", "invalid_argument", "no_workers"}) {
+       {"queue_full", "kv_capacity", "prompt_too_long", "invalid_argument", "no_workers", "unauthenticated"}) {
     rejections_.Add({{"reason", reason}});
   }
   for (const char* role : {"attention_worker", "expert_worker"}) {
@@ -129,6 +130,16 @@ void RouterMetrics::RequestFinished(std::string_view finish_reason, grpc::Status
 void RouterMetrics::Rejected(std::string_view reason, grpc::StatusCode code) {
   rejections_.Add({{"reason", std::string(reason)}}).Increment();
   RequestFinished("error", code);
+}
+
+void RouterMetrics::ApiKeyUsed(std::string_view key_name) {
+  std::call_once(api_key_family_once_, [this] {
+    api_key_requests_ = &prometheus::BuildCounter()
+                             .Name("moe_router_api_key_requests_total")
+                             .Help("Calls authenticated with each API key, by the key's name in --api_keys_file.")
+                             .Register(registry_);
+  });
+  api_key_requests_.load()->Add({{"key", std::string(key_name)}}).Increment();
 }
 
 void RouterMetrics::SetWorkers(std::string_view role, int ready, int expected) {

@@ -7,6 +7,8 @@
 #ifndef MOE_SERVICES_ROUTER_ROUTER_METRICS_H_
 #define MOE_SERVICES_ROUTER_ROUTER_METRICS_H_
 
+#include <atomic>
+#include <mutex>
 #include <string_view>
 
 #include "grpcpp/support/status.h"
@@ -28,9 +30,12 @@ class RouterMetrics {
   // One finished Generate call. finish_reason: stop, length, stop_sequence, cancelled, deadline,
   // error.
   void RequestFinished(std::string_view finish_reason, grpc::StatusCode code);
-  // reason: queue_full, kv_capacity, prompt_too_long, invalid_argument, no_workers. Also counts the
+  // reason: queue_full, kv_capacity, prompt_too_long, invalid_argument, no_workers, unauthenticated. Also counts the
   // request as finished with finish_reason "error" and `code`.
   void Rejected(std::string_view reason, grpc::StatusCode code);
+  // A call authenticated with the API key named `key_name` (moe_router_api_key_requests_total,
+  // exported only by a router with --api_keys_file).
+  void ApiKeyUsed(std::string_view key_name);
   void TokensGenerated(int64_t n) { generation_tokens_.Increment(static_cast<double>(n)); }
   void PromptTokens(int64_t n) { prompt_tokens_.Increment(static_cast<double>(n)); }
   // role: attention_worker, expert_worker.
@@ -56,6 +61,9 @@ class RouterMetrics {
   prometheus::Histogram& itl_;
   prometheus::Histogram& tpot_;
   prometheus::Histogram& duration_;
+  prometheus::Registry& registry_;
+  std::once_flag api_key_family_once_;
+  std::atomic<prometheus::Family<prometheus::Counter>*> api_key_requests_{nullptr};
   prometheus::Family<prometheus::Gauge>& workers_ready_;
   prometheus::Family<prometheus::Gauge>& workers_expected_;
 };

@@ -107,6 +107,34 @@ TEST_F(MutualTlsTest, AClientRefusesAServerOfAnotherCa) {
   EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
 }
 
+TEST_F(MutualTlsTest, APublicPortServesTlsToClientsWithoutACertificateAndRefusesPlaintext) {
+  auto credentials = MakePublicServerCredentials(cluster_->cert_file, cluster_->key_file);
+  ASSERT_TRUE(credentials.ok()) << credentials.status();
+  auto server = GrpcServer::Start("127.0.0.1:0", {}, 64 << 20, *credentials);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = absl::StrCat("127.0.0.1:", (*server)->port());
+  auto material = LoadTlsMaterial(*cluster_);
+  ASSERT_TRUE(material.ok());
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = material->ca_pem;  // a public client: trusts the server, presents nothing
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride(kClusterServerName);
+  grpc::Status status = CheckHealth(grpc::CreateCustomChannel(address, grpc::SslCredentials(ssl), args));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  status = CheckHealth(ClientCredentials().CreateChannel(address));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+}
+
+TEST(PublicTlsTest, NeitherFileIsPlaintextAndOneWithoutTheOtherIsAnError) {
+  EXPECT_TRUE(MakePublicServerCredentials("", "").ok());
+  auto half = MakePublicServerCredentials("cert.pem", "");
+  ASSERT_FALSE(half.ok());
+  EXPECT_NE(half.status().message().find("--public_tls_key"), std::string::npos) << half.status();
+  auto missing = MakePublicServerCredentials("/nonexistent/cert.pem", "/nonexistent/key.pem");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("--public_tls_cert"), std::string::npos) << missing.status();
+}
+
 TEST(TlsOptionsTest, NeitherTlsFlagsNorInsecureIsAnErrorSayingWhatToPass) {
   auto material = LoadTlsMaterial(TlsOptions{});
   EXPECT_EQ(material.status().code(), absl::StatusCode::kInvalidArgument);

@@ -8,11 +8,15 @@
 #include <string>
 #include <vector>
 
+#include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
+#include "prometheus/text_serializer.h"
 #include "common/rpc/server.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
 #include "tests/util/test_models.h"
+#include "services/router/api_keys.h"
+#include <fstream>
 
 namespace moe::router {
 namespace {
@@ -36,6 +40,8 @@ class FakeWorker final : public moe::v1::AttentionWorker::CallbackService {
   std::atomic<int> free_blocks{1000};
   std::atomic<int> cancels_seen{0};
   std::atomic<int> loads_served{0};  // GetLoad answers sent
+  absl::Mutex ids_mu;
+  std::vector<std::string> request_ids ABSL_GUARDED_BY(ids_mu);  // as the worker received them
   absl::Notification stalled;
 
   class Stream : public grpc::ServerWriteReactor<moe::v1::AttentionGenerateResponse> {
@@ -83,6 +89,10 @@ class FakeWorker final : public moe::v1::AttentionWorker::CallbackService {
 
   grpc::ServerWriteReactor<moe::v1::AttentionGenerateResponse>* Generate(
       grpc::CallbackServerContext*, const moe::v1::AttentionGenerateRequest* r) override {
+    {
+      absl::MutexLock lock(&ids_mu);
+      request_ids.push_back(r->request_id());
+    }
     return new Stream(this, *r);
   }
   grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* c, const moe::v1::GetLoadRequest*,
@@ -274,6 +284,66 @@ TEST_F(GenerateServiceTest, ModelInfoAndTokenize) {
   moe::v1::TokenizeResponse ids;
   ASSERT_TRUE(stub_->Tokenize(&c2, tr, &ids).ok());
   EXPECT_EQ(std::vector<int32_t>(ids.ids().begin(), ids.ids().end()), worker_.script);
+}
+
+TEST_F(GenerateServiceTest, WorkersSeeTheRoutersUnguessableIdNeverTheClients) {
+  moe::v1::GenerateRequest req = Request(kNormal);
+  req.set_request_id("client-chosen");
+  Result r = Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.messages.back().request_id(), "client-chosen");  // echoed to its client
+  Result unnamed = Generate(Request(kNormal));
+  ASSERT_TRUE(unnamed.status.ok());
+  absl::MutexLock lock(&worker_.ids_mu);
+  ASSERT_EQ(worker_.request_ids.size(), 2u);
+  for (const std::string& id : worker_.request_ids) {
+    EXPECT_EQ(id.find("client-chosen"), std::string::npos);
+    EXPECT_EQ(id.size(), 4u + 32u) << id;  // "req-" + 128 random bits in hex
+  }
+  EXPECT_NE(worker_.request_ids[0], worker_.request_ids[1]);
+  EXPECT_EQ(unnamed.messages.back().request_id(), worker_.request_ids[1]);
+}
+
+TEST_F(GenerateServiceTest, ApiKeysAreRequiredOnEveryCallAndCountedPerKey) {
+  const std::string path = testing::MakeTempDir("router_keys") + "/keys";
+  std::ofstream(path) << "team-a sk-0123456789abcdef0123\n";
+  auto keys = ApiKeyStore::Load(path);
+  ASSERT_TRUE(keys.ok()) << keys.status();
+  service_->RequireApiKeys(keys->get());
+
+  for (const char* header : {"", "Bearer sk-wrong-wrong-wrong-wrong"}) {
+    grpc::ClientContext context;
+    if (*header != '\0') context.AddMetadata("authorization", header);
+    Result r = Generate(Request(kNormal), absl::Seconds(10), &context);
+    EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << header;
+    EXPECT_TRUE(r.messages.empty());
+    grpc::ClientContext c2;
+    if (*header != '\0') c2.AddMetadata("authorization", header);
+    moe::v1::ModelInfo info;
+    EXPECT_EQ(stub_->GetModelInfo(&c2, {}, &info).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+    grpc::ClientContext c3;
+    if (*header != '\0') c3.AddMetadata("authorization", header);
+    moe::v1::TokenizeRequest tr;
+    tr.set_text("hi");
+    moe::v1::TokenizeResponse ids;
+    EXPECT_EQ(stub_->Tokenize(&c3, tr, &ids).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    absl::MutexLock lock(&worker_.ids_mu);
+    EXPECT_TRUE(worker_.request_ids.empty()) << "an unauthenticated request reached a worker";
+  }
+  grpc::ClientContext context;
+  context.AddMetadata("authorization", "Bearer sk-0123456789abcdef0123");
+  Result r = Generate(Request(kNormal), absl::Seconds(10), &context);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.text, "Hello world peace and more");
+
+  const std::string exposition = prometheus::TextSerializer().Serialize(registry_.Collect());
+  EXPECT_NE(exposition.find("moe_router_api_key_requests_total{key=\"team-a\"} 1"), std::string::npos)
+      << exposition;
+  EXPECT_NE(exposition.find("moe_router_rejections_total{reason=\"unauthenticated\"} 6"), std::string::npos)
+      << exposition;
+  EXPECT_EQ(exposition.find("sk-0123456789abcdef0123"), std::string::npos);
 }
 
 }  // namespace
