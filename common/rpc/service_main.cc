@@ -14,6 +14,9 @@ ABSL_FLAG(std::string, listen, "0.0.0.0:50051", "gRPC listen address HOST:PORT (
 ABSL_FLAG(std::string, metrics_listen, "0.0.0.0",
           "address /metrics binds (0.0.0.0: every interface; 127.0.0.1: this host only)");
 ABSL_FLAG(int, metrics_port, 9090, "Prometheus /metrics port (0: any)");
+ABSL_FLAG(std::string, health_listen, "",
+          "also serve only grpc.health.v1 in plaintext on HOST:PORT, for probes that cannot present a "
+          "client certificate (kubelet); empty: no such port");
 ABSL_FLAG(std::string, log_level, "info",
           "minimum level of the log lines on stderr: debug, info, warning or error");
 ABSL_FLAG(double, worker_price_per_hour, 0,
@@ -125,15 +128,25 @@ absl::Status ServiceMain::Serve(const std::vector<grpc::Service*>& services, int
   server_ = std::move(*server);
   LOG(INFO) << description_.binary << ": gRPC on " << absl::GetFlag(FLAGS_listen) << " (port "
             << server_->port() << ")";
+  if (const std::string health = absl::GetFlag(FLAGS_health_listen); !health.empty()) {
+    // Health only: no service of ours is reachable here, so plaintext gives nothing away but status.
+    auto health_server = GrpcServer::Start(health, {}, 4096, grpc::InsecureServerCredentials());
+    if (!health_server.ok()) return health_server.status();
+    health_server_ = std::move(*health_server);
+    LOG(INFO) << description_.binary << ": plaintext health checks on " << health << " (port "
+              << health_server_->port() << ")";
+  }
   return absl::OkStatus();
 }
 
 void ServiceMain::SetStarted() {
   if (server_ != nullptr) server_->SetStarted();
+  if (health_server_ != nullptr) health_server_->SetStarted();
 }
 
 void ServiceMain::SetReady(bool ready) {
   if (server_ != nullptr) server_->SetReady(ready);
+  if (health_server_ != nullptr) health_server_->SetReady(ready);
   ready_gauge_.Set(ready ? 1 : 0);
 }
 

@@ -13,7 +13,7 @@
 //     ... stop the service's own parts, then service->server()->Shutdown(grace).
 //   }
 //
-// Flags defined here, common to every service: --listen, --metrics_listen, --metrics_port,
+// Flags defined here, common to every service: --listen, --health_listen, --metrics_listen, --metrics_port,
 // --log_level, --worker_price_per_hour, mTLS: --tls_ca, --tls_cert, --tls_key or --insecure
 // (common/rpc/tls.h, docs/operations.md#security), and for a public listener --public_tls_cert and
 // --public_tls_key.
@@ -72,7 +72,8 @@ class ServiceMain {
   // requiring client certificates signed by --tls_ca unless --insecure or public_listener.
   // UNAVAILABLE naming the address when it cannot be bound (e.g. the port is taken).
   absl::Status Serve(const std::vector<grpc::Service*>& services, int max_message_bytes = 64 << 20);
-  // The server Serve started (null before).
+  // With --health_listen, also starts a plaintext server with only the health service there (its
+  // statuses follow SetStarted/SetReady). The server Serve started (null before).
   GrpcServer* server() const { return server_.get(); }
   int metrics_port() const { return metrics_port_; }
   // --worker_price_per_hour: this process's own price in dollars per hour (>= 0).
@@ -106,6 +107,7 @@ class ServiceMain {
   const std::shared_ptr<grpc::ServerCredentials> server_credentials_;
   const ClientCredentials client_credentials_;
   std::unique_ptr<GrpcServer> server_;
+  std::unique_ptr<GrpcServer> health_server_;  // --health_listen
 };
 
 }  // namespace moe::rpc

@@ -89,6 +89,18 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakePublicServerCredent
   return grpc::SslServerCredentials(ssl);
 }
 
+absl::Status RequireCallerRole(const grpc::ServerContext& context, const char* role, const char* rpc) {
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return absl::OkStatus();
+  std::string caller = "(none)";
+  for (const grpc::string_ref& name : auth->FindPropertyValues("x509_common_name")) {
+    caller.assign(name.data(), name.size());
+    if (caller == role) return absl::OkStatus();
+  }
+  return absl::PermissionDeniedError(
+      absl::StrCat(rpc, " is for the ", role, " role; the caller's certificate is ", caller));
+}
+
 ClientCredentials::ClientCredentials() : credentials_(grpc::InsecureChannelCredentials()) {}
 
 ClientCredentials::ClientCredentials(const TlsOptions& options, const TlsMaterial& material) {

@@ -22,6 +22,20 @@ namespace moe::rpc {
 // The DNS SAN every cluster certificate carries and every internal client checks.
 inline constexpr char kClusterServerName[] = "moe-cluster.internal";
 
+// Roles: a cluster certificate's subject common name says which part of the cluster holds it.
+// The control RPCs that change a live worker check it (RequireCallerRole): an expert worker takes
+// Connect only from an attention worker and Drain only from an operator. Any certificate of the
+// cluster CA may call the rest (health, GetInfo, GetLoad, Generate).
+inline constexpr char kOperatorRole[] = "moe-operator";
+inline constexpr char kRouterRole[] = "moe-router";
+inline constexpr char kAttentionWorkerRole[] = "moe-attention-worker";
+inline constexpr char kExpertWorkerRole[] = "moe-expert-worker";
+
+// OK when the caller of `context` presented a certificate whose common name is `role`;
+// PERMISSION_DENIED naming the RPC, the role it needs and the caller's common name otherwise. A
+// server without TLS (--insecure) authenticates nobody, so there every caller passes.
+absl::Status RequireCallerRole(const grpc::ServerContext& context, const char* role, const char* rpc);
+
 struct TlsOptions {
   std::string ca_file;    // --tls_ca: PEM CA certificate(s) that sign the cluster's certificates
   std::string cert_file;  // --tls_cert: PEM certificate (chain) of this process

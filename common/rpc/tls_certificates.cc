@@ -8,6 +8,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <vector>
@@ -55,8 +56,7 @@ absl::Status RunOpenssl(const std::vector<std::string>& args, const std::string&
 
 absl::StatusOr<TlsOptions> MakeClusterCertificates(const std::string& dir, const std::string& ca_name,
                                                    int valid_days) {
-  const std::string ca_crt = dir + "/ca.crt", ca_key = dir + "/ca.key", crt = dir + "/tls.crt",
-                    key = dir + "/tls.key", csr = dir + "/tls.csr", ext = dir + "/tls.ext",
+  const std::string ca_crt = dir + "/ca.crt", ca_key = dir + "/ca.key", ext = dir + "/tls.ext",
                     log = dir + "/openssl.log", days = std::to_string(valid_days);
   {
     std::ofstream out(ext);
@@ -74,20 +74,39 @@ absl::StatusOr<TlsOptions> MakeClusterCertificates(const std::string& dir, const
                  {"-keyout", ca_key, "-out", ca_crt, "-days", days, "-subj", "/CN=" + ca_name, "-addext",
                   "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"});
   RETURN_IF_ERROR(RunOpenssl(make_ca, log));
-  std::vector<std::string> make_csr = {"req"};
-  make_csr.insert(make_csr.end(), ec_key.begin(), ec_key.end());
-  make_csr.insert(make_csr.end(),
-                  {"-keyout", key, "-out", csr, "-subj", absl::StrCat("/CN=", kClusterServerName)});
-  RETURN_IF_ERROR(RunOpenssl(make_csr, log));
-  RETURN_IF_ERROR(RunOpenssl({"x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
-                              "-out", crt, "-days", days, "-extfile", ext},
-                             log));
-  for (const std::string& private_key : {ca_key, key}) chmod(private_key.c_str(), 0600);
-  for (const std::string& scratch : {csr, ext, log, dir + "/ca.srl"}) unlink(scratch.c_str());
+  std::vector<std::string> scratch = {ext, log, dir + "/ca.srl"};
+  const std::pair<std::string, const char*> certificates[] = {{"tls", kOperatorRole},
+                                                             {"router", kRouterRole},
+                                                             {"attention-worker", kAttentionWorkerRole},
+                                                             {"expert-worker", kExpertWorkerRole}};
+  for (const auto& [file, common_name] : certificates) {
+    const std::string crt = dir + "/" + file + ".crt", key = dir + "/" + file + ".key",
+                      csr = dir + "/" + file + ".csr";
+    std::vector<std::string> make_csr = {"req"};
+    make_csr.insert(make_csr.end(), ec_key.begin(), ec_key.end());
+    make_csr.insert(make_csr.end(), {"-keyout", key, "-out", csr, "-subj", absl::StrCat("/CN=", common_name)});
+    RETURN_IF_ERROR(RunOpenssl(make_csr, log));
+    RETURN_IF_ERROR(RunOpenssl({"x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
+                                "-out", crt, "-days", days, "-extfile", ext},
+                               log));
+    chmod(key.c_str(), 0600);
+    scratch.push_back(csr);
+  }
+  chmod(ca_key.c_str(), 0600);
+  for (const std::string& path : scratch) unlink(path.c_str());
   TlsOptions options;
   options.ca_file = ca_crt;
-  options.cert_file = crt;
-  options.key_file = key;
+  options.cert_file = dir + "/tls.crt";
+  options.key_file = dir + "/tls.key";
+  return options;
+}
+
+TlsOptions RoleTlsOptions(const TlsOptions& cluster, const std::string& role) {
+  TlsOptions options = cluster;
+  if (role != "router" && role != "attention-worker" && role != "expert-worker") return options;
+  const std::string dir = std::filesystem::path(cluster.ca_file).parent_path().string();
+  options.cert_file = dir + "/" + role + ".crt";
+  options.key_file = dir + "/" + role + ".key";
   return options;
 }
 

@@ -12,12 +12,19 @@
 namespace moe::rpc {
 
 // Writes into the existing directory `dir`: ca.crt and ca.key (a self-signed P-256 CA named
-// `ca_name`), and tls.crt and tls.key (a certificate signed by it for client and server use, with
-// the DNS SANs kClusterServerName and localhost and the IP SAN 127.0.0.1), all valid for
-// `valid_days`. Keys are written mode 0600. Returns the TlsOptions naming ca.crt, tls.crt and
-// tls.key. INTERNAL with openssl's output when openssl is missing or fails.
+// `ca_name`), and one certificate + key signed by it per role, for client and server use, each
+// with the DNS SANs kClusterServerName and localhost and the IP SAN 127.0.0.1 and its role as
+// the subject's common name (tls.h, "Roles"): tls.crt/tls.key for the operator (moectl, tests),
+// router.crt, attention-worker.crt, expert-worker.crt (and .key). All valid for `valid_days`; keys
+// are written mode 0600. Returns the TlsOptions naming ca.crt, tls.crt and tls.key (the operator's;
+// RoleTlsOptions gives the others). INTERNAL with openssl's output when openssl is missing or fails.
 absl::StatusOr<TlsOptions> MakeClusterCertificates(const std::string& dir, const std::string& ca_name,
                                                    int valid_days = 30);
+
+// The TlsOptions of the certificate MakeClusterCertificates made for `role` ("router",
+// "attention-worker", "expert-worker"; anything else: the operator's tls.crt) next to
+// `cluster`'s CA.
+TlsOptions RoleTlsOptions(const TlsOptions& cluster, const std::string& role);
 
 }  // namespace moe::rpc
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/engine/expert_placement.h"
@@ -101,7 +103,14 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   info_context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
   v1::ExpertWorkerInfo info;
   grpc::Status rpc = peer.stub->GetInfo(&info_context, v1::GetInfoRequest(), &info);
-  if (!rpc.ok()) return set_error(absl::StrCat("GetInfo: ", rpc.error_message()));
+  if (!rpc.ok()) {
+    std::string error = absl::StrCat("GetInfo: ", rpc.error_message());
+    if (absl::StrContains(absl::AsciiStrToLower(error), "handshake")) {
+      absl::StrAppend(&error, " (TLS handshake failed: are this worker's --tls_cert and the expert worker's "
+                              "signed by the same cluster CA, --tls_ca?)");
+    }
+    return set_error(error);
+  }
   if (peer.connected && !force_reconnect && info.address() == peer.data_address) return true;
 
   absl::Status valid = ValidateExpertInfo(info, rank, static_cast<int>(peers_.size()), options_.num_experts,

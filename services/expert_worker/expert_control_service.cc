@@ -2,6 +2,7 @@
 
 #include "common/logging/logging.h"
 #include "common/rpc/status.h"
+#include "common/rpc/tls.h"
 
 namespace moe::services {
 namespace {
@@ -18,8 +19,12 @@ grpc::Status ExpertControlService::GetInfo(grpc::ServerContext*, const v1::GetIn
   return grpc::Status::OK;
 }
 
-grpc::Status ExpertControlService::Connect(grpc::ServerContext*, const v1::ConnectRequest* request,
+grpc::Status ExpertControlService::Connect(grpc::ServerContext* context, const v1::ConnectRequest* request,
                                            v1::ConnectResponse* response) {
+  if (absl::Status s = rpc::RequireCallerRole(*context, rpc::kAttentionWorkerRole, "Connect"); !s.ok()) {
+    LOG(WARNING) << "Connect refused: " << s.message();
+    return rpc::ToGrpcStatus(s);
+  }
   ExpertWorker* worker = worker_.load();
   if (worker == nullptr) return kLoading;
   if (drained_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the expert worker is draining");
@@ -34,11 +39,18 @@ grpc::Status ExpertControlService::Connect(grpc::ServerContext*, const v1::Conne
   return grpc::Status::OK;
 }
 
-grpc::Status ExpertControlService::Drain(grpc::ServerContext*, const v1::DrainRequest*,
+grpc::Status ExpertControlService::Drain(grpc::ServerContext* context, const v1::DrainRequest*,
                                          v1::DrainResponse* response) {
+  if (absl::Status s = rpc::RequireCallerRole(*context, rpc::kOperatorRole, "Drain"); !s.ok()) {
+    LOG(WARNING) << "Drain refused: " << s.message();
+    return rpc::ToGrpcStatus(s);
+  }
   ExpertWorker* worker = worker_.load();
   if (worker == nullptr) return kLoading;
-  drained_ = true;
+  if (!drained_.exchange(true)) {
+    LOG(INFO) << "draining: readiness NOT_SERVING, new Connects refused";
+    if (on_drain_) on_drain_();
+  }
   response->set_rounds_served(worker->Drain());
   return grpc::Status::OK;
 }

@@ -5,6 +5,7 @@
 #define MOE_SERVICES_EXPERT_WORKER_EXPERT_CONTROL_SERVICE_H_
 
 #include <atomic>
+#include <functional>
 
 #include "moe/v1/expert_control.grpc.pb.h"
 #include "services/expert_worker/expert_worker.h"
@@ -15,15 +16,18 @@ class ExpertControlService final : public v1::ExpertControl::Service {
  public:
   // RPCs answer UNAVAILABLE ("loading") until SetWorker. `worker` is not owned and must outlive
   // the service. The server starts before the weights load so that health probes answer meanwhile.
-  ExpertControlService() = default;
+  // `on_drain` runs once, at the first Drain (the service's readiness turns NOT_SERVING there).
+  explicit ExpertControlService(std::function<void()> on_drain = {}) : on_drain_(std::move(on_drain)) {}
   void SetWorker(ExpertWorker* worker) { worker_ = worker; }
 
   grpc::Status GetInfo(grpc::ServerContext* context, const v1::GetInfoRequest* request,
                        v1::ExpertWorkerInfo* response) override;
-  // Idempotent: connecting the same attention worker again replaces its endpoint.
+  // Idempotent: connecting the same attention worker again replaces its endpoint. Only for callers
+  // with an attention worker's certificate (PERMISSION_DENIED otherwise; rpc::RequireCallerRole).
   grpc::Status Connect(grpc::ServerContext* context, const v1::ConnectRequest* request,
                        v1::ConnectResponse* response) override;
-  // After Drain, Connect is refused with UNAVAILABLE (the worker is going away).
+  // After Drain, Connect is refused with UNAVAILABLE (the worker is going away). Only for callers
+  // with an operator's certificate.
   grpc::Status Drain(grpc::ServerContext* context, const v1::DrainRequest* request,
                      v1::DrainResponse* response) override;
 
@@ -32,6 +36,7 @@ class ExpertControlService final : public v1::ExpertControl::Service {
  private:
   std::atomic<ExpertWorker*> worker_{nullptr};
   std::atomic<bool> drained_{false};
+  const std::function<void()> on_drain_;
 };
 
 }  // namespace moe::services

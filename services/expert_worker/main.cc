@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
   options.per_expert_metrics = absl::GetFlag(FLAGS_per_expert_metrics);
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
 
-  moe::services::ExpertControlService control;
+  moe::rpc::ServiceMain* main_service = service.get();
+  moe::services::ExpertControlService control([main_service] { main_service->SetReady(false); });
   if (absl::Status s = service->Serve({&control}); !s.ok()) return service->Fail(s);
   LOG(INFO) << "rank " << options.rank << " of " << options.num_expert_workers << ", loading the model";
 
@@ -53,7 +54,7 @@ int main(int argc, char** argv) {
   if (!worker.ok()) return service->Fail(worker.status());
   control.SetWorker(worker->get());
   service->SetStarted();
-  service->SetReady(true);
+  service->SetReady(!control.drained());  // a Drain may already have come
   const auto& info = (*worker)->info();
   LOG(INFO) << "serving experts [" << info.first_expert() << ", " << info.first_expert() + info.num_experts()
             << ") as peer " << info.peer_id();

@@ -19,7 +19,9 @@
 #include "moe/v1/attention.grpc.pb.h"
 #include "moe/v1/generate.grpc.pb.h"
 #include "tests/integration/client/cluster_client.h"
+#include "common/rpc/tls_certificates.h"
 #include "tests/integration/local_cluster.h"
+#include "tests/services/process_helper.h"
 #include "tests/util/test_models.h"
 
 namespace moe {
@@ -183,6 +185,41 @@ TEST_F(ClusterTest, WorkersAnswerOnlyCallersWithTheClusterCertificate) {
   EXPECT_EQ(plaintext.error_code(), grpc::StatusCode::UNAVAILABLE) << plaintext.error_message();
   const grpc::Status mtls = get_load(cluster_->worker_credentials().CreateChannel(worker));
   EXPECT_TRUE(mtls.ok()) << mtls.error_message();
+}
+
+// A process with a certificate of another CA cannot join: an attention worker started with one
+// is refused by the cluster's expert workers, never becomes ready, and says why in its log.
+TEST_F(ClusterTest, AWorkerWithAnotherCasCertificateCannotJoinAndSaysWhy) {
+  auto other = rpc::MakeClusterCertificates(moe::testing::MakeTempDir("impostor-ca"), "another CA");
+  ASSERT_TRUE(other.ok()) << other.status();
+  const rpc::TlsOptions impostor = rpc::RoleTlsOptions(*other, "attention-worker");
+  const std::string address = moe::testing::LocalAddress(moe::testing::FreePort());
+  const std::string log = moe::testing::MakeTempDir("impostor-log") + "/attention.log";
+  std::string experts;
+  for (const std::string& e : cluster_->expert_workers()) experts += (experts.empty() ? "" : ",") + e;
+  auto child = moe::testing::ChildProcess::Start(
+      moe::testing::BinaryPath("moe-attention-worker"),
+      {"--model=" + moe::testing::TestModelDir("tiny", "bf16"), "--expert_workers=" + experts,
+       "--listen=" + address, "--metrics_port=0", "--kv_cache_gib=1", "--tls_ca=" + impostor.ca_file,
+       "--tls_cert=" + impostor.cert_file, "--tls_key=" + impostor.key_file},
+      log);
+  ASSERT_TRUE(child.ok()) << child.status();
+  auto own_credentials = rpc::MakeClientCredentials(*other);
+  ASSERT_TRUE(own_credentials.ok());
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while ((*child)->Log().find("not connected") == std::string::npos &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  const std::string text = (*child)->Log();
+  EXPECT_THAT(text, HasSubstr("not connected"));
+  EXPECT_THAT(text, HasSubstr("TLS handshake failed"));
+  EXPECT_FALSE(moe::testing::IsServing(address, "readiness", absl::Seconds(1), *own_credentials));
+  EXPECT_TRUE((*child)->Running());
+  child->reset();
+  // The cluster itself is unaffected.
+  GenerateResult r = Generate(cluster_->router(), GreedyRequest(PseudoRandomPrompt(8, 3), 4));
+  EXPECT_TRUE(r.status.ok()) << r.status.error_message();
 }
 
 TEST_F(ClusterTest, BadRequestsAreInvalidArgumentNamingTheFieldAndTheClusterKeepsServing) {

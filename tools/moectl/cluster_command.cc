@@ -248,8 +248,8 @@ void RunUp(const ClusterFlags& flags) {
   }
 
   // mTLS between the cluster's processes (docs/operations.md#security): a throwaway CA and one
-  // certificate for the whole cluster, made anew by every `up`, in <state>/tls.
-  std::vector<std::string> tls_args;
+  // certificate per role, made anew by every `up`, in <state>/tls.
+  std::vector<std::string> tls_args;  // --insecure; else per role, see spawn
   rpc::TlsOptions tls_options;
   tls_options.insecure = flags.insecure;
   if (flags.insecure) {
@@ -267,7 +267,6 @@ void RunUp(const ClusterFlags& flags) {
                                       " (or pass --insecure)"));
     }
     tls_options = *tls;
-    tls_args = {"--tls_ca=" + tls->ca_file, "--tls_cert=" + tls->cert_file, "--tls_key=" + tls->key_file};
   }
 
   if (flags.detach) {
@@ -359,6 +358,13 @@ void RunUp(const ClusterFlags& flags) {
     args.push_back(absl::StrCat("--metrics_port=", next_metrics++));
     args.push_back("--metrics_listen=" + host);
     args.insert(args.end(), tls_args.begin(), tls_args.end());
+    if (!flags.insecure) {
+      // "expert-0" -> the expert-worker certificate, "attention-1" -> attention-worker, "router".
+      const std::string role = name == "router" ? name : name.substr(0, name.find('-')) + "-worker";
+      const rpc::TlsOptions own = rpc::RoleTlsOptions(tls_options, role);
+      args.insert(args.end(), {"--tls_ca=" + own.ca_file, "--tls_cert=" + own.cert_file,
+                               "--tls_key=" + own.key_file});
+    }
     children.push_back(
         {name, Spawn(bin / binary, args, log), address, log, false, !flags.insecure && name != "router"});
   };

@@ -6,6 +6,8 @@
 
 #include "absl/time/clock.h"
 #include "common/model/model_fingerprint.h"
+#include "common/rpc/tls.h"
+#include "common/rpc/tls_certificates.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/expert_control.grpc.pb.h"
@@ -50,6 +52,81 @@ TEST(ExpertWorkerProcessTest, ServesItsShardOfAnUnevenSplitAndExitsZeroOnSigterm
   grpc::ClientContext wrong_model;
   bad.set_model_fingerprint("fnv1a64:0000000000000000");
   EXPECT_EQ(stub->Connect(&wrong_model, bad, &response).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  (*child)->Signal(SIGTERM);
+  const std::optional<int> status = (*child)->Wait(absl::Seconds(10));
+  ASSERT_TRUE(status.has_value());
+  EXPECT_TRUE(WIFEXITED(*status));
+  EXPECT_EQ(WEXITSTATUS(*status), 0);
+}
+
+// Connect and Drain change a live worker: with mTLS only an attention worker's certificate may
+// Connect and only an operator's may Drain; Drain turns readiness NOT_SERVING.
+TEST(ExpertWorkerProcessTest, ConnectAndDrainNeedTheirRolesAndDrainTurnsReadinessOff) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  auto cluster = rpc::MakeClusterCertificates(moe::testing::MakeTempDir("expert_roles"), "test CA");
+  ASSERT_TRUE(cluster.ok()) << cluster.status();
+  const rpc::TlsOptions own = rpc::RoleTlsOptions(*cluster, "expert-worker");
+  const int port = moe::testing::FreePort();
+  const std::string address = moe::testing::LocalAddress(port);
+  const std::string health_address = moe::testing::LocalAddress(moe::testing::FreePort());
+  auto child = moe::testing::ChildProcess::Start(
+      moe::testing::BinaryPath("moe-expert-worker"),
+      {"--model", model, "--listen", address, "--metrics_port", "0", "--tls_ca", own.ca_file, "--tls_cert",
+       own.cert_file, "--tls_key", own.key_file, "--health_listen", health_address});
+  ASSERT_TRUE(child.ok());
+  auto credentials = [&](const std::string& role) { return *rpc::MakeClientCredentials(rpc::RoleTlsOptions(*cluster, role)); };
+  const rpc::ClientCredentials operator_credentials = credentials("operator");
+  ASSERT_TRUE(moe::testing::WaitForHealth(address, "readiness", true, absl::Now() + absl::Seconds(60),
+                                          operator_credentials)
+                  .ok());
+
+  auto stub_as = [&](const rpc::ClientCredentials& c) {
+    return v1::ExpertControl::NewStub(c.CreateChannel(address));
+  };
+  v1::ConnectRequest bad;
+  bad.set_peer_id(0);
+  bad.set_address("not a ucx address");
+  v1::ConnectResponse connected;
+  for (const std::string role : {"operator", "router", "expert-worker"}) {
+    grpc::ClientContext context;
+    const grpc::Status status = stub_as(credentials(role))->Connect(&context, bad, &connected);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << role << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(rpc::kAttentionWorkerRole), std::string::npos);
+  }
+  {
+    // The attention worker's certificate passes the role check and reaches the address check.
+    grpc::ClientContext context;
+    EXPECT_EQ(stub_as(credentials("attention-worker"))->Connect(&context, bad, &connected).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  v1::DrainResponse drained;
+  for (const std::string role : {"attention-worker", "router"}) {
+    grpc::ClientContext context;
+    EXPECT_EQ(stub_as(credentials(role))->Drain(&context, v1::DrainRequest(), &drained).error_code(),
+              grpc::StatusCode::PERMISSION_DENIED)
+        << role;
+  }
+  EXPECT_TRUE(moe::testing::IsServing(address, "readiness", absl::Seconds(1), operator_credentials));
+  // The probe port answers health in plaintext (kubelet has no certificate); the control port does not.
+  EXPECT_TRUE(moe::testing::IsServing(health_address, "readiness"));
+  EXPECT_FALSE(moe::testing::IsServing(address, "readiness"));
+  {
+    grpc::ClientContext context;
+    v1::ExpertWorkerInfo info;
+    auto plain = v1::ExpertControl::NewStub(grpc::CreateChannel(health_address, grpc::InsecureChannelCredentials()));
+    EXPECT_EQ(plain->GetInfo(&context, v1::GetInfoRequest(), &info).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  }
+
+  grpc::ClientContext drain_context;
+  ASSERT_TRUE(stub_as(operator_credentials)->Drain(&drain_context, v1::DrainRequest(), &drained).ok());
+  EXPECT_TRUE(moe::testing::WaitForHealth(address, "readiness", false, absl::Now() + absl::Seconds(5),
+                                          operator_credentials)
+                  .ok());
+  EXPECT_FALSE(moe::testing::IsServing(health_address, "readiness"));
+  grpc::ClientContext after;
+  EXPECT_EQ(stub_as(credentials("attention-worker"))->Connect(&after, bad, &connected).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
 
   (*child)->Signal(SIGTERM);
   const std::optional<int> status = (*child)->Wait(absl::Seconds(10));
