@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# helm lint --strict and helm template for default, CPU and GPU values; values.schema.json rejects
-# bad values; the committed plain manifests (deploy/k8s/manifests) are up to date.
+# helm lint --strict and helm template for default, CPU and GPU values and with the security
+# settings (TLS, cert-manager, API keys, NetworkPolicies) changed; values.schema.json rejects bad
+# values and typos; the committed plain manifests (deploy/k8s/manifests) are up to date.
 # A tool that cannot be installed is a failure (exit 1), never a skip: CI must not lose the test.
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -31,6 +32,25 @@ expect fail "schema rejects an unknown key" "${helm}" template moe "${chart}" --
 expect fail "schema rejects a bad transport" "${helm}" template moe "${chart}" --set cluster.transport=tcp
 expect fail "schema rejects zero expert workers" "${helm}" template moe "${chart}" --set expert.replicas=0
 expect fail "existingClaim needs a claim name" "${helm}" template moe "${chart}" --set model.source=existingClaim
+# The security settings: lint with each on, and typos in their keys are refused.
+expect ok "helm lint --strict with TLS off" "${helm}" lint --strict "${chart}" --set tls.enabled=false
+expect ok "helm lint --strict with cert-manager, API keys, public TLS, metricsFrom" "${helm}" lint --strict "${chart}" \
+  --set tls.certManager.issuerRef.name=moe-ca --set router.apiKeys.existingSecret=moe-keys \
+  --set router.publicTls.existingSecret=moe-public-tls \
+  --set 'networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring'
+for typo in tls.enable=false tls.secrets.attention=x tls.secrets.expertWorkers=x tls.certManager.issuer.name=x \
+    tls.certManager.issuerRef.nmae=x networkPolicy.enable=false router.apiKeys.secret=x \
+    router.apiKeys.existingSecrets=x router.publicTLS.existingSecret=x router.publicTls.secretName=x \
+    'networkPolicy.metricsFrom[0].namespaceSelecter.matchLabels.a=b' ports.healthz=8082; do
+  expect fail "schema rejects the typo ${typo}" "${helm}" template moe "${chart}" --set "${typo}"
+done
+expect fail "schema rejects a non-boolean tls.enabled" "${helm}" template moe "${chart}" --set-string tls.enabled=yes
+expect fail "schema rejects an issuer kind without a name" "${helm}" template moe "${chart}" --set tls.certManager.issuerRef.kind=ClusterIssuer
+expect fail "schema rejects a Secret name that is no DNS name" "${helm}" template moe "${chart}" --set router.apiKeys.existingSecret=My_Keys
+expect fail "schema rejects a bad certificate duration" "${helm}" template moe "${chart}" --set tls.certManager.duration=1year
+expect ok "TLS off renders MOE_INSECURE=true" bash -c \
+  "'${helm}' template moe '${chart}' --set tls.enabled=false | grep -q 'MOE_INSECURE: \"true\"'"
+expect fail "TLS on renders no MOE_INSECURE" bash -c "'${helm}' template moe '${chart}' | grep -q MOE_INSECURE"
 expect ok "startup budget rounds up to whole periods" bash -c \
   "'${helm}' template moe '${chart}' --set attention.startupBudgetSeconds=95 --set attention.startupPeriodSeconds=10 \
    | grep -A6 'service: startup' | grep -q 'failureThreshold: 10'"

@@ -80,42 +80,81 @@ Comma-separated gRPC addresses of a worker StatefulSet's pods through its headle
 - name: metrics
   containerPort: {{ .Values.ports.metrics }}
   protocol: TCP
+{{- if include "moe.healthPortEnabled" . }}
+- name: health
+  containerPort: {{ .Values.ports.health }}
+  protocol: TCP
+{{- end }}
 {{- end }}
 
 {{/*
-Native gRPC probes. The health service names are the services' contract (deploy/k8s/README.md):
+"true" when the services serve grpc.health.v1 in plaintext on ports.health (--health_listen) and
+the probes use it: the kubelet's gRPC probes speak plaintext and present no client certificate, so
+they cannot use a gRPC port that wants mTLS (tls.enabled) or serves TLS (the router's publicTls).
+Empty otherwise: the probes use the gRPC port.
+*/}}
+{{- define "moe.healthPortEnabled" -}}
+{{- if or .Values.tls.enabled .Values.router.publicTls.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/* Directory where each pod mounts its role's mTLS Secret (ca.crt, tls.crt, tls.key). */}}
+{{- define "moe.tlsDir" -}}/etc/moe/tls{{- end }}
+
+{{/*
+The mTLS Secret of a component ("router", "attention" or "expert"): tls.secrets.<role>, else
+<fullname>-<component>-tls. Call with (dict "root" $ "component" "router").
+*/}}
+{{- define "moe.tlsSecretName" -}}
+{{- $keys := dict "router" "router" "attention" "attentionWorker" "expert" "expertWorker" }}
+{{- $given := index .root.Values.tls.secrets (get $keys .component) }}
+{{- default (printf "%s-%s-tls" (include "moe.fullname" .root) .component) $given }}
+{{- end }}
+
+{{/* The role a component's certificate names as its subject common name (common/rpc/tls.h). */}}
+{{- define "moe.tlsCommonName" -}}
+{{- get (dict "router" "moe-router" "attention" "moe-attention-worker" "expert" "moe-expert-worker") .component }}
+{{- end }}
+
+{{/*
+Native gRPC probes, on the plaintext health port when there is one (moe.healthPortEnabled), else on
+the gRPC port. The health service names are the services' contract (deploy/k8s/README.md):
 "startup" turns SERVING once weights are loaded, "liveness" while the process is healthy,
 "readiness" while it can take traffic. The startup budget is rounded up to whole periods.
 Call with (dict "root" $ "c" .Values.<component>).
 */}}
 {{- define "moe.probes" -}}
 {{- $p := .root.Values.probes }}
+{{- $port := ternary .root.Values.ports.health .root.Values.ports.grpc (eq (include "moe.healthPortEnabled" .root) "true") }}
 {{- $period := int .c.startupPeriodSeconds }}
 {{- $budget := int .c.startupBudgetSeconds -}}
 startupProbe:
   grpc:
-    port: {{ .root.Values.ports.grpc }}
+    port: {{ $port }}
     service: startup
   periodSeconds: {{ $period }}
   timeoutSeconds: 5
   failureThreshold: {{ div (add $budget (sub $period 1)) $period }}
 livenessProbe:
   grpc:
-    port: {{ .root.Values.ports.grpc }}
+    port: {{ $port }}
     service: liveness
   periodSeconds: {{ $p.liveness.periodSeconds }}
   timeoutSeconds: {{ $p.liveness.timeoutSeconds }}
   failureThreshold: {{ $p.liveness.failureThreshold }}
 readinessProbe:
   grpc:
-    port: {{ .root.Values.ports.grpc }}
+    port: {{ $port }}
     service: readiness
   periodSeconds: {{ $p.readiness.periodSeconds }}
   timeoutSeconds: {{ $p.readiness.timeoutSeconds }}
   failureThreshold: {{ $p.readiness.failureThreshold }}
 {{- end }}
 
-{{/* Environment of every service container: ConfigMap plus the pod's own price. */}}
+{{/*
+Environment of every service container: ConfigMap plus the pod's own price, and for the router its
+API keys file and public TLS files when their Secrets are given. Call with (dict "root" $ "c"
+.Values.<component> "component" "<component>").
+*/}}
 {{- define "moe.env" -}}
 envFrom:
   - configMapRef:
@@ -127,22 +166,75 @@ env:
     valueFrom:
       fieldRef:
         fieldPath: metadata.name
+{{- if eq .component "router" }}
+{{- if .root.Values.router.apiKeys.existingSecret }}
+  - name: MOE_API_KEYS_FILE
+    value: /etc/moe/api-keys/api-keys
+{{- end }}
+{{- if .root.Values.router.publicTls.existingSecret }}
+  - name: MOE_PUBLIC_TLS_CERT
+    value: /etc/moe/public-tls/tls.crt
+  - name: MOE_PUBLIC_TLS_KEY
+    value: /etc/moe/public-tls/tls.key
+{{- end }}
+{{- end }}
 {{- with .c.extraEnv }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
 
-{{/* Volume mounts of every service container. */}}
+{{/*
+Volume mounts of every service container: the model, /tmp, the role's mTLS Secret, and for the
+router its API keys and public TLS Secrets. Call with (dict "root" $ "component" "<component>").
+*/}}
 {{- define "moe.volumeMounts" -}}
 - name: model
-  mountPath: {{ .Values.model.mountPath }}
+  mountPath: {{ .root.Values.model.mountPath }}
   readOnly: true
 - name: tmp
   mountPath: /tmp
+{{- if .root.Values.tls.enabled }}
+- name: tls
+  mountPath: {{ include "moe.tlsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if eq .component "router" }}
+{{- if .root.Values.router.apiKeys.existingSecret }}
+- name: api-keys
+  mountPath: /etc/moe/api-keys
+  readOnly: true
+{{- end }}
+{{- if .root.Values.router.publicTls.existingSecret }}
+- name: public-tls
+  mountPath: /etc/moe/public-tls
+  readOnly: true
+{{- end }}
+{{- end }}
 {{- end }}
 
-{{/* Pod volumes: the model source and a scratch /tmp (the root filesystem is read-only). */}}
+{{/*
+A Secret volume holding the listed keys (a missing key stops the pod from starting, with an event
+naming it), readable by the owner and the pod's fsGroup only (0440). No subPath, so the kubelet's
+updates of the Secret reach the files. Call with (dict "name" N "secret" S "keys" (list ...)).
+*/}}
+{{- define "moe.secretVolume" -}}
+- name: {{ .name }}
+  secret:
+    secretName: {{ .secret }}
+    defaultMode: 288
+    items:
+      {{- range .keys }}
+      - key: {{ . }}
+        path: {{ . }}
+      {{- end }}
+{{- end }}
+
+{{/*
+Pod volumes: the model source, a scratch /tmp (the root filesystem is read-only), and the Secrets
+of moe.volumeMounts. Call with (dict "root" $ "component" "<component>").
+*/}}
 {{- define "moe.volumes" -}}
+{{- with .root -}}
 - name: model
 {{- if eq .Values.model.source "pvc" }}
   persistentVolumeClaim:
@@ -164,6 +256,18 @@ env:
 {{- end }}
 - name: tmp
   emptyDir: {}
+{{- end }}
+{{- if .root.Values.tls.enabled }}
+{{ include "moe.secretVolume" (dict "name" "tls" "secret" (include "moe.tlsSecretName" .) "keys" (list "ca.crt" "tls.crt" "tls.key")) }}
+{{- end }}
+{{- if eq .component "router" }}
+{{- with .root.Values.router.apiKeys.existingSecret }}
+{{ include "moe.secretVolume" (dict "name" "api-keys" "secret" . "keys" (list "api-keys")) }}
+{{- end }}
+{{- with .root.Values.router.publicTls.existingSecret }}
+{{ include "moe.secretVolume" (dict "name" "public-tls" "secret" . "keys" (list "tls.crt" "tls.key")) }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*
