@@ -71,6 +71,9 @@ check_tls_secrets() {
 }
 expect ok "make_tls_secrets.sh makes certificates per role in the chart's Secrets" check_tls_secrets
 expect fail "make_tls_secrets.sh refuses a bad --fullname" "${root}/deploy/k8s/make_tls_secrets.sh" "${tmp}/bad" --fullname Bad_Name
+expect ok "attention.kvCacheGiB reaches MOE_KV_CACHE_GIB" bash -c \
+  "'${helm}' template moe '${chart}' --set attention.kvCacheGiB=16 | grep -q 'MOE_KV_CACHE_GIB: \"16\"'"
+expect fail "schema rejects a zero KV cache" "${helm}" template moe "${chart}" --set attention.kvCacheGiB=0
 expect ok "plain manifests are up to date (deploy/k8s/render.sh)" env HELM="${helm}" "${root}/deploy/k8s/render.sh" --check
 
 echo "deploy_helm: ${passed} passed, ${failed} failed"

@@ -4,12 +4,15 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <sstream>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -341,6 +344,47 @@ TEST(MoectlTest, ClusterUpDetachReturnsOnceTheRouterServes) {
   Result down = RunMoectl("cluster down --state-dir " + state);
   guard.stopped = true;
   EXPECT_EQ(down.exit_code, 0) << down.err;
+}
+
+// A child that dies after start-up is restarted (with a backoff), and the cluster serves again.
+TEST(MoectlTest, ClusterUpRestartsAChildThatDies) {
+  const std::string& model = testing::TestModelDir("tiny", "bf16");
+  const int port = FreePortBlock(3);
+  const std::string state = testing::MakeTempDir("moectl-state");
+  Result up = RunMoectl("cluster up --detach --model " + model + " --port " + std::to_string(port) +
+                        " --state-dir " + state + " --kv-cache-gib 0.25 --max-restarts 2");
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  struct StopAtEnd {
+    std::string state;
+    ~StopAtEnd() { RunMoectl("cluster down --state-dir " + state); }
+  } guard{state};
+  auto read_pid = [&](const std::string& name) {
+    pid_t pid = 0;
+    std::ifstream(state + "/" + name + ".pid") >> pid;
+    return pid;
+  };
+  const pid_t expert = read_pid("expert-0");
+  ASSERT_GT(expert, 0);
+  ASSERT_EQ(kill(expert, SIGKILL), 0);
+  const std::string router = "127.0.0.1:" + std::to_string(port);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  Result generate;
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    generate = RunMoectl("generate --router " + router + " --prompt Hi --max-tokens 2 --temperature 0");
+  } while ((generate.exit_code != 0 || read_pid("expert-0") == expert) &&
+           std::chrono::steady_clock::now() < deadline);
+  EXPECT_EQ(generate.exit_code, 0) << generate.err;
+  EXPECT_NE(read_pid("expert-0"), expert);
+  std::ifstream log(state + "/supervisor.log");
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_THAT(text.str(), HasSubstr("restarting expert-0 in 1 s (restart 1 of at most 2)")) << text.str();
+  EXPECT_THAT(text.str(), HasSubstr("expert-0 restarted (pid "));
+  std::ifstream attention_log(state + "/attention-0.log");
+  std::stringstream attention_text;
+  attention_text << attention_log.rdbuf();
+  EXPECT_THAT(attention_text.str(), HasSubstr("KV cache 0.25 GiB"));
 }
 
 TEST(MoectlTest, GreedyGenerationIsTheSameWithShardedExperts) {

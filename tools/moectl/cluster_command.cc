@@ -30,6 +30,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <algorithm>
 #include <optional>
 #include <string>
 #include <thread>
@@ -60,6 +61,8 @@ struct ClusterFlags {
   double startup_timeout_s = 300;
   std::string transport = "ucx";
   bool insecure = false;  // plaintext internal hops instead of mTLS
+  double kv_cache_gib = 0;  // attention workers' --kv_cache_gib; 0: theirs (8)
+  int max_restarts = 3;     // per child, after the cluster is ready
 };
 
 std::atomic<bool> stop_requested{false};
@@ -81,6 +84,10 @@ fs::path BinaryDir() {
 struct Child {
   std::string name;
   pid_t pid = -1;
+  fs::path binary;                // how to start it again
+  std::vector<std::string> args;
+  int restarts = 0;
+  std::optional<std::chrono::steady_clock::time_point> restart_at;
   std::string address;  // its gRPC HOST:PORT (health checks)
   fs::path log;
   bool ready = false;
@@ -365,8 +372,14 @@ void RunUp(const ClusterFlags& flags) {
       args.insert(args.end(), {"--tls_ca=" + own.ca_file, "--tls_cert=" + own.cert_file,
                                "--tls_key=" + own.key_file});
     }
-    children.push_back(
-        {name, Spawn(bin / binary, args, log), address, log, false, !flags.insecure && name != "router"});
+    Child child{.name = name,
+                .pid = Spawn(bin / binary, args, log),
+                .binary = bin / binary,
+                .args = args,
+                .address = address,
+                .log = log,
+                .mtls = !flags.insecure && name != "router"};
+    children.push_back(std::move(child));
   };
   std::cerr << "moectl cluster: starting " << flags.expert_workers << " expert and "
             << flags.attention_workers << " attention workers and the router (logs in " << state.string()
@@ -378,10 +391,12 @@ void RunUp(const ClusterFlags& flags) {
           experts[static_cast<size_t>(i)]);
   }
   for (int i = 0; i < flags.attention_workers; ++i) {
-    spawn(absl::StrCat("attention-", i), "moe-attention-worker",
-          {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
-           absl::StrCat("--num_attention_workers=", flags.attention_workers),
-           "--expert_workers=" + absl::StrJoin(experts, ","), "--transport=" + flags.transport},
+    std::vector<std::string> args = {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
+                                     absl::StrCat("--num_attention_workers=", flags.attention_workers),
+                                     "--expert_workers=" + absl::StrJoin(experts, ","),
+                                     "--transport=" + flags.transport};
+    if (flags.kv_cache_gib > 0) args.push_back(absl::StrCat("--kv_cache_gib=", flags.kv_cache_gib));
+    spawn(absl::StrCat("attention-", i), "moe-attention-worker", std::move(args),
           attention[static_cast<size_t>(i)]);
   }
   for (const Child& c : children) std::ofstream(state / (c.name + ".pid")) << c.pid << "\n";
@@ -422,9 +437,35 @@ void RunUp(const ClusterFlags& flags) {
             << (flags.detach ? "; `moectl cluster down` stops it" : "; Ctrl-C stops it") << std::endl;
   { std::ofstream(state / "router.address") << router << "\n"; }
   if (!flags.detach) std::cout << router << std::endl;
+  // A child that dies now is started again after a backoff (1 s, doubling, at most 10 s), at most
+  // --max-restarts times each; past that the whole cluster stops.
   std::optional<std::string> died;
-  while (!stop_requested && !(died = ReapDead(children))) {
+  while (!stop_requested) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (std::optional<std::string> dead = ReapDead(children)) {
+      Child* c = nullptr;
+      for (Child& candidate : children) {
+        if (candidate.pid <= 0 && !candidate.restart_at.has_value()) c = &candidate;
+      }
+      if (c == nullptr || c->restarts >= flags.max_restarts) {
+        died = absl::StrCat(*dead, "(restarted ", c == nullptr ? 0 : c->restarts, " times, --max-restarts ",
+                            flags.max_restarts, "); ");
+        break;
+      }
+      const int backoff_s = std::min(10, 1 << std::min(c->restarts, 4));
+      c->restart_at = std::chrono::steady_clock::now() + std::chrono::seconds(backoff_s);
+      std::cerr << "moectl cluster: " << *dead << "moectl cluster: restarting " << c->name << " in " << backoff_s
+                << " s (restart " << c->restarts + 1 << " of at most " << flags.max_restarts << ")" << std::endl;
+    }
+    for (Child& c : children) {
+      if (!c.restart_at.has_value() || std::chrono::steady_clock::now() < *c.restart_at) continue;
+      c.restart_at.reset();
+      ++c.restarts;
+      c.pid = Spawn(c.binary, c.args, c.log);
+      std::ofstream(state / (c.name + ".pid")) << c.pid << "\n";
+      if (c.name == "router") std::ofstream(state / "router.pid") << c.pid << "\n";
+      std::cerr << "moectl cluster: " << c.name << " restarted (pid " << c.pid << ")" << std::endl;
+    }
   }
   StopAll(children, std::chrono::seconds(10));
   fs::remove(pid_file, ec);
@@ -468,6 +509,13 @@ void RegisterClusterCommand(CLI::App& app) {
       ->check(CLI::Range(0, 65000));
   up->add_option("--state-dir", flags->state_dir, "Where logs and the pid file go");
   up->add_option("--startup-timeout", flags->startup_timeout_s, "Seconds to wait for readiness");
+  up->add_option("--kv-cache-gib", flags->kv_cache_gib,
+                 "KV cache of each attention worker in GiB (default: the worker's, 8)")
+      ->check(CLI::PositiveNumber);
+  up->add_option("--max-restarts", flags->max_restarts,
+                 "Times a child that dies after start-up is restarted (backoff 1 s doubling to 10 s) before "
+                 "the cluster stops (default 3)")
+      ->check(CLI::Range(0, 1000));
   up->add_option("--transport", flags->transport, "Data plane")->check(CLI::IsMember({"ucx"}));
   up->add_flag("--detach", flags->detach, "Run in the background; stop with `moectl cluster down`");
   up->add_flag("--insecure", flags->insecure,
