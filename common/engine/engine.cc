@@ -135,10 +135,16 @@ absl::Status Engine::AddRequest(GenerationRequest request) {
   if (absl::Status s = request::ValidateSamplingParams(request.sampling); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("sampling: ", s.message()));
   }
+  if (request.generated_offset < 0 || request.generated_offset >= prompt_len ||
+      request.generated_offset >= request.max_new_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat("generated_offset: must be in [0, min(prompt length, "
+                                                   "max_new_tokens) - 1], got ", request.generated_offset));
+  }
   if (sequences_.contains(request.id)) {
     return absl::AlreadyExistsError(absl::StrCat("request id ", request.id, " is already running"));
   }
-  const int64_t total = std::min(prompt_len + request.max_new_tokens, max_model_len_);
+  const int64_t total =
+      std::min(prompt_len - request.generated_offset + request.max_new_tokens, max_model_len_);
   if (KvCacheBlockPool::BlocksFor(total, options_.kv_block_size) > kv_cache_->pool().num_blocks()) {
     return absl::ResourceExhaustedError(
         absl::StrCat("request needs ", total, " tokens of KV cache; this worker holds ",
@@ -146,6 +152,7 @@ absl::Status Engine::AddRequest(GenerationRequest request) {
   }
   auto seq = std::make_unique<Sequence>();
   seq->tokens = request.prompt;
+  seq->num_generated = request.generated_offset;
   seq->request = std::move(request);
   seq->sched.id = next_sched_id_++;
   seq->sched.num_tokens = prompt_len;

@@ -50,6 +50,11 @@ struct GenerationRequest {
   std::vector<int32_t> stop_token_ids;  // in addition to generation_config's eos (unless ignore_eos)
   bool ignore_eos = false;
   int top_logprobs = 0;  // [0, 20]
+  // A migrated request: the last `generated_offset` tokens of `prompt` were generated for it
+  // earlier (on another worker). They count as generated: toward max_new_tokens and
+  // min_new_tokens, and as the index of the sampler's next draw, so the continuation is the one
+  // the first worker would have produced. 0 for a new request.
+  int64_t generated_offset = 0;
 };
 
 // One event of one request: a generated token, and/or the end of the request.

@@ -48,6 +48,7 @@ absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::Attentio
   }
   out.ignore_eos = request.ignore_eos();
   out.top_logprobs = request.top_logprobs();
+  out.generated_offset = request.generated_offset();
   return out;
 }
 

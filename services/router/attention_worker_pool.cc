@@ -113,13 +113,22 @@ void AttentionWorkerPool::IssuePolls(absl::Time now) {
   }
 }
 
+void AttentionWorkerPool::ReportFailure(size_t index) {
+  absl::MutexLock lock(&mu_);
+  Worker& w = state_[index];
+  w.failed_at = absl::Now();
+  w.view.ready = false;
+  kicked_ = true;
+}
+
 void AttentionWorkerPool::OnLoad(size_t index, absl::Time issued, const grpc::Status& status,
                                  const moe::v1::WorkerLoad& load) {
   absl::MutexLock lock(&mu_);
   Worker& w = state_[index];
   w.poll_in_flight = false;
   --polls_in_flight_;
-  w.view.ready = status.ok() && load.ready();
+  // A poll issued before a reported failure says nothing about the worker after it.
+  w.view.ready = status.ok() && load.ready() && issued > w.failed_at;
   if (status.ok()) {
     w.view.num_kv_blocks = load.num_kv_blocks();
     w.view.num_free_kv_blocks = load.num_free_kv_blocks();

@@ -56,6 +56,9 @@ class AttentionWorkerPool {
   absl::Status Submit(std::shared_ptr<PendingRequest> request, std::string* reason);
   // Removes a queued request; false if it is not queued (placement may be under way).
   bool Cancel(const PendingRequest* request);
+  // A call to worker `index` broke (the worker died or went away): nothing is placed on it until a
+  // load poll issued after now says it is ready again.
+  void ReportFailure(size_t index);
 
   AttentionClient& worker(size_t index) { return *workers_[index]; }
   size_t num_workers() const { return workers_.size(); }
@@ -72,6 +75,7 @@ class AttentionWorkerPool {
     WorkerView view;
     std::vector<Reservation> reservations;
     bool poll_in_flight = false;
+    absl::Time failed_at = absl::InfinitePast();  // ReportFailure
   };
 
   void Loop();

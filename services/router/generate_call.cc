@@ -24,6 +24,9 @@ moe::v1::FinishReason FromWorker(moe::v1::AttentionFinishReason r) {
   }
 }
 
+// How often one request may move to another attention worker.
+constexpr int kMaxMigrations = 3;
+
 }  // namespace
 
 GenerateCall::GenerateCall(GenerateService* service, grpc::CallbackServerContext* context,
@@ -79,11 +82,11 @@ int64_t GenerateCall::max_tokens() const {
 }
 
 void GenerateCall::Run(const Actions& actions) {
-  if (actions.cancel_worker) worker_call_->Cancel();
-  if (actions.stop_reading) worker_call_->StopReading();
-  if (actions.start_worker) worker_call_->Start();
+  if (actions.cancel_worker) actions.call->Cancel();
+  if (actions.stop_reading) actions.call->StopReading();
+  if (actions.start_worker) actions.call->Start();
   if (actions.write) StartWrite(&write_buffer_);
-  if (actions.read_next) worker_call_->ReadNext();
+  if (actions.read_next) actions.call->ReadNext();
   if (actions.finish.has_value()) Finish(*actions.finish);  // last: OnDone may delete `this`
 }
 
@@ -123,7 +126,44 @@ void GenerateCall::DecideWorkerFailure(grpc::StatusCode code, const std::string&
   }
 }
 
+bool GenerateCall::MaybeMigrate(const grpc::Status& status) {
+  if (status.error_code() != grpc::StatusCode::UNAVAILABLE && status.error_code() != grpc::StatusCode::CANCELLED) {
+    return false;
+  }
+  const int64_t generated = static_cast<int64_t>(generated_.size());
+  if (migrations_ >= kMaxMigrations || absl::Now() >= deadline_ || output_->stopped() ||
+      generated >= prepared_.max_new_tokens) {
+    return false;
+  }
+  const std::string from = service_->worker_pool().worker(worker_index_).address();
+  service_->worker_pool().ReportFailure(worker_index_);
+  moe::v1::AttentionGenerateRequest& w = prepared_.worker_request;
+  w.mutable_prompt()->Truncate(static_cast<int>(prepared_.prompt.size()));
+  w.mutable_prompt()->Add(generated_.begin(), generated_.end());
+  w.set_generated_offset(static_cast<int32_t>(generated));
+  retired_calls_.push_back(std::move(worker_call_));
+  placed_ = false;
+  service_->metrics().running().Decrement();
+  std::string reason;
+  const absl::Status submitted =
+      service_->worker_pool().Submit(std::shared_ptr<PendingRequest>(this, [](PendingRequest*) {}), &reason);
+  if (!submitted.ok()) {
+    LOG(WARNING) << "request " << prepared_.request_id << " (" << prepared_.cluster_id << "): attention worker "
+                 << from << " failed (" << status.error_message() << ") and no other can take it: "
+                 << submitted.message();
+    return false;
+  }
+  queued_ = true;
+  ++migrations_;
+  service_->metrics().Migrated();
+  LOG(WARNING) << "request " << prepared_.request_id << " (" << prepared_.cluster_id << "): attention worker "
+               << from << " failed (" << status.error_message() << "); migrating it with " << generated
+               << " generated tokens (migration " << migrations_ << " of at most " << kMaxMigrations << ")";
+  return true;
+}
+
 void GenerateCall::MaybeFinish(Actions* actions) {
+  actions->call = worker_call_.get();
   if (decided_.has_value() && worker_call_ != nullptr && !worker_done_) actions->stop_reading = true;
   if (finish_called_ || !decided_.has_value() || write_in_flight_ || !worker_done_) return;
   finish_called_ = true;
@@ -158,6 +198,7 @@ bool GenerateCall::OnPlaced(size_t worker) {
       worker_done_ = false;
       worker_call_ = std::make_unique<WorkerCall>(service_->worker_pool().worker(worker).stub(),
                                                   prepared_.worker_request, deadline_, this);
+      actions.call = worker_call_.get();
       actions.start_worker = true;
     }
   }
@@ -216,6 +257,7 @@ void GenerateCall::AddTokens(const moe::v1::AttentionGenerateResponse& message,
   for (const moe::v1::AttentionToken& t : message.tokens()) {
     if (output_->stopped()) break;
     output_->Add(t.token_id(), &delta);
+    generated_.push_back(t.token_id());
     moe::v1::GeneratedToken* g = out->add_tokens();
     g->set_token_id(t.token_id());
     g->set_logprob(t.logprob());
@@ -321,7 +363,9 @@ void GenerateCall::OnWorkerDone(const grpc::Status& status) {
   {
     absl::MutexLock lock(&mu_);
     worker_done_ = true;
-    if (!decided_.has_value()) {
+    if (!decided_.has_value() && !cancelled_ && MaybeMigrate(status)) {
+      // Queued again: OnPlaced starts the next worker call.
+    } else if (!decided_.has_value()) {
       if (cancelled_) {
         DecideCancelled();
       } else if (status.ok()) {

@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -52,6 +53,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<moe::v1::GenerateResp
  private:
   // What a handler does after releasing mu_, in this order.
   struct Actions {
+    // The worker call the flags below apply to, taken under mu_ (a migration replaces worker_call_).
+    WorkerCall* call = nullptr;
     bool cancel_worker = false;
     bool stop_reading = false;
     bool start_worker = false;
@@ -73,6 +76,12 @@ class GenerateCall final : public grpc::ServerWriteReactor<moe::v1::GenerateResp
   // RESOURCE_EXHAUSTED, FAILED_PRECONDITION), which pass through as the worker wrote them.
   void DecideWorkerFailure(grpc::StatusCode code, const std::string& detail)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Request migration: when the attention worker's stream broke (UNAVAILABLE, or CANCELLED that
+  // was not ours: the worker died, restarted or drained), resubmits the request to the pool as
+  // prompt + the tokens generated so far with generated_offset set, so another worker continues
+  // it exactly (the sampler's draws are keyed by the generated-token index). At most
+  // kMaxMigrations times, and not past the deadline. True when resubmitted.
+  bool MaybeMigrate(const grpc::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AddTokens(const moe::v1::AttentionGenerateResponse& message, moe::v1::GenerateResponse* out)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillFinal(moe::v1::FinishReason reason, moe::v1::GenerateResponse* out)
@@ -86,7 +95,12 @@ class GenerateCall final : public grpc::ServerWriteReactor<moe::v1::GenerateResp
 
   absl::Mutex mu_;
   std::unique_ptr<OutputProcessor> output_ ABSL_GUARDED_BY(mu_);
-  std::unique_ptr<WorkerCall> worker_call_;  // set under mu_ once; then used from its callbacks
+  std::unique_ptr<WorkerCall> worker_call_ ABSL_GUARDED_BY(mu_);
+  // Calls of workers the request migrated away from: kept until the call is deleted, since their
+  // last callback may still be returning when the next call starts.
+  std::vector<std::unique_ptr<WorkerCall>> retired_calls_ ABSL_GUARDED_BY(mu_);
+  std::vector<int32_t> generated_ ABSL_GUARDED_BY(mu_);  // every token streamed so far
+  int migrations_ ABSL_GUARDED_BY(mu_) = 0;
   size_t worker_index_ ABSL_GUARDED_BY(mu_) = 0;
   bool queued_ ABSL_GUARDED_BY(mu_) = false;
   bool placed_ ABSL_GUARDED_BY(mu_) = false;

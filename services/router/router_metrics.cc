@@ -75,6 +75,12 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r)
                          "Requests placed on an attention worker and not yet finished.")),
       waiting_(MakeGauge(r, "moe_router_requests_waiting",
                          "Requests admitted and waiting in the router queue for placement.")),
+      migrations_(prometheus::BuildCounter()
+                      .Name("moe_router_migrations_total")
+                      .Help("Requests moved to another attention worker after theirs failed mid-stream "
+                            "(each move counts).")
+                      .Register(r)
+                      .Add({})),
       prompt_tokens_(prometheus::BuildCounter()
                          .Name("moe_router_prompt_tokens_total")
                          .Help("Prompt tokens of admitted requests (after chat template).")

@@ -36,6 +36,8 @@ class RouterMetrics {
   // A call authenticated with the API key named `key_name` (moe_router_api_key_requests_total,
   // exported only by a router with --api_keys_file).
   void ApiKeyUsed(std::string_view key_name);
+  // A request moved to another attention worker after its worker failed.
+  void Migrated() { migrations_.Increment(); }
   void TokensGenerated(int64_t n) { generation_tokens_.Increment(static_cast<double>(n)); }
   void PromptTokens(int64_t n) { prompt_tokens_.Increment(static_cast<double>(n)); }
   // role: attention_worker, expert_worker.
@@ -54,6 +56,7 @@ class RouterMetrics {
   prometheus::Family<prometheus::Counter>& rejections_;
   prometheus::Gauge& running_;
   prometheus::Gauge& waiting_;
+  prometheus::Counter& migrations_;
   prometheus::Counter& prompt_tokens_;
   prometheus::Counter& generation_tokens_;
   prometheus::Histogram& queue_time_;

@@ -123,6 +123,43 @@ TEST_P(EngineDTypeTest, ExpertShardingDoesNotChangeLogits) {
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, EngineDTypeTest, ::testing::Values("bf16", "fp8"));
 
+// A migrated request (prompt + the tokens another worker generated, generated_offset set) continues
+// exactly where the first run was: greedy and seeded sampling, tokens and logprobs.
+TEST(EngineTest, AMigratedRequestContinuesExactlyAsTheUninterruptedOne) {
+  auto engine = MakeEngine("bf16");
+  ASSERT_NE(engine, nullptr);
+  const auto prompt = PseudoRandomPrompt(9, 21);
+  constexpr int kMaxNew = 24, kDone = 10;
+  for (const double temperature : {0.0, 1.5}) {
+    GenerationRequest whole = GreedyRequest("whole", prompt, kMaxNew);
+    whole.sampling.temperature = temperature;
+    whole.sampling.seed = 7;
+    ASSERT_TRUE(engine->AddRequest(whole).ok());
+    const Output expected = RunToCompletion(*engine)["whole"];
+    ASSERT_EQ(expected.tokens.size(), static_cast<size_t>(kMaxNew));
+
+    GenerationRequest migrated = whole;
+    migrated.id = "migrated";
+    migrated.prompt.insert(migrated.prompt.end(), expected.tokens.begin(), expected.tokens.begin() + kDone);
+    migrated.generated_offset = kDone;
+    ASSERT_TRUE(engine->AddRequest(migrated).ok());
+    const Output rest = RunToCompletion(*engine)["migrated"];
+    EXPECT_EQ(rest.finish, FinishReason::kLength);
+    EXPECT_EQ(rest.tokens, std::vector<int32_t>(expected.tokens.begin() + kDone, expected.tokens.end()))
+        << "temperature " << temperature;
+    EXPECT_TRUE(BitEqual(rest.logprobs, std::vector<float>(expected.logprobs.begin() + kDone, expected.logprobs.end())))
+        << "temperature " << temperature;
+  }
+  GenerationRequest bad = GreedyRequest("bad", prompt, 4);
+  bad.generated_offset = 4;  // not below max_new_tokens
+  absl::Status status = engine->AddRequest(bad);
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()), HasSubstr("generated_offset"));
+  bad = GreedyRequest("bad", prompt, 64);
+  bad.generated_offset = static_cast<int64_t>(prompt.size());  // no original prompt token left
+  EXPECT_EQ(engine->AddRequest(bad).code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(EngineTest, ConcurrentRequestsMatchRunningAlone) {
   auto engine = MakeEngine("bf16");
   std::map<std::string, Output> alone;
