@@ -113,6 +113,14 @@ void AttentionWorkerPool::IssuePolls(absl::Time now) {
   }
 }
 
+bool AttentionWorkerPool::AnotherWorkerReady(size_t index) const {
+  absl::MutexLock lock(&mu_);
+  for (size_t i = 0; i < state_.size(); ++i) {
+    if (i != index && state_[i].view.ready) return true;
+  }
+  return false;
+}
+
 void AttentionWorkerPool::ReportFailure(size_t index) {
   absl::MutexLock lock(&mu_);
   Worker& w = state_[index];

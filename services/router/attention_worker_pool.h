@@ -59,6 +59,8 @@ class AttentionWorkerPool {
   // A call to worker `index` broke (the worker died or went away): nothing is placed on it until a
   // load poll issued after now says it is ready again.
   void ReportFailure(size_t index);
+  // Whether a worker other than `index` is ready (where a failed request could go).
+  bool AnotherWorkerReady(size_t index) const;
 
   AttentionClient& worker(size_t index) { return *workers_[index]; }
   size_t num_workers() const { return workers_.size(); }

@@ -135,6 +135,9 @@ bool GenerateCall::MaybeMigrate(const grpc::Status& status) {
       generated >= prepared_.max_new_tokens) {
     return false;
   }
+  // With no other worker the request fails as before (and the worker is not marked down: its own
+  // failure may be about this request only).
+  if (!service_->worker_pool().AnotherWorkerReady(worker_index_)) return false;
   const std::string from = service_->worker_pool().worker(worker_index_).address();
   service_->worker_pool().ReportFailure(worker_index_);
   moe::v1::AttentionGenerateRequest& w = prepared_.worker_request;
