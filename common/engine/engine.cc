@@ -256,8 +256,11 @@ std::vector<TokenEvent> Engine::Step() {
         if (eos >= 0 && eos < vocab) row_logits[eos] = -std::numeric_limits<float>::infinity();
       }
     }
-    const SampleResult sample = Sampler::Sample(row_logits, seq->tokens, seq->request.sampling,
-                                                static_cast<uint64_t>(seq->num_generated));
+    // seq->tokens is prompt + generated: the presence/frequency penalties see only the last
+    // num_generated of them.
+    const SampleResult sample =
+        Sampler::Sample(row_logits, seq->tokens, static_cast<size_t>(seq->num_generated),
+                        seq->request.sampling, static_cast<uint64_t>(seq->num_generated));
     event.token_id = sample.token_id;
     event.logprob = sample.logprob;
     seq->tokens.push_back(sample.token_id);

@@ -42,20 +42,44 @@ float Clean(float x) {
   return std::isnan(x) ? kNegInf : x;
 }
 
-// fp32 scores after the repetition penalty: for each distinct in-range id of `context`,
-// s < 0 ? s * p : s / p (transformers' RepetitionPenaltyLogitsProcessor, in fp32).
+// fp32 scores after the penalties, in vLLM's order (vllm/model_executor/layers/utils.py
+// apply_penalties):
+//   1. repetition: for each distinct in-range id of `context` (prompt and output),
+//      s < 0 ? s * p : s / p (transformers' RepetitionPenaltyLogitsProcessor, in fp32; vLLM's
+//      s > 0 ? s / p : s * p is the same function, as 0 * p = 0 / p = 0);
+//   2. frequency: s = s - f * c, for the ids generated c > 0 times (the last `num_generated` ids
+//      of `context`), the product rounded to fp32 first as torch's float32 * int64 tensor is;
+//   3. presence: s = s - pr for the same ids.
+// Each step is one fp32 operation per token (x86-64's baseline has no FMA to contract 2. into).
 std::vector<float> PenalizedScores(std::span<const float> logits, std::span<const int32_t> context,
-                                   double penalty) {
+                                   size_t num_generated, const SamplingParams& params) {
   std::vector<float> scores(logits.size());
   std::transform(logits.begin(), logits.end(), scores.begin(), Clean);
-  if (penalty == 1.0) return scores;
-  const float p = static_cast<float>(penalty);
-  std::vector<bool> done(scores.size(), false);
-  for (const int32_t id : context) {
-    if (id < 0 || static_cast<size_t>(id) >= scores.size() || done[id]) continue;
-    done[id] = true;
-    const float s = scores[id];
-    scores[id] = s < 0.0f ? s * p : s / p;
+  if (params.repetition_penalty != 1.0) {
+    const float p = static_cast<float>(params.repetition_penalty);
+    std::vector<bool> done(scores.size(), false);
+    for (const int32_t id : context) {
+      if (id < 0 || static_cast<size_t>(id) >= scores.size() || done[id]) continue;
+      done[id] = true;
+      const float s = scores[id];
+      scores[id] = s < 0.0f ? s * p : s / p;
+    }
+  }
+  if ((params.frequency_penalty != 0.0 || params.presence_penalty != 0.0) && num_generated > 0) {
+    const std::span<const int32_t> output = context.last(std::min(num_generated, context.size()));
+    const float f = static_cast<float>(params.frequency_penalty);
+    const float pr = static_cast<float>(params.presence_penalty);
+    std::vector<int32_t> counts(scores.size(), 0);
+    for (const int32_t id : output) {
+      if (id >= 0 && static_cast<size_t>(id) < scores.size()) ++counts[id];
+    }
+    for (const int32_t id : output) {
+      if (id < 0 || static_cast<size_t>(id) >= scores.size() || counts[id] == 0) continue;
+      const float penalty = f * static_cast<float>(counts[id]);
+      scores[id] = scores[id] - penalty;
+      scores[id] = scores[id] - pr;
+      counts[id] = 0;  // each distinct id once
+    }
   }
   return scores;
 }
@@ -151,7 +175,7 @@ std::vector<int32_t> TopP(const std::vector<float>& scores, const std::vector<in
   return kept;
 }
 
-// The warped scores (penalty, then temperature) and the ids the warpers keep, ascending. Tokens
+// The warped scores (penalties, then temperature) and the ids the warpers keep, ascending. Tokens
 // outside `kept` are the ones transformers sets to -inf; keeping the survivors as a list means
 // top-p and min-p only touch the (usually tiny) top-k set instead of the 151936-entry row.
 struct Processed {
@@ -159,10 +183,10 @@ struct Processed {
   std::vector<int32_t> kept;
 };
 
-Processed Process(std::span<const float> logits, std::span<const int32_t> context,
+Processed Process(std::span<const float> logits, std::span<const int32_t> context, size_t num_generated,
                   const SamplingParams& params) {
   Processed out;
-  out.scores = PenalizedScores(logits, context, params.repetition_penalty);
+  out.scores = PenalizedScores(logits, context, num_generated, params);
   std::vector<float>& scores = out.scores;
   const int64_t vocab = static_cast<int64_t>(scores.size());
   if (params.greedy() || vocab == 0) {
@@ -261,29 +285,29 @@ double Sampler::RandomUniform(uint64_t seed, uint64_t step) {
 }
 
 std::vector<float> Sampler::ProcessLogits(std::span<const float> logits, std::span<const int32_t> context,
-                                          const SamplingParams& params) {
-  const Processed processed = Process(logits, context, params);
+                                          size_t num_generated, const SamplingParams& params) {
+  const Processed processed = Process(logits, context, num_generated, params);
   std::vector<float> out(logits.size(), kNegInf);
   for (const int32_t id : processed.kept) out[id] = processed.scores[id];
   return out;
 }
 
 std::vector<float> Sampler::Probabilities(std::span<const float> logits, std::span<const int32_t> context,
-                                          const SamplingParams& params) {
+                                          size_t num_generated, const SamplingParams& params) {
   std::vector<float> out(logits.size(), 0.0f);
   if (logits.empty()) return out;
   if (params.greedy()) {
-    out[ArgMax(PenalizedScores(logits, context, params.repetition_penalty))] = 1.0f;
+    out[ArgMax(PenalizedScores(logits, context, num_generated, params))] = 1.0f;
     return out;
   }
-  const Processed processed = Process(logits, context, params);
+  const Processed processed = Process(logits, context, num_generated, params);
   const std::vector<float> probs = SoftmaxOver(processed.scores, processed.kept);
   for (size_t i = 0; i < processed.kept.size(); ++i) out[processed.kept[i]] = probs[i];
   return out;
 }
 
 SampleResult Sampler::Sample(std::span<const float> logits, std::span<const int32_t> context,
-                             const SamplingParams& params, uint64_t step) {
+                             size_t num_generated, const SamplingParams& params, uint64_t step) {
   SampleResult result;
   if (logits.empty()) {
     result.token_id = -1;
@@ -291,9 +315,9 @@ SampleResult Sampler::Sample(std::span<const float> logits, std::span<const int3
     return result;
   }
   if (params.greedy()) {
-    result.token_id = ArgMax(PenalizedScores(logits, context, params.repetition_penalty));
+    result.token_id = ArgMax(PenalizedScores(logits, context, num_generated, params));
   } else {
-    const Processed processed = Process(logits, context, params);
+    const Processed processed = Process(logits, context, num_generated, params);
     // `kept` is ascending by id, which is the inverse-CDF order documented above.
     const std::vector<float> probs = SoftmaxOver(processed.scores, processed.kept);
     double total = 0.0;
@@ -310,7 +334,7 @@ SampleResult Sampler::Sample(std::span<const float> logits, std::span<const int3
     // No positive probability survives only if every warped score is -inf (an all -inf/NaN row,
     // or temperature overflow); fall back to the greedy choice so the result is a valid id.
     result.token_id =
-        chosen >= 0 ? chosen : ArgMax(PenalizedScores(logits, context, params.repetition_penalty));
+        chosen >= 0 ? chosen : ArgMax(PenalizedScores(logits, context, num_generated, params));
   }
   result.logprob = RawLogSoftmax(logits).At(result.token_id);
   return result;

@@ -5,6 +5,7 @@
 #ifndef MOE_COMMON_ENGINE_SAMPLER_H_
 #define MOE_COMMON_ENGINE_SAMPLER_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -26,32 +27,37 @@ struct TokenLogprob {
 
 // All functions are stateless and thread-safe. `logits` is [vocab] fp32 (the bf16 lm_head output
 // upcast). NaN logits are treated as -inf (never chosen) so a bad row cannot crash or poison the
-// draw. Context ids outside [0, vocab) are ignored by the repetition penalty.
+// draw. Context ids outside [0, vocab) are ignored by the penalties.
+//
+// `context` is the prompt followed by the ids generated so far, of which the last
+// `num_generated` are the generated output (clamped to context.size()). The repetition penalty
+// looks at all of `context`; the presence and frequency penalties (vLLM semantics) only at the
+// output.
 class Sampler {
  public:
-  // Samples from `logits`. `context` is prompt + generated ids (for the repetition penalty).
-  // `step` is the index of the token being generated (0 for the first) and keys the random draw.
-  // Pure function of its arguments. Greedy (temperature 0): argmax of the penalized scores, first
-  // index on ties. Degenerate rows: empty logits give token_id -1; a row with every score -inf
-  // after the processors gives the lowest id among the best penalized scores (token 0 if all are
-  // -inf). logprob is -inf (never NaN) when the raw row has no finite maximum at token_id.
+  // Samples from `logits`. `step` is the index of the token being generated (0 for the first)
+  // and keys the random draw. Pure function of its arguments. Greedy (temperature 0): argmax of
+  // the penalized scores, first index on ties. Degenerate rows: empty logits give token_id -1; a
+  // row with every score -inf after the processors gives the lowest id among the best penalized
+  // scores (token 0 if all are -inf). logprob is -inf (never NaN) when the raw row has no finite
+  // maximum at token_id.
   static SampleResult Sample(std::span<const float> logits, std::span<const int32_t> context,
-                             const request::SamplingParams& params, uint64_t step);
+                             size_t num_generated, const request::SamplingParams& params, uint64_t step);
 
   // transformers' `logits_processor(input_ids, scores)` output: [vocab] fp32 scores after the
-  // repetition penalty and, when sampling, temperature, top-k, top-p and min-p; filtered tokens are
-  // -inf. For greedy params only the repetition penalty is applied (transformers adds the warpers
-  // only when do_sample). Sample() draws from the softmax of exactly these scores. One documented
+  // penalties (repetition, then vLLM's frequency and presence) and, when sampling, temperature,
+  // top-k, top-p and min-p; filtered tokens are -inf. For greedy params only the penalties are
+  // applied (transformers adds the warpers only when do_sample). Sample() draws from the softmax of exactly these scores. One documented
   // divergence: top-p sorts stably (equal scores in ascending id order, so at an exact tie on the
   // boundary the lower id is removed first); transformers uses torch's unstable sort, whose order
   // of equal scores is implementation-defined.
   static std::vector<float> ProcessLogits(std::span<const float> logits, std::span<const int32_t> context,
-                                          const request::SamplingParams& params);
+                                          size_t num_generated, const request::SamplingParams& params);
 
   // softmax(ProcessLogits(...)): the [vocab] fp32 distribution Sample() draws from when sampling
   // (0 for filtered tokens). For greedy params, 1 at the greedy token and 0 elsewhere.
   static std::vector<float> Probabilities(std::span<const float> logits, std::span<const int32_t> context,
-                                          const request::SamplingParams& params);
+                                          size_t num_generated, const request::SamplingParams& params);
 
   // The uniform double in [0, 1) that keys the draw of (seed, step); the exact formula is
   // documented in sampler.cc and is part of the reproducibility contract (version-stable).

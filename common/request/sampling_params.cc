@@ -24,6 +24,8 @@ absl::StatusOr<SamplingParams> ResolveSamplingParams(const SamplingOverrides& ov
   p.top_p = overrides.top_p.value_or(defaults.top_p);
   p.min_p = overrides.min_p.value_or(defaults.min_p.value_or(0.0));
   p.repetition_penalty = overrides.repetition_penalty.value_or(defaults.repetition_penalty);
+  p.presence_penalty = overrides.presence_penalty.value_or(0.0);
+  p.frequency_penalty = overrides.frequency_penalty.value_or(0.0);
   p.seed = overrides.seed.value_or(0);
   if (absl::Status s = ValidateSamplingParams(p); !s.ok()) return s;
   return p;
@@ -45,6 +47,13 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!std::isfinite(p.repetition_penalty) || p.repetition_penalty <= 0.0) {
     return Invalid(
         absl::StrCat("repetition_penalty must be a finite number > 0, got ", p.repetition_penalty));
+  }
+  // The negated comparison also rejects NaN; infinities are outside the range.
+  if (!(p.presence_penalty >= -2.0 && p.presence_penalty <= 2.0)) {
+    return Invalid(absl::StrCat("presence_penalty must be in [-2, 2], got ", p.presence_penalty));
+  }
+  if (!(p.frequency_penalty >= -2.0 && p.frequency_penalty <= 2.0)) {
+    return Invalid(absl::StrCat("frequency_penalty must be in [-2, 2], got ", p.frequency_penalty));
   }
   return absl::OkStatus();
 }

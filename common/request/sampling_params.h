@@ -20,6 +20,10 @@ struct SamplingParams {
   double top_p = 1.0;               // (0, 1]
   double min_p = 0.0;               // [0, 1]; 0 disabled
   double repetition_penalty = 1.0;  // > 0
+  // vLLM/OpenAI semantics, over the generated tokens only: the logit of a token generated c > 0
+  // times so far drops by frequency_penalty * c + presence_penalty. [-2, 2]; 0 disables.
+  double presence_penalty = 0.0;
+  double frequency_penalty = 0.0;
   uint64_t seed = 0;
   bool greedy() const { return temperature == 0.0; }
 };
@@ -32,11 +36,15 @@ struct SamplingOverrides {
   std::optional<double> top_p;
   std::optional<double> min_p;
   std::optional<double> repetition_penalty;
+  // Not in generation_config: unset means 0.
+  std::optional<double> presence_penalty;
+  std::optional<double> frequency_penalty;
   std::optional<uint64_t> seed;
 };
 
 // INVALID_ARGUMENT naming the field for: temperature < 0, NaN or infinite, top_p outside (0, 1],
-// top_k < -1, min_p outside [0, 1], repetition_penalty <= 0, NaN or infinite. The checks apply to
+// top_k < -1, min_p outside [0, 1], repetition_penalty <= 0, NaN or infinite, presence_penalty or
+// frequency_penalty outside [-2, 2] (NaN included). The checks apply to
 // the resolved values, so an invalid generation_config default is reported the same way. An unset
 // seed resolves to 0 (callers wanting fresh randomness per request pass their own).
 absl::StatusOr<SamplingParams> ResolveSamplingParams(const SamplingOverrides& overrides,

@@ -36,6 +36,8 @@ absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::Attentio
     out.sampling.top_k = s.top_k();
     out.sampling.min_p = s.min_p();
     out.sampling.repetition_penalty = s.repetition_penalty();
+    out.sampling.presence_penalty = s.presence_penalty();
+    out.sampling.frequency_penalty = s.frequency_penalty();
     out.sampling.seed = s.seed();
   } else {
     out.sampling.temperature = 0.0;  // greedy; the router always sends resolved values

@@ -58,7 +58,7 @@ GenerateCall::GenerateCall(GenerateService* service, grpc::CallbackServerContext
       prompt_tokens_ = static_cast<int32_t>(prepared_.prompt.size());
       output_ = std::make_unique<OutputProcessor>(*service_->model().tokenizer, prepared_.skip_special_tokens,
                                                   service_->model().think, prepared_.start_in_reasoning,
-                                                  prepared_.stop);
+                                                  prepared_.stop, prepared_.parse_tool_calls);
       std::string reason;
       // No gRPC callback delivers until mu_ is released, so queued_ is set before OnCancel runs.
       absl::Status admitted = service_->worker_pool().Submit(
@@ -286,6 +286,12 @@ void GenerateCall::AddTokens(const moe::v1::AttentionGenerateResponse& message,
   if (message.finished() && !output_->stopped()) output_->Finish(&delta);
   out->set_text(std::move(delta.text));
   out->set_reasoning_text(std::move(delta.reasoning_text));
+  for (GeneratedToolCall& call : delta.tool_calls) {
+    moe::v1::ToolCall* c = out->add_tool_calls();
+    c->set_id(std::move(call.id));
+    c->set_name(std::move(call.name));
+    c->set_arguments(std::move(call.arguments));
+  }
   if (delta.matched_stop.has_value()) out->set_matched_stop(prepared_.stop[*delta.matched_stop]);
 }
 
@@ -325,14 +331,15 @@ void GenerateCall::OnWorkerMessage(const moe::v1::AttentionGenerateResponse& mes
         out.clear_tokens();  // the partial text of a failed request is not sent
         out.clear_text();
         out.clear_reasoning_text();
+        out.clear_tool_calls();
       } else {
         FillFinal(reason, &out);
         Decide(grpc::Status::OK, reason == moe::v1::FINISH_REASON_STOP ? "stop" : "length");
         final_written_ = true;
       }
     }
-    const bool has_content =
-        out.tokens_size() > 0 || out.finished() || !out.text().empty() || !out.reasoning_text().empty();
+    const bool has_content = out.tokens_size() > 0 || out.finished() || !out.text().empty() ||
+                             !out.reasoning_text().empty() || out.tool_calls_size() > 0;
     if (has_content) {
       write_in_flight_ = true;
       actions.write = true;

@@ -21,29 +21,53 @@ bool ThinkTokens::PromptOpensThinking(const std::vector<int32_t>& prompt) const 
 
 OutputProcessor::OutputProcessor(const tokenizer::Tokenizer& tokenizer, bool skip_special_tokens,
                                  ThinkTokens think, bool start_in_reasoning,
-                                 const std::vector<std::string>& stops)
+                                 const std::vector<std::string>& stops, bool parse_tool_calls)
     : detokenizer_(tokenizer, skip_special_tokens),
       think_(think),
       in_reasoning_(start_in_reasoning && think.begin.has_value()),
       answer_stops_(stops),
-      reasoning_stops_(stops) {}
+      reasoning_stops_(stops) {
+  if (parse_tool_calls) tool_calls_.emplace();
+}
+
+void OutputProcessor::AppendAnswer(std::string_view text, OutputDelta* delta) {
+  if (tool_calls_.has_value()) {
+    tool_calls_->Push(text, &delta->text, &delta->tool_calls);
+  } else {
+    delta->text.append(text);
+  }
+}
+
+void OutputProcessor::FinishToolCalls(OutputDelta* delta) {
+  if (tool_calls_.has_value()) tool_calls_->Finish(&delta->text);
+}
 
 void OutputProcessor::Emit(const std::string& piece, OutputDelta* delta) {
   if (piece.empty() || stopped_) return;
   StopStringMatcher& matcher = in_reasoning_ ? reasoning_stops_ : answer_stops_;
   StopStringMatcher::Result r = matcher.Push(piece);
-  (in_reasoning_ ? delta->reasoning_text : delta->text).append(r.text);
+  if (in_reasoning_) {
+    delta->reasoning_text.append(r.text);
+  } else {
+    AppendAnswer(r.text, delta);
+  }
   if (r.matched.has_value()) {
     stopped_ = true;
     delta->matched_stop = r.matched;
+    // Nothing follows a stop string: a tool call it cut off is content.
+    if (!in_reasoning_) FinishToolCalls(delta);
   }
 }
 
 void OutputProcessor::FlushChannel(OutputDelta* delta) {
   Emit(detokenizer_.Flush(), delta);
   if (stopped_) return;
-  StopStringMatcher& matcher = in_reasoning_ ? reasoning_stops_ : answer_stops_;
-  (in_reasoning_ ? delta->reasoning_text : delta->text).append(matcher.Flush());
+  if (in_reasoning_) {
+    delta->reasoning_text.append(reasoning_stops_.Flush());
+  } else {
+    AppendAnswer(answer_stops_.Flush(), delta);
+    FinishToolCalls(delta);
+  }
 }
 
 bool OutputProcessor::Add(int32_t id, OutputDelta* delta) {

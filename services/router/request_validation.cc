@@ -7,6 +7,8 @@
 #include "common/request/sampling_params.h"
 #include "common/status/status_macros.h"
 #include "common/tokenizer/utf8.h"
+#include "nlohmann/json.hpp"
+#include "services/router/tool_call_parser.h"
 
 namespace moe::router {
 namespace {
@@ -33,6 +35,18 @@ absl::Status CheckIds(const std::string& field, const google::protobuf::Repeated
     }
   }
   return absl::OkStatus();
+}
+
+// JSON text that must be one object (a tool schema, tool-call arguments), parsed keeping key order
+// (the chat template prints it back).
+absl::StatusOr<nlohmann::ordered_json> ParseJsonObject(const std::string& text, const std::string& field) {
+  if (!JsonNestingWithin(text, kMaxToolJsonDepth)) {
+    return Invalid(field, absl::StrCat("nests deeper than ", kMaxToolJsonDepth, " levels"));
+  }
+  nlohmann::ordered_json value = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) return Invalid(field, "is not valid JSON");
+  if (!value.is_object()) return Invalid(field, "is not a JSON object");
+  return value;
 }
 
 // The sampler's messages start with the field name; prefix the request path.
@@ -72,13 +86,47 @@ absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model, cons
       total_bytes += m.reasoning_content().size();
       out.reasoning_content = m.reasoning_content();
     }
+    // Informational (the template pairs tool results with calls by position), but bounded.
+    RETURN_IF_ERROR(CheckText(path + ".tool_call_id", m.tool_call_id(), limits));
+    total_bytes += m.tool_call_id().size();
+    if (m.tool_calls_size() > 0 && m.role() != "assistant") {
+      return Invalid(path + ".tool_calls", absl::StrCat("only assistant messages make tool calls (role is '",
+                                                        m.role(), "')"));
+    }
+    if (static_cast<size_t>(m.tool_calls_size()) > limits.max_tool_calls_per_message) {
+      return Invalid(path + ".tool_calls", absl::StrCat("has ", m.tool_calls_size(), " calls; at most ",
+                                                        limits.max_tool_calls_per_message));
+    }
+    for (int j = 0; j < m.tool_calls_size(); ++j) {
+      const moe::v1::ToolCall& call = m.tool_calls(j);
+      const std::string call_path = absl::StrCat(path, ".tool_calls[", j, "]");
+      RETURN_IF_ERROR(CheckText(call_path + ".id", call.id(), limits));
+      RETURN_IF_ERROR(CheckText(call_path + ".name", call.name(), limits));
+      if (call.name().empty()) return Invalid(call_path + ".name", "is empty");
+      RETURN_IF_ERROR(CheckText(call_path + ".arguments", call.arguments(), limits));
+      total_bytes += call.id().size() + call.name().size() + call.arguments().size();
+      ASSIGN_OR_RETURN(nlohmann::ordered_json arguments,
+                       ParseJsonObject(call.arguments(), call_path + ".arguments"));
+      out.tool_calls.push_back({.name = call.name(), .arguments = std::move(arguments)});
+    }
     messages.push_back(std::move(out));
   }
-  if (total_bytes > limits.max_input_bytes) {
-    return Invalid(field + ".messages", absl::StrCat("content totals ", total_bytes,
-                                                     " bytes, over the limit of ", limits.max_input_bytes));
-  }
   tokenizer::ChatTemplateOptions options;
+  if (static_cast<size_t>(chat.tools_size()) > limits.max_tools) {
+    return Invalid(field + ".tools",
+                   absl::StrCat("has ", chat.tools_size(), " tools; at most ", limits.max_tools));
+  }
+  for (int i = 0; i < chat.tools_size(); ++i) {
+    const std::string path = absl::StrCat(field, ".tools[", i, "]");
+    RETURN_IF_ERROR(CheckText(path, chat.tools(i), limits));
+    total_bytes += chat.tools(i).size();
+    ASSIGN_OR_RETURN(nlohmann::ordered_json tool, ParseJsonObject(chat.tools(i), path));
+    options.tools.push_back(std::move(tool));
+  }
+  if (total_bytes > limits.max_input_bytes) {
+    return Invalid(field, absl::StrCat("messages and tools total ", total_bytes,
+                                       " bytes, over the limit of ", limits.max_input_bytes));
+  }
   options.add_generation_prompt = chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
   if (chat.has_enable_thinking()) options.enable_thinking = chat.enable_thinking();
   absl::StatusOr<std::string> rendered = tokenizer::RenderChat(model.chat_flavor, messages, options);
@@ -144,6 +192,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
   if (s.has_top_k()) overrides.top_k = s.top_k();
   if (s.has_min_p()) overrides.min_p = s.min_p();
   if (s.has_repetition_penalty()) overrides.repetition_penalty = s.repetition_penalty();
+  if (s.has_presence_penalty()) overrides.presence_penalty = s.presence_penalty();
+  if (s.has_frequency_penalty()) overrides.frequency_penalty = s.frequency_penalty();
   if (s.has_seed()) overrides.seed = s.seed();
   absl::StatusOr<moe::request::SamplingParams> params =
       moe::request::ResolveSamplingParams(overrides, model.generation);
@@ -194,6 +244,7 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
   out.logprobs = request.logprobs();
   out.skip_special_tokens = request.has_skip_special_tokens() ? request.skip_special_tokens() : true;
   out.start_in_reasoning = model.think.PromptOpensThinking(out.prompt);
+  out.parse_tool_calls = request.input_case() == moe::v1::GenerateRequest::kChat && request.chat().tools_size() > 0;
 
   moe::v1::AttentionGenerateRequest& w = out.worker_request;
   // Workers see the router's own id, never the client's (a label only the client sees).
@@ -205,6 +256,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
   ws->set_top_k(static_cast<int32_t>(params->top_k));
   ws->set_min_p(static_cast<float>(params->min_p));
   ws->set_repetition_penalty(static_cast<float>(params->repetition_penalty));
+  ws->set_presence_penalty(static_cast<float>(params->presence_penalty));
+  ws->set_frequency_penalty(static_cast<float>(params->frequency_penalty));
   ws->set_seed(params->seed);
   w.set_max_new_tokens(out.max_new_tokens);
   w.set_min_new_tokens(min_new);

@@ -24,6 +24,10 @@ struct RequestLimits {
   size_t max_stop_strings = 16;
   size_t max_stop_bytes = 256;
   size_t max_stop_token_ids = 64;
+  // chat.tools entries (OpenAI's limit), and tool calls per chat message. Their bytes count
+  // towards max_input_bytes with the messages'.
+  size_t max_tools = 128;
+  size_t max_tool_calls_per_message = 128;
   int32_t max_logprobs = 20;
   int32_t default_max_new_tokens = 256;
 };
@@ -44,11 +48,16 @@ struct PreparedRequest {
   bool skip_special_tokens = true;
   // The prompt leaves the model inside <think>: output starts as reasoning.
   bool start_in_reasoning = false;
+  // The chat input offered tools: <tool_call> blocks in the answer become tool calls.
+  bool parse_tool_calls = false;
   int32_t max_new_tokens = 0;
   int32_t logprobs = 0;
 };
 
 // Token ids of a chat input with the model's template (field paths under `field`, e.g. "chat").
+// Tools must be JSON objects and tool-call arguments JSON text of an object (INVALID_ARGUMENT
+// naming e.g. chat.tools[2] or chat.messages[1].tool_calls[0].arguments); both keep their key
+// order, since the template prints them.
 absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model, const moe::v1::ChatInput& chat,
                                                   const RequestLimits& limits, const std::string& field);
 // Token ids of text (no special tokens added); INVALID_ARGUMENT naming `field` for bad UTF-8 or

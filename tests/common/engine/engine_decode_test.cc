@@ -5,6 +5,7 @@
 // token is written to or the number of cached positions attended) or in the decode position given
 // to RoPE changes every later logit. Prompt lengths put the decode steps across KV block
 // boundaries (block size 16).
+#include <algorithm>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -110,7 +111,7 @@ TEST_P(EngineDecodeTest, BatchedDecodeStepsMatchThePrefillOfEachExtendedSequence
       ASSERT_TRUE(prefill.ok()) << prefill.status();
       request::SamplingParams greedy;
       greedy.temperature = 0.0;
-      const SampleResult expected = Sampler::Sample(*prefill, sequence, greedy, 0);
+      const SampleResult expected = Sampler::Sample(*prefill, sequence, 0, greedy, 0);
       EXPECT_EQ(event.token_id, expected.token_id) << where;
       EXPECT_EQ(std::memcmp(&event.logprob, &expected.logprob, sizeof(float)), 0)
           << where << ": " << event.logprob << " vs " << expected.logprob;
@@ -129,6 +130,41 @@ TEST_P(EngineDecodeTest, BatchedDecodeStepsMatchThePrefillOfEachExtendedSequence
   }
   EXPECT_EQ(decode_events, static_cast<int>(lengths.size()) * kDecodeSteps);
   EXPECT_EQ(engine->num_free_blocks(), engine->num_blocks());
+}
+
+// Presence and frequency penalties reach the sampler with the engine's split of the sequence:
+// each greedy token is the argmax of the prefill logits of the extended sequence after the
+// penalties over the tokens generated so far (not the prompt). Strong penalties make the choice
+// differ from the plain argmax at some step (a tiny random model repeats itself otherwise).
+TEST_P(EngineDecodeTest, PresenceAndFrequencyPenaltiesSeeOnlyTheGeneratedTokens) {
+  auto engine = MakeEngine(GetParam());
+  ASSERT_NE(engine, nullptr);
+  constexpr int kSteps = 12;
+  std::vector<int32_t> sequence = PseudoRandomPrompt(9, 77);
+  const size_t prompt_len = sequence.size();
+  GenerationRequest request = Greedy("p", sequence, kSteps);
+  request.sampling.presence_penalty = 1.5;
+  request.sampling.frequency_penalty = 2.0;
+  const request::SamplingParams params = request.sampling;
+  ASSERT_TRUE(engine->AddRequest(std::move(request)).ok());
+  int differs_from_argmax = 0;
+  while (engine->HasWork()) {
+    for (const TokenEvent& event : engine->Step()) {
+      ASSERT_NE(event.finish_reason, FinishReason::kError) << event.error;
+      ASSERT_GE(event.token_id, 0);
+      const size_t generated = sequence.size() - prompt_len;
+      auto prefill = engine->PromptLogits(sequence);
+      ASSERT_TRUE(prefill.ok()) << prefill.status();
+      const SampleResult expected = Sampler::Sample(*prefill, sequence, generated, params, generated);
+      EXPECT_EQ(event.token_id, expected.token_id) << "token " << generated;
+      const auto argmax =
+          static_cast<int32_t>(std::max_element(prefill->begin(), prefill->end()) - prefill->begin());
+      differs_from_argmax += event.token_id != argmax;
+      sequence.push_back(event.token_id);
+    }
+  }
+  EXPECT_EQ(sequence.size(), prompt_len + kSteps);
+  EXPECT_GT(differs_from_argmax, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, EngineDecodeTest, ::testing::Values("bf16", "fp8"));

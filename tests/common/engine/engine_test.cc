@@ -360,6 +360,11 @@ TEST(EngineTest, RejectsBadRequestsNamingTheField) {
       {[](auto& p) { p.top_k = -2; }, "sampling: top_k"},
       {[](auto& p) { p.min_p = 1.5; }, "sampling: min_p"},
       {[](auto& p) { p.repetition_penalty = 0; }, "sampling: repetition_penalty"},
+      {[](auto& p) { p.presence_penalty = 2.5; }, "sampling: presence_penalty"},
+      {[](auto& p) { p.presence_penalty = std::nan(""); }, "sampling: presence_penalty"},
+      {[](auto& p) { p.frequency_penalty = -3; }, "sampling: frequency_penalty"},
+      {[](auto& p) { p.frequency_penalty = std::numeric_limits<double>::infinity(); },
+       "sampling: frequency_penalty"},
   };
   for (const auto& [spoil, field] : bad_sampling) {
     GenerationRequest r = GreedyRequest("s", {1}, 1);

@@ -103,6 +103,14 @@ TEST(ResolveSamplingParamsTest, RejectsEveryInvalidFieldNamingIt) {
   add("repetition_penalty", [&](SamplingOverrides& o) { o.repetition_penalty = -1.0; });
   add("repetition_penalty", [&](SamplingOverrides& o) { o.repetition_penalty = nan; });
   add("repetition_penalty", [&](SamplingOverrides& o) { o.repetition_penalty = inf; });
+  add("presence_penalty", [&](SamplingOverrides& o) { o.presence_penalty = 2.01; });
+  add("presence_penalty", [&](SamplingOverrides& o) { o.presence_penalty = -2.5; });
+  add("presence_penalty", [&](SamplingOverrides& o) { o.presence_penalty = nan; });
+  add("presence_penalty", [&](SamplingOverrides& o) { o.presence_penalty = -inf; });
+  add("frequency_penalty", [&](SamplingOverrides& o) { o.frequency_penalty = -2.01; });
+  add("frequency_penalty", [&](SamplingOverrides& o) { o.frequency_penalty = 3.0; });
+  add("frequency_penalty", [&](SamplingOverrides& o) { o.frequency_penalty = nan; });
+  add("frequency_penalty", [&](SamplingOverrides& o) { o.frequency_penalty = inf; });
   for (const BadParamCase& c : cases) {
     absl::StatusOr<SamplingParams> p = ResolveSamplingParams(c.overrides, {});
     EXPECT_EQ(p.status().code(), absl::StatusCode::kInvalidArgument) << c.field;
@@ -125,7 +133,26 @@ TEST(ResolveSamplingParamsTest, AcceptsBoundaryValues) {
   o.top_p = 1.0;
   o.min_p = 1.0;
   o.repetition_penalty = 1e-3;
+  o.presence_penalty = -2.0;
+  o.frequency_penalty = 2.0;
   EXPECT_TRUE(ResolveSamplingParams(o, {}).ok());
+  o.presence_penalty = 2.0;
+  o.frequency_penalty = -2.0;
+  EXPECT_TRUE(ResolveSamplingParams(o, {}).ok());
+}
+
+TEST(ResolveSamplingParamsTest, PresenceAndFrequencyPenaltiesDefaultToZeroAndPassThrough) {
+  absl::StatusOr<SamplingParams> p = ResolveSamplingParams({}, {});
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->presence_penalty, 0.0);
+  EXPECT_EQ(p->frequency_penalty, 0.0);
+  SamplingOverrides o;
+  o.presence_penalty = 0.5;
+  o.frequency_penalty = -1.25;
+  p = ResolveSamplingParams(o, {});
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->presence_penalty, 0.5);
+  EXPECT_EQ(p->frequency_penalty, -1.25);
 }
 
 }  // namespace

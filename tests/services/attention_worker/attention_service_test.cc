@@ -10,7 +10,7 @@ namespace {
 TEST(ToGenerationRequestTest, CopiesEveryField) {
   // A field added to the proto must be set and checked here too.
   ASSERT_EQ(v1::AttentionGenerateRequest::descriptor()->field_count(), 8);
-  ASSERT_EQ(v1::AttentionSampling::descriptor()->field_count(), 6);
+  ASSERT_EQ(v1::AttentionSampling::descriptor()->field_count(), 8);
   v1::AttentionGenerateRequest request;
   request.set_request_id("a");
   request.add_prompt(5);
@@ -21,6 +21,8 @@ TEST(ToGenerationRequestTest, CopiesEveryField) {
   request.mutable_sampling()->set_min_p(0.125f);
   request.mutable_sampling()->set_repetition_penalty(1.5f);
   request.mutable_sampling()->set_seed(99);
+  request.mutable_sampling()->set_presence_penalty(-0.75f);
+  request.mutable_sampling()->set_frequency_penalty(1.25f);
   request.set_max_new_tokens(12);
   request.set_min_new_tokens(2);
   request.add_stop_token_ids(3);
@@ -36,6 +38,8 @@ TEST(ToGenerationRequestTest, CopiesEveryField) {
   EXPECT_EQ(out->sampling.min_p, 0.125);
   EXPECT_EQ(out->sampling.repetition_penalty, 1.5);
   EXPECT_EQ(out->sampling.seed, 99u);
+  EXPECT_EQ(out->sampling.presence_penalty, -0.75);
+  EXPECT_EQ(out->sampling.frequency_penalty, 1.25);
   EXPECT_EQ(out->max_new_tokens, 12);
   EXPECT_EQ(out->min_new_tokens, 2);
   EXPECT_EQ(out->stop_token_ids, (std::vector<int32_t>{3}));

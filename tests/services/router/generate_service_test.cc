@@ -2,6 +2,7 @@
 // AttentionWorker on 127.0.0.1 port 0 that emits scripted tokens).
 #include "services/router/generate_service.h"
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -47,7 +48,8 @@ class FakeWorker final : public moe::v1::AttentionWorker::CallbackService {
   class Stream : public grpc::ServerWriteReactor<moe::v1::AttentionGenerateResponse> {
    public:
     Stream(FakeWorker* w, const moe::v1::AttentionGenerateRequest& r) : w_(w) {
-      mode_ = r.prompt(0);
+      // Chat prompts (they start with <|im_start|>) run the script like kNormal.
+      mode_ = r.prompt(0) >= kNormal && r.prompt(0) <= kOpen ? r.prompt(0) : kNormal;
       if (mode_ == kFail) {
         Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "expert worker lost"));
         return;
@@ -269,6 +271,52 @@ TEST_F(GenerateServiceTest, BadRequestIsInvalidArgumentNamingField) {
   Result r = Generate(req);
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_EQ(r.status.error_message().rfind("logprobs", 0), 0u) << r.status.error_message();
+}
+
+// A chat request that offers tools, answered with the real Qwen3 token ids of a Hermes-style tool
+// call: the client gets the call in tool_calls (once, with the message of </tool_call>) and only
+// the content as text. The same tokens without tools come back as text.
+TEST_F(GenerateServiceTest, ToolCallTokensBecomeToolCallsWhenTheRequestHasTools) {
+  const std::string answer =
+      "Let me look.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\", "
+      "\"unit\": \"c\"}}\n</tool_call><|im_end|>";
+  worker_.script = *model_->tokenizer->Encode(answer);
+  auto count = [&](int32_t id) { return std::count(worker_.script.begin(), worker_.script.end(), id); };
+  ASSERT_EQ(count(151657), 1);  // <tool_call>
+  ASSERT_EQ(count(151658), 1);  // </tool_call>
+  moe::v1::GenerateRequest req;
+  auto* m = req.mutable_chat()->add_messages();
+  m->set_role("user");
+  m->set_content("Weather in Paris?");
+  req.mutable_chat()->set_enable_thinking(false);
+  req.mutable_chat()->add_tools(
+      R"({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}})");
+  req.mutable_sampling()->set_max_new_tokens(64);
+  Result r = Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  EXPECT_EQ(r.text, "Let me look.\n");
+  std::vector<moe::v1::ToolCall> calls;
+  for (const moe::v1::GenerateResponse& msg : r.messages) {
+    EXPECT_EQ(msg.text().find("tool_call"), std::string::npos) << msg.text();
+    for (const moe::v1::ToolCall& c : msg.tool_calls()) {
+      calls.push_back(c);
+      // Sent with the token that closed it.
+      ASSERT_GT(msg.tokens_size(), 0);
+      EXPECT_EQ(msg.tokens(msg.tokens_size() - 1).token_id(), 151658);
+    }
+  }
+  ASSERT_EQ(calls.size(), 1u);
+  EXPECT_EQ(calls[0].name(), "get_weather");
+  EXPECT_EQ(calls[0].arguments(), R"({"city":"Paris","unit":"c"})");
+  EXPECT_EQ(calls[0].id().size(), 29u);
+  EXPECT_EQ(calls[0].id().rfind("call_", 0), 0u);
+  EXPECT_EQ(r.messages.back().finish_reason(), moe::v1::FINISH_REASON_STOP);
+
+  req.mutable_chat()->clear_tools();
+  Result plain = Generate(req);
+  ASSERT_TRUE(plain.status.ok()) << plain.status.error_message();
+  EXPECT_EQ(plain.text, model_->tokenizer->Decode(worker_.script, /*skip_special_tokens=*/true));
+  for (const moe::v1::GenerateResponse& msg : plain.messages) EXPECT_EQ(msg.tool_calls_size(), 0);
 }
 
 TEST_F(GenerateServiceTest, ModelInfoAndTokenize) {

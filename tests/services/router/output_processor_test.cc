@@ -79,5 +79,77 @@ TEST(OutputProcessorTest, MultiByteCharactersAreNeverSplit) {
   EXPECT_EQ(all + tail.text, "猫🐱");
 }
 
+// The Qwen3 tokenizer's <tool_call> / </tool_call> are added tokens that are not special: they
+// are single ids and survive skip_special_tokens as text (unlike <|im_end|>).
+TEST(OutputProcessorTest, ToolCallTagsAreNonSpecialQwen3Tokens) {
+  const tokenizer::Tokenizer& tok = *Model().tokenizer;
+  EXPECT_EQ(tok.TokenToId("<tool_call>"), 151657);
+  EXPECT_EQ(tok.TokenToId("</tool_call>"), 151658);
+  EXPECT_EQ(Ids("<tool_call>"), (std::vector<int32_t>{151657}));
+  EXPECT_EQ(Ids("</tool_call>"), (std::vector<int32_t>{151658}));
+  const std::vector<int32_t> ids = {151657, 151658, 151645};  // <tool_call></tool_call><|im_end|>
+  EXPECT_EQ(tok.Decode(ids, /*skip_special_tokens=*/true), "<tool_call></tool_call>");
+}
+
+const char kToolAnswer[] =
+    "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n"
+    "</tool_call><|im_end|>";
+
+TEST(OutputProcessorTest, ToolCallsAreParsedOutOfTheAnswerWhenAsked) {
+  const std::vector<int32_t> ids = Ids(kToolAnswer);
+  OutputProcessor p(*Model().tokenizer, true, Model().think, false, {}, /*parse_tool_calls=*/true);
+  OutputDelta all;
+  size_t closing_token = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    OutputDelta d;
+    p.Add(ids[i], &d);
+    all.text += d.text;
+    if (!d.tool_calls.empty()) closing_token = i;
+    for (GeneratedToolCall& c : d.tool_calls) all.tool_calls.push_back(std::move(c));
+  }
+  p.Finish(&all);
+  EXPECT_EQ(all.text, "Checking.\n");
+  ASSERT_EQ(all.tool_calls.size(), 1u);
+  EXPECT_EQ(all.tool_calls[0].name, "get_weather");
+  EXPECT_EQ(all.tool_calls[0].arguments, R"({"city":"Paris"})");
+  EXPECT_EQ(ids[closing_token], 151658);  // reported with its </tool_call>
+
+  // Without tools the same tokens are plain text.
+  OutputProcessor plain(*Model().tokenizer, true, Model().think, false, {});
+  OutputDelta d = RunAll(plain, ids);
+  EXPECT_TRUE(d.tool_calls.empty());
+  EXPECT_EQ(d.text, Model().tokenizer->Decode(ids, true));
+}
+
+TEST(OutputProcessorTest, ToolCallsInReasoningAreNotParsed) {
+  OutputProcessor p(*Model().tokenizer, true, Model().think, false, {}, true);
+  OutputDelta d = RunAll(p, Ids("<think>maybe <tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>"
+                                "</think>ok"));
+  EXPECT_TRUE(d.tool_calls.empty());
+  EXPECT_EQ(d.reasoning_text, "maybe <tool_call>{\"name\": \"f\", \"arguments\": {}}</tool_call>");
+  EXPECT_EQ(d.text, "ok");
+}
+
+TEST(OutputProcessorTest, StopStringsApplyBeforeToolCallParsing) {
+  // A stop string in the content stops as usual.
+  {
+    OutputProcessor p(*Model().tokenizer, true, Model().think, false, {"Check"}, true);
+    OutputDelta d = RunAll(p, Ids(kToolAnswer));
+    EXPECT_TRUE(p.stopped());
+    EXPECT_EQ(d.text, "");
+    EXPECT_TRUE(d.tool_calls.empty());
+  }
+  // One inside the call cuts it off: the unfinished block is returned as content.
+  {
+    OutputProcessor p(*Model().tokenizer, true, Model().think, false, {"Paris"}, true);
+    OutputDelta d = RunAll(p, Ids(kToolAnswer));
+    EXPECT_TRUE(p.stopped());
+    EXPECT_EQ(d.matched_stop, 0u);
+    EXPECT_TRUE(d.tool_calls.empty());
+    EXPECT_EQ(d.text,
+              "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"");
+  }
+}
+
 }  // namespace
 }  // namespace moe::router

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -27,6 +28,33 @@ moe::v1::GenerateRequest Good() {
   moe::v1::GenerateRequest r;
   r.set_text("Hello world");
   return r;
+}
+
+const char kWeatherTool[] =
+    R"({"type": "function", "function": {"name": "get_weather", "description": "Weather now", )"
+    R"("parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}})";
+
+// A chat with one user message and two tools: kWeatherTool and `tool`.
+void ChatWithTool(moe::v1::GenerateRequest* r, const std::string& tool) {
+  auto* m = r->mutable_chat()->add_messages();
+  m->set_role("user");
+  m->set_content("Weather in Paris?");
+  r->mutable_chat()->add_tools(kWeatherTool);
+  r->mutable_chat()->add_tools(tool);
+}
+
+// A user message, then a `role` message with one tool call.
+void ChatWithToolCall(moe::v1::GenerateRequest* r, const std::string& role, const std::string& name,
+                      const std::string& arguments) {
+  auto* m = r->mutable_chat()->add_messages();
+  m->set_role("user");
+  m->set_content("Weather in Paris?");
+  m = r->mutable_chat()->add_messages();
+  m->set_role(role);
+  auto* call = m->add_tool_calls();
+  call->set_id("call_1");
+  call->set_name(name);
+  call->set_arguments(arguments);
 }
 
 struct BadCase {
@@ -103,6 +131,42 @@ TEST(RequestValidationTest, EachBadRequestIsInvalidArgumentNamingTheField) {
          m->set_content("hi");
        },
        "chat.messages[0].role"},
+      {"presence_penalty over 2", [](auto* r) { r->mutable_sampling()->set_presence_penalty(2.5f); },
+       "sampling.presence_penalty"},
+      {"NaN presence_penalty", [](auto* r) { r->mutable_sampling()->set_presence_penalty(std::nanf("")); },
+       "sampling.presence_penalty"},
+      {"frequency_penalty below -2", [](auto* r) { r->mutable_sampling()->set_frequency_penalty(-2.5f); },
+       "sampling.frequency_penalty"},
+      {"infinite frequency_penalty",
+       [](auto* r) { r->mutable_sampling()->set_frequency_penalty(std::numeric_limits<float>::infinity()); },
+       "sampling.frequency_penalty"},
+      {"tool not JSON", [](auto* r) { ChatWithTool(r, "{\"type\": \"function\""); }, "chat.tools[1]: is not valid JSON"},
+      {"tool not an object", [](auto* r) { ChatWithTool(r, "[1, 2]"); }, "chat.tools[1]: is not a JSON object"},
+      {"tool nested too deep",
+       [](auto* r) { ChatWithTool(r, "{\"a\": " + std::string(100, '[') + std::string(100, ']') + "}"); },
+       "chat.tools[1]: nests deeper"},
+      {"too many tools",
+       [](auto* r) {
+         ChatWithTool(r, "{}");
+         for (int i = 0; i < 200; ++i) r->mutable_chat()->add_tools("{}");
+       },
+       "chat.tools: has 202 tools"},
+      {"tool call arguments not JSON",
+       [](auto* r) { ChatWithToolCall(r, "assistant", "get_weather", "{\"city\": "); },
+       "chat.messages[1].tool_calls[0].arguments: is not valid JSON"},
+      {"tool call arguments not an object",
+       [](auto* r) { ChatWithToolCall(r, "assistant", "get_weather", "\"Paris\""); },
+       "chat.messages[1].tool_calls[0].arguments: is not a JSON object"},
+      {"tool call without a name", [](auto* r) { ChatWithToolCall(r, "assistant", "", "{}"); },
+       "chat.messages[1].tool_calls[0].name: is empty"},
+      {"tool call on a user message", [](auto* r) { ChatWithToolCall(r, "user", "f", "{}"); },
+       "chat.messages[1].tool_calls"},
+      {"tools over the size limit",
+       [](auto* r) {
+         ChatWithTool(r, "{\"d\": \"" + std::string(700 << 10, 'x') + "\"}");
+         r->mutable_chat()->add_tools("{\"d\": \"" + std::string(700 << 10, 'y') + "\"}");
+       },
+       "chat: messages and tools total"},
   };
   for (const BadCase& c : cases) {
     moe::v1::GenerateRequest r = Good();
@@ -159,6 +223,62 @@ TEST(RequestValidationTest, ChatUsesTemplateAndNamedModelIsAccepted) {
   const std::string text = Model().tokenizer->Decode(p->prompt);
   EXPECT_EQ(text, "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n");
   EXPECT_FALSE(p->start_in_reasoning);
+}
+
+TEST(RequestValidationTest, PresenceAndFrequencyPenaltiesReachTheWorkerRequest) {
+  moe::v1::GenerateRequest r = Good();
+  absl::StatusOr<PreparedRequest> p = PrepareRequest(r, Model(), RequestLimits{}, "id");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->worker_request.sampling().presence_penalty(), 0.0f);
+  EXPECT_EQ(p->worker_request.sampling().frequency_penalty(), 0.0f);
+  r.mutable_sampling()->set_presence_penalty(-2.0f);
+  r.mutable_sampling()->set_frequency_penalty(1.5f);
+  p = PrepareRequest(r, Model(), RequestLimits{}, "id");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_EQ(p->worker_request.sampling().presence_penalty(), -2.0f);
+  EXPECT_EQ(p->worker_request.sampling().frequency_penalty(), 1.5f);
+}
+
+// Tools and tool calls go through the chat template (whose rendering tests/common/tokenizer checks
+// byte for byte) with their keys in the client's order, and tools turn on tool-call parsing.
+TEST(RequestValidationTest, ChatToolsAndToolCallsAreRenderedInOrder) {
+  moe::v1::GenerateRequest r;
+  ChatWithTool(&r, R"({"type": "function", "function": {"name": "zeta", "parameters": {"z": 1, "a": 2}}})");
+  auto* m = r.mutable_chat()->add_messages();
+  m->set_role("assistant");
+  auto* call = m->add_tool_calls();
+  call->set_id("call_1");
+  call->set_name("get_weather");
+  call->set_arguments(R"({"unit":"c","city":"Paris"})");
+  m = r.mutable_chat()->add_messages();
+  m->set_role("tool");
+  m->set_tool_call_id("call_1");
+  m->set_content("18 C");
+  absl::StatusOr<PreparedRequest> p = PrepareRequest(r, Model(), RequestLimits{}, "id");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_TRUE(p->parse_tool_calls);
+  const std::string text = Model().tokenizer->Decode(p->prompt);
+  EXPECT_NE(text.find("<tools>\n" + std::string(kWeatherTool) +
+                      "\n{\"type\": \"function\", \"function\": {\"name\": \"zeta\", "
+                      "\"parameters\": {\"z\": 1, \"a\": 2}}}\n</tools>"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"unit\": \"c\", "
+                      "\"city\": \"Paris\"}}\n</tool_call>"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("<tool_response>\n18 C\n</tool_response>"), std::string::npos) << text;
+
+  // The Tokenize path shares TokenizeChat.
+  absl::StatusOr<std::vector<int32_t>> ids = TokenizeChat(Model(), r.chat(), RequestLimits{}, "chat");
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(*ids, p->prompt);
+
+  // No tools: no parsing, even with tool calls in the history.
+  r.mutable_chat()->clear_tools();
+  p = PrepareRequest(r, Model(), RequestLimits{}, "id");
+  ASSERT_TRUE(p.ok()) << p.status();
+  EXPECT_FALSE(p->parse_tool_calls);
 }
 
 }  // namespace

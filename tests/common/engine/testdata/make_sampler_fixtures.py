@@ -4,6 +4,10 @@
 The processors below are transformers' code (src/transformers/generation/logits_process.py,
 docs/numerics.md#sampling) reduced to one row; the list order is _get_logits_processor's
 (utils.py): RepetitionPenalty, then only when sampling Temperature -> TopK -> TopP -> MinP.
+The penalty_* cases add vLLM's presence and frequency penalties (vllm/model_executor/layers/utils.py
+apply_penalties: repetition over prompt and output, then frequency * output count, then presence
+* (count > 0)), which transformers does not have; their "context" is the prompt followed by the
+last "num_generated" ids, the generated output.
 The C++ test (sampler_test.cc) compares Sampler::ProcessLogits / Probabilities to these outputs, so
 CI needs no torch. Regenerate with:  /usr/bin/python3 make_sampler_fixtures.py  (torch 1.13).
 With --check it regenerates in memory and exits 1 if the committed file differs, 77 (skip) without
@@ -63,10 +67,36 @@ def min_p(scores, mp, min_tokens_to_keep=1):
     return scores.masked_fill(indices_to_remove, FILTER)
 
 
-def process(logits, context, params, stable=False):
+def bin_counts(ids, vocab):
+    counts = torch.zeros((1, vocab), dtype=torch.long)
+    if ids:
+        counts.scatter_add_(1, torch.tensor([ids], dtype=torch.long),
+                            torch.ones((1, len(ids)), dtype=torch.long))
+    return counts
+
+
+def vllm_penalties(scores, prompt, output, rp, pp, fp):
+    """vLLM's apply_penalties for one row: fp32 logits, int64 counts, fp32 penalty tensors."""
+    vocab = scores.size(-1)
+    prompt_mask = bin_counts(prompt, vocab) > 0
+    output_counts = bin_counts(output, vocab)
+    output_mask = output_counts > 0
+    rep = torch.full((1, vocab), rp, dtype=torch.float32)
+    rep[~(prompt_mask | output_mask)] = 1.0
+    scores = torch.where(scores > 0, scores / rep, scores * rep)
+    scores -= torch.tensor([fp], dtype=torch.float32).unsqueeze(dim=1) * output_counts
+    scores -= torch.tensor([pp], dtype=torch.float32).unsqueeze(dim=1) * output_mask
+    return scores
+
+
+def process(logits, context, params, stable=False, num_generated=0):
     scores = logits.clone()[None, :]
     input_ids = torch.tensor([context], dtype=torch.long)
-    if params["repetition_penalty"] != 1.0:
+    if "presence_penalty" in params:
+        split = len(context) - num_generated
+        scores = vllm_penalties(scores, context[:split], context[split:], params["repetition_penalty"],
+                                params["presence_penalty"], params["frequency_penalty"])
+    elif params["repetition_penalty"] != 1.0:
         scores = repetition_penalty(input_ids, scores, params["repetition_penalty"])
     if params["temperature"] == 0.0:  # greedy: transformers adds no warpers without do_sample
         return scores[0]
@@ -107,8 +137,11 @@ def encode_probs(probs):
     return [float(f"{q:.8g}") for q in probs.tolist()]
 
 
-def params(t=1.0, k=0, p=1.0, mp=0.0, rp=1.0):
-    return {"temperature": t, "top_k": k, "top_p": p, "min_p": mp, "repetition_penalty": rp}
+def params(t=1.0, k=0, p=1.0, mp=0.0, rp=1.0, pp=None, fp=None):
+    out = {"temperature": t, "top_k": k, "top_p": p, "min_p": mp, "repetition_penalty": rp}
+    if pp is not None or fp is not None:
+        out.update({"presence_penalty": pp or 0.0, "frequency_penalty": fp or 0.0})
+    return out
 
 
 def main():
@@ -150,6 +183,37 @@ def main():
                 case["stable_probs"] = encode_probs(torch.softmax(stable_scores, dim=-1))
             case["scores"] = encode_scores(scores)
             cases.append(case)
+    # vLLM's presence/frequency penalties. A generator of their own keeps the cases above as they
+    # were. Outputs repeat ids from a small range, so counts reach 3 and more.
+    gen = torch.Generator().manual_seed(4321)
+    penalty_sets = [
+        ("penalty_presence", params(pp=0.7)),
+        ("penalty_frequency", params(fp=0.45)),
+        ("penalty_negative", params(pp=-1.3, fp=-0.6)),
+        ("penalty_all_with_repetition", params(rp=1.25, pp=0.5, fp=1.1)),
+        ("penalty_with_warpers", params(t=1.5, k=30, p=0.95, mp=0.01, rp=1.05, pp=1.5, fp=0.3)),
+        ("penalty_greedy", params(t=0.0, pp=2.0, fp=2.0)),
+    ]
+    for vocab, scale in [(64, 3.0), (512, 4.0)]:
+        for name, prm in penalty_sets:
+            logits = (torch.randn(vocab, generator=gen) * scale).to(torch.float32)
+            logits[:12] += scale  # the output's ids lead, so the penalties change the winners
+            prompt = torch.randint(0, vocab, (vocab // 8,), generator=gen).tolist()
+            output = torch.randint(0, 12, (24,), generator=gen).tolist()
+            context = prompt + output
+            scores = process(logits, context, prm, num_generated=len(output))
+            assert torch.equal(scores, process(logits, context, prm, stable=True,
+                                               num_generated=len(output)))
+            cases.append({
+                "name": f"{name}_v{vocab}",
+                "params": prm,
+                "logits": logits.tolist(),
+                "context": context,
+                "num_generated": len(output),
+                "probs": encode_probs(torch.softmax(scores, dim=-1)),
+                "greedy_token": int(torch.argmax(scores)),
+                "scores": encode_scores(scores),
+            })
     streams = [{"seed": s, "step": t, "u": random_uniform(s, t)}
                for s in (0, 1, 42, 2**64 - 1) for t in (0, 1, 1000, 2**63)]
     out = {"generator": "make_sampler_fixtures.py", "torch": torch.__version__, "cases": cases,
