@@ -333,8 +333,7 @@ SampleResult Sampler::Sample(std::span<const float> logits, std::span<const int3
     }
     // No positive probability survives only if every warped score is -inf (an all -inf/NaN row,
     // or temperature overflow); fall back to the greedy choice so the result is a valid id.
-    result.token_id =
-        chosen >= 0 ? chosen : ArgMax(PenalizedScores(logits, context, num_generated, params));
+    result.token_id = chosen >= 0 ? chosen : ArgMax(PenalizedScores(logits, context, num_generated, params));
   }
   result.logprob = RawLogSoftmax(logits).At(result.token_id);
   return result;

@@ -47,10 +47,10 @@ class Sampler {
   // transformers' `logits_processor(input_ids, scores)` output: [vocab] fp32 scores after the
   // penalties (repetition, then vLLM's frequency and presence) and, when sampling, temperature,
   // top-k, top-p and min-p; filtered tokens are -inf. For greedy params only the penalties are
-  // applied (transformers adds the warpers only when do_sample). Sample() draws from the softmax of exactly these scores. One documented
-  // divergence: top-p sorts stably (equal scores in ascending id order, so at an exact tie on the
-  // boundary the lower id is removed first); transformers uses torch's unstable sort, whose order
-  // of equal scores is implementation-defined.
+  // applied (transformers adds the warpers only when do_sample). Sample() draws from the softmax of exactly
+  // these scores. One documented divergence: top-p sorts stably (equal scores in ascending id order, so at an
+  // exact tie on the boundary the lower id is removed first); transformers uses torch's unstable sort, whose
+  // order of equal scores is implementation-defined.
   static std::vector<float> ProcessLogits(std::span<const float> logits, std::span<const int32_t> context,
                                           size_t num_generated, const request::SamplingParams& params);
 

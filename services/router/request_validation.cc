@@ -90,8 +90,8 @@ absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model, cons
     RETURN_IF_ERROR(CheckText(path + ".tool_call_id", m.tool_call_id(), limits));
     total_bytes += m.tool_call_id().size();
     if (m.tool_calls_size() > 0 && m.role() != "assistant") {
-      return Invalid(path + ".tool_calls", absl::StrCat("only assistant messages make tool calls (role is '",
-                                                        m.role(), "')"));
+      return Invalid(path + ".tool_calls",
+                     absl::StrCat("only assistant messages make tool calls (role is '", m.role(), "')"));
     }
     if (static_cast<size_t>(m.tool_calls_size()) > limits.max_tool_calls_per_message) {
       return Invalid(path + ".tool_calls", absl::StrCat("has ", m.tool_calls_size(), " calls; at most ",
@@ -124,8 +124,8 @@ absl::StatusOr<std::vector<int32_t>> TokenizeChat(const ServedModel& model, cons
     options.tools.push_back(std::move(tool));
   }
   if (total_bytes > limits.max_input_bytes) {
-    return Invalid(field, absl::StrCat("messages and tools total ", total_bytes,
-                                       " bytes, over the limit of ", limits.max_input_bytes));
+    return Invalid(field, absl::StrCat("messages and tools total ", total_bytes, " bytes, over the limit of ",
+                                       limits.max_input_bytes));
   }
   options.add_generation_prompt = chat.has_add_generation_prompt() ? chat.add_generation_prompt() : true;
   if (chat.has_enable_thinking()) options.enable_thinking = chat.enable_thinking();
@@ -244,7 +244,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& r
   out.logprobs = request.logprobs();
   out.skip_special_tokens = request.has_skip_special_tokens() ? request.skip_special_tokens() : true;
   out.start_in_reasoning = model.think.PromptOpensThinking(out.prompt);
-  out.parse_tool_calls = request.input_case() == moe::v1::GenerateRequest::kChat && request.chat().tools_size() > 0;
+  out.parse_tool_calls =
+      request.input_case() == moe::v1::GenerateRequest::kChat && request.chat().tools_size() > 0;
 
   moe::v1::AttentionGenerateRequest& w = out.worker_request;
   // Workers see the router's own id, never the client's (a label only the client sees).

@@ -23,7 +23,7 @@ inline constexpr std::string_view kToolCallClose = "</tool_call>";
 inline constexpr int kMaxToolJsonDepth = 64;
 
 struct GeneratedToolCall {
-  std::string id;         // "call_" + 24 random alphanumerics
+  std::string id;  // "call_" + 24 random alphanumerics
   std::string name;
   std::string arguments;  // a JSON object, compact
 };

@@ -41,6 +41,8 @@ TEST(GenerationFlagsTest, UnsetSamplingFlagsStayUnset) {
   EXPECT_FALSE(flags.sampling.top_p);
   EXPECT_FALSE(flags.sampling.min_p);
   EXPECT_FALSE(flags.sampling.repetition_penalty);
+  EXPECT_FALSE(flags.sampling.presence_penalty);
+  EXPECT_FALSE(flags.sampling.frequency_penalty);
   EXPECT_FALSE(flags.sampling.seed);
 }
 
@@ -64,6 +66,10 @@ const std::vector<std::string> kEveryFlag = {"--prompt",
                                              "0.125",
                                              "--repetition-penalty",
                                              "1.25",
+                                             "--presence-penalty",
+                                             "-0.5",
+                                             "--frequency-penalty",
+                                             "0.75",
                                              "--seed",
                                              "42",
                                              "--ignore-eos",
@@ -77,6 +83,8 @@ TEST(GenerationFlagsTest, EveryFlagReachesTheEngineRequest) {
   EXPECT_EQ(*flags.sampling.top_k, 20);
   EXPECT_EQ(*flags.sampling.min_p, 0.125);
   EXPECT_EQ(*flags.sampling.repetition_penalty, 1.25);
+  EXPECT_EQ(*flags.sampling.presence_penalty, -0.5);
+  EXPECT_EQ(*flags.sampling.frequency_penalty, 0.75);
   EXPECT_EQ(*flags.sampling.seed, 42u);
   request::SamplingParams resolved;
   resolved.temperature = 0.5f;
@@ -113,6 +121,8 @@ TEST(GenerationFlagsTest, EveryFlagReachesTheRouterRequest) {
   EXPECT_EQ(s.top_k(), 20);
   EXPECT_EQ(s.min_p(), 0.125f);
   EXPECT_EQ(s.repetition_penalty(), 1.25f);
+  EXPECT_EQ(s.presence_penalty(), -0.5f);
+  EXPECT_EQ(s.frequency_penalty(), 0.75f);
   EXPECT_EQ(s.seed(), 42u);
   EXPECT_EQ(s.max_new_tokens(), 7);
   EXPECT_EQ(s.min_new_tokens(), 2);

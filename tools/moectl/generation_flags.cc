@@ -25,6 +25,10 @@ void GenerationFlags::Register(CLI::App* cmd) {
   cmd->add_option("--top-k", sampling.top_k, "Keep the K most likely tokens; 0 or -1 disables");
   cmd->add_option("--min-p", sampling.min_p, "Drop tokens below min_p x the top probability");
   cmd->add_option("--repetition-penalty", sampling.repetition_penalty, "Repetition penalty (> 0)");
+  cmd->add_option("--presence-penalty", sampling.presence_penalty,
+                  "Subtracted once from tokens already generated, in [-2, 2]");
+  cmd->add_option("--frequency-penalty", sampling.frequency_penalty,
+                  "Subtracted per time a token was generated, in [-2, 2]");
   cmd->add_option("--seed", sampling.seed, "Random seed");
   cmd->add_flag("--ignore-eos", ignore_eos, "Keep generating past end-of-sequence tokens");
   cmd->add_option("--logprobs", logprobs, "Top-N logprobs per token (--json)")->check(CLI::Range(0, 20));

@@ -81,6 +81,8 @@ moe::v1::GenerateRequest ToGenerateRequest(const GenerationFlags& flags) {
   if (o.top_k) s->set_top_k(static_cast<int32_t>(*o.top_k));
   if (o.min_p) s->set_min_p(static_cast<float>(*o.min_p));
   if (o.repetition_penalty) s->set_repetition_penalty(static_cast<float>(*o.repetition_penalty));
+  if (o.presence_penalty) s->set_presence_penalty(static_cast<float>(*o.presence_penalty));
+  if (o.frequency_penalty) s->set_frequency_penalty(static_cast<float>(*o.frequency_penalty));
   if (o.seed) s->set_seed(*o.seed);
   s->set_max_new_tokens(static_cast<int32_t>(flags.max_tokens));
   s->set_min_new_tokens(static_cast<int32_t>(flags.min_tokens));

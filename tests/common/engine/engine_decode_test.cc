@@ -133,21 +133,27 @@ TEST_P(EngineDecodeTest, BatchedDecodeStepsMatchThePrefillOfEachExtendedSequence
 }
 
 // Presence and frequency penalties reach the sampler with the engine's split of the sequence:
-// each greedy token is the argmax of the prefill logits of the extended sequence after the
-// penalties over the tokens generated so far (not the prompt). Strong penalties make the choice
-// differ from the plain argmax at some step (a tiny random model repeats itself otherwise).
+// each token is Sampler::Sample of the prefill logits of the extended sequence with the tokens
+// generated so far (not the prompt) as the output. The tiny random model's top logit leads by 15
+// or more, beyond what penalties in [-2, 2] can move, so greedy output cannot show them; a hot
+// temperature spreads the mass over the vocabulary, where rewarding the earlier tokens shifts the
+// inverse-CDF draw. The test checks that the draws tell the right split from both wrong ones
+// (penalties ignored, or the prompt counted as output).
 TEST_P(EngineDecodeTest, PresenceAndFrequencyPenaltiesSeeOnlyTheGeneratedTokens) {
   auto engine = MakeEngine(GetParam());
   ASSERT_NE(engine, nullptr);
-  constexpr int kSteps = 12;
-  std::vector<int32_t> sequence = PseudoRandomPrompt(9, 77);
+  constexpr int kSteps = 16;
+  std::vector<int32_t> sequence = PseudoRandomPrompt(40, 77);
   const size_t prompt_len = sequence.size();
   GenerationRequest request = Greedy("p", sequence, kSteps);
-  request.sampling.presence_penalty = 1.5;
-  request.sampling.frequency_penalty = 2.0;
+  request.sampling.temperature = 4.0;
+  request.sampling.seed = 5;
+  request.sampling.presence_penalty = -2.0;
+  request.sampling.frequency_penalty = -2.0;
   const request::SamplingParams params = request.sampling;
   ASSERT_TRUE(engine->AddRequest(std::move(request)).ok());
-  int differs_from_argmax = 0;
+  int differs_without = 0;     // from the draw with no generated tokens
+  int differs_all_output = 0;  // from the draw that counts the prompt as output too
   while (engine->HasWork()) {
     for (const TokenEvent& event : engine->Step()) {
       ASSERT_NE(event.finish_reason, FinishReason::kError) << event.error;
@@ -155,16 +161,17 @@ TEST_P(EngineDecodeTest, PresenceAndFrequencyPenaltiesSeeOnlyTheGeneratedTokens)
       const size_t generated = sequence.size() - prompt_len;
       auto prefill = engine->PromptLogits(sequence);
       ASSERT_TRUE(prefill.ok()) << prefill.status();
-      const SampleResult expected = Sampler::Sample(*prefill, sequence, generated, params, generated);
-      EXPECT_EQ(event.token_id, expected.token_id) << "token " << generated;
-      const auto argmax =
-          static_cast<int32_t>(std::max_element(prefill->begin(), prefill->end()) - prefill->begin());
-      differs_from_argmax += event.token_id != argmax;
+      const int32_t expected = Sampler::Sample(*prefill, sequence, generated, params, generated).token_id;
+      EXPECT_EQ(event.token_id, expected) << "token " << generated;
+      differs_without += expected != Sampler::Sample(*prefill, sequence, 0, params, generated).token_id;
+      differs_all_output +=
+          expected != Sampler::Sample(*prefill, sequence, sequence.size(), params, generated).token_id;
       sequence.push_back(event.token_id);
     }
   }
   EXPECT_EQ(sequence.size(), prompt_len + kSteps);
-  EXPECT_GT(differs_from_argmax, 0);
+  EXPECT_GT(differs_without, 0);
+  EXPECT_GT(differs_all_output, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, EngineDecodeTest, ::testing::Values("bf16", "fp8"));

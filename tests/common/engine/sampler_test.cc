@@ -72,14 +72,16 @@ TEST(SamplerProcessTest, RepetitionPenaltyDividesPositiveAndMultipliesNegativeOn
   p.repetition_penalty = 2.0;
   // Ids repeat (1 twice) and fall outside [0, 6) (6, -1): each in-range id is penalized once.
   const std::vector<int32_t> context = {0, 1, 1, 4, 6, -1};
-  EXPECT_THAT(Sampler::ProcessLogits(logits, context, 0, p), ElementsAre(0.5f, -4.0f, 3.0f, 0.5f, -2.0f, 2.0f));
+  EXPECT_THAT(Sampler::ProcessLogits(logits, context, 0, p),
+              ElementsAre(0.5f, -4.0f, 3.0f, 0.5f, -2.0f, 2.0f));
 }
 
 TEST(SamplerProcessTest, RepetitionPenaltyBelowOneBoostsSeenTokens) {
   const std::vector<float> logits = {1.0f, -2.0f, 3.0f};
   SamplingParams p = Plain();
   p.repetition_penalty = 0.5;
-  EXPECT_THAT(Sampler::ProcessLogits(logits, std::vector<int32_t>{0, 1}, 0, p), ElementsAre(2.0f, -1.0f, 3.0f));
+  EXPECT_THAT(Sampler::ProcessLogits(logits, std::vector<int32_t>{0, 1}, 0, p),
+              ElementsAre(2.0f, -1.0f, 3.0f));
 }
 
 // vLLM's presence and frequency penalties see only the generated output (the last num_generated

@@ -80,6 +80,8 @@ absl::StatusOr<engine::GenerationRequest> ToEngineRequest(const v1::GenerateRequ
   if (s.has_top_k()) out.sampling.top_k = s.top_k();
   if (s.has_min_p()) out.sampling.min_p = s.min_p();
   if (s.has_repetition_penalty()) out.sampling.repetition_penalty = s.repetition_penalty();
+  if (s.has_presence_penalty()) out.sampling.presence_penalty = s.presence_penalty();
+  if (s.has_frequency_penalty()) out.sampling.frequency_penalty = s.frequency_penalty();
   if (s.has_seed()) out.sampling.seed = s.seed();
   if (s.has_max_new_tokens()) out.max_new_tokens = s.max_new_tokens();
   if (s.has_min_new_tokens()) out.min_new_tokens = s.min_new_tokens();

@@ -146,8 +146,7 @@ TEST(OutputProcessorTest, StopStringsApplyBeforeToolCallParsing) {
     EXPECT_TRUE(p.stopped());
     EXPECT_EQ(d.matched_stop, 0u);
     EXPECT_TRUE(d.tool_calls.empty());
-    EXPECT_EQ(d.text,
-              "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"");
+    EXPECT_EQ(d.text, "Checking.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"");
   }
 }
 

@@ -76,9 +76,10 @@ TEST(ToolCallParserTest, OneCallWholeAndAtEverySplit) {
 }
 
 TEST(ToolCallParserTest, ContentBeforeAndSeveralCalls) {
-  const std::string text = "Let me check both.\n\n" + kWeatherCall +
-                           "\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": "
-                           "\"Europe/Paris\", \"nested\": {\"b\": [1, 2.5, null], \"a\": true}}}\n</tool_call>";
+  const std::string text =
+      "Let me check both.\n\n" + kWeatherCall +
+      "\n<tool_call>\n{\"name\": \"get_time\", \"arguments\": {\"zone\": "
+      "\"Europe/Paris\", \"nested\": {\"b\": [1, 2.5, null], \"a\": true}}}\n</tool_call>";
   const Parsed p = RunEverySplit(text);
   // The whitespace between and after calls is not content.
   EXPECT_EQ(p.content, "Let me check both.\n\n");
@@ -91,7 +92,7 @@ TEST(ToolCallParserTest, ContentBeforeAndSeveralCalls) {
 
 TEST(ToolCallParserTest, EachCallIsReportedByThePushThatClosesIt) {
   const Parsed p = RunPieces({"Hi <tool_", "call>\n{\"name\": \"f\", \"arguments\": {}}\n</tool", "_call>",
-                        "\n<tool_call>{\"name\": \"g\", \"arguments\": {\"x\": 1}}</tool_call>"});
+                              "\n<tool_call>{\"name\": \"g\", \"arguments\": {\"x\": 1}}</tool_call>"});
   EXPECT_EQ(p.content, "Hi ");
   ASSERT_EQ(p.calls.size(), 2u);
   EXPECT_EQ(p.call_piece, (std::vector<size_t>{2, 3}));
@@ -120,17 +121,17 @@ TEST(ToolCallParserTest, TextAfterACallIsContentWithItsLeadingWhitespace) {
 
 TEST(ToolCallParserTest, MalformedBlocksPassThroughAsContent) {
   const std::vector<std::string> bodies = {
-      "\n{\"name\": \"f\", \"arguments\": {\"a\": 1}\n",       // unbalanced
-      "\nnot json\n",                                          //
-      "\n[\"f\", {}]\n",                                       // not an object
-      "\n{\"arguments\": {}}\n",                               // no name
-      "\n{\"name\": 7, \"arguments\": {}}\n",                  // name not a string
-      "\n{\"name\": \"\", \"arguments\": {}}\n",               // empty name
-      "\n{\"name\": \"f\"}\n",                                 // no arguments
-      "\n{\"name\": \"f\", \"arguments\": [1]}\n",             // arguments not an object
-      "\n{\"name\": \"f\", \"arguments\": \"{bad\"}\n",        // string arguments, not JSON
-      "\n{\"name\": \"f\", \"arguments\": \"[1, 2]\"}\n",      // string arguments, not an object
-      "\n{\"name\": \"f\", \"arguments\": {}} trailing\n",     // trailing text
+      "\n{\"name\": \"f\", \"arguments\": {\"a\": 1}\n",            // unbalanced
+      "\nnot json\n",                                               //
+      "\n[\"f\", {}]\n",                                            // not an object
+      "\n{\"arguments\": {}}\n",                                    // no name
+      "\n{\"name\": 7, \"arguments\": {}}\n",                       // name not a string
+      "\n{\"name\": \"\", \"arguments\": {}}\n",                    // empty name
+      "\n{\"name\": \"f\"}\n",                                      // no arguments
+      "\n{\"name\": \"f\", \"arguments\": [1]}\n",                  // arguments not an object
+      "\n{\"name\": \"f\", \"arguments\": \"{bad\"}\n",             // string arguments, not JSON
+      "\n{\"name\": \"f\", \"arguments\": \"[1, 2]\"}\n",           // string arguments, not an object
+      "\n{\"name\": \"f\", \"arguments\": {}} trailing\n",          // trailing text
       "\n" + std::string(100, '[') + std::string(100, ']') + "\n",  // nested too deep
   };
   for (const std::string& body : bodies) {
@@ -171,7 +172,8 @@ TEST(ToolCallParserTest, ArgumentsGivenAsAJsonString) {
 }
 
 TEST(ToolCallParserTest, NonAsciiArgumentsStayUtf8) {
-  const Parsed p = RunEverySplit("<tool_call>{\"name\": \"say\", \"arguments\": {\"text\": \"h\xc3\xa9 \\u00e9\"}}</tool_call>");
+  const Parsed p = RunEverySplit(
+      "<tool_call>{\"name\": \"say\", \"arguments\": {\"text\": \"h\xc3\xa9 \\u00e9\"}}</tool_call>");
   ASSERT_EQ(p.calls.size(), 1u);
   EXPECT_EQ(p.calls[0].arguments, "{\"text\":\"h\xc3\xa9 \xc3\xa9\"}");
 }
