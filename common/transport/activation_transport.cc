@@ -9,4 +9,22 @@ std::string MessageTag::DebugString() const {
                       " sender=", sender, "}");
 }
 
+std::string_view DropReasonName(DropReason reason) {
+  switch (reason) {
+    case DropReason::kUnknownSender:
+      return "unknown_sender";
+    case DropReason::kBadSecret:
+      return "bad_secret";
+    case DropReason::kTooLarge:
+      return "too_large";
+    case DropReason::kQueueFull:
+      return "queue_full";
+    case DropReason::kStepWindow:
+      return "step_window";
+    case DropReason::kMalformed:
+      return "malformed";
+  }
+  return "unknown";
+}
+
 }  // namespace moe::transport

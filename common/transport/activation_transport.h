@@ -9,10 +9,12 @@
 #ifndef MOE_COMMON_TRANSPORT_ACTIVATION_TRANSPORT_H_
 #define MOE_COMMON_TRANSPORT_ACTIVATION_TRANSPORT_H_
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -40,6 +42,21 @@ struct MessageTag {
   friend bool operator==(const MessageTag&, const MessageTag&) = default;
   std::string DebugString() const;
 };
+
+// Why a received message was discarded. The values index DropCounts.
+enum class DropReason : int {
+  kUnknownSender = 0,  // the claimed sender was not admitted (transport)
+  kBadSecret,          // the claimed sender is admitted but the message's secret is not its (transport)
+  kTooLarge,           // larger than the most a round from that sender can carry (transport)
+  kQueueFull,          // the sender already has max_queued_per_sender messages queued
+  kStepWindow,         // a step behind what the receiver waits for, or too far ahead of it
+  kMalformed,          // a header that does not parse (transport)
+};
+inline constexpr int kNumDropReasons = 6;
+// "unknown_sender", "bad_secret", "too_large", "queue_full", "step_window", "malformed": the
+// `reason` label of the drop metrics (docs/metrics.md).
+std::string_view DropReasonName(DropReason reason);
+using DropCounts = std::array<uint64_t, kNumDropReasons>;
 
 struct Message {
   MessageTag tag;
@@ -69,7 +86,11 @@ class ActivationTransport {
   // Wakes every waiter with CANCELLED; later calls fail fast.
   virtual void Shutdown() = 0;
 
+  // Messages received and discarded (any reason: stale or out-of-window steps, a full per-sender
+  // queue, and what the transport refuses itself: unknown senders, bad secrets, oversized or
+  // malformed messages), in all / by reason (indexed by DropReason).
   virtual uint64_t dropped_messages() const = 0;
+  virtual DropCounts drop_counts() const = 0;
 };
 
 }  // namespace moe::transport

@@ -26,9 +26,12 @@ class InboxTransport : public ActivationTransport {
     return inbox_.ReceiveTagged(tag, deadline);
   }
   uint64_t dropped_messages() const final { return inbox_.dropped_messages(); }
+  DropCounts drop_counts() const final { return inbox_.drop_counts(); }
+  // Messages queued now from `sender` (waiting to be received).
+  size_t queued_messages(int32_t sender) const { return inbox_.queued_messages(sender); }
 
  protected:
-  explicit InboxTransport(int32_t self) : self_(self) {}
+  InboxTransport(int32_t self, InboxLimits limits) : self_(self), inbox_(limits) {}
 
   TaggedInbox& inbox() { return inbox_; }
   // For Send: INVALID_ARGUMENT unless tag.sender is self() (a transport never sends as another).

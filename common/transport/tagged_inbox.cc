@@ -1,5 +1,7 @@
 #include "common/transport/tagged_inbox.h"
 
+#include <algorithm>
+#include <numeric>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -18,14 +20,56 @@ TaggedInbox::SenderQueue* TaggedInbox::Sender(int32_t sender) {
   return &senders_[sender];
 }
 
+std::optional<DropReason> TaggedInbox::ScreenLocked(const MessageTag& tag, size_t pending) const {
+  auto it = senders_.find(tag.sender);
+  if (it == senders_.end()) return std::nullopt;
+  const SenderQueue& queue = it->second;
+  if (queue.floor.has_value()) {
+    const uint64_t floor = *queue.floor;
+    if (tag.step < floor) return DropReason::kStepWindow;
+    if (tag.step - floor > limits_.max_steps_ahead) return DropReason::kStepWindow;
+  }
+  if (limits_.max_queued_per_sender > 0 && queue.messages.size() + pending >= limits_.max_queued_per_sender) {
+    return DropReason::kQueueFull;
+  }
+  return std::nullopt;
+}
+
+std::optional<DropReason> TaggedInbox::Screen(const MessageTag& tag, size_t pending) const {
+  absl::MutexLock lock(&mu_);
+  return ScreenLocked(tag, pending);
+}
+
+void TaggedInbox::CountDrop(DropReason reason) {
+  absl::MutexLock lock(&mu_);
+  ++drops_[static_cast<int>(reason)];
+}
+
+void TaggedInbox::RaiseFloor(SenderQueue* queue, uint64_t step) {
+  queue->floor = queue->floor.has_value() ? std::max(*queue->floor, step) : step;
+}
+
 bool TaggedInbox::Deliver(Message message) {
   absl::MutexLock lock(&mu_);
   if (shutdown_) return false;
+  if (std::optional<DropReason> drop = ScreenLocked(message.tag, 0); drop.has_value()) {
+    ++drops_[static_cast<int>(*drop)];
+    return false;
+  }
   SenderQueue* queue = Sender(message.tag.sender);
-  queue->messages.push_back(QueuedMessage{next_arrival_++, std::move(message)});
+  queue->messages.push_back(QueuedMessage{clock_++, std::move(message)});
   ++queue->delivered;
   ++queued_;
   return true;
+}
+
+void TaggedInbox::ResetSender(int32_t peer) {
+  absl::MutexLock lock(&mu_);
+  auto it = senders_.find(peer);
+  if (it == senders_.end()) return;
+  queued_ -= it->second.messages.size();
+  it->second.messages.clear();
+  it->second.floor.reset();
 }
 
 absl::StatusOr<Message> TaggedInbox::ReceiveAny(absl::Time deadline) {
@@ -34,16 +78,24 @@ absl::StatusOr<Message> TaggedInbox::ReceiveAny(absl::Time deadline) {
   mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
   if (shutdown_) return absl::CancelledError("transport shut down");
   if (queued_ == 0) return absl::UnavailableError("no message from any peer before the deadline");
-  // The oldest message is at the front of some sender's queue; there are few senders.
-  SenderQueue* oldest = nullptr;
+  // The message whose turn comes first: its arrival, or its sender's previous turn if later. A
+  // sender with a backlog thus gets one message out per turn of each other waiting sender, and
+  // without backlogs this is arrival order. There are few senders.
+  SenderQueue* next = nullptr;
+  uint64_t next_turn = 0;
   for (auto& [sender, queue] : senders_) {
     if (queue.messages.empty()) continue;
-    if (oldest == nullptr || queue.messages.front().arrival < oldest->messages.front().arrival) {
-      oldest = &queue;
+    const uint64_t turn = std::max(queue.messages.front().arrival, queue.last_turn);
+    if (next == nullptr || turn < next_turn ||
+        (turn == next_turn && queue.messages.front().arrival < next->messages.front().arrival)) {
+      next = &queue;
+      next_turn = turn;
     }
   }
-  Message message = std::move(oldest->messages.front().message);
-  oldest->messages.pop_front();
+  Message message = std::move(next->messages.front().message);
+  next->messages.pop_front();
+  next->last_turn = clock_++;
+  RaiseFloor(next, message.tag.step);
   --queued_;
   return message;
 }
@@ -51,6 +103,7 @@ absl::StatusOr<Message> TaggedInbox::ReceiveAny(absl::Time deadline) {
 absl::StatusOr<Message> TaggedInbox::ReceiveTagged(const MessageTag& tag, absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   SenderQueue* queue = Sender(tag.sender);
+  RaiseFloor(queue, tag.step);
   for (;;) {
     if (shutdown_) return absl::CancelledError("transport shut down");
     for (auto it = queue->messages.begin(); it != queue->messages.end();) {
@@ -61,7 +114,7 @@ absl::StatusOr<Message> TaggedInbox::ReceiveTagged(const MessageTag& tag, absl::
         return message;
       }
       if (IsStaleFor(it->message.tag, tag)) {
-        ++dropped_;  // a late answer of an abandoned round
+        ++drops_[static_cast<int>(DropReason::kStepWindow)];  // a late answer of an abandoned round
         --queued_;
         it = queue->messages.erase(it);
         continue;
@@ -119,12 +172,23 @@ bool TaggedInbox::is_shut_down() const {
 
 uint64_t TaggedInbox::dropped_messages() const {
   absl::MutexLock lock(&mu_);
-  return dropped_;
+  return std::accumulate(drops_.begin(), drops_.end(), uint64_t{0});
+}
+
+DropCounts TaggedInbox::drop_counts() const {
+  absl::MutexLock lock(&mu_);
+  return drops_;
 }
 
 size_t TaggedInbox::queued_messages() const {
   absl::MutexLock lock(&mu_);
   return queued_;
+}
+
+size_t TaggedInbox::queued_messages(int32_t sender) const {
+  absl::MutexLock lock(&mu_);
+  auto it = senders_.find(sender);
+  return it == senders_.end() ? 0 : it->second.messages.size();
 }
 
 }  // namespace moe::transport

@@ -4,9 +4,20 @@
 // transports) cannot drift apart.
 //
 // Messages are kept per sender, each sender's in its arrival order, with a global arrival number so
-// ReceiveAny can still hand them out in the order they arrived from all senders together. Keeping
-// them per sender is the seam for per-sender limits (a bounded queue and a step window per admitted
-// peer, dropping and counting a flood): that state belongs in SenderQueue. Nothing is bounded yet.
+// ReceiveAny can hand them out in the order they arrived from all senders together, as long as no
+// sender has a backlog; when one has, ReceiveAny is fair (see below).
+//
+// Bounds (docs/data-plane.md#admission-and-bounds), per sender, so that a flood from one peer can
+// neither grow memory without bound nor delay another peer's round:
+//  - at most InboxLimits::max_queued_per_sender messages are queued per sender; more are dropped;
+//  - a step window: once the receiver has waited for (ReceiveTagged) or taken (ReceiveAny) step s
+//    from a sender, that sender's messages with a step below s, or above s + max_steps_ahead, are
+//    dropped on delivery (before that, any step is accepted);
+//  - ReceiveAny serves senders fairly: a message's turn is the later of its arrival and its
+//    sender's previous turn, so a sender with a backlog gets one message out between two of any
+//    other sender that is waiting.
+// Every dropped message is counted by reason (DropReason); transports count the drops they decide
+// themselves (unknown sender, bad secret, too large, malformed) here too, so one place has them all.
 //
 // A sender may be marked failed (the transport learnt that the peer is gone): ReceiveTagged from it
 // then returns UNAVAILABLE once its matching messages are used up, instead of waiting for the
@@ -19,6 +30,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <optional>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/node_hash_map.h"
@@ -30,23 +42,47 @@
 
 namespace moe::transport {
 
+struct InboxLimits {
+  // Messages queued per sender at most. Legitimate traffic queues one round per sender (two with a
+  // late answer of an abandoned round); 0 means unbounded.
+  size_t max_queued_per_sender = 16;
+  // How far beyond the step the receiver last waited for or took from a sender its messages may
+  // be. Steps of an attention worker increase by one per forward pass.
+  uint64_t max_steps_ahead = 64;
+
+  static InboxLimits Unbounded() { return InboxLimits{0, UINT64_MAX}; }
+};
+
 class TaggedInbox {
  public:
-  TaggedInbox() = default;
+  explicit TaggedInbox(InboxLimits limits = {}) : limits_(limits) {}
   TaggedInbox(const TaggedInbox&) = delete;
   TaggedInbox& operator=(const TaggedInbox&) = delete;
 
-  // Queues a received message under message.tag.sender. Returns false (and discards the message)
-  // after Shutdown().
+  // Queues a received message under message.tag.sender, unless the sender's queue is full or the
+  // step is outside its window (then the message is dropped and counted). Returns false if the
+  // message was not queued (dropped, or after Shutdown()).
   bool Deliver(Message message);
 
-  // The oldest queued message from any sender. UNAVAILABLE when none arrives before `deadline`;
+  // The drop Deliver would decide now for a message tagged `tag` from a sender that has `pending`
+  // more messages on the way (e.g. rendezvous receives in flight), without counting it: lets a
+  // transport refuse a message before receiving its payload. nullopt: it would be queued.
+  std::optional<DropReason> Screen(const MessageTag& tag, size_t pending = 0) const;
+  // Counts a message the transport dropped itself.
+  void CountDrop(DropReason reason);
+
+  // Forgets what is known of `peer`'s traffic: discards its queued messages (uncounted) and its
+  // step window, for a peer (re)admitted afresh, e.g. a restarted one whose steps start over.
+  void ResetSender(int32_t peer);
+
+  // The next queued message from any sender: the one whose turn comes first (its arrival, or its
+  // sender's previous turn if that was later; see above). UNAVAILABLE when none arrives before `deadline`;
   // CANCELLED after Shutdown().
   absl::StatusOr<Message> ReceiveAny(absl::Time deadline);
 
   // The queued message whose tag equals `tag` exactly (sender included), waiting for it until
   // `deadline`. Messages from tag.sender of the same kind with a step older than tag.step are
-  // dropped on the way (late answers of abandoned rounds; counted in dropped_messages()); all other
+  // dropped on the way (late answers of abandoned rounds; counted as kStepWindow); all other
   // messages stay queued. CANCELLED after Shutdown(); UNAVAILABLE naming the sender when the
   // deadline passes or when the sender is marked failed and no matching message is queued.
   absl::StatusOr<Message> ReceiveTagged(const MessageTag& tag, absl::Time deadline);
@@ -66,10 +102,12 @@ class TaggedInbox {
   bool Shutdown();
   bool is_shut_down() const;
 
-  // Messages dropped as stale by ReceiveTagged.
+  // Messages dropped, all reasons together / by reason.
   uint64_t dropped_messages() const;
-  // Messages queued now (all senders).
+  DropCounts drop_counts() const;
+  // Messages queued now (all senders / from `sender`).
   size_t queued_messages() const;
+  size_t queued_messages(int32_t sender) const;
 
  private:
   struct QueuedMessage {
@@ -81,17 +119,26 @@ class TaggedInbox {
     std::deque<QueuedMessage> messages;  // in arrival order
     uint64_t delivered = 0;              // messages ever delivered, so a waiter sees new ones
     absl::Status failure;                // OK unless the sender is marked failed
+    // The highest step waited for (ReceiveTagged) or taken (ReceiveAny) from this sender: the
+    // bottom of its step window. nullopt until then.
+    std::optional<uint64_t> floor;
+    uint64_t last_turn = 0;  // the clock value when ReceiveAny last served this sender
   };
 
   // Creates the sender's entry on first use. The map is node-based and entries are never erased,
   // so the pointer stays valid while a waiter has released the lock.
   SenderQueue* Sender(int32_t sender) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<DropReason> ScreenLocked(const MessageTag& tag, size_t pending) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RaiseFloor(SenderQueue* queue, uint64_t step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  const InboxLimits limits_;
   mutable absl::Mutex mu_;
   absl::node_hash_map<int32_t, SenderQueue> senders_ ABSL_GUARDED_BY(mu_);
-  uint64_t next_arrival_ ABSL_GUARDED_BY(mu_) = 0;
+  // Ticks on every delivery and every ReceiveAny: arrival numbers and turns share it.
+  uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;
   size_t queued_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t dropped_ ABSL_GUARDED_BY(mu_) = 0;
+  DropCounts drops_ ABSL_GUARDED_BY(mu_) = {};
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
 };
 

@@ -28,7 +28,10 @@ class LoopbackTransport final : public InboxTransport {
 
  private:
   friend class LoopbackHub;
-  LoopbackTransport(LoopbackHub* hub, int32_t self) : InboxTransport(self), hub_(hub) {}
+  // In-process endpoints trust each other (one process, one engine): their inboxes are unbounded;
+  // the bounds are for the network (UcxTransport).
+  LoopbackTransport(LoopbackHub* hub, int32_t self)
+      : InboxTransport(self, InboxLimits::Unbounded()), hub_(hub) {}
 
   LoopbackHub* const hub_;
 };

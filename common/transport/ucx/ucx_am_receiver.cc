@@ -11,16 +11,56 @@ absl::Status UcxAmReceiver::Register() {
   return worker_->SetAmHandler(kDataAmId, &UcxAmReceiver::OnData, this);
 }
 
+void UcxAmReceiver::Admit(int32_t peer, const PeerSecret& secret, size_t max_message_bytes) {
+  absl::MutexLock lock(&mu_);
+  Admission& admission = admitted_[peer];
+  admission.secret = secret;
+  admission.max_message_bytes = max_message_bytes;
+}
+
+void UcxAmReceiver::Revoke(int32_t peer) {
+  absl::MutexLock lock(&mu_);
+  if (auto it = admitted_.find(peer); it != admitted_.end() && it->second.rndv_in_flight == 0) {
+    admitted_.erase(it);
+  } else if (it != admitted_.end()) {
+    // Receives in flight still decrement their count; a secret nobody has keeps the peer out.
+    it->second.secret = NewPeerSecret();
+  }
+}
+
+std::optional<DropReason> UcxAmReceiver::AdmitMessage(const MessageTag& tag, const PeerSecret& secret,
+                                                      size_t length, bool rndv) {
+  absl::MutexLock lock(&mu_);
+  auto it = admitted_.find(tag.sender);
+  if (it == admitted_.end()) return DropReason::kUnknownSender;
+  Admission& admission = it->second;
+  if (!SecretsEqual(admission.secret, secret)) return DropReason::kBadSecret;
+  if (length > admission.max_message_bytes) return DropReason::kTooLarge;
+  if (std::optional<DropReason> drop = inbox_->Screen(tag, admission.rndv_in_flight); drop.has_value()) {
+    return drop;
+  }
+  if (rndv) ++admission.rndv_in_flight;
+  return std::nullopt;
+}
+
 ucs_status_t UcxAmReceiver::OnData(void* arg, const void* header, size_t header_length, void* data,
                                    size_t length, const ucp_am_recv_param_t* param) {
   auto* self = static_cast<UcxAmReceiver*>(arg);
   Message message;
-  if (!DecodeHeader(header, header_length, &message.tag)) {
+  PeerSecret secret;
+  if (!DecodeHeader(header, header_length, &message.tag, &secret)) {
     self->CountMalformed();
     return UCS_OK;  // drops it (a rendezvous sender completes normally)
   }
   if (self->inbox_->is_shut_down()) return UCS_OK;
-  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) == 0) {
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  if (std::optional<DropReason> drop = self->AdmitMessage(message.tag, secret, length, rndv); drop.has_value()) {
+    // Dropped before its payload is copied or pulled: returning UCS_OK without receiving the data
+    // releases it (for rendezvous, UCX completes the sender's request without a transfer).
+    self->inbox_->CountDrop(*drop);
+    return UCS_OK;
+  }
+  if (!rndv) {
     const auto* bytes = static_cast<const std::byte*>(data);
     message.payload.assign(bytes, bytes + length);
     self->inbox_->Deliver(std::move(message));
@@ -64,6 +104,10 @@ void UcxAmReceiver::OnRndvDone(void* request, ucs_status_t status, size_t length
     auto node = self->rndv_in_flight_.extract(raw);
     if (node.empty()) return;
     receive = std::move(node.mapped());
+    if (auto it = self->admitted_.find(receive->message.tag.sender);
+        it != self->admitted_.end() && it->second.rndv_in_flight > 0) {
+      --it->second.rndv_in_flight;
+    }
   }
   const int32_t sender = receive->message.tag.sender;
   if (status != UCS_OK) {

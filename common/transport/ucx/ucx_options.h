@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/time/time.h"
+#include "common/transport/tagged_inbox.h"
 
 namespace moe::transport {
 
@@ -29,6 +30,9 @@ struct UcxOptions {
   absl::Duration keepalive_interval = absl::Seconds(1);
   // Time Shutdown() spends telling each peer goodbye.
   absl::Duration goodbye_timeout = absl::Milliseconds(500);
+  // Per-sender bounds of the receive side: queued messages and the step window
+  // (docs/data-plane.md#admission-and-bounds).
+  InboxLimits inbox;
 };
 
 }  // namespace moe::transport

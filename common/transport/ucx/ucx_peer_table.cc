@@ -18,7 +18,8 @@ constexpr absl::Duration kCloseTimeout = absl::Seconds(2);
 
 }  // namespace
 
-absl::Status UcxPeerTable::Connect(int32_t peer, const std::string& ucx_blob, uint64_t instance) {
+absl::Status UcxPeerTable::Connect(int32_t peer, const std::string& ucx_blob, uint64_t instance,
+                                   const PeerSecret& secret) {
   CloseIfConnected(peer);
   ucp_ep_params_t params{};
   params.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
@@ -32,6 +33,7 @@ absl::Status UcxPeerTable::Connect(int32_t peer, const std::string& ucx_blob, ui
       UcsStatusToStatus(ucp_ep_create(worker_, &params, &ep), absl::StrCat("connecting to peer ", peer)));
   endpoints_[peer] = ep;
   instances_[peer] = instance;
+  secrets_[peer] = secret;
   return absl::OkStatus();
 }
 
@@ -53,6 +55,13 @@ void UcxPeerTable::CloseIfConnected(int32_t peer) {
 ucp_ep_h UcxPeerTable::Find(int32_t peer) const {
   auto it = endpoints_.find(peer);
   return it == endpoints_.end() ? nullptr : it->second;
+}
+
+std::optional<PeerSecret> UcxPeerTable::SendSecret(int32_t peer) const {
+  if (!endpoints_.contains(peer)) return std::nullopt;
+  auto it = secrets_.find(peer);
+  if (it == secrets_.end()) return std::nullopt;
+  return it->second;
 }
 
 std::optional<uint64_t> UcxPeerTable::Instance(int32_t peer) const {

@@ -1,5 +1,6 @@
 // A UcxTransport's endpoints: one ucp_ep per connected peer, created from the peer's address
-// with UCP_ERR_HANDLING_MODE_PEER, and which incarnation of the peer it leads to. UCX reports a
+// with UCP_ERR_HANDLING_MODE_PEER, which incarnation of the peer it leads to, and the secret the
+// peer gave us to carry in every message to it. UCX reports a
 // failed endpoint through a callback inside ucp_worker_progress, where closing it is not allowed;
 // such endpoints are queued (CloseLater) and closed by CloseQueued after progress returns.
 //
@@ -18,6 +19,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/transport/ucx/ucx_wire.h"
 
 namespace moe::transport::ucx {
 
@@ -31,9 +33,9 @@ class UcxPeerTable {
   UcxPeerTable(const UcxPeerTable&) = delete;
   UcxPeerTable& operator=(const UcxPeerTable&) = delete;
 
-  // Creates the endpoint to `peer` (incarnation `instance`) from UCX's address blob, replacing
-  // (closing) an existing one. The UCX error if ucp_ep_create fails.
-  absl::Status Connect(int32_t peer, const std::string& ucx_blob, uint64_t instance);
+  // Creates the endpoint to `peer` (incarnation `instance`, which admitted us with `secret`) from
+  // UCX's address blob, replacing (closing) an existing one. The UCX error if ucp_ep_create fails.
+  absl::Status Connect(int32_t peer, const std::string& ucx_blob, uint64_t instance, const PeerSecret& secret);
   // Closes the endpoint to `peer` now. NOT_FOUND if `peer` is not connected.
   absl::Status Disconnect(int32_t peer);
   // Closes the endpoint to `peer` now if there is one.
@@ -41,6 +43,8 @@ class UcxPeerTable {
 
   // The endpoint to `peer`; nullptr if not connected.
   ucp_ep_h Find(int32_t peer) const;
+  // The secret to carry in messages to `peer`; nullopt if not connected.
+  std::optional<PeerSecret> SendSecret(int32_t peer) const;
   // The incarnation `peer` had when connected; nullopt if not connected.
   std::optional<uint64_t> Instance(int32_t peer) const;
   // ucp_ep_print_info of the endpoint to `peer`. NOT_FOUND if not connected.
@@ -64,6 +68,7 @@ class UcxPeerTable {
   const std::function<void(int32_t, ucs_status_t)> on_peer_error_;
   absl::flat_hash_map<int32_t, ucp_ep_h> endpoints_;
   absl::flat_hash_map<int32_t, uint64_t> instances_;
+  absl::flat_hash_map<int32_t, PeerSecret> secrets_;
   std::vector<ucp_ep_h> to_close_;  // failed inside a callback, closed after it
 };
 

@@ -30,10 +30,13 @@ absl::Status UcxSender::Send(int32_t peer, const MessageTag& tag, std::span<cons
   RETURN_IF_ERROR(inbox_->PeerFailure(peer));
   SendOp op;
   op.progress = progress_;
-  op.header = EncodeHeader(tag);
   RETURN_IF_ERROR(progress_->Run([&]() -> absl::Status {
     ucp_ep_h ep = peers_->Find(peer);
-    if (ep == nullptr) return absl::UnavailableError(absl::StrCat("peer ", peer, " is not connected"));
+    std::optional<PeerSecret> secret = peers_->SendSecret(peer);
+    if (ep == nullptr || !secret.has_value()) {
+      return absl::UnavailableError(absl::StrCat("peer ", peer, " is not connected"));
+    }
+    op.header = EncodeHeader(tag, *secret);
     ucp_request_param_t param{};
     param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
     param.cb.send = &UcxSender::OnSendDone;

@@ -1,5 +1,6 @@
 #include "common/transport/ucx/ucx_transport.h"
 
+#include <cstring>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -25,7 +26,7 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(int32_t self,
 }
 
 UcxTransport::UcxTransport(int32_t self, const UcxOptions& options)
-    : InboxTransport(self), options_(options) {}
+    : InboxTransport(self, options.inbox), options_(options) {}
 
 absl::Status UcxTransport::Init() {
   ASSIGN_OR_RETURN(worker_, ucx::UcxWorker::Create(options_));
@@ -60,17 +61,38 @@ UcxTransport::~UcxTransport() {
   worker_.reset();
 }
 
-absl::Status UcxTransport::Connect(int32_t peer, std::string_view address) {
+absl::StatusOr<std::string> UcxTransport::Admit(int32_t peer, size_t max_message_bytes) {
   if (peer < 0) return absl::InvalidArgumentError(absl::StrCat("peer id ", peer, " is negative"));
-  std::optional<ucx::ParsedWorkerAddress> parsed = ucx::ParseWorkerAddress(address);
-  if (!parsed.has_value()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("not a UCX worker address from UcxTransport::WorkerAddress (", address.size(),
-                     " bytes) for peer ", peer));
-  }
   if (inbox().is_shut_down()) return absl::CancelledError("transport shut down");
-  RETURN_IF_ERROR(progress_->Run(
-      [&]() -> absl::Status { return peers_->Connect(peer, parsed->ucx_blob, parsed->instance); }));
+  const ucx::PeerSecret secret = ucx::NewPeerSecret();
+  // The old admission's queued messages and step window go first, then the new secret applies.
+  inbox().ResetSender(peer);
+  receiver_->Admit(peer, secret, max_message_bytes);
+  return std::string(reinterpret_cast<const char*>(secret.data()), secret.size());
+}
+
+void UcxTransport::Revoke(int32_t peer) {
+  receiver_->Revoke(peer);
+  inbox().ResetSender(peer);
+}
+
+absl::Status UcxTransport::Connect(int32_t peer, std::string_view address, std::string_view secret) {
+  if (peer < 0) return absl::InvalidArgumentError(absl::StrCat("peer id ", peer, " is negative"));
+  if (secret.size() != ucx::kPeerSecretBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("secret: ", secret.size(), " bytes for peer ", peer,
+                                                   ", expected ", ucx::kPeerSecretBytes));
+  }
+  const uint8_t own_header = static_cast<uint8_t>(worker_->address_blob().front());
+  absl::StatusOr<ucx::ParsedWorkerAddress> parsed = ucx::ParseWorkerAddress(address, own_header);
+  if (!parsed.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(parsed.status().message(), " (peer ", peer, ")"));
+  }
+  ucx::PeerSecret send_secret;
+  std::memcpy(send_secret.data(), secret.data(), send_secret.size());
+  if (inbox().is_shut_down()) return absl::CancelledError("transport shut down");
+  RETURN_IF_ERROR(progress_->Run([&]() -> absl::Status {
+    return peers_->Connect(peer, parsed->ucx_blob, parsed->instance, send_secret);
+  }));
   inbox().ClearPeerFailure(peer);
   return absl::OkStatus();
 }

@@ -18,6 +18,14 @@
 // after UcxOptions::busy_poll without activity, it sleeps on the worker's event fd, waking on
 // network events, on ucp_worker_signal from a caller, or at the latest every 50 ms.
 //
+// Admission (docs/data-plane.md#admission-and-bounds): an Active Message does not identify the
+// endpoint it came from, so the receiver admits each peer explicitly: Admit(peer) makes a random
+// 128-bit secret that the peer must carry in every message (handed to it over the mTLS control
+// plane, never over UCX), and bounds that peer's message size; messages from senders not admitted,
+// with another secret, oversized, beyond the per-sender queue bound or outside the step window are
+// dropped before their payload is received, and counted by reason (drop_counts()). Connect()
+// takes the secret the peer made for us.
+//
 // Failures: endpoints use UCP_ERR_HANDLING_MODE_PEER, so a dead peer (connection reset, keepalive
 // timeout) fails its endpoint; an endpoint being shut down (Shutdown/destructor) also tells every
 // connected peer goodbye so they fail at once. After that, Send to the peer and ReceiveTagged from
@@ -79,10 +87,22 @@ class UcxTransport final : public InboxTransport {
   // blob framed with a magic and its length, so a wrong or truncated string is rejected.
   std::string WorkerAddress() const { return address_; }
 
-  // Creates the endpoint for sending to `peer` from its WorkerAddress(). Replaces an existing
-  // endpoint (a restarted peer) and clears a recorded failure of `peer`. INVALID_ARGUMENT for an
-  // address not framed by WorkerAddress() or a negative peer; the UCX error otherwise.
-  absl::Status Connect(int32_t peer, std::string_view address);
+  // Admits data messages from `peer` (>= 0) of at most `max_message_bytes`, and returns the secret
+  // (kPeerSecretBytes random bytes) the peer must carry in them: hand it to the peer over the
+  // authenticated control plane, for its Connect. A new admission replaces the previous one (the
+  // old secret stops working) and forgets the peer's queued messages and step window (a restarted
+  // peer starts its steps over).
+  absl::StatusOr<std::string> Admit(int32_t peer, size_t max_message_bytes);
+  // Stops accepting messages from `peer`.
+  void Revoke(int32_t peer);
+
+  // Creates the endpoint for sending to `peer` from its WorkerAddress(); `secret` is what the peer's
+  // Admit returned for us, carried in every message to it. Replaces an existing endpoint (a
+  // restarted peer) and clears a recorded failure of `peer`. INVALID_ARGUMENT naming the field for
+  // a negative peer, a secret of the wrong size, or an address not framed by WorkerAddress() (too
+  // short or long, bad magic, length or checksum, or a UCX header unlike ours), so garbage never
+  // reaches UCX's address parser; the UCX error otherwise.
+  absl::Status Connect(int32_t peer, std::string_view address, std::string_view secret);
 
   // Closes the endpoint to `peer` (without telling it); later Sends to it are UNAVAILABLE.
   // NOT_FOUND when `peer` is not connected.

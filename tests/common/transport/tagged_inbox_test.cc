@@ -57,8 +57,9 @@ TEST(TaggedInboxTest, ReceiveTaggedTakesTheExactMatchAndLeavesTheOthersQueued) {
   EXPECT_EQ(inbox.queued_messages(), 3u);
   EXPECT_EQ(inbox.dropped_messages(), 0u);
 
-  // The rest, in their arrival order.
-  for (int expected : {51, 50, 70}) {
+  // The rest, in their arrival order, except that sender 2, which had two queued, yields its turn
+  // after 51 to sender 7's message that was waiting meanwhile (ReceiveAny is fair per sender).
+  for (int expected : {51, 70, 50}) {
     auto next = inbox.ReceiveAny(In(absl::Seconds(1)));
     ASSERT_TRUE(next.ok()) << next.status();
     EXPECT_EQ(Value(*next), expected);
@@ -204,7 +205,8 @@ void StartProducers(TaggedInbox& inbox, std::vector<std::thread>& threads) {
 }
 
 TEST(TaggedInboxTest, ConcurrentProducersAndTaggedConsumersLoseNothing) {
-  TaggedInbox inbox;
+  // Producers run ahead of the consumers by any number of steps: unbounded.
+  TaggedInbox inbox(InboxLimits::Unbounded());
   std::vector<std::thread> threads;
   std::vector<int> received(kSenders, 0);
   for (int s = 0; s < kSenders; ++s) {
@@ -223,7 +225,7 @@ TEST(TaggedInboxTest, ConcurrentProducersAndTaggedConsumersLoseNothing) {
 }
 
 TEST(TaggedInboxTest, ConcurrentProducersAndAnyConsumersTakeEachMessageOnceInSenderOrder) {
-  TaggedInbox inbox;
+  TaggedInbox inbox(InboxLimits::Unbounded());
   std::vector<std::thread> threads;
   StartProducers(inbox, threads);
   constexpr int kConsumers = 2;
@@ -254,6 +256,116 @@ TEST(TaggedInboxTest, ConcurrentProducersAndAnyConsumersTakeEachMessageOnceInSen
     EXPECT_EQ(all, expected) << "sender " << s;
   }
   EXPECT_EQ(inbox.queued_messages(), 0u);
+}
+
+uint64_t Drops(const TaggedInbox& inbox, DropReason reason) {
+  return inbox.drop_counts()[static_cast<int>(reason)];
+}
+
+TEST(TaggedInboxBoundsTest, QueueIsBoundedPerSenderAndOtherSendersAreUnaffected) {
+  TaggedInbox inbox(InboxLimits{.max_queued_per_sender = 4, .max_steps_ahead = 64});
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 1, 3, i), i)), i < 4) << i;
+  }
+  EXPECT_EQ(inbox.queued_messages(3), 4u);
+  EXPECT_EQ(Drops(inbox, DropReason::kQueueFull), 96u);
+  EXPECT_EQ(inbox.dropped_messages(), 96u);
+  // Another sender still gets its messages queued.
+  EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 1, 5), 55)));
+  EXPECT_EQ(inbox.queued_messages(5), 1u);
+  // Screen counts messages on the way (rendezvous receives) against the bound, without counting.
+  EXPECT_EQ(inbox.Screen(Tag(MessageKind::kDispatch, 1, 5), /*pending=*/3), DropReason::kQueueFull);
+  EXPECT_EQ(inbox.Screen(Tag(MessageKind::kDispatch, 1, 5), /*pending=*/2), std::nullopt);
+  EXPECT_EQ(inbox.dropped_messages(), 96u);
+  // Taking one makes room for one.
+  ASSERT_TRUE(inbox.ReceiveTagged(Tag(MessageKind::kDispatch, 1, 3, 0), In(absl::Seconds(1))).ok());
+  EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 1, 3, 99), 99)));
+  EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 1, 3, 100), 100)));
+}
+
+TEST(TaggedInboxBoundsTest, StepWindowDropsFarAheadAndBehindOnceTheReceiverWaited) {
+  TaggedInbox inbox(InboxLimits{.max_queued_per_sender = 0, .max_steps_ahead = 8});
+  // Before the receiver waited for anything from sender 2, any step is accepted.
+  EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 1000, 2), 1)));
+  // Waiting for step 10 sets the window to [10, 18].
+  auto missing = inbox.ReceiveTagged(Tag(MessageKind::kCombine, 10, 2), In(absl::Milliseconds(5)));
+  EXPECT_TRUE(absl::IsUnavailable(missing.status()));
+  EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 9, 2), 2)));    // behind
+  EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 19, 2), 3)));   // too far ahead
+  EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, UINT64_MAX, 2), 4)));
+  EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 10, 2, 1), 5)));  // the round waited for
+  EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 18, 2), 6)));     // the window's top
+  EXPECT_EQ(Drops(inbox, DropReason::kStepWindow), 3u);
+  // The window is per sender: sender 4 has none yet.
+  EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 1, 4), 7)));
+  // ReceiveAny moves the window too: taking step 1000's message from sender 2 sets it to 1000.
+  auto any = inbox.ReceiveAny(In(absl::Seconds(1)));
+  ASSERT_TRUE(any.ok()) << any.status();
+  EXPECT_EQ(any->tag.step, 1000u);
+  EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 999, 2), 8)));
+  EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 1008, 2), 9)));
+  // A fresh admission forgets the window and what was queued (a restarted peer starts over).
+  inbox.ResetSender(2);
+  EXPECT_EQ(inbox.queued_messages(2), 0u);
+  EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 0, 2), 10)));
+  EXPECT_EQ(inbox.queued_messages(), 2u);  // sender 4's and sender 2's new one
+}
+
+TEST(TaggedInboxBoundsTest, FloodOfFarFutureStepsLeavesTheQueueBounded) {
+  TaggedInbox inbox;  // the defaults
+  ASSERT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 1, 0), 1)));
+  ASSERT_TRUE(inbox.ReceiveAny(In(absl::Seconds(1))).ok());  // window at step 1
+  for (uint64_t i = 0; i < 200'000; ++i) inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 1'000'000 + i, 0), 0));
+  for (uint64_t i = 0; i < 1000; ++i) inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 2, 0, i), 0));
+  EXPECT_EQ(inbox.queued_messages(), InboxLimits{}.max_queued_per_sender);
+  EXPECT_EQ(Drops(inbox, DropReason::kStepWindow), 200'000u);
+  EXPECT_EQ(Drops(inbox, DropReason::kQueueFull), 1000u - InboxLimits{}.max_queued_per_sender);
+  // Another sender's round goes through at once.
+  ASSERT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 5, 9), 9)));
+  auto got = inbox.ReceiveTagged(Tag(MessageKind::kDispatch, 5, 9), In(absl::Seconds(1)));
+  ASSERT_TRUE(got.ok()) << got.status();
+}
+
+TEST(TaggedInboxBoundsTest, ReceiveAnyServesABackloggedSenderInTurnWithTheOthers) {
+  TaggedInbox inbox;
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 1, 1, i), 100 + i)));
+  // Sender 1's backlog is being served when sender 2's message arrives: sender 2 is next but one.
+  auto first = inbox.ReceiveAny(In(absl::Seconds(1)));
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(Value(*first), 100);
+  ASSERT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 1, 2), 7)));
+  std::vector<int> order;
+  for (int i = 0; i < 3; ++i) {
+    auto got = inbox.ReceiveAny(In(absl::Seconds(1)));
+    ASSERT_TRUE(got.ok());
+    order.push_back(Value(*got));
+  }
+  // Sender 2's message arrived after sender 1's turn at 100, so 101 (which arrived before it)
+  // goes first, then sender 2, then sender 1 again.
+  EXPECT_EQ(order, (std::vector<int>{101, 7, 102}));
+  // With a new message from sender 2 while sender 1 still has a backlog: one of sender 1's first.
+  ASSERT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kDispatch, 2, 2), 8)));
+  order.clear();
+  for (int i = 0; i < 3; ++i) {
+    auto got = inbox.ReceiveAny(In(absl::Seconds(1)));
+    ASSERT_TRUE(got.ok());
+    order.push_back(Value(*got));
+  }
+  EXPECT_EQ(order, (std::vector<int>{103, 8, 104}));
+}
+
+TEST(TaggedInboxBoundsTest, TransportDropsAreCountedByReason) {
+  TaggedInbox inbox;
+  inbox.CountDrop(DropReason::kUnknownSender);
+  inbox.CountDrop(DropReason::kBadSecret);
+  inbox.CountDrop(DropReason::kBadSecret);
+  inbox.CountDrop(DropReason::kTooLarge);
+  EXPECT_EQ(Drops(inbox, DropReason::kUnknownSender), 1u);
+  EXPECT_EQ(Drops(inbox, DropReason::kBadSecret), 2u);
+  EXPECT_EQ(Drops(inbox, DropReason::kTooLarge), 1u);
+  EXPECT_EQ(inbox.dropped_messages(), 4u);
+  EXPECT_EQ(DropReasonName(DropReason::kStepWindow), "step_window");
+  EXPECT_EQ(DropReasonName(DropReason::kQueueFull), "queue_full");
 }
 
 }  // namespace

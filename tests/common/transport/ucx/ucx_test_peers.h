@@ -20,7 +20,18 @@
 
 namespace moe::transport::testing {
 
-// Creates transports with ids 0..n-1, each connected to every other.
+// The message size bound the test peers admit each other with (the largest test payload).
+inline constexpr size_t kTestMaxMessageBytes = 16 * 1024 * 1024;
+
+// Admits `from` at `to` (messages of at most `max_message_bytes`) and connects `from` to `to` with
+// the secret, as the gRPC rendezvous does between workers.
+inline absl::Status AdmitAndConnect(UcxTransport& from, UcxTransport& to,
+                                    size_t max_message_bytes = kTestMaxMessageBytes) {
+  ASSIGN_OR_RETURN(std::string secret, to.Admit(from.self(), max_message_bytes));
+  return from.Connect(to.self(), to.WorkerAddress(), secret);
+}
+
+// Creates transports with ids 0..n-1, each admitted by and connected to every other.
 inline absl::StatusOr<std::vector<std::unique_ptr<UcxTransport>>> MakeConnectedPeers(
     int n, const UcxOptions& options) {
   std::vector<std::unique_ptr<UcxTransport>> peers;
@@ -30,7 +41,7 @@ inline absl::StatusOr<std::vector<std::unique_ptr<UcxTransport>>> MakeConnectedP
   }
   for (int i = 0; i < n; ++i) {
     for (int j = 0; j < n; ++j) {
-      if (i != j) RETURN_IF_ERROR(peers[i]->Connect(j, peers[j]->WorkerAddress()));
+      if (i != j) RETURN_IF_ERROR(AdmitAndConnect(*peers[i], *peers[j]));
     }
   }
   return peers;

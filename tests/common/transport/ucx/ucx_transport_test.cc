@@ -1,5 +1,6 @@
 #include "common/transport/ucx/ucx_transport.h"
 
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -17,6 +18,7 @@ using ::moe::transport::testing::Pattern;
 using ::moe::transport::testing::TlsCase;
 
 constexpr size_t kSizes[] = {0, 1, 64 * 1024, 16 * 1024 * 1024};
+const std::string kSecret(16, 's');
 
 MessageTag Tag(MessageKind kind, uint64_t step, int32_t sender, uint32_t layer = 0,
                uint32_t micro_batch = 0) {
@@ -259,8 +261,8 @@ TEST_P(UcxTransportTest, RestartedPeerIsReachableAfterConnectingAgain) {
   ASSERT_TRUE(restarted.ok()) << restarted.status();
   peers_[1] = *std::move(restarted);
   // Peer 0 learnt of the goodbye (asynchronously); either way, reconnecting makes it reachable.
-  ASSERT_TRUE(peer(0).Connect(1, peer(1).WorkerAddress()).ok());
-  ASSERT_TRUE(peer(1).Connect(0, peer(0).WorkerAddress()).ok());
+  ASSERT_TRUE(testing::AdmitAndConnect(peer(0), peer(1)).ok());
+  ASSERT_TRUE(testing::AdmitAndConnect(peer(1), peer(0)).ok());
   ASSERT_TRUE(peer(0).Send(1, Tag(MessageKind::kDispatch, 1, 0), Pattern(100, 3)).ok());
   auto got = peer(1).ReceiveTagged(Tag(MessageKind::kDispatch, 1, 0), In(absl::Seconds(10)));
   ASSERT_TRUE(got.ok()) << got.status();
@@ -292,17 +294,61 @@ TEST(UcxTransportBadInputTest, RejectsNegativePeerIds) {
   EXPECT_TRUE(absl::IsInvalidArgument(UcxTransport::Create(-1).status()));
   auto transport = UcxTransport::Create(0);
   ASSERT_TRUE(transport.ok()) << transport.status();
-  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(-3, (*transport)->WorkerAddress())));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(-3, (*transport)->WorkerAddress(), kSecret)));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Admit(-3, 100).status()));
 }
 
 TEST(UcxTransportBadInputTest, RejectsAddressesNotFromWorkerAddress) {
   auto transport = UcxTransport::Create(0);
   ASSERT_TRUE(transport.ok()) << transport.status();
   const std::string good = (*transport)->WorkerAddress();
-  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, "")));
-  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, "127.0.0.1:5000")));
-  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, good.substr(0, good.size() - 1))));
-  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, good + "x")));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, "", kSecret)));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, "127.0.0.1:5000", kSecret)));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, good.substr(0, good.size() - 1), kSecret)));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, good + "x", kSecret)));
+  // A good address with a secret of the wrong size.
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, good, "short")));
+  EXPECT_TRUE(absl::IsInvalidArgument((*transport)->Connect(1, good, "")));
+}
+
+// What crashed an expert worker: garbage bytes as the address reached ucp_address_unpack, which
+// asserts (aborting the process). They must be refused with INVALID_ARGUMENT, and the transport
+// must keep working.
+TEST(UcxTransportBadInputTest, RefusesGarbageAddressBytesWithoutAborting) {
+  auto transport = UcxTransport::Create(0);
+  ASSERT_TRUE(transport.ok()) << transport.status();
+  const std::string good = (*transport)->WorkerAddress();
+  std::vector<std::string> garbage;
+  for (uint32_t seed = 0; seed < 64; ++seed) {
+    const std::vector<std::byte> bytes = Pattern(1 + seed * 37, seed);
+    garbage.emplace_back(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
+  // Garbage inside a correct frame prefix (magic and length), and the good address with its UCX
+  // blob corrupted at every position of its first bytes.
+  for (uint32_t seed = 0; seed < 16; ++seed) {
+    std::string framed = good;
+    const std::vector<std::byte> bytes = Pattern(framed.size() - 16, 100 + seed);
+    std::memcpy(framed.data() + 16, bytes.data(), bytes.size());
+    garbage.push_back(framed);
+  }
+  for (size_t i = 24; i < std::min<size_t>(good.size(), 24 + 32); ++i) {
+    std::string corrupted = good;
+    corrupted[i] = static_cast<char>(corrupted[i] ^ 0x5a);
+    garbage.push_back(corrupted);
+  }
+  garbage.push_back(std::string(1 << 20, 'A'));  // far larger than any address
+  for (const std::string& address : garbage) {
+    absl::Status status = (*transport)->Connect(1, address, kSecret);
+    EXPECT_TRUE(absl::IsInvalidArgument(status)) << address.size() << " bytes: " << status;
+    EXPECT_TRUE(absl::StrContains(status.message(), "address")) << status;
+  }
+  // Still usable: a real peer connects and a round trip works.
+  auto other = UcxTransport::Create(1);
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_TRUE(testing::AdmitAndConnect(**transport, **other).ok());
+  ASSERT_TRUE((*transport)->Send(1, Tag(MessageKind::kDispatch, 1, 0), Pattern(8, 1)).ok());
+  auto got = (*other)->ReceiveAny(In(absl::Seconds(10)));
+  ASSERT_TRUE(got.ok()) << got.status();
 }
 
 TEST(UcxTransportBadInputTest, SendChecksSenderAndPeer) {
