@@ -19,6 +19,7 @@
 #include <numeric>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -157,14 +158,22 @@ int Run(const Args& args) {
     UcxOptions options;
     options.tls = UcxTls(tls);
     if (args.busy_poll_us >= 0) options.busy_poll = absl::Microseconds(args.busy_poll_us);
+    // The bandwidth stream runs ahead of the receiver, and each size starts its steps over.
+    options.inbox = InboxLimits::Unbounded();
     auto a = UcxTransport::Create(0, options);
     auto b = UcxTransport::Create(1, options);
     if (!a.ok() || !b.ok()) {
       std::fprintf(stderr, "%s: %s\n", tls.c_str(), (!a.ok() ? a.status() : b.status()).ToString().c_str());
       return 1;
     }
-    absl::Status st = (*a)->Connect(1, (*b)->WorkerAddress());
-    if (st.ok()) st = (*b)->Connect(0, (*a)->WorkerAddress());
+    // Each admits the other (no size bound: the bench's sizes are its own) and connects with the
+    // secret it was given, as the workers' rendezvous does.
+    absl::Status st;
+    for (auto [from, to] : {std::pair{a->get(), b->get()}, std::pair{b->get(), a->get()}}) {
+      absl::StatusOr<std::string> secret = to->Admit(from->self(), SIZE_MAX);
+      st = secret.ok() ? from->Connect(to->self(), to->WorkerAddress(), *secret) : secret.status();
+      if (!st.ok()) break;
+    }
     if (!st.ok()) {
       std::fprintf(stderr, "%s: %s\n", tls.c_str(), st.ToString().c_str());
       return 1;

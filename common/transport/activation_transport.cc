@@ -27,4 +27,10 @@ std::string_view DropReasonName(DropReason reason) {
   return "unknown";
 }
 
+std::vector<std::string> DropReasonNames() {
+  std::vector<std::string> names;
+  for (int r = 0; r < kNumDropReasons; ++r) names.emplace_back(DropReasonName(static_cast<DropReason>(r)));
+  return names;
+}
+
 }  // namespace moe::transport

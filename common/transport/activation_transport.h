@@ -56,6 +56,8 @@ inline constexpr int kNumDropReasons = 6;
 // "unknown_sender", "bad_secret", "too_large", "queue_full", "step_window", "malformed": the
 // `reason` label of the drop metrics (docs/metrics.md).
 std::string_view DropReasonName(DropReason reason);
+// Every reason's name, in DropReason order.
+std::vector<std::string> DropReasonNames();
 using DropCounts = std::array<uint64_t, kNumDropReasons>;
 
 struct Message {

@@ -1,6 +1,8 @@
 #include "common/transport/moe_message.h"
 
+#include <algorithm>
 #include <bit>
+#include <cstdint>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -34,6 +36,15 @@ T Get(const std::byte*& p) {
 size_t MoeMessageSize(int64_t hidden, size_t num_groups, int64_t total_rows) {
   return kHeaderBytes + num_groups * kGroupBytes +
          static_cast<size_t>(total_rows) * static_cast<size_t>(hidden) * sizeof(bf16);
+}
+
+size_t MaxMoeMessageSize(int64_t hidden, int64_t hosted_experts, int64_t top_k, int64_t max_tokens) {
+  if (hidden <= 0 || hosted_experts <= 0 || top_k <= 0 || max_tokens <= 0) return kHeaderBytes;
+  const unsigned __int128 rows =
+      static_cast<unsigned __int128>(max_tokens) * static_cast<uint64_t>(std::min(top_k, hosted_experts));
+  const unsigned __int128 bytes = kHeaderBytes + static_cast<unsigned __int128>(hosted_experts) * kGroupBytes +
+                                  rows * static_cast<uint64_t>(hidden) * sizeof(bf16);
+  return bytes > SIZE_MAX ? SIZE_MAX : static_cast<size_t>(bytes);
 }
 
 bf16* EncodeMoeMessageHeader(int64_t hidden, std::span<const ExpertGroup> groups,

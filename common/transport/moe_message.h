@@ -33,6 +33,11 @@ struct MoeMessageView {
 
 // Bytes an encoded message occupies.
 size_t MoeMessageSize(int64_t hidden, size_t num_groups, int64_t total_rows);
+// The most bytes one round's message (dispatch or combine) between an attention worker stepping at
+// most `max_tokens` tokens and an expert worker hosting `hosted_experts` experts can take: each
+// token sends at most min(top_k, hosted_experts) rows (one per routed expert), in at most
+// hosted_experts groups. Saturates at SIZE_MAX instead of overflowing.
+size_t MaxMoeMessageSize(int64_t hidden, int64_t hosted_experts, int64_t top_k, int64_t max_tokens);
 // Writes the header and group table into `out` (resized to MoeMessageSize) and returns a pointer
 // to where the rows go ([total_rows, hidden] bf16), for the caller to fill without another copy.
 bf16* EncodeMoeMessageHeader(int64_t hidden, std::span<const ExpertGroup> groups,

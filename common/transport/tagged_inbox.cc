@@ -24,7 +24,7 @@ std::optional<DropReason> TaggedInbox::ScreenLocked(const MessageTag& tag, size_
   auto it = senders_.find(tag.sender);
   if (it == senders_.end()) return std::nullopt;
   const SenderQueue& queue = it->second;
-  if (queue.floor.has_value()) {
+  if (queue.floor.has_value() && limits_.max_steps_ahead != UINT64_MAX) {
     const uint64_t floor = *queue.floor;
     if (tag.step < floor) return DropReason::kStepWindow;
     if (tag.step - floor > limits_.max_steps_ahead) return DropReason::kStepWindow;

@@ -47,7 +47,8 @@ struct InboxLimits {
   // late answer of an abandoned round); 0 means unbounded.
   size_t max_queued_per_sender = 16;
   // How far beyond the step the receiver last waited for or took from a sender its messages may
-  // be. Steps of an attention worker increase by one per forward pass.
+  // be. Steps of an attention worker increase by one per forward pass. UINT64_MAX: no step window
+  // at all (neither ahead nor behind is dropped on delivery; ReceiveTagged still drops stale ones).
   uint64_t max_steps_ahead = 64;
 
   static InboxLimits Unbounded() { return InboxLimits{0, UINT64_MAX}; }

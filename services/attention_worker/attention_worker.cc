@@ -37,8 +37,21 @@ absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
   connector.expert_addresses = options.expert_addresses;
   connector.attention_rank = options.rank;
   connector.num_experts = config.num_experts;
+  connector.hidden_size = config.hidden_size;
+  connector.experts_per_token = config.num_experts_per_tok;
+  connector.max_round_tokens = options.engine.max_step_tokens;
   ASSIGN_OR_RETURN(connector.model_fingerprint, model::ModelFingerprint(options.model_dir));
-  if (registry != nullptr) worker->metrics_ = std::make_unique<AttentionMetrics>(*registry);
+  if (registry != nullptr) {
+    worker->metrics_ = std::make_unique<AttentionMetrics>(*registry);
+    worker->drop_metrics_ = std::make_unique<metrics::CounterMirror>(
+        *registry, "moe_attention_data_plane_dropped_messages_total",
+        "Data-plane messages dropped before being queued, by reason", "reason", transport::DropReasonNames(),
+        [transport = worker->transport_.get()] {
+          const transport::DropCounts counts = transport->drop_counts();
+          return std::vector<uint64_t>(counts.begin(), counts.end());
+        },
+        absl::Seconds(1));
+  }
   return worker;
 }
 

@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/engine/engine.h"
+#include "common/metrics/counter_mirror.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "prometheus/registry.h"
 #include "services/attention_worker/attention_metrics.h"
@@ -53,6 +54,8 @@ class AttentionWorker {
 
   AttentionWorkerOptions options_;
   std::unique_ptr<transport::UcxTransport> transport_;  // outlives engine (declared first)
+  // moe_attention_data_plane_dropped_messages_total; after transport_, so destroyed before it.
+  std::unique_ptr<metrics::CounterMirror> drop_metrics_;
   std::unique_ptr<AttentionMetrics> metrics_;
   std::unique_ptr<engine::Engine> engine_;  // moved into loop_ by Start
   std::unique_ptr<ExpertConnector> connector_;

@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "common/engine/expert_placement.h"
 #include "common/logging/logging.h"
+#include "common/transport/moe_message.h"
 #include "grpcpp/grpcpp.h"
 
 namespace moe::services {
@@ -116,10 +117,13 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   absl::Status valid = ValidateExpertInfo(info, rank, static_cast<int>(peers_.size()), options_.num_experts,
                                           options_.model_fingerprint);
   if (!valid.ok()) return set_error(std::string(valid.message()));
-  // Ours first, so that by the time the expert worker can answer us our endpoint exists; Connect
-  // replaces an endpoint to a previous incarnation and clears its recorded failure.
-  absl::Status local = transport_->Connect(info.peer_id(), info.address());
-  if (!local.ok()) return set_error(absl::StrCat("UCX connect: ", local.ToString()));
+  // Admit the expert worker's answers first (a fresh secret, replacing any earlier one), so that by
+  // the time it can answer us they are accepted. Its combine messages mirror our dispatches: at
+  // most max_round_tokens tokens of min(top_k, hosted) rows each.
+  absl::StatusOr<std::string> our_secret = transport_->Admit(
+      info.peer_id(), transport::MaxMoeMessageSize(options_.hidden_size, info.num_experts(),
+                                                   options_.experts_per_token, options_.max_round_tokens));
+  if (!our_secret.ok()) return set_error(absl::StrCat("UCX admit: ", our_secret.status().ToString()));
   grpc::ClientContext connect_context;
   connect_context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
   v1::ConnectRequest request;
@@ -127,9 +131,15 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   request.set_peer_id(transport_->self());
   request.set_address(transport_->WorkerAddress());
   request.set_model_fingerprint(options_.model_fingerprint);
+  request.set_data_plane_secret(*our_secret);
+  request.set_max_round_tokens(options_.max_round_tokens);
   v1::ConnectResponse response;
   rpc = peer.stub->Connect(&connect_context, request, &response);
   if (!rpc.ok()) return set_error(absl::StrCat("Connect: ", rpc.error_message()));
+  // Connect validates the address (framing, checksum, size, UCX header) before UCX sees it, replaces
+  // an endpoint to a previous incarnation and clears its recorded failure.
+  absl::Status local = transport_->Connect(info.peer_id(), info.address(), response.data_plane_secret());
+  if (!local.ok()) return set_error(absl::StrCat("UCX connect: ", local.ToString()));
   peer.connected = true;
   peer.data_address = info.address();
   peer.last_error.clear();

@@ -1,7 +1,10 @@
 // The attention worker's view of the expert workers (ExpertControl clients, expert_control.proto): at
 // start and whenever one is missing it calls GetInfo + Connect on it (retrying with a bounded backoff),
 // validates its shard against the ExpertPlacement layout and the model fingerprint, and connects
-// the local UcxTransport to its data-plane address. While all are connected it re-checks them every
+// the local UcxTransport to its data-plane address. The rendezvous is also the data plane's
+// admission (docs/data-plane.md#admission-and-bounds): the connector admits the expert worker's
+// combine messages (a fresh secret, sent in ConnectRequest, and the size bound of its shard's
+// answers) and connects with the secret the expert worker returns in ConnectResponse. While all are connected it re-checks them every
 // `monitor_interval`, so a dead or restarted expert worker (new UCX address) is noticed without
 // traffic; ReportFailure() (a step failed with UNAVAILABLE) re-checks at once.
 //
@@ -31,6 +34,11 @@ struct ExpertConnectorOptions {
   int attention_rank = 0;
   std::string model_fingerprint;
   int64_t num_experts = 0;  // the model's experts per layer
+  // For the data plane's size bounds (docs/data-plane.md#admission-and-bounds): the model's hidden
+  // size and experts per token, and the most tokens one step carries (--max_step_tokens).
+  int64_t hidden_size = 0;
+  int64_t experts_per_token = 0;
+  int64_t max_round_tokens = 0;
   absl::Duration rpc_timeout = absl::Seconds(2);
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(2);

@@ -28,14 +28,17 @@ grpc::Status ExpertControlService::Connect(grpc::ServerContext* context, const v
   ExpertWorker* worker = worker_.load();
   if (worker == nullptr) return kLoading;
   if (drained_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the expert worker is draining");
-  absl::Status status =
-      worker->ConnectAttention(request->peer_id(), request->address(), request->model_fingerprint());
-  if (!status.ok()) {
-    LOG(WARNING) << "Connect from attention rank " << request->attention_rank() << " refused: " << status;
-    return rpc::ToGrpcStatus(status);
+  absl::StatusOr<std::string> secret =
+      worker->ConnectAttention(request->peer_id(), request->address(), request->model_fingerprint(),
+                               request->data_plane_secret(), request->max_round_tokens());
+  if (!secret.ok()) {
+    LOG(WARNING) << "Connect from attention rank " << request->attention_rank() << " refused: "
+                 << secret.status();
+    return rpc::ToGrpcStatus(secret.status());
   }
   LOG(INFO) << "connected to attention worker peer " << request->peer_id();
   *response->mutable_info() = worker->info();
+  response->set_data_plane_secret(*std::move(secret));
   return grpc::Status::OK;
 }
 

@@ -7,6 +7,7 @@
 #include "common/model/model_fingerprint.h"
 #include "common/model/weights.h"
 #include "common/status/status_macros.h"
+#include "common/transport/moe_message.h"
 
 namespace moe::services {
 
@@ -23,6 +24,10 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
   if (options.load_window <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--load_window_seconds must be > 0");
   }
+  if (options.max_round_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_round_tokens must be >= 1, got ", options.max_round_tokens));
+  }
   ASSIGN_OR_RETURN(model::ModelConfig config,
                    model::ModelConfig::FromFile(options.model_dir + "/config.json"));
   if (!config.IsMoe()) {
@@ -34,6 +39,9 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
                                                    " workers for ", config.num_experts, " experts"));
   }
   std::unique_ptr<ExpertWorker> worker(new ExpertWorker());
+  worker->hidden_ = config.hidden_size;
+  worker->top_k_ = config.num_experts_per_tok;
+  worker->max_round_tokens_ = options.max_round_tokens;
   const engine::ExpertRange range =
       engine::ExpertPlacement::RangeOf(config.num_experts, options.num_expert_workers, options.rank);
   {
@@ -66,6 +74,14 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
     worker->metrics_ =
         std::make_unique<ExpertMetrics>(*registry, moe_layers, config.num_hidden_layers, range.first,
                                         range.count, options.per_expert_metrics, options.load_window);
+    worker->drop_metrics_ = std::make_unique<metrics::CounterMirror>(
+        *registry, "moe_expert_data_plane_dropped_messages_total",
+        "Data-plane messages dropped before being queued, by reason", "reason", transport::DropReasonNames(),
+        [transport = worker->transport_.get()] {
+          const transport::DropCounts counts = transport->drop_counts();
+          return std::vector<uint64_t>(counts.begin(), counts.end());
+        },
+        absl::Seconds(1));
   }
   worker->server_ = std::make_unique<engine::ExpertShardServer>(
       worker->block_.get(), worker->transport_.get(), worker->metrics_.get());
@@ -73,8 +89,9 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
   return worker;
 }
 
-absl::Status ExpertWorker::ConnectAttention(int32_t peer_id, const std::string& address,
-                                            const std::string& fingerprint) {
+absl::StatusOr<std::string> ExpertWorker::ConnectAttention(int32_t peer_id, const std::string& address,
+                                                           const std::string& fingerprint,
+                                                           const std::string& secret, int64_t max_round_tokens) {
   if (peer_id < 0 || peer_id >= kFirstExpertPeerId) {
     return absl::InvalidArgumentError(absl::StrCat("peer_id: attention worker peer ids are in [0, ",
                                                    kFirstExpertPeerId, "), got ", peer_id));
@@ -84,7 +101,17 @@ absl::Status ExpertWorker::ConnectAttention(int32_t peer_id, const std::string& 
                                                       fingerprint, ", this expert worker ",
                                                       info_.model_fingerprint()));
   }
-  return transport_->Connect(peer_id, address);
+  if (max_round_tokens < 1 || max_round_tokens > max_round_tokens_) {
+    return absl::InvalidArgumentError(absl::StrCat("max_round_tokens: must be in [1, ", max_round_tokens_,
+                                                   "], got ", max_round_tokens));
+  }
+  if (secret.size() != transport::kDataPlaneSecretBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("data_plane_secret: ", secret.size(), " bytes, expected ",
+                                                   transport::kDataPlaneSecretBytes));
+  }
+  RETURN_IF_ERROR(transport_->Connect(peer_id, address, secret));
+  return transport_->Admit(peer_id, transport::MaxMoeMessageSize(hidden_, info_.num_experts(), top_k_,
+                                                                 max_round_tokens));
 }
 
 }  // namespace moe::services

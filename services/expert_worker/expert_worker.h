@@ -11,12 +11,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/engine/expert_block.h"
 #include "common/engine/expert_placement.h"
 #include "common/engine/expert_shard_server.h"
+#include "common/metrics/counter_mirror.h"
 #include "common/model/checkpoint.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "moe/v1/expert_control.pb.h"
@@ -35,6 +37,9 @@ struct ExpertWorkerOptions {
   int num_expert_workers = 1;
   absl::Duration load_window = absl::Seconds(60);
   bool per_expert_metrics = false;
+  // The largest max_round_tokens an attention worker may announce in Connect (it bounds the size
+  // of the dispatches this worker accepts from it: docs/data-plane.md#admission-and-bounds).
+  int64_t max_round_tokens = 65536;
   transport::UcxOptions ucx;
 };
 
@@ -48,10 +53,18 @@ class ExpertWorker {
 
   const v1::ExpertWorkerInfo& info() const { return info_; }
 
-  // Connects the data plane back to attention worker `peer_id` (0 <= peer_id < 1000) at `address`.
-  // Replaces a previous endpoint (a restarted attention worker). INVALID_ARGUMENT for a bad peer id
-  // or address; FAILED_PRECONDITION when `fingerprint` (if non-empty) is not this model's.
-  absl::Status ConnectAttention(int32_t peer_id, const std::string& address, const std::string& fingerprint);
+  // The rendezvous with attention worker `peer_id` (0 <= peer_id < 1000), from its Connect RPC:
+  // connects the data plane back to it at `address`, carrying `secret` (the one it admitted us
+  // with), and admits its dispatches of up to `max_round_tokens` tokens per round. Returns the
+  // secret its dispatches must carry. Replaces a previous endpoint and admission (a restarted
+  // attention worker). INVALID_ARGUMENT naming the field for a bad peer id, address, secret or
+  // max_round_tokens (<= 0 or above ExpertWorkerOptions::max_round_tokens); FAILED_PRECONDITION when
+  // `fingerprint` (if non-empty) is not this model's.
+  absl::StatusOr<std::string> ConnectAttention(int32_t peer_id, const std::string& address,
+                                               const std::string& fingerprint, const std::string& secret,
+                                               int64_t max_round_tokens);
+  // Messages the data plane dropped, by reason (transport::DropReason).
+  transport::DropCounts data_plane_drops() const { return transport_->drop_counts(); }
 
   // See engine::ExpertShardServer::Drain / Stop.
   uint64_t Drain() { return server_->Drain(); }
@@ -64,10 +77,15 @@ class ExpertWorker {
   ExpertWorker() = default;
 
   v1::ExpertWorkerInfo info_;
+  int64_t hidden_ = 0;
+  int64_t top_k_ = 0;
+  int64_t max_round_tokens_ = 0;
   // Declared before block_: the shard's weights may be views into the checkpoint's mmap.
   std::unique_ptr<model::Checkpoint> checkpoint_;
   std::unique_ptr<engine::ExpertBlock> block_;
   std::unique_ptr<transport::UcxTransport> transport_;
+  // moe_expert_data_plane_dropped_messages_total; after transport_, so destroyed before it.
+  std::unique_ptr<metrics::CounterMirror> drop_metrics_;
   std::unique_ptr<ExpertMetrics> metrics_;
   std::unique_ptr<engine::ExpertShardServer> server_;
 };

@@ -19,6 +19,8 @@ ABSL_FLAG(std::string, transport, "ucx",
 ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
 ABSL_FLAG(double, load_window_seconds, 60, "window of moe_expert_load_balance_ratio");
 ABSL_FLAG(bool, per_expert_metrics, false, "export moe_expert_expert_tokens_total{layer,expert}");
+ABSL_FLAG(int64_t, max_round_tokens, 65536,
+          "the largest --max_step_tokens an attention worker may announce (bounds dispatch sizes)");
 
 int main(int argc, char** argv) {
   auto service = moe::rpc::ServiceMain::Init(
@@ -43,6 +45,7 @@ int main(int argc, char** argv) {
   options.num_expert_workers = absl::GetFlag(FLAGS_num_expert_workers);
   options.load_window = absl::Seconds(absl::GetFlag(FLAGS_load_window_seconds));
   options.per_expert_metrics = absl::GetFlag(FLAGS_per_expert_metrics);
+  options.max_round_tokens = absl::GetFlag(FLAGS_max_round_tokens);
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
 
   moe::rpc::ServiceMain* main_service = service.get();

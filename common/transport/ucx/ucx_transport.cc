@@ -15,6 +15,8 @@
 
 namespace moe::transport {
 
+static_assert(kDataPlaneSecretBytes == ucx::kPeerSecretBytes);
+
 absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(int32_t self, const UcxOptions& options) {
   if (self < 0) return absl::InvalidArgumentError(absl::StrCat("peer id ", self, " is negative"));
   if (options.send_timeout <= absl::ZeroDuration()) {

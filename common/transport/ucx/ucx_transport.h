@@ -73,6 +73,9 @@ class UcxSender;
 class UcxWorker;
 }  // namespace ucx
 
+// Bytes of the secret UcxTransport::Admit returns and Connect takes.
+inline constexpr size_t kDataPlaneSecretBytes = 16;
+
 class UcxTransport final : public InboxTransport {
  public:
   // Creates the UCX context, worker and progress thread for peer id `self` (>= 0).
@@ -88,7 +91,7 @@ class UcxTransport final : public InboxTransport {
   std::string WorkerAddress() const { return address_; }
 
   // Admits data messages from `peer` (>= 0) of at most `max_message_bytes`, and returns the secret
-  // (kPeerSecretBytes random bytes) the peer must carry in them: hand it to the peer over the
+  // (kDataPlaneSecretBytes random bytes) the peer must carry in them: hand it to the peer over the
   // authenticated control plane, for its Connect. A new admission replaces the previous one (the
   // old secret stops working) and forgets the peer's queued messages and step window (a restarted
   // peer starts its steps over).

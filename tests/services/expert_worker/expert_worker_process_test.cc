@@ -3,11 +3,16 @@
 #include <sys/wait.h>
 
 #include <csignal>
+#include <string>
+#include <vector>
 
 #include "absl/time/clock.h"
+#include "common/model/config.h"
 #include "common/model/model_fingerprint.h"
 #include "common/rpc/tls.h"
 #include "common/rpc/tls_certificates.h"
+#include "common/transport/moe_message.h"
+#include "common/transport/ucx/ucx_transport.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/expert_control.grpc.pb.h"
@@ -47,11 +52,68 @@ TEST(ExpertWorkerProcessTest, ServesItsShardOfAnUnevenSplitAndExitsZeroOnSigterm
   v1::ConnectRequest bad;
   bad.set_peer_id(0);
   bad.set_address("not a ucx address");
+  bad.set_data_plane_secret(std::string(16, 's'));
+  bad.set_max_round_tokens(8);
   v1::ConnectResponse response;
   EXPECT_EQ(stub->Connect(&bad_context, bad, &response).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   grpc::ClientContext wrong_model;
   bad.set_model_fingerprint("fnv1a64:0000000000000000");
   EXPECT_EQ(stub->Connect(&wrong_model, bad, &response).error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+
+  // The data plane's rendezvous (docs/data-plane.md#admission-and-bounds), as an attention worker
+  // does it, from a UCX endpoint in this process.
+  auto local = transport::UcxTransport::Create(0);
+  ASSERT_TRUE(local.ok()) << local.status();
+  auto connect = [&](const std::string& address, const std::string& secret, int64_t max_round_tokens,
+                     v1::ConnectResponse* out) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(10)));
+    v1::ConnectRequest request;
+    request.set_peer_id(0);
+    request.set_address(address);
+    request.set_data_plane_secret(secret);
+    request.set_max_round_tokens(max_round_tokens);
+    return stub->Connect(&context, request, out).error_code();
+  };
+  auto our_secret = (*local)->Admit(1002, 1 << 20);
+  ASSERT_TRUE(our_secret.ok());
+  const std::string good = (*local)->WorkerAddress();
+  // What aborted an expert worker in ucp_address_unpack: garbage address bytes, here also inside a
+  // correct frame prefix. Each is INVALID_ARGUMENT and the worker lives on.
+  for (uint32_t seed = 1; seed <= 20; ++seed) {
+    std::string garbage = good;
+    for (size_t i = (seed % 2 == 0 ? 0 : 8); i < garbage.size(); ++i) {
+      garbage[i] = static_cast<char>((i * 2654435761u + seed * 40503u) >> 13);
+    }
+    EXPECT_EQ(connect(garbage, *our_secret, 8, &response), grpc::StatusCode::INVALID_ARGUMENT) << seed;
+  }
+  EXPECT_EQ(connect(good, "short", 8, &response), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(connect(good, *our_secret, 0, &response), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(connect(good, *our_secret, int64_t{1} << 40, &response), grpc::StatusCode::INVALID_ARGUMENT);
+  ASSERT_EQ(connect(good, *our_secret, 8, &response), grpc::StatusCode::OK);
+  ASSERT_EQ(response.data_plane_secret().size(), 16u);
+  ASSERT_TRUE((*local)->Connect(1002, info.address(), response.data_plane_secret()).ok());
+
+  // An impostor claiming the same peer id, without the secret, is dropped: no answer.
+  auto impostor = transport::UcxTransport::Create(0);
+  ASSERT_TRUE(impostor.ok());
+  ASSERT_TRUE((*impostor)->Connect(1002, info.address(), std::string(16, '\0')).ok());
+  std::vector<std::byte> empty_round;
+  auto config = model::ModelConfig::FromFile(model + "/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  transport::EncodeMoeMessageHeader(config->hidden_size, {}, &empty_round);
+  const transport::MessageTag spoofed{transport::MessageKind::kDispatch, 1, 0, 0, 0};
+  ASSERT_TRUE((*impostor)->Send(1002, spoofed, empty_round).ok());
+  auto no_answer = (*impostor)->ReceiveAny(absl::Now() + absl::Milliseconds(500));
+  EXPECT_TRUE(absl::IsUnavailable(no_answer.status())) << no_answer.status();
+  // The admitted endpoint gets its round answered (an empty dispatch: an empty combine).
+  const transport::MessageTag dispatch{transport::MessageKind::kDispatch, 2, 0, 0, 0};
+  ASSERT_TRUE((*local)->Send(1002, dispatch, empty_round).ok());
+  const transport::MessageTag combine{transport::MessageKind::kCombine, 2, 0, 0, 1002};
+  auto answer = (*local)->ReceiveTagged(combine, absl::Now() + absl::Seconds(10));
+  EXPECT_TRUE(answer.ok()) << answer.status();
+  (*local)->Shutdown();
+  (*impostor)->Shutdown();
 
   (*child)->Signal(SIGTERM);
   const std::optional<int> status = (*child)->Wait(absl::Seconds(10));
