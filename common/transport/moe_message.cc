@@ -42,7 +42,8 @@ size_t MaxMoeMessageSize(int64_t hidden, int64_t hosted_experts, int64_t top_k, 
   if (hidden <= 0 || hosted_experts <= 0 || top_k <= 0 || max_tokens <= 0) return kHeaderBytes;
   const unsigned __int128 rows =
       static_cast<unsigned __int128>(max_tokens) * static_cast<uint64_t>(std::min(top_k, hosted_experts));
-  const unsigned __int128 bytes = kHeaderBytes + static_cast<unsigned __int128>(hosted_experts) * kGroupBytes +
+  const unsigned __int128 bytes = kHeaderBytes +
+                                  static_cast<unsigned __int128>(hosted_experts) * kGroupBytes +
                                   rows * static_cast<uint64_t>(hidden) * sizeof(bf16);
   return bytes > SIZE_MAX ? SIZE_MAX : static_cast<size_t>(bytes);
 }

@@ -4,9 +4,9 @@
 // the local UcxTransport to its data-plane address. The rendezvous is also the data plane's
 // admission (docs/data-plane.md#admission-and-bounds): the connector admits the expert worker's
 // combine messages (a fresh secret, sent in ConnectRequest, and the size bound of its shard's
-// answers) and connects with the secret the expert worker returns in ConnectResponse. While all are connected it re-checks them every
-// `monitor_interval`, so a dead or restarted expert worker (new UCX address) is noticed without
-// traffic; ReportFailure() (a step failed with UNAVAILABLE) re-checks at once.
+// answers) and connects with the secret the expert worker returns in ConnectResponse. While all are connected
+// it re-checks them every `monitor_interval`, so a dead or restarted expert worker (new UCX address) is
+// noticed without traffic; ReportFailure() (a step failed with UNAVAILABLE) re-checks at once.
 //
 // Thread safety: all public methods are thread-safe. One background thread does the RPCs.
 #ifndef MOE_SERVICES_ATTENTION_WORKER_EXPERT_CONNECTOR_H_

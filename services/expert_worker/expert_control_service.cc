@@ -32,8 +32,8 @@ grpc::Status ExpertControlService::Connect(grpc::ServerContext* context, const v
       worker->ConnectAttention(request->peer_id(), request->address(), request->model_fingerprint(),
                                request->data_plane_secret(), request->max_round_tokens());
   if (!secret.ok()) {
-    LOG(WARNING) << "Connect from attention rank " << request->attention_rank() << " refused: "
-                 << secret.status();
+    LOG(WARNING) << "Connect from attention rank " << request->attention_rank()
+                 << " refused: " << secret.status();
     return rpc::ToGrpcStatus(secret.status());
   }
   LOG(INFO) << "connected to attention worker peer " << request->peer_id();

@@ -91,7 +91,8 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
 
 absl::StatusOr<std::string> ExpertWorker::ConnectAttention(int32_t peer_id, const std::string& address,
                                                            const std::string& fingerprint,
-                                                           const std::string& secret, int64_t max_round_tokens) {
+                                                           const std::string& secret,
+                                                           int64_t max_round_tokens) {
   if (peer_id < 0 || peer_id >= kFirstExpertPeerId) {
     return absl::InvalidArgumentError(absl::StrCat("peer_id: attention worker peer ids are in [0, ",
                                                    kFirstExpertPeerId, "), got ", peer_id));
@@ -102,16 +103,16 @@ absl::StatusOr<std::string> ExpertWorker::ConnectAttention(int32_t peer_id, cons
                                                       info_.model_fingerprint()));
   }
   if (max_round_tokens < 1 || max_round_tokens > max_round_tokens_) {
-    return absl::InvalidArgumentError(absl::StrCat("max_round_tokens: must be in [1, ", max_round_tokens_,
-                                                   "], got ", max_round_tokens));
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_round_tokens: must be in [1, ", max_round_tokens_, "], got ", max_round_tokens));
   }
   if (secret.size() != transport::kDataPlaneSecretBytes) {
     return absl::InvalidArgumentError(absl::StrCat("data_plane_secret: ", secret.size(), " bytes, expected ",
                                                    transport::kDataPlaneSecretBytes));
   }
   RETURN_IF_ERROR(transport_->Connect(peer_id, address, secret));
-  return transport_->Admit(peer_id, transport::MaxMoeMessageSize(hidden_, info_.num_experts(), top_k_,
-                                                                 max_round_tokens));
+  return transport_->Admit(
+      peer_id, transport::MaxMoeMessageSize(hidden_, info_.num_experts(), top_k_, max_round_tokens));
 }
 
 }  // namespace moe::services

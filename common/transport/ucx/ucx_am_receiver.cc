@@ -54,7 +54,8 @@ ucs_status_t UcxAmReceiver::OnData(void* arg, const void* header, size_t header_
   }
   if (self->inbox_->is_shut_down()) return UCS_OK;
   const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
-  if (std::optional<DropReason> drop = self->AdmitMessage(message.tag, secret, length, rndv); drop.has_value()) {
+  if (std::optional<DropReason> drop = self->AdmitMessage(message.tag, secret, length, rndv);
+      drop.has_value()) {
     // Dropped before its payload is copied or pulled: returning UCS_OK without receiving the data
     // releases it (for rendezvous, UCX completes the sender's request without a transfer).
     self->inbox_->CountDrop(*drop);

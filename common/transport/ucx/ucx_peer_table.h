@@ -35,7 +35,8 @@ class UcxPeerTable {
 
   // Creates the endpoint to `peer` (incarnation `instance`, which admitted us with `secret`) from
   // UCX's address blob, replacing (closing) an existing one. The UCX error if ucp_ep_create fails.
-  absl::Status Connect(int32_t peer, const std::string& ucx_blob, uint64_t instance, const PeerSecret& secret);
+  absl::Status Connect(int32_t peer, const std::string& ucx_blob, uint64_t instance,
+                       const PeerSecret& secret);
   // Closes the endpoint to `peer` now. NOT_FOUND if `peer` is not connected.
   absl::Status Disconnect(int32_t peer);
   // Closes the endpoint to `peer` now if there is one.

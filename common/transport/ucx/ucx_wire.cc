@@ -13,7 +13,7 @@ namespace moe::transport::ucx {
 namespace {
 
 constexpr uint32_t kWireMagic = 0x5843554d;  // "MUCX" little-endian
-constexpr uint8_t kWireVersion = 2;  // 2: the sender's secret
+constexpr uint8_t kWireVersion = 2;          // 2: the sender's secret
 
 constexpr char kAddressMagic[4] = {'M', 'U', 'X', 'A'};
 constexpr size_t kAddressPrefix = sizeof(kAddressMagic) + sizeof(uint32_t) + 2 * sizeof(uint64_t);
@@ -119,8 +119,8 @@ absl::StatusOr<ParsedWorkerAddress> ParseWorkerAddress(std::string_view address,
         absl::StrCat("address: ", address.size(), " bytes is shorter than a framed UCX worker address"));
   }
   if (address.size() > kAddressPrefix + kMaxUcxAddressBytes) {
-    return absl::InvalidArgumentError(absl::StrCat("address: ", address.size(), " bytes exceeds the limit of ",
-                                                   kAddressPrefix + kMaxUcxAddressBytes));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "address: ", address.size(), " bytes exceeds the limit of ", kAddressPrefix + kMaxUcxAddressBytes));
   }
   if (std::memcmp(address.data(), kAddressMagic, sizeof(kAddressMagic)) != 0) {
     return absl::InvalidArgumentError("address: not a UCX worker address from UcxTransport (bad magic)");
@@ -141,9 +141,9 @@ absl::StatusOr<ParsedWorkerAddress> ParseWorkerAddress(std::string_view address,
   const std::string_view blob = address.substr(kAddressPrefix);
   if (checksum != Fnv1a(blob)) return absl::InvalidArgumentError("address: checksum mismatch");
   if (static_cast<uint8_t>(blob[0]) != own_header) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("address: UCX address header ", static_cast<int>(static_cast<uint8_t>(blob[0])),
-                     " differs from ours (", static_cast<int>(own_header), "): another UCX version or configuration"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "address: UCX address header ", static_cast<int>(static_cast<uint8_t>(blob[0])),
+        " differs from ours (", static_cast<int>(own_header), "): another UCX version or configuration"));
   }
   parsed.ucx_blob.assign(blob);
   return parsed;

@@ -25,8 +25,9 @@ double Value(prometheus::Registry& registry, const std::string& name, const std:
 TEST(CounterMirrorTest, ListsEverySeriesAndAddsTheSourcesGrowth) {
   prometheus::Registry registry;
   std::vector<uint64_t> totals = {0, 0};
-  CounterMirror mirror(registry, "moe_test_dropped_total", "help", "reason", {"a", "b"},
-                       [&] { return totals; }, absl::ZeroDuration());
+  CounterMirror mirror(
+      registry, "moe_test_dropped_total", "help", "reason", {"a", "b"}, [&] { return totals; },
+      absl::ZeroDuration());
   EXPECT_EQ(Value(registry, "moe_test_dropped_total", "a"), 0);
   EXPECT_EQ(Value(registry, "moe_test_dropped_total", "b"), 0);
   totals = {3, 1};

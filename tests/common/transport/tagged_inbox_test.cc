@@ -290,8 +290,8 @@ TEST(TaggedInboxBoundsTest, StepWindowDropsFarAheadAndBehindOnceTheReceiverWaite
   // Waiting for step 10 sets the window to [10, 18].
   auto missing = inbox.ReceiveTagged(Tag(MessageKind::kCombine, 10, 2), In(absl::Milliseconds(5)));
   EXPECT_TRUE(absl::IsUnavailable(missing.status()));
-  EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 9, 2), 2)));    // behind
-  EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 19, 2), 3)));   // too far ahead
+  EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 9, 2), 2)));   // behind
+  EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 19, 2), 3)));  // too far ahead
   EXPECT_FALSE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, UINT64_MAX, 2), 4)));
   EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 10, 2, 1), 5)));  // the round waited for
   EXPECT_TRUE(inbox.Deliver(Msg(Tag(MessageKind::kCombine, 18, 2), 6)));     // the window's top
