@@ -32,6 +32,9 @@ if(NOT MOE_CORE_ONLY)
   find_package(glog 0.6 CONFIG QUIET)
   if(Protobuf_FOUND AND gRPC_FOUND AND prometheus-cpp_FOUND AND glog_FOUND)
     set(MOE_HAVE_SERVICES ON)
+    # The router's OpenAI-compatible HTTP API (Debian: libcpp-httplib-dev, a compiled library whose
+    # pkg-config flags carry the feature defines it was built with).
+    pkg_check_modules(CPPHTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
   else()
     message(STATUS "moe: gRPC/Protobuf/prometheus-cpp/glog not found; building the engine core only")
   endif()

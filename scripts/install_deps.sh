@@ -8,6 +8,7 @@ packages=(
   libabsl-dev nlohmann-json3-dev libpcre2-dev libutf8proc-dev zlib1g-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
+  libcpp-httplib-dev  # the router's OpenAI-compatible HTTP API
   prometheus-cpp-dev libucx-dev ucx-utils libgoogle-glog-dev
   openssl  # moectl cluster up and the tests make throwaway mTLS certificates with it
   python3 python3-numpy

@@ -40,6 +40,10 @@ GrpcServer::~GrpcServer() {
   Shutdown(absl::ZeroDuration());
 }
 
+std::shared_ptr<grpc::Channel> GrpcServer::InProcessChannel() {
+  return server_->InProcessChannel(grpc::ChannelArguments());
+}
+
 void GrpcServer::SetStarted() {
   server_->GetHealthCheckService()->SetServingStatus("startup", true);
 }

@@ -27,6 +27,9 @@ class GrpcServer {
   ~GrpcServer();
 
   int port() const { return port_; }
+  // A channel to this server's services without a socket (the router's HTTP API calls its own
+  // Generation service through it). Valid until Shutdown.
+  std::shared_ptr<grpc::Channel> InProcessChannel();
   // Marks startup done (stays SERVING).
   void SetStarted();
   // Sets readiness ("readiness" and "").

@@ -1,6 +1,7 @@
 // moe-router: the public moe.v1.Generation API of the cluster. Tokenizes, validates, queues and
 // places requests on attention workers and streams their text back. Flags and env: --help,
 // deploy/k8s/README.md.
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 #include "services/router/api_keys.h"
 #include "services/router/attention_worker_pool.h"
 #include "services/router/generate_service.h"
+#include "services/router/openai/http_server.h"
 #include "services/router/request_validation.h"
 #include "services/router/router_metrics.h"
 #include "services/router/served_model.h"
@@ -27,6 +29,9 @@ ABSL_FLAG(double, load_poll_ms, 100, "interval of the attention workers' GetLoad
 ABSL_FLAG(std::string, api_keys_file, "",
           "require an API key (`authorization: Bearer KEY`) on every public call; the file has one "
           "`NAME KEY` per line and is re-read when it changes (docs/operations.md#api-keys)");
+ABSL_FLAG(std::string, http_listen, "",
+          "HOST:PORT of the OpenAI-compatible HTTP API (docs/http-api.md); empty: no HTTP API");
+ABSL_FLAG(int, http_threads, 128, "HTTP API threads: each open connection (an SSE stream) holds one");
 ABSL_FLAG(double, drain_seconds, 20, "on SIGTERM, how long open streams may finish");
 
 int main(int argc, char** argv) {
@@ -37,8 +42,8 @@ int main(int argc, char** argv) {
        .usage =
            "moe-router: the cluster's public moe.v1.Generation API; places requests on attention workers.\n\n"
            "Usage: moe-router --model DIR --attention_workers H:P,... [--expert_workers H:P,...] "
-           "[--listen H:P] [--metrics_port M] [--api_keys_file F] [--public_tls_cert F --public_tls_key F] "
-           "(--tls_ca F --tls_cert F --tls_key F | --insecure)",
+           "[--listen H:P] [--http_listen H:P] [--metrics_port M] [--api_keys_file F] "
+           "[--public_tls_cert F --public_tls_key F] (--tls_ca F --tls_cert F --tls_key F | --insecure)",
        .public_listener = true});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
@@ -82,16 +87,34 @@ int main(int argc, char** argv) {
   if (absl::Status s = service->Serve({&generate}, moe::router::kMaxReceiveMessageBytes); !s.ok()) {
     return service->Fail(s);
   }
+  std::atomic<bool> ready_now{false};
+  std::unique_ptr<moe::router::openai::HttpServer> http;
+  if (const std::string listen = absl::GetFlag(FLAGS_http_listen); !listen.empty()) {
+    const moe::router::ServedModel* served = model->get();
+    auto started = moe::router::openai::HttpServer::Start(
+        service->server()->InProcessChannel(),
+        {.listen = listen,
+         .num_threads = absl::GetFlag(FLAGS_http_threads),
+         .model_name = served->name,
+         .ready = [&ready_now] { return ready_now.load(); },
+         .token_text = [served](int32_t id) { return served->tokenizer->Decode({&id, 1}); }});
+    if (!started.ok()) return service->Fail(started.status());
+    http = *std::move(started);
+    LOG(INFO) << "OpenAI-compatible HTTP API on " << listen << " (port " << http->port() << ")";
+  }
   service->SetStarted();
   moe::rpc::ServiceMain* main_service = service.get();
-  worker_pool.Start([main_service](bool ready) {
+  worker_pool.Start([main_service, &ready_now](bool ready) {
+    ready_now = ready;
     main_service->SetReady(ready);
     LOG(INFO) << (ready ? "ready" : "not ready (no attention worker is ready)");
   });
   LOG(INFO) << "serving " << (*model)->name << " with " << attention->size() << " attention worker(s)";
 
   service->WaitForTerminationSignal();
+  ready_now = false;  // /health answers 503 while the open streams drain
   service->server()->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_drain_seconds)));
+  if (http != nullptr) http->Stop();  // after the gRPC drain ended its open streams' calls
   worker_pool.Stop();
   return 0;
 }
