@@ -1,11 +1,13 @@
 // moectl cluster up|down: a local cluster on 127.0.0.1 (docs/operations.md#a-local-cluster).
 //
-//   moectl cluster up --model DIR --attention-workers M --expert-workers N [--port P] [--detach]
+//   moectl cluster up --model DIR --attention-workers M --expert-workers N [--port P] [--http-port H]
+//                     [--detach]
 //
 // checks that every port it will use is free, starts N expert workers, M attention workers and one
 // router (the service binaries next to moectl), reports each child as it becomes ready on stderr
 // ("expert-1 ready (2/7)"), then prints "ready" on stderr and the router address on stdout once the
-// router reports SERVING, and stays up until SIGINT/SIGTERM, then stops every child (SIGTERM, then
+// router reports SERVING (with --http-port, the router also serves the OpenAI-compatible HTTP API
+// on 127.0.0.1:H, docs/http-api.md, and its URL is printed on stderr), and stays up until SIGINT/SIGTERM, then stops every child (SIGTERM, then
 // SIGKILL after a grace period). If a child dies, the cluster is torn down and `up` exits non-zero
 // with the child's exit status and the last lines of its log. With --detach it daemonizes and
 // records its pid in --state-dir, but returns only once the cluster is ready (printing the same
@@ -63,6 +65,7 @@ struct ClusterFlags {
   bool insecure = false;  // plaintext internal hops instead of mTLS
   double kv_cache_gib = 0;  // attention workers' --kv_cache_gib; 0: theirs (8)
   int max_restarts = 3;     // per child, after the cluster is ready
+  int http_port = 0;      // the router's OpenAI-compatible HTTP API on 127.0.0.1 (0: none)
 };
 
 std::atomic<bool> stop_requested{false};
@@ -242,6 +245,7 @@ void RunUp(const ClusterFlags& flags) {
       if (!PortIsFree(port)) busy.push_back(absl::StrCat(port, " (", what, ")"));
     };
     check(base, "router");
+    if (flags.http_port > 0) check(flags.http_port, "router HTTP API");
     for (int i = 0; i < flags.attention_workers; ++i) check(base + 1 + i, absl::StrCat("attention-", i));
     for (int i = 0; i < flags.expert_workers; ++i)
       check(base + 1 + flags.attention_workers + i, absl::StrCat("expert-", i));
@@ -401,10 +405,11 @@ void RunUp(const ClusterFlags& flags) {
   }
   for (const Child& c : children) std::ofstream(state / (c.name + ".pid")) << c.pid << "\n";
   const std::string router = absl::StrCat(host, ":", base);
-  spawn("router", "moe-router",
-        {"--model=" + flags.model_dir, "--attention_workers=" + absl::StrJoin(attention, ","),
-         "--expert_workers=" + absl::StrJoin(experts, ",")},
-        router);
+  std::vector<std::string> router_args = {"--model=" + flags.model_dir,
+                                          "--attention_workers=" + absl::StrJoin(attention, ","),
+                                          "--expert_workers=" + absl::StrJoin(experts, ",")};
+  if (flags.http_port > 0) router_args.push_back(absl::StrCat("--http_listen=", host, ":", flags.http_port));
+  spawn("router", "moe-router", router_args, router);
 
   const auto start = std::chrono::steady_clock::now();
   const auto deadline = start + std::chrono::duration<double>(flags.startup_timeout_s);
@@ -435,6 +440,10 @@ void RunUp(const ClusterFlags& flags) {
             << " attention and " << flags.expert_workers << " expert workers (metrics ports " << metrics_base
             << "-" << metrics_base + num_children - 1 << "; logs in " << state.string() << ")"
             << (flags.detach ? "; `moectl cluster down` stops it" : "; Ctrl-C stops it") << std::endl;
+  if (flags.http_port > 0) {
+    std::cerr << "moectl cluster: OpenAI-compatible HTTP API at http://" << host << ":" << flags.http_port
+              << "/v1" << std::endl;
+  }
   { std::ofstream(state / "router.address") << router << "\n"; }
   if (!flags.detach) std::cout << router << std::endl;
   // A child that dies now is started again after a backoff (1 s, doubling, at most 10 s), at most
@@ -507,6 +516,9 @@ void RegisterClusterCommand(CLI::App& app) {
       ->check(CLI::Range(1, 65000));
   up->add_option("--metrics-port", flags->metrics_port, "First metrics port (default: port + 1000)")
       ->check(CLI::Range(0, 65000));
+  up->add_option("--http-port", flags->http_port,
+                 "Also serve the OpenAI-compatible HTTP API on 127.0.0.1:PORT (docs/http-api.md)")
+      ->check(CLI::Range(1, 65535));
   up->add_option("--state-dir", flags->state_dir, "Where logs and the pid file go");
   up->add_option("--startup-timeout", flags->startup_timeout_s, "Seconds to wait for readiness");
   up->add_option("--kv-cache-gib", flags->kv_cache_gib,

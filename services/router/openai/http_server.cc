@@ -1,5 +1,7 @@
 #include "services/router/openai/http_server.h"
 
+#include <sys/socket.h>
+
 #include <chrono>
 #include <deque>
 #include <optional>
@@ -171,12 +173,25 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(std::shared_ptr<gr
   s.set_keep_alive_max_count(1000);
   s.set_payload_max_length(server->options_.max_body_bytes);
   server->Register();
+  // httplib's default socket options add SO_REUSEPORT (two servers could share the port); keep only
+  // SO_REUSEADDR, and note the listening socket for the backlog below.
+  int listen_fd = -1;
+  s.set_socket_options([&listen_fd](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+    listen_fd = sock;
+  });
 
   if (port == 0) {
     port = s.bind_to_any_port(host);
     if (port < 0) return absl::UnavailableError(absl::StrCat("http server: cannot bind ", listen));
   } else if (!s.bind_to_port(host, port)) {
     return absl::UnavailableError(absl::StrCat("http server: cannot bind ", listen));
+  }
+  // httplib listens with a backlog of 5: a burst of clients (64 streams opened at once) overflows it
+  // and the kernel resets the connections it cannot queue. Listening again raises the backlog.
+  if (listen_fd < 0 || ::listen(listen_fd, SOMAXCONN) != 0) {
+    return absl::InternalError(absl::StrCat("http server: cannot set the listen backlog of ", listen));
   }
   server->port_ = port;
   server->thread_ = std::thread([srv = &s] { srv->listen_after_bind(); });

@@ -137,7 +137,10 @@ class HttpServerTest : public ::testing::Test {
       return true;
     };
     httplib::Result r = Client()->send(req);
-    if (!r) return s;
+    if (!r) {
+      s.body = "no response: " + httplib::to_string(r.error()) + " after " + s.body;
+      return s;
+    }
     s.status = r->status;
     if (s.status != 200) return s;
     for (absl::string_view event : absl::StrSplit(s.body, "\n\n", absl::SkipEmpty())) {
@@ -349,7 +352,11 @@ TEST_F(HttpServerTest, SixtyFourConcurrentStreamsComplete) {
           text += e["choices"][0]["delta"]["content"];
         }
       }
-      if (s.status == 200 && s.done && text == "Hello world peace and more") completed++;
+      if (s.status == 200 && s.done && text == "Hello world peace and more") {
+        completed++;
+      } else {
+        ADD_FAILURE() << "status " << s.status << ": " << s.body.substr(0, 300);
+      }
     });
   }
   for (std::thread& t : clients) t.join();

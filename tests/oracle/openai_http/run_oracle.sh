@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Oracle test: the router's OpenAI-compatible HTTP API driven by the official `openai` npm client
+# (pinned in package-lock.json) against a local cluster on the tiny test model.
+#   1. npm ci in a scratch dir under the build tree (skip, exit 77, only if npm is absent),
+#   2. moectl make-model --preset tiny, then moectl cluster up --detach --http-port (retried on
+#      other ports if the chosen ones are taken),
+#   3. node oracle.mjs: chat and completions, streaming and not, usage, stop strings, thinking on/off,
+#      invalid requests, and greedy HTTP output == `moectl generate --router` (gRPC) output,
+#   4. moectl cluster down (always).
+# Usage: run_oracle.sh PATH/TO/moectl
+set -euo pipefail
+
+moectl="$1"
+here="$(cd "$(dirname "$0")" && pwd)"
+source_dir="${MOE_SOURCE_DIR:-$(cd "$here/../../.." && pwd)}"
+binary_dir="${MOE_BINARY_DIR:-$source_dir/build}"
+
+if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
+  echo "npm/node not found: skipping the OpenAI HTTP oracle test"
+  exit 77
+fi
+
+work="$binary_dir/tests/openai_http_oracle"
+mkdir -p "$work"
+cp "$here/package.json" "$here/package-lock.json" "$here/oracle.mjs" "$work/"
+# npm ci only when the lock file changed since the last install.
+if ! cmp -s "$here/package-lock.json" "$work/.installed-lock.json" 2>/dev/null ||
+   [ ! -d "$work/node_modules/openai" ]; then
+  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error)
+  cp "$here/package-lock.json" "$work/.installed-lock.json"
+fi
+
+model="$work/model"
+"$moectl" make-model --preset tiny --dtype bf16 --out "$model" --force >/dev/null
+
+state="$(mktemp -d "${TMPDIR:-/tmp}/moe-openai-oracle.XXXXXX")"
+cleanup() {
+  "$moectl" cluster down --state-dir "$state" >/dev/null 2>&1 || true
+  rm -rf "$state"
+}
+trap cleanup EXIT
+
+started=""
+for attempt in 1 2 3 4 5; do
+  # Below the ephemeral range; the router, its 2 workers and the HTTP port, metrics at +1000.
+  base=$((20000 + (RANDOM % 4000) * 4))
+  http=$((base + 3))
+  if "$moectl" cluster up --detach --model "$model" --port "$base" --http-port "$http" \
+       --state-dir "$state" > "$state/up.out" 2> "$state/up.err"; then
+    started=1
+    break
+  fi
+  if ! grep -q "already in use" "$state/up.err"; then
+    cat "$state/up.err" >&2
+    exit 1
+  fi
+done
+if [ -z "$started" ]; then
+  echo "no free ports after 5 attempts" >&2
+  exit 1
+fi
+grep -q "OpenAI-compatible HTTP API at http://127.0.0.1:$http/v1" "$state/up.err" || {
+  echo "moectl cluster up did not print the HTTP API's URL:" >&2
+  cat "$state/up.err" >&2
+  exit 1
+}
+
+status=0
+node "$work/oracle.mjs" --http "http://127.0.0.1:$http/v1" --router "127.0.0.1:$base" --moectl "$moectl" || status=$?
+if [ "$status" -ne 0 ]; then
+  echo "--- router log (last 30 lines) ---"
+  tail -n 30 "$state/router.log" || true
+fi
+exit "$status"
