@@ -91,13 +91,13 @@ int main(int argc, char** argv) {
   std::unique_ptr<moe::router::openai::HttpServer> http;
   if (const std::string listen = absl::GetFlag(FLAGS_http_listen); !listen.empty()) {
     const moe::router::ServedModel* served = model->get();
-    auto started = moe::router::openai::HttpServer::Start(
-        service->server()->InProcessChannel(),
-        {.listen = listen,
-         .num_threads = absl::GetFlag(FLAGS_http_threads),
-         .model_name = served->name,
-         .ready = [&ready_now] { return ready_now.load(); },
-         .token_text = [served](int32_t id) { return served->tokenizer->Decode({&id, 1}); }});
+    moe::router::openai::HttpServerOptions options;
+    options.listen = listen;
+    options.num_threads = absl::GetFlag(FLAGS_http_threads);
+    options.model_name = served->name;
+    options.ready = [&ready_now] { return ready_now.load(); };
+    options.token_text = [served](int32_t id) { return served->tokenizer->Decode({&id, 1}); };
+    auto started = moe::router::openai::HttpServer::Start(service->server()->InProcessChannel(), options);
     if (!started.ok()) return service->Fail(started.status());
     http = *std::move(started);
     LOG(INFO) << "OpenAI-compatible HTTP API on " << listen << " (port " << http->port() << ")";

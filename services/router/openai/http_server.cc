@@ -23,7 +23,9 @@ void SendError(httplib::Response& res, const ApiError& error) {
   res.set_content(RenderError(error), kJson);
 }
 
-int64_t NowSeconds() { return absl::ToUnixSeconds(absl::Now()); }
+int64_t NowSeconds() {
+  return absl::ToUnixSeconds(absl::Now());
+}
 
 // The Generate calls of one request: choice i on its own context. Destroying it cancels the calls
 // that have not finished (a client that went away) and waits for their reader threads.
@@ -140,7 +142,9 @@ HttpServer::HttpServer(std::shared_ptr<grpc::Channel> channel, HttpServerOptions
       options_(std::move(options)),
       server_(std::make_unique<httplib::Server>()) {}
 
-HttpServer::~HttpServer() { Stop(); }
+HttpServer::~HttpServer() {
+  Stop();
+}
 
 void HttpServer::Stop() {
   if (server_ == nullptr) return;
@@ -202,28 +206,28 @@ void HttpServer::Register() {
   httplib::Server& s = *server_;
   const size_t max_body = options_.max_body_bytes;
   // Errors httplib itself produces (413, 404, 400 of a bad request line): the same error object.
-  s.set_error_handler(httplib::Server::HandlerWithResponse([max_body](const httplib::Request& req,
-                                                                      httplib::Response& res) {
-    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
-    ApiError e;
-    e.http_status = res.status;
-    switch (res.status) {
-      case 413:
-        e.message = absl::StrCat("the request body is larger than ", max_body, " bytes");
-        e.code = "request_too_large";
-        break;
-      case 404:
-        e.message = absl::StrCat("no route for ", req.method, " ", req.path.substr(0, 256));
-        e.type = "not_found_error";
-        break;
-      default:
-        e.message = absl::StrCat("the HTTP request was refused (", res.status, ")");
-        if (res.status >= 500) e.type = "server_error";
-        break;
-    }
-    res.set_content(RenderError(e), kJson);
-    return httplib::Server::HandlerResponse::Handled;
-  }));
+  s.set_error_handler(
+      httplib::Server::HandlerWithResponse([max_body](const httplib::Request& req, httplib::Response& res) {
+        if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+        ApiError e;
+        e.http_status = res.status;
+        switch (res.status) {
+          case 413:
+            e.message = absl::StrCat("the request body is larger than ", max_body, " bytes");
+            e.code = "request_too_large";
+            break;
+          case 404:
+            e.message = absl::StrCat("no route for ", req.method, " ", req.path.substr(0, 256));
+            e.type = "not_found_error";
+            break;
+          default:
+            e.message = absl::StrCat("the HTTP request was refused (", res.status, ")");
+            if (res.status >= 500) e.type = "server_error";
+            break;
+        }
+        res.set_content(RenderError(e), kJson);
+        return httplib::Server::HandlerResponse::Handled;
+      }));
   s.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr) {
     SendError(res, ApiError{.http_status = 500, .message = "internal error", .type = "server_error"});
   });
@@ -251,7 +255,8 @@ void HttpServer::Register() {
       if (std::optional<ApiError> error = ParseRequest(endpoint, req.body, request.get())) {
         return SendError(res, *error);
       }
-      auto calls = std::make_shared<ChoiceCalls>(stub_.get(), *request, req.get_header_value("Authorization"));
+      auto calls =
+          std::make_shared<ChoiceCalls>(stub_.get(), *request, req.get_header_value("Authorization"));
       const std::string id = NewResponseId(endpoint);
       const int64_t created = NowSeconds();
 

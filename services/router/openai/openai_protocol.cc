@@ -14,9 +14,13 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string Dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+std::string Dump(const json& j) {
+  return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
-std::string Event(const json& j) { return absl::StrCat("data: ", Dump(j), "\n\n"); }
+std::string Event(const json& j) {
+  return absl::StrCat("data: ", Dump(j), "\n\n");
+}
 
 // Field accessors: null means unset; a wrong type is a 400 naming the field.
 class Reader {
@@ -87,7 +91,9 @@ class Reader {
   bool Object(const json& j, const std::string& field) {
     return j.is_object() || Fail(field, "must be an object");
   }
-  bool Array(const json& j, const std::string& field) { return j.is_array() || Fail(field, "must be an array"); }
+  bool Array(const json& j, const std::string& field) {
+    return j.is_array() || Fail(field, "must be an array");
+  }
 };
 
 // "content": a string, null, or an array of {"type": "text", "text": ...} parts (joined).
@@ -105,8 +111,8 @@ std::string Content(Reader& r, const json& j, const std::string& field) {
     const auto type = r.String(j[i].value("type", json()), part + ".type");
     if (r.error) return "";
     if (type != "text") {
-      r.Fail(part + ".type", absl::StrCat("only \"text\" content parts are supported, not \"", type.value_or(""),
-                                          "\""));
+      r.Fail(part + ".type",
+             absl::StrCat("only \"text\" content parts are supported, not \"", type.value_or(""), "\""));
       return "";
     }
     const auto t = r.String(j[i].value("text", json()), part + ".text");
@@ -298,15 +304,30 @@ void ParseStop(Reader& r, const json& j, moe::v1::SamplingParams* s) {
 }
 
 const std::set<std::string>& KnownFields(Endpoint endpoint) {
-  static const std::set<std::string> kCommon = {
-      "model",      "temperature", "top_p",        "top_k",           "min_p",
-      "max_tokens", "stop",        "seed",         "n",               "logprobs",
-      "stream",     "stream_options", "presence_penalty", "frequency_penalty", "repetition_penalty",
-      "min_tokens", "stop_token_ids", "ignore_eos", "skip_special_tokens", "user"};
+  static const std::set<std::string> kCommon = {"model",
+                                                "temperature",
+                                                "top_p",
+                                                "top_k",
+                                                "min_p",
+                                                "max_tokens",
+                                                "stop",
+                                                "seed",
+                                                "n",
+                                                "logprobs",
+                                                "stream",
+                                                "stream_options",
+                                                "presence_penalty",
+                                                "frequency_penalty",
+                                                "repetition_penalty",
+                                                "min_tokens",
+                                                "stop_token_ids",
+                                                "ignore_eos",
+                                                "skip_special_tokens",
+                                                "user"};
   static const std::set<std::string> kChat = [] {
     std::set<std::string> s = kCommon;
-    s.insert({"messages", "max_completion_tokens", "top_logprobs", "chat_template_kwargs", "tools", "tool_choice",
-              "parallel_tool_calls"});
+    s.insert({"messages", "max_completion_tokens", "top_logprobs", "chat_template_kwargs", "tools",
+              "tool_choice", "parallel_tool_calls"});
     return s;
   }();
   static const std::set<std::string> kCompletions = [] {
@@ -320,10 +341,23 @@ const std::set<std::string>& KnownFields(Endpoint endpoint) {
 // Fields of the OpenAI API this server knows but does not implement: a 400 saying so, rather than
 // "unknown field".
 const std::set<std::string>& UnsupportedFields() {
-  static const std::set<std::string> kUnsupported = {
-      "logit_bias", "response_format", "functions", "function_call", "audio",   "modalities",
-      "prediction", "service_tier",    "store",     "metadata",      "best_of", "echo",
-      "suffix",     "guided_json",     "guided_regex", "guided_choice", "web_search_options"};
+  static const std::set<std::string> kUnsupported = {"logit_bias",
+                                                     "response_format",
+                                                     "functions",
+                                                     "function_call",
+                                                     "audio",
+                                                     "modalities",
+                                                     "prediction",
+                                                     "service_tier",
+                                                     "store",
+                                                     "metadata",
+                                                     "best_of",
+                                                     "echo",
+                                                     "suffix",
+                                                     "guided_json",
+                                                     "guided_regex",
+                                                     "guided_choice",
+                                                     "web_search_options"};
   return kUnsupported;
 }
 
@@ -491,7 +525,8 @@ std::optional<ApiError> ParseRequest(Endpoint endpoint, std::string_view body, P
   if (!kwargs.is_null() && r.Object(kwargs, "chat_template_kwargs")) {
     for (const auto& [key, value] : kwargs.items()) {
       if (key != "enable_thinking") {
-        r.Fail(absl::StrCat("chat_template_kwargs.", key), "unknown field (only enable_thinking is supported)");
+        r.Fail(absl::StrCat("chat_template_kwargs.", key),
+               "unknown field (only enable_thinking is supported)");
         return r.error;
       }
     }
@@ -574,7 +609,9 @@ json Usage(int prompt_tokens, int completion_tokens) {
 }
 
 // Completions without the chat split: the thinking text comes first, as the model wrote it.
-std::string CompletionText(const std::string& reasoning, const std::string& text) { return reasoning + text; }
+std::string CompletionText(const std::string& reasoning, const std::string& text) {
+  return reasoning + text;
+}
 
 }  // namespace
 
@@ -605,7 +642,8 @@ json RenderLogprobs(Endpoint endpoint, const std::vector<moe::v1::GeneratedToken
     offsets.push_back(offset);
     offset += token.size();
   }
-  return {{"tokens", tokens_json}, {"token_logprobs", logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
+  return {
+      {"tokens", tokens_json}, {"token_logprobs", logprobs}, {"top_logprobs", top}, {"text_offset", offsets}};
 }
 
 std::string RenderResponse(const ParsedRequest& request, const std::vector<ChoiceResult>& choices,
@@ -662,9 +700,10 @@ json ChunkBase(const StreamContext& context) {
 
 std::string RenderRoleChunk(const StreamContext& context, int index) {
   json out = ChunkBase(context);
-  out["choices"] = json::array(
-      {{{"index", index}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"logprobs", json()},
-        {"finish_reason", json()}}});
+  out["choices"] = json::array({{{"index", index},
+                                 {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                 {"logprobs", json()},
+                                 {"finish_reason", json()}}});
   return Event(out);
 }
 
@@ -694,16 +733,14 @@ std::string RenderChunk(const StreamContext& context, int index, const moe::v1::
     choice["text"] = CompletionText(message.reasoning_text(), message.text());
   }
   if (request.logprobs && message.tokens_size() > 0) {
-    choice["logprobs"] =
-        RenderLogprobs(request.endpoint, {message.tokens().begin(), message.tokens().end()}, context.token_text,
-                       text_sent);
+    choice["logprobs"] = RenderLogprobs(request.endpoint, {message.tokens().begin(), message.tokens().end()},
+                                        context.token_text, text_sent);
   } else {
     choice["logprobs"] = json();
   }
-  choice["finish_reason"] = message.finished()
-                                ? FinishReason(message.finish_reason(),
-                                               any_tool_calls || message.tool_calls_size() > 0)
-                                : json();
+  choice["finish_reason"] = message.finished() ? FinishReason(message.finish_reason(),
+                                                              any_tool_calls || message.tool_calls_size() > 0)
+                                               : json();
   json out = ChunkBase(context);
   out["choices"] = json::array({choice});
   return Event(out);

@@ -59,7 +59,8 @@ class KeyCheckingGeneration final : public moe::v1::Generation::CallbackService 
  private:
   static bool Authorized(grpc::CallbackServerContext* context) {
     auto it = context->client_metadata().find("authorization");
-    return it != context->client_metadata().end() && std::string(it->second.data(), it->second.size()) == kKey;
+    return it != context->client_metadata().end() &&
+           std::string(it->second.data(), it->second.size()) == kKey;
   }
   GenerateService* service_;
 };
@@ -87,14 +88,15 @@ class HttpServerTest : public ::testing::Test {
     });
     ASSERT_TRUE(ready.WaitForNotificationWithTimeout(absl::Seconds(10)));
     const ServedModel* served = model_.get();
-    auto http = HttpServer::Start(router_->InProcessChannel(),
-                                  {.listen = "127.0.0.1:0",
-                                   .num_threads = 96,
-                                   .model_name = "tiny",
-                                   .ready = [this] { return ready_.load(); },
-                                   .token_text = [served](int32_t id) {
-                                     return served->tokenizer->Decode({&id, 1});
-                                   }});
+    auto http =
+        HttpServer::Start(router_->InProcessChannel(), {.listen = "127.0.0.1:0",
+                                                        .num_threads = 96,
+                                                        .model_name = "tiny",
+                                                        .ready = [this] { return ready_.load(); },
+                                                        .token_text =
+                                                            [served](int32_t id) {
+                                                              return served->tokenizer->Decode({&id, 1});
+                                                            }});
     ASSERT_TRUE(http.ok()) << http.status();
     http_ = *std::move(http);
   }
@@ -185,7 +187,8 @@ class HttpServerTest : public ::testing::Test {
   std::unique_ptr<HttpServer> http_;
 };
 
-constexpr char kChat[] = R"({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16)";
+constexpr char kChat[] =
+    R"({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16)";
 
 TEST_F(HttpServerTest, ChatCompletionNonStreaming) {
   httplib::Result r = Post("/v1/chat/completions", std::string(kChat) + "}");
@@ -227,8 +230,9 @@ TEST_F(HttpServerTest, SeveralChoicesAreIndexed) {
 }
 
 TEST_F(HttpServerTest, ChatCompletionStreamingWithUsage) {
-  Stream s = PostStream("/v1/chat/completions",
-                        std::string(kChat) + R"(, "stream": true, "stream_options": {"include_usage": true}})");
+  Stream s =
+      PostStream("/v1/chat/completions",
+                 std::string(kChat) + R"(, "stream": true, "stream_options": {"include_usage": true}})");
   ASSERT_EQ(s.status, 200) << s.body;
   ASSERT_GE(s.events.size(), 3u) << s.body;
   EXPECT_TRUE(s.done);
@@ -294,8 +298,8 @@ TEST_F(HttpServerTest, ModelsAndHealth) {
 
 TEST_F(HttpServerTest, BadRequestsAre4xxWithAnErrorObject) {
   ExpectError(Post("/v1/chat/completions", "{\"messages\": [}"), 400, "", "not valid JSON");
-  ExpectError(Post("/v1/chat/completions", std::string(kChat) + R"(, "temperature": "hot"})"), 400, "temperature",
-              "must be a number");
+  ExpectError(Post("/v1/chat/completions", std::string(kChat) + R"(, "temperature": "hot"})"), 400,
+              "temperature", "must be a number");
   ExpectError(Post("/v1/chat/completions", std::string(kChat) + R"(, "bogus": 1})"), 400, "bogus",
               "unknown field");
   ExpectError(Post("/v1/completions", R"({"prompt": "x", "max_tokens": -1})"), 400, "max_tokens",

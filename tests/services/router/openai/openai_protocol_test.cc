@@ -16,7 +16,9 @@ ParsedRequest Parse(Endpoint endpoint, const std::string& body) {
   EXPECT_FALSE(error.has_value()) << (error ? error->message : "");
   return out;
 }
-ParsedRequest Chat(const std::string& body) { return Parse(Endpoint::kChatCompletions, body); }
+ParsedRequest Chat(const std::string& body) {
+  return Parse(Endpoint::kChatCompletions, body);
+}
 
 ApiError Error(Endpoint endpoint, const std::string& body) {
   ParsedRequest out;
@@ -24,7 +26,9 @@ ApiError Error(Endpoint endpoint, const std::string& body) {
   EXPECT_TRUE(error.has_value()) << body;
   return error.value_or(ApiError{});
 }
-ApiError ChatError(const std::string& body) { return Error(Endpoint::kChatCompletions, body); }
+ApiError ChatError(const std::string& body) {
+  return Error(Endpoint::kChatCompletions, body);
+}
 
 std::string WithHi(const std::string& fields) {
   return R"({"messages": [{"role": "user", "content": "hi"}])" + (fields.empty() ? "" : ", " + fields) + "}";
@@ -82,7 +86,8 @@ TEST(OpenAiProtocolTest, UnsetFieldsStayUnsetSoTheModelDefaultsApply) {
 }
 
 TEST(OpenAiProtocolTest, MaxCompletionTokensWinsOverMaxTokens) {
-  EXPECT_EQ(Chat(WithHi(R"("max_tokens": 9, "max_completion_tokens": 4)")).generate.sampling().max_new_tokens(), 4);
+  EXPECT_EQ(
+      Chat(WithHi(R"("max_tokens": 9, "max_completion_tokens": 4)")).generate.sampling().max_new_tokens(), 4);
   EXPECT_EQ(Chat(WithHi(R"("max_tokens": 5.0)")).generate.sampling().max_new_tokens(), 5);
 }
 
@@ -124,7 +129,8 @@ TEST(OpenAiProtocolTest, MessagesWithPartsReasoningToolCallsAndToolResults) {
 }
 
 TEST(OpenAiProtocolTest, ToolChoiceNoneSendsNoTools) {
-  ParsedRequest r = Chat(WithHi(R"("tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none")"));
+  ParsedRequest r =
+      Chat(WithHi(R"("tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "none")"));
   EXPECT_EQ(r.generate.chat().tools_size(), 0);
 }
 
@@ -132,8 +138,9 @@ TEST(OpenAiProtocolTest, CompletionPromptForms) {
   EXPECT_EQ(Parse(Endpoint::kCompletions, R"({"prompt": "Hello"})").generate.text(), "Hello");
   EXPECT_EQ(Parse(Endpoint::kCompletions, R"({"prompt": ["Hello"]})").generate.text(), "Hello");
   ParsedRequest ids = Parse(Endpoint::kCompletions, R"({"prompt": [1, 2, 3], "logprobs": 2})");
-  EXPECT_EQ(std::vector<int32_t>(ids.generate.token_ids().ids().begin(), ids.generate.token_ids().ids().end()),
-            (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(
+      std::vector<int32_t>(ids.generate.token_ids().ids().begin(), ids.generate.token_ids().ids().end()),
+      (std::vector<int32_t>{1, 2, 3}));
   EXPECT_TRUE(ids.logprobs);
   EXPECT_EQ(ids.generate.logprobs(), 2);
   EXPECT_EQ(Parse(Endpoint::kCompletions, R"({"prompt": [[4, 5]]})").generate.token_ids().ids_size(), 2);
@@ -186,7 +193,8 @@ TEST(OpenAiProtocolTest, EachBadChatRequestIs400NamingTheField) {
       {R"({"messages": [{"role": "user", "content": 5}]})", "messages[0].content", "string or an array"},
       {R"({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]})",
        "messages[0].content[0].type", "only \"text\""},
-      {R"({"messages": [{"role": "user", "content": "x", "color": 1}]})", "messages[0].color", "unknown field"},
+      {R"({"messages": [{"role": "user", "content": "x", "color": 1}]})", "messages[0].color",
+       "unknown field"},
       {R"({"messages": [{"role": "user", "content": "x", "tool_calls": []}]})", "messages[0].tool_calls",
        "only assistant"},
       {R"({"messages": [{"role": "assistant", "tool_calls": [{"type": "function", "function": {"arguments": 1,
@@ -228,10 +236,10 @@ TEST(OpenAiProtocolTest, ErrorObjectAndGrpcCodeMapping) {
             json::parse(R"({"error": {"message": "top_p: bad", "type": "invalid_request_error",
                                       "param": "top_p", "code": null}})"));
   const std::vector<std::pair<grpc::StatusCode, int>> codes = {
-      {grpc::StatusCode::INVALID_ARGUMENT, 400},  {grpc::StatusCode::UNAUTHENTICATED, 401},
-      {grpc::StatusCode::PERMISSION_DENIED, 403}, {grpc::StatusCode::NOT_FOUND, 404},
+      {grpc::StatusCode::INVALID_ARGUMENT, 400},   {grpc::StatusCode::UNAUTHENTICATED, 401},
+      {grpc::StatusCode::PERMISSION_DENIED, 403},  {grpc::StatusCode::NOT_FOUND, 404},
       {grpc::StatusCode::RESOURCE_EXHAUSTED, 429}, {grpc::StatusCode::UNAVAILABLE, 503},
-      {grpc::StatusCode::DEADLINE_EXCEEDED, 504}, {grpc::StatusCode::INTERNAL, 500},
+      {grpc::StatusCode::DEADLINE_EXCEEDED, 504},  {grpc::StatusCode::INTERNAL, 500},
       {grpc::StatusCode::CANCELLED, 500}};
   for (const auto& [code, http] : codes) {
     ApiError e = FromGrpcStatus(grpc::Status(code, "why"));
@@ -243,7 +251,8 @@ TEST(OpenAiProtocolTest, ErrorObjectAndGrpcCodeMapping) {
     EXPECT_TRUE(body["error"].contains("param"));
     EXPECT_TRUE(body["error"].contains("code"));
   }
-  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "no key")).type, "authentication_error");
+  EXPECT_EQ(FromGrpcStatus(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "no key")).type,
+            "authentication_error");
 }
 
 moe::v1::GenerateResponse Message(const std::string& text, const std::string& reasoning = "") {
@@ -262,7 +271,9 @@ moe::v1::GenerateResponse Last(moe::v1::FinishReason reason, int prompt, int com
   return m;
 }
 
-std::string TokenName(int32_t id) { return "t" + std::to_string(id); }
+std::string TokenName(int32_t id) {
+  return "t" + std::to_string(id);
+}
 
 TEST(OpenAiProtocolTest, ChatResponseWithReasoningToolCallsAndUsage) {
   ParsedRequest r = Chat(WithHi(R"("n": 2)"));
@@ -284,12 +295,12 @@ TEST(OpenAiProtocolTest, ChatResponseWithReasoningToolCallsAndUsage) {
   EXPECT_EQ(out["choices"][0],
             json::parse(R"({"index": 0, "message": {"role": "assistant", "content": "It is",
                             "reasoning_content": "thinking..."}, "logprobs": null, "finish_reason": "length"})"));
-  EXPECT_EQ(out["choices"][1],
-            json::parse(R"({"index": 1, "message": {"role": "assistant", "content": null,
+  EXPECT_EQ(out["choices"][1], json::parse(R"({"index": 1, "message": {"role": "assistant", "content": null,
                             "tool_calls": [{"id": "call_x", "type": "function",
                                             "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
                             "logprobs": null, "finish_reason": "tool_calls"})"));
-  EXPECT_EQ(out["usage"], json::parse(R"({"prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22})"));
+  EXPECT_EQ(out["usage"],
+            json::parse(R"({"prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22})"));
 }
 
 TEST(OpenAiProtocolTest, FinishReasons) {
@@ -382,7 +393,8 @@ TEST(OpenAiProtocolTest, ModelsAndIds) {
   EXPECT_EQ(models["data"][0]["id"], "tiny");
   EXPECT_EQ(models["data"][0]["object"], "model");
   EXPECT_EQ(models["data"][0]["max_model_len"], 4096);
-  const std::string a = NewResponseId(Endpoint::kChatCompletions), b = NewResponseId(Endpoint::kChatCompletions);
+  const std::string a = NewResponseId(Endpoint::kChatCompletions),
+                    b = NewResponseId(Endpoint::kChatCompletions);
   EXPECT_EQ(a.rfind("chatcmpl-", 0), 0u);
   EXPECT_EQ(a.size(), std::string("chatcmpl-").size() + 24);
   EXPECT_NE(a, b);
