@@ -124,6 +124,9 @@ class ChoiceCalls {
 // client gone while a call waits (queued, or a slow step) is noticed and the call cancelled.
 constexpr absl::Duration kProbeInterval = absl::Seconds(1);
 
+// How long a streamed request waits for its first messages before it commits to the SSE stream.
+constexpr absl::Duration kFirstMessageWait = absl::Seconds(2);
+
 // Per-choice state of a stream.
 struct ChoiceProgress {
   bool started = false;  // chat: the role chunk was sent
@@ -271,15 +274,19 @@ void HttpServer::Register() {
         return;
       }
 
-      // Streaming. A call that fails before its first message (bad value, full queue, no key) is an
-      // HTTP error; once every choice has started, the response is an SSE stream.
+      // Streaming. A call refused at once (bad value, full queue, no key) is an HTTP error; so the
+      // stream starts when every choice has its first message, or after kFirstMessageWait (a queued
+      // or slow request), from when on errors come as an SSE event and a gone client is noticed.
       calls->StartReaders();
       std::vector<ChoiceCalls::Event> first;
       std::vector<bool> seen(calls->size(), false);
       size_t num_seen = 0;
+      const absl::Time start_by = absl::Now() + kFirstMessageWait;
       while (num_seen < calls->size()) {
-        std::optional<ChoiceCalls::Event> e = calls->Next(absl::Seconds(1));
-        if (!e) continue;  // bounded: the router ends or starts every call (its queue has deadlines)
+        const absl::Duration left = start_by - absl::Now();
+        if (left <= absl::ZeroDuration()) break;
+        std::optional<ChoiceCalls::Event> e = calls->Next(left);
+        if (!e) break;
         if (!e->message && !e->status.ok()) return SendError(res, FromGrpcStatus(e->status));
         if (!seen[e->index]) {
           seen[e->index] = true;

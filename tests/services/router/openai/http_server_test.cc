@@ -274,6 +274,44 @@ TEST_F(HttpServerTest, CompletionsWithTokenIdsStreamAndNot) {
   EXPECT_TRUE(s.done);
 }
 
+TEST_F(HttpServerTest, StreamedChoicesAreIndexedAndEachIsComplete) {
+  Stream s = PostStream("/v1/chat/completions", std::string(kChat) + R"(, "n": 2, "stream": true})");
+  ASSERT_EQ(s.status, 200) << s.body;
+  std::vector<std::string> text(2);
+  std::vector<std::string> finish(2);
+  for (const json& e : s.events) {
+    const int i = e["choices"][0]["index"];
+    ASSERT_TRUE(i == 0 || i == 1);
+    text[i] += e["choices"][0]["delta"].value("content", "");
+    if (!e["choices"][0]["finish_reason"].is_null()) finish[i] = e["choices"][0]["finish_reason"];
+  }
+  EXPECT_EQ(text, (std::vector<std::string>{"Hello world peace and more", "Hello world peace and more"}));
+  EXPECT_EQ(finish, (std::vector<std::string>{"stop", "stop"}));
+  EXPECT_TRUE(s.done);
+}
+
+TEST_F(HttpServerTest, ChatLogprobsNameEachGeneratedToken) {
+  httplib::Result r =
+      Post("/v1/chat/completions", std::string(kChat) + R"(, "logprobs": true, "top_logprobs": 0})");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->status, 200) << r->body;
+  json content = json::parse(r->body)["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), worker_.script.size());
+  std::string joined;
+  for (const json& t : content) {
+    joined += t["token"].get<std::string>();
+    EXPECT_TRUE(t["logprob"].is_number());
+    EXPECT_EQ(t["bytes"].size(), t["token"].get<std::string>().size());
+  }
+  EXPECT_EQ(joined, "Hello world peace and more");
+}
+
+TEST_F(HttpServerTest, WorkerFailureIs503WithAnErrorObject) {
+  ExpectError(Post("/v1/completions", R"({"prompt": [3], "max_tokens": 16})"), 503, "", "safe to retry");
+  Stream s = PostStream("/v1/completions", R"({"prompt": [3], "max_tokens": 16, "stream": true})");
+  EXPECT_EQ(s.status, 503) << s.body;
+}
+
 TEST_F(HttpServerTest, MissingOrWrongKeyIs401) {
   ExpectError(Post("/v1/chat/completions", std::string(kChat) + "}", /*with_key=*/false), 401, "",
               "a valid API key is required");
