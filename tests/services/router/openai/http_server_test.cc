@@ -381,6 +381,35 @@ TEST_F(HttpServerTest, ClientThatDisconnectsMidStreamCancelsTheWorkerCall) {
   EXPECT_EQ(after->status, 200);
 }
 
+TEST_F(HttpServerTest, ClientThatDisconnectsWhileQueuedLeavesTheQueue) {
+  worker_.free_blocks = 0;  // nothing can be placed: the request waits in the router's queue
+  // As in generate_service_test: the third GetLoad answer after the store is issued after the
+  // router applied one that read 0.
+  const int served = worker_.loads_served.load();
+  ASSERT_TRUE(WaitFor([&] { return worker_.loads_served.load() >= served + 3; }));
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.headers.emplace("Authorization", kKey);
+  req.headers.emplace("Content-Type", "application/json");
+  req.body = R"({"prompt": [1], "max_tokens": 16, "stream": true})";
+  std::string received;
+  size_t queued_then = 0;
+  req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
+    received.append(data, n);
+    queued_then = worker_pool_->queued();
+    return false;  // the first bytes (a keep-alive comment while queued): hang up
+  };
+  EXPECT_FALSE(Client()->send(req));
+  EXPECT_EQ(received.rfind(": keep-alive", 0), 0u) << received;
+  EXPECT_EQ(queued_then, 1u);
+  EXPECT_TRUE(WaitFor([this] { return worker_pool_->queued() == 0; }, absl::Seconds(20)));
+  worker_.free_blocks = 1000;
+  httplib::Result after = Post("/v1/completions", R"({"prompt": [1], "max_tokens": 16})");
+  ASSERT_TRUE(after);
+  EXPECT_EQ(after->status, 200);
+}
+
 TEST_F(HttpServerTest, SixtyFourConcurrentStreamsComplete) {
   constexpr int kStreams = 64;
   std::vector<std::thread> clients;
