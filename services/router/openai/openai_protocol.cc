@@ -503,8 +503,21 @@ ApiError FromGrpcStatus(const grpc::Status& status) {
 std::optional<ApiError> ParseRequest(Endpoint endpoint, std::string_view body, ParsedRequest* out) {
   *out = ParsedRequest{};
   out->endpoint = endpoint;
-  json j = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
+  // Values nested deeper than kMaxJsonDepth are discarded while parsing (so a body of a million
+  // '[' costs no memory) and refused: serializing them again (tools) would recurse that deep.
+  bool too_deep = false;
+  json j = json::parse(
+      body.begin(), body.end(),
+      [&too_deep](int depth, json::parse_event_t, json&) {
+        if (depth <= kMaxJsonDepth) return true;
+        too_deep = true;
+        return false;
+      },
+      /*allow_exceptions=*/false);
   if (j.is_discarded()) return BadRequest("", "the request body is not valid JSON");
+  if (too_deep) {
+    return BadRequest("", absl::StrCat("the request body nests JSON deeper than ", kMaxJsonDepth, " levels"));
+  }
   if (!j.is_object()) return BadRequest("", "the request body must be a JSON object");
   const std::set<std::string>& known = KnownFields(endpoint);
   for (const auto& [key, value] : j.items()) {

@@ -22,6 +22,8 @@ namespace moe::router::openai {
 
 // The largest `n` (choices per request): each choice is one Generate call.
 inline constexpr int kMaxChoices = 16;
+// The deepest JSON nesting a request may have (tool parameter schemas included).
+inline constexpr int kMaxJsonDepth = 64;
 
 // An error as the API returns it: the HTTP status and the body
 // {"error": {"message", "type", "param", "code"}}.

@@ -210,6 +210,22 @@ TEST(OpenAiProtocolTest, EachBadChatRequestIs400NamingTheField) {
   }
 }
 
+TEST(OpenAiProtocolTest, DeepNestingIs400NotARecursion) {
+  const std::string deep = std::string(1 << 20, '[') + std::string(1 << 20, ']');
+  ApiError e = Error(Endpoint::kCompletions, R"({"prompt": "x", "user": )" + deep + "}");
+  EXPECT_EQ(e.http_status, 400);
+  EXPECT_NE(e.message.find("deeper than 64 levels"), std::string::npos) << e.message;
+  std::string nested = "1";
+  for (int i = 0; i < 70; ++i) nested = R"({"a": )" + nested + "}";
+  e = ChatError(
+      WithHi(R"("tools": [{"type": "function", "function": {"name": "f", "parameters": )" + nested + "}}]"));
+  EXPECT_NE(e.message.find("deeper than 64 levels"), std::string::npos) << e.message;
+  // 60 levels are fine.
+  nested = "1";
+  for (int i = 0; i < 58; ++i) nested = R"({"a": )" + nested + "}";
+  Chat(WithHi(R"("tools": [{"type": "function", "function": {"name": "f", "parameters": )" + nested + "}}]"));
+}
+
 TEST(OpenAiProtocolTest, EachBadCompletionRequestIs400NamingTheField) {
   const std::vector<BadCase> cases = {
       {R"({"prompt": ["a", "b"]})", "prompt", "only one prompt per request"},
