@@ -31,7 +31,7 @@ if ! cmp -s "$here/package-lock.json" "$work/.installed-lock.json" 2>/dev/null |
 fi
 
 model="$work/model"
-"$moectl" make-model --preset tiny --dtype bf16 --out "$model" --force >/dev/null
+"$moectl" make-model --preset tiny --dtype bf16 --seed 0 --out "$model" --force >/dev/null
 
 state="$(mktemp -d "${TMPDIR:-/tmp}/moe-openai-oracle.XXXXXX")"
 cleanup() {
