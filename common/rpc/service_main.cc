@@ -117,6 +117,14 @@ int ServiceMain::Fail(const absl::Status& status) const {
   return Fail(status.ToString());
 }
 
+std::string ServiceMain::public_tls_cert_file() {
+  return absl::GetFlag(FLAGS_public_tls_cert);
+}
+
+std::string ServiceMain::public_tls_key_file() {
+  return absl::GetFlag(FLAGS_public_tls_key);
+}
+
 double ServiceMain::worker_price_per_hour() const {
   return absl::GetFlag(FLAGS_worker_price_per_hour);
 }

@@ -76,6 +76,9 @@ class ServiceMain {
   // statuses follow SetStarted/SetReady). The server Serve started (null before).
   GrpcServer* server() const { return server_.get(); }
   int metrics_port() const { return metrics_port_; }
+  // --public_tls_cert and --public_tls_key (empty when unset): what the router's HTTP API serves too.
+  static std::string public_tls_cert_file();
+  static std::string public_tls_key_file();
   // --worker_price_per_hour: this process's own price in dollars per hour (>= 0).
   double worker_price_per_hour() const;
   const ServiceDescription& description() const { return description_; }

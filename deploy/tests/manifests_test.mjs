@@ -410,7 +410,7 @@ if (rendered.default) {
   const nps = objs.filter((o) => o.kind === "NetworkPolicy");
   checks.ok(nps.length === 3, `default: 3 NetworkPolicies (got ${nps.length})`);
   const want = {
-    router: ["*:grpc", "*:health", "*:metrics"],
+    router: ["*:grpc", "*:health", "*:http", "*:metrics"],
     attention: ["*:health", "*:metrics", "expert:*", "router:grpc"],
     expert: ["*:health", "*:metrics", "attention:*", "router:grpc"],
   };

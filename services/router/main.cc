@@ -97,10 +97,13 @@ int main(int argc, char** argv) {
     options.model_name = served->name;
     options.ready = [&ready_now] { return ready_now.load(); };
     options.token_text = [served](int32_t id) { return served->tokenizer->Decode({&id, 1}); };
+    options.tls_cert_file = moe::rpc::ServiceMain::public_tls_cert_file();
+    options.tls_key_file = moe::rpc::ServiceMain::public_tls_key_file();
     auto started = moe::router::openai::HttpServer::Start(service->server()->InProcessChannel(), options);
     if (!started.ok()) return service->Fail(started.status());
     http = *std::move(started);
-    LOG(INFO) << "OpenAI-compatible HTTP API on " << listen << " (port " << http->port() << ")";
+    LOG(INFO) << "OpenAI-compatible HTTP API on " << listen << " (port " << http->port() << ", "
+              << (options.tls_cert_file.empty() ? "plain HTTP" : "HTTPS") << ")";
   }
   service->SetStarted();
   moe::rpc::ServiceMain* main_service = service.get();

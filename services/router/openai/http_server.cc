@@ -143,7 +143,10 @@ HttpServer::HttpServer(std::shared_ptr<grpc::Channel> channel, HttpServerOptions
     : channel_(std::move(channel)),
       stub_(moe::v1::Generation::NewStub(channel_)),
       options_(std::move(options)),
-      server_(std::make_unique<httplib::Server>()) {}
+      server_(options_.tls_cert_file.empty()
+                  ? std::make_unique<httplib::Server>()
+                  : std::make_unique<httplib::SSLServer>(options_.tls_cert_file.c_str(),
+                                                         options_.tls_key_file.c_str())) {}
 
 HttpServer::~HttpServer() {
   Stop();
@@ -169,7 +172,15 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(std::shared_ptr<gr
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
   if (options.num_threads < 2) return absl::InvalidArgumentError("http server: num_threads must be >= 2");
 
+  if (options.tls_cert_file.empty() != options.tls_key_file.empty()) {
+    return absl::InvalidArgumentError("http server: TLS needs both a certificate and a key");
+  }
   std::unique_ptr<HttpServer> server(new HttpServer(std::move(channel), std::move(options)));
+  if (!server->server_->is_valid()) {
+    return absl::InvalidArgumentError(absl::StrCat("http server: cannot load the TLS certificate ",
+                                                   server->options_.tls_cert_file, " and key ",
+                                                   server->options_.tls_key_file));
+  }
   httplib::Server& s = *server->server_;
   const int threads = server->options_.num_threads;
   s.new_task_queue = [threads] { return new httplib::ThreadPool(static_cast<size_t>(threads)); };

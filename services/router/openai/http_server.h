@@ -51,6 +51,10 @@ struct HttpServerOptions {
   std::function<bool()> ready;
   // Token id -> text, for logprobs. Required.
   TokenText token_text;
+  // TLS (HTTPS) with this PEM certificate (chain) and key, as the router's --public_tls_cert and
+  // --public_tls_key; both empty: plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 class HttpServer {

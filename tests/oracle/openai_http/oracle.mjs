@@ -5,6 +5,9 @@
 // --router`, the same router).
 //
 // Usage: node oracle.mjs --http http://127.0.0.1:H/v1 --router 127.0.0.1:P --moectl PATH
+//        node oracle.mjs --phase tools --http http://127.0.0.1:H/v1 --key KEY
+// The tools phase runs against a router that requires API key KEY, in front of a fake attention
+// worker whose every answer is a planted Qwen3 tool call (get_weather, {"city": "Paris", ...}).
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import OpenAI from "openai";
@@ -12,6 +15,22 @@ import OpenAI from "openai";
 const args = Object.fromEntries(
   process.argv.slice(2).reduce((pairs, v, i, all) => (i % 2 === 0 ? [...pairs, [v.replace(/^--/, ""), all[i + 1]]] : pairs), []),
 );
+let failures = 0;
+async function check(name, fn) {
+  try {
+    await fn();
+    console.log(`ok   ${name}`);
+  } catch (e) {
+    failures++;
+    console.log(`FAIL ${name}\n${e && e.stack ? e.stack : e}`);
+  }
+}
+
+if (args.phase === "tools") {
+  await toolsPhase();
+  process.exit(failures ? 1 : 0);
+}
+
 for (const k of ["http", "router", "moectl"]) {
   if (!args[k]) {
     console.error(`missing --${k}`);
@@ -23,17 +42,6 @@ const client = new OpenAI({ baseURL: args.http, apiKey: "sk-unused", maxRetries:
 const MODEL = (await client.models.list()).data[0].id;
 const PROMPT = "Tell me about the sea.";
 const MAX_TOKENS = 12;
-
-let failures = 0;
-async function check(name, fn) {
-  try {
-    await fn();
-    console.log(`ok   ${name}`);
-  } catch (e) {
-    failures++;
-    console.log(`FAIL ${name}\n${e && e.stack ? e.stack : e}`);
-  }
-}
 
 // Greedy output of the gRPC API: `moectl generate --router ... --json` lines, then a summary.
 function grpcGenerate(extra) {
@@ -185,9 +193,91 @@ await check("an invalid request is a 400 BadRequestError with an OpenAI error ob
   await assert.rejects(chat({ frobnicate: true }), (e) => e instanceof OpenAI.BadRequestError && e.param === "frobnicate");
 });
 
-// TODO(tool-call round trip): once the <tool_call> parser lands (branch i7/tools), plant a tool call
-// (a test model or a forced token sequence), request with `tools`, check message.tool_calls and the
-// streamed tool_call deltas, send a `tool` message back, and check finish_reason "tool_calls".
+async function toolsPhase() {
+  const TOOLS = [{
+    type: "function",
+    function: {
+      name: "get_weather",
+      description: "The current weather in a city.",
+      parameters: { type: "object", properties: { city: { type: "string" }, unit: { type: "string" } }, required: ["city"] },
+    },
+  }];
+  const authed = new OpenAI({ baseURL: args.http, apiKey: args.key, maxRetries: 0, timeout: 60_000 });
+  const model = (await authed.models.list()).data[0].id;
+  const ask = [{ role: "user", content: "What is the weather in Paris?" }];
+
+  await check("a missing or wrong API key is a 401 AuthenticationError", async () => {
+    for (const apiKey of ["", "sk-wrong-key-0123456789"]) {
+      const other = new OpenAI({ baseURL: args.http, apiKey: apiKey || "unset", maxRetries: 0, defaultHeaders: apiKey ? {} : { Authorization: null } });
+      await assert.rejects(other.chat.completions.create({ model, messages: ask, max_tokens: 8 }), (e) => {
+        assert.ok(e instanceof OpenAI.AuthenticationError, `got ${e && e.constructor && e.constructor.name}`);
+        assert.equal(e.status, 401);
+        assert.ok(!String(e.message).includes("sk-wrong-key"), "the key is echoed");
+        return true;
+      });
+    }
+    await assert.rejects(new OpenAI({ baseURL: args.http, apiKey: "sk-wrong-key-0123456789", maxRetries: 0 }).models.list(),
+      (e) => e instanceof OpenAI.AuthenticationError);
+  });
+
+  let call;
+  await check("tools: the planted <tool_call> comes back as message.tool_calls, finish_reason tool_calls", async () => {
+    const r = await authed.chat.completions.create({ model, messages: ask, tools: TOOLS, max_tokens: 64 });
+    const m = r.choices[0].message;
+    assert.equal(r.choices[0].finish_reason, "tool_calls");
+    assert.ok(!m.content || !m.content.includes("<tool_call>"), `tool-call markup in content: ${m.content}`);
+    assert.equal(m.tool_calls.length, 1);
+    call = m.tool_calls[0];
+    assert.equal(call.type, "function");
+    assert.match(call.id, /^call_/);
+    assert.equal(call.function.name, "get_weather");
+    assert.deepEqual(JSON.parse(call.function.arguments), { city: "Paris", unit: "celsius" });
+  });
+
+  await check("tools, streaming: the tool call arrives as deltas the client reassembles", async () => {
+    const stream = await authed.chat.completions.create({ model, messages: ask, tools: TOOLS, max_tokens: 64, stream: true });
+    const calls = {};
+    let finish = null, content = "";
+    for await (const chunk of stream) {
+      for (const choice of chunk.choices) {
+        content += choice.delta.content ?? "";
+        for (const d of choice.delta.tool_calls ?? []) {
+          const c = (calls[d.index] ??= { id: "", name: "", arguments: "" });
+          c.id += d.id ?? "";
+          c.name += d.function?.name ?? "";
+          c.arguments += d.function?.arguments ?? "";
+        }
+        if (choice.finish_reason) finish = choice.finish_reason;
+      }
+    }
+    assert.equal(finish, "tool_calls");
+    assert.ok(!content.includes("<tool_call>"), `tool-call markup in content: ${content}`);
+    assert.deepEqual(Object.keys(calls), ["0"]);
+    assert.equal(calls[0].name, "get_weather");
+    assert.match(calls[0].id, /^call_/);
+    assert.deepEqual(JSON.parse(calls[0].arguments), { city: "Paris", unit: "celsius" });
+  });
+
+  await check("tools: the assistant's tool call and the tool's result go back in", async () => {
+    assert.ok(call, "no tool call from the first check");
+    const r = await authed.chat.completions.create({
+      model,
+      tools: TOOLS,
+      max_tokens: 64,
+      messages: [...ask, { role: "assistant", content: null, tool_calls: [call] },
+                 { role: "tool", tool_call_id: call.id, content: JSON.stringify({ temperature: 21 }) }],
+    });
+    assert.equal(r.choices[0].finish_reason, "tool_calls");  // the fake worker always calls
+    assert.ok(r.usage.prompt_tokens > 0);
+  });
+
+  await check("without tools the same output is plain text", async () => {
+    const r = await authed.chat.completions.create({ model, messages: ask, max_tokens: 64 });
+    assert.equal(r.choices[0].finish_reason, "stop");
+    assert.match(r.choices[0].message.content, /<tool_call>/);
+    assert.ok(!r.choices[0].message.tool_calls || r.choices[0].message.tool_calls.length === 0);
+  });
+}
 
 if (failures) {
   console.log(`${failures} check(s) failed`);

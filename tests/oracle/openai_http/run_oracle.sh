@@ -6,11 +6,16 @@
 #      other ports if the chosen ones are taken),
 #   3. node oracle.mjs: chat and completions, streaming and not, usage, stop strings, thinking on/off,
 #      invalid requests, and greedy HTTP output == `moectl generate --router` (gRPC) output,
-#   4. moectl cluster down (always).
-# Usage: run_oracle.sh PATH/TO/moectl
+#   4. a router with --api_keys_file in front of a fake attention worker whose output is a planted
+#      Qwen3 tool call (tests/services/router/fake_attention_worker_main.cc): node oracle.mjs
+#      --phase tools: 401 without a key, tool_calls (whole and streamed), the tool message back,
+#   5. moectl cluster down and the fake processes stopped (always).
+# Usage: run_oracle.sh PATH/TO/moectl PATH/TO/fake-attention-worker
 set -euo pipefail
 
 moectl="$1"
+fake_worker="$2"
+router_bin="$(dirname "$moectl")/moe-router"
 here="$(cd "$(dirname "$0")" && pwd)"
 source_dir="${MOE_SOURCE_DIR:-$(cd "$here/../../.." && pwd)}"
 binary_dir="${MOE_BINARY_DIR:-$source_dir/build}"
@@ -34,7 +39,9 @@ model="$work/model"
 "$moectl" make-model --preset tiny --dtype bf16 --seed 0 --out "$model" --force >/dev/null
 
 state="$(mktemp -d "${TMPDIR:-/tmp}/moe-openai-oracle.XXXXXX")"
+pids=()
 cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   "$moectl" cluster down --state-dir "$state" >/dev/null 2>&1 || true
   rm -rf "$state"
 }
@@ -71,4 +78,30 @@ if [ "$status" -ne 0 ]; then
   echo "--- router log (last 30 lines) ---"
   tail -n 30 "$state/router.log" || true
 fi
+
+# Phase 2: API keys and a planted tool call. The fake worker answers every request with the text of
+# a Qwen3 tool call (Hermes format), which the router parses into tool_calls.
+key="sk-oracle-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
+printf 'oracle %s\n' "$key" > "$state/api-keys"
+fake_port=$((base + 4)); router2=$((base + 5)); http2=$((base + 6))
+script=$'<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>'
+"$fake_worker" --model "$model" --listen "127.0.0.1:$fake_port" --script "$script" 2> "$state/fake.log" &
+pids+=($!)
+"$router_bin" --model "$model" --attention_workers "127.0.0.1:$fake_port" --listen "127.0.0.1:$router2" \
+  --http_listen "127.0.0.1:$http2" --metrics_port 0 --insecure --api_keys_file "$state/api-keys" \
+  2> "$state/router2.log" &
+pids+=($!)
+for _ in $(seq 1 300); do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$http2") 2>/dev/null &&
+     node -e "fetch('http://127.0.0.1:$http2/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"; then
+    break
+  fi
+  sleep 0.2
+done
+node "$work/oracle.mjs" --phase tools --http "http://127.0.0.1:$http2/v1" --key "$key" || {
+  status=1
+  echo "--- router (phase 2) log (last 30 lines) ---"
+  tail -n 30 "$state/router2.log" || true
+  tail -n 5 "$state/fake.log" || true
+}
 exit "$status"

@@ -9,7 +9,7 @@ namespace {
 
 TEST(ToGenerationRequestTest, CopiesEveryField) {
   // A field added to the proto must be set and checked here too.
-  ASSERT_EQ(v1::AttentionGenerateRequest::descriptor()->field_count(), 8);
+  ASSERT_EQ(v1::AttentionGenerateRequest::descriptor()->field_count(), 9);
   ASSERT_EQ(v1::AttentionSampling::descriptor()->field_count(), 8);
   v1::AttentionGenerateRequest request;
   request.set_request_id("a");
@@ -28,6 +28,7 @@ TEST(ToGenerationRequestTest, CopiesEveryField) {
   request.add_stop_token_ids(3);
   request.set_ignore_eos(true);
   request.set_top_logprobs(4);
+  request.set_generated_offset(1);
   auto out = ToGenerationRequest(request);
   ASSERT_TRUE(out.ok()) << out.status();
   EXPECT_EQ(out->id, "a");
@@ -45,6 +46,7 @@ TEST(ToGenerationRequestTest, CopiesEveryField) {
   EXPECT_EQ(out->stop_token_ids, (std::vector<int32_t>{3}));
   EXPECT_TRUE(out->ignore_eos);
   EXPECT_EQ(out->top_logprobs, 4);
+  EXPECT_EQ(out->generated_offset, 1);
 }
 
 TEST(ToGenerationRequestTest, AbsentSamplingIsGreedy) {

@@ -3,6 +3,7 @@
 #include "services/router/openai/http_server.h"
 
 #include <atomic>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -11,6 +12,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_split.h"
 #include "common/rpc/server.h"
+#include "common/rpc/tls_certificates.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
@@ -25,45 +27,7 @@ using json = nlohmann::json;
 using fakes::FakeWorker;
 using fakes::WaitFor;
 
-constexpr char kKey[] = "Bearer sk-test";
-
-// Stands in for the router's API-key check (which lives in the gRPC service): calls without
-// `authorization: Bearer sk-test` metadata are UNAUTHENTICATED; the rest go to the real service.
-class KeyCheckingGeneration final : public moe::v1::Generation::CallbackService {
- public:
-  explicit KeyCheckingGeneration(GenerateService* service) : service_(service) {}
-
-  grpc::ServerWriteReactor<moe::v1::GenerateResponse>* Generate(
-      grpc::CallbackServerContext* context, const moe::v1::GenerateRequest* request) override {
-    if (!Authorized(context)) {
-      class Refused : public grpc::ServerWriteReactor<moe::v1::GenerateResponse> {
-       public:
-        Refused() { Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "a valid API key is required")); }
-        void OnDone() override { delete this; }
-      };
-      return new Refused;
-    }
-    return service_->Generate(context, request);
-  }
-  grpc::ServerUnaryReactor* GetModelInfo(grpc::CallbackServerContext* context,
-                                         const moe::v1::GetModelInfoRequest* request,
-                                         moe::v1::ModelInfo* response) override {
-    if (!Authorized(context)) {
-      grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-      reactor->Finish(grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "a valid API key is required"));
-      return reactor;
-    }
-    return service_->GetModelInfo(context, request, response);
-  }
-
- private:
-  static bool Authorized(grpc::CallbackServerContext* context) {
-    auto it = context->client_metadata().find("authorization");
-    return it != context->client_metadata().end() &&
-           std::string(it->second.data(), it->second.size()) == kKey;
-  }
-  GenerateService* service_;
-};
+constexpr char kKey[] = "Bearer sk-test-0123456789abcdef";  // the router checks it (ApiKeyStore)
 
 class HttpServerTest : public ::testing::Test {
  protected:
@@ -79,8 +43,11 @@ class HttpServerTest : public ::testing::Test {
         std::vector<std::string>{"127.0.0.1:" + std::to_string(worker_server_->port())},
         std::vector<std::string>{}, options, metrics_.get());
     service_ = std::make_unique<GenerateService>(model_.get(), worker_pool_.get(), metrics_.get());
-    key_check_ = std::make_unique<KeyCheckingGeneration>(service_.get());
-    router_ = *rpc::GrpcServer::Start("127.0.0.1:0", {key_check_.get()});
+    const std::string keys = moe::testing::MakeTempDir("http_keys") + "/keys";
+    std::ofstream(keys) << "test sk-test-0123456789abcdef\n";
+    api_keys_ = *ApiKeyStore::Load(keys);
+    service_->RequireApiKeys(api_keys_.get());
+    router_ = *rpc::GrpcServer::Start("127.0.0.1:0", {service_.get()});
     absl::Notification ready;
     worker_pool_->Start([&ready, this](bool r) {
       ready_ = r;
@@ -181,7 +148,7 @@ class HttpServerTest : public ::testing::Test {
   std::unique_ptr<RouterMetrics> metrics_;
   std::unique_ptr<AttentionWorkerPool> worker_pool_;
   std::unique_ptr<GenerateService> service_;
-  std::unique_ptr<KeyCheckingGeneration> key_check_;
+  std::unique_ptr<ApiKeyStore> api_keys_;
   std::unique_ptr<rpc::GrpcServer> router_;
   std::atomic<bool> ready_{false};
   std::unique_ptr<HttpServer> http_;
@@ -314,7 +281,11 @@ TEST_F(HttpServerTest, WorkerFailureIs503WithAnErrorObject) {
 
 TEST_F(HttpServerTest, MissingOrWrongKeyIs401) {
   ExpectError(Post("/v1/chat/completions", std::string(kChat) + "}", /*with_key=*/false), 401, "",
-              "a valid API key is required");
+              "missing API key");
+  httplib::Headers wrong = {{"Authorization", "Bearer sk-wrong-0123456789abcdef"}};
+  httplib::Result r = Client()->Post("/v1/chat/completions", wrong, std::string(kChat) + "}", "application/json");
+  ExpectError(r, 401, "", "invalid API key");
+  EXPECT_EQ(r->body.find("sk-wrong"), std::string::npos) << "the key is echoed";
   ExpectError(Post("/v1/completions", R"({"prompt": "x", "stream": true})", false), 401, "", "API key");
   httplib::Result models = Client()->Get("/v1/models");
   ExpectError(models, 401, "", "API key");
@@ -332,6 +303,45 @@ TEST_F(HttpServerTest, ModelsAndHealth) {
   health = Client()->Get("/health");
   ASSERT_TRUE(health);
   EXPECT_EQ(health->status, 503);
+}
+
+// With the router's public certificate the HTTP API is HTTPS; a plain-HTTP client gets nothing.
+TEST_F(HttpServerTest, ServesHttpsWithTheRoutersPublicCertificate) {
+  auto certificates = rpc::MakeClusterCertificates(moe::testing::MakeTempDir("http_tls"), "public CA");
+  ASSERT_TRUE(certificates.ok()) << certificates.status();
+  const ServedModel* served = model_.get();
+  auto https = HttpServer::Start(router_->InProcessChannel(),
+                                 {.listen = "127.0.0.1:0",
+                                  .num_threads = 4,
+                                  .model_name = "tiny",
+                                  .ready = [] { return true; },
+                                  .token_text = [served](int32_t id) { return served->tokenizer->Decode({&id, 1}); },
+                                  .tls_cert_file = certificates->cert_file,
+                                  .tls_key_file = certificates->key_file});
+  ASSERT_TRUE(https.ok()) << https.status();
+  httplib::SSLClient client("127.0.0.1", (*https)->port());
+  client.set_ca_cert_path(certificates->ca_file.c_str());
+  client.enable_server_certificate_verification(true);
+  httplib::Result health = client.Get("/health");
+  ASSERT_TRUE(health) << httplib::to_string(health.error());
+  EXPECT_EQ(health->status, 200);
+  httplib::Result chat = client.Post("/v1/chat/completions", {{"Authorization", kKey}},
+                                     std::string(kChat) + "}", "application/json");
+  ASSERT_TRUE(chat);
+  EXPECT_EQ(chat->status, 200) << chat->body;
+  httplib::Client plain("127.0.0.1", (*https)->port());
+  plain.set_read_timeout(std::chrono::seconds(5));
+  httplib::Result refused = plain.Get("/health");
+  EXPECT_TRUE(!refused || refused->status != 200);
+  (*https)->Stop();
+
+  auto broken = HttpServer::Start(router_->InProcessChannel(),
+                                  {.listen = "127.0.0.1:0",
+                                   .ready = [] { return true; },
+                                   .token_text = [](int32_t) { return std::string(); },
+                                   .tls_cert_file = "/nonexistent/cert.pem",
+                                   .tls_key_file = "/nonexistent/key.pem"});
+  EXPECT_EQ(broken.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(HttpServerTest, BadRequestsAre4xxWithAnErrorObject) {
