@@ -137,8 +137,10 @@ absl::Status Engine::AddRequest(GenerationRequest request) {
   }
   if (request.generated_offset < 0 || request.generated_offset >= prompt_len ||
       request.generated_offset >= request.max_new_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat("generated_offset: must be in [0, min(prompt length, "
-                                                   "max_new_tokens) - 1], got ", request.generated_offset));
+    return absl::InvalidArgumentError(
+        absl::StrCat("generated_offset: must be in [0, min(prompt length, "
+                     "max_new_tokens) - 1], got ",
+                     request.generated_offset));
   }
   if (sequences_.contains(request.id)) {
     return absl::AlreadyExistsError(absl::StrCat("request id ", request.id, " is already running"));

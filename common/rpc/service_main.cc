@@ -82,7 +82,8 @@ std::unique_ptr<ServiceMain> ServiceMain::Init(int argc, char** argv, ServiceDes
     }
     server_credentials = *std::move(credentials);
     LOG(INFO) << description.binary << ": public port "
-              << (public_cert.empty() ? "in plaintext (no --public_tls_cert)" : "with TLS, certificate " + public_cert);
+              << (public_cert.empty() ? "in plaintext (no --public_tls_cert)"
+                                      : "with TLS, certificate " + public_cert);
   } else {
     if (!public_cert.empty() || !public_key.empty()) {
       LOG(ERROR) << description.binary

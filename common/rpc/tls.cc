@@ -79,7 +79,8 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakePublicServerCredent
     const std::string& cert_file, const std::string& key_file) {
   if (cert_file.empty() && key_file.empty()) return grpc::InsecureServerCredentials();
   if (cert_file.empty() || key_file.empty()) {
-    return absl::InvalidArgumentError("TLS on the public port needs both --public_tls_cert and --public_tls_key");
+    return absl::InvalidArgumentError(
+        "TLS on the public port needs both --public_tls_cert and --public_tls_key");
   }
   grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;

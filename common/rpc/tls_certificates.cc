@@ -76,18 +76,19 @@ absl::StatusOr<TlsOptions> MakeClusterCertificates(const std::string& dir, const
   RETURN_IF_ERROR(RunOpenssl(make_ca, log));
   std::vector<std::string> scratch = {ext, log, dir + "/ca.srl"};
   const std::pair<std::string, const char*> certificates[] = {{"tls", kOperatorRole},
-                                                             {"router", kRouterRole},
-                                                             {"attention-worker", kAttentionWorkerRole},
-                                                             {"expert-worker", kExpertWorkerRole}};
+                                                              {"router", kRouterRole},
+                                                              {"attention-worker", kAttentionWorkerRole},
+                                                              {"expert-worker", kExpertWorkerRole}};
   for (const auto& [file, common_name] : certificates) {
     const std::string crt = dir + "/" + file + ".crt", key = dir + "/" + file + ".key",
                       csr = dir + "/" + file + ".csr";
     std::vector<std::string> make_csr = {"req"};
     make_csr.insert(make_csr.end(), ec_key.begin(), ec_key.end());
-    make_csr.insert(make_csr.end(), {"-keyout", key, "-out", csr, "-subj", absl::StrCat("/CN=", common_name)});
+    make_csr.insert(make_csr.end(),
+                    {"-keyout", key, "-out", csr, "-subj", absl::StrCat("/CN=", common_name)});
     RETURN_IF_ERROR(RunOpenssl(make_csr, log));
-    RETURN_IF_ERROR(RunOpenssl({"x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key, "-CAcreateserial",
-                                "-out", crt, "-days", days, "-extfile", ext},
+    RETURN_IF_ERROR(RunOpenssl({"x509", "-req", "-in", csr, "-CA", ca_crt, "-CAkey", ca_key,
+                                "-CAcreateserial", "-out", crt, "-days", days, "-extfile", ext},
                                log));
     chmod(key.c_str(), 0600);
     scratch.push_back(csr);

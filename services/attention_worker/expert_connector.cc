@@ -107,8 +107,9 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   if (!rpc.ok()) {
     std::string error = absl::StrCat("GetInfo: ", rpc.error_message());
     if (absl::StrContains(absl::AsciiStrToLower(error), "handshake")) {
-      absl::StrAppend(&error, " (TLS handshake failed: are this worker's --tls_cert and the expert worker's "
-                              "signed by the same cluster CA, --tls_ca?)");
+      absl::StrAppend(&error,
+                      " (TLS handshake failed: are this worker's --tls_cert and the expert worker's "
+                      "signed by the same cluster CA, --tls_ca?)");
     }
     return set_error(error);
   }

@@ -76,7 +76,8 @@ int main(int argc, char** argv) {
 
   moe::services::AttentionService attention_service;
   if (absl::Status s = service->Serve({&attention_service}); !s.ok()) return service->Fail(s);
-  LOG(INFO) << "rank " << options.rank << " of " << absl::GetFlag(FLAGS_num_attention_workers) << ", KV cache "
+  LOG(INFO) << "rank " << options.rank << " of " << absl::GetFlag(FLAGS_num_attention_workers)
+            << ", KV cache "
             << (options.engine.num_kv_blocks > 0 ? absl::StrCat(options.engine.num_kv_blocks, " blocks")
                                                  : absl::StrCat(kv_cache_gib, " GiB"))
             << ", loading the model";

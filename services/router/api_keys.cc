@@ -55,21 +55,22 @@ absl::StatusOr<std::vector<ApiKey>> ParseApiKeys(absl::string_view contents) {
     } else if (fields.size() == 2) {
       key = {std::string(fields[0]), std::string(fields[1])};
     } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat("line ", line_number, ": expected `NAME KEY` or `KEY`, got ", fields.size(), " fields"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "line ", line_number, ": expected `NAME KEY` or `KEY`, got ", fields.size(), " fields"));
     }
     if (!ValidName(key.name)) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "line ", line_number, ": the key name must be 1..64 characters of [A-Za-z0-9._-]"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("line ", line_number, ": the key name must be 1..64 characters of [A-Za-z0-9._-]"));
     }
     if (!ValidKey(key.key)) {
       return absl::InvalidArgumentError(absl::StrCat("line ", line_number, ": a key must be ", kMinKeyBytes,
-                                                     "..", kMaxKeyBytes, " printable characters without spaces"));
+                                                     "..", kMaxKeyBytes,
+                                                     " printable characters without spaces"));
     }
     for (const ApiKey& other : keys) {
       if (other.name == key.name) {
-        return absl::InvalidArgumentError(absl::StrCat("line ", line_number, ": the name ", key.name,
-                                                       " is used twice"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("line ", line_number, ": the name ", key.name, " is used twice"));
       }
     }
     keys.push_back(std::move(key));

@@ -18,11 +18,11 @@
 #ifndef MOE_SERVICES_ROUTER_API_KEYS_H_
 #define MOE_SERVICES_ROUTER_API_KEYS_H_
 
+#include <sys/types.h>
 #include <memory>
 #include <string>
-#include "absl/strings/string_view.h"
-#include <sys/types.h>
 #include <vector>
+#include "absl/strings/string_view.h"
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"

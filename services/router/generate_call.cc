@@ -107,7 +107,8 @@ void GenerateCall::DecideCancelled() {
 void GenerateCall::DecideWorkerFailure(grpc::StatusCode code, const std::string& detail) {
   const std::string where =
       absl::StrCat("attention worker ", service_->worker_pool().worker(worker_index_).address());
-  LOG(WARNING) << "request " << prepared_.request_id << " (" << prepared_.cluster_id << "): " << where << ": " << detail;
+  LOG(WARNING) << "request " << prepared_.request_id << " (" << prepared_.cluster_id << "): " << where << ": "
+               << detail;
   switch (code) {
     case grpc::StatusCode::INVALID_ARGUMENT:
     case grpc::StatusCode::RESOURCE_EXHAUSTED:
@@ -127,7 +128,8 @@ void GenerateCall::DecideWorkerFailure(grpc::StatusCode code, const std::string&
 }
 
 bool GenerateCall::MaybeMigrate(const grpc::Status& status) {
-  if (status.error_code() != grpc::StatusCode::UNAVAILABLE && status.error_code() != grpc::StatusCode::CANCELLED) {
+  if (status.error_code() != grpc::StatusCode::UNAVAILABLE &&
+      status.error_code() != grpc::StatusCode::CANCELLED) {
     return false;
   }
   const int64_t generated = static_cast<int64_t>(generated_.size());
@@ -151,9 +153,9 @@ bool GenerateCall::MaybeMigrate(const grpc::Status& status) {
   const absl::Status submitted =
       service_->worker_pool().Submit(std::shared_ptr<PendingRequest>(this, [](PendingRequest*) {}), &reason);
   if (!submitted.ok()) {
-    LOG(WARNING) << "request " << prepared_.request_id << " (" << prepared_.cluster_id << "): attention worker "
-                 << from << " failed (" << status.error_message() << ") and no other can take it: "
-                 << submitted.message();
+    LOG(WARNING) << "request " << prepared_.request_id << " (" << prepared_.cluster_id
+                 << "): attention worker " << from << " failed (" << status.error_message()
+                 << ") and no other can take it: " << submitted.message();
     return false;
   }
   queued_ = true;

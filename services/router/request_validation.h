@@ -66,8 +66,8 @@ absl::StatusOr<std::vector<int32_t>> TokenizeText(const ServedModel& model, cons
                                                   const RequestLimits& limits, const std::string& field);
 
 // Validates `request` against `model` and resolves unset sampling fields from the model's
-// generation_config. `generated_id` becomes cluster_id, and request_id when the request has none. On error, *reason (if not
-// null) says which rejection it is.
+// generation_config. `generated_id` becomes cluster_id, and request_id when the request has none. On error,
+// *reason (if not null) says which rejection it is.
 absl::StatusOr<PreparedRequest> PrepareRequest(const moe::v1::GenerateRequest& request,
                                                const ServedModel& model, const RequestLimits& limits,
                                                const std::string& generated_id,

@@ -118,8 +118,8 @@ RouterMetrics::RouterMetrics(prometheus::Registry& r)
                             .Help("Workers of each role the router is configured with (or discovered).")
                             .Register(r)) {
   // Every label value is known up front: export the zero series so rate() works from the start.
-  for (const char* reason :
-       {"queue_full", "kv_capacity", "prompt_too_long", "invalid_argument", "no_workers", "unauthenticated"}) {
+  for (const char* reason : {"queue_full", "kv_capacity", "prompt_too_long", "invalid_argument", "no_workers",
+                             "unauthenticated"}) {
     rejections_.Add({{"reason", reason}});
   }
   for (const char* role : {"attention_worker", "expert_worker"}) {
@@ -140,10 +140,11 @@ void RouterMetrics::Rejected(std::string_view reason, grpc::StatusCode code) {
 
 void RouterMetrics::ApiKeyUsed(std::string_view key_name) {
   std::call_once(api_key_family_once_, [this] {
-    api_key_requests_ = &prometheus::BuildCounter()
-                             .Name("moe_router_api_key_requests_total")
-                             .Help("Calls authenticated with each API key, by the key's name in --api_keys_file.")
-                             .Register(registry_);
+    api_key_requests_ =
+        &prometheus::BuildCounter()
+             .Name("moe_router_api_key_requests_total")
+             .Help("Calls authenticated with each API key, by the key's name in --api_keys_file.")
+             .Register(registry_);
   });
   api_key_requests_.load()->Add({{"key", std::string(key_name)}}).Increment();
 }

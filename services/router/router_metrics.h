@@ -30,8 +30,8 @@ class RouterMetrics {
   // One finished Generate call. finish_reason: stop, length, stop_sequence, cancelled, deadline,
   // error.
   void RequestFinished(std::string_view finish_reason, grpc::StatusCode code);
-  // reason: queue_full, kv_capacity, prompt_too_long, invalid_argument, no_workers, unauthenticated. Also counts the
-  // request as finished with finish_reason "error" and `code`.
+  // reason: queue_full, kv_capacity, prompt_too_long, invalid_argument, no_workers, unauthenticated. Also
+  // counts the request as finished with finish_reason "error" and `code`.
   void Rejected(std::string_view reason, grpc::StatusCode code);
   // A call authenticated with the API key named `key_name` (moe_router_api_key_requests_total,
   // exported only by a router with --api_keys_file).

@@ -26,8 +26,8 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/engine/testing/requests.h"
-#include "grpcpp/grpcpp.h"
 #include "gmock/gmock.h"
+#include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
 #include "moe/v1/generate.grpc.pb.h"
@@ -407,7 +407,8 @@ TEST_F(AttentionWorkerFailoverTest, KilledAttentionWorkersStreamsMigrateAndFinis
     requests.push_back(
         GreedyRequest(PseudoRandomPrompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)), kShortMaxNewTokens));
   }
-  const absl::StatusOr<std::vector<GenerateResult>> expected = moe::testing::GenerateEmbedded(model_, requests);
+  const absl::StatusOr<std::vector<GenerateResult>> expected =
+      moe::testing::GenerateEmbedded(model_, requests);
   ASSERT_TRUE(expected.ok()) << expected.status();
   {
     InFlightStreams streams(router_address_, kNumStreams, kShortMaxNewTokens);
@@ -423,7 +424,8 @@ TEST_F(AttentionWorkerFailoverTest, KilledAttentionWorkersStreamsMigrateAndFinis
         Kill(*attention_[static_cast<size_t>(victim)], absl::StrCat("attention-", victim)));
     const std::vector<GenerateResult>& outcomes = streams.Join();
     for (size_t i = 0; i < outcomes.size(); ++i) {
-      ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message() << "\n" << Logs();
+      ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message() << "\n"
+                                           << Logs();
       EXPECT_EQ(outcomes[i].finish, v1::FINISH_REASON_LENGTH);
       EXPECT_EQ(outcomes[i].tokens, (*expected)[i].tokens) << "stream " << i;
       EXPECT_EQ(outcomes[i].logprobs, (*expected)[i].logprobs) << "stream " << i;

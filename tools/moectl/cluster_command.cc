@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -32,7 +33,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <algorithm>
 #include <optional>
 #include <string>
 #include <thread>
@@ -62,10 +62,10 @@ struct ClusterFlags {
   bool detach = false;
   double startup_timeout_s = 300;
   std::string transport = "ucx";
-  bool insecure = false;  // plaintext internal hops instead of mTLS
+  bool insecure = false;    // plaintext internal hops instead of mTLS
   double kv_cache_gib = 0;  // attention workers' --kv_cache_gib; 0: theirs (8)
   int max_restarts = 3;     // per child, after the cluster is ready
-  int http_port = 0;      // the router's OpenAI-compatible HTTP API on 127.0.0.1 (0: none)
+  int http_port = 0;        // the router's OpenAI-compatible HTTP API on 127.0.0.1 (0: none)
 };
 
 std::atomic<bool> stop_requested{false};
@@ -87,7 +87,7 @@ fs::path BinaryDir() {
 struct Child {
   std::string name;
   pid_t pid = -1;
-  fs::path binary;                // how to start it again
+  fs::path binary;  // how to start it again
   std::vector<std::string> args;
   int restarts = 0;
   std::optional<std::chrono::steady_clock::time_point> restart_at;
@@ -373,8 +373,8 @@ void RunUp(const ClusterFlags& flags) {
       // "expert-0" -> the expert-worker certificate, "attention-1" -> attention-worker, "router".
       const std::string role = name == "router" ? name : name.substr(0, name.find('-')) + "-worker";
       const rpc::TlsOptions own = rpc::RoleTlsOptions(tls_options, role);
-      args.insert(args.end(), {"--tls_ca=" + own.ca_file, "--tls_cert=" + own.cert_file,
-                               "--tls_key=" + own.key_file});
+      args.insert(args.end(),
+                  {"--tls_ca=" + own.ca_file, "--tls_cert=" + own.cert_file, "--tls_key=" + own.key_file});
     }
     Child child{.name = name,
                 .pid = Spawn(bin / binary, args, log),
@@ -463,8 +463,9 @@ void RunUp(const ClusterFlags& flags) {
       }
       const int backoff_s = std::min(10, 1 << std::min(c->restarts, 4));
       c->restart_at = std::chrono::steady_clock::now() + std::chrono::seconds(backoff_s);
-      std::cerr << "moectl cluster: " << *dead << "moectl cluster: restarting " << c->name << " in " << backoff_s
-                << " s (restart " << c->restarts + 1 << " of at most " << flags.max_restarts << ")" << std::endl;
+      std::cerr << "moectl cluster: " << *dead << "moectl cluster: restarting " << c->name << " in "
+                << backoff_s << " s (restart " << c->restarts + 1 << " of at most " << flags.max_restarts
+                << ")" << std::endl;
     }
     for (Child& c : children) {
       if (!c.restart_at.has_value() || std::chrono::steady_clock::now() < *c.restart_at) continue;

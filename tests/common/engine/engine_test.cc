@@ -147,7 +147,8 @@ TEST(EngineTest, AMigratedRequestContinuesExactlyAsTheUninterruptedOne) {
     EXPECT_EQ(rest.finish, FinishReason::kLength);
     EXPECT_EQ(rest.tokens, std::vector<int32_t>(expected.tokens.begin() + kDone, expected.tokens.end()))
         << "temperature " << temperature;
-    EXPECT_TRUE(BitEqual(rest.logprobs, std::vector<float>(expected.logprobs.begin() + kDone, expected.logprobs.end())))
+    EXPECT_TRUE(BitEqual(rest.logprobs,
+                         std::vector<float>(expected.logprobs.begin() + kDone, expected.logprobs.end())))
         << "temperature " << temperature;
   }
   GenerationRequest bad = GreedyRequest("bad", prompt, 4);

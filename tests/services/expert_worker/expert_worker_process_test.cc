@@ -137,7 +137,9 @@ TEST(ExpertWorkerProcessTest, ConnectAndDrainNeedTheirRolesAndDrainTurnsReadines
       {"--model", model, "--listen", address, "--metrics_port", "0", "--tls_ca", own.ca_file, "--tls_cert",
        own.cert_file, "--tls_key", own.key_file, "--health_listen", health_address});
   ASSERT_TRUE(child.ok());
-  auto credentials = [&](const std::string& role) { return *rpc::MakeClientCredentials(rpc::RoleTlsOptions(*cluster, role)); };
+  auto credentials = [&](const std::string& role) {
+    return *rpc::MakeClientCredentials(rpc::RoleTlsOptions(*cluster, role));
+  };
   const rpc::ClientCredentials operator_credentials = credentials("operator");
   ASSERT_TRUE(moe::testing::WaitForHealth(address, "readiness", true, absl::Now() + absl::Seconds(60),
                                           operator_credentials)
@@ -153,7 +155,8 @@ TEST(ExpertWorkerProcessTest, ConnectAndDrainNeedTheirRolesAndDrainTurnsReadines
   for (const std::string role : {"operator", "router", "expert-worker"}) {
     grpc::ClientContext context;
     const grpc::Status status = stub_as(credentials(role))->Connect(&context, bad, &connected);
-    EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED) << role << ": " << status.error_message();
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::PERMISSION_DENIED)
+        << role << ": " << status.error_message();
     EXPECT_NE(status.error_message().find(rpc::kAttentionWorkerRole), std::string::npos);
   }
   {
@@ -176,8 +179,10 @@ TEST(ExpertWorkerProcessTest, ConnectAndDrainNeedTheirRolesAndDrainTurnsReadines
   {
     grpc::ClientContext context;
     v1::ExpertWorkerInfo info;
-    auto plain = v1::ExpertControl::NewStub(grpc::CreateChannel(health_address, grpc::InsecureChannelCredentials()));
-    EXPECT_EQ(plain->GetInfo(&context, v1::GetInfoRequest(), &info).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+    auto plain =
+        v1::ExpertControl::NewStub(grpc::CreateChannel(health_address, grpc::InsecureChannelCredentials()));
+    EXPECT_EQ(plain->GetInfo(&context, v1::GetInfoRequest(), &info).error_code(),
+              grpc::StatusCode::UNIMPLEMENTED);
   }
 
   grpc::ClientContext drain_context;

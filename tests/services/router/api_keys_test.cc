@@ -31,9 +31,9 @@ TEST(ApiKeysTest, ParsesNamedAndUnnamedKeysSkippingCommentsAndBlankLines) {
 }
 
 TEST(ApiKeysTest, RefusesMalformedFilesNamingTheLine) {
-  for (const std::string& bad : {std::string("alice short\n"), std::string("a b c\n"),
-                                 std::string("al/ice ") + kKeyA + "\n",
-                                 std::string("x ") + kKeyA + "\nx " + kKeyB + "\n"}) {
+  for (const std::string& bad :
+       {std::string("alice short\n"), std::string("a b c\n"), std::string("al/ice ") + kKeyA + "\n",
+        std::string("x ") + kKeyA + "\nx " + kKeyB + "\n"}) {
     auto keys = ParseApiKeys(bad);
     ASSERT_FALSE(keys.ok()) << bad;
     EXPECT_EQ(keys.status().code(), absl::StatusCode::kInvalidArgument);
@@ -45,8 +45,8 @@ TEST(ApiKeysTest, RefusesMalformedFilesNamingTheLine) {
 TEST(ApiKeysTest, ConstantTimeEqualsIsExactEquality) {
   EXPECT_TRUE(ConstantTimeEquals("abcdef", "abcdef"));
   EXPECT_FALSE(ConstantTimeEquals("abcdef", "abcdeg"));
-  EXPECT_FALSE(ConstantTimeEquals("abcdef", "abcde"));   // a prefix
-  EXPECT_FALSE(ConstantTimeEquals("abc", "abcabc"));     // a repetition
+  EXPECT_FALSE(ConstantTimeEquals("abcdef", "abcde"));  // a prefix
+  EXPECT_FALSE(ConstantTimeEquals("abc", "abcabc"));    // a repetition
   EXPECT_FALSE(ConstantTimeEquals("abc", ""));
   EXPECT_FALSE(ConstantTimeEquals("", "abc"));
   EXPECT_TRUE(ConstantTimeEquals("", ""));
@@ -59,9 +59,9 @@ TEST(ApiKeysTest, AuthenticatesBearerKeysByName) {
   ASSERT_TRUE(store.ok()) << store.status();
   EXPECT_EQ(*(*store)->Authenticate(std::string("Bearer ") + kKeyB), "bob");
   EXPECT_EQ(*(*store)->Authenticate(std::string("bearer ") + kKeyA), "alice");
-  for (const std::string& bad : {std::string(""), std::string("Bearer "), std::string(kKeyA),
-                                 std::string("Basic ") + kKeyA, std::string("Bearer ") + kKeyA + "x",
-                                 std::string("Bearer sk-aaaa")}) {
+  for (const std::string& bad :
+       {std::string(""), std::string("Bearer "), std::string(kKeyA), std::string("Basic ") + kKeyA,
+        std::string("Bearer ") + kKeyA + "x", std::string("Bearer sk-aaaa")}) {
     auto name = (*store)->Authenticate(bad);
     ASSERT_FALSE(name.ok()) << bad;
     EXPECT_EQ(name.status().code(), absl::StatusCode::kUnauthenticated);

@@ -18,9 +18,12 @@ int main(int argc, char** argv) {
   std::string model_dir, listen, script;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
-    if (flag == "--model") model_dir = argv[i + 1];
-    else if (flag == "--listen") listen = argv[i + 1];
-    else if (flag == "--script") script = argv[i + 1];
+    if (flag == "--model")
+      model_dir = argv[i + 1];
+    else if (flag == "--listen")
+      listen = argv[i + 1];
+    else if (flag == "--script")
+      script = argv[i + 1];
     else {
       std::cerr << "fake-attention-worker: unknown flag " << flag << "\n";
       return 2;

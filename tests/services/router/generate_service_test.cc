@@ -9,16 +9,16 @@
 #include <string>
 #include <vector>
 
+#include <fstream>
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
-#include "prometheus/text_serializer.h"
 #include "common/rpc/server.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
+#include "prometheus/text_serializer.h"
+#include "services/router/api_keys.h"
 #include "tests/services/router/fake_attention_worker.h"
 #include "tests/util/test_models.h"
-#include "services/router/api_keys.h"
-#include <fstream>
 
 namespace moe::router {
 namespace {

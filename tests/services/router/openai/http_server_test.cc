@@ -283,7 +283,8 @@ TEST_F(HttpServerTest, MissingOrWrongKeyIs401) {
   ExpectError(Post("/v1/chat/completions", std::string(kChat) + "}", /*with_key=*/false), 401, "",
               "missing API key");
   httplib::Headers wrong = {{"Authorization", "Bearer sk-wrong-0123456789abcdef"}};
-  httplib::Result r = Client()->Post("/v1/chat/completions", wrong, std::string(kChat) + "}", "application/json");
+  httplib::Result r =
+      Client()->Post("/v1/chat/completions", wrong, std::string(kChat) + "}", "application/json");
   ExpectError(r, 401, "", "invalid API key");
   EXPECT_EQ(r->body.find("sk-wrong"), std::string::npos) << "the key is echoed";
   ExpectError(Post("/v1/completions", R"({"prompt": "x", "stream": true})", false), 401, "", "API key");
@@ -310,14 +311,17 @@ TEST_F(HttpServerTest, ServesHttpsWithTheRoutersPublicCertificate) {
   auto certificates = rpc::MakeClusterCertificates(moe::testing::MakeTempDir("http_tls"), "public CA");
   ASSERT_TRUE(certificates.ok()) << certificates.status();
   const ServedModel* served = model_.get();
-  auto https = HttpServer::Start(router_->InProcessChannel(),
-                                 {.listen = "127.0.0.1:0",
-                                  .num_threads = 4,
-                                  .model_name = "tiny",
-                                  .ready = [] { return true; },
-                                  .token_text = [served](int32_t id) { return served->tokenizer->Decode({&id, 1}); },
-                                  .tls_cert_file = certificates->cert_file,
-                                  .tls_key_file = certificates->key_file});
+  auto https =
+      HttpServer::Start(router_->InProcessChannel(), {.listen = "127.0.0.1:0",
+                                                      .num_threads = 4,
+                                                      .model_name = "tiny",
+                                                      .ready = [] { return true; },
+                                                      .token_text =
+                                                          [served](int32_t id) {
+                                                            return served->tokenizer->Decode({&id, 1});
+                                                          },
+                                                      .tls_cert_file = certificates->cert_file,
+                                                      .tls_key_file = certificates->key_file});
   ASSERT_TRUE(https.ok()) << https.status();
   httplib::SSLClient client("127.0.0.1", (*https)->port());
   client.set_ca_cert_path(certificates->ca_file.c_str());
@@ -335,12 +339,12 @@ TEST_F(HttpServerTest, ServesHttpsWithTheRoutersPublicCertificate) {
   EXPECT_TRUE(!refused || refused->status != 200);
   (*https)->Stop();
 
-  auto broken = HttpServer::Start(router_->InProcessChannel(),
-                                  {.listen = "127.0.0.1:0",
-                                   .ready = [] { return true; },
-                                   .token_text = [](int32_t) { return std::string(); },
-                                   .tls_cert_file = "/nonexistent/cert.pem",
-                                   .tls_key_file = "/nonexistent/key.pem"});
+  auto broken =
+      HttpServer::Start(router_->InProcessChannel(), {.listen = "127.0.0.1:0",
+                                                      .ready = [] { return true; },
+                                                      .token_text = [](int32_t) { return std::string(); },
+                                                      .tls_cert_file = "/nonexistent/cert.pem",
+                                                      .tls_key_file = "/nonexistent/key.pem"});
   EXPECT_EQ(broken.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
