@@ -26,8 +26,10 @@ std::shared_ptr<prometheus::Registry> SharedRegistry();
 // Worker threads of the /metrics server. Each connection holds one while it is open (up to
 // kMetricsRequestTimeoutMs without a request), so a few idle or slow clients must not use them all
 // and starve Prometheus's scrape.
-inline constexpr int kMetricsThreads = 8;
-inline constexpr int kMetricsRequestTimeoutMs = 10000;
+// civetweb is thread-per-connection, so this bounds rather than removes the effect: more idle
+// connections than threads delay a scrape by up to the timeout (docs/metrics.md).
+inline constexpr int kMetricsThreads = 32;
+inline constexpr int kMetricsRequestTimeoutMs = 5000;
 
 // Serves /metrics on `host`:`port` (host "0.0.0.0" for every IPv4 interface, "127.0.0.1" for
 // loopback only; port 0 picks a free port) with kMetricsThreads threads. Returns the bound port.
