@@ -20,20 +20,10 @@ here="$(cd "$(dirname "$0")" && pwd)"
 source_dir="${MOE_SOURCE_DIR:-$(cd "$here/../../.." && pwd)}"
 binary_dir="${MOE_BINARY_DIR:-$source_dir/build}"
 
-if ! command -v npm >/dev/null 2>&1 || ! command -v node >/dev/null 2>&1; then
-  echo "npm/node not found: skipping the OpenAI HTTP oracle test"
-  exit 77
-fi
-
 work="$binary_dir/tests/openai_http_oracle"
-mkdir -p "$work"
-cp "$here/package.json" "$here/package-lock.json" "$here/oracle.mjs" "$work/"
-# npm ci only when the lock file changed since the last install.
-if ! cmp -s "$here/package-lock.json" "$work/.installed-lock.json" 2>/dev/null ||
-   [ ! -d "$work/node_modules/openai" ]; then
-  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error)
-  cp "$here/package-lock.json" "$work/.installed-lock.json"
-fi
+# shellcheck source=tests/oracle/npm_install.sh
+source "$here/../npm_install.sh"
+moe_npm_install "$here" "$work" "openai"
 
 model="$work/model"
 "$moectl" make-model --preset tiny --dtype bf16 --seed 0 --out "$model" --force >/dev/null
