@@ -130,7 +130,6 @@ constexpr absl::Duration kFirstMessageWait = absl::Seconds(2);
 // Per-choice state of a stream.
 struct ChoiceProgress {
   bool started = false;  // chat: the role chunk was sent
-  bool ended = false;
   int num_tool_calls = 0;
   size_t text_sent = 0;
   int prompt_tokens = 0;
@@ -273,14 +272,13 @@ void HttpServer::Register() {
           std::make_shared<ChoiceCalls>(stub_.get(), *request, req.get_header_value("Authorization"));
       const std::string id = NewResponseId(endpoint);
       const int64_t created = NowSeconds();
+      // The served model's name: what the client asked for, or the router's when it asked for none.
+      const std::string model = request->model.empty() ? options_.model_name : request->model;
 
       if (!request->stream) {
         std::vector<ChoiceResult> results;
         grpc::Status status = calls->Collect(&results);
         if (!status.ok()) return SendError(res, FromGrpcStatus(status));
-        // The served model's name: what the client asked for, or the router's when it asked for none.
-        std::string model = request->model;
-        if (model.empty()) model = options_.model_name;
         res.set_content(RenderResponse(*request, results, id, created, model, options_.token_text), kJson);
         return;
       }
@@ -306,10 +304,8 @@ void HttpServer::Register() {
         first.push_back(std::move(*e));
       }
       calls->PushFront(std::move(first));
-      std::string model = request->model;
-      if (model.empty()) model = options_.model_name;
       auto context = std::make_shared<StreamContext>(
-          StreamContext{request.get(), id, created, std::move(model), options_.token_text});
+          StreamContext{request.get(), id, created, model, options_.token_text});
       res.set_header("Cache-Control", "no-cache");
       res.set_chunked_content_provider(
           "text/event-stream",
@@ -330,7 +326,6 @@ void HttpServer::Register() {
               }
               ChoiceProgress& p = progress[e->index];
               if (!e->message) {
-                p.ended = true;
                 ++num_ended;
                 if (!e->status.ok()) {
                   calls->Cancel();
