@@ -48,7 +48,10 @@ class GenerateService final : public moe::v1::Generation::CallbackService {
 
   // Requires every call to carry `authorization: Bearer KEY` of `keys` (null: no API keys, the
   // default). Call before serving; `keys` must outlive the service.
-  void RequireApiKeys(ApiKeyStore* keys) { api_keys_ = keys; }
+  void RequireApiKeys(ApiKeyStore* keys) {
+    api_keys_ = keys;
+    metrics_->EnableApiKeyMetrics();
+  }
   // OK when no keys are required or the call carries a valid key (counted per key name);
   // UNAUTHENTICATED otherwise (counted as a rejection "unauthenticated").
   absl::Status Authorize(const grpc::CallbackServerContext& context);

@@ -138,15 +138,16 @@ void RouterMetrics::Rejected(std::string_view reason, grpc::StatusCode code) {
   RequestFinished("error", code);
 }
 
+void RouterMetrics::EnableApiKeyMetrics() {
+  api_key_requests_ =
+      &prometheus::BuildCounter()
+           .Name("moe_router_api_key_requests_total")
+           .Help("Calls authenticated with each API key, by the key's name in --api_keys_file.")
+           .Register(registry_);
+}
+
 void RouterMetrics::ApiKeyUsed(std::string_view key_name) {
-  std::call_once(api_key_family_once_, [this] {
-    api_key_requests_ =
-        &prometheus::BuildCounter()
-             .Name("moe_router_api_key_requests_total")
-             .Help("Calls authenticated with each API key, by the key's name in --api_keys_file.")
-             .Register(registry_);
-  });
-  api_key_requests_.load()->Add({{"key", std::string(key_name)}}).Increment();
+  api_key_requests_->Add({{"key", std::string(key_name)}}).Increment();
 }
 
 void RouterMetrics::SetWorkers(std::string_view role, int ready, int expected) {

@@ -7,8 +7,6 @@
 #ifndef MOE_SERVICES_ROUTER_ROUTER_METRICS_H_
 #define MOE_SERVICES_ROUTER_ROUTER_METRICS_H_
 
-#include <atomic>
-#include <mutex>
 #include <string_view>
 
 #include "grpcpp/support/status.h"
@@ -33,8 +31,10 @@ class RouterMetrics {
   // reason: queue_full, kv_capacity, prompt_too_long, invalid_argument, no_workers, unauthenticated. Also
   // counts the request as finished with finish_reason "error" and `code`.
   void Rejected(std::string_view reason, grpc::StatusCode code);
-  // A call authenticated with the API key named `key_name` (moe_router_api_key_requests_total,
-  // exported only by a router with --api_keys_file).
+  // Registers moe_router_api_key_requests_total (only a router with --api_keys_file exports it).
+  // Call once, before any ApiKeyUsed, before serving.
+  void EnableApiKeyMetrics();
+  // A call authenticated with the API key named `key_name`. Requires EnableApiKeyMetrics.
   void ApiKeyUsed(std::string_view key_name);
   // A request moved to another attention worker after its worker failed.
   void Migrated() { migrations_.Increment(); }
@@ -65,8 +65,7 @@ class RouterMetrics {
   prometheus::Histogram& tpot_;
   prometheus::Histogram& duration_;
   prometheus::Registry& registry_;
-  std::once_flag api_key_family_once_;
-  std::atomic<prometheus::Family<prometheus::Counter>*> api_key_requests_{nullptr};
+  prometheus::Family<prometheus::Counter>* api_key_requests_ = nullptr;  // EnableApiKeyMetrics
   prometheus::Family<prometheus::Gauge>& workers_ready_;
   prometheus::Family<prometheus::Gauge>& workers_expected_;
 };
