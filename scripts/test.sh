@@ -59,6 +59,11 @@ if [[ "${MOE_SKIP_SANITIZERS:-0}" != 1 ]]; then
   # dtypes, several attention and expert workers; the others repeat those paths at 1-1.5 min each).
   asan_exclude='PeerDestroyedMidExchange|^deploy_|^oracle_reference_selftest$|^sampler_fixtures_up_to_date$'
   asan_exclude+='|^Goldens/GoldenTest\.|^Topologies/TopologyTest\..*/(bf16_1x1|fp8_1x1|fp8_1x3|bf16_2x4)( |$)'
+  # The process-level failover tests (a cluster of 6-7 processes, 32 streams, kill and restart) take
+  # 5-10 minutes each under ASan on 2 cores; they run in the main pass, and the code they exercise
+  # under ASan here is the same as EngineTest's in-process failover and migration tests and
+  # ClusterTest's.
+  asan_exclude+='|^ReplicatedExpertFailoverTest\.|^AttentionWorkerFailoverTest\.'
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_ctest asan build-asan -j 2 -LE gpu -E "${asan_exclude}" --timeout 900
 

@@ -10,17 +10,20 @@ namespace moe::engine {
 
 absl::StatusOr<std::unique_ptr<EmbeddedExperts>> EmbeddedExperts::Create(const model::Checkpoint& checkpoint,
                                                                          const model::ModelConfig& config,
-                                                                         int num_shards) {
+                                                                         int num_shards, int replicas) {
   if (!config.IsMoe()) return absl::InvalidArgumentError("the model has no experts to embed");
   if (num_shards < 1 || num_shards > config.num_experts) {
     return absl::InvalidArgumentError(
         absl::StrCat("num_expert_shards must be in [1, ", config.num_experts, "], got ", num_shards));
   }
+  if (replicas < 1)
+    return absl::InvalidArgumentError(absl::StrCat("expert replicas must be >= 1, got ", replicas));
+  const int num_workers = num_shards * replicas;
   std::vector<int32_t> peers;
-  for (int w = 0; w < num_shards; ++w) peers.push_back(kFirstExpertPeerId + w);
+  for (int w = 0; w < num_workers; ++w) peers.push_back(kFirstExpertPeerId + w);
   std::unique_ptr<EmbeddedExperts> experts(
-      new EmbeddedExperts(ExpertPlacement(config.num_experts, std::move(peers))));
-  for (int w = 0; w < num_shards; ++w) {
+      new EmbeddedExperts(ExpertPlacement(config.num_experts, std::move(peers), replicas)));
+  for (int w = 0; w < num_workers; ++w) {
     const ExpertRange range = experts->placement_.range(w);
     ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(checkpoint, config, range.first, range.count));
     model::PrefaultWeights(*shard);
@@ -36,8 +39,8 @@ EmbeddedExperts::~EmbeddedExperts() {
   for (auto& server : servers_) server->Stop();
 }
 
-void EmbeddedExperts::DisconnectShardForTest(int shard) {
-  hub_.Disconnect(kFirstExpertPeerId + shard);
+void EmbeddedExperts::DisconnectShardForTest(int worker) {
+  hub_.Disconnect(kFirstExpertPeerId + worker);
 }
 
 }  // namespace moe::engine

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/engine/expert_block.h"
+#include "common/engine/expert_liveness.h"
 #include "common/engine/expert_placement.h"
 #include "common/engine/expert_shard_server.h"
 #include "common/model/checkpoint.h"
@@ -28,12 +29,14 @@ class EmbeddedExperts {
   static constexpr int32_t kAttentionPeer = 0;
 
   // Loads `num_shards` expert shards of `config`'s MoE layers from `checkpoint` (not owned: the
-  // weights view its memory, so it must outlive the returned object), prefaults them and starts one
-  // server per shard. INVALID_ARGUMENT unless `config` is an MoE model and num_shards is in
-  // [1, num_experts]; the checkpoint's errors (NOT_FOUND, INVALID_ARGUMENT) naming a tensor.
+  // weights view its memory, so it must outlive the returned object), each `replicas` times (one
+  // in-process expert worker per copy, ExpertPlacement's numbering), prefaults them and starts one
+  // server per worker. INVALID_ARGUMENT unless `config` is an MoE model, num_shards is in
+  // [1, num_experts] and replicas >= 1; the checkpoint's errors (NOT_FOUND, INVALID_ARGUMENT) naming
+  // a tensor.
   static absl::StatusOr<std::unique_ptr<EmbeddedExperts>> Create(const model::Checkpoint& checkpoint,
                                                                  const model::ModelConfig& config,
-                                                                 int num_shards);
+                                                                 int num_shards, int replicas = 1);
   // Stops every server (joining its thread) before the blocks and the hub go away.
   ~EmbeddedExperts();
   EmbeddedExperts(const EmbeddedExperts&) = delete;
@@ -42,19 +45,25 @@ class EmbeddedExperts {
   // The endpoint the engine's MoeDispatcher sends dispatches from (peer kAttentionPeer); owned by
   // this object.
   transport::ActivationTransport* attention_endpoint() { return hub_.Endpoint(kAttentionPeer); }
-  // Shard w is served at peer kFirstExpertPeerId + w.
+  // Worker w is served at peer kFirstExpertPeerId + w.
   const ExpertPlacement& placement() const { return placement_; }
+  // Every worker starts live; a round that gives up on one takes it out for good (nothing restarts
+  // an in-process worker).
+  ExpertLiveness* liveness() { return &liveness_; }
   // One block per shard, in shard order (for benchmarks and load reporting).
   const std::vector<std::unique_ptr<ExpertBlock>>& blocks() const { return blocks_; }
 
-  // Makes shard `shard` unreachable, as if its worker died: later dispatches to it fail with
-  // UNAVAILABLE.
-  void DisconnectShardForTest(int shard);
+  // Makes worker `worker` unreachable, as if it died: later dispatches to it fail with UNAVAILABLE.
+  void DisconnectShardForTest(int worker);
 
  private:
-  explicit EmbeddedExperts(ExpertPlacement placement) : placement_(std::move(placement)) {}
+  explicit EmbeddedExperts(ExpertPlacement placement)
+      : placement_(std::move(placement)), liveness_(placement_.num_workers()) {
+    for (int64_t w = 0; w < placement_.num_workers(); ++w) liveness_.Set(w, true);
+  }
 
   ExpertPlacement placement_;
+  ExpertLiveness liveness_;
   // Declaration order is the reverse of destruction: servers stop before their blocks and endpoints.
   transport::LoopbackHub hub_;
   std::vector<std::unique_ptr<ExpertBlock>> blocks_;

@@ -64,17 +64,18 @@ absl::Status Engine::BuildStepState() {
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string& model_dir,
                                                                const EngineOptions& options,
-                                                               int num_expert_shards) {
+                                                               int num_expert_shards, int expert_replicas) {
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
   RETURN_IF_ERROR(engine->LoadDense(model_dir));
   const model::ModelConfig& config = engine->config_;
   if (config.IsMoe()) {
-    ASSIGN_OR_RETURN(engine->embedded_experts_,
-                     EmbeddedExperts::Create(*engine->checkpoint_, config, num_expert_shards));
+    ASSIGN_OR_RETURN(engine->embedded_experts_, EmbeddedExperts::Create(*engine->checkpoint_, config,
+                                                                        num_expert_shards, expert_replicas));
     EmbeddedExperts& experts = *engine->embedded_experts_;
     engine->dispatcher_ = std::make_unique<MoeDispatcher>(experts.attention_endpoint(), experts.placement(),
-                                                          config.hidden_size, options.moe_timeout);
+                                                          config.hidden_size, options.moe_timeout,
+                                                          expert_replicas > 1 ? experts.liveness() : nullptr);
   }
   RETURN_IF_ERROR(engine->BuildStepState());
   return engine;
@@ -82,7 +83,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateAttentionWorker(
     const std::string& model_dir, const EngineOptions& options, transport::ActivationTransport* transport,
-    ExpertPlacement placement) {
+    ExpertPlacement placement, ExpertLiveness* liveness) {
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
   RETURN_IF_ERROR(engine->LoadDense(model_dir));
@@ -92,8 +93,15 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateAttentionWorker(
           absl::StrCat("the expert placement covers ", placement.num_experts(), " experts on ",
                        placement.num_workers(), " workers; the model has ", engine->config_.num_experts));
     }
-    engine->dispatcher_ = std::make_unique<MoeDispatcher>(transport, std::move(placement),
-                                                          engine->config_.hidden_size, options.moe_timeout);
+    RETURN_IF_ERROR(
+        ExpertPlacement::Validate(placement.num_experts(), placement.num_workers(), placement.replicas()));
+    if (liveness != nullptr && liveness->num_workers() != placement.num_workers()) {
+      return absl::InvalidArgumentError(absl::StrCat("expert liveness of ", liveness->num_workers(),
+                                                     " workers for a placement of ",
+                                                     placement.num_workers()));
+    }
+    engine->dispatcher_ = std::make_unique<MoeDispatcher>(
+        transport, std::move(placement), engine->config_.hidden_size, options.moe_timeout, liveness);
   }
   RETURN_IF_ERROR(engine->BuildStepState());
   return engine;
@@ -227,10 +235,16 @@ std::vector<TokenEvent> Engine::Step() {
   stats.num_preemptions = static_cast<int64_t>(preempted.size());
   std::vector<float>& logits = step_logits_;
   const absl::Time forward_start = absl::Now();
-  if (dispatcher_ != nullptr) dispatcher_->TakeTimes();
+  if (dispatcher_ != nullptr) {
+    dispatcher_->TakeTimes();
+    dispatcher_->TakeResends();
+  }
   absl::Status status = attention_->Forward(step_, segments, &logits);
   stats.forward = absl::Now() - forward_start;
-  if (dispatcher_ != nullptr) std::tie(stats.dispatch, stats.combine) = dispatcher_->TakeTimes();
+  if (dispatcher_ != nullptr) {
+    std::tie(stats.dispatch, stats.combine) = dispatcher_->TakeTimes();
+    stats.expert_resends = static_cast<int64_t>(dispatcher_->TakeResends());
+  }
   last_step_stats_ = stats;
   if (!status.ok()) {
     for (const PlannedSegment& p : plan) {

@@ -19,6 +19,8 @@
 #include "common/engine/attention_block.h"
 #include "common/engine/embedded_experts.h"
 #include "common/engine/expert_block.h"
+#include "common/engine/expert_liveness.h"
+#include "common/engine/expert_placement.h"
 #include "common/engine/kv_cache.h"
 #include "common/engine/sampler.h"
 #include "common/engine/scheduler.h"
@@ -81,20 +83,24 @@ struct StepStats {
   absl::Duration forward;          // the whole forward pass
   absl::Duration dispatch;         // MoE dispatch, summed over layers
   absl::Duration combine;          // MoE combine (incl. waiting for experts), summed over layers
+  int64_t expert_resends = 0;      // parts of MoE rounds re-sent to another replica (failover)
 };
 
 class Engine {
  public:
   // Embedded mode: loads the model from `model_dir` and serves its experts in-process as
-  // `num_expert_shards` EmbeddedExperts shards (ignored for a dense model).
+  // `num_expert_shards` EmbeddedExperts shards, each on `expert_replicas` in-process workers (ignored
+  // for a dense model). With replicas, a round fails over from a disconnected worker to another copy.
   static absl::StatusOr<std::unique_ptr<Engine>> CreateEmbedded(const std::string& model_dir,
                                                                 const EngineOptions& options,
-                                                                int num_expert_shards = 1);
+                                                                int num_expert_shards = 1,
+                                                                int expert_replicas = 1);
   // Cluster attention worker: loads only the dense weights; the experts are reached through
-  // `transport` (not owned; must outlive the engine) at the peers of `placement`.
+  // `transport` (not owned; must outlive the engine) at the peers of `placement`, sending only to
+  // the workers `liveness` (not owned, may be null: all) says are live.
   static absl::StatusOr<std::unique_ptr<Engine>> CreateAttentionWorker(
       const std::string& model_dir, const EngineOptions& options, transport::ActivationTransport* transport,
-      ExpertPlacement placement);
+      ExpertPlacement placement, ExpertLiveness* liveness = nullptr);
   ~Engine();
 
   // Validates and queues a request. INVALID_ARGUMENT naming the field (empty prompt, token id out of

@@ -1,5 +1,6 @@
 #include "common/engine/moe_dispatch.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -13,100 +14,169 @@ absl::StatusOr<DispatchHandle> MoeDispatcher::Dispatch(uint64_t step, uint32_t l
                                                        const bf16* h, int64_t num_tokens, const int32_t* ids,
                                                        const float* weights, int64_t top_k) {
   const absl::Time start = absl::Now();
-  const int64_t num_workers = placement_.num_workers();
   const int64_t num_experts = placement_.num_experts();
+  if (micro_batch >= (1u << kResendShift)) {
+    return absl::InternalError(absl::StrCat("micro_batch ", micro_batch, " does not fit its tag field"));
+  }
   DispatchHandle handle;
   handle.tag =
       transport::MessageTag{transport::MessageKind::kDispatch, step, layer, micro_batch, transport_->self()};
   handle.num_tokens = num_tokens;
   handle.top_k = top_k;
+  handle.h = h;
   handle.weights.assign(weights, weights + num_tokens * top_k);
-  handle.slot_worker.resize(static_cast<size_t>(num_tokens * top_k));
-  handle.slot_row.resize(static_cast<size_t>(num_tokens * top_k));
-  handle.rows_per_worker.assign(static_cast<size_t>(num_workers), 0);
-  handle.groups_per_worker.resize(static_cast<size_t>(num_workers));
-
-  // Slots routed to each expert, in token order.
-  std::vector<std::vector<int32_t>> slots_of_expert(static_cast<size_t>(num_experts));
+  handle.ids.assign(ids, ids + num_tokens * top_k);
+  handle.slot_part.assign(static_cast<size_t>(num_tokens * top_k), -1);
+  handle.slot_row.assign(static_cast<size_t>(num_tokens * top_k), -1);
+  std::vector<int32_t> slots(static_cast<size_t>(num_tokens * top_k));
   for (int64_t s = 0; s < num_tokens * top_k; ++s) {
-    const int32_t expert = ids[s];
-    if (expert < 0 || expert >= num_experts) {
-      return absl::InternalError(absl::StrCat("gate chose expert ", expert, " of ", num_experts));
+    if (ids[s] < 0 || ids[s] >= num_experts) {
+      return absl::InternalError(absl::StrCat("gate chose expert ", ids[s], " of ", num_experts));
     }
-    slots_of_expert[static_cast<size_t>(expert)].push_back(static_cast<int32_t>(s));
+    slots[static_cast<size_t>(s)] = static_cast<int32_t>(s);
   }
-
-  std::vector<std::byte> payload;
-  for (int64_t w = 0; w < num_workers; ++w) {
-    const ExpertRange range = placement_.range(w);
-    auto& groups = handle.groups_per_worker[static_cast<size_t>(w)];
-    for (int64_t e = range.first; e < range.first + range.count; ++e) {
-      const auto& slots = slots_of_expert[static_cast<size_t>(e)];
-      if (!slots.empty()) groups.push_back({static_cast<int32_t>(e), static_cast<int32_t>(slots.size())});
-    }
-    bf16* rows = transport::EncodeMoeMessageHeader(hidden_, groups, &payload);
-    int32_t row = 0;
-    for (const transport::ExpertGroup& g : groups) {
-      for (int32_t s : slots_of_expert[static_cast<size_t>(g.expert)]) {
-        std::memcpy(rows + static_cast<int64_t>(row) * hidden_, h + (s / top_k) * hidden_,
-                    static_cast<size_t>(hidden_) * sizeof(bf16));
-        handle.slot_worker[static_cast<size_t>(s)] = static_cast<int32_t>(w);
-        handle.slot_row[static_cast<size_t>(s)] = row++;
-      }
-    }
-    handle.rows_per_worker[static_cast<size_t>(w)] = row;
-    RETURN_IF_ERROR(transport_->Send(placement_.peer(w), handle.tag, payload));
-  }
+  const std::vector<bool> none_excluded(static_cast<size_t>(placement_.num_workers()), false);
+  RETURN_IF_ERROR(SendParts(&handle, slots, none_excluded, /*every_live_worker=*/true));
   dispatch_time_ += absl::Now() - start;
   return handle;
 }
 
-absl::Status MoeDispatcher::Combine(const DispatchHandle& handle, bf16* out) {
+absl::Status MoeDispatcher::SendParts(DispatchHandle* handle, const std::vector<int32_t>& slots,
+                                      const std::vector<bool>& excluded, bool every_live_worker) {
   const int64_t num_workers = placement_.num_workers();
-  const absl::Time start = absl::Now();
-  const absl::Time deadline = start + timeout_;
-  std::vector<transport::Message> answers(static_cast<size_t>(num_workers));
-  std::vector<const bf16*> rows(static_cast<size_t>(num_workers), nullptr);
+  const int64_t top_k = handle->top_k;
+  // The live replicas of each shard, in replica order.
+  std::vector<std::vector<int64_t>> live_of_shard(static_cast<size_t>(placement_.num_shards()));
+  for (int64_t s = 0; s < placement_.num_shards(); ++s) {
+    for (int64_t r = 0; r < placement_.replicas(); ++r) {
+      const int64_t w = placement_.replica(s, r);
+      if (!excluded[static_cast<size_t>(w)] && Live(w)) live_of_shard[static_cast<size_t>(s)].push_back(w);
+    }
+  }
+  // The worker of each slot: token t's rows of expert e go to live replica (t + e) mod n, so a
+  // shard's tokens spread over its replicas and the choice depends only on the round's routing.
+  std::vector<std::vector<int32_t>> slots_of_worker(static_cast<size_t>(num_workers));
+  for (int32_t s : slots) {
+    const int32_t expert = handle->ids[static_cast<size_t>(s)];
+    const int64_t shard = placement_.shard_of_expert(expert);
+    const std::vector<int64_t>& live = live_of_shard[static_cast<size_t>(shard)];
+    if (live.empty()) {
+      return absl::UnavailableError(absl::StrCat("expert ", expert, " (shard ", shard, " of ",
+                                                 placement_.num_shards(), ", ", placement_.replicas(),
+                                                 " replicas): no live expert worker hosts it"));
+    }
+    const int64_t token = s / top_k;
+    slots_of_worker[static_cast<size_t>(
+                        live[static_cast<size_t>((token + expert) % static_cast<int64_t>(live.size()))])]
+        .push_back(s);
+  }
+
+  std::vector<std::byte> payload;
   for (int64_t w = 0; w < num_workers; ++w) {
+    std::vector<int32_t>& mine = slots_of_worker[static_cast<size_t>(w)];
+    const bool live = !excluded[static_cast<size_t>(w)] && Live(w);
+    if (mine.empty() && !(every_live_worker && live)) continue;
+    // Group the rows by expert, experts ascending, tokens in order within each.
+    std::stable_sort(mine.begin(), mine.end(), [&](int32_t a, int32_t b) {
+      return handle->ids[static_cast<size_t>(a)] < handle->ids[static_cast<size_t>(b)];
+    });
+    DispatchHandle::Part part;
+    part.worker = w;
+    part.resend = handle->parts.empty() || every_live_worker ? 0 : handle->resends;
+    for (int32_t s : mine) {
+      const int32_t expert = handle->ids[static_cast<size_t>(s)];
+      if (part.groups.empty() || part.groups.back().expert != expert) part.groups.push_back({expert, 0});
+      ++part.groups.back().num_rows;
+    }
+    bf16* rows = transport::EncodeMoeMessageHeader(hidden_, part.groups, &payload);
+    const int32_t index = static_cast<int32_t>(handle->parts.size());
+    for (size_t row = 0; row < mine.size(); ++row) {
+      const int32_t s = mine[row];
+      std::memcpy(rows + static_cast<int64_t>(row) * hidden_, handle->h + (s / top_k) * hidden_,
+                  static_cast<size_t>(hidden_) * sizeof(bf16));
+      handle->slot_part[static_cast<size_t>(s)] = index;
+      handle->slot_row[static_cast<size_t>(s)] = static_cast<int32_t>(row);
+    }
+    part.slots = std::move(mine);
+    transport::MessageTag tag = handle->tag;
+    tag.micro_batch |= part.resend << kResendShift;
+    part.sent = transport_->Send(placement_.peer(w), tag, payload);
+    handle->parts.push_back(std::move(part));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
+  const absl::Time start = absl::Now();
+  std::vector<transport::Message> answers;
+  answers.reserve(handle.parts.size());
+  std::vector<const bf16*> rows;
+  std::vector<absl::Time> deadlines(handle.parts.size(), start + timeout_);
+  std::vector<bool> failed(static_cast<size_t>(placement_.num_workers()), false);
+  // Parts may be appended (re-sends) while this loop runs, so index rather than iterate.
+  for (size_t p = 0; p < handle.parts.size(); ++p) {
+    const DispatchHandle::Part& part = handle.parts[p];
     transport::MessageTag tag = handle.tag;
     tag.kind = transport::MessageKind::kCombine;
-    tag.sender = placement_.peer(w);
-    auto answer = transport_->ReceiveTagged(tag, deadline);
+    tag.sender = placement_.peer(part.worker);
+    tag.micro_batch |= part.resend << kResendShift;
+    absl::StatusOr<transport::Message> answer = part.sent.ok()
+                                                    ? transport_->ReceiveTagged(tag, deadlines[p])
+                                                    : absl::StatusOr<transport::Message>(part.sent);
     if (!answer.ok()) {
-      return absl::UnavailableError(
+      const int64_t w = part.worker;
+      const absl::Status why = absl::UnavailableError(
           absl::StrCat("expert worker ", w, " (peer ", tag.sender, "): ", answer.status().message()));
+      failed[static_cast<size_t>(w)] = true;
+      if (liveness_ != nullptr) liveness_->ReportFailed(w, why);
+      if (placement_.replicas() == 1) return why;
+      if (part.slots.empty()) {  // an empty part: nothing to re-send
+        answers.emplace_back();
+        rows.push_back(nullptr);
+        continue;
+      }
+      // Failover: the part's rows go to other live replicas of the same shards.
+      ++handle.resends;
+      ++resends_;
+      const std::vector<int32_t> slots = part.slots;  // SendParts may reallocate handle.parts
+      const absl::Status resent = SendParts(&handle, slots, failed, /*every_live_worker=*/false);
+      if (!resent.ok()) return absl::UnavailableError(absl::StrCat(why.message(), "; ", resent.message()));
+      deadlines.resize(handle.parts.size(), absl::Now() + timeout_);
+      answers.emplace_back();
+      rows.push_back(nullptr);
+      continue;
     }
-    answers[static_cast<size_t>(w)] = *std::move(answer);
-    ASSIGN_OR_RETURN(transport::MoeMessageView view,
-                     transport::DecodeMoeMessage(answers[static_cast<size_t>(w)].payload));
-    const auto& sent = handle.groups_per_worker[static_cast<size_t>(w)];
+    answers.push_back(*std::move(answer));
+    ASSIGN_OR_RETURN(transport::MoeMessageView view, transport::DecodeMoeMessage(answers.back().payload));
+    const auto& sent = part.groups;
     bool same = view.groups.size() == sent.size() && (sent.empty() || view.hidden == hidden_);
     for (size_t g = 0; same && g < sent.size(); ++g) {
       same = view.groups[g].expert == sent[g].expert && view.groups[g].num_rows == sent[g].num_rows;
     }
     if (!same) {
-      return absl::InternalError(
-          absl::StrCat("expert worker ", w, " answered a different round layout (it failed the round)"));
+      return absl::InternalError(absl::StrCat("expert worker ", part.worker,
+                                              " answered a different round layout (it failed the round)"));
     }
-    rows[static_cast<size_t>(w)] = view.rows;
+    rows.push_back(view.rows);
   }
 
   const int64_t k = handle.top_k;
-  std::vector<float> acc(static_cast<size_t>(hidden_));
+  const int64_t hidden = hidden_;
+  std::vector<float> acc(static_cast<size_t>(hidden));
   for (int64_t t = 0; t < handle.num_tokens; ++t) {
     std::fill(acc.begin(), acc.end(), 0.0f);
     for (int64_t r = 0; r < k; ++r) {  // rank order: highest routing weight first
       const size_t s = static_cast<size_t>(t * k + r);
       const float weight = handle.weights[s];
-      const bf16* y = rows[static_cast<size_t>(handle.slot_worker[s])] +
-                      static_cast<int64_t>(handle.slot_row[s]) * hidden_;
-      for (int64_t i = 0; i < hidden_; ++i) {
+      const bf16* y =
+          rows[static_cast<size_t>(handle.slot_part[s])] + static_cast<int64_t>(handle.slot_row[s]) * hidden;
+      for (int64_t i = 0; i < hidden; ++i) {
         const float product = weight * BF16ToFloat(y[i]);  // fp32 product, then fp32 sum
         acc[static_cast<size_t>(i)] += product;
       }
     }
-    bf16* o = out + t * hidden_;
-    for (int64_t i = 0; i < hidden_; ++i) o[i] = FloatToBF16(acc[static_cast<size_t>(i)]);
+    bf16* o = out + t * hidden;
+    for (int64_t i = 0; i < hidden; ++i) o[i] = FloatToBF16(acc[static_cast<size_t>(i)]);
   }
   combine_time_ += absl::Now() - start;
   return absl::OkStatus();

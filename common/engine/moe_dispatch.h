@@ -13,6 +13,7 @@
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/engine/expert_liveness.h"
 #include "common/engine/expert_placement.h"
 #include "common/tensor/bf16.h"
 #include "common/transport/activation_transport.h"
@@ -20,33 +21,63 @@
 
 namespace moe::engine {
 
+// The high bits of a message tag's micro_batch number the re-sends of a round's part (0: the first
+// send); the low bits are the micro-batch. Expert workers echo the tag, so each re-sent part's answer
+// is told apart from every other.
+inline constexpr uint32_t kResendShift = 16;
+
 // What Combine() needs from Dispatch(): where each (token, rank) row comes back.
 struct DispatchHandle {
-  transport::MessageTag tag;  // kind/sender filled per message
+  transport::MessageTag tag;  // of the first sends; kind/sender/micro_batch filled per message
   int64_t num_tokens = 0;
   int64_t top_k = 0;
   std::vector<float> weights;  // [num_tokens, top_k] routing weights (fp32)
-  // For each expert worker: number of rows sent, and per (token, rank) the worker and row index.
-  std::vector<int64_t> rows_per_worker;
-  std::vector<int32_t> slot_worker;  // [num_tokens * top_k]
-  std::vector<int32_t> slot_row;     // [num_tokens * top_k]
-  std::vector<std::vector<transport::ExpertGroup>> groups_per_worker;
+  std::vector<int32_t> ids;    // [num_tokens, top_k] chosen experts
+  const bf16* h = nullptr;     // the dispatched hidden states: valid until Combine returns (re-sends)
+  // One message of the round: which expert worker it went to, which re-send it is, its expert groups
+  // and, in row order, the (token, rank) slots of its rows.
+  struct Part {
+    int64_t worker = 0;
+    uint32_t resend = 0;
+    absl::Status sent;  // Send's result
+    std::vector<transport::ExpertGroup> groups;
+    std::vector<int32_t> slots;
+  };
+  std::vector<Part> parts;
+  std::vector<int32_t> slot_part;  // [num_tokens * top_k]: the part answering each slot
+  std::vector<int32_t> slot_row;   // [num_tokens * top_k]: the slot's row in that part
+  uint32_t resends = 0;            // re-sent parts so far
 };
 
 class MoeDispatcher {
  public:
+  // `liveness` (not owned, may be null: every worker is live) says which expert workers may be sent
+  // to and hears which failed a round.
   MoeDispatcher(transport::ActivationTransport* transport, ExpertPlacement placement, int64_t hidden,
-                absl::Duration timeout)
-      : transport_(transport), placement_(std::move(placement)), hidden_(hidden), timeout_(timeout) {}
+                absl::Duration timeout, ExpertLiveness* liveness = nullptr)
+      : transport_(transport),
+        placement_(std::move(placement)),
+        hidden_(hidden),
+        timeout_(timeout),
+        liveness_(liveness) {}
 
-  // h: [num_tokens, hidden] bf16 (the post-attention-norm hidden states); ids/weights:
-  // [num_tokens, top_k] from the gate, in rank order. Sends the round's messages.
+  // h: [num_tokens, hidden] bf16 (the post-attention-norm hidden states; it must stay valid until
+  // Combine returns); ids/weights: [num_tokens, top_k] from the gate, in rank order. Sends the round's
+  // messages: each (token, expert) goes to one live replica of the expert's shard, token t's rows of
+  // expert e to live replica (t + e) mod (live replicas), and every live worker gets a message
+  // (possibly empty). UNAVAILABLE if some chosen expert has no live replica.
   absl::StatusOr<DispatchHandle> Dispatch(uint64_t step, uint32_t layer, uint32_t micro_batch, const bf16* h,
                                           int64_t num_tokens, const int32_t* ids, const float* weights,
                                           int64_t top_k);
-  // Receives every expert worker's answer and writes out: [num_tokens, hidden] bf16. UNAVAILABLE if
-  // a worker does not answer before the timeout; INTERNAL if an answer does not match the dispatch.
-  absl::Status Combine(const DispatchHandle& handle, bf16* out);
+  // Receives every part's answer and writes out: [num_tokens, hidden] bf16. A worker that does not
+  // answer before the timeout, or whose connection fails, is reported to the liveness and its part
+  // is re-sent to other live replicas of the same shards (failover); the combine order is fixed, so
+  // the result is the same whoever answers. UNAVAILABLE when a part's experts have no other live
+  // replica; INTERNAL if an answer does not match what was sent.
+  absl::Status Combine(DispatchHandle& handle, bf16* out);
+
+  // Parts re-sent after a failure since the last call (then resets).
+  uint64_t TakeResends() { return std::exchange(resends_, 0); }
 
   const ExpertPlacement& placement() const { return placement_; }
 
@@ -59,10 +90,18 @@ class MoeDispatcher {
   }
 
  private:
+  // Builds and sends the parts for `slots` (all of the round's slots on the first send, a failed
+  // part's on a re-send), skipping the workers in `excluded`; appends them to handle->parts.
+  absl::Status SendParts(DispatchHandle* handle, const std::vector<int32_t>& slots,
+                         const std::vector<bool>& excluded, bool every_live_worker);
+  bool Live(int64_t worker) const { return liveness_ == nullptr || liveness_->live(worker); }
+
   transport::ActivationTransport* transport_;
   ExpertPlacement placement_;
   int64_t hidden_;
   absl::Duration timeout_;
+  ExpertLiveness* liveness_;
+  uint64_t resends_ = 0;
   absl::Duration dispatch_time_;
   absl::Duration combine_time_;
 };

@@ -74,6 +74,10 @@ expect fail "make_tls_secrets.sh refuses a bad --fullname" "${root}/deploy/k8s/m
 expect ok "attention.kvCacheGiB reaches MOE_KV_CACHE_GIB" bash -c \
   "'${helm}' template moe '${chart}' --set attention.kvCacheGiB=16 | grep -q 'MOE_KV_CACHE_GIB: \"16\"'"
 expect fail "schema rejects a zero KV cache" "${helm}" template moe "${chart}" --set attention.kvCacheGiB=0
+expect ok "expert.copiesPerShard reaches MOE_EXPERT_REPLICAS" bash -c \
+  "'${helm}' template moe '${chart}' --set expert.copiesPerShard=2 | grep -q 'MOE_EXPERT_REPLICAS: \"2\"'"
+expect fail "copiesPerShard that does not divide the expert workers is refused" "${helm}" template moe "${chart}" \
+  --set expert.replicas=4 --set expert.copiesPerShard=3
 expect ok "plain manifests are up to date (deploy/k8s/render.sh)" env HELM="${helm}" "${root}/deploy/k8s/render.sh" --check
 
 echo "deploy_helm: ${passed} passed, ${failed} failed"

@@ -37,6 +37,13 @@ AttentionMetrics::AttentionMetrics(prometheus::Registry& registry) {
                          "(recomputed when readmitted).")
                      .Register(registry)
                      .Add({});
+  expert_failovers = &prometheus::BuildCounter()
+                          .Name("moe_attention_expert_failovers_total")
+                          .Help(
+                              "Parts of MoE rounds re-sent to another replica because their expert worker "
+                              "failed or did not answer in time (--expert_replicas > 1).")
+                          .Register(registry)
+                          .Add({});
   auto& step_family =
       prometheus::BuildHistogram()
           .Name("moe_attention_step_duration_seconds")

@@ -19,6 +19,7 @@ struct AttentionMetrics {
   prometheus::Gauge* sequences_running;
   prometheus::Counter* steps;
   prometheus::Counter* preemptions;
+  prometheus::Counter* expert_failovers;
   prometheus::Histogram* step_prefill_seconds;
   prometheus::Histogram* step_decode_seconds;
   prometheus::Histogram* step_dispatch_seconds;

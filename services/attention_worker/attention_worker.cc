@@ -20,9 +20,12 @@ absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
   if (config.IsMoe() && num_workers < 1) {
     return absl::InvalidArgumentError("--expert_workers: a MoE model needs at least one expert worker");
   }
-  if (config.IsMoe() && num_workers > config.num_experts) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--expert_workers: ", num_workers, " workers for ", config.num_experts, " experts"));
+  if (config.IsMoe()) {
+    if (absl::Status valid =
+            engine::ExpertPlacement::Validate(config.num_experts, num_workers, options.expert_replicas);
+        !valid.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("--expert_workers: ", valid.message()));
+    }
   }
   std::unique_ptr<AttentionWorker> worker(new AttentionWorker());
   worker->options_ = options;
@@ -30,13 +33,18 @@ absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
   std::vector<int32_t> peers;
   for (int64_t w = 0; w < num_workers; ++w)
     peers.push_back(engine::kFirstExpertPeerId + static_cast<int32_t>(w));
-  ASSIGN_OR_RETURN(worker->engine_, engine::Engine::CreateAttentionWorker(
-                                        options.model_dir, options.engine, worker->transport_.get(),
-                                        engine::ExpertPlacement(config.num_experts, std::move(peers))));
+  worker->liveness_ = std::make_unique<engine::ExpertLiveness>(num_workers);
+  ASSIGN_OR_RETURN(worker->engine_,
+                   engine::Engine::CreateAttentionWorker(
+                       options.model_dir, options.engine, worker->transport_.get(),
+                       engine::ExpertPlacement(config.num_experts, std::move(peers), options.expert_replicas),
+                       worker->liveness_.get()));
   ExpertConnectorOptions& connector = worker->options_.connector;
   connector.expert_addresses = options.expert_addresses;
   connector.attention_rank = options.rank;
   connector.num_experts = config.num_experts;
+  connector.expert_replicas = options.expert_replicas;
+  connector.liveness = worker->liveness_.get();
   connector.hidden_size = config.hidden_size;
   connector.experts_per_token = config.num_experts_per_tok;
   connector.max_round_tokens = options.engine.max_step_tokens;
@@ -64,6 +72,9 @@ void AttentionWorker::Start(std::function<void(bool)> on_ready_change) {
     if (on_ready_change_) on_ready_change_(ready);
   });
   ExpertConnector* connector = connector_.get();
+  liveness_->SetFailureListener([connector](int64_t worker, const absl::Status& why) {
+    connector->ReportPeerFailure(static_cast<int>(worker), why);
+  });
   StepLoopHooks hooks;
   hooks.ready = [connector] { return connector->ready(); };
   hooks.on_data_plane_failure = [connector] { connector->ReportFailure(); };

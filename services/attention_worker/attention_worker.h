@@ -13,6 +13,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/engine/engine.h"
+#include "common/engine/expert_liveness.h"
 #include "common/metrics/counter_mirror.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "prometheus/registry.h"
@@ -26,6 +27,7 @@ struct AttentionWorkerOptions {
   std::string model_dir;
   int rank = 0;
   std::vector<std::string> expert_addresses;  // rank order
+  int expert_replicas = 1;                    // copies of each expert shard (ExpertPlacement)
   engine::EngineOptions engine;
   transport::UcxOptions ucx;
   ExpertConnectorOptions connector;  // addresses, rank, fingerprint, num_experts are filled in
@@ -54,6 +56,7 @@ class AttentionWorker {
 
   AttentionWorkerOptions options_;
   std::unique_ptr<transport::UcxTransport> transport_;  // outlives engine (declared first)
+  std::unique_ptr<engine::ExpertLiveness> liveness_;    // outlives the engine and the connector
   // moe_attention_data_plane_dropped_messages_total; after transport_, so destroyed before it.
   std::unique_ptr<metrics::CounterMirror> drop_metrics_;
   std::unique_ptr<AttentionMetrics> metrics_;

@@ -19,7 +19,7 @@ constexpr int32_t kFirstExpertPeer = 1000;  // engine/expert_placement.h numberi
 }  // namespace
 
 absl::Status ValidateExpertInfo(const v1::ExpertWorkerInfo& info, int rank, int num_workers,
-                                int64_t num_experts, const std::string& fingerprint) {
+                                int64_t num_experts, const std::string& fingerprint, int replicas) {
   auto mismatch = [&](const char* field, auto got, auto want) {
     return absl::FailedPreconditionError(
         absl::StrCat("expert worker ", rank, ": ", field, " is ", got, ", expected ", want));
@@ -28,7 +28,11 @@ absl::Status ValidateExpertInfo(const v1::ExpertWorkerInfo& info, int rank, int 
   if (info.num_expert_workers() != num_workers) {
     return mismatch("num_expert_workers", info.num_expert_workers(), num_workers);
   }
-  const engine::ExpertRange range = engine::ExpertPlacement::RangeOf(num_experts, num_workers, rank);
+  // An expert worker that predates replicas reports 0: one copy.
+  const int info_replicas = info.expert_replicas() == 0 ? 1 : info.expert_replicas();
+  if (info_replicas != replicas) return mismatch("expert_replicas", info_replicas, replicas);
+  const engine::ExpertRange range =
+      engine::ExpertPlacement::WorkerRange(num_experts, num_workers, replicas, rank);
   if (info.first_expert() != range.first) return mismatch("first_expert", info.first_expert(), range.first);
   if (info.num_experts() != range.count) return mismatch("num_experts", info.num_experts(), range.count);
   if (info.peer_id() != kFirstExpertPeer + rank) {
@@ -52,6 +56,7 @@ ExpertConnector::ExpertConnector(ExpertConnectorOptions options, transport::UcxT
     peer.stub = v1::ExpertControl::NewStub(options_.credentials.CreateChannel(address));
     peers_.push_back(std::move(peer));
   }
+  peer_failed_.assign(peers_.size(), false);
 }
 
 void ExpertConnector::Start() {
@@ -80,6 +85,13 @@ void ExpertConnector::ReportFailure() {
     recheck_ = true;
   }
   if (was_ready && on_ready_change_) on_ready_change_(false);
+}
+
+void ExpertConnector::ReportPeerFailure(int rank, const absl::Status& why) {
+  LOG(WARNING) << "expert worker " << rank << " failed a round, failing over to its replicas: " << why;
+  absl::MutexLock lock(&mu_);
+  if (rank < 0 || rank >= static_cast<int>(peer_failed_.size())) return;
+  peer_failed_[static_cast<size_t>(rank)] = true;
 }
 
 bool ExpertConnector::WaitReady(absl::Time deadline) const {
@@ -116,7 +128,7 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   if (peer.connected && !force_reconnect && info.address() == peer.data_address) return true;
 
   absl::Status valid = ValidateExpertInfo(info, rank, static_cast<int>(peers_.size()), options_.num_experts,
-                                          options_.model_fingerprint);
+                                          options_.model_fingerprint, options_.expert_replicas);
   if (!valid.ok()) return set_error(std::string(valid.message()));
   // Admit the expert worker's answers first (a fresh secret, replacing any earlier one), so that by
   // the time it can answer us they are accepted. Its combine messages mirror our dispatches: at
@@ -151,33 +163,47 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
 
 void ExpertConnector::Loop() {
   absl::Duration backoff = options_.initial_backoff;
+  const int num_peers = static_cast<int>(peers_.size());
+  const int replicas = std::max(1, options_.expert_replicas);
+  const int num_shards = num_peers / replicas;
   while (true) {
     bool force;
+    std::vector<bool> failed;
     {
       absl::MutexLock lock(&mu_);
       if (stop_) return;
       force = recheck_;
       recheck_ = false;
+      failed = peer_failed_;
+      peer_failed_.assign(peer_failed_.size(), false);
     }
-    bool all = true;  // a dense model has no expert workers to wait for
-    for (int rank = 0; rank < static_cast<int>(peers_.size()); ++rank) {
-      all = CheckPeer(rank, force) && all;
+    bool all = true;  // every worker connected (a dense model has none to wait for)
+    std::vector<bool> shard_covered(static_cast<size_t>(num_shards), false);
+    for (int rank = 0; rank < num_peers; ++rank) {
+      if (failed[static_cast<size_t>(rank)]) peers_[static_cast<size_t>(rank)].connected = false;
+      const bool connected = CheckPeer(rank, force || failed[static_cast<size_t>(rank)]);
+      if (options_.liveness != nullptr) options_.liveness->Set(rank, connected);
+      all = all && connected;
+      if (connected && num_shards > 0) shard_covered[static_cast<size_t>(rank % num_shards)] = true;
     }
+    bool ready = std::all_of(shard_covered.begin(), shard_covered.end(), [](bool c) { return c; });
     bool changed;
     {
       absl::MutexLock lock(&mu_);
       // A failure reported while we were checking wins: check again before claiming readiness.
-      if (recheck_) all = false;
-      changed = ready_ != all;
-      ready_ = all;
+      if (recheck_) ready = all = false;
+      changed = ready_ != ready;
+      ready_ = ready;
     }
-    if (changed && on_ready_change_) on_ready_change_(all);
+    if (changed && on_ready_change_) on_ready_change_(ready);
     const absl::Duration wait = all ? options_.monitor_interval : backoff;
     backoff = all ? options_.initial_backoff : std::min(backoff * 2, options_.max_backoff);
     absl::MutexLock lock(&mu_);
     mu_.AwaitWithTimeout(absl::Condition(
                              +[](ExpertConnector* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
-                               return self->stop_ || self->recheck_;
+                               return self->stop_ || self->recheck_ ||
+                                      std::find(self->peer_failed_.begin(), self->peer_failed_.end(), true) !=
+                                          self->peer_failed_.end();
                              },
                              this),
                          wait);

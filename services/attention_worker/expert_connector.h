@@ -8,6 +8,12 @@
 // it re-checks them every `monitor_interval`, so a dead or restarted expert worker (new UCX address) is
 // noticed without traffic; ReportFailure() (a step failed with UNAVAILABLE) re-checks at once.
 //
+// With replicas (--expert_replicas R) the connector is ready while every shard has at least one
+// connected replica, keeps the dispatcher's ExpertLiveness in step with which workers are connected,
+// and takes a failed worker out at once when a round gives up on it (the liveness's failure
+// listener), reconnecting it with backoff until it is back
+// (docs/architecture.md#expert-replicas-and-failover).
+//
 // Thread safety: all public methods are thread-safe. One background thread does the RPCs.
 #ifndef MOE_SERVICES_ATTENTION_WORKER_EXPERT_CONNECTOR_H_
 #define MOE_SERVICES_ATTENTION_WORKER_EXPERT_CONNECTOR_H_
@@ -23,6 +29,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/engine/expert_liveness.h"
 #include "common/rpc/tls.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "moe/v1/expert_control.grpc.pb.h"
@@ -34,6 +41,9 @@ struct ExpertConnectorOptions {
   int attention_rank = 0;
   std::string model_fingerprint;
   int64_t num_experts = 0;  // the model's experts per layer
+  int expert_replicas = 1;  // copies of each shard (ExpertPlacement)
+  // Kept in step with which workers are connected (not owned; may be null).
+  engine::ExpertLiveness* liveness = nullptr;
   // For the data plane's size bounds (docs/data-plane.md#admission-and-bounds): the model's hidden
   // size and experts per token, and the most tokens one step carries (--max_step_tokens).
   int64_t hidden_size = 0;
@@ -51,7 +61,7 @@ struct ExpertConnectorOptions {
 // `rank`: rank, worker count, expert range (ExpertPlacement::RangeOf), peer id 1000 + rank, data
 // plane UCX and the fingerprint. FAILED_PRECONDITION naming the mismatching field.
 absl::Status ValidateExpertInfo(const v1::ExpertWorkerInfo& info, int rank, int num_workers,
-                                int64_t num_experts, const std::string& fingerprint);
+                                int64_t num_experts, const std::string& fingerprint, int replicas = 1);
 
 class ExpertConnector {
  public:
@@ -64,8 +74,11 @@ class ExpertConnector {
   void Start();
   void Stop();
 
-  // True while every expert worker is connected and validated.
+  // True while every shard has a connected and validated expert worker.
   bool ready() const;
+  // A round gave up on expert worker `rank` (the liveness's failure listener): it is reconnected
+  // before it is used again. Readiness holds while its shards have other connected replicas.
+  void ReportPeerFailure(int rank, const absl::Status& why);
   // A step failed with a data-plane error: readiness drops at once and every expert worker is
   // checked (and reconnected) again.
   void ReportFailure();
@@ -94,6 +107,7 @@ class ExpertConnector {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   bool ready_ ABSL_GUARDED_BY(mu_) = false;
   bool recheck_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<bool> peer_failed_ ABSL_GUARDED_BY(mu_);  // reported by ReportPeerFailure, not yet rechecked
 };
 
 }  // namespace moe::services

@@ -124,6 +124,7 @@ void StepLoop::RunStep() {
     const engine::StepStats& stats = engine_->last_step_stats();
     metrics_->steps->Increment();
     metrics_->preemptions->Increment(static_cast<double>(stats.num_preemptions));
+    metrics_->expert_failovers->Increment(static_cast<double>(stats.expert_resends));
     (stats.all_decode ? metrics_->step_decode_seconds : metrics_->step_prefill_seconds)
         ->Observe(absl::ToDoubleSeconds(stats.forward));
     metrics_->step_dispatch_seconds->Observe(absl::ToDoubleSeconds(stats.dispatch));

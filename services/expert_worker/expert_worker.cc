@@ -34,16 +34,14 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
     return absl::InvalidArgumentError(
         absl::StrCat("--model: ", options.model_dir, " is a dense model; it needs no expert workers"));
   }
-  if (options.num_expert_workers > config.num_experts) {
-    return absl::InvalidArgumentError(absl::StrCat("--num_expert_workers: ", options.num_expert_workers,
-                                                   " workers for ", config.num_experts, " experts"));
-  }
+  RETURN_IF_ERROR(engine::ExpertPlacement::Validate(config.num_experts, options.num_expert_workers,
+                                                    options.expert_replicas));
   std::unique_ptr<ExpertWorker> worker(new ExpertWorker());
   worker->hidden_ = config.hidden_size;
   worker->top_k_ = config.num_experts_per_tok;
   worker->max_round_tokens_ = options.max_round_tokens;
-  const engine::ExpertRange range =
-      engine::ExpertPlacement::RangeOf(config.num_experts, options.num_expert_workers, options.rank);
+  const engine::ExpertRange range = engine::ExpertPlacement::WorkerRange(
+      config.num_experts, options.num_expert_workers, options.expert_replicas, options.rank);
   {
     // The checkpoint is mmap'd; LoadExpertShard copies out (or views) only this shard's tensors.
     ASSIGN_OR_RETURN(auto checkpoint, model::Checkpoint::Open(options.model_dir));
@@ -65,6 +63,7 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
   info.set_data_plane(v1::DATA_PLANE_UCX);
   info.set_address(worker->transport_->WorkerAddress());
   info.set_model_fingerprint(fingerprint);
+  info.set_expert_replicas(options.expert_replicas);
 
   if (registry != nullptr) {
     std::vector<int64_t> moe_layers;

@@ -35,6 +35,7 @@ struct ExpertWorkerOptions {
   std::string model_dir;
   int rank = 0;
   int num_expert_workers = 1;
+  int expert_replicas = 1;  // copies of each shard; must divide num_expert_workers
   absl::Duration load_window = absl::Seconds(60);
   bool per_expert_metrics = false;
   // The largest max_round_tokens an attention worker may announce in Connect (it bounds the size

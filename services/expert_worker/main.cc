@@ -13,7 +13,9 @@
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(int, rank, 0, "this expert worker's rank (its expert shard)");
 ABSL_FLAG(bool, rank_from_hostname, false, "rank = the trailing -<ordinal> of the host name");
-ABSL_FLAG(int, num_expert_workers, 1, "shard count: rank r hosts a contiguous 1/N of the experts");
+ABSL_FLAG(int, num_expert_workers, 1, "expert workers in the cluster (shards x replicas)");
+ABSL_FLAG(int, expert_replicas, 1,
+          "copies of each expert shard: N workers hold N/R shards, rank r hosts shard r mod N/R");
 ABSL_FLAG(std::string, transport, "ucx",
           "data plane to the attention workers; accepted: ucx (nccl is planned, not available yet)");
 ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
@@ -43,6 +45,7 @@ int main(int argc, char** argv) {
   if (!rank.ok()) return service->Fail(rank.status().message());
   options.rank = *rank;
   options.num_expert_workers = absl::GetFlag(FLAGS_num_expert_workers);
+  options.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
   options.load_window = absl::Seconds(absl::GetFlag(FLAGS_load_window_seconds));
   options.per_expert_metrics = absl::GetFlag(FLAGS_per_expert_metrics);
   options.max_round_tokens = absl::GetFlag(FLAGS_max_round_tokens);

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <csignal>
 #include <cstdint>
+#include <functional>
 #include <iostream>
 #include <memory>
 #include <string>
@@ -50,10 +51,13 @@ constexpr int kVictimRank = 1;  // the middle shard: experts [42, 85) of every l
 constexpr int kLongMaxNewTokens = 4000;
 const absl::Duration kStartupTimeout = absl::Seconds(120);
 
-// What a fixture starts: attention workers and the extra flags they get.
+// What a fixture starts: attention workers and the extra flags they get, expert workers and the
+// copies of each expert shard among them (--expert_replicas).
 struct ClusterShape {
   int attention_workers = 1;
   std::vector<std::string> attention_flags;
+  int expert_workers = kNumExpertWorkers;
+  int expert_replicas = 1;
 };
 
 // Router + attention workers + kNumExpertWorkers expert workers on reserved ports, with the same
@@ -64,14 +68,15 @@ class FailoverTest : public ::testing::Test {
   virtual ClusterShape Shape() const { return {}; }
 
   void SetUp() override {
-    const ClusterShape shape = Shape();
+    shape_ = Shape();
+    const ClusterShape& shape = shape_;
     model_ = moe::testing::TestModelDir("tiny", "bf16");
     log_dir_ = moe::testing::MakeTempDir("failover-logs");
-    for (int r = 0; r < kNumExpertWorkers; ++r) expert_ports_.push_back(moe::testing::FreePort());
-    experts_.resize(kNumExpertWorkers);
-    for (int r = 0; r < kNumExpertWorkers; ++r) ASSERT_NO_FATAL_FAILURE(StartExpert(r));
+    for (int r = 0; r < shape.expert_workers; ++r) expert_ports_.push_back(moe::testing::FreePort());
+    experts_.resize(static_cast<size_t>(shape.expert_workers));
+    for (int r = 0; r < shape.expert_workers; ++r) ASSERT_NO_FATAL_FAILURE(StartExpert(r));
     std::vector<std::string> expert_addresses;
-    for (int r = 0; r < kNumExpertWorkers; ++r) expert_addresses.push_back(ExpertAddress(r));
+    for (int r = 0; r < shape.expert_workers; ++r) expert_addresses.push_back(ExpertAddress(r));
     for (int a = 0; a < shape.attention_workers; ++a) {
       attention_addresses_.push_back(moe::testing::LocalAddress(moe::testing::FreePort()));
     }
@@ -80,6 +85,7 @@ class FailoverTest : public ::testing::Test {
                                         absl::StrCat("--rank=", a),
                                         absl::StrCat("--num_attention_workers=", shape.attention_workers),
                                         "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
+                                        absl::StrCat("--expert_replicas=", shape.expert_replicas),
                                         "--listen=" + attention_addresses_[static_cast<size_t>(a)],
                                         "--metrics_port=0",
                                         "--transport=ucx",
@@ -117,7 +123,8 @@ class FailoverTest : public ::testing::Test {
     auto child = ChildProcess::Start(
         moe::testing::BinaryPath("moe-expert-worker"),
         {"--model=" + model_, absl::StrCat("--rank=", rank),
-         absl::StrCat("--num_expert_workers=", kNumExpertWorkers), "--listen=" + ExpertAddress(rank),
+         absl::StrCat("--num_expert_workers=", shape_.expert_workers),
+         absl::StrCat("--expert_replicas=", shape_.expert_replicas), "--listen=" + ExpertAddress(rank),
          "--metrics_port=0", "--transport=ucx", "--insecure"},
         absl::StrCat(log_dir_, "/expert-", rank, ".log"));
     ASSERT_TRUE(child.ok()) << child.status();
@@ -189,6 +196,7 @@ class FailoverTest : public ::testing::Test {
     return out;
   }
 
+  ClusterShape shape_;
   std::string model_;
   std::string log_dir_;
   std::vector<int> expert_ports_;
@@ -199,6 +207,11 @@ class FailoverTest : public ::testing::Test {
   std::vector<std::unique_ptr<ChildProcess>> attention_;
   std::unique_ptr<ChildProcess> router_;
 };
+
+// The requests InFlightStreams sends: stream i's greedy prompt and length.
+v1::GenerateRequest StreamRequest(int i, int max_new_tokens) {
+  return GreedyRequest(PseudoRandomPrompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)), max_new_tokens);
+}
 
 // Streams started in background threads; Wait() blocks until each has received its first token.
 class InFlightStreams {
@@ -237,9 +250,8 @@ class InFlightStreams {
     };
     // A bound so that a hang fails the test instead of blocking it; far above the 10 s asserted, and
     // above the 2-3 minutes that 400 tokens take under ASan on 2 cores.
-    outcomes_[static_cast<size_t>(i)] = Generate(
-        router, GreedyRequest(PseudoRandomPrompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)), max_new_tokens),
-        absl::Minutes(8), count_first_token);
+    outcomes_[static_cast<size_t>(i)] =
+        Generate(router, StreamRequest(i, max_new_tokens), absl::Minutes(8), count_first_token);
     if (!counted) {
       absl::MutexLock lock(&mu_);
       ++ended_early_;
@@ -435,6 +447,90 @@ TEST_F(AttentionWorkerFailoverTest, KilledAttentionWorkersStreamsMigrateAndFinis
   EXPECT_TRUE(moe::testing::IsServing(router_address_, "readiness"));
   EXPECT_TRUE(attention_[static_cast<size_t>(survivor)]->Running());
   ExpectClusterMatchesEmbedded(CheckRequests());
+}
+
+// Expert replicas (docs/architecture.md#expert-replicas-and-failover): four expert workers hold two
+// copies of two shards (workers 0 and 2 hold shard 0, workers 1 and 3 shard 1). An expert worker
+// that dies mid-stream loses no request: the attention worker re-sends its part of each round to the
+// other copy, and every output is embedded mode's, bit for bit.
+constexpr int kReplicatedStreams = 32;
+constexpr int kReplicatedMaxNewTokens = 48;
+
+class ReplicatedExpertFailoverTest : public FailoverTest {
+ protected:
+  ClusterShape Shape() const override { return {.expert_workers = 4, .expert_replicas = 2}; }
+
+  // 32 concurrent greedy streams; once each has its first token, `hit` is called on expert worker 1
+  // (shard 1, first copy); every stream must then finish exactly as embedded mode does.
+  void ExpectNoStreamFailsWhen(const std::function<void()>& hit) {
+    std::vector<v1::GenerateRequest> requests;
+    for (int i = 0; i < kReplicatedStreams; ++i)
+      requests.push_back(StreamRequest(i, kReplicatedMaxNewTokens));
+    const absl::StatusOr<std::vector<GenerateResult>> expected =
+        moe::testing::GenerateEmbedded(model_, requests);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    InFlightStreams streams(router_address_, kReplicatedStreams, kReplicatedMaxNewTokens);
+    ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(120))) << "streams did not start";
+    hit();
+    const std::vector<GenerateResult>& outcomes = streams.Join();
+    int unfinished_at_hit = 0;
+    for (size_t i = 0; i < outcomes.size(); ++i) {
+      ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message() << "\n"
+                                           << Logs();
+      EXPECT_EQ(outcomes[i].finish, v1::FINISH_REASON_LENGTH);
+      EXPECT_EQ(outcomes[i].tokens, (*expected)[i].tokens) << "stream " << i;
+      EXPECT_EQ(outcomes[i].logprobs, (*expected)[i].logprobs) << "stream " << i;
+      unfinished_at_hit += outcomes[i].ended > hit_at_ ? 1 : 0;
+    }
+    EXPECT_GT(unfinished_at_hit, 0) << "every stream had ended before the worker was hit";
+    // The attention worker failed over (it says so in its log) and stayed ready throughout.
+    EXPECT_THAT(attention_[0]->Log(), ::testing::HasSubstr("failing over to its replicas"));
+    EXPECT_TRUE(moe::testing::IsServing(router_address_, "readiness"));
+  }
+
+  // Restarts expert worker 1, waits until the attention worker has connected it again, then kills
+  // the other copy of shard 1 (worker 3): requests still succeed, so worker 1 is back in the placement.
+  void ExpectRestartedWorkerRejoins() {
+    const size_t connected_before = CountConnected(1);
+    ASSERT_NO_FATAL_FAILURE(StartExpert(1));
+    const absl::Time deadline = absl::Now() + kStartupTimeout;
+    while (CountConnected(1) == connected_before && absl::Now() < deadline)
+      absl::SleepFor(absl::Milliseconds(50));
+    ASSERT_GT(CountConnected(1), connected_before) << "expert worker 1 did not rejoin\n" << Logs();
+    ASSERT_NO_FATAL_FAILURE(KillExpert(3));
+    ExpectClusterMatchesEmbedded(CheckRequests());
+  }
+
+  // How often the attention worker's log says it connected expert worker `rank`.
+  size_t CountConnected(int rank) const {
+    const std::string log = attention_[0]->Log();
+    const std::string needle = absl::StrCat("expert worker ", rank, " connected");
+    size_t count = 0;
+    for (size_t at = log.find(needle); at != std::string::npos; at = log.find(needle, at + 1)) ++count;
+    return count;
+  }
+
+  absl::Time hit_at_;
+};
+
+TEST_F(ReplicatedExpertFailoverTest, KilledExpertWorkerLosesNoStreamAndRejoinsAfterRestart) {
+  ExpectNoStreamFailsWhen([this] {
+    hit_at_ = absl::Now();
+    ASSERT_NO_FATAL_FAILURE(KillExpert(1));
+  });
+  if (HasFatalFailure()) return;
+  ExpectRestartedWorkerRejoins();
+}
+
+TEST_F(ReplicatedExpertFailoverTest, TerminatedExpertWorkerLosesNoStreamAndRejoinsAfterRestart) {
+  ExpectNoStreamFailsWhen([this] {
+    hit_at_ = absl::Now();
+    ChildProcess& victim = *experts_[1];
+    victim.Signal(SIGTERM);
+    ASSERT_TRUE(victim.Wait(absl::Seconds(30)).has_value()) << "expert-1 did not exit on SIGTERM";
+  });
+  if (HasFatalFailure()) return;
+  ExpectRestartedWorkerRejoins();
 }
 
 }  // namespace

@@ -307,6 +307,13 @@ TEST(MoectlTest, ClusterUpRefusesAPortInUse) {
   EXPECT_THAT(r.err, HasSubstr("already in use"));
 }
 
+TEST(MoectlTest, ClusterUpRefusesReplicasThatDoNotDivideTheExpertWorkers) {
+  const std::string empty = testing::MakeTempDir("moectl-empty");
+  Result r = RunMoectl("cluster up --detach --model " + empty + " --expert-workers 3 --expert-replicas 2" +
+                       " --state-dir " + testing::MakeTempDir("moectl-state"));
+  ExpectCleanFailure(r, "--expert-replicas 2: needs a multiple of 2 expert workers, --expert-workers is 3");
+}
+
 TEST(MoectlTest, ClusterUpFailureShowsTheChildsExitStatusAndLog) {
   // Every child fails to load a model directory without config.json.
   const std::string empty = testing::MakeTempDir("moectl-empty");

@@ -1,6 +1,7 @@
 // moectl cluster up|down: a local cluster on 127.0.0.1 (docs/operations.md#a-local-cluster).
 //
-//   moectl cluster up --model DIR --attention-workers M --expert-workers N [--port P] [--http-port H]
+//   moectl cluster up --model DIR --attention-workers M --expert-workers N [--expert-replicas R]
+//                     [--port P] [--http-port H]
 //                     [--detach]
 //
 // checks that every port it will use is free, starts N expert workers, M attention workers and one
@@ -56,6 +57,7 @@ struct ClusterFlags {
   std::string model_dir;
   int attention_workers = 1;
   int expert_workers = 1;
+  int expert_replicas = 1;  // copies of each expert shard; divides expert_workers
   int port = 50051;
   int metrics_port = 0;  // first metrics port; 0: port + 1000
   std::string state_dir;
@@ -235,6 +237,11 @@ void RunUp(const ClusterFlags& flags) {
   // metrics_base, experts first, then attention workers, then the router.
   const int metrics_base = flags.metrics_port > 0 ? flags.metrics_port : base + 1000;
   const int num_children = flags.expert_workers + flags.attention_workers + 1;
+  if (flags.expert_workers % flags.expert_replicas != 0) {
+    Fail("cluster up",
+         absl::StrCat("--expert-replicas ", flags.expert_replicas, ": needs a multiple of ",
+                      flags.expert_replicas, " expert workers, --expert-workers is ", flags.expert_workers));
+  }
   if (base + flags.attention_workers + flags.expert_workers > 65535 ||
       metrics_base + num_children - 1 > 65535) {
     Fail("cluster up", "--port / --metrics-port: the cluster's ports would run past 65535");
@@ -391,13 +398,16 @@ void RunUp(const ClusterFlags& flags) {
   for (int i = 0; i < flags.expert_workers; ++i) {
     spawn(absl::StrCat("expert-", i), "moe-expert-worker",
           {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
-           absl::StrCat("--num_expert_workers=", flags.expert_workers), "--transport=" + flags.transport},
+           absl::StrCat("--num_expert_workers=", flags.expert_workers),
+           absl::StrCat("--expert_replicas=", flags.expert_replicas), "--transport=" + flags.transport},
           experts[static_cast<size_t>(i)]);
   }
   for (int i = 0; i < flags.attention_workers; ++i) {
-    std::vector<std::string> args = {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
+    std::vector<std::string> args = {"--model=" + flags.model_dir,
+                                     absl::StrCat("--rank=", i),
                                      absl::StrCat("--num_attention_workers=", flags.attention_workers),
                                      "--expert_workers=" + absl::StrJoin(experts, ","),
+                                     absl::StrCat("--expert_replicas=", flags.expert_replicas),
                                      "--transport=" + flags.transport};
     if (flags.kv_cache_gib > 0) args.push_back(absl::StrCat("--kv_cache_gib=", flags.kv_cache_gib));
     spawn(absl::StrCat("attention-", i), "moe-attention-worker", std::move(args),
@@ -513,6 +523,10 @@ void RegisterClusterCommand(CLI::App& app) {
   up->add_option("--attention-workers", flags->attention_workers, "Attention workers")
       ->check(CLI::Range(1, 64));
   up->add_option("--expert-workers", flags->expert_workers, "Expert workers")->check(CLI::Range(1, 128));
+  up->add_option("--expert-replicas", flags->expert_replicas,
+                 "Copies of each expert shard (divides --expert-workers): a round fails over to another copy "
+                 "when an expert worker dies")
+      ->check(CLI::Range(1, 128));
   up->add_option("--port", flags->port, "Router port; workers use the ports after it")
       ->check(CLI::Range(1, 65000));
   up->add_option("--metrics-port", flags->metrics_port, "First metrics port (default: port + 1000)")

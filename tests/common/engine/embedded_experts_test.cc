@@ -90,6 +90,27 @@ TEST(EmbeddedExpertsTest, RejectsShardCountsOutsideOneToTheNumberOfExperts) {
       EmbeddedExperts::Create(*tiny.checkpoint, tiny.config, static_cast<int>(tiny.config.num_experts)).ok());
 }
 
+TEST(ExpertPlacementTest, ReplicasSpreadEachShardOverWorkersAShardCountApart) {
+  const ExpertPlacement placement(128, {1000, 1001, 1002, 1003, 1004, 1005}, /*replicas=*/2);
+  EXPECT_EQ(placement.num_shards(), 3);
+  for (int64_t w = 0; w < 6; ++w) {
+    EXPECT_EQ(placement.shard_of_worker(w), w % 3);
+    EXPECT_EQ(placement.range(w).first, ExpertPlacement::RangeOf(128, 3, w % 3).first);
+  }
+  EXPECT_EQ(placement.replica(1, 0), 1);
+  EXPECT_EQ(placement.replica(1, 1), 4);
+  for (int64_t e = 0; e < 128; ++e) {
+    const ExpertRange range = placement.range(placement.shard_of_expert(e));
+    EXPECT_TRUE(e >= range.first && e < range.first + range.count) << e;
+  }
+  EXPECT_TRUE(ExpertPlacement::Validate(128, 6, 2).ok());
+  EXPECT_TRUE(ExpertPlacement::Validate(128, 3, 1).ok());
+  EXPECT_EQ(ExpertPlacement::Validate(128, 5, 2).message(),
+            "--expert_replicas: 2 replicas need a multiple of 2 expert workers, got 5");
+  EXPECT_EQ(ExpertPlacement::Validate(128, 4, 0).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ExpertPlacement::Validate(4, 10, 2).message(), "expert workers: 5 shards for 4 experts");
+}
+
 TEST(EmbeddedExpertsTest, RejectsADenseModel) {
   Loaded dense = Load("dense-tiny");
   ASSERT_NE(dense.checkpoint, nullptr);

@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/engine/testing/requests.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -26,9 +27,9 @@ using engine_testing::PseudoRandomPrompt;
 using ::testing::HasSubstr;
 
 std::unique_ptr<Engine> MakeEngine(const std::string& dtype, EngineOptions options = {}, int shards = 1,
-                                   const std::string& preset = "tiny") {
+                                   const std::string& preset = "tiny", int replicas = 1) {
   options.kv_cache_bytes = int64_t{64} << 20;
-  auto engine = Engine::CreateEmbedded(moe::testing::TestModelDir(preset, dtype), options, shards);
+  auto engine = Engine::CreateEmbedded(moe::testing::TestModelDir(preset, dtype), options, shards, replicas);
   EXPECT_TRUE(engine.ok()) << engine.status();
   return engine.ok() ? *std::move(engine) : nullptr;
 }
@@ -392,6 +393,70 @@ TEST(EngineTest, ADeadExpertShardFailsTheStepWithoutHanging) {
   auto out = RunToCompletion(*engine, 5);
   EXPECT_EQ(out["x"].finish, FinishReason::kError);
   EXPECT_EQ(out["x"].error.code(), absl::StatusCode::kUnavailable) << out["x"].error;
+  EXPECT_EQ(engine->num_free_blocks(), engine->num_blocks());
+}
+
+// Expert replicas (docs/architecture.md#expert-replicas-and-failover): with every shard on two
+// in-process workers, the outputs are those of one shard, and when a worker dies mid-generation its
+// part of each round goes to the other copy: every request finishes, bit-identical.
+TEST(EngineTest, ReplicatedExpertsFailOverWithoutChangingTheOutputs) {
+  auto one = MakeEngine("bf16");
+  auto replicated = MakeEngine("bf16", {}, /*shards=*/2, "tiny", /*replicas=*/2);
+  ASSERT_NE(one, nullptr);
+  ASSERT_NE(replicated, nullptr);
+  for (Engine* engine : {one.get(), replicated.get()}) {
+    for (int i = 0; i < 4; ++i) {
+      ASSERT_TRUE(
+          engine->AddRequest(GreedyRequest(absl::StrCat("r", i), PseudoRandomPrompt(5 + 7 * i, 30 + i), 24))
+              .ok());
+    }
+  }
+  const auto expected = RunToCompletion(*one);
+  // A few steps on all four workers, then worker 1 (shard 1's first copy) dies.
+  std::map<std::string, Output> outputs;
+  auto collect = [&outputs](const std::vector<TokenEvent>& events) {
+    for (const TokenEvent& e : events) {
+      Output& o = outputs[e.request_id];
+      if (e.token_id >= 0) {
+        o.tokens.push_back(e.token_id);
+        o.logprobs.push_back(e.logprob);
+      }
+      if (e.finish_reason != FinishReason::kNone) {
+        o.finish = e.finish_reason;
+        o.error = e.error;
+      }
+    }
+  };
+  for (int i = 0; i < 4; ++i) collect(replicated->Step());
+  replicated->DisconnectExpertShardForTest(1);
+  int64_t resends = 0;
+  for (int i = 0; i < 10000 && replicated->HasWork(); ++i) {
+    collect(replicated->Step());
+    resends += replicated->last_step_stats().expert_resends;
+  }
+  EXPECT_GT(resends, 0) << "no round failed over";
+  ASSERT_EQ(outputs.size(), expected.size());
+  for (const auto& [id, want] : expected) {
+    const Output& got = outputs[id];
+    EXPECT_EQ(got.finish, FinishReason::kLength) << id << ": " << got.error;
+    EXPECT_EQ(got.tokens, want.tokens) << id;
+    EXPECT_TRUE(BitEqual(got.logprobs, want.logprobs)) << id;
+  }
+}
+
+TEST(EngineTest, ALostShardWithEveryReplicaDeadFailsTheStepUnavailable) {
+  EngineOptions options;
+  options.moe_timeout = absl::Seconds(5);
+  auto engine = MakeEngine("bf16", options, /*shards=*/2, "tiny", /*replicas=*/2);
+  ASSERT_NE(engine, nullptr);
+  ASSERT_TRUE(engine->AddRequest(GreedyRequest("x", PseudoRandomPrompt(6, 11), 50)).ok());
+  engine->Step();
+  engine->DisconnectExpertShardForTest(1);  // shard 1, copy 0
+  engine->DisconnectExpertShardForTest(3);  // shard 1, copy 1
+  auto out = RunToCompletion(*engine, 5);
+  EXPECT_EQ(out["x"].finish, FinishReason::kError);
+  EXPECT_EQ(out["x"].error.code(), absl::StatusCode::kUnavailable) << out["x"].error;
+  EXPECT_THAT(std::string(out["x"].error.message()), HasSubstr("no live expert worker"));
   EXPECT_EQ(engine->num_free_blocks(), engine->num_blocks());
 }
 

@@ -29,6 +29,27 @@ TEST(ValidateExpertInfoTest, RejectsARangeThatDoesNotTile) {
   EXPECT_EQ(status.message(), "expert worker 2: first_expert is 85, expected 86");
 }
 
+// With two copies of each shard, four workers hold two shards: worker w hosts shard w mod 2.
+TEST(ValidateExpertInfoTest, WithReplicasEachWorkerHostsItsShardAndReportsTheReplicaCount) {
+  auto info = [](int rank, int first, int count, int replicas) {
+    v1::ExpertWorkerInfo i = Info(rank, first, count);
+    i.set_num_expert_workers(4);
+    i.set_expert_replicas(replicas);
+    return i;
+  };
+  EXPECT_TRUE(ValidateExpertInfo(info(0, 0, 64, 2), 0, 4, 128, "f", 2).ok());
+  EXPECT_TRUE(ValidateExpertInfo(info(1, 64, 64, 2), 1, 4, 128, "f", 2).ok());
+  EXPECT_TRUE(ValidateExpertInfo(info(2, 0, 64, 2), 2, 4, 128, "f", 2).ok());
+  EXPECT_TRUE(ValidateExpertInfo(info(3, 64, 64, 2), 3, 4, 128, "f", 2).ok());
+  EXPECT_EQ(ValidateExpertInfo(info(2, 64, 32, 4), 2, 4, 128, "f", 2).message(),
+            "expert worker 2: expert_replicas is 4, expected 2");
+  // A worker started without --expert_replicas (one copy) does not join a replicated placement.
+  EXPECT_EQ(ValidateExpertInfo(info(2, 64, 32, 0), 2, 4, 128, "f", 2).message(),
+            "expert worker 2: expert_replicas is 1, expected 2");
+  EXPECT_EQ(ValidateExpertInfo(info(2, 64, 64, 2), 2, 4, 128, "f", 2).message(),
+            "expert worker 2: first_expert is 64, expected 0");
+}
+
 TEST(ValidateExpertInfoTest, RejectsWrongRankPeerAndFingerprint) {
   EXPECT_EQ(ValidateExpertInfo(Info(1, 43, 43), 0, 3, 128, "f").message(),
             "expert worker 0: rank is 1, expected 0");
