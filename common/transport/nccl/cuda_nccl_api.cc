@@ -21,8 +21,12 @@ class CudaNcclComm : public NcclComm {
   cudaStream_t stream = nullptr;
 };
 
-CudaNcclComm& Cast(NcclComm& comm) { return static_cast<CudaNcclComm&>(comm); }
-NcclResult From(ncclResult_t r) { return static_cast<NcclResult>(r); }
+CudaNcclComm& Cast(NcclComm& comm) {
+  return static_cast<CudaNcclComm&>(comm);
+}
+NcclResult From(ncclResult_t r) {
+  return static_cast<NcclResult>(r);
+}
 
 void ReleaseStream(CudaNcclComm& c) {
   if (c.stream != nullptr) cudaStreamDestroy(c.stream);
@@ -43,8 +47,8 @@ int CudaDeviceCount() {
 absl::Status CudaNcclApi::SetDevice() {
   const cudaError_t e = cudaSetDevice(device_);
   if (e != cudaSuccess) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("CUDA device ", device_, ": ", cudaGetErrorString(e), " (", CudaDeviceCount(), " devices)"));
+    return absl::FailedPreconditionError(absl::StrCat("CUDA device ", device_, ": ", cudaGetErrorString(e),
+                                                      " (", CudaDeviceCount(), " devices)"));
   }
   return absl::OkStatus();
 }
@@ -56,7 +60,8 @@ NcclResult CudaNcclApi::GetUniqueId(NcclUniqueId* id) {
   return From(r);
 }
 
-NcclResult CudaNcclApi::CommInitRank(int nranks, const NcclUniqueId& id, int rank, std::unique_ptr<NcclComm>* comm) {
+NcclResult CudaNcclApi::CommInitRank(int nranks, const NcclUniqueId& id, int rank,
+                                     std::unique_ptr<NcclComm>* comm) {
   if (!SetDevice().ok()) return NcclResult::kUnhandledCudaError;
   auto c = std::make_unique<CudaNcclComm>();
   if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess) {
@@ -83,8 +88,12 @@ NcclResult CudaNcclApi::CommGetAsyncError(NcclComm& comm, NcclResult* async_erro
   return From(r);
 }
 
-NcclResult CudaNcclApi::GroupStart() { return From(ncclGroupStart()); }
-NcclResult CudaNcclApi::GroupEnd() { return From(ncclGroupEnd()); }
+NcclResult CudaNcclApi::GroupStart() {
+  return From(ncclGroupStart());
+}
+NcclResult CudaNcclApi::GroupEnd() {
+  return From(ncclGroupEnd());
+}
 
 NcclResult CudaNcclApi::Send(NcclComm& comm, const void* buf, size_t bytes, int peer_rank) {
   CudaNcclComm& c = Cast(comm);
@@ -156,14 +165,16 @@ void CudaNcclApi::FreeBuffer(void* buffer) {
 absl::Status CudaNcclApi::CopyToBuffer(void* buffer, const void* host, size_t bytes) {
   if (absl::Status s = SetDevice(); !s.ok()) return s;
   const cudaError_t e = cudaMemcpy(buffer, host, bytes, cudaMemcpyHostToDevice);
-  if (e != cudaSuccess) return absl::InternalError(absl::StrCat("cudaMemcpy to device: ", cudaGetErrorString(e)));
+  if (e != cudaSuccess)
+    return absl::InternalError(absl::StrCat("cudaMemcpy to device: ", cudaGetErrorString(e)));
   return absl::OkStatus();
 }
 
 absl::Status CudaNcclApi::CopyFromBuffer(void* host, const void* buffer, size_t bytes) {
   if (absl::Status s = SetDevice(); !s.ok()) return s;
   const cudaError_t e = cudaMemcpy(host, buffer, bytes, cudaMemcpyDeviceToHost);
-  if (e != cudaSuccess) return absl::InternalError(absl::StrCat("cudaMemcpy to host: ", cudaGetErrorString(e)));
+  if (e != cudaSuccess)
+    return absl::InternalError(absl::StrCat("cudaMemcpy to host: ", cudaGetErrorString(e)));
   return absl::OkStatus();
 }
 

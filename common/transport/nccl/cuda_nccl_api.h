@@ -20,7 +20,8 @@ class CudaNcclApi : public NcclApi {
   explicit CudaNcclApi(int device) : device_(device) {}
 
   NcclResult GetUniqueId(NcclUniqueId* id) override;
-  NcclResult CommInitRank(int nranks, const NcclUniqueId& id, int rank, std::unique_ptr<NcclComm>* comm) override;
+  NcclResult CommInitRank(int nranks, const NcclUniqueId& id, int rank,
+                          std::unique_ptr<NcclComm>* comm) override;
   NcclResult CommGetAsyncError(NcclComm& comm, NcclResult* async_error) override;
   NcclResult GroupStart() override;
   NcclResult GroupEnd() override;

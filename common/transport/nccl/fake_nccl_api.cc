@@ -83,7 +83,8 @@ void FakeNcclHub::Post(FakeNcclComm* comm, bool is_send, const void* send_buf, v
                        int peer) {
   absl::MutexLock lock(&mu_);
   if (comm->gone) return;
-  const Channel channel = is_send ? Channel{comm->key, comm->rank, peer} : Channel{comm->key, peer, comm->rank};
+  const Channel channel =
+      is_send ? Channel{comm->key, comm->rank, peer} : Channel{comm->key, peer, comm->rank};
   auto& opposite = is_send ? recvs_[channel] : sends_[channel];
   if (opposite.empty()) {
     auto& mine = is_send ? sends_[channel] : recvs_[channel];
@@ -99,7 +100,8 @@ void FakeNcclHub::Post(FakeNcclComm* comm, bool is_send, const void* send_buf, v
   if (send_bytes != recv_bytes) {
     for (FakeNcclComm* c : {comm, other.comm}) {
       c->error = NcclResult::kInvalidUsage;
-      c->last_error = absl::StrCat("fake NCCL: send of ", send_bytes, " bytes matched a recv of ", recv_bytes);
+      c->last_error =
+          absl::StrCat("fake NCCL: send of ", send_bytes, " bytes matched a recv of ", recv_bytes);
     }
     return;
   }
@@ -141,7 +143,8 @@ NcclResult FakeNcclApi::GetUniqueId(NcclUniqueId* id) {
   return NcclResult::kSuccess;
 }
 
-NcclResult FakeNcclApi::CommInitRank(int nranks, const NcclUniqueId& id, int rank, std::unique_ptr<NcclComm>* comm) {
+NcclResult FakeNcclApi::CommInitRank(int nranks, const NcclUniqueId& id, int rank,
+                                     std::unique_ptr<NcclComm>* comm) {
   auto fake = std::make_unique<FakeNcclComm>();
   const NcclResult r = hub_->Join(fake.get(), nranks, id, rank);
   if (r != NcclResult::kInProgress) return r;
@@ -164,13 +167,14 @@ NcclResult FakeNcclApi::GroupEnd() {
   if (--group_depth > 0) return NcclResult::kSuccess;
   std::vector<PendingOp> ops;
   ops.swap(group_ops);
-  for (const PendingOp& op : ops) op.hub->Post(op.comm, op.is_send, op.send_buf, op.recv_buf, op.bytes, op.peer);
+  for (const PendingOp& op : ops)
+    op.hub->Post(op.comm, op.is_send, op.send_buf, op.recv_buf, op.bytes, op.peer);
   // A non-blocking communicator's group may still be enqueueing when GroupEnd returns.
   return ops.empty() ? NcclResult::kSuccess : NcclResult::kInProgress;
 }
 
-NcclResult FakeNcclApi::Issue(NcclComm& comm, bool is_send, const void* send_buf, void* recv_buf, size_t bytes,
-                              int peer) {
+NcclResult FakeNcclApi::Issue(NcclComm& comm, bool is_send, const void* send_buf, void* recv_buf,
+                              size_t bytes, int peer) {
   auto* fake = static_cast<FakeNcclComm*>(&comm);
   if (peer < 0 || peer >= fake->nranks) return NcclResult::kInvalidArgument;
   if (bytes > 0 && (is_send ? send_buf == nullptr : recv_buf == nullptr)) return NcclResult::kInvalidArgument;
@@ -210,9 +214,13 @@ std::string FakeNcclApi::LastError(NcclComm* comm) {
   return static_cast<FakeNcclComm*>(comm)->last_error;
 }
 
-absl::StatusOr<void*> FakeNcclApi::AllocBuffer(size_t bytes) { return static_cast<void*>(new std::byte[bytes ? bytes : 1]); }
+absl::StatusOr<void*> FakeNcclApi::AllocBuffer(size_t bytes) {
+  return static_cast<void*>(new std::byte[bytes ? bytes : 1]);
+}
 
-void FakeNcclApi::FreeBuffer(void* buffer) { delete[] static_cast<std::byte*>(buffer); }
+void FakeNcclApi::FreeBuffer(void* buffer) {
+  delete[] static_cast<std::byte*>(buffer);
+}
 
 absl::Status FakeNcclApi::CopyToBuffer(void* buffer, const void* host, size_t bytes) {
   if (bytes > 0) std::memcpy(buffer, host, bytes);

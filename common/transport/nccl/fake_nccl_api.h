@@ -80,7 +80,8 @@ class FakeNcclApi : public NcclApi {
   explicit FakeNcclApi(FakeNcclHub* hub) : hub_(hub) {}
 
   NcclResult GetUniqueId(NcclUniqueId* id) override;
-  NcclResult CommInitRank(int nranks, const NcclUniqueId& id, int rank, std::unique_ptr<NcclComm>* comm) override;
+  NcclResult CommInitRank(int nranks, const NcclUniqueId& id, int rank,
+                          std::unique_ptr<NcclComm>* comm) override;
   NcclResult CommGetAsyncError(NcclComm& comm, NcclResult* async_error) override;
   NcclResult GroupStart() override;
   NcclResult GroupEnd() override;
@@ -96,7 +97,8 @@ class FakeNcclApi : public NcclApi {
   absl::Status CopyFromBuffer(void* host, const void* buffer, size_t bytes) override;
 
  private:
-  NcclResult Issue(NcclComm& comm, bool is_send, const void* send_buf, void* recv_buf, size_t bytes, int peer);
+  NcclResult Issue(NcclComm& comm, bool is_send, const void* send_buf, void* recv_buf, size_t bytes,
+                   int peer);
   FakeNcclHub* hub_;
 };
 

@@ -59,7 +59,8 @@ class NcclApi {
   // Starts joining the communicator `id` as `rank` of `nranks` without blocking (blocking = 0):
   // kInProgress (or kSuccess) with *comm set; the communicator is usable once CommGetAsyncError
   // reports kSuccess, which needs every rank to have joined.
-  virtual NcclResult CommInitRank(int nranks, const NcclUniqueId& id, int rank, std::unique_ptr<NcclComm>* comm) = 0;
+  virtual NcclResult CommInitRank(int nranks, const NcclUniqueId& id, int rank,
+                                  std::unique_ptr<NcclComm>* comm) = 0;
   // The communicator's state: kSuccess, kInProgress (initializing, or a group still being
   // enqueued), or the error an asynchronous operation hit.
   virtual NcclResult CommGetAsyncError(NcclComm& comm, NcclResult* async_error) = 0;

@@ -44,7 +44,8 @@ const char* NcclResultName(NcclResult result) {
 }
 
 absl::Status ValidateNcclBootstrap(const NcclBootstrap& bootstrap) {
-  if (bootstrap.generation == 0) return absl::InvalidArgumentError("bootstrap.generation: must be at least 1");
+  if (bootstrap.generation == 0)
+    return absl::InvalidArgumentError("bootstrap.generation: must be at least 1");
   if (bootstrap.peers.empty()) return absl::InvalidArgumentError("bootstrap.peers: empty");
   if (bootstrap.peers.size() > kMaxNcclRanks) {
     return absl::InvalidArgumentError(
@@ -53,9 +54,11 @@ absl::Status ValidateNcclBootstrap(const NcclBootstrap& bootstrap) {
   absl::flat_hash_set<int32_t> seen;
   for (size_t r = 0; r < bootstrap.peers.size(); ++r) {
     const int32_t peer = bootstrap.peers[r];
-    if (peer < 0) return absl::InvalidArgumentError(absl::StrCat("bootstrap.peers[", r, "]: negative peer id ", peer));
+    if (peer < 0)
+      return absl::InvalidArgumentError(absl::StrCat("bootstrap.peers[", r, "]: negative peer id ", peer));
     if (!seen.insert(peer).second) {
-      return absl::InvalidArgumentError(absl::StrCat("bootstrap.peers[", r, "]: peer ", peer, " listed twice"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("bootstrap.peers[", r, "]: peer ", peer, " listed twice"));
     }
   }
   return absl::OkStatus();
@@ -80,13 +83,15 @@ absl::StatusOr<NcclBootstrap> DecodeNcclBootstrap(std::string_view bytes) {
         absl::StrCat("nccl bootstrap: ", bytes.size(), " bytes, shorter than the ", fixed, "-byte minimum"));
   }
   if (bytes.substr(0, kMagic.size()) != kMagic) {
-    return absl::InvalidArgumentError("nccl bootstrap: bad magic (not an EncodeNcclBootstrap string, or another version)");
+    return absl::InvalidArgumentError(
+        "nccl bootstrap: bad magic (not an EncodeNcclBootstrap string, or another version)");
   }
   NcclBootstrap out;
   out.generation = GetU64(bytes.substr(kMagic.size()));
   const uint64_t nranks = GetU64(bytes.substr(kMagic.size() + 8));
   if (nranks > kMaxNcclRanks) {
-    return absl::InvalidArgumentError(absl::StrCat("nccl bootstrap: ", nranks, " ranks, more than ", kMaxNcclRanks));
+    return absl::InvalidArgumentError(
+        absl::StrCat("nccl bootstrap: ", nranks, " ranks, more than ", kMaxNcclRanks));
   }
   if (bytes.size() != fixed + 4 * nranks) {
     return absl::InvalidArgumentError(absl::StrCat("nccl bootstrap: ", bytes.size(), " bytes, want ",
@@ -95,7 +100,8 @@ absl::StatusOr<NcclBootstrap> DecodeNcclBootstrap(std::string_view bytes) {
   size_t at = kMagic.size() + 16;
   for (uint64_t r = 0; r < nranks; ++r, at += 4) {
     uint32_t u = 0;
-    for (int i = 0; i < 4; ++i) u |= static_cast<uint32_t>(static_cast<unsigned char>(bytes[at + i])) << (8 * i);
+    for (int i = 0; i < 4; ++i)
+      u |= static_cast<uint32_t>(static_cast<unsigned char>(bytes[at + i])) << (8 * i);
     out.peers.push_back(static_cast<int32_t>(u));
   }
   std::memcpy(out.unique_id.bytes.data(), bytes.data() + at, kNcclUniqueIdBytes);

@@ -48,10 +48,14 @@ bool DecodeHeader(const unsigned char* in, MessageTag* tag, uint64_t* bytes) {
   return true;
 }
 
-std::byte* At(void* base, size_t offset) { return static_cast<std::byte*>(base) + offset; }
+std::byte* At(void* base, size_t offset) {
+  return static_cast<std::byte*>(base) + offset;
+}
 
 // A peer that died or a broken network shows up as these; anything else is our bug or misuse.
-bool PeerFailure(NcclResult r) { return r == NcclResult::kRemoteError || r == NcclResult::kSystemError; }
+bool PeerFailure(NcclResult r) {
+  return r == NcclResult::kRemoteError || r == NcclResult::kSystemError;
+}
 
 }  // namespace
 
@@ -80,7 +84,9 @@ uint64_t NcclTransport::generation() const {
   return generation_;
 }
 
-void NcclTransport::CountDrop(DropReason reason) { drops_[static_cast<int>(reason)].fetch_add(1); }
+void NcclTransport::CountDrop(DropReason reason) {
+  drops_[static_cast<int>(reason)].fetch_add(1);
+}
 
 uint64_t NcclTransport::dropped_messages() const {
   uint64_t n = 0;
@@ -94,7 +100,9 @@ DropCounts NcclTransport::drop_counts() const {
   return out;
 }
 
-std::string NcclTransport::PeersText() const { return absl::StrJoin(peers_, ","); }
+std::string NcclTransport::PeersText() const {
+  return absl::StrJoin(peers_, ",");
+}
 
 void NcclTransport::AbortLocked(std::string why) {
   if (comm_ == nullptr) return;
@@ -106,15 +114,18 @@ void NcclTransport::AbortLocked(std::string why) {
 absl::Status NcclTransport::CheckUsable() const {
   if (shutdown_.load()) return absl::CancelledError("NCCL transport shut down");
   if (comm_ != nullptr) return absl::OkStatus();
-  if (generation_ == 0) return absl::FailedPreconditionError("no NCCL communicator yet: call Rebuild with a bootstrap");
+  if (generation_ == 0)
+    return absl::FailedPreconditionError("no NCCL communicator yet: call Rebuild with a bootstrap");
   return absl::FailedPreconditionError(absl::StrCat("NCCL communicator (generation ", generation_,
-                                                    ") is gone: ", broken_, "; Rebuild with a new bootstrap"));
+                                                    ") is gone: ", broken_,
+                                                    "; Rebuild with a new bootstrap"));
 }
 
 absl::StatusOr<int> NcclTransport::RankOf(int32_t peer, const std::string& field) const {
   auto it = rank_of_.find(peer);
   if (it == rank_of_.end()) {
-    return absl::InvalidArgumentError(absl::StrCat(field, ": peer ", peer, " is not in the NCCL communicator (generation ",
+    return absl::InvalidArgumentError(absl::StrCat(field, ": peer ", peer,
+                                                   " is not in the NCCL communicator (generation ",
                                                    generation_, ", peers ", PeersText(), ")"));
   }
   return it->second;
@@ -134,7 +145,8 @@ absl::Status NcclTransport::Rebuild(const NcclBootstrap& bootstrap, absl::Time d
   RETURN_IF_ERROR(ValidateNcclBootstrap(bootstrap));
   const auto self_it = std::find(bootstrap.peers.begin(), bootstrap.peers.end(), self_);
   if (self_it == bootstrap.peers.end()) {
-    return absl::InvalidArgumentError(absl::StrCat("bootstrap.peers: does not list this worker's peer id ", self_));
+    return absl::InvalidArgumentError(
+        absl::StrCat("bootstrap.peers: does not list this worker's peer id ", self_));
   }
   const int rank = static_cast<int>(self_it - bootstrap.peers.begin());
   const int nranks = static_cast<int>(bootstrap.peers.size());
@@ -156,8 +168,9 @@ absl::Status NcclTransport::Rebuild(const NcclBootstrap& bootstrap, absl::Time d
   std::unique_ptr<NcclComm> comm;
   const NcclResult started = api_->CommInitRank(nranks, bootstrap.unique_id, rank, &comm);
   if (started != NcclResult::kSuccess && started != NcclResult::kInProgress) {
-    const std::string text = absl::StrCat("NCCL refused to join generation ", generation_, " as rank ", rank, " of ",
-                                          nranks, ": ", NcclResultName(started), " ", api_->LastError(nullptr));
+    const std::string text =
+        absl::StrCat("NCCL refused to join generation ", generation_, " as rank ", rank, " of ", nranks, ": ",
+                     NcclResultName(started), " ", api_->LastError(nullptr));
     broken_ = text;
     return PeerFailure(started) ? absl::UnavailableError(text) : absl::InternalError(text);
   }
@@ -183,9 +196,9 @@ absl::Status NcclTransport::Rebuild(const NcclBootstrap& bootstrap, absl::Time d
       return PeerFailure(state) ? absl::UnavailableError(text) : absl::InternalError(text);
     }
     if (absl::Now() >= deadline) {
-      const std::string text = absl::StrCat("NCCL communicator generation ", generation_,
-                                            ": not every peer of ", PeersText(),
-                                            " joined by the deadline; attempt aborted");
+      const std::string text =
+          absl::StrCat("NCCL communicator generation ", generation_, ": not every peer of ", PeersText(),
+                       " joined by the deadline; attempt aborted");
       AbortLocked(text);
       return absl::UnavailableError(text);
     }
@@ -211,8 +224,9 @@ absl::Status NcclTransport::RunGroup(std::span<const Op> ops, const char* stage,
     if (failed == NcclResult::kSuccess && ended != NcclResult::kInProgress) failed = ended;
   }
   if (failed != NcclResult::kSuccess) {
-    const std::string text = absl::StrCat("NCCL ", stage, " stage could not be posted: ", NcclResultName(failed), " ",
-                                          api_->LastError(comm_.get()), "; communicator aborted");
+    const std::string text =
+        absl::StrCat("NCCL ", stage, " stage could not be posted: ", NcclResultName(failed), " ",
+                     api_->LastError(comm_.get()), "; communicator aborted");
     AbortLocked(text);
     return PeerFailure(failed) ? absl::UnavailableError(text) : absl::InternalError(text);
   }
@@ -230,7 +244,8 @@ absl::Status NcclTransport::Wait(std::span<const Op> ops, const char* stage, abs
   while (true) {
     if (shutdown_.load()) {
       AbortLocked("shut down");
-      return absl::CancelledError(absl::StrCat("NCCL transport shut down during the ", stage, " stage with ", who));
+      return absl::CancelledError(
+          absl::StrCat("NCCL transport shut down during the ", stage, " stage with ", who));
     }
     NcclResult state = NcclResult::kSuccess;
     const NcclResult r = api_->CommGetAsyncError(*comm_, &state);
@@ -248,9 +263,9 @@ absl::Status NcclTransport::Wait(std::span<const Op> ops, const char* stage, abs
       return PeerFailure(state) ? absl::UnavailableError(text) : absl::InternalError(text);
     }
     if (absl::Now() >= deadline) {
-      const std::string text = absl::StrCat("NCCL ", stage, " stage: no completion with ", who,
-                                            " by the round's deadline; communicator generation ", generation_,
-                                            " aborted");
+      const std::string text =
+          absl::StrCat("NCCL ", stage, " stage: no completion with ", who,
+                       " by the round's deadline; communicator generation ", generation_, " aborted");
       AbortLocked(text);
       return absl::UnavailableError(text);
     }
@@ -260,8 +275,9 @@ absl::Status NcclTransport::Wait(std::span<const Op> ops, const char* stage, abs
 }
 
 absl::StatusOr<std::vector<size_t>> NcclTransport::ExchangeCounts(std::span<const DeviceSend> sends,
-                                                                  std::span<const DeviceReceive> expect, bool host,
-                                                                  absl::Time deadline, absl::Status* mismatch) {
+                                                                  std::span<const DeviceReceive> expect,
+                                                                  bool host, absl::Time deadline,
+                                                                  absl::Status* mismatch) {
   RETURN_IF_ERROR(EnsureScratch(header_send_, sends.size() * kNcclHeaderBytes));
   RETURN_IF_ERROR(EnsureScratch(header_recv_, expect.size() * kNcclHeaderBytes));
   std::vector<unsigned char> headers(std::max(sends.size(), expect.size()) * kNcclHeaderBytes);
@@ -282,7 +298,8 @@ absl::StatusOr<std::vector<size_t>> NcclTransport::ExchangeCounts(std::span<cons
   }
   RETURN_IF_ERROR(RunGroup(ops, "counts", deadline));
   if (!expect.empty()) {
-    RETURN_IF_ERROR(api_->CopyFromBuffer(headers.data(), header_recv_.data, expect.size() * kNcclHeaderBytes));
+    RETURN_IF_ERROR(
+        api_->CopyFromBuffer(headers.data(), header_recv_.data, expect.size() * kNcclHeaderBytes));
   }
   std::vector<size_t> sizes(expect.size());
   for (size_t j = 0; j < expect.size(); ++j) {
@@ -297,9 +314,9 @@ absl::StatusOr<std::vector<size_t>> NcclTransport::ExchangeCounts(std::span<cons
     }
     if (bytes > expect[j].capacity) {
       CountDrop(DropReason::kTooLarge);
-      const std::string text =
-          absl::StrCat("peer ", peer, " announced ", bytes, " bytes for ", got.DebugString(), ", more than ",
-                       host ? "max_message_bytes " : "the pre-posted receive's capacity ", expect[j].capacity);
+      const std::string text = absl::StrCat(
+          "peer ", peer, " announced ", bytes, " bytes for ", got.DebugString(), ", more than ",
+          host ? "max_message_bytes " : "the pre-posted receive's capacity ", expect[j].capacity);
       AbortLocked(text);
       const std::string full = absl::StrCat(text, "; communicator generation ", generation_, " aborted");
       return host ? absl::InternalError(full) : absl::ResourceExhaustedError(full);
@@ -307,8 +324,8 @@ absl::StatusOr<std::vector<size_t>> NcclTransport::ExchangeCounts(std::span<cons
     if (!(got == expect[j].tag)) {
       CountDrop(got.step != expect[j].tag.step ? DropReason::kStepWindow : DropReason::kMalformed);
       if (mismatch->ok()) {
-        *mismatch = absl::InternalError(absl::StrCat("from peer ", peer, ": expected ", expect[j].tag.DebugString(),
-                                                     ", got ", got.DebugString(),
+        *mismatch = absl::InternalError(absl::StrCat("from peer ", peer, ": expected ",
+                                                     expect[j].tag.DebugString(), ", got ", got.DebugString(),
                                                      " (its payload was received and dropped)"));
       }
     }
@@ -329,8 +346,8 @@ absl::StatusOr<std::vector<size_t>> NcclTransport::RoundLocked(std::span<const D
           absl::StrCat(field, ".tag.sender: ", sends[i].tag.sender, ", but this worker is peer ", self_));
     }
     if (sends[i].bytes > options_.max_message_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(field, (host ? ".payload: " : ".bytes: "), sends[i].bytes,
-                                                     " bytes, more than max_message_bytes ",
+      return absl::InvalidArgumentError(absl::StrCat(field, (host ? ".payload: " : ".bytes: "),
+                                                     sends[i].bytes, " bytes, more than max_message_bytes ",
                                                      options_.max_message_bytes));
     }
     if (sends[i].bytes > 0 && sends[i].data == nullptr) {
@@ -342,10 +359,12 @@ absl::StatusOr<std::vector<size_t>> NcclTransport::RoundLocked(std::span<const D
     RETURN_IF_ERROR(RankOf(expect[j].peer, absl::StrCat(field, ".peer")).status());
     if (expect[j].tag.sender != expect[j].peer) {
       return absl::InvalidArgumentError(absl::StrCat(field, ".tag.sender: ", expect[j].tag.sender,
-                                                     ", but the message is expected from peer ", expect[j].peer));
+                                                     ", but the message is expected from peer ",
+                                                     expect[j].peer));
     }
     if (!host && expect[j].capacity > 0 && expect[j].data == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat(field, ".data: null with capacity ", expect[j].capacity));
+      return absl::InvalidArgumentError(
+          absl::StrCat(field, ".data: null with capacity ", expect[j].capacity));
     }
   }
 
@@ -367,7 +386,8 @@ absl::StatusOr<std::vector<size_t>> NcclTransport::RoundLocked(std::span<const D
     if (s.bytes > 0) ops.push_back(Op{rank_of_.at(s.peer), s.peer, const_cast<void*>(s.data), s.bytes, true});
   }
   for (size_t j = 0; j < expect.size(); ++j) {
-    if (sizes[j] > 0) ops.push_back(Op{rank_of_.at(expect[j].peer), expect[j].peer, expect[j].data, sizes[j], false});
+    if (sizes[j] > 0)
+      ops.push_back(Op{rank_of_.at(expect[j].peer), expect[j].peer, expect[j].data, sizes[j], false});
   }
   RETURN_IF_ERROR(RunGroup(ops, "payload", deadline));
   if (!mismatch.ok()) return mismatch;
@@ -406,7 +426,8 @@ absl::StatusOr<std::vector<Message>> NcclTransport::Exchange(std::span<const Out
   for (size_t j = 0; j < expect.size(); ++j) {
     out[j].tag = expect[j].tag;
     out[j].payload.resize(sizes[j]);
-    if (sizes[j] > 0) RETURN_IF_ERROR(api_->CopyFromBuffer(out[j].payload.data(), receives[j].data, sizes[j]));
+    if (sizes[j] > 0)
+      RETURN_IF_ERROR(api_->CopyFromBuffer(out[j].payload.data(), receives[j].data, sizes[j]));
   }
   return out;
 }
@@ -434,7 +455,8 @@ absl::Status NcclTransport::Send(int32_t peer, const MessageTag& tag, std::span<
 
 absl::StatusOr<Message> NcclTransport::ReceiveAny(absl::Time /*deadline*/) {
   return absl::UnimplementedError(
-      "NCCL cannot receive from whichever peer sends first: use ReceiveTagged or Exchange with the round's senders");
+      "NCCL cannot receive from whichever peer sends first: use ReceiveTagged or Exchange with the round's "
+      "senders");
 }
 
 absl::StatusOr<Message> NcclTransport::ReceiveTagged(const MessageTag& tag, absl::Time deadline) {

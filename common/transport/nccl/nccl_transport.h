@@ -103,7 +103,8 @@ class NcclTransport : public ActivationTransport {
     size_t capacity = 0;
   };
   absl::StatusOr<std::vector<size_t>> ExchangeDevice(std::span<const DeviceSend> sends,
-                                                     std::span<const DeviceReceive> expect, absl::Time deadline);
+                                                     std::span<const DeviceReceive> expect,
+                                                     absl::Time deadline);
 
   // ActivationTransport. Send is a round of one send: it returns when the peer has received it (its
   // ReceiveTagged), or UNAVAILABLE after options.send_timeout, so sender and receiver must run

@@ -34,11 +34,12 @@ TEST(NcclGpuTest, TwoRanksRoundTripOnTwoGpus) {
   absl::StatusOr<std::vector<Message>> got_a, got_b;
   std::thread rb([&] {
     std::vector<NcclTransport::OutgoingMessage> sends = {{0, from_b, to_a}};
-    std::vector<NcclTransport::ExpectedMessage> expect = {{0, from_a}, {0, MessageTag{MessageKind::kDispatch, 1, 1, 0, 0}}};
+    std::vector<NcclTransport::ExpectedMessage> expect = {
+        {0, from_a}, {0, MessageTag{MessageKind::kDispatch, 1, 1, 0, 0}}};
     got_b = b.Exchange(sends, expect, absl::Now() + absl::Seconds(30));
   });
-  std::vector<NcclTransport::OutgoingMessage> sends = {{1, from_a, to_b},
-                                                       {1, MessageTag{MessageKind::kDispatch, 1, 1, 0, 0}, {}}};
+  std::vector<NcclTransport::OutgoingMessage> sends = {
+      {1, from_a, to_b}, {1, MessageTag{MessageKind::kDispatch, 1, 1, 0, 0}, {}}};
   std::vector<NcclTransport::ExpectedMessage> expect = {{1, from_b}};
   got_a = a.Exchange(sends, expect, absl::Now() + absl::Seconds(30));
   rb.join();

@@ -62,9 +62,8 @@ class NcclTransportTest : public ::testing::Test {
       for (size_t i = 0; i < workers_.size(); ++i) members.push_back(i);
     }
     std::vector<absl::Status> st(members.size());
-    OnThreads(members.size(), [&](size_t k) {
-      st[k] = workers_[members[k]]->Rebuild(b, absl::Now() + absl::Seconds(10));
-    });
+    OnThreads(members.size(),
+              [&](size_t k) { st[k] = workers_[members[k]]->Rebuild(b, absl::Now() + absl::Seconds(10)); });
     for (const auto& s : st) ASSERT_TRUE(s.ok()) << s;
   }
   int32_t Peer(size_t i) const { return workers_[i]->self(); }
@@ -112,7 +111,8 @@ TEST_F(NcclTransportTest, TwoRanksRoundTrip) {
   MakeWorkers(2);
   JoinAll(Bootstrap(1));
   for (uint64_t step = 1; step <= 3; ++step) {
-    for (const auto& s : AllToAll({0, 1}, step, [](size_t, size_t) { return 1000; })) EXPECT_TRUE(s.ok()) << s;
+    for (const auto& s : AllToAll({0, 1}, step, [](size_t, size_t) { return 1000; }))
+      EXPECT_TRUE(s.ok()) << s;
   }
   EXPECT_EQ(hub_.pending_operations(), 0);
   EXPECT_EQ(hub_.aborts(), 0);
@@ -122,7 +122,9 @@ TEST_F(NcclTransportTest, FourRanksUnequalAndEmptyMessages) {
   MakeWorkers(4);
   JoinAll(Bootstrap(1));
   // Sizes differ per pair, and some are empty (no payload operation is posted for those).
-  auto size = [](size_t from, size_t to) -> size_t { return (from + 2 * to) % 3 == 0 ? 0 : 100 * from + 7 * to + 1; };
+  auto size = [](size_t from, size_t to) -> size_t {
+    return (from + 2 * to) % 3 == 0 ? 0 : 100 * from + 7 * to + 1;
+  };
   for (const auto& s : AllToAll({0, 1, 2, 3}, 1, size)) EXPECT_TRUE(s.ok()) << s;
   for (const auto& s : AllToAll({0, 1, 2, 3}, 2, [](size_t, size_t) { return 0; })) EXPECT_TRUE(s.ok()) << s;
   EXPECT_EQ(hub_.pending_operations(), 0);
@@ -134,7 +136,8 @@ TEST_F(NcclTransportTest, SeveralMessagesToOnePeerPairUpInOrder) {
   const auto a = Pattern(1, 2, 10), b = Pattern(3, 4, 300);
   std::vector<NcclTransport::OutgoingMessage> sends = {{Peer(1), Tag(Peer(0), 5, 0), a},
                                                        {Peer(1), Tag(Peer(0), 5, 1), b}};
-  std::vector<NcclTransport::ExpectedMessage> expect = {{Peer(0), Tag(Peer(0), 5, 0)}, {Peer(0), Tag(Peer(0), 5, 1)}};
+  std::vector<NcclTransport::ExpectedMessage> expect = {{Peer(0), Tag(Peer(0), 5, 0)},
+                                                        {Peer(0), Tag(Peer(0), 5, 1)}};
   absl::StatusOr<std::vector<Message>> got;
   absl::Status sent;
   OnThreads(2, [&](size_t k) {
@@ -157,7 +160,8 @@ TEST_F(NcclTransportTest, ActivationTransportSeamSendAndReceiveTagged) {
   absl::StatusOr<Message> got;
   OnThreads(2, [&](size_t k) {
     if (k == 0) sent = a.Send(b.self(), Tag(a.self(), 9, 2, MessageKind::kCombine), payload);
-    if (k == 1) got = b.ReceiveTagged(Tag(a.self(), 9, 2, MessageKind::kCombine), absl::Now() + absl::Seconds(10));
+    if (k == 1)
+      got = b.ReceiveTagged(Tag(a.self(), 9, 2, MessageKind::kCombine), absl::Now() + absl::Seconds(10));
   });
   ASSERT_TRUE(sent.ok()) << sent;
   ASSERT_TRUE(got.ok()) << got.status();
@@ -249,7 +253,8 @@ TEST_F(NcclTransportTest, RebuildAfterAWorkerRestartsKeepsTheSurvivors) {
     EXPECT_TRUE(s.ok()) << s;
   }
   // A stale bootstrap (same or older generation) is refused.
-  EXPECT_EQ(workers_[0]->Rebuild(next, absl::Now() + absl::Seconds(1)).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(workers_[0]->Rebuild(next, absl::Now() + absl::Seconds(1)).code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST_F(NcclTransportTest, RebuildWithoutEveryPeerIsUnavailableAtTheDeadline) {
@@ -361,10 +366,12 @@ TEST_F(NcclTransportTest, BadInputGetsAClearErrorBeforeAnythingIsPosted) {
   const auto big = Pattern(0, 1, 101);
   const auto ok = Pattern(0, 1, 10);
   const absl::Time deadline = absl::Now() + absl::Seconds(1);
-  std::vector<NcclTransport::OutgoingMessage> oversized = {{Peer(1), Tag(Peer(0), 1), ok}, {Peer(1), Tag(Peer(0), 1), big}};
+  std::vector<NcclTransport::OutgoingMessage> oversized = {{Peer(1), Tag(Peer(0), 1), ok},
+                                                           {Peer(1), Tag(Peer(0), 1), big}};
   auto s1 = workers_[0]->Exchange(oversized, {}, deadline);
   EXPECT_EQ(s1.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(s1.status().message(), HasSubstr("sends[1].payload: 101 bytes, more than max_message_bytes 100"));
+  EXPECT_THAT(s1.status().message(),
+              HasSubstr("sends[1].payload: 101 bytes, more than max_message_bytes 100"));
 
   std::vector<NcclTransport::OutgoingMessage> unknown = {{77, Tag(Peer(0), 1), ok}};
   auto s2 = workers_[0]->Exchange(unknown, {}, deadline);
@@ -372,7 +379,8 @@ TEST_F(NcclTransportTest, BadInputGetsAClearErrorBeforeAnythingIsPosted) {
   EXPECT_THAT(s2.status().message(), HasSubstr("sends[0].peer: peer 77 is not in the NCCL communicator"));
 
   std::vector<NcclTransport::ExpectedMessage> unknown_from = {{77, Tag(77, 1)}};
-  EXPECT_THAT(workers_[0]->Exchange({}, unknown_from, deadline).status().message(), HasSubstr("expect[0].peer: peer 77"));
+  EXPECT_THAT(workers_[0]->Exchange({}, unknown_from, deadline).status().message(),
+              HasSubstr("expect[0].peer: peer 77"));
 
   std::vector<NcclTransport::OutgoingMessage> forged = {{Peer(1), Tag(Peer(1), 1), ok}};
   EXPECT_THAT(workers_[0]->Exchange(forged, {}, deadline).status().message(),
