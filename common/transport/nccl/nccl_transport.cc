@@ -57,6 +57,13 @@ bool PeerFailure(NcclResult r) {
   return r == NcclResult::kRemoteError || r == NcclResult::kSystemError;
 }
 
+// The seam (activation_transport.h) calls a peer it cannot reach UNAVAILABLE: a transport whose
+// communicator is gone (aborted, not joined yet) cannot reach anyone.
+absl::Status AsSeamStatus(absl::Status s) {
+  if (s.code() != absl::StatusCode::kFailedPrecondition) return s;
+  return absl::UnavailableError(s.message());
+}
+
 }  // namespace
 
 NcclTransport::NcclTransport(int32_t self, NcclApi* api, NcclTransportOptions options)
@@ -450,7 +457,7 @@ absl::Status NcclTransport::Send(int32_t peer, const MessageTag& tag, std::span<
     }
   }
   const OutgoingMessage message{peer, tag, payload};
-  return Exchange(std::span(&message, 1), {}, absl::Now() + options_.send_timeout).status();
+  return AsSeamStatus(Exchange(std::span(&message, 1), {}, absl::Now() + options_.send_timeout).status());
 }
 
 absl::StatusOr<Message> NcclTransport::ReceiveAny(absl::Time /*deadline*/) {
@@ -461,8 +468,9 @@ absl::StatusOr<Message> NcclTransport::ReceiveAny(absl::Time /*deadline*/) {
 
 absl::StatusOr<Message> NcclTransport::ReceiveTagged(const MessageTag& tag, absl::Time deadline) {
   const ExpectedMessage expected{tag.sender, tag};
-  ASSIGN_OR_RETURN(std::vector<Message> messages, Exchange({}, std::span(&expected, 1), deadline));
-  return std::move(messages[0]);
+  auto messages = Exchange({}, std::span(&expected, 1), deadline);
+  if (!messages.ok()) return AsSeamStatus(messages.status());
+  return std::move((*messages)[0]);
 }
 
 void NcclTransport::Shutdown() {

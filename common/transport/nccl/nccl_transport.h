@@ -110,7 +110,8 @@ class NcclTransport : public ActivationTransport {
   // ReceiveTagged), or UNAVAILABLE after options.send_timeout, so sender and receiver must run
   // concurrently. ReceiveTagged is a round of one receive from tag.sender. ReceiveAny is
   // UNIMPLEMENTED: NCCL cannot receive from whoever sends first (expert workers that serve rounds
-  // from any attention worker need Exchange with the round's known senders).
+  // from any attention worker need Exchange with the round's known senders). Without a usable
+  // communicator both answer UNAVAILABLE, as the seam has it (Exchange says FAILED_PRECONDITION).
   int32_t self() const override { return self_; }
   absl::Status Send(int32_t peer, const MessageTag& tag, std::span<const std::byte> payload) override;
   absl::StatusOr<Message> ReceiveAny(absl::Time deadline) override;

@@ -227,6 +227,11 @@ TEST_F(NcclTransportTest, DeadPeerIsUnavailableWithinTheDeadlineAndAborts) {
   auto again = workers_[0]->Exchange({}, {}, absl::Now() + absl::Seconds(1));
   EXPECT_EQ(again.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(again.status().message(), HasSubstr("Rebuild"));
+  // Through the seam, a transport that reaches nobody is UNAVAILABLE.
+  EXPECT_EQ(workers_[0]->Send(Peer(1), Tag(Peer(0), 3), Pattern(0, 1, 4)).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(workers_[0]->ReceiveTagged(Tag(Peer(1), 3), absl::Now()).status().code(),
+            absl::StatusCode::kUnavailable);
 }
 
 TEST_F(NcclTransportTest, RebuildAfterAWorkerRestartsKeepsTheSurvivors) {
