@@ -56,6 +56,18 @@ int64_t FakeNcclHub::pending_operations() const {
   return n;
 }
 
+bool FakeNcclHub::FailCommunicator(const NcclUniqueId& id, int rank, NcclResult error,
+                                   const std::string& text) {
+  absl::MutexLock lock(&mu_);
+  auto it = cliques_.find(std::string(id.bytes.data(), id.bytes.size()));
+  if (it == cliques_.end()) return false;
+  auto member = it->second.members.find(rank);
+  if (member == it->second.members.end()) return false;
+  member->second->error = error;
+  member->second->last_error = text;
+  return true;
+}
+
 NcclUniqueId FakeNcclHub::NewId() {
   absl::MutexLock lock(&mu_);
   NcclUniqueId id;

@@ -39,6 +39,9 @@ class FakeNcclHub {
   int64_t inits() const;
   // Operations posted and not matched yet, over all communicators.
   int64_t pending_operations() const;
+  // Makes rank `rank` of communicator `id` report `error` (with `text` as NCCL's last error) from
+  // now on, as NCCL does when a network peer fails (ncclRemoteError). False if no such member.
+  bool FailCommunicator(const NcclUniqueId& id, int rank, NcclResult error, const std::string& text);
 
  private:
   friend class FakeNcclApi;

@@ -234,6 +234,27 @@ TEST_F(NcclTransportTest, DeadPeerIsUnavailableWithinTheDeadlineAndAborts) {
             absl::StatusCode::kUnavailable);
 }
 
+TEST_F(NcclTransportTest, AnAsynchronousNcclErrorEndsTheWaitEarlyAndAborts) {
+  MakeWorkers(2);
+  const NcclBootstrap b = Bootstrap(1);
+  JoinAll(b);
+  absl::StatusOr<std::vector<Message>> got;
+  const absl::Time start = absl::Now();
+  std::thread waiter([&] {
+    std::vector<NcclTransport::ExpectedMessage> expect = {{Peer(0), Tag(Peer(0), 1)}};
+    got = workers_[1]->Exchange({}, expect, absl::Now() + absl::Seconds(30));
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  ASSERT_TRUE(hub_.FailCommunicator(b.unique_id, 1, NcclResult::kRemoteError, "peer connection closed"));
+  waiter.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));  // long before the round's 30 s deadline
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(got.status().message(), HasSubstr("counts stage with peer 10 failed: ncclRemoteError"));
+  EXPECT_THAT(got.status().message(), HasSubstr("peer connection closed"));
+  EXPECT_EQ(hub_.aborts(), 1);
+  EXPECT_FALSE(workers_[1]->connected());
+}
+
 TEST_F(NcclTransportTest, RebuildAfterAWorkerRestartsKeepsTheSurvivors) {
   MakeWorkers(3);
   JoinAll(Bootstrap(1));
