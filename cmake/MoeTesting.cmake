@@ -14,7 +14,7 @@ include(GoogleTest)
 # a regular expression). The target moe_threaded_tests builds them all: the ThreadSanitizer pass of
 # scripts/test.sh builds only that target and runs `ctest -L threaded`.
 set(MOE_THREADED_TEST_TARGETS
-    "^(transport|tagged_inbox|ucx_transport|expert_shard_server|embedded_experts|kernels_cpu|attention_worker|expert_worker|router_admission)_test$")
+    "^(transport|tagged_inbox|ucx_transport|nccl_transport|expert_shard_server|embedded_experts|kernels_cpu|attention_worker|expert_worker|router_admission)_test$")
 if(NOT TARGET moe_threaded_tests)
   add_custom_target(moe_threaded_tests)
 endif()
