@@ -63,7 +63,7 @@ if [[ "${MOE_SKIP_SANITIZERS:-0}" != 1 ]]; then
   # 5-10 minutes each under ASan on 2 cores; they run in the main pass, and the code they exercise
   # under ASan here is the same as EngineTest's in-process failover and migration tests and
   # ClusterTest's.
-  asan_exclude+='|^ReplicatedExpertFailoverTest\.|^AttentionWorkerFailoverTest\.'
+  asan_exclude+='|^ReplicatedExpertFailoverTest\.|^Signals/AttentionWorkerFailoverTest\.'
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_ctest asan build-asan -j 2 -LE gpu -E "${asan_exclude}" --timeout 900
 

@@ -30,36 +30,58 @@ struct BatchSegment {
 
 class AttentionBlock {
  public:
-  // None of the pointers is owned. `dispatcher` may be null for dense models.
+  // None of the pointers is owned. `dispatcher` may be null for dense models. `micro_batches` (1 or
+  // 2): with 2, a step of at least two sequences is split into two micro-batches of about half the
+  // tokens each (at sequence boundaries) that ping-pong through the MoE layers: while one
+  // micro-batch's experts compute, the other's attention runs (docs/architecture.md#micro-batches).
+  // Every row of every kernel is independent of the other rows, so the outputs are the same bits
+  // either way.
   AttentionBlock(const model::ModelConfig& config, const model::DenseWeights* weights, KvCache* kv_cache,
-                 MoeDispatcher* dispatcher);
+                 MoeDispatcher* dispatcher, int micro_batches = 1);
 
   // Runs the step. logits: [segments with want_logits, vocab] fp32 (the bf16 lm_head output
   // upcast), in segment order. Errors from the data plane (UNAVAILABLE) fail the whole step.
   absl::Status Forward(uint64_t step, std::span<const BatchSegment> segments, std::vector<float>* logits);
 
   int64_t max_positions() const { return rope_.max_positions; }
+  // Micro-batches the last Forward ran (1 or 2).
+  int last_micro_batches() const { return last_micro_batches_; }
 
  private:
-  absl::Status MoeLayer(uint64_t step, int64_t layer, const bf16* h, int64_t num_tokens, bf16* out);
-  void DenseMlp(const model::MlpWeights& w, const bf16* h, int64_t num_tokens, bf16* out);
+  // One micro-batch's rows and its scratch (reused across steps: grown, never shrunk; a fresh
+  // multi-100 KB allocation per step is an mmap and a page fault per page, which showed up at ~10%
+  // of a decode step).
+  struct MicroBatch {
+    std::span<const BatchSegment> segments;
+    int64_t num_tokens = 0;
+    std::vector<int32_t> ids;
+    std::vector<int64_t> positions;
+    std::vector<bf16> x, h, branch, q, k, v, attn, router_logits;
+    std::vector<int32_t> expert_ids;
+    std::vector<float> expert_weights;
+    std::vector<bf16> mlp_gate, mlp_up;
+    DispatchHandle pending;  // the MoE round in flight, between Dispatch and Combine
+  };
+  // Embeds the micro-batch's tokens into mb->x.
+  void Prepare(MicroBatch* mb);
+  // Layer `layer`'s attention (x += attention) and post-attention norm (into h).
+  void Attention(MicroBatch* mb, int64_t layer, float scale);
+  // The MLP of `layer` after Attention: a dense MLP finishes it (x += mlp); a MoE layer runs the
+  // gate and dispatches the round, which FinishMoe completes.
+  absl::Status StartMlp(MicroBatch* mb, uint64_t step, int64_t layer, uint32_t micro_batch);
+  absl::Status FinishMoe(MicroBatch* mb);
+  void DenseMlp(MicroBatch* mb, const model::MlpWeights& w);
 
   const model::ModelConfig config_;
   const model::DenseWeights* weights_;
   KvCache* kv_cache_;
   MoeDispatcher* dispatcher_;
+  int micro_batches_;
   kernels::cpu::RopeTable rope_;
 
-  // Scratch reused across steps (grown, never shrunk): a fresh multi-100 KB allocation per step is
-  // an mmap and a page fault per page, which showed up at ~10% of a decode step.
-  struct Scratch {
-    std::vector<int32_t> ids;
-    std::vector<int64_t> positions;
-    std::vector<bf16> x, h, branch, q, k, v, attn, last, logits_bf16, router_logits;
-    std::vector<int32_t> expert_ids;
-    std::vector<float> expert_weights;
-    std::vector<bf16> mlp_gate, mlp_up;
-  } scratch_;
+  MicroBatch micro_[2];
+  int last_micro_batches_ = 1;
+  std::vector<bf16> last_, logits_bf16_;
 };
 
 }  // namespace moe::engine

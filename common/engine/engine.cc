@@ -55,7 +55,12 @@ absl::Status Engine::BuildStepState() {
   }
   ASSIGN_OR_RETURN(kv_cache_,
                    KvCache::Create(config_, options_.kv_block_size, static_cast<int32_t>(num_blocks)));
-  attention_ = std::make_unique<AttentionBlock>(config_, dense_.get(), kv_cache_.get(), dispatcher_.get());
+  if (options_.micro_batches != 1 && options_.micro_batches != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("micro_batches: must be 1 or 2, got ", options_.micro_batches));
+  }
+  attention_ = std::make_unique<AttentionBlock>(config_, dense_.get(), kv_cache_.get(), dispatcher_.get(),
+                                                options_.micro_batches);
   scheduler_ = std::make_unique<Scheduler>(
       SchedulerOptions{options_.max_num_seqs, options_.max_step_tokens, options_.kv_block_size},
       &kv_cache_->pool());
@@ -241,6 +246,7 @@ std::vector<TokenEvent> Engine::Step() {
   }
   absl::Status status = attention_->Forward(step_, segments, &logits);
   stats.forward = absl::Now() - forward_start;
+  stats.micro_batches = attention_->last_micro_batches();
   if (dispatcher_ != nullptr) {
     std::tie(stats.dispatch, stats.combine) = dispatcher_->TakeTimes();
     stats.expert_resends = static_cast<int64_t>(dispatcher_->TakeResends());

@@ -38,6 +38,9 @@ struct EngineOptions {
   int64_t num_kv_blocks = 0;  // if > 0, overrides kv_cache_bytes
   int64_t max_model_len = 0;  // 0: the model's max_position_embeddings
   absl::Duration moe_timeout = absl::Seconds(30);
+  // 1 or 2: with 2, a step of several sequences runs as two micro-batches that ping-pong through
+  // the MoE layers (AttentionBlock); outputs are the same bits either way.
+  int micro_batches = 1;
 };
 
 enum class FinishReason { kNone = 0, kStop, kLength, kAbort, kError };
@@ -84,6 +87,7 @@ struct StepStats {
   absl::Duration dispatch;         // MoE dispatch, summed over layers
   absl::Duration combine;          // MoE combine (incl. waiting for experts), summed over layers
   int64_t expert_resends = 0;      // parts of MoE rounds re-sent to another replica (failover)
+  int64_t micro_batches = 1;       // micro-batches the forward pass ran (EngineOptions::micro_batches)
 };
 
 class Engine {

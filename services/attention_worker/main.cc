@@ -31,6 +31,9 @@ ABSL_FLAG(int64_t, num_kv_blocks, 0, "KV cache blocks (overrides --kv_cache_gib 
 ABSL_FLAG(int64_t, kv_block_size, 16, "tokens per KV block");
 ABSL_FLAG(int64_t, max_num_seqs, 256, "sequences per step");
 ABSL_FLAG(int64_t, max_step_tokens, 512, "token budget per step (chunked prefill)");
+ABSL_FLAG(int, micro_batches, 1,
+          "1 or 2: with 2, a step of several sequences runs as two micro-batches whose attention and "
+          "expert rounds overlap (ping-pong); outputs are identical");
 
 int main(int argc, char** argv) {
   auto service = moe::rpc::ServiceMain::Init(
@@ -73,6 +76,11 @@ int main(int argc, char** argv) {
   options.engine.kv_block_size = absl::GetFlag(FLAGS_kv_block_size);
   options.engine.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
   options.engine.max_step_tokens = absl::GetFlag(FLAGS_max_step_tokens);
+  options.engine.micro_batches = absl::GetFlag(FLAGS_micro_batches);
+  if (options.engine.micro_batches != 1 && options.engine.micro_batches != 2) {
+    return service->Fail("--micro_batches must be 1 or 2, got " +
+                         std::to_string(options.engine.micro_batches));
+  }
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
   options.connector.credentials = service->client_credentials();
   // A send to a dead expert worker must not outlast the round's own deadline.
@@ -91,9 +99,9 @@ int main(int argc, char** argv) {
   moe::rpc::ServiceMain* main_service = service.get();
   (*worker)->Start([main_service](bool ready) {
     if (ready) {
-      LOG(INFO) << "every expert worker connected: SERVING";
+      LOG(INFO) << "every expert shard has a connected worker: SERVING";
     } else {
-      LOG(WARNING) << "an expert worker is missing: NOT_SERVING";
+      LOG(WARNING) << "an expert shard has no connected worker: NOT_SERVING";
     }
     main_service->SetReady(ready);
   });
@@ -101,7 +109,11 @@ int main(int argc, char** argv) {
   service->SetStarted();
 
   service->WaitForTerminationSignal();
-  // Streams still open end with UNAVAILABLE (the router retries elsewhere), then the server stops.
+  // Drain: NOT_SERVING first, so the router places nothing new here; then the streams still open
+  // end with UNAVAILABLE, which hands each back to the router, and the router migrates it to another
+  // attention worker as prompt + tokens streamed (docs/architecture.md, "Request migration").
+  main_service->SetReady(false);
+  LOG(INFO) << "terminating: NOT_SERVING; handing the open streams back to the router for migration";
   (*worker)->Stop();
   service->server()->Shutdown(absl::Seconds(2));
   return 0;

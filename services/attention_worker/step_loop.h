@@ -3,10 +3,10 @@
 // by the loop between steps. The loop runs Step() while there is work and routes each TokenEvent to
 // its GenerateStream.
 //
-// Expert workers: the loop steps only while `ready()` (every expert worker connected). A step whose
-// requests end with an UNAVAILABLE data-plane error calls `on_data_plane_failure()`; while not
-// ready, new requests are refused with UNAVAILABLE and the requests held are cancelled in the engine
-// (freeing their KV blocks) and end with UNAVAILABLE, so nothing waits for an expert worker.
+// Expert workers: the loop steps only while `ready()` (every expert shard has a connected worker). A step
+// whose requests end with an UNAVAILABLE data-plane error calls `on_data_plane_failure()`; while not ready,
+// new requests are refused with UNAVAILABLE and the requests held are cancelled in the engine (freeing their
+// KV blocks) and end with UNAVAILABLE, so nothing waits for an expert worker.
 //
 // Thread safety: Submit, Cancel and Load are thread-safe; Start/Stop from one control thread.
 #ifndef MOE_SERVICES_ATTENTION_WORKER_STEP_LOOP_H_

@@ -217,10 +217,17 @@ v1::GenerateRequest StreamRequest(int i, int max_new_tokens) {
 class InFlightStreams {
  public:
   InFlightStreams(const std::string& router, int count, int max_new_tokens = kLongMaxNewTokens)
-      : outcomes_(static_cast<size_t>(count)) {
-    for (int i = 0; i < count; ++i) {
-      threads_.emplace_back([this, router, i, max_new_tokens] { Run(router, i, max_new_tokens); });
+      : InFlightStreams(router, StreamRequests(count, max_new_tokens)) {}
+  InFlightStreams(const std::string& router, std::vector<v1::GenerateRequest> requests)
+      : outcomes_(requests.size()) {
+    for (size_t i = 0; i < requests.size(); ++i) {
+      threads_.emplace_back([this, router, i, request = requests[i]] { Run(router, i, request); });
     }
+  }
+  static std::vector<v1::GenerateRequest> StreamRequests(int count, int max_new_tokens) {
+    std::vector<v1::GenerateRequest> requests;
+    for (int i = 0; i < count; ++i) requests.push_back(StreamRequest(i, max_new_tokens));
+    return requests;
   }
   ~InFlightStreams() { Join(); }
 
@@ -240,7 +247,7 @@ class InFlightStreams {
   }
 
  private:
-  void Run(const std::string& router, int i, int max_new_tokens) {
+  void Run(const std::string& router, size_t i, const v1::GenerateRequest& request) {
     bool counted = false;
     auto count_first_token = [&](const v1::GenerateResponse& response) {
       if (counted || response.tokens_size() == 0) return;
@@ -250,8 +257,7 @@ class InFlightStreams {
     };
     // A bound so that a hang fails the test instead of blocking it; far above the 10 s asserted, and
     // above the 2-3 minutes that 400 tokens take under ASan on 2 cores.
-    outcomes_[static_cast<size_t>(i)] =
-        Generate(router, StreamRequest(i, max_new_tokens), absl::Minutes(8), count_first_token);
+    outcomes_[i] = Generate(router, request, absl::Minutes(8), count_first_token);
     if (!counted) {
       absl::MutexLock lock(&mu_);
       ++ended_early_;
@@ -402,38 +408,41 @@ TEST_F(HungExpertWorkerTest, StreamsFailUnavailableWithinTheMoeTimeoutAndTheClus
   ExpectClusterMatchesEmbedded(CheckRequests());
 }
 
-class AttentionWorkerFailoverTest : public FailoverTest {
+// Request migration: the streams of an attention worker that is killed (SIGKILL) or stopped
+// (SIGTERM: it turns NOT_SERVING and hands its open streams back) move to the other one as prompt +
+// tokens already streamed, and every client's stream simply goes on: no failed request, and every
+// output (tokens and logprobs) is the one an uninterrupted embedded run gives, for greedy and for
+// seeded sampling (the sampler's draws are keyed by seed and generated-token index).
+class AttentionWorkerFailoverTest : public FailoverTest, public ::testing::WithParamInterface<int> {
  protected:
   ClusterShape Shape() const override { return {.attention_workers = 2}; }
 };
 
-// Request migration: the streams of a killed attention worker move to the other one as prompt +
-// tokens already streamed, and every client's stream simply goes on: no failed request, and every
-// output (tokens and logprobs) is the one an uninterrupted embedded run gives.
-TEST_F(AttentionWorkerFailoverTest, KilledAttentionWorkersStreamsMigrateAndFinishExactly) {
-  // Long enough that every stream is still running when the loads are read and the victim killed.
-  constexpr int kShortMaxNewTokens = 400;
+TEST_P(AttentionWorkerFailoverTest, StreamsOfAStoppedAttentionWorkerMigrateAndFinishExactly) {
+  constexpr int kStreams = 32;
+  constexpr int kMaxNewTokens = 64;
   int survivor = 0;
-  std::vector<v1::GenerateRequest> requests;
-  for (int i = 0; i < kNumStreams; ++i) {
-    requests.push_back(
-        GreedyRequest(PseudoRandomPrompt(4 + 3 * i, 500u + static_cast<uint32_t>(i)), kShortMaxNewTokens));
+  std::vector<v1::GenerateRequest> requests = InFlightStreams::StreamRequests(kStreams, kMaxNewTokens);
+  for (int i = 1; i < kStreams; i += 2) {  // every other stream sampled, seeded
+    requests[static_cast<size_t>(i)].mutable_sampling()->set_temperature(0.8f);
+    requests[static_cast<size_t>(i)].mutable_sampling()->set_seed(static_cast<uint64_t>(1000 + i));
   }
   const absl::StatusOr<std::vector<GenerateResult>> expected =
       moe::testing::GenerateEmbedded(model_, requests);
   ASSERT_TRUE(expected.ok()) << expected.status();
   {
-    InFlightStreams streams(router_address_, kNumStreams, kShortMaxNewTokens);
-    ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(60))) << "streams did not start";
+    InFlightStreams streams(router_address_, requests);
+    ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(120))) << "streams did not start";
     // How the router spreads the streams depends on when its load polls land, so the victim is the
-    // worker holding the most streams: the kill always hits some.
+    // worker holding the most streams: the signal always hits some.
     const int running_on_0 = AttentionLoad(0).num_running();
     const int running_on_1 = AttentionLoad(1).num_running();
     const int victim = running_on_1 >= running_on_0 ? 1 : 0;
     survivor = 1 - victim;
     ASSERT_GT(std::max(running_on_0, running_on_1), 0);
-    ASSERT_NO_FATAL_FAILURE(
-        Kill(*attention_[static_cast<size_t>(victim)], absl::StrCat("attention-", victim)));
+    ChildProcess& stopped = *attention_[static_cast<size_t>(victim)];
+    stopped.Signal(GetParam());
+    ASSERT_TRUE(stopped.Wait(absl::Seconds(30)).has_value()) << "attention-" << victim << " did not exit";
     const std::vector<GenerateResult>& outcomes = streams.Join();
     for (size_t i = 0; i < outcomes.size(); ++i) {
       ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message() << "\n"
@@ -448,6 +457,11 @@ TEST_F(AttentionWorkerFailoverTest, KilledAttentionWorkersStreamsMigrateAndFinis
   EXPECT_TRUE(attention_[static_cast<size_t>(survivor)]->Running());
   ExpectClusterMatchesEmbedded(CheckRequests());
 }
+
+INSTANTIATE_TEST_SUITE_P(Signals, AttentionWorkerFailoverTest, ::testing::Values(SIGKILL, SIGTERM),
+                         [](const ::testing::TestParamInfo<int>& info) {
+                           return std::string(info.param == SIGKILL ? "Sigkill" : "Sigterm");
+                         });
 
 // Expert replicas (docs/architecture.md#expert-replicas-and-failover): four expert workers hold two
 // copies of two shards (workers 0 and 2 hold shard 0, workers 1 and 3 shard 1). An expert worker

@@ -1,5 +1,6 @@
 #include "common/engine/engine.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -42,15 +43,19 @@ struct Output {
 };
 
 // Steps until no work is left. `preemptions`, if set, receives the scheduler's preemptions summed
-// over the steps that ran a forward pass.
+// over the steps that ran a forward pass; `max_micro_batches`, the most micro-batches a step ran.
 std::map<std::string, Output> RunToCompletion(Engine& engine, int max_steps = 10000,
-                                              int64_t* preemptions = nullptr) {
+                                              int64_t* preemptions = nullptr,
+                                              int64_t* max_micro_batches = nullptr) {
   std::map<std::string, Output> outputs;
   for (int step = 0; engine.HasWork() && step < max_steps; ++step) {
     const uint64_t steps_before = engine.steps();
     const std::vector<TokenEvent> events = engine.Step();
     if (preemptions != nullptr && engine.steps() != steps_before) {
       *preemptions += engine.last_step_stats().num_preemptions;
+    }
+    if (max_micro_batches != nullptr && engine.steps() != steps_before) {
+      *max_micro_batches = std::max(*max_micro_batches, engine.last_step_stats().micro_batches);
     }
     for (const TokenEvent& e : events) {
       Output& o = outputs[e.request_id];
@@ -442,6 +447,48 @@ TEST(EngineTest, ReplicatedExpertsFailOverWithoutChangingTheOutputs) {
     EXPECT_EQ(got.tokens, want.tokens) << id;
     EXPECT_TRUE(BitEqual(got.logprobs, want.logprobs)) << id;
   }
+}
+
+// Ping-pong micro-batches (docs/architecture.md#micro-batches): two micro-batches, on one shard,
+// three shards or two shards with two copies each, give the bits of one micro-batch on one shard.
+TEST(EngineTest, TwoMicroBatchesGiveTheSameOutputsAsOne) {
+  EngineOptions two;
+  two.micro_batches = 2;
+  two.max_step_tokens = 40;  // chunked prefill: steps mix prompt chunks and decode tokens
+  auto reference = MakeEngine("bf16");
+  ASSERT_NE(reference, nullptr);
+  std::vector<std::unique_ptr<Engine>> engines;
+  engines.push_back(MakeEngine("bf16", two));
+  engines.push_back(MakeEngine("bf16", two, /*shards=*/3));
+  engines.push_back(MakeEngine("bf16", two, /*shards=*/2, "tiny", /*replicas=*/2));
+  for (const auto& e : engines) ASSERT_NE(e, nullptr);
+  auto add = [](Engine& engine) {
+    for (int i = 0; i < 6; ++i) {
+      ASSERT_TRUE(
+          engine.AddRequest(GreedyRequest(absl::StrCat("r", i), PseudoRandomPrompt(3 + 11 * i, 60 + i), 12))
+              .ok());
+    }
+  };
+  add(*reference);
+  const auto expected = RunToCompletion(*reference);
+  for (size_t e = 0; e < engines.size(); ++e) {
+    add(*engines[e]);
+    int64_t micro_batches = 0;
+    const auto got = RunToCompletion(*engines[e], 10000, nullptr, &micro_batches);
+    EXPECT_EQ(micro_batches, 2) << "engine " << e;
+    ASSERT_EQ(got.size(), expected.size()) << "engine " << e;
+    for (const auto& [id, want] : expected) {
+      const Output& o = got.at(id);
+      EXPECT_EQ(o.finish, FinishReason::kLength) << "engine " << e << " " << id << ": " << o.error;
+      EXPECT_EQ(o.tokens, want.tokens) << "engine " << e << " " << id;
+      EXPECT_TRUE(BitEqual(o.logprobs, want.logprobs)) << "engine " << e << " " << id;
+    }
+  }
+  EngineOptions three;
+  three.micro_batches = 3;
+  auto bad = Engine::CreateEmbedded(moe::testing::TestModelDir("tiny", "bf16"), three, 1);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()), HasSubstr("micro_batches"));
 }
 
 TEST(EngineTest, ALostShardWithEveryReplicaDeadFailsTheStepUnavailable) {
