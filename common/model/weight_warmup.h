@@ -7,7 +7,7 @@
 // Each chunk is populated with madvise(MADV_POPULATE_READ) (Linux >= 5.14: one call maps the whole
 // chunk, reading what is missing); on older kernels with MADV_WILLNEED readahead and one read per
 // page. Progress goes to the load-progress sink (load_progress.h) in bytes, at most about once a
-// second and once at the end.
+// second and once at the end (docs/operations.md#loading-the-weights).
 //
 // Thread safety: WarmUp may run concurrently with itself; it starts and joins its own threads.
 #ifndef MOE_COMMON_MODEL_WEIGHT_WARMUP_H_
@@ -36,16 +36,17 @@ struct WarmUpOptions {
 };
 
 struct WarmUpResult {
-  int64_t bytes = 0;        // bytes of the merged, page-aligned ranges
-  double seconds = 0;       // wall time
-  int num_threads = 0;      // threads used
-  bool populate = false;    // every chunk took MADV_POPULATE_READ (else some took the touch loop)
+  int64_t bytes = 0;      // bytes of the merged, page-aligned ranges
+  double seconds = 0;     // wall time
+  int num_threads = 0;    // threads used
+  bool populate = false;  // every chunk took MADV_POPULATE_READ (else some took the touch loop)
   double BytesPerSecond() const { return seconds > 0 ? static_cast<double>(bytes) / seconds : 0; }
 };
 
 // Faults every page of `ranges` in; reports progress under `stage`. Null or empty ranges are
 // skipped. Never fails: a page that cannot be read would fault the same way when first used.
-WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, const WarmUpOptions& options = {});
+WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges,
+                    const WarmUpOptions& options = {});
 
 // The page-aligned, sorted union of `ranges` (what WarmUp reads); exposed for tests.
 std::vector<MemoryRange> MergePageRanges(std::vector<MemoryRange> ranges);
