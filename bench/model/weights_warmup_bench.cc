@@ -34,7 +34,8 @@ std::vector<std::string> SafetensorsFiles(const std::string& dir) {
   if (DIR* d = opendir(dir.c_str())) {
     while (dirent* e = readdir(d)) {
       const std::string name = e->d_name;
-      if (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors") files.push_back(dir + "/" + name);
+      if (name.size() > 12 && name.substr(name.size() - 12) == ".safetensors")
+        files.push_back(dir + "/" + name);
     }
     closedir(d);
   }
@@ -49,7 +50,8 @@ double CachedFraction(const std::vector<std::string>& files) {
     const int fd = open(f.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) continue;
     const off_t size = lseek(fd, 0, SEEK_END);
-    void* map = size > 0 ? mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
+    void* map =
+        size > 0 ? mmap(nullptr, static_cast<size_t>(size), PROT_READ, MAP_PRIVATE, fd, 0) : MAP_FAILED;
     close(fd);
     if (map == MAP_FAILED) continue;
     std::vector<unsigned char> vec(static_cast<size_t>((size + page - 1) / page));
@@ -78,7 +80,9 @@ int Run(int argc, char** argv) {
   int threads = 0;
   bool touch = false;
   bool evict = false;
-  app.add_option("--model", model_dir, "Hugging Face model directory")->required()->check(CLI::ExistingDirectory);
+  app.add_option("--model", model_dir, "Hugging Face model directory")
+      ->required()
+      ->check(CLI::ExistingDirectory);
   app.add_option("--threads", threads, "Warm-up threads (0: the default)")->check(CLI::Range(0, 256));
   app.add_flag("--touch", touch, "Readahead + one read per page instead of MADV_POPULATE_READ");
   app.add_flag("--evict", evict, "Drop the checkpoint from the page cache first (a cold start)");
@@ -86,8 +90,8 @@ int Run(int argc, char** argv) {
 
   const std::vector<std::string> files = SafetensorsFiles(model_dir);
   if (evict) Evict(files);
-  std::printf("page cache: %.0f%% of the checkpoint cached before the warm-up%s\n", 100 * CachedFraction(files),
-              evict ? " (after --evict)" : "");
+  std::printf("page cache: %.0f%% of the checkpoint cached before the warm-up%s\n",
+              100 * CachedFraction(files), evict ? " (after --evict)" : "");
   auto config = ModelConfig::FromFile(model_dir + "/config.json");
   if (!config.ok()) return std::fprintf(stderr, "%s\n", config.status().ToString().c_str()), 1;
   auto checkpoint = Checkpoint::Open(model_dir);
@@ -119,4 +123,6 @@ int Run(int argc, char** argv) {
 }  // namespace
 }  // namespace moe::model
 
-int main(int argc, char** argv) { return moe::model::Run(argc, argv); }
+int main(int argc, char** argv) {
+  return moe::model::Run(argc, argv);
+}

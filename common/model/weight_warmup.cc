@@ -52,8 +52,8 @@ std::vector<MemoryRange> MergePageRanges(std::vector<MemoryRange> ranges) {
   for (const MemoryRange& r : ranges) {
     if (r.data == nullptr || r.bytes <= 0) continue;
     const uintptr_t begin = reinterpret_cast<uintptr_t>(r.data) & ~(page - 1);
-    const uintptr_t end = (reinterpret_cast<uintptr_t>(r.data) + static_cast<uintptr_t>(r.bytes) + page - 1) &
-                          ~(page - 1);
+    const uintptr_t end =
+        (reinterpret_cast<uintptr_t>(r.data) + static_cast<uintptr_t>(r.bytes) + page - 1) & ~(page - 1);
     spans.emplace_back(begin, end);
   }
   std::sort(spans.begin(), spans.end());
@@ -97,9 +97,7 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
   std::atomic<bool> all_populate{true};
   std::mutex report_mu;
   Clock::time_point last_report = start;
-  auto seconds_since_start = [&start] {
-    return std::chrono::duration<double>(Clock::now() - start).count();
-  };
+  auto seconds_since_start = [&start] { return std::chrono::duration<double>(Clock::now() - start).count(); };
   auto work = [&] {
     for (size_t i = next.fetch_add(1); i < chunks.size(); i = next.fetch_add(1)) {
       if (!PopulateChunk(static_cast<const uint8_t*>(chunks[i].data), static_cast<size_t>(chunks[i].bytes),
@@ -124,8 +122,11 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
   for (std::thread& t : threads) t.join();
   result.seconds = seconds_since_start();
   result.populate = all_populate.load();
-  ReportLoadProgress(LoadProgress{
-      .stage = stage, .unit = LoadProgress::Unit::kByte, .done = total, .total = total, .seconds = result.seconds});
+  ReportLoadProgress(LoadProgress{.stage = stage,
+                                  .unit = LoadProgress::Unit::kByte,
+                                  .done = total,
+                                  .total = total,
+                                  .seconds = result.seconds});
   return result;
 }
 

@@ -55,7 +55,8 @@ class MappedFile {
     }
     const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
     EXPECT_GE(fd, 0);
-    data_ = static_cast<const uint8_t*>(mmap(nullptr, static_cast<size_t>(bytes_), PROT_READ, MAP_PRIVATE, fd, 0));
+    data_ = static_cast<const uint8_t*>(
+        mmap(nullptr, static_cast<size_t>(bytes_), PROT_READ, MAP_PRIVATE, fd, 0));
     close(fd);
     EXPECT_NE(data_, MAP_FAILED);
   }
@@ -72,12 +73,12 @@ TEST(WeightWarmupTest, MergePageRangesAlignsSortsAndMergesOverlapsAndNeighbours)
   alignas(4096) static uint8_t arena[16 * 4096];
   if (kPage != 4096) GTEST_SKIP() << "the arena assumes 4 KiB pages";
   const std::vector<MemoryRange> merged = MergePageRanges({
-      {arena + 9 * kPage + 10, 100},  // inside page 9
-      {arena + 100, 2 * kPage},       // pages 0-2 (unaligned at both ends)
-      {arena + 3 * kPage, kPage},     // page 3: adjacent to the one above, merged
-      {nullptr, 4096},                // skipped
-      {arena + 9 * kPage, 0},         // empty: skipped
-      {arena + 9 * kPage, 2 * kPage}, // pages 9-10, overlapping the first
+      {arena + 9 * kPage + 10, 100},   // inside page 9
+      {arena + 100, 2 * kPage},        // pages 0-2 (unaligned at both ends)
+      {arena + 3 * kPage, kPage},      // page 3: adjacent to the one above, merged
+      {nullptr, 4096},                 // skipped
+      {arena + 9 * kPage, 0},          // empty: skipped
+      {arena + 9 * kPage, 2 * kPage},  // pages 9-10, overlapping the first
   });
   ASSERT_EQ(merged.size(), 2u);
   EXPECT_EQ(merged[0].data, arena);
@@ -93,8 +94,9 @@ TEST_P(WeightWarmupPathTest, MapsEveryPageOfTheRangesIntoThePageTables) {
   MappedFile file(dir, 64);
   ASSERT_EQ(MappingRssBytes(file.data()), 0) << "nothing touched yet";
   // Two ranges with a gap of 8 pages; several chunks per range, 3 threads.
-  const WarmUpResult result = WarmUp("test", {{file.data(), 20 * kPage}, {file.data() + 28 * kPage, 36 * kPage}},
-                                      WarmUpOptions{.num_threads = 3, .chunk_bytes = 4 * kPage, .populate_read = GetParam()});
+  const WarmUpResult result =
+      WarmUp("test", {{file.data(), 20 * kPage}, {file.data() + 28 * kPage, 36 * kPage}},
+             WarmUpOptions{.num_threads = 3, .chunk_bytes = 4 * kPage, .populate_read = GetParam()});
   EXPECT_EQ(result.bytes, 56 * kPage);
   EXPECT_EQ(result.num_threads, 3);
   EXPECT_GE(result.seconds, 0);
@@ -113,8 +115,8 @@ TEST(WeightWarmupTest, ReportsBytesUpToTheTotalAndEndsWithTheTotal) {
   MappedFile file(dir, 32);
   std::vector<LoadProgress> reports;
   SetLoadProgressSink([&reports](const LoadProgress& p) { reports.push_back(p); });
-  const WarmUpResult result =
-      WarmUp("reading test weights", {{file.data(), file.bytes()}}, WarmUpOptions{.num_threads = 2, .chunk_bytes = kPage});
+  const WarmUpResult result = WarmUp("reading test weights", {{file.data(), file.bytes()}},
+                                     WarmUpOptions{.num_threads = 2, .chunk_bytes = kPage});
   SetLoadProgressSink(nullptr);
   ASSERT_FALSE(reports.empty());
   int64_t previous = 0;
