@@ -1,5 +1,8 @@
 #include "common/model/weights.h"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cstring>
 #include <string>
 
@@ -56,6 +59,18 @@ float LoadAsFloat(DType dtype, const uint8_t* src, int64_t i) {
   }
 }
 
+// After a conversion the worker reads only the converted copy: drop the source's pages from this
+// process's page tables (they stay in the page cache, and fault back in if something reads them
+// again), so a converted tensor is resident once, not once per dtype. Only pages wholly inside the
+// source go; those it shares with neighbouring tensors stay. The checkpoint is mapped read-only and
+// private, never written, so nothing is lost.
+void ReleaseSourcePages(const uint8_t* src, int64_t bytes) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(src) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(src) + static_cast<uintptr_t>(bytes)) & ~(page - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 bool IsFloatDType(DType d) {
   return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16;
 }
@@ -72,6 +87,7 @@ absl::StatusOr<const bf16*> Bf16Data(const Part& p, int64_t count, Owned* owned)
   auto buffer = std::make_unique<uint8_t[]>(static_cast<size_t>(count) * sizeof(bf16));
   auto* dst = reinterpret_cast<bf16*>(buffer.get());
   for (int64_t i = 0; i < count; ++i) dst[i] = FloatToBF16(LoadAsFloat(p.view.dtype, src, i));
+  ReleaseSourcePages(src, count * static_cast<int64_t>(DTypeSize(p.view.dtype)));
   owned->push_back(std::move(buffer));
   return dst;
 }
@@ -87,6 +103,7 @@ absl::StatusOr<const float*> F32Data(const Part& p, int64_t count, Owned* owned)
   auto buffer = std::make_unique<uint8_t[]>(static_cast<size_t>(count) * sizeof(float));
   auto* dst = reinterpret_cast<float*>(buffer.get());
   for (int64_t i = 0; i < count; ++i) dst[i] = LoadAsFloat(p.view.dtype, src, i);
+  ReleaseSourcePages(src, count * static_cast<int64_t>(DTypeSize(p.view.dtype)));
   owned->push_back(std::move(buffer));
   return dst;
 }
