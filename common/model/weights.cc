@@ -59,6 +59,18 @@ float LoadAsFloat(DType dtype, const uint8_t* src, int64_t i) {
   }
 }
 
+// After a conversion the worker reads only the converted copy: drop the source's pages from this
+// process's page tables (they stay in the page cache, and fault back in if something reads them
+// again), so a converted tensor is resident once, not once per dtype. Only pages wholly inside the
+// source go; those it shares with neighbouring tensors stay. The checkpoint is mapped read-only and
+// private, never written, so nothing is lost.
+void ReleaseSourcePages(const uint8_t* src, int64_t bytes) {
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(src) + page - 1) & ~(page - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(src) + static_cast<uintptr_t>(bytes)) & ~(page - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
 bool IsFloatDType(DType d) {
   return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16;
 }
@@ -75,6 +87,7 @@ absl::StatusOr<const bf16*> Bf16Data(const Part& p, int64_t count, Owned* owned)
   auto buffer = std::make_unique<uint8_t[]>(static_cast<size_t>(count) * sizeof(bf16));
   auto* dst = reinterpret_cast<bf16*>(buffer.get());
   for (int64_t i = 0; i < count; ++i) dst[i] = FloatToBF16(LoadAsFloat(p.view.dtype, src, i));
+  ReleaseSourcePages(src, count * static_cast<int64_t>(DTypeSize(p.view.dtype)));
   owned->push_back(std::move(buffer));
   return dst;
 }
@@ -90,6 +103,7 @@ absl::StatusOr<const float*> F32Data(const Part& p, int64_t count, Owned* owned)
   auto buffer = std::make_unique<uint8_t[]>(static_cast<size_t>(count) * sizeof(float));
   auto* dst = reinterpret_cast<float*>(buffer.get());
   for (int64_t i = 0; i < count; ++i) dst[i] = LoadAsFloat(p.view.dtype, src, i);
+  ReleaseSourcePages(src, count * static_cast<int64_t>(DTypeSize(p.view.dtype)));
   owned->push_back(std::move(buffer));
   return dst;
 }
@@ -331,58 +345,43 @@ absl::StatusOr<std::unique_ptr<ExpertShardWeights>> LoadExpertShard(const Checkp
 
 namespace {
 
-// Touches [data, data + bytes): advises readahead for the whole range, then reads one byte per page.
-int64_t Prefault(const void* data, int64_t bytes) {
-  if (data == nullptr || bytes <= 0) return 0;
-  const uintptr_t begin = reinterpret_cast<uintptr_t>(data);
-  const long page = sysconf(_SC_PAGESIZE);
-  const uintptr_t aligned = begin & ~static_cast<uintptr_t>(page - 1);
-  madvise(reinterpret_cast<void*>(aligned), static_cast<size_t>(begin + bytes - aligned), MADV_WILLNEED);
-  volatile uint8_t sink = 0;
-  const auto* p = static_cast<const uint8_t*>(data);
-  for (int64_t offset = 0; offset < bytes; offset += page) sink = sink + p[offset];
-  sink = sink + p[bytes - 1];
-  return bytes;
+void AddRanges(const LinearWeight& w, std::vector<MemoryRange>* ranges) {
+  if (w.data == nullptr) return;
+  ranges->push_back({w.data, w.out_features * w.in_features * static_cast<int64_t>(DTypeSize(w.dtype))});
+  if (w.scale_inv != nullptr) ranges->push_back({w.scale_inv, w.ScaleRows() * w.ScaleCols() * 4});
 }
 
-int64_t Prefault(const LinearWeight& w) {
-  if (w.data == nullptr) return 0;
-  int64_t bytes = Prefault(w.data, w.out_features * w.in_features * static_cast<int64_t>(DTypeSize(w.dtype)));
-  if (w.scale_inv != nullptr) bytes += Prefault(w.scale_inv, w.ScaleRows() * w.ScaleCols() * 4);
-  return bytes;
-}
-
-int64_t Prefault(const MlpWeights& w) {
-  return Prefault(w.gate_proj) + Prefault(w.up_proj) + Prefault(w.down_proj);
+void AddRanges(const MlpWeights& w, std::vector<MemoryRange>* ranges) {
+  AddRanges(w.gate_proj, ranges);
+  AddRanges(w.up_proj, ranges);
+  AddRanges(w.down_proj, ranges);
 }
 
 }  // namespace
 
-int64_t PrefaultWeights(const DenseWeights& weights) {
-  int64_t bytes = Prefault(weights.lm_head);
+WarmUpResult PrefaultWeights(const DenseWeights& weights, const WarmUpOptions& options) {
+  std::vector<MemoryRange> ranges;
+  AddRanges(weights.lm_head, &ranges);
   if (weights.embed_tokens != weights.lm_head.data) {
-    bytes += Prefault(weights.embed_tokens, weights.lm_head.out_features * weights.lm_head.in_features * 2);
+    ranges.push_back({weights.embed_tokens, weights.lm_head.out_features * weights.lm_head.in_features * 2});
   }
-  for (size_t l = 0; l < weights.layers.size(); ++l) {
-    const AttentionLayerWeights& layer = weights.layers[l];
-    bytes +=
-        Prefault(layer.q_proj) + Prefault(layer.k_proj) + Prefault(layer.v_proj) + Prefault(layer.o_proj);
-    bytes += Prefault(layer.dense_mlp);
-    ReportLoadProgress("reading dense weights", static_cast<int64_t>(l + 1),
-                       static_cast<int64_t>(weights.layers.size()));
+  for (const AttentionLayerWeights& layer : weights.layers) {
+    for (const LinearWeight* w : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
+      AddRanges(*w, &ranges);
+    }
+    AddRanges(layer.dense_mlp, &ranges);
   }
-  return bytes;
+  return WarmUp("reading dense weights", std::move(ranges), options);
 }
 
-int64_t PrefaultWeights(const ExpertShardWeights& weights) {
-  int64_t bytes = 0;
-  for (size_t l = 0; l < weights.layers.size(); ++l) {
-    for (const MlpWeights& expert : weights.layers[l]) bytes += Prefault(expert);
-    ReportLoadProgress(absl::StrCat("reading experts ", weights.first_expert, "-",
-                                    weights.first_expert + weights.num_experts - 1),
-                       static_cast<int64_t>(l + 1), static_cast<int64_t>(weights.layers.size()));
+WarmUpResult PrefaultWeights(const ExpertShardWeights& weights, const WarmUpOptions& options) {
+  std::vector<MemoryRange> ranges;
+  for (const std::vector<MlpWeights>& layer : weights.layers) {
+    for (const MlpWeights& expert : layer) AddRanges(expert, &ranges);
   }
-  return bytes;
+  return WarmUp(absl::StrCat("reading experts ", weights.first_expert, "-",
+                             weights.first_expert + weights.num_experts - 1),
+                std::move(ranges), options);
 }
 
 }  // namespace moe::model

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
+#include "common/model/weight_warmup.h"
 #include "common/tensor/bf16.h"
 #include "common/tensor/linear_weight.h"
 
@@ -72,12 +73,13 @@ absl::StatusOr<std::unique_ptr<ExpertShardWeights>> LoadExpertShard(const Checkp
                                                                     int64_t first_expert,
                                                                     int64_t num_experts);
 
-// Brings every byte the weights view into memory now (readahead, then one read per page), so the
-// first request that routes to a cold expert does not wait on the disk, and resident memory is
-// what the worker will use: all dense weights, or exactly the shard's experts. Returns the bytes
-// touched.
-int64_t PrefaultWeights(const DenseWeights& weights);
-int64_t PrefaultWeights(const ExpertShardWeights& weights);
+// Brings every byte the weights view into memory and into this process's page tables now, with
+// several threads (weight_warmup.h), so the first request that routes to a cold expert does not
+// wait on the disk, and resident memory is what the worker will use: all dense weights, or exactly
+// the shard's experts. Reports progress in bytes to the load-progress sink; returns what it read
+// and how fast.
+WarmUpResult PrefaultWeights(const DenseWeights& weights, const WarmUpOptions& options = {});
+WarmUpResult PrefaultWeights(const ExpertShardWeights& weights, const WarmUpOptions& options = {});
 
 }  // namespace moe::model
 

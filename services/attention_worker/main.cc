@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "common/metrics/metrics.h"
+#include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
 #include "services/attention_worker/attention_service.h"
@@ -94,6 +95,12 @@ int main(int argc, char** argv) {
                                                  : absl::StrCat(kv_cache_gib, " GiB"))
             << ", loading the model";
 
+  // The weight warm-up's progress (bytes, rate) in the log while readiness is still NOT_SERVING.
+  moe::model::SetLoadProgressSink([](const moe::model::LoadProgress& progress) {
+    if (progress.unit == moe::model::LoadProgress::Unit::kByte) {
+      LOG(INFO) << moe::model::FormatLoadProgress(progress);
+    }
+  });
   auto worker = moe::services::AttentionWorker::Create(options, &moe::metrics::Registry());
   if (!worker.ok()) return service->Fail(worker.status());
   moe::rpc::ServiceMain* main_service = service.get();

@@ -5,6 +5,7 @@
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
 #include "common/metrics/metrics.h"
+#include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
 #include "services/expert_worker/expert_control_service.h"
@@ -56,6 +57,12 @@ int main(int argc, char** argv) {
   if (absl::Status s = service->Serve({&control}); !s.ok()) return service->Fail(s);
   LOG(INFO) << "rank " << options.rank << " of " << options.num_expert_workers << ", loading the model";
 
+  // The weight warm-up's progress (bytes, rate) in the log while readiness is still NOT_SERVING.
+  moe::model::SetLoadProgressSink([](const moe::model::LoadProgress& progress) {
+    if (progress.unit == moe::model::LoadProgress::Unit::kByte) {
+      LOG(INFO) << moe::model::FormatLoadProgress(progress);
+    }
+  });
   auto worker = moe::services::ExpertWorker::Create(options, &moe::metrics::Registry());
   if (!worker.ok()) return service->Fail(worker.status());
   control.SetWorker(worker->get());

@@ -5,6 +5,7 @@
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/model/load_progress.h"
 
 namespace moe::moectl {
@@ -22,8 +23,14 @@ void Progress::Enable(const std::string& command, bool quiet) {
 
 void Progress::ShowModelLoading() {
   if (!enabled_) return;
-  model::SetLoadProgressSink([this](std::string_view stage, int64_t done, int64_t total) {
-    Update(std::string(stage) + ": layer", done, total);
+  model::SetLoadProgressSink([this](const model::LoadProgress& p) {
+    if (p.unit == model::LoadProgress::Unit::kLayer) {
+      Update(std::string(p.stage) + ": layer", p.done, p.total);
+    } else {
+      const double rate = p.seconds > 0 ? static_cast<double>(p.done) / p.seconds / 1e9 : 0.0;
+      auto mib = [](int64_t bytes) { return (bytes + (int64_t{1} << 20) - 1) >> 20; };  // rounded up
+      Update(std::string(p.stage) + ": MiB", mib(p.done), mib(p.total), absl::StrFormat("%.2f GB/s", rate));
+    }
   });
   sink_installed_ = true;
 }

@@ -1,6 +1,8 @@
 #include "common/model/weights.h"
 
+#include <cctype>
 #include <cstring>
+#include <fstream>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -117,6 +119,39 @@ TEST(WeightsTest, ConvertsF32AndF16DenseTensorsToBf16) {
   const auto* o = static_cast<const bf16*>((*w)->layers[0].o_proj.data);
   EXPECT_EQ((*w)->layers[0].o_proj.dtype, DType::kBF16);
   EXPECT_EQ(BF16ToFloat(o[13]), Pattern(13));
+}
+
+// Rss (bytes) of this process's mappings of `path`: the pages of it in our page tables.
+int64_t MappedRssOf(const std::string& path) {
+  std::ifstream smaps("/proc/self/smaps");
+  int64_t rss = 0;
+  bool in_file = false;
+  for (std::string line; std::getline(smaps, line);) {
+    if (!line.empty() && std::isxdigit(static_cast<unsigned char>(line[0])) &&
+        line.find('-') != std::string::npos && line.find(' ') < line.find(':')) {
+      in_file = line.size() >= path.size() && line.compare(line.size() - path.size(), path.size(), path) == 0;
+    } else if (in_file && line.rfind("Rss:", 0) == 0) {
+      rss += std::stoll(line.substr(4)) * 1024;
+    }
+  }
+  return rss;
+}
+
+TEST(WeightsTest, AConvertedTensorIsResidentOnceNotAlsoAsItsSource) {
+  TempDir dir;
+  const ModelConfig config = Config(R"({"vocab_size": 65536})");
+  auto tensors = testing::ModelTensors(config);
+  testing::DropTensor(&tensors, "model.embed_tokens.weight");
+  // 2 MiB as F32, converted to a 1 MiB bf16 copy at load.
+  tensors.push_back(PatternTensor("model.embed_tokens.weight", DType::kF32, {65536, config.hidden_size}));
+  auto ck = Write(dir, tensors);
+  absl::StatusOr<std::unique_ptr<DenseWeights>> w = LoadDenseWeights(*ck, config);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(BF16ToFloat((*w)->embed_tokens[65536 * config.hidden_size - 1]),
+            Pattern(65536 * config.hidden_size - 1));
+  // The F32 source's pages left our page tables once converted (the kernel's fault-around may have
+  // mapped a few pages of it back while neighbouring tensors were read).
+  EXPECT_LT(MappedRssOf(dir.File("model.safetensors")), 512 * 1024);
 }
 
 TEST(WeightsTest, DenseQwen3LayersHaveMlp) {
