@@ -9,7 +9,8 @@
 #   MODEL_DIR defaults to /tmp/models/bench-30b-4l-fp8, made by
 #     moectl make-model --preset bench-30b-4l --dtype fp8 --out /tmp/models/bench-30b-4l-fp8
 # Env: MOE_BINARY_DIR (default build), CONCURRENCY (1,8,32), PROMPT_LEN (32), MAX_NEW_TOKENS (16),
-#      TLS_LIST for ucx_perftest (default "sm tcp"), ITERS (200).
+#      TLS_LIST for ucx_perftest (default "sm tcp"), ITERS (200), MICRO_BATCHES (the attention
+#      worker's --micro_batches, 1 or 2; default 1).
 set -euo pipefail
 
 BIN=${MOE_BINARY_DIR:-build}/bin
@@ -19,6 +20,7 @@ PROMPT_LEN=${PROMPT_LEN:-32}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-16}
 TLS_LIST=${TLS_LIST:-"sm tcp"}
 ITERS=${ITERS:-200}
+MICRO_BATCHES=${MICRO_BATCHES:-1}
 EXPERT_WORKERS=2
 
 [[ -d "$MODEL" ]] || { echo "no model at $MODEL; make it with: $BIN/moectl make-model --preset bench-30b-4l --dtype fp8 --out $MODEL" >&2; exit 2; }
@@ -47,7 +49,8 @@ port=$(( 30000 + RANDOM % 20000 ))
 metrics=$(( port + 1000 ))
 echo "# cluster up on port $port (state $state)..." >&2
 "$BIN/moectl" cluster up --model "$MODEL" --attention-workers 1 --expert-workers $EXPERT_WORKERS \
-  --port "$port" --metrics-port "$metrics" --state-dir "$state" --detach > "$work/router.txt"
+  --micro-batches "$MICRO_BATCHES" --port "$port" --metrics-port "$metrics" --state-dir "$state" --detach \
+  > "$work/router.txt"
 router=$(head -1 "$work/router.txt")
 # moectl cluster up numbers metrics ports expert workers first, then attention workers.
 "$BIN/cluster_bench" --mode=cluster "${common[@]}" --router="$router" \

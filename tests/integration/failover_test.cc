@@ -420,7 +420,7 @@ class AttentionWorkerFailoverTest : public FailoverTest, public ::testing::WithP
 
 TEST_P(AttentionWorkerFailoverTest, StreamsOfAStoppedAttentionWorkerMigrateAndFinishExactly) {
   constexpr int kStreams = 32;
-  constexpr int kMaxNewTokens = 64;
+  constexpr int kMaxNewTokens = 48;
   int survivor = 0;
   std::vector<v1::GenerateRequest> requests = InFlightStreams::StreamRequests(kStreams, kMaxNewTokens);
   for (int i = 1; i < kStreams; i += 2) {  // every other stream sampled, seeded

@@ -58,6 +58,7 @@ struct ClusterFlags {
   int attention_workers = 1;
   int expert_workers = 1;
   int expert_replicas = 1;  // copies of each expert shard; divides expert_workers
+  int micro_batches = 1;    // attention workers' --micro_batches
   int port = 50051;
   int metrics_port = 0;  // first metrics port; 0: port + 1000
   std::string state_dir;
@@ -408,6 +409,7 @@ void RunUp(const ClusterFlags& flags) {
                                      absl::StrCat("--num_attention_workers=", flags.attention_workers),
                                      "--expert_workers=" + absl::StrJoin(experts, ","),
                                      absl::StrCat("--expert_replicas=", flags.expert_replicas),
+                                     absl::StrCat("--micro_batches=", flags.micro_batches),
                                      "--transport=" + flags.transport};
     if (flags.kv_cache_gib > 0) args.push_back(absl::StrCat("--kv_cache_gib=", flags.kv_cache_gib));
     spawn(absl::StrCat("attention-", i), "moe-attention-worker", std::move(args),
@@ -527,6 +529,10 @@ void RegisterClusterCommand(CLI::App& app) {
                  "Copies of each expert shard (divides --expert-workers): a round fails over to another copy "
                  "when an expert worker dies")
       ->check(CLI::Range(1, 128));
+  up->add_option("--micro-batches", flags->micro_batches,
+                 "1 or 2: attention workers run a step as two micro-batches whose attention and expert "
+                 "rounds overlap (ping-pong); outputs are identical")
+      ->check(CLI::Range(1, 2));
   up->add_option("--port", flags->port, "Router port; workers use the ports after it")
       ->check(CLI::Range(1, 65000));
   up->add_option("--metrics-port", flags->metrics_port, "First metrics port (default: port + 1000)")
