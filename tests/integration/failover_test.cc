@@ -177,11 +177,17 @@ class FailoverTest : public ::testing::Test {
       threads.emplace_back([&, i] { actual[i] = Generate(router_address_, requests[i], absl::Seconds(60)); });
     }
     for (std::thread& t : threads) t.join();
-    for (size_t i = 0; i < requests.size(); ++i) {
-      ASSERT_TRUE(actual[i].status.ok()) << i << ": " << actual[i].status.error_message();
+    ExpectExactly(actual, *expected);
+  }
+
+  // Every stream succeeded, finished by length, with exactly the expected tokens and logprobs.
+  void ExpectExactly(const std::vector<GenerateResult>& actual, const std::vector<GenerateResult>& expected) {
+    ASSERT_EQ(actual.size(), expected.size());
+    for (size_t i = 0; i < actual.size(); ++i) {
+      ASSERT_TRUE(actual[i].status.ok()) << i << ": " << actual[i].status.error_message() << "\n" << Logs();
       EXPECT_EQ(actual[i].finish, v1::FINISH_REASON_LENGTH);
-      EXPECT_EQ(actual[i].tokens, (*expected)[i].tokens) << "request " << i;
-      EXPECT_EQ(actual[i].logprobs, (*expected)[i].logprobs) << "request " << i;
+      EXPECT_EQ(actual[i].tokens, expected[i].tokens) << "stream " << i;
+      EXPECT_EQ(actual[i].logprobs, expected[i].logprobs) << "stream " << i;
     }
   }
 
@@ -443,14 +449,7 @@ TEST_P(AttentionWorkerFailoverTest, StreamsOfAStoppedAttentionWorkerMigrateAndFi
     ChildProcess& stopped = *attention_[static_cast<size_t>(victim)];
     stopped.Signal(GetParam());
     ASSERT_TRUE(stopped.Wait(absl::Seconds(30)).has_value()) << "attention-" << victim << " did not exit";
-    const std::vector<GenerateResult>& outcomes = streams.Join();
-    for (size_t i = 0; i < outcomes.size(); ++i) {
-      ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message() << "\n"
-                                           << Logs();
-      EXPECT_EQ(outcomes[i].finish, v1::FINISH_REASON_LENGTH);
-      EXPECT_EQ(outcomes[i].tokens, (*expected)[i].tokens) << "stream " << i;
-      EXPECT_EQ(outcomes[i].logprobs, (*expected)[i].logprobs) << "stream " << i;
-    }
+    ASSERT_NO_FATAL_FAILURE(ExpectExactly(streams.Join(), *expected));
   }
   EXPECT_THAT(router_->Log(), ::testing::HasSubstr("migrating it with"));
   EXPECT_TRUE(moe::testing::IsServing(router_address_, "readiness"));
@@ -487,15 +486,9 @@ class ReplicatedExpertFailoverTest : public FailoverTest {
     ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(120))) << "streams did not start";
     hit();
     const std::vector<GenerateResult>& outcomes = streams.Join();
+    ASSERT_NO_FATAL_FAILURE(ExpectExactly(outcomes, *expected));
     int unfinished_at_hit = 0;
-    for (size_t i = 0; i < outcomes.size(); ++i) {
-      ASSERT_TRUE(outcomes[i].status.ok()) << i << ": " << outcomes[i].status.error_message() << "\n"
-                                           << Logs();
-      EXPECT_EQ(outcomes[i].finish, v1::FINISH_REASON_LENGTH);
-      EXPECT_EQ(outcomes[i].tokens, (*expected)[i].tokens) << "stream " << i;
-      EXPECT_EQ(outcomes[i].logprobs, (*expected)[i].logprobs) << "stream " << i;
-      unfinished_at_hit += outcomes[i].ended > hit_at_ ? 1 : 0;
-    }
+    for (const GenerateResult& o : outcomes) unfinished_at_hit += o.ended > hit_at_ ? 1 : 0;
     EXPECT_GT(unfinished_at_hit, 0) << "every stream had ended before the worker was hit";
     // The attention worker failed over (it says so in its log) and stayed ready throughout.
     EXPECT_THAT(attention_[0]->Log(), ::testing::HasSubstr("failing over to its replicas"));

@@ -42,6 +42,21 @@ struct Output {
   absl::Status error;
 };
 
+// Adds `events` to `outputs`, by request id.
+void Collect(const std::vector<TokenEvent>& events, std::map<std::string, Output>* outputs) {
+  for (const TokenEvent& e : events) {
+    Output& o = (*outputs)[e.request_id];
+    if (e.token_id >= 0) {
+      o.tokens.push_back(e.token_id);
+      o.logprobs.push_back(e.logprob);
+    }
+    if (e.finish_reason != FinishReason::kNone) {
+      o.finish = e.finish_reason;
+      o.error = e.error;
+    }
+  }
+}
+
 // Steps until no work is left. `preemptions`, if set, receives the scheduler's preemptions summed
 // over the steps that ran a forward pass; `max_micro_batches`, the most micro-batches a step ran.
 std::map<std::string, Output> RunToCompletion(Engine& engine, int max_steps = 10000,
@@ -57,17 +72,7 @@ std::map<std::string, Output> RunToCompletion(Engine& engine, int max_steps = 10
     if (max_micro_batches != nullptr && engine.steps() != steps_before) {
       *max_micro_batches = std::max(*max_micro_batches, engine.last_step_stats().micro_batches);
     }
-    for (const TokenEvent& e : events) {
-      Output& o = outputs[e.request_id];
-      if (e.token_id >= 0) {
-        o.tokens.push_back(e.token_id);
-        o.logprobs.push_back(e.logprob);
-      }
-      if (e.finish_reason != FinishReason::kNone) {
-        o.finish = e.finish_reason;
-        o.error = e.error;
-      }
-    }
+    Collect(events, &outputs);
   }
   EXPECT_FALSE(engine.HasWork()) << "did not finish in " << max_steps << " steps";
   return outputs;
@@ -419,24 +424,11 @@ TEST(EngineTest, ReplicatedExpertsFailOverWithoutChangingTheOutputs) {
   const auto expected = RunToCompletion(*one);
   // A few steps on all four workers, then worker 1 (shard 1's first copy) dies.
   std::map<std::string, Output> outputs;
-  auto collect = [&outputs](const std::vector<TokenEvent>& events) {
-    for (const TokenEvent& e : events) {
-      Output& o = outputs[e.request_id];
-      if (e.token_id >= 0) {
-        o.tokens.push_back(e.token_id);
-        o.logprobs.push_back(e.logprob);
-      }
-      if (e.finish_reason != FinishReason::kNone) {
-        o.finish = e.finish_reason;
-        o.error = e.error;
-      }
-    }
-  };
-  for (int i = 0; i < 4; ++i) collect(replicated->Step());
+  for (int i = 0; i < 4; ++i) Collect(replicated->Step(), &outputs);
   replicated->DisconnectExpertShardForTest(1);
   int64_t resends = 0;
   for (int i = 0; i < 10000 && replicated->HasWork(); ++i) {
-    collect(replicated->Step());
+    Collect(replicated->Step(), &outputs);
     resends += replicated->last_step_stats().expert_resends;
   }
   EXPECT_GT(resends, 0) << "no round failed over";
