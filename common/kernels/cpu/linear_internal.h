@@ -77,7 +77,8 @@ struct Bf16Task {
 };
 struct Fp8Task {
   // Quantized activations, zero padded to aq_stride = num_k_blocks * 128 per row: the portable
-  // path reads aq (natural order), the AVX-512 path aq_packed (packed layout).
+  // path reads aq (natural order), the AVX-512 and AVX2 paths aq_packed (each its own packed
+  // layout).
   const float* aq;
   const float* aq_packed;
   int64_t aq_stride;
@@ -94,6 +95,12 @@ struct Fp8Task {
 void LinearBf16TaskPortable(const Bf16Task& t, int64_t n0, int64_t n1);
 void LinearFp8TaskPortable(const Fp8Task& t, int64_t n0, int64_t n1);
 void LinearBf16TaskAvx512(const Bf16Task& t, int64_t n0, int64_t n1);
+// AVX2 + FMA path (linear_avx2.cc). Its FP8 task reads aq_packed in its own layout, written by
+// QuantizeRowFp8PackedAvx2 (same values and scales as QuantizeRowFp8).
+void LinearBf16TaskAvx2(const Bf16Task& t, int64_t n0, int64_t n1);
+void LinearFp8TaskAvx2(const Fp8Task& t, int64_t n0, int64_t n1);
+void QuantizeRowFp8PackedAvx2(const bf16* x, int64_t k, float* packed, float* scale);
+bool Avx2FmaSupported();
 void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1);
 // Whether the CPU runs the AVX-512 FP8 path (it also needs VBMI, which e.g. Cooper Lake lacks;
 // there FP8 weights take the portable path, which gives the same results).
