@@ -190,6 +190,46 @@ void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_
   }
 }
 
+// Causal prefill attention of `tokens` positions (start 0) with Qwen3-30B-A3B's heads (32 query
+// heads, 4 KV heads, head_dim 128): QK^T and PV flops (2 per multiply-add) per second.
+void BenchPrefillAttention(int64_t tokens, double min_seconds, double peak_gflops) {
+  const int64_t heads = 32, kv_heads = 4, dim = 128, block_size = 16;
+  const int64_t num_blocks = (tokens + block_size - 1) / block_size;
+  std::vector<bf16> q(tokens * heads * dim), out(tokens * heads * dim);
+  std::vector<bf16> k(num_blocks * block_size * kv_heads * dim), v(k.size());
+  uint64_t s = 7;
+  auto fill = [&](std::vector<bf16>& a) {
+    for (bf16& x : a)
+      x = FloatToBF16(static_cast<float>(static_cast<int64_t>(NextRandom(s) % 2001) - 1000) / 1000.0f);
+  };
+  fill(q);
+  fill(k);
+  fill(v);
+  std::vector<int32_t> table(num_blocks);
+  for (int64_t b = 0; b < num_blocks; ++b)
+    table[b] = static_cast<int32_t>(num_blocks - 1 - b);  // not in order
+  const PagedKv kv{k.data(), v.data(), block_size, kv_heads, dim};
+  auto run = [&] {
+    PagedAttention(q.data(), heads * dim, tokens, 0, heads, 0.08838834764f, table.data(), kv, out.data(),
+                   heads * dim);
+  };
+  run();
+  size_t calls = 0;
+  const auto t0 = Clock::now();
+  double elapsed = 0;
+  while (elapsed < min_seconds || calls < 2) {
+    run();
+    ++calls;
+    elapsed = Seconds(t0, Clock::now());
+  }
+  const double per_call = elapsed / calls;
+  const double gflops = 4.0 * dim * heads * (tokens * (tokens + 1) / 2) / per_call / 1e9;
+  std::printf("%-8s %-14s %5s %5lld %10.1f %9s %7s %9.1f %7.3f\n", "attn", "32q/4kv x 128", "bf16",
+              static_cast<long long>(tokens), per_call * 1e6, "-", "-", gflops,
+              peak_gflops > 0 ? gflops / peak_gflops : 0.0);
+  std::fflush(stdout);
+}
+
 }  // namespace
 }  // namespace moe::kernels::cpu
 
@@ -200,12 +240,15 @@ int main(int argc, char** argv) {
   bool skip_prefill = false;
   std::vector<std::string> layers;
   std::vector<int64_t> rows_option;
+  int64_t attention_tokens = 512;
   std::string dtype = "all";
   app.add_option("--buffer-mib", buffer_mib, "Size of each bandwidth test buffer (MiB)");
   app.add_option("--pool-mib", pool_mib, "Total bytes of weight copies cycled per shape (MiB)");
   app.add_option("--min-seconds", min_seconds, "Minimum timed seconds per measurement");
   app.add_flag("--skip-prefill", skip_prefill, "Skip the 512-row measurements");
   app.add_option("--rows", rows_option, "Row counts to measure (default 1 8 32 512)");
+  app.add_option("--attention-tokens", attention_tokens,
+                 "Prefill length of the attention measurement (0: skip)");
   app.add_option("--layers", layers, "Only these layers (q_proj, kv_proj, o_proj, expert, down, lm_head)");
   app.add_option("--dtype", dtype, "Only this weight dtype: bf16, fp8 or all")
       ->check(CLI::IsMember({"bf16", "fp8", "all"}));
@@ -235,6 +278,7 @@ int main(int argc, char** argv) {
                   peak.gflops);
     }
   }
+  if (attention_tokens > 0) BenchPrefillAttention(attention_tokens, min_seconds, peak.gflops);
   // Measured again at the end: a large difference means the machine's load changed during the run.
   const Peak peak_after = MeasurePeak();
   std::printf("\ncompute peak at the end: %.1f GFLOP/s\n", peak_after.gflops);
