@@ -132,8 +132,6 @@ struct QuantizeJob {
   float* aq;
   float* a_scale;
   int64_t first_row;  // index of its first row among all rows to quantize
-  // AVX2 bf16 calls: widen the rows into aq (PackBf16RowAvx2) instead of quantizing them.
-  bool widen_bf16 = false;
 };
 
 }  // namespace
@@ -151,20 +149,10 @@ void LinearGrouped(std::span<const LinearCall> calls) {
     return a.x == b.x && a.x_stride == b.x_stride && a.num_rows == b.num_rows &&
            a.w->in_features == b.w->in_features;
   };
-  // On the AVX2 path, bf16 calls likewise share one widening of their activations (once per call
-  // instead of once per column task).
   size_t scratch_floats = 0;
   const LinearCall* last_fp8 = nullptr;
-  const LinearCall* last_bf16 = nullptr;
   for (const LinearCall& c : calls) {
-    if (c.num_rows <= 0 || c.w->out_features <= 0) continue;
-    if (c.w->dtype == DType::kBF16 && avx2) {
-      if (last_bf16 == nullptr || !same_input(*last_bf16, c)) {
-        scratch_floats += static_cast<size_t>(c.num_rows * ((c.w->in_features + 31) / 32 * 32));
-      }
-      last_bf16 = &c;
-    }
-    if (c.w->dtype != DType::kF8E4M3) continue;
+    if (c.num_rows <= 0 || c.w->out_features <= 0 || c.w->dtype != DType::kF8E4M3) continue;
     if (last_fp8 == nullptr || !same_input(*last_fp8, c)) {
       const int64_t num_k_blocks = c.w->ScaleCols();
       scratch_floats += static_cast<size_t>(c.num_rows * (num_k_blocks * kFp8BlockSize + num_k_blocks));
@@ -177,8 +165,6 @@ void LinearGrouped(std::span<const LinearCall> calls) {
   // Pass 2: task descriptors, task offsets and quantization jobs.
   int64_t total_tasks = 0, total_quantize_rows = 0, total_quantize_elements = 0;
   last_fp8 = nullptr;
-  last_bf16 = nullptr;
-  size_t bf16_job_index = 0, fp8_job_index = 0;  // the jobs the last bf16 / FP8 call uses
   for (size_t i = 0; i < calls.size(); ++i) {
     const LinearCall& c = calls[i];
     PreparedCall& p = prepared[i];
@@ -192,19 +178,6 @@ void LinearGrouped(std::span<const LinearCall> calls) {
       p.kind = PreparedCall::Kind::kBf16;
       p.bf16 = internal::Bf16Task{c.x, c.x_stride, c.num_rows, static_cast<const bf16*>(w.data),
                                   k,   c.y,        c.y_stride};
-      if (avx2) {
-        if (last_bf16 == nullptr || !same_input(*last_bf16, c)) {
-          float* packed = scratch;
-          scratch = packed + c.num_rows * ((k + 31) / 32 * 32);
-          jobs.push_back(
-              QuantizeJob{c.x, c.x_stride, c.num_rows, k, 0, packed, nullptr, total_quantize_rows, true});
-          total_quantize_rows += c.num_rows;
-          total_quantize_elements += c.num_rows * k;
-          bf16_job_index = jobs.size() - 1;
-        }
-        last_bf16 = &c;
-        p.bf16.x_packed = jobs[bf16_job_index].aq;
-      }
     } else if (w.dtype == DType::kF8E4M3) {
       p.kind = PreparedCall::Kind::kFp8;
       const int64_t num_k_blocks = w.ScaleCols();
@@ -215,12 +188,11 @@ void LinearGrouped(std::span<const LinearCall> calls) {
         scratch = a_scale + c.num_rows * num_k_blocks;
         jobs.push_back(
             QuantizeJob{c.x, c.x_stride, c.num_rows, k, num_k_blocks, aq, a_scale, total_quantize_rows});
-        fp8_job_index = jobs.size() - 1;
         total_quantize_rows += c.num_rows;
         total_quantize_elements += c.num_rows * k;
       }
       last_fp8 = &c;
-      const QuantizeJob& job = jobs[fp8_job_index];
+      const QuantizeJob& job = jobs.back();
       internal::Fp8Task& t = p.fp8;
       const bool packed = avx_fp8 || avx2;
       t.aq = packed ? nullptr : job.aq;
@@ -244,8 +216,7 @@ void LinearGrouped(std::span<const LinearCall> calls) {
   }
 
   ThreadPool& pool = ThreadPool::Current();
-  // Quantize every FP8 activation row and widen every AVX2 bf16 one (each row independently, so
-  // the split does not matter).
+  // Quantize every FP8 activation row (each row independently, so the split does not matter).
   if (total_quantize_rows > 0) {
     auto quantize = [&](int64_t row) {
       // Jobs are few; find the one holding this row.
@@ -253,10 +224,6 @@ void LinearGrouped(std::span<const LinearCall> calls) {
       while (j + 1 < jobs.size() && jobs[j + 1].first_row <= row) ++j;
       const QuantizeJob& job = jobs[j];
       const int64_t m = row - job.first_row;
-      if (job.widen_bf16) {
-        internal::PackBf16RowAvx2(job.x + m * job.x_stride, job.k, job.aq + m * ((job.k + 31) / 32 * 32));
-        return;
-      }
       const int64_t aq_stride = job.num_k_blocks * kFp8BlockSize;
       if (avx_fp8) {
         internal::QuantizeRowFp8PackedAvx512(job.x + m * job.x_stride, job.k, job.aq + m * aq_stride,

@@ -323,21 +323,14 @@ MOE_AVX2_TARGET void LinearBf16TaskAvx2(const Bf16Task& t, int64_t n0, int64_t n
   const int64_t slice_chunks = kSliceK / 32;
   Panels& p = ThreadPanels();
   const int64_t max_tiles = (kRowBlock + kTileRows - 1) / kTileRows;
-  float* const x_scratch = t.x_packed != nullptr
-                               ? nullptr
-                               : Scratch(p.x, static_cast<size_t>(std::min(t.num_rows, kRowBlock) * kc));
+  float* xp = Scratch(p.x, static_cast<size_t>(std::min(t.num_rows, kRowBlock) * kc));
   float* wp = Scratch(p.w, static_cast<size_t>(kTileCols * kc));
   __m256* acc = reinterpret_cast<__m256*>(Scratch(p.acc, static_cast<size_t>(max_tiles * 16 * 8 + 8)));
   acc = reinterpret_cast<__m256*>((reinterpret_cast<uintptr_t>(acc) + 31) & ~uintptr_t{31});
   for (int64_t mb = 0; mb < t.num_rows; mb += kRowBlock) {
     const int64_t rb = std::min(kRowBlock, t.num_rows - mb);
     const int64_t num_tiles = (rb + kTileRows - 1) / kTileRows;
-    const float* xp = x_scratch;
-    if (t.x_packed != nullptr) {
-      xp = t.x_packed + mb * kc;
-    } else {
-      for (int64_t m = 0; m < rb; ++m) PackBf16Row(t.x + (mb + m) * t.x_stride, t.k, x_scratch + m * kc);
-    }
+    for (int64_t m = 0; m < rb; ++m) PackBf16Row(t.x + (mb + m) * t.x_stride, t.k, xp + m * kc);
     // Packing a weight tile costs about what one 2-row tile's pass over it does: worth it from
     // a few tiles on. Results are the same either way.
     const bool direct = rb <= 2 * kTileRows && t.k % 32 == 0;
@@ -393,10 +386,6 @@ void QuantizeRowFp8PackedAvx2(const bf16* x, int64_t k, float* packed, float* sc
     float* dst = packed + kb * kFp8BlockSize;
     for (int64_t i = 0; i < kFp8BlockSize; ++i) dst[Fp8Avx2Position(i)] = src[i];
   }
-}
-
-void PackBf16RowAvx2(const bf16* x, int64_t k, float* packed) {
-  PackBf16Row(x, k, packed);
 }
 
 MOE_AVX2_TARGET void LinearFp8TaskAvx2(const Fp8Task& t, int64_t n0, int64_t n1) {
@@ -483,10 +472,6 @@ void LinearBf16TaskAvx2(const Bf16Task& t, int64_t n0, int64_t n1) {
 }
 void QuantizeRowFp8PackedAvx2(const bf16* x, int64_t k, float* packed, float* scale) {
   QuantizeRowFp8(x, k, packed, scale);
-}
-void PackBf16RowAvx2(const bf16* x, int64_t k, float* packed) {
-  const int64_t kc = (k + 31) / 32 * 32;
-  for (int64_t i = 0; i < kc; ++i) packed[i] = i < k ? BF16ToFloat(x[i]) : 0.0f;
 }
 void LinearFp8TaskAvx2(const Fp8Task& t, int64_t n0, int64_t n1) {
   Fp8Task natural = t;

@@ -74,9 +74,6 @@ struct Bf16Task {
   int64_t k;
   bf16* y;
   int64_t y_stride;
-  // AVX2 path only: the rows of x already widened by PackBf16RowAvx2 (row stride k rounded up to
-  // 32), or null to widen them inside the task.
-  const float* x_packed = nullptr;
 };
 struct Fp8Task {
   // Quantized activations, zero padded to aq_stride = num_k_blocks * 128 per row: the portable
@@ -103,8 +100,6 @@ void LinearBf16TaskAvx512(const Bf16Task& t, int64_t n0, int64_t n1);
 void LinearBf16TaskAvx2(const Bf16Task& t, int64_t n0, int64_t n1);
 void LinearFp8TaskAvx2(const Fp8Task& t, int64_t n0, int64_t n1);
 void QuantizeRowFp8PackedAvx2(const bf16* x, int64_t k, float* packed, float* scale);
-// Widens one bf16 activation row into the AVX2 bf16 layout: (k + 31) / 32 * 32 floats.
-void PackBf16RowAvx2(const bf16* x, int64_t k, float* packed);
 bool Avx2FmaSupported();
 void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1);
 // Whether the CPU runs the AVX-512 FP8 path (it also needs VBMI, which e.g. Cooper Lake lacks;
