@@ -293,6 +293,25 @@ TEST_P(LinearIsaTest, GroupedEqualsLinearPerCall) {
   for (uint32_t seed = 1; seed <= 12; ++seed) CheckGroupedEqualsLinear(seed);
 }
 
+// FP8, bf16 and FP8 calls on one input (quantized once for both FP8 calls, widened once for the
+// bf16 one on the AVX2 path) must each equal their own Linear.
+TEST_P(LinearIsaTest, GroupedSharesAnInputAcrossDtypes) {
+  const int64_t m = 5, k = 300;
+  const TestWeight a = MakeFp8Weight(70, k, 91), b = MakeBf16Weight(40, k, 92), c = MakeFp8Weight(30, k, 93);
+  const std::vector<bf16> x = RandomBf16(m * k, 94, 2.0f);
+  std::vector<bf16> ya(m * 70), yb(m * 40), yc(m * 30), ea(ya.size()), eb(yb.size()), ec(yc.size());
+  const LinearCall calls[] = {{x.data(), k, m, &a.w, ya.data(), 70},
+                              {x.data(), k, m, &b.w, yb.data(), 40},
+                              {x.data(), k, m, &c.w, yc.data(), 30}};
+  LinearGrouped(calls);
+  Linear(x.data(), m, a.w, ea.data());
+  Linear(x.data(), m, b.w, eb.data());
+  Linear(x.data(), m, c.w, ec.data());
+  EXPECT_EQ(FirstDifference(ya, ea), -1);
+  EXPECT_EQ(FirstDifference(yb, eb), -1);
+  EXPECT_EQ(FirstDifference(yc, ec), -1);
+}
+
 TEST_P(LinearIsaTest, GroupedWritesOnlyItsOutputs) {
   // Two calls: one real, one with zero rows (must not write). The padding columns between output
   // rows keep their values.
