@@ -1,9 +1,10 @@
-// Internals of Linear shared by the portable and AVX-512 code paths (not a public interface).
+// Internals of Linear shared by the portable, AVX-512 and AVX2 code paths (not a public interface).
 //
-// Both paths compute every output element with the same, fixed reduction order, which is what
+// All paths compute every output element with the same, fixed reduction order, which is what
 // makes Linear batch invariant and lets the portable path reproduce the AVX-512 path bit for bit
 // (except that VDPBF16PS flushes bf16 subnormal inputs to zero, so bf16 weights/activations below
-// 2^-126 in magnitude may round differently; such values do not occur in real checkpoints):
+// 2^-126 in magnitude may round differently; such values do not occur in real checkpoints), and
+// the AVX2 path likewise (its FMAs differ only for bf16 products below 2^-126; linear_avx2.cc):
 //
 // BF16 weights, output (m, n): 16 fp32 lanes start at +0. For each 32-element chunk c of k
 //   (ascending; a partial last chunk is zero padded), lane i adds x*w for k = 32c+2i+1, then for
