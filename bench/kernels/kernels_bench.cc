@@ -1,6 +1,8 @@
-// kernels_bench: memory bandwidth and Linear throughput on Qwen3-30B-A3B shapes, with each
-// Linear's effective weight bandwidth as a ratio of the read bandwidth measured in the same run
-// (docs/contributing.md#benchmarks: ratios, not absolute numbers, since the machines are noisy).
+// kernels_bench: memory bandwidth, compute peak and Linear throughput on Qwen3-30B-A3B shapes, with
+// each Linear's effective weight bandwidth as a ratio of the read bandwidth and its GFLOP/s as a
+// fraction of the compute peak, both measured in the same run (docs/contributing.md#benchmarks:
+// ratios, not absolute numbers, since the machines are noisy). The peak is a register-blocked
+// loop of the widest multiply-add the CPU has: VDPBF16PS (AVX-512 BF16) or fp32 FMA (AVX2).
 //
 // Weights are cycled over enough copies (>= --pool-bytes in total) that every call streams them
 // from memory rather than from a cache.
@@ -16,6 +18,7 @@
 
 #include "CLI/CLI.hpp"
 #include "bench/util/memory_bandwidth.h"
+#include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
 #include "common/kernels/cpu/thread_pool.h"
 #include "common/tensor/bf16.h"
@@ -64,13 +67,83 @@ void FillWeights(uint8_t* p, size_t bytes, bool fp8, uint64_t seed) {
   });
 }
 
+// Peak multiply-add throughput of one thread: kChains independent accumulators (more than the
+// FMA latency times the number of FMA pipes), `iterations` rounds. Returns flops (2 per product).
+constexpr int kChains = 12;
+#if defined(__x86_64__) && defined(__GNUC__)
+__attribute__((target("avx512f,avx512bf16"))) double PeakLoopAvx512Bf16(int64_t iterations) {
+  __m512 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm512_set1_ps(static_cast<float>(i));
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3400);
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+    __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]));
+  }
+  volatile float sink = 0;
+  for (int i = 0; i < kChains; ++i) sink = sink + _mm512_reduce_add_ps(acc[i]);
+  return 64.0 * kChains * static_cast<double>(iterations);
+}
+__attribute__((target("avx2,fma"))) double PeakLoopAvx2Fma(int64_t iterations) {
+  __m256 acc[kChains];
+  for (int i = 0; i < kChains; ++i) acc[i] = _mm256_set1_ps(static_cast<float>(i));
+  const __m256 a = _mm256_set1_ps(0.999f), b = _mm256_set1_ps(1e-3f);
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < kChains; ++i) acc[i] = _mm256_fmadd_ps(acc[i], a, b);
+    __asm__ volatile("" : "+x"(acc[0]), "+x"(acc[1]), "+x"(acc[2]), "+x"(acc[3]));
+  }
+  alignas(32) float lanes[8];
+  volatile float sink = 0;
+  for (int i = 0; i < kChains; ++i) {
+    _mm256_store_ps(lanes, acc[i]);
+    sink = sink + lanes[0];
+  }
+  return 16.0 * kChains * static_cast<double>(iterations);
+}
+#endif
+
+struct Peak {
+  const char* instruction = "none";
+  double gflops = 0;  // all pool threads
+};
+
+// Best of 10 passes of the peak loop on every pool thread at once (the best pass is the one least
+// disturbed by other processes).
+Peak MeasurePeak() {
+  Peak peak;
+#if defined(__x86_64__) && defined(__GNUC__)
+  double (*loop)(int64_t) = nullptr;
+  if (CpuSupports(Isa::kAvx512Bf16)) {
+    loop = PeakLoopAvx512Bf16;
+    peak.instruction = "vdpbf16ps zmm";
+  } else if (CpuSupports(Isa::kAvx2Fma)) {
+    loop = PeakLoopAvx2Fma;
+    peak.instruction = "vfmadd ymm fp32";
+  }
+  if (loop == nullptr) return peak;
+  ThreadPool& pool = ThreadPool::Global();
+  const int64_t iterations = int64_t{1} << 21;
+  for (int pass = 0; pass < 10; ++pass) {
+    std::vector<double> flops(pool.num_threads());
+    const auto t0 = Clock::now();
+    pool.ParallelFor(pool.num_threads(), [&](int64_t t) { flops[t] = loop(iterations); });
+    const double seconds = Seconds(t0, Clock::now());
+    double total = 0;
+    for (double f : flops) total += f;
+    peak.gflops = std::max(peak.gflops, total / seconds / 1e9);
+  }
+#endif
+  return peak;
+}
+
 struct Shape {
   const char* name;
   int64_t out_features, in_features;
 };
 
 void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_list, size_t pool_bytes,
-                 double min_seconds, double read_gbs) {
+                 double min_seconds, double read_gbs, double peak_gflops) {
   LinearWeight proto{fp8 ? DType::kF8E4M3 : DType::kBF16, shape.out_features, shape.in_features, nullptr,
                      nullptr};
   const size_t data_bytes = shape.out_features * shape.in_features * (fp8 ? 1 : 2);
@@ -109,12 +182,52 @@ void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_
     const double per_call = elapsed / calls;
     const double weight_gbs = proto.WeightBytes() / per_call / 1e9;
     const double gflops = 2.0 * rows * shape.out_features * shape.in_features / per_call / 1e9;
-    std::printf("%-8s %-14s %5s %5lld %10.1f %9.1f %7.2f %9.1f\n", shape.name,
+    std::printf("%-8s %-14s %5s %5lld %10.1f %9.1f %7.2f %9.1f %7.3f\n", shape.name,
                 (std::to_string(shape.out_features) + "x" + std::to_string(shape.in_features)).c_str(),
                 fp8 ? "fp8" : "bf16", static_cast<long long>(rows), per_call * 1e6, weight_gbs,
-                weight_gbs / read_gbs, gflops);
+                weight_gbs / read_gbs, gflops, peak_gflops > 0 ? gflops / peak_gflops : 0.0);
     std::fflush(stdout);
   }
+}
+
+// Causal prefill attention of `tokens` positions (start 0) with Qwen3-30B-A3B's heads (32 query
+// heads, 4 KV heads, head_dim 128): QK^T and PV flops (2 per multiply-add) per second.
+void BenchPrefillAttention(int64_t tokens, double min_seconds, double peak_gflops) {
+  const int64_t heads = 32, kv_heads = 4, dim = 128, block_size = 16;
+  const int64_t num_blocks = (tokens + block_size - 1) / block_size;
+  std::vector<bf16> q(tokens * heads * dim), out(tokens * heads * dim);
+  std::vector<bf16> k(num_blocks * block_size * kv_heads * dim), v(k.size());
+  uint64_t s = 7;
+  auto fill = [&](std::vector<bf16>& a) {
+    for (bf16& x : a)
+      x = FloatToBF16(static_cast<float>(static_cast<int64_t>(NextRandom(s) % 2001) - 1000) / 1000.0f);
+  };
+  fill(q);
+  fill(k);
+  fill(v);
+  std::vector<int32_t> table(num_blocks);
+  for (int64_t b = 0; b < num_blocks; ++b)
+    table[b] = static_cast<int32_t>(num_blocks - 1 - b);  // not in order
+  const PagedKv kv{k.data(), v.data(), block_size, kv_heads, dim};
+  auto run = [&] {
+    PagedAttention(q.data(), heads * dim, tokens, 0, heads, 0.08838834764f, table.data(), kv, out.data(),
+                   heads * dim);
+  };
+  run();
+  size_t calls = 0;
+  const auto t0 = Clock::now();
+  double elapsed = 0;
+  while (elapsed < min_seconds || calls < 2) {
+    run();
+    ++calls;
+    elapsed = Seconds(t0, Clock::now());
+  }
+  const double per_call = elapsed / calls;
+  const double gflops = 4.0 * dim * heads * (tokens * (tokens + 1) / 2) / per_call / 1e9;
+  std::printf("%-8s %-14s %5s %5lld %10.1f %9s %7s %9.1f %7.3f\n", "attn", "32q/4kv x 128", "bf16",
+              static_cast<long long>(tokens), per_call * 1e6, "-", "-", gflops,
+              peak_gflops > 0 ? gflops / peak_gflops : 0.0);
+  std::fflush(stdout);
 }
 
 }  // namespace
@@ -126,24 +239,33 @@ int main(int argc, char** argv) {
   double buffer_mib = 1024, pool_mib = 1024, min_seconds = 0.3;
   bool skip_prefill = false;
   std::vector<std::string> layers;
+  std::vector<int64_t> rows_option;
+  int64_t attention_tokens = 512;
   std::string dtype = "all";
   app.add_option("--buffer-mib", buffer_mib, "Size of each bandwidth test buffer (MiB)");
   app.add_option("--pool-mib", pool_mib, "Total bytes of weight copies cycled per shape (MiB)");
   app.add_option("--min-seconds", min_seconds, "Minimum timed seconds per measurement");
   app.add_flag("--skip-prefill", skip_prefill, "Skip the 512-row measurements");
-  app.add_option("--layers", layers, "Only these layers (expert, down, q_proj, lm_head)");
+  app.add_option("--rows", rows_option, "Row counts to measure (default 1 8 32 512)");
+  app.add_option("--attention-tokens", attention_tokens,
+                 "Prefill length of the attention measurement (0: skip)");
+  app.add_option("--layers", layers, "Only these layers (q_proj, kv_proj, o_proj, expert, down, lm_head)");
   app.add_option("--dtype", dtype, "Only this weight dtype: bf16, fp8 or all")
       ->check(CLI::IsMember({"bf16", "fp8", "all"}));
   CLI11_PARSE(app, argc, argv);
 
   std::printf("isa=%s threads=%d\n", KernelIsa(), ThreadPool::Global().num_threads());
   const Bandwidth bw = MeasureBandwidth(static_cast<size_t>(buffer_mib * 1048576), 5);
-  std::printf("copy bandwidth (read+write): %.1f GB/s\nread bandwidth (streaming sum): %.1f GB/s\n\n",
+  std::printf("copy bandwidth (read+write): %.1f GB/s\nread bandwidth (streaming sum): %.1f GB/s\n",
               bw.copy_gbs, bw.read_gbs);
-  std::printf("%-8s %-14s %5s %5s %10s %9s %7s %9s\n", "layer", "N x K", "dtype", "rows", "us/call",
-              "weightGB/s", "ratio", "GFLOP/s");
-  const Shape shapes[] = {
-      {"expert", 768, 2048}, {"down", 2048, 768}, {"q_proj", 4096, 2048}, {"lm_head", 151936, 2048}};
+  const Peak peak = MeasurePeak();
+  std::printf("compute peak (%s, register-blocked): %.1f GFLOP/s\n\n", peak.instruction, peak.gflops);
+  std::printf("%-8s %-14s %5s %5s %10s %9s %7s %9s %7s\n", "layer", "N x K", "dtype", "rows", "us/call",
+              "weightGB/s", "ratio", "GFLOP/s", "peak");
+  // Qwen3-30B-A3B: q_proj Hq*D x H, k_proj and v_proj Hkv*D x H, o_proj H x Hq*D, experts' gate and
+  // up I x H, down H x I, lm_head V x H.
+  const Shape shapes[] = {{"q_proj", 4096, 2048}, {"kv_proj", 512, 2048}, {"o_proj", 2048, 4096},
+                          {"expert", 768, 2048},  {"down", 2048, 768},    {"lm_head", 151936, 2048}};
   for (const Shape& shape : shapes) {
     if (!layers.empty() && std::find(layers.begin(), layers.end(), shape.name) == layers.end()) continue;
     for (bool fp8 : {false, true}) {
@@ -151,9 +273,17 @@ int main(int argc, char** argv) {
       std::vector<int64_t> rows = {1, 8, 32};
       // 512 rows of lm_head never happen (only the last position needs logits).
       if (!skip_prefill && shape.out_features < 100000) rows.push_back(512);
-      BenchLinear(shape, fp8, rows, static_cast<size_t>(pool_mib * 1048576), min_seconds, bw.read_gbs);
+      if (!rows_option.empty()) rows = rows_option;
+      BenchLinear(shape, fp8, rows, static_cast<size_t>(pool_mib * 1048576), min_seconds, bw.read_gbs,
+                  peak.gflops);
     }
   }
-  std::printf("\nratio = effective weight bandwidth / read bandwidth measured above.\n");
+  if (attention_tokens > 0) BenchPrefillAttention(attention_tokens, min_seconds, peak.gflops);
+  // Measured again at the end: a large difference means the machine's load changed during the run.
+  const Peak peak_after = MeasurePeak();
+  std::printf("\ncompute peak at the end: %.1f GFLOP/s\n", peak_after.gflops);
+  std::printf(
+      "ratio = effective weight bandwidth / read bandwidth measured above; peak = GFLOP/s / compute "
+      "peak measured above.\n");
   return 0;
 }

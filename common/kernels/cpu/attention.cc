@@ -5,9 +5,15 @@
 #include <cstring>
 #include <vector>
 
+#include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
 #include "common/kernels/cpu/linear_internal.h"
 #include "common/kernels/cpu/thread_pool.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define MOE_ATTENTION_AVX2 1
+#endif
 
 namespace moe::kernels::cpu {
 namespace {
@@ -49,6 +55,150 @@ AttentionScratch& Scratch() {
   return scratch;
 }
 
+#if MOE_ATTENTION_AVX2
+#define MOE_AVX2_TARGET __attribute__((target("avx2")))
+#define MOE_AVX2_INLINE MOE_AVX2_TARGET inline __attribute__((always_inline))
+
+// AVX2 path of one (token, KV head) pair: all query heads of the KV group at once, so every key
+// and value row is widened once for the group, not once per head. Each (query head, key) dot
+// product and each output element sees exactly the scalar path's operations in the same order
+// (separate multiply and add, lane i of DotQK in the low or high 8-lane half, the Reduce16 tree,
+// ascending j in P·V), so the results are bit-identical. Requires head_dim % 16 == 0.
+
+// 8 bf16 -> 8 fp32.
+MOE_AVX2_INLINE __m256 Bf16x8(const bf16* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+// Reduce16 of eight outputs whose lanes 0-7 / 8-15 are lo[o] / hi[o] (given as s8[o] = lo + hi):
+// (i, i+4), (i, i+2), (0, 1). Result lane l is output kLaneOutput[l].
+constexpr int kLaneOutput[8] = {0, 2, 4, 6, 1, 3, 5, 7};
+MOE_AVX2_INLINE __m256 Reduce8x8(const __m256* s8) {
+  __m256 s4[4];
+#pragma GCC unroll 8
+  for (int j = 0; j < 4; ++j) {
+    const __m256 a = s8[2 * j], b = s8[2 * j + 1];
+    s4[j] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+  }
+  const __m256 t0 = _mm256_add_ps(_mm256_shuffle_ps(s4[0], s4[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm256_shuffle_ps(s4[0], s4[1], _MM_SHUFFLE(3, 2, 3, 2)));
+  const __m256 t1 = _mm256_add_ps(_mm256_shuffle_ps(s4[2], s4[3], _MM_SHUFFLE(1, 0, 1, 0)),
+                                  _mm256_shuffle_ps(s4[2], s4[3], _MM_SHUFFLE(3, 2, 3, 2)));
+  return _mm256_add_ps(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// scores[hh * stride + j] = DotQK(q + hh * dim, k_j) * scale for up to 8 heads hh < nh.
+MOE_AVX2_TARGET void GroupScoresAvx2(const float* q, int nh, const bf16* const* krow, int64_t context,
+                                     int64_t dim, float scale, float* scores, int64_t stride) {
+  for (int64_t j = 0; j < context; ++j) {
+    __m256 s8[8];
+#pragma GCC unroll 2
+    for (int h0 = 0; h0 < 8; h0 += 4) {
+      __m256 lo[4], hi[4];
+      const float* qh[4];
+#pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) {
+        lo[i] = _mm256_setzero_ps();
+        hi[i] = _mm256_setzero_ps();
+        qh[i] = q + std::min(h0 + i, nh - 1) * dim;  // missing heads repeat the last
+      }
+      for (int64_t d = 0; d < dim; d += 16) {
+        const __m256 klo = Bf16x8(krow[j] + d), khi = Bf16x8(krow[j] + d + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < 4; ++i) {
+          lo[i] = _mm256_add_ps(lo[i], _mm256_mul_ps(_mm256_loadu_ps(qh[i] + d), klo));
+          hi[i] = _mm256_add_ps(hi[i], _mm256_mul_ps(_mm256_loadu_ps(qh[i] + d + 8), khi));
+        }
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) s8[h0 + i] = _mm256_add_ps(lo[i], hi[i]);
+    }
+    alignas(32) float dots[8];
+    _mm256_store_ps(dots, Reduce8x8(s8));
+#pragma GCC unroll 8
+    for (int lane = 0; lane < 8; ++lane) {
+      const int hh = kLaneOutput[lane];
+      if (hh < nh) scores[hh * stride + j] = dots[lane] * scale;
+    }
+  }
+}
+
+// out[hh * dim + d] = sum_j p[hh * stride + j] * v_j[d] (fp32, ascending j, from +0) for up to 8
+// heads.
+MOE_AVX2_TARGET void GroupPvAvx2(const float* p, int nh, int64_t stride, const bf16* const* vrow,
+                                 int64_t context, int64_t dim, float* out) {
+  for (int64_t d = 0; d < dim; d += 8) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_ps();
+    for (int64_t j = 0; j < context; ++j) {
+      const __m256 v = Bf16x8(vrow[j] + d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        if (i < nh) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(p[i * stride + j]), v));
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < nh; ++i) _mm256_storeu_ps(out + i * dim + d, acc[i]);
+  }
+}
+
+struct GroupScratch {
+  std::vector<float> q, scores, out;
+  std::vector<const bf16*> krow, vrow;
+};
+
+// Query heads [h0, h1) of token t, all reading KV head g.
+void GroupAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t, int64_t start_pos, int64_t h0, int64_t h1,
+                        int64_t g, float scale, const int32_t* block_table, const PagedKv& kv, bf16* out,
+                        int64_t out_stride) {
+  thread_local GroupScratch s;
+  const int64_t dim = kv.head_dim, kv_row = kv.num_kv_heads * dim;
+  const int64_t context = start_pos + t + 1, nh = h1 - h0;
+  s.q.resize(nh * dim);
+  s.scores.resize(nh * context);
+  s.out.resize(nh * dim);
+  s.krow.resize(context);
+  s.vrow.resize(context);
+  for (int64_t j = 0; j < context; ++j) {
+    const int64_t slot =
+        static_cast<int64_t>(block_table[j / kv.block_size]) * kv.block_size + j % kv.block_size;
+    s.krow[j] = kv.k + slot * kv_row + g * dim;
+    s.vrow[j] = kv.v + slot * kv_row + g * dim;
+  }
+  for (int64_t hh = 0; hh < nh; ++hh) {
+    const bf16* qh = q + t * q_stride + (h0 + hh) * dim;
+    for (int64_t d = 0; d < dim; ++d) s.q[hh * dim + d] = BF16ToFloat(qh[d]);
+  }
+  for (int64_t c = 0; c < nh; c += 8) {
+    GroupScoresAvx2(s.q.data() + c * dim, static_cast<int>(std::min<int64_t>(8, nh - c)), s.krow.data(),
+                    context, dim, scale, s.scores.data() + c * context, context);
+  }
+  // Softmax per head exactly as the scalar path: max, exp and sum in ascending j, P rounded to bf16.
+  for (int64_t hh = 0; hh < nh; ++hh) {
+    float* sc = s.scores.data() + hh * context;
+    float max_score = -INFINITY;
+    for (int64_t j = 0; j < context; ++j) max_score = std::max(max_score, sc[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < context; ++j) {
+      sc[j] = std::exp(sc[j] - max_score);
+      sum += sc[j];
+    }
+    for (int64_t j = 0; j < context; ++j) sc[j] = RoundBF16(sc[j] / sum);
+  }
+  for (int64_t c = 0; c < nh; c += 8) {
+    GroupPvAvx2(s.scores.data() + c * context, static_cast<int>(std::min<int64_t>(8, nh - c)), context,
+                s.vrow.data(), context, dim, s.out.data() + c * dim);
+  }
+  for (int64_t hh = 0; hh < nh; ++hh) {
+    bf16* o = out + t * out_stride + (h0 + hh) * dim;
+    for (int64_t d = 0; d < dim; ++d) o[d] = FloatToBF16(s.out[hh * dim + d]);
+  }
+}
+#endif  // MOE_ATTENTION_AVX2
+
 }  // namespace
 
 void WriteKv(const bf16* k, int64_t k_stride, const bf16* v, int64_t v_stride, int64_t num_tokens,
@@ -70,6 +220,18 @@ void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t
   const int64_t dim = kv.head_dim;
   const int64_t group = std::max<int64_t>(1, num_heads / kv.num_kv_heads);
   const int64_t kv_row = kv.num_kv_heads * dim;
+#if MOE_ATTENTION_AVX2
+  if (ActiveIsa() == Isa::kAvx2Fma && dim % 16 == 0) {
+    // One task per (token, KV group): each owns its heads' output vectors.
+    const int64_t num_groups = (num_heads + group - 1) / group;
+    ThreadPool::Current().ParallelFor(num_tokens * num_groups, [&](int64_t task) {
+      const int64_t t = task / num_groups, g = task % num_groups;
+      GroupAttentionAvx2(q, q_stride, t, start_pos, g * group, std::min(num_heads, (g + 1) * group), g, scale,
+                         block_table, kv, out, out_stride);
+    });
+    return;
+  }
+#endif
   // One task per (token, head): each owns one output vector, so the thread count cannot change it.
   ThreadPool::Current().ParallelFor(num_tokens * num_heads, [&](int64_t task) {
     const int64_t t = task / num_heads, h = task % num_heads;

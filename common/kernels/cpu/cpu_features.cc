@@ -12,7 +12,9 @@ namespace {
 Isa DetectIsa() {
   const char* env = std::getenv("MOE_KERNEL_ISA");
   if (env != nullptr && std::strcmp(env, "portable") == 0) return Isa::kPortable;
-  return CpuSupports(Isa::kAvx512Bf16) ? Isa::kAvx512Bf16 : Isa::kPortable;
+  if (env != nullptr && std::strcmp(env, "avx2fma") == 0 && CpuSupports(Isa::kAvx2Fma)) return Isa::kAvx2Fma;
+  if (CpuSupports(Isa::kAvx512Bf16)) return Isa::kAvx512Bf16;
+  return CpuSupports(Isa::kAvx2Fma) ? Isa::kAvx2Fma : Isa::kPortable;
 }
 
 std::atomic<int>& IsaSlot() {
@@ -35,6 +37,13 @@ bool CpuSupports(Isa isa) {
 #else
       return false;
 #endif
+    case Isa::kAvx2Fma:
+#if defined(__x86_64__) && defined(__GNUC__)
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+      return false;
+#endif
   }
   return false;
 }
@@ -49,6 +58,8 @@ const char* IsaName(Isa isa) {
       return "portable";
     case Isa::kAvx512Bf16:
       return "avx512bf16";
+    case Isa::kAvx2Fma:
+      return "avx2fma";
   }
   return "unknown";
 }

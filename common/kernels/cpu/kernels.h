@@ -119,7 +119,7 @@ void Add(const bf16* a, const bf16* b, int64_t n, bf16* out);
 // Embedding row gather: out[t, :] = table[ids[t], :]. Callers validate ids < vocab.
 void Embed(const bf16* table, int64_t hidden, const int32_t* ids, int64_t num_tokens, bf16* out);
 
-// Reports which instruction set the kernels use ("avx512bf16", "avx512", "portable").
+// Reports which instruction set the kernels use ("avx512bf16", "avx2fma", "portable").
 const char* KernelIsa();
 
 }  // namespace moe::kernels::cpu

@@ -139,6 +139,7 @@ struct QuantizeJob {
 void LinearGrouped(std::span<const LinearCall> calls) {
   const bool avx = ActiveIsa() == Isa::kAvx512Bf16;
   const bool avx_fp8 = avx && internal::Fp8Avx512Supported();
+  const bool avx2 = ActiveIsa() == Isa::kAvx2Fma;
   std::vector<PreparedCall> prepared(calls.size());
   std::vector<QuantizeJob> jobs;
 
@@ -158,7 +159,7 @@ void LinearGrouped(std::span<const LinearCall> calls) {
     }
     last_fp8 = &c;
   }
-  // The same scratch holds either layout (natural for the portable path, packed for AVX-512).
+  // The same scratch holds any layout (natural for the portable path, packed for AVX-512/AVX2).
   float* scratch = scratch_floats > 0 ? ScratchFloats(scratch_floats).data() : nullptr;
 
   // Pass 2: task descriptors, task offsets and quantization jobs.
@@ -193,8 +194,9 @@ void LinearGrouped(std::span<const LinearCall> calls) {
       last_fp8 = &c;
       const QuantizeJob& job = jobs.back();
       internal::Fp8Task& t = p.fp8;
-      t.aq = avx_fp8 ? nullptr : job.aq;
-      t.aq_packed = avx_fp8 ? job.aq : nullptr;
+      const bool packed = avx_fp8 || avx2;
+      t.aq = packed ? nullptr : job.aq;
+      t.aq_packed = packed ? job.aq : nullptr;
       t.aq_stride = aq_stride;
       t.a_scale = job.a_scale;
       t.num_rows = c.num_rows;
@@ -226,6 +228,9 @@ void LinearGrouped(std::span<const LinearCall> calls) {
       if (avx_fp8) {
         internal::QuantizeRowFp8PackedAvx512(job.x + m * job.x_stride, job.k, job.aq + m * aq_stride,
                                              job.a_scale + m * job.num_k_blocks);
+      } else if (avx2) {
+        internal::QuantizeRowFp8PackedAvx2(job.x + m * job.x_stride, job.k, job.aq + m * aq_stride,
+                                           job.a_scale + m * job.num_k_blocks);
       } else {
         internal::QuantizeRowFp8(job.x + m * job.x_stride, job.k, job.aq + m * aq_stride,
                                  job.a_scale + m * job.num_k_blocks);
@@ -251,12 +256,16 @@ void LinearGrouped(std::span<const LinearCall> calls) {
     if (p.kind == PreparedCall::Kind::kBf16) {
       if (avx) {
         internal::LinearBf16TaskAvx512(p.bf16, n0, n1);
+      } else if (avx2) {
+        internal::LinearBf16TaskAvx2(p.bf16, n0, n1);
       } else {
         internal::LinearBf16TaskPortable(p.bf16, n0, n1);
       }
     } else if (p.kind == PreparedCall::Kind::kFp8) {
       if (avx_fp8) {
         internal::LinearFp8TaskAvx512(p.fp8, n0, n1);
+      } else if (avx2) {
+        internal::LinearFp8TaskAvx2(p.fp8, n0, n1);
       } else {
         internal::LinearFp8TaskPortable(p.fp8, n0, n1);
       }

@@ -1,9 +1,10 @@
-// Internals of Linear shared by the portable and AVX-512 code paths (not a public interface).
+// Internals of Linear shared by the portable, AVX-512 and AVX2 code paths (not a public interface).
 //
-// Both paths compute every output element with the same, fixed reduction order, which is what
+// All paths compute every output element with the same, fixed reduction order, which is what
 // makes Linear batch invariant and lets the portable path reproduce the AVX-512 path bit for bit
 // (except that VDPBF16PS flushes bf16 subnormal inputs to zero, so bf16 weights/activations below
-// 2^-126 in magnitude may round differently; such values do not occur in real checkpoints):
+// 2^-126 in magnitude may round differently; such values do not occur in real checkpoints), and
+// the AVX2 path likewise (its FMAs differ only for bf16 products below 2^-126; linear_avx2.cc):
 //
 // BF16 weights, output (m, n): 16 fp32 lanes start at +0. For each 32-element chunk c of k
 //   (ascending; a partial last chunk is zero padded), lane i adds x*w for k = 32c+2i+1, then for
@@ -77,7 +78,8 @@ struct Bf16Task {
 };
 struct Fp8Task {
   // Quantized activations, zero padded to aq_stride = num_k_blocks * 128 per row: the portable
-  // path reads aq (natural order), the AVX-512 path aq_packed (packed layout).
+  // path reads aq (natural order), the AVX-512 and AVX2 paths aq_packed (each its own packed
+  // layout).
   const float* aq;
   const float* aq_packed;
   int64_t aq_stride;
@@ -94,6 +96,12 @@ struct Fp8Task {
 void LinearBf16TaskPortable(const Bf16Task& t, int64_t n0, int64_t n1);
 void LinearFp8TaskPortable(const Fp8Task& t, int64_t n0, int64_t n1);
 void LinearBf16TaskAvx512(const Bf16Task& t, int64_t n0, int64_t n1);
+// AVX2 + FMA path (linear_avx2.cc). Its FP8 task reads aq_packed in its own layout, written by
+// QuantizeRowFp8PackedAvx2 (same values and scales as QuantizeRowFp8).
+void LinearBf16TaskAvx2(const Bf16Task& t, int64_t n0, int64_t n1);
+void LinearFp8TaskAvx2(const Fp8Task& t, int64_t n0, int64_t n1);
+void QuantizeRowFp8PackedAvx2(const bf16* x, int64_t k, float* packed, float* scale);
+bool Avx2FmaSupported();
 void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1);
 // Whether the CPU runs the AVX-512 FP8 path (it also needs VBMI, which e.g. Cooper Lake lacks;
 // there FP8 weights take the portable path, which gives the same results).

@@ -3,6 +3,7 @@
 #include <random>
 #include <vector>
 
+#include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
 #include "common/kernels/cpu/thread_pool.h"
 #include "gtest/gtest.h"
@@ -146,6 +147,69 @@ TEST(PagedAttentionTest, IsInvariantToChunkingAndThreads) {
   ScopedThreadPool scoped(&pool);
   PagedAttention(q.data(), row, context, 0, heads, 0.088f, cache.table.data(), cache.kv, threads.data(), row);
   EXPECT_EQ(FirstDifference(all, threads), -1);
+}
+
+// The AVX2 path (all query heads of a KV group per task) must give the portable path's bits:
+// groups smaller than, equal to and larger than its 8-head chunk, several KV heads, queries that
+// start mid-sequence, head_dim 16 and 128, and a query head whose scores contain a large spread.
+TEST(PagedAttentionTest, Avx2GroupedPathEqualsPortableBitForBit) {
+  if (!CpuSupports(Isa::kAvx2Fma)) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  const Isa saved = ActiveIsa();
+  struct Case {
+    int64_t heads, kv_heads, dim, start, tokens;
+  };
+  for (const Case& c : {Case{8, 1, 128, 0, 40}, Case{32, 4, 128, 0, 70}, Case{6, 2, 16, 21, 9},
+                        Case{24, 2, 128, 5, 33}, Case{4, 4, 32, 50, 3}}) {
+    const int64_t block_size = 16, context = c.start + c.tokens;
+    TestCache cache((context + block_size - 1) / block_size, block_size, c.kv_heads, c.dim, 21);
+    const int64_t kv_row = c.kv_heads * c.dim, row = c.heads * c.dim;
+    const std::vector<bf16> keys = RandomBf16(context * kv_row, 22, 4.0f);
+    const std::vector<bf16> values = RandomBf16(context * kv_row, 23);
+    WriteKv(keys.data(), kv_row, values.data(), kv_row, context, 0, cache.table.data(), cache.kv);
+    const std::vector<bf16> q = RandomBf16(c.tokens * row, 24, 4.0f);
+    std::vector<bf16> fast(c.tokens * row), portable(c.tokens * row);
+    internal::SetIsaForTesting(Isa::kAvx2Fma);
+    PagedAttention(q.data(), row, c.tokens, c.start, c.heads, 0.088f, cache.table.data(), cache.kv,
+                   fast.data(), row);
+    internal::SetIsaForTesting(Isa::kPortable);
+    PagedAttention(q.data(), row, c.tokens, c.start, c.heads, 0.088f, cache.table.data(), cache.kv,
+                   portable.data(), row);
+    EXPECT_EQ(FirstDifference(fast, portable), -1)
+        << "heads " << c.heads << " kv " << c.kv_heads << " dim " << c.dim;
+  }
+  internal::SetIsaForTesting(saved);
+}
+
+// Pins the dot product's documented order with absorption, on every path: lane 0 of q . k_0 adds
+// d = 0, 16, 32 in that order: (2^24 + 1) - 2^24 = 0 in fp32 (the 1 is absorbed), while another
+// order gives 1. With key 1 all zero, score 0 makes P = (0.5, 0.5) and the output v_0 / 2 = 0.5;
+// score 1 would give 0.73.
+TEST(PagedAttentionTest, DotProductFollowsDocumentedOrderOnEveryPath) {
+  const Isa saved = ActiveIsa();
+  const int64_t heads = 8, kv_heads = 1, dim = 128, block_size = 16;
+  TestCache cache(1, block_size, kv_heads, dim, 31);
+  std::vector<bf16> keys(2 * dim, FloatToBF16(0.0f)), values(2 * dim, FloatToBF16(0.0f));
+  keys[0] = FloatToBF16(4096.0f);
+  keys[16] = FloatToBF16(1.0f);
+  keys[32] = FloatToBF16(4096.0f);
+  for (int64_t d = 0; d < dim; ++d) values[d] = FloatToBF16(1.0f);
+  WriteKv(keys.data(), dim, values.data(), dim, 2, 0, cache.table.data(), cache.kv);
+  std::vector<bf16> q(heads * dim, FloatToBF16(0.0f));
+  for (int64_t h = 0; h < heads; ++h) {
+    q[h * dim + 0] = FloatToBF16(4096.0f);
+    q[h * dim + 16] = FloatToBF16(1.0f);
+    q[h * dim + 32] = FloatToBF16(-4096.0f);
+  }
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2Fma, Isa::kAvx512Bf16}) {
+    if (!CpuSupports(isa)) continue;
+    internal::SetIsaForTesting(isa);
+    std::vector<bf16> out(heads * dim);
+    PagedAttention(q.data(), heads * dim, 1, 1, heads, 1.0f, cache.table.data(), cache.kv, out.data(),
+                   heads * dim);
+    for (int64_t i = 0; i < heads * dim; ++i)
+      ASSERT_EQ(BF16ToFloat(out[i]), 0.5f) << IsaName(isa) << " " << i;
+  }
+  internal::SetIsaForTesting(saved);
 }
 
 }  // namespace

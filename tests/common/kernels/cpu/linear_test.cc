@@ -293,6 +293,25 @@ TEST_P(LinearIsaTest, GroupedEqualsLinearPerCall) {
   for (uint32_t seed = 1; seed <= 12; ++seed) CheckGroupedEqualsLinear(seed);
 }
 
+// FP8, bf16 and FP8 calls on one input (quantized once for both FP8 calls, widened once for the
+// bf16 one on the AVX2 path) must each equal their own Linear.
+TEST_P(LinearIsaTest, GroupedSharesAnInputAcrossDtypes) {
+  const int64_t m = 5, k = 300;
+  const TestWeight a = MakeFp8Weight(70, k, 91), b = MakeBf16Weight(40, k, 92), c = MakeFp8Weight(30, k, 93);
+  const std::vector<bf16> x = RandomBf16(m * k, 94, 2.0f);
+  std::vector<bf16> ya(m * 70), yb(m * 40), yc(m * 30), ea(ya.size()), eb(yb.size()), ec(yc.size());
+  const LinearCall calls[] = {{x.data(), k, m, &a.w, ya.data(), 70},
+                              {x.data(), k, m, &b.w, yb.data(), 40},
+                              {x.data(), k, m, &c.w, yc.data(), 30}};
+  LinearGrouped(calls);
+  Linear(x.data(), m, a.w, ea.data());
+  Linear(x.data(), m, b.w, eb.data());
+  Linear(x.data(), m, c.w, ec.data());
+  EXPECT_EQ(FirstDifference(ya, ea), -1);
+  EXPECT_EQ(FirstDifference(yb, eb), -1);
+  EXPECT_EQ(FirstDifference(yc, ec), -1);
+}
+
 TEST_P(LinearIsaTest, GroupedWritesOnlyItsOutputs) {
   // Two calls: one real, one with zero rows (must not write). The padding columns between output
   // rows keep their values.
@@ -312,7 +331,8 @@ TEST_P(LinearIsaTest, GroupedWritesOnlyItsOutputs) {
   LinearGrouped({});  // no calls: nothing to do
 }
 
-INSTANTIATE_TEST_SUITE_P(Isas, LinearIsaTest, ::testing::Values(Isa::kPortable, Isa::kAvx512Bf16),
+INSTANTIATE_TEST_SUITE_P(Isas, LinearIsaTest,
+                         ::testing::Values(Isa::kPortable, Isa::kAvx512Bf16, Isa::kAvx2Fma),
                          [](const auto& info) { return std::string(IsaName(info.param)); });
 
 // The portable path reproduces the documented order, so it must equal the AVX-512 path exactly
@@ -361,6 +381,64 @@ TEST(LinearTest, Fp8PortableEqualsAvx512ForEveryTileShape) {
       internal::SetIsaForTesting(Isa::kPortable);
       Linear(x.data(), m, t.w, portable.data());
       ASSERT_EQ(FirstDifference(fast, portable), -1) << "n=" << n << " k=" << k << " rows=" << m;
+    }
+  }
+  internal::SetIsaForTesting(saved);
+}
+
+// The AVX2 path must reproduce the portable path bit for bit for both dtypes: 1- and 2-row tiles,
+// row blocks with and without packed weights (up to 4 rows the bf16 weights are widened in
+// registers when k is a multiple of 32), more than one 64-row block, partial 4-column tiles,
+// partial 32-chunks and 128-blocks, and k beyond one 512-wide slice.
+TEST(LinearTest, Avx2EqualsPortableForEveryTileShape) {
+  if (!CpuSupports(Isa::kAvx2Fma)) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  const Isa saved = ActiveIsa();
+  for (bool fp8 : {false, true}) {
+    for (auto [n, k] : {std::pair{37, 40}, std::pair{16, 64}, std::pair{130, 200}, std::pair{5, 1000},
+                        std::pair{64, 256}, std::pair{70, 1088}}) {
+      const uint32_t seed = static_cast<uint32_t>(n * 1000 + k);
+      const TestWeight t = fp8 ? MakeFp8Weight(n, k, seed) : MakeBf16Weight(n, k, seed);
+      for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 9, 13, 64, 67}) {
+        const std::vector<bf16> x = fp8 ? WideRangeBf16(m * k, static_cast<uint32_t>(m + k))
+                                        : RandomBf16(m * k, static_cast<uint32_t>(m + k), 3.0f);
+        std::vector<bf16> fast(m * n), portable(m * n);
+        internal::SetIsaForTesting(Isa::kAvx2Fma);
+        Linear(x.data(), m, t.w, fast.data());
+        internal::SetIsaForTesting(Isa::kPortable);
+        Linear(x.data(), m, t.w, portable.data());
+        ASSERT_EQ(FirstDifference(fast, portable), -1)
+            << (fp8 ? "fp8" : "bf16") << " n=" << n << " k=" << k << " rows=" << m;
+      }
+    }
+  }
+  internal::SetIsaForTesting(saved);
+}
+
+// Every e4m3 code, NaNs (0x7f, 0xff) and subnormals included, must widen to the decoding table's
+// value on the AVX2 path: weight row c holds code c at every k, so output c is a plain sum of
+// that value times the activations, and a NaN code must give the portable path's NaN bits.
+TEST(LinearTest, Avx2WidensEveryE4m3CodeLikeTheTable) {
+  if (!CpuSupports(Isa::kAvx2Fma)) GTEST_SKIP() << "no AVX2/FMA on this CPU";
+  const Isa saved = ActiveIsa();
+  const int64_t n = 256;
+  // k = 256 with up to 4 rows widens in registers; k = 160 or 9 rows widens into packed panels.
+  for (int64_t k : {160, 256}) {
+    TestWeight t;
+    t.fp8_data.resize(n * k);
+    for (int64_t c = 0; c < n; ++c)
+      for (int64_t i = 0; i < k; ++i) t.fp8_data[c * k + i] = static_cast<uint8_t>(c);
+    t.w = LinearWeight{DType::kF8E4M3, n, k, t.fp8_data.data(), nullptr};
+    t.scale_inv.assign(t.w.ScaleRows() * t.w.ScaleCols(), 0.5f);
+    t.w.scale_inv = t.scale_inv.data();
+    for (int64_t m : {1, 3, 9}) {
+      const std::vector<bf16> x = RandomBf16(m * k, 71, 1.0f);
+      std::vector<bf16> fast(m * n), portable(m * n);
+      internal::SetIsaForTesting(Isa::kAvx2Fma);
+      Linear(x.data(), m, t.w, fast.data());
+      internal::SetIsaForTesting(Isa::kPortable);
+      Linear(x.data(), m, t.w, portable.data());
+      EXPECT_EQ(FirstDifference(fast, portable), -1) << "k=" << k << " rows=" << m;
+      EXPECT_TRUE(std::isnan(BF16ToFloat(fast[0x7f]))) << "k=" << k << " rows=" << m;
     }
   }
   internal::SetIsaForTesting(saved);
