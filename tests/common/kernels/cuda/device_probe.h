@@ -50,11 +50,11 @@ class DeviceBuffer {
 }  // namespace moe::kernels::cuda::testing
 
 // In a TEST body: skips the test, with the reason, when there is no usable CUDA device.
-#define MOE_REQUIRE_CUDA_DEVICE()                                                           \
-  do {                                                                                      \
-    const ::absl::Status moe_probe_ = ::moe::kernels::cuda::testing::ProbeDevice();         \
-    if (!moe_probe_.ok()) GTEST_SKIP() << "no CUDA device: " << moe_probe_.message();       \
-    ASSERT_TRUE(::moe::kernels::cuda::SetDevice(0).ok());                                   \
+#define MOE_REQUIRE_CUDA_DEVICE()                                                     \
+  do {                                                                                \
+    const ::absl::Status moe_probe_ = ::moe::kernels::cuda::testing::ProbeDevice();   \
+    if (!moe_probe_.ok()) GTEST_SKIP() << "no CUDA device: " << moe_probe_.message(); \
+    ASSERT_TRUE(::moe::kernels::cuda::SetDevice(0).ok());                             \
   } while (0)
 
 #endif  // MOE_TESTS_COMMON_KERNELS_CUDA_DEVICE_PROBE_H_

@@ -33,7 +33,8 @@ TEST(CudaHostTest, MissingDeviceIsAClearError) {
     EXPECT_FALSE(Blas::Create().ok());
   } else if (*count <= 7) {
     EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
-    EXPECT_NE(status.message().find("--device: cuda:7 does not exist: this machine has"), absl::string_view::npos)
+    EXPECT_NE(status.message().find("--device: cuda:7 does not exist: this machine has"),
+              absl::string_view::npos)
         << status;
   }
   EXPECT_EQ(CheckDevice(-1).code(), absl::StatusCode::kInvalidArgument);
@@ -42,20 +43,25 @@ TEST(CudaHostTest, MissingDeviceIsAClearError) {
 TEST(CudaHostTest, ElementwiseArgumentsAreChecked) {
   bf16* p = Fake<bf16>();
   ExpectInvalid(RmsNorm(p, 64, 2, 0, p, 1e-6f, p, 64, nullptr), "dim must be positive");
-  ExpectInvalid(RmsNorm(p, 32, 2, 64, p, 1e-6f, p, 64, nullptr), "x_stride (32) is smaller than the row width 64");
+  ExpectInvalid(RmsNorm(p, 32, 2, 64, p, 1e-6f, p, 64, nullptr),
+                "x_stride (32) is smaller than the row width 64");
   ExpectInvalid(RmsNorm(nullptr, 64, 2, 64, p, 1e-6f, p, 64, nullptr), "cuda::RmsNorm: x is null");
   ExpectInvalid(RmsNorm(p, 64, -1, 64, p, 1e-6f, p, 64, nullptr), "num_rows must be >= 0");
   ExpectInvalid(RmsNorm(p, 64, 1, 64, p, -1.0f, p, 64, nullptr), "eps");
-  EXPECT_TRUE(RmsNorm(nullptr, 64, 0, 64, nullptr, 1e-6f, nullptr, 64, nullptr).ok()) << "no rows: nothing to do";
-  ExpectInvalid(HeadRmsNorm(p, 100, 2, 4, 32, p, 1e-6f, nullptr), "x_stride (100) is smaller than the row width 128");
+  EXPECT_TRUE(RmsNorm(nullptr, 64, 0, 64, nullptr, 1e-6f, nullptr, 64, nullptr).ok())
+      << "no rows: nothing to do";
+  ExpectInvalid(HeadRmsNorm(p, 100, 2, 4, 32, p, 1e-6f, nullptr),
+                "x_stride (100) is smaller than the row width 128");
   ExpectInvalid(ApplyRope(p, 128, 1, 1, Fake<int64_t>(), DeviceRopeTable{p, p, 127, 10}, nullptr),
                 "table.head_dim must be even");
-  ExpectInvalid(ApplyRope(p, 128, 1, 1, nullptr, DeviceRopeTable{p, p, 128, 10}, nullptr), "positions is null");
+  ExpectInvalid(ApplyRope(p, 128, 1, 1, nullptr, DeviceRopeTable{p, p, 128, 10}, nullptr),
+                "positions is null");
   ExpectInvalid(Add(p, nullptr, 4, p, nullptr), "b is null");
   ExpectInvalid(SiluMul(p, p, -4, p, nullptr), "n must be >= 0");
   ExpectInvalid(TopKSoftmax(p, 1, 2048, 8, true, Fake<int32_t>(), Fake<float>(), nullptr),
                 "num_experts must be <= 1024");
-  ExpectInvalid(TopKSoftmax(p, 1, 128, 0, true, Fake<int32_t>(), Fake<float>(), nullptr), "k must be positive");
+  ExpectInvalid(TopKSoftmax(p, 1, 128, 0, true, Fake<int32_t>(), Fake<float>(), nullptr),
+                "k must be positive");
   ExpectInvalid(Embed(p, 0, 64, Fake<int32_t>(), 1, p, nullptr), "vocab must be positive");
   ExpectInvalid(QuantizeFp8PerToken(p, 256, 3, 256, Fake<uint8_t>(), 256, Fake<float>(), 2, nullptr),
                 "scale_ld (2) is smaller than the row width 3");
@@ -71,8 +77,8 @@ TEST(CudaHostTest, AttentionArgumentsAreChecked) {
   ExpectInvalid(PagedAttention(p, 8 * 128, 1, 0, 8, 0.1f, Fake<int32_t>(), 4,
                                DevicePagedKv{p, p, 4, 16, 4, 512}, p, 8 * 512, nullptr),
                 "kv.head_dim must be <= 256");
-  ExpectInvalid(PagedAttention(p, 8 * 128, 1, 0, 8, 0.1f, Fake<int32_t>(), 4, DevicePagedKv{p, nullptr, 4, 16, 4, 128},
-                               p, 8 * 128, nullptr),
+  ExpectInvalid(PagedAttention(p, 8 * 128, 1, 0, 8, 0.1f, Fake<int32_t>(), 4,
+                               DevicePagedKv{p, nullptr, 4, 16, 4, 128}, p, 8 * 128, nullptr),
                 "kv.v is null");
   ExpectInvalid(WriteKv(p, 100, p, 512, 1, 0, Fake<int32_t>(), kv, nullptr),
                 "k_stride (100) is smaller than the row width 512");

@@ -92,8 +92,8 @@ TEST(CudaKernelsTest, RopeWithYarnIsBitIdentical) {
   DeviceBuffer<bf16> dx(x), dcos(table.cos), dsin(table.sin);
   DeviceBuffer<int64_t> dpos(positions);
   cpu::ApplyRope(x.data(), stride, tokens, heads, positions.data(), table);
-  ASSERT_TRUE(ApplyRope(dx.get(), stride, tokens, heads, dpos.get(), DeviceRopeTable{dcos.get(), dsin.get(), dim, max_pos},
-                        nullptr)
+  ASSERT_TRUE(ApplyRope(dx.get(), stride, tokens, heads, dpos.get(),
+                        DeviceRopeTable{dcos.get(), dsin.get(), dim, max_pos}, nullptr)
                   .ok());
   EXPECT_EQ(MaxUlps(dx.Download(), x), 0.0);
 }
@@ -127,7 +127,8 @@ TEST(CudaKernelsTest, GateTopKMatchesCpu) {
     ASSERT_TRUE(TopKSoftmax(dl.get(), rows, experts, k, norm, ids.get(), weights.get(), nullptr).ok());
     EXPECT_EQ(ids.Download(), want_ids);
     const std::vector<float> got_w = weights.Download();
-    for (int64_t i = 0; i < rows * k; ++i) EXPECT_NEAR(got_w[i], want_w[i], 1e-6f * std::max(1.0f, want_w[i])) << i;
+    for (int64_t i = 0; i < rows * k; ++i)
+      EXPECT_NEAR(got_w[i], want_w[i], 1e-6f * std::max(1.0f, want_w[i])) << i;
   }
 }
 
@@ -160,7 +161,8 @@ TEST(CudaKernelsTest, EmbedGathersRows) {
   cpu::Embed(table.data(), hidden, ids.data(), static_cast<int64_t>(ids.size()), want.data());
   DeviceBuffer<bf16> dt(table), out(want.size());
   DeviceBuffer<int32_t> di(ids);
-  ASSERT_TRUE(Embed(dt.get(), vocab, hidden, di.get(), static_cast<int64_t>(ids.size()), out.get(), nullptr).ok());
+  ASSERT_TRUE(
+      Embed(dt.get(), vocab, hidden, di.get(), static_cast<int64_t>(ids.size()), out.get(), nullptr).ok());
   EXPECT_EQ(MaxUlps(out.Download(), want), 0.0);
 }
 
@@ -189,8 +191,8 @@ TEST(CudaKernelsTest, PagedAttentionPrefillChunkedAndDecodeMatchCpu) {
   EXPECT_EQ(MaxUlps(dkc.Download(), kc), 0.0);
   EXPECT_EQ(MaxUlps(dvc.Download(), vc), 0.0);
   // Whole prefill.
-  ASSERT_TRUE(PagedAttention(dq.get(), qwidth, total, 0, heads, scale, dt.get(), num_blocks, kv, out.get(), qwidth,
-                             nullptr)
+  ASSERT_TRUE(PagedAttention(dq.get(), qwidth, total, 0, heads, scale, dt.get(), num_blocks, kv, out.get(),
+                             qwidth, nullptr)
                   .ok());
   const std::vector<bf16> whole = out.Download();
   EXPECT_LE(RelMaxDiff(whole, want), 1e-2);
@@ -200,8 +202,8 @@ TEST(CudaKernelsTest, PagedAttentionPrefillChunkedAndDecodeMatchCpu) {
   const int64_t cuts[] = {0, 100, 299, 300};
   for (int i = 0; i < 3; ++i) {
     const int64_t start = cuts[i], n = cuts[i + 1] - cuts[i];
-    ASSERT_TRUE(PagedAttention(dq.get() + start * qwidth, qwidth, n, start, heads, scale, dt.get(), num_blocks, kv,
-                               out.get() + start * qwidth, qwidth, nullptr)
+    ASSERT_TRUE(PagedAttention(dq.get() + start * qwidth, qwidth, n, start, heads, scale, dt.get(),
+                               num_blocks, kv, out.get() + start * qwidth, qwidth, nullptr)
                     .ok());
   }
   chunked = out.Download();
@@ -209,7 +211,8 @@ TEST(CudaKernelsTest, PagedAttentionPrefillChunkedAndDecodeMatchCpu) {
 }
 
 // Random FP8 weights: codes that decode to finite values, scales around 1e-2.
-LinearWeight RandomFp8(int64_t out, int64_t in, uint32_t seed, std::vector<uint8_t>* codes, std::vector<float>* scales) {
+LinearWeight RandomFp8(int64_t out, int64_t in, uint32_t seed, std::vector<uint8_t>* codes,
+                       std::vector<float>* scales) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> dist(0.0f, 100.0f);
   codes->resize(out * in);
@@ -285,7 +288,8 @@ TEST(CudaKernelsTest, GroupedExpertRoundMatchesCpu) {
     PackWeightScales(scales[i].data(), inter, hidden, packed.data());
     dcodes.push_back(std::make_unique<DeviceBuffer<uint8_t>>(codes[i]));
     dscales.push_back(std::make_unique<DeviceBuffer<float>>(packed));
-    gw.push_back(DeviceLinearWeight{DType::kF8E4M3, inter, hidden, dcodes.back()->get(), dscales.back()->get()});
+    gw.push_back(
+        DeviceLinearWeight{DType::kF8E4M3, inter, hidden, dcodes.back()->get(), dscales.back()->get()});
   }
   const int64_t total = 20;
   const std::vector<bf16> x = RandomBf16(total * hidden, 30);
@@ -297,8 +301,10 @@ TEST(CudaKernelsTest, GroupedExpertRoundMatchesCpu) {
   for (int e = 0; e < 3; ++e) {
     for (int j = 0; j < 2; ++j) {  // gate then up, same x
       const int64_t y_off = (j * total + row0) * inter;
-      cpu_calls.push_back({x.data() + row0 * hidden, hidden, rows[e], &cw[2 * e + j], want.data() + y_off, inter});
-      gpu_calls.push_back({dx.get() + row0 * hidden, hidden, rows[e], &gw[2 * e + j], dy.get() + y_off, inter});
+      cpu_calls.push_back(
+          {x.data() + row0 * hidden, hidden, rows[e], &cw[2 * e + j], want.data() + y_off, inter});
+      gpu_calls.push_back(
+          {dx.get() + row0 * hidden, hidden, rows[e], &gw[2 * e + j], dy.get() + y_off, inter});
     }
     row0 += rows[e];
   }
