@@ -60,7 +60,7 @@ record environment "$([[ -n "$gpu_name" ]] && echo pass || echo fail)" 0 \
 
 # ---- Configure the engine core with CUDA ---------------------------------------------------------
 cmake_args=(-S "$src" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_CORE_ONLY=ON -DMOE_WITH_CUDA=ON
-            -DMOE_WITH_UCX=OFF -DMOE_BUILD_BENCH=OFF -DMOE_BUILD_TESTS=ON)
+            -DMOE_WITH_UCX=OFF -DMOE_BUILD_BENCH=ON -DMOE_BUILD_TESTS=ON)
 if [[ -d "$sysroot/usr" ]]; then
   sysroot=$(cd "$sysroot" && pwd)
   libdir=$sysroot/usr/lib/x86_64-linux-gnu
@@ -77,7 +77,7 @@ configured=0
 run_step configure 180 cmake "${cmake_args[@]}" && configured=1
 
 # ---- Build the CUDA kernel tests ----------------------------------------------------------------
-targets=(moe_kernels_cuda kernels_cuda_test kernels_cuda_host_test device_spec_test)
+targets=(moe_kernels_cuda kernels_cuda_test kernels_cuda_host_test device_spec_test gpu_kernels_bench)
 built=0
 if ((configured)); then
   run_step build 360 cmake --build "$build" --target "${targets[@]}" -j "$jobs" && built=1
@@ -104,7 +104,14 @@ fi
 # ---- Not implemented yet (docs/gpu.md): say so in the summary rather than pretend. ---------------
 record engine_logits_vs_cpu skip 0 "not implemented: the engine has no CUDA device seam yet"
 record transformers_goldens skip 0 "not implemented: needs the engine on the GPU to compare against"
-record benchmark skip 0 "not implemented: no GPU benchmark yet"
+
+# ---- Kernel benchmark (bench/kernels/gpu_kernels_bench.cc): rooflines + kernels at 30B-A3B shapes ---
+if ((built)) && [[ -n "$gpu_name" ]]; then
+  run_step kernel_bench 150 bash -c '"$0" >"$1"' "$build/bin/gpu_kernels_bench" "$out/kernel_bench.jsonl"
+else
+  record kernel_bench skip 0 "$( ((built)) && echo "no GPU" || echo "build failed")"
+fi
+record engine_bench skip 0 "not implemented: bench-30b-4l decode/prefill tok/s needs the engine on the GPU"
 
 # ---- Summary ------------------------------------------------------------------------------------
 total=$(($(date +%s) - started))
@@ -125,6 +132,13 @@ json_escape() { sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/ /g' | tr -d '\n\r'
   echo '```'
   cat "$out/environment.log"
   echo '```'
+  if [[ -s "$out/kernel_bench.jsonl" ]]; then
+    echo
+    echo "Kernel benchmark (us per call; fraction of the HBM copy or BF16 GEMM roofline measured in this run):"
+    echo '```'
+    cat "$out/kernel_bench.log" 2>/dev/null
+    echo '```'
+  fi
   if [[ -f "$out/gpu_tests.log" ]]; then
     echo
     echo "Failed or skipped tests:"
@@ -143,6 +157,8 @@ json_escape() { sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/ /g' | tr -d '\n\r'
     first=0
     printf '{"name":"%s","status":"%s","seconds":%d,"detail":"%s"}' "$n" "$st" "$dt" "$(printf '%s' "$d" | json_escape)"
   done
+  printf '],"kernel_bench":['
+  if [[ -s "$out/kernel_bench.jsonl" ]]; then paste -sd, "$out/kernel_bench.jsonl" | tr -d '\n'; fi
   printf ']}\n'
 } >"$out/summary.json"
 echo "gpu_check: $overall; summary in $out/summary.md"
