@@ -7,7 +7,7 @@
 //   2. pv: same grid; every block combines all splits' (m_s, l_s) in ascending split order into the
 //      global max M and sum L, forms P_j = bf16(exp(s_j - M) / L) for its own positions (the CPU's
 //      rounding of P, from the same global softmax) and accumulates o_s[d] = sum_j P_j v_j[d] in
-//      ascending j (one thread per d).
+//      ascending j (P in shared memory, one thread per d).
 //   3. reduce: o[d] = bf16(sum_s o_s[d]) in ascending split order.
 // Differences from the CPU reference: the dot products' and L's summation order, and expf's last
 // bit; the P rounding and the ascending-j P.V sum within a split are the CPU's.
@@ -130,13 +130,18 @@ __global__ void PvKernel(AttnArgs a) {
   }
   const float* scores = a.scores + row * a.max_len;
   float* out = a.partial + (row * a.num_splits + split) * a.head_dim;
+  // P_j of this split's positions, computed once and shared by the head_dim threads.
+  extern __shared__ float p_split[];  // [split_len]
+  for (int64_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+    p_split[j - begin] = internal::RoundBf16(expf(scores[j] - big_m) / big_l);
+  }
+  __syncthreads();
   for (int64_t d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
     float acc = 0.0f;
     for (int64_t j = begin; j < end; ++j) {
       const int64_t off = CacheOffset(a, j, kv_head);
       if (off < 0) continue;
-      const float p = internal::RoundBf16(expf(scores[j] - big_m) / big_l);
-      acc += p * Bf16ToFloat(a.v_cache[off + d]);
+      acc += p_split[j - begin] * Bf16ToFloat(a.v_cache[off + d]);
     }
     out[d] = acc;
   }
@@ -232,6 +237,8 @@ absl::Status PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens,
   MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
   MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "block_table", block_table));
   if (num_tokens > 65535 || num_heads > 65535) return BadArg(kFn, "num_tokens or num_heads", "exceeds 65535");
+  if (kv.block_size > 8192)
+    return BadArg(kFn, "kv.block_size", absl::StrCat("must be <= 8192, got ", kv.block_size));
 
   // A split is a whole number of cache blocks, about 256 positions.
   const int64_t blocks_per_split = std::max<int64_t>(1, 256 / kv.block_size);
@@ -273,7 +280,7 @@ absl::Status PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens,
   ScoresKernel<<<grid, kThreads, 0, s>>>(a);
   absl::Status status = internal::LaunchStatus("cuda::PagedAttention (scores)");
   if (status.ok()) {
-    PvKernel<<<grid, kThreads, 0, s>>>(a);
+    PvKernel<<<grid, kThreads, split_len * sizeof(float), s>>>(a);
     status.Update(internal::LaunchStatus("cuda::PagedAttention (pv)"));
   }
   if (status.ok()) {
