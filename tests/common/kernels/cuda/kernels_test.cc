@@ -16,14 +16,20 @@
 #include "common/kernels/cuda/cuda_kernels.h"
 #include "common/tensor/fp8.h"
 #include "gtest/gtest.h"
-#include "tests/common/kernels/cpu/test_util.h"
 #include "tests/common/kernels/cuda/device_probe.h"
 
 namespace moe::kernels::cuda {
 namespace {
 
-using cpu::testing::RandomBf16;
 using testing::DeviceBuffer;
+
+std::vector<bf16> RandomBf16(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, scale);
+  std::vector<bf16> v(n);
+  for (bf16& x : v) x = FloatToBF16(dist(rng));
+  return v;
+}
 
 // Largest |a - b| in bf16 ulps of the larger magnitude (0 when bit-identical).
 double MaxUlps(const std::vector<bf16>& a, const std::vector<bf16>& b) {
