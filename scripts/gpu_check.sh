@@ -9,6 +9,9 @@
 #
 # Environment: MOE_GPU_SYSROOT (default: the bundle's sysroot, else the system's libraries),
 # MOE_GPU_BUILD_DIR (default OUTDIR/build), CUDACXX or nvcc on PATH / in /usr/local/cuda/bin.
+# Time limits: configure 90 s, build 240 s (MOE_GPU_CONFIGURE_TIMEOUT / MOE_GPU_BUILD_TIMEOUT
+# override them, e.g. to try the script on a small CPU machine), tests 75 s, benchmark 60 s:
+# under 8 minutes in all.
 set -uo pipefail
 if [[ $# -ne 1 ]]; then
   echo "usage: $0 OUTDIR" >&2
@@ -74,13 +77,13 @@ if [[ -d "$sysroot/usr" ]]; then
   [[ -n "$pkg_config" ]] && cmake_args+=(-DPKG_CONFIG_EXECUTABLE="$pkg_config")
 fi
 configured=0
-run_step configure 180 cmake "${cmake_args[@]}" && configured=1
+run_step configure "${MOE_GPU_CONFIGURE_TIMEOUT:-90}" cmake "${cmake_args[@]}" && configured=1
 
 # ---- Build the CUDA kernel tests ----------------------------------------------------------------
 targets=(moe_kernels_cuda kernels_cuda_test kernels_cuda_host_test device_spec_test gpu_kernels_bench)
 built=0
 if ((configured)); then
-  run_step build 360 cmake --build "$build" --target "${targets[@]}" -j "$jobs" && built=1
+  run_step build "${MOE_GPU_BUILD_TIMEOUT:-240}" cmake --build "$build" --target "${targets[@]}" -j "$jobs" && built=1
 else
   record build skip 0 "configure failed"
 fi
@@ -88,7 +91,7 @@ fi
 # ---- Run them -----------------------------------------------------------------------------------
 gpu_pass=0 gpu_fail=0 gpu_skip=0
 if ((built)); then
-  run_step gpu_tests 240 ctest --test-dir "$build" -R '^(CudaKernelsTest|CudaHostTest|DeviceSpecTest)\.' \
+  run_step gpu_tests 75 ctest --test-dir "$build" -R '^(CudaKernelsTest|CudaHostTest|DeviceSpecTest)\.' \
     --output-on-failure --no-tests=error --output-junit "$out/gpu_tests.xml"
   gpu_pass=$(grep -c 'status="run"' "$out/gpu_tests.xml" 2>/dev/null || true)
   gpu_fail=$(grep -c 'status="fail"' "$out/gpu_tests.xml" 2>/dev/null || true)
@@ -107,7 +110,7 @@ record transformers_goldens skip 0 "not implemented: needs the engine on the GPU
 
 # ---- Kernel benchmark (bench/kernels/gpu_kernels_bench.cc): rooflines + kernels at 30B-A3B shapes ---
 if ((built)) && [[ -n "$gpu_name" ]]; then
-  run_step kernel_bench 150 bash -c '"$0" >"$1"' "$build/bin/gpu_kernels_bench" "$out/kernel_bench.jsonl"
+  run_step kernel_bench 60 bash -c '"$0" >"$1"' "$build/bin/gpu_kernels_bench" "$out/kernel_bench.jsonl"
 else
   record kernel_bench skip 0 "$( ((built)) && echo "no GPU" || echo "build failed")"
 fi

@@ -244,19 +244,20 @@ absl::Status PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens,
   const int64_t blocks_per_split = std::max<int64_t>(1, 256 / kv.block_size);
   const int64_t split_len = blocks_per_split * kv.block_size;
   const int64_t num_splits = (max_len + split_len - 1) / split_len;
-  const int64_t rows = num_tokens * num_heads;
-  const size_t scores_bytes = sizeof(float) * rows * max_len;
-  const size_t stats_bytes = sizeof(float) * rows * num_splits * 2;
-  const size_t partial_bytes = sizeof(float) * rows * num_splits * kv.head_dim;
+  // Queries are processed in chunks whose scratch (scores of every cached position, per-split
+  // statistics and partial outputs) stays under kScratchBytes; each query's result does not depend
+  // on the chunking.
+  constexpr int64_t kScratchBytes = int64_t{256} << 20;
+  const int64_t per_token_bytes =
+      static_cast<int64_t>(sizeof(float)) * num_heads * (max_len + num_splits * (2 + kv.head_dim));
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(num_tokens, kScratchBytes / per_token_bytes));
   cudaStream_t s = internal::AsCuda(stream);
   void* scratch = nullptr;
   MOE_CUDA_RETURN_IF_ERROR(
-      internal::CudaStatus(cudaMallocAsync(&scratch, scores_bytes + stats_bytes + partial_bytes, s),
+      internal::CudaStatus(cudaMallocAsync(&scratch, per_token_bytes * chunk, s),
                            "cuda::PagedAttention: allocating scratch (cudaMallocAsync)"));
   AttnArgs a{};
-  a.q = reinterpret_cast<const uint16_t*>(q);
   a.q_stride = q_stride;
-  a.start_pos = start_pos;
   a.num_heads = num_heads;
   a.group = num_heads / kv.num_kv_heads;
   a.scale = scale;
@@ -272,20 +273,24 @@ absl::Status PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens,
   a.num_splits = num_splits;
   a.max_len = max_len;
   a.scores = static_cast<float*>(scratch);
-  a.stats = a.scores + rows * max_len;
-  a.partial = a.stats + rows * num_splits * 2;
-  const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(num_heads),
-                  static_cast<unsigned>(num_tokens));
-  // Splits past a query's position have nothing to do; their blocks return at once (end <= begin).
-  ScoresKernel<<<grid, kThreads, 0, s>>>(a);
-  absl::Status status = internal::LaunchStatus("cuda::PagedAttention (scores)");
-  if (status.ok()) {
+  a.stats = a.scores + chunk * num_heads * max_len;
+  a.partial = a.stats + chunk * num_heads * num_splits * 2;
+  absl::Status status;
+  for (int64_t t0 = 0; t0 < num_tokens && status.ok(); t0 += chunk) {
+    const int64_t n = std::min(chunk, num_tokens - t0);
+    a.q = reinterpret_cast<const uint16_t*>(q) + t0 * q_stride;
+    a.start_pos = start_pos + t0;
+    const dim3 grid(static_cast<unsigned>(num_splits), static_cast<unsigned>(num_heads),
+                    static_cast<unsigned>(n));
+    // Splits past a query's position have nothing to do; their blocks finish at once (end <= begin).
+    ScoresKernel<<<grid, kThreads, 0, s>>>(a);
+    status.Update(internal::LaunchStatus("cuda::PagedAttention (scores)"));
+    if (!status.ok()) break;
     PvKernel<<<grid, kThreads, split_len * sizeof(float), s>>>(a);
     status.Update(internal::LaunchStatus("cuda::PagedAttention (pv)"));
-  }
-  if (status.ok()) {
-    ReduceKernel<<<dim3(static_cast<unsigned>(num_heads), static_cast<unsigned>(num_tokens)), kThreads, 0,
-                   s>>>(a, reinterpret_cast<uint16_t*>(out), out_stride);
+    if (!status.ok()) break;
+    ReduceKernel<<<dim3(static_cast<unsigned>(num_heads), static_cast<unsigned>(n)), kThreads, 0, s>>>(
+        a, reinterpret_cast<uint16_t*>(out) + t0 * out_stride, out_stride);
     status.Update(internal::LaunchStatus("cuda::PagedAttention (reduce)"));
   }
   const absl::Status freed =

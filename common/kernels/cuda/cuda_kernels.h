@@ -127,7 +127,8 @@ absl::Status WriteKv(const bf16* k, int64_t k_stride, const bf16* v, int64_t v_s
 // h / (num_heads / num_kv_heads). Decode (num_tokens = 1) and prefill use the same kernels:
 // scores are computed split over KV blocks (flash-decoding's split-K), the softmax statistics are
 // combined across splits in a fixed order, each split accumulates P.V for its positions, and the
-// splits are summed in ascending order. Scratch memory comes from the stream-ordered allocator.
+// splits are summed in ascending order. Scratch (at most 256 MiB: long
+// prefills run in chunks of queries, with the same results) comes from the stream-ordered allocator.
 absl::Status PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos,
                             int64_t num_heads, float scale, const int32_t* block_table,
                             int64_t block_table_len, const DevicePagedKv& kv, bf16* out, int64_t out_stride,
