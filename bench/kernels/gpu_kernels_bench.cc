@@ -92,8 +92,7 @@ int Main() {
   // ---- Rooflines ----
   const size_t copy_bytes = size_t{1} << 30;
   Buffer src(copy_bytes, "copy source"), dst(copy_bytes, "copy destination");
-  const double t_copy =
-      Time(10, [&] { return CopyDeviceToDevice(dst.ptr, src.ptr, copy_bytes, nullptr); });
+  const double t_copy = Time(10, [&] { return CopyDeviceToDevice(dst.ptr, src.ptr, copy_bytes, nullptr); });
   const double hbm = 2.0 * copy_bytes / t_copy;  // read + write
   Report("roofline_hbm_copy_1GiB", t_copy, "bytes_per_s", hbm, hbm, ",\"convention\":\"read+write\"");
   double tensor_flops = 0;
@@ -124,7 +123,8 @@ int Main() {
     const bool fp8 = w->dtype == DType::kF8E4M3;
     const double weight_bytes = static_cast<double>(qdim) * hidden * (fp8 ? 1 : 2);
     for (const int64_t rows : {1, 8, 32, 128, 512, 4096}) {
-      const double t = Time(20, [&] { return blas.Linear(x.as<bf16>(), hidden, rows, *w, y.as<bf16>(), qdim, nullptr); });
+      const double t =
+          Time(20, [&] { return blas.Linear(x.as<bf16>(), hidden, rows, *w, y.as<bf16>(), qdim, nullptr); });
       const std::string name = absl::StrFormat("linear_%s_2048x4096_rows%d", fp8 ? "fp8" : "bf16", rows);
       if (rows <= 128) {
         Report(name, t, "weight_bytes_per_s", weight_bytes / t, hbm);
@@ -139,7 +139,8 @@ int Main() {
     const int64_t inter = 768, experts = 8;
     Buffer we(experts * 3 * inter * hidden, "expert weights");
     FillFp8(we.ptr, experts * 3 * inter * hidden, 6);
-    std::vector<float> s(PackedWeightScaleCount(inter, hidden) + PackedWeightScaleCount(hidden, inter), 1e-3f);
+    std::vector<float> s(PackedWeightScaleCount(inter, hidden) + PackedWeightScaleCount(hidden, inter),
+                         1e-3f);
     Buffer es(s.size() * 4, "expert scales");
     Check(CopyToDevice(es.ptr, s.data(), s.size() * 4, nullptr), "upload");
     std::vector<DeviceLinearWeight> gate_up, down;
@@ -154,7 +155,8 @@ int Main() {
     std::vector<LinearCall> first, second;
     for (int64_t e = 0; e < experts; ++e) {
       first.push_back({x.as<bf16>(), hidden, 1, &gate_up[2 * e], h.as<bf16>() + 2 * e * inter, inter});
-      first.push_back({x.as<bf16>(), hidden, 1, &gate_up[2 * e + 1], h.as<bf16>() + (2 * e + 1) * inter, inter});
+      first.push_back(
+          {x.as<bf16>(), hidden, 1, &gate_up[2 * e + 1], h.as<bf16>() + (2 * e + 1) * inter, inter});
       second.push_back({h.as<bf16>() + 2 * e * inter, inter, 1, &down[e], y.as<bf16>() + e * hidden, hidden});
     }
     const double t = Time(20, [&]() -> absl::Status {
@@ -171,7 +173,8 @@ int Main() {
   {
     const int64_t heads = 32, kv_heads = 4, dim = 128, block = 16, ctx = 4096;
     const int64_t num_blocks = ctx / block;
-    Buffer kc(num_blocks * block * kv_heads * dim * 2, "k cache"), vc(num_blocks * block * kv_heads * dim * 2, "v cache");
+    Buffer kc(num_blocks * block * kv_heads * dim * 2, "k cache"),
+        vc(num_blocks * block * kv_heads * dim * 2, "v cache");
     FillBf16(kc.ptr, num_blocks * block * kv_heads * dim, 7, 1.0f);
     FillBf16(vc.ptr, num_blocks * block * kv_heads * dim, 8, 1.0f);
     std::vector<int32_t> table(num_blocks);
@@ -183,8 +186,8 @@ int Main() {
     FillBf16(q.ptr, 512 * heads * dim, 9, 1.0f);
     const float scale = 0.088388f;
     const double t_dec = Time(20, [&] {
-      return PagedAttention(q.as<bf16>(), heads * dim, 1, ctx - 1, heads, scale, tb.as<int32_t>(), num_blocks, kv,
-                            o.as<bf16>(), heads * dim, nullptr);
+      return PagedAttention(q.as<bf16>(), heads * dim, 1, ctx - 1, heads, scale, tb.as<int32_t>(), num_blocks,
+                            kv, o.as<bf16>(), heads * dim, nullptr);
     });
     Report("attention_decode_ctx4096", t_dec, "kv_bytes_per_s", 2.0 * ctx * kv_heads * dim * 2 / t_dec, hbm);
     const double t_pre = Time(3, [&] {

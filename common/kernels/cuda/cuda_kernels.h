@@ -134,6 +134,18 @@ absl::Status PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens,
                             int64_t block_table_len, const DevicePagedKv& kv, bf16* out, int64_t out_stride,
                             Stream stream);
 
+// Many sequences' queries in one launch (a step's decode batch, or several prefill chunks): query
+// row t of q (num_tokens rows, q_stride) is at position token_pos[t] of segment token_segment[t],
+// whose block table is block_tables[token_segment[t] * table_stride ...] (table_stride entries).
+// max_len: one more than the largest position (known to the host that built the batch); a row
+// whose position is outside [0, max_len) gets a zero output. token_segment, token_pos and
+// block_tables are device int32 arrays. Each row's result is bit-identical to PagedAttention's
+// for its sequence.
+absl::Status PagedAttentionBatch(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t num_heads,
+                                 float scale, const int32_t* token_segment, const int32_t* token_pos,
+                                 int64_t max_len, const int32_t* block_tables, int64_t table_stride,
+                                 const DevicePagedKv& kv, bf16* out, int64_t out_stride, Stream stream);
+
 // ---- Linear layers (blas.cc, cuBLASLt) --------------------------------------------------------
 
 // A linear layer's weight in device memory, y = x W^T with W [out_features, in_features]:

@@ -80,6 +80,15 @@ TEST(CudaHostTest, AttentionArgumentsAreChecked) {
   ExpectInvalid(PagedAttention(p, 8 * 128, 1, 0, 8, 0.1f, Fake<int32_t>(), 4,
                                DevicePagedKv{p, nullptr, 4, 16, 4, 128}, p, 8 * 128, nullptr),
                 "kv.v is null");
+  ExpectInvalid(PagedAttentionBatch(p, 8 * 128, 2, 8, 0.1f, Fake<int32_t>(), nullptr, 40, Fake<int32_t>(), 4,
+                                    kv, p, 8 * 128, nullptr),
+                "cuda::PagedAttentionBatch: token_pos is null");
+  ExpectInvalid(PagedAttentionBatch(p, 8 * 128, 2, 8, 0.1f, Fake<int32_t>(), Fake<int32_t>(), 0,
+                                    Fake<int32_t>(), 4, kv, p, 8 * 128, nullptr),
+                "max_len must be positive");
+  ExpectInvalid(PagedAttentionBatch(p, 8 * 128, 2, 6, 0.1f, Fake<int32_t>(), Fake<int32_t>(), 40,
+                                    Fake<int32_t>(), 4, kv, p, 6 * 128, nullptr),
+                "num_heads (6) is not a multiple of kv.num_kv_heads (4)");
   ExpectInvalid(WriteKv(p, 100, p, 512, 1, 0, Fake<int32_t>(), kv, nullptr),
                 "k_stride (100) is smaller than the row width 512");
 }

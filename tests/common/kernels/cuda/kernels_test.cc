@@ -216,6 +216,48 @@ TEST(CudaKernelsTest, PagedAttentionPrefillChunkedAndDecodeMatchCpu) {
   EXPECT_EQ(MaxUlps(chunked, whole), 0.0) << "chunked prefill differs from the whole prefill";
 }
 
+// Three sequences in one PagedAttentionBatch call (a decode row, a prefill chunk, another decode
+// row, interleaved) give the same bits as three PagedAttention calls; a row with a position past
+// max_len gets zeros.
+TEST(CudaKernelsTest, BatchedAttentionEqualsPerSequenceCalls) {
+  MOE_REQUIRE_CUDA_DEVICE();
+  const int64_t block_size = 16, num_blocks = 60, kv_heads = 4, heads = 16, dim = 128, table_stride = 20;
+  const int64_t width = kv_heads * dim, qwidth = heads * dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  std::vector<int32_t> perm(num_blocks);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), std::mt19937(40));
+  std::vector<int32_t> tables(3 * table_stride);  // 20 blocks each, disjoint
+  for (int64_t i = 0; i < 3 * table_stride; ++i) tables[i] = perm[i];
+  const std::vector<bf16> kc = RandomBf16(num_blocks * block_size * width, 41),
+                          vc = RandomBf16(num_blocks * block_size * width, 42);
+  DeviceBuffer<bf16> dkc(kc), dvc(vc);
+  const DevicePagedKv kv{dkc.get(), dvc.get(), num_blocks, block_size, kv_heads, dim};
+  // Rows: seq 0 decode at 300; seq 1 prefill chunk at 10..14; seq 2 decode at 57; then a bad row.
+  const std::vector<int32_t> seg = {0, 1, 1, 1, 1, 1, 2, 2};
+  const std::vector<int32_t> pos = {300, 10, 11, 12, 13, 14, 57, 999};
+  const int64_t rows = static_cast<int64_t>(seg.size()), max_len = 301;
+  const std::vector<bf16> q = RandomBf16(rows * qwidth, 43, 2.0f);
+  DeviceBuffer<bf16> dq(q), batched(rows * qwidth), single(rows * qwidth);
+  DeviceBuffer<int32_t> dseg(seg), dpos(pos), dtables(tables);
+  ASSERT_TRUE(PagedAttentionBatch(dq.get(), qwidth, rows, heads, scale, dseg.get(), dpos.get(), max_len,
+                                  dtables.get(), table_stride, kv, batched.get(), qwidth, nullptr)
+                  .ok());
+  ASSERT_TRUE(PagedAttention(dq.get(), qwidth, 1, 300, heads, scale, dtables.get(), table_stride, kv,
+                             single.get(), qwidth, nullptr)
+                  .ok());
+  ASSERT_TRUE(PagedAttention(dq.get() + qwidth, qwidth, 5, 10, heads, scale, dtables.get() + table_stride,
+                             table_stride, kv, single.get() + qwidth, qwidth, nullptr)
+                  .ok());
+  ASSERT_TRUE(PagedAttention(dq.get() + 6 * qwidth, qwidth, 1, 57, heads, scale,
+                             dtables.get() + 2 * table_stride, table_stride, kv, single.get() + 6 * qwidth,
+                             qwidth, nullptr)
+                  .ok());
+  const std::vector<bf16> b = batched.Download(), one = single.Download();
+  for (int64_t i = 0; i < 7 * qwidth; ++i) ASSERT_EQ(b[i].bits, one[i].bits) << "row " << i / qwidth;
+  for (int64_t i = 7 * qwidth; i < 8 * qwidth; ++i) ASSERT_EQ(b[i].bits, 0) << "the row past max_len";
+}
+
 // Random FP8 weights: codes that decode to finite values, scales around 1e-2.
 LinearWeight RandomFp8(int64_t out, int64_t in, uint32_t seed, std::vector<uint8_t>* codes,
                        std::vector<float>* scales) {
