@@ -13,6 +13,9 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <functional>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -82,7 +85,78 @@ absl::Status CheckWeight(absl::string_view fn, const DeviceLinearWeight& w) {
   return absl::OkStatus();
 }
 
+// Largest power of two (<= 256) dividing the address: cuBLASLt's heuristics assume 256-byte
+// aligned operands unless told otherwise, and an algorithm chosen for that alignment may fail on
+// a less aligned pointer (an expert's rows inside a round's buffer).
+uint32_t Alignment(const void* p) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+  uint32_t a = 256;
+  while (a > 1 && v % a != 0) a >>= 1;
+  return a;
+}
+
+// What decides the algorithm: the shapes, the strides and the operands' alignments.
+struct AlgoKey {
+  bool fp8;
+  int64_t m, n, k, ldb, ldd;
+  uint32_t align_a, align_b, align_d;
+  bool operator==(const AlgoKey&) const = default;
+};
+struct AlgoKeyHash {
+  size_t operator()(const AlgoKey& key) const {
+    size_t h = key.fp8;
+    for (int64_t v : {key.m, key.n, key.k, key.ldb, key.ldd, int64_t{key.align_a}, int64_t{key.align_b},
+                      int64_t{key.align_d}}) {
+      h = h * 1000003u ^ std::hash<int64_t>()(v);
+    }
+    return h;
+  }
+};
+
+// The heuristic's best algorithm for `key`, asked once per key and then cached (the query costs
+// tens of microseconds, more than a decode-sized product).
+absl::Status FindAlgo(cublasLtHandle_t handle, MatmulDescs& desc, const AlgoKey& key, size_t workspace_bytes,
+                      std::unordered_map<AlgoKey, cublasLtMatmulAlgo_t, AlgoKeyHash>& cache,
+                      cublasLtMatmulAlgo_t* algo, absl::string_view what) {
+  if (auto it = cache.find(key); it != cache.end()) {
+    *algo = it->second;
+    return absl::OkStatus();
+  }
+  MOE_LT_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&desc.pref), "MatmulPreferenceCreate");
+  MOE_LT_RETURN_IF_ERROR(
+      cublasLtMatmulPreferenceSetAttribute(desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                           &workspace_bytes, sizeof(workspace_bytes)),
+      "PREF_MAX_WORKSPACE_BYTES");
+  const std::pair<cublasLtMatmulPreferenceAttributes_t, uint32_t> aligns[] = {
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, key.align_a},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, key.align_b},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, key.align_d},
+      {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, key.align_d}};
+  for (const auto& [attr, value] : aligns) {
+    MOE_LT_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(desc.pref, attr, &value, sizeof(value)),
+                           "PREF_MIN_ALIGNMENT");
+  }
+  cublasLtMatmulHeuristicResult_t heuristic{};
+  int found = 0;
+  MOE_LT_RETURN_IF_ERROR(cublasLtMatmulAlgoGetHeuristic(handle, desc.op, desc.a, desc.b, desc.d, desc.d,
+                                                        desc.pref, 1, &heuristic, &found),
+                         absl::StrCat(what, ": cublasLtMatmulAlgoGetHeuristic"));
+  if (found == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(what, ": cuBLASLt has no algorithm for ", key.n, "x", key.k, " times (", key.m, "x",
+                     key.k, ")^T with operand alignments ", key.align_a, "/", key.align_b, "/", key.align_d,
+                     key.fp8 ? " (FP8 block scaling needs CUDA >= 12.9 and sm_90+)" : ""));
+  }
+  cache.emplace(key, heuristic.algo);
+  *algo = heuristic.algo;
+  return absl::OkStatus();
+}
+
 }  // namespace
+
+struct Blas::AlgoCache {
+  std::unordered_map<AlgoKey, cublasLtMatmulAlgo_t, AlgoKeyHash> map;
+};
 
 int64_t ScaleLeadingDim(int64_t outer) {
   return (outer + 3) / 4 * 4;
@@ -109,6 +183,7 @@ absl::StatusOr<std::unique_ptr<Blas>> Blas::Create() {
   cublasLtHandle_t handle = nullptr;
   MOE_LT_RETURN_IF_ERROR(cublasLtCreate(&handle), "cublasLtCreate");
   blas->handle_ = handle;
+  blas->cache_ = std::make_unique<AlgoCache>();
   absl::StatusOr<void*> ws = Malloc(kWorkspaceBytes, "the cuBLASLt workspace");
   if (!ws.ok()) return ws.status();
   blas->workspace_ = *ws;
@@ -204,27 +279,18 @@ absl::Status Blas::LinearGrouped(std::span<const LinearCall> calls, Stream strea
       status.Update(
           LtStatus(cublasLtMatrixLayoutCreate(&desc.d, CUDA_R_16BF, w.out_features, c.num_rows, c.y_stride),
                    "MatrixLayoutCreate(D)"));
-      status.Update(LtStatus(cublasLtMatmulPreferenceCreate(&desc.pref), "MatmulPreferenceCreate"));
     }
     if (!status.ok()) break;
-    cublasLtMatmulPreferenceSetAttribute(desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                         &workspace_bytes_, sizeof(workspace_bytes_));
-    cublasLtMatmulHeuristicResult_t heuristic{};
-    int found = 0;
-    status.Update(LtStatus(cublasLtMatmulAlgoGetHeuristic(handle, desc.op, desc.a, desc.b, desc.d, desc.d,
-                                                          desc.pref, 1, &heuristic, &found),
-                           "cuda::Blas::Linear (bf16): cublasLtMatmulAlgoGetHeuristic"));
-    if (status.ok() && found == 0) {
-      status = absl::FailedPreconditionError(
-          absl::StrCat("cuda::Blas::Linear (bf16): cuBLASLt has no algorithm for ", c.num_rows, "x",
-                       w.in_features, " x ", w.out_features, "x", w.in_features));
-    }
+    cublasLtMatmulAlgo_t algo;
+    status.Update(FindAlgo(handle, desc,
+                           AlgoKey{false, w.out_features, c.num_rows, w.in_features, c.x_stride, c.y_stride,
+                                   Alignment(w.data), Alignment(c.x), Alignment(c.y)},
+                           workspace_bytes_, cache_->map, &algo, "cuda::Blas::Linear (bf16)"));
     if (!status.ok()) break;
     const float alpha = 1.0f, beta = 0.0f;
-    status.Update(
-        LtStatus(cublasLtMatmul(handle, desc.op, &alpha, w.data, desc.a, c.x, desc.b, &beta, c.y, desc.d, c.y,
-                                desc.d, &heuristic.algo, workspace_, workspace_bytes_, s),
-                 "cuda::Blas::Linear (bf16): cublasLtMatmul"));
+    status.Update(LtStatus(cublasLtMatmul(handle, desc.op, &alpha, w.data, desc.a, c.x, desc.b, &beta, c.y,
+                                          desc.d, c.y, desc.d, &algo, workspace_, workspace_bytes_, s),
+                           "cuda::Blas::Linear (bf16): cublasLtMatmul"));
     if (!status.ok()) break;
   }
   if (q_buf != nullptr) status.Update(internal::CudaStatus(cudaFreeAsync(q_buf, s), "cudaFreeAsync"));
@@ -270,25 +336,15 @@ absl::Status Blas::Fp8(const uint8_t* q, const float* q_scale, int64_t q_scale_l
       "MatrixLayoutCreate(B)");
   MOE_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&desc.d, CUDA_R_16BF, w.out_features, num_rows, y_stride),
                          "MatrixLayoutCreate(D)");
-  MOE_LT_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&desc.pref), "MatmulPreferenceCreate");
-  MOE_LT_RETURN_IF_ERROR(
-      cublasLtMatmulPreferenceSetAttribute(desc.pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                           &workspace_bytes_, sizeof(workspace_bytes_)),
-      "PREF_MAX_WORKSPACE_BYTES");
-  cublasLtMatmulHeuristicResult_t heuristic{};
-  int found = 0;
-  MOE_LT_RETURN_IF_ERROR(cublasLtMatmulAlgoGetHeuristic(handle, desc.op, desc.a, desc.b, desc.d, desc.d,
-                                                        desc.pref, 1, &heuristic, &found),
-                         absl::StrCat(kFn, ": cublasLtMatmulAlgoGetHeuristic"));
-  if (found == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        kFn, ": cuBLASLt has no block-scaled FP8 algorithm for ", num_rows, "x", w.in_features, " x ",
-        w.out_features, "x", w.in_features, " on this device (needs CUDA >= 12.9 and sm_90+)"));
-  }
+  cublasLtMatmulAlgo_t algo;
+  MOE_CUDA_RETURN_IF_ERROR(FindAlgo(handle, desc,
+                                    AlgoKey{true, w.out_features, num_rows, w.in_features, w.in_features,
+                                            y_stride, Alignment(w.data), Alignment(q), Alignment(y)},
+                                    workspace_bytes_, cache_->map, &algo, kFn));
   const float alpha = 1.0f, beta = 0.0f;
   MOE_LT_RETURN_IF_ERROR(
-      cublasLtMatmul(handle, desc.op, &alpha, w.data, desc.a, q, desc.b, &beta, y, desc.d, y, desc.d,
-                     &heuristic.algo, workspace_, workspace_bytes_, internal::AsCuda(stream)),
+      cublasLtMatmul(handle, desc.op, &alpha, w.data, desc.a, q, desc.b, &beta, y, desc.d, y, desc.d, &algo,
+                     workspace_, workspace_bytes_, internal::AsCuda(stream)),
       absl::StrCat(kFn, ": cublasLtMatmul"));
   return absl::OkStatus();
 }

@@ -203,7 +203,9 @@ class Blas {
   Blas() = default;
   absl::Status Fp8(const uint8_t* q, const float* q_scale, int64_t q_scale_ld, int64_t num_rows,
                    const DeviceLinearWeight& w, bf16* y, int64_t y_stride, Stream stream);
+  struct AlgoCache;  // cuBLASLt algorithms by shape (blas.cc)
   void* handle_ = nullptr;
+  std::unique_ptr<AlgoCache> cache_;
   void* workspace_ = nullptr;
   size_t workspace_bytes_ = 0;
 };
