@@ -24,7 +24,7 @@ struct Buffer {
   explicit Buffer(size_t bytes, const char* what) {
     absl::StatusOr<void*> p = Malloc(bytes, what);
     if (!p.ok()) {
-      std::fprintf(stderr, "gpu_kernels_bench: %s\n", std::string(p.status().message()).c_str());
+      std::fprintf(stderr, "gpu_kernels_bench: %s\n", p.status().ToString().c_str());
       std::exit(1);
     }
     ptr = *p;
@@ -39,7 +39,7 @@ struct Buffer {
 
 void Check(const absl::Status& s, const char* what) {
   if (!s.ok()) {
-    std::fprintf(stderr, "gpu_kernels_bench: %s: %s\n", what, std::string(s.message()).c_str());
+    std::fprintf(stderr, "gpu_kernels_bench: %s: %s\n", what, s.ToString().c_str());
     std::exit(1);
   }
 }

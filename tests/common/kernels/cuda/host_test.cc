@@ -9,10 +9,12 @@
 namespace moe::kernels::cuda {
 namespace {
 
-// A non-null pointer that must never be dereferenced: the checks reject the call first.
+// A non-null pointer that no kernel may ever see: the checks reject the call first (it is host
+// memory, so a launch with it would fail).
 template <typename T>
 T* Fake() {
-  return reinterpret_cast<T*>(uintptr_t{0x1000});
+  alignas(256) static unsigned char storage[256];
+  return reinterpret_cast<T*>(storage);
 }
 
 void ExpectInvalid(const absl::Status& status, absl::string_view needle) {

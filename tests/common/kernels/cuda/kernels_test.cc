@@ -327,6 +327,7 @@ TEST(CudaKernelsTest, GroupedExpertRoundMatchesCpu) {
   std::vector<std::vector<uint8_t>> codes(6);
   std::vector<std::vector<float>> scales(6);
   std::vector<LinearWeight> cw;
+  cw.reserve(6);
   for (int i = 0; i < 6; ++i) cw.push_back(RandomFp8(inter, hidden, 20 + i, &codes[i], &scales[i]));
   std::vector<std::unique_ptr<DeviceBuffer<uint8_t>>> dcodes;
   std::vector<std::unique_ptr<DeviceBuffer<float>>> dscales;
