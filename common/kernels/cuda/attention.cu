@@ -196,21 +196,21 @@ __global__ void WriteKvKernel(const uint16_t* k, int64_t k_stride, const uint16_
 }
 
 absl::Status CheckKv(absl::string_view fn, const DevicePagedKv& kv) {
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(fn, "kv.k", kv.k));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(fn, "kv.v", kv.v));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(fn, "kv.num_blocks", kv.num_blocks));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(fn, "kv.block_size", kv.block_size));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(fn, "kv.num_kv_heads", kv.num_kv_heads));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(fn, "kv.head_dim", kv.head_dim));
+  RETURN_IF_ERROR(CheckPtr(fn, "kv.k", kv.k));
+  RETURN_IF_ERROR(CheckPtr(fn, "kv.v", kv.v));
+  RETURN_IF_ERROR(CheckPositive(fn, "kv.num_blocks", kv.num_blocks));
+  RETURN_IF_ERROR(CheckPositive(fn, "kv.block_size", kv.block_size));
+  RETURN_IF_ERROR(CheckPositive(fn, "kv.num_kv_heads", kv.num_kv_heads));
+  RETURN_IF_ERROR(CheckPositive(fn, "kv.head_dim", kv.head_dim));
   return absl::OkStatus();
 }
 
 // Checks shared by PagedAttention and PagedAttentionBatch.
 absl::Status CheckAttention(absl::string_view fn, int64_t q_stride, int64_t num_tokens, int64_t num_heads,
                             const DevicePagedKv& kv, int64_t out_stride) {
-  MOE_CUDA_RETURN_IF_ERROR(CheckKv(fn, kv));
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(fn, "num_tokens", num_tokens));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(fn, "num_heads", num_heads));
+  RETURN_IF_ERROR(CheckKv(fn, kv));
+  RETURN_IF_ERROR(CheckNonNegative(fn, "num_tokens", num_tokens));
+  RETURN_IF_ERROR(CheckPositive(fn, "num_heads", num_heads));
   if (num_heads % kv.num_kv_heads != 0) {
     return BadArg(
         fn, "num_heads",
@@ -222,8 +222,8 @@ absl::Status CheckAttention(absl::string_view fn, int64_t q_stride, int64_t num_
   if (kv.block_size > 8192)
     return BadArg(fn, "kv.block_size", absl::StrCat("must be <= 8192, got ", kv.block_size));
   if (num_heads > 65535) return BadArg(fn, "num_heads", "exceeds 65535");
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(fn, "q_stride", q_stride, num_heads * kv.head_dim));
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(fn, "out_stride", out_stride, num_heads * kv.head_dim));
+  RETURN_IF_ERROR(CheckStride(fn, "q_stride", q_stride, num_heads * kv.head_dim));
+  RETURN_IF_ERROR(CheckStride(fn, "out_stride", out_stride, num_heads * kv.head_dim));
   return absl::OkStatus();
 }
 
@@ -246,9 +246,8 @@ absl::Status RunAttention(AttnArgs a, const bf16* q, int64_t q_stride, int64_t n
       std::max<int64_t>(1, std::min<int64_t>({num_tokens, kScratchBytes / per_token_bytes, int64_t{65535}}));
   cudaStream_t s = internal::AsCuda(stream);
   void* scratch = nullptr;
-  MOE_CUDA_RETURN_IF_ERROR(
-      internal::CudaStatus(cudaMallocAsync(&scratch, per_token_bytes * chunk, s),
-                           "cuda::PagedAttention: allocating scratch (cudaMallocAsync)"));
+  RETURN_IF_ERROR(internal::CudaStatus(cudaMallocAsync(&scratch, per_token_bytes * chunk, s),
+                                       "cuda::PagedAttention: allocating scratch (cudaMallocAsync)"));
   a.q_stride = q_stride;
   a.num_heads = num_heads;
   a.group = num_heads / kv.num_kv_heads;
@@ -292,16 +291,16 @@ absl::Status RunAttention(AttnArgs a, const bf16* q, int64_t q_stride, int64_t n
 absl::Status WriteKv(const bf16* k, int64_t k_stride, const bf16* v, int64_t v_stride, int64_t num_tokens,
                      int64_t start_pos, const int32_t* block_table, const DevicePagedKv& kv, Stream stream) {
   constexpr absl::string_view kFn = "cuda::WriteKv";
-  MOE_CUDA_RETURN_IF_ERROR(CheckKv(kFn, kv));
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "num_tokens", num_tokens));
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "start_pos", start_pos));
+  RETURN_IF_ERROR(CheckKv(kFn, kv));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "num_tokens", num_tokens));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "start_pos", start_pos));
   const int64_t width = kv.num_kv_heads * kv.head_dim;
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "k_stride", k_stride, width));
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "v_stride", v_stride, width));
+  RETURN_IF_ERROR(CheckStride(kFn, "k_stride", k_stride, width));
+  RETURN_IF_ERROR(CheckStride(kFn, "v_stride", v_stride, width));
   if (num_tokens == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "k", k));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "v", v));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "block_table", block_table));
+  RETURN_IF_ERROR(CheckPtr(kFn, "k", k));
+  RETURN_IF_ERROR(CheckPtr(kFn, "v", v));
+  RETURN_IF_ERROR(CheckPtr(kFn, "block_table", block_table));
   if (num_tokens > INT32_MAX) return BadArg(kFn, "num_tokens", "exceeds the grid limit");
   WriteKvKernel<<<static_cast<unsigned>(num_tokens), 128, 0, internal::AsCuda(stream)>>>(
       reinterpret_cast<const uint16_t*>(k), k_stride, reinterpret_cast<const uint16_t*>(v), v_stride,
@@ -315,8 +314,8 @@ absl::Status PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens,
                             int64_t block_table_len, const DevicePagedKv& kv, bf16* out, int64_t out_stride,
                             Stream stream) {
   constexpr absl::string_view kFn = "cuda::PagedAttention";
-  MOE_CUDA_RETURN_IF_ERROR(CheckAttention(kFn, q_stride, num_tokens, num_heads, kv, out_stride));
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "start_pos", start_pos));
+  RETURN_IF_ERROR(CheckAttention(kFn, q_stride, num_tokens, num_heads, kv, out_stride));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "start_pos", start_pos));
   const int64_t max_len = start_pos + num_tokens;
   const int64_t needed_blocks = (max_len + kv.block_size - 1) / kv.block_size;
   if (block_table_len < needed_blocks) {
@@ -325,9 +324,9 @@ absl::Status PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens,
                                " blocks positions 0..", max_len - 1, " need"));
   }
   if (num_tokens == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "q", q));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "block_table", block_table));
+  RETURN_IF_ERROR(CheckPtr(kFn, "q", q));
+  RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
+  RETURN_IF_ERROR(CheckPtr(kFn, "block_table", block_table));
 
   AttnArgs a{};
   a.start_pos = start_pos;
@@ -342,15 +341,15 @@ absl::Status PagedAttentionBatch(const bf16* q, int64_t q_stride, int64_t num_to
                                  int64_t max_len, const int32_t* block_tables, int64_t table_stride,
                                  const DevicePagedKv& kv, bf16* out, int64_t out_stride, Stream stream) {
   constexpr absl::string_view kFn = "cuda::PagedAttentionBatch";
-  MOE_CUDA_RETURN_IF_ERROR(CheckAttention(kFn, q_stride, num_tokens, num_heads, kv, out_stride));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "max_len", max_len));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "table_stride", table_stride));
+  RETURN_IF_ERROR(CheckAttention(kFn, q_stride, num_tokens, num_heads, kv, out_stride));
+  RETURN_IF_ERROR(CheckPositive(kFn, "max_len", max_len));
+  RETURN_IF_ERROR(CheckPositive(kFn, "table_stride", table_stride));
   if (num_tokens == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "q", q));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "token_segment", token_segment));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "token_pos", token_pos));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "block_tables", block_tables));
+  RETURN_IF_ERROR(CheckPtr(kFn, "q", q));
+  RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
+  RETURN_IF_ERROR(CheckPtr(kFn, "token_segment", token_segment));
+  RETURN_IF_ERROR(CheckPtr(kFn, "token_pos", token_pos));
+  RETURN_IF_ERROR(CheckPtr(kFn, "block_tables", block_tables));
   AttnArgs a{};
   a.block_table = block_tables;
   a.block_table_len = table_stride;

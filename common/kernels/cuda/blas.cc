@@ -52,7 +52,7 @@ absl::Status LtStatus(cublasStatus_t st, absl::string_view what) {
   }
 }
 
-#define MOE_LT_RETURN_IF_ERROR(expr, what) MOE_CUDA_RETURN_IF_ERROR(LtStatus((expr), (what)))
+#define MOE_LT_RETURN_IF_ERROR(expr, what) RETURN_IF_ERROR(LtStatus((expr), (what)))
 
 // Owns the descriptors of one matmul.
 struct MatmulDescs {
@@ -69,15 +69,15 @@ struct MatmulDescs {
 };
 
 absl::Status CheckWeight(absl::string_view fn, const DeviceLinearWeight& w) {
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(fn, "w.out_features", w.out_features));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(fn, "w.in_features", w.in_features));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(fn, "w.data", w.data));
+  RETURN_IF_ERROR(CheckPositive(fn, "w.out_features", w.out_features));
+  RETURN_IF_ERROR(CheckPositive(fn, "w.in_features", w.in_features));
+  RETURN_IF_ERROR(CheckPtr(fn, "w.data", w.data));
   if (w.dtype == DType::kBF16) return absl::OkStatus();
   if (w.dtype != DType::kF8E4M3) {
     return BadArg(fn, "w.dtype",
                   absl::StrCat("must be BF16 or F8_E4M3, got ", std::string(DTypeName(w.dtype))));
   }
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(fn, "w.scale", w.scale));
+  RETURN_IF_ERROR(CheckPtr(fn, "w.scale", w.scale));
   if (w.in_features % 16 != 0) {
     return BadArg(fn, "w.in_features",
                   absl::StrCat("(", w.in_features, ") must be a multiple of 16 for cuBLASLt's FP8 matmul"));
@@ -205,14 +205,14 @@ absl::Status Blas::Linear(const bf16* x, int64_t x_stride, int64_t num_rows, con
 absl::Status Blas::LinearGrouped(std::span<const LinearCall> calls, Stream stream) {
   constexpr absl::string_view kFn = "cuda::Blas::Linear";
   for (const LinearCall& c : calls) {
-    MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "w", c.w));
-    MOE_CUDA_RETURN_IF_ERROR(CheckWeight(kFn, *c.w));
-    MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "num_rows", c.num_rows));
-    MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "x_stride", c.x_stride, c.w->in_features));
-    MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "y_stride", c.y_stride, c.w->out_features));
+    RETURN_IF_ERROR(CheckPtr(kFn, "w", c.w));
+    RETURN_IF_ERROR(CheckWeight(kFn, *c.w));
+    RETURN_IF_ERROR(CheckNonNegative(kFn, "num_rows", c.num_rows));
+    RETURN_IF_ERROR(CheckStride(kFn, "x_stride", c.x_stride, c.w->in_features));
+    RETURN_IF_ERROR(CheckStride(kFn, "y_stride", c.y_stride, c.w->out_features));
     if (c.num_rows > 0) {
-      MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "x", c.x));
-      MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "y", c.y));
+      RETURN_IF_ERROR(CheckPtr(kFn, "x", c.x));
+      RETURN_IF_ERROR(CheckPtr(kFn, "y", c.y));
     }
   }
   cudaStream_t s = internal::AsCuda(stream);
@@ -337,10 +337,10 @@ absl::Status Blas::Fp8(const uint8_t* q, const float* q_scale, int64_t q_scale_l
   MOE_LT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&desc.d, CUDA_R_16BF, w.out_features, num_rows, y_stride),
                          "MatrixLayoutCreate(D)");
   cublasLtMatmulAlgo_t algo;
-  MOE_CUDA_RETURN_IF_ERROR(FindAlgo(handle, desc,
-                                    AlgoKey{true, w.out_features, num_rows, w.in_features, w.in_features,
-                                            y_stride, Alignment(w.data), Alignment(q), Alignment(y)},
-                                    workspace_bytes_, cache_->map, &algo, kFn));
+  RETURN_IF_ERROR(FindAlgo(handle, desc,
+                           AlgoKey{true, w.out_features, num_rows, w.in_features, w.in_features, y_stride,
+                                   Alignment(w.data), Alignment(q), Alignment(y)},
+                           workspace_bytes_, cache_->map, &algo, kFn));
   const float alpha = 1.0f, beta = 0.0f;
   MOE_LT_RETURN_IF_ERROR(
       cublasLtMatmul(handle, desc.op, &alpha, w.data, desc.a, q, desc.b, &beta, y, desc.d, y, desc.d, &algo,

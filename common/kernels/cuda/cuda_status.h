@@ -9,6 +9,7 @@
 #include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
+#include "common/status/status_macros.h"
 
 namespace moe::kernels::cuda::internal {
 
@@ -32,11 +33,5 @@ absl::Status CheckNonNegative(absl::string_view fn, absl::string_view arg, int64
 absl::Status CheckStride(absl::string_view fn, absl::string_view arg, int64_t stride, int64_t width);
 
 }  // namespace moe::kernels::cuda::internal
-
-#define MOE_CUDA_RETURN_IF_ERROR(expr)                   \
-  do {                                                   \
-    ::absl::Status moe_cuda_status_ = (expr);            \
-    if (!moe_cuda_status_.ok()) return moe_cuda_status_; \
-  } while (0)
 
 #endif  // MOE_COMMON_KERNELS_CUDA_CUDA_STATUS_H_

@@ -81,14 +81,14 @@ absl::Status CheckDevice(int ordinal, absl::string_view flag) {
 }
 
 absl::Status SetDevice(int ordinal) {
-  MOE_CUDA_RETURN_IF_ERROR(CheckDevice(ordinal));
+  RETURN_IF_ERROR(CheckDevice(ordinal));
   return CudaStatus(cudaSetDevice(ordinal), absl::StrCat("cudaSetDevice(", ordinal, ")"));
 }
 
 absl::StatusOr<std::string> DeviceDescription(int ordinal) {
-  MOE_CUDA_RETURN_IF_ERROR(CheckDevice(ordinal));
+  RETURN_IF_ERROR(CheckDevice(ordinal));
   cudaDeviceProp prop{};
-  MOE_CUDA_RETURN_IF_ERROR(CudaStatus(cudaGetDeviceProperties(&prop, ordinal), "cudaGetDeviceProperties"));
+  RETURN_IF_ERROR(CudaStatus(cudaGetDeviceProperties(&prop, ordinal), "cudaGetDeviceProperties"));
   return absl::StrFormat("%s (sm_%d%d, %.1f GiB)", prop.name, prop.major, prop.minor,
                          static_cast<double>(prop.totalGlobalMem) / (1024.0 * 1024.0 * 1024.0));
 }
@@ -99,7 +99,7 @@ absl::Status MemoryInfo(size_t* free_bytes, size_t* total_bytes) {
 
 absl::StatusOr<Stream> CreateStream() {
   cudaStream_t stream = nullptr;
-  MOE_CUDA_RETURN_IF_ERROR(
+  RETURN_IF_ERROR(
       CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "cudaStreamCreateWithFlags"));
   return static_cast<Stream>(stream);
 }
@@ -140,7 +140,7 @@ absl::Status CopyToDevice(void* dst, const void* src, size_t bytes, Stream strea
                     "cudaMemcpyAsync host->device");
 }
 absl::Status CopyToHost(void* dst, const void* src, size_t bytes, Stream stream) {
-  MOE_CUDA_RETURN_IF_ERROR(
+  RETURN_IF_ERROR(
       CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, internal::AsCuda(stream)),
                  "cudaMemcpyAsync device->host"));
   return Synchronize(stream);

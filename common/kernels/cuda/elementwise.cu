@@ -194,15 +194,15 @@ __global__ void QuantizeFp8Kernel(const uint16_t* x, int64_t x_stride, int64_t k
 absl::Status RmsNorm(const bf16* x, int64_t x_stride, int64_t num_rows, int64_t dim, const bf16* w, float eps,
                      bf16* y, int64_t y_stride, Stream stream) {
   constexpr absl::string_view kFn = "cuda::RmsNorm";
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "num_rows", num_rows));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "dim", dim));
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "x_stride", x_stride, dim));
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "y_stride", y_stride, dim));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "num_rows", num_rows));
+  RETURN_IF_ERROR(CheckPositive(kFn, "dim", dim));
+  RETURN_IF_ERROR(CheckStride(kFn, "x_stride", x_stride, dim));
+  RETURN_IF_ERROR(CheckStride(kFn, "y_stride", y_stride, dim));
   if (!(eps >= 0.0f)) return BadArg(kFn, "eps", "must be >= 0");
   if (num_rows == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "x", x));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "w", w));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "y", y));
+  RETURN_IF_ERROR(CheckPtr(kFn, "x", x));
+  RETURN_IF_ERROR(CheckPtr(kFn, "w", w));
+  RETURN_IF_ERROR(CheckPtr(kFn, "y", y));
   if (num_rows > INT32_MAX) return BadArg(kFn, "num_rows", "exceeds the grid limit");
   RmsNormKernel<<<static_cast<unsigned>(num_rows), kNormThreads, 0, internal::AsCuda(stream)>>>(
       Raw(x), x_stride, Raw(w), dim, 1, eps, Raw(y), y_stride);
@@ -212,14 +212,14 @@ absl::Status RmsNorm(const bf16* x, int64_t x_stride, int64_t num_rows, int64_t 
 absl::Status HeadRmsNorm(bf16* x, int64_t x_stride, int64_t num_tokens, int64_t num_heads, int64_t head_dim,
                          const bf16* w, float eps, Stream stream) {
   constexpr absl::string_view kFn = "cuda::HeadRmsNorm";
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "num_tokens", num_tokens));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "num_heads", num_heads));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "head_dim", head_dim));
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "x_stride", x_stride, num_heads * head_dim));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "num_tokens", num_tokens));
+  RETURN_IF_ERROR(CheckPositive(kFn, "num_heads", num_heads));
+  RETURN_IF_ERROR(CheckPositive(kFn, "head_dim", head_dim));
+  RETURN_IF_ERROR(CheckStride(kFn, "x_stride", x_stride, num_heads * head_dim));
   if (!(eps >= 0.0f)) return BadArg(kFn, "eps", "must be >= 0");
   if (num_tokens == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "x", x));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "w", w));
+  RETURN_IF_ERROR(CheckPtr(kFn, "x", x));
+  RETURN_IF_ERROR(CheckPtr(kFn, "w", w));
   if (num_tokens * num_heads > INT32_MAX)
     return BadArg(kFn, "num_tokens * num_heads", "exceeds the grid limit");
   RmsNormKernel<<<static_cast<unsigned>(num_tokens * num_heads), kNormThreads, 0, internal::AsCuda(stream)>>>(
@@ -230,17 +230,17 @@ absl::Status HeadRmsNorm(bf16* x, int64_t x_stride, int64_t num_tokens, int64_t 
 absl::Status ApplyRope(bf16* x, int64_t x_stride, int64_t num_tokens, int64_t num_heads,
                        const int64_t* positions, const DeviceRopeTable& table, Stream stream) {
   constexpr absl::string_view kFn = "cuda::ApplyRope";
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "num_tokens", num_tokens));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "num_heads", num_heads));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "table.head_dim", table.head_dim));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "num_tokens", num_tokens));
+  RETURN_IF_ERROR(CheckPositive(kFn, "num_heads", num_heads));
+  RETURN_IF_ERROR(CheckPositive(kFn, "table.head_dim", table.head_dim));
   if (table.head_dim % 2 != 0) return BadArg(kFn, "table.head_dim", "must be even");
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "table.max_positions", table.max_positions));
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "x_stride", x_stride, num_heads * table.head_dim));
+  RETURN_IF_ERROR(CheckPositive(kFn, "table.max_positions", table.max_positions));
+  RETURN_IF_ERROR(CheckStride(kFn, "x_stride", x_stride, num_heads * table.head_dim));
   if (num_tokens == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "x", x));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "positions", positions));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "table.cos", table.cos));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "table.sin", table.sin));
+  RETURN_IF_ERROR(CheckPtr(kFn, "x", x));
+  RETURN_IF_ERROR(CheckPtr(kFn, "positions", positions));
+  RETURN_IF_ERROR(CheckPtr(kFn, "table.cos", table.cos));
+  RETURN_IF_ERROR(CheckPtr(kFn, "table.sin", table.sin));
   if (num_tokens * num_heads > INT32_MAX)
     return BadArg(kFn, "num_tokens * num_heads", "exceeds the grid limit");
   const int threads = table.head_dim / 2 >= 64 ? 64 : 32;
@@ -252,11 +252,11 @@ absl::Status ApplyRope(bf16* x, int64_t x_stride, int64_t num_tokens, int64_t nu
 
 absl::Status Add(const bf16* a, const bf16* b, int64_t n, bf16* out, Stream stream) {
   constexpr absl::string_view kFn = "cuda::Add";
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "n", n));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "n", n));
   if (n == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "a", a));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "b", b));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
+  RETURN_IF_ERROR(CheckPtr(kFn, "a", a));
+  RETURN_IF_ERROR(CheckPtr(kFn, "b", b));
+  RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
   AddKernel<<<GridFor(n, kElemThreads), kElemThreads, 0, internal::AsCuda(stream)>>>(Raw(a), Raw(b), n,
                                                                                      Raw(out));
   return internal::LaunchStatus(kFn);
@@ -264,11 +264,11 @@ absl::Status Add(const bf16* a, const bf16* b, int64_t n, bf16* out, Stream stre
 
 absl::Status SiluMul(const bf16* gate, const bf16* up, int64_t n, bf16* out, Stream stream) {
   constexpr absl::string_view kFn = "cuda::SiluMul";
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "n", n));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "n", n));
   if (n == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "gate", gate));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "up", up));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
+  RETURN_IF_ERROR(CheckPtr(kFn, "gate", gate));
+  RETURN_IF_ERROR(CheckPtr(kFn, "up", up));
+  RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
   SiluMulKernel<<<GridFor(n, kElemThreads), kElemThreads, 0, internal::AsCuda(stream)>>>(Raw(gate), Raw(up),
                                                                                          n, Raw(out));
   return internal::LaunchStatus(kFn);
@@ -277,16 +277,16 @@ absl::Status SiluMul(const bf16* gate, const bf16* up, int64_t n, bf16* out, Str
 absl::Status TopKSoftmax(const bf16* logits, int64_t num_rows, int64_t num_experts, int64_t k,
                          bool norm_topk_prob, int32_t* ids, float* weights, Stream stream) {
   constexpr absl::string_view kFn = "cuda::TopKSoftmax";
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "num_rows", num_rows));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "num_experts", num_experts));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "k", k));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "num_rows", num_rows));
+  RETURN_IF_ERROR(CheckPositive(kFn, "num_experts", num_experts));
+  RETURN_IF_ERROR(CheckPositive(kFn, "k", k));
   if (num_experts > 1024)
     return BadArg(kFn, "num_experts", absl::StrCat("must be <= 1024, got ", num_experts));
   if (k > 64) return BadArg(kFn, "k", absl::StrCat("must be <= 64, got ", k));
   if (num_rows == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "logits", logits));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "ids", ids));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "weights", weights));
+  RETURN_IF_ERROR(CheckPtr(kFn, "logits", logits));
+  RETURN_IF_ERROR(CheckPtr(kFn, "ids", ids));
+  RETURN_IF_ERROR(CheckPtr(kFn, "weights", weights));
   if (num_rows > INT32_MAX) return BadArg(kFn, "num_rows", "exceeds the grid limit");
   TopKSoftmaxKernel<<<static_cast<unsigned>(num_rows), 32, num_experts * sizeof(float),
                       internal::AsCuda(stream)>>>(Raw(logits), num_experts, k, norm_topk_prob, ids, weights);
@@ -296,13 +296,13 @@ absl::Status TopKSoftmax(const bf16* logits, int64_t num_rows, int64_t num_exper
 absl::Status Embed(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids, int64_t num_tokens,
                    bf16* out, Stream stream) {
   constexpr absl::string_view kFn = "cuda::Embed";
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "vocab", vocab));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "hidden", hidden));
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "num_tokens", num_tokens));
+  RETURN_IF_ERROR(CheckPositive(kFn, "vocab", vocab));
+  RETURN_IF_ERROR(CheckPositive(kFn, "hidden", hidden));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "num_tokens", num_tokens));
   if (num_tokens == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "table", table));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "ids", ids));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
+  RETURN_IF_ERROR(CheckPtr(kFn, "table", table));
+  RETURN_IF_ERROR(CheckPtr(kFn, "ids", ids));
+  RETURN_IF_ERROR(CheckPtr(kFn, "out", out));
   if (num_tokens > INT32_MAX) return BadArg(kFn, "num_tokens", "exceeds the grid limit");
   EmbedKernel<<<static_cast<unsigned>(num_tokens), kElemThreads, 0, internal::AsCuda(stream)>>>(
       Raw(table), vocab, hidden, ids, Raw(out));
@@ -312,15 +312,15 @@ absl::Status Embed(const bf16* table, int64_t vocab, int64_t hidden, const int32
 absl::Status QuantizeFp8PerToken(const bf16* x, int64_t x_stride, int64_t num_rows, int64_t k, uint8_t* q,
                                  int64_t q_stride, float* scale, int64_t scale_ld, Stream stream) {
   constexpr absl::string_view kFn = "cuda::QuantizeFp8PerToken";
-  MOE_CUDA_RETURN_IF_ERROR(CheckNonNegative(kFn, "num_rows", num_rows));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPositive(kFn, "k", k));
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "x_stride", x_stride, k));
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "q_stride", q_stride, k));
-  MOE_CUDA_RETURN_IF_ERROR(CheckStride(kFn, "scale_ld", scale_ld, num_rows));
+  RETURN_IF_ERROR(CheckNonNegative(kFn, "num_rows", num_rows));
+  RETURN_IF_ERROR(CheckPositive(kFn, "k", k));
+  RETURN_IF_ERROR(CheckStride(kFn, "x_stride", x_stride, k));
+  RETURN_IF_ERROR(CheckStride(kFn, "q_stride", q_stride, k));
+  RETURN_IF_ERROR(CheckStride(kFn, "scale_ld", scale_ld, num_rows));
   if (num_rows == 0) return absl::OkStatus();
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "x", x));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "q", q));
-  MOE_CUDA_RETURN_IF_ERROR(CheckPtr(kFn, "scale", scale));
+  RETURN_IF_ERROR(CheckPtr(kFn, "x", x));
+  RETURN_IF_ERROR(CheckPtr(kFn, "q", q));
+  RETURN_IF_ERROR(CheckPtr(kFn, "scale", scale));
   if (num_rows > INT32_MAX) return BadArg(kFn, "num_rows", "exceeds the grid limit");
   const int64_t num_groups = (k + 127) / 128;
   constexpr int kWarps = 4;
