@@ -53,11 +53,19 @@ if(NOT MOE_WITH_CUDA STREQUAL "OFF")
 endif()
 moe_resolve_option(MOE_WITH_CUDA _cuda_found MOE_HAVE_CUDA)
 if(MOE_HAVE_CUDA)
+  # sm_90a machine code (H100/H200, with the Hopper-only instructions cuBLASLt's FP8 block scaling
+  # and wgmma need) plus compute_90 PTX that the driver can JIT for any later GPU.
   if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
-    set(CMAKE_CUDA_ARCHITECTURES 90)
+    set(CMAKE_CUDA_ARCHITECTURES "90a-real;90-virtual")
   endif()
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
+  # CMake < 3.26 knows no C++20 flag for nvcc (nvcc >= 12 has -std=c++20); the CUDA sources are
+  # C++20 like the rest (absl::Status, std::span in their headers).
+  if(NOT DEFINED CMAKE_CUDA20_STANDARD_COMPILE_OPTION AND CMAKE_CUDA_COMPILER_VERSION VERSION_GREATER_EQUAL 12.0)
+    set(CMAKE_CUDA20_STANDARD_COMPILE_OPTION "-std=c++20")
+    set(CMAKE_CUDA20_EXTENSION_COMPILE_OPTION "-std=c++20")
+  endif()
 endif()
 
 set(_nccl_found OFF)
