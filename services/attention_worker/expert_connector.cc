@@ -125,6 +125,7 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
     }
     return set_error(error);
   }
+  peer.draining = info.draining();
   if (peer.connected && !force_reconnect && info.address() == peer.data_address) return true;
 
   absl::Status valid = ValidateExpertInfo(info, rank, static_cast<int>(peers_.size()), options_.num_experts,
@@ -165,7 +166,7 @@ void ExpertConnector::Loop() {
   absl::Duration backoff = options_.initial_backoff;
   const int num_peers = static_cast<int>(peers_.size());
   const int replicas = std::max(1, options_.expert_replicas);
-  const int num_shards = num_peers / replicas;
+  const int num_shards = std::max(1, num_peers / replicas);  // Create validated the placement
   while (true) {
     bool force;
     std::vector<bool> failed;
@@ -178,13 +179,31 @@ void ExpertConnector::Loop() {
       peer_failed_.assign(peer_failed_.size(), false);
     }
     bool all = true;  // every worker connected (a dense model has none to wait for)
-    std::vector<bool> shard_covered(static_cast<size_t>(num_shards), false);
+    std::vector<bool> connected(static_cast<size_t>(num_peers), false);
+    // Every shard needs a connected copy (a dense model has no expert workers and no shards).
+    std::vector<bool> shard_covered(static_cast<size_t>(num_peers > 0 ? num_shards : 0), false);
     for (int rank = 0; rank < num_peers; ++rank) {
       if (failed[static_cast<size_t>(rank)]) peers_[static_cast<size_t>(rank)].connected = false;
-      const bool connected = CheckPeer(rank, force || failed[static_cast<size_t>(rank)]);
-      if (options_.liveness != nullptr) options_.liveness->Set(rank, connected);
-      all = all && connected;
-      if (connected && num_shards > 0) shard_covered[static_cast<size_t>(rank % num_shards)] = true;
+      connected[static_cast<size_t>(rank)] = CheckPeer(rank, force || failed[static_cast<size_t>(rank)]);
+      all = all && connected[static_cast<size_t>(rank)];
+      if (connected[static_cast<size_t>(rank)]) shard_covered[static_cast<size_t>(rank % num_shards)] = true;
+    }
+    for (int rank = 0; rank < num_peers; ++rank) {
+      Peer& peer = peers_[static_cast<size_t>(rank)];
+      const bool live = connected[static_cast<size_t>(rank)];
+      // A draining worker hands its rounds to another connected, non-draining copy of its shard.
+      bool handed_over = false;
+      for (int other = rank % num_shards; live && peer.draining && other < num_peers; other += num_shards) {
+        if (other != rank && connected[static_cast<size_t>(other)] &&
+            !peers_[static_cast<size_t>(other)].draining) {
+          handed_over = true;
+        }
+      }
+      if (handed_over && !peer.handed_over) {
+        LOG(INFO) << "expert worker " << rank << " is draining: its shard's other copies take its rounds";
+      }
+      peer.handed_over = handed_over;
+      if (options_.liveness != nullptr) options_.liveness->Set(rank, live && !handed_over);
     }
     bool ready = std::all_of(shard_covered.begin(), shard_covered.end(), [](bool c) { return c; });
     bool changed;

@@ -12,7 +12,9 @@
 // connected replica, keeps the dispatcher's ExpertLiveness in step with which workers are connected,
 // and takes a failed worker out at once when a round gives up on it (the liveness's failure
 // listener), reconnecting it with backoff until it is back
-// (docs/architecture.md#expert-replicas-and-failover).
+// (docs/architecture.md#expert-replicas-and-failover). A worker whose GetInfo says it is draining
+// stops being live as soon as another copy of its shard is connected and not draining, so it can
+// exit with no round in flight.
 //
 // Thread safety: all public methods are thread-safe. One background thread does the RPCs.
 #ifndef MOE_SERVICES_ATTENTION_WORKER_EXPERT_CONNECTOR_H_
@@ -92,6 +94,8 @@ class ExpertConnector {
     bool connected = false;
     std::string data_address;  // UCX address the endpoint was made with
     std::string last_error;    // logged once per change
+    bool draining = false;     // its last GetInfo said it is stopping
+    bool handed_over = false;  // draining and taken out of the liveness (logged once)
   };
   void Loop();
   // Checks peer `rank`; (re)connects it if needed. Returns whether it is connected afterwards.

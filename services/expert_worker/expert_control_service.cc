@@ -16,6 +16,7 @@ grpc::Status ExpertControlService::GetInfo(grpc::ServerContext*, const v1::GetIn
   ExpertWorker* worker = worker_.load();
   if (worker == nullptr) return kLoading;
   *response = worker->info();
+  response->set_draining(drained_ || worker->draining());
   return grpc::Status::OK;
 }
 

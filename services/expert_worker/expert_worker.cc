@@ -1,6 +1,7 @@
 #include "services/expert_worker/expert_worker.h"
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/engine/expert_placement.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
@@ -86,6 +87,23 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
       worker->block_.get(), worker->transport_.get(), worker->metrics_.get());
   worker->server_->Start();
   return worker;
+}
+
+bool ExpertWorker::WaitQuiet(absl::Duration quiet, absl::Duration limit) const {
+  const absl::Time deadline = absl::Now() + limit;
+  uint64_t served = rounds_served();
+  absl::Time last_change = absl::Now();
+  while (absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+    const uint64_t now_served = rounds_served();
+    if (now_served != served) {
+      served = now_served;
+      last_change = absl::Now();
+    } else if (absl::Now() - last_change >= quiet) {
+      return true;
+    }
+  }
+  return false;
 }
 
 absl::StatusOr<std::string> ExpertWorker::ConnectAttention(int32_t peer_id, const std::string& address,

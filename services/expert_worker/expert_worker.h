@@ -8,6 +8,7 @@
 #ifndef MOE_SERVICES_EXPERT_WORKER_EXPERT_WORKER_H_
 #define MOE_SERVICES_EXPERT_WORKER_EXPERT_WORKER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -67,6 +68,14 @@ class ExpertWorker {
   // Messages the data plane dropped, by reason (transport::DropReason).
   transport::DropCounts data_plane_drops() const { return transport_->drop_counts(); }
 
+  // Draining before exit (SIGTERM): GetInfo says so (ExpertWorkerInfo.draining), the worker goes on
+  // serving, and the attention workers move its rounds to other copies of its shard.
+  void BeginDraining() { draining_ = true; }
+  bool draining() const { return draining_.load(); }
+  // Blocks until no round has been served for `quiet` (the attention workers have stopped sending)
+  // or `limit` has passed; returns whether it went quiet.
+  bool WaitQuiet(absl::Duration quiet, absl::Duration limit) const;
+
   // See engine::ExpertShardServer::Drain / Stop.
   uint64_t Drain() { return server_->Drain(); }
   void Stop() {
@@ -78,6 +87,7 @@ class ExpertWorker {
   ExpertWorker() = default;
 
   v1::ExpertWorkerInfo info_;
+  std::atomic<bool> draining_{false};
   int64_t hidden_ = 0;
   int64_t top_k_ = 0;
   int64_t max_round_tokens_ = 0;

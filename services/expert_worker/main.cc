@@ -73,6 +73,16 @@ int main(int argc, char** argv) {
             << ") as peer " << info.peer_id();
 
   service->WaitForTerminationSignal();
+  if (options.expert_replicas > 1) {
+    // Hand over to the other copies first: NOT_SERVING, GetInfo says draining, the attention workers
+    // stop sending here (their connectors look every 500 ms), and once no round has come for a
+    // second (at most 10 s) this worker stops, with nothing in flight to fail over.
+    service->SetReady(false);
+    (*worker)->BeginDraining();
+    LOG(INFO) << "terminating: draining, the other copies of this shard take its rounds";
+    const bool quiet = (*worker)->WaitQuiet(absl::Seconds(1), absl::Seconds(10));
+    LOG(INFO) << (quiet ? "no more rounds" : "rounds still coming after 10 s") << ", stopping";
+  }
   const uint64_t rounds = (*worker)->Drain();
   service->server()->Shutdown(absl::Seconds(1));
   (*worker)->Stop();
