@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/kernels/cpu/avx2_reduce.h"
 #include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
 #include "common/kernels/cpu/linear_internal.h"
@@ -71,23 +72,8 @@ MOE_AVX2_INLINE __m256 Bf16x8(const bf16* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
 }
 
-// Reduce16 of eight outputs whose lanes 0-7 / 8-15 are lo[o] / hi[o] (given as s8[o] = lo + hi):
-// (i, i+4), (i, i+2), (0, 1). Result lane l is output kLaneOutput[l].
-constexpr int kLaneOutput[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-MOE_AVX2_INLINE __m256 Reduce8x8(const __m256* s8) {
-  __m256 s4[4];
-#pragma GCC unroll 8
-  for (int j = 0; j < 4; ++j) {
-    const __m256 a = s8[2 * j], b = s8[2 * j + 1];
-    s4[j] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
-  }
-  const __m256 t0 = _mm256_add_ps(_mm256_shuffle_ps(s4[0], s4[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                  _mm256_shuffle_ps(s4[0], s4[1], _MM_SHUFFLE(3, 2, 3, 2)));
-  const __m256 t1 = _mm256_add_ps(_mm256_shuffle_ps(s4[2], s4[3], _MM_SHUFFLE(1, 0, 1, 0)),
-                                  _mm256_shuffle_ps(s4[2], s4[3], _MM_SHUFFLE(3, 2, 3, 2)));
-  return _mm256_add_ps(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)));
-}
+using internal::kLaneOutput;
+using internal::Reduce8x8;
 
 // scores[hh * stride + j] = DotQK(q + hh * dim, k_j) * scale for up to 8 heads hh < nh.
 MOE_AVX2_TARGET void GroupScoresAvx2(const float* q, int nh, const bf16* const* krow, int64_t context,

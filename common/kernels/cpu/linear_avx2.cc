@@ -23,6 +23,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/kernels/cpu/avx2_reduce.h"
 #include "common/kernels/cpu/linear_internal.h"
 #include "common/tensor/fp8.h"
 #include "common/tensor/linear_weight.h"
@@ -52,24 +53,6 @@ struct Panels {
 Panels& ThreadPanels() {
   thread_local Panels panels;
   return panels;
-}
-
-// Lane l of the result is Reduce16 over the 16 lanes whose halves are lo[o] and hi[o] (o = 0..7),
-// for outputs in lane order kLaneOutput: (i, i+8) is lo + hi, then (i, i+4), (i, i+2), (0, 1).
-constexpr int kLaneOutput[8] = {0, 2, 4, 6, 1, 3, 5, 7};
-MOE_AVX2_INLINE __m256 Reduce8x8(const __m256* s8) {
-  __m256 s4[4];
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    const __m256 a = s8[2 * j], b = s8[2 * j + 1];
-    s4[j] = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
-  }
-  const __m256 t0 = _mm256_add_ps(_mm256_shuffle_ps(s4[0], s4[1], _MM_SHUFFLE(1, 0, 1, 0)),
-                                  _mm256_shuffle_ps(s4[0], s4[1], _MM_SHUFFLE(3, 2, 3, 2)));
-  const __m256 t1 = _mm256_add_ps(_mm256_shuffle_ps(s4[2], s4[3], _MM_SHUFFLE(1, 0, 1, 0)),
-                                  _mm256_shuffle_ps(s4[2], s4[3], _MM_SHUFFLE(3, 2, 3, 2)));
-  return _mm256_add_ps(_mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm256_shuffle_ps(t0, t1, _MM_SHUFFLE(3, 1, 3, 1)));
 }
 
 // ---------------------------------------------------------------------------------------------
