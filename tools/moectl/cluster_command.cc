@@ -9,8 +9,9 @@
 // ("expert-1 ready (2/7)"), then prints "ready" on stderr and the router address on stdout once the
 // router reports SERVING (with --http-port, the router also serves the OpenAI-compatible HTTP API
 // on 127.0.0.1:H, docs/http-api.md, and its URL is printed on stderr), and stays up until SIGINT/SIGTERM,
-// then stops every child (SIGTERM, then SIGKILL after a grace period). If a child dies, the cluster is torn
-// down and `up` exits non-zero with the child's exit status and the last lines of its log. With --detach it
+// then stops every child (SIGTERM, then SIGKILL after a grace period). If a child dies during start-up, the
+// cluster is torn down and `up` exits non-zero with the child's exit status and the last lines of its log;
+// one that dies later is restarted (--max-restarts, backoff 1 s doubling to 10 s). With --detach it
 // daemonizes and records its pid in --state-dir, but returns only once the cluster is ready (printing the
 // same progress and the router address) or has failed (exit 1, with the reason); `moectl cluster down` stops
 // it. The state dir also holds each child's log (<name>.log) and pid (<name>.pid: expert-0.., attention-0..,
