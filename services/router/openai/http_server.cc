@@ -153,7 +153,13 @@ HttpServer::~HttpServer() {
 
 void HttpServer::Stop() {
   if (server_ == nullptr) return;
-  server_->stop();
+  // httplib's stop() does nothing until the accept loop has marked itself running (and asserts if
+  // called twice), so a Stop right after Start, before the listen thread got there, would leave the
+  // loop running forever: wait for it to run (or to have returned), then stop it once.
+  while (thread_.joinable() && !listen_done_.load() && !server_->is_running()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  if (!listen_done_.load()) server_->stop();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -211,7 +217,10 @@ absl::StatusOr<std::unique_ptr<HttpServer>> HttpServer::Start(std::shared_ptr<gr
     return absl::InternalError(absl::StrCat("http server: cannot set the listen backlog of ", listen));
   }
   server->port_ = port;
-  server->thread_ = std::thread([srv = &s] { srv->listen_after_bind(); });
+  server->thread_ = std::thread([srv = &s, done = &server->listen_done_] {
+    srv->listen_after_bind();
+    done->store(true);
+  });
   return server;
 }
 

@@ -19,6 +19,7 @@
 #ifndef MOE_SERVICES_ROUTER_OPENAI_HTTP_SERVER_H_
 #define MOE_SERVICES_ROUTER_OPENAI_HTTP_SERVER_H_
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <string>
@@ -80,6 +81,8 @@ class HttpServer {
   const HttpServerOptions options_;
   std::unique_ptr<httplib::Server> server_;
   std::thread thread_;
+  // Set by thread_ when httplib's accept loop has returned (see Stop).
+  std::atomic<bool> listen_done_{false};
   int port_ = 0;
 };
 
