@@ -21,8 +21,8 @@ absl::StatusOr<std::unique_ptr<EmbeddedExperts>> EmbeddedExperts::Create(const m
   const int num_workers = num_shards * replicas;
   std::vector<int32_t> peers;
   for (int w = 0; w < num_workers; ++w) peers.push_back(kFirstExpertPeerId + w);
-  std::unique_ptr<EmbeddedExperts> experts(
-      new EmbeddedExperts(ExpertPlacement(config.num_experts, std::move(peers), replicas)));
+  std::unique_ptr<EmbeddedExperts> experts(new EmbeddedExperts(
+      ExpertPlacement(config.num_experts, std::move(peers), replicas), &checkpoint, config));
   for (int w = 0; w < num_workers; ++w) {
     const ExpertRange range = experts->placement_.range(w);
     ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(checkpoint, config, range.first, range.count));
@@ -41,6 +41,43 @@ EmbeddedExperts::~EmbeddedExperts() {
 
 void EmbeddedExperts::DisconnectShardForTest(int worker) {
   hub_.Disconnect(kFirstExpertPeerId + worker);
+}
+
+int64_t EmbeddedExperts::ExpertBytes() const {
+  int64_t bytes = 0;
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) bytes += blocks_.front()->ExpertWeightBytes(l);
+  return bytes;
+}
+
+absl::Status EmbeddedExperts::LoadExtraExperts(const ExpertPlacement& placement, int64_t budget_bytes) {
+  if (placement.num_experts() != placement_.num_experts() ||
+      placement.num_workers() != placement_.num_workers() || placement.replicas() != placement_.replicas()) {
+    return absl::InvalidArgumentError("placement: not a placement of the embedded expert workers");
+  }
+  const int64_t expert_bytes = ExpertBytes();
+  for (int64_t w = 0; w < placement.num_workers(); ++w) {
+    const std::vector<int64_t> experts = placement.extra_experts(w);
+    const int64_t bytes = static_cast<int64_t>(experts.size()) * expert_bytes;
+    if (bytes > budget_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat("expert worker ", w, ": ", experts.size(),
+                                                       " extra experts need ", bytes,
+                                                       " bytes, over the budget of ", budget_bytes));
+    }
+  }
+  std::vector<std::vector<std::unique_ptr<model::ExpertShardWeights>>> extras(
+      static_cast<size_t>(placement.num_workers()));
+  for (int64_t w = 0; w < placement.num_workers(); ++w) {
+    for (int64_t e : placement.extra_experts(w)) {
+      ASSIGN_OR_RETURN(auto extra, model::LoadExpertShard(*checkpoint_, config_, e, 1));
+      model::PrefaultWeights(*extra);
+      extras[static_cast<size_t>(w)].push_back(std::move(extra));
+    }
+  }
+  for (int64_t w = 0; w < placement.num_workers(); ++w) {
+    RETURN_IF_ERROR(
+        blocks_[static_cast<size_t>(w)]->SetExtraExperts(std::move(extras[static_cast<size_t>(w)])));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moe::engine

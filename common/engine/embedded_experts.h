@@ -56,13 +56,28 @@ class EmbeddedExperts {
   // Makes worker `worker` unreachable, as if it died: later dispatches to it fail with UNAVAILABLE.
   void DisconnectShardForTest(int worker);
 
+  // Bytes of one expert's weights over all MoE layers (what an extra copy costs a worker).
+  int64_t ExpertBytes() const;
+  // The balancer's step one: every in-process worker loads the extra experts `placement` gives it
+  // (and drops the ones it no longer gives it), so that the dispatcher may switch to it next.
+  // INVALID_ARGUMENT when the placement is not of these workers; RESOURCE_EXHAUSTED naming the worker
+  // when its extras exceed `budget_bytes`; the checkpoint's errors. Every worker's weights load before
+  // any set changes, so on an error every worker still holds what the old placement needs.
+  absl::Status LoadExtraExperts(const ExpertPlacement& placement, int64_t budget_bytes);
+
  private:
-  explicit EmbeddedExperts(ExpertPlacement placement)
-      : placement_(std::move(placement)), liveness_(placement_.num_workers()) {
+  EmbeddedExperts(ExpertPlacement placement, const model::Checkpoint* checkpoint,
+                  const model::ModelConfig& config)
+      : placement_(std::move(placement)),
+        checkpoint_(checkpoint),
+        config_(config),
+        liveness_(placement_.num_workers()) {
     for (int64_t w = 0; w < placement_.num_workers(); ++w) liveness_.Set(w, true);
   }
 
   ExpertPlacement placement_;
+  const model::Checkpoint* checkpoint_;  // not owned
+  model::ModelConfig config_;
   ExpertLiveness liveness_;
   // Declaration order is the reverse of destruction: servers stop before their blocks and endpoints.
   transport::LoopbackHub hub_;

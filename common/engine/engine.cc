@@ -344,6 +344,34 @@ void Engine::DisconnectExpertShardForTest(int shard) {
   if (embedded_experts_ != nullptr) embedded_experts_->DisconnectShardForTest(shard);
 }
 
+ExpertLoad Engine::TakeExpertLoad() {
+  return dispatcher_ != nullptr ? dispatcher_->TakeLoad() : ExpertLoad();
+}
+
+const ExpertPlacement* Engine::expert_placement() const {
+  return dispatcher_ != nullptr ? &dispatcher_->placement() : nullptr;
+}
+
+absl::StatusOr<BalancePlan> Engine::RebalanceExperts(const ExpertLoad& window, int64_t budget_bytes) {
+  if (dispatcher_ == nullptr || embedded_experts_ == nullptr) {
+    return absl::FailedPreconditionError("rebalancing experts needs an embedded-mode MoE engine");
+  }
+  if (budget_bytes < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("budget_bytes: must be >= 0, got ", budget_bytes));
+  }
+  ASSIGN_OR_RETURN(BalancePlan plan, PlanExpertReplicas(dispatcher_->placement(), window.expert_rows,
+                                                        budget_bytes / embedded_experts_->ExpertBytes()));
+  // Load first, then switch: no round is ever sent to a worker that does not hold the expert yet.
+  RETURN_IF_ERROR(embedded_experts_->LoadExtraExperts(plan.placement, budget_bytes));
+  RETURN_IF_ERROR(dispatcher_->SetPlacement(plan.placement));
+  return plan;
+}
+
+absl::Status Engine::SwitchExpertPlacement(ExpertPlacement placement) {
+  if (dispatcher_ == nullptr) return absl::FailedPreconditionError("a dense model has no expert placement");
+  return dispatcher_->SetPlacement(std::move(placement));
+}
+
 absl::StatusOr<std::vector<float>> Engine::PromptLogits(const std::vector<int32_t>& prompt) {
   RETURN_IF_ERROR(ValidateLogitsPrompt(prompt));
   const int64_t n = static_cast<int64_t>(prompt.size());

@@ -18,6 +18,7 @@
 #include "absl/time/time.h"
 #include "common/engine/attention_block.h"
 #include "common/engine/embedded_experts.h"
+#include "common/engine/expert_balancer.h"
 #include "common/engine/expert_block.h"
 #include "common/engine/expert_liveness.h"
 #include "common/engine/expert_placement.h"
@@ -128,6 +129,24 @@ class Engine {
 
   // Test hook (embedded mode only): makes expert shard `shard` unreachable, as if its worker died.
   void DisconnectExpertShardForTest(int shard);
+
+  // The expert load balancer (docs/architecture.md#expert-load-balancer). The engine is driven by one
+  // thread, so a call between two Step()s is at a step boundary: no MoE round is in flight.
+  // Rows dispatched per expert and per expert worker since the last call (empty for a dense model).
+  ExpertLoad TakeExpertLoad();
+  // The placement the dispatcher uses now (nullptr for a dense model).
+  const ExpertPlacement* expert_placement() const;
+  // Plans from `window` (PlanExpertReplicas, at most budget_bytes of extra experts per worker) and, in
+  // embedded mode, applies the plan: the in-process workers load the extra experts, then the
+  // dispatcher switches to the new version. Outputs do not change (each row is computed alone and the
+  // combine order is fixed). FAILED_PRECONDITION for a dense model or a cluster attention worker
+  // (whose expert workers load the experts themselves); INVALID_ARGUMENT naming budget_bytes when
+  // negative; the loader's errors (the old placement then stays).
+  absl::StatusOr<BalancePlan> RebalanceExperts(const ExpertLoad& window, int64_t budget_bytes);
+  // Switches the dispatcher to `placement` for the following steps (only its extra copies may differ
+  // from the current one). Every expert worker it sends an expert to must already hold it: in
+  // embedded mode use RebalanceExperts, which loads them first.
+  absl::Status SwitchExpertPlacement(ExpertPlacement placement);
 
   const model::ModelConfig& config() const { return config_; }
   const model::GenerationConfig& generation_config() const { return generation_config_; }

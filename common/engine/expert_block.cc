@@ -1,5 +1,6 @@
 #include "common/engine/expert_block.h"
 
+#include <algorithm>
 #include <atomic>
 
 #include "absl/strings/str_cat.h"
@@ -28,14 +29,30 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
   if (layer < 0 || layer >= config_.num_hidden_layers || !config_.IsMoeLayer(layer)) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not a MoE layer"));
   }
-  // Validate every group before computing anything, so a bad group leaves no partial work.
+  std::shared_ptr<const Extras> extras;
+  {
+    absl::MutexLock lock(&extras_mu_);
+    extras = extras_;
+  }
+  // Validate every group before computing anything, so a bad group leaves no partial work; resolve
+  // each group's weights (home shard or an extra expert).
   int64_t total_rows = 0;
-  for (const Group& g : groups) {
+  std::vector<const model::MlpWeights*> mlp(groups.size(), nullptr);
+  for (size_t i = 0; i < groups.size(); ++i) {
+    const Group& g = groups[i];
     const int64_t local = g.expert - weights_->first_expert;
-    if (local < 0 || local >= weights_->num_experts) {
-      return absl::InvalidArgumentError(absl::StrCat("expert ", g.expert, " is not hosted here ([",
-                                                     weights_->first_expert, ", ",
-                                                     weights_->first_expert + weights_->num_experts, "))"));
+    if (local >= 0 && local < weights_->num_experts) {
+      mlp[i] = &weights_->layers[static_cast<size_t>(layer)][static_cast<size_t>(local)];
+    } else if (extras != nullptr) {
+      for (const auto& extra : *extras) {
+        if (extra->first_expert == g.expert) mlp[i] = &extra->layers[static_cast<size_t>(layer)].front();
+      }
+    }
+    if (mlp[i] == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("expert ", g.expert, " is not hosted here ([", weights_->first_expert, ", ",
+                       weights_->first_expert + weights_->num_experts, ")",
+                       extras != nullptr && !extras->empty() ? " and extras" : "", ")"));
     }
     if (g.num_rows < 0) {
       return absl::InvalidArgumentError(absl::StrCat("negative row count ", g.num_rows));
@@ -43,13 +60,12 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
     total_rows += g.num_rows;
   }
   if (total_rows == 0) return absl::OkStatus();
-  const auto& experts = weights_->layers[static_cast<size_t>(layer)];
   const int64_t hidden = config_.hidden_size;
   // Every expert of a layer has the same intermediate size; take it per expert anyway so the
   // scratch layout never depends on that.
   std::vector<int64_t> inter_offset(groups.size() + 1, 0);
   for (size_t i = 0; i < groups.size(); ++i) {
-    const model::MlpWeights& w = experts[static_cast<size_t>(groups[i].expert - weights_->first_expert)];
+    const model::MlpWeights& w = *mlp[i];
     inter_offset[i + 1] = inter_offset[i] + groups[i].num_rows * w.gate_proj.out_features;
   }
   std::vector<bf16> gate(static_cast<size_t>(inter_offset.back()));
@@ -62,7 +78,7 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
   for (size_t i = 0; i < groups.size(); ++i) {
     const Group& g = groups[i];
     if (g.num_rows == 0) continue;
-    const model::MlpWeights& w = experts[static_cast<size_t>(g.expert - weights_->first_expert)];
+    const model::MlpWeights& w = *mlp[i];
     const int64_t inter = w.gate_proj.out_features;
     calls.push_back({g.x, hidden, g.num_rows, &w.gate_proj, gate.data() + inter_offset[i], inter});
     calls.push_back({g.x, hidden, g.num_rows, &w.up_proj, up.data() + inter_offset[i], inter});
@@ -78,13 +94,14 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
   for (size_t i = 0; i < groups.size(); ++i) {
     const Group& g = groups[i];
     if (g.num_rows == 0) continue;
-    const model::MlpWeights& w = experts[static_cast<size_t>(g.expert - weights_->first_expert)];
+    const model::MlpWeights& w = *mlp[i];
     calls.push_back(
         {gate.data() + inter_offset[i], w.down_proj.in_features, g.num_rows, &w.down_proj, g.y, hidden});
   }
   kernels::cpu::LinearGrouped(calls);
   for (const Group& g : groups) {
-    if (g.num_rows == 0) continue;
+    const int64_t local = g.expert - weights_->first_expert;
+    if (g.num_rows == 0 || local < 0 || local >= weights_->num_experts) continue;
     token_counts_[static_cast<size_t>(layer)][g.expert - weights_->first_expert].fetch_add(
         static_cast<uint64_t>(g.num_rows), std::memory_order_relaxed);
   }
@@ -126,6 +143,53 @@ std::vector<std::vector<uint64_t>> ExpertBlock::TokenCounts() const {
     for (int64_t e = 0; e < weights_->num_experts; ++e) result[l][e] = token_counts_[l][e].load();
   }
   return result;
+}
+
+}  // namespace moe::engine
+
+namespace moe::engine {
+
+absl::Status ExpertBlock::SetExtraExperts(std::vector<std::unique_ptr<model::ExpertShardWeights>> extras) {
+  auto set = std::make_shared<Extras>();
+  for (auto& extra : extras) {
+    if (extra == nullptr || extra->num_experts != 1) {
+      return absl::InvalidArgumentError("extra experts: each must hold exactly one expert");
+    }
+    const int64_t e = extra->first_expert;
+    if (e >= weights_->first_expert && e < weights_->first_expert + weights_->num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat("extra expert ", e, " is in this block's home shard"));
+    }
+    if (extra->layers.size() != weights_->layers.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("extra expert ", e, ": weights of ",
+                                                     extra->layers.size(), " layers, the model has ",
+                                                     weights_->layers.size()));
+    }
+    set->push_back(std::move(extra));
+  }
+  std::sort(set->begin(), set->end(),
+            [](const auto& a, const auto& b) { return a->first_expert < b->first_expert; });
+  for (size_t i = 1; i < set->size(); ++i) {
+    if ((*set)[i - 1]->first_expert == (*set)[i]->first_expert) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("extra expert ", (*set)[i]->first_expert, " given twice"));
+    }
+  }
+  absl::MutexLock lock(&extras_mu_);
+  extras_ = std::move(set);
+  return absl::OkStatus();
+}
+
+std::vector<int64_t> ExpertBlock::ExtraExperts() const {
+  std::shared_ptr<const Extras> extras;
+  {
+    absl::MutexLock lock(&extras_mu_);
+    extras = extras_;
+  }
+  std::vector<int64_t> ids;
+  if (extras != nullptr) {
+    for (const auto& extra : *extras) ids.push_back(extra->first_expert);
+  }
+  return ids;
 }
 
 }  // namespace moe::engine

@@ -12,7 +12,9 @@
 #include <span>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "common/model/config.h"
 #include "common/model/weights.h"
 
@@ -36,10 +38,23 @@ class ExpertBlock {
   // Bytes of one expert's weights (gate, up, down) in `layer`; 0 for a dense layer.
   int64_t ExpertWeightBytes(int64_t layer) const;
 
-  // Per-layer per-expert token counts since start (for load reporting), [layer][local expert].
+  // Per-layer per-expert token counts since start (for load reporting), [layer][local expert]. Rows
+  // served by extra experts are not counted here.
   std::vector<std::vector<uint64_t>> TokenCounts() const;
 
+  // The expert load balancer's extra experts (docs/architecture.md#expert-load-balancer): single
+  // experts outside [first_expert, first_expert + num_experts) that this block serves as well, each
+  // an ExpertShardWeights of one expert (LoadExpertShard(e, 1)). Replaces the previous set; a
+  // round already running keeps the set it started with (their weights live until it ends).
+  // INVALID_ARGUMENT naming the expert for one of the home shard, a duplicate, or weights of more
+  // than one expert.
+  absl::Status SetExtraExperts(std::vector<std::unique_ptr<model::ExpertShardWeights>> extras);
+  // The extra experts now served, ascending.
+  std::vector<int64_t> ExtraExperts() const;
+
  private:
+  // Extra experts by id, ascending; shared with the rounds using them.
+  using Extras = std::vector<std::shared_ptr<const model::ExpertShardWeights>>;
   // Rows x -> y ([num_rows, hidden], row stride hidden) through one expert.
   struct Group {
     int64_t expert;
@@ -56,6 +71,8 @@ class ExpertBlock {
   const model::ModelConfig config_;
   std::unique_ptr<model::ExpertShardWeights> weights_;
   mutable std::vector<std::unique_ptr<std::atomic<uint64_t>[]>> token_counts_;
+  mutable absl::Mutex extras_mu_;
+  std::shared_ptr<const Extras> extras_ ABSL_GUARDED_BY(extras_mu_);
 };
 
 }  // namespace moe::engine

@@ -5,14 +5,23 @@
 // s, s + S, ..., s + (R - 1) * S: every expert of every layer is on R workers, and R - 1 of them may
 // fail without losing it (docs/architecture.md#expert-replicas-and-failover). With R = 1 worker w
 // hosts shard w, as before replicas existed.
+//
+// On top of the home shards a placement may carry extra copies of single experts (the expert load
+// balancer's, docs/architecture.md#expert-load-balancer): expert e may also live on some other
+// workers, for every layer. The extras and a version number change together when the balancer
+// applies a new plan; the home shards never change. The hosts of an expert, in dispatch order, are
+// its shard's replicas in replica order, then its extra workers ascending (Hosts()).
 #ifndef MOE_COMMON_ENGINE_EXPERT_PLACEMENT_H_
 #define MOE_COMMON_ENGINE_EXPERT_PLACEMENT_H_
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 
 namespace moe::engine {
@@ -82,11 +91,82 @@ class ExpertPlacement {
   int64_t shard_of_expert(int64_t expert) const { return ShardOf(num_experts_, num_shards(), expert); }
   // The `r`-th replica (worker index) of shard `shard`, r in [0, replicas()).
   int64_t replica(int64_t shard, int64_t r) const { return shard + r * num_shards(); }
+  // Whether `worker` holds `expert` in its home shard.
+  bool home(int64_t worker, int64_t expert) const {
+    return shard_of_worker(worker) == shard_of_expert(expert);
+  }
+
+  // The balancer's extra copies: extra_workers(e) lists the workers that hold expert e besides its
+  // shard's replicas, ascending. version() numbers the placement (0: home shards only, as made).
+  uint64_t version() const { return version_; }
+  bool has_extras() const { return num_extras_ > 0; }
+  int64_t num_extras() const { return num_extras_; }
+  const std::vector<int64_t>& extra_workers(int64_t expert) const {
+    static const std::vector<int64_t> kNone;
+    return extras_.empty() ? kNone : extras_[static_cast<size_t>(expert)];
+  }
+  // The experts `worker` holds besides its home shard, ascending.
+  std::vector<int64_t> extra_experts(int64_t worker) const {
+    std::vector<int64_t> experts;
+    for (size_t e = 0; e < extras_.size(); ++e) {
+      if (std::binary_search(extras_[e].begin(), extras_[e].end(), worker))
+        experts.push_back(static_cast<int64_t>(e));
+    }
+    return experts;
+  }
+  // Every worker holding `expert`, in dispatch order: the shard's replicas, then the extras.
+  std::vector<int64_t> Hosts(int64_t expert) const {
+    std::vector<int64_t> hosts;
+    const int64_t shard = shard_of_expert(expert);
+    for (int64_t r = 0; r < replicas_; ++r) hosts.push_back(replica(shard, r));
+    const std::vector<int64_t>& extra = extra_workers(expert);
+    hosts.insert(hosts.end(), extra.begin(), extra.end());
+    return hosts;
+  }
+
+  // This placement with `extras` ([num_experts] lists of worker indices) as its extra copies and
+  // `version` as its version. INVALID_ARGUMENT naming the field when a list is not ascending, names
+  // a worker out of range or one that already holds the expert in its home shard.
+  absl::StatusOr<ExpertPlacement> WithExtras(std::vector<std::vector<int64_t>> extras,
+                                             uint64_t version) const {
+    if (!extras.empty() && static_cast<int64_t>(extras.size()) != num_experts_) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("extras: ", extras.size(), " expert lists for ", num_experts_, " experts"));
+    }
+    int64_t count = 0;
+    for (size_t e = 0; e < extras.size(); ++e) {
+      const std::vector<int64_t>& workers = extras[e];
+      for (size_t i = 0; i < workers.size(); ++i) {
+        const int64_t w = workers[i];
+        if (w < 0 || w >= num_workers()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("extras[", e, "]: worker ", w, " is not in [0, ", num_workers(), ")"));
+        }
+        if (i > 0 && workers[i - 1] >= w) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("extras[", e, "]: workers must be ascending and distinct"));
+        }
+        if (home(w, static_cast<int64_t>(e))) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("extras[", e, "]: worker ", w, " already holds expert ", e, " in its home shard"));
+        }
+      }
+      count += static_cast<int64_t>(workers.size());
+    }
+    ExpertPlacement placement = *this;
+    placement.extras_ = count > 0 ? std::move(extras) : std::vector<std::vector<int64_t>>();
+    placement.num_extras_ = count;
+    placement.version_ = version;
+    return placement;
+  }
 
  private:
   int64_t num_experts_;
   int64_t replicas_;
   std::vector<int32_t> peers_;
+  uint64_t version_ = 0;
+  std::vector<std::vector<int64_t>> extras_;  // [num_experts] or empty: none
+  int64_t num_extras_ = 0;
 };
 
 }  // namespace moe::engine

@@ -45,30 +45,34 @@ absl::Status MoeDispatcher::SendParts(DispatchHandle* handle, const std::vector<
                                       const std::vector<bool>& excluded, bool every_live_worker) {
   const int64_t num_workers = placement_.num_workers();
   const int64_t top_k = handle->top_k;
-  // The live replicas of each shard, in replica order.
-  std::vector<std::vector<int64_t>> live_of_shard(static_cast<size_t>(placement_.num_shards()));
-  for (int64_t s = 0; s < placement_.num_shards(); ++s) {
-    for (int64_t r = 0; r < placement_.replicas(); ++r) {
-      const int64_t w = placement_.replica(s, r);
-      if (!excluded[static_cast<size_t>(w)] && Live(w)) live_of_shard[static_cast<size_t>(s)].push_back(w);
-    }
-  }
-  // The worker of each slot: token t's rows of expert e go to live replica (t + e) mod n, so a
-  // shard's tokens spread over its replicas and the choice depends only on the round's routing.
+  // The live hosts of each expert the slots route to, in dispatch order (ExpertPlacement::Hosts:
+  // the shard's replicas, then the balancer's extra copies), computed once per expert.
+  std::vector<std::vector<int64_t>> live_of_expert(static_cast<size_t>(placement_.num_experts()));
+  std::vector<bool> known(static_cast<size_t>(placement_.num_experts()), false);
+  // The worker of each slot: token t's rows of expert e go to live host (t + e) mod n, so an
+  // expert's tokens spread over its hosts and the choice depends only on the round's routing and the
+  // placement.
   std::vector<std::vector<int32_t>> slots_of_worker(static_cast<size_t>(num_workers));
   for (int32_t s : slots) {
     const int32_t expert = handle->ids[static_cast<size_t>(s)];
-    const int64_t shard = placement_.shard_of_expert(expert);
-    const std::vector<int64_t>& live = live_of_shard[static_cast<size_t>(shard)];
+    std::vector<int64_t>& live = live_of_expert[static_cast<size_t>(expert)];
+    if (!known[static_cast<size_t>(expert)]) {
+      known[static_cast<size_t>(expert)] = true;
+      for (int64_t w : placement_.Hosts(expert)) {
+        if (!excluded[static_cast<size_t>(w)] && Live(w)) live.push_back(w);
+      }
+    }
     if (live.empty()) {
-      return absl::UnavailableError(absl::StrCat("expert ", expert, " (shard ", shard, " of ",
-                                                 placement_.num_shards(), ", ", placement_.replicas(),
-                                                 " replicas): no live expert worker hosts it"));
+      return absl::UnavailableError(absl::StrCat(
+          "expert ", expert, " (shard ", placement_.shard_of_expert(expert), " of ", placement_.num_shards(),
+          ", ", placement_.replicas(), " replicas, ", placement_.extra_workers(expert).size(),
+          " extra copies): no live expert worker hosts it"));
     }
     const int64_t token = s / top_k;
-    slots_of_worker[static_cast<size_t>(
-                        live[static_cast<size_t>((token + expert) % static_cast<int64_t>(live.size()))])]
-        .push_back(s);
+    const int64_t w = live[static_cast<size_t>((token + expert) % static_cast<int64_t>(live.size()))];
+    slots_of_worker[static_cast<size_t>(w)].push_back(s);
+    ++load_.worker_rows[static_cast<size_t>(w)];
+    ++load_.expert_rows[static_cast<size_t>(expert)];
   }
 
   std::vector<std::byte> payload;
@@ -106,6 +110,30 @@ absl::Status MoeDispatcher::SendParts(DispatchHandle* handle, const std::vector<
   return absl::OkStatus();
 }
 
+absl::Status MoeDispatcher::SetPlacement(ExpertPlacement placement) {
+  if (placement.num_experts() != placement_.num_experts() ||
+      placement.num_workers() != placement_.num_workers() || placement.replicas() != placement_.replicas()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "placement: ", placement.num_experts(), " experts on ", placement.num_workers(), " workers x ",
+        placement.replicas(), " replicas does not match the dispatcher's ", placement_.num_experts(), " on ",
+        placement_.num_workers(), " x ", placement_.replicas(), " (only the extra copies may change)"));
+  }
+  for (int64_t w = 0; w < placement.num_workers(); ++w) {
+    if (placement.peer(w) != placement_.peer(w)) {
+      return absl::InvalidArgumentError(absl::StrCat("placement: worker ", w, " is peer ", placement.peer(w),
+                                                     ", not ", placement_.peer(w)));
+    }
+  }
+  placement_ = std::move(placement);
+  return absl::OkStatus();
+}
+
+ExpertLoad MoeDispatcher::TakeLoad() {
+  ExpertLoad load = std::move(load_);
+  load_ = ExpertLoad(placement_.num_experts(), placement_.num_workers());
+  return load;
+}
+
 absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
   const absl::Time start = absl::Now();
   std::vector<transport::Message> answers;
@@ -129,7 +157,7 @@ absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
           absl::StrCat("expert worker ", w, " (peer ", tag.sender, "): ", answer.status().message()));
       failed[static_cast<size_t>(w)] = true;
       if (liveness_ != nullptr) liveness_->ReportFailed(w, why);
-      if (placement_.replicas() == 1) return why;
+      if (placement_.replicas() == 1 && !placement_.has_extras()) return why;
       if (part.slots.empty()) {  // an empty part: nothing to re-send
         answers.emplace_back();
         rows.push_back(nullptr);

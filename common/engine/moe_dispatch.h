@@ -49,6 +49,16 @@ struct DispatchHandle {
   uint32_t resends = 0;            // re-sent parts so far
 };
 
+// Rows dispatched since the last MoeDispatcher::TakeLoad, summed over layers and micro-batches (a
+// re-sent row counts again): what the expert load balancer plans from and how it measures balance.
+struct ExpertLoad {
+  ExpertLoad() = default;
+  ExpertLoad(int64_t num_experts, int64_t num_workers)
+      : expert_rows(static_cast<size_t>(num_experts), 0), worker_rows(static_cast<size_t>(num_workers), 0) {}
+  std::vector<uint64_t> expert_rows;  // [num_experts]
+  std::vector<uint64_t> worker_rows;  // [num_workers]: rows sent to each expert worker
+};
+
 class MoeDispatcher {
  public:
   // `liveness` (not owned, may be null: every worker is live) says which expert workers may be sent
@@ -59,12 +69,14 @@ class MoeDispatcher {
         placement_(std::move(placement)),
         hidden_(hidden),
         timeout_(timeout),
-        liveness_(liveness) {}
+        liveness_(liveness),
+        load_(placement_.num_experts(), placement_.num_workers()) {}
 
   // h: [num_tokens, hidden] bf16 (the post-attention-norm hidden states; it must stay valid until
   // Combine returns); ids/weights: [num_tokens, top_k] from the gate, in rank order. Sends the round's
-  // messages: each (token, expert) goes to one live replica of the expert's shard, token t's rows of
-  // expert e to live replica (t + e) mod (live replicas), and every live worker gets a message
+  // messages: each (token, expert) goes to one live host of the expert (ExpertPlacement::Hosts: its
+  // shard's replicas, then its extra copies), token t's rows of expert e to live host (t + e) mod
+  // (live hosts), and every live worker gets a message
   // (possibly empty). UNAVAILABLE if some chosen expert has no live replica.
   absl::StatusOr<DispatchHandle> Dispatch(uint64_t step, uint32_t layer, uint32_t micro_batch, const bf16* h,
                                           int64_t num_tokens, const int32_t* ids, const float* weights,
@@ -80,6 +92,14 @@ class MoeDispatcher {
   uint64_t TakeResends() { return std::exchange(resends_, 0); }
 
   const ExpertPlacement& placement() const { return placement_; }
+  // Switches to `placement` (a new version from the balancer) for the rounds dispatched from now on.
+  // Call it between rounds (the engine does, between steps): a round's re-sends use the placement it
+  // was dispatched with only if no switch came in between, so never switch inside a step. Every worker
+  // the new placement sends an expert to must hold it already. INVALID_ARGUMENT unless only the extra
+  // copies differ (same experts, workers, replicas and peers).
+  absl::Status SetPlacement(ExpertPlacement placement);
+  // Rows dispatched since the last call (then resets).
+  ExpertLoad TakeLoad();
 
   // Wall time spent in Dispatch() and Combine() since the last call (then resets). Combine time
   // includes waiting for the expert workers.
@@ -102,6 +122,7 @@ class MoeDispatcher {
   absl::Duration timeout_;
   ExpertLiveness* liveness_;
   uint64_t resends_ = 0;
+  ExpertLoad load_;
   absl::Duration dispatch_time_;
   absl::Duration combine_time_;
 };

@@ -199,7 +199,8 @@ void QuantizeBand(uint64_t key, const std::pair<float, float>& mean_std, int64_t
 
 // The tensors on disk for the weights, with fills that generate them in parallel.
 std::vector<TensorToWrite> TensorsToWrite(const std::vector<WeightSpec>& specs, const ModelConfig& c,
-                                          uint64_t seed, int threads, float planted_gain, float embed_std) {
+                                          uint64_t seed, int threads, float planted_gain, float embed_std,
+                                          int64_t hot_experts, float hot_gain) {
   std::vector<TensorToWrite> out;
   for (const WeightSpec& w : specs) {
     const uint64_t key = TensorKey(seed, w.name);
@@ -221,18 +222,24 @@ std::vector<TensorToWrite> TensorsToWrite(const std::vector<WeightSpec>& specs, 
       continue;
     }
     if (!w.fp8) {
-      out.push_back({w.name, DType::kBF16, shape, [key, mean_std, n, threads](uint8_t* dst) {
-                       ParallelFor(n, kMinChunkElements, threads, [&](int64_t begin, int64_t end) {
-                         std::vector<float> tmp(static_cast<size_t>(std::min<int64_t>(end - begin, 1 << 16)));
-                         auto* out = reinterpret_cast<bf16*>(dst);
-                         for (int64_t i = begin; i < end; i += static_cast<int64_t>(tmp.size())) {
-                           const int64_t m = std::min<int64_t>(end - i, static_cast<int64_t>(tmp.size()));
-                           FillNormal(key, static_cast<uint64_t>(i), m, mean_std.first, mean_std.second,
-                                      tmp.data());
-                           for (int64_t j = 0; j < m; ++j) out[i + j] = FloatToBF16(tmp[j]);
-                         }
-                       });
-                     }});
+      // Skewed routing (MakeModelOptions::hot_experts): the router rows of the hot experts are
+      // scaled by hot_gain, so their logits spread wider and they win the top-k far more often.
+      const int64_t scaled_elements = w.init == Init::kRouter ? hot_experts * w.cols : 0;
+      out.push_back(
+          {w.name, DType::kBF16, shape, [key, mean_std, n, threads, scaled_elements, hot_gain](uint8_t* dst) {
+             ParallelFor(n, kMinChunkElements, threads, [&](int64_t begin, int64_t end) {
+               std::vector<float> tmp(static_cast<size_t>(std::min<int64_t>(end - begin, 1 << 16)));
+               auto* out = reinterpret_cast<bf16*>(dst);
+               for (int64_t i = begin; i < end; i += static_cast<int64_t>(tmp.size())) {
+                 const int64_t m = std::min<int64_t>(end - i, static_cast<int64_t>(tmp.size()));
+                 FillNormal(key, static_cast<uint64_t>(i), m, mean_std.first, mean_std.second, tmp.data());
+                 for (int64_t j = 0; j < m; ++j) {
+                   const float scale = i + j < scaled_elements ? hot_gain : 1.0f;
+                   out[i + j] = FloatToBF16(tmp[j] * scale);
+                 }
+               }
+             });
+           }});
       continue;
     }
     const int64_t rows = w.rows, cols = w.cols;
@@ -358,15 +365,24 @@ absl::Status MakeModel(const MakeModelOptions& options) {
   if (options.shards < 0) return absl::InvalidArgumentError("--shards must be >= 0");
   const bool fp8 = options.dtype == "fp8";
   ASSIGN_OR_RETURN(ModelConfig config, ModelConfig::FromJson(*preset_json));
+  if (options.hot_experts < 0 || options.hot_experts > config.num_experts) {
+    return absl::InvalidArgumentError(absl::StrCat("--hot-experts must be in [0, ", config.num_experts,
+                                                   "] for preset ", options.preset, ", got ",
+                                                   options.hot_experts));
+  }
+  if (!(options.hot_expert_gain > 0.0f) || !std::isfinite(options.hot_expert_gain)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--hot-expert-gain must be a positive number, got ", options.hot_expert_gain));
+  }
   json config_json = json::parse(*preset_json);
   if (fp8) config_json["quantization_config"] = QuantizationConfigJson(config);
   const std::string config_text = config_json.dump(2) + "\n";
   // The written file must itself parse: this is the contract the rest of the system reads.
   RETURN_IF_ERROR(ModelConfig::FromJson(config_text).status());
 
-  std::vector<TensorToWrite> tensors =
-      TensorsToWrite(ModelWeights(config, fp8), config, options.seed, options.threads,
-                     options.planted_successor_gain, options.embed_std);
+  std::vector<TensorToWrite> tensors = TensorsToWrite(
+      ModelWeights(config, fp8), config, options.seed, options.threads, options.planted_successor_gain,
+      options.embed_std, options.hot_experts, options.hot_expert_gain);
   if (options.progress) {
     int64_t total_bytes = 0;
     for (const TensorToWrite& t : tensors) total_bytes += TensorBytes(t);

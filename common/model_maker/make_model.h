@@ -78,6 +78,14 @@ struct MakeModelOptions {
   // current token's own embedding dominates the 2-layer residual stream, so greedy decoding repeats
   // the last token; smaller embeddings leave the next token to the layers' output.
   float embed_std = 1.0f;
+  // Skewed routing, for the expert load balancer (docs/architecture.md#expert-load-balancer): the
+  // router rows (mlp.gate) of experts [0, hot_experts) in every MoE layer are multiplied by
+  // hot_expert_gain, so their logits spread wider and the top-k picks them far more often than the
+  // rest (with 4 hot experts and gain 4 on tiny, roughly a third of the tokens each). The hot experts
+  // are the first ones, so they all sit on expert shard 0: the most unbalanced layout. 0: none (the
+  // weights are then byte-identical to a model made without these options).
+  int64_t hot_experts = 0;
+  float hot_expert_gain = 4.0f;
 };
 
 std::vector<std::string> PresetNames();

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <map>
 #include <mutex>
+#include <string_view>
 #include <vector>
 
 #include "common/model_maker/make_model.h"
@@ -54,6 +55,11 @@ const std::string& TestModelDir(const std::string& preset, const std::string& dt
   const std::string dir = MakeTempDir("moe-model-" + preset + "-" + dtype) + "/model";
   model_maker::MakeModelOptions options;
   options.preset = preset;
+  if (preset.ends_with(kSkewedSuffix)) {  // test_models.h
+    options.preset = preset.substr(0, preset.size() - std::string_view(kSkewedSuffix).size());
+    options.hot_experts = 4;
+    options.hot_expert_gain = 4.0f;
+  }
   options.out_dir = dir;
   options.dtype = dtype;
   options.seed = 0;

@@ -7,8 +7,12 @@
 
 namespace moe::testing {
 
-// Directory of preset `preset` ("tiny", "dense-tiny", ...) in `dtype` ("bf16" or "fp8"), seed 0.
-// Aborts the test binary with a message if the model cannot be made.
+// A preset name ending in this ("tiny+skewed") makes that preset with skewed routing: experts 0..3
+// of every MoE layer are hot (MakeModelOptions::hot_experts 4, hot_expert_gain 4).
+inline constexpr char kSkewedSuffix[] = "+skewed";
+
+// Directory of preset `preset` ("tiny", "dense-tiny", "tiny+skewed", ...) in `dtype` ("bf16" or
+// "fp8"), seed 0. Aborts the test binary with a message if the model cannot be made.
 const std::string& TestModelDir(const std::string& preset, const std::string& dtype);
 
 // A fresh empty temporary directory, removed at exit.

@@ -1,4 +1,5 @@
-// moectl make-model --preset NAME --out DIR [--dtype bf16|fp8] [--seed N] [--shards N] [--force]
+// moectl make-model --preset NAME --out DIR [--dtype bf16|fp8] [--seed N] [--shards N]
+//                   [--hot-experts N [--hot-expert-gain G]] [--force]
 #include <chrono>
 #include <iostream>
 #include <string>
@@ -29,6 +30,10 @@ void RegisterMakeModelCommand(CLI::App& app) {
       "Strength of lm_head's planted successor (default 8; 0: none, as the oracle goldens' model)");
   cmd->add_option("--embed-std", options->embed_std,
                   "Standard deviation of embed_tokens (default 1; the dense-tiny oracle golden uses 0.05)");
+  cmd->add_option("--hot-experts", options->hot_experts,
+                  "Skewed routing: experts [0, N) of every MoE layer are picked far more often (default 0)");
+  cmd->add_option("--hot-expert-gain", options->hot_expert_gain,
+                  "How much the hot experts' router rows are scaled (default 4; needs --hot-experts)");
   cmd->add_flag("--force", options->force, "Write into a non-empty --out directory");
   auto progress = std::make_shared<Progress>();
   progress->Register(cmd);
