@@ -1,5 +1,7 @@
 #include "services/expert_worker/expert_control_service.h"
 
+#include <vector>
+
 #include "common/logging/logging.h"
 #include "common/rpc/status.h"
 #include "common/rpc/tls.h"
@@ -56,6 +58,26 @@ grpc::Status ExpertControlService::Drain(grpc::ServerContext* context, const v1:
     if (on_drain_) on_drain_();
   }
   response->set_rounds_served(worker->Drain());
+  return grpc::Status::OK;
+}
+
+grpc::Status ExpertControlService::LoadExtraExperts(grpc::ServerContext* context,
+                                                    const v1::LoadExtraExpertsRequest* request,
+                                                    v1::LoadExtraExpertsResponse* response) {
+  if (absl::Status s = rpc::RequireCallerRole(*context, rpc::kOperatorRole, "LoadExtraExperts"); !s.ok()) {
+    LOG(WARNING) << "LoadExtraExperts refused: " << s.message();
+    return rpc::ToGrpcStatus(s);
+  }
+  ExpertWorker* worker = worker_.load();
+  if (worker == nullptr) return kLoading;
+  const std::vector<int32_t> experts(request->experts().begin(), request->experts().end());
+  if (absl::Status s = worker->LoadExtraExperts(request->placement_version(), experts); !s.ok()) {
+    LOG(WARNING) << "LoadExtraExperts refused: " << s;
+    return rpc::ToGrpcStatus(s);
+  }
+  LOG(INFO) << "placement version " << request->placement_version() << ": serving " << experts.size()
+            << " extra experts";
+  *response->mutable_info() = worker->info();
   return grpc::Status::OK;
 }
 

@@ -31,6 +31,10 @@ class ExpertControlService final : public v1::ExpertControl::Service {
   grpc::Status Drain(grpc::ServerContext* context, const v1::DrainRequest* request,
                      v1::DrainResponse* response) override;
 
+  // ExpertWorker::LoadExtraExperts; only for callers with an operator's certificate.
+  grpc::Status LoadExtraExperts(grpc::ServerContext* context, const v1::LoadExtraExpertsRequest* request,
+                                v1::LoadExtraExpertsResponse* response) override;
+
   bool drained() const { return drained_.load(); }
 
  private:

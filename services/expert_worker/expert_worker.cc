@@ -1,5 +1,7 @@
 #include "services/expert_worker/expert_worker.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/engine/expert_placement.h"
@@ -37,7 +39,13 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
   }
   RETURN_IF_ERROR(engine::ExpertPlacement::Validate(config.num_experts, options.num_expert_workers,
                                                     options.expert_replicas));
+  if (options.extra_expert_budget_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--extra_expert_budget_bytes must be >= 0, got ", options.extra_expert_budget_bytes));
+  }
   std::unique_ptr<ExpertWorker> worker(new ExpertWorker());
+  worker->config_ = config;
+  worker->extra_budget_bytes_ = options.extra_expert_budget_bytes;
   worker->hidden_ = config.hidden_size;
   worker->top_k_ = config.num_experts_per_tok;
   worker->max_round_tokens_ = options.max_round_tokens;
@@ -65,6 +73,7 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
   info.set_address(worker->transport_->WorkerAddress());
   info.set_model_fingerprint(fingerprint);
   info.set_expert_replicas(options.expert_replicas);
+  info.set_extra_expert_budget_bytes(options.extra_expert_budget_bytes);
 
   if (registry != nullptr) {
     std::vector<int64_t> moe_layers;
@@ -128,8 +137,67 @@ absl::StatusOr<std::string> ExpertWorker::ConnectAttention(int32_t peer_id, cons
                                                    transport::kDataPlaneSecretBytes));
   }
   RETURN_IF_ERROR(transport_->Connect(peer_id, address, secret));
-  return transport_->Admit(
-      peer_id, transport::MaxMoeMessageSize(hidden_, info_.num_experts(), top_k_, max_round_tokens));
+  // The bound counts the extra experts the budget allows, so a round that uses them still fits.
+  const int64_t max_extras = std::min<int64_t>(extra_budget_bytes_ / std::max<int64_t>(1, ExpertBytes()),
+                                               config_.num_experts - info_.num_experts());
+  return transport_->Admit(peer_id, transport::MaxMoeMessageSize(hidden_, info_.num_experts() + max_extras,
+                                                                 top_k_, max_round_tokens));
+}
+
+int64_t ExpertWorker::ExpertBytes() const {
+  int64_t bytes = 0;
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) bytes += block_->ExpertWeightBytes(l);
+  return bytes;
+}
+
+v1::ExpertWorkerInfo ExpertWorker::info() const {
+  v1::ExpertWorkerInfo info = info_;
+  absl::MutexLock lock(&extras_mu_);
+  info.set_placement_version(placement_version_);
+  for (int32_t e : extra_experts_) info.add_extra_experts(e);
+  return info;
+}
+
+absl::Status ExpertWorker::LoadExtraExperts(uint64_t version, const std::vector<int32_t>& experts) {
+  absl::MutexLock lock(&extras_mu_);
+  if (version < placement_version_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("placement_version: ", version, " is older than this worker's ", placement_version_));
+  }
+  std::vector<int32_t> sorted;
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const int32_t e = experts[i];
+    if (e < 0 || e >= config_.num_experts) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("experts[", i, "]: ", e, " is not in [0, ", config_.num_experts, ")"));
+    }
+    if (e >= info_.first_expert() && e < info_.first_expert() + info_.num_experts()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("experts[", i, "]: ", e, " is in this worker's home shard [", info_.first_expert(),
+                       ", ", info_.first_expert() + info_.num_experts(), ")"));
+    }
+    if (std::find(sorted.begin(), sorted.end(), e) != sorted.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("experts[", i, "]: ", e, " is given twice"));
+    }
+    sorted.push_back(e);
+  }
+  const int64_t bytes = static_cast<int64_t>(sorted.size()) * ExpertBytes();
+  if (bytes > extra_budget_bytes_) {
+    return absl::ResourceExhaustedError(absl::StrCat("experts: ", sorted.size(), " extra experts need ",
+                                                     bytes, " bytes; --extra_expert_budget_bytes is ",
+                                                     extra_budget_bytes_));
+  }
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<std::unique_ptr<model::ExpertShardWeights>> weights;
+  for (int32_t e : sorted) {
+    ASSIGN_OR_RETURN(auto extra, model::LoadExpertShard(*checkpoint_, config_, e, 1));
+    model::PrefaultWeights(*extra);
+    weights.push_back(std::move(extra));
+  }
+  RETURN_IF_ERROR(block_->SetExtraExperts(std::move(weights)));
+  placement_version_ = version;
+  extra_experts_ = std::move(sorted);
+  return absl::OkStatus();
 }
 
 }  // namespace moe::services

@@ -3,8 +3,8 @@
 // dispatches through an engine::ExpertShardServer observed by ExpertMetrics. The gRPC surface is
 // expert_control_service.h.
 //
-// Thread safety: info() is immutable after Create; ConnectAttention may be called from any thread
-// (UcxTransport is thread-safe); Drain/Stop from one control thread.
+// Thread safety: info() and LoadExtraExperts may be called from any thread; ConnectAttention may be called
+// from any thread (UcxTransport is thread-safe); Drain/Stop from one control thread.
 #ifndef MOE_SERVICES_EXPERT_WORKER_EXPERT_WORKER_H_
 #define MOE_SERVICES_EXPERT_WORKER_EXPERT_WORKER_H_
 
@@ -14,13 +14,16 @@
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/engine/expert_block.h"
 #include "common/engine/expert_placement.h"
 #include "common/engine/expert_shard_server.h"
 #include "common/metrics/counter_mirror.h"
 #include "common/model/checkpoint.h"
+#include "common/model/config.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "moe/v1/expert_control.pb.h"
 #include "prometheus/registry.h"
@@ -42,6 +45,8 @@ struct ExpertWorkerOptions {
   // The largest max_round_tokens an attention worker may announce in Connect (it bounds the size
   // of the dispatches this worker accepts from it: docs/data-plane.md#admission-and-bounds).
   int64_t max_round_tokens = 65536;
+  // Bytes of extra experts (the balancer's copies, LoadExtraExperts) this worker may hold; 0: none.
+  int64_t extra_expert_budget_bytes = 0;
   transport::UcxOptions ucx;
 };
 
@@ -53,7 +58,16 @@ class ExpertWorker {
                                                               prometheus::Registry* registry);
   ~ExpertWorker() { Stop(); }
 
-  const v1::ExpertWorkerInfo& info() const { return info_; }
+  // Identity and shard (immutable after Create) plus the current extra experts.
+  v1::ExpertWorkerInfo info() const;
+
+  // The expert load balancer's step one (docs/architecture.md#expert-load-balancer): loads `experts`
+  // (all MoE layers) as the extra experts, replacing the previous set once all have loaded, for
+  // placement `version`. INVALID_ARGUMENT naming experts[i] for an id out of range, a duplicate or
+  // a home-shard expert; RESOURCE_EXHAUSTED naming --extra_expert_budget_bytes when they do not fit;
+  // FAILED_PRECONDITION naming placement_version when it is older than the current one. On an error
+  // the previous set stays. Thread-safe (calls are serialised).
+  absl::Status LoadExtraExperts(uint64_t version, const std::vector<int32_t>& experts);
 
   // The rendezvous with attention worker `peer_id` (0 <= peer_id < 1000), from its Connect RPC:
   // connects the data plane back to it at `address`, carrying `secret` (the one it admitted us
@@ -85,8 +99,15 @@ class ExpertWorker {
 
  private:
   ExpertWorker() = default;
+  // Bytes of one expert's weights over all MoE layers (what an extra expert costs).
+  int64_t ExpertBytes() const;
 
-  v1::ExpertWorkerInfo info_;
+  v1::ExpertWorkerInfo info_;  // identity and shard; the extras are below
+  model::ModelConfig config_;
+  int64_t extra_budget_bytes_ = 0;
+  mutable absl::Mutex extras_mu_;
+  uint64_t placement_version_ ABSL_GUARDED_BY(extras_mu_) = 0;
+  std::vector<int32_t> extra_experts_ ABSL_GUARDED_BY(extras_mu_);
   std::atomic<bool> draining_{false};
   int64_t hidden_ = 0;
   int64_t top_k_ = 0;

@@ -25,6 +25,9 @@ ABSL_FLAG(bool, per_expert_metrics, false, "export moe_expert_expert_tokens_tota
 ABSL_FLAG(int64_t, max_round_tokens, 65536,
           "the largest --max_step_tokens an attention worker may announce (bounds dispatch sizes)");
 
+ABSL_FLAG(int64_t, extra_expert_budget_bytes, 0,
+          "bytes of extra experts the expert load balancer may load here (LoadExtraExperts); 0: none");
+
 int main(int argc, char** argv) {
   auto service = moe::rpc::ServiceMain::Init(
       argc, argv,
@@ -50,6 +53,7 @@ int main(int argc, char** argv) {
   options.load_window = absl::Seconds(absl::GetFlag(FLAGS_load_window_seconds));
   options.per_expert_metrics = absl::GetFlag(FLAGS_per_expert_metrics);
   options.max_round_tokens = absl::GetFlag(FLAGS_max_round_tokens);
+  options.extra_expert_budget_bytes = absl::GetFlag(FLAGS_extra_expert_budget_bytes);
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
 
   moe::rpc::ServiceMain* main_service = service.get();

@@ -165,6 +165,15 @@ TEST(ExpertWorkerProcessTest, ConnectAndDrainNeedTheirRolesAndDrainTurnsReadines
     EXPECT_EQ(stub_as(credentials("attention-worker"))->Connect(&context, bad, &connected).error_code(),
               grpc::StatusCode::INVALID_ARGUMENT);
   }
+  for (const std::string role : {"attention-worker", "router"}) {
+    grpc::ClientContext context;
+    v1::LoadExtraExpertsResponse loaded;
+    EXPECT_EQ(stub_as(credentials(role))
+                  ->LoadExtraExperts(&context, v1::LoadExtraExpertsRequest(), &loaded)
+                  .error_code(),
+              grpc::StatusCode::PERMISSION_DENIED)
+        << role;
+  }
   v1::DrainResponse drained;
   for (const std::string role : {"attention-worker", "router"}) {
     grpc::ClientContext context;
@@ -200,6 +209,65 @@ TEST(ExpertWorkerProcessTest, ConnectAndDrainNeedTheirRolesAndDrainTurnsReadines
   ASSERT_TRUE(status.has_value());
   EXPECT_TRUE(WIFEXITED(*status));
   EXPECT_EQ(WEXITSTATUS(*status), 0);
+}
+
+// The expert load balancer's RPC (docs/architecture.md#expert-load-balancer): extra experts load
+// within --extra_expert_budget_bytes, every bad field is named, and GetInfo reports the set.
+TEST(ExpertWorkerProcessTest, LoadExtraExpertsValidatesAndEnforcesTheBudget) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  // tiny: 4 MoE layers of experts [128, 128] x 3 projections in bf16: 393216 bytes per expert.
+  constexpr int64_t kExpertBytes = 4 * 3 * 128 * 128 * 2;
+  const std::string address = moe::testing::LocalAddress(moe::testing::FreePort());
+  auto child = moe::testing::ChildProcess::Start(
+      moe::testing::BinaryPath("moe-expert-worker"),
+      {"--model", model, "--rank", "0", "--num_expert_workers", "2", "--listen", address, "--metrics_port",
+       "0", "--insecure", "--extra_expert_budget_bytes", std::to_string(2 * kExpertBytes)});
+  ASSERT_TRUE(child.ok());
+  ASSERT_TRUE(moe::testing::WaitForHealth(address, "readiness", true, absl::Now() + absl::Seconds(60)).ok());
+  auto stub = v1::ExpertControl::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto load = [&](uint64_t version, std::vector<int32_t> experts, v1::LoadExtraExpertsResponse* response) {
+    grpc::ClientContext context;
+    v1::LoadExtraExpertsRequest request;
+    request.set_placement_version(version);
+    for (int32_t e : experts) request.add_experts(e);
+    return stub->LoadExtraExperts(&context, request, response);
+  };
+  v1::LoadExtraExpertsResponse response;
+  struct Bad {
+    std::vector<int32_t> experts;
+    grpc::StatusCode code;
+    std::string names;
+  };
+  // Worker 0 of 2 holds [0, 64).
+  for (const Bad& bad : std::vector<Bad>{
+           {{64, 128}, grpc::StatusCode::INVALID_ARGUMENT, "experts[1]: 128"},
+           {{-1}, grpc::StatusCode::INVALID_ARGUMENT, "experts[0]: -1"},
+           {{3}, grpc::StatusCode::INVALID_ARGUMENT, "home shard"},
+           {{70, 70}, grpc::StatusCode::INVALID_ARGUMENT, "experts[1]: 70 is given twice"},
+           {{64, 65, 66}, grpc::StatusCode::RESOURCE_EXHAUSTED, "--extra_expert_budget_bytes"}}) {
+    const grpc::Status status = load(1, bad.experts, &response);
+    EXPECT_EQ(status.error_code(), bad.code) << bad.names << ": " << status.error_message();
+    EXPECT_NE(status.error_message().find(bad.names), std::string::npos) << status.error_message();
+  }
+  ASSERT_TRUE(load(2, {100, 64}, &response).ok());
+  EXPECT_EQ(response.info().placement_version(), 2u);
+  EXPECT_EQ(
+      std::vector<int32_t>(response.info().extra_experts().begin(), response.info().extra_experts().end()),
+      std::vector<int32_t>({64, 100}));
+  EXPECT_EQ(response.info().extra_expert_budget_bytes(), 2 * kExpertBytes);
+  // An older version is refused and the set stays; the same version may trim it.
+  const grpc::Status older = load(1, {64}, &response);
+  EXPECT_EQ(older.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(older.error_message().find("placement_version"), std::string::npos);
+  ASSERT_TRUE(load(2, {64}, &response).ok());
+  grpc::ClientContext context;
+  v1::ExpertWorkerInfo info;
+  ASSERT_TRUE(stub->GetInfo(&context, v1::GetInfoRequest(), &info).ok());
+  EXPECT_EQ(info.placement_version(), 2u);
+  ASSERT_EQ(info.extra_experts_size(), 1);
+  EXPECT_EQ(info.extra_experts(0), 64);
+  (*child)->Signal(SIGTERM);
+  EXPECT_TRUE((*child)->Wait(absl::Seconds(10)).has_value());
 }
 
 }  // namespace
