@@ -90,7 +90,7 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakePublicServerCredent
   return grpc::SslServerCredentials(ssl);
 }
 
-absl::Status RequireCallerRole(const grpc::ServerContext& context, const char* role, const char* rpc) {
+absl::Status RequireCallerRole(const grpc::ServerContextBase& context, const char* role, const char* rpc) {
   const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
   if (auth == nullptr || !auth->IsPeerAuthenticated()) return absl::OkStatus();
   std::string caller = "(none)";

@@ -34,7 +34,7 @@ inline constexpr char kExpertWorkerRole[] = "moe-expert-worker";
 // OK when the caller of `context` presented a certificate whose common name is `role`;
 // PERMISSION_DENIED naming the RPC, the role it needs and the caller's common name otherwise. A
 // server without TLS (--insecure) authenticates nobody, so there every caller passes.
-absl::Status RequireCallerRole(const grpc::ServerContext& context, const char* role, const char* rpc);
+absl::Status RequireCallerRole(const grpc::ServerContextBase& context, const char* role, const char* rpc);
 
 struct TlsOptions {
   std::string ca_file;    // --tls_ca: PEM CA certificate(s) that sign the cluster's certificates

@@ -44,6 +44,25 @@ AttentionMetrics::AttentionMetrics(prometheus::Registry& registry) {
                               "failed or did not answer in time (--expert_replicas > 1).")
                           .Register(registry)
                           .Add({});
+  expert_placement_switches =
+      &prometheus::BuildCounter()
+           .Name("moe_attention_expert_placement_switches_total")
+           .Help("Switches to a new expert placement version (SetExpertPlacement) made at a step boundary.")
+           .Register(registry)
+           .Add({});
+  expert_extra_experts =
+      &prometheus::BuildGauge()
+           .Name("moe_attention_expert_extra_experts")
+           .Help("Extra expert copies (the load balancer's) in the placement dispatch uses.")
+           .Register(registry)
+           .Add({});
+  expert_load_ratio = &prometheus::BuildGauge()
+                           .Name("moe_attention_expert_load_ratio")
+                           .Help(
+                               "Max / mean rows this worker sent per expert worker over the last 10 s window "
+                               "with traffic (1 = even).")
+                           .Register(registry)
+                           .Add({});
   auto& step_family =
       prometheus::BuildHistogram()
           .Name("moe_attention_step_duration_seconds")

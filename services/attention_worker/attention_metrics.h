@@ -20,6 +20,10 @@ struct AttentionMetrics {
   prometheus::Counter* steps;
   prometheus::Counter* preemptions;
   prometheus::Counter* expert_failovers;
+  // The expert load balancer (docs/architecture.md#expert-load-balancer).
+  prometheus::Counter* expert_placement_switches;
+  prometheus::Gauge* expert_extra_experts;
+  prometheus::Gauge* expert_load_ratio;
   prometheus::Histogram* step_prefill_seconds;
   prometheus::Histogram* step_decode_seconds;
   prometheus::Histogram* step_dispatch_seconds;

@@ -1,9 +1,13 @@
 #include "services/attention_worker/attention_service.h"
 
 #include <memory>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging/logging.h"
 #include "common/rpc/status.h"
+#include "common/rpc/tls.h"
 
 namespace moe::services {
 namespace {
@@ -80,6 +84,35 @@ grpc::ServerUnaryReactor* AttentionService::GetLoad(grpc::CallbackServerContext*
   }
   *response = loop->Load();
   reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionService::SetExpertPlacement(grpc::CallbackServerContext* context,
+                                                               const v1::SetExpertPlacementRequest* request,
+                                                               v1::SetExpertPlacementResponse* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (absl::Status s = rpc::RequireCallerRole(*context, rpc::kOperatorRole, "SetExpertPlacement"); !s.ok()) {
+    LOG(WARNING) << "SetExpertPlacement refused: " << s.message();
+    reactor->Finish(rpc::ToGrpcStatus(s));
+    return reactor;
+  }
+  StepLoop* loop = loop_.load();
+  if (loop == nullptr) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::UNAVAILABLE, "the attention worker is loading"));
+    return reactor;
+  }
+  std::vector<std::pair<int64_t, int64_t>> extras;
+  for (const v1::ExtraExpertCopy& copy : request->extras()) extras.emplace_back(copy.expert(), copy.worker());
+  const uint64_t version = request->placement_version();
+  loop->SwitchPlacement(version, extras, [reactor, response, version](absl::Status status) {
+    if (status.ok()) {
+      LOG(INFO) << "expert placement version " << version << " in use";
+      response->set_placement_version(version);
+    } else {
+      LOG(WARNING) << "SetExpertPlacement refused: " << status;
+    }
+    reactor->Finish(rpc::ToGrpcStatus(status));
+  });
   return reactor;
 }
 

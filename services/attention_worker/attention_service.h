@@ -37,6 +37,11 @@ class AttentionService final : public v1::AttentionWorker::CallbackService {
       grpc::CallbackServerContext* context, const v1::AttentionGenerateRequest* request) override;
   grpc::ServerUnaryReactor* GetLoad(grpc::CallbackServerContext* context, const v1::GetLoadRequest* request,
                                     v1::WorkerLoad* response) override;
+  // StepLoop::SwitchPlacement; only for callers with an operator's certificate. Checks the expert
+  // workers (GetInfo) on the gRPC thread, then answers once the loop has switched.
+  grpc::ServerUnaryReactor* SetExpertPlacement(grpc::CallbackServerContext* context,
+                                               const v1::SetExpertPlacementRequest* request,
+                                               v1::SetExpertPlacementResponse* response) override;
 
  private:
   std::atomic<StepLoop*> loop_{nullptr};

@@ -78,6 +78,9 @@ void AttentionWorker::Start(std::function<void(bool)> on_ready_change) {
   StepLoopHooks hooks;
   hooks.ready = [connector] { return connector->ready(); };
   hooks.on_data_plane_failure = [connector] { connector->ReportFailure(); };
+  hooks.check_extras = [connector](const engine::ExpertPlacement& placement) {
+    return connector->CheckHoldsExtras(placement);
+  };
   loop_ = std::make_unique<StepLoop>(std::move(engine_), options_.rank, std::move(hooks), metrics_.get());
   loop_->Start();
   connector_->Start();

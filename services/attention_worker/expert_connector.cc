@@ -134,8 +134,10 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   // Admit the expert worker's answers first (a fresh secret, replacing any earlier one), so that by
   // the time it can answer us they are accepted. Its combine messages mirror our dispatches: at
   // most max_round_tokens tokens of min(top_k, hosted) rows each.
+  // A worker that accepts the balancer's extra experts may answer for any expert of the model.
+  const int64_t answerable = info.extra_expert_budget_bytes() > 0 ? options_.num_experts : info.num_experts();
   absl::StatusOr<std::string> our_secret = transport_->Admit(
-      info.peer_id(), transport::MaxMoeMessageSize(options_.hidden_size, info.num_experts(),
+      info.peer_id(), transport::MaxMoeMessageSize(options_.hidden_size, answerable,
                                                    options_.experts_per_token, options_.max_round_tokens));
   if (!our_secret.ok()) return set_error(absl::StrCat("UCX admit: ", our_secret.status().ToString()));
   grpc::ClientContext connect_context;
@@ -227,6 +229,38 @@ void ExpertConnector::Loop() {
                              this),
                          wait);
   }
+}
+
+}  // namespace moe::services
+
+namespace moe::services {
+
+absl::Status ExpertConnector::CheckHoldsExtras(const engine::ExpertPlacement& placement) const {
+  for (int64_t w = 0; w < placement.num_workers(); ++w) {
+    const std::vector<int64_t> wanted = placement.extra_experts(w);
+    if (wanted.empty()) continue;
+    if (w >= static_cast<int64_t>(options_.expert_addresses.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("extras: expert worker ", w, " does not exist"));
+    }
+    // A fresh GetInfo (not the monitor's last one): LoadExtraExperts may have returned just now.
+    auto stub = v1::ExpertControl::NewStub(
+        options_.credentials.CreateChannel(options_.expert_addresses[static_cast<size_t>(w)]));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+    v1::ExpertWorkerInfo info;
+    const grpc::Status rpc = stub->GetInfo(&context, v1::GetInfoRequest(), &info);
+    if (!rpc.ok()) {
+      return absl::UnavailableError(absl::StrCat("expert worker ", w, ": GetInfo: ", rpc.error_message()));
+    }
+    for (int64_t e : wanted) {
+      if (std::find(info.extra_experts().begin(), info.extra_experts().end(), e) ==
+          info.extra_experts().end()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "extras: expert worker ", w, " does not hold expert ", e, " (call its LoadExtraExperts first)"));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moe::services

@@ -32,6 +32,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/engine/expert_liveness.h"
+#include "common/engine/expert_placement.h"
 #include "common/rpc/tls.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "moe/v1/expert_control.grpc.pb.h"
@@ -86,6 +87,11 @@ class ExpertConnector {
   void ReportFailure();
   // Blocks until ready() or the deadline; returns ready().
   bool WaitReady(absl::Time deadline) const;
+  // The expert load balancer's guard (docs/architecture.md#expert-load-balancer): asks every expert
+  // worker `placement` gives extra experts to (a fresh GetInfo, from the calling thread) whether it
+  // holds them. FAILED_PRECONDITION naming the worker and expert when one does not; UNAVAILABLE when
+  // a worker does not answer.
+  absl::Status CheckHoldsExtras(const engine::ExpertPlacement& placement) const;
 
  private:
   struct Peer {

@@ -4,6 +4,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/rpc/status.h"
 
@@ -12,7 +13,49 @@ namespace moe::services {
 StepLoop::StepLoop(std::unique_ptr<engine::Engine> engine, int rank, StepLoopHooks hooks,
                    AttentionMetrics* metrics)
     : engine_(std::move(engine)), rank_(rank), hooks_(std::move(hooks)), metrics_(metrics) {
+  if (engine_->expert_placement() != nullptr) home_placement_ = *engine_->expert_placement();
   Publish();
+}
+
+void StepLoop::SwitchPlacement(uint64_t version, const std::vector<std::pair<int64_t, int64_t>>& extras,
+                               std::function<void(absl::Status)> done) {
+  if (!home_placement_.has_value()) {
+    done(absl::FailedPreconditionError("a dense model has no expert placement"));
+    return;
+  }
+  const engine::ExpertPlacement& home = *home_placement_;
+  std::vector<std::vector<int64_t>> lists(static_cast<size_t>(home.num_experts()));
+  for (size_t i = 0; i < extras.size(); ++i) {
+    const auto [expert, worker] = extras[i];
+    if (expert < 0 || expert >= home.num_experts()) {
+      done(absl::InvalidArgumentError(
+          absl::StrCat("extras[", i, "].expert: ", expert, " is not in [0, ", home.num_experts(), ")")));
+      return;
+    }
+    lists[static_cast<size_t>(expert)].push_back(worker);
+  }
+  for (auto& list : lists) std::sort(list.begin(), list.end());
+  absl::StatusOr<engine::ExpertPlacement> placement = home.WithExtras(std::move(lists), version);
+  if (!placement.ok()) {
+    done(placement.status());
+    return;
+  }
+  absl::Status held = hooks_.check_extras
+                          ? hooks_.check_extras(*placement)
+                          : absl::FailedPreconditionError("no expert connector to check extras");
+  if (!held.ok()) {
+    done(held);
+    return;
+  }
+  absl::MutexLock lock(&mu_);
+  if (stop_) {
+    done(absl::UnavailableError("the attention worker is shutting down"));
+    return;
+  }
+  Command command;
+  command.placement = *std::move(placement);
+  command.done = std::move(done);
+  inbox_.push_back(std::move(command));
 }
 
 void StepLoop::Start() {
@@ -76,6 +119,23 @@ void StepLoop::Publish() {
 }
 
 void StepLoop::Apply(Command command, bool ready) {
+  if (command.placement.has_value()) {
+    // Between two steps: no round is in flight, so the next step's rounds all use the new version.
+    const uint64_t current = engine_->expert_placement()->version();
+    if (command.placement->version() <= current) {
+      command.done(absl::FailedPreconditionError(absl::StrCat(
+          "placement_version: ", command.placement->version(), " is not above the one in use, ", current)));
+      return;
+    }
+    const int64_t copies = command.placement->num_extras();
+    const absl::Status switched = engine_->SwitchExpertPlacement(*std::move(command.placement));
+    if (switched.ok() && metrics_ != nullptr) {
+      metrics_->expert_placement_switches->Increment();
+      metrics_->expert_extra_experts->Set(static_cast<double>(copies));
+    }
+    command.done(switched);
+    return;
+  }
   if (command.stream == nullptr) {
     engine_->Cancel(command.cancel_id);
     return;
@@ -131,7 +191,22 @@ void StepLoop::RunStep() {
     metrics_->step_combine_seconds->Observe(absl::ToDoubleSeconds(stats.combine));
     metrics_->batch_sequences->Observe(static_cast<double>(stats.num_sequences));
     metrics_->batch_tokens->Observe(static_cast<double>(stats.num_tokens));
+    PublishExpertLoad();
   }
+}
+
+void StepLoop::PublishExpertLoad() {
+  const engine::ExpertLoad load = engine_->TakeExpertLoad();
+  if (load.worker_rows.empty()) return;
+  window_rows_.resize(load.worker_rows.size(), 0);
+  for (size_t w = 0; w < load.worker_rows.size(); ++w) window_rows_[w] += load.worker_rows[w];
+  if (absl::Now() - window_start_ < absl::Seconds(10)) return;
+  if (std::any_of(window_rows_.begin(), window_rows_.end(), [](uint64_t rows) { return rows > 0; })) {
+    metrics_->expert_load_ratio->Set(
+        engine::MaxMeanRatio(std::vector<double>(window_rows_.begin(), window_rows_.end())));
+  }
+  std::fill(window_rows_.begin(), window_rows_.end(), 0);
+  window_start_ = absl::Now();
 }
 
 void StepLoop::Loop() {
@@ -167,6 +242,7 @@ void StepLoop::Loop() {
   live_.clear();
   absl::MutexLock lock(&mu_);
   for (Command& command : inbox_) {
+    if (command.done) command.done(absl::UnavailableError("the attention worker is shutting down"));
     if (command.stream != nullptr) {
       command.stream->End(
           grpc::Status(grpc::StatusCode::UNAVAILABLE, "the attention worker is shutting down"));

@@ -16,12 +16,17 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/engine/engine.h"
 #include "moe/v1/attention.pb.h"
 #include "services/attention_worker/attention_metrics.h"
@@ -32,6 +37,9 @@ namespace moe::services {
 struct StepLoopHooks {
   std::function<bool()> ready;                  // may be called often; must be cheap
   std::function<void()> on_data_plane_failure;  // called from the loop thread
+  // Whether the expert workers hold a placement's extra experts (ExpertConnector::CheckHoldsExtras);
+  // called from SwitchPlacement's caller. Unset: every placement is refused.
+  std::function<absl::Status(const engine::ExpertPlacement&)> check_extras;
 };
 
 class StepLoop {
@@ -54,11 +62,21 @@ class StepLoop {
   // The load after the last step (published by the loop). `ready` is hooks.ready().
   v1::WorkerLoad Load() const;
 
+  // The expert load balancer: validates `extras` ((expert, worker) copies) into a placement of
+  // version `version` (INVALID_ARGUMENT naming the field), checks hooks.check_extras, and has the loop
+  // switch the engine to it between two steps; `done` hears the result (from the loop thread, or at
+  // once on an error). FAILED_PRECONDITION when `version` is not above the one in use (checked by the
+  // loop, so concurrent calls are ordered).
+  void SwitchPlacement(uint64_t version, const std::vector<std::pair<int64_t, int64_t>>& extras,
+                       std::function<void(absl::Status)> done);
+
  private:
   struct Command {
-    std::shared_ptr<GenerateStream> stream;  // null for a cancel
+    std::shared_ptr<GenerateStream> stream;  // null for a cancel or a placement switch
     engine::GenerationRequest request;
     std::string cancel_id;
+    std::optional<engine::ExpertPlacement> placement;  // a switch
+    std::function<void(absl::Status)> done;            // a switch's answer
   };
   struct Live {
     std::shared_ptr<GenerateStream> stream;
@@ -70,12 +88,20 @@ class StepLoop {
   void RunStep();
   void FailAllUnavailable();
   void Publish();
+  // Adds the step's rows per expert worker to the window; sets moe_attention_expert_load_ratio and
+  // starts a new window every 10 s.
+  void PublishExpertLoad();
 
   std::unique_ptr<engine::Engine> engine_;  // loop thread only
+  // The engine's placement at construction: its home shards never change (SwitchPlacement).
+  std::optional<engine::ExpertPlacement> home_placement_;
   const int rank_;
   StepLoopHooks hooks_;
   AttentionMetrics* metrics_;
   absl::flat_hash_map<std::string, Live> live_;  // loop thread only
+  // moe_attention_expert_load_ratio's window (loop thread only).
+  std::vector<uint64_t> window_rows_;
+  absl::Time window_start_ = absl::Now();
   std::thread thread_;
 
   mutable absl::Mutex mu_;

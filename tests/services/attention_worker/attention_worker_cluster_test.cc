@@ -1,10 +1,13 @@
 // Integration: real moe-expert-worker and moe-attention-worker processes on 127.0.0.1 over UCX,
 // compared with the embedded engine on the same model.
+#include <atomic>
 #include <cmath>
 #include <csignal>
 #include <functional>
 #include <memory>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_join.h"
@@ -13,6 +16,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
+#include "moe/v1/expert_control.grpc.pb.h"
 #include "tests/services/process_helper.h"
 #include "tests/util/test_models.h"
 
@@ -45,7 +49,9 @@ v1::AttentionGenerateRequest GreedyRequest(const std::string& id, std::vector<in
 
 class Cluster {
  public:
-  Cluster(const std::string& model, int num_experts) : model_(model) {
+  // `expert_flags` go to every expert worker.
+  Cluster(const std::string& model, int num_experts, std::vector<std::string> expert_flags = {})
+      : model_(model), expert_flags_(std::move(expert_flags)) {
     for (int r = 0; r < num_experts; ++r) expert_ports_.push_back(moe::testing::FreePort());
     for (int r = 0; r < num_experts; ++r) StartExpert(r);
     for (int r = 0; r < num_experts; ++r) {
@@ -73,10 +79,19 @@ class Cluster {
   }
 
   void StartExpert(int rank) {
-    auto child = ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"),
-                                     {"--model", model_, "--rank", std::to_string(rank),
-                                      "--num_expert_workers", std::to_string(expert_ports_.size()),
-                                      "--listen", ExpertAddress(rank), "--metrics_port", "0", "--insecure"});
+    std::vector<std::string> args = {"--model",
+                                     model_,
+                                     "--rank",
+                                     std::to_string(rank),
+                                     "--num_expert_workers",
+                                     std::to_string(expert_ports_.size()),
+                                     "--listen",
+                                     ExpertAddress(rank),
+                                     "--metrics_port",
+                                     "0",
+                                     "--insecure"};
+    args.insert(args.end(), expert_flags_.begin(), expert_flags_.end());
+    auto child = ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"), args);
     EXPECT_TRUE(child.ok());
     if (experts_.size() <= static_cast<size_t>(rank)) experts_.resize(static_cast<size_t>(rank) + 1);
     experts_[static_cast<size_t>(rank)] = *std::move(child);
@@ -115,6 +130,7 @@ class Cluster {
 
  private:
   std::string model_;
+  std::vector<std::string> expert_flags_;
   std::vector<int> expert_ports_;
   int attention_port_ = 0;
   std::string log_;
@@ -127,6 +143,78 @@ const std::vector<std::vector<int32_t>>& Prompts() {
   static const auto* prompts = new std::vector<std::vector<int32_t>>{
       {1, 2, 3, 4, 5}, {42}, {7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 9}};
   return *prompts;
+}
+
+Generated Embedded(const std::string& model, const std::vector<int32_t>& prompt, int max_new_tokens);
+
+grpc::Status SetPlacement(v1::AttentionWorker::Stub& stub, uint64_t version,
+                          const std::vector<std::pair<int, int>>& extras) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::SetExpertPlacementRequest request;
+  request.set_placement_version(version);
+  for (const auto& [expert, worker] : extras) {
+    v1::ExtraExpertCopy* copy = request.add_extras();
+    copy->set_expert(expert);
+    copy->set_worker(worker);
+  }
+  v1::SetExpertPlacementResponse response;
+  return stub.SetExpertPlacement(&context, request, &response);
+}
+
+// The expert load balancer across processes (docs/architecture.md#expert-load-balancer): a switch is
+// refused until the expert worker holds the copies, then made while a stream runs; the stream's
+// tokens and logprobs stay embedded mode's.
+TEST(AttentionWorkerBalancerTest, SwitchesPlacementMidStreamOnlyOnceTheExpertsAreLoaded) {
+  const std::string& model = moe::testing::TestModelDir("tiny+skewed", "bf16");
+  Cluster cluster(model, 2, {"--extra_expert_budget_bytes", std::to_string(int64_t{64} << 20)});
+  const std::vector<int32_t> prompt = Prompts()[2];
+  constexpr int kTokens = 256;
+  const Generated want = Embedded(model, prompt, kTokens);
+  Generated got;
+  std::atomic<bool> finished{false};
+  std::thread stream([&] {
+    got = cluster.Generate(GreedyRequest("long", prompt, kTokens));
+    finished = true;
+  });
+
+  // The hot experts 0..3 live on worker 0; copy them to worker 1.
+  const std::vector<std::pair<int, int>> copies = {{0, 1}, {1, 1}, {2, 1}, {3, 1}};
+  grpc::Status refused = SetPlacement(cluster.stub(), 1, copies);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("does not hold expert 0"), std::string::npos)
+      << refused.error_message();
+  refused = SetPlacement(cluster.stub(), 1, {{500, 1}});
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.error_message().find("extras[0].expert"), std::string::npos) << refused.error_message();
+  refused = SetPlacement(cluster.stub(), 1, {{0, 0}});
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(refused.error_message().find("already holds"), std::string::npos) << refused.error_message();
+
+  {
+    auto expert = v1::ExpertControl::NewStub(
+        grpc::CreateChannel(cluster.ExpertAddress(1), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    v1::LoadExtraExpertsRequest request;
+    request.set_placement_version(1);
+    for (int e = 0; e < 4; ++e) request.add_experts(e);
+    v1::LoadExtraExpertsResponse response;
+    ASSERT_TRUE(expert->LoadExtraExperts(&context, request, &response).ok());
+  }
+  const grpc::Status switched = SetPlacement(cluster.stub(), 1, copies);
+  EXPECT_TRUE(switched.ok()) << switched.error_message() << "\n" << cluster.log();
+  EXPECT_FALSE(finished.load()) << "the switch should come mid-stream (make kTokens larger)";
+  refused = SetPlacement(cluster.stub(), 1, copies);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(refused.error_message().find("placement_version"), std::string::npos) << refused.error_message();
+  stream.join();
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message() << "\n" << cluster.log();
+  EXPECT_EQ(got.tokens, want.tokens);
+  EXPECT_EQ(got.logprobs, want.logprobs);
+  // After the switch: still embedded mode's bits, now with the copies in use.
+  const Generated after = cluster.Generate(GreedyRequest("after", Prompts()[0], 16));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.tokens, Embedded(model, Prompts()[0], 16).tokens);
 }
 
 Generated Embedded(const std::string& model, const std::vector<int32_t>& prompt, int max_new_tokens) {
