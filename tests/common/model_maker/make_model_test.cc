@@ -1,6 +1,7 @@
 #include "common/model_maker/make_model.h"
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <string>
 
@@ -126,6 +127,44 @@ TEST(MakeModelTest, TinyLoadsBackThroughWeights) {
   }
   EXPECT_EQ(PlantedSuccessor(0), 7919);
   EXPECT_GT(std::filesystem::file_size(dir.File("tokenizer.json")), 10'000'000u);
+}
+
+// Skewed routing for the expert load balancer: the hot experts' router rows are the plain model's
+// times the gain (4 is a power of two, so exactly), every other row and tensor is unchanged.
+TEST(MakeModelTest, HotExpertsScaleOnlyTheirRouterRows) {
+  TempDir plain_dir, hot_dir;
+  MakeModelOptions hot = Options(hot_dir.path());
+  hot.hot_experts = 2;
+  hot.hot_expert_gain = 4.0f;
+  ASSERT_TRUE(MakeModel(Options(plain_dir.path())).ok());
+  ASSERT_TRUE(MakeModel(hot).ok());
+  auto plain_ck = Checkpoint::Open(plain_dir.path());
+  auto hot_ck = Checkpoint::Open(hot_dir.path());
+  ASSERT_TRUE(plain_ck.ok() && hot_ck.ok());
+  for (const std::string layer : {"0", "3"}) {
+    const std::string name = "model.layers." + layer + ".mlp.gate.weight";
+    auto a = (*plain_ck)->Get(name);
+    auto b = (*hot_ck)->Get(name);
+    ASSERT_TRUE(a.ok() && b.ok());
+    const auto* pa = static_cast<const bf16*>(a->data);
+    const auto* pb = static_cast<const bf16*>(b->data);
+    for (int64_t i = 0; i < 128 * 128; ++i) {
+      const float want = BF16ToFloat(pa[i]) * (i < 2 * 128 ? 4.0f : 1.0f);
+      ASSERT_EQ(BF16ToFloat(pb[i]), want) << name << " element " << i;
+    }
+  }
+  auto a = (*plain_ck)->Get("model.layers.0.mlp.experts.0.up_proj.weight");
+  auto b = (*hot_ck)->Get("model.layers.0.mlp.experts.0.up_proj.weight");
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(std::memcmp(a->data, b->data, a->NumBytes()), 0);
+
+  TempDir bad_dir;
+  MakeModelOptions bad = Options(bad_dir.path());
+  bad.hot_experts = 129;
+  EXPECT_THAT(MakeModel(bad).message(), HasSubstr("--hot-experts must be in [0, 128]"));
+  bad.hot_experts = 4;
+  bad.hot_expert_gain = 0.0f;
+  EXPECT_THAT(MakeModel(bad).message(), HasSubstr("--hot-expert-gain"));
 }
 
 TEST(MakeModelTest, Fp8IsTheBlockQuantisationOfTheBf16Model) {
