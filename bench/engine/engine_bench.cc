@@ -139,11 +139,12 @@ absl::StatusOr<double> DeviceCopyBandwidth(const kernels::DeviceSpec& device) {
 void WriteJson(std::FILE* jsonl, const std::string& name, const std::string& device, int64_t size, double ms,
                double weight_gb, double tokens_per_s, double fraction) {
   if (jsonl == nullptr) return;
-  std::fprintf(jsonl,
-               "{\"name\":\"%s\",\"device\":\"%s\",\"size\":%lld,\"step_ms\":%.3f,\"weight_gb_per_step\":%.4f,"
-               "\"tokens_per_s\":%.1f,\"fraction_of_roofline\":%.3f}\n",
-               name.c_str(), device.c_str(), static_cast<long long>(size), ms, weight_gb, tokens_per_s,
-               std::isfinite(fraction) ? fraction : 0.0);
+  std::fprintf(
+      jsonl,
+      "{\"name\":\"%s\",\"device\":\"%s\",\"size\":%lld,\"step_ms\":%.3f,\"weight_gb_per_step\":%.4f,"
+      "\"tokens_per_s\":%.1f,\"fraction_of_roofline\":%.3f}\n",
+      name.c_str(), device.c_str(), static_cast<long long>(size), ms, weight_gb, tokens_per_s,
+      std::isfinite(fraction) ? fraction : 0.0);
   std::fflush(jsonl);
 }
 
@@ -163,7 +164,8 @@ int Main(int argc, char** argv) {
   app.add_option("--batches", batches_flag, "Comma-separated decode batch sizes");
   app.add_option("--context", context, "Prompt length of each decoding sequence");
   app.add_option("--decode-steps", decode_steps, "Timed decode steps per batch size");
-  app.add_option("--prefill-tokens", prefill_flag, "Comma-separated prompt lengths of the prefill measurements");
+  app.add_option("--prefill-tokens", prefill_flag,
+                 "Comma-separated prompt lengths of the prefill measurements");
   app.add_option("--bandwidth-mib", bandwidth_mib, "Buffer size of the bandwidth measurement");
   app.add_option("--expert-shards", expert_shards, "In-process expert shards");
   CLI11_PARSE(app, argc, argv);
@@ -196,7 +198,8 @@ int Main(int argc, char** argv) {
   }
   if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json")) {
     if (make_preset.empty()) {
-      std::fprintf(stderr, "engine_bench: --model: %s holds no config.json (pass --make-preset to make one)\n",
+      std::fprintf(stderr,
+                   "engine_bench: --model: %s holds no config.json (pass --make-preset to make one)\n",
                    model_dir.c_str());
       return 2;
     }

@@ -140,7 +140,8 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
   const float scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
 
   int64_t num_tokens = 0;
-  RETURN_IF_ERROR(ValidateSegments(config_, rope_.max_positions, kv_cache_->block_size(), segments, &num_tokens));
+  RETURN_IF_ERROR(
+      ValidateSegments(config_, rope_.max_positions, kv_cache_->block_size(), segments, &num_tokens));
   if (num_tokens == 0) return absl::OkStatus();
 
   // Micro-batches: with two, the first takes whole segments until it holds about half the tokens

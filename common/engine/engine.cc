@@ -17,14 +17,15 @@ constexpr int kMaxTopLogprobs = 20;
 // Options a backend cannot run with are rejected before the model is read.
 absl::Status ValidateDeviceOptions(const EngineOptions& options) {
   if (options.micro_batches != 1 && options.micro_batches != 2) {
-    return absl::InvalidArgumentError(absl::StrCat("micro_batches: must be 1 or 2, got ", options.micro_batches));
+    return absl::InvalidArgumentError(
+        absl::StrCat("micro_batches: must be 1 or 2, got ", options.micro_batches));
   }
   if (options.device.is_cuda() && options.micro_batches != 1) {
     // The CUDA backend runs one stream and stages MoE rounds through the host synchronously, so two
     // micro-batches would not overlap anything: refused rather than silently run as one.
-    return absl::InvalidArgumentError(absl::StrCat("micro_batches: ", options.micro_batches,
-                                                   " is not supported with device ", options.device.ToString(),
-                                                   " (the CUDA backend runs one micro-batch); use 1"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("micro_batches: ", options.micro_batches, " is not supported with device ",
+                     options.device.ToString(), " (the CUDA backend runs one micro-batch); use 1"));
   }
   return CheckEngineDevice(options.device);
 }
@@ -69,9 +70,10 @@ absl::Status Engine::BuildStepState() {
     return absl::InvalidArgumentError("the KV cache has too many blocks");
   }
   // A cuda engine keeps K and V in device memory: the host cache is only the block pool.
-  ASSIGN_OR_RETURN(kv_cache_, KvCache::Create(config_, options_.kv_block_size, static_cast<int32_t>(num_blocks),
-                                              options_.device.is_cuda() ? KvCache::Storage::kNone
-                                                                        : KvCache::Storage::kHost));
+  ASSIGN_OR_RETURN(
+      kv_cache_,
+      KvCache::Create(config_, options_.kv_block_size, static_cast<int32_t>(num_blocks),
+                      options_.device.is_cuda() ? KvCache::Storage::kNone : KvCache::Storage::kHost));
   if (options_.device.is_cuda()) {
     CudaForwardOptions cuda;
     cuda.device = options_.device;

@@ -20,8 +20,8 @@ absl::Status ValidateSegments(const model::ModelConfig& config, int64_t max_posi
     }
     for (int64_t i = 0; i < s.num_tokens; ++i) {
       if (s.token_ids[i] < 0 || s.token_ids[i] >= config.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat("token id ", s.token_ids[i],
-                                                       " is outside the vocabulary [0, ", config.vocab_size, ")"));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "token id ", s.token_ids[i], " is outside the vocabulary [0, ", config.vocab_size, ")"));
       }
     }
     *num_tokens += s.num_tokens;

@@ -30,7 +30,8 @@ class KvCache {
   // A cache of num_blocks blocks of block_size tokens. INVALID_ARGUMENT for num_blocks < 1 or
   // block_size < 1; RESOURCE_EXHAUSTED (naming the size in GiB) when the mapping cannot be made.
   static absl::StatusOr<std::unique_ptr<KvCache>> Create(const model::ModelConfig& config, int64_t block_size,
-                                                         int32_t num_blocks, Storage storage = Storage::kHost);
+                                                         int32_t num_blocks,
+                                                         Storage storage = Storage::kHost);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;

@@ -24,7 +24,8 @@ constexpr int64_t kHeadroomBytes = int64_t{768} << 20;
 int64_t LinearDeviceBytes(const LinearWeight& w) {
   int64_t bytes = w.out_features * w.in_features * static_cast<int64_t>(DTypeSize(w.dtype));
   if (w.dtype == DType::kF8E4M3) {
-    bytes += cuda::PackedWeightScaleCount(w.out_features, w.in_features) * static_cast<int64_t>(sizeof(float));
+    bytes +=
+        cuda::PackedWeightScaleCount(w.out_features, w.in_features) * static_cast<int64_t>(sizeof(float));
   }
   return bytes;
 }
@@ -49,7 +50,8 @@ absl::StatusOr<std::unique_ptr<ForwardPass>> CreateCudaForwardPass(const model::
   return std::unique_ptr<ForwardPass>(std::move(block));
 }
 
-CudaAttentionBlock::CudaAttentionBlock(const model::ModelConfig& config, MoeDispatcher* dispatcher, int ordinal)
+CudaAttentionBlock::CudaAttentionBlock(const model::ModelConfig& config, MoeDispatcher* dispatcher,
+                                       int ordinal)
     : config_(config), dispatcher_(dispatcher), ordinal_(ordinal) {}
 
 absl::StatusOr<std::unique_ptr<CudaAttentionBlock>> CudaAttentionBlock::Create(
@@ -63,7 +65,8 @@ absl::StatusOr<std::unique_ptr<CudaAttentionBlock>> CudaAttentionBlock::Create(
     return absl::InvalidArgumentError("the KV cache holds no block");
   }
   RETURN_IF_ERROR(cuda::SetDevice(options.device.ordinal));
-  std::unique_ptr<CudaAttentionBlock> block(new CudaAttentionBlock(config, dispatcher, options.device.ordinal));
+  std::unique_ptr<CudaAttentionBlock> block(
+      new CudaAttentionBlock(config, dispatcher, options.device.ordinal));
   RETURN_IF_ERROR(block->Init(weights, options));
   return block;
 }
@@ -73,9 +76,9 @@ CudaAttentionBlock::~CudaAttentionBlock() {
     if (stream_ != nullptr) cuda::Synchronize(stream_).IgnoreError();
   }
   blas_.reset();
-  for (Scratch* s : {&ids_, &positions_, &token_segment_, &token_pos_, &tables_, &x_, &h_, &branch_, &q_, &k_,
-                     &v_, &attn_, &mlp_gate_, &mlp_up_, &router_logits_, &expert_ids_, &expert_weights_, &last_,
-                     &logits_}) {
+  for (Scratch* s :
+       {&ids_, &positions_, &token_segment_, &token_pos_, &tables_, &x_, &h_, &branch_, &q_, &k_, &v_, &attn_,
+        &mlp_gate_, &mlp_up_, &router_logits_, &expert_ids_, &expert_weights_, &last_, &logits_}) {
     cuda::Free(s->ptr);
   }
   for (void* p : allocations_) cuda::Free(p);
@@ -106,12 +109,14 @@ absl::StatusOr<cuda::DeviceLinearWeight> CudaAttentionBlock::UploadLinear(const 
   const size_t data_bytes =
       static_cast<size_t>(w.out_features) * static_cast<size_t>(w.in_features) * DTypeSize(w.dtype);
   if (w.dtype == DType::kBF16) {
-    ASSIGN_OR_RETURN(d.data, UploadBf16(static_cast<const bf16*>(w.data), w.out_features * w.in_features, what));
+    ASSIGN_OR_RETURN(d.data,
+                     UploadBf16(static_cast<const bf16*>(w.data), w.out_features * w.in_features, what));
     return d;
   }
   if (w.dtype != DType::kF8E4M3) {
-    return absl::InvalidArgumentError(absl::StrCat(what, ": dtype ", std::string(DTypeName(w.dtype)),
-                                                   " is not supported by the CUDA backend (BF16 or F8_E4M3)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": dtype ", std::string(DTypeName(w.dtype)),
+                     " is not supported by the CUDA backend (BF16 or F8_E4M3)"));
   }
   if (w.in_features % 16 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": FP8 weight with in_features ", w.in_features,
@@ -172,15 +177,18 @@ absl::Status CudaAttentionBlock::Init(const model::DenseWeights& weights, const 
   ASSIGN_OR_RETURN(stream_, cuda::CreateStream());
   ASSIGN_OR_RETURN(blas_, cuda::Blas::Create());
 
-  ASSIGN_OR_RETURN(embed_tokens_, UploadBf16(weights.embed_tokens, config_.vocab_size * hidden, "embed_tokens"));
+  ASSIGN_OR_RETURN(embed_tokens_,
+                   UploadBf16(weights.embed_tokens, config_.vocab_size * hidden, "embed_tokens"));
   ASSIGN_OR_RETURN(final_norm_, UploadBf16(weights.final_norm, hidden, "the final norm"));
   if (tied) {
     lm_head_ = cuda::DeviceLinearWeight{DType::kBF16, config_.vocab_size, hidden, embed_tokens_, nullptr};
   } else {
     ASSIGN_OR_RETURN(lm_head_, UploadLinear(weights.lm_head, "lm_head"));
   }
-  ASSIGN_OR_RETURN(rope_.cos, UploadBf16(rope.cos.data(), static_cast<int64_t>(rope.cos.size()), "the RoPE table"));
-  ASSIGN_OR_RETURN(rope_.sin, UploadBf16(rope.sin.data(), static_cast<int64_t>(rope.sin.size()), "the RoPE table"));
+  ASSIGN_OR_RETURN(rope_.cos,
+                   UploadBf16(rope.cos.data(), static_cast<int64_t>(rope.cos.size()), "the RoPE table"));
+  ASSIGN_OR_RETURN(rope_.sin,
+                   UploadBf16(rope.sin.data(), static_cast<int64_t>(rope.sin.size()), "the RoPE table"));
   rope_.head_dim = rope.head_dim;
   rope_.max_positions = rope.max_positions;
 
@@ -216,7 +224,8 @@ absl::Status CudaAttentionBlock::Init(const model::DenseWeights& weights, const 
   RETURN_IF_ERROR(cuda::MemoryInfo(&free_bytes, &total_bytes));
   if (kv_cache_bytes_ + kHeadroomBytes > static_cast<int64_t>(free_bytes)) {
     return absl::ResourceExhaustedError(absl::StrFormat(
-        "kv_cache_bytes: a KV cache of %.2f GiB (%d blocks of %d tokens) does not fit in the %.2f GiB free on "
+        "kv_cache_bytes: a KV cache of %.2f GiB (%d blocks of %d tokens) does not fit in the %.2f GiB free "
+        "on "
         "%s after the weights (%.2f GiB of working space kept); ask for less (--kv-cache-gib / "
         "--kv_cache_gib / MOE_KV_CACHE_GIB)",
         kv_cache_bytes_ / kGiB, options.num_kv_blocks, block_size_, free_bytes / kGiB, device,
@@ -268,7 +277,8 @@ absl::Status CudaAttentionBlock::Mlp(uint64_t step, int64_t layer, int64_t n) {
   ASSIGN_OR_RETURN(bf16 * router_logits,
                    Ensure<bf16>(&router_logits_, static_cast<size_t>(n * num_experts), "router logits"));
   ASSIGN_OR_RETURN(int32_t * ids, Ensure<int32_t>(&expert_ids_, static_cast<size_t>(n * k), "expert ids"));
-  ASSIGN_OR_RETURN(float* weights, Ensure<float>(&expert_weights_, static_cast<size_t>(n * k), "expert weights"));
+  ASSIGN_OR_RETURN(float* weights,
+                   Ensure<float>(&expert_weights_, static_cast<size_t>(n * k), "expert weights"));
   RETURN_IF_ERROR(blas_->Linear(h, hidden, n, d.router, router_logits, num_experts, stream_));
   RETURN_IF_ERROR(
       cuda::TopKSoftmax(router_logits, n, num_experts, k, config_.norm_topk_prob, ids, weights, stream_));
@@ -278,9 +288,10 @@ absl::Status CudaAttentionBlock::Mlp(uint64_t step, int64_t layer, int64_t n) {
   host_expert_ids_.resize(static_cast<size_t>(n * k));
   host_expert_weights_.resize(static_cast<size_t>(n * k));
   RETURN_IF_ERROR(cuda::CopyToHost(host_h_.data(), h, host_h_.size() * sizeof(bf16), stream_));
-  RETURN_IF_ERROR(cuda::CopyToHost(host_expert_ids_.data(), ids, host_expert_ids_.size() * sizeof(int32_t), stream_));
   RETURN_IF_ERROR(
-      cuda::CopyToHost(host_expert_weights_.data(), weights, host_expert_weights_.size() * sizeof(float), stream_));
+      cuda::CopyToHost(host_expert_ids_.data(), ids, host_expert_ids_.size() * sizeof(int32_t), stream_));
+  RETURN_IF_ERROR(cuda::CopyToHost(host_expert_weights_.data(), weights,
+                                   host_expert_weights_.size() * sizeof(float), stream_));
   RETURN_IF_ERROR(cuda::Synchronize(stream_));
   // ...the round runs on the data plane (host_h_ stays untouched until Combine returns: re-sends)...
   ASSIGN_OR_RETURN(DispatchHandle handle,
@@ -288,7 +299,8 @@ absl::Status CudaAttentionBlock::Mlp(uint64_t step, int64_t layer, int64_t n) {
                                          host_expert_ids_.data(), host_expert_weights_.data(), k));
   RETURN_IF_ERROR(dispatcher_->Combine(handle, host_branch_.data()));
   // ...and the combined output goes back up.
-  RETURN_IF_ERROR(cuda::CopyToDevice(branch, host_branch_.data(), host_branch_.size() * sizeof(bf16), stream_));
+  RETURN_IF_ERROR(
+      cuda::CopyToDevice(branch, host_branch_.data(), host_branch_.size() * sizeof(bf16), stream_));
   return absl::OkStatus();
 }
 
@@ -366,12 +378,13 @@ absl::Status CudaAttentionBlock::Forward(uint64_t step, std::span<const BatchSeg
     int64_t offset = 0;
     for (size_t i = 0; i < segments.size(); ++i) {
       const BatchSegment& s = segments[i];
-      RETURN_IF_ERROR(cuda::WriteKv(k + offset * kv_width, kv_width, v + offset * kv_width, kv_width, s.num_tokens,
-                                    s.start_pos, tables + static_cast<int64_t>(i) * table_stride, d.kv, stream_));
+      RETURN_IF_ERROR(cuda::WriteKv(k + offset * kv_width, kv_width, v + offset * kv_width, kv_width,
+                                    s.num_tokens, s.start_pos,
+                                    tables + static_cast<int64_t>(i) * table_stride, d.kv, stream_));
       offset += s.num_tokens;
     }
-    RETURN_IF_ERROR(cuda::PagedAttentionBatch(q, q_width, n, num_heads, scale, token_segment, token_pos, max_len,
-                                              tables, table_stride, d.kv, attn, q_width, stream_));
+    RETURN_IF_ERROR(cuda::PagedAttentionBatch(q, q_width, n, num_heads, scale, token_segment, token_pos,
+                                              max_len, tables, table_stride, d.kv, attn, q_width, stream_));
     RETURN_IF_ERROR(blas_->Linear(attn, q_width, n, d.o_proj, branch, hidden, stream_));
     RETURN_IF_ERROR(cuda::Add(x, branch, n * hidden, x, stream_));
     RETURN_IF_ERROR(cuda::RmsNorm(x, hidden, n, hidden, d.post_attention_layernorm, eps, h, hidden, stream_));

@@ -63,7 +63,7 @@ class CudaAttentionBlock : public ForwardPass {
     const bf16* q_norm = nullptr;
     const bf16* k_norm = nullptr;
     kernels::cuda::DeviceLinearWeight q_proj, k_proj, v_proj, o_proj;
-    kernels::cuda::DeviceLinearWeight router;                 // MoE layers (bf16 [E, H])
+    kernels::cuda::DeviceLinearWeight router;                         // MoE layers (bf16 [E, H])
     kernels::cuda::DeviceLinearWeight gate_proj, up_proj, down_proj;  // dense layers
     kernels::cuda::DevicePagedKv kv;
   };
@@ -77,7 +77,8 @@ class CudaAttentionBlock : public ForwardPass {
   absl::Status Init(const model::DenseWeights& weights, const CudaForwardOptions& options);
   absl::StatusOr<void*> Alloc(size_t bytes, const std::string& what);
   absl::StatusOr<const bf16*> UploadBf16(const bf16* host, int64_t count, const std::string& what);
-  absl::StatusOr<kernels::cuda::DeviceLinearWeight> UploadLinear(const LinearWeight& w, const std::string& what);
+  absl::StatusOr<kernels::cuda::DeviceLinearWeight> UploadLinear(const LinearWeight& w,
+                                                                 const std::string& what);
   // Makes `s` at least `bytes` large; returns its pointer.
   template <typename T>
   absl::StatusOr<T*> Ensure(Scratch* s, size_t count, const char* what);
@@ -103,7 +104,8 @@ class CudaAttentionBlock : public ForwardPass {
 
   // Per-step device scratch.
   Scratch ids_, positions_, token_segment_, token_pos_, tables_;
-  Scratch x_, h_, branch_, q_, k_, v_, attn_, mlp_gate_, mlp_up_, router_logits_, expert_ids_, expert_weights_;
+  Scratch x_, h_, branch_, q_, k_, v_, attn_, mlp_gate_, mlp_up_, router_logits_, expert_ids_,
+      expert_weights_;
   Scratch last_, logits_;
   // Host staging.
   std::vector<int32_t> host_ids_, host_segment_, host_pos_, host_tables_;

@@ -84,7 +84,8 @@ void ExpectCloseLogits(const std::vector<float>& gpu, const std::vector<float>& 
     EXPECT_EQ(g, c) << what << ": the CPU's top-2 gap exceeds the tolerance";
   } else {
     // A near-tie on the CPU: the GPU's pick must be one of the tied tokens.
-    EXPECT_LE((double{cpu[static_cast<size_t>(c)]} - cpu[static_cast<size_t>(g)]) / MaxAbs(cpu), tolerance) << what;
+    EXPECT_LE((double{cpu[static_cast<size_t>(c)]} - cpu[static_cast<size_t>(g)]) / MaxAbs(cpu), tolerance)
+        << what;
   }
 }
 
@@ -186,9 +187,10 @@ TEST_P(EngineCudaTest, StepRunsRequestsEndToEnd) {
   std::map<std::string, std::vector<int32_t>> together;
   std::map<std::string, FinishReason> finish;
   for (int i = 0; i < 4; ++i) {
-    ASSERT_TRUE(gpu->AddRequest(GreedyRequest("r" + std::to_string(i),
-                                              PseudoRandomPrompt(5 + 9 * i, static_cast<uint32_t>(30 + i)), 12))
-                    .ok());
+    ASSERT_TRUE(
+        gpu->AddRequest(GreedyRequest("r" + std::to_string(i),
+                                      PseudoRandomPrompt(5 + 9 * i, static_cast<uint32_t>(30 + i)), 12))
+            .ok());
   }
   for (int guard = 0; gpu->HasWork() && guard < 1000; ++guard) {
     for (const TokenEvent& e : gpu->Step()) {
