@@ -13,6 +13,7 @@
 #include <cmath>
 #include <map>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -36,6 +37,11 @@ struct Case {
   std::string dtype;
   double tolerance;  // relative to the CPU's largest |logit|
 };
+
+// gtest_discover_tests puts the printed parameter into the CTest name: keep it short.
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.preset << " " << c.dtype;
+}
 
 std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
   std::string name = info.param.preset + "_" + info.param.dtype;
