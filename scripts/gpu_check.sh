@@ -119,7 +119,7 @@ fi
 # ---- The engine on the GPU against the CPU engine (tests/common/engine/cuda/engine_cuda_test.cc) -----
 eng_pass=0 eng_fail=0 eng_skip=0
 if ((built)); then
-  run_step engine_logits_vs_cpu 120 ctest --test-dir "$build" -R '^(Models/EngineCudaTest|EngineCudaErrorsTest)\.' \
+  run_step engine_logits_vs_cpu 120 ctest --test-dir "$build" -j 4 -R '^(Models/EngineCudaTest|EngineCudaErrorsTest)\.' \
     --output-on-failure --no-tests=error --output-junit "$out/engine_tests.xml"
   eng_pass=$(grep -c 'status="run"' "$out/engine_tests.xml" 2>/dev/null || true)
   eng_fail=$(grep -c 'status="fail"' "$out/engine_tests.xml" 2>/dev/null || true)
