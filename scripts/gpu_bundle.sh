@@ -4,7 +4,8 @@
 #   OUTDIR/src      the repository's sources (tracked and untracked-but-not-ignored files)
 #   OUTDIR/sysroot  the few libraries the engine core (MOE_CORE_ONLY) needs, copied from the
 #                   installed Debian packages (what `dpkg -x` of them would unpack): abseil,
-#                   nlohmann-json, pcre2, utf8proc, zlib, GoogleTest, and pkgconf to read their .pc files
+#                   nlohmann-json, pcre2, utf8proc, zlib, GoogleTest, CLI11 (engine_bench's flags), and
+#                   pkgconf to read their .pc files
 #   OUTDIR/BUNDLE   what went in, with versions
 # The .pc files are made relocatable (${pcfiledir}); the CMake package files already are.
 # Fails when the folder exceeds 64 MiB. Usage: scripts/gpu_bundle.sh [OUTDIR] (default build/gpu-bundle).
@@ -13,7 +14,7 @@ cd "$(dirname "$0")/.."
 out=${1:-build/gpu-bundle}
 limit_mib=64
 packages=(libabsl-dev libabsl20220623 nlohmann-json3-dev libpcre2-dev libpcre2-8-0 libutf8proc-dev libutf8proc2
-          zlib1g-dev zlib1g libgtest-dev libgmock-dev pkgconf-bin libpkgconf3)
+          zlib1g-dev zlib1g libgtest-dev libgmock-dev libcli11-dev pkgconf-bin libpkgconf3)
 
 rm -rf "$out"
 mkdir -p "$out/src" "$out/sysroot"

@@ -12,21 +12,37 @@
 // distinct expert the step's tokens were routed to (counted from the expert blocks' token counters)
 // + the embedding rows read. Copy bandwidth counts read + write bytes of a large memcpy on all
 // pool threads; the read-only bandwidth is printed too.
+//
+// --device cuda:N runs the dense forward pass on the GPU (CudaAttentionBlock; embedded experts stay
+// on the CPU until the CUDA expert side exists). The roofline is then the device's HBM bandwidth,
+// measured here as gpu_kernels_bench does (a 1 GiB device-to-device copy, read + write bytes), and
+// the ratio counts only the dense weight bytes the GPU reads per step (not the CPU's experts).
+// --jsonl FILE writes one JSON object per measurement (scripts/gpu_check.sh puts them in its
+// summary); --make-preset makes the --model directory first when it holds no model.
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "bench/util/memory_bandwidth.h"
 #include "common/engine/engine.h"
 #include "common/engine/testing/requests.h"
+#include "common/kernels/device_spec.h"
+#include "common/model_maker/make_model.h"
+#ifdef MOE_BENCH_WITH_CUDA
+#include "common/kernels/cuda/cuda_kernels.h"
+#endif
 
 namespace moe::engine {
 namespace {
@@ -86,18 +102,70 @@ std::vector<std::vector<std::vector<uint64_t>>> Snapshot(const Engine& engine) {
   return s;
 }
 
+// Read + write bytes per second of a 1 GiB device-to-device copy on `device` (gpu_kernels_bench's
+// HBM roofline), best of 10 after a warm-up.
+absl::StatusOr<double> DeviceCopyBandwidth(const kernels::DeviceSpec& device) {
+#ifdef MOE_BENCH_WITH_CUDA
+  namespace cuda = kernels::cuda;
+  if (absl::Status s = cuda::SetDevice(device.ordinal); !s.ok()) return s;
+  const size_t bytes = size_t{1} << 30;
+  absl::StatusOr<void*> src = cuda::Malloc(bytes, "the copy roofline's source");
+  if (!src.ok()) return src.status();
+  absl::StatusOr<void*> dst = cuda::Malloc(bytes, "the copy roofline's destination");
+  if (!dst.ok()) {
+    cuda::Free(*src);
+    return dst.status();
+  }
+  double best = 0.0;
+  absl::Status status;
+  for (int i = 0; i < 11 && status.ok(); ++i) {
+    const auto t0 = Clock::now();
+    status = cuda::CopyDeviceToDevice(*dst, *src, bytes, nullptr);
+    if (status.ok()) status = cuda::Synchronize(nullptr);
+    const double t = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (i > 0) best = std::max(best, 2.0 * static_cast<double>(bytes) / t);
+  }
+  cuda::Free(*src);
+  cuda::Free(*dst);
+  if (!status.ok()) return status;
+  return best;
+#else
+  return absl::FailedPreconditionError(
+      absl::StrCat("--device ", device.ToString(), ": engine_bench was built without CUDA"));
+#endif
+}
+
+// One measurement as a JSON line (for scripts/gpu_check.sh's summary).
+void WriteJson(std::FILE* jsonl, const std::string& name, const std::string& device, int64_t size, double ms,
+               double weight_gb, double tokens_per_s, double fraction) {
+  if (jsonl == nullptr) return;
+  std::fprintf(
+      jsonl,
+      "{\"name\":\"%s\",\"device\":\"%s\",\"size\":%lld,\"step_ms\":%.3f,\"weight_gb_per_step\":%.4f,"
+      "\"tokens_per_s\":%.1f,\"fraction_of_roofline\":%.3f}\n",
+      name.c_str(), device.c_str(), static_cast<long long>(size), ms, weight_gb, tokens_per_s,
+      std::isfinite(fraction) ? fraction : 0.0);
+  std::fflush(jsonl);
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"Embedded-engine decode and prefill benchmark with roofline ratios"};
-  std::string model_dir, batches_flag = "1,8,32";
-  int64_t context = 64, decode_steps = 8, prefill_tokens = 512, bandwidth_mib = 1024;
+  std::string model_dir, batches_flag = "1,8,32", prefill_flag = "512", device_flag = "cpu";
+  std::string make_preset, make_dtype = "fp8", jsonl_path;
+  int64_t context = 64, decode_steps = 8, bandwidth_mib = 1024;
   int expert_shards = 1;
   app.add_option("--model", model_dir, "Model directory (e.g. from make-model --preset bench-30b-4l)")
-      ->required()
-      ->check(CLI::ExistingDirectory);
+      ->required();
+  app.add_option("--make-preset", make_preset,
+                 "When --model holds no config.json: make this preset there first (e.g. bench-30b-4l)");
+  app.add_option("--make-dtype", make_dtype, "dtype of --make-preset (bf16 or fp8)");
+  app.add_option("--device", device_flag, "cpu or cuda[:N]: where the dense forward pass runs");
+  app.add_option("--jsonl", jsonl_path, "Also write one JSON object per measurement to this file");
   app.add_option("--batches", batches_flag, "Comma-separated decode batch sizes");
   app.add_option("--context", context, "Prompt length of each decoding sequence");
   app.add_option("--decode-steps", decode_steps, "Timed decode steps per batch size");
-  app.add_option("--prefill-tokens", prefill_tokens, "Prompt length of the prefill measurement");
+  app.add_option("--prefill-tokens", prefill_flag,
+                 "Comma-separated prompt lengths of the prefill measurements");
   app.add_option("--bandwidth-mib", bandwidth_mib, "Buffer size of the bandwidth measurement");
   app.add_option("--expert-shards", expert_shards, "In-process expert shards");
   CLI11_PARSE(app, argc, argv);
@@ -110,11 +178,59 @@ int Main(int argc, char** argv) {
     }
     batches.push_back(b);
   }
+  std::vector<int64_t> prefills;
+  for (absl::string_view part : absl::StrSplit(prefill_flag, ',', absl::SkipEmpty())) {
+    int64_t p;
+    if (!absl::SimpleAtoi(part, &p) || p < 1) {
+      std::fprintf(stderr, "engine_bench: --prefill-tokens: bad length '%s'\n", std::string(part).c_str());
+      return 2;
+    }
+    prefills.push_back(p);
+  }
+  if (prefills.empty()) {
+    std::fprintf(stderr, "engine_bench: --prefill-tokens: no length\n");
+    return 2;
+  }
+  absl::StatusOr<kernels::DeviceSpec> device = kernels::ParseDeviceSpec(device_flag, "--device");
+  if (!device.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", device.status().ToString().c_str());
+    return 2;
+  }
+  if (!std::filesystem::exists(std::filesystem::path(model_dir) / "config.json")) {
+    if (make_preset.empty()) {
+      std::fprintf(stderr,
+                   "engine_bench: --model: %s holds no config.json (pass --make-preset to make one)\n",
+                   model_dir.c_str());
+      return 2;
+    }
+    model_maker::MakeModelOptions make;
+    make.preset = make_preset;
+    make.dtype = make_dtype;
+    make.out_dir = model_dir;
+    make.force = true;
+    const auto t_make = Clock::now();
+    if (absl::Status s = model_maker::MakeModel(make); !s.ok()) {
+      std::fprintf(stderr, "engine_bench: --make-preset: %s\n", s.ToString().c_str());
+      return 1;
+    }
+    std::printf("made %s (%s) in %.1f s\n", make_preset.c_str(), make_dtype.c_str(),
+                std::chrono::duration<double>(Clock::now() - t_make).count());
+  }
+  std::FILE* jsonl = nullptr;
+  if (!jsonl_path.empty()) {
+    jsonl = std::fopen(jsonl_path.c_str(), "w");
+    if (jsonl == nullptr) {
+      std::fprintf(stderr, "engine_bench: --jsonl: cannot write %s\n", jsonl_path.c_str());
+      return 2;
+    }
+  }
+  const int64_t max_prefill = *std::max_element(prefills.begin(), prefills.end());
 
   const auto t_load = Clock::now();
   EngineOptions options;
-  options.max_step_tokens = std::max<int64_t>(prefill_tokens, 512);
+  options.max_step_tokens = std::max<int64_t>(max_prefill, 512);
   options.kv_cache_bytes = int64_t{2} << 30;
+  options.device = *device;
   auto created = Engine::CreateEmbedded(model_dir, options, expert_shards);
   if (!created.ok()) {
     std::fprintf(stderr, "engine_bench: %s\n", created.status().ToString().c_str());
@@ -129,12 +245,26 @@ int Main(int argc, char** argv) {
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
   const double rss_after_load = PeakRssGiB();
 
-  const bench::Bandwidth bw = bench::MeasureBandwidth(static_cast<size_t>(bandwidth_mib) << 20, 3);
+  // The roofline: the host's memory bandwidth for the CPU engine, the device's HBM for a cuda one
+  // (copy traffic only: memcpy rate is half of it, and no read-only figure is measured there).
+  bench::Bandwidth bw;
+  if (device->is_cuda()) {
+    absl::StatusOr<double> hbm = DeviceCopyBandwidth(*device);
+    if (!hbm.ok()) {
+      std::fprintf(stderr, "engine_bench: %s\n", hbm.status().ToString().c_str());
+      return 1;
+    }
+    bw.copy_gbs = *hbm / 1e9;
+    bw.read_gbs = std::nan("");
+    WriteJson(jsonl, "roofline_hbm_copy", device->ToString(), 1 << 30, 0, 0, 0, 1.0);
+  } else {
+    bw = bench::MeasureBandwidth(static_cast<size_t>(bandwidth_mib) << 20, 3);
+  }
   const model::ModelConfig& config = engine.config();
   const int64_t dense_bytes =
       DenseBytesPerStep(engine.dense_weights(), config.num_experts, config.hidden_size);
-  std::printf("model: %s  layers=%lld hidden=%lld experts=%lld  kernels: %s  threads: %d\n",
-              model_dir.c_str(), static_cast<long long>(config.num_hidden_layers),
+  std::printf("model: %s  device: %s  layers=%lld hidden=%lld experts=%lld  kernels: %s  threads: %d\n",
+              model_dir.c_str(), device->ToString().c_str(), static_cast<long long>(config.num_hidden_layers),
               static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_experts),
               kernels::cpu::KernelIsa(), kernels::cpu::ThreadPool::Global().num_threads());
   std::printf("load + first forward: %.1f s, peak RSS %.2f GiB\n", load_s, rss_after_load);
@@ -164,7 +294,9 @@ int Main(int argc, char** argv) {
       const auto t0 = Clock::now();
       engine.Step();
       times.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
-      bytes += dense_bytes + ExpertBytesTouched(engine, before) + batch * config.hidden_size * 2;
+      // On a GPU the experts run on the CPU: the device roofline counts the dense bytes only.
+      bytes += dense_bytes + (device->is_cuda() ? 0 : ExpertBytesTouched(engine, before)) +
+               batch * config.hidden_size * 2;
     }
     while (engine.HasWork()) engine.Step();
     std::sort(times.begin(), times.end());
@@ -174,11 +306,14 @@ int Main(int argc, char** argv) {
     std::printf("%-10s %8lld %12.2f %14.3f %12.1f %10.2f %10.2f %10.2f\n", "decode",
                 static_cast<long long>(batch), median * 1e3, step_bytes / 1e9, batch / median,
                 gbs / memcpy_gbs, gbs / bw.copy_gbs, gbs / bw.read_gbs);
+    WriteJson(jsonl, "engine_decode_b" + std::to_string(batch), device->ToString(), batch, median * 1e3,
+              step_bytes / 1e9, batch / median, gbs / bw.copy_gbs);
   }
 
-  {
+  for (int64_t prefill_tokens : prefills) {
     const auto before = Snapshot(engine);
-    absl::Status s = engine.AddRequest(GreedyRequest("p", PseudoRandomPrompt(prefill_tokens, 7), 1));
+    absl::Status s = engine.AddRequest(
+        GreedyRequest("p" + std::to_string(prefill_tokens), PseudoRandomPrompt(prefill_tokens, 7), 1));
     if (!s.ok()) {
       std::fprintf(stderr, "engine_bench: %s\n", s.ToString().c_str());
       return 1;
@@ -186,12 +321,16 @@ int Main(int argc, char** argv) {
     const auto t0 = Clock::now();
     while (engine.HasWork()) engine.Step();
     const double t = std::chrono::duration<double>(Clock::now() - t0).count();
-    const double step_bytes = static_cast<double>(dense_bytes + ExpertBytesTouched(engine, before));
+    const double step_bytes =
+        static_cast<double>(dense_bytes + (device->is_cuda() ? 0 : ExpertBytesTouched(engine, before)));
     const double gbs = step_bytes / t / 1e9;
     std::printf("%-10s %8lld %12.2f %14.3f %12.1f %10.2f %10.2f %10.2f\n", "prefill",
                 static_cast<long long>(prefill_tokens), t * 1e3, step_bytes / 1e9, prefill_tokens / t,
                 gbs / memcpy_gbs, gbs / bw.copy_gbs, gbs / bw.read_gbs);
+    WriteJson(jsonl, "engine_prefill_" + std::to_string(prefill_tokens), device->ToString(), prefill_tokens,
+              t * 1e3, step_bytes / 1e9, prefill_tokens / t, gbs / bw.copy_gbs);
   }
+  if (jsonl != nullptr) std::fclose(jsonl);
   std::printf("\npeak RSS: %.2f GiB\n", PeakRssGiB());
   return 0;
 }

@@ -8,8 +8,6 @@
 namespace moe::engine {
 namespace cpu = ::moe::kernels::cpu;
 
-namespace {
-
 cpu::RopeParams RopeParamsOf(const model::ModelConfig& config) {
   cpu::RopeParams p;
   p.theta = config.rope_theta;
@@ -22,8 +20,6 @@ cpu::RopeParams RopeParamsOf(const model::ModelConfig& config) {
   p.truncate = config.rope_scaling.truncate;
   return p;
 }
-
-}  // namespace
 
 AttentionBlock::AttentionBlock(const model::ModelConfig& config, const model::DenseWeights* weights,
                                KvCache* kv_cache, MoeDispatcher* dispatcher, int micro_batches)
@@ -144,25 +140,8 @@ absl::Status AttentionBlock::Forward(uint64_t step, std::span<const BatchSegment
   const float scale = 1.0f / std::sqrt(static_cast<float>(config_.head_dim));
 
   int64_t num_tokens = 0;
-  for (const BatchSegment& s : segments) {
-    if (s.num_tokens <= 0) return absl::InvalidArgumentError("empty batch segment");
-    if (s.start_pos + s.num_tokens > rope_.max_positions) {
-      return absl::InvalidArgumentError(absl::StrCat("position ", s.start_pos + s.num_tokens - 1,
-                                                     " is past the context length ", rope_.max_positions));
-    }
-    const int64_t blocks_needed =
-        (s.start_pos + s.num_tokens + kv_cache_->block_size() - 1) / kv_cache_->block_size();
-    if (s.block_table == nullptr || static_cast<int64_t>(s.block_table->size()) < blocks_needed) {
-      return absl::InternalError("block table does not cover the segment");
-    }
-    for (int64_t i = 0; i < s.num_tokens; ++i) {
-      if (s.token_ids[i] < 0 || s.token_ids[i] >= config_.vocab_size) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "token id ", s.token_ids[i], " is outside the vocabulary [0, ", config_.vocab_size, ")"));
-      }
-    }
-    num_tokens += s.num_tokens;
-  }
+  RETURN_IF_ERROR(
+      ValidateSegments(config_, rope_.max_positions, kv_cache_->block_size(), segments, &num_tokens));
   if (num_tokens == 0) return absl::OkStatus();
 
   // Micro-batches: with two, the first takes whole segments until it holds about half the tokens

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "common/engine/forward_pass.h"
 #include "common/engine/kv_cache.h"
 #include "common/engine/moe_dispatch.h"
 #include "common/kernels/cpu/kernels.h"
@@ -19,16 +20,11 @@
 
 namespace moe::engine {
 
-// `num_tokens` tokens of one sequence at positions [start_pos, start_pos + num_tokens).
-struct BatchSegment {
-  const int32_t* token_ids = nullptr;
-  int64_t num_tokens = 0;
-  int64_t start_pos = 0;
-  const std::vector<int32_t>* block_table = nullptr;  // must cover start_pos + num_tokens
-  bool want_logits = false;                           // logits of the segment's last token
-};
+// The RoPE parameters of a model config (shared by the CPU and CUDA backends).
+kernels::cpu::RopeParams RopeParamsOf(const model::ModelConfig& config);
 
-class AttentionBlock {
+// The CPU backend of the ForwardPass seam.
+class AttentionBlock : public ForwardPass {
  public:
   // None of the pointers is owned. `dispatcher` may be null for dense models. `micro_batches` (1 or
   // 2): with 2, a step of at least two sequences is split into two micro-batches of about half the
@@ -41,11 +37,12 @@ class AttentionBlock {
 
   // Runs the step. logits: [segments with want_logits, vocab] fp32 (the bf16 lm_head output
   // upcast), in segment order. Errors from the data plane (UNAVAILABLE) fail the whole step.
-  absl::Status Forward(uint64_t step, std::span<const BatchSegment> segments, std::vector<float>* logits);
+  absl::Status Forward(uint64_t step, std::span<const BatchSegment> segments,
+                       std::vector<float>* logits) override;
 
-  int64_t max_positions() const { return rope_.max_positions; }
+  int64_t max_positions() const override { return rope_.max_positions; }
   // Micro-batches the last Forward ran (1 or 2).
-  int last_micro_batches() const { return last_micro_batches_; }
+  int last_micro_batches() const override { return last_micro_batches_; }
 
  private:
   // One micro-batch's rows and its scratch (reused across steps: grown, never shrunk; a fresh

@@ -14,6 +14,22 @@ namespace {
 
 constexpr int kMaxTopLogprobs = 20;
 
+// Options a backend cannot run with are rejected before the model is read.
+absl::Status ValidateDeviceOptions(const EngineOptions& options) {
+  if (options.micro_batches != 1 && options.micro_batches != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("micro_batches: must be 1 or 2, got ", options.micro_batches));
+  }
+  if (options.device.is_cuda() && options.micro_batches != 1) {
+    // The CUDA backend runs one stream and stages MoE rounds through the host synchronously, so two
+    // micro-batches would not overlap anything: refused rather than silently run as one.
+    return absl::InvalidArgumentError(
+        absl::StrCat("micro_batches: ", options.micro_batches, " is not supported with device ",
+                     options.device.ToString(), " (the CUDA backend runs one micro-batch); use 1"));
+  }
+  return CheckEngineDevice(options.device);
+}
+
 }  // namespace
 
 const char* FinishReasonName(FinishReason reason) {
@@ -53,14 +69,22 @@ absl::Status Engine::BuildStepState() {
   if (num_blocks > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError("the KV cache has too many blocks");
   }
-  ASSIGN_OR_RETURN(kv_cache_,
-                   KvCache::Create(config_, options_.kv_block_size, static_cast<int32_t>(num_blocks)));
-  if (options_.micro_batches != 1 && options_.micro_batches != 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("micro_batches: must be 1 or 2, got ", options_.micro_batches));
+  // A cuda engine keeps K and V in device memory: the host cache is only the block pool.
+  ASSIGN_OR_RETURN(
+      kv_cache_,
+      KvCache::Create(config_, options_.kv_block_size, static_cast<int32_t>(num_blocks),
+                      options_.device.is_cuda() ? KvCache::Storage::kNone : KvCache::Storage::kHost));
+  if (options_.device.is_cuda()) {
+    CudaForwardOptions cuda;
+    cuda.device = options_.device;
+    cuda.kv_block_size = options_.kv_block_size;
+    cuda.num_kv_blocks = static_cast<int32_t>(num_blocks);
+    cuda.kv_cache_bytes = num_blocks * KvCache::BytesPerBlock(config_, options_.kv_block_size);
+    ASSIGN_OR_RETURN(attention_, CreateCudaForwardPass(config_, *dense_, dispatcher_.get(), cuda));
+  } else {
+    attention_ = std::make_unique<AttentionBlock>(config_, dense_.get(), kv_cache_.get(), dispatcher_.get(),
+                                                  options_.micro_batches);
   }
-  attention_ = std::make_unique<AttentionBlock>(config_, dense_.get(), kv_cache_.get(), dispatcher_.get(),
-                                                options_.micro_batches);
   scheduler_ = std::make_unique<Scheduler>(
       SchedulerOptions{options_.max_num_seqs, options_.max_step_tokens, options_.kv_block_size},
       &kv_cache_->pool());
@@ -70,6 +94,7 @@ absl::Status Engine::BuildStepState() {
 absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string& model_dir,
                                                                const EngineOptions& options,
                                                                int num_expert_shards, int expert_replicas) {
+  RETURN_IF_ERROR(ValidateDeviceOptions(options));
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
   RETURN_IF_ERROR(engine->LoadDense(model_dir));
@@ -89,6 +114,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
 absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateAttentionWorker(
     const std::string& model_dir, const EngineOptions& options, transport::ActivationTransport* transport,
     ExpertPlacement placement, ExpertLiveness* liveness) {
+  RETURN_IF_ERROR(ValidateDeviceOptions(options));
   std::unique_ptr<Engine> engine(new Engine());
   engine->options_ = options;
   RETURN_IF_ERROR(engine->LoadDense(model_dir));

@@ -22,6 +22,7 @@
 #include "common/engine/expert_block.h"
 #include "common/engine/expert_liveness.h"
 #include "common/engine/expert_placement.h"
+#include "common/engine/forward_pass.h"
 #include "common/engine/kv_cache.h"
 #include "common/engine/sampler.h"
 #include "common/engine/scheduler.h"
@@ -42,6 +43,10 @@ struct EngineOptions {
   // 1 or 2: with 2, a step of several sequences runs as two micro-batches that ping-pong through
   // the MoE layers (AttentionBlock); outputs are the same bits either way.
   int micro_batches = 1;
+  // Where the dense forward pass runs (docs/gpu.md#the-engine-device-seam): the CPU AttentionBlock,
+  // or cuda:N's CudaAttentionBlock (weights and KV cache in device memory; the expert shards of
+  // embedded mode stay on the CPU). cuda needs micro_batches 1.
+  kernels::DeviceSpec device;
 };
 
 enum class FinishReason { kNone = 0, kStop, kLength, kAbort, kError };
@@ -200,7 +205,7 @@ class Engine {
   std::unique_ptr<MoeDispatcher> dispatcher_;
 
   std::unique_ptr<KvCache> kv_cache_;
-  std::unique_ptr<AttentionBlock> attention_;
+  std::unique_ptr<ForwardPass> attention_;
   std::unique_ptr<Scheduler> scheduler_;
   absl::flat_hash_map<std::string, std::unique_ptr<Sequence>> sequences_;
   absl::flat_hash_map<int64_t, Sequence*> by_sched_id_;

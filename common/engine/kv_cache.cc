@@ -11,13 +11,16 @@
 namespace moe::engine {
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const model::ModelConfig& config, int64_t block_size,
-                                                         int32_t num_blocks) {
+                                                         int32_t num_blocks, Storage storage) {
   if (num_blocks < 1) return absl::InvalidArgumentError("the KV cache holds no block");
   if (block_size < 1) return absl::InvalidArgumentError(absl::StrCat("KV block size ", block_size, " < 1"));
   const int64_t per_block = BytesPerBlock(config, block_size);
   if (per_block <= 0) return absl::InvalidArgumentError("the model has no KV cache (no layers or heads)");
   if (num_blocks > INT64_MAX / per_block) return absl::InvalidArgumentError("the KV cache size overflows");
   const size_t bytes = static_cast<size_t>(per_block) * static_cast<size_t>(num_blocks);
+  if (storage == Storage::kNone) {
+    return std::unique_ptr<KvCache>(new KvCache(config, block_size, num_blocks, nullptr, 0));
+  }
   // Private anonymous memory reads as zeros and costs nothing until touched. NORESERVE: an unused
   // block must not count against the commit limit either, or a large cache could not be mapped on a
   // machine with strict overcommit even though most of it is never written.
@@ -45,7 +48,7 @@ KvCache::KvCache(const model::ModelConfig& config, int64_t block_size, int32_t n
       mapped_bytes_(mapped_bytes) {}
 
 KvCache::~KvCache() {
-  munmap(base_, mapped_bytes_);
+  if (base_ != nullptr) munmap(base_, mapped_bytes_);
 }
 
 int64_t KvCache::BytesPerBlock(const model::ModelConfig& config, int64_t block_size) {
@@ -54,6 +57,7 @@ int64_t KvCache::BytesPerBlock(const model::ModelConfig& config, int64_t block_s
 }
 
 kernels::cpu::PagedKv KvCache::Layer(int64_t layer) {
+  if (base_ == nullptr) return kernels::cpu::PagedKv{nullptr, nullptr, block_size_, num_kv_heads_, head_dim_};
   bf16* k = base_ + 2 * static_cast<size_t>(layer) * per_layer_elements_;
   return kernels::cpu::PagedKv{k, k + per_layer_elements_, block_size_, num_kv_heads_, head_dim_};
 }

@@ -23,10 +23,15 @@ namespace moe::engine {
 
 class KvCache {
  public:
+  // Where the K/V arrays live. kNone: only the block pool and the geometry, for a backend that keeps
+  // K and V in device memory itself (CudaAttentionBlock); Layer() is then empty (null pointers).
+  enum class Storage { kHost, kNone };
+
   // A cache of num_blocks blocks of block_size tokens. INVALID_ARGUMENT for num_blocks < 1 or
   // block_size < 1; RESOURCE_EXHAUSTED (naming the size in GiB) when the mapping cannot be made.
   static absl::StatusOr<std::unique_ptr<KvCache>> Create(const model::ModelConfig& config, int64_t block_size,
-                                                         int32_t num_blocks);
+                                                         int32_t num_blocks,
+                                                         Storage storage = Storage::kHost);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
@@ -38,7 +43,7 @@ class KvCache {
   KvCacheBlockPool& pool() { return pool_; }
   const KvCacheBlockPool& pool() const { return pool_; }
   int64_t block_size() const { return block_size_; }
-  // Size of the mapping (all layers, K and V), in bytes.
+  // Size of the mapping (all layers, K and V), in bytes; 0 with Storage::kNone.
   int64_t mapped_bytes() const { return static_cast<int64_t>(mapped_bytes_); }
 
  private:

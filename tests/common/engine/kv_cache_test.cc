@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <fstream>
 #include <limits>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -30,6 +31,27 @@ int64_t ResidentBytes() {
 
 TEST(KvCacheTest, BytesPerBlockCountsKAndVOfEveryLayer) {
   EXPECT_EQ(KvCache::BytesPerBlock(Qwen3_30bAttention(), 16), 2 * 48 * 16 * 4 * 128 * 2);
+}
+
+// A cuda engine's cache: the pool and geometry only, no host K/V (the device holds them).
+TEST(KvCacheTest, StorageNoneHasThePoolButNoHostArrays) {
+  const int32_t blocks =
+      static_cast<int32_t>((int64_t{64} << 30) / KvCache::BytesPerBlock(Qwen3_30bAttention(), 16));
+  auto cache = KvCache::Create(Qwen3_30bAttention(), 16, blocks, KvCache::Storage::kNone);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  EXPECT_EQ((*cache)->mapped_bytes(), 0);
+  EXPECT_EQ((*cache)->pool().num_blocks(), blocks);
+  EXPECT_EQ((*cache)->block_size(), 16);
+  const kernels::cpu::PagedKv kv = (*cache)->Layer(3);
+  EXPECT_EQ(kv.k, nullptr);
+  EXPECT_EQ(kv.v, nullptr);
+  EXPECT_EQ(kv.num_kv_heads, 4);
+  std::vector<int32_t> table;
+  EXPECT_TRUE((*cache)->pool().Allocate(2, &table).ok());
+  EXPECT_EQ((*cache)->pool().num_free_blocks(), blocks - 2);
+  // The same argument checks as with storage.
+  EXPECT_EQ(KvCache::Create(Qwen3_30bAttention(), 16, 0, KvCache::Storage::kNone).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(KvCacheTest, ManyGibibytesCostNoResidentMemoryUntilWritten) {
