@@ -70,8 +70,8 @@ class ElasticPoolTest : public ::testing::Test {
     metrics_ = std::make_unique<RouterMetrics>(registry_);
     AttentionWorkerPoolOptions options;
     options.poll_interval = absl::Milliseconds(20);
-    pool_ = std::make_unique<AttentionWorkerPool>(std::vector<std::string>{a_address_}, std::vector<std::string>{},
-                                                  options, metrics_.get());
+    pool_ = std::make_unique<AttentionWorkerPool>(std::vector<std::string>{a_address_},
+                                                  std::vector<std::string>{}, options, metrics_.get());
     service_ = std::make_unique<GenerateService>(model_.get(), pool_.get(), metrics_.get());
     router_ = *rpc::GrpcServer::Start("127.0.0.1:0", {service_.get()});
     absl::Notification ready;
