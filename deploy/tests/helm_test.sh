@@ -78,6 +78,34 @@ expect ok "expert.copiesPerShard reaches MOE_EXPERT_REPLICAS" bash -c \
   "'${helm}' template moe '${chart}' --set expert.copiesPerShard=2 | grep -q 'MOE_EXPERT_REPLICAS: \"2\"'"
 expect fail "copiesPerShard that does not divide the expert workers is refused" "${helm}" template moe "${chart}" \
   --set expert.replicas=4 --set expert.copiesPerShard=3
+# Elastic on cost: the router finds attention workers through the headless Service; the KEDA
+# ScaledObject (off by default) scales the attention StatefulSet on the cost-per-request rule.
+expect ok "router discovers attention workers through the headless Service" bash -c \
+  "'${helm}' template moe '${chart}' --namespace ns | grep -q 'MOE_ATTENTION_WORKERS_DNS: \"moe-moe-serving-attention.ns.svc:50051\"' \
+   && '${helm}' template moe '${chart}' | grep -q -- '--attention_workers_dns=\$(MOE_ATTENTION_WORKERS_DNS)'"
+expect fail "no ScaledObject by default" bash -c "'${helm}' template moe '${chart}' | grep -q 'kind: ScaledObject'"
+expect ok "helm lint --strict with attention autoscaling" "${helm}" lint --strict "${chart}" --set attention.autoscaling.enabled=true
+check_scaledobject() {
+  local out
+  out="$("${helm}" template moe "${chart}" --namespace ns --set attention.autoscaling.enabled=true \
+    --set attention.autoscaling.maxReplicas=6 --set-json attention.autoscaling.costPerRequestDollars=0.004)" || return 1
+  grep -q 'kind: ScaledObject' <<<"${out}" || return 1
+  grep -A3 'scaleTargetRef:' <<<"${out}" | grep -q 'kind: StatefulSet' || return 1
+  grep -q 'maxReplicaCount: 6' <<<"${out}" || return 1
+  grep -q 'moe:cost_per_request_dollars:rate5m{namespace="ns"}' <<<"${out}" || return 1
+  grep -q '\* 0.004$' <<<"${out}" || return 1
+  # Ranks go up to maxReplicas - 1, and KEDA owns the attention replicas.
+  grep -q 'MOE_NUM_ATTENTION_WORKERS: "6"' <<<"${out}" || return 1
+  [[ "$(grep -c '^  replicas: ' <<<"${out}")" == "$("${helm}" template moe "${chart}" | grep -c '^  replicas: ' | awk '{print $1 - 1}')" ]]
+}
+expect ok "attention autoscaling renders a KEDA ScaledObject on the cost rule" check_scaledobject
+for bad in attention.autoscaling.costPerRequestDollars=0 attention.autoscaling.minReplicas=0 \
+    attention.autoscaling.prometheusAddress=prometheus:9090 attention.autoscaling.treshold=1 \
+    attention.autoscaling.pollingIntervalSeconds=1; do
+  expect fail "schema rejects ${bad}" "${helm}" template moe "${chart}" --set attention.autoscaling.enabled=true --set "${bad}"
+done
+expect fail "autoscaling minReplicas above maxReplicas is refused" "${helm}" template moe "${chart}" \
+  --set attention.autoscaling.enabled=true --set attention.autoscaling.minReplicas=9
 expect ok "plain manifests are up to date (deploy/k8s/render.sh)" env HELM="${helm}" "${root}/deploy/k8s/render.sh" --check
 
 echo "deploy_helm: ${passed} passed, ${failed} failed"

@@ -9,11 +9,11 @@
 #include <sstream>
 #include <utility>
 
-#include "common/logging/logging.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/logging/logging.h"
 
 namespace moe::router {
 namespace {
@@ -29,7 +29,8 @@ bool SplitHostPort(absl::string_view value, std::string* host, int* port) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<std::string>> ParseWorkersFile(absl::string_view contents, const std::string& path) {
+absl::StatusOr<std::vector<std::string>> ParseWorkersFile(absl::string_view contents,
+                                                          const std::string& path) {
   std::vector<std::string> out;
   int line_number = 0;
   for (absl::string_view line : absl::StrSplit(contents, '\n')) {
@@ -39,8 +40,8 @@ absl::StatusOr<std::vector<std::string>> ParseWorkersFile(absl::string_view cont
       std::string host;
       int port = 0;
       if (!SplitHostPort(entry, &host, &port)) {
-        return absl::InvalidArgumentError(absl::StrCat("--attention_workers_file ", path, " line ", line_number,
-                                                       ": '", entry,
+        return absl::InvalidArgumentError(absl::StrCat("--attention_workers_file ", path, " line ",
+                                                       line_number, ": '", entry,
                                                        "' is not HOST:PORT with a port in [1, 65535]"));
       }
       out.emplace_back(entry);
@@ -105,10 +106,12 @@ std::unique_ptr<WorkerDiscovery> WorkerDiscovery::FromFile(const std::string& pa
   return std::make_unique<WorkerDiscovery>("--attention_workers_file " + path, read, interval, pool);
 }
 
-std::unique_ptr<WorkerDiscovery> WorkerDiscovery::FromDns(const std::string& name_port, absl::Duration interval,
+std::unique_ptr<WorkerDiscovery> WorkerDiscovery::FromDns(const std::string& name_port,
+                                                          absl::Duration interval,
                                                           AttentionWorkerPool* pool) {
   return std::make_unique<WorkerDiscovery>(
-      "--attention_workers_dns " + name_port, [name_port] { return ResolveWorkers(name_port); }, interval, pool);
+      "--attention_workers_dns " + name_port, [name_port] { return ResolveWorkers(name_port); }, interval,
+      pool);
 }
 
 WorkerDiscovery::~WorkerDiscovery() {

@@ -30,7 +30,8 @@ namespace moe::router {
 // A workers file's entries: HOST:PORT (port 1..65535) separated by commas, spaces or newlines;
 // '#' starts a comment. INVALID_ARGUMENT naming `path` and the line of a bad entry. An empty list
 // is allowed (the router is then not ready).
-absl::StatusOr<std::vector<std::string>> ParseWorkersFile(absl::string_view contents, const std::string& path);
+absl::StatusOr<std::vector<std::string>> ParseWorkersFile(absl::string_view contents,
+                                                          const std::string& path);
 
 // Validates --attention_workers_dns: NAME:PORT, a non-empty name and a port in 1..65535.
 absl::Status ValidateDnsTarget(const std::string& name_port);
