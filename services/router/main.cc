@@ -76,6 +76,10 @@ int main(int argc, char** argv) {
     if (absl::Status s = moe::router::ValidateDnsTarget(workers_dns); !s.ok())
       return service->Fail(s.message());
   }
+  if (!workers_file.empty()) {
+    auto read = moe::router::ReadWorkersFile(workers_file);
+    if (!read.ok()) return service->Fail(read.status().message());
+  }
   std::vector<std::string> experts;
   if (!absl::GetFlag(FLAGS_expert_workers).empty()) {
     auto parsed = moe::rpc::ParseAddressList("expert_workers", absl::GetFlag(FLAGS_expert_workers));

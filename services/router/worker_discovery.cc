@@ -50,6 +50,14 @@ absl::StatusOr<std::vector<std::string>> ParseWorkersFile(absl::string_view cont
   return out;
 }
 
+absl::StatusOr<std::vector<std::string>> ReadWorkersFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("--attention_workers_file ", path, ": cannot be read"));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  return ParseWorkersFile(contents.str(), path);
+}
+
 absl::Status ValidateDnsTarget(const std::string& name_port) {
   std::string host;
   int port = 0;
@@ -96,13 +104,7 @@ WorkerDiscovery::WorkerDiscovery(std::string what, Source source, absl::Duration
 
 std::unique_ptr<WorkerDiscovery> WorkerDiscovery::FromFile(const std::string& path, absl::Duration interval,
                                                            AttentionWorkerPool* pool) {
-  auto read = [path]() -> absl::StatusOr<std::vector<std::string>> {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return absl::NotFoundError(absl::StrCat("--attention_workers_file ", path, ": cannot be read"));
-    std::ostringstream contents;
-    contents << in.rdbuf();
-    return ParseWorkersFile(contents.str(), path);
-  };
+  auto read = [path] { return ReadWorkersFile(path); };
   return std::make_unique<WorkerDiscovery>("--attention_workers_file " + path, read, interval, pool);
 }
 

@@ -33,6 +33,9 @@ namespace moe::router {
 absl::StatusOr<std::vector<std::string>> ParseWorkersFile(absl::string_view contents,
                                                           const std::string& path);
 
+// Reads and parses the workers file at `path`; NOT_FOUND naming it when it cannot be read.
+absl::StatusOr<std::vector<std::string>> ReadWorkersFile(const std::string& path);
+
 // Validates --attention_workers_dns: NAME:PORT, a non-empty name and a port in 1..65535.
 absl::Status ValidateDnsTarget(const std::string& name_port);
 
