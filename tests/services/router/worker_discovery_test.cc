@@ -195,5 +195,21 @@ TEST_F(ElasticPoolTest, FileDiscoveryAppliesTheFileAndKeepsTheSetWhenItTurnsBad)
   EXPECT_THAT(pool_->attention_workers(), ElementsAre(b_address_));
 }
 
+TEST_F(ElasticPoolTest, DnsDiscoveryAddsEveryAddressTheNameResolvesTo) {
+  const std::string port = b_address_.substr(b_address_.rfind(':') + 1);
+  auto discovery = WorkerDiscovery::FromDns("localhost:" + port, absl::Milliseconds(20), pool_.get());
+  ASSERT_TRUE(discovery->Refresh().ok());
+  // localhost is 127.0.0.1 (and may be ::1 too, where nothing listens: that one never turns ready).
+  EXPECT_THAT(pool_->attention_workers(), ::testing::Contains(b_address_));
+  EXPECT_THAT(pool_->attention_workers(), ::testing::Not(::testing::Contains(a_address_)));
+  ASSERT_TRUE(Polled(b_));
+  ASSERT_TRUE(Generate().ok());
+  EXPECT_EQ(Received(b_), 1u);
+  // A name that stops resolving keeps the set.
+  auto gone = WorkerDiscovery::FromDns("no-such-host.invalid:" + port, absl::Milliseconds(20), pool_.get());
+  EXPECT_EQ(gone->Refresh().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(pool_->attention_workers(), ::testing::Contains(b_address_));
+}
+
 }  // namespace
 }  // namespace moe::router
