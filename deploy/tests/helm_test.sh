@@ -99,6 +99,40 @@ check_scaledobject() {
   [[ "$(grep -c '^  replicas: ' <<<"${out}")" == "$("${helm}" template moe "${chart}" | grep -c '^  replicas: ' | awk '{print $1 - 1}')" ]]
 }
 expect ok "attention autoscaling renders a KEDA ScaledObject on the cost rule" check_scaledobject
+# The ScaledObject's query, evaluated by promtool over deploy/prometheus/rules.yaml: default prices
+# (router 2 x 0.1, attention 2 x 2, expert 4 x 2 $/h) and 5 requests/s at 0.002 $ per request pay
+# for (3600 x 5 x 0.002 - 8.2) / 2 = 13.9 attention workers.
+check_scaling_query() {
+  local query
+  query="$("${helm}" template moe "${chart}" --namespace ns --set attention.autoscaling.enabled=true \
+    --show-only templates/attention-scaledobject.yaml |
+    awk '/query: >-/ {on = 1; next} /threshold:/ {on = 0} on {sub(/^ +/, ""); printf "%s ", $0}')" || return 1
+  [[ -n "${query}" ]] || return 1
+  cat >"${tmp}/scaling_test.yaml" <<EOF
+rule_files:
+  - ${root}/deploy/prometheus/rules.yaml
+evaluation_interval: 30s
+tests:
+  - interval: 30s
+    input_series:
+      - series: moe_worker_price_per_hour_dollars{namespace="ns", instance="router"}
+        values: 0.2x60
+      - series: moe_worker_price_per_hour_dollars{namespace="ns", instance="attention"}
+        values: 4x60
+      - series: moe_worker_price_per_hour_dollars{namespace="ns", instance="expert"}
+        values: 8x60
+      - series: moe_router_requests_total{namespace="ns", instance="router-0", code="OK"}
+        values: 0+150x60
+    promql_expr_test:
+      - expr: round(${query}, 0.01)
+        eval_time: 10m
+        exp_samples:
+          - labels: '{}'
+            value: 13.9
+EOF
+  promtool test rules "${tmp}/scaling_test.yaml"
+}
+expect ok "the ScaledObject's query counts the attention workers the traffic pays for" check_scaling_query
 for bad in attention.autoscaling.costPerRequestDollars=0 attention.autoscaling.minReplicas=0 \
     attention.autoscaling.prometheusAddress=prometheus:9090 attention.autoscaling.treshold=1 \
     attention.autoscaling.pollingIntervalSeconds=1; do
