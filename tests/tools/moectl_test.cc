@@ -5,11 +5,13 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <atomic>
 #include <csignal>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <string>
@@ -438,6 +440,34 @@ TEST(MoectlTest, ClusterScaleAddsAndRemovesAttentionWorkers) {
   EXPECT_THAT(experts.err, HasSubstr("issue 8 item 4"));
   EXPECT_EQ(RunMoectl("cluster scale --expert-workers 1 --state-dir " + state).exit_code, 0);
 
+  // Clients stream all along (8 at a time, `generate --router` processes): none may fail.
+  std::atomic<bool> scaling_done{false};
+  std::atomic<int> generated{0};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 8; ++c) {
+    clients.emplace_back([&, c] {
+      while (!scaling_done) {
+        Result g = RunMoectl("generate --router " + router + " --prompt 'Hello " + std::to_string(c) +
+                             "' --max-tokens 48 --temperature 0 --ignore-eos");
+        ++generated;
+        if (g.exit_code != 0) {
+          std::lock_guard<std::mutex> lock(failures_mu);
+          failures.push_back(g.err);
+        }
+      }
+    });
+  }
+  struct JoinClients {
+    std::atomic<bool>& done;
+    std::vector<std::thread>& threads;
+    ~JoinClients() {
+      done = true;
+      for (std::thread& t : threads) t.join();
+    }
+  } join_clients{scaling_done, clients};
+
   Result grow = RunMoectl("cluster scale --attention-workers 3 --state-dir " + state);
   ASSERT_EQ(grow.exit_code, 0) << grow.err;
   EXPECT_THAT(grow.err, HasSubstr("attention workers: 3 (were 1)"));
@@ -461,6 +491,19 @@ TEST(MoectlTest, ClusterScaleAddsAndRemovesAttentionWorkers) {
   text << log.rdbuf();
   EXPECT_THAT(text.str(), HasSubstr("stopping attention-2 (SIGTERM: its streams migrate)"));
   EXPECT_THAT(text.str(), ::testing::Not(HasSubstr("restarting attention-2")));
+  scaling_done = true;
+  for (std::thread& t : clients) t.join();
+  clients.clear();
+  EXPECT_GT(generated.load(), 8);
+  std::ifstream router_log(state + "/router.log");
+  std::stringstream router_text;
+  router_text << router_log.rdbuf();
+  size_t migrated = 0;
+  for (size_t at = router_text.str().find("migrating it with"); at != std::string::npos;
+       at = router_text.str().find("migrating it with", at + 1))
+    ++migrated;
+  std::cerr << generated.load() << " generate calls while scaling, " << migrated << " stream(s) migrated\n";
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
 }
 
 TEST(MoectlTest, GreedyGenerationIsTheSameWithShardedExperts) {
