@@ -78,6 +78,68 @@ expect ok "expert.copiesPerShard reaches MOE_EXPERT_REPLICAS" bash -c \
   "'${helm}' template moe '${chart}' --set expert.copiesPerShard=2 | grep -q 'MOE_EXPERT_REPLICAS: \"2\"'"
 expect fail "copiesPerShard that does not divide the expert workers is refused" "${helm}" template moe "${chart}" \
   --set expert.replicas=4 --set expert.copiesPerShard=3
+# Elastic on cost: the router finds attention workers through the headless Service; the KEDA
+# ScaledObject (off by default) scales the attention StatefulSet on the cost-per-request rule.
+expect ok "router discovers attention workers through the headless Service" bash -c \
+  "'${helm}' template moe '${chart}' --namespace ns | grep -q 'MOE_ATTENTION_WORKERS_DNS: \"moe-moe-serving-attention.ns.svc:50051\"' \
+   && '${helm}' template moe '${chart}' | grep -q -- '--attention_workers_dns=\$(MOE_ATTENTION_WORKERS_DNS)'"
+expect fail "no ScaledObject by default" bash -c "'${helm}' template moe '${chart}' | grep -q 'kind: ScaledObject'"
+expect ok "helm lint --strict with attention autoscaling" "${helm}" lint --strict "${chart}" --set attention.autoscaling.enabled=true
+check_scaledobject() {
+  local out
+  out="$("${helm}" template moe "${chart}" --namespace ns --set attention.autoscaling.enabled=true \
+    --set attention.autoscaling.maxReplicas=6 --set-json attention.autoscaling.costPerRequestDollars=0.004)" || return 1
+  grep -q 'kind: ScaledObject' <<<"${out}" || return 1
+  grep -A3 'scaleTargetRef:' <<<"${out}" | grep -q 'kind: StatefulSet' || return 1
+  grep -q 'maxReplicaCount: 6' <<<"${out}" || return 1
+  grep -q 'moe:cost_per_request_dollars:rate5m{namespace="ns"}' <<<"${out}" || return 1
+  grep -q '\* 0.004$' <<<"${out}" || return 1
+  # Ranks go up to maxReplicas - 1, and KEDA owns the attention replicas.
+  grep -q 'MOE_NUM_ATTENTION_WORKERS: "6"' <<<"${out}" || return 1
+  [[ "$(grep -c '^  replicas: ' <<<"${out}")" == "$("${helm}" template moe "${chart}" | grep -c '^  replicas: ' | awk '{print $1 - 1}')" ]]
+}
+expect ok "attention autoscaling renders a KEDA ScaledObject on the cost rule" check_scaledobject
+# The ScaledObject's query, evaluated by promtool over deploy/prometheus/rules.yaml: default prices
+# (router 2 x 0.1, attention 2 x 2, expert 4 x 2 $/h) and 5 requests/s at 0.002 $ per request pay
+# for (3600 x 5 x 0.002 - 8.2) / 2 = 13.9 attention workers.
+check_scaling_query() {
+  local query
+  query="$("${helm}" template moe "${chart}" --namespace ns --set attention.autoscaling.enabled=true \
+    --show-only templates/attention-scaledobject.yaml |
+    awk '/query: >-/ {on = 1; next} /threshold:/ {on = 0} on {sub(/^ +/, ""); printf "%s ", $0}')" || return 1
+  [[ -n "${query}" ]] || return 1
+  cat >"${tmp}/scaling_test.yaml" <<EOF
+rule_files:
+  - ${root}/deploy/prometheus/rules.yaml
+evaluation_interval: 30s
+tests:
+  - interval: 30s
+    input_series:
+      - series: moe_worker_price_per_hour_dollars{namespace="ns", instance="router"}
+        values: 0.2x60
+      - series: moe_worker_price_per_hour_dollars{namespace="ns", instance="attention"}
+        values: 4x60
+      - series: moe_worker_price_per_hour_dollars{namespace="ns", instance="expert"}
+        values: 8x60
+      - series: moe_router_requests_total{namespace="ns", instance="router-0", code="OK"}
+        values: 0+150x60
+    promql_expr_test:
+      - expr: round(${query}, 0.01)
+        eval_time: 10m
+        exp_samples:
+          - labels: '{}'
+            value: 13.9
+EOF
+  promtool test rules "${tmp}/scaling_test.yaml"
+}
+expect ok "the ScaledObject's query counts the attention workers the traffic pays for" check_scaling_query
+for bad in attention.autoscaling.costPerRequestDollars=0 attention.autoscaling.minReplicas=0 \
+    attention.autoscaling.prometheusAddress=prometheus:9090 attention.autoscaling.treshold=1 \
+    attention.autoscaling.pollingIntervalSeconds=1; do
+  expect fail "schema rejects ${bad}" "${helm}" template moe "${chart}" --set attention.autoscaling.enabled=true --set "${bad}"
+done
+expect fail "autoscaling minReplicas above maxReplicas is refused" "${helm}" template moe "${chart}" \
+  --set attention.autoscaling.enabled=true --set attention.autoscaling.minReplicas=9
 expect ok "plain manifests are up to date (deploy/k8s/render.sh)" env HELM="${helm}" "${root}/deploy/k8s/render.sh" --check
 
 echo "deploy_helm: ${passed} passed, ${failed} failed"

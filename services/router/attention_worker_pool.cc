@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/logging/logging.h"
+#include "common/rpc/server.h"
 
 namespace moe::router {
 
@@ -55,6 +59,69 @@ size_t AttentionWorkerPool::queued() const {
   return queue_.size();
 }
 
+AttentionClient& AttentionWorkerPool::worker(size_t index) {
+  absl::MutexLock lock(&mu_);
+  return *workers_[index];  // the client itself never moves or goes away
+}
+
+size_t AttentionWorkerPool::num_workers() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<size_t>(
+      std::count_if(state_.begin(), state_.end(), [](const Worker& w) { return !w.removed; }));
+}
+
+std::vector<std::string> AttentionWorkerPool::attention_workers() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<std::string> out;
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    if (!state_[i].removed) out.push_back(workers_[i]->address());
+  }
+  return out;
+}
+
+absl::Status AttentionWorkerPool::SetAttentionWorkers(const std::vector<std::string>& addresses,
+                                                      const std::string& source) {
+  absl::flat_hash_set<std::string> wanted;
+  for (const std::string& a : addresses) {
+    // ValidateHostPort names a flag ("--" + its argument).
+    if (absl::Status s = rpc::ValidateHostPort(std::string(absl::StripPrefix(source, "--")), a); !s.ok())
+      return s;
+    wanted.insert(a);
+  }
+  absl::MutexLock lock(&mu_);
+  const absl::Time now = absl::Now();
+  absl::flat_hash_set<std::string> present;
+  for (size_t i = 0; i < workers_.size(); ++i) {
+    Worker& w = state_[i];
+    const std::string& address = workers_[i]->address();
+    const bool keep = wanted.contains(address) && !present.contains(address);
+    if (keep) present.insert(address);
+    if (keep && w.removed) {
+      // Back again: a poll issued before now says nothing about the process there now.
+      w.removed = false;
+      w.failed_at = now;
+      w.view.ready = false;
+      LOG(INFO) << "attention worker " << address << " added again (" << source << ")";
+    } else if (!keep && !w.removed) {
+      w.removed = true;
+      w.view.ready = false;
+      LOG(INFO) << "attention worker " << address << " removed (" << source
+                << "): no new requests go to it; its open streams finish there or migrate when it stops";
+    }
+  }
+  for (const std::string& a : addresses) {
+    if (present.contains(a)) continue;
+    present.insert(a);
+    workers_.push_back(std::make_unique<AttentionClient>(a, options_.credentials));
+    state_.emplace_back();
+    state_.back().failed_at = now;
+    LOG(INFO) << "attention worker " << a << " added (" << source << "): requests go to it once it is ready";
+  }
+  kicked_ = true;
+  next_poll_ = absl::InfinitePast();  // poll the new ones now
+  return absl::OkStatus();
+}
+
 int AttentionWorkerPool::NumReadyLocked() const {
   int n = 0;
   for (const Worker& w : state_) n += w.view.ready ? 1 : 0;
@@ -94,6 +161,7 @@ bool AttentionWorkerPool::Cancel(const PendingRequest* request) {
 
 void AttentionWorkerPool::IssuePolls(absl::Time now) {
   for (size_t i = 0; i < workers_.size(); ++i) {
+    if (state_[i].removed) continue;
     if (state_[i].poll_in_flight) continue;  // a hung worker: its deadline will answer
     state_[i].poll_in_flight = true;
     ++polls_in_flight_;
@@ -136,7 +204,7 @@ void AttentionWorkerPool::OnLoad(size_t index, absl::Time issued, const grpc::St
   w.poll_in_flight = false;
   --polls_in_flight_;
   // A poll issued before a reported failure says nothing about the worker after it.
-  w.view.ready = status.ok() && load.ready() && issued > w.failed_at;
+  w.view.ready = status.ok() && load.ready() && issued > w.failed_at && !w.removed;
   if (status.ok()) {
     w.view.num_kv_blocks = load.num_kv_blocks();
     w.view.num_free_kv_blocks = load.num_free_kv_blocks();
@@ -152,7 +220,9 @@ void AttentionWorkerPool::OnLoad(size_t index, absl::Time issued, const grpc::St
 void AttentionWorkerPool::UpdateMetrics(absl::Time now) {
   const int ready_attention = NumReadyLocked();
   const int ready_experts = static_cast<int>(std::count(expert_ready_.begin(), expert_ready_.end(), true));
-  metrics_->SetWorkers("attention_worker", ready_attention, static_cast<int>(workers_.size()));
+  const auto current =
+      std::count_if(state_.begin(), state_.end(), [](const Worker& w) { return !w.removed; });
+  metrics_->SetWorkers("attention_worker", ready_attention, static_cast<int>(current));
   metrics_->SetWorkers("expert_worker", ready_experts, static_cast<int>(experts_.size()));
   metrics_->waiting().Set(static_cast<double>(queue_.size()));
 }

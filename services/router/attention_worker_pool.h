@@ -5,6 +5,12 @@
 // One pool thread does all placement and calls PendingRequest::OnPlaced/OnExpired and the
 // readiness callback; load answers arrive on gRPC threads and only update the views.
 //
+// Membership is elastic (SetAttentionWorkers, fed by WorkerDiscovery): a worker index is never
+// reused or invalidated, so calls holding one stay valid. A removed worker is no longer polled or
+// placed on (its open streams carry on; when it stops, SIGTERM hands them back and the router
+// migrates them as for any failed worker); a new or returning one gets requests once a load poll
+// says it is ready.
+//
 // Thread-safe.
 #ifndef MOE_SERVICES_ROUTER_ATTENTION_WORKER_POOL_H_
 #define MOE_SERVICES_ROUTER_ATTENTION_WORKER_POOL_H_
@@ -62,8 +68,17 @@ class AttentionWorkerPool {
   // Whether a worker other than `index` is ready (where a failed request could go).
   bool AnotherWorkerReady(size_t index) const;
 
-  AttentionClient& worker(size_t index) { return *workers_[index]; }
-  size_t num_workers() const { return workers_.size(); }
+  // Replaces the set of attention workers (HOST:PORT each; duplicates count once). Workers not in
+  // `addresses` are removed, new ones added (not ready until their first good load poll).
+  // INVALID_ARGUMENT naming `source` (the flag or file the list came from) and the bad address;
+  // the set is then unchanged.
+  absl::Status SetAttentionWorkers(const std::vector<std::string>& addresses, const std::string& source);
+  // The addresses of the current (not removed) workers, in the order they were first added.
+  std::vector<std::string> attention_workers() const;
+
+  AttentionClient& worker(size_t index);
+  // Current (not removed) attention workers.
+  size_t num_workers() const;
   bool ready() const;
   size_t queued() const;
 
@@ -77,7 +92,8 @@ class AttentionWorkerPool {
     WorkerView view;
     std::vector<Reservation> reservations;
     bool poll_in_flight = false;
-    absl::Time failed_at = absl::InfinitePast();  // ReportFailure
+    absl::Time failed_at = absl::InfinitePast();  // ReportFailure, or (re)added
+    bool removed = false;                         // SetAttentionWorkers dropped it
   };
 
   void Loop();
@@ -88,10 +104,11 @@ class AttentionWorkerPool {
 
   const AttentionWorkerPoolOptions options_;
   RouterMetrics* const metrics_;
-  std::vector<std::unique_ptr<AttentionClient>> workers_;
   std::vector<std::unique_ptr<HealthClient>> experts_;
 
   mutable absl::Mutex mu_;
+  // Index = worker index; grows only (removed workers keep their slot and client).
+  std::vector<std::unique_ptr<AttentionClient>> workers_ ABSL_GUARDED_BY(mu_);
   AdmissionQueue queue_ ABSL_GUARDED_BY(mu_);
   std::vector<Worker> state_ ABSL_GUARDED_BY(mu_);
   std::vector<bool> expert_ready_ ABSL_GUARDED_BY(mu_);

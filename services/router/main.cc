@@ -18,10 +18,19 @@
 #include "services/router/request_validation.h"
 #include "services/router/router_metrics.h"
 #include "services/router/served_model.h"
+#include "services/router/worker_discovery.h"
 
 ABSL_FLAG(std::string, model, "", "Hugging Face model directory (only tokenizer and config are read)");
 ABSL_FLAG(std::string, model_name, "", "served model name; empty: the model directory's base name");
-ABSL_FLAG(std::string, attention_workers, "", "attention workers H:P,... in rank order");
+ABSL_FLAG(std::string, attention_workers, "", "attention workers H:P,... (a fixed set)");
+ABSL_FLAG(std::string, attention_workers_file, "",
+          "instead of --attention_workers: a file of HOST:PORT entries re-read every "
+          "--discovery_interval_ms, workers added and removed as it changes (docs/operations.md#scaling)");
+ABSL_FLAG(std::string, attention_workers_dns, "",
+          "instead of --attention_workers: NAME:PORT, NAME (the attention StatefulSet's headless Service) "
+          "re-resolved every --discovery_interval_ms, one worker per address (docs/operations.md#scaling)");
+ABSL_FLAG(double, discovery_interval_ms, 1000,
+          "how often --attention_workers_file / --attention_workers_dns is re-read");
 ABSL_FLAG(std::string, expert_workers, "",
           "expert workers H:P,... (their health is reported in moe_router_workers_ready)");
 ABSL_FLAG(int, max_queued_requests, 256, "admission bound; beyond it RESOURCE_EXHAUSTED");
@@ -41,15 +50,36 @@ int main(int argc, char** argv) {
        .role = "router",
        .usage =
            "moe-router: the cluster's public moe.v1.Generation API; places requests on attention workers.\n\n"
-           "Usage: moe-router --model DIR --attention_workers H:P,... [--expert_workers H:P,...] "
+           "Usage: moe-router --model DIR (--attention_workers H:P,... | --attention_workers_file F | "
+           "--attention_workers_dns NAME:PORT) [--expert_workers H:P,...] "
            "[--listen H:P] [--http_listen H:P] [--metrics_port M] [--api_keys_file F] "
            "[--public_tls_cert F --public_tls_key F] (--tls_ca F --tls_cert F --tls_key F | --insecure)",
        .public_listener = true});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
+  const std::string workers_file = absl::GetFlag(FLAGS_attention_workers_file);
+  const std::string workers_dns = absl::GetFlag(FLAGS_attention_workers_dns);
+  const int worker_sources = (absl::GetFlag(FLAGS_attention_workers).empty() ? 0 : 1) +
+                             (workers_file.empty() ? 0 : 1) + (workers_dns.empty() ? 0 : 1);
+  if (worker_sources != 1) {
+    return service->Fail(
+        "exactly one of --attention_workers, --attention_workers_file and --attention_workers_dns is "
+        "required");
+  }
+  if (!(absl::GetFlag(FLAGS_discovery_interval_ms) > 0))
+    return service->Fail("--discovery_interval_ms must be > 0");
   auto attention = moe::rpc::ParseAddressList("attention_workers", absl::GetFlag(FLAGS_attention_workers));
   if (!attention.ok()) return service->Fail(attention.status().message());
-  if (attention->empty()) return service->Fail("--attention_workers: at least one HOST:PORT is required");
+  if (!absl::GetFlag(FLAGS_attention_workers).empty() && attention->empty())
+    return service->Fail("--attention_workers: at least one HOST:PORT is required");
+  if (!workers_dns.empty()) {
+    if (absl::Status s = moe::router::ValidateDnsTarget(workers_dns); !s.ok())
+      return service->Fail(s.message());
+  }
+  if (!workers_file.empty()) {
+    auto read = moe::router::ReadWorkersFile(workers_file);
+    if (!read.ok()) return service->Fail(read.status().message());
+  }
   std::vector<std::string> experts;
   if (!absl::GetFlag(FLAGS_expert_workers).empty()) {
     auto parsed = moe::rpc::ParseAddressList("expert_workers", absl::GetFlag(FLAGS_expert_workers));
@@ -81,6 +111,17 @@ int main(int argc, char** argv) {
   options.credentials = service->client_credentials();
   const int num_experts = static_cast<int>(experts.size());
   moe::router::AttentionWorkerPool worker_pool(*attention, std::move(experts), options, &metrics);
+  std::unique_ptr<moe::router::WorkerDiscovery> discovery;
+  const absl::Duration discovery_interval = absl::Milliseconds(absl::GetFlag(FLAGS_discovery_interval_ms));
+  if (!workers_file.empty()) {
+    discovery = moe::router::WorkerDiscovery::FromFile(workers_file, discovery_interval, &worker_pool);
+    // A bad file at start-up is an operator error; later ones keep the current set.
+    if (absl::Status s = discovery->Refresh(); !s.ok()) return service->Fail(s.message());
+  } else if (!workers_dns.empty()) {
+    discovery = moe::router::WorkerDiscovery::FromDns(workers_dns, discovery_interval, &worker_pool);
+    // The Service may have no ready pod yet: not ready until a later lookup finds one.
+    discovery->Refresh().IgnoreError();
+  }
   moe::router::GenerateService generate(model->get(), &worker_pool, &metrics, moe::router::RequestLimits{},
                                         num_experts);
   if (api_keys != nullptr) generate.RequireApiKeys(api_keys.get());
@@ -112,12 +153,15 @@ int main(int argc, char** argv) {
     main_service->SetReady(ready);
     LOG(INFO) << (ready ? "ready" : "not ready (no attention worker is ready)");
   });
-  LOG(INFO) << "serving " << (*model)->name << " with " << attention->size() << " attention worker(s)";
+  if (discovery != nullptr) discovery->Start();
+  LOG(INFO) << "serving " << (*model)->name << " with " << worker_pool.num_workers() << " attention worker(s)"
+            << (discovery != nullptr ? " (more or fewer as discovered)" : "");
 
   service->WaitForTerminationSignal();
   ready_now = false;  // /health answers 503 while the open streams drain
   service->server()->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_drain_seconds)));
   if (http != nullptr) http->Stop();  // after the gRPC drain ended its open streams' calls
+  if (discovery != nullptr) discovery->Stop();
   worker_pool.Stop();
   return 0;
 }

@@ -9,11 +9,16 @@
 //   MoE timeout; after SIGCONT the cluster serves embedded mode's tokens again.
 // - One of two attention workers is killed: its streams migrate to the survivor and every stream
 //   finishes with exactly the uninterrupted output (request migration).
+// - Elastic attention workers: under 32 streams one is added to a running cluster (the router's
+//   --attention_workers_file) and takes new requests, and the first is removed and stopped: no
+//   request fails and every output is embedded mode's.
 //
 // Synchronisation is by polling with deadlines (health checks, GetLoad, stream reads), never sleeps.
 #include <algorithm>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -58,6 +63,9 @@ struct ClusterShape {
   std::vector<std::string> attention_flags;
   int expert_workers = kNumExpertWorkers;
   int expert_replicas = 1;
+  // The router reads its attention workers from a file it re-reads (--attention_workers_file),
+  // which WriteAttentionWorkersFile rewrites; otherwise a fixed --attention_workers.
+  bool attention_workers_file = false;
 };
 
 // Router + attention workers + kNumExpertWorkers expert workers on reserved ports, with the same
@@ -77,33 +85,19 @@ class FailoverTest : public ::testing::Test {
     for (int r = 0; r < shape.expert_workers; ++r) ASSERT_NO_FATAL_FAILURE(StartExpert(r));
     std::vector<std::string> expert_addresses;
     for (int r = 0; r < shape.expert_workers; ++r) expert_addresses.push_back(ExpertAddress(r));
-    for (int a = 0; a < shape.attention_workers; ++a) {
-      attention_addresses_.push_back(moe::testing::LocalAddress(moe::testing::FreePort()));
-    }
-    for (int a = 0; a < shape.attention_workers; ++a) {
-      std::vector<std::string> flags = {"--model=" + model_,
-                                        absl::StrCat("--rank=", a),
-                                        absl::StrCat("--num_attention_workers=", shape.attention_workers),
-                                        "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
-                                        absl::StrCat("--expert_replicas=", shape.expert_replicas),
-                                        "--listen=" + attention_addresses_[static_cast<size_t>(a)],
-                                        "--metrics_port=0",
-                                        "--transport=ucx",
-                                        "--insecure"};
-      flags.insert(flags.end(), shape.attention_flags.begin(), shape.attention_flags.end());
-      auto attention = ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"), flags,
-                                           absl::StrCat(log_dir_, "/attention-", a, ".log"));
-      ASSERT_TRUE(attention.ok()) << attention.status();
-      attention_.push_back(*std::move(attention));
-    }
+    for (int a = 0; a < shape.attention_workers; ++a) ASSERT_NO_FATAL_FAILURE(StartAttention(a));
     attention_address_ = attention_addresses_[0];
     router_address_ = moe::testing::LocalAddress(moe::testing::FreePort());
-    auto router = ChildProcess::Start(
-        moe::testing::BinaryPath("moe-router"),
-        {"--model=" + model_, "--attention_workers=" + absl::StrJoin(attention_addresses_, ","),
-         "--expert_workers=" + absl::StrJoin(expert_addresses, ","), "--listen=" + router_address_,
-         "--metrics_port=0", "--insecure"},
-        log_dir_ + "/router.log");
+    std::string attention_flag = "--attention_workers=" + absl::StrJoin(attention_addresses_, ",");
+    if (shape.attention_workers_file) {
+      WriteAttentionWorkersFile(attention_addresses_);
+      attention_flag = "--attention_workers_file=" + AttentionWorkersFile();
+    }
+    auto router = ChildProcess::Start(moe::testing::BinaryPath("moe-router"),
+                                      {"--model=" + model_, attention_flag, "--discovery_interval_ms=100",
+                                       "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
+                                       "--listen=" + router_address_, "--metrics_port=0", "--insecure"},
+                                      log_dir_ + "/router.log");
     ASSERT_TRUE(router.ok()) << router.status();
     router_ = *std::move(router);
     const absl::Status ready =
@@ -117,6 +111,55 @@ class FailoverTest : public ::testing::Test {
     router_.reset();
     attention_.clear();
     experts_.clear();
+  }
+
+  // Starts attention worker `rank` on a new port (appended to attention_addresses_ / attention_), with
+  // the flags `moectl cluster up` gives it; a rank past the shape's workers is one added later.
+  void StartAttention(int rank) {
+    const std::string address = moe::testing::LocalAddress(moe::testing::FreePort());
+    std::vector<std::string> expert_addresses;
+    for (int r = 0; r < shape_.expert_workers; ++r) expert_addresses.push_back(ExpertAddress(r));
+    std::vector<std::string> flags = {
+        "--model=" + model_,
+        absl::StrCat("--rank=", rank),
+        absl::StrCat("--num_attention_workers=", std::max(rank + 1, shape_.attention_workers)),
+        "--expert_workers=" + absl::StrJoin(expert_addresses, ","),
+        absl::StrCat("--expert_replicas=", shape_.expert_replicas),
+        "--listen=" + address,
+        "--metrics_port=0",
+        "--transport=ucx",
+        "--insecure"};
+    flags.insert(flags.end(), shape_.attention_flags.begin(), shape_.attention_flags.end());
+    auto attention = ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"), flags,
+                                         absl::StrCat(log_dir_, "/attention-", rank, ".log"));
+    ASSERT_TRUE(attention.ok()) << attention.status();
+    attention_addresses_.push_back(address);
+    attention_.push_back(*std::move(attention));
+  }
+
+  std::string AttentionWorkersFile() const { return log_dir_ + "/attention_workers"; }
+  // Rewrites the router's --attention_workers_file through a rename (it never reads half a file).
+  void WriteAttentionWorkersFile(const std::vector<std::string>& addresses) const {
+    const std::string tmp = AttentionWorkersFile() + ".tmp";
+    { std::ofstream(tmp, std::ios::trunc) << absl::StrJoin(addresses, "\n") << "\n"; }
+    ASSERT_EQ(std::rename(tmp.c_str(), AttentionWorkersFile().c_str()), 0);
+  }
+  // The router's count of attention workers it places on (GetModelInfo), or -1.
+  int RouterAttentionWorkers() const {
+    auto stub =
+        v1::Generation::NewStub(grpc::CreateChannel(router_address_, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::ModelInfo info;
+    if (!stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok()) return -1;
+    return info.num_attention_workers();
+  }
+  bool WaitForRouterAttentionWorkers(int n) const {
+    for (const absl::Time deadline = absl::Now() + absl::Seconds(30); absl::Now() < deadline;) {
+      if (RouterAttentionWorkers() == n) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
   }
 
   void StartExpert(int rank) {
@@ -546,6 +589,66 @@ TEST_F(ReplicatedExpertFailoverTest, TerminatedExpertWorkerLosesNoStreamAndRejoi
       ::testing::HasSubstr("expert worker 1 is draining: its shard's other copies take its rounds"));
   if (HasFatalFailure()) return;
   ExpectRestartedWorkerRejoins();
+}
+
+// Scaling while serving (issue 8 item 7): the router reads its attention workers from a file (what
+// `moectl cluster scale` rewrites). Under 32 streams on attention worker 0, worker 1 is started and
+// added: new streams go to it. Then worker 0 is taken out of the file and stopped with SIGTERM: its
+// streams migrate to worker 1. No request fails and every output is embedded mode's, bit for bit.
+class ElasticAttentionWorkersTest : public FailoverTest {
+ protected:
+  ClusterShape Shape() const override { return {.attention_workers = 1, .attention_workers_file = true}; }
+};
+
+TEST_F(ElasticAttentionWorkersTest, AddingAndRemovingAnAttentionWorkerUnder32StreamsFailsNoRequest) {
+  constexpr int kStreams = 32;
+  constexpr int kLaterStreams = 8;
+  std::vector<v1::GenerateRequest> requests = InFlightStreams::StreamRequests(kStreams, 48);
+  for (int i = 1; i < kStreams; i += 2) {  // every other stream sampled, seeded
+    requests[static_cast<size_t>(i)].mutable_sampling()->set_temperature(0.8f);
+    requests[static_cast<size_t>(i)].mutable_sampling()->set_seed(static_cast<uint64_t>(2000 + i));
+  }
+  // Long enough to still run on the new worker when the old one stops.
+  std::vector<v1::GenerateRequest> later;
+  for (int i = 0; i < kLaterStreams; ++i) later.push_back(StreamRequest(40 + i, 160));
+  const absl::StatusOr<std::vector<GenerateResult>> expected =
+      moe::testing::GenerateEmbedded(model_, requests);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  const absl::StatusOr<std::vector<GenerateResult>> expected_later =
+      moe::testing::GenerateEmbedded(model_, later);
+  ASSERT_TRUE(expected_later.ok()) << expected_later.status();
+
+  InFlightStreams streams(router_address_, requests);
+  ASSERT_TRUE(streams.WaitAllStarted(absl::Seconds(120))) << "streams did not start";
+  // Add attention worker 1 once it serves.
+  ASSERT_NO_FATAL_FAILURE(StartAttention(1));
+  const absl::Status up =
+      moe::testing::WaitForHealth(attention_addresses_[1], "readiness", true, absl::Now() + kStartupTimeout);
+  ASSERT_TRUE(up.ok()) << up << "\n" << Logs();
+  ASSERT_NO_FATAL_FAILURE(WriteAttentionWorkersFile(attention_addresses_));
+  ASSERT_TRUE(WaitForRouterAttentionWorkers(2)) << Logs();
+  EXPECT_THAT(router_->Log(), ::testing::HasSubstr("attention worker " + attention_addresses_[1] + " added"));
+
+  // New streams go to the new worker (it has every KV block free).
+  InFlightStreams more(router_address_, later);
+  ASSERT_TRUE(more.WaitAllStarted(absl::Seconds(120))) << "later streams did not start";
+  EXPECT_GT(AttentionLoad(1).num_running(), 0) << "the added worker runs nothing";
+
+  // Remove worker 0: out of the router's set first, then SIGTERM (its streams migrate to worker 1).
+  ASSERT_NO_FATAL_FAILURE(WriteAttentionWorkersFile({attention_addresses_[1]}));
+  ASSERT_TRUE(WaitForRouterAttentionWorkers(1)) << Logs();
+  const int left_on_0 = AttentionLoad(0).num_running();
+  attention_[0]->Signal(SIGTERM);
+  ASSERT_TRUE(attention_[0]->Wait(absl::Seconds(30)).has_value()) << "attention-0 did not exit";
+
+  ASSERT_NO_FATAL_FAILURE(ExpectExactly(streams.Join(), *expected));
+  ASSERT_NO_FATAL_FAILURE(ExpectExactly(more.Join(), *expected_later));
+  std::cerr << left_on_0 << " stream(s) were still on attention-0 when it stopped\n";
+  if (left_on_0 > 0) {
+    EXPECT_THAT(router_->Log(), ::testing::HasSubstr("migrating it with"));
+  }
+  EXPECT_TRUE(moe::testing::IsServing(router_address_, "readiness"));
+  ExpectClusterMatchesEmbedded(CheckRequests());
 }
 
 }  // namespace

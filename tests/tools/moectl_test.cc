@@ -5,11 +5,13 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <atomic>
 #include <csignal>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <random>
 #include <sstream>
 #include <string>
@@ -396,6 +398,112 @@ TEST(MoectlTest, ClusterUpRestartsAChildThatDies) {
   std::stringstream attention_text;
   attention_text << attention_log.rdbuf();
   EXPECT_THAT(attention_text.str(), HasSubstr("KV cache 0.25 GiB"));
+}
+
+TEST(MoectlTest, ClusterScaleWithoutARunningClusterIsAClearError) {
+  const std::string state = testing::MakeTempDir("moectl-state");
+  ExpectCleanFailure(RunMoectl("cluster scale --attention-workers 2 --state-dir " + state),
+                     "no cluster is running");
+  ExpectCleanFailure(RunMoectl("cluster scale --state-dir " + state), "give --attention-workers N");
+  Result zero = RunMoectl("cluster scale --attention-workers 0 --state-dir " + state);
+  EXPECT_NE(zero.exit_code, 0);
+  EXPECT_THAT(zero.err, HasSubstr("--attention-workers"));
+}
+
+// `cluster scale` on a running cluster: more attention workers join the router, fewer leave it and
+// exit; changing the expert workers is refused (issue 8 item 4); the cluster serves throughout.
+// (Scaling under 32 streams with exact outputs: failover_test's ElasticAttentionWorkersTest.)
+TEST(MoectlTest, ClusterScaleAddsAndRemovesAttentionWorkers) {
+  const std::string& model = testing::TestModelDir("tiny", "bf16");
+  const int port = FreePortBlock(3);
+  const std::string state = testing::MakeTempDir("moectl-state");
+  Result up = RunMoectl("cluster up --detach --model " + model + " --port " + std::to_string(port) +
+                        " --state-dir " + state + " --kv-cache-gib 0.25");
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  struct StopAtEnd {
+    std::string state;
+    ~StopAtEnd() { RunMoectl("cluster down --state-dir " + state); }
+  } guard{state};
+  const std::string router = "127.0.0.1:" + std::to_string(port);
+  auto read_pid = [&](const std::string& name) {
+    pid_t pid = 0;
+    std::ifstream(state + "/" + name + ".pid") >> pid;
+    return pid;
+  };
+  auto generate_ok = [&] {
+    Result g = RunMoectl("generate --router " + router + " --prompt Hi --max-tokens 2 --temperature 0");
+    EXPECT_EQ(g.exit_code, 0) << g.err;
+  };
+
+  Result experts = RunMoectl("cluster scale --expert-workers 2 --state-dir " + state);
+  ExpectCleanFailure(experts, "--expert-workers 2: the cluster has 1 expert workers");
+  EXPECT_THAT(experts.err, HasSubstr("issue 8 item 4"));
+  EXPECT_EQ(RunMoectl("cluster scale --expert-workers 1 --state-dir " + state).exit_code, 0);
+
+  // Clients stream all along (8 at a time, `generate --router` processes): none may fail.
+  std::atomic<bool> scaling_done{false};
+  std::atomic<int> generated{0};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 8; ++c) {
+    clients.emplace_back([&, c] {
+      while (!scaling_done) {
+        Result g = RunMoectl("generate --router " + router + " --prompt 'Hello " + std::to_string(c) +
+                             "' --max-tokens 48 --temperature 0 --ignore-eos");
+        ++generated;
+        if (g.exit_code != 0) {
+          std::lock_guard<std::mutex> lock(failures_mu);
+          failures.push_back(g.err);
+        }
+      }
+    });
+  }
+  struct JoinClients {
+    std::atomic<bool>& done;
+    std::vector<std::thread>& threads;
+    ~JoinClients() {
+      done = true;
+      for (std::thread& t : threads) t.join();
+    }
+  } join_clients{scaling_done, clients};
+
+  Result grow = RunMoectl("cluster scale --attention-workers 3 --state-dir " + state);
+  ASSERT_EQ(grow.exit_code, 0) << grow.err;
+  EXPECT_THAT(grow.err, HasSubstr("attention workers: 3 (were 1)"));
+  const pid_t added = read_pid("attention-2");
+  ASSERT_GT(added, 0);
+  EXPECT_EQ(kill(added, 0), 0);
+  std::ifstream file(state + "/attention_workers");
+  std::stringstream listed;
+  listed << file.rdbuf();
+  EXPECT_THAT(listed.str(), HasSubstr("127.0.0.1:" + std::to_string(port + 1)));
+  generate_ok();
+
+  Result shrink = RunMoectl("cluster scale --attention-workers 1 --state-dir " + state);
+  ASSERT_EQ(shrink.exit_code, 0) << shrink.err;
+  EXPECT_THAT(shrink.err, HasSubstr("attention workers: 1 (were 3)"));
+  EXPECT_NE(kill(added, 0), 0) << "attention-2 still runs";
+  EXPECT_FALSE(std::filesystem::exists(state + "/attention-2.pid"));
+  generate_ok();
+  std::ifstream log(state + "/supervisor.log");
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_THAT(text.str(), HasSubstr("stopping attention-2 (SIGTERM: its streams migrate)"));
+  EXPECT_THAT(text.str(), ::testing::Not(HasSubstr("restarting attention-2")));
+  scaling_done = true;
+  for (std::thread& t : clients) t.join();
+  clients.clear();
+  EXPECT_GT(generated.load(), 8);
+  std::ifstream router_log(state + "/router.log");
+  std::stringstream router_text;
+  router_text << router_log.rdbuf();
+  size_t migrated = 0;
+  for (size_t at = router_text.str().find("migrating it with"); at != std::string::npos;
+       at = router_text.str().find("migrating it with", at + 1))
+    ++migrated;
+  std::cerr << generated.load() << " generate calls while scaling, " << migrated << " stream(s) migrated\n";
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
 }
 
 TEST(MoectlTest, GreedyGenerationIsTheSameWithShardedExperts) {

@@ -16,6 +16,16 @@
 // same progress and the router address) or has failed (exit 1, with the reason); `moectl cluster down` stops
 // it. The state dir also holds each child's log (<name>.log) and pid (<name>.pid: expert-0.., attention-0..,
 // router).
+//
+//   moectl cluster scale --attention-workers N [--state-dir D]
+//
+// changes the attention workers of a running `cluster up` (docs/operations.md#scaling): the
+// supervisor starts new ones (fresh ranks and ports), waits until they are ready, and rewrites the
+// router's --attention_workers_file; or it takes the newest ones out of that file, waits until the
+// router has stopped placing on them, and stops them with SIGTERM (their open streams migrate), so no
+// request fails. `scale` hands the supervisor a request file and SIGUSR1 and prints its answer.
+// --expert-workers other than the current count is refused: live expert placement changes are
+// issue 8 item 4.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -40,6 +50,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -47,6 +59,7 @@
 #include "common/rpc/tls_certificates.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "moe/v1/generate.grpc.pb.h"
 #include "tools/moectl/commands.h"
 
 namespace moe::moectl {
@@ -75,6 +88,10 @@ struct ClusterFlags {
 std::atomic<bool> stop_requested{false};
 void OnSignal(int) {
   stop_requested = true;
+}
+std::atomic<bool> scale_requested{false};  // SIGUSR1 from `moectl cluster scale`
+void OnScaleSignal(int) {
+  scale_requested = true;
 }
 
 std::string DefaultStateDir() {
@@ -211,6 +228,110 @@ void StopAll(std::vector<Child>& children, std::chrono::seconds grace) {
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
   }
+}
+
+// A `moectl cluster scale` request, as the state dir's scale.request holds it:
+// "id=ID attention_workers=N expert_workers=M" (-1: not asked for).
+struct ScaleRequest {
+  std::string id;
+  int attention_workers = -1;
+  int expert_workers = -1;
+};
+
+std::string FormatScaleRequest(const ScaleRequest& r) {
+  return absl::StrCat("id=", r.id, " attention_workers=", r.attention_workers,
+                      " expert_workers=", r.expert_workers, "\n");
+}
+
+std::optional<ScaleRequest> ReadScaleRequest(const fs::path& path) {
+  std::ifstream in(path);
+  ScaleRequest r;
+  std::string word;
+  bool have_id = false;
+  while (in >> word) {
+    const size_t eq = word.find('=');
+    if (eq == std::string::npos) return std::nullopt;
+    const std::string key = word.substr(0, eq), value = word.substr(eq + 1);
+    if (key == "id") {
+      r.id = value;
+      have_id = !value.empty();
+    } else if (key == "attention_workers" || key == "expert_workers") {
+      int n = 0;
+      if (!absl::SimpleAtoi(value, &n)) return std::nullopt;
+      (key == "attention_workers" ? r.attention_workers : r.expert_workers) = n;
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (!have_id) return std::nullopt;
+  return r;
+}
+
+// Writes `contents` to `path` through a rename, so a reader sees the old or the new file whole.
+void WriteAtomically(const fs::path& path, const std::string& contents) {
+  const fs::path tmp = path.string() + ".tmp";
+  { std::ofstream(tmp, std::ios::trunc) << contents; }
+  std::error_code ec;
+  fs::rename(tmp, path, ec);
+}
+
+// The router's --attention_workers_file: the addresses of the attention workers it may place on.
+void WriteAttentionWorkersFile(const fs::path& path, const std::vector<std::string>& addresses) {
+  WriteAtomically(path, "# written by moectl cluster (up, scale)\n" + absl::StrJoin(addresses, "\n") + "\n");
+}
+
+// How many attention workers the router at `address` places on (GetModelInfo), or -1.
+int RouterAttentionWorkers(const std::string& address) {
+  auto stub = v1::Generation::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  v1::ModelInfo info;
+  if (!stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok()) return -1;
+  return info.num_attention_workers();
+}
+
+// Polls until the router places on exactly `n` attention workers (its file re-read), up to 30 s.
+bool WaitForRouterAttentionWorkers(const std::string& router, int n) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (RouterAttentionWorkers(router) == n) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+void RunScale(const std::string& state_dir, int attention_workers, int expert_workers, double timeout_s) {
+  if (attention_workers < 0 && expert_workers < 0)
+    Fail("cluster scale", "give --attention-workers N (and/or --expert-workers N)");
+  const fs::path state = state_dir.empty() ? fs::path(DefaultStateDir()) : fs::path(state_dir);
+  std::ifstream in(state / "supervisor.pid");
+  pid_t pid = 0;
+  if (!(in >> pid) || pid <= 0 || kill(pid, 0) != 0)
+    Fail("cluster scale", "no cluster is running (no live supervisor pid in " + state.string() + ")");
+  const ScaleRequest request{
+      .id = absl::StrCat(getpid(), "-", std::chrono::steady_clock::now().time_since_epoch().count()),
+      .attention_workers = attention_workers,
+      .expert_workers = expert_workers};
+  std::error_code ec;
+  fs::remove(state / "scale.result", ec);
+  WriteAtomically(state / "scale.request", FormatScaleRequest(request));
+  if (kill(pid, SIGUSR1) != 0)
+    Fail("cluster scale", absl::StrCat("cannot signal the supervisor (pid ", pid, ")"));
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream result(state / "scale.result");
+    std::string id, outcome, message;
+    if (std::getline(result, id) && id == request.id && std::getline(result, outcome)) {
+      std::getline(result, message, '\0');
+      if (outcome != "ok") Fail("cluster scale", message);
+      std::cerr << "moectl cluster: " << message << std::flush;
+      return;
+    }
+    if (kill(pid, 0) != 0) Fail("cluster scale", "the cluster stopped; logs in " + state.string());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  Fail("cluster scale", absl::StrCat("no answer from the supervisor in ", timeout_s,
+                                     " s (--timeout); logs in ", state.string()));
 }
 
 void RunUp(const ClusterFlags& flags) {
@@ -358,6 +479,7 @@ void RunUp(const ClusterFlags& flags) {
   const rpc::ClientCredentials router_credentials;  // the public port is plaintext
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
+  std::signal(SIGUSR1, OnScaleSignal);  // a request during start-up is taken once the cluster is ready
   std::vector<std::string> attention, experts;
   for (int i = 0; i < flags.attention_workers; ++i)
     attention.push_back(absl::StrCat(host, ":", base + 1 + i));
@@ -404,22 +526,29 @@ void RunUp(const ClusterFlags& flags) {
            absl::StrCat("--expert_replicas=", flags.expert_replicas), "--transport=" + flags.transport},
           experts[static_cast<size_t>(i)]);
   }
-  for (int i = 0; i < flags.attention_workers; ++i) {
+  // Attention worker `rank`'s flags (ranks are never reused: `scale` gives new workers new ones).
+  auto attention_args = [&](int rank, int num_attention_workers) {
     std::vector<std::string> args = {"--model=" + flags.model_dir,
-                                     absl::StrCat("--rank=", i),
-                                     absl::StrCat("--num_attention_workers=", flags.attention_workers),
+                                     absl::StrCat("--rank=", rank),
+                                     absl::StrCat("--num_attention_workers=", num_attention_workers),
                                      "--expert_workers=" + absl::StrJoin(experts, ","),
                                      absl::StrCat("--expert_replicas=", flags.expert_replicas),
                                      absl::StrCat("--micro_batches=", flags.micro_batches),
                                      "--transport=" + flags.transport};
     if (flags.kv_cache_gib > 0) args.push_back(absl::StrCat("--kv_cache_gib=", flags.kv_cache_gib));
-    spawn(absl::StrCat("attention-", i), "moe-attention-worker", std::move(args),
+    return args;
+  };
+  for (int i = 0; i < flags.attention_workers; ++i) {
+    spawn(absl::StrCat("attention-", i), "moe-attention-worker", attention_args(i, flags.attention_workers),
           attention[static_cast<size_t>(i)]);
   }
   for (const Child& c : children) std::ofstream(state / (c.name + ".pid")) << c.pid << "\n";
   const std::string router = absl::StrCat(host, ":", base);
+  // The router re-reads its attention workers from a file that `cluster scale` rewrites.
+  const fs::path attention_file = state / "attention_workers";
+  WriteAttentionWorkersFile(attention_file, attention);
   std::vector<std::string> router_args = {"--model=" + flags.model_dir,
-                                          "--attention_workers=" + absl::StrJoin(attention, ","),
+                                          "--attention_workers_file=" + attention_file.string(),
                                           "--expert_workers=" + absl::StrJoin(experts, ",")};
   if (flags.http_port > 0) router_args.push_back(absl::StrCat("--http_listen=", host, ":", flags.http_port));
   spawn("router", "moe-router", router_args, router);
@@ -459,11 +588,102 @@ void RunUp(const ClusterFlags& flags) {
   }
   { std::ofstream(state / "router.address") << router << "\n"; }
   if (!flags.detach) std::cout << router << std::endl;
+  // `moectl cluster scale`: new attention workers get fresh ranks and the first free ports after the
+  // cluster's own; removal takes the newest first.
+  int next_attention_rank = flags.attention_workers;
+  int next_port = base + 1 + flags.attention_workers + flags.expert_workers;
+  auto attention_children = [&] {
+    std::vector<size_t> out;
+    for (size_t i = 0; i < children.size(); ++i)
+      if (children[i].name.starts_with("attention-")) out.push_back(i);
+    return out;
+  };
+  auto scale = [&](const ScaleRequest& r) -> absl::StatusOr<std::string> {
+    if (r.expert_workers >= 0 && r.expert_workers != flags.expert_workers) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "--expert-workers ", r.expert_workers, ": the cluster has ", flags.expert_workers,
+          " expert workers and cannot change them while running: a new expert worker (or a new copy of a "
+          "shard) joining the placement live is issue 8 item 4, not available yet; a dead expert worker is "
+          "restarted and rejoins by itself"));
+    }
+    std::vector<size_t> current = attention_children();
+    const int have = static_cast<int>(current.size());
+    const int want = r.attention_workers < 0 ? have : r.attention_workers;
+    if (want < 1 || want > 64)
+      return absl::InvalidArgumentError(absl::StrCat("--attention-workers ", want, ": must be in [1, 64]"));
+    std::vector<std::string> addresses;
+    for (size_t i : current) addresses.push_back(children[i].address);
+    for (int k = have; k < want; ++k) {
+      const int rank = next_attention_rank++;
+      while (!PortIsFree(next_port) || next_port == flags.http_port) ++next_port;
+      const std::string address = absl::StrCat(host, ":", next_port++);
+      while (!PortIsFree(next_metrics)) ++next_metrics;
+      const std::string name = absl::StrCat("attention-", rank);
+      spawn(name, "moe-attention-worker", attention_args(rank, rank + 1), address);
+      std::ofstream(state / (name + ".pid")) << children.back().pid << "\n";
+      std::cerr << "moectl cluster: scale: starting " << name << " on " << address << std::endl;
+      const auto deadline =
+          std::chrono::steady_clock::now() + std::chrono::duration<double>(flags.startup_timeout_s);
+      while (!HealthServing(address, *worker_credentials)) {
+        Child& c = children.back();
+        int status = 0;
+        const bool dead = waitpid(c.pid, &status, WNOHANG) == c.pid;
+        if (dead || std::chrono::steady_clock::now() > deadline || stop_requested) {
+          if (!dead) {
+            std::vector<Child> one = {c};
+            StopAll(one, std::chrono::seconds(5));
+          }
+          const std::string tail = LogTail(c.log, kLogTailLines);
+          children.pop_back();
+          fs::remove(state / (name + ".pid"), ec);
+          return absl::UnavailableError(absl::StrCat(name, dead ? " exited" : " was not ready in time",
+                                                     " while starting; the last lines of its log:\n", tail));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+      children.back().ready = true;
+      addresses.push_back(address);
+      std::cerr << "moectl cluster: scale: " << name << " ready" << std::endl;
+    }
+    std::vector<Child> leaving;
+    for (int k = want; k < have; ++k) leaving.push_back(children[current[static_cast<size_t>(k)]]);
+    addresses.resize(static_cast<size_t>(want));
+    // The router first (no new request goes to a leaving worker), then SIGTERM: each hands its open
+    // streams back to the router, which migrates them.
+    WriteAttentionWorkersFile(attention_file, addresses);
+    if (!WaitForRouterAttentionWorkers(router, want)) {
+      return absl::DeadlineExceededError(absl::StrCat("the router did not take up ", want,
+                                                      " attention workers within 30 s; see router.log"));
+    }
+    for (const Child& c : leaving) {
+      std::erase_if(children, [&](const Child& x) { return x.name == c.name; });
+      fs::remove(state / (c.name + ".pid"), ec);
+      std::cerr << "moectl cluster: scale: stopping " << c.name << " (SIGTERM: its streams migrate)"
+                << std::endl;
+    }
+    StopAll(leaving, std::chrono::seconds(30));
+    return absl::StrCat("attention workers: ", want, " (were ", have, "): ", absl::StrJoin(addresses, ", "),
+                        "\n");
+  };
+
   // A child that dies now is started again after a backoff (1 s, doubling, at most 10 s), at most
   // --max-restarts times each; past that the whole cluster stops.
   std::optional<std::string> died;
   while (!stop_requested) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (scale_requested.exchange(false)) {
+      const std::optional<ScaleRequest> request = ReadScaleRequest(state / "scale.request");
+      absl::StatusOr<std::string> outcome =
+          request.has_value()
+              ? scale(*request)
+              : absl::InvalidArgumentError("unreadable " + (state / "scale.request").string());
+      WriteAtomically(
+          state / "scale.result",
+          absl::StrCat(request.has_value() ? request->id : "", "\n", outcome.ok() ? "ok" : "error", "\n",
+                       outcome.ok() ? *outcome : std::string(outcome.status().message())));
+      std::cerr << "moectl cluster: scale: "
+                << (outcome.ok() ? *outcome : std::string(outcome.status().message()) + "\n") << std::flush;
+    }
     if (std::optional<std::string> dead = ReapDead(children)) {
       Child* c = nullptr;
       for (Child& candidate : children) {
@@ -559,6 +779,32 @@ void RegisterClusterCommand(CLI::App& app) {
   CLI::App* down = cluster->add_subcommand("down", "Stop a cluster started with --detach");
   down->add_option("--state-dir", *state_dir, "The state dir given to `up`");
   down->callback([state_dir] { RunDown(*state_dir); });
+
+  struct ScaleFlags {
+    std::string state_dir;
+    int attention_workers = -1;
+    int expert_workers = -1;
+    double timeout_s = 600;
+  };
+  auto scale_flags = std::make_shared<ScaleFlags>();
+  CLI::App* scale = cluster->add_subcommand(
+      "scale", "Add or remove attention workers of a running cluster without failing a request");
+  scale
+      ->add_option("--attention-workers", scale_flags->attention_workers,
+                   "Attention workers wanted: new ones start and join the router once ready; removed ones "
+                   "(the newest first) leave the router, then drain (SIGTERM: their streams migrate)")
+      ->check(CLI::Range(1, 64));
+  scale
+      ->add_option("--expert-workers", scale_flags->expert_workers,
+                   "Only the current count is accepted: live expert placement changes are issue 8 item 4")
+      ->check(CLI::Range(1, 128));
+  scale->add_option("--state-dir", scale_flags->state_dir, "The state dir given to `up`");
+  scale->add_option("--timeout", scale_flags->timeout_s, "Seconds to wait for the supervisor's answer")
+      ->check(CLI::PositiveNumber);
+  scale->callback([scale_flags] {
+    RunScale(scale_flags->state_dir, scale_flags->attention_workers, scale_flags->expert_workers,
+             scale_flags->timeout_s);
+  });
 }
 
 }  // namespace moe::moectl

@@ -2,9 +2,11 @@
 // --version prints the git revision, log lines carry time and level, --log_level (or
 // MOE_LOG_LEVEL) sets the minimum level, and a taken --listen port fails startup naming it.
 #include <sys/wait.h>
+#include <fstream>
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <regex>
 #include <string>
 #include <vector>
@@ -128,6 +130,35 @@ TEST(ServiceMainTest, TheRouterWithoutTlsFlagsOrInsecureRefusesToStart) {
                                                   "--model=/nonexistent", "--attention_workers=127.0.0.1:1"});
   EXPECT_EQ(run.exit_code, 2) << run.output;
   EXPECT_TRUE(Contains(run.output, "pass --tls_ca, --tls_cert and --tls_key")) << run.output;
+}
+
+// Where the router's attention workers come from (docs/operations.md#scaling): bad flags or a bad
+// file fail start-up naming the flag (and the file's line).
+TEST(ServiceMainTest, TheRouterRefusesBadAttentionWorkerSourcesNamingTheFlag) {
+  const std::string bad_file = absl::StrCat(::testing::TempDir(), "service_main_test_workers_", getpid());
+  { std::ofstream(bad_file) << "127.0.0.1:1\n127.0.0.1\n"; }
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{"--attention_workers=127.0.0.1:1", "--attention_workers_dns=a:1"},
+       "exactly one of --attention_workers, --attention_workers_file and --attention_workers_dns is "
+       "required"},
+      {{}, "exactly one of --attention_workers"},
+      {{"--attention_workers_dns=attention"}, "--attention_workers_dns: 'attention' is not NAME:PORT"},
+      {{"--attention_workers_file=" + bad_file},
+       "--attention_workers_file " + bad_file + " line 2: '127.0.0.1'"},
+      {{"--attention_workers_file=/nonexistent/workers"},
+       "--attention_workers_file /nonexistent/workers: cannot be read"},
+      {{"--attention_workers=127.0.0.1:1", "--discovery_interval_ms=0"},
+       "--discovery_interval_ms must be > 0"},
+  };
+  for (const auto& [flags, message] : cases) {
+    std::vector<std::string> args = {"--metrics_listen=127.0.0.1", "--metrics_port=0", "--listen=127.0.0.1:0",
+                                     "--model=/nonexistent", "--insecure"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    const ProcessRun run = RunBinary("moe-router", args);
+    EXPECT_NE(run.exit_code, 0) << message << "\n" << run.output;
+    EXPECT_TRUE(Contains(run.output, message)) << message << "\n" << run.output;
+  }
+  std::remove(bad_file.c_str());
 }
 
 TEST(ServiceMainTest, AMissingCertificateFileFailsStartupNamingTheFlagAndPath) {

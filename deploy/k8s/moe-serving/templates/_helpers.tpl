@@ -63,6 +63,12 @@ Comma-separated gRPC addresses of a worker StatefulSet's pods through its headle
 {{- join "," $addrs }}
 {{- end }}
 
+{{/* The most attention workers there can be: attention.replicas, or autoscaling's maxReplicas. */}}
+{{- define "moe.maxAttentionWorkers" -}}
+{{- $a := .Values.attention }}
+{{- if $a.autoscaling.enabled }}{{ max (int $a.replicas) (int $a.autoscaling.maxReplicas) }}{{ else }}{{ $a.replicas }}{{ end }}
+{{- end }}
+
 {{/* Model directory as the services see it. */}}
 {{- define "moe.modelDir" -}}
 {{- if eq .Values.model.source "generated" }}
