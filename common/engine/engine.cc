@@ -33,6 +33,14 @@ const char* FinishReasonName(FinishReason reason) {
 }
 
 absl::Status Engine::LoadDense(const std::string& model_dir) {
+  if (options_.device.is_cuda()) {
+    // The expert side runs on CUDA (EmbeddedExperts, the expert worker); the dense forward pass
+    // does not yet, and must not silently run on the CPU instead.
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--device ", options_.device.ToString(),
+        ": the attention side (dense forward pass) has no CUDA backend in this build yet; use --device cpu "
+        "here (expert workers accept --device cuda)"));
+  }
   ASSIGN_OR_RETURN(config_, model::ModelConfig::FromFile(model_dir + "/config.json"));
   ASSIGN_OR_RETURN(generation_config_, model::GenerationConfig::FromModelDir(model_dir, config_));
   ASSIGN_OR_RETURN(checkpoint_, model::Checkpoint::Open(model_dir));
@@ -75,8 +83,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
   RETURN_IF_ERROR(engine->LoadDense(model_dir));
   const model::ModelConfig& config = engine->config_;
   if (config.IsMoe()) {
-    ASSIGN_OR_RETURN(engine->embedded_experts_, EmbeddedExperts::Create(*engine->checkpoint_, config,
-                                                                        num_expert_shards, expert_replicas));
+    ASSIGN_OR_RETURN(engine->embedded_experts_,
+                     EmbeddedExperts::Create(*engine->checkpoint_, config, num_expert_shards, expert_replicas,
+                                             options.device));
     EmbeddedExperts& experts = *engine->embedded_experts_;
     engine->dispatcher_ = std::make_unique<MoeDispatcher>(experts.attention_endpoint(), experts.placement(),
                                                           config.hidden_size, options.moe_timeout,

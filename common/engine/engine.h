@@ -24,6 +24,7 @@
 #include "common/engine/kv_cache.h"
 #include "common/engine/sampler.h"
 #include "common/engine/scheduler.h"
+#include "common/kernels/device_spec.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
 #include "common/model/weights.h"
@@ -41,6 +42,8 @@ struct EngineOptions {
   // 1 or 2: with 2, a step of several sequences runs as two micro-batches that ping-pong through
   // the MoE layers (AttentionBlock); outputs are the same bits either way.
   int micro_batches = 1;
+  // Where the forward pass runs (`--device`); embedded expert shards run there too.
+  kernels::DeviceSpec device;
 };
 
 enum class FinishReason { kNone = 0, kStop, kLength, kAbort, kError };

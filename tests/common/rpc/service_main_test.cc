@@ -175,5 +175,46 @@ TEST(ServiceMainTest, EachServiceBinaryListsItsOwnFlagsInHelp) {
   }
 }
 
+#ifdef MOE_TEST_WORKER_BINARIES
+// --device (MOE_DEVICE) is checked at start, before the model is read: a spelling ParseDeviceSpec
+// refuses, or a device this machine (or build) lacks, is the worker's Fail with the flag named and
+// exit 1, never a crash and never a silent fallback to the CPU.
+TEST(ServiceMainTest, WorkersRefuseABadOrMissingDeviceNamingTheFlag) {
+  for (const std::string binary : {"moe-attention-worker", "moe-expert-worker"}) {
+    const ProcessRun help = RunBinary(binary, {"--help"});
+    EXPECT_TRUE(Contains(help.output, "  --device  (env MOE_DEVICE)
+")) << binary << ":
+" << help.output;
+
+    const ProcessRun bad = RunBinary(binary, {"--model=/nonexistent", "--device=gpu", "--insecure"});
+    EXPECT_EQ(bad.exit_code, 1) << binary << ":
+" << bad.output;
+    EXPECT_TRUE(Contains(bad.output, "INVALID_ARGUMENT")) << binary << ":
+" << bad.output;
+    EXPECT_TRUE(Contains(bad.output, "--device")) << binary << ":
+" << bad.output;
+    EXPECT_TRUE(Contains(bad.output, "gpu")) << binary << ":
+" << bad.output;
+
+    // cuda:7: no such device here (no GPU, or fewer than 8, or no CUDA in the build).
+    const ProcessRun missing = RunBinary(binary, {"--model=/nonexistent", "--device=cuda:7", "--insecure"});
+    EXPECT_EQ(missing.exit_code, 1) << binary << ":
+" << missing.output;
+    EXPECT_TRUE(Contains(missing.output, "FAILED_PRECONDITION")) << binary << ":
+" << missing.output;
+    EXPECT_TRUE(Contains(missing.output, "cuda:7")) << binary << ":
+" << missing.output;
+
+    // The environment variable goes through the same check.
+    ASSERT_EQ(setenv("MOE_DEVICE", "cuda:x", 1), 0);
+    const ProcessRun from_env = RunBinary(binary, {"--model=/nonexistent", "--insecure"});
+    unsetenv("MOE_DEVICE");
+    EXPECT_EQ(from_env.exit_code, 1) << binary << ":\n" << from_env.output;
+    EXPECT_TRUE(Contains(from_env.output, "--device")) << binary << ":\n" << from_env.output;
+    EXPECT_TRUE(Contains(from_env.output, "cuda:x")) << binary << ":\n" << from_env.output;
+  }
+}
+#endif
+
 }  // namespace
 }  // namespace moe::rpc
