@@ -1,17 +1,90 @@
 #include "common/engine/expert_compute_factory.h"
 
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <climits>
+#include <cstdlib>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/engine/compute/cuda_experts_plugin.h"
 #include "common/engine/expert_block.h"
 #include "common/model/weights.h"
 #include "common/status/status_macros.h"
-#if MOE_HAVE_CUDA
-#include "common/engine/cuda/cuda_expert_block.h"
-#include "common/kernels/cuda/cuda_kernels.h"
-#endif
 
 namespace moe::engine {
+namespace {
+
+#if MOE_HAVE_CUDA
+// The CUDA experts plugin's entry points, or why it could not be loaded.
+struct CudaPlugin {
+  absl::Status status;
+  CudaExpertsCheckDeviceFn check_device = nullptr;
+  CudaExpertsCreateFn create = nullptr;
+};
+
+// Where the plugin may be: $MOE_CUDA_EXPERTS_PLUGIN; <binary dir>/../lib and <binary dir> (a build
+// tree's bin/ and lib/, an install's /usr/local/bin and /usr/local/lib); then the loader's path.
+std::vector<std::string> PluginCandidates() {
+  std::vector<std::string> candidates;
+  if (const char* env = std::getenv("MOE_CUDA_EXPERTS_PLUGIN"); env != nullptr && *env != '\0') {
+    candidates.push_back(env);
+    return candidates;
+  }
+  char exe[PATH_MAX];
+  const ssize_t n = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (n > 0) {
+    std::string dir(exe, static_cast<size_t>(n));
+    dir = dir.substr(0, dir.rfind('/'));
+    candidates.push_back(absl::StrCat(dir, "/../lib/", kCudaExpertsPluginFile));
+    candidates.push_back(absl::StrCat(dir, "/", kCudaExpertsPluginFile));
+  }
+  candidates.push_back(kCudaExpertsPluginFile);
+  return candidates;
+}
+
+CudaPlugin LoadCudaPlugin() {
+  CudaPlugin plugin;
+  std::vector<std::string> errors;
+  void* handle = nullptr;
+  for (const std::string& path : PluginCandidates()) {
+    handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (handle != nullptr) break;
+    const char* error = dlerror();
+    errors.push_back(error != nullptr ? error : path);
+  }
+  if (handle == nullptr) {
+    plugin.status = absl::FailedPreconditionError(absl::StrCat(
+        "the CUDA experts plugin ", kCudaExpertsPluginFile,
+        " could not be loaded (set MOE_CUDA_EXPERTS_PLUGIN to its path): ", absl::StrJoin(errors, "; ")));
+    return plugin;
+  }
+  auto abi = reinterpret_cast<CudaExpertsAbiFn>(dlsym(handle, "moe_cuda_experts_abi"));
+  plugin.check_device =
+      reinterpret_cast<CudaExpertsCheckDeviceFn>(dlsym(handle, "moe_cuda_experts_check_device"));
+  plugin.create = reinterpret_cast<CudaExpertsCreateFn>(dlsym(handle, "moe_cuda_experts_create"));
+  if (abi == nullptr || plugin.check_device == nullptr || plugin.create == nullptr ||
+      abi() != kCudaExpertsPluginAbi) {
+    plugin.status = absl::FailedPreconditionError(absl::StrCat(
+        "the CUDA experts plugin ", kCudaExpertsPluginFile,
+        " is from another build (its entry points or ABI version ", kCudaExpertsPluginAbi, " do not match)"));
+  }
+  // Never unloaded: blocks made by it may live until exit.
+  return plugin;
+}
+
+// Loaded once, on first use, thread-safely.
+const CudaPlugin& Plugin() {
+  static const CudaPlugin* const plugin = new CudaPlugin(LoadCudaPlugin());
+  return *plugin;
+}
+#endif
+
+}  // namespace
 
 bool BuiltWithCuda() {
 #if MOE_HAVE_CUDA
@@ -24,7 +97,14 @@ bool BuiltWithCuda() {
 absl::Status CheckComputeDevice(const kernels::DeviceSpec& device, absl::string_view flag) {
   if (!device.is_cuda()) return absl::OkStatus();
 #if MOE_HAVE_CUDA
-  return kernels::cuda::CheckDevice(device.ordinal, flag);
+  const CudaPlugin& plugin = Plugin();
+  if (!plugin.status.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(flag, " ", device.ToString(), ": ", plugin.status.message()));
+  }
+  absl::Status status;
+  plugin.check_device(device.ordinal, std::string(flag).c_str(), &status);
+  return status;
 #else
   return absl::FailedPreconditionError(absl::StrCat(flag, " ", device.ToString(),
                                                     ": this build has no CUDA support (configure with "
@@ -41,9 +121,10 @@ absl::StatusOr<std::unique_ptr<ExpertCompute>> CreateExpertCompute(
     return std::make_unique<ExpertBlock>(config, std::move(weights));
   }
 #if MOE_HAVE_CUDA
-  ASSIGN_OR_RETURN(std::unique_ptr<CudaExpertBlock> block,
-                   CudaExpertBlock::Create(config, *weights, device.ordinal));
-  return std::unique_ptr<ExpertCompute>(std::move(block));
+  absl::StatusOr<std::unique_ptr<ExpertCompute>> block =
+      absl::InternalError("the CUDA experts plugin answered nothing");
+  Plugin().create(&config, weights.get(), device.ordinal, &block);
+  return block;
 #else
   return absl::InternalError("unreachable: CheckComputeDevice accepted CUDA without CUDA");
 #endif
