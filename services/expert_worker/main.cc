@@ -80,7 +80,7 @@ int main(int argc, char** argv) {
   service->SetReady(!control.drained());  // a Drain may already have come
   const auto& info = (*worker)->info();
   LOG(INFO) << "serving experts [" << info.first_expert() << ", " << info.first_expert() + info.num_experts()
-            << ") as peer " << info.peer_id();
+            << ") as peer " << info.peer_id() << " on " << options.device.ToString();
 
   service->WaitForTerminationSignal();
   if (options.expert_replicas > 1) {
