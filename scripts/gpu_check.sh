@@ -92,7 +92,7 @@ run_step configure "${MOE_GPU_CONFIGURE_TIMEOUT:-90}" cmake "${cmake_args[@]}" &
 
 # ---- Build the CUDA kernel tests ----------------------------------------------------------------
 targets=(moe_kernels_cuda kernels_cuda_test kernels_cuda_host_test device_spec_test gpu_kernels_bench
-         engine_cuda_test engine_bench)
+         engine_cuda_test cuda_expert_block_test engine_bench moe_cuda_backend_plugin)
 built=0
 if ((configured)); then
   run_step build "${MOE_GPU_BUILD_TIMEOUT:-240}" cmake --build "$build" --target "${targets[@]}" -j "$jobs" && built=1
@@ -103,7 +103,7 @@ fi
 # ---- Run them -----------------------------------------------------------------------------------
 gpu_pass=0 gpu_fail=0 gpu_skip=0
 if ((built)); then
-  run_step gpu_tests 75 ctest --test-dir "$build" -R '^(CudaKernelsTest|CudaHostTest|DeviceSpecTest)\.' \
+  run_step gpu_tests 75 ctest --test-dir "$build" -R '^(CudaKernelsTest|CudaHostTest|DeviceSpecTest|CudaExpertBlockTest)\.' \
     --output-on-failure --no-tests=error --output-junit "$out/gpu_tests.xml"
   gpu_pass=$(grep -c 'status="run"' "$out/gpu_tests.xml" 2>/dev/null || true)
   gpu_fail=$(grep -c 'status="fail"' "$out/gpu_tests.xml" 2>/dev/null || true)

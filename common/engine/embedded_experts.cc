@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/engine/expert_compute_factory.h"
 #include "common/model/weights.h"
 #include "common/status/status_macros.h"
 
@@ -10,7 +11,8 @@ namespace moe::engine {
 
 absl::StatusOr<std::unique_ptr<EmbeddedExperts>> EmbeddedExperts::Create(const model::Checkpoint& checkpoint,
                                                                          const model::ModelConfig& config,
-                                                                         int num_shards, int replicas) {
+                                                                         int num_shards, int replicas,
+                                                                         const kernels::DeviceSpec& device) {
   if (!config.IsMoe()) return absl::InvalidArgumentError("the model has no experts to embed");
   if (num_shards < 1 || num_shards > config.num_experts) {
     return absl::InvalidArgumentError(
@@ -18,6 +20,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedExperts>> EmbeddedExperts::Create(const m
   }
   if (replicas < 1)
     return absl::InvalidArgumentError(absl::StrCat("expert replicas must be >= 1, got ", replicas));
+  RETURN_IF_ERROR(CheckComputeDevice(device));
   const int num_workers = num_shards * replicas;
   std::vector<int32_t> peers;
   for (int w = 0; w < num_workers; ++w) peers.push_back(kFirstExpertPeerId + w);
@@ -26,10 +29,17 @@ absl::StatusOr<std::unique_ptr<EmbeddedExperts>> EmbeddedExperts::Create(const m
   for (int w = 0; w < num_workers; ++w) {
     const ExpertRange range = experts->placement_.range(w);
     ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(checkpoint, config, range.first, range.count));
-    model::PrefaultWeights(*shard);
-    experts->blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
+    if (device.is_cuda()) {
+      ASSIGN_OR_RETURN(auto block, CreateExpertCompute(config, std::move(shard), device));
+      experts->device_blocks_.push_back(std::move(block));
+      experts->shards_.push_back(experts->device_blocks_.back().get());
+    } else {
+      model::PrefaultWeights(*shard);
+      experts->blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
+      experts->shards_.push_back(experts->blocks_.back().get());
+    }
     experts->servers_.push_back(std::make_unique<ExpertShardServer>(
-        experts->blocks_.back().get(), experts->hub_.Endpoint(experts->placement_.peer(w))));
+        experts->shards_.back(), experts->hub_.Endpoint(experts->placement_.peer(w))));
     experts->servers_.back()->Start();
   }
   return experts;

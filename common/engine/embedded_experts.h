@@ -13,10 +13,12 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/engine/compute/expert_compute.h"
 #include "common/engine/expert_block.h"
 #include "common/engine/expert_liveness.h"
 #include "common/engine/expert_placement.h"
 #include "common/engine/expert_shard_server.h"
+#include "common/kernels/device_spec.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
 #include "common/transport/loopback/loopback_transport.h"
@@ -33,10 +35,12 @@ class EmbeddedExperts {
   // in-process expert worker per copy, ExpertPlacement's numbering), prefaults them and starts one
   // server per worker. INVALID_ARGUMENT unless `config` is an MoE model, num_shards is in
   // [1, num_experts] and replicas >= 1; the checkpoint's errors (NOT_FOUND, INVALID_ARGUMENT) naming
-  // a tensor.
+  // a tensor. Every shard computes on `device` (CreateExpertCompute): cuda:N without CUDA in the
+  // build or without that device is FAILED_PRECONDITION naming it.
   static absl::StatusOr<std::unique_ptr<EmbeddedExperts>> Create(const model::Checkpoint& checkpoint,
                                                                  const model::ModelConfig& config,
-                                                                 int num_shards, int replicas = 1);
+                                                                 int num_shards, int replicas = 1,
+                                                                 const kernels::DeviceSpec& device = {});
   // Stops every server (joining its thread) before the blocks and the hub go away.
   ~EmbeddedExperts();
   EmbeddedExperts(const EmbeddedExperts&) = delete;
@@ -50,7 +54,10 @@ class EmbeddedExperts {
   // Every worker starts live; a round that gives up on one takes it out for good (nothing restarts
   // an in-process worker).
   ExpertLiveness* liveness() { return &liveness_; }
-  // One block per shard, in shard order (for benchmarks and load reporting).
+  // One expert compute per worker, in worker order, whatever the device (for load reporting).
+  const std::vector<const ExpertCompute*>& shards() const { return shards_; }
+  // The CPU blocks among them (all of them on --device cpu; none on cuda), for the benchmarks
+  // that read ExpertBlock directly.
   const std::vector<std::unique_ptr<ExpertBlock>>& blocks() const { return blocks_; }
 
   // Makes worker `worker` unreachable, as if it died: later dispatches to it fail with UNAVAILABLE.
@@ -81,7 +88,9 @@ class EmbeddedExperts {
   ExpertLiveness liveness_;
   // Declaration order is the reverse of destruction: servers stop before their blocks and endpoints.
   transport::LoopbackHub hub_;
-  std::vector<std::unique_ptr<ExpertBlock>> blocks_;
+  std::vector<std::unique_ptr<ExpertBlock>> blocks_;           // the shards on the CPU
+  std::vector<std::unique_ptr<ExpertCompute>> device_blocks_;  // the shards on a device
+  std::vector<const ExpertCompute*> shards_;                   // all of them, in worker order
   std::vector<std::unique_ptr<ExpertShardServer>> servers_;
 };
 

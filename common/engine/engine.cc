@@ -100,8 +100,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateEmbedded(const std::string
   RETURN_IF_ERROR(engine->LoadDense(model_dir));
   const model::ModelConfig& config = engine->config_;
   if (config.IsMoe()) {
-    ASSIGN_OR_RETURN(engine->embedded_experts_, EmbeddedExperts::Create(*engine->checkpoint_, config,
-                                                                        num_expert_shards, expert_replicas));
+    ASSIGN_OR_RETURN(engine->embedded_experts_,
+                     EmbeddedExperts::Create(*engine->checkpoint_, config, num_expert_shards, expert_replicas,
+                                             options.device));
     EmbeddedExperts& experts = *engine->embedded_experts_;
     engine->dispatcher_ = std::make_unique<MoeDispatcher>(experts.attention_endpoint(), experts.placement(),
                                                           config.hidden_size, options.moe_timeout,

@@ -26,6 +26,7 @@
 #include "common/engine/kv_cache.h"
 #include "common/engine/sampler.h"
 #include "common/engine/scheduler.h"
+#include "common/kernels/device_spec.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
 #include "common/model/weights.h"
@@ -43,9 +44,9 @@ struct EngineOptions {
   // 1 or 2: with 2, a step of several sequences runs as two micro-batches that ping-pong through
   // the MoE layers (AttentionBlock); outputs are the same bits either way.
   int micro_batches = 1;
-  // Where the dense forward pass runs (docs/gpu.md#the-engine-device-seam): the CPU AttentionBlock,
-  // or cuda:N's CudaAttentionBlock (weights and KV cache in device memory; the expert shards of
-  // embedded mode stay on the CPU). cuda needs micro_batches 1.
+  // Where the forward pass runs (`--device`; docs/gpu.md#the-engine-device-seam): the CPU
+  // AttentionBlock, or cuda:N's CudaAttentionBlock (weights and KV cache in device memory); the
+  // expert shards of embedded mode run there too. cuda needs micro_batches 1.
   kernels::DeviceSpec device;
 };
 

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/kernels/cpu/kernels.h"
@@ -11,13 +12,9 @@
 namespace moe::engine {
 
 ExpertBlock::ExpertBlock(const model::ModelConfig& config, std::unique_ptr<model::ExpertShardWeights> weights)
-    : config_(config), weights_(std::move(weights)) {
-  token_counts_.resize(static_cast<size_t>(config_.num_hidden_layers));
-  for (auto& counts : token_counts_) {
-    counts.reset(new std::atomic<uint64_t>[static_cast<size_t>(weights_->num_experts)]);
-    for (int64_t e = 0; e < weights_->num_experts; ++e) counts[e].store(0);
-  }
-}
+    : config_(config),
+      weights_(std::move(weights)),
+      token_counts_(config_.num_hidden_layers, weights_->num_experts) {}
 
 absl::Status ExpertBlock::Apply(int64_t layer, int64_t expert, const bf16* x, int64_t num_rows,
                                 bf16* y) const {
@@ -26,9 +23,7 @@ absl::Status ExpertBlock::Apply(int64_t layer, int64_t expert, const bf16* x, in
 }
 
 absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups) const {
-  if (layer < 0 || layer >= config_.num_hidden_layers || !config_.IsMoeLayer(layer)) {
-    return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not a MoE layer"));
-  }
+  RETURN_IF_ERROR(CheckMoeLayer(config_, layer));
   std::shared_ptr<const Extras> extras;
   {
     absl::MutexLock lock(&extras_mu_);
@@ -102,21 +97,17 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
   for (const Group& g : groups) {
     const int64_t local = g.expert - weights_->first_expert;
     if (g.num_rows == 0 || local < 0 || local >= weights_->num_experts) continue;
-    token_counts_[static_cast<size_t>(layer)][g.expert - weights_->first_expert].fetch_add(
-        static_cast<uint64_t>(g.num_rows), std::memory_order_relaxed);
+    token_counts_.Add(layer, local, static_cast<uint64_t>(g.num_rows));
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<std::vector<std::byte>> ExpertBlock::Serve(int64_t layer,
                                                           std::span<const std::byte> dispatch) const {
-  ASSIGN_OR_RETURN(transport::MoeMessageView in, transport::DecodeMoeMessage(dispatch));
-  if (in.hidden != config_.hidden_size) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("dispatch hidden size ", in.hidden, " != model hidden size ", config_.hidden_size));
-  }
-  std::vector<std::byte> out;
-  bf16* rows_out = transport::EncodeMoeMessageHeader(in.hidden, in.groups, &out);
+  ASSIGN_OR_RETURN(DecodedDispatch decoded,
+                   DecodeDispatch(config_, weights_->first_expert, weights_->num_experts, layer, dispatch));
+  const transport::MoeMessageView& in = decoded.in;
+  bf16* rows_out = decoded.rows_out;
   std::vector<Group> groups;
   groups.reserve(in.groups.size());
   int64_t offset = 0;
@@ -126,23 +117,15 @@ absl::StatusOr<std::vector<std::byte>> ExpertBlock::Serve(int64_t layer,
     offset += g.num_rows;
   }
   RETURN_IF_ERROR(RunGroups(layer, groups));
-  return out;
+  return std::move(decoded.out);
 }
 
 int64_t ExpertBlock::ExpertWeightBytes(int64_t layer) const {
-  const auto& experts = weights_->layers[static_cast<size_t>(layer)];
-  if (experts.empty()) return 0;
-  const model::MlpWeights& w = experts.front();
-  return w.gate_proj.WeightBytes() + w.up_proj.WeightBytes() + w.down_proj.WeightBytes();
+  return ShardExpertWeightBytes(*weights_, layer);
 }
 
 std::vector<std::vector<uint64_t>> ExpertBlock::TokenCounts() const {
-  std::vector<std::vector<uint64_t>> result(token_counts_.size());
-  for (size_t l = 0; l < token_counts_.size(); ++l) {
-    result[l].resize(static_cast<size_t>(weights_->num_experts));
-    for (int64_t e = 0; e < weights_->num_experts; ++e) result[l][e] = token_counts_[l][e].load();
-  }
-  return result;
+  return token_counts_.Snapshot();
 }
 
 }  // namespace moe::engine

@@ -2,6 +2,8 @@
 // the grouped SwiGLU that serves a dispatch message (all rows routed to one expert in one round go
 // through the expert as one matrix product, and all experts of the round share each parallel loop).
 //
+// The CPU implementation of the expert-compute seam (ExpertCompute).
+//
 // Thread safety: Serve() may be called concurrently (it only reads weights; scratch is per call).
 #ifndef MOE_COMMON_ENGINE_EXPERT_BLOCK_H_
 #define MOE_COMMON_ENGINE_EXPERT_BLOCK_H_
@@ -15,17 +17,18 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/engine/compute/expert_compute.h"
 #include "common/model/config.h"
 #include "common/model/weights.h"
 
 namespace moe::engine {
 
-class ExpertBlock {
+class ExpertBlock : public ExpertCompute {
  public:
   ExpertBlock(const model::ModelConfig& config, std::unique_ptr<model::ExpertShardWeights> weights);
 
-  int64_t first_expert() const { return weights_->first_expert; }
-  int64_t num_experts() const { return weights_->num_experts; }
+  int64_t first_expert() const override { return weights_->first_expert; }
+  int64_t num_experts() const override { return weights_->num_experts; }
 
   // y = down(silu(gate(x)) * up(x)) for the experts of `layer`. x, y: [num_rows, hidden] bf16.
   absl::Status Apply(int64_t layer, int64_t expert, const bf16* x, int64_t num_rows, bf16* y) const;
@@ -33,14 +36,15 @@ class ExpertBlock {
   // Decodes a dispatch payload for `layer`, runs each group through its expert and returns the
   // combine payload (same group order). INVALID_ARGUMENT for a malformed message or an expert this
   // shard does not host.
-  absl::StatusOr<std::vector<std::byte>> Serve(int64_t layer, std::span<const std::byte> dispatch) const;
+  absl::StatusOr<std::vector<std::byte>> Serve(int64_t layer,
+                                               std::span<const std::byte> dispatch) const override;
 
   // Bytes of one expert's weights (gate, up, down) in `layer`; 0 for a dense layer.
-  int64_t ExpertWeightBytes(int64_t layer) const;
+  int64_t ExpertWeightBytes(int64_t layer) const override;
 
   // Per-layer per-expert token counts since start (for load reporting), [layer][local expert]. Rows
   // served by extra experts are not counted here.
-  std::vector<std::vector<uint64_t>> TokenCounts() const;
+  std::vector<std::vector<uint64_t>> TokenCounts() const override;
 
   // The expert load balancer's extra experts (docs/architecture.md#expert-load-balancer): single
   // experts outside [first_expert, first_expert + num_experts) that this block serves as well, each
@@ -70,7 +74,7 @@ class ExpertBlock {
 
   const model::ModelConfig config_;
   std::unique_ptr<model::ExpertShardWeights> weights_;
-  mutable std::vector<std::unique_ptr<std::atomic<uint64_t>[]>> token_counts_;
+  mutable ExpertTokenCounter token_counts_;
   mutable absl::Mutex extras_mu_;
   std::shared_ptr<const Extras> extras_ ABSL_GUARDED_BY(extras_mu_);
 };

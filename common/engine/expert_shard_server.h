@@ -1,8 +1,9 @@
 // The data-plane loop of one expert shard: receives dispatch messages from any attention worker
-// over an ActivationTransport, runs each through the ExpertBlock (grouped SwiGLU per expert) and
-// answers its sender with the combine message carrying the same (step, layer, micro-batch), in
-// arrival order. The expert worker process serves over UCX with this; embedded mode serves over
-// loopback. Statistics go to an optional ExpertRoundObserver (the expert worker's metrics).
+// over an ActivationTransport, runs each through the shard's ExpertCompute (the CPU ExpertBlock or
+// the CUDA block: grouped SwiGLU per expert) and answers its sender with the combine message
+// carrying the same (step, layer, micro-batch), in arrival order. The expert worker process serves
+// over UCX with this; embedded mode serves over loopback. Statistics go to an optional
+// ExpertRoundObserver (the expert worker's metrics).
 //
 // A dispatch the block rejects (malformed, or an expert this shard does not host) is answered with
 // an empty combine message: the sender sees the group mismatch and fails its step at once rather
@@ -19,7 +20,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "common/engine/expert_block.h"
+#include "common/engine/compute/expert_compute.h"
 #include "common/engine/expert_round_observer.h"
 #include "common/transport/activation_transport.h"
 
@@ -28,7 +29,7 @@ namespace moe::engine {
 class ExpertShardServer {
  public:
   // None of the pointers is owned; all must outlive Stop(). `observer` may be null.
-  ExpertShardServer(const ExpertBlock* block, transport::ActivationTransport* transport,
+  ExpertShardServer(const ExpertCompute* block, transport::ActivationTransport* transport,
                     ExpertRoundObserver* observer = nullptr)
       : block_(block), transport_(transport), observer_(observer) {}
   ~ExpertShardServer() { Stop(); }
@@ -63,7 +64,7 @@ class ExpertShardServer {
   void ReportServed(const transport::Message& message, absl::Time start, absl::Duration compute,
                     uint64_t bytes_sent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(serve_mu_);
 
-  const ExpertBlock* const block_;
+  const ExpertCompute* const block_;
   transport::ActivationTransport* const transport_;
   ExpertRoundObserver* const observer_;
 

@@ -6,6 +6,8 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/engine/expert_compute_factory.h"
+#include "common/kernels/device_spec.h"
 #include "common/metrics/metrics.h"
 #include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
@@ -23,6 +25,9 @@ ABSL_FLAG(int, expert_replicas, 1,
           "to another copy when a worker dies");
 ABSL_FLAG(std::string, transport, "ucx",
           "data plane to the expert workers; accepted: ucx (nccl is planned, not available yet)");
+ABSL_FLAG(std::string, device, "cpu",
+          "where the forward pass runs: cpu, cuda or cuda:N (the attention side has no CUDA backend yet: "
+          "cuda is refused at start)");
 ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
 ABSL_FLAG(double, moe_timeout_seconds, 10, "deadline of one layer's dispatch+combine round");
 ABSL_FLAG(double, kv_cache_gib, 8,
@@ -48,6 +53,10 @@ int main(int argc, char** argv) {
                 "(--tls_ca F --tls_cert F --tls_key F | --insecure)"});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
+  // --device (MOE_DEVICE): a spelling ParseDeviceSpec accepts and a device this build and machine have.
+  auto device = moe::kernels::ParseDeviceSpec(absl::GetFlag(FLAGS_device), "--device");
+  if (!device.ok()) return service->Fail(device.status());
+  if (absl::Status s = moe::engine::CheckComputeDevice(*device, "--device"); !s.ok()) return service->Fail(s);
   if (absl::GetFlag(FLAGS_transport) != "ucx") {
     return service->Fail("--transport: '" + absl::GetFlag(FLAGS_transport) +
                          "' is not available; accepted: ucx (nccl is planned)");
@@ -83,6 +92,7 @@ int main(int argc, char** argv) {
                          std::to_string(options.engine.micro_batches));
   }
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
+  options.engine.device = *device;
   options.connector.credentials = service->client_credentials();
   // A send to a dead expert worker must not outlast the round's own deadline.
   options.ucx.send_timeout = options.engine.moe_timeout;

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/engine/expert_compute_factory.h"
 #include "common/engine/expert_placement.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
@@ -55,8 +56,7 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
     // The checkpoint is mmap'd; LoadExpertShard copies out (or views) only this shard's tensors.
     ASSIGN_OR_RETURN(auto checkpoint, model::Checkpoint::Open(options.model_dir));
     ASSIGN_OR_RETURN(auto shard, model::LoadExpertShard(*checkpoint, config, range.first, range.count));
-    model::PrefaultWeights(*shard);
-    worker->block_ = std::make_unique<engine::ExpertBlock>(config, std::move(shard));
+    ASSIGN_OR_RETURN(worker->block_, engine::CreateExpertCompute(config, std::move(shard), options.device));
     worker->checkpoint_ = std::move(checkpoint);
   }
   ASSIGN_OR_RETURN(std::string fingerprint, model::ModelFingerprint(options.model_dir));

@@ -18,9 +18,10 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "common/engine/expert_block.h"
+#include "common/engine/compute/expert_compute.h"
 #include "common/engine/expert_placement.h"
 #include "common/engine/expert_shard_server.h"
+#include "common/kernels/device_spec.h"
 #include "common/metrics/counter_mirror.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
@@ -48,6 +49,8 @@ struct ExpertWorkerOptions {
   // Bytes of extra experts (the balancer's copies, LoadExtraExperts) this worker may hold; 0: none.
   int64_t extra_expert_budget_bytes = 0;
   transport::UcxOptions ucx;
+  // Where the shard's experts compute (`--device`): cpu, or cuda:N (weights uploaded once at start).
+  kernels::DeviceSpec device;
 };
 
 class ExpertWorker {
@@ -114,7 +117,7 @@ class ExpertWorker {
   int64_t max_round_tokens_ = 0;
   // Declared before block_: the shard's weights may be views into the checkpoint's mmap.
   std::unique_ptr<model::Checkpoint> checkpoint_;
-  std::unique_ptr<engine::ExpertBlock> block_;
+  std::unique_ptr<engine::ExpertCompute> block_;  // the CPU ExpertBlock or the CUDA block
   std::unique_ptr<transport::UcxTransport> transport_;
   // moe_expert_data_plane_dropped_messages_total; after transport_, so destroyed before it.
   std::unique_ptr<metrics::CounterMirror> drop_metrics_;

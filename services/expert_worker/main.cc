@@ -4,6 +4,8 @@
 
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
+#include "common/engine/expert_compute_factory.h"
+#include "common/kernels/device_spec.h"
 #include "common/metrics/metrics.h"
 #include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
@@ -19,6 +21,9 @@ ABSL_FLAG(int, expert_replicas, 1,
           "copies of each expert shard: N workers hold N/R shards, rank r hosts shard r mod N/R");
 ABSL_FLAG(std::string, transport, "ucx",
           "data plane to the attention workers; accepted: ucx (nccl is planned, not available yet)");
+ABSL_FLAG(
+    std::string, device, "cpu",
+    "where the experts compute: cpu, cuda (= cuda:0) or cuda:N (weights uploaded to that GPU at start)");
 ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
 ABSL_FLAG(double, load_window_seconds, 60, "window of moe_expert_load_balance_ratio");
 ABSL_FLAG(bool, per_expert_metrics, false, "export moe_expert_expert_tokens_total{layer,expert}");
@@ -39,6 +44,10 @@ int main(int argc, char** argv) {
            "[--metrics_port M] (--tls_ca F --tls_cert F --tls_key F | --insecure)"});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
+  // --device (MOE_DEVICE): a spelling ParseDeviceSpec accepts and a device this build and machine have.
+  auto device = moe::kernels::ParseDeviceSpec(absl::GetFlag(FLAGS_device), "--device");
+  if (!device.ok()) return service->Fail(device.status());
+  if (absl::Status s = moe::engine::CheckComputeDevice(*device, "--device"); !s.ok()) return service->Fail(s);
   if (absl::GetFlag(FLAGS_transport) != "ucx") {
     return service->Fail("--transport: '" + absl::GetFlag(FLAGS_transport) +
                          "' is not available; accepted: ucx (nccl is planned)");
@@ -55,6 +64,7 @@ int main(int argc, char** argv) {
   options.max_round_tokens = absl::GetFlag(FLAGS_max_round_tokens);
   options.extra_expert_budget_bytes = absl::GetFlag(FLAGS_extra_expert_budget_bytes);
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
+  options.device = *device;
 
   moe::rpc::ServiceMain* main_service = service.get();
   moe::services::ExpertControlService control([main_service] { main_service->SetReady(false); });
@@ -74,7 +84,7 @@ int main(int argc, char** argv) {
   service->SetReady(!control.drained());  // a Drain may already have come
   const auto& info = (*worker)->info();
   LOG(INFO) << "serving experts [" << info.first_expert() << ", " << info.first_expert() + info.num_experts()
-            << ") as peer " << info.peer_id();
+            << ") as peer " << info.peer_id() << " on " << options.device.ToString();
 
   service->WaitForTerminationSignal();
   if (options.expert_replicas > 1) {

@@ -9,6 +9,7 @@
 #include <csignal>
 
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -320,6 +321,19 @@ TEST(MoectlTest, ClusterUpRefusesReplicasThatDoNotDivideTheExpertWorkers) {
   ExpectCleanFailure(r, "--expert-replicas 2: needs a multiple of 2 expert workers, --expert-workers is 3");
 }
 
+TEST(MoectlTest, ClusterUpRefusesABadDeviceBeforeStartingAnything) {
+  const std::string empty = testing::MakeTempDir("moectl-empty");
+  const std::string state = testing::MakeTempDir("moectl-state");
+  Result bad = RunMoectl("cluster up --detach --model " + empty + " --device gpu --state-dir " + state);
+  ExpectCleanFailure(bad, "--device: 'gpu' is not a device");
+  // No machine has 1024 GPUs (and a machine without one, or a build without CUDA, has no cuda:N).
+  Result missing =
+      RunMoectl("cluster up --detach --model " + empty + " --device cuda:1023 --state-dir " + state);
+  ExpectCleanFailure(missing, "FAILED_PRECONDITION");
+  EXPECT_THAT(missing.err, HasSubstr("cuda:1023"));
+  EXPECT_FALSE(fs::exists(fs::path(state) / "expert-0.log")) << "a child was started";
+}
+
 TEST(MoectlTest, ClusterUpFailureShowsTheChildsExitStatusAndLog) {
   // Every child fails to load a model directory without config.json.
   const std::string empty = testing::MakeTempDir("moectl-empty");
@@ -335,8 +349,12 @@ TEST(MoectlTest, ClusterUpDetachReturnsOnceTheRouterServes) {
   const std::string& model = testing::TestModelDir("tiny", "fp8");
   const int port = FreePortBlock(3);
   const std::string state = testing::MakeTempDir("moectl-state");
+  // --device cpu goes to every worker explicitly: a MOE_DEVICE the workers would refuse, inherited
+  // from this environment, must lose to it.
+  ASSERT_EQ(setenv("MOE_DEVICE", "not-a-device", 1), 0);
   Result up = RunMoectl("cluster up --detach --model " + model + " --port " + std::to_string(port) +
-                        " --state-dir " + state);
+                        " --device cpu --state-dir " + state);
+  unsetenv("MOE_DEVICE");
   ASSERT_EQ(up.exit_code, 0) << up.err;
   struct StopOnFailure {
     std::string state;

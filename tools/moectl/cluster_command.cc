@@ -55,6 +55,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "common/engine/expert_compute_factory.h"
+#include "common/kernels/device_spec.h"
 #include "common/rpc/tls.h"
 #include "common/rpc/tls_certificates.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -79,10 +81,11 @@ struct ClusterFlags {
   bool detach = false;
   double startup_timeout_s = 300;
   std::string transport = "ucx";
-  bool insecure = false;    // plaintext internal hops instead of mTLS
-  double kv_cache_gib = 0;  // attention workers' --kv_cache_gib; 0: theirs (8)
-  int max_restarts = 3;     // per child, after the cluster is ready
-  int http_port = 0;        // the router's OpenAI-compatible HTTP API on 127.0.0.1 (0: none)
+  std::string device = "cpu";  // every worker's --device
+  bool insecure = false;       // plaintext internal hops instead of mTLS
+  double kv_cache_gib = 0;     // attention workers' --kv_cache_gib; 0: theirs (8)
+  int max_restarts = 3;        // per child, after the cluster is ready
+  int http_port = 0;           // the router's OpenAI-compatible HTTP API on 127.0.0.1 (0: none)
 };
 
 std::atomic<bool> stop_requested{false};
@@ -339,6 +342,13 @@ void RunUp(const ClusterFlags& flags) {
   for (const char* name : {"moe-router", "moe-attention-worker", "moe-expert-worker"}) {
     if (!fs::exists(bin / name)) Fail("cluster up", absl::StrCat("cannot find ", (bin / name).string()));
   }
+  // --device: refused here, before any child starts, when the spelling is wrong or this machine (or
+  // build) has no such device; the workers check it again.
+  absl::StatusOr<kernels::DeviceSpec> device = kernels::ParseDeviceSpec(flags.device, "--device");
+  if (!device.ok()) Fail("cluster up", std::string(device.status().message()));
+  if (absl::Status s = engine::CheckComputeDevice(*device, "--device"); !s.ok()) {
+    Fail("cluster up", s.ToString());
+  }
   const fs::path state = flags.state_dir.empty() ? fs::path(DefaultStateDir()) : fs::path(flags.state_dir);
   std::error_code ec;
   fs::create_directories(state, ec);
@@ -523,7 +533,8 @@ void RunUp(const ClusterFlags& flags) {
     spawn(absl::StrCat("expert-", i), "moe-expert-worker",
           {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
            absl::StrCat("--num_expert_workers=", flags.expert_workers),
-           absl::StrCat("--expert_replicas=", flags.expert_replicas), "--transport=" + flags.transport},
+           absl::StrCat("--expert_replicas=", flags.expert_replicas), "--transport=" + flags.transport,
+           "--device=" + device->ToString()},
           experts[static_cast<size_t>(i)]);
   }
   // Attention worker `rank`'s flags (ranks are never reused: `scale` gives new workers new ones).
@@ -534,7 +545,8 @@ void RunUp(const ClusterFlags& flags) {
                                      "--expert_workers=" + absl::StrJoin(experts, ","),
                                      absl::StrCat("--expert_replicas=", flags.expert_replicas),
                                      absl::StrCat("--micro_batches=", flags.micro_batches),
-                                     "--transport=" + flags.transport};
+                                     "--transport=" + flags.transport,
+                                     "--device=" + device->ToString()};
     if (flags.kv_cache_gib > 0) args.push_back(absl::StrCat("--kv_cache_gib=", flags.kv_cache_gib));
     return args;
   };
@@ -771,6 +783,9 @@ void RegisterClusterCommand(CLI::App& app) {
                  "the cluster stops (default 3)")
       ->check(CLI::Range(0, 1000));
   up->add_option("--transport", flags->transport, "Data plane")->check(CLI::IsMember({"ucx"}));
+  up->add_option("--device", flags->device,
+                 "Where every worker computes: cpu (default), cuda or cuda:N (passed to each worker's "
+                 "--device; the attention workers refuse cuda until their CUDA backend exists)");
   up->add_flag("--detach", flags->detach, "Run in the background; stop with `moectl cluster down`");
   up->add_flag("--insecure", flags->insecure,
                "No mTLS between the cluster's processes (default: a throwaway CA in <state-dir>/tls)");

@@ -36,20 +36,6 @@ bool HasMlp(const model::MlpWeights& w) {
 
 }  // namespace
 
-absl::Status CheckEngineDevice(const kernels::DeviceSpec& device) {
-  if (!device.is_cuda()) return absl::OkStatus();
-  return cuda::CheckDevice(device.ordinal, "--device");
-}
-
-absl::StatusOr<std::unique_ptr<ForwardPass>> CreateCudaForwardPass(const model::ModelConfig& config,
-                                                                   const model::DenseWeights& weights,
-                                                                   MoeDispatcher* dispatcher,
-                                                                   const CudaForwardOptions& options) {
-  ASSIGN_OR_RETURN(std::unique_ptr<CudaAttentionBlock> block,
-                   CudaAttentionBlock::Create(config, weights, dispatcher, options));
-  return std::unique_ptr<ForwardPass>(std::move(block));
-}
-
 CudaAttentionBlock::CudaAttentionBlock(const model::ModelConfig& config, MoeDispatcher* dispatcher,
                                        int ordinal)
     : config_(config), dispatcher_(dispatcher), ordinal_(ordinal) {}

@@ -4,6 +4,9 @@
 #include <string>
 
 #include "absl/time/clock.h"
+#include "common/engine/engine.h"
+#include "common/engine/expert_compute_factory.h"
+#include "common/kernels/device_spec.h"
 #include "gtest/gtest.h"
 #include "tests/util/test_models.h"
 
@@ -45,6 +48,40 @@ TEST(EmbeddedExpertsTest, SplitsTheExpertsIntoContiguousShardsAtConsecutivePeers
   }
   EXPECT_EQ(next, tiny.config.num_experts);
   EXPECT_EQ((*experts)->attention_endpoint()->self(), EmbeddedExperts::kAttentionPeer);
+}
+
+TEST(EmbeddedExpertsTest, ShardsListsEveryWorkersComputeOnTheCpu) {
+  Loaded tiny = Load("tiny");
+  ASSERT_NE(tiny.checkpoint, nullptr);
+  auto experts = EmbeddedExperts::Create(*tiny.checkpoint, tiny.config, 2, /*replicas=*/1,
+                                         *kernels::ParseDeviceSpec("cpu"));
+  ASSERT_TRUE(experts.ok()) << experts.status();
+  ASSERT_EQ((*experts)->shards().size(), 2u);
+  for (size_t w = 0; w < 2; ++w) EXPECT_EQ((*experts)->shards()[w], (*experts)->blocks()[w].get());
+}
+
+// No machine has 1024 GPUs: cuda:1023 is refused, naming the device, before any weight is read;
+// where there is no GPU (or no CUDA in the build) so is cuda:0.
+TEST(EmbeddedExpertsTest, AMissingCudaDeviceIsFailedPreconditionNamingIt) {
+  Loaded tiny = Load("tiny");
+  ASSERT_NE(tiny.checkpoint, nullptr);
+  auto far =
+      EmbeddedExperts::Create(*tiny.checkpoint, tiny.config, 2, 1, *kernels::ParseDeviceSpec("cuda:1023"));
+  ASSERT_FALSE(far.ok());
+  EXPECT_EQ(far.status().code(), absl::StatusCode::kFailedPrecondition) << far.status();
+  EXPECT_NE(far.status().message().find("cuda:1023"), std::string::npos) << far.status();
+  // In a CUDA build the refusal comes from the CUDA backend plugin (lib/libmoe_cuda_backend.so,
+  // loaded on demand), not from failing to find it.
+  if (BuiltWithCuda()) {
+    EXPECT_EQ(far.status().message().find("could not be loaded"), std::string::npos) << far.status();
+  }
+
+  const kernels::DeviceSpec cuda0 = *kernels::ParseDeviceSpec("cuda");
+  if (CheckComputeDevice(cuda0).ok()) return;  // a GPU machine: cuda:0 is usable
+  auto none = EmbeddedExperts::Create(*tiny.checkpoint, tiny.config, 2, 1, cuda0);
+  ASSERT_FALSE(none.ok());
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kFailedPrecondition) << none.status();
+  EXPECT_NE(none.status().message().find("cuda:0"), std::string::npos) << none.status();
 }
 
 TEST(EmbeddedExpertsTest, EveryShardAnswersADispatchWithACombineOfTheSameRound) {

@@ -8,6 +8,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/engine/expert_block.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
 #include "common/model/safetensors.h"

@@ -206,5 +206,43 @@ TEST(ServiceMainTest, EachServiceBinaryListsItsOwnFlagsInHelp) {
   }
 }
 
+#ifdef MOE_TEST_WORKER_BINARIES
+// --device (MOE_DEVICE) is checked at start, before the model is read: a spelling ParseDeviceSpec
+// refuses, or a device this machine (or build) lacks, is the worker's Fail with the flag named and
+// exit 1, never a crash and never a silent fallback to the CPU.
+TEST(ServiceMainTest, WorkersRefuseABadOrMissingDeviceNamingTheFlag) {
+  // /metrics starts before the flags are checked: on a free port.
+  const auto run = [](const std::string& binary, std::vector<std::string> args) {
+    args.insert(args.begin(), {"--metrics_listen=127.0.0.1", "--metrics_port=0", "--model=/nonexistent"});
+    args.push_back("--insecure");
+    return RunBinary(binary, args);
+  };
+  for (const std::string binary : {"moe-attention-worker", "moe-expert-worker"}) {
+    const ProcessRun help = RunBinary(binary, {"--help"});
+    EXPECT_TRUE(Contains(help.output, "  --device  (env MOE_DEVICE)\n")) << binary << ":\n" << help.output;
+
+    const ProcessRun bad = run(binary, {"--device=gpu"});
+    EXPECT_EQ(bad.exit_code, 1) << binary << ":\n" << bad.output;
+    EXPECT_TRUE(Contains(bad.output, "INVALID_ARGUMENT: --device: 'gpu' is not a device")) << binary << ":\n"
+                                                                                           << bad.output;
+
+    // cuda:7: no such device here (no GPU, or fewer than 8, or no CUDA in the build).
+    const ProcessRun missing = run(binary, {"--device=cuda:7"});
+    EXPECT_EQ(missing.exit_code, 1) << binary << ":\n" << missing.output;
+    EXPECT_TRUE(Contains(missing.output, "FAILED_PRECONDITION: --device")) << binary << ":\n"
+                                                                           << missing.output;
+    EXPECT_TRUE(Contains(missing.output, "cuda:7")) << binary << ":\n" << missing.output;
+
+    // The environment variable goes through the same check.
+    ASSERT_EQ(setenv("MOE_DEVICE", "cuda:x", 1), 0);
+    const ProcessRun from_env = run(binary, {});
+    unsetenv("MOE_DEVICE");
+    EXPECT_EQ(from_env.exit_code, 1) << binary << ":\n" << from_env.output;
+    EXPECT_TRUE(Contains(from_env.output, "--device: 'cuda:x' is not a device")) << binary << ":\n"
+                                                                                 << from_env.output;
+  }
+}
+#endif
+
 }  // namespace
 }  // namespace moe::rpc

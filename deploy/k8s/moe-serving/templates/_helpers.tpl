@@ -157,9 +157,9 @@ readinessProbe:
 {{- end }}
 
 {{/*
-Environment of every service container: ConfigMap plus the pod's own price, and for the router its
-API keys file and public TLS files when their Secrets are given. Call with (dict "root" $ "c"
-.Values.<component> "component" "<component>").
+Environment of every service container: ConfigMap plus the pod's own price, for the workers their
+compute device (MOE_DEVICE), and for the router its API keys file and public TLS files when their
+Secrets are given. Call with (dict "root" $ "c" .Values.<component> "component" "<component>").
 */}}
 {{- define "moe.env" -}}
 envFrom:
@@ -172,6 +172,11 @@ env:
     valueFrom:
       fieldRef:
         fieldPath: metadata.name
+{{- if ne .component "router" }}
+  # The worker's compute device (--device): cpu, or cuda[:N] on a GPU node.
+  - name: MOE_DEVICE
+    value: {{ .c.device | quote }}
+{{- end }}
 {{- if eq .component "router" }}
 {{- if .root.Values.router.apiKeys.existingSecret }}
   - name: MOE_API_KEYS_FILE
