@@ -15,7 +15,7 @@
 // scripts.
 //
 // Usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,1048576,4194304] [--iters=N] [--busy_poll_us=U]
-//                        [--poll_spin_us=U]
+//                        [--poll_spin_us=U] [--receiver_progress=0|1]
 // --tls is a list of UCX_TLS selections separated by ';' or the shorthands sm (= sm,self) / tcp.
 #include <algorithm>
 #include <cstdio>
@@ -38,9 +38,10 @@ namespace {
 struct Args {
   std::vector<std::string> tls = {"sm", "tcp"};
   std::vector<size_t> sizes = {32 << 10, 256 << 10, 1 << 20, 4 << 20};
-  int iters = 0;          // 0: by size
-  int busy_poll_us = -1;  // -1: UcxOptions' default
-  int poll_spin_us = -1;  // -1: UcxOptions' default
+  int iters = 0;               // 0: by size
+  int busy_poll_us = -1;       // -1: UcxOptions' default
+  int poll_spin_us = -1;       // -1: UcxOptions' default
+  int receiver_progress = -1;  // -1: UcxOptions' default; 0/1 off/on
 };
 
 bool ParseArgs(int argc, char** argv, Args* args) {
@@ -65,6 +66,12 @@ bool ParseArgs(int argc, char** argv, Args* args) {
     } else if (absl::ConsumePrefix(&arg, "--poll_spin_us=")) {
       if (!absl::SimpleAtoi(arg, &args->poll_spin_us) || args->poll_spin_us < 0) {
         std::fprintf(stderr, "--poll_spin_us: not a non-negative integer\n");
+        return false;
+      }
+    } else if (absl::ConsumePrefix(&arg, "--receiver_progress=")) {
+      if (!absl::SimpleAtoi(arg, &args->receiver_progress) || args->receiver_progress < 0 ||
+          args->receiver_progress > 1) {
+        std::fprintf(stderr, "--receiver_progress: 0 or 1\n");
         return false;
       }
     } else if (absl::ConsumePrefix(&arg, "--iters=")) {
@@ -184,6 +191,7 @@ int Run(const Args& args) {
     options.tls = UcxTls(tls);
     if (args.busy_poll_us >= 0) options.busy_poll = absl::Microseconds(args.busy_poll_us);
     if (args.poll_spin_us >= 0) options.poll_spin = absl::Microseconds(args.poll_spin_us);
+    if (args.receiver_progress >= 0) options.receiver_progress = args.receiver_progress == 1;
     // The bandwidth stream runs ahead of the receiver, and each size starts its steps over.
     options.inbox = InboxLimits::Unbounded();
     auto a = UcxTransport::Create(0, options);
@@ -232,7 +240,7 @@ int main(int argc, char** argv) {
     std::fprintf(
         stderr,
         "usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,...] [--iters=N] [--busy_poll_us=U] "
-        "[--poll_spin_us=U]\n");
+        "[--poll_spin_us=U] [--receiver_progress=0|1]\n");
     return 2;
   }
   return moe::transport::Run(args);

@@ -41,20 +41,30 @@ std::optional<DropReason> TaggedInbox::Screen(const MessageTag& tag, size_t pend
   return ScreenLocked(tag, pending);
 }
 
-void TaggedInbox::SetPoller(InboxPoller* poller, absl::Duration spin) {
+void TaggedInbox::SetPoller(InboxPoller* poller, absl::Duration spin, bool drive) {
   poller_ = poller;
   spin_ = spin;
+  drive_ = drive;
 }
 
 template <typename Ready>
 void TaggedInbox::SpinLocked(Ready ready, absl::Time deadline) {
-  if (poller_ == nullptr || spin_ <= absl::ZeroDuration() || ready()) return;
+  if (poller_ == nullptr || (spin_ <= absl::ZeroDuration() && !drive_) || ready()) return;
   const absl::Time end = std::min(absl::Now() + spin_, deadline);
   mu_.Unlock();
   poller_->BeginSpin();
   mu_.Lock();
   while (!ready() && absl::Now() < end) {
     mu_.Unlock();
+    poller_->Poll();
+    mu_.Lock();
+  }
+  // Driving: sleep on the network's events and take what they bring on this thread.
+  while (drive_ && !ready()) {
+    const absl::Time now = absl::Now();
+    if (now >= deadline) break;
+    mu_.Unlock();
+    poller_->WaitForActivity(std::min(deadline, now + kDriveSlice));
     poller_->Poll();
     mu_.Lock();
   }

@@ -25,7 +25,9 @@
 //
 // A transport whose network code can run on any thread (UCX: progress the worker) may set a poller
 // (SetPoller): a receiver with nothing to take then polls it for up to `spin` before it sleeps, so
-// a message about to arrive is delivered on the waiting thread itself, without a wake-up.
+// a message about to arrive is delivered on the waiting thread itself, without a wake-up; and with
+// `drive`, it then sleeps in the poller (on the network's own events) rather than on the inbox, so
+// an arriving message wakes the receiver directly instead of a thread that hands it over.
 //
 // Thread safety: all methods are thread-safe; any number of threads may deliver and receive at once.
 // SetPoller only before the first receive.
@@ -57,6 +59,9 @@ class InboxPoller {
   virtual void BeginSpin() = 0;
   virtual bool Poll() = 0;
   virtual void EndSpin() = 0;
+  // Between BeginSpin and EndSpin: blocks until the network has something for Poll, or `until`
+  // (or a little earlier, spuriously). Used by receivers that drive (SetPoller's `drive`).
+  virtual void WaitForActivity(absl::Time until) = 0;
 };
 
 struct InboxLimits {
@@ -78,8 +83,12 @@ class TaggedInbox {
   TaggedInbox& operator=(const TaggedInbox&) = delete;
 
   // Lets receivers poll `poller` (not owned; it must outlive the receives) for up to `spin` before
-  // they sleep. A zero spin or a null poller turns spinning off. Call before any receive.
-  void SetPoller(InboxPoller* poller, absl::Duration spin);
+  // they sleep; with `drive` they then sleep in poller->WaitForActivity, polling after each wake-up,
+  // in slices of at most kDriveSlice (so a Shutdown or a failure marked by another thread is seen
+  // within one), instead of on the inbox. A null poller, or a zero spin without `drive`, turns it
+  // off. Call before any receive.
+  void SetPoller(InboxPoller* poller, absl::Duration spin, bool drive = false);
+  static constexpr absl::Duration kDriveSlice = absl::Milliseconds(10);
 
   // Queues a received message under message.tag.sender, unless the sender's queue is full or the
   // step is outside its window (then the message is dropped and counted). Returns false if the
@@ -161,6 +170,7 @@ class TaggedInbox {
   const InboxLimits limits_;
   InboxPoller* poller_ = nullptr;  // set before use, then read-only
   absl::Duration spin_;
+  bool drive_ = false;
   mutable absl::Mutex mu_;
   absl::node_hash_map<int32_t, SenderQueue> senders_ ABSL_GUARDED_BY(mu_);
   // Ticks on every delivery and every ReceiveAny: arrival numbers and turns share it.

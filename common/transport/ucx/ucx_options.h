@@ -33,6 +33,10 @@ struct UcxOptions {
   // machine a spinning waiter takes the core its peer needs (measured with bench/transport); set
   // it on dedicated cores.
   absl::Duration poll_spin = absl::ZeroDuration();
+  // After poll_spin, a waiting receiver sleeps on the UCX worker's event fd itself and receives on
+  // its own thread, rather than sleeping until the progress thread hands it the message: one
+  // wake-up per message instead of two, without spinning (docs/data-plane.md#small-message-latency).
+  bool receiver_progress = true;
   static constexpr absl::Duration kMaxPollSpin = absl::Milliseconds(10);
   // UCX keepalive interval, which bounds how fast a silently dead peer is noticed. Ignored when
   // UCX_KEEPALIVE_INTERVAL is set in the environment.

@@ -4,7 +4,9 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -100,6 +102,22 @@ bool UcxProgressThread::Poll() {
   }
   ucx_mu_.Unlock();
   return active;
+}
+
+void UcxProgressThread::WaitForActivity(absl::Time until) {
+  ucs_status_t armed = UCS_ERR_BUSY;
+  {
+    absl::MutexLock lock(&ucx_mu_);
+    if (stopped_) return;
+    if (ops_in_flight_.load(std::memory_order_relaxed) == 0) armed = ucp_worker_arm(worker_);
+  }
+  if (armed == UCS_ERR_BUSY) {  // events pending, or requests of ours to poll for
+    sched_yield();
+    return;
+  }
+  const int64_t ms = std::clamp<int64_t>(absl::ToInt64Milliseconds(until - absl::Now()) + 1, 1, kMaxSleepMs);
+  epoll_event event;
+  epoll_wait(epoll_fd_, &event, 1, armed == UCS_OK ? static_cast<int>(ms) : 1);
 }
 
 void UcxProgressThread::Loop() {

@@ -67,6 +67,11 @@ class UcxProgressThread final : public InboxPoller {
   void BeginSpin() override;
   bool Poll() override;
   void EndSpin() override;
+  // Sleeps on the worker's event fd (armed) until an event, ucp_worker_signal or `until` (at most
+  // 50 ms); returns at once when UCX has work (requests in flight: it yields the core instead).
+  void WaitForActivity(absl::Time until) override;
+  // Wakes every thread sleeping on the worker's event fd (e.g. on Shutdown).
+  void Wake() { ucp_worker_signal(worker_); }
 
   // With UCX held: a request of ours was posted / completed.
   void OpStarted() { ops_in_flight_.fetch_add(1, std::memory_order_relaxed); }

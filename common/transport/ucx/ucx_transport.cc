@@ -54,7 +54,7 @@ absl::Status UcxTransport::Init() {
                                                   [peers = peers_.get()] { return peers->CloseQueued(); }));
   receiver_->set_progress(progress_.get());
   // A waiting receiver progresses UCX itself for a moment (the fast path; ucx_progress_thread.h).
-  inbox().SetPoller(progress_.get(), options_.poll_spin);
+  inbox().SetPoller(progress_.get(), options_.poll_spin, options_.receiver_progress);
   sender_ = std::make_unique<ucx::UcxSender>(options_, &inbox(), peers_.get(), progress_.get());
   progress_->Start();  // last: from here on UCX callbacks may run
   return absl::OkStatus();
@@ -126,6 +126,7 @@ absl::Status UcxTransport::Send(int32_t peer, const MessageTag& tag, std::span<c
 
 void UcxTransport::Shutdown() {
   if (!inbox().Shutdown()) return;
+  progress_->Wake();  // receivers asleep on the worker's fd (receiver_progress) see it at once
   progress_
       ->Run([this]() -> absl::Status {
         failures_->SayGoodbyeAndCloseAll(options_.goodbye_timeout);

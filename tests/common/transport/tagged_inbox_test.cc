@@ -380,8 +380,15 @@ class FakePoller final : public InboxPoller {
     return polls == deliver_on_;
   }
   void EndSpin() override { ++ends; }
+  // Sleeps (at most 1 ms, like a network event arriving) and delivers on the `deliver_on`-th wait
+  // when polls do not.
+  void WaitForActivity(absl::Time until) override {
+    absl::SleepFor(std::min(absl::Milliseconds(1), std::max(absl::ZeroDuration(), until - absl::Now())));
+    if (++waits == deliver_on_wait) inbox_->Deliver(message_);
+  }
 
-  std::atomic<int> begins{0}, polls{0}, ends{0};
+  std::atomic<int> begins{0}, polls{0}, ends{0}, waits{0};
+  int deliver_on_wait = -1;
 
  private:
   TaggedInbox* const inbox_;
@@ -445,6 +452,46 @@ TEST(TaggedInboxTest, ASpinEndsAtTheDeadlineOrTheSpinAndThenTheWaiterSleeps) {
   stopper.join();
   EXPECT_TRUE(absl::IsCancelled(cancelled.status())) << cancelled.status();
   EXPECT_EQ(off.polls.load(), 0);
+}
+
+TEST(TaggedInboxTest, ADrivingWaiterSleepsInThePollerAndTakesWhatItsEventsBring) {
+  TaggedInbox inbox;
+  const MessageTag tag = Tag(MessageKind::kCombine, 1, 7);
+  FakePoller poller(&inbox, /*deliver_on=*/-1, Msg(tag, 11));
+  poller.deliver_on_wait = 3;
+  inbox.SetPoller(&poller, absl::ZeroDuration(), /*drive=*/true);
+  auto got = inbox.ReceiveTagged(tag, In(absl::Seconds(30)));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(Value(*got), 11);
+  EXPECT_EQ(poller.waits.load(), 3);  // no more waits once the message was there
+  EXPECT_EQ(poller.begins.load(), 1);
+  EXPECT_EQ(poller.ends.load(), 1);
+
+  // Nothing comes: the wait ends UNAVAILABLE at its deadline, in the poller's slices.
+  FakePoller never(&inbox, /*deliver_on=*/-1, Msg(tag, 1));
+  inbox.SetPoller(&never, absl::ZeroDuration(), /*drive=*/true);
+  auto late = inbox.ReceiveAny(In(absl::Milliseconds(20)));
+  EXPECT_TRUE(absl::IsUnavailable(late.status())) << late.status();
+  EXPECT_GT(never.waits.load(), 0);
+  EXPECT_EQ(never.begins.load(), never.ends.load());
+
+  // A delivery from another thread (a message the poller does not bring) and Shutdown are seen
+  // by a driving waiter too.
+  std::thread sender([&inbox, tag] {
+    absl::SleepFor(absl::Milliseconds(20));
+    inbox.Deliver(Msg(tag, 12));
+  });
+  auto other = inbox.ReceiveTagged(tag, In(absl::Seconds(30)));
+  sender.join();
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(Value(*other), 12);
+  std::thread stopper([&inbox] {
+    absl::SleepFor(absl::Milliseconds(20));
+    inbox.Shutdown();
+  });
+  auto cancelled = inbox.ReceiveTagged(Tag(MessageKind::kCombine, 2, 7), In(absl::Seconds(30)));
+  stopper.join();
+  EXPECT_TRUE(absl::IsCancelled(cancelled.status())) << cancelled.status();
 }
 
 }  // namespace
