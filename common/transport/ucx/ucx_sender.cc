@@ -43,7 +43,7 @@ absl::Status UcxSender::Send(int32_t peer, const MessageTag& tag, std::span<cons
     param.user_data = &op;
     // Below the threshold eager, explicitly: left to itself UCX 1.13 picks rendezvous for 32 KiB over
     // shared memory, whose handshake needs both workers progressed several times per message
-    // (measured: 4x the round trip; docs/data-plane.md#ucx-transport).
+    // (measured with bench/transport: docs/data-plane.md#small-message-latency).
     if (options_.rndv_threshold > 0) {
       param.flags =
           payload.size() >= options_.rndv_threshold ? UCP_AM_SEND_FLAG_RNDV : UCP_AM_SEND_FLAG_EAGER;

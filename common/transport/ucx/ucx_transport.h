@@ -17,7 +17,10 @@
 // Progress: a dedicated thread drives ucp_worker_progress. While requests of ours are in flight it
 // polls (yielding the core between polls: some rendezvous steps raise no fd event); otherwise,
 // after UcxOptions::busy_poll without activity, it sleeps on the worker's event fd, waking on
-// network events, on ucp_worker_signal from a caller, or at the latest every 50 ms.
+// network events, on ucp_worker_signal from a caller, or at the latest every 50 ms. While a
+// receiver waits (UcxOptions::receiver_progress, poll_spin) that receiver drives the worker instead,
+// sleeping on the event fd itself, so a message wakes only the thread that wants it
+// (docs/data-plane.md#small-message-latency).
 //
 // Admission (docs/data-plane.md#admission-and-bounds): an Active Message does not identify the
 // endpoint it came from, so the receiver admits each peer explicitly: Admit(peer) makes a random
