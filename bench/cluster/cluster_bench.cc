@@ -14,6 +14,9 @@
 //   bytes per layer each way   = tokens per step x num_experts_per_tok x hidden x 2 (bf16)
 //   achieved bandwidth         = 2 x bytes each way / dispatch+combine time (a lower bound: combine
 //                                includes waiting for the experts' compute)
+//   per-layer transport        = sum transport / (steps x MoE layers): dispatch plus the data
+//                                plane's delivery, without the expert workers' own time
+//   per-layer expert_wait      = sum expert_wait / (steps x MoE layers) (docs/metrics.md)
 //
 // Output: one `RESULT key=value ...` line per concurrency.
 #include <algorithm>
@@ -103,7 +106,7 @@ class Timeline {
 };
 
 struct Snapshot {
-  double dispatch_sum = 0, combine_sum = 0, steps = 0, tokens = 0;
+  double dispatch_sum = 0, combine_sum = 0, transport_sum = 0, expert_wait_sum = 0, steps = 0, tokens = 0;
 };
 
 absl::StatusOr<Snapshot> Scrape(const std::string& address) {
@@ -113,6 +116,8 @@ absl::StatusOr<Snapshot> Scrape(const std::string& address) {
   const std::string h = "moe_attention_step_duration_seconds";
   for (auto [field, sample] : {std::pair{&s.dispatch_sum, h + "_sum{phase=\"dispatch\"}"},
                                std::pair{&s.combine_sum, h + "_sum{phase=\"combine\"}"},
+                               std::pair{&s.transport_sum, h + "_sum{phase=\"transport\"}"},
+                               std::pair{&s.expert_wait_sum, h + "_sum{phase=\"expert_wait\"}"},
                                std::pair{&s.steps, h + "_count{phase=\"dispatch\"}"},
                                std::pair{&s.tokens, std::string("moe_attention_step_batch_tokens_sum")}}) {
     auto v = SampleValue(*body, sample);
@@ -271,10 +276,16 @@ int Main(int argc, char** argv) {
       const double bytes_each_way = step_tokens * static_cast<double>(topk * hidden * 2);
       const double per_layer_us = steps > 0 ? moe_seconds / (steps * static_cast<double>(layers)) * 1e6 : 0;
       const double bandwidth = per_layer_us > 0 ? 2 * bytes_each_way / (per_layer_us * 1e-6) : 0;
+      const double layer_steps = steps * static_cast<double>(layers);
+      const double transport_us =
+          layer_steps > 0 ? (end->transport_sum - start->transport_sum) / layer_steps * 1e6 : 0;
+      const double expert_wait_us =
+          layer_steps > 0 ? (end->expert_wait_sum - start->expert_wait_sum) / layer_steps * 1e6 : 0;
       absl::StrAppend(&line, " steps=", steps, " tokens_per_step=", step_tokens, " layers=", layers,
                       " bytes_per_layer_each_way=", static_cast<int64_t>(bytes_each_way),
                       " bytes_per_message=", static_cast<int64_t>(bytes_each_way / flags.expert_workers),
                       " dispatch_combine_per_layer_us=", per_layer_us,
+                      " transport_per_layer_us=", transport_us, " expert_wait_per_layer_us=", expert_wait_us,
                       " achieved_MiBps=", bandwidth / (1 << 20));
     }
     std::printf("%s\n", line.c_str());

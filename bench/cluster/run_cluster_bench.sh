@@ -91,21 +91,24 @@ for c in ${CONCURRENCY//,/ }; do
 done
 echo "(decode tokens/s excludes each request's first token; ratio = cluster / embedded)"
 echo
-printf '%5s %10s %10s | %10s %10s | %-4s %12s %7s %12s %7s\n' conc "B/layer" "B/msg" "d+c_us" "ach_MiB/s" \
-  tls "2xam_lat_us" ratio "am_bw_MiB/s" ratio
+printf '%5s %10s %10s | %10s %10s %10s %10s | %-4s %12s %7s %7s %12s %7s\n' conc "B/layer" "B/msg" "d+c_us" \
+  "transp_us" "expert_us" "ach_MiB/s" tls "2xam_lat_us" ratio "t_ratio" "am_bw_MiB/s" ratio
 for c in ${CONCURRENCY//,/ }; do
   k=$(grep " concurrency=$c " "$work/cluster.txt")
   bl=$(field "$k" bytes_per_layer_each_way); bm=$(field "$k" bytes_per_message)
   dc=$(field "$k" dispatch_combine_per_layer_us); ach=$(field "$k" achieved_MiBps)
+  tr=$(field "$k" transport_per_layer_us); ew=$(field "$k" expert_wait_per_layer_us)
   for tls in $TLS_LIST; do
     lat=$(perftest "$tls" ucp_am_lat "$bm" | awk '{print $3}')
     bw=$(perftest "$tls" ucp_am_bw "$bm" | awk '{print $7}')
-    awk -v c="$c" -v bl="$bl" -v bm="$bm" -v dc="$dc" -v ach="$ach" -v t="$tls" -v lat="$lat" -v bw="$bw" 'BEGIN {
-      printf "%5d %10d %10d | %10.1f %10.1f | %-4s %12.1f %7.1f %12.1f %7.4f\n",
-        c, bl, bm, dc, ach, t, 2 * lat, dc / (2 * lat), bw, ach / bw }'
+    awk -v c="$c" -v bl="$bl" -v bm="$bm" -v dc="$dc" -v tr="$tr" -v ew="$ew" -v ach="$ach" -v t="$tls" \
+      -v lat="$lat" -v bw="$bw" 'BEGIN {
+      printf "%5d %10d %10d | %10.1f %10.1f %10.1f %10.1f | %-4s %12.1f %7.1f %7.1f %12.1f %7.4f\n",
+        c, bl, bm, dc, tr, ew, ach, t, 2 * lat, dc / (2 * lat), tr / (2 * lat), bw, ach / bw }'
   done
 done
 echo "B/layer: bytes each way per MoE layer per decode step (tokens x top-k x hidden x 2); B/msg: per expert worker (mean)"
 echo "d+c_us: attention worker's dispatch+combine per layer (combine includes the experts' compute);"
+echo "transp_us / expert_us: d+c split into the data plane's own time and the expert workers' (docs/metrics.md);"
 echo "ach_MiB/s: 2 x B/layer / d+c; ucx_perftest: 2 x ucp_am_lat one-way (a round trip) and ucp_am_bw at B/msg"
-echo "ratio: ours / ucx_perftest. Raw: $work"
+echo "ratio: ours / ucx_perftest (t_ratio: transp_us / round trip). Raw: $work"

@@ -3,7 +3,10 @@
 //
 //   round trip: peer 0 sends an N-byte dispatch, peer 1 answers with an N-byte combine (one MoE
 //               layer's hop); reported as median and mean round-trip time and as half of it
-//               (comparable to ucx_perftest's one-way ucp_am_lat).
+//               (comparable to ucx_perftest's one-way ucp_am_lat). The transport's share of a
+//               round trip is the round trip less the time the echo held the message between
+//               receiving it and sending the answer (an expert worker's compute, here ~0), as the
+//               attention worker's metrics split it (docs/metrics.md).
 //   bandwidth:  peer 0 sends `iters` N-byte messages back to back, peer 1 receives them and
 //               acknowledges the last; bytes / time (comparable to ucx_perftest's ucp_am_bw).
 //
@@ -12,6 +15,7 @@
 // scripts.
 //
 // Usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,1048576,4194304] [--iters=N] [--busy_poll_us=U]
+//                        [--poll_spin_us=U] [--receiver_progress=0|1]
 // --tls is a list of UCX_TLS selections separated by ';' or the shorthands sm (= sm,self) / tcp.
 #include <algorithm>
 #include <cstdio>
@@ -34,8 +38,10 @@ namespace {
 struct Args {
   std::vector<std::string> tls = {"sm", "tcp"};
   std::vector<size_t> sizes = {32 << 10, 256 << 10, 1 << 20, 4 << 20};
-  int iters = 0;          // 0: by size
-  int busy_poll_us = -1;  // -1: UcxOptions' default
+  int iters = 0;               // 0: by size
+  int busy_poll_us = -1;       // -1: UcxOptions' default
+  int poll_spin_us = -1;       // -1: UcxOptions' default
+  int receiver_progress = -1;  // -1: UcxOptions' default; 0/1 off/on
 };
 
 bool ParseArgs(int argc, char** argv, Args* args) {
@@ -57,6 +63,17 @@ bool ParseArgs(int argc, char** argv, Args* args) {
       }
     } else if (absl::ConsumePrefix(&arg, "--busy_poll_us=")) {
       if (!absl::SimpleAtoi(arg, &args->busy_poll_us) || args->busy_poll_us < 0) return false;
+    } else if (absl::ConsumePrefix(&arg, "--poll_spin_us=")) {
+      if (!absl::SimpleAtoi(arg, &args->poll_spin_us) || args->poll_spin_us < 0) {
+        std::fprintf(stderr, "--poll_spin_us: not a non-negative integer\n");
+        return false;
+      }
+    } else if (absl::ConsumePrefix(&arg, "--receiver_progress=")) {
+      if (!absl::SimpleAtoi(arg, &args->receiver_progress) || args->receiver_progress < 0 ||
+          args->receiver_progress > 1) {
+        std::fprintf(stderr, "--receiver_progress: 0 or 1\n");
+        return false;
+      }
     } else if (absl::ConsumePrefix(&arg, "--iters=")) {
       if (!absl::SimpleAtoi(arg, &args->iters) || args->iters <= 0) return false;
     } else {
@@ -85,7 +102,8 @@ MessageTag Tag(MessageKind kind, uint64_t step, int32_t sender) {
 struct Result {
   double rtt_median_us = 0;
   double rtt_mean_us = 0;
-  double bw_mib_s = 0;  // MiB/s (2^20 bytes), the unit ucx_perftest prints as MB/s
+  double transport_median_us = 0;  // round trip less the echo's hold time, median
+  double bw_mib_s = 0;             // MiB/s (2^20 bytes), the unit ucx_perftest prints as MB/s
 };
 
 absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, int iters) {
@@ -93,6 +111,8 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
   const int warmup = std::max(10, iters / 10);
   const absl::Time deadline_pad = absl::Now() + absl::Minutes(5);
   absl::Status echo_status;
+  // Per round trip: how long the echo held the dispatch before sending the answer (not transport).
+  std::vector<absl::Duration> holds(static_cast<size_t>(warmup + iters));
   // Peer 1: answer every dispatch, then take the bandwidth stream and acknowledge its end.
   std::thread echo([&] {
     for (int i = 0; i < warmup + iters; ++i) {
@@ -101,7 +121,10 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
         echo_status = m.status();
         return;
       }
-      echo_status = b.Send(0, Tag(MessageKind::kCombine, i, 1), m->payload);
+      const absl::Time received = absl::Now();
+      const MessageTag answer_tag = Tag(MessageKind::kCombine, i, 1);
+      holds[static_cast<size_t>(i)] = absl::Now() - received;
+      echo_status = b.Send(0, answer_tag, m->payload);
       if (!echo_status.ok()) return;
     }
     const uint64_t base = warmup + iters;
@@ -116,6 +139,7 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
   });
 
   std::vector<double> rtts;
+  std::vector<absl::Duration> rtt_durations;
   absl::Status status;
   for (int i = 0; i < warmup + iters && status.ok(); ++i) {
     const absl::Time start = absl::Now();
@@ -127,7 +151,7 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
       break;
     }
     if (answer->payload.size() != size) status = absl::InternalError("echo size mismatch");
-    if (i >= warmup) rtts.push_back(absl::ToDoubleMicroseconds(absl::Now() - start));
+    if (i >= warmup) rtt_durations.push_back(absl::Now() - start);
   }
   const uint64_t base = warmup + iters;
   const absl::Time stream_start = absl::Now();
@@ -144,6 +168,14 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
   if (!echo_status.ok()) return echo_status;
 
   Result r;
+  std::vector<double> transport;
+  for (size_t i = 0; i < rtt_durations.size(); ++i) {
+    rtts.push_back(absl::ToDoubleMicroseconds(rtt_durations[i]));
+    transport.push_back(
+        absl::ToDoubleMicroseconds(rtt_durations[i] - holds[i + static_cast<size_t>(warmup)]));
+  }
+  std::sort(transport.begin(), transport.end());
+  r.transport_median_us = transport[transport.size() / 2];
   std::sort(rtts.begin(), rtts.end());
   r.rtt_median_us = rtts[rtts.size() / 2];
   r.rtt_mean_us = std::accumulate(rtts.begin(), rtts.end(), 0.0) / rtts.size();
@@ -152,12 +184,14 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
 }
 
 int Run(const Args& args) {
-  std::printf("%-8s %10s %7s %14s %14s %14s %12s\n", "tls", "bytes", "iters", "rtt_p50_us", "rtt_mean_us",
-              "half_rtt_us", "bw_MiB/s");
+  std::printf("%-8s %10s %7s %14s %14s %14s %14s %12s\n", "tls", "bytes", "iters", "rtt_p50_us",
+              "rtt_mean_us", "half_rtt_us", "transport_us", "bw_MiB/s");
   for (const std::string& tls : args.tls) {
     UcxOptions options;
     options.tls = UcxTls(tls);
     if (args.busy_poll_us >= 0) options.busy_poll = absl::Microseconds(args.busy_poll_us);
+    if (args.poll_spin_us >= 0) options.poll_spin = absl::Microseconds(args.poll_spin_us);
+    if (args.receiver_progress >= 0) options.receiver_progress = args.receiver_progress == 1;
     // The bandwidth stream runs ahead of the receiver, and each size starts its steps over.
     options.inbox = InboxLimits::Unbounded();
     auto a = UcxTransport::Create(0, options);
@@ -185,10 +219,12 @@ int Run(const Args& args) {
         std::fprintf(stderr, "%s %zu: %s\n", tls.c_str(), size, r.status().ToString().c_str());
         return 1;
       }
-      std::printf("%-8s %10zu %7d %14.1f %14.1f %14.1f %12.1f\n", tls.c_str(), size, iters, r->rtt_median_us,
-                  r->rtt_mean_us, r->rtt_median_us / 2, r->bw_mib_s);
-      std::printf("RESULT tls=%s bytes=%zu rtt_p50_us=%.2f rtt_mean_us=%.2f bw_MiBps=%.1f\n", tls.c_str(),
-                  size, r->rtt_median_us, r->rtt_mean_us, r->bw_mib_s);
+      std::printf("%-8s %10zu %7d %14.1f %14.1f %14.1f %14.1f %12.1f\n", tls.c_str(), size, iters,
+                  r->rtt_median_us, r->rtt_mean_us, r->rtt_median_us / 2, r->transport_median_us,
+                  r->bw_mib_s);
+      std::printf(
+          "RESULT tls=%s bytes=%zu rtt_p50_us=%.2f rtt_mean_us=%.2f transport_p50_us=%.2f bw_MiBps=%.1f\n",
+          tls.c_str(), size, r->rtt_median_us, r->rtt_mean_us, r->transport_median_us, r->bw_mib_s);
       std::fflush(stdout);
     }
   }
@@ -203,7 +239,8 @@ int main(int argc, char** argv) {
   if (!moe::transport::ParseArgs(argc, argv, &args)) {
     std::fprintf(
         stderr,
-        "usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,...] [--iters=N] [--busy_poll_us=U]\n");
+        "usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,...] [--iters=N] [--busy_poll_us=U] "
+        "[--poll_spin_us=U] [--receiver_progress=0|1]\n");
     return 2;
   }
   return moe::transport::Run(args);

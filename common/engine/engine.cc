@@ -269,6 +269,7 @@ std::vector<TokenEvent> Engine::Step() {
   const absl::Time forward_start = absl::Now();
   if (dispatcher_ != nullptr) {
     dispatcher_->TakeTimes();
+    dispatcher_->TakeWaitSplit();
     dispatcher_->TakeResends();
   }
   absl::Status status = attention_->Forward(step_, segments, &logits);
@@ -276,6 +277,9 @@ std::vector<TokenEvent> Engine::Step() {
   stats.micro_batches = attention_->last_micro_batches();
   if (dispatcher_ != nullptr) {
     std::tie(stats.dispatch, stats.combine) = dispatcher_->TakeTimes();
+    const MoeDispatcher::WaitSplit split = dispatcher_->TakeWaitSplit();
+    stats.transport = stats.dispatch + split.transport;
+    stats.expert_wait = split.expert_wait;
     stats.expert_resends = static_cast<int64_t>(dispatcher_->TakeResends());
   }
   last_step_stats_ = stats;

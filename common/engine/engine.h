@@ -93,8 +93,12 @@ struct StepStats {
   absl::Duration forward;          // the whole forward pass
   absl::Duration dispatch;         // MoE dispatch, summed over layers
   absl::Duration combine;          // MoE combine (incl. waiting for experts), summed over layers
-  int64_t expert_resends = 0;      // parts of MoE rounds re-sent to another replica (failover)
-  int64_t micro_batches = 1;       // micro-batches the forward pass ran (EngineOptions::micro_batches)
+  // The data plane's own time, summed over layers: dispatch (sending) plus the part of combine's
+  // wait the expert workers did not spend on the round (MoeDispatcher::TakeWaitSplit).
+  absl::Duration transport;
+  absl::Duration expert_wait;  // the part of combine's wait spent in the expert workers
+  int64_t expert_resends = 0;  // parts of MoE rounds re-sent to another replica (failover)
+  int64_t micro_batches = 1;   // micro-batches the forward pass ran (EngineOptions::micro_batches)
 };
 
 class Engine {

@@ -93,13 +93,18 @@ void ExpertShardServer::ServeLocked(const transport::Message& message) {
     transport::EncodeMoeMessageHeader(0, {}, &reply);
     ++failed_;
   }
+  // The answer carries how long this worker held the round, so the attention worker can tell
+  // expert time from transport (moe_message.h, version 2). The reply was encoded just above. The
+  // observer counts the activation bytes, without the stamp.
+  const size_t reply_bytes = reply.size();
+  transport::StampExpertTime(absl::Now() - start, &reply).IgnoreError();
   const absl::Status sent = transport_->Send(message.tag.sender, reply_tag, reply);
   if (!sent.ok()) {
     std::cerr << "expert shard server: reply to peer " << message.tag.sender << " failed: " << sent << "\n";
   }
   if (observer_ == nullptr) return;
   if (served.ok()) {
-    ReportServed(message, start, compute, sent.ok() ? reply.size() : 0);
+    ReportServed(message, start, compute, sent.ok() ? reply_bytes : 0);
   } else {
     observer_->OnRoundFailed({.layer = layer,
                               .status = served.status(),

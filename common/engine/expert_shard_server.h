@@ -1,9 +1,10 @@
 // The data-plane loop of one expert shard: receives dispatch messages from any attention worker
 // over an ActivationTransport, runs each through the shard's ExpertCompute (the CPU ExpertBlock or
 // the CUDA block: grouped SwiGLU per expert) and answers its sender with the combine message
-// carrying the same (step, layer, micro-batch), in arrival order. The expert worker process serves
-// over UCX with this; embedded mode serves over loopback. Statistics go to an optional
-// ExpertRoundObserver (the expert worker's metrics).
+// carrying the same (step, layer, micro-batch), in arrival order, stamped (moe_message.h version 2)
+// with how long this shard held the round, so the attention worker can split its wait into expert
+// time and transport. The expert worker process serves over UCX with this; embedded mode serves
+// over loopback. Statistics go to an optional ExpertRoundObserver (the expert worker's metrics).
 //
 // A dispatch the block rejects (malformed, or an expert this shard does not host) is answered with
 // an empty combine message: the sender sees the group mismatch and fails its step at once rather

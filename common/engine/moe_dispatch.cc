@@ -141,6 +141,7 @@ absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
   std::vector<const bf16*> rows;
   std::vector<absl::Time> deadlines(handle.parts.size(), start + timeout_);
   std::vector<bool> failed(static_cast<size_t>(placement_.num_workers()), false);
+  absl::Duration expert_time;  // the longest an expert worker reported holding this round
   // Parts may be appended (re-sends) while this loop runs, so index rather than iterate.
   for (size_t p = 0; p < handle.parts.size(); ++p) {
     const DispatchHandle::Part& part = handle.parts[p];
@@ -176,6 +177,7 @@ absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
     }
     answers.push_back(*std::move(answer));
     ASSIGN_OR_RETURN(transport::MoeMessageView view, transport::DecodeMoeMessage(answers.back().payload));
+    if (view.expert_time.has_value()) expert_time = std::max(expert_time, *view.expert_time);
     const auto& sent = part.groups;
     bool same = view.groups.size() == sent.size() && (sent.empty() || view.hidden == hidden_);
     for (size_t g = 0; same && g < sent.size(); ++g) {
@@ -187,6 +189,10 @@ absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
     }
     rows.push_back(view.rows);
   }
+  const absl::Duration wait = absl::Now() - start;
+  const absl::Duration expert_wait = std::min(expert_time, wait);
+  wait_split_.expert_wait += expert_wait;
+  wait_split_.transport += wait - expert_wait;
 
   const int64_t k = handle.top_k;
   const int64_t hidden = hidden_;

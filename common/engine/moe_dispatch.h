@@ -109,6 +109,19 @@ class MoeDispatcher {
     return times;
   }
 
+  // Combine's wait for the answers split in two, summed since the last call (then resets):
+  // expert_wait, the part the expert workers spent on the round (per round the longest time an
+  // expert worker reports holding it, as it computes in parallel with the others; at most the
+  // wait), and transport, the rest of the wait (the data plane delivering the dispatch and the
+  // answers, and an expert worker's queueing). An answer without an expert time (an older expert
+  // worker) counts wholly as transport. transport + expert_wait <= the combine time of TakeTimes,
+  // which also holds the weighted sum; the dispatch time is all transport (sending).
+  struct WaitSplit {
+    absl::Duration transport;
+    absl::Duration expert_wait;
+  };
+  WaitSplit TakeWaitSplit() { return std::exchange(wait_split_, WaitSplit{}); }
+
  private:
   // Builds and sends the parts for `slots` (all of the round's slots on the first send, a failed
   // part's on a re-send), skipping the workers in `excluded`; appends them to handle->parts.
@@ -125,6 +138,7 @@ class MoeDispatcher {
   ExpertLoad load_;
   absl::Duration dispatch_time_;
   absl::Duration combine_time_;
+  WaitSplit wait_split_;
 };
 
 }  // namespace moe::engine

@@ -14,6 +14,7 @@ static_assert(std::endian::native == std::endian::little, "the wire format is li
 
 constexpr uint32_t kMagic = 0x3145'4f4d;  // "MOE1"
 constexpr uint16_t kVersion = 1;
+constexpr uint16_t kVersionWithExpertTime = 2;
 constexpr uint8_t kDTypeBf16 = 1;
 constexpr size_t kHeaderBytes = 4 + 2 + 1 + 1 + 4 + 4;
 constexpr size_t kGroupBytes = 8;
@@ -39,10 +40,12 @@ size_t MoeMessageSize(int64_t hidden, size_t num_groups, int64_t total_rows) {
 }
 
 size_t MaxMoeMessageSize(int64_t hidden, int64_t hosted_experts, int64_t top_k, int64_t max_tokens) {
-  if (hidden <= 0 || hosted_experts <= 0 || top_k <= 0 || max_tokens <= 0) return kHeaderBytes;
+  if (hidden <= 0 || hosted_experts <= 0 || top_k <= 0 || max_tokens <= 0) {
+    return kHeaderBytes + kExpertTimeBytes;
+  }
   const unsigned __int128 rows =
       static_cast<unsigned __int128>(max_tokens) * static_cast<uint64_t>(std::min(top_k, hosted_experts));
-  const unsigned __int128 bytes = kHeaderBytes +
+  const unsigned __int128 bytes = kHeaderBytes + kExpertTimeBytes +
                                   static_cast<unsigned __int128>(hosted_experts) * kGroupBytes +
                                   rows * static_cast<uint64_t>(hidden) * sizeof(bf16);
   return bytes > SIZE_MAX ? SIZE_MAX : static_cast<size_t>(bytes);
@@ -67,6 +70,20 @@ bf16* EncodeMoeMessageHeader(int64_t hidden, std::span<const ExpertGroup> groups
   return reinterpret_cast<bf16*>(p);
 }
 
+absl::Status StampExpertTime(absl::Duration expert_time, std::vector<std::byte>* message) {
+  absl::StatusOr<MoeMessageView> view = DecodeMoeMessage(*message);
+  if (!view.ok()) return view.status();
+  if (view->expert_time.has_value()) return absl::InvalidArgumentError("moe message: already stamped");
+  const int64_t nanos = std::max<int64_t>(0, absl::ToInt64Nanoseconds(expert_time));
+  std::byte* version = message->data() + 4;
+  std::memcpy(version, &kVersionWithExpertTime, sizeof(kVersionWithExpertTime));
+  const size_t end = message->size();
+  message->resize(end + kExpertTimeBytes);
+  std::byte* p = message->data() + end;
+  Put<uint64_t>(p, static_cast<uint64_t>(nanos));
+  return absl::OkStatus();
+}
+
 absl::StatusOr<MoeMessageView> DecodeMoeMessage(std::span<const std::byte> payload) {
   if (payload.size() < kHeaderBytes) {
     return absl::InvalidArgumentError(
@@ -80,8 +97,21 @@ absl::StatusOr<MoeMessageView> DecodeMoeMessage(std::span<const std::byte> paylo
   const uint32_t hidden = Get<uint32_t>(p);
   const uint32_t num_groups = Get<uint32_t>(p);
   if (magic != kMagic) return absl::InvalidArgumentError("moe message: bad magic");
-  if (version != kVersion) {
+  if (version != kVersion && version != kVersionWithExpertTime) {
     return absl::InvalidArgumentError(absl::StrCat("moe message: unsupported version ", version));
+  }
+  std::optional<absl::Duration> expert_time;
+  if (version == kVersionWithExpertTime) {
+    if (payload.size() < kHeaderBytes + kExpertTimeBytes) {
+      return absl::InvalidArgumentError("moe message: version 2 without its expert time");
+    }
+    const std::byte* trailer = payload.data() + payload.size() - kExpertTimeBytes;
+    const uint64_t nanos = Get<uint64_t>(trailer);
+    if (nanos > static_cast<uint64_t>(INT64_MAX)) {
+      return absl::InvalidArgumentError("moe message: expert time out of range");
+    }
+    expert_time = absl::Nanoseconds(static_cast<int64_t>(nanos));
+    payload = payload.first(payload.size() - kExpertTimeBytes);
   }
   if (dtype != kDTypeBf16) {
     return absl::InvalidArgumentError(absl::StrCat("moe message: unsupported dtype ", dtype));
@@ -109,6 +139,7 @@ absl::StatusOr<MoeMessageView> DecodeMoeMessage(std::span<const std::byte> paylo
   }
   view.rows = reinterpret_cast<const bf16*>(p);
   view.total_rows = static_cast<int64_t>(total_rows);
+  view.expert_time = expert_time;
   return view;
 }
 

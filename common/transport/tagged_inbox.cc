@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 
 namespace moe::transport {
 namespace {
@@ -38,6 +39,38 @@ std::optional<DropReason> TaggedInbox::ScreenLocked(const MessageTag& tag, size_
 std::optional<DropReason> TaggedInbox::Screen(const MessageTag& tag, size_t pending) const {
   absl::MutexLock lock(&mu_);
   return ScreenLocked(tag, pending);
+}
+
+void TaggedInbox::SetPoller(InboxPoller* poller, absl::Duration spin, bool drive) {
+  poller_ = poller;
+  spin_ = spin;
+  drive_ = drive;
+}
+
+template <typename Ready>
+void TaggedInbox::SpinLocked(Ready ready, absl::Time deadline) {
+  if (poller_ == nullptr || (spin_ <= absl::ZeroDuration() && !drive_) || ready()) return;
+  const absl::Time end = std::min(absl::Now() + spin_, deadline);
+  mu_.Unlock();
+  poller_->BeginSpin();
+  mu_.Lock();
+  while (!ready() && absl::Now() < end) {
+    mu_.Unlock();
+    poller_->Poll();
+    mu_.Lock();
+  }
+  // Driving: sleep on the network's events and take what they bring on this thread.
+  while (drive_ && !ready()) {
+    const absl::Time now = absl::Now();
+    if (now >= deadline) break;
+    mu_.Unlock();
+    poller_->WaitForActivity(std::min(deadline, now + kDriveSlice));
+    poller_->Poll();
+    mu_.Lock();
+  }
+  mu_.Unlock();
+  poller_->EndSpin();
+  mu_.Lock();
 }
 
 void TaggedInbox::CountDrop(DropReason reason) {
@@ -75,6 +108,7 @@ void TaggedInbox::ResetSender(int32_t peer) {
 absl::StatusOr<Message> TaggedInbox::ReceiveAny(absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutdown_ || queued_ > 0; };
+  SpinLocked(ready, deadline);
   mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
   if (shutdown_) return absl::CancelledError("transport shut down");
   if (queued_ == 0) return absl::UnavailableError("no message from any peer before the deadline");
@@ -129,6 +163,7 @@ absl::StatusOr<Message> TaggedInbox::ReceiveTagged(const MessageTag& tag, absl::
     auto changed = [this, queue, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return shutdown_ || queue->delivered != seen || !queue->failure.ok();
     };
+    SpinLocked(changed, deadline);
     if (!mu_.AwaitWithDeadline(absl::Condition(&changed), deadline)) {
       return absl::UnavailableError(
           absl::StrCat("peer ", tag.sender, " did not answer ", tag.DebugString(), " in time"));

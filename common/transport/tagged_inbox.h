@@ -23,7 +23,14 @@
 // then returns UNAVAILABLE once its matching messages are used up, instead of waiting for the
 // deadline. Failure does not affect ReceiveAny (an expert worker keeps serving the other peers).
 //
+// A transport whose network code can run on any thread (UCX: progress the worker) may set a poller
+// (SetPoller): a receiver with nothing to take then polls it for up to `spin` before it sleeps, so
+// a message about to arrive is delivered on the waiting thread itself, without a wake-up; and with
+// `drive`, it then sleeps in the poller (on the network's own events) rather than on the inbox, so
+// an arriving message wakes the receiver directly instead of a thread that hands it over.
+//
 // Thread safety: all methods are thread-safe; any number of threads may deliver and receive at once.
+// SetPoller only before the first receive.
 #ifndef MOE_COMMON_TRANSPORT_TAGGED_INBOX_H_
 #define MOE_COMMON_TRANSPORT_TAGGED_INBOX_H_
 
@@ -42,6 +49,21 @@
 
 namespace moe::transport {
 
+// What a receiver with nothing to take runs before it sleeps (TaggedInbox::SetPoller): BeginSpin,
+// Poll until a message is there or the spin is over, EndSpin. Poll runs the transport's network
+// code on the calling thread (it may Deliver into the inbox; it must not receive from it) and
+// returns whether it did anything. Thread-safe: several receivers may spin at once.
+class InboxPoller {
+ public:
+  virtual ~InboxPoller() = default;
+  virtual void BeginSpin() = 0;
+  virtual bool Poll() = 0;
+  virtual void EndSpin() = 0;
+  // Between BeginSpin and EndSpin: blocks until the network has something for Poll, or `until`
+  // (or a little earlier, spuriously). Used by receivers that drive (SetPoller's `drive`).
+  virtual void WaitForActivity(absl::Time until) = 0;
+};
+
 struct InboxLimits {
   // Messages queued per sender at most. Legitimate traffic queues one round per sender (two with a
   // late answer of an abandoned round); 0 means unbounded.
@@ -59,6 +81,14 @@ class TaggedInbox {
   explicit TaggedInbox(InboxLimits limits = {}) : limits_(limits) {}
   TaggedInbox(const TaggedInbox&) = delete;
   TaggedInbox& operator=(const TaggedInbox&) = delete;
+
+  // Lets receivers poll `poller` (not owned; it must outlive the receives) for up to `spin` before
+  // they sleep; with `drive` they then sleep in poller->WaitForActivity, polling after each wake-up,
+  // in slices of at most kDriveSlice (so a Shutdown or a failure marked by another thread is seen
+  // within one), instead of on the inbox. A null poller, or a zero spin without `drive`, turns it
+  // off. Call before any receive.
+  void SetPoller(InboxPoller* poller, absl::Duration spin, bool drive = false);
+  static constexpr absl::Duration kDriveSlice = absl::Milliseconds(10);
 
   // Queues a received message under message.tag.sender, unless the sender's queue is full or the
   // step is outside its window (then the message is dropped and counted). Returns false if the
@@ -132,8 +162,15 @@ class TaggedInbox {
   std::optional<DropReason> ScreenLocked(const MessageTag& tag, size_t pending) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RaiseFloor(SenderQueue* queue, uint64_t step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Before a waiter sleeps: calls the poller, without mu_ held, until `ready` holds, the spin is
+  // over or `deadline` passed. Returns with mu_ held, as it was called.
+  template <typename Ready>
+  void SpinLocked(Ready ready, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const InboxLimits limits_;
+  InboxPoller* poller_ = nullptr;  // set before use, then read-only
+  absl::Duration spin_;
+  bool drive_ = false;
   mutable absl::Mutex mu_;
   absl::node_hash_map<int32_t, SenderQueue> senders_ ABSL_GUARDED_BY(mu_);
   // Ticks on every delivery and every ReceiveAny: arrival numbers and turns share it.

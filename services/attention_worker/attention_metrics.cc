@@ -68,7 +68,8 @@ AttentionMetrics::AttentionMetrics(prometheus::Registry& registry) {
           .Name("moe_attention_step_duration_seconds")
           .Help(
               "Time spent per step in each phase; dispatch and combine are the data-plane hops "
-              "summed over layers.")
+              "summed over layers; transport (dispatch plus the data plane's delivery) and "
+              "expert_wait (the expert workers' own time) split them.")
           .Register(registry);
   const auto step_buckets = metrics::Buckets({0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                               0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60});
@@ -76,6 +77,8 @@ AttentionMetrics::AttentionMetrics(prometheus::Registry& registry) {
   step_decode_seconds = &step_family.Add({{"phase", "decode"}}, step_buckets);
   step_dispatch_seconds = &step_family.Add({{"phase", "dispatch"}}, step_buckets);
   step_combine_seconds = &step_family.Add({{"phase", "combine"}}, step_buckets);
+  step_transport_seconds = &step_family.Add({{"phase", "transport"}}, step_buckets);
+  step_expert_wait_seconds = &step_family.Add({{"phase", "expert_wait"}}, step_buckets);
   batch_tokens =
       &prometheus::BuildHistogram()
            .Name("moe_attention_step_batch_tokens")

@@ -28,6 +28,8 @@ struct AttentionMetrics {
   prometheus::Histogram* step_decode_seconds;
   prometheus::Histogram* step_dispatch_seconds;
   prometheus::Histogram* step_combine_seconds;
+  prometheus::Histogram* step_transport_seconds;    // dispatch + combine's wait not in the experts
+  prometheus::Histogram* step_expert_wait_seconds;  // combine's wait in the expert workers
   prometheus::Histogram* batch_tokens;
   prometheus::Histogram* batch_sequences;
 };

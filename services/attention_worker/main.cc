@@ -26,9 +26,12 @@ ABSL_FLAG(int, expert_replicas, 1,
 ABSL_FLAG(std::string, transport, "ucx",
           "data plane to the expert workers; accepted: ucx (nccl is planned, not available yet)");
 ABSL_FLAG(std::string, device, "cpu",
-          "where the forward pass runs: cpu, cuda or cuda:N (the attention side has no CUDA backend yet: "
-          "cuda is refused at start)");
+          "where the forward pass runs: cpu, cuda (= cuda:0) or cuda:N (dense weights and KV cache on that "
+          "GPU; docs/gpu.md)");
 ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
+ABSL_FLAG(int, ucx_poll_spin_us, 0,
+          "microseconds a data-plane receiver busy-polls UCX before it sleeps, in [0, 10000]; "
+          "0: off (docs/data-plane.md#small-message-latency)");
 ABSL_FLAG(double, moe_timeout_seconds, 10, "deadline of one layer's dispatch+combine round");
 ABSL_FLAG(double, kv_cache_gib, 8,
           "KV cache size in GiB (mapped lazily: memory is used as blocks are written; Qwen3-30B-A3B "
@@ -93,6 +96,11 @@ int main(int argc, char** argv) {
   }
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
   options.engine.device = *device;
+  const int poll_spin_us = absl::GetFlag(FLAGS_ucx_poll_spin_us);
+  if (poll_spin_us < 0 || absl::Microseconds(poll_spin_us) > moe::transport::UcxOptions::kMaxPollSpin) {
+    return service->Fail("--ucx_poll_spin_us must be in [0, 10000], got " + std::to_string(poll_spin_us));
+  }
+  options.ucx.poll_spin = absl::Microseconds(poll_spin_us);
   options.connector.credentials = service->client_credentials();
   // A send to a dead expert worker must not outlast the round's own deadline.
   options.ucx.send_timeout = options.engine.moe_timeout;

@@ -189,6 +189,8 @@ void StepLoop::RunStep() {
         ->Observe(absl::ToDoubleSeconds(stats.forward));
     metrics_->step_dispatch_seconds->Observe(absl::ToDoubleSeconds(stats.dispatch));
     metrics_->step_combine_seconds->Observe(absl::ToDoubleSeconds(stats.combine));
+    metrics_->step_transport_seconds->Observe(absl::ToDoubleSeconds(stats.transport));
+    metrics_->step_expert_wait_seconds->Observe(absl::ToDoubleSeconds(stats.expert_wait));
     metrics_->batch_sequences->Observe(static_cast<double>(stats.num_sequences));
     metrics_->batch_tokens->Observe(static_cast<double>(stats.num_tokens));
     PublishExpertLoad();

@@ -25,6 +25,9 @@ ABSL_FLAG(
     std::string, device, "cpu",
     "where the experts compute: cpu, cuda (= cuda:0) or cuda:N (weights uploaded to that GPU at start)");
 ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
+ABSL_FLAG(int, ucx_poll_spin_us, 0,
+          "microseconds a data-plane receiver busy-polls UCX before it sleeps, in [0, 10000]; "
+          "0: off (docs/data-plane.md#small-message-latency)");
 ABSL_FLAG(double, load_window_seconds, 60, "window of moe_expert_load_balance_ratio");
 ABSL_FLAG(bool, per_expert_metrics, false, "export moe_expert_expert_tokens_total{layer,expert}");
 ABSL_FLAG(int64_t, max_round_tokens, 65536,
@@ -65,6 +68,11 @@ int main(int argc, char** argv) {
   options.extra_expert_budget_bytes = absl::GetFlag(FLAGS_extra_expert_budget_bytes);
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
   options.device = *device;
+  const int poll_spin_us = absl::GetFlag(FLAGS_ucx_poll_spin_us);
+  if (poll_spin_us < 0 || absl::Microseconds(poll_spin_us) > moe::transport::UcxOptions::kMaxPollSpin) {
+    return service->Fail("--ucx_poll_spin_us must be in [0, 10000], got " + std::to_string(poll_spin_us));
+  }
+  options.ucx.poll_spin = absl::Microseconds(poll_spin_us);
 
   moe::rpc::ServiceMain* main_service = service.get();
   moe::services::ExpertControlService control([main_service] { main_service->SetReady(false); });

@@ -4,7 +4,9 @@
 #include <sys/epoll.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -47,78 +49,123 @@ UcxProgressThread::~UcxProgressThread() {
 }
 
 void UcxProgressThread::Stop() {
-  if (!thread_.joinable()) return;
   {
-    absl::MutexLock lock(&commands_mu_);
+    // Waits for a command running on another thread; later ones are refused.
+    absl::MutexLock lock(&ucx_mu_);
     stopped_ = true;
   }
+  if (!thread_.joinable()) return;
   stop_.store(true);
   ucp_worker_signal(worker_);
+  {
+    absl::MutexLock lock(&spin_mu_);  // wakes it if parked for a spinner
+  }
   thread_.join();
 }
 
-absl::Status UcxProgressThread::Run(std::function<absl::Status()> fn) {
-  absl::Mutex done_mu;
-  bool done = false;
-  absl::Status result;
-  {
-    absl::MutexLock lock(&commands_mu_);
-    if (stopped_) return absl::CancelledError("transport shut down");
-    commands_.push_back([&] {
-      absl::Status s = fn();
-      absl::MutexLock done_lock(&done_mu);
-      result = std::move(s);
-      done = true;
-    });
-    has_commands_.store(true, std::memory_order_release);
-  }
-  ucp_worker_signal(worker_);
-  // Unbounded on purpose: the thread runs every posted command (also while stopping) and each
-  // command is bounded, so this returns; returning earlier would leave `fn` dangling.
-  absl::MutexLock lock(&done_mu);
-  done_mu.Await(absl::Condition(&done));
+absl::Status UcxProgressThread::Run(const std::function<absl::Status()>& fn) {
+  absl::MutexLock lock(&ucx_mu_);
+  if (stopped_) return absl::CancelledError("transport shut down");
+  absl::Status result = fn();
+  ProgressLocked();
+  WakeIfInFlightLocked();
   return result;
 }
 
-bool UcxProgressThread::RunPostedCommands() {
-  if (!has_commands_.load(std::memory_order_acquire)) return false;
-  std::deque<std::function<void()>> commands;
-  {
-    absl::MutexLock lock(&commands_mu_);
-    commands.swap(commands_);
-    has_commands_.store(false, std::memory_order_relaxed);
+bool UcxProgressThread::ProgressLocked() {
+  bool active = false;
+  while (ucp_worker_progress(worker_) != 0) active = true;
+  if (after_progress_()) active = true;
+  return active;
+}
+
+void UcxProgressThread::WakeIfInFlightLocked() {
+  if (ops_in_flight_.load(std::memory_order_relaxed) > 0) ucp_worker_signal(worker_);
+}
+
+void UcxProgressThread::BeginSpin() {
+  absl::MutexLock lock(&spin_mu_);
+  ++spinners_;
+}
+
+void UcxProgressThread::EndSpin() {
+  absl::MutexLock lock(&spin_mu_);
+  --spinners_;
+}
+
+bool UcxProgressThread::Poll() {
+  if (!ucx_mu_.TryLock()) return false;
+  bool active = false;
+  if (!stopped_) {
+    active = ProgressLocked();
+    WakeIfInFlightLocked();
   }
-  for (auto& command : commands) command();
-  return !commands.empty();
+  ucx_mu_.Unlock();
+  return active;
+}
+
+void UcxProgressThread::WaitForActivity(absl::Time until) {
+  ucs_status_t armed = UCS_ERR_BUSY;
+  {
+    absl::MutexLock lock(&ucx_mu_);
+    if (stopped_) return;
+    if (ops_in_flight_.load(std::memory_order_relaxed) == 0) armed = ucp_worker_arm(worker_);
+  }
+  if (armed == UCS_ERR_BUSY) {  // events pending, or requests of ours to poll for
+    sched_yield();
+    return;
+  }
+  const int64_t ms = std::clamp<int64_t>(absl::ToInt64Milliseconds(until - absl::Now()) + 1, 1, kMaxSleepMs);
+  epoll_event event;
+  epoll_wait(epoll_fd_, &event, 1, armed == UCS_OK ? static_cast<int>(ms) : 1);
 }
 
 void UcxProgressThread::Loop() {
   absl::Time last_activity = absl::Now();
   for (;;) {
-    bool active = RunPostedCommands();
-    if (stop_.load()) {
-      // New commands are refused now (stopped_); run the last ones.
-      RunPostedCommands();
-      return;
-    }
-    while (ucp_worker_progress(worker_) != 0) active = true;
-    if (after_progress_()) active = true;
+    if (stop_.load()) return;
+    ucx_mu_.Lock();
+    const bool active = ProgressLocked();
     const absl::Time now = absl::Now();
     if (active) {
+      ucx_mu_.Unlock();
       last_activity = now;
       continue;
     }
-    if (ops_in_flight_ > 0) {
+    if (ops_in_flight_.load(std::memory_order_relaxed) > 0) {
       // Some protocol steps (rendezvous fragments over shared memory) raise no event on the
       // worker's fd, so while our own operations are in flight we poll, yielding the core.
+      ucx_mu_.Unlock();
       sched_yield();
       continue;
     }
-    if (now - last_activity < busy_poll_) continue;
+    if (now - last_activity < busy_poll_) {
+      ucx_mu_.Unlock();
+      continue;
+    }
+    ucx_mu_.Unlock();
+    {
+      // A receiver spins and progresses the worker itself: stay parked, unarmed (so the sender
+      // does not signal the fd for what the spinner takes), until it stops, at most one sleep.
+      absl::MutexLock lock(&spin_mu_);
+      if (spinners_ > 0) {
+        spin_mu_.AwaitWithTimeout(
+            absl::Condition(
+                +[](UcxProgressThread* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->spin_mu_) {
+                  return self->spinners_ == 0 || self->stop_.load();
+                },
+                this),
+            absl::Milliseconds(kMaxSleepMs));
+        continue;
+      }
+    }
+    ucx_mu_.Lock();
     const ucs_status_t armed = ucp_worker_arm(worker_);
+    ucx_mu_.Unlock();
     if (armed == UCS_ERR_BUSY) continue;  // events arrived meanwhile
-    // A command posted before arming may have had its signal drained by the arm.
-    if (has_commands_.load(std::memory_order_acquire) || stop_.load()) continue;
+    if (stop_.load()) continue;
+    // Asleep without UCX held: callers may drive it meanwhile (Run, Poll); a request they leave in
+    // flight signals the worker (WakeIfInFlightLocked), so polling resumes.
     epoll_event event;
     epoll_wait(epoll_fd_, &event, 1, armed == UCS_OK ? kMaxSleepMs : 1);
   }

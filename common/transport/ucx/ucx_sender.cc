@@ -41,9 +41,13 @@ absl::Status UcxSender::Send(int32_t peer, const MessageTag& tag, std::span<cons
     param.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
     param.cb.send = &UcxSender::OnSendDone;
     param.user_data = &op;
-    param.flags = (options_.rndv_threshold > 0 && payload.size() >= options_.rndv_threshold)
-                      ? UCP_AM_SEND_FLAG_RNDV
-                      : 0;
+    // Below the threshold eager, explicitly: left to itself UCX 1.13 picks rendezvous for 32 KiB over
+    // shared memory, whose handshake needs both workers progressed several times per message
+    // (measured with bench/transport: docs/data-plane.md#small-message-latency).
+    if (options_.rndv_threshold > 0) {
+      param.flags =
+          payload.size() >= options_.rndv_threshold ? UCP_AM_SEND_FLAG_RNDV : UCP_AM_SEND_FLAG_EAGER;
+    }
     ucs_status_ptr_t request =
         ucp_am_send_nbx(ep, kDataAmId, &op.header, sizeof(op.header), payload.data(), payload.size(), &param);
     if (UCS_PTR_IS_ERR(request)) {

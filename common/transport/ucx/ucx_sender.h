@@ -1,10 +1,10 @@
 // The send path of UcxTransport: one data Active Message per Send, its header the whole
 // MessageTag (ucx_wire.h). Payloads of at least UcxOptions::rndv_threshold bytes are sent with
-// UCP_AM_SEND_FLAG_RNDV (the receiver pulls them straight into its buffer); smaller ones let UCX
-// choose. Send returns once UCX no longer reads the payload. A send not completed within
-// UcxOptions::send_timeout (a peer that neither takes the message nor fails) marks the peer failed
-// and force-closes its endpoint, which makes UCX complete the request with an error: nothing
-// waits forever.
+// UCP_AM_SEND_FLAG_RNDV (the receiver pulls them straight into its buffer), smaller ones with
+// UCP_AM_SEND_FLAG_EAGER (UCX would pick rendezvous for some). Send returns once UCX no longer reads the
+// payload. A send not completed within UcxOptions::send_timeout (a peer that neither takes the message nor
+// fails) marks the peer failed and force-closes its endpoint, which makes UCX complete the request with an
+// error: nothing waits forever.
 //
 // Thread safety: Send from any number of threads at once, also to the same peer.
 #ifndef MOE_COMMON_TRANSPORT_UCX_UCX_SENDER_H_

@@ -22,6 +22,11 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(int32_t self,
   if (options.send_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("UcxOptions.send_timeout must be positive");
   }
+  if (options.poll_spin < absl::ZeroDuration() || options.poll_spin > UcxOptions::kMaxPollSpin) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("UcxOptions.poll_spin ", absl::FormatDuration(options.poll_spin),
+                     " must be between 0 and ", absl::FormatDuration(UcxOptions::kMaxPollSpin)));
+  }
   std::unique_ptr<UcxTransport> transport(new UcxTransport(self, options));
   RETURN_IF_ERROR(transport->Init());
   return transport;
@@ -48,6 +53,8 @@ absl::Status UcxTransport::Init() {
                    ucx::UcxProgressThread::Create(worker_->worker(), options_.busy_poll,
                                                   [peers = peers_.get()] { return peers->CloseQueued(); }));
   receiver_->set_progress(progress_.get());
+  // A waiting receiver progresses UCX itself for a moment (the fast path; ucx_progress_thread.h).
+  inbox().SetPoller(progress_.get(), options_.poll_spin, options_.receiver_progress);
   sender_ = std::make_unique<ucx::UcxSender>(options_, &inbox(), peers_.get(), progress_.get());
   progress_->Start();  // last: from here on UCX callbacks may run
   return absl::OkStatus();
@@ -119,6 +126,7 @@ absl::Status UcxTransport::Send(int32_t peer, const MessageTag& tag, std::span<c
 
 void UcxTransport::Shutdown() {
   if (!inbox().Shutdown()) return;
+  progress_->Wake();  // receivers asleep on the worker's fd (receiver_progress) see it at once
   progress_
       ->Run([this]() -> absl::Status {
         failures_->SayGoodbyeAndCloseAll(options_.goodbye_timeout);

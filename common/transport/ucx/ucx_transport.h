@@ -11,12 +11,16 @@
 //
 // Rendezvous: payloads of at least UcxOptions::rndv_threshold bytes are sent with
 // UCP_AM_SEND_FLAG_RNDV (the receiver pulls them straight into the message buffer); smaller ones
-// let UCX choose (eager over shared memory or TCP).
+// are sent eager (UCX 1.13 would pick rendezvous for 32 KiB over shared memory, whose handshake
+// costs more round trips than the copy saves at that size).
 //
 // Progress: a dedicated thread drives ucp_worker_progress. While requests of ours are in flight it
 // polls (yielding the core between polls: some rendezvous steps raise no fd event); otherwise,
 // after UcxOptions::busy_poll without activity, it sleeps on the worker's event fd, waking on
-// network events, on ucp_worker_signal from a caller, or at the latest every 50 ms.
+// network events, on ucp_worker_signal from a caller, or at the latest every 50 ms. While a
+// receiver waits (UcxOptions::receiver_progress, poll_spin) that receiver drives the worker instead,
+// sleeping on the event fd itself, so a message wakes only the thread that wants it
+// (docs/data-plane.md#small-message-latency).
 //
 // Admission (docs/data-plane.md#admission-and-bounds): an Active Message does not identify the
 // endpoint it came from, so the receiver admits each peer explicitly: Admit(peer) makes a random
@@ -43,9 +47,10 @@
 // drives UCX); this file composes them.
 //
 // Thread safety: all methods are thread-safe. Send may be called from several threads at once,
-// also to the same peer. Only the progress thread calls UCX (UCS_THREAD_MODE_SINGLE, no UCX
-// locks): callers post commands to it and wait for their completion, so an endpoint is never
-// closed under a concurrent send.
+// also to the same peer. UCX is called by one thread at a time (UCS_THREAD_MODE_SERIALIZED, under
+// UcxProgressThread's lock): the progress thread, or on the fast path the caller itself (Send when
+// the progress thread is asleep; a receiver spinning for UcxOptions::poll_spin progresses the
+// worker while it waits), so an endpoint is never closed under a concurrent send.
 #ifndef MOE_COMMON_TRANSPORT_UCX_UCX_TRANSPORT_H_
 #define MOE_COMMON_TRANSPORT_UCX_UCX_TRANSPORT_H_
 

@@ -51,7 +51,7 @@ absl::StatusOr<std::unique_ptr<UcxWorker>> UcxWorker::Create(const UcxOptions& o
 
   ucp_worker_params_t worker_params{};
   worker_params.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  worker_params.thread_mode = UCS_THREAD_MODE_SINGLE;
+  worker_params.thread_mode = UCS_THREAD_MODE_SERIALIZED;
   RETURN_IF_ERROR(UcsStatusToStatus(ucp_worker_create(self->context_, &worker_params, &self->worker_),
                                     "ucp_worker_create"));
 

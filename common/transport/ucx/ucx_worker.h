@@ -1,9 +1,10 @@
 // UCX context and worker setup for UcxTransport: reads UCX's configuration (UcxOptions::tls and
 // keepalive_interval over the environment's UCX_* settings), creates one ucp_context and one
-// single-threaded ucp_worker with Active Messages and wakeup, and releases both.
+// serialized ucp_worker (UCS_THREAD_MODE_SERIALIZED) with Active Messages and wakeup, and releases
+// both.
 //
-// Thread safety: Create on any thread; afterwards the worker is driven by one thread only
-// (UcxProgressThread), as UCS_THREAD_MODE_SINGLE requires.
+// Thread safety: Create on any thread; afterwards the worker is driven by one thread at a time,
+// under UcxProgressThread's UCX lock (the progress thread or a caller on its fast path).
 #ifndef MOE_COMMON_TRANSPORT_UCX_UCX_WORKER_H_
 #define MOE_COMMON_TRANSPORT_UCX_UCX_WORKER_H_
 

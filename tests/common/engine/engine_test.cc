@@ -231,6 +231,25 @@ TEST(EngineTest, CancelFreesTheSequenceAtTheNextStep) {
   EXPECT_FALSE(engine->HasWork());
 }
 
+TEST(EngineTest, StepStatsSplitTheMoeHopsIntoTransportAndExpertWaitConsistently) {
+  auto engine = MakeEngine("bf16", {}, /*shards=*/2);
+  ASSERT_TRUE(engine->AddRequest(GreedyRequest("s", PseudoRandomPrompt(12, 3), 4)).ok());
+  absl::Duration expert_wait_total;
+  for (int step = 0; engine->HasWork() && step < 100; ++step) {
+    const uint64_t steps_before = engine->steps();
+    engine->Step();
+    if (engine->steps() == steps_before) continue;
+    const StepStats& stats = engine->last_step_stats();
+    // transport = dispatch + the part of combine's wait not spent in the experts
+    EXPECT_GE(stats.transport, stats.dispatch);
+    EXPECT_GE(stats.expert_wait, absl::ZeroDuration());
+    EXPECT_LE(stats.transport - stats.dispatch + stats.expert_wait, stats.combine);
+    expert_wait_total += stats.expert_wait;
+  }
+  // The in-process shards stamp their answers (ExpertShardServer), so some time is the experts'.
+  EXPECT_GT(expert_wait_total, absl::ZeroDuration());
+}
+
 TEST(EngineTest, StopsOnARequestStopTokenId) {
   auto engine = MakeEngine("bf16");
   const auto prompt = PseudoRandomPrompt(8, 9);

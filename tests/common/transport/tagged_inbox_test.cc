@@ -368,5 +368,131 @@ TEST(TaggedInboxBoundsTest, TransportDropsAreCountedByReason) {
   EXPECT_EQ(DropReasonName(DropReason::kQueueFull), "queue_full");
 }
 
+// A poller standing in for a transport's network code: on its `deliver_on`-th Poll it delivers a
+// message into the inbox, as UCX progress on the waiting thread would.
+class FakePoller final : public InboxPoller {
+ public:
+  FakePoller(TaggedInbox* inbox, int deliver_on, Message message)
+      : inbox_(inbox), deliver_on_(deliver_on), message_(std::move(message)) {}
+  void BeginSpin() override { ++begins; }
+  bool Poll() override {
+    if (++polls == deliver_on_) inbox_->Deliver(message_);
+    return polls == deliver_on_;
+  }
+  void EndSpin() override { ++ends; }
+  // Sleeps (at most 1 ms, like a network event arriving) and delivers on the `deliver_on`-th wait
+  // when polls do not.
+  void WaitForActivity(absl::Time until) override {
+    absl::SleepFor(std::min(absl::Milliseconds(1), std::max(absl::ZeroDuration(), until - absl::Now())));
+    if (++waits == deliver_on_wait) inbox_->Deliver(message_);
+  }
+
+  std::atomic<int> begins{0}, polls{0}, ends{0}, waits{0};
+  int deliver_on_wait = -1;
+
+ private:
+  TaggedInbox* const inbox_;
+  const int deliver_on_;
+  const Message message_;
+};
+
+TEST(TaggedInboxTest, AWaiterSpinsOnThePollerAndTakesWhatItDelivers) {
+  TaggedInbox inbox;
+  const MessageTag tag = Tag(MessageKind::kCombine, 1, 7);
+  FakePoller poller(&inbox, /*deliver_on=*/3, Msg(tag, 42));
+  inbox.SetPoller(&poller, absl::Seconds(30));  // long: the delivery ends the spin, not the time
+  auto got = inbox.ReceiveTagged(tag, In(absl::Seconds(30)));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(Value(*got), 42);
+  EXPECT_EQ(poller.polls.load(), 3);  // stopped polling once the message was there
+  EXPECT_EQ(poller.begins.load(), 1);
+  EXPECT_EQ(poller.ends.load(), 1);
+
+  // ReceiveAny spins the same way.
+  FakePoller any_poller(&inbox, /*deliver_on=*/2, Msg(Tag(MessageKind::kDispatch, 2, 9), 5));
+  inbox.SetPoller(&any_poller, absl::Seconds(30));
+  auto any = inbox.ReceiveAny(In(absl::Seconds(30)));
+  ASSERT_TRUE(any.ok()) << any.status();
+  EXPECT_EQ(Value(*any), 5);
+  EXPECT_EQ(any_poller.ends.load(), 1);
+}
+
+TEST(TaggedInboxTest, ASpinEndsAtTheDeadlineOrTheSpinAndThenTheWaiterSleeps) {
+  TaggedInbox inbox;
+  const MessageTag tag = Tag(MessageKind::kCombine, 1, 7);
+  FakePoller never(&inbox, /*deliver_on=*/-1, Msg(tag, 1));
+  // The spin (30 s) is capped by the deadline: the wait still ends UNAVAILABLE at the deadline.
+  inbox.SetPoller(&never, absl::Seconds(30));
+  auto late = inbox.ReceiveTagged(tag, In(absl::Milliseconds(20)));
+  EXPECT_TRUE(absl::IsUnavailable(late.status())) << late.status();
+  EXPECT_GT(never.polls.load(), 0);
+  EXPECT_EQ(never.begins.load(), never.ends.load());
+
+  // A short spin, then a sleep that a delivery from another thread ends.
+  FakePoller short_spin(&inbox, /*deliver_on=*/-1, Msg(tag, 1));
+  inbox.SetPoller(&short_spin, absl::Microseconds(1));
+  std::thread sender([&inbox, tag] {
+    absl::SleepFor(absl::Milliseconds(20));
+    inbox.Deliver(Msg(tag, 8));
+  });
+  auto got = inbox.ReceiveTagged(tag, In(absl::Seconds(30)));
+  sender.join();
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(Value(*got), 8);
+  EXPECT_EQ(short_spin.begins.load(), short_spin.ends.load());
+
+  // Spinning off (zero): the poller is never called; Shutdown still wakes a waiter.
+  FakePoller off(&inbox, /*deliver_on=*/1, Msg(tag, 1));
+  inbox.SetPoller(&off, absl::ZeroDuration());
+  std::thread stopper([&inbox] {
+    absl::SleepFor(absl::Milliseconds(20));
+    inbox.Shutdown();
+  });
+  auto cancelled = inbox.ReceiveTagged(Tag(MessageKind::kCombine, 2, 7), In(absl::Seconds(30)));
+  stopper.join();
+  EXPECT_TRUE(absl::IsCancelled(cancelled.status())) << cancelled.status();
+  EXPECT_EQ(off.polls.load(), 0);
+}
+
+TEST(TaggedInboxTest, ADrivingWaiterSleepsInThePollerAndTakesWhatItsEventsBring) {
+  TaggedInbox inbox;
+  const MessageTag tag = Tag(MessageKind::kCombine, 1, 7);
+  FakePoller poller(&inbox, /*deliver_on=*/-1, Msg(tag, 11));
+  poller.deliver_on_wait = 3;
+  inbox.SetPoller(&poller, absl::ZeroDuration(), /*drive=*/true);
+  auto got = inbox.ReceiveTagged(tag, In(absl::Seconds(30)));
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(Value(*got), 11);
+  EXPECT_EQ(poller.waits.load(), 3);  // no more waits once the message was there
+  EXPECT_EQ(poller.begins.load(), 1);
+  EXPECT_EQ(poller.ends.load(), 1);
+
+  // Nothing comes: the wait ends UNAVAILABLE at its deadline, in the poller's slices.
+  FakePoller never(&inbox, /*deliver_on=*/-1, Msg(tag, 1));
+  inbox.SetPoller(&never, absl::ZeroDuration(), /*drive=*/true);
+  auto late = inbox.ReceiveAny(In(absl::Milliseconds(20)));
+  EXPECT_TRUE(absl::IsUnavailable(late.status())) << late.status();
+  EXPECT_GT(never.waits.load(), 0);
+  EXPECT_EQ(never.begins.load(), never.ends.load());
+
+  // A delivery from another thread (a message the poller does not bring) and Shutdown are seen
+  // by a driving waiter too.
+  std::thread sender([&inbox, tag] {
+    absl::SleepFor(absl::Milliseconds(20));
+    inbox.Deliver(Msg(tag, 12));
+  });
+  auto other = inbox.ReceiveTagged(tag, In(absl::Seconds(30)));
+  sender.join();
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(Value(*other), 12);
+  std::thread stopper([&inbox] {
+    absl::SleepFor(absl::Milliseconds(20));
+    inbox.Shutdown();
+  });
+  auto cancelled = inbox.ReceiveTagged(Tag(MessageKind::kCombine, 2, 7), In(absl::Seconds(30)));
+  stopper.join();
+  EXPECT_TRUE(absl::IsCancelled(cancelled.status())) << cancelled.status();
+}
+
 }  // namespace
 }  // namespace moe::transport

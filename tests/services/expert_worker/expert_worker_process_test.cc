@@ -3,6 +3,7 @@
 #include <sys/wait.h>
 
 #include <csignal>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -21,6 +22,23 @@
 
 namespace moe::services {
 namespace {
+
+TEST(ExpertWorkerProcessTest, RefusesAPollSpinOutOfRangeNamingTheFlag) {
+  for (const char* spin : {"-1", "10001"}) {
+    auto child =
+        moe::testing::ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"),
+                                          {"--model", moe::testing::TestModelDir("tiny", "bf16"), "--listen",
+                                           moe::testing::LocalAddress(moe::testing::FreePort()),
+                                           "--metrics_port", "0", "--insecure", "--ucx_poll_spin_us", spin},
+                                          ::testing::TempDir() + "expert_worker_poll_spin_" + spin + ".log");
+    ASSERT_TRUE(child.ok());
+    const std::optional<int> status = (*child)->Wait(absl::Seconds(30));
+    ASSERT_TRUE(status.has_value()) << "still running";
+    EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) != 0);
+    EXPECT_NE((*child)->Log().find("--ucx_poll_spin_us must be in [0, 10000]"), std::string::npos)
+        << (*child)->Log();
+  }
+}
 
 TEST(ExpertWorkerProcessTest, ServesItsShardOfAnUnevenSplitAndExitsZeroOnSigterm) {
   const std::string& model = moe::testing::TestModelDir("tiny", "bf16");

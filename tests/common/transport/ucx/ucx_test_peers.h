@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
 #include "common/status/status_macros.h"
 #include "common/transport/ucx/ucx_transport.h"
 
@@ -64,6 +65,8 @@ inline std::vector<std::byte> Pattern(size_t size, uint32_t seed) {
 struct TlsCase {
   std::string tls;
   std::vector<std::string> expected_any;  // empty: no check (environment's choice); always runs
+  // UcxOptions::poll_spin: the waiting threads progress UCX themselves (the fast path) for so long.
+  absl::Duration poll_spin = absl::ZeroDuration();
 };
 
 // The UCT transports UCX finds on this machine ("tcp", "posix", "rc_verbs", ...), each with the
@@ -129,6 +132,7 @@ inline std::string TlsCaseName(const TlsCase& c) {
   if (c.tls.empty()) return "Env";
   std::string name;
   for (char ch : c.tls) name += (ch == ',' ? '_' : ch);
+  if (c.poll_spin > absl::ZeroDuration()) name += "_spin";
   return name;
 }
 

@@ -42,6 +42,7 @@ class UcxTransportTest : public ::testing::TestWithParam<TlsCase> {
                    << ") on this machine; UCX finds: " << testing::DescribeAvailableUcxTransports();
     }
     options_.tls = GetParam().tls;
+    options_.poll_spin = GetParam().poll_spin;
     options_.send_timeout = absl::Seconds(20);
     auto peers = MakeConnectedPeers(3, options_);
     ASSERT_TRUE(peers.ok()) << "UCX_TLS=" << options_.tls << " with "
@@ -276,18 +277,35 @@ TEST_P(UcxTransportTest, DisconnectedPeerIsUnavailable) {
   EXPECT_TRUE(absl::IsNotFound(peer(0).Disconnect(2)));
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, UcxTransportTest,
-                         ::testing::Values(TlsCase{"tcp", {"tcp"}},
-                                           TlsCase{"sm,self", {"posix", "sysv", "cma"}}, TlsCase{"", {}}),
-                         [](const ::testing::TestParamInfo<TlsCase>& info) {
-                           return ::moe::transport::testing::TlsCaseName(info.param);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    Transports, UcxTransportTest,
+    ::testing::Values(TlsCase{"tcp", {"tcp"}}, TlsCase{"sm,self", {"posix", "sysv", "cma"}}, TlsCase{"", {}},
+                      // Every test again with waiters spinning on UCX
+                      // themselves (the fast path), over both transports.
+                      TlsCase{"sm,self", {"posix", "sysv", "cma"}, absl::Microseconds(200)},
+                      TlsCase{"tcp", {"tcp"}, absl::Microseconds(200)}),
+    [](const ::testing::TestParamInfo<TlsCase>& info) {
+      return ::moe::transport::testing::TlsCaseName(info.param);
+    });
 
 // The skip decision above rests on this query: if it found nothing, every case would skip.
 TEST(UcxAvailableTransportsTest, QueryFindsTheSelfAndTcpTransports) {
   const auto& available = testing::AvailableUcxTransports();
   EXPECT_TRUE(available.contains("self")) << testing::DescribeAvailableUcxTransports();
   EXPECT_TRUE(available.contains("tcp")) << testing::DescribeAvailableUcxTransports();
+}
+
+TEST(UcxTransportBadInputTest, RejectsAPollSpinOutOfRangeNamingIt) {
+  for (absl::Duration spin : {absl::Microseconds(-1), UcxOptions::kMaxPollSpin + absl::Nanoseconds(1)}) {
+    UcxOptions options;
+    options.poll_spin = spin;
+    const absl::Status status = UcxTransport::Create(0, options).status();
+    EXPECT_TRUE(absl::IsInvalidArgument(status)) << status;
+    EXPECT_TRUE(absl::StrContains(status.message(), "poll_spin")) << status;
+  }
+  UcxOptions options;
+  options.poll_spin = UcxOptions::kMaxPollSpin;
+  EXPECT_TRUE(UcxTransport::Create(0, options).ok());
 }
 
 TEST(UcxTransportBadInputTest, RejectsNegativePeerIds) {

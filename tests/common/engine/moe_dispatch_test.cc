@@ -1,0 +1,127 @@
+// MoeDispatcher's split of a round's wait into transport and expert_wait (TakeWaitSplit), over
+// loopback with fake expert workers that hold each round for a known time and stamp what they
+// like. The checks are consistency, never timing bounds: the split's parts add up within the
+// measured times, and the expert part is exactly the stamp the dispatcher was given.
+#include "common/engine/moe_dispatch.h"
+
+#include <algorithm>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "common/engine/expert_placement.h"
+#include "common/transport/loopback/loopback_transport.h"
+#include "common/transport/moe_message.h"
+#include "gtest/gtest.h"
+
+namespace moe::engine {
+namespace {
+
+constexpr int64_t kHidden = 8;
+constexpr int64_t kExperts = 4;
+constexpr int32_t kAttentionPeer = 0;
+
+// Serves one round on `endpoint`: answers the dispatch with zero rows of the same layout after
+// holding it for `hold`, stamped with `stamp` (nullopt: a version-1 answer, as an older expert
+// worker sends).
+void ServeOneRound(transport::ActivationTransport* endpoint, absl::Duration hold,
+                   std::optional<absl::Duration> stamp) {
+  absl::StatusOr<transport::Message> dispatch = endpoint->ReceiveAny(absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(dispatch.ok()) << dispatch.status();
+  absl::StatusOr<transport::MoeMessageView> view = transport::DecodeMoeMessage(dispatch->payload);
+  ASSERT_TRUE(view.ok()) << view.status();
+  std::vector<std::byte> answer;
+  bf16* rows = transport::EncodeMoeMessageHeader(kHidden, view->groups, &answer);
+  std::fill(rows, rows + view->total_rows * kHidden, FloatToBF16(0.0f));
+  absl::SleepFor(hold);
+  if (stamp.has_value()) {
+    ASSERT_TRUE(transport::StampExpertTime(*stamp, &answer).ok());
+  }
+  transport::MessageTag tag = dispatch->tag;
+  tag.kind = transport::MessageKind::kCombine;
+  tag.sender = endpoint->self();
+  ASSERT_TRUE(endpoint->Send(dispatch->tag.sender, tag, answer).ok());
+}
+
+struct RoundTimes {
+  absl::Duration dispatch, combine;
+  MoeDispatcher::WaitSplit split;
+};
+
+// One round from the attention worker to `workers` expert workers, the w-th holding its round for
+// holds[w] and stamping stamps[w].
+RoundTimes RunRound(const std::vector<absl::Duration>& holds,
+                    const std::vector<std::optional<absl::Duration>>& stamps) {
+  transport::LoopbackHub hub;
+  std::vector<int32_t> peers;
+  for (size_t w = 0; w < holds.size(); ++w) peers.push_back(kFirstExpertPeerId + static_cast<int32_t>(w));
+  MoeDispatcher dispatcher(hub.Endpoint(kAttentionPeer), ExpertPlacement(kExperts, peers), kHidden,
+                           absl::Seconds(30));
+  std::vector<std::thread> experts;
+  for (size_t w = 0; w < holds.size(); ++w) {
+    experts.emplace_back(ServeOneRound, hub.Endpoint(peers[w]), holds[w], stamps[w]);
+  }
+  // Two tokens, each routed to every expert once (so every worker gets rows).
+  std::vector<bf16> h(2 * kHidden, FloatToBF16(1.0f));
+  const std::vector<int32_t> ids = {0, 1, 2, 3, 3, 2, 1, 0};
+  const std::vector<float> weights(8, 0.25f);
+  std::vector<bf16> out(2 * kHidden);
+  absl::StatusOr<DispatchHandle> handle =
+      dispatcher.Dispatch(1, 0, 0, h.data(), 2, ids.data(), weights.data(), 4);
+  EXPECT_TRUE(handle.ok()) << handle.status();
+  if (handle.ok()) {
+    EXPECT_TRUE(dispatcher.Combine(*handle, out.data()).ok());
+  }
+  for (std::thread& t : experts) t.join();
+  RoundTimes times;
+  std::tie(times.dispatch, times.combine) = dispatcher.TakeTimes();
+  times.split = dispatcher.TakeWaitSplit();
+  // Taking resets.
+  const MoeDispatcher::WaitSplit again = dispatcher.TakeWaitSplit();
+  EXPECT_EQ(again.transport, absl::ZeroDuration());
+  EXPECT_EQ(again.expert_wait, absl::ZeroDuration());
+  return times;
+}
+
+// What must hold for every round: the parts are non-negative and within the combine time.
+void ExpectConsistent(const RoundTimes& t) {
+  EXPECT_GE(t.split.transport, absl::ZeroDuration());
+  EXPECT_GE(t.split.expert_wait, absl::ZeroDuration());
+  EXPECT_LE(t.split.transport + t.split.expert_wait, t.combine);
+}
+
+TEST(MoeDispatchSplitTest, ExpertWaitIsTheStampAndTransportTheRestOfTheWait) {
+  // The fake holds the round 40 ms and says so; the attention worker waited at least that long.
+  const RoundTimes t = RunRound({absl::Milliseconds(40)}, {absl::Milliseconds(40)});
+  ExpectConsistent(t);
+  EXPECT_EQ(t.split.expert_wait, absl::Milliseconds(40));
+}
+
+TEST(MoeDispatchSplitTest, ParallelExpertWorkersCountTheLongestStamp) {
+  // Both hold 30 ms, so the wait is at least 30 ms and both stamps fit in it.
+  const RoundTimes t = RunRound({absl::Milliseconds(30), absl::Milliseconds(30)},
+                                {absl::Milliseconds(5), absl::Milliseconds(20)});
+  ExpectConsistent(t);
+  EXPECT_EQ(t.split.expert_wait, absl::Milliseconds(20));
+}
+
+TEST(MoeDispatchSplitTest, AStampLongerThanTheWaitIsCappedAtTheWait) {
+  // An expert worker claiming an hour cannot push the split past what was measured.
+  const RoundTimes t = RunRound({absl::Milliseconds(5)}, {absl::Hours(1)});
+  ExpectConsistent(t);
+  EXPECT_EQ(t.split.transport, absl::ZeroDuration());
+  EXPECT_GT(t.split.expert_wait, absl::ZeroDuration());
+  EXPECT_LT(t.split.expert_wait, absl::Hours(1));
+}
+
+TEST(MoeDispatchSplitTest, AnUnstampedAnswerCountsAsTransport) {
+  const RoundTimes t = RunRound({absl::Milliseconds(10)}, {std::nullopt});
+  ExpectConsistent(t);
+  EXPECT_EQ(t.split.expert_wait, absl::ZeroDuration());
+  EXPECT_GE(t.split.transport, absl::Milliseconds(10));
+}
+
+}  // namespace
+}  // namespace moe::engine
