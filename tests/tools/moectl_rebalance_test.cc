@@ -210,6 +210,28 @@ TEST(MoectlRebalanceTest, RefusesWithoutABudgetOrACluster) {
       "cluster rebalance --attention-workers 127.0.0.1:" + std::to_string(cluster.port + 1) + " --insecure");
   EXPECT_NE(half.exit_code, 0);
   EXPECT_THAT(half.err, HasSubstr("give both --attention-workers and --expert-workers"));
+  // Explicit addresses need the cluster's credentials.
+  const Result no_tls =
+      RunMoectl("cluster rebalance --attention-workers 127.0.0.1:" + std::to_string(cluster.port + 1) +
+                " --expert-workers 127.0.0.1:" + std::to_string(cluster.port + 2));
+  EXPECT_NE(no_tls.exit_code, 0);
+  EXPECT_THAT(no_tls.err, HasSubstr("--tls-ca, --tls-cert and --tls-key"));
+  // The local cluster's own certificate, given explicitly, reaches the same refusal as the state dir.
+  const Result explicit_tls = RunMoectl(
+      "cluster rebalance --window 0.5 --attention-workers 127.0.0.1:" + std::to_string(cluster.port + 1) +
+      " --expert-workers 127.0.0.1:" + std::to_string(cluster.port + 2) +
+      ",127.0.0.1:" + std::to_string(cluster.port + 3) + " --tls-ca " + cluster.state +
+      "/tls/ca.crt --tls-cert " + cluster.state + "/tls/tls.crt --tls-key " + cluster.state + "/tls/tls.key");
+  EXPECT_NE(explicit_tls.exit_code, 0);
+  EXPECT_THAT(explicit_tls.err, HasSubstr("--extra-expert-budget is 0"));
+  // Expert workers out of rank order are refused.
+  const Result swapped = RunMoectl(
+      "cluster rebalance --window 0.5 --attention-workers 127.0.0.1:" + std::to_string(cluster.port + 1) +
+      " --expert-workers 127.0.0.1:" + std::to_string(cluster.port + 3) +
+      ",127.0.0.1:" + std::to_string(cluster.port + 2) + " --tls-ca " + cluster.state +
+      "/tls/ca.crt --tls-cert " + cluster.state + "/tls/tls.crt --tls-key " + cluster.state + "/tls/tls.key");
+  EXPECT_NE(swapped.exit_code, 0);
+  EXPECT_THAT(swapped.err, HasSubstr("in rank order"));
 }
 
 }  // namespace

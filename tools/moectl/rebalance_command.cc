@@ -145,7 +145,11 @@ Cluster Resolve(const RebalanceFlags& flags) {
   if (cluster.attention.empty()) Fail(kCommand, "--attention-workers: no addresses");
   if (cluster.experts.empty()) Fail(kCommand, "--expert-workers: no addresses");
   absl::StatusOr<rpc::ClientCredentials> credentials = rpc::MakeClientCredentials(tls);
-  if (!credentials.ok()) Fail(kCommand, std::string(credentials.status().message()));
+  if (!credentials.ok()) {
+    Fail(kCommand, absl::StrCat("the cluster's credentials (--tls-ca, --tls-cert and --tls-key: an operator "
+                                "certificate, or --insecure): ",
+                                credentials.status().message()));
+  }
   cluster.credentials = *credentials;
   return cluster;
 }
