@@ -347,8 +347,9 @@ void RunRebalance(const RebalanceFlags& flags) {
                                total_rows, cluster.attention.size());
   std::cout << absl::StrFormat("measured load ratio (max/mean rows per expert worker): %.3f\n",
                                engine::MaxMeanRatio(worker_rows));
-  std::cout << absl::StrFormat("plan: placement version %d, at most %d extra experts per expert worker\n",
-                               plan->placement.version(), max_extras);
+  std::cout << absl::StrFormat(
+      "plan: placement version %d, at most %d extra experts per expert worker (one expert: %d bytes)\n",
+      plan->placement.version(), max_extras, infos[0].expert_bytes());
   for (int64_t w = 0; w < num_workers; ++w) {
     const std::vector<int64_t> extras = plan->placement.extra_experts(w);
     const std::vector<int32_t> old(infos[static_cast<size_t>(w)].extra_experts().begin(),
