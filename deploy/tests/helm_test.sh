@@ -78,6 +78,10 @@ expect ok "expert.copiesPerShard reaches MOE_EXPERT_REPLICAS" bash -c \
   "'${helm}' template moe '${chart}' --set expert.copiesPerShard=2 | grep -q 'MOE_EXPERT_REPLICAS: \"2\"'"
 expect fail "copiesPerShard that does not divide the expert workers is refused" "${helm}" template moe "${chart}" \
   --set expert.replicas=4 --set expert.copiesPerShard=3
+expect ok "expert.extraExpertBudgetBytes reaches MOE_EXTRA_EXPERT_BUDGET_BYTES in whole bytes" bash -c \
+  "'${helm}' template moe '${chart}' --set expert.extraExpertBudgetBytes=4294967296 | grep -q 'MOE_EXTRA_EXPERT_BUDGET_BYTES: \"4294967296\"'"
+expect fail "a negative expert.extraExpertBudgetBytes is refused" "${helm}" template moe "${chart}" \
+  --set expert.extraExpertBudgetBytes=-1
 # Elastic on cost: the router finds attention workers through the headless Service; the KEDA
 # ScaledObject (off by default) scales the attention StatefulSet on the cost-per-request rule.
 expect ok "router discovers attention workers through the headless Service" bash -c \

@@ -107,6 +107,10 @@ void StepLoop::Publish() {
   load.set_kv_block_size(static_cast<int32_t>(engine_->kv_block_size()));
   load.set_num_running(static_cast<int32_t>(engine_->num_running()));
   load.set_num_waiting(static_cast<int32_t>(engine_->num_waiting()));
+  for (uint64_t rows : expert_rows_total_) load.add_expert_rows_total(rows);
+  for (uint64_t rows : worker_rows_total_) load.add_expert_worker_rows_total(rows);
+  if (engine_->expert_placement() != nullptr)
+    load.set_expert_placement_version(engine_->expert_placement()->version());
   if (metrics_ != nullptr) {
     const double blocks = std::max<int32_t>(engine_->num_blocks(), 1);
     metrics_->kv_blocks->Set(engine_->num_blocks());
@@ -193,13 +197,18 @@ void StepLoop::RunStep() {
     metrics_->step_expert_wait_seconds->Observe(absl::ToDoubleSeconds(stats.expert_wait));
     metrics_->batch_sequences->Observe(static_cast<double>(stats.num_sequences));
     metrics_->batch_tokens->Observe(static_cast<double>(stats.num_tokens));
-    PublishExpertLoad();
   }
+  if (engine_->steps() != steps_before) PublishExpertLoad();
 }
 
 void StepLoop::PublishExpertLoad() {
   const engine::ExpertLoad load = engine_->TakeExpertLoad();
   if (load.worker_rows.empty()) return;
+  expert_rows_total_.resize(load.expert_rows.size(), 0);
+  for (size_t e = 0; e < load.expert_rows.size(); ++e) expert_rows_total_[e] += load.expert_rows[e];
+  worker_rows_total_.resize(load.worker_rows.size(), 0);
+  for (size_t w = 0; w < load.worker_rows.size(); ++w) worker_rows_total_[w] += load.worker_rows[w];
+  if (metrics_ == nullptr) return;
   window_rows_.resize(load.worker_rows.size(), 0);
   for (size_t w = 0; w < load.worker_rows.size(); ++w) window_rows_[w] += load.worker_rows[w];
   if (absl::Now() - window_start_ < absl::Seconds(10)) return;

@@ -88,8 +88,8 @@ class StepLoop {
   void RunStep();
   void FailAllUnavailable();
   void Publish();
-  // Adds the step's rows per expert worker to the window; sets moe_attention_expert_load_ratio and
-  // starts a new window every 10 s.
+  // Adds the step's rows per expert and per expert worker to the totals WorkerLoad reports and to the
+  // window; sets moe_attention_expert_load_ratio and starts a new window every 10 s.
   void PublishExpertLoad();
 
   std::unique_ptr<engine::Engine> engine_;  // loop thread only
@@ -101,6 +101,9 @@ class StepLoop {
   absl::flat_hash_map<std::string, Live> live_;  // loop thread only
   // moe_attention_expert_load_ratio's window (loop thread only).
   std::vector<uint64_t> window_rows_;
+  // Rows dispatched per expert and per expert worker since start (WorkerLoad; loop thread only).
+  std::vector<uint64_t> expert_rows_total_;
+  std::vector<uint64_t> worker_rows_total_;
   absl::Time window_start_ = absl::Now();
   std::thread thread_;
 

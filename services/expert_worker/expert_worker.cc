@@ -152,6 +152,7 @@ int64_t ExpertWorker::ExpertBytes() const {
 
 v1::ExpertWorkerInfo ExpertWorker::info() const {
   v1::ExpertWorkerInfo info = info_;
+  info.set_expert_bytes(ExpertBytes());
   absl::MutexLock lock(&extras_mu_);
   info.set_placement_version(placement_version_);
   for (int32_t e : extra_experts_) info.add_extra_experts(e);

@@ -81,11 +81,12 @@ struct ClusterFlags {
   bool detach = false;
   double startup_timeout_s = 300;
   std::string transport = "ucx";
-  std::string device = "cpu";  // every worker's --device
-  bool insecure = false;       // plaintext internal hops instead of mTLS
-  double kv_cache_gib = 0;     // attention workers' --kv_cache_gib; 0: theirs (8)
-  int max_restarts = 3;        // per child, after the cluster is ready
-  int http_port = 0;           // the router's OpenAI-compatible HTTP API on 127.0.0.1 (0: none)
+  std::string device = "cpu";             // every worker's --device
+  bool insecure = false;                  // plaintext internal hops instead of mTLS
+  double kv_cache_gib = 0;                // attention workers' --kv_cache_gib; 0: theirs (8)
+  int max_restarts = 3;                   // per child, after the cluster is ready
+  int http_port = 0;                      // the router's OpenAI-compatible HTTP API on 127.0.0.1 (0: none)
+  int64_t extra_expert_budget_bytes = 0;  // expert workers' --extra_expert_budget_bytes
 };
 
 std::atomic<bool> stop_requested{false};
@@ -534,9 +535,13 @@ void RunUp(const ClusterFlags& flags) {
           {"--model=" + flags.model_dir, absl::StrCat("--rank=", i),
            absl::StrCat("--num_expert_workers=", flags.expert_workers),
            absl::StrCat("--expert_replicas=", flags.expert_replicas), "--transport=" + flags.transport,
-           "--device=" + device->ToString()},
+           "--device=" + device->ToString(),
+           absl::StrCat("--extra_expert_budget_bytes=", flags.extra_expert_budget_bytes)},
           experts[static_cast<size_t>(i)]);
   }
+  // For `moectl cluster rebalance`: the expert workers' addresses (by rank) and how to dial them.
+  WriteAtomically(state / "expert_workers", absl::StrJoin(experts, "\n") + "\n");
+  WriteAtomically(state / "tls_mode", flags.insecure ? "insecure\n" : "mtls\n");
   // Attention worker `rank`'s flags (ranks are never reused: `scale` gives new workers new ones).
   auto attention_args = [&](int rank, int num_attention_workers) {
     std::vector<std::string> args = {"--model=" + flags.model_dir,
@@ -782,15 +787,26 @@ void RegisterClusterCommand(CLI::App& app) {
                  "Times a child that dies after start-up is restarted (backoff 1 s doubling to 10 s) before "
                  "the cluster stops (default 3)")
       ->check(CLI::Range(0, 1000));
+  up->add_option_function<std::string>(
+      "--extra-expert-budget",
+      [flags](const std::string& value) {
+        absl::StatusOr<int64_t> bytes = ParseByteSize(value);
+        if (!bytes.ok())
+          Fail("cluster up", "--extra-expert-budget: " + std::string(bytes.status().message()));
+        flags->extra_expert_budget_bytes = *bytes;
+      },
+      "Bytes each expert worker may hold of extra expert copies for `moectl cluster rebalance` "
+      "(BYTES, or a number with KiB/MiB/GiB; default 0: none)");
   up->add_option("--transport", flags->transport, "Data plane")->check(CLI::IsMember({"ucx"}));
   up->add_option("--device", flags->device,
                  "Where every worker computes: cpu (default), cuda or cuda:N (passed to each worker's "
-                 "--device; the attention workers refuse cuda until their CUDA backend exists)");
+                 "--device)");
   up->add_flag("--detach", flags->detach, "Run in the background; stop with `moectl cluster down`");
   up->add_flag("--insecure", flags->insecure,
                "No mTLS between the cluster's processes (default: a throwaway CA in <state-dir>/tls)");
   up->callback([flags] { RunUp(*flags); });
   auto state_dir = std::make_shared<std::string>();
+  RegisterClusterRebalanceCommand(*cluster);
   CLI::App* down = cluster->add_subcommand("down", "Stop a cluster started with --detach");
   down->add_option("--state-dir", *state_dir, "The state dir given to `up`");
   down->callback([state_dir] { RunDown(*state_dir); });

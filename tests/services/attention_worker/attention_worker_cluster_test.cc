@@ -215,6 +215,50 @@ TEST(AttentionWorkerBalancerTest, SwitchesPlacementMidStreamOnlyOnceTheExpertsAr
   const Generated after = cluster.Generate(GreedyRequest("after", Prompts()[0], 16));
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
   EXPECT_EQ(after.tokens, Embedded(model, Prompts()[0], 16).tokens);
+
+  // The balancer's input (`moectl cluster rebalance`): GetLoad's rows per expert and per expert
+  // worker since start, and the placement version in use.
+  v1::WorkerLoad load;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(cluster.stub().GetLoad(&context, v1::GetLoadRequest(), &load).ok());
+  }
+  EXPECT_EQ(load.expert_placement_version(), 1u);
+  ASSERT_EQ(load.expert_worker_rows_total_size(), 2);
+  ASSERT_GT(load.expert_rows_total_size(), 4);
+  uint64_t expert_sum = 0, worker_sum = 0, hot = 0;
+  for (int e = 0; e < load.expert_rows_total_size(); ++e) expert_sum += load.expert_rows_total(e);
+  for (int e = 0; e < 4; ++e) hot += load.expert_rows_total(e);
+  for (int w = 0; w < 2; ++w) worker_sum += load.expert_worker_rows_total(w);
+  EXPECT_GT(expert_sum, 0u);
+  EXPECT_EQ(expert_sum, worker_sum);  // every row of an expert goes to one of its hosts
+  EXPECT_GT(load.expert_worker_rows_total(1), 0u);
+  // The skewed model's hot experts 0..3 get well over their share.
+  EXPECT_GT(static_cast<double>(hot) / static_cast<double>(expert_sum),
+            2.0 * 4 / static_cast<double>(load.expert_rows_total_size()));
+  {
+    auto expert = v1::ExpertControl::NewStub(
+        grpc::CreateChannel(cluster.ExpertAddress(1), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    v1::ExpertWorkerInfo info;
+    ASSERT_TRUE(expert->GetInfo(&context, v1::GetInfoRequest(), &info).ok());
+    EXPECT_GT(info.expert_bytes(), 0);
+    EXPECT_EQ(info.extra_expert_budget_bytes(), int64_t{64} << 20);
+  }
+  // Monotonic: another request only adds.
+  ASSERT_TRUE(cluster.Generate(GreedyRequest("more", Prompts()[1], 4)).status.ok());
+  v1::WorkerLoad later;
+  {
+    grpc::ClientContext context;
+    ASSERT_TRUE(cluster.stub().GetLoad(&context, v1::GetLoadRequest(), &later).ok());
+  }
+  ASSERT_EQ(later.expert_rows_total_size(), load.expert_rows_total_size());
+  uint64_t later_sum = 0;
+  for (int e = 0; e < later.expert_rows_total_size(); ++e) {
+    EXPECT_GE(later.expert_rows_total(e), load.expert_rows_total(e)) << "expert " << e;
+    later_sum += later.expert_rows_total(e);
+  }
+  EXPECT_GT(later_sum, expert_sum);
 }
 
 Generated Embedded(const std::string& model, const std::vector<int32_t>& prompt, int max_new_tokens) {
