@@ -87,7 +87,8 @@ int main(int argc, char** argv) {
     // second (at most 10 s) this worker stops, with nothing in flight to fail over.
     service->SetReady(false);
     (*worker)->BeginDraining();
-    LOG(INFO) << "terminating: draining, the other copies of this shard take its rounds";
+    LOG(INFO) << "terminating: draining, the other copies of "
+              << (options.joinable ? "its experts" : "this shard") << " take its rounds";
     const bool quiet = (*worker)->WaitQuiet(absl::Seconds(1), absl::Seconds(10));
     LOG(INFO) << (quiet ? "no more rounds" : "rounds still coming after 10 s") << ", stopping";
   }

@@ -255,10 +255,12 @@ TEST(ExpertWorkerJoinTest, AJoinedExpertWorkerTakesRowsAndLeavesWithoutFailingAS
   for (const auto& prompt : Prompts()) want.push_back(Embedded(model, prompt, kTokens));
   std::vector<Generated> got(kStreams);
   std::vector<std::thread> streams;
+  std::atomic<int> finished{0};
   for (int i = 0; i < kStreams; ++i) {
     streams.emplace_back([&, i] {
       got[static_cast<size_t>(i)] = cluster.Generate(GreedyRequest(
           "s" + std::to_string(i), Prompts()[static_cast<size_t>(i) % Prompts().size()], kTokens));
+      ++finished;
     });
   }
 
@@ -322,6 +324,7 @@ TEST(ExpertWorkerJoinTest, AJoinedExpertWorkerTakesRowsAndLeavesWithoutFailingAS
   const std::optional<int> exited = cluster.expert(2).Wait(absl::Seconds(30));
   ASSERT_TRUE(exited.has_value()) << "the joined expert worker did not exit on SIGTERM";
   EXPECT_TRUE(WIFEXITED(*exited) && WEXITSTATUS(*exited) == 0) << *exited;
+  EXPECT_LT(finished.load(), kStreams) << "the streams should outlast the join and the leave (raise kTokens)";
 
   for (std::thread& stream : streams) stream.join();
   int failed = 0;
@@ -337,7 +340,6 @@ TEST(ExpertWorkerJoinTest, AJoinedExpertWorkerTakesRowsAndLeavesWithoutFailingAS
     EXPECT_EQ(g.logprobs, w.logprobs) << "stream " << i;
   }
   EXPECT_EQ(failed, 0) << cluster.log();
-  // The streams overlapped the whole join and leave (else make kTokens larger).
   const Generated after = cluster.Generate(GreedyRequest("after", Prompts()[0], 16));
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
   EXPECT_EQ(after.tokens, Embedded(model, Prompts()[0], 16).tokens);
