@@ -345,6 +345,32 @@ TEST(ExpertWorkerJoinTest, AJoinedExpertWorkerTakesRowsAndLeavesWithoutFailingAS
   EXPECT_EQ(after.tokens, Embedded(model, Prompts()[0], 16).tokens);
 }
 
+// Bad joinable flags end the process with a message naming the flag.
+TEST(ExpertWorkerJoinTest, BadJoinableFlagsAreRefusedNamingTheFlag) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  const std::string dir = moe::testing::MakeTempDir("join-flags");
+  auto run = [&](const std::string& binary, const std::vector<std::string>& args, const std::string& name) {
+    auto child = ChildProcess::Start(moe::testing::BinaryPath(binary), args, dir + "/" + name + ".log");
+    EXPECT_TRUE(child.ok());
+    const std::optional<int> status = (*child)->Wait(absl::Seconds(60));
+    EXPECT_TRUE(status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) != 0) << (*child)->Log();
+    return (*child)->Log();
+  };
+  const std::string listen = moe::testing::LocalAddress(moe::testing::FreePort());
+  // A joinable expert worker's rank is past the home workers'.
+  std::string log = run("moe-expert-worker",
+                        {"--model", model, "--rank", "1", "--num_expert_workers", "2", "--joinable",
+                         "--listen", listen, "--metrics_port", "0", "--insecure"},
+                        "expert");
+  EXPECT_NE(log.find("--rank: a --joinable worker's rank must be in [2, 1000)"), std::string::npos) << log;
+  log = run(
+      "moe-attention-worker",
+      {"--model", model, "--rank", "0", "--expert_workers", listen, "--joinable_expert_workers", "nohost",
+       "--listen", moe::testing::LocalAddress(moe::testing::FreePort()), "--metrics_port", "0", "--insecure"},
+      "attention");
+  EXPECT_NE(log.find("joinable_expert_workers"), std::string::npos) << log;
+}
+
 Generated Embedded(const std::string& model, const std::vector<int32_t>& prompt, int max_new_tokens) {
   engine::EngineOptions options;
   options.num_kv_blocks = 512;
