@@ -1,6 +1,7 @@
 // moectl cluster up|down: a local cluster on 127.0.0.1 (docs/operations.md#a-local-cluster).
 //
 //   moectl cluster up --model DIR --attention-workers M --expert-workers N [--expert-replicas R]
+//                     [--joinable-expert-workers J]
 //                     [--port P] [--http-port H]
 //                     [--detach]
 //
@@ -17,7 +18,7 @@
 // it. The state dir also holds each child's log (<name>.log) and pid (<name>.pid: expert-0.., attention-0..,
 // router).
 //
-//   moectl cluster scale --attention-workers N [--state-dir D]
+//   moectl cluster scale [--attention-workers N] [--expert-workers N] [--state-dir D]
 //
 // changes the attention workers of a running `cluster up` (docs/operations.md#scaling): the
 // supervisor starts new ones (fresh ranks and ports), waits until they are ready, and rewrites the
