@@ -125,8 +125,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::CreateAttentionWorker(
           absl::StrCat("the expert placement covers ", placement.num_experts(), " experts on ",
                        placement.num_workers(), " workers; the model has ", engine->config_.num_experts));
     }
-    RETURN_IF_ERROR(
-        ExpertPlacement::Validate(placement.num_experts(), placement.num_workers(), placement.replicas()));
+    RETURN_IF_ERROR(ExpertPlacement::Validate(placement.num_experts(), placement.num_home_workers(),
+                                              placement.replicas()));
     if (liveness != nullptr && liveness->num_workers() != placement.num_workers()) {
       return absl::InvalidArgumentError(absl::StrCat("expert liveness of ", liveness->num_workers(),
                                                      " workers for a placement of ",

@@ -11,6 +11,13 @@
 // workers, for every layer. The extras and a version number change together when the balancer
 // applies a new plan; the home shards never change. The hosts of an expert, in dispatch order, are
 // its shard's replicas in replica order, then its extra workers ascending (Hosts()).
+//
+// Joinable workers (issue 8 item 7, docs/architecture.md#expert-workers-joining-and-leaving): a
+// placement may name workers beyond the N home ones, N..N+J-1, that host no home shard, only extra
+// copies. They are fixed when the placement is made (so the dispatcher's, the liveness's and the
+// load's worker sets keep their size) but need not exist yet: such a worker takes rows only once a
+// placement version gives it extras and it is live. The home shards are computed from the N home
+// workers alone, so adding or removing a joinable worker never moves a home expert.
 #ifndef MOE_COMMON_ENGINE_EXPERT_PLACEMENT_H_
 #define MOE_COMMON_ENGINE_EXPERT_PLACEMENT_H_
 
@@ -40,7 +47,29 @@ class ExpertPlacement {
   // `expert_peers[w]` is the transport peer id of expert worker w; `replicas` must divide their
   // number (Validate).
   ExpertPlacement(int64_t num_experts, std::vector<int32_t> expert_peers, int64_t replicas = 1)
-      : num_experts_(num_experts), replicas_(replicas), peers_(std::move(expert_peers)) {}
+      : num_experts_(num_experts),
+        replicas_(replicas),
+        peers_(std::move(expert_peers)),
+        home_workers_(static_cast<int64_t>(peers_.size())) {}
+
+  // This placement with `peers` appended as joinable workers (no home shard; extra copies only).
+  // INVALID_ARGUMENT naming `joinable_peers[i]` when a peer id is negative or already used.
+  absl::StatusOr<ExpertPlacement> WithJoinableWorkers(const std::vector<int32_t>& peers) const {
+    ExpertPlacement placement = *this;
+    for (size_t i = 0; i < peers.size(); ++i) {
+      if (peers[i] < 0) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("joinable_peers[", i, "]: peer id ", peers[i], " is negative"));
+      }
+      if (std::find(placement.peers_.begin(), placement.peers_.end(), peers[i]) != placement.peers_.end()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("joinable_peers[", i, "]: peer id ", peers[i], " is already a worker's"));
+      }
+      placement.peers_.push_back(peers[i]);
+    }
+    // Extras sized for the old worker set stay valid: worker indices only grew.
+    return placement;
+  }
 
   // INVALID_ARGUMENT naming the flag unless `num_workers` workers in `replicas` replicas can host
   // `num_experts` experts: replicas >= 1, num_workers a multiple of replicas, at most one shard
@@ -79,13 +108,19 @@ class ExpertPlacement {
   }
 
   int64_t num_experts() const { return num_experts_; }
+  // Every worker, home and joinable: the size of the liveness and of per-worker arrays.
   int64_t num_workers() const { return static_cast<int64_t>(peers_.size()); }
+  // The workers with a home shard, 0..num_home_workers()-1 (N = S x R).
+  int64_t num_home_workers() const { return home_workers_; }
+  bool joinable(int64_t worker) const { return worker >= home_workers_; }
   int64_t replicas() const { return replicas_; }
-  int64_t num_shards() const { return num_workers() / replicas_; }
+  int64_t num_shards() const { return home_workers_ / replicas_; }
   int32_t peer(int64_t worker) const { return peers_[static_cast<size_t>(worker)]; }
-  // The shard worker `worker` hosts, and the experts in it.
-  int64_t shard_of_worker(int64_t worker) const { return worker % num_shards(); }
+  // The shard worker `worker` hosts (-1 for a joinable worker), and the experts in it (none for a
+  // joinable worker).
+  int64_t shard_of_worker(int64_t worker) const { return joinable(worker) ? -1 : worker % num_shards(); }
   ExpertRange range(int64_t worker) const {
+    if (joinable(worker)) return {0, 0};
     return RangeOf(num_experts_, num_shards(), shard_of_worker(worker));
   }
   int64_t shard_of_expert(int64_t expert) const { return ShardOf(num_experts_, num_shards(), expert); }
@@ -164,6 +199,7 @@ class ExpertPlacement {
   int64_t num_experts_;
   int64_t replicas_;
   std::vector<int32_t> peers_;
+  int64_t home_workers_;  // workers [0, home_workers_) have a home shard; the rest are joinable
   uint64_t version_ = 0;
   std::vector<std::vector<int64_t>> extras_;  // [num_experts] or empty: none
   int64_t num_extras_ = 0;

@@ -112,7 +112,8 @@ absl::Status MoeDispatcher::SendParts(DispatchHandle* handle, const std::vector<
 
 absl::Status MoeDispatcher::SetPlacement(ExpertPlacement placement) {
   if (placement.num_experts() != placement_.num_experts() ||
-      placement.num_workers() != placement_.num_workers() || placement.replicas() != placement_.replicas()) {
+      placement.num_workers() != placement_.num_workers() || placement.replicas() != placement_.replicas() ||
+      placement.num_home_workers() != placement_.num_home_workers()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "placement: ", placement.num_experts(), " experts on ", placement.num_workers(), " workers x ",
         placement.replicas(), " replicas does not match the dispatcher's ", placement_.num_experts(), " on ",

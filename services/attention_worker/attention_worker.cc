@@ -27,20 +27,37 @@ absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
       return absl::InvalidArgumentError(absl::StrCat("--expert_workers: ", valid.message()));
     }
   }
+  const int64_t num_joinable = static_cast<int64_t>(options.joinable_expert_addresses.size());
+  if (num_joinable > 0 && !config.IsMoe()) {
+    return absl::InvalidArgumentError("--joinable_expert_workers: a dense model has no expert workers");
+  }
+  if (num_workers + num_joinable > engine::kFirstExpertPeerId) {
+    return absl::InvalidArgumentError(absl::StrCat("--joinable_expert_workers: ", num_workers + num_joinable,
+                                                   " expert workers in all, at most ",
+                                                   engine::kFirstExpertPeerId));
+  }
   std::unique_ptr<AttentionWorker> worker(new AttentionWorker());
   worker->options_ = options;
   ASSIGN_OR_RETURN(worker->transport_, transport::UcxTransport::Create(options.rank, options.ucx));
   std::vector<int32_t> peers;
   for (int64_t w = 0; w < num_workers; ++w)
     peers.push_back(engine::kFirstExpertPeerId + static_cast<int32_t>(w));
-  worker->liveness_ = std::make_unique<engine::ExpertLiveness>(num_workers);
-  ASSIGN_OR_RETURN(worker->engine_,
-                   engine::Engine::CreateAttentionWorker(
-                       options.model_dir, options.engine, worker->transport_.get(),
-                       engine::ExpertPlacement(config.num_experts, std::move(peers), options.expert_replicas),
-                       worker->liveness_.get()));
+  std::vector<int32_t> joinable_peers;
+  for (int64_t w = num_workers; w < num_workers + num_joinable; ++w)
+    joinable_peers.push_back(engine::kFirstExpertPeerId + static_cast<int32_t>(w));
+  ASSIGN_OR_RETURN(engine::ExpertPlacement placement,
+                   engine::ExpertPlacement(config.num_experts, std::move(peers), options.expert_replicas)
+                       .WithJoinableWorkers(joinable_peers));
+  worker->liveness_ = std::make_unique<engine::ExpertLiveness>(placement.num_workers());
+  ASSIGN_OR_RETURN(worker->engine_, engine::Engine::CreateAttentionWorker(
+                                        options.model_dir, options.engine, worker->transport_.get(),
+                                        std::move(placement), worker->liveness_.get()));
   ExpertConnectorOptions& connector = worker->options_.connector;
   connector.expert_addresses = options.expert_addresses;
+  connector.expert_addresses.insert(connector.expert_addresses.end(),
+                                    options.joinable_expert_addresses.begin(),
+                                    options.joinable_expert_addresses.end());
+  connector.num_home_workers = static_cast<int>(num_workers);
   connector.attention_rank = options.rank;
   connector.num_experts = config.num_experts;
   connector.expert_replicas = options.expert_replicas;

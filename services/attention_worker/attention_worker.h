@@ -28,6 +28,9 @@ struct AttentionWorkerOptions {
   int rank = 0;
   std::vector<std::string> expert_addresses;  // rank order
   int expert_replicas = 1;                    // copies of each expert shard (ExpertPlacement)
+  // Expert workers that may join later (ranks N, N+1, ... after the N above): they host no home
+  // shard, only the extra copies a placement version gives them (docs/operations.md#scaling).
+  std::vector<std::string> joinable_expert_addresses;
   engine::EngineOptions engine;
   transport::UcxOptions ucx;
   ExpertConnectorOptions connector;  // addresses, rank, fingerprint, num_experts are filled in

@@ -128,7 +128,7 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
   peer.draining = info.draining();
   if (peer.connected && !force_reconnect && info.address() == peer.data_address) return true;
 
-  absl::Status valid = ValidateExpertInfo(info, rank, static_cast<int>(peers_.size()), options_.num_experts,
+  absl::Status valid = ValidateExpertInfo(info, rank, num_home_workers(), options_.num_experts,
                                           options_.model_fingerprint, options_.expert_replicas);
   if (!valid.ok()) return set_error(std::string(valid.message()));
   // Admit the expert worker's answers first (a fresh secret, replacing any earlier one), so that by
@@ -167,8 +167,9 @@ bool ExpertConnector::CheckPeer(int rank, bool force_reconnect) {
 void ExpertConnector::Loop() {
   absl::Duration backoff = options_.initial_backoff;
   const int num_peers = static_cast<int>(peers_.size());
+  const int num_home = num_home_workers();  // the rest are joinable workers
   const int replicas = std::max(1, options_.expert_replicas);
-  const int num_shards = std::max(1, num_peers / replicas);  // Create validated the placement
+  const int num_shards = std::max(1, num_home / replicas);  // Create validated the placement
   while (true) {
     bool force;
     std::vector<bool> failed;
@@ -188,14 +189,17 @@ void ExpertConnector::Loop() {
       if (failed[static_cast<size_t>(rank)]) peers_[static_cast<size_t>(rank)].connected = false;
       connected[static_cast<size_t>(rank)] = CheckPeer(rank, force || failed[static_cast<size_t>(rank)]);
       all = all && connected[static_cast<size_t>(rank)];
-      if (connected[static_cast<size_t>(rank)]) shard_covered[static_cast<size_t>(rank % num_shards)] = true;
+      // Only the home workers make the connector ready: a joinable worker's experts are copies.
+      if (connected[static_cast<size_t>(rank)] && rank < num_home)
+        shard_covered[static_cast<size_t>(rank % num_shards)] = true;
     }
     for (int rank = 0; rank < num_peers; ++rank) {
       Peer& peer = peers_[static_cast<size_t>(rank)];
       const bool live = connected[static_cast<size_t>(rank)];
       // A draining worker hands its rounds to another connected, non-draining copy of its shard.
-      bool handed_over = false;
-      for (int other = rank % num_shards; live && peer.draining && other < num_peers; other += num_shards) {
+      // A joinable worker's experts always have their home copies, so it hands over at once.
+      bool handed_over = rank >= num_home && live && peer.draining;
+      for (int other = rank % num_shards; live && peer.draining && other < num_home; other += num_shards) {
         if (other != rank && connected[static_cast<size_t>(other)] &&
             !peers_[static_cast<size_t>(other)].draining) {
           handed_over = true;
@@ -242,6 +246,12 @@ absl::Status ExpertConnector::CheckHoldsExtras(const engine::ExpertPlacement& pl
     if (w >= static_cast<int64_t>(options_.expert_addresses.size())) {
       return absl::InvalidArgumentError(absl::StrCat("extras: expert worker ", w, " does not exist"));
     }
+    // A joinable worker must be connected (UCX endpoint and Connect done) before rows go to it.
+    if (placement.joinable(w) && options_.liveness != nullptr && !options_.liveness->live(w)) {
+      return absl::FailedPreconditionError(absl::StrCat("extras: expert worker ", w, " (joinable, ",
+                                                        options_.expert_addresses[static_cast<size_t>(w)],
+                                                        ") is not connected yet"));
+    }
     // A fresh GetInfo (not the monitor's last one): LoadExtraExperts may have returned just now.
     auto stub = v1::ExpertControl::NewStub(
         options_.credentials.CreateChannel(options_.expert_addresses[static_cast<size_t>(w)]));
@@ -253,8 +263,11 @@ absl::Status ExpertConnector::CheckHoldsExtras(const engine::ExpertPlacement& pl
       return absl::UnavailableError(absl::StrCat("expert worker ", w, ": GetInfo: ", rpc.error_message()));
     }
     for (int64_t e : wanted) {
-      if (std::find(info.extra_experts().begin(), info.extra_experts().end(), e) ==
-          info.extra_experts().end()) {
+      // A joinable worker holds its shard from the start: what it serves as home is a copy here.
+      const bool in_its_shard = placement.joinable(w) && e >= info.first_expert() &&
+                                e < static_cast<int64_t>(info.first_expert()) + info.num_experts();
+      if (!in_its_shard && std::find(info.extra_experts().begin(), info.extra_experts().end(), e) ==
+                               info.extra_experts().end()) {
         return absl::FailedPreconditionError(absl::StrCat(
             "extras: expert worker ", w, " does not hold expert ", e, " (call its LoadExtraExperts first)"));
       }

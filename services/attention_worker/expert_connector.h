@@ -41,6 +41,10 @@ namespace moe::services {
 
 struct ExpertConnectorOptions {
   std::vector<std::string> expert_addresses;  // "host:port", index = expert rank
+  // The first `num_home_workers` addresses host the home shards (-1: all); the rest are joinable
+  // workers (ExpertPlacement::WithJoinableWorkers): connected when they appear, never needed for
+  // readiness, used once a placement gives them extra copies.
+  int num_home_workers = -1;
   int attention_rank = 0;
   std::string model_fingerprint;
   int64_t num_experts = 0;  // the model's experts per layer
@@ -104,6 +108,9 @@ class ExpertConnector {
     bool handed_over = false;  // draining and taken out of the liveness (logged once)
   };
   void Loop();
+  int num_home_workers() const {
+    return options_.num_home_workers < 0 ? static_cast<int>(peers_.size()) : options_.num_home_workers;
+  }
   // Checks peer `rank`; (re)connects it if needed. Returns whether it is connected afterwards.
   bool CheckPeer(int rank, bool force_reconnect);
 

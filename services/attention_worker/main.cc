@@ -20,6 +20,9 @@ ABSL_FLAG(int, rank, 0, "this attention worker's rank (its data-plane peer id)")
 ABSL_FLAG(bool, rank_from_hostname, false, "rank = the trailing -<ordinal> of the host name");
 ABSL_FLAG(int, num_attention_workers, 1, "size of the attention group (rank must be below it)");
 ABSL_FLAG(std::string, expert_workers, "", "expert workers HOST:PORT,... in rank order");
+ABSL_FLAG(std::string, joinable_expert_workers, "",
+          "expert workers HOST:PORT,... that may join later (ranks after --expert_workers'): connected "
+          "when they appear, used once SetExpertPlacement gives them extra copies");
 ABSL_FLAG(int, expert_replicas, 1,
           "copies of each expert shard (as the expert workers' --expert_replicas); a round fails over "
           "to another copy when a worker dies");
@@ -76,6 +79,12 @@ int main(int argc, char** argv) {
   auto experts = moe::rpc::ParseAddressList("expert_workers", absl::GetFlag(FLAGS_expert_workers));
   if (!experts.ok()) return service->Fail(experts.status().message());
   options.expert_addresses = *experts;
+  if (!absl::GetFlag(FLAGS_joinable_expert_workers).empty()) {
+    auto joinable =
+        moe::rpc::ParseAddressList("joinable_expert_workers", absl::GetFlag(FLAGS_joinable_expert_workers));
+    if (!joinable.ok()) return service->Fail(joinable.status().message());
+    options.joinable_expert_addresses = *joinable;
+  }
   options.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
   const double moe_timeout = absl::GetFlag(FLAGS_moe_timeout_seconds);
   if (!(moe_timeout > 0)) return service->Fail("--moe_timeout_seconds must be > 0");

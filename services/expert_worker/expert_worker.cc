@@ -21,9 +21,17 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
     return absl::InvalidArgumentError(
         absl::StrCat("--num_expert_workers must be >= 1, got ", options.num_expert_workers));
   }
-  if (options.rank < 0 || options.rank >= options.num_expert_workers) {
+  if (!options.joinable && (options.rank < 0 || options.rank >= options.num_expert_workers)) {
     return absl::InvalidArgumentError(
         absl::StrCat("--rank must be in [0, ", options.num_expert_workers, "), got ", options.rank));
+  }
+  // A joinable worker's rank is past the home workers' (its peer id must not be one of theirs); the
+  // bound keeps peer ids in the expert range.
+  constexpr int kMaxExpertRank = 1000;
+  if (options.joinable && (options.rank < options.num_expert_workers || options.rank >= kMaxExpertRank)) {
+    return absl::InvalidArgumentError(absl::StrCat("--rank: a --joinable worker's rank must be in [",
+                                                   options.num_expert_workers, ", ", kMaxExpertRank,
+                                                   ") (past the home workers'), got ", options.rank));
   }
   if (options.load_window <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("--load_window_seconds must be > 0");

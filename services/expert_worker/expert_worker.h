@@ -41,6 +41,10 @@ struct ExpertWorkerOptions {
   int rank = 0;
   int num_expert_workers = 1;
   int expert_replicas = 1;  // copies of each shard; must divide num_expert_workers
+  // A worker joining a running cluster (docs/operations.md#scaling): its rank is in
+  // [num_expert_workers, 1000), it holds shard rank mod S, which the attention workers use as extra
+  // copies, and it takes rows only once their placement names it.
+  bool joinable = false;
   absl::Duration load_window = absl::Seconds(60);
   bool per_expert_metrics = false;
   // The largest max_round_tokens an attention worker may announce in Connect (it bounds the size

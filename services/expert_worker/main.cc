@@ -17,6 +17,9 @@ ABSL_FLAG(std::string, model, "", "Hugging Face model directory");
 ABSL_FLAG(int, rank, 0, "this expert worker's rank (its expert shard)");
 ABSL_FLAG(bool, rank_from_hostname, false, "rank = the trailing -<ordinal> of the host name");
 ABSL_FLAG(int, num_expert_workers, 1, "expert workers in the cluster (shards x replicas)");
+ABSL_FLAG(bool, joinable, false,
+          "join a running cluster: --rank >= --num_expert_workers, hosts shard rank mod N/R as extra "
+          "copies the attention workers use once their placement names it; drains on SIGTERM");
 ABSL_FLAG(int, expert_replicas, 1,
           "copies of each expert shard: N workers hold N/R shards, rank r hosts shard r mod N/R");
 ABSL_FLAG(std::string, transport, "ucx",
@@ -62,6 +65,7 @@ int main(int argc, char** argv) {
   options.rank = *rank;
   options.num_expert_workers = absl::GetFlag(FLAGS_num_expert_workers);
   options.expert_replicas = absl::GetFlag(FLAGS_expert_replicas);
+  options.joinable = absl::GetFlag(FLAGS_joinable);
   options.load_window = absl::Seconds(absl::GetFlag(FLAGS_load_window_seconds));
   options.per_expert_metrics = absl::GetFlag(FLAGS_per_expert_metrics);
   options.max_round_tokens = absl::GetFlag(FLAGS_max_round_tokens);
@@ -95,13 +99,14 @@ int main(int argc, char** argv) {
             << ") as peer " << info.peer_id() << " on " << options.device.ToString();
 
   service->WaitForTerminationSignal();
-  if (options.expert_replicas > 1) {
+  if (options.expert_replicas > 1 || options.joinable) {
     // Hand over to the other copies first: NOT_SERVING, GetInfo says draining, the attention workers
     // stop sending here (their connectors look every 500 ms), and once no round has come for a
     // second (at most 10 s) this worker stops, with nothing in flight to fail over.
     service->SetReady(false);
     (*worker)->BeginDraining();
-    LOG(INFO) << "terminating: draining, the other copies of this shard take its rounds";
+    LOG(INFO) << "terminating: draining, the other copies of "
+              << (options.joinable ? "its experts" : "this shard") << " take its rounds";
     const bool quiet = (*worker)->WaitQuiet(absl::Seconds(1), absl::Seconds(10));
     LOG(INFO) << (quiet ? "no more rounds" : "rounds still coming after 10 s") << ", stopping";
   }

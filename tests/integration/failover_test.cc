@@ -36,6 +36,7 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
+#include "moe/v1/expert_control.grpc.pb.h"
 #include "moe/v1/generate.grpc.pb.h"
 #include "tests/integration/client/cluster_client.h"
 #include "tests/services/process_helper.h"
@@ -66,6 +67,9 @@ struct ClusterShape {
   // The router reads its attention workers from a file it re-reads (--attention_workers_file),
   // which WriteAttentionWorkersFile rewrites; otherwise a fixed --attention_workers.
   bool attention_workers_file = false;
+  // Expert workers that may join later (ranks expert_workers..; StartExpert starts one with
+  // --joinable): ports reserved, named to the attention workers, not started.
+  int joinable_expert_workers = 0;
 };
 
 // Router + attention workers + kNumExpertWorkers expert workers on reserved ports, with the same
@@ -80,8 +84,9 @@ class FailoverTest : public ::testing::Test {
     const ClusterShape& shape = shape_;
     model_ = moe::testing::TestModelDir("tiny", "bf16");
     log_dir_ = moe::testing::MakeTempDir("failover-logs");
-    for (int r = 0; r < shape.expert_workers; ++r) expert_ports_.push_back(moe::testing::FreePort());
-    experts_.resize(static_cast<size_t>(shape.expert_workers));
+    for (int r = 0; r < shape.expert_workers + shape.joinable_expert_workers; ++r)
+      expert_ports_.push_back(moe::testing::FreePort());
+    experts_.resize(static_cast<size_t>(shape.expert_workers + shape.joinable_expert_workers));
     for (int r = 0; r < shape.expert_workers; ++r) ASSERT_NO_FATAL_FAILURE(StartExpert(r));
     std::vector<std::string> expert_addresses;
     for (int r = 0; r < shape.expert_workers; ++r) expert_addresses.push_back(ExpertAddress(r));
@@ -129,6 +134,10 @@ class FailoverTest : public ::testing::Test {
         "--metrics_port=0",
         "--transport=ucx",
         "--insecure"};
+    std::vector<std::string> joinable;
+    for (int r = shape_.expert_workers; r < shape_.expert_workers + shape_.joinable_expert_workers; ++r)
+      joinable.push_back(ExpertAddress(r));
+    if (!joinable.empty()) flags.push_back("--joinable_expert_workers=" + absl::StrJoin(joinable, ","));
     flags.insert(flags.end(), shape_.attention_flags.begin(), shape_.attention_flags.end());
     auto attention = ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"), flags,
                                          absl::StrCat(log_dir_, "/attention-", rank, ".log"));
@@ -162,14 +171,19 @@ class FailoverTest : public ::testing::Test {
     return false;
   }
 
+  // A rank past the shape's home workers starts a joinable worker.
   void StartExpert(int rank) {
-    auto child = ChildProcess::Start(
-        moe::testing::BinaryPath("moe-expert-worker"),
-        {"--model=" + model_, absl::StrCat("--rank=", rank),
-         absl::StrCat("--num_expert_workers=", shape_.expert_workers),
-         absl::StrCat("--expert_replicas=", shape_.expert_replicas), "--listen=" + ExpertAddress(rank),
-         "--metrics_port=0", "--transport=ucx", "--insecure"},
-        absl::StrCat(log_dir_, "/expert-", rank, ".log"));
+    std::vector<std::string> flags = {"--model=" + model_,
+                                      absl::StrCat("--rank=", rank),
+                                      absl::StrCat("--num_expert_workers=", shape_.expert_workers),
+                                      absl::StrCat("--expert_replicas=", shape_.expert_replicas),
+                                      "--listen=" + ExpertAddress(rank),
+                                      "--metrics_port=0",
+                                      "--transport=ucx",
+                                      "--insecure"};
+    if (rank >= shape_.expert_workers) flags.push_back("--joinable");
+    auto child = ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"), flags,
+                                     absl::StrCat(log_dir_, "/expert-", rank, ".log"));
     ASSERT_TRUE(child.ok()) << child.status();
     experts_[static_cast<size_t>(rank)] = *std::move(child);
   }
@@ -183,6 +197,44 @@ class FailoverTest : public ::testing::Test {
 
   std::string ExpertAddress(int rank) const {
     return moe::testing::LocalAddress(expert_ports_[static_cast<size_t>(rank)]);
+  }
+
+  // SetExpertPlacement(version, extras) on attention worker `rank`, retried while it has not
+  // connected a joinable worker named yet (FAILED_PRECONDITION), up to 30 s.
+  grpc::Status SetPlacement(int rank, uint64_t version, const std::vector<std::pair<int, int>>& extras) {
+    auto stub = v1::AttentionWorker::NewStub(grpc::CreateChannel(
+        attention_addresses_[static_cast<size_t>(rank)], grpc::InsecureChannelCredentials()));
+    grpc::Status status;
+    for (const absl::Time deadline = absl::Now() + absl::Seconds(30); absl::Now() < deadline;) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+      v1::SetExpertPlacementRequest request;
+      request.set_placement_version(version);
+      for (const auto& [expert, worker] : extras) {
+        v1::ExtraExpertCopy* copy = request.add_extras();
+        copy->set_expert(expert);
+        copy->set_worker(worker);
+      }
+      v1::SetExpertPlacementResponse response;
+      status = stub->SetExpertPlacement(&context, request, &response);
+      if (status.error_code() != grpc::StatusCode::FAILED_PRECONDITION) break;
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+    return status;
+  }
+  // The copies that make joinable expert worker `rank` a host of its whole shard.
+  std::vector<std::pair<int, int>> ShardCopiesOn(int rank) {
+    auto stub = v1::ExpertControl::NewStub(
+        grpc::CreateChannel(ExpertAddress(rank), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::ExpertWorkerInfo info;
+    const grpc::Status status = stub->GetInfo(&context, v1::GetInfoRequest(), &info);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    std::vector<std::pair<int, int>> copies;
+    for (int e = info.first_expert(); e < info.first_expert() + info.num_experts(); ++e)
+      copies.emplace_back(e, rank);
+    return copies;
   }
 
   v1::WorkerLoad AttentionLoad(int rank = 0) {
@@ -593,11 +645,15 @@ TEST_F(ReplicatedExpertFailoverTest, TerminatedExpertWorkerLosesNoStreamAndRejoi
 
 // Scaling while serving (issue 8 item 7): the router reads its attention workers from a file (what
 // `moectl cluster scale` rewrites). Under 32 streams on attention worker 0, worker 1 is started and
-// added: new streams go to it. Then worker 0 is taken out of the file and stopped with SIGTERM: its
-// streams migrate to worker 1. No request fails and every output is embedded mode's, bit for bit.
+// added: new streams go to it; expert worker 3 (joinable) is started and joins the placement of
+// both. Then expert worker 3 leaves the placement and is stopped with SIGTERM, and worker 0 is taken
+// out of the file and stopped with SIGTERM: its streams migrate to worker 1. No request fails and
+// every output is embedded mode's, bit for bit.
 class ElasticAttentionWorkersTest : public FailoverTest {
  protected:
-  ClusterShape Shape() const override { return {.attention_workers = 1, .attention_workers_file = true}; }
+  ClusterShape Shape() const override {
+    return {.attention_workers = 1, .attention_workers_file = true, .joinable_expert_workers = 1};
+  }
 };
 
 TEST_F(ElasticAttentionWorkersTest, AddingAndRemovingAnAttentionWorkerUnder32StreamsFailsNoRequest) {
@@ -633,6 +689,26 @@ TEST_F(ElasticAttentionWorkersTest, AddingAndRemovingAnAttentionWorkerUnder32Str
   InFlightStreams more(router_address_, later);
   ASSERT_TRUE(more.WaitAllStarted(absl::Seconds(120))) << "later streams did not start";
   EXPECT_GT(AttentionLoad(1).num_running(), 0) << "the added worker runs nothing";
+
+  // Add expert worker 3 (joinable: a copy of shard 0) to both attention workers' placement, then
+  // remove it: out of the placement first, then SIGTERM.
+  const int joined = kNumExpertWorkers;
+  ASSERT_NO_FATAL_FAILURE(StartExpert(joined));
+  const absl::Status expert_up =
+      moe::testing::WaitForHealth(ExpertAddress(joined), "readiness", true, absl::Now() + kStartupTimeout);
+  ASSERT_TRUE(expert_up.ok()) << expert_up << "\n" << Logs();
+  const std::vector<std::pair<int, int>> copies = ShardCopiesOn(joined);
+  for (int a = 0; a < 2; ++a) {
+    const grpc::Status switched = SetPlacement(a, 1, copies);
+    ASSERT_TRUE(switched.ok()) << "attention-" << a << ": " << switched.error_message() << "\n" << Logs();
+  }
+  for (int a = 0; a < 2; ++a) {
+    const grpc::Status switched = SetPlacement(a, 2, {});
+    ASSERT_TRUE(switched.ok()) << "attention-" << a << ": " << switched.error_message();
+  }
+  experts_[static_cast<size_t>(joined)]->Signal(SIGTERM);
+  ASSERT_TRUE(experts_[static_cast<size_t>(joined)]->Wait(absl::Seconds(30)).has_value())
+      << "expert-3 did not exit";
 
   // Remove worker 0: out of the router's set first, then SIGTERM (its streams migrate to worker 1).
   ASSERT_NO_FATAL_FAILURE(WriteAttentionWorkersFile({attention_addresses_[1]}));

@@ -454,8 +454,8 @@ TEST(MoectlTest, ClusterScaleAddsAndRemovesAttentionWorkers) {
   };
 
   Result experts = RunMoectl("cluster scale --expert-workers 2 --state-dir " + state);
-  ExpectCleanFailure(experts, "--expert-workers 2: the cluster has 1 expert workers");
-  EXPECT_THAT(experts.err, HasSubstr("issue 8 item 4"));
+  ExpectCleanFailure(experts, "--expert-workers 2: at most 1 (1 home + 0 joinable)");
+  EXPECT_THAT(experts.err, HasSubstr("--joinable-expert-workers"));
   EXPECT_EQ(RunMoectl("cluster scale --expert-workers 1 --state-dir " + state).exit_code, 0);
 
   // Clients stream all along (8 at a time, `generate --router` processes): none may fail.
@@ -521,6 +521,85 @@ TEST(MoectlTest, ClusterScaleAddsAndRemovesAttentionWorkers) {
        at = router_text.str().find("migrating it with", at + 1))
     ++migrated;
   std::cerr << generated.load() << " generate calls while scaling, " << migrated << " stream(s) migrated\n";
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
+}
+
+// `cluster scale --expert-workers` (docs/operations.md#scaling): an expert worker added to a running
+// cluster joins the placement and one removed leaves it, while clients stream: none fails. The
+// refusals name why.
+TEST(MoectlTest, ClusterScaleAddsAndRemovesExpertWorkers) {
+  const std::string& model = testing::TestModelDir("tiny", "bf16");
+  const int port = FreePortBlock(5);
+  const std::string state = testing::MakeTempDir("moectl-state");
+  Result up =
+      RunMoectl("cluster up --detach --model " + model + " --port " + std::to_string(port) + " --state-dir " +
+                state + " --kv-cache-gib 0.25 --expert-workers 2 --joinable-expert-workers 1");
+  ASSERT_EQ(up.exit_code, 0) << up.err;
+  struct StopAtEnd {
+    std::string state;
+    ~StopAtEnd() { RunMoectl("cluster down --state-dir " + state); }
+  } guard{state};
+  const std::string router = "127.0.0.1:" + std::to_string(port);
+  auto read_pid = [&](const std::string& name) {
+    pid_t pid = 0;
+    std::ifstream(state + "/" + name + ".pid") >> pid;
+    return pid;
+  };
+  ExpectCleanFailure(RunMoectl("cluster scale --expert-workers 4 --state-dir " + state),
+                     "--expert-workers 4: at most 3 (2 home + 1 joinable)");
+  // A home worker cannot go: with one replica it holds the only copy of its shard.
+  Result below = RunMoectl("cluster scale --expert-workers 1 --state-dir " + state);
+  ExpectCleanFailure(below, "--expert-workers 1: below the cluster's 2 home expert workers");
+  EXPECT_THAT(below.err, HasSubstr("the last copy of its experts"));
+  ExpectCleanFailure(RunMoectl("cluster scale --expert-workers 0 --state-dir " + state), "--expert-workers");
+
+  std::atomic<bool> scaling_done{false};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 8; ++c) {
+    clients.emplace_back([&, c] {
+      while (!scaling_done) {
+        Result g = RunMoectl("generate --router " + router + " --prompt 'Hello " + std::to_string(c) +
+                             "' --max-tokens 48 --temperature 0 --ignore-eos");
+        if (g.exit_code != 0) {
+          std::lock_guard<std::mutex> lock(failures_mu);
+          failures.push_back(g.err);
+        }
+      }
+    });
+  }
+  struct JoinClients {
+    std::atomic<bool>& done;
+    std::vector<std::thread>& threads;
+    ~JoinClients() {
+      done = true;
+      for (std::thread& t : threads) t.join();
+    }
+  } join_clients{scaling_done, clients};
+
+  Result grow = RunMoectl("cluster scale --expert-workers 3 --state-dir " + state);
+  ASSERT_EQ(grow.exit_code, 0) << grow.err;
+  EXPECT_THAT(grow.err, HasSubstr("expert workers: 3 (were 2; 2 home), placement version 1"));
+  const pid_t added = read_pid("expert-2");
+  ASSERT_GT(added, 0);
+  EXPECT_EQ(kill(added, 0), 0);
+  // An attention worker added now gets the placement in use.
+  Result attention = RunMoectl("cluster scale --attention-workers 2 --state-dir " + state);
+  ASSERT_EQ(attention.exit_code, 0) << attention.err;
+  Result shrink = RunMoectl("cluster scale --expert-workers 2 --attention-workers 1 --state-dir " + state);
+  ASSERT_EQ(shrink.exit_code, 0) << shrink.err;
+  EXPECT_THAT(shrink.err, HasSubstr("expert workers: 2 (were 3; 2 home), placement version 2"));
+  EXPECT_NE(kill(added, 0), 0) << "expert-2 still runs";
+  EXPECT_FALSE(std::filesystem::exists(state + "/expert-2.pid"));
+  std::ifstream log(state + "/supervisor.log");
+  std::stringstream text;
+  text << log.rdbuf();
+  EXPECT_THAT(text.str(), HasSubstr("stopping expert-2 (out of the placement; SIGTERM)"));
+  EXPECT_THAT(text.str(), ::testing::Not(HasSubstr("restarting expert-2")));
+  scaling_done = true;
+  for (std::thread& t : clients) t.join();
+  clients.clear();
   EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
 }
 

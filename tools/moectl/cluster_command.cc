@@ -1,6 +1,7 @@
 // moectl cluster up|down: a local cluster on 127.0.0.1 (docs/operations.md#a-local-cluster).
 //
 //   moectl cluster up --model DIR --attention-workers M --expert-workers N [--expert-replicas R]
+//                     [--joinable-expert-workers J]
 //                     [--port P] [--http-port H]
 //                     [--detach]
 //
@@ -17,15 +18,15 @@
 // it. The state dir also holds each child's log (<name>.log) and pid (<name>.pid: expert-0.., attention-0..,
 // router).
 //
-//   moectl cluster scale --attention-workers N [--state-dir D]
+//   moectl cluster scale [--attention-workers N] [--expert-workers N] [--state-dir D]
 //
 // changes the attention workers of a running `cluster up` (docs/operations.md#scaling): the
 // supervisor starts new ones (fresh ranks and ports), waits until they are ready, and rewrites the
 // router's --attention_workers_file; or it takes the newest ones out of that file, waits until the
 // router has stopped placing on them, and stops them with SIGTERM (their open streams migrate), so no
 // request fails. `scale` hands the supervisor a request file and SIGUSR1 and prints its answer.
-// --expert-workers other than the current count is refused: live expert placement changes are
-// issue 8 item 4.
+// --expert-workers adds or removes expert workers beyond the home ones, up to
+// `up --joinable-expert-workers` (docs/operations.md#scaling).
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -61,6 +62,8 @@
 #include "common/rpc/tls_certificates.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
+#include "moe/v1/attention.grpc.pb.h"
+#include "moe/v1/expert_control.grpc.pb.h"
 #include "moe/v1/generate.grpc.pb.h"
 #include "tools/moectl/commands.h"
 
@@ -74,7 +77,10 @@ struct ClusterFlags {
   int attention_workers = 1;
   int expert_workers = 1;
   int expert_replicas = 1;  // copies of each expert shard; divides expert_workers
-  int micro_batches = 1;    // attention workers' --micro_batches
+  // Expert workers `scale --expert-workers` may add (ports reserved after the home ones; the attention
+  // workers' --joinable_expert_workers).
+  int joinable_expert_workers = 0;
+  int micro_batches = 1;  // attention workers' --micro_batches
   int port = 50051;
   int metrics_port = 0;  // first metrics port; 0: port + 1000
   std::string state_dir;
@@ -371,12 +377,13 @@ void RunUp(const ClusterFlags& flags) {
   // metrics_base, experts first, then attention workers, then the router.
   const int metrics_base = flags.metrics_port > 0 ? flags.metrics_port : base + 1000;
   const int num_children = flags.expert_workers + flags.attention_workers + 1;
+  const int num_joinable = flags.joinable_expert_workers;
   if (flags.expert_workers % flags.expert_replicas != 0) {
     Fail("cluster up",
          absl::StrCat("--expert-replicas ", flags.expert_replicas, ": needs a multiple of ",
                       flags.expert_replicas, " expert workers, --expert-workers is ", flags.expert_workers));
   }
-  if (base + flags.attention_workers + flags.expert_workers > 65535 ||
+  if (base + flags.attention_workers + flags.expert_workers + num_joinable > 65535 ||
       metrics_base + num_children - 1 > 65535) {
     Fail("cluster up", "--port / --metrics-port: the cluster's ports would run past 65535");
   }
@@ -388,7 +395,7 @@ void RunUp(const ClusterFlags& flags) {
     check(base, "router");
     if (flags.http_port > 0) check(flags.http_port, "router HTTP API");
     for (int i = 0; i < flags.attention_workers; ++i) check(base + 1 + i, absl::StrCat("attention-", i));
-    for (int i = 0; i < flags.expert_workers; ++i)
+    for (int i = 0; i < flags.expert_workers + num_joinable; ++i)
       check(base + 1 + flags.attention_workers + i, absl::StrCat("expert-", i));
     for (int i = 0; i < num_children; ++i) check(metrics_base + i, "metrics");
     if (!busy.empty()) {
@@ -491,12 +498,14 @@ void RunUp(const ClusterFlags& flags) {
   std::signal(SIGINT, OnSignal);
   std::signal(SIGTERM, OnSignal);
   std::signal(SIGUSR1, OnScaleSignal);  // a request during start-up is taken once the cluster is ready
-  std::vector<std::string> attention, experts;
+  std::vector<std::string> attention, experts, joinable_experts;
   for (int i = 0; i < flags.attention_workers; ++i)
     attention.push_back(absl::StrCat(host, ":", base + 1 + i));
   for (int i = 0; i < flags.expert_workers; ++i) {
     experts.push_back(absl::StrCat(host, ":", base + 1 + flags.attention_workers + i));
   }
+  for (int i = flags.expert_workers; i < flags.expert_workers + num_joinable; ++i)
+    joinable_experts.push_back(absl::StrCat(host, ":", base + 1 + flags.attention_workers + i));
   int next_metrics = metrics_base;
   std::vector<Child> children;
   auto fail = [&](const std::string& message) {
@@ -553,6 +562,7 @@ void RunUp(const ClusterFlags& flags) {
                                      "--transport=" + flags.transport,
                                      "--device=" + device->ToString()};
     if (flags.kv_cache_gib > 0) args.push_back(absl::StrCat("--kv_cache_gib=", flags.kv_cache_gib));
+    if (num_joinable > 0) args.push_back("--joinable_expert_workers=" + absl::StrJoin(joinable_experts, ","));
     return args;
   };
   for (int i = 0; i < flags.attention_workers; ++i) {
@@ -608,20 +618,170 @@ void RunUp(const ClusterFlags& flags) {
   // `moectl cluster scale`: new attention workers get fresh ranks and the first free ports after the
   // cluster's own; removal takes the newest first.
   int next_attention_rank = flags.attention_workers;
-  int next_port = base + 1 + flags.attention_workers + flags.expert_workers;
+  int next_port = base + 1 + flags.attention_workers + flags.expert_workers + num_joinable;
   auto attention_children = [&] {
     std::vector<size_t> out;
     for (size_t i = 0; i < children.size(); ++i)
       if (children[i].name.starts_with("attention-")) out.push_back(i);
     return out;
   };
-  auto scale = [&](const ScaleRequest& r) -> absl::StatusOr<std::string> {
-    if (r.expert_workers >= 0 && r.expert_workers != flags.expert_workers) {
+  // Waits until the child just spawned as children.back() serves; on failure stops it, forgets it
+  // and says why with the tail of its log.
+  auto await_serving = [&](const std::string& name, const std::string& address) -> absl::Status {
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::duration<double>(flags.startup_timeout_s);
+    while (!HealthServing(address, *worker_credentials)) {
+      Child& c = children.back();
+      int status = 0;
+      const bool dead = waitpid(c.pid, &status, WNOHANG) == c.pid;
+      if (dead || std::chrono::steady_clock::now() > deadline || stop_requested) {
+        if (!dead) {
+          std::vector<Child> one = {c};
+          StopAll(one, std::chrono::seconds(5));
+        }
+        const std::string tail = LogTail(c.log, kLogTailLines);
+        children.pop_back();
+        fs::remove(state / (name + ".pid"), ec);
+        return absl::UnavailableError(absl::StrCat(name, dead ? " exited" : " was not ready in time",
+                                                   " while starting; the last lines of its log:\n", tail));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+    children.back().ready = true;
+    return absl::OkStatus();
+  };
+  // Expert workers added by `scale` (docs/operations.md#scaling): ranks expert_workers.. on the
+  // reserved ports, each holding shard rank mod S, used by the attention workers as extra copies
+  // of that shard's experts once a placement version names them.
+  uint64_t placement_version = 0;
+  std::vector<std::pair<int, int>> placement_extras;  // (expert, worker rank) of the version in use
+  auto joined_children = [&] {
+    std::vector<size_t> out;
+    for (size_t i = 0; i < children.size(); ++i) {
+      int rank = 0;
+      if (children[i].name.starts_with("expert-") &&
+          absl::SimpleAtoi(children[i].name.substr(std::strlen("expert-")), &rank) &&
+          rank >= flags.expert_workers)
+        out.push_back(i);
+    }
+    return out;
+  };
+  // SetExpertPlacement(version, extras) on the attention workers `which` (indices into children),
+  // retrying while one refuses for a worker it has not connected yet (up to 30 s).
+  auto set_placement = [&](const std::vector<size_t>& which, uint64_t version,
+                           const std::vector<std::pair<int, int>>& extras) -> absl::Status {
+    for (size_t i : which) {
+      const Child& c = children[i];
+      auto stub = v1::AttentionWorker::NewStub(worker_credentials->CreateChannel(c.address));
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+      while (true) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        v1::SetExpertPlacementRequest request;
+        request.set_placement_version(version);
+        for (const auto& [expert, worker] : extras) {
+          v1::ExtraExpertCopy* copy = request.add_extras();
+          copy->set_expert(expert);
+          copy->set_worker(worker);
+        }
+        v1::SetExpertPlacementResponse response;
+        const grpc::Status status = stub->SetExpertPlacement(&ctx, request, &response);
+        if (status.ok()) break;
+        const bool retry = status.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+                           status.error_code() == grpc::StatusCode::UNAVAILABLE;
+        if (!retry || std::chrono::steady_clock::now() > deadline || stop_requested) {
+          return absl::UnavailableError(absl::StrCat(c.name, " refused expert placement version ", version,
+                                                     ": ", status.error_message(), "; see ", c.name, ".log"));
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+    }
+    return absl::OkStatus();
+  };
+  auto scale_experts = [&](int want) -> absl::StatusOr<std::string> {
+    const int home = flags.expert_workers;
+    std::vector<size_t> joined = joined_children();
+    const int have = home + static_cast<int>(joined.size());
+    if (want < home) {
+      const int shards = home / flags.expert_replicas;
       return absl::FailedPreconditionError(absl::StrCat(
-          "--expert-workers ", r.expert_workers, ": the cluster has ", flags.expert_workers,
-          " expert workers and cannot change them while running: a new expert worker (or a new copy of a "
-          "shard) joining the placement live is issue 8 item 4, not available yet; a dead expert worker is "
-          "restarted and rejoins by itself"));
+          "--expert-workers ", want, ": below the cluster's ", home,
+          " home expert workers; only workers added by `scale` can be removed. ",
+          flags.expert_replicas == 1
+              ? absl::StrCat("Each of the ", shards,
+                             " shards has one copy: removing one would remove the last "
+                             "copy of its experts")
+              : absl::StrCat(
+                    "The home shard map (", shards, " shards x ", flags.expert_replicas,
+                    " replicas) is fixed at start; a stopped home worker hands over (SIGTERM) and is "
+                    "restarted")));
+    }
+    if (want > home + num_joinable) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--expert-workers ", want, ": at most ", home + num_joinable, " (", home, " home + ", num_joinable,
+          " joinable); start the cluster with `cluster up --joinable-expert-workers J` to reserve more"));
+    }
+    if (want == have) return absl::StrCat("expert workers: ", have, " (unchanged)\n");
+    std::vector<std::pair<int, int>> extras;
+    auto add_copies = [&](int rank, const std::string& address) -> absl::Status {
+      auto stub = v1::ExpertControl::NewStub(worker_credentials->CreateChannel(address));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      v1::ExpertWorkerInfo info;
+      const grpc::Status status = stub->GetInfo(&ctx, v1::GetInfoRequest(), &info);
+      if (!status.ok()) {
+        return absl::UnavailableError(absl::StrCat("expert-", rank, ": GetInfo: ", status.error_message()));
+      }
+      for (int e = info.first_expert(); e < info.first_expert() + info.num_experts(); ++e)
+        extras.emplace_back(e, rank);
+      return absl::OkStatus();
+    };
+    std::vector<Child> leaving;
+    for (int rank = home; rank < want; ++rank) {
+      const std::string name = absl::StrCat("expert-", rank);
+      const std::string address = joinable_experts[static_cast<size_t>(rank - home)];
+      if (rank >= have) {
+        while (!PortIsFree(next_metrics)) ++next_metrics;
+        spawn(name, "moe-expert-worker",
+              {"--model=" + flags.model_dir, absl::StrCat("--rank=", rank), "--joinable",
+               absl::StrCat("--num_expert_workers=", home),
+               absl::StrCat("--expert_replicas=", flags.expert_replicas), "--transport=" + flags.transport},
+              address);
+        std::ofstream(state / (name + ".pid")) << children.back().pid << "\n";
+        std::cerr << "moectl cluster: scale: starting " << name << " on " << address << std::endl;
+        if (absl::Status s = await_serving(name, address); !s.ok()) return s;
+        std::cerr << "moectl cluster: scale: " << name << " ready" << std::endl;
+      }
+      if (absl::Status s = add_copies(rank, address); !s.ok()) return s;
+    }
+    for (size_t i : joined) {
+      int rank = 0;
+      if (absl::SimpleAtoi(children[i].name.substr(std::strlen("expert-")), &rank) && rank >= want)
+        leaving.push_back(children[i]);
+    }
+    // Joining: the attention workers connect the new workers and switch once each is connected and
+    // holds its experts. Leaving: a placement without them first, then SIGTERM (they drain).
+    if (absl::Status s = set_placement(attention_children(), placement_version + 1, extras); !s.ok())
+      return s;
+    ++placement_version;
+    placement_extras = extras;
+    for (const Child& c : leaving) {
+      std::erase_if(children, [&](const Child& x) { return x.name == c.name; });
+      fs::remove(state / (c.name + ".pid"), ec);
+      std::cerr << "moectl cluster: scale: stopping " << c.name << " (out of the placement; SIGTERM)"
+                << std::endl;
+    }
+    StopAll(leaving, std::chrono::seconds(30));
+    return absl::StrCat("expert workers: ", want, " (were ", have, "; ", home, " home), placement version ",
+                        placement_version, "\n");
+  };
+  auto scale = [&](const ScaleRequest& r) -> absl::StatusOr<std::string> {
+    std::string expert_outcome;
+    if (r.expert_workers >= 0) {
+      absl::StatusOr<std::string> outcome = scale_experts(r.expert_workers);
+      if (!outcome.ok()) return outcome.status();
+      if (r.attention_workers < 0) return outcome;
+      expert_outcome = *outcome;
     }
     std::vector<size_t> current = attention_children();
     const int have = static_cast<int>(current.size());
@@ -639,26 +799,13 @@ void RunUp(const ClusterFlags& flags) {
       spawn(name, "moe-attention-worker", attention_args(rank, rank + 1), address);
       std::ofstream(state / (name + ".pid")) << children.back().pid << "\n";
       std::cerr << "moectl cluster: scale: starting " << name << " on " << address << std::endl;
-      const auto deadline =
-          std::chrono::steady_clock::now() + std::chrono::duration<double>(flags.startup_timeout_s);
-      while (!HealthServing(address, *worker_credentials)) {
-        Child& c = children.back();
-        int status = 0;
-        const bool dead = waitpid(c.pid, &status, WNOHANG) == c.pid;
-        if (dead || std::chrono::steady_clock::now() > deadline || stop_requested) {
-          if (!dead) {
-            std::vector<Child> one = {c};
-            StopAll(one, std::chrono::seconds(5));
-          }
-          const std::string tail = LogTail(c.log, kLogTailLines);
-          children.pop_back();
-          fs::remove(state / (name + ".pid"), ec);
-          return absl::UnavailableError(absl::StrCat(name, dead ? " exited" : " was not ready in time",
-                                                     " while starting; the last lines of its log:\n", tail));
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      if (absl::Status s = await_serving(name, address); !s.ok()) return s;
+      // A new attention worker starts on the home shards: give it the placement in use.
+      if (placement_version > 0) {
+        if (absl::Status s = set_placement({children.size() - 1}, placement_version, placement_extras);
+            !s.ok())
+          return s;
       }
-      children.back().ready = true;
       addresses.push_back(address);
       std::cerr << "moectl cluster: scale: " << name << " ready" << std::endl;
     }
@@ -679,8 +826,8 @@ void RunUp(const ClusterFlags& flags) {
                 << std::endl;
     }
     StopAll(leaving, std::chrono::seconds(30));
-    return absl::StrCat("attention workers: ", want, " (were ", have, "): ", absl::StrJoin(addresses, ", "),
-                        "\n");
+    return absl::StrCat(expert_outcome, "attention workers: ", want, " (were ", have,
+                        "): ", absl::StrJoin(addresses, ", "), "\n");
   };
 
   // A child that dies now is started again after a backoff (1 s, doubling, at most 10 s), at most
@@ -767,6 +914,11 @@ void RegisterClusterCommand(CLI::App& app) {
                  "Copies of each expert shard (divides --expert-workers): a round fails over to another copy "
                  "when an expert worker dies")
       ->check(CLI::Range(1, 128));
+  up->add_option(
+        "--joinable-expert-workers", flags->joinable_expert_workers,
+        "Expert workers `cluster scale --expert-workers` may add later (their ports are reserved; each "
+        "holds shard rank mod S as extra copies)")
+      ->check(CLI::Range(0, 64));
   up->add_option("--micro-batches", flags->micro_batches,
                  "1 or 2: attention workers run a step as two micro-batches whose attention and expert "
                  "rounds overlap (ping-pong); outputs are identical")
@@ -827,7 +979,9 @@ void RegisterClusterCommand(CLI::App& app) {
       ->check(CLI::Range(1, 64));
   scale
       ->add_option("--expert-workers", scale_flags->expert_workers,
-                   "Only the current count is accepted: live expert placement changes are issue 8 item 4")
+                   "Expert workers wanted: between the home count and home + `up --joinable-expert-workers`; "
+                   "new ones start and join the placement, removed ones (the newest first) leave it, then "
+                   "drain (SIGTERM)")
       ->check(CLI::Range(1, 128));
   scale->add_option("--state-dir", scale_flags->state_dir, "The state dir given to `up`");
   scale->add_option("--timeout", scale_flags->timeout_s, "Seconds to wait for the supervisor's answer")

@@ -148,6 +148,41 @@ TEST(ExpertPlacementTest, ReplicasSpreadEachShardOverWorkersAShardCountApart) {
   EXPECT_EQ(ExpertPlacement::Validate(4, 10, 2).message(), "expert workers: 5 shards for 4 experts");
 }
 
+TEST(ExpertPlacementTest, JoinableWorkersHostOnlyExtrasAndLeaveTheHomeShardsAlone) {
+  const ExpertPlacement home(128, {1000, 1001, 1002, 1003}, /*replicas=*/2);
+  absl::StatusOr<ExpertPlacement> joined = home.WithJoinableWorkers({1004, 1005});
+  ASSERT_TRUE(joined.ok()) << joined.status();
+  EXPECT_EQ(joined->num_workers(), 6);
+  EXPECT_EQ(joined->num_home_workers(), 4);
+  EXPECT_EQ(joined->num_shards(), 2);
+  EXPECT_EQ(joined->peer(5), 1005);
+  for (int64_t w = 0; w < 4; ++w) {
+    EXPECT_FALSE(joined->joinable(w));
+    EXPECT_EQ(joined->range(w).first, home.range(w).first) << w;
+    EXPECT_EQ(joined->range(w).count, home.range(w).count) << w;
+  }
+  EXPECT_TRUE(joined->joinable(4));
+  EXPECT_EQ(joined->shard_of_worker(4), -1);
+  EXPECT_EQ(joined->range(5).count, 0);
+  // Without extras a joinable worker hosts nothing: every expert's hosts are its shard's replicas.
+  for (int64_t e = 0; e < 128; ++e) EXPECT_EQ(joined->Hosts(e), home.Hosts(e)) << e;
+  // It holds no expert at home, so any expert may be copied to it; the hosts end with it.
+  std::vector<std::vector<int64_t>> extras(128);
+  extras[0] = {4};
+  extras[127] = {4, 5};
+  absl::StatusOr<ExpertPlacement> with = joined->WithExtras(extras, 1);
+  ASSERT_TRUE(with.ok()) << with.status();
+  EXPECT_EQ(with->Hosts(0), (std::vector<int64_t>{0, 2, 4}));
+  EXPECT_EQ(with->Hosts(127), (std::vector<int64_t>{1, 3, 4, 5}));
+  EXPECT_EQ(with->extra_experts(4), (std::vector<int64_t>{0, 127}));
+  extras[1] = {6};
+  EXPECT_EQ(joined->WithExtras(extras, 2).status().message(), "extras[1]: worker 6 is not in [0, 6)");
+  // Bad joinable peers are refused naming the entry.
+  EXPECT_EQ(home.WithJoinableWorkers({1004, 1001}).status().message(),
+            "joinable_peers[1]: peer id 1001 is already a worker's");
+  EXPECT_EQ(home.WithJoinableWorkers({-3}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(EmbeddedExpertsTest, RejectsADenseModel) {
   Loaded dense = Load("dense-tiny");
   ASSERT_NE(dense.checkpoint, nullptr);

@@ -5,12 +5,18 @@
 #include <csignal>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include <sys/wait.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/engine/engine.h"
 #include "grpcpp/grpcpp.h"
@@ -18,6 +24,7 @@
 #include "moe/v1/attention.grpc.pb.h"
 #include "moe/v1/expert_control.grpc.pb.h"
 #include "tests/services/process_helper.h"
+#include "tests/util/http_get.h"
 #include "tests/util/test_models.h"
 
 namespace moe::services {
@@ -49,26 +56,43 @@ v1::AttentionGenerateRequest GreedyRequest(const std::string& id, std::vector<in
 
 class Cluster {
  public:
-  // `expert_flags` go to every expert worker.
-  Cluster(const std::string& model, int num_experts, std::vector<std::string> expert_flags = {})
-      : model_(model), expert_flags_(std::move(expert_flags)) {
-    for (int r = 0; r < num_experts; ++r) expert_ports_.push_back(moe::testing::FreePort());
+  // `expert_flags` go to every expert worker. `joinable` more expert workers (ranks num_experts...)
+  // are named to the attention worker as --joinable_expert_workers but not started (StartJoinable).
+  Cluster(const std::string& model, int num_experts, std::vector<std::string> expert_flags = {},
+          int joinable = 0)
+      : model_(model), expert_flags_(std::move(expert_flags)), num_home_(num_experts) {
+    for (int r = 0; r < num_experts + joinable; ++r) expert_ports_.push_back(moe::testing::FreePort());
     for (int r = 0; r < num_experts; ++r) StartExpert(r);
     for (int r = 0; r < num_experts; ++r) {
       EXPECT_TRUE(
           moe::testing::WaitForHealth(ExpertAddress(r), "readiness", true, absl::Now() + absl::Seconds(60))
               .ok());
     }
-    std::vector<std::string> addresses;
+    std::vector<std::string> addresses, joinable_addresses;
     for (int r = 0; r < num_experts; ++r) addresses.push_back(ExpertAddress(r));
+    for (int r = num_experts; r < num_experts + joinable; ++r) joinable_addresses.push_back(ExpertAddress(r));
     attention_port_ = moe::testing::FreePort();
     log_ = moe::testing::MakeTempDir("attention-log") + "/attention.log";
-    auto child =
-        ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"),
-                            {"--model", model_, "--rank", "0", "--expert_workers",
-                             absl::StrJoin(addresses, ","), "--listen", AttentionAddress(), "--metrics_port",
-                             "0", "--moe_timeout_seconds", "5", "--num_kv_blocks", "512", "--insecure"},
-                            log_);
+    std::vector<std::string> args = {"--model",
+                                     model_,
+                                     "--rank",
+                                     "0",
+                                     "--expert_workers",
+                                     absl::StrJoin(addresses, ","),
+                                     "--listen",
+                                     AttentionAddress(),
+                                     "--metrics_port",
+                                     "0",
+                                     "--moe_timeout_seconds",
+                                     "5",
+                                     "--num_kv_blocks",
+                                     "512",
+                                     "--insecure"};
+    if (joinable > 0) {
+      args.push_back("--joinable_expert_workers");
+      args.push_back(absl::StrJoin(joinable_addresses, ","));
+    }
+    auto child = ChildProcess::Start(moe::testing::BinaryPath("moe-attention-worker"), args, log_);
     EXPECT_TRUE(child.ok());
     attention_ = *std::move(child);
     absl::Status ready =
@@ -78,19 +102,20 @@ class Cluster {
         grpc::CreateChannel(AttentionAddress(), grpc::InsecureChannelCredentials()));
   }
 
-  void StartExpert(int rank) {
+  void StartExpert(int rank, const std::vector<std::string>& extra_args = {}) {
     std::vector<std::string> args = {"--model",
                                      model_,
                                      "--rank",
                                      std::to_string(rank),
                                      "--num_expert_workers",
-                                     std::to_string(expert_ports_.size()),
+                                     std::to_string(num_home_),
                                      "--listen",
                                      ExpertAddress(rank),
                                      "--metrics_port",
                                      "0",
                                      "--insecure"};
     args.insert(args.end(), expert_flags_.begin(), expert_flags_.end());
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
     auto child = ChildProcess::Start(moe::testing::BinaryPath("moe-expert-worker"), args);
     EXPECT_TRUE(child.ok());
     if (experts_.size() <= static_cast<size_t>(rank)) experts_.resize(static_cast<size_t>(rank) + 1);
@@ -131,6 +156,7 @@ class Cluster {
  private:
   std::string model_;
   std::vector<std::string> expert_flags_;
+  int num_home_ = 0;
   std::vector<int> expert_ports_;
   int attention_port_ = 0;
   std::string log_;
@@ -259,6 +285,134 @@ TEST(AttentionWorkerBalancerTest, SwitchesPlacementMidStreamOnlyOnceTheExpertsAr
     later_sum += later.expert_rows_total(e);
   }
   EXPECT_GT(later_sum, expert_sum);
+}
+
+// An expert worker joining and leaving a running cluster (issue 8 item 7, docs/operations.md#scaling):
+// under 32 streams a joinable worker is started, the placement gives it its shard's experts as
+// copies (refused before it is connected), it takes rows, then a placement without it is switched
+// to and it is stopped with SIGTERM. No stream fails and every output is embedded mode's.
+TEST(ExpertWorkerJoinTest, AJoinedExpertWorkerTakesRowsAndLeavesWithoutFailingAStream) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  Cluster cluster(model, 2, {}, /*joinable=*/1);
+  constexpr int kStreams = 32, kTokens = 96;
+  std::vector<Generated> want;
+  for (const auto& prompt : Prompts()) want.push_back(Embedded(model, prompt, kTokens));
+  std::vector<Generated> got(kStreams);
+  std::vector<std::thread> streams;
+  std::atomic<int> finished{0};
+  for (int i = 0; i < kStreams; ++i) {
+    streams.emplace_back([&, i] {
+      got[static_cast<size_t>(i)] = cluster.Generate(GreedyRequest(
+          "s" + std::to_string(i), Prompts()[static_cast<size_t>(i) % Prompts().size()], kTokens));
+      ++finished;
+    });
+  }
+
+  // Worker 2 is joinable: it hosts shard 2 mod 2 = 0, experts [0, half).
+  auto expert_info = [&](int rank) {
+    auto stub = v1::ExpertControl::NewStub(
+        grpc::CreateChannel(cluster.ExpertAddress(rank), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
+    v1::ExpertWorkerInfo info;
+    EXPECT_TRUE(stub->GetInfo(&context, v1::GetInfoRequest(), &info).ok());
+    return info;
+  };
+  const v1::ExpertWorkerInfo shard0 = expert_info(0);
+  std::vector<std::pair<int, int>> copies;
+  for (int e = shard0.first_expert(); e < shard0.first_expert() + shard0.num_experts(); ++e)
+    copies.emplace_back(e, 2);
+  grpc::Status refused = SetPlacement(cluster.stub(), 1, copies);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << refused.error_message();
+  EXPECT_NE(refused.error_message().find("not connected yet"), std::string::npos) << refused.error_message();
+  refused = SetPlacement(cluster.stub(), 1, {{0, 3}});
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << refused.error_message();
+
+  const int metrics_port = moe::testing::FreePort();
+  cluster.StartExpert(2, {"--joinable", "--metrics_port", std::to_string(metrics_port)});
+  ASSERT_TRUE(moe::testing::WaitForHealth(cluster.ExpertAddress(2), "readiness", true,
+                                          absl::Now() + absl::Seconds(60))
+                  .ok());
+  EXPECT_EQ(expert_info(2).first_expert(), shard0.first_expert());
+  // The connector finds it within its backoff (at most 2 s); until then the switch is refused.
+  grpc::Status joined = SetPlacement(cluster.stub(), 1, copies);
+  for (int i = 0; i < 100 && joined.error_code() == grpc::StatusCode::FAILED_PRECONDITION; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+    joined = SetPlacement(cluster.stub(), 1, copies);
+  }
+  ASSERT_TRUE(joined.ok()) << joined.error_message() << "\n" << cluster.log();
+
+  // It takes rows: its token counter grows while the streams run.
+  auto rows = [&]() -> double {
+    absl::StatusOr<std::string> text = moe::testing::HttpGet(metrics_port, "/metrics");
+    if (!text.ok()) return -1;
+    double sum = 0;
+    for (absl::string_view line : absl::StrSplit(*text, '\n')) {
+      if (!absl::StartsWith(line, "moe_expert_tokens_total{")) continue;
+      double value = 0;
+      if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &value)) sum += value;
+    }
+    return sum;
+  };
+  double taken = 0;
+  for (int i = 0; i < 100 && taken <= 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(50));
+    taken = rows();
+  }
+  EXPECT_GT(taken, 0) << "the joined expert worker took no rows\n" << cluster.log();
+
+  // Leaving: out of the placement first, then SIGTERM (it drains and exits).
+  const grpc::Status left = SetPlacement(cluster.stub(), 2, {});
+  ASSERT_TRUE(left.ok()) << left.error_message();
+  cluster.expert(2).Signal(SIGTERM);
+  const std::optional<int> exited = cluster.expert(2).Wait(absl::Seconds(30));
+  ASSERT_TRUE(exited.has_value()) << "the joined expert worker did not exit on SIGTERM";
+  EXPECT_TRUE(WIFEXITED(*exited) && WEXITSTATUS(*exited) == 0) << *exited;
+  EXPECT_LT(finished.load(), kStreams) << "the streams should outlast the join and the leave (raise kTokens)";
+
+  for (std::thread& stream : streams) stream.join();
+  int failed = 0;
+  for (int i = 0; i < kStreams; ++i) {
+    const Generated& g = got[static_cast<size_t>(i)];
+    if (!g.status.ok()) {
+      ++failed;
+      ADD_FAILURE() << "stream " << i << ": " << g.status.error_message();
+      continue;
+    }
+    const Generated& w = want[static_cast<size_t>(i) % want.size()];
+    EXPECT_EQ(g.tokens, w.tokens) << "stream " << i;
+    EXPECT_EQ(g.logprobs, w.logprobs) << "stream " << i;
+  }
+  EXPECT_EQ(failed, 0) << cluster.log();
+  const Generated after = cluster.Generate(GreedyRequest("after", Prompts()[0], 16));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.tokens, Embedded(model, Prompts()[0], 16).tokens);
+}
+
+// Bad joinable flags end the process with a message naming the flag.
+TEST(ExpertWorkerJoinTest, BadJoinableFlagsAreRefusedNamingTheFlag) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  const std::string dir = moe::testing::MakeTempDir("join-flags");
+  auto run = [&](const std::string& binary, const std::vector<std::string>& args, const std::string& name) {
+    auto child = ChildProcess::Start(moe::testing::BinaryPath(binary), args, dir + "/" + name + ".log");
+    EXPECT_TRUE(child.ok());
+    const std::optional<int> status = (*child)->Wait(absl::Seconds(60));
+    EXPECT_TRUE(status.has_value() && WIFEXITED(*status) && WEXITSTATUS(*status) != 0) << (*child)->Log();
+    return (*child)->Log();
+  };
+  const std::string listen = moe::testing::LocalAddress(moe::testing::FreePort());
+  // A joinable expert worker's rank is past the home workers'.
+  std::string log = run("moe-expert-worker",
+                        {"--model", model, "--rank", "1", "--num_expert_workers", "2", "--joinable",
+                         "--listen", listen, "--metrics_port", "0", "--insecure"},
+                        "expert");
+  EXPECT_NE(log.find("--rank: a --joinable worker's rank must be in [2, 1000)"), std::string::npos) << log;
+  log = run(
+      "moe-attention-worker",
+      {"--model", model, "--rank", "0", "--expert_workers", listen, "--joinable_expert_workers", "nohost",
+       "--listen", moe::testing::LocalAddress(moe::testing::FreePort()), "--metrics_port", "0", "--insecure"},
+      "attention");
+  EXPECT_NE(log.find("joinable_expert_workers"), std::string::npos) << log;
 }
 
 Generated Embedded(const std::string& model, const std::vector<int32_t>& prompt, int max_new_tokens) {

@@ -50,6 +50,17 @@ TEST(ValidateExpertInfoTest, WithReplicasEachWorkerHostsItsShardAndReportsTheRep
             "expert worker 2: first_expert is 64, expected 0");
 }
 
+// A joinable worker (rank past the N home ones) reports the home count and hosts shard rank mod S.
+TEST(ValidateExpertInfoTest, AJoinableWorkerIsValidatedAgainstTheHomeLayout) {
+  v1::ExpertWorkerInfo joined = Info(3, 0, 43);
+  EXPECT_TRUE(ValidateExpertInfo(joined, 3, 3, 128, "f").ok());
+  EXPECT_EQ(ValidateExpertInfo(Info(4, 0, 43), 4, 3, 128, "f").message(),
+            "expert worker 4: first_expert is 0, expected 43");
+  joined.set_num_expert_workers(4);
+  EXPECT_EQ(ValidateExpertInfo(joined, 3, 3, 128, "f").message(),
+            "expert worker 3: num_expert_workers is 4, expected 3");
+}
+
 TEST(ValidateExpertInfoTest, RejectsWrongRankPeerAndFingerprint) {
   EXPECT_EQ(ValidateExpertInfo(Info(1, 43, 43), 0, 3, 128, "f").message(),
             "expert worker 0: rank is 1, expected 0");
