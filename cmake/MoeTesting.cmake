@@ -1,3 +1,11 @@
+# A binary that may be asked for --device cuda loads lib/libmoe_cuda_backend.so at run time
+# (common/engine/compute/cuda_backend_plugin.h): make sure it is built with the binary.
+function(moe_depends_on_cuda_backend target)
+  if(MOE_HAVE_CUDA)
+    add_dependencies(${target} moe_cuda_backend_plugin)
+  endif()
+endfunction()
+
 # moe_add_test(NAME SOURCES a.cc b.cc LIBS lib... LABELS unit|integration|oracle|gpu [TIMEOUT s])
 # The one helper that registers every test with CTest, with a label.
 find_package(GTest REQUIRED)
@@ -33,6 +41,7 @@ function(moe_add_test name)
   endif()
   add_executable(${name} ${ARG_SOURCES})
   target_link_libraries(${name} PRIVATE ${ARG_LIBS} GTest::gtest GTest::gmock GTest::gtest_main)
+  moe_depends_on_cuda_backend(${name})
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
   # Also compiled in, so a test binary run by hand finds them without the environment.
   target_compile_definitions(${name} PRIVATE MOE_SOURCE_DIR_DEFAULT="${CMAKE_SOURCE_DIR}"

@@ -55,11 +55,16 @@ void EmbeddedExperts::DisconnectShardForTest(int worker) {
 
 int64_t EmbeddedExperts::ExpertBytes() const {
   int64_t bytes = 0;
-  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) bytes += blocks_.front()->ExpertWeightBytes(l);
+  for (int64_t l = 0; l < config_.num_hidden_layers; ++l) bytes += shards_.front()->ExpertWeightBytes(l);
   return bytes;
 }
 
 absl::Status EmbeddedExperts::LoadExtraExperts(const ExpertPlacement& placement, int64_t budget_bytes) {
+  if (!device_blocks_.empty()) {
+    return absl::FailedPreconditionError(
+        "extra experts (the expert load balancer) are served on the CPU only so far, and these shards "
+        "are on a device");
+  }
   if (placement.num_experts() != placement_.num_experts() ||
       placement.num_workers() != placement_.num_workers() || placement.replicas() != placement_.replicas()) {
     return absl::InvalidArgumentError("placement: not a placement of the embedded expert workers");

@@ -52,9 +52,9 @@ class ExpertBlock : public ExpertCompute {
   // round already running keeps the set it started with (their weights live until it ends).
   // INVALID_ARGUMENT naming the expert for one of the home shard, a duplicate, or weights of more
   // than one expert.
-  absl::Status SetExtraExperts(std::vector<std::unique_ptr<model::ExpertShardWeights>> extras);
+  absl::Status SetExtraExperts(std::vector<std::unique_ptr<model::ExpertShardWeights>> extras) override;
   // The extra experts now served, ascending.
-  std::vector<int64_t> ExtraExperts() const;
+  std::vector<int64_t> ExtraExperts() const override;
 
  private:
   // Extra experts by id, ascending; shared with the rounds using them.

@@ -71,8 +71,7 @@ CudaPlugin LoadCudaPlugin() {
   plugin.create = reinterpret_cast<CudaExpertsCreateFn>(dlsym(handle, "moe_cuda_experts_create"));
   plugin.create_forward = reinterpret_cast<CudaForwardCreateFn>(dlsym(handle, "moe_cuda_forward_create"));
   if (abi == nullptr || plugin.check_device == nullptr || plugin.create == nullptr ||
-      plugin.create_forward == nullptr ||
-      abi() != kCudaBackendPluginAbi) {
+      plugin.create_forward == nullptr || abi() != kCudaBackendPluginAbi) {
     plugin.status = absl::FailedPreconditionError(absl::StrCat(
         "the CUDA backend plugin ", kCudaBackendPluginFile,
         " is from another build (its entry points or ABI version ", kCudaBackendPluginAbi, " do not match)"));

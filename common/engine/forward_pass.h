@@ -62,8 +62,8 @@ struct CudaForwardOptions {
 absl::Status CheckEngineDevice(const kernels::DeviceSpec& device);
 
 // The CUDA backend (cuda/cuda_attention_block.h, loaded from the CUDA backend plugin:
-// compute/cuda_backend_plugin.h; defined in expert_compute_factory.cc): uploads the dense weights and allocates the
-// paged KV cache on options.device. `weights` and `dispatcher` (null for dense models) are not
+// compute/cuda_backend_plugin.h; defined in expert_compute_factory.cc): uploads the dense weights and
+// allocates the paged KV cache on options.device. `weights` and `dispatcher` (null for dense models) are not
 // owned. Without CUDA in the build: FAILED_PRECONDITION saying so.
 absl::StatusOr<std::unique_ptr<ForwardPass>> CreateCudaForwardPass(const model::ModelConfig& config,
                                                                    const model::DenseWeights& weights,

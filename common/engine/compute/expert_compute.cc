@@ -7,6 +7,13 @@
 
 namespace moe::engine {
 
+absl::Status ExpertCompute::SetExtraExperts(std::vector<std::unique_ptr<model::ExpertShardWeights>> extras) {
+  if (extras.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      "extra experts (the expert load balancer) are served on the CPU only so far: this expert "
+      "worker's --device does not take them");
+}
+
 absl::Status CheckMoeLayer(const model::ModelConfig& config, int64_t layer) {
   if (layer < 0 || layer >= config.num_hidden_layers || !config.IsMoeLayer(layer)) {
     return absl::InvalidArgumentError(absl::StrCat("layer ", layer, " is not a MoE layer"));

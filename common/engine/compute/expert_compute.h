@@ -44,6 +44,13 @@ class ExpertCompute {
 
   // Per-layer per-expert token counts since start (for load reporting), [layer][local expert].
   virtual std::vector<std::vector<uint64_t>> TokenCounts() const = 0;
+
+  // The expert load balancer's extra experts (docs/architecture.md#expert-load-balancer): single
+  // experts outside the home shard that this block serves as well, replacing the previous set.
+  // Default: FAILED_PRECONDITION (the CUDA block does not take extras yet).
+  virtual absl::Status SetExtraExperts(std::vector<std::unique_ptr<model::ExpertShardWeights>> extras);
+  // The extra experts now served, ascending.
+  virtual std::vector<int64_t> ExtraExperts() const { return {}; }
 };
 
 // INVALID_ARGUMENT unless `layer` is one of `config`'s MoE layers.
