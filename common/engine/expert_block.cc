@@ -104,8 +104,10 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
 
 absl::StatusOr<std::vector<std::byte>> ExpertBlock::Serve(int64_t layer,
                                                           std::span<const std::byte> dispatch) const {
+  // RunGroups checks every group's expert against the home shard and the extra experts.
   ASSIGN_OR_RETURN(DecodedDispatch decoded,
-                   DecodeDispatch(config_, weights_->first_expert, weights_->num_experts, layer, dispatch));
+                   DecodeDispatch(config_, weights_->first_expert, weights_->num_experts, layer, dispatch,
+                                  /*check_experts=*/false));
   const transport::MoeMessageView& in = decoded.in;
   bf16* rows_out = decoded.rows_out;
   std::vector<Group> groups;

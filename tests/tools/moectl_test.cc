@@ -512,7 +512,7 @@ TEST(MoectlTest, ClusterScaleAddsAndRemovesAttentionWorkers) {
   scaling_done = true;
   for (std::thread& t : clients) t.join();
   clients.clear();
-  EXPECT_GT(generated.load(), 8);
+  EXPECT_GE(generated.load(), 8);  // every client finished at least one request while the cluster changed
   std::ifstream router_log(state + "/router.log");
   std::stringstream router_text;
   router_text << router_log.rdbuf();

@@ -68,10 +68,13 @@ struct DecodedDispatch {
 };
 // Decodes `dispatch` (DecodeMoeMessage's errors), checks its hidden size against `config`, that
 // `layer` is an MoE layer and that every group's expert is hosted ([first_expert, first_expert +
-// num_experts)), and encodes the combine header. Nothing is computed on a bad message.
+// num_experts)), and encodes the combine header. Nothing is computed on a bad message. With
+// check_experts false the groups' experts are left to the caller (a block that also serves the
+// balancer's extra experts checks them against its own set).
 absl::StatusOr<DecodedDispatch> DecodeDispatch(const model::ModelConfig& config, int64_t first_expert,
                                                int64_t num_experts, int64_t layer,
-                                               std::span<const std::byte> dispatch);
+                                               std::span<const std::byte> dispatch,
+                                               bool check_experts = true);
 
 // Bytes of one expert's weights (gate, up, down) in `layer` of `weights`; 0 for a dense layer.
 int64_t ShardExpertWeightBytes(const model::ExpertShardWeights& weights, int64_t layer);
