@@ -74,11 +74,11 @@ class ElasticPoolTest : public ::testing::Test {
                                                   std::vector<std::string>{}, options, metrics_.get());
     service_ = std::make_unique<GenerateService>(model_.get(), pool_.get(), metrics_.get());
     router_ = *rpc::GrpcServer::Start("127.0.0.1:0", {service_.get()});
-    absl::Notification ready;
-    pool_->Start([&ready](bool r) {
-      if (r && !ready.HasBeenNotified()) ready.Notify();
+    // The pool calls this on every poll for as long as it runs: it may only touch members.
+    pool_->Start([this](bool r) {
+      if (r && !ready_.HasBeenNotified()) ready_.Notify();
     });
-    ASSERT_TRUE(ready.WaitForNotificationWithTimeout(absl::Seconds(10)));
+    ASSERT_TRUE(ready_.WaitForNotificationWithTimeout(absl::Seconds(10)));
     stub_ = moe::v1::Generation::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(router_->port()),
                                                              grpc::InsecureChannelCredentials()));
   }
@@ -117,6 +117,7 @@ class ElasticPoolTest : public ::testing::Test {
   std::string a_address_, b_address_;
   prometheus::Registry registry_;
   std::unique_ptr<RouterMetrics> metrics_;
+  absl::Notification ready_;  // declared before pool_: outlives its polling thread
   std::unique_ptr<AttentionWorkerPool> pool_;
   std::unique_ptr<GenerateService> service_;
   std::unique_ptr<rpc::GrpcServer> router_;
