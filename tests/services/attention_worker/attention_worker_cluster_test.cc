@@ -130,7 +130,7 @@ class Cluster {
 
   Generated Generate(const v1::AttentionGenerateRequest& request) {
     grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(180)));
     auto reader = stub_->Generate(&context, request);
     Generated out;
     v1::AttentionGenerateResponse response;
