@@ -21,6 +21,34 @@ class RejectReactor final : public grpc::ServerWriteReactor<v1::AttentionGenerat
 
 }  // namespace
 
+AttentionService::AttentionService() : control_thread_([this] { RunControl(); }) {}
+
+AttentionService::~AttentionService() {
+  {
+    absl::MutexLock lock(&control_mu_);
+    control_stop_ = true;
+  }
+  control_thread_.join();
+}
+
+void AttentionService::RunControl() {
+  while (true) {
+    std::function<void()> work;
+    {
+      absl::MutexLock lock(&control_mu_);
+      control_mu_.Await(absl::Condition(
+          +[](AttentionService* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->control_mu_) {
+            return self->control_stop_ || !self->control_queue_.empty();
+          },
+          this));
+      if (control_queue_.empty()) return;  // stopping, nothing left
+      work = std::move(control_queue_.front());
+      control_queue_.pop_front();
+    }
+    work();
+  }
+}
+
 absl::StatusOr<engine::GenerationRequest> ToGenerationRequest(const v1::AttentionGenerateRequest& request) {
   if (request.request_id().empty()) return absl::InvalidArgumentError("request_id: must not be empty");
   if (request.request_id().size() > 256) {
@@ -104,14 +132,18 @@ grpc::ServerUnaryReactor* AttentionService::SetExpertPlacement(grpc::CallbackSer
   std::vector<std::pair<int64_t, int64_t>> extras;
   for (const v1::ExtraExpertCopy& copy : request->extras()) extras.emplace_back(copy.expert(), copy.worker());
   const uint64_t version = request->placement_version();
-  loop->SwitchPlacement(version, extras, [reactor, response, version](absl::Status status) {
-    if (status.ok()) {
-      LOG(INFO) << "expert placement version " << version << " in use";
-      response->set_placement_version(version);
-    } else {
-      LOG(WARNING) << "SetExpertPlacement refused: " << status;
-    }
-    reactor->Finish(rpc::ToGrpcStatus(status));
+  // SwitchPlacement checks the expert workers with blocking GetInfo calls: not on this gRPC thread.
+  absl::MutexLock lock(&control_mu_);
+  control_queue_.push_back([loop, extras = std::move(extras), reactor, response, version] {
+    loop->SwitchPlacement(version, extras, [reactor, response, version](absl::Status status) {
+      if (status.ok()) {
+        LOG(INFO) << "expert placement version " << version << " in use";
+        response->set_placement_version(version);
+      } else {
+        LOG(WARNING) << "SetExpertPlacement refused: " << status;
+      }
+      reactor->Finish(rpc::ToGrpcStatus(status));
+    });
   });
   return reactor;
 }

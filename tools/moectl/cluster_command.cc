@@ -667,16 +667,29 @@ void RunUp(const ClusterFlags& flags) {
     return out;
   };
   // SetExpertPlacement(version, extras) on the attention workers `which` (indices into children),
-  // retrying while one refuses for a worker it has not connected yet (up to 30 s).
+  // retrying while one refuses for a worker it has not connected yet, or cannot be reached, for up
+  // to 90 s. Each try waits for the channel to connect (wait_for_ready) but for at most 15 s, so one
+  // slow connection attempt (a loaded machine, a sanitizer build) cannot use up the whole window.
   auto set_placement = [&](const std::vector<size_t>& which, uint64_t version,
                            const std::vector<std::pair<int, int>>& extras) -> absl::Status {
     for (size_t i : which) {
       const Child& c = children[i];
       auto stub = v1::AttentionWorker::NewStub(worker_credentials->CreateChannel(c.address));
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
-      while (true) {
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+      for (int attempt = 0;; ++attempt) {
+        // A retry after a try that timed out may find the switch made (the same version twice is
+        // refused): done then.
+        if (attempt > 0) {
+          grpc::ClientContext ctx;
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+          v1::WorkerLoad load;
+          if (stub->GetLoad(&ctx, v1::GetLoadRequest(), &load).ok() &&
+              load.expert_placement_version() == version)
+            break;
+        }
         grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+        ctx.set_wait_for_ready(true);
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
         v1::SetExpertPlacementRequest request;
         request.set_placement_version(version);
         for (const auto& [expert, worker] : extras) {
@@ -688,7 +701,8 @@ void RunUp(const ClusterFlags& flags) {
         const grpc::Status status = stub->SetExpertPlacement(&ctx, request, &response);
         if (status.ok()) break;
         const bool retry = status.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
-                           status.error_code() == grpc::StatusCode::UNAVAILABLE;
+                           status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                           status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
         if (!retry || std::chrono::steady_clock::now() > deadline || stop_requested) {
           return absl::UnavailableError(absl::StrCat(c.name, " refused expert placement version ", version,
                                                      ": ", status.error_message(), "; see ", c.name, ".log"));
