@@ -92,7 +92,7 @@ run_step configure "${MOE_GPU_CONFIGURE_TIMEOUT:-90}" cmake "${cmake_args[@]}" &
 
 # ---- Build the CUDA kernel tests ----------------------------------------------------------------
 targets=(moe_kernels_cuda kernels_cuda_test kernels_cuda_host_test device_spec_test gpu_kernels_bench
-         engine_cuda_test cuda_expert_block_test engine_bench moe_cuda_backend_plugin)
+         engine_cuda_test cuda_expert_block_test engine_bench moe_cuda_backend_plugin moectl golden_test)
 built=0
 if ((configured)); then
   run_step build "${MOE_GPU_BUILD_TIMEOUT:-240}" cmake --build "$build" --target "${targets[@]}" -j "$jobs" && built=1
@@ -131,8 +131,28 @@ else
   record engine_logits_vs_cpu skip 0 "build failed"
 fi
 
-# ---- Not implemented yet (docs/gpu.md): say so in the summary rather than pretend. ---------------
-record transformers_goldens skip 0 "not implemented: needs real Qwen3 weights, which this check does not carry"
+# ---- transformers on the GPU as the reference (tests/oracle/reference/make_transformers_goldens.sh:
+# the three golden models, goldens in golden_test's format), then golden_test against those goldens
+# with the engine on the GPU (MOE_GOLDEN_DEVICE) and, for comparison, on the CPU. -----------------
+golden_names=()
+if ((built)); then
+  run_step transformers_goldens 150 "$src/tests/oracle/reference/make_transformers_goldens.sh" \
+    "$build/bin/moectl" "$out/goldens"
+  for name in tiny_bf16 tiny_fp8 dense_tiny_bf16; do
+    [[ -f "$out/goldens/$name/golden.json" ]] && golden_names+=("$name")
+  done
+else
+  record transformers_goldens skip 0 "build failed"
+fi
+if ((${#golden_names[@]})); then
+  golden_regex="^Goldens/GoldenTest\\..*/\"?($(IFS='|'; echo "${golden_names[*]}"))\"?\$"  # names are quoted
+  for golden_device in cuda:0 cpu; do
+    MOE_GOLDENS_DIR="$out/goldens" MOE_GOLDEN_DEVICE=$golden_device run_step "goldens_vs_${golden_device%%:*}_engine" 90 \
+      ctest --test-dir "$build" -j 3 -R "$golden_regex" --output-on-failure --no-tests=error -V
+  done
+elif ((built)); then
+  record goldens_vs_cuda_engine skip 0 "no transformers goldens were made (see transformers_goldens.log)"
+fi
 
 # ---- Kernel benchmark (bench/kernels/gpu_kernels_bench.cc): rooflines + kernels at 30B-A3B shapes ---
 if ((built)) && [[ -n "$gpu_name" ]]; then
@@ -192,6 +212,14 @@ json_escape() { sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/\t/ /g' | tr -d '\n\r'
     echo "Failed or skipped tests ($log):"
     echo '```'
     grep -E 'Failed|\*\*\*|Skipped|tests passed|greedy tokens compared' "$out/$log.log" | head -n 60
+    echo '```'
+  done
+  for log in goldens_vs_cuda_engine goldens_vs_cpu_engine; do
+    [[ -f "$out/$log.log" ]] || continue
+    echo
+    echo "transformers goldens ($log; tolerance: tests/oracle/golden_test.cc):"
+    echo '```'
+    grep -o '\[golden\].*' "$out/$log.log" | head -n 40
     echo '```'
   done
   if [[ -f "$out/engine_tests.xml" ]]; then

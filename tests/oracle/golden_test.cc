@@ -26,14 +26,22 @@
 // engine's own greedy decoding (the KV-cache decode path; engine_decode_test checks it against
 // prefill bit for bit) must equal the reference's tokens until they first differ, and they may
 // only differ at a near-tie.
+//
+// Two environment variables point the same comparison elsewhere (scripts/gpu_check.sh uses them):
+// MOE_GOLDENS_DIR, a folder of golden folders (default: this repository's tests/oracle/goldens),
+// e.g. goldens made by transformers on a GPU; and MOE_GOLDEN_DEVICE, the engine's device ("cpu",
+// the default, or "cuda[:N]": the CUDA engine, its expert shards on the same device).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "common/engine/engine.h"
+#include "common/kernels/device_spec.h"
 #include "common/model_maker/make_model.h"
 #include "common/tensor/bf16.h"
 #include "gtest/gtest.h"
@@ -54,7 +62,16 @@ constexpr int kMinDecidedFreeSteps = 25;
 constexpr int32_t kOrdinaryVocab = 151643;
 
 std::string GoldenDir(const std::string& name) {
-  return std::string(MOE_SOURCE_DIR_DEFAULT) + "/tests/oracle/goldens/" + name;
+  const char* dir = std::getenv("MOE_GOLDENS_DIR");
+  return (dir != nullptr && *dir != '\0' ? std::string(dir)
+                                         : std::string(MOE_SOURCE_DIR_DEFAULT) + "/tests/oracle/goldens") +
+         "/" + name;
+}
+
+// MOE_GOLDEN_DEVICE, parsed like --device.
+absl::StatusOr<kernels::DeviceSpec> GoldenDevice() {
+  const char* device = std::getenv("MOE_GOLDEN_DEVICE");
+  return kernels::ParseDeviceSpec(device != nullptr && *device != '\0' ? device : "cpu", "MOE_GOLDEN_DEVICE");
 }
 
 nlohmann::json ReadJson(const std::string& path) {
@@ -119,6 +136,11 @@ TEST_P(GoldenTest, LogitsAndGreedyContinuationsMatchTheReference) {
   ASSERT_EQ(golden["planted_successor_gain"], 0.0) << "the goldens' continuations must not be planted";
   engine::EngineOptions options;
   options.kv_cache_bytes = int64_t{256} << 20;
+  absl::StatusOr<kernels::DeviceSpec> device = GoldenDevice();
+  ASSERT_TRUE(device.ok()) << device.status();
+  options.device = *device;
+  std::printf("[golden] %s: reference %s, engine on %s\n", GetParam().c_str(),
+              golden.value("reference", std::string("?")).c_str(), device->ToString().c_str());
   auto created = engine::Engine::CreateEmbedded(MakeGoldenModel(golden), options, 3);
   ASSERT_TRUE(created.ok()) << created.status();
   engine::Engine& e = **created;
