@@ -188,6 +188,12 @@ absl::Status NcclTransport::Rebuild(const NcclBootstrap& bootstrap, absl::Time d
       AbortLocked("shut down");
       return absl::CancelledError("NCCL transport shut down while joining a communicator");
     }
+    if (interrupt_below_.load() > generation_) {
+      const std::string text =
+          absl::StrCat("joining NCCL communicator generation ", generation_, " interrupted by a newer bootstrap");
+      AbortLocked(text);
+      return absl::UnavailableError(text);
+    }
     NcclResult state = NcclResult::kSuccess;
     const NcclResult r = api_->CommGetAsyncError(*comm_, &state);
     if (r != NcclResult::kSuccess) state = r;
@@ -254,6 +260,13 @@ absl::Status NcclTransport::Wait(std::span<const Op> ops, const char* stage, abs
       return absl::CancelledError(
           absl::StrCat("NCCL transport shut down during the ", stage, " stage with ", who));
     }
+    if (interrupt_below_.load() > generation_) {
+      const std::string text = absl::StrCat("NCCL ", stage, " stage with ", who,
+                                            " interrupted by a new bootstrap; communicator generation ",
+                                            generation_, " aborted");
+      AbortLocked(text);
+      return absl::UnavailableError(text);
+    }
     NcclResult state = NcclResult::kSuccess;
     const NcclResult r = api_->CommGetAsyncError(*comm_, &state);
     if (r != NcclResult::kSuccess) state = r;
@@ -282,7 +295,7 @@ absl::Status NcclTransport::Wait(std::span<const Op> ops, const char* stage, abs
 }
 
 absl::StatusOr<std::vector<size_t>> NcclTransport::ExchangeCounts(std::span<const DeviceSend> sends,
-                                                                  std::span<const DeviceReceive> expect,
+                                                                  std::span<DeviceReceive> expect,
                                                                   bool host, absl::Time deadline,
                                                                   absl::Status* mismatch) {
   RETURN_IF_ERROR(EnsureScratch(header_send_, sends.size() * kNcclHeaderBytes));
@@ -328,7 +341,10 @@ absl::StatusOr<std::vector<size_t>> NcclTransport::ExchangeCounts(std::span<cons
       const std::string full = absl::StrCat(text, "; communicator generation ", generation_, " aborted");
       return host ? absl::InternalError(full) : absl::ResourceExhaustedError(full);
     }
-    if (!(got == expect[j].tag)) {
+    const MessageTag& want = expect[j].tag;
+    const bool matches = expect[j].any_step ? got.kind == want.kind && got.sender == want.sender : got == want;
+    if (matches && expect[j].any_step) expect[j].tag = got;
+    if (!matches) {
       CountDrop(got.step != expect[j].tag.step ? DropReason::kStepWindow : DropReason::kMalformed);
       if (mismatch->ok()) {
         *mismatch = absl::InternalError(absl::StrCat("from peer ", peer, ": expected ",
@@ -426,12 +442,12 @@ absl::StatusOr<std::vector<Message>> NcclTransport::Exchange(std::span<const Out
   }
   std::vector<DeviceReceive> receives;
   for (const ExpectedMessage& e : expect) {
-    receives.push_back(DeviceReceive{e.peer, e.tag, nullptr, options_.max_message_bytes});
+    receives.push_back(DeviceReceive{e.peer, e.tag, nullptr, options_.max_message_bytes, e.any_step});
   }
   ASSIGN_OR_RETURN(std::vector<size_t> sizes, RoundLocked(staged, receives, /*host=*/true, deadline));
   std::vector<Message> out(expect.size());
   for (size_t j = 0; j < expect.size(); ++j) {
-    out[j].tag = expect[j].tag;
+    out[j].tag = receives[j].tag;  // with any_step, the tag that arrived
     out[j].payload.resize(sizes[j]);
     if (sizes[j] > 0)
       RETURN_IF_ERROR(api_->CopyFromBuffer(out[j].payload.data(), receives[j].data, sizes[j]));
@@ -471,6 +487,21 @@ absl::StatusOr<Message> NcclTransport::ReceiveTagged(const MessageTag& tag, absl
   auto messages = Exchange({}, std::span(&expected, 1), deadline);
   if (!messages.ok()) return AsSeamStatus(messages.status());
   return std::move((*messages)[0]);
+}
+
+absl::StatusOr<Message> NcclTransport::ReceiveFrom(int32_t peer, MessageKind kind, absl::Time deadline) {
+  ExpectedMessage expected{peer, MessageTag{}, /*any_step=*/true};
+  expected.tag.kind = kind;
+  expected.tag.sender = peer;
+  auto messages = Exchange({}, std::span(&expected, 1), deadline);
+  if (!messages.ok()) return AsSeamStatus(messages.status());
+  return std::move((*messages)[0]);
+}
+
+void NcclTransport::Interrupt(uint64_t generation) {
+  uint64_t current = interrupt_below_.load();
+  while (current < generation && !interrupt_below_.compare_exchange_weak(current, generation)) {
+  }
 }
 
 void NcclTransport::Shutdown() {

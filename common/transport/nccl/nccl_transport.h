@@ -77,6 +77,9 @@ class NcclTransport : public ActivationTransport {
   struct ExpectedMessage {
     int32_t peer = 0;
     MessageTag tag;  // exactly what must arrive; tag.sender must be `peer`
+    // Accept any step, layer and micro-batch of tag.kind from `peer` (what an expert worker waits
+    // for: it cannot know the attention worker's next step); the received tag is returned.
+    bool any_step = false;
   };
   // One round of host payloads: sends every `sends[i]` and receives every `expect[j]` (several per
   // peer are fine: they pair up in order). The received messages come back in `expect`'s order.
@@ -98,9 +101,10 @@ class NcclTransport : public ActivationTransport {
   };
   struct DeviceReceive {
     int32_t peer = 0;
-    MessageTag tag;
+    MessageTag tag;  // with any_step, replaced by the tag that arrived
     void* data = nullptr;
     size_t capacity = 0;
+    bool any_step = false;  // as ExpectedMessage::any_step
   };
   absl::StatusOr<std::vector<size_t>> ExchangeDevice(std::span<const DeviceSend> sends,
                                                      std::span<const DeviceReceive> expect,
@@ -116,6 +120,15 @@ class NcclTransport : public ActivationTransport {
   absl::Status Send(int32_t peer, const MessageTag& tag, std::span<const std::byte> payload) override;
   absl::StatusOr<Message> ReceiveAny(absl::Time deadline) override;
   absl::StatusOr<Message> ReceiveTagged(const MessageTag& tag, absl::Time deadline) override;
+  // A round of one receive from `peer` of any message of `kind` (ExpectedMessage::any_step): how an
+  // expert worker waits for an attention worker's next dispatch. Errors as ReceiveTagged.
+  absl::StatusOr<Message> ReceiveFrom(int32_t peer, MessageKind kind, absl::Time deadline);
+  // Announces that a bootstrap of `generation` is on its way: the round or join in progress, and any
+  // started later, in a generation below it aborts its communicator and answers UNAVAILABLE at once,
+  // until Rebuild joins `generation` (or a later one). For the rendezvous: a worker idle in a
+  // receive without a deadline (an expert worker waiting for its next dispatch) holds the transport,
+  // and a new bootstrap must preempt it; a join of an older bootstrap still running is given up.
+  void Interrupt(uint64_t generation);
   void Shutdown() override;
   uint64_t dropped_messages() const override;
   DropCounts drop_counts() const override;
@@ -145,7 +158,7 @@ class NcclTransport : public ActivationTransport {
   // Stage 1: returns the announced sizes. Checks magic and size (aborting on either); the first tag
   // mismatch goes to *mismatch and the round goes on.
   absl::StatusOr<std::vector<size_t>> ExchangeCounts(std::span<const DeviceSend> sends,
-                                                     std::span<const DeviceReceive> expect, bool host,
+                                                     std::span<DeviceReceive> expect, bool host,
                                                      absl::Time deadline, absl::Status* mismatch)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Posts `ops` in one group and waits for them.
@@ -162,6 +175,7 @@ class NcclTransport : public ActivationTransport {
   NcclApi* const api_;
   const NcclTransportOptions options_;
   std::atomic<bool> shutdown_{false};
+  std::atomic<uint64_t> interrupt_below_{0};  // Interrupt(): generations below it are given up
   std::array<std::atomic<uint64_t>, kNumDropReasons> drops_{};
 
   mutable absl::Mutex mu_;

@@ -444,5 +444,57 @@ TEST_F(NcclTransportTest, ShutdownWakesAWaitingRoundWithCancelled) {
   EXPECT_EQ(workers_[0]->Exchange({}, {}, absl::Now()).status().code(), absl::StatusCode::kCancelled);
 }
 
+// An expert worker waits for "the next dispatch from this attention worker", whatever its step.
+TEST_F(NcclTransportTest, ReceiveFromAcceptsAnyStepOfTheKindAndReturnsTheTag) {
+  MakeWorkers(2);
+  JoinAll(Bootstrap(1));
+  const auto payload = Pattern(0, 1, 48);
+  absl::Status sent;
+  absl::StatusOr<Message> got;
+  OnThreads(2, [&](size_t k) {
+    if (k == 0) sent = workers_[0]->Send(Peer(1), Tag(Peer(0), 77, 5), payload);
+    if (k == 1) got = workers_[1]->ReceiveFrom(Peer(0), MessageKind::kDispatch, absl::Now() + absl::Seconds(10));
+  });
+  ASSERT_TRUE(sent.ok()) << sent;
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(got->tag, Tag(Peer(0), 77, 5));
+  EXPECT_EQ(got->payload, payload);
+  // Another kind is still a mismatch (INTERNAL), and the communicator stays in step.
+  OnThreads(2, [&](size_t k) {
+    if (k == 0) sent = workers_[0]->Send(Peer(1), Tag(Peer(0), 78, 0, MessageKind::kCombine), payload);
+    if (k == 1) got = workers_[1]->ReceiveFrom(Peer(0), MessageKind::kDispatch, absl::Now() + absl::Seconds(10));
+  });
+  EXPECT_TRUE(sent.ok()) << sent;
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kInternal) << got.status();
+  EXPECT_TRUE(workers_[1]->connected());
+  EXPECT_EQ(hub_.pending_operations(), 0);
+}
+
+// A receive without a deadline (an idle expert worker) is preempted by Interrupt(next generation),
+// which holds for every round and join below that generation; its Rebuild proceeds.
+TEST_F(NcclTransportTest, InterruptPreemptsAReceiveWithoutADeadlineUntilTheNextRebuild) {
+  MakeWorkers(2);
+  JoinAll(Bootstrap(1));
+  absl::StatusOr<Message> got;
+  std::thread waiter(
+      [&] { got = workers_[1]->ReceiveFrom(Peer(0), MessageKind::kDispatch, absl::InfiniteFuture()); });
+  absl::SleepFor(absl::Milliseconds(50));
+  workers_[1]->Interrupt(2);
+  waiter.join();
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
+  EXPECT_THAT(got.status().message(), HasSubstr("interrupted"));
+  EXPECT_FALSE(workers_[1]->connected());
+  // Worker 0 was idle: its interrupt holds until it joins generation 2, so a round in between fails.
+  workers_[0]->Interrupt(2);
+  EXPECT_EQ(workers_[0]->ReceiveFrom(Peer(1), MessageKind::kDispatch, absl::InfiniteFuture()).status().code(),
+            absl::StatusCode::kUnavailable);
+  // A join of an older bootstrap than the one announced is given up at once.
+  workers_[0]->Interrupt(3);
+  EXPECT_EQ(workers_[0]->Rebuild(Bootstrap(2), absl::Now() + absl::Seconds(30)).code(),
+            absl::StatusCode::kUnavailable);
+  JoinAll(Bootstrap(3));
+  for (const auto& s : AllToAll({0, 1}, 1, [](size_t, size_t) { return 100; })) EXPECT_TRUE(s.ok()) << s;
+}
+
 }  // namespace
 }  // namespace moe::transport
