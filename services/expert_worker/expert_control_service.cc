@@ -45,6 +45,31 @@ grpc::Status ExpertControlService::Connect(grpc::ServerContext* context, const v
   return grpc::Status::OK;
 }
 
+grpc::Status ExpertControlService::JoinNccl(grpc::ServerContext* context, const v1::JoinNcclRequest* request,
+                                            v1::JoinNcclResponse* response) {
+  if (absl::Status s = rpc::RequireCallerRole(*context, rpc::kAttentionWorkerRole, "JoinNccl"); !s.ok()) {
+    LOG(WARNING) << "JoinNccl refused: " << s.message();
+    return rpc::ToGrpcStatus(s);
+  }
+  NcclExpertLinks* links = nccl_links_.load();
+  if (links == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "this expert worker's data plane is not NCCL (--transport)");
+  }
+  if (drained_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the expert worker is draining");
+  absl::StatusOr<uint64_t> generation =
+      links->Join(request->peer_id(), request->attention_instance(), request->model_fingerprint(),
+                  request->nccl_bootstrap(), request->max_round_tokens());
+  if (!generation.ok()) {
+    LOG(WARNING) << "JoinNccl from attention rank " << request->attention_rank()
+                 << " refused: " << generation.status();
+    return rpc::ToGrpcStatus(generation.status());
+  }
+  response->set_generation(*generation);
+  response->set_peer_id(links->self_peer());
+  return grpc::Status::OK;
+}
+
 grpc::Status ExpertControlService::Drain(grpc::ServerContext* context, const v1::DrainRequest*,
                                          v1::DrainResponse* response) {
   if (absl::Status s = rpc::RequireCallerRole(*context, rpc::kOperatorRole, "Drain"); !s.ok()) {

@@ -9,6 +9,7 @@
 
 #include "moe/v1/expert_control.grpc.pb.h"
 #include "services/expert_worker/expert_worker.h"
+#include "services/expert_worker/nccl_links.h"
 
 namespace moe::services {
 
@@ -19,6 +20,9 @@ class ExpertControlService final : public v1::ExpertControl::Service {
   // `on_drain` runs once, at the first Drain (the service's readiness turns NOT_SERVING there).
   explicit ExpertControlService(std::function<void()> on_drain = {}) : on_drain_(std::move(on_drain)) {}
   void SetWorker(ExpertWorker* worker) { worker_ = worker; }
+  // The NCCL data plane's links (not owned; outlives the service), for JoinNccl. Without them
+  // (the UCX data plane) JoinNccl is FAILED_PRECONDITION.
+  void SetNcclLinks(NcclExpertLinks* links) { nccl_links_ = links; }
 
   grpc::Status GetInfo(grpc::ServerContext* context, const v1::GetInfoRequest* request,
                        v1::ExpertWorkerInfo* response) override;
@@ -35,10 +39,16 @@ class ExpertControlService final : public v1::ExpertControl::Service {
   grpc::Status LoadExtraExperts(grpc::ServerContext* context, const v1::LoadExtraExpertsRequest* request,
                                 v1::LoadExtraExpertsResponse* response) override;
 
+  // NcclExpertLinks::Join (docs/data-plane.md#nccl-rendezvous). Only for callers with an attention
+  // worker's certificate; refused with UNAVAILABLE after Drain, like Connect.
+  grpc::Status JoinNccl(grpc::ServerContext* context, const v1::JoinNcclRequest* request,
+                        v1::JoinNcclResponse* response) override;
+
   bool drained() const { return drained_.load(); }
 
  private:
   std::atomic<ExpertWorker*> worker_{nullptr};
+  std::atomic<NcclExpertLinks*> nccl_links_{nullptr};
   std::atomic<bool> drained_{false};
   const std::function<void()> on_drain_;
 };

@@ -472,7 +472,7 @@ TEST_F(NcclTransportTest, ReceiveFromAcceptsAnyStepOfTheKindAndReturnsTheTag) {
 
 // A receive without a deadline (an idle expert worker) is preempted by Interrupt(next generation),
 // which holds for every round and join below that generation; its Rebuild proceeds.
-TEST_F(NcclTransportTest, InterruptPreemptsAReceiveWithoutADeadlineUntilTheNextRebuild) {
+TEST_F(NcclTransportTest, InterruptPreemptsAnIdleReceiveAndOlderJoinsUntilItsGeneration) {
   MakeWorkers(2);
   JoinAll(Bootstrap(1));
   absl::StatusOr<Message> got;

@@ -1,0 +1,167 @@
+#include "services/attention_worker/nccl_connector.h"
+
+#include <algorithm>
+#include <random>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/engine/expert_placement.h"
+#include "common/logging/logging.h"
+#include "common/transport/nccl/nccl_bootstrap.h"
+#include "grpcpp/grpcpp.h"
+
+namespace moe::services {
+namespace {
+
+uint64_t RandomInstance() {
+  std::random_device device;
+  uint64_t value = 0;
+  while (value == 0) value = (static_cast<uint64_t>(device()) << 32) ^ device();
+  return value;
+}
+
+}  // namespace
+
+NcclConnector::NcclConnector(NcclConnectorOptions options, transport::NcclApi* api,
+                             transport::NcclTransport* transport, std::function<void(bool)> on_ready_change)
+    : options_(std::move(options)),
+      api_(api),
+      transport_(transport),
+      on_ready_change_(std::move(on_ready_change)),
+      instance_(RandomInstance()) {
+  for (const std::string& address : options_.expert_addresses) {
+    stubs_.push_back(v1::ExpertControl::NewStub(options_.credentials.CreateChannel(address)));
+  }
+}
+
+void NcclConnector::Start() {
+  thread_ = std::thread([this] { Loop(); });
+}
+
+void NcclConnector::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_ = true;
+  }
+  // A join in progress gives up at once (no generation reaches this).
+  transport_->Interrupt(UINT64_MAX);
+  if (thread_.joinable()) thread_.join();
+}
+
+bool NcclConnector::ready() const {
+  absl::MutexLock lock(&mu_);
+  return ready_;
+}
+
+bool NcclConnector::WaitReady(absl::Time deadline) const {
+  absl::MutexLock lock(&mu_);
+  mu_.AwaitWithDeadline(absl::Condition(&ready_), deadline);
+  return ready_;
+}
+
+uint64_t NcclConnector::generation() const {
+  absl::MutexLock lock(&mu_);
+  return generation_;
+}
+
+void NcclConnector::ReportFailure() {
+  bool was_ready;
+  {
+    absl::MutexLock lock(&mu_);
+    was_ready = ready_;
+    ready_ = false;
+    failed_ = true;
+  }
+  if (was_ready && on_ready_change_) on_ready_change_(false);
+}
+
+absl::Status NcclConnector::RebuildOnce() {
+  transport::NcclBootstrap bootstrap;
+  const transport::NcclResult made = api_->GetUniqueId(&bootstrap.unique_id);
+  if (made != transport::NcclResult::kSuccess) {
+    return absl::InternalError(absl::StrCat("ncclGetUniqueId: ", transport::NcclResultName(made), " ",
+                                            api_->LastError(nullptr)));
+  }
+  // Above every generation tried before (the transport counts its joins, failed ones included; an
+  // attempt whose JoinNccl failed never reached it but may have reached some expert workers).
+  bootstrap.generation = std::max(attempted_generation_.load(), transport_->generation()) + 1;
+  attempted_generation_.store(bootstrap.generation);
+  bootstrap.peers.push_back(transport_->self());
+  for (size_t rank = 0; rank < stubs_.size(); ++rank) {
+    bootstrap.peers.push_back(engine::kFirstExpertPeerId + static_cast<int32_t>(rank));
+  }
+  // A round stuck on a dead peer holds the transport: give it up now.
+  transport_->Interrupt(bootstrap.generation);
+  v1::JoinNcclRequest request;
+  request.set_attention_rank(options_.attention_rank);
+  request.set_peer_id(transport_->self());
+  request.set_model_fingerprint(options_.model_fingerprint);
+  request.set_nccl_bootstrap(transport::EncodeNcclBootstrap(bootstrap));
+  request.set_attention_instance(instance_);
+  request.set_max_round_tokens(options_.max_round_tokens);
+  for (size_t rank = 0; rank < stubs_.size(); ++rank) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+    v1::JoinNcclResponse response;
+    const grpc::Status rpc = stubs_[rank]->JoinNccl(&context, request, &response);
+    if (!rpc.ok()) {
+      // The expert workers already given this bootstrap give it up when the next one comes.
+      return absl::UnavailableError(absl::StrCat("expert worker ", rank, " (",
+                                                 options_.expert_addresses[rank], "): JoinNccl: ",
+                                                 rpc.error_message()));
+    }
+    if (response.generation() != bootstrap.generation ||
+        response.peer_id() != engine::kFirstExpertPeerId + static_cast<int32_t>(rank)) {
+      return absl::UnavailableError(absl::StrCat(
+          "expert worker ", rank, " (", options_.expert_addresses[rank], "): JoinNccl answered generation ",
+          response.generation(), " as peer ", response.peer_id(), ", expected generation ", bootstrap.generation,
+          " as peer ", engine::kFirstExpertPeerId + static_cast<int32_t>(rank)));
+    }
+  }
+  return transport_->Rebuild(bootstrap, absl::Now() + options_.join_timeout);
+}
+
+void NcclConnector::Loop() {
+  absl::Duration backoff = options_.initial_backoff;
+  while (true) {
+    {
+      absl::MutexLock lock(&mu_);
+      mu_.Await(absl::Condition(
+          +[](NcclConnector* self) ABSL_EXCLUSIVE_LOCKS_REQUIRED(self->mu_) {
+            return self->stop_ || !self->ready_ || self->failed_;
+          },
+          this));
+      if (stop_) return;
+      failed_ = false;
+    }
+    const absl::Status status = RebuildOnce();
+    bool changed = false;
+    {
+      absl::MutexLock lock(&mu_);
+      if (stop_) return;
+      // A failure reported while joining wins: rebuild again.
+      const bool ready = status.ok() && !failed_;
+      changed = ready != ready_;
+      ready_ = ready;
+      if (status.ok()) {
+        generation_ = transport_->generation();
+        last_error_.clear();
+        LOG(INFO) << "NCCL communicator generation " << generation_ << " joined by " << stubs_.size() + 1
+                  << " ranks";
+        backoff = options_.initial_backoff;
+      } else {
+        if (status.ToString() != last_error_) LOG(WARNING) << "NCCL rendezvous: " << status;
+        last_error_ = status.ToString();
+      }
+    }
+    if (changed && on_ready_change_) on_ready_change_(status.ok());
+    if (!status.ok()) {
+      absl::MutexLock lock(&mu_);
+      mu_.AwaitWithTimeout(absl::Condition(&stop_), backoff);
+      backoff = std::min(backoff * 2, options_.max_backoff);
+    }
+  }
+}
+
+}  // namespace moe::services
