@@ -12,6 +12,7 @@
 #include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
+#include "common/transport/nccl/transport_choice.h"
 #include "services/attention_worker/attention_service.h"
 #include "services/attention_worker/attention_worker.h"
 
@@ -27,7 +28,8 @@ ABSL_FLAG(int, expert_replicas, 1,
           "copies of each expert shard (as the expert workers' --expert_replicas); a round fails over "
           "to another copy when a worker dies");
 ABSL_FLAG(std::string, transport, "ucx",
-          "data plane to the expert workers; accepted: ucx (nccl is planned, not available yet)");
+          "data plane to the expert workers: ucx (any --device); nccl (--device cuda, a build with NCCL) "
+          "is refused until the workers serve rounds over it (docs/data-plane.md#nccl-transport)");
 ABSL_FLAG(std::string, device, "cpu",
           "where the forward pass runs: cpu, cuda (= cuda:0) or cuda:N (dense weights and KV cache on that "
           "GPU; docs/gpu.md)");
@@ -63,9 +65,11 @@ int main(int argc, char** argv) {
   auto device = moe::kernels::ParseDeviceSpec(absl::GetFlag(FLAGS_device), "--device");
   if (!device.ok()) return service->Fail(device.status());
   if (absl::Status s = moe::engine::CheckComputeDevice(*device, "--device"); !s.ok()) return service->Fail(s);
-  if (absl::GetFlag(FLAGS_transport) != "ucx") {
-    return service->Fail("--transport: '" + absl::GetFlag(FLAGS_transport) +
-                         "' is not available; accepted: ucx (nccl is planned)");
+  // --transport (MOE_TRANSPORT): ucx, or nccl only with a cuda device in a build with NCCL.
+  if (absl::Status s = moe::transport::CheckTransportChoice(absl::GetFlag(FLAGS_transport), device->is_cuda(),
+                                                            moe::transport::BuiltWithNccl());
+      !s.ok()) {
+    return service->Fail(s);
   }
   moe::services::AttentionWorkerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);

@@ -80,8 +80,8 @@ absl::Status NcclConnector::RebuildOnce() {
   transport::NcclBootstrap bootstrap;
   const transport::NcclResult made = api_->GetUniqueId(&bootstrap.unique_id);
   if (made != transport::NcclResult::kSuccess) {
-    return absl::InternalError(absl::StrCat("ncclGetUniqueId: ", transport::NcclResultName(made), " ",
-                                            api_->LastError(nullptr)));
+    return absl::InternalError(
+        absl::StrCat("ncclGetUniqueId: ", transport::NcclResultName(made), " ", api_->LastError(nullptr)));
   }
   // Above every generation tried before (the transport counts its joins, failed ones included; an
   // attempt whose JoinNccl failed never reached it but may have reached some expert workers).
@@ -108,15 +108,15 @@ absl::Status NcclConnector::RebuildOnce() {
     if (!rpc.ok()) {
       // The expert workers already given this bootstrap give it up when the next one comes.
       return absl::UnavailableError(absl::StrCat("expert worker ", rank, " (",
-                                                 options_.expert_addresses[rank], "): JoinNccl: ",
-                                                 rpc.error_message()));
+                                                 options_.expert_addresses[rank],
+                                                 "): JoinNccl: ", rpc.error_message()));
     }
     if (response.generation() != bootstrap.generation ||
         response.peer_id() != engine::kFirstExpertPeerId + static_cast<int32_t>(rank)) {
       return absl::UnavailableError(absl::StrCat(
           "expert worker ", rank, " (", options_.expert_addresses[rank], "): JoinNccl answered generation ",
-          response.generation(), " as peer ", response.peer_id(), ", expected generation ", bootstrap.generation,
-          " as peer ", engine::kFirstExpertPeerId + static_cast<int32_t>(rank)));
+          response.generation(), " as peer ", response.peer_id(), ", expected generation ",
+          bootstrap.generation, " as peer ", engine::kFirstExpertPeerId + static_cast<int32_t>(rank)));
     }
   }
   return transport_->Rebuild(bootstrap, absl::Now() + options_.join_timeout);

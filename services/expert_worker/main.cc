@@ -10,6 +10,7 @@
 #include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
+#include "common/transport/nccl/transport_choice.h"
 #include "services/expert_worker/expert_control_service.h"
 #include "services/expert_worker/expert_worker.h"
 
@@ -23,7 +24,8 @@ ABSL_FLAG(bool, joinable, false,
 ABSL_FLAG(int, expert_replicas, 1,
           "copies of each expert shard: N workers hold N/R shards, rank r hosts shard r mod N/R");
 ABSL_FLAG(std::string, transport, "ucx",
-          "data plane to the attention workers; accepted: ucx (nccl is planned, not available yet)");
+          "data plane to the attention workers: ucx (any --device); nccl (--device cuda, a build with NCCL) "
+          "is refused until the workers serve rounds over it (docs/data-plane.md#nccl-transport)");
 ABSL_FLAG(
     std::string, device, "cpu",
     "where the experts compute: cpu, cuda (= cuda:0) or cuda:N (weights uploaded to that GPU at start)");
@@ -54,9 +56,11 @@ int main(int argc, char** argv) {
   auto device = moe::kernels::ParseDeviceSpec(absl::GetFlag(FLAGS_device), "--device");
   if (!device.ok()) return service->Fail(device.status());
   if (absl::Status s = moe::engine::CheckComputeDevice(*device, "--device"); !s.ok()) return service->Fail(s);
-  if (absl::GetFlag(FLAGS_transport) != "ucx") {
-    return service->Fail("--transport: '" + absl::GetFlag(FLAGS_transport) +
-                         "' is not available; accepted: ucx (nccl is planned)");
+  // --transport (MOE_TRANSPORT): ucx, or nccl only with a cuda device in a build with NCCL.
+  if (absl::Status s = moe::transport::CheckTransportChoice(absl::GetFlag(FLAGS_transport), device->is_cuda(),
+                                                            moe::transport::BuiltWithNccl());
+      !s.ok()) {
+    return service->Fail(s);
   }
   moe::services::ExpertWorkerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);

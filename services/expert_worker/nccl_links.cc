@@ -44,8 +44,8 @@ absl::StatusOr<uint64_t> NcclExpertLinks::Join(int32_t attention_peer, uint64_t 
                                                    ", expected the caller's peer id ", attention_peer));
   }
   if (std::find(decoded->peers.begin(), decoded->peers.end(), options_.self_peer) == decoded->peers.end()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("nccl_bootstrap: the rank map does not list this worker's peer id ", options_.self_peer));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "nccl_bootstrap: the rank map does not list this worker's peer id ", options_.self_peer));
   }
 
   std::unique_ptr<Link> replaced;
@@ -57,9 +57,9 @@ absl::StatusOr<uint64_t> NcclExpertLinks::Join(int32_t attention_peer, uint64_t 
     if (it != links_.end() && it->second->instance == attention_instance) {
       Link& link = *it->second;
       if (generation <= link.accepted_generation) {
-        return absl::FailedPreconditionError(absl::StrCat("nccl_bootstrap: generation ", generation,
-                                                          " is not above generation ", link.accepted_generation,
-                                                          " this attention worker already sent (stale)"));
+        return absl::FailedPreconditionError(
+            absl::StrCat("nccl_bootstrap: generation ", generation, " is not above generation ",
+                         link.accepted_generation, " this attention worker already sent (stale)"));
       }
       if (max_round_tokens != link.max_round_tokens) {
         return absl::InvalidArgumentError(absl::StrCat("max_round_tokens: ", max_round_tokens,
@@ -74,8 +74,8 @@ absl::StatusOr<uint64_t> NcclExpertLinks::Join(int32_t attention_peer, uint64_t 
       link->instance = attention_instance;
       link->max_round_tokens = max_round_tokens;
       transport::NcclTransportOptions topts;
-      topts.max_message_bytes = options_.message_bound ? options_.message_bound(max_round_tokens)
-                                                       : topts.max_message_bytes;
+      topts.max_message_bytes =
+          options_.message_bound ? options_.message_bound(max_round_tokens) : topts.max_message_bytes;
       topts.send_timeout = options_.send_timeout;
       link->transport = std::make_unique<transport::NcclTransport>(options_.self_peer, api_, topts);
       Link* raw = link.get();

@@ -334,6 +334,19 @@ TEST(MoectlTest, ClusterUpRefusesABadDeviceBeforeStartingAnything) {
   EXPECT_FALSE(fs::exists(fs::path(state) / "expert-0.log")) << "a child was started";
 }
 
+// --transport nccl goes through to the workers, but only with a cuda device: refused before any child
+// starts with --device cpu, and an unknown data plane names the accepted ones.
+TEST(MoectlTest, ClusterUpRefusesATransportTheDeviceCannotUseBeforeStartingAnything) {
+  const std::string empty = testing::MakeTempDir("moectl-empty");
+  const std::string state = testing::MakeTempDir("moectl-state");
+  Result cpu = RunMoectl("cluster up --detach --model " + empty +
+                         " --transport nccl --device cpu --state-dir " + state);
+  ExpectCleanFailure(cpu, "--transport: nccl moves GPU memory and needs --device cuda");
+  Result other = RunMoectl("cluster up --detach --model " + empty + " --transport rdma --state-dir " + state);
+  ExpectCleanFailure(other, "--transport: 'rdma' is not a data plane; accepted: ucx, nccl");
+  EXPECT_FALSE(fs::exists(fs::path(state) / "expert-0.log")) << "a child was started";
+}
+
 TEST(MoectlTest, ClusterUpFailureShowsTheChildsExitStatusAndLog) {
   // Every child fails to load a model directory without config.json.
   const std::string empty = testing::MakeTempDir("moectl-empty");

@@ -60,6 +60,7 @@
 #include "common/kernels/device_spec.h"
 #include "common/rpc/tls.h"
 #include "common/rpc/tls_certificates.h"
+#include "common/transport/nccl/transport_choice.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "grpcpp/grpcpp.h"
 #include "moe/v1/attention.grpc.pb.h"
@@ -354,6 +355,12 @@ void RunUp(const ClusterFlags& flags) {
   absl::StatusOr<kernels::DeviceSpec> device = kernels::ParseDeviceSpec(flags.device, "--device");
   if (!device.ok()) Fail("cluster up", std::string(device.status().message()));
   if (absl::Status s = engine::CheckComputeDevice(*device, "--device"); !s.ok()) {
+    Fail("cluster up", s.ToString());
+  }
+  // --transport: passed to every worker, which checks it the same way; refused here first.
+  if (absl::Status s =
+          transport::CheckTransportChoice(flags.transport, device->is_cuda(), transport::BuiltWithNccl());
+      !s.ok()) {
     Fail("cluster up", s.ToString());
   }
   const fs::path state = flags.state_dir.empty() ? fs::path(DefaultStateDir()) : fs::path(flags.state_dir);
@@ -963,7 +970,9 @@ void RegisterClusterCommand(CLI::App& app) {
       },
       "Bytes each expert worker may hold of extra expert copies for `moectl cluster rebalance` "
       "(BYTES, or a number with KiB/MiB/GiB; default 0: none)");
-  up->add_option("--transport", flags->transport, "Data plane")->check(CLI::IsMember({"ucx"}));
+  up->add_option("--transport", flags->transport,
+                 "Data plane: ucx (default), or nccl (--device cuda; refused until the workers serve rounds "
+                 "over NCCL: docs/data-plane.md#nccl-transport); passed to every worker");
   up->add_option("--device", flags->device,
                  "Where every worker computes: cpu (default), cuda or cuda:N (passed to each worker's "
                  "--device)");

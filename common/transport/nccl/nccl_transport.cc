@@ -189,8 +189,8 @@ absl::Status NcclTransport::Rebuild(const NcclBootstrap& bootstrap, absl::Time d
       return absl::CancelledError("NCCL transport shut down while joining a communicator");
     }
     if (interrupt_below_.load() > generation_) {
-      const std::string text =
-          absl::StrCat("joining NCCL communicator generation ", generation_, " interrupted by a newer bootstrap");
+      const std::string text = absl::StrCat("joining NCCL communicator generation ", generation_,
+                                            " interrupted by a newer bootstrap");
       AbortLocked(text);
       return absl::UnavailableError(text);
     }
@@ -261,9 +261,9 @@ absl::Status NcclTransport::Wait(std::span<const Op> ops, const char* stage, abs
           absl::StrCat("NCCL transport shut down during the ", stage, " stage with ", who));
     }
     if (interrupt_below_.load() > generation_) {
-      const std::string text = absl::StrCat("NCCL ", stage, " stage with ", who,
-                                            " interrupted by a new bootstrap; communicator generation ",
-                                            generation_, " aborted");
+      const std::string text =
+          absl::StrCat("NCCL ", stage, " stage with ", who,
+                       " interrupted by a new bootstrap; communicator generation ", generation_, " aborted");
       AbortLocked(text);
       return absl::UnavailableError(text);
     }
@@ -295,8 +295,8 @@ absl::Status NcclTransport::Wait(std::span<const Op> ops, const char* stage, abs
 }
 
 absl::StatusOr<std::vector<size_t>> NcclTransport::ExchangeCounts(std::span<const DeviceSend> sends,
-                                                                  std::span<DeviceReceive> expect,
-                                                                  bool host, absl::Time deadline,
+                                                                  std::span<DeviceReceive> expect, bool host,
+                                                                  absl::Time deadline,
                                                                   absl::Status* mismatch) {
   RETURN_IF_ERROR(EnsureScratch(header_send_, sends.size() * kNcclHeaderBytes));
   RETURN_IF_ERROR(EnsureScratch(header_recv_, expect.size() * kNcclHeaderBytes));
@@ -342,7 +342,8 @@ absl::StatusOr<std::vector<size_t>> NcclTransport::ExchangeCounts(std::span<cons
       return host ? absl::InternalError(full) : absl::ResourceExhaustedError(full);
     }
     const MessageTag& want = expect[j].tag;
-    const bool matches = expect[j].any_step ? got.kind == want.kind && got.sender == want.sender : got == want;
+    const bool matches =
+        expect[j].any_step ? got.kind == want.kind && got.sender == want.sender : got == want;
     if (matches && expect[j].any_step) expect[j].tag = got;
     if (!matches) {
       CountDrop(got.step != expect[j].tag.step ? DropReason::kStepWindow : DropReason::kMalformed);

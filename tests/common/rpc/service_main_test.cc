@@ -193,8 +193,9 @@ TEST(ServiceMainTest, EachServiceBinaryListsItsOwnFlagsInHelp) {
 #ifdef MOE_TEST_WORKER_BINARIES  // the workers are built with UCX only
   expected.push_back(
       {"moe-attention-worker",
-       "  --transport  (env MOE_TRANSPORT)\n      data plane to the expert workers; accepted: ucx "
-       "(nccl is planned, not available yet); default: ucx\n"});
+       "  --transport  (env MOE_TRANSPORT)\n      data plane to the expert workers: ucx (any --device); nccl "
+       "(--device cuda, a build with NCCL) is refused until the workers serve rounds over it "
+       "(docs/data-plane.md#nccl-transport); default: ucx\n"});
   expected.push_back({"moe-expert-worker", "  --num_expert_workers  (env MOE_NUM_EXPERT_WORKERS)\n"});
 #endif
   for (const auto& [binary, line] : expected) {
@@ -240,6 +241,29 @@ TEST(ServiceMainTest, WorkersRefuseABadOrMissingDeviceNamingTheFlag) {
     EXPECT_EQ(from_env.exit_code, 1) << binary << ":\n" << from_env.output;
     EXPECT_TRUE(Contains(from_env.output, "--device: 'cuda:x' is not a device")) << binary << ":\n"
                                                                                  << from_env.output;
+  }
+}
+
+// --transport (MOE_TRANSPORT): nccl with --device cpu and an unknown data plane are refused at start,
+// naming the flag (transport::CheckTransportChoice; the GPU cases are its unit test's).
+TEST(ServiceMainTest, WorkersRefuseATransportTheirDeviceCannotUse) {
+  const auto run = [](const std::string& binary, std::vector<std::string> args) {
+    args.insert(args.begin(), {"--metrics_listen=127.0.0.1", "--metrics_port=0", "--model=/nonexistent"});
+    args.push_back("--insecure");
+    return RunBinary(binary, args);
+  };
+  for (const std::string binary : {"moe-attention-worker", "moe-expert-worker"}) {
+    const ProcessRun cpu = run(binary, {"--transport=nccl", "--device=cpu"});
+    EXPECT_EQ(cpu.exit_code, 1) << binary << ":\n" << cpu.output;
+    EXPECT_TRUE(
+        Contains(cpu.output, "INVALID_ARGUMENT: --transport: nccl moves GPU memory and needs --device cuda"))
+        << binary << ":\n"
+        << cpu.output;
+    const ProcessRun other = run(binary, {"--transport=rdma"});
+    EXPECT_EQ(other.exit_code, 1) << binary << ":\n" << other.output;
+    EXPECT_TRUE(Contains(other.output, "--transport: 'rdma' is not a data plane; accepted: ucx, nccl"))
+        << binary << ":\n"
+        << other.output;
   }
 }
 #endif

@@ -290,8 +290,9 @@ TEST_F(NcclRendezvousTest, JoinNcclRefusesBadRequestsNamingTheField) {
   services_[1]->SetNcclLinks(nullptr);
   grpc::ClientContext context;
   v1::JoinNcclResponse response;
-  const grpc::Status s = v1::ExpertControl::NewStub(Credentials("attention-worker").CreateChannel(addresses_[1]))
-                             ->JoinNccl(&context, good, &response);
+  const grpc::Status s =
+      v1::ExpertControl::NewStub(Credentials("attention-worker").CreateChannel(addresses_[1]))
+          ->JoinNccl(&context, good, &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("not NCCL"));
 }

@@ -453,7 +453,8 @@ TEST_F(NcclTransportTest, ReceiveFromAcceptsAnyStepOfTheKindAndReturnsTheTag) {
   absl::StatusOr<Message> got;
   OnThreads(2, [&](size_t k) {
     if (k == 0) sent = workers_[0]->Send(Peer(1), Tag(Peer(0), 77, 5), payload);
-    if (k == 1) got = workers_[1]->ReceiveFrom(Peer(0), MessageKind::kDispatch, absl::Now() + absl::Seconds(10));
+    if (k == 1)
+      got = workers_[1]->ReceiveFrom(Peer(0), MessageKind::kDispatch, absl::Now() + absl::Seconds(10));
   });
   ASSERT_TRUE(sent.ok()) << sent;
   ASSERT_TRUE(got.ok()) << got.status();
@@ -462,7 +463,8 @@ TEST_F(NcclTransportTest, ReceiveFromAcceptsAnyStepOfTheKindAndReturnsTheTag) {
   // Another kind is still a mismatch (INTERNAL), and the communicator stays in step.
   OnThreads(2, [&](size_t k) {
     if (k == 0) sent = workers_[0]->Send(Peer(1), Tag(Peer(0), 78, 0, MessageKind::kCombine), payload);
-    if (k == 1) got = workers_[1]->ReceiveFrom(Peer(0), MessageKind::kDispatch, absl::Now() + absl::Seconds(10));
+    if (k == 1)
+      got = workers_[1]->ReceiveFrom(Peer(0), MessageKind::kDispatch, absl::Now() + absl::Seconds(10));
   });
   EXPECT_TRUE(sent.ok()) << sent;
   EXPECT_EQ(got.status().code(), absl::StatusCode::kInternal) << got.status();
