@@ -81,14 +81,13 @@ NcclTransport::~NcclTransport() {
   }
 }
 
+// Without mu_: a round may hold it for as long as its deadline (an expert worker's receive has none).
 bool NcclTransport::connected() const {
-  absl::MutexLock lock(&mu_);
-  return comm_ != nullptr;
+  return has_comm_.load();
 }
 
 uint64_t NcclTransport::generation() const {
-  absl::MutexLock lock(&mu_);
-  return generation_;
+  return published_generation_.load();
 }
 
 void NcclTransport::CountDrop(DropReason reason) {
@@ -115,6 +114,7 @@ void NcclTransport::AbortLocked(std::string why) {
   if (comm_ == nullptr) return;
   api_->CommAbort(*comm_);
   comm_.reset();
+  has_comm_.store(false);
   broken_ = std::move(why);
 }
 
@@ -167,6 +167,7 @@ absl::Status NcclTransport::Rebuild(const NcclBootstrap& bootstrap, absl::Time d
   // Leave the old communicator without waiting for anyone: its peers may be dead.
   AbortLocked(absl::StrCat("replaced by generation ", bootstrap.generation));
   generation_ = bootstrap.generation;
+  published_generation_.store(generation_);
   peers_ = bootstrap.peers;
   rank_of_.clear();
   for (int r = 0; r < nranks; ++r) rank_of_[peers_[r]] = r;
@@ -182,6 +183,7 @@ absl::Status NcclTransport::Rebuild(const NcclBootstrap& bootstrap, absl::Time d
     return PeerFailure(started) ? absl::UnavailableError(text) : absl::InternalError(text);
   }
   comm_ = std::move(comm);
+  has_comm_.store(true);
   absl::Duration sleep = absl::Microseconds(20);
   while (true) {
     if (shutdown_.load()) {

@@ -65,7 +65,8 @@ class NcclTransport : public ActivationTransport {
   // not every rank has joined by `deadline`; CANCELLED after Shutdown.
   absl::Status Rebuild(const NcclBootstrap& bootstrap, absl::Time deadline);
 
-  // Whether a communicator is joined and usable; its generation (0: none yet).
+  // Whether a communicator is joined (or being joined) and not aborted; its generation (0: none
+  // yet). Neither waits for a round in progress.
   bool connected() const;
   uint64_t generation() const;
 
@@ -175,7 +176,10 @@ class NcclTransport : public ActivationTransport {
   NcclApi* const api_;
   const NcclTransportOptions options_;
   std::atomic<bool> shutdown_{false};
-  std::atomic<uint64_t> interrupt_below_{0};  // Interrupt(): generations below it are given up
+  std::atomic<uint64_t> interrupt_below_{0};
+  // Mirrors of comm_ != nullptr and generation_ for connected() and generation().
+  std::atomic<bool> has_comm_{false};
+  std::atomic<uint64_t> published_generation_{0};  // Interrupt(): generations below it are given up
   std::array<std::atomic<uint64_t>, kNumDropReasons> drops_{};
 
   mutable absl::Mutex mu_;

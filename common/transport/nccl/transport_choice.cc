@@ -12,8 +12,8 @@ bool BuiltWithNccl() {
 #endif
 }
 
-absl::Status CheckTransportChoice(std::string_view transport, bool device_is_cuda, bool have_nccl,
-                                  std::string_view flag) {
+absl::Status CheckTransportChoice(absl::string_view transport, bool device_is_cuda, bool have_nccl,
+                                  absl::string_view flag) {
   if (transport == "ucx") return absl::OkStatus();
   if (transport != "nccl") {
     return absl::InvalidArgumentError(

@@ -4,7 +4,7 @@
 #ifndef MOE_COMMON_TRANSPORT_NCCL_TRANSPORT_CHOICE_H_
 #define MOE_COMMON_TRANSPORT_NCCL_TRANSPORT_CHOICE_H_
 
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/status.h"
 
@@ -21,8 +21,8 @@ bool BuiltWithNccl();
 //     workers do not serve rounds over NCCL yet.
 //   anything else: INVALID_ARGUMENT naming the accepted values.
 // Every message names `flag`.
-absl::Status CheckTransportChoice(std::string_view transport, bool device_is_cuda, bool have_nccl,
-                                  std::string_view flag = "--transport");
+absl::Status CheckTransportChoice(absl::string_view transport, bool device_is_cuda, bool have_nccl,
+                                  absl::string_view flag = "--transport");
 
 }  // namespace moe::transport
 
