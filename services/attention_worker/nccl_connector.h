@@ -58,6 +58,8 @@ class NcclConnector {
   NcclConnector& operator=(const NcclConnector&) = delete;
 
   void Start();
+  // Joins the thread, giving up a join in progress at once (NcclTransport::Interrupt): the transport
+  // takes no round afterwards. For shutdown.
   void Stop();
 
   // True while the communicator of the current generation is joined by every rank.
