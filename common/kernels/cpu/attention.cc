@@ -5,6 +5,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/kernels/cpu/attention_internal.h"
 #include "common/kernels/cpu/avx2_reduce.h"
 #include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
@@ -183,6 +184,179 @@ void GroupAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t, int64_t star
     for (int64_t d = 0; d < dim; ++d) o[d] = FloatToBF16(s.out[hh * dim + d]);
   }
 }
+
+// Tiled AVX2 path: one task per (KV group, tile of consecutive tokens). Its rows are the tile's
+// (token, query head) pairs, token-major, so a row's context (keys 0..its position) grows with the
+// row index. K and V are walked in blocks of kKeyBlock rows, each widened to fp32 once per tile and
+// then read from L1 by every row of the tile, instead of once per token as in the per-token path.
+// Every row still sees exactly the per-token path's operations in the same order: its dot product
+// keeps lane i of DotQK in the low or high 8-lane half and the Reduce16 tree, its softmax is the
+// same scalar loop, and its P·V accumulates from +0 in ascending j (blocks ascend; a row's partial
+// sums are stored and reloaded exactly between blocks). A row never reads a key past its
+// position: scores past it may be computed for a neighbouring row's sake but are never used, and
+// P·V skips those keys for that row.
+constexpr int64_t kTileRows = 64;  // rows per task at most (more when one group has more heads)
+constexpr int64_t kKeyBlock = 32;  // K or V rows widened to fp32 at a time (16 KiB at head_dim 128)
+
+// dst[(j - j0) * dim + d] = row j's element d as fp32, for j in [j0, j1).
+MOE_AVX2_TARGET void WidenRows(const bf16* const* rows, int64_t j0, int64_t j1, int64_t dim, float* dst) {
+  for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t d = 0; d < dim; d += 8) _mm256_storeu_ps(dst + (j - j0) * dim + d, Bf16x8(rows[j] + d));
+  }
+}
+
+// srow[i][j] = dot(qrow[i], key j) * scale for j in [j0, j1) and the 8 rows i whose srow[i] is
+// not null (the others repeat a real row's q and are dropped); key j is kf + (j - j0) * dim.
+MOE_AVX2_TARGET void TileScoresAvx2(const float* const* qrow, float* const* srow, const float* kf, int64_t j0,
+                                    int64_t j1, int64_t dim, float scale) {
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* k = kf + (j - j0) * dim;
+    __m256 s8[8];
+#pragma GCC unroll 2
+    for (int h0 = 0; h0 < 8; h0 += 4) {
+      __m256 lo[4], hi[4];
+#pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) {
+        lo[i] = _mm256_setzero_ps();
+        hi[i] = _mm256_setzero_ps();
+      }
+      for (int64_t d = 0; d < dim; d += 16) {
+        const __m256 klo = _mm256_loadu_ps(k + d), khi = _mm256_loadu_ps(k + d + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < 4; ++i) {
+          lo[i] = _mm256_add_ps(lo[i], _mm256_mul_ps(_mm256_loadu_ps(qrow[h0 + i] + d), klo));
+          hi[i] = _mm256_add_ps(hi[i], _mm256_mul_ps(_mm256_loadu_ps(qrow[h0 + i] + d + 8), khi));
+        }
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) s8[h0 + i] = _mm256_add_ps(lo[i], hi[i]);
+    }
+    alignas(32) float dots[8];
+    _mm256_store_ps(dots, Reduce8x8(s8));
+#pragma GCC unroll 8
+    for (int lane = 0; lane < 8; ++lane) {
+      float* dst = srow[kLaneOutput[lane]];
+      if (dst != nullptr) dst[j] = dots[lane] * scale;
+    }
+  }
+}
+
+// orow[i][d] += prow[i][j] * value j [d] for j ascending in [j0, j1), for the first nr of 8 rows
+// (the others repeat row nr - 1 and are not stored); value j is vf + (j - j0) * dim. Every row
+// takes all of [j0, jall); row i takes j in [jall, j1) only while j < ctx[i].
+MOE_AVX2_TARGET void TilePvAvx2(const float* const* prow, float* const* orow, const int64_t* ctx, int nr,
+                                const float* vf, int64_t j0, int64_t jall, int64_t j1, int64_t dim) {
+  for (int64_t d = 0; d < dim; d += 8) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_loadu_ps(orow[i] + d);
+    for (int64_t j = j0; j < jall; ++j) {
+      const __m256 v = _mm256_loadu_ps(vf + (j - j0) * dim + d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(prow[i][j]), v));
+    }
+    for (int64_t j = jall; j < j1; ++j) {
+      const __m256 v = _mm256_loadu_ps(vf + (j - j0) * dim + d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        if (j < ctx[i]) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(prow[i][j]), v));
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      if (i < nr) _mm256_storeu_ps(orow[i] + d, acc[i]);
+    }
+  }
+}
+
+struct TileScratch {
+  std::vector<float> q, scores, out, block;
+  std::vector<int64_t> ctx;
+  std::vector<const bf16*> krow, vrow;
+};
+
+// Tokens [t0, t1) and query heads [h0, h1), all reading KV head g.
+void TiledAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t0, int64_t t1, int64_t start_pos, int64_t h0,
+                        int64_t h1, int64_t g, float scale, const int32_t* block_table, const PagedKv& kv,
+                        bf16* out, int64_t out_stride) {
+  thread_local TileScratch s;
+  const int64_t dim = kv.head_dim, kv_row = kv.num_kv_heads * dim;
+  const int64_t nh = h1 - h0, rows = (t1 - t0) * nh;
+  const int64_t context = start_pos + t1;  // the last token's
+  s.q.resize(rows * dim);
+  s.scores.resize(rows * context);
+  s.out.assign(rows * dim, 0.0f);
+  s.block.resize(kKeyBlock * dim);
+  s.ctx.resize(rows);
+  s.krow.resize(context);
+  s.vrow.resize(context);
+  for (int64_t j = 0; j < context; ++j) {
+    const int64_t slot =
+        static_cast<int64_t>(block_table[j / kv.block_size]) * kv.block_size + j % kv.block_size;
+    s.krow[j] = kv.k + slot * kv_row + g * dim;
+    s.vrow[j] = kv.v + slot * kv_row + g * dim;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = t0 + r / nh;
+    const bf16* qh = q + t * q_stride + (h0 + r % nh) * dim;
+    for (int64_t d = 0; d < dim; ++d) s.q[r * dim + d] = BF16ToFloat(qh[d]);
+    s.ctx[r] = start_pos + t + 1;
+  }
+  const float* qrow[8];
+  float* srow[8];
+  const float* prow[8];
+  float* orow[8];
+  int64_t ctx8[8];
+  for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
+    const int64_t je = std::min(context, jb + kKeyBlock);
+    WidenRows(s.krow.data(), jb, je, dim, s.block.data());
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+      const int64_t nr = std::min<int64_t>(8, rows - r0);
+      const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
+      if (j1 <= jb) continue;
+      for (int64_t i = 0; i < 8; ++i) {
+        const int64_t r = r0 + std::min(i, nr - 1);
+        qrow[i] = s.q.data() + r * dim;
+        srow[i] = i < nr ? s.scores.data() + r * context : nullptr;
+      }
+      TileScoresAvx2(qrow, srow, s.block.data(), jb, j1, dim, scale);
+    }
+  }
+  // Softmax per row exactly as the scalar path: max, exp and sum in ascending j, P rounded to bf16.
+  for (int64_t r = 0; r < rows; ++r) {
+    float* sc = s.scores.data() + r * context;
+    const int64_t n = s.ctx[r];
+    float max_score = -INFINITY;
+    for (int64_t j = 0; j < n; ++j) max_score = std::max(max_score, sc[j]);
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      sc[j] = std::exp(sc[j] - max_score);
+      sum += sc[j];
+    }
+    for (int64_t j = 0; j < n; ++j) sc[j] = RoundBF16(sc[j] / sum);
+  }
+  for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
+    const int64_t je = std::min(context, jb + kKeyBlock);
+    WidenRows(s.vrow.data(), jb, je, dim, s.block.data());
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+      const int64_t nr = std::min<int64_t>(8, rows - r0);
+      const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
+      if (j1 <= jb) continue;
+      const int64_t jall = std::clamp(s.ctx[r0], jb, j1);
+      for (int64_t i = 0; i < 8; ++i) {
+        const int64_t r = r0 + std::min(i, nr - 1);
+        prow[i] = s.scores.data() + r * context;
+        orow[i] = s.out.data() + r * dim;
+        ctx8[i] = s.ctx[r];
+      }
+      TilePvAvx2(prow, orow, ctx8, static_cast<int>(nr), s.block.data(), jb, jall, j1, dim);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    bf16* o = out + (t0 + r / nh) * out_stride + (h0 + r % nh) * dim;
+    for (int64_t d = 0; d < dim; ++d) o[d] = FloatToBF16(s.out[r * dim + d]);
+  }
+}
 #endif  // MOE_ATTENTION_AVX2
 
 }  // namespace
@@ -199,18 +373,38 @@ void WriteKv(const bf16* k, int64_t k_stride, const bf16* v, int64_t v_stride, i
   }
 }
 
-void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos, int64_t num_heads,
-                    float scale, const int32_t* block_table, const PagedKv& kv, bf16* out,
-                    int64_t out_stride) {
+namespace internal {
+
+void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride, int64_t num_tokens,
+                            int64_t start_pos, int64_t num_heads, float scale, const int32_t* block_table,
+                            const PagedKv& kv, bf16* out, int64_t out_stride) {
   if (num_tokens <= 0 || num_heads <= 0 || kv.num_kv_heads <= 0) return;
   const int64_t dim = kv.head_dim;
   const int64_t group = std::max<int64_t>(1, num_heads / kv.num_kv_heads);
   const int64_t kv_row = kv.num_kv_heads * dim;
+  if (path == AttentionPath::kAuto) {
+    path = ActiveIsa() == Isa::kPortable ? AttentionPath::kScalar : AttentionPath::kTiled;
+  }
 #if MOE_ATTENTION_AVX2
-  if (ActiveIsa() == Isa::kAvx2Fma && dim % 16 == 0) {
+  const int64_t num_groups = (num_heads + group - 1) / group;
+  if (path != AttentionPath::kScalar && dim % 16 == 0 && CpuSupports(Isa::kAvx2Fma)) {
+    ThreadPool& pool = ThreadPool::Current();
+    if (path == AttentionPath::kTiled) {
+      // Tiles of up to kTileRows rows, halved while that leaves fewer than 4 tasks per thread.
+      // Each task owns its rows' output vectors, and a row's bits do not depend on its tile.
+      int64_t tile = std::max<int64_t>(1, kTileRows / group);
+      while (tile > 1 && num_groups * ((num_tokens + tile - 1) / tile) < 4 * pool.num_threads()) tile /= 2;
+      const int64_t num_tiles = (num_tokens + tile - 1) / tile;
+      pool.ParallelFor(num_groups * num_tiles, [&](int64_t task) {
+        // The last tiles have the longest contexts: hand them out first.
+        const int64_t tt = num_tiles - 1 - task / num_groups, g = task % num_groups;
+        TiledAttentionAvx2(q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos, g * group,
+                           std::min(num_heads, (g + 1) * group), g, scale, block_table, kv, out, out_stride);
+      });
+      return;
+    }
     // One task per (token, KV group): each owns its heads' output vectors.
-    const int64_t num_groups = (num_heads + group - 1) / group;
-    ThreadPool::Current().ParallelFor(num_tokens * num_groups, [&](int64_t task) {
+    pool.ParallelFor(num_tokens * num_groups, [&](int64_t task) {
       const int64_t t = task / num_groups, g = task % num_groups;
       GroupAttentionAvx2(q, q_stride, t, start_pos, g * group, std::min(num_heads, (g + 1) * group), g, scale,
                          block_table, kv, out, out_stride);
@@ -252,6 +446,15 @@ void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t
     bf16* o = out + t * out_stride + h * dim;
     for (int64_t d = 0; d < dim; ++d) o[d] = FloatToBF16(s.out[d]);
   });
+}
+
+}  // namespace internal
+
+void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos, int64_t num_heads,
+                    float scale, const int32_t* block_table, const PagedKv& kv, bf16* out,
+                    int64_t out_stride) {
+  internal::PagedAttentionWithPath(internal::AttentionPath::kAuto, q, q_stride, num_tokens, start_pos, num_heads,
+                                   scale, block_table, kv, out, out_stride);
 }
 
 }  // namespace moe::kernels::cpu
