@@ -269,6 +269,65 @@ MOE_AVX2_TARGET void TilePvAvx2(const float* const* prow, float* const* orow, co
   }
 }
 
+// RoundBF16 of 8 floats: round to nearest even, a NaN keeps its payload's top bits and turns quiet
+// (FloatToBF16 then BF16ToFloat, lane by lane).
+MOE_AVX2_INLINE __m256 RoundBf16x8(__m256 x) {
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), high);
+  const __m256i quiet = _mm256_and_si256(_mm256_or_si256(u, _mm256_set1_epi32(0x400000)), high);
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+  return _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, quiet, nan));
+}
+
+// The scalar path's softmax of the first nr of 8 rows (row i holds n[i] scores; the others repeat
+// row nr - 1 and are left alone): max_score, then e_j = exp(s_j - max_score) and their sum in
+// ascending j from +0, then P_j = RoundBF16(e_j / sum), all in place. The max is taken 8 lanes at a
+// time, which gives the same value (std::max and MAX_PS both skip a NaN score here, and a -0/+0
+// choice does not change any s_j - max_score's exp); the sums of the rows run interleaved, each
+// still in ascending j; division and rounding are exact per element in any width.
+MOE_AVX2_TARGET void SoftmaxRowsAvx2(float* const* rows, const int64_t* n, int nr) {
+  float max_score[8], sum[8];
+  for (int i = 0; i < nr; ++i) {
+    const float* sc = rows[i];
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n[i]; j += 8) m8 = _mm256_max_ps(_mm256_loadu_ps(sc + j), m8);
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, m8);
+    float m = -INFINITY;
+    for (float x : lanes) m = std::max(m, x);
+    for (; j < n[i]; ++j) m = std::max(m, sc[j]);
+    max_score[i] = m;
+  }
+  for (int i = 0; i < nr; ++i) {
+    float* sc = rows[i];
+    for (int64_t j = 0; j < n[i]; ++j) sc[j] = std::exp(sc[j] - max_score[i]);
+  }
+  int64_t common = n[0];
+  for (int i = 0; i < 8; ++i) {
+    sum[i] = 0.0f;
+    common = std::min(common, n[i]);
+  }
+  for (int64_t j = 0; j < common; ++j) {
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) sum[i] += rows[i][j];
+  }
+  for (int i = 0; i < nr; ++i) {
+    for (int64_t j = common; j < n[i]; ++j) sum[i] += rows[i][j];
+  }
+  for (int i = 0; i < nr; ++i) {
+    float* sc = rows[i];
+    const __m256 s8 = _mm256_set1_ps(sum[i]);
+    int64_t j = 0;
+    for (; j + 8 <= n[i]; j += 8) _mm256_storeu_ps(sc + j, RoundBf16x8(_mm256_div_ps(_mm256_loadu_ps(sc + j), s8)));
+    for (; j < n[i]; ++j) sc[j] = RoundBF16(sc[j] / sum[i]);
+  }
+}
+
 struct TileScratch {
   std::vector<float> q, scores, out, block;
   std::vector<int64_t> ctx;
@@ -322,18 +381,14 @@ void TiledAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t0, int64_t t1,
       TileScoresAvx2(qrow, srow, s.block.data(), jb, j1, dim, scale);
     }
   }
-  // Softmax per row exactly as the scalar path: max, exp and sum in ascending j, P rounded to bf16.
-  for (int64_t r = 0; r < rows; ++r) {
-    float* sc = s.scores.data() + r * context;
-    const int64_t n = s.ctx[r];
-    float max_score = -INFINITY;
-    for (int64_t j = 0; j < n; ++j) max_score = std::max(max_score, sc[j]);
-    float sum = 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      sc[j] = std::exp(sc[j] - max_score);
-      sum += sc[j];
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const int64_t nr = std::min<int64_t>(8, rows - r0);
+    for (int64_t i = 0; i < 8; ++i) {
+      const int64_t r = r0 + std::min(i, nr - 1);
+      srow[i] = s.scores.data() + r * context;
+      ctx8[i] = s.ctx[r];
     }
-    for (int64_t j = 0; j < n; ++j) sc[j] = RoundBF16(sc[j] / sum);
+    SoftmaxRowsAvx2(srow, ctx8, static_cast<int>(nr));
   }
   for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
     const int64_t je = std::min(context, jb + kKeyBlock);
@@ -398,6 +453,11 @@ void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride,
       pool.ParallelFor(num_groups * num_tiles, [&](int64_t task) {
         // The last tiles have the longest contexts: hand them out first.
         const int64_t tt = num_tiles - 1 - task / num_groups, g = task % num_groups;
+        if (tile == 1 && group <= 8) {  // one token, one row group: nothing to share (decode)
+          GroupAttentionAvx2(q, q_stride, tt, start_pos, g * group, std::min(num_heads, (g + 1) * group), g,
+                             scale, block_table, kv, out, out_stride);
+          return;
+        }
         TiledAttentionAvx2(q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos, g * group,
                            std::min(num_heads, (g + 1) * group), g, scale, block_table, kv, out, out_stride);
       });
