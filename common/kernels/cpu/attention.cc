@@ -269,6 +269,136 @@ MOE_AVX2_TARGET void TilePvAvx2(const float* const* prow, float* const* orow, co
   }
 }
 
+// AVX-512 forms of the two micro-kernels, used when the AVX-512 ISA is active. They add exactly
+// as the AVX2 ones do: a 16-lane dot product accumulator holds lane i of DotQK in its lane i (the
+// AVX2 kernel's low and high halves side by side), its two 8-lane halves are added and reduced by
+// the same Reduce8x8, and P·V adds each element's products in the same ascending j.
+#define MOE_AVX512_TARGET __attribute__((target("avx512f,avx2")))
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own extract helpers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+MOE_AVX512_TARGET inline __m256 SumHalves(__m512 x) {
+  return _mm256_add_ps(_mm512_castps512_ps256(x),
+                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+}
+
+// TileScoresAvx2 with 16-lane registers, two keys at a time.
+MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* srow, const float* kf, int64_t j0,
+                                        int64_t j1, int64_t dim, float scale) {
+  int64_t j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    const float* k0 = kf + (j - j0) * dim;
+    const float* k1 = k0 + dim;
+    __m512 a0[8], a1[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __m512 kv0 = _mm512_loadu_ps(k0 + d), kv1 = _mm512_loadu_ps(k1 + d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        const __m512 qv = _mm512_loadu_ps(qrow[i] + d);
+        a0[i] = _mm512_add_ps(a0[i], _mm512_mul_ps(qv, kv0));
+        a1[i] = _mm512_add_ps(a1[i], _mm512_mul_ps(qv, kv1));
+      }
+    }
+    __m256 s0[8], s1[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      s0[i] = SumHalves(a0[i]);
+      s1[i] = SumHalves(a1[i]);
+    }
+    alignas(32) float dots0[8], dots1[8];
+    _mm256_store_ps(dots0, Reduce8x8(s0));
+    _mm256_store_ps(dots1, Reduce8x8(s1));
+#pragma GCC unroll 8
+    for (int lane = 0; lane < 8; ++lane) {
+      float* dst = srow[kLaneOutput[lane]];
+      if (dst != nullptr) {
+        dst[j] = dots0[lane] * scale;
+        dst[j + 1] = dots1[lane] * scale;
+      }
+    }
+  }
+  if (j < j1) {
+    const float* k0 = kf + (j - j0) * dim;
+    __m512 a0[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a0[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __m512 kv0 = _mm512_loadu_ps(k0 + d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) a0[i] = _mm512_add_ps(a0[i], _mm512_mul_ps(_mm512_loadu_ps(qrow[i] + d), kv0));
+    }
+    __m256 s0[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) s0[i] = SumHalves(a0[i]);
+    alignas(32) float dots0[8];
+    _mm256_store_ps(dots0, Reduce8x8(s0));
+#pragma GCC unroll 8
+    for (int lane = 0; lane < 8; ++lane) {
+      float* dst = srow[kLaneOutput[lane]];
+      if (dst != nullptr) dst[j] = dots0[lane] * scale;
+    }
+  }
+}
+
+// TilePvAvx2 with 16-lane registers, kChunks 16-element column chunks at a time.
+template <int kChunks>
+MOE_AVX512_TARGET inline __attribute__((always_inline)) void TilePvColumns512(const float* const* prow,
+                                                                              float* const* orow,
+                                                                              const int64_t* ctx, int nr,
+                                                                              const float* vf, int64_t j0,
+                                                                              int64_t jall, int64_t j1,
+                                                                              int64_t dim, int64_t d) {
+  __m512 acc[kChunks][8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+#pragma GCC unroll 2
+    for (int c = 0; c < kChunks; ++c) acc[c][i] = _mm512_loadu_ps(orow[i] + d + 16 * c);
+  }
+  for (int64_t j = j0; j < jall; ++j) {
+    __m512 v[kChunks];
+#pragma GCC unroll 2
+    for (int c = 0; c < kChunks; ++c) v[c] = _mm512_loadu_ps(vf + (j - j0) * dim + d + 16 * c);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const __m512 p = _mm512_set1_ps(prow[i][j]);
+#pragma GCC unroll 2
+      for (int c = 0; c < kChunks; ++c) acc[c][i] = _mm512_add_ps(acc[c][i], _mm512_mul_ps(p, v[c]));
+    }
+  }
+  for (int64_t j = jall; j < j1; ++j) {
+    __m512 v[kChunks];
+#pragma GCC unroll 2
+    for (int c = 0; c < kChunks; ++c) v[c] = _mm512_loadu_ps(vf + (j - j0) * dim + d + 16 * c);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      if (j < ctx[i]) {
+        const __m512 p = _mm512_set1_ps(prow[i][j]);
+#pragma GCC unroll 2
+        for (int c = 0; c < kChunks; ++c) acc[c][i] = _mm512_add_ps(acc[c][i], _mm512_mul_ps(p, v[c]));
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    if (i < nr) {
+#pragma GCC unroll 2
+      for (int c = 0; c < kChunks; ++c) _mm512_storeu_ps(orow[i] + d + 16 * c, acc[c][i]);
+    }
+  }
+}
+
+MOE_AVX512_TARGET void TilePvAvx512(const float* const* prow, float* const* orow, const int64_t* ctx, int nr,
+                                    const float* vf, int64_t j0, int64_t jall, int64_t j1, int64_t dim) {
+  int64_t d = 0;
+  for (; d + 32 <= dim; d += 32) TilePvColumns512<2>(prow, orow, ctx, nr, vf, j0, jall, j1, dim, d);
+  if (d < dim) TilePvColumns512<1>(prow, orow, ctx, nr, vf, j0, jall, j1, dim, d);
+}
+#pragma GCC diagnostic pop
+
 // RoundBF16 of 8 floats: round to nearest even, a NaN keeps its payload's top bits and turns quiet
 // (FloatToBF16 then BF16ToFloat, lane by lane).
 MOE_AVX2_INLINE __m256 RoundBf16x8(__m256 x) {
@@ -335,9 +465,9 @@ struct TileScratch {
 };
 
 // Tokens [t0, t1) and query heads [h0, h1), all reading KV head g.
-void TiledAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t0, int64_t t1, int64_t start_pos, int64_t h0,
-                        int64_t h1, int64_t g, float scale, const int32_t* block_table, const PagedKv& kv,
-                        bf16* out, int64_t out_stride) {
+void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, int64_t t1, int64_t start_pos,
+                    int64_t h0, int64_t h1, int64_t g, float scale, const int32_t* block_table, const PagedKv& kv,
+                    bf16* out, int64_t out_stride) {
   thread_local TileScratch s;
   const int64_t dim = kv.head_dim, kv_row = kv.num_kv_heads * dim;
   const int64_t nh = h1 - h0, rows = (t1 - t0) * nh;
@@ -378,7 +508,11 @@ void TiledAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t0, int64_t t1,
         qrow[i] = s.q.data() + r * dim;
         srow[i] = i < nr ? s.scores.data() + r * context : nullptr;
       }
-      TileScoresAvx2(qrow, srow, s.block.data(), jb, j1, dim, scale);
+      if (avx512) {
+        TileScoresAvx512(qrow, srow, s.block.data(), jb, j1, dim, scale);
+      } else {
+        TileScoresAvx2(qrow, srow, s.block.data(), jb, j1, dim, scale);
+      }
     }
   }
   for (int64_t r0 = 0; r0 < rows; r0 += 8) {
@@ -404,7 +538,11 @@ void TiledAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t0, int64_t t1,
         orow[i] = s.out.data() + r * dim;
         ctx8[i] = s.ctx[r];
       }
-      TilePvAvx2(prow, orow, ctx8, static_cast<int>(nr), s.block.data(), jb, jall, j1, dim);
+      if (avx512) {
+        TilePvAvx512(prow, orow, ctx8, static_cast<int>(nr), s.block.data(), jb, jall, j1, dim);
+      } else {
+        TilePvAvx2(prow, orow, ctx8, static_cast<int>(nr), s.block.data(), jb, jall, j1, dim);
+      }
     }
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -450,6 +588,7 @@ void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride,
       int64_t tile = std::max<int64_t>(1, kTileRows / group);
       while (tile > 1 && num_groups * ((num_tokens + tile - 1) / tile) < 4 * pool.num_threads()) tile /= 2;
       const int64_t num_tiles = (num_tokens + tile - 1) / tile;
+      const bool avx512 = ActiveIsa() == Isa::kAvx512Bf16;  // implies AVX-512 F
       pool.ParallelFor(num_groups * num_tiles, [&](int64_t task) {
         // The last tiles have the longest contexts: hand them out first.
         const int64_t tt = num_tiles - 1 - task / num_groups, g = task % num_groups;
@@ -458,7 +597,7 @@ void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride,
                              scale, block_table, kv, out, out_stride);
           return;
         }
-        TiledAttentionAvx2(q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos, g * group,
+        TiledAttention(avx512, q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos, g * group,
                            std::min(num_heads, (g + 1) * group), g, scale, block_table, kv, out, out_stride);
       });
       return;

@@ -256,7 +256,7 @@ std::vector<bf16> ContractAttention(const std::vector<bf16>& q, int64_t num_toke
 // Every implementation (the tiled one PagedAttention runs, the per-token AVX2 one, the scalar one)
 // gives the contract's bits on odd shapes: 1, 7, 33 and 130 queries from position 0 and from
 // mid-sequence, a block size that divides no context, GQA ratios 1, 4 and 8, head_dim 64 and 128,
-// and one and three threads (which changes the tiling).
+// one and three threads (which changes the tiling), and every ISA this CPU has.
 TEST(PagedAttentionTest, EveryPathGivesTheContractsBits) {
   using internal::AttentionPath;
   const int64_t block_size = 7;
@@ -264,6 +264,12 @@ TEST(PagedAttentionTest, EveryPathGivesTheContractsBits) {
     int64_t heads, kv_heads;
   };
   ThreadPool three(3), one(1);
+  const Isa saved = ActiveIsa();
+  // The tiled path has AVX2 and AVX-512 micro-kernels, picked by the active ISA.
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2Fma, Isa::kAvx512Bf16}) {
+    if (CpuSupports(isa)) isas.push_back(isa);
+  }
   int cases = 0;
   for (int64_t dim : {64, 128}) {
     for (const Gqa& gqa : {Gqa{3, 3}, Gqa{8, 2}, Gqa{16, 2}}) {
@@ -279,25 +285,29 @@ TEST(PagedAttentionTest, EveryPathGivesTheContractsBits) {
           const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
           const std::vector<bf16> want =
               ContractAttention(q, tokens, start, gqa.heads, scale, keys, values, gqa.kv_heads, dim);
-          for (AttentionPath path :
-               {AttentionPath::kAuto, AttentionPath::kTiled, AttentionPath::kPerToken, AttentionPath::kScalar}) {
-            for (ThreadPool* pool : {&one, &three}) {
-              ScopedThreadPool scoped(pool);
-              std::vector<bf16> got(tokens * row, FloatToBF16(-1.0f));
-              internal::PagedAttentionWithPath(path, q.data(), row, tokens, start, gqa.heads, scale,
-                                               cache.table.data(), cache.kv, got.data(), row);
-              ASSERT_EQ(FirstDifference(got, want), -1)
-                  << "path " << static_cast<int>(path) << " threads " << pool->num_threads() << " dim " << dim
-                  << " heads " << gqa.heads << "/" << gqa.kv_heads << " start " << start << " tokens "
-                  << tokens;
-              ++cases;
+          for (Isa isa : isas) {
+            internal::SetIsaForTesting(isa);
+            for (AttentionPath path :
+                 {AttentionPath::kAuto, AttentionPath::kTiled, AttentionPath::kPerToken, AttentionPath::kScalar}) {
+              for (ThreadPool* pool : {&one, &three}) {
+                ScopedThreadPool scoped(pool);
+                std::vector<bf16> got(tokens * row, FloatToBF16(-1.0f));
+                internal::PagedAttentionWithPath(path, q.data(), row, tokens, start, gqa.heads, scale,
+                                                 cache.table.data(), cache.kv, got.data(), row);
+                ASSERT_EQ(FirstDifference(got, want), -1)
+                    << IsaName(isa) << " path " << static_cast<int>(path) << " threads " << pool->num_threads()
+                    << " dim " << dim << " heads " << gqa.heads << "/" << gqa.kv_heads << " start " << start
+                    << " tokens " << tokens;
+                ++cases;
+              }
             }
           }
+          internal::SetIsaForTesting(saved);
         }
       }
     }
   }
-  EXPECT_EQ(cases, 2 * 3 * 2 * 4 * 4 * 2);
+  EXPECT_EQ(cases, 2 * 3 * 2 * 4 * static_cast<int>(isas.size()) * 4 * 2);
 }
 
 }  // namespace
