@@ -592,11 +592,6 @@ void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride,
       pool.ParallelFor(num_groups * num_tiles, [&](int64_t task) {
         // The last tiles have the longest contexts: hand them out first.
         const int64_t tt = num_tiles - 1 - task / num_groups, g = task % num_groups;
-        if (tile == 1 && group <= 8) {  // one token, one row group: nothing to share (decode)
-          GroupAttentionAvx2(q, q_stride, tt, start_pos, g * group, std::min(num_heads, (g + 1) * group), g,
-                             scale, block_table, kv, out, out_stride);
-          return;
-        }
         TiledAttention(avx512, q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos, g * group,
                            std::min(num_heads, (g + 1) * group), g, scale, block_table, kv, out, out_stride);
       });
