@@ -217,8 +217,8 @@ const char* PathName(internal::AttentionPath path) {
   return "?";
 }
 
-void BenchAttention(int64_t tokens, bool decode, const std::vector<internal::AttentionPath>& paths, int passes,
-                    double min_seconds, double peak_gflops) {
+void BenchAttention(int64_t tokens, bool decode, const std::vector<internal::AttentionPath>& paths,
+                    int passes, double min_seconds, double peak_gflops) {
   const int64_t heads = 32, kv_heads = 4, dim = 128, block_size = 16;
   const int64_t num_blocks = (tokens + block_size - 1) / block_size;
   const int64_t queries = decode ? 1 : tokens, start = tokens - queries;
@@ -263,8 +263,9 @@ void BenchAttention(int64_t tokens, bool decode, const std::vector<internal::Att
     medians.push_back(per_call);
     const double gflops = 4.0 * dim * heads * pairs / per_call / 1e9;
     std::printf("%-8s %-14s %5s %5lld %10.1f %9s %7s %9.1f %7.3f\n", decode ? "attn-dec" : "attn",
-                (std::string("32q/4kv ") + PathName(paths[i])).c_str(), "bf16", static_cast<long long>(tokens),
-                per_call * 1e6, "-", "-", gflops, peak_gflops > 0 ? gflops / peak_gflops : 0.0);
+                (std::string("32q/4kv ") + PathName(paths[i])).c_str(), "bf16",
+                static_cast<long long>(tokens), per_call * 1e6, "-", "-", gflops,
+                peak_gflops > 0 ? gflops / peak_gflops : 0.0);
   }
   for (size_t i = 1; i < paths.size(); ++i) {
     std::printf("%-8s %5lld tokens: time %s / %s = %.3f (medians of %d interleaved passes)\n",

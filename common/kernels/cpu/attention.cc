@@ -253,7 +253,8 @@ MOE_AVX2_TARGET void TilePvAvx2(const float* const* prow, float* const* orow, co
     for (int64_t j = j0; j < jall; ++j) {
       const __m256 v = _mm256_loadu_ps(vf + (j - j0) * dim + d);
 #pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(prow[i][j]), v));
+      for (int i = 0; i < 8; ++i)
+        acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(prow[i][j]), v));
     }
     for (int64_t j = jall; j < j1; ++j) {
       const __m256 v = _mm256_loadu_ps(vf + (j - j0) * dim + d);
@@ -285,8 +286,8 @@ MOE_AVX512_TARGET inline __m256 SumHalves(__m512 x) {
 }
 
 // TileScoresAvx2 with 16-lane registers, two keys at a time.
-MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* srow, const float* kf, int64_t j0,
-                                        int64_t j1, int64_t dim, float scale) {
+MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* srow, const float* kf,
+                                        int64_t j0, int64_t j1, int64_t dim, float scale) {
   int64_t j = j0;
   for (; j + 2 <= j1; j += 2) {
     const float* k0 = kf + (j - j0) * dim;
@@ -329,7 +330,8 @@ MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* 
     for (int64_t d = 0; d < dim; d += 16) {
       const __m512 kv0 = _mm512_loadu_ps(k0 + d);
 #pragma GCC unroll 8
-      for (int i = 0; i < 8; ++i) a0[i] = _mm512_add_ps(a0[i], _mm512_mul_ps(_mm512_loadu_ps(qrow[i] + d), kv0));
+      for (int i = 0; i < 8; ++i)
+        a0[i] = _mm512_add_ps(a0[i], _mm512_mul_ps(_mm512_loadu_ps(qrow[i] + d), kv0));
     }
     __m256 s0[8];
 #pragma GCC unroll 8
@@ -346,12 +348,9 @@ MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* 
 
 // TilePvAvx2 with 16-lane registers, kChunks 16-element column chunks at a time.
 template <int kChunks>
-MOE_AVX512_TARGET inline __attribute__((always_inline)) void TilePvColumns512(const float* const* prow,
-                                                                              float* const* orow,
-                                                                              const int64_t* ctx, int nr,
-                                                                              const float* vf, int64_t j0,
-                                                                              int64_t jall, int64_t j1,
-                                                                              int64_t dim, int64_t d) {
+MOE_AVX512_TARGET inline __attribute__((always_inline)) void TilePvColumns512(
+    const float* const* prow, float* const* orow, const int64_t* ctx, int nr, const float* vf, int64_t j0,
+    int64_t jall, int64_t j1, int64_t dim, int64_t d) {
   __m512 acc[kChunks][8];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
@@ -397,6 +396,24 @@ MOE_AVX512_TARGET void TilePvAvx512(const float* const* prow, float* const* orow
   for (; d + 32 <= dim; d += 32) TilePvColumns512<2>(prow, orow, ctx, nr, vf, j0, jall, j1, dim, d);
   if (d < dim) TilePvColumns512<1>(prow, orow, ctx, nr, vf, j0, jall, j1, dim, d);
 }
+// Rows ahead whose cache lines WidenRows asks for (the paged rows are scattered).
+constexpr int64_t kPrefetchRows = 4;
+
+// WidenRows 16 elements at a time (head_dim % 16 == 0).
+MOE_AVX512_TARGET void WidenRowsAvx512(const bf16* const* rows, int64_t j0, int64_t j1, int64_t dim,
+                                       float* dst) {
+  for (int64_t j = j0; j < j1; ++j) {
+    if (j + kPrefetchRows < j1) {
+      for (int64_t d = 0; d < dim; d += 32)
+        _mm_prefetch(reinterpret_cast<const char*>(rows[j + kPrefetchRows] + d), _MM_HINT_T0);
+    }
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + d));
+      _mm512_storeu_ps(dst + (j - j0) * dim + d,
+                       _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)));
+    }
+  }
+}
 #pragma GCC diagnostic pop
 
 // RoundBF16 of 8 floats: round to nearest even, a NaN keeps its payload's top bits and turns quiet
@@ -408,8 +425,8 @@ MOE_AVX2_INLINE __m256 RoundBf16x8(__m256 x) {
   const __m256i rounded =
       _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), high);
   const __m256i quiet = _mm256_and_si256(_mm256_or_si256(u, _mm256_set1_epi32(0x400000)), high);
-  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
-                                         _mm256_set1_epi32(0x7f800000));
+  const __m256i nan =
+      _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
   return _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, quiet, nan));
 }
 
@@ -453,7 +470,8 @@ MOE_AVX2_TARGET void SoftmaxRowsAvx2(float* const* rows, const int64_t* n, int n
     float* sc = rows[i];
     const __m256 s8 = _mm256_set1_ps(sum[i]);
     int64_t j = 0;
-    for (; j + 8 <= n[i]; j += 8) _mm256_storeu_ps(sc + j, RoundBf16x8(_mm256_div_ps(_mm256_loadu_ps(sc + j), s8)));
+    for (; j + 8 <= n[i]; j += 8)
+      _mm256_storeu_ps(sc + j, RoundBf16x8(_mm256_div_ps(_mm256_loadu_ps(sc + j), s8)));
     for (; j < n[i]; ++j) sc[j] = RoundBF16(sc[j] / sum[i]);
   }
 }
@@ -466,8 +484,8 @@ struct TileScratch {
 
 // Tokens [t0, t1) and query heads [h0, h1), all reading KV head g.
 void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, int64_t t1, int64_t start_pos,
-                    int64_t h0, int64_t h1, int64_t g, float scale, const int32_t* block_table, const PagedKv& kv,
-                    bf16* out, int64_t out_stride) {
+                    int64_t h0, int64_t h1, int64_t g, float scale, const int32_t* block_table,
+                    const PagedKv& kv, bf16* out, int64_t out_stride) {
   thread_local TileScratch s;
   const int64_t dim = kv.head_dim, kv_row = kv.num_kv_heads * dim;
   const int64_t nh = h1 - h0, rows = (t1 - t0) * nh;
@@ -498,7 +516,7 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
   int64_t ctx8[8];
   for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
     const int64_t je = std::min(context, jb + kKeyBlock);
-    WidenRows(s.krow.data(), jb, je, dim, s.block.data());
+    (avx512 ? WidenRowsAvx512 : WidenRows)(s.krow.data(), jb, je, dim, s.block.data());
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const int64_t nr = std::min<int64_t>(8, rows - r0);
       const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
@@ -526,7 +544,7 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
   }
   for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
     const int64_t je = std::min(context, jb + kKeyBlock);
-    WidenRows(s.vrow.data(), jb, je, dim, s.block.data());
+    (avx512 ? WidenRowsAvx512 : WidenRows)(s.vrow.data(), jb, je, dim, s.block.data());
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const int64_t nr = std::min<int64_t>(8, rows - r0);
       const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
@@ -592,8 +610,9 @@ void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride,
       pool.ParallelFor(num_groups * num_tiles, [&](int64_t task) {
         // The last tiles have the longest contexts: hand them out first.
         const int64_t tt = num_tiles - 1 - task / num_groups, g = task % num_groups;
-        TiledAttention(avx512, q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos, g * group,
-                           std::min(num_heads, (g + 1) * group), g, scale, block_table, kv, out, out_stride);
+        TiledAttention(avx512, q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos,
+                       g * group, std::min(num_heads, (g + 1) * group), g, scale, block_table, kv, out,
+                       out_stride);
       });
       return;
     }
@@ -647,8 +666,8 @@ void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride,
 void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos, int64_t num_heads,
                     float scale, const int32_t* block_table, const PagedKv& kv, bf16* out,
                     int64_t out_stride) {
-  internal::PagedAttentionWithPath(internal::AttentionPath::kAuto, q, q_stride, num_tokens, start_pos, num_heads,
-                                   scale, block_table, kv, out, out_stride);
+  internal::PagedAttentionWithPath(internal::AttentionPath::kAuto, q, q_stride, num_tokens, start_pos,
+                                   num_heads, scale, block_table, kv, out, out_stride);
 }
 
 }  // namespace moe::kernels::cpu

@@ -213,7 +213,6 @@ TEST(PagedAttentionTest, DotProductFollowsDocumentedOrderOnEveryPath) {
   internal::SetIsaForTesting(saved);
 }
 
-
 // The contract of kernels.h written out once more, plainly, over the logical (unpaged) K and V
 // ([context, kv_heads, dim]): for each query row, 16 fp32 lanes where lane i adds q[d]*k[d] for
 // d = i mod 16 ascending, the fixed tree (i, i+8), (i, i+4), (i, i+2), (0, 1), times scale; max,
@@ -287,17 +286,17 @@ TEST(PagedAttentionTest, EveryPathGivesTheContractsBits) {
               ContractAttention(q, tokens, start, gqa.heads, scale, keys, values, gqa.kv_heads, dim);
           for (Isa isa : isas) {
             internal::SetIsaForTesting(isa);
-            for (AttentionPath path :
-                 {AttentionPath::kAuto, AttentionPath::kTiled, AttentionPath::kPerToken, AttentionPath::kScalar}) {
+            for (AttentionPath path : {AttentionPath::kAuto, AttentionPath::kTiled, AttentionPath::kPerToken,
+                                       AttentionPath::kScalar}) {
               for (ThreadPool* pool : {&one, &three}) {
                 ScopedThreadPool scoped(pool);
                 std::vector<bf16> got(tokens * row, FloatToBF16(-1.0f));
                 internal::PagedAttentionWithPath(path, q.data(), row, tokens, start, gqa.heads, scale,
                                                  cache.table.data(), cache.kv, got.data(), row);
                 ASSERT_EQ(FirstDifference(got, want), -1)
-                    << IsaName(isa) << " path " << static_cast<int>(path) << " threads " << pool->num_threads()
-                    << " dim " << dim << " heads " << gqa.heads << "/" << gqa.kv_heads << " start " << start
-                    << " tokens " << tokens;
+                    << IsaName(isa) << " path " << static_cast<int>(path) << " threads "
+                    << pool->num_threads() << " dim " << dim << " heads " << gqa.heads << "/" << gqa.kv_heads
+                    << " start " << start << " tokens " << tokens;
                 ++cases;
               }
             }
