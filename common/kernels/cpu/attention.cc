@@ -1,5 +1,6 @@
 // Paged KV cache writes and causal paged attention (docs/numerics.md#paged-attention, the fp32
-// path: fp32 QK^T and softmax, P rounded to bf16, fp32 P·V, bf16 output).
+// path: fp32 QK^T and softmax, P rounded to bf16, fp32 P·V, bf16 output). Three implementations
+// with identical results (attention_internal.h): scalar, per-token AVX2 and tiled AVX2/AVX-512.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -185,16 +186,18 @@ void GroupAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t, int64_t star
   }
 }
 
-// Tiled AVX2 path: one task per (KV group, tile of consecutive tokens). Its rows are the tile's
-// (token, query head) pairs, token-major, so a row's context (keys 0..its position) grows with the
-// row index. K and V are walked in blocks of kKeyBlock rows, each widened to fp32 once per tile and
-// then read from L1 by every row of the tile, instead of once per token as in the per-token path.
-// Every row still sees exactly the per-token path's operations in the same order: its dot product
-// keeps lane i of DotQK in the low or high 8-lane half and the Reduce16 tree, its softmax is the
-// same scalar loop, and its P·V accumulates from +0 in ascending j (blocks ascend; a row's partial
-// sums are stored and reloaded exactly between blocks). A row never reads a key past its
-// position: scores past it may be computed for a neighbouring row's sake but are never used, and
-// P·V skips those keys for that row.
+// Tiled path (what PagedAttention runs unless the portable ISA is active): one task per (KV group,
+// tile of consecutive tokens). Its rows are the tile's (token, query head) pairs, token-major, so a
+// row's context (keys 0..its position) grows with the row index. K and V are walked in blocks of
+// kKeyBlock rows, each widened to fp32 once per tile and then read from L1 by every row of the
+// tile (the per-token path widens them once per token), with AVX2 or, when the AVX-512 ISA is
+// active, AVX-512 register tiles of 8 rows. Every row still sees exactly the per-token path's
+// operations in the same order: its dot product keeps lane i of DotQK in lane i of its
+// accumulator(s) and the Reduce16 tree, its softmax computes the same values (SoftmaxRowsAvx2),
+// and its P·V accumulates from +0 in ascending j (blocks ascend; a row's partial sums are stored
+// and reloaded exactly between blocks). No key past the tile's last position is read; a row's
+// scores past its own position may be computed for a neighbouring row's sake but are never used,
+// and P·V skips those keys for that row.
 constexpr int64_t kTileRows = 64;  // rows per task at most (more when one group has more heads)
 constexpr int64_t kKeyBlock = 32;  // K or V rows widened to fp32 at a time (16 KiB at head_dim 128)
 
