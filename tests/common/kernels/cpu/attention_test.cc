@@ -309,5 +309,42 @@ TEST(PagedAttentionTest, EveryPathGivesTheContractsBits) {
   EXPECT_EQ(cases, 2 * 3 * 2 * 4 * static_cast<int>(isas.size()) * 4 * 2);
 }
 
+// Non-finite inputs do not make the paths disagree: a NaN in one query head, an infinite key
+// element (infinite or NaN scores), a huge value. Each path gives the contract's bits.
+TEST(PagedAttentionTest, NonFiniteInputsGiveTheContractsBits) {
+  using internal::AttentionPath;
+  const Isa saved = ActiveIsa();
+  const int64_t heads = 8, kv_heads = 2, dim = 64, block_size = 7, start = 3, tokens = 20;
+  const int64_t context = start + tokens, kv_row = kv_heads * dim, row = heads * dim;
+  TestCache cache((context + block_size - 1) / block_size, block_size, kv_heads, dim, 41);
+  std::vector<bf16> keys = RandomBf16(context * kv_row, 42), values = RandomBf16(context * kv_row, 43);
+  keys[5 * kv_row + 3] = FloatToBF16(INFINITY);           // key 5 of KV head 0
+  values[9 * kv_row + dim + 1] = FloatToBF16(-INFINITY);  // value 9 of KV head 1
+  values[2 * kv_row + 7] = FloatToBF16(3.0e38f);          // value 2 of KV head 0
+  WriteKv(keys.data(), kv_row, values.data(), kv_row, context, 0, cache.table.data(), cache.kv);
+  std::vector<bf16> q = RandomBf16(tokens * row, 44);
+  q[(4 * heads + 6) * dim + 10] = FloatToBF16(NAN);  // token 4, head 6
+  const std::vector<bf16> want =
+      ContractAttention(q, tokens, start, heads, 0.125f, keys, values, kv_heads, dim);
+  int nans = 0, infs = 0;
+  for (bf16 x : want) {
+    nans += std::isnan(BF16ToFloat(x)) ? 1 : 0;
+    infs += std::isinf(BF16ToFloat(x)) ? 1 : 0;
+  }
+  ASSERT_GT(nans, 0);  // the cases above do reach the output
+  ASSERT_GT(infs, 0);
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2Fma, Isa::kAvx512Bf16}) {
+    if (!CpuSupports(isa)) continue;
+    internal::SetIsaForTesting(isa);
+    for (AttentionPath path : {AttentionPath::kTiled, AttentionPath::kPerToken, AttentionPath::kScalar}) {
+      std::vector<bf16> got(tokens * row);
+      internal::PagedAttentionWithPath(path, q.data(), row, tokens, start, heads, 0.125f, cache.table.data(),
+                                       cache.kv, got.data(), row);
+      EXPECT_EQ(FirstDifference(got, want), -1) << IsaName(isa) << " path " << static_cast<int>(path);
+    }
+  }
+  internal::SetIsaForTesting(saved);
+}
+
 }  // namespace
 }  // namespace moe::kernels::cpu
