@@ -208,12 +208,25 @@ MOE_AVX2_TARGET void WidenRows(const bf16* const* rows, int64_t j0, int64_t j1, 
   }
 }
 
+// Elements d..d+7 of key or value row j: from the tile's fp32 block (block row j - j0) or, with
+// kBf16, widened straight from the paged row (a tile of one row group shares nothing).
+template <bool kBf16>
+MOE_AVX2_INLINE __m256 Row8(const float* block, const bf16* const* rows, int64_t j, int64_t j0, int64_t dim,
+                            int64_t d) {
+  if constexpr (kBf16) {
+    return Bf16x8(rows[j] + d);
+  } else {
+    return _mm256_loadu_ps(block + (j - j0) * dim + d);
+  }
+}
+
 // srow[i][j] = dot(qrow[i], key j) * scale for j in [j0, j1) and the 8 rows i whose srow[i] is
 // not null (the others repeat a real row's q and are dropped); key j is kf + (j - j0) * dim.
-MOE_AVX2_TARGET void TileScoresAvx2(const float* const* qrow, float* const* srow, const float* kf, int64_t j0,
-                                    int64_t j1, int64_t dim, float scale) {
+template <bool kBf16>
+MOE_AVX2_TARGET void TileScoresAvx2(const float* const* qrow, float* const* srow, const float* kf,
+                                    const bf16* const* krow, int64_t j0, int64_t j1, int64_t dim,
+                                    float scale) {
   for (int64_t j = j0; j < j1; ++j) {
-    const float* k = kf + (j - j0) * dim;
     __m256 s8[8];
 #pragma GCC unroll 2
     for (int h0 = 0; h0 < 8; h0 += 4) {
@@ -224,7 +237,8 @@ MOE_AVX2_TARGET void TileScoresAvx2(const float* const* qrow, float* const* srow
         hi[i] = _mm256_setzero_ps();
       }
       for (int64_t d = 0; d < dim; d += 16) {
-        const __m256 klo = _mm256_loadu_ps(k + d), khi = _mm256_loadu_ps(k + d + 8);
+        const __m256 klo = Row8<kBf16>(kf, krow, j, j0, dim, d),
+                     khi = Row8<kBf16>(kf, krow, j, j0, dim, d + 8);
 #pragma GCC unroll 8
         for (int i = 0; i < 4; ++i) {
           lo[i] = _mm256_add_ps(lo[i], _mm256_mul_ps(_mm256_loadu_ps(qrow[h0 + i] + d), klo));
@@ -247,20 +261,22 @@ MOE_AVX2_TARGET void TileScoresAvx2(const float* const* qrow, float* const* srow
 // orow[i][d] += prow[i][j] * value j [d] for j ascending in [j0, j1), for the first nr of 8 rows
 // (the others repeat row nr - 1 and are not stored); value j is vf + (j - j0) * dim. Every row
 // takes all of [j0, jall); row i takes j in [jall, j1) only while j < ctx[i].
+template <bool kBf16>
 MOE_AVX2_TARGET void TilePvAvx2(const float* const* prow, float* const* orow, const int64_t* ctx, int nr,
-                                const float* vf, int64_t j0, int64_t jall, int64_t j1, int64_t dim) {
+                                const float* vf, const bf16* const* vrow, int64_t j0, int64_t jall,
+                                int64_t j1, int64_t dim) {
   for (int64_t d = 0; d < dim; d += 8) {
     __m256 acc[8];
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) acc[i] = _mm256_loadu_ps(orow[i] + d);
     for (int64_t j = j0; j < jall; ++j) {
-      const __m256 v = _mm256_loadu_ps(vf + (j - j0) * dim + d);
+      const __m256 v = Row8<kBf16>(vf, vrow, j, j0, dim, d);
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i)
         acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(prow[i][j]), v));
     }
     for (int64_t j = jall; j < j1; ++j) {
-      const __m256 v = _mm256_loadu_ps(vf + (j - j0) * dim + d);
+      const __m256 v = Row8<kBf16>(vf, vrow, j, j0, dim, d);
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) {
         if (j < ctx[i]) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(prow[i][j]), v));
@@ -288,18 +304,32 @@ MOE_AVX512_TARGET inline __m256 SumHalves(__m512 x) {
                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
 }
 
+// Row8 with 16 elements.
+template <bool kBf16>
+MOE_AVX512_TARGET inline __attribute__((always_inline)) __m512 Row16(const float* block,
+                                                                     const bf16* const* rows, int64_t j,
+                                                                     int64_t j0, int64_t dim, int64_t d) {
+  if constexpr (kBf16) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + d));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  } else {
+    return _mm512_loadu_ps(block + (j - j0) * dim + d);
+  }
+}
+
 // TileScoresAvx2 with 16-lane registers, two keys at a time.
+template <bool kBf16>
 MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* srow, const float* kf,
-                                        int64_t j0, int64_t j1, int64_t dim, float scale) {
+                                        const bf16* const* krow, int64_t j0, int64_t j1, int64_t dim,
+                                        float scale) {
   int64_t j = j0;
   for (; j + 2 <= j1; j += 2) {
-    const float* k0 = kf + (j - j0) * dim;
-    const float* k1 = k0 + dim;
     __m512 a0[8], a1[8];
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
     for (int64_t d = 0; d < dim; d += 16) {
-      const __m512 kv0 = _mm512_loadu_ps(k0 + d), kv1 = _mm512_loadu_ps(k1 + d);
+      const __m512 kv0 = Row16<kBf16>(kf, krow, j, j0, dim, d),
+                   kv1 = Row16<kBf16>(kf, krow, j + 1, j0, dim, d);
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i) {
         const __m512 qv = _mm512_loadu_ps(qrow[i] + d);
@@ -326,12 +356,11 @@ MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* 
     }
   }
   if (j < j1) {
-    const float* k0 = kf + (j - j0) * dim;
     __m512 a0[8];
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) a0[i] = _mm512_setzero_ps();
     for (int64_t d = 0; d < dim; d += 16) {
-      const __m512 kv0 = _mm512_loadu_ps(k0 + d);
+      const __m512 kv0 = Row16<kBf16>(kf, krow, j, j0, dim, d);
 #pragma GCC unroll 8
       for (int i = 0; i < 8; ++i)
         a0[i] = _mm512_add_ps(a0[i], _mm512_mul_ps(_mm512_loadu_ps(qrow[i] + d), kv0));
@@ -350,10 +379,10 @@ MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* 
 }
 
 // TilePvAvx2 with 16-lane registers, kChunks 16-element column chunks at a time.
-template <int kChunks>
+template <bool kBf16, int kChunks>
 MOE_AVX512_TARGET inline __attribute__((always_inline)) void TilePvColumns512(
-    const float* const* prow, float* const* orow, const int64_t* ctx, int nr, const float* vf, int64_t j0,
-    int64_t jall, int64_t j1, int64_t dim, int64_t d) {
+    const float* const* prow, float* const* orow, const int64_t* ctx, int nr, const float* vf,
+    const bf16* const* vrow, int64_t j0, int64_t jall, int64_t j1, int64_t dim, int64_t d) {
   __m512 acc[kChunks][8];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
@@ -363,7 +392,7 @@ MOE_AVX512_TARGET inline __attribute__((always_inline)) void TilePvColumns512(
   for (int64_t j = j0; j < jall; ++j) {
     __m512 v[kChunks];
 #pragma GCC unroll 2
-    for (int c = 0; c < kChunks; ++c) v[c] = _mm512_loadu_ps(vf + (j - j0) * dim + d + 16 * c);
+    for (int c = 0; c < kChunks; ++c) v[c] = Row16<kBf16>(vf, vrow, j, j0, dim, d + 16 * c);
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) {
       const __m512 p = _mm512_set1_ps(prow[i][j]);
@@ -374,7 +403,7 @@ MOE_AVX512_TARGET inline __attribute__((always_inline)) void TilePvColumns512(
   for (int64_t j = jall; j < j1; ++j) {
     __m512 v[kChunks];
 #pragma GCC unroll 2
-    for (int c = 0; c < kChunks; ++c) v[c] = _mm512_loadu_ps(vf + (j - j0) * dim + d + 16 * c);
+    for (int c = 0; c < kChunks; ++c) v[c] = Row16<kBf16>(vf, vrow, j, j0, dim, d + 16 * c);
 #pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) {
       if (j < ctx[i]) {
@@ -393,11 +422,14 @@ MOE_AVX512_TARGET inline __attribute__((always_inline)) void TilePvColumns512(
   }
 }
 
+template <bool kBf16>
 MOE_AVX512_TARGET void TilePvAvx512(const float* const* prow, float* const* orow, const int64_t* ctx, int nr,
-                                    const float* vf, int64_t j0, int64_t jall, int64_t j1, int64_t dim) {
+                                    const float* vf, const bf16* const* vrow, int64_t j0, int64_t jall,
+                                    int64_t j1, int64_t dim) {
   int64_t d = 0;
-  for (; d + 32 <= dim; d += 32) TilePvColumns512<2>(prow, orow, ctx, nr, vf, j0, jall, j1, dim, d);
-  if (d < dim) TilePvColumns512<1>(prow, orow, ctx, nr, vf, j0, jall, j1, dim, d);
+  for (; d + 32 <= dim; d += 32)
+    TilePvColumns512<kBf16, 2>(prow, orow, ctx, nr, vf, vrow, j0, jall, j1, dim, d);
+  if (d < dim) TilePvColumns512<kBf16, 1>(prow, orow, ctx, nr, vf, vrow, j0, jall, j1, dim, d);
 }
 // Rows ahead whose cache lines WidenRows asks for (the paged rows are scattered).
 constexpr int64_t kPrefetchRows = 4;
@@ -497,6 +529,8 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
   s.scores.resize(rows * context);
   s.out.assign(rows * dim, 0.0f);
   s.block.resize(kKeyBlock * dim);
+  // One row group (decode): nothing to share, so the kernels read the paged rows directly.
+  const bool direct = rows <= 8;
   s.ctx.resize(rows);
   s.krow.resize(context);
   s.vrow.resize(context);
@@ -519,7 +553,7 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
   int64_t ctx8[8];
   for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
     const int64_t je = std::min(context, jb + kKeyBlock);
-    (avx512 ? WidenRowsAvx512 : WidenRows)(s.krow.data(), jb, je, dim, s.block.data());
+    if (!direct) (avx512 ? WidenRowsAvx512 : WidenRows)(s.krow.data(), jb, je, dim, s.block.data());
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const int64_t nr = std::min<int64_t>(8, rows - r0);
       const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
@@ -530,9 +564,11 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
         srow[i] = i < nr ? s.scores.data() + r * context : nullptr;
       }
       if (avx512) {
-        TileScoresAvx512(qrow, srow, s.block.data(), jb, j1, dim, scale);
+        (direct ? TileScoresAvx512<true> : TileScoresAvx512<false>)(qrow, srow, s.block.data(), s.krow.data(),
+                                                                    jb, j1, dim, scale);
       } else {
-        TileScoresAvx2(qrow, srow, s.block.data(), jb, j1, dim, scale);
+        (direct ? TileScoresAvx2<true> : TileScoresAvx2<false>)(qrow, srow, s.block.data(), s.krow.data(), jb,
+                                                                j1, dim, scale);
       }
     }
   }
@@ -547,7 +583,7 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
   }
   for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
     const int64_t je = std::min(context, jb + kKeyBlock);
-    (avx512 ? WidenRowsAvx512 : WidenRows)(s.vrow.data(), jb, je, dim, s.block.data());
+    if (!direct) (avx512 ? WidenRowsAvx512 : WidenRows)(s.vrow.data(), jb, je, dim, s.block.data());
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const int64_t nr = std::min<int64_t>(8, rows - r0);
       const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
@@ -560,9 +596,11 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
         ctx8[i] = s.ctx[r];
       }
       if (avx512) {
-        TilePvAvx512(prow, orow, ctx8, static_cast<int>(nr), s.block.data(), jb, jall, j1, dim);
+        (direct ? TilePvAvx512<true> : TilePvAvx512<false>)(prow, orow, ctx8, static_cast<int>(nr),
+                                                            s.block.data(), s.vrow.data(), jb, jall, j1, dim);
       } else {
-        TilePvAvx2(prow, orow, ctx8, static_cast<int>(nr), s.block.data(), jb, jall, j1, dim);
+        (direct ? TilePvAvx2<true> : TilePvAvx2<false>)(prow, orow, ctx8, static_cast<int>(nr),
+                                                        s.block.data(), s.vrow.data(), jb, jall, j1, dim);
       }
     }
   }
