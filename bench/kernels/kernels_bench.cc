@@ -18,6 +18,7 @@
 
 #include "CLI/CLI.hpp"
 #include "bench/util/memory_bandwidth.h"
+#include "common/kernels/cpu/attention_internal.h"
 #include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
 #include "common/kernels/cpu/thread_pool.h"
@@ -190,12 +191,38 @@ void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_
   }
 }
 
-// Causal prefill attention of `tokens` positions (start 0) with Qwen3-30B-A3B's heads (32 query
-// heads, 4 KV heads, head_dim 128): QK^T and PV flops (2 per multiply-add) per second.
-void BenchPrefillAttention(int64_t tokens, double min_seconds, double peak_gflops) {
+// Causal attention with Qwen3-30B-A3B's heads (32 query heads, 4 KV heads, head_dim 128) over a
+// `tokens`-position sequence: the prefill of all of it from position 0 ("attn"), and the decode of
+// its last position alone ("attn-dec"). Each implementation in `paths` (internal::AttentionPath) is
+// timed in `passes` interleaved rounds, so they see the same machine load; the table gives each
+// one's median time and QK^T + PV GFLOP/s (2 flops per multiply-add), and a last line the ratio of
+// the medians of the first path to the others.
+double MedianOf(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+const char* PathName(internal::AttentionPath path) {
+  switch (path) {
+    case internal::AttentionPath::kAuto:
+      return "auto";
+    case internal::AttentionPath::kScalar:
+      return "scalar";
+    case internal::AttentionPath::kPerToken:
+      return "pertoken";
+    case internal::AttentionPath::kTiled:
+      return "tiled";
+  }
+  return "?";
+}
+
+void BenchAttention(int64_t tokens, bool decode, const std::vector<internal::AttentionPath>& paths,
+                    int passes, double min_seconds, double peak_gflops) {
   const int64_t heads = 32, kv_heads = 4, dim = 128, block_size = 16;
   const int64_t num_blocks = (tokens + block_size - 1) / block_size;
-  std::vector<bf16> q(tokens * heads * dim), out(tokens * heads * dim);
+  const int64_t queries = decode ? 1 : tokens, start = tokens - queries;
+  std::vector<bf16> q(queries * heads * dim), out(queries * heads * dim);
   std::vector<bf16> k(num_blocks * block_size * kv_heads * dim), v(k.size());
   uint64_t s = 7;
   auto fill = [&](std::vector<bf16>& a) {
@@ -209,24 +236,42 @@ void BenchPrefillAttention(int64_t tokens, double min_seconds, double peak_gflop
   for (int64_t b = 0; b < num_blocks; ++b)
     table[b] = static_cast<int32_t>(num_blocks - 1 - b);  // not in order
   const PagedKv kv{k.data(), v.data(), block_size, kv_heads, dim};
-  auto run = [&] {
-    PagedAttention(q.data(), heads * dim, tokens, 0, heads, 0.08838834764f, table.data(), kv, out.data(),
-                   heads * dim);
+  auto run = [&](internal::AttentionPath path) {
+    internal::PagedAttentionWithPath(path, q.data(), heads * dim, queries, start, heads, 0.08838834764f,
+                                     table.data(), kv, out.data(), heads * dim);
   };
-  run();
-  size_t calls = 0;
-  const auto t0 = Clock::now();
-  double elapsed = 0;
-  while (elapsed < min_seconds || calls < 2) {
-    run();
-    ++calls;
-    elapsed = Seconds(t0, Clock::now());
+  std::vector<std::vector<double>> times(paths.size());
+  for (int pass = 0; pass < passes; ++pass) {
+    for (size_t i = 0; i < paths.size(); ++i) {
+      if (pass == 0) run(paths[i]);  // warm up (scratch, caches)
+      size_t calls = 0;
+      const auto t0 = Clock::now();
+      double elapsed = 0;
+      while (elapsed < min_seconds || calls < 1) {
+        run(paths[i]);
+        ++calls;
+        elapsed = Seconds(t0, Clock::now());
+      }
+      times[i].push_back(elapsed / calls);
+    }
   }
-  const double per_call = elapsed / calls;
-  const double gflops = 4.0 * dim * heads * (tokens * (tokens + 1) / 2) / per_call / 1e9;
-  std::printf("%-8s %-14s %5s %5lld %10.1f %9s %7s %9.1f %7.3f\n", "attn", "32q/4kv x 128", "bf16",
-              static_cast<long long>(tokens), per_call * 1e6, "-", "-", gflops,
-              peak_gflops > 0 ? gflops / peak_gflops : 0.0);
+  // Query q at position start + q sees start + q + 1 keys.
+  const double pairs = decode ? static_cast<double>(tokens) : tokens * (tokens + 1) / 2.0;
+  std::vector<double> medians;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const double per_call = MedianOf(times[i]);
+    medians.push_back(per_call);
+    const double gflops = 4.0 * dim * heads * pairs / per_call / 1e9;
+    std::printf("%-8s %-14s %5s %5lld %10.1f %9s %7s %9.1f %7.3f\n", decode ? "attn-dec" : "attn",
+                (std::string("32q/4kv ") + PathName(paths[i])).c_str(), "bf16",
+                static_cast<long long>(tokens), per_call * 1e6, "-", "-", gflops,
+                peak_gflops > 0 ? gflops / peak_gflops : 0.0);
+  }
+  for (size_t i = 1; i < paths.size(); ++i) {
+    std::printf("%-8s %5lld tokens: time %s / %s = %.3f (medians of %d interleaved passes)\n",
+                decode ? "attn-dec" : "attn", static_cast<long long>(tokens), PathName(paths[0]),
+                PathName(paths[i]), medians[0] / medians[i], passes);
+  }
   std::fflush(stdout);
 }
 
@@ -240,7 +285,9 @@ int main(int argc, char** argv) {
   bool skip_prefill = false;
   std::vector<std::string> layers;
   std::vector<int64_t> rows_option;
-  int64_t attention_tokens = 512;
+  std::vector<int64_t> attention_tokens = {512};
+  std::vector<std::string> attention_paths = {"tiled", "pertoken", "scalar"};
+  int attention_passes = 3;
   std::string dtype = "all";
   app.add_option("--buffer-mib", buffer_mib, "Size of each bandwidth test buffer (MiB)");
   app.add_option("--pool-mib", pool_mib, "Total bytes of weight copies cycled per shape (MiB)");
@@ -248,16 +295,26 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-prefill", skip_prefill, "Skip the 512-row measurements");
   app.add_option("--rows", rows_option, "Row counts to measure (default 1 8 32 512)");
   app.add_option("--attention-tokens", attention_tokens,
-                 "Prefill length of the attention measurement (0: skip)");
+                 "Sequence lengths of the attention measurements (default 512; 0: skip)");
+  app.add_option("--attention-paths", attention_paths,
+                 "Attention implementations to time, the first against the others (default tiled pertoken "
+                 "scalar)")
+      ->check(CLI::IsMember({"auto", "tiled", "pertoken", "scalar"}));
+  app.add_option("--attention-passes", attention_passes, "Interleaved rounds per attention measurement");
+  bool only_attention = false;
+  app.add_flag("--only-attention", only_attention, "Skip the bandwidth, peak and Linear measurements");
   app.add_option("--layers", layers, "Only these layers (q_proj, kv_proj, o_proj, expert, down, lm_head)");
   app.add_option("--dtype", dtype, "Only this weight dtype: bf16, fp8 or all")
       ->check(CLI::IsMember({"bf16", "fp8", "all"}));
   CLI11_PARSE(app, argc, argv);
 
   std::printf("isa=%s threads=%d\n", KernelIsa(), ThreadPool::Global().num_threads());
-  const Bandwidth bw = MeasureBandwidth(static_cast<size_t>(buffer_mib * 1048576), 5);
-  std::printf("copy bandwidth (read+write): %.1f GB/s\nread bandwidth (streaming sum): %.1f GB/s\n",
-              bw.copy_gbs, bw.read_gbs);
+  Bandwidth bw{};
+  if (!only_attention) {
+    bw = MeasureBandwidth(static_cast<size_t>(buffer_mib * 1048576), 5);
+    std::printf("copy bandwidth (read+write): %.1f GB/s\nread bandwidth (streaming sum): %.1f GB/s\n",
+                bw.copy_gbs, bw.read_gbs);
+  }
   const Peak peak = MeasurePeak();
   std::printf("compute peak (%s, register-blocked): %.1f GFLOP/s\n\n", peak.instruction, peak.gflops);
   std::printf("%-8s %-14s %5s %5s %10s %9s %7s %9s %7s\n", "layer", "N x K", "dtype", "rows", "us/call",
@@ -267,6 +324,7 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {{"q_proj", 4096, 2048}, {"kv_proj", 512, 2048}, {"o_proj", 2048, 4096},
                           {"expert", 768, 2048},  {"down", 2048, 768},    {"lm_head", 151936, 2048}};
   for (const Shape& shape : shapes) {
+    if (only_attention) break;
     if (!layers.empty() && std::find(layers.begin(), layers.end(), shape.name) == layers.end()) continue;
     for (bool fp8 : {false, true}) {
       if (dtype != "all" && (dtype == "fp8") != fp8) continue;
@@ -278,7 +336,18 @@ int main(int argc, char** argv) {
                   peak.gflops);
     }
   }
-  if (attention_tokens > 0) BenchPrefillAttention(attention_tokens, min_seconds, peak.gflops);
+  std::vector<internal::AttentionPath> paths;
+  for (const std::string& name : attention_paths) {
+    paths.push_back(name == "tiled"      ? internal::AttentionPath::kTiled
+                    : name == "pertoken" ? internal::AttentionPath::kPerToken
+                    : name == "scalar"   ? internal::AttentionPath::kScalar
+                                         : internal::AttentionPath::kAuto);
+  }
+  for (int64_t tokens : attention_tokens) {
+    if (tokens <= 0) continue;
+    BenchAttention(tokens, /*decode=*/false, paths, std::max(1, attention_passes), min_seconds, peak.gflops);
+    BenchAttention(tokens, /*decode=*/true, paths, std::max(1, attention_passes), min_seconds, peak.gflops);
+  }
   // Measured again at the end: a large difference means the machine's load changed during the run.
   const Peak peak_after = MeasurePeak();
   std::printf("\ncompute peak at the end: %.1f GFLOP/s\n", peak_after.gflops);

@@ -1,10 +1,12 @@
 // Paged KV cache writes and causal paged attention (docs/numerics.md#paged-attention, the fp32
-// path: fp32 QK^T and softmax, P rounded to bf16, fp32 P·V, bf16 output).
+// path: fp32 QK^T and softmax, P rounded to bf16, fp32 P·V, bf16 output). Three implementations
+// with identical results (attention_internal.h): scalar, per-token AVX2 and tiled AVX2/AVX-512.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
 
+#include "common/kernels/cpu/attention_internal.h"
 #include "common/kernels/cpu/avx2_reduce.h"
 #include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
@@ -183,6 +185,430 @@ void GroupAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t, int64_t star
     for (int64_t d = 0; d < dim; ++d) o[d] = FloatToBF16(s.out[hh * dim + d]);
   }
 }
+
+// Tiled path (what PagedAttention runs unless the portable ISA is active): one task per (KV group,
+// tile of consecutive tokens). Its rows are the tile's (token, query head) pairs, token-major, so a
+// row's context (keys 0..its position) grows with the row index. K and V are walked in blocks of
+// kKeyBlock rows, each widened to fp32 once per tile and then read from L1 by every row of the
+// tile (the per-token path widens them once per token), with AVX2 or, when the AVX-512 ISA is
+// active, AVX-512 register tiles of 8 rows. Every row still sees exactly the per-token path's
+// operations in the same order: its dot product keeps lane i of DotQK in lane i of its
+// accumulator(s) and the Reduce16 tree, its softmax computes the same values (SoftmaxRowsAvx2),
+// and its P·V accumulates from +0 in ascending j (blocks ascend; a row's partial sums are stored
+// and reloaded exactly between blocks). No key past the tile's last position is read; a row's
+// scores past its own position may be computed for a neighbouring row's sake but are never used,
+// and P·V skips those keys for that row.
+constexpr int64_t kTileRows = 64;  // rows per task at most (more when one group has more heads)
+constexpr int64_t kKeyBlock = 32;  // K or V rows widened to fp32 at a time (16 KiB at head_dim 128)
+
+// dst[(j - j0) * dim + d] = row j's element d as fp32, for j in [j0, j1).
+MOE_AVX2_TARGET void WidenRows(const bf16* const* rows, int64_t j0, int64_t j1, int64_t dim, float* dst) {
+  for (int64_t j = j0; j < j1; ++j) {
+    for (int64_t d = 0; d < dim; d += 8) _mm256_storeu_ps(dst + (j - j0) * dim + d, Bf16x8(rows[j] + d));
+  }
+}
+
+// Elements d..d+7 of key or value row j: from the tile's fp32 block (block row j - j0) or, with
+// kBf16, widened straight from the paged row (a tile of one row group shares nothing).
+template <bool kBf16>
+MOE_AVX2_INLINE __m256 Row8(const float* block, const bf16* const* rows, int64_t j, int64_t j0, int64_t dim,
+                            int64_t d) {
+  if constexpr (kBf16) {
+    return Bf16x8(rows[j] + d);
+  } else {
+    return _mm256_loadu_ps(block + (j - j0) * dim + d);
+  }
+}
+
+// srow[i][j] = dot(qrow[i], key j) * scale for j in [j0, j1) and the 8 rows i whose srow[i] is
+// not null (the others repeat a real row's q and are dropped); key j is kf + (j - j0) * dim.
+template <bool kBf16>
+MOE_AVX2_TARGET void TileScoresAvx2(const float* const* qrow, float* const* srow, const float* kf,
+                                    const bf16* const* krow, int64_t j0, int64_t j1, int64_t dim,
+                                    float scale) {
+  for (int64_t j = j0; j < j1; ++j) {
+    __m256 s8[8];
+#pragma GCC unroll 2
+    for (int h0 = 0; h0 < 8; h0 += 4) {
+      __m256 lo[4], hi[4];
+#pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) {
+        lo[i] = _mm256_setzero_ps();
+        hi[i] = _mm256_setzero_ps();
+      }
+      for (int64_t d = 0; d < dim; d += 16) {
+        const __m256 klo = Row8<kBf16>(kf, krow, j, j0, dim, d),
+                     khi = Row8<kBf16>(kf, krow, j, j0, dim, d + 8);
+#pragma GCC unroll 8
+        for (int i = 0; i < 4; ++i) {
+          lo[i] = _mm256_add_ps(lo[i], _mm256_mul_ps(_mm256_loadu_ps(qrow[h0 + i] + d), klo));
+          hi[i] = _mm256_add_ps(hi[i], _mm256_mul_ps(_mm256_loadu_ps(qrow[h0 + i] + d + 8), khi));
+        }
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < 4; ++i) s8[h0 + i] = _mm256_add_ps(lo[i], hi[i]);
+    }
+    alignas(32) float dots[8];
+    _mm256_store_ps(dots, Reduce8x8(s8));
+#pragma GCC unroll 8
+    for (int lane = 0; lane < 8; ++lane) {
+      float* dst = srow[kLaneOutput[lane]];
+      if (dst != nullptr) dst[j] = dots[lane] * scale;
+    }
+  }
+}
+
+// orow[i][d] += prow[i][j] * value j [d] for j ascending in [j0, j1), for the first nr of 8 rows
+// (the others repeat row nr - 1 and are not stored); value j is vf + (j - j0) * dim. Every row
+// takes all of [j0, jall); row i takes j in [jall, j1) only while j < ctx[i].
+template <bool kBf16>
+MOE_AVX2_TARGET void TilePvAvx2(const float* const* prow, float* const* orow, const int64_t* ctx, int nr,
+                                const float* vf, const bf16* const* vrow, int64_t j0, int64_t jall,
+                                int64_t j1, int64_t dim) {
+  for (int64_t d = 0; d < dim; d += 8) {
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) acc[i] = _mm256_loadu_ps(orow[i] + d);
+    for (int64_t j = j0; j < jall; ++j) {
+      const __m256 v = Row8<kBf16>(vf, vrow, j, j0, dim, d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i)
+        acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(prow[i][j]), v));
+    }
+    for (int64_t j = jall; j < j1; ++j) {
+      const __m256 v = Row8<kBf16>(vf, vrow, j, j0, dim, d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        if (j < ctx[i]) acc[i] = _mm256_add_ps(acc[i], _mm256_mul_ps(_mm256_set1_ps(prow[i][j]), v));
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      if (i < nr) _mm256_storeu_ps(orow[i] + d, acc[i]);
+    }
+  }
+}
+
+// AVX-512 forms of the two micro-kernels, used when the AVX-512 ISA is active. They add exactly
+// as the AVX2 ones do: a 16-lane dot product accumulator holds lane i of DotQK in its lane i (the
+// AVX2 kernel's low and high halves side by side), its two 8-lane halves are added and reduced by
+// the same Reduce8x8, and P·V adds each element's products in the same ascending j.
+#define MOE_AVX512_TARGET __attribute__((target("avx512f,avx2")))
+// GCC 12's AVX-512 headers trip -Wmaybe-uninitialized on their own extract helpers.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+MOE_AVX512_TARGET inline __m256 SumHalves(__m512 x) {
+  return _mm256_add_ps(_mm512_castps512_ps256(x),
+                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+}
+
+// Row8 with 16 elements.
+template <bool kBf16>
+MOE_AVX512_TARGET inline __attribute__((always_inline)) __m512 Row16(const float* block,
+                                                                     const bf16* const* rows, int64_t j,
+                                                                     int64_t j0, int64_t dim, int64_t d) {
+  if constexpr (kBf16) {
+    const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + d));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  } else {
+    return _mm512_loadu_ps(block + (j - j0) * dim + d);
+  }
+}
+
+// TileScoresAvx2 with 16-lane registers, two keys at a time.
+template <bool kBf16>
+MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* srow, const float* kf,
+                                        const bf16* const* krow, int64_t j0, int64_t j1, int64_t dim,
+                                        float scale) {
+  int64_t j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    __m512 a0[8], a1[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __m512 kv0 = Row16<kBf16>(kf, krow, j, j0, dim, d),
+                   kv1 = Row16<kBf16>(kf, krow, j + 1, j0, dim, d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        const __m512 qv = _mm512_loadu_ps(qrow[i] + d);
+        a0[i] = _mm512_add_ps(a0[i], _mm512_mul_ps(qv, kv0));
+        a1[i] = _mm512_add_ps(a1[i], _mm512_mul_ps(qv, kv1));
+      }
+    }
+    __m256 s0[8], s1[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      s0[i] = SumHalves(a0[i]);
+      s1[i] = SumHalves(a1[i]);
+    }
+    alignas(32) float dots0[8], dots1[8];
+    _mm256_store_ps(dots0, Reduce8x8(s0));
+    _mm256_store_ps(dots1, Reduce8x8(s1));
+#pragma GCC unroll 8
+    for (int lane = 0; lane < 8; ++lane) {
+      float* dst = srow[kLaneOutput[lane]];
+      if (dst != nullptr) {
+        dst[j] = dots0[lane] * scale;
+        dst[j + 1] = dots1[lane] * scale;
+      }
+    }
+  }
+  if (j < j1) {
+    __m512 a0[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a0[i] = _mm512_setzero_ps();
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __m512 kv0 = Row16<kBf16>(kf, krow, j, j0, dim, d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i)
+        a0[i] = _mm512_add_ps(a0[i], _mm512_mul_ps(_mm512_loadu_ps(qrow[i] + d), kv0));
+    }
+    __m256 s0[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) s0[i] = SumHalves(a0[i]);
+    alignas(32) float dots0[8];
+    _mm256_store_ps(dots0, Reduce8x8(s0));
+#pragma GCC unroll 8
+    for (int lane = 0; lane < 8; ++lane) {
+      float* dst = srow[kLaneOutput[lane]];
+      if (dst != nullptr) dst[j] = dots0[lane] * scale;
+    }
+  }
+}
+
+// TilePvAvx2 with 16-lane registers, kChunks 16-element column chunks at a time.
+template <bool kBf16, int kChunks>
+MOE_AVX512_TARGET inline __attribute__((always_inline)) void TilePvColumns512(
+    const float* const* prow, float* const* orow, const int64_t* ctx, int nr, const float* vf,
+    const bf16* const* vrow, int64_t j0, int64_t jall, int64_t j1, int64_t dim, int64_t d) {
+  __m512 acc[kChunks][8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+#pragma GCC unroll 2
+    for (int c = 0; c < kChunks; ++c) acc[c][i] = _mm512_loadu_ps(orow[i] + d + 16 * c);
+  }
+  for (int64_t j = j0; j < jall; ++j) {
+    __m512 v[kChunks];
+#pragma GCC unroll 2
+    for (int c = 0; c < kChunks; ++c) v[c] = Row16<kBf16>(vf, vrow, j, j0, dim, d + 16 * c);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      const __m512 p = _mm512_set1_ps(prow[i][j]);
+#pragma GCC unroll 2
+      for (int c = 0; c < kChunks; ++c) acc[c][i] = _mm512_add_ps(acc[c][i], _mm512_mul_ps(p, v[c]));
+    }
+  }
+  for (int64_t j = jall; j < j1; ++j) {
+    __m512 v[kChunks];
+#pragma GCC unroll 2
+    for (int c = 0; c < kChunks; ++c) v[c] = Row16<kBf16>(vf, vrow, j, j0, dim, d + 16 * c);
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      if (j < ctx[i]) {
+        const __m512 p = _mm512_set1_ps(prow[i][j]);
+#pragma GCC unroll 2
+        for (int c = 0; c < kChunks; ++c) acc[c][i] = _mm512_add_ps(acc[c][i], _mm512_mul_ps(p, v[c]));
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    if (i < nr) {
+#pragma GCC unroll 2
+      for (int c = 0; c < kChunks; ++c) _mm512_storeu_ps(orow[i] + d + 16 * c, acc[c][i]);
+    }
+  }
+}
+
+template <bool kBf16>
+MOE_AVX512_TARGET void TilePvAvx512(const float* const* prow, float* const* orow, const int64_t* ctx, int nr,
+                                    const float* vf, const bf16* const* vrow, int64_t j0, int64_t jall,
+                                    int64_t j1, int64_t dim) {
+  int64_t d = 0;
+  for (; d + 32 <= dim; d += 32)
+    TilePvColumns512<kBf16, 2>(prow, orow, ctx, nr, vf, vrow, j0, jall, j1, dim, d);
+  if (d < dim) TilePvColumns512<kBf16, 1>(prow, orow, ctx, nr, vf, vrow, j0, jall, j1, dim, d);
+}
+// Rows ahead whose cache lines WidenRows asks for (the paged rows are scattered).
+constexpr int64_t kPrefetchRows = 4;
+
+// WidenRows 16 elements at a time (head_dim % 16 == 0).
+MOE_AVX512_TARGET void WidenRowsAvx512(const bf16* const* rows, int64_t j0, int64_t j1, int64_t dim,
+                                       float* dst) {
+  for (int64_t j = j0; j < j1; ++j) {
+    if (j + kPrefetchRows < j1) {
+      for (int64_t d = 0; d < dim; d += 32)
+        _mm_prefetch(reinterpret_cast<const char*>(rows[j + kPrefetchRows] + d), _MM_HINT_T0);
+    }
+    for (int64_t d = 0; d < dim; d += 16) {
+      const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows[j] + d));
+      _mm512_storeu_ps(dst + (j - j0) * dim + d,
+                       _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16)));
+    }
+  }
+}
+#pragma GCC diagnostic pop
+
+// RoundBF16 of 8 floats: round to nearest even, a NaN keeps its payload's top bits and turns quiet
+// (FloatToBF16 then BF16ToFloat, lane by lane).
+MOE_AVX2_INLINE __m256 RoundBf16x8(__m256 x) {
+  const __m256i u = _mm256_castps_si256(x);
+  const __m256i high = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_and_si256(_mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), lsb)), high);
+  const __m256i quiet = _mm256_and_si256(_mm256_or_si256(u, _mm256_set1_epi32(0x400000)), high);
+  const __m256i nan =
+      _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)), _mm256_set1_epi32(0x7f800000));
+  return _mm256_castsi256_ps(_mm256_blendv_epi8(rounded, quiet, nan));
+}
+
+// The scalar path's softmax of the first nr of 8 rows (row i holds n[i] scores; the others repeat
+// row nr - 1 and are left alone): max_score, then e_j = exp(s_j - max_score) and their sum in
+// ascending j from +0, then P_j = RoundBF16(e_j / sum), all in place. The max is taken 8 lanes at a
+// time, which gives the same value (std::max and MAX_PS both skip a NaN score here, and a -0/+0
+// choice does not change any s_j - max_score's exp); the sums of the rows run interleaved, each
+// still in ascending j; division and rounding are exact per element in any width.
+MOE_AVX2_TARGET void SoftmaxRowsAvx2(float* const* rows, const int64_t* n, int nr) {
+  float max_score[8], sum[8];
+  for (int i = 0; i < nr; ++i) {
+    const float* sc = rows[i];
+    __m256 m8 = _mm256_set1_ps(-INFINITY);
+    int64_t j = 0;
+    for (; j + 8 <= n[i]; j += 8) m8 = _mm256_max_ps(_mm256_loadu_ps(sc + j), m8);
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, m8);
+    float m = -INFINITY;
+    for (float x : lanes) m = std::max(m, x);
+    for (; j < n[i]; ++j) m = std::max(m, sc[j]);
+    max_score[i] = m;
+  }
+  for (int i = 0; i < nr; ++i) {
+    float* sc = rows[i];
+    for (int64_t j = 0; j < n[i]; ++j) sc[j] = std::exp(sc[j] - max_score[i]);
+  }
+  int64_t common = n[0];
+  for (int i = 0; i < 8; ++i) {
+    sum[i] = 0.0f;
+    common = std::min(common, n[i]);
+  }
+  for (int64_t j = 0; j < common; ++j) {
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) sum[i] += rows[i][j];
+  }
+  for (int i = 0; i < nr; ++i) {
+    for (int64_t j = common; j < n[i]; ++j) sum[i] += rows[i][j];
+  }
+  for (int i = 0; i < nr; ++i) {
+    float* sc = rows[i];
+    const __m256 s8 = _mm256_set1_ps(sum[i]);
+    int64_t j = 0;
+    for (; j + 8 <= n[i]; j += 8)
+      _mm256_storeu_ps(sc + j, RoundBf16x8(_mm256_div_ps(_mm256_loadu_ps(sc + j), s8)));
+    for (; j < n[i]; ++j) sc[j] = RoundBF16(sc[j] / sum[i]);
+  }
+}
+
+struct TileScratch {
+  std::vector<float> q, scores, out, block;
+  std::vector<int64_t> ctx;
+  std::vector<const bf16*> krow, vrow;
+};
+
+// Tokens [t0, t1) and query heads [h0, h1), all reading KV head g.
+void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, int64_t t1, int64_t start_pos,
+                    int64_t h0, int64_t h1, int64_t g, float scale, const int32_t* block_table,
+                    const PagedKv& kv, bf16* out, int64_t out_stride) {
+  thread_local TileScratch s;
+  const int64_t dim = kv.head_dim, kv_row = kv.num_kv_heads * dim;
+  const int64_t nh = h1 - h0, rows = (t1 - t0) * nh;
+  const int64_t context = start_pos + t1;  // the last token's
+  s.q.resize(rows * dim);
+  s.scores.resize(rows * context);
+  s.out.assign(rows * dim, 0.0f);
+  s.block.resize(kKeyBlock * dim);
+  // One row group (decode): nothing to share, so the kernels read the paged rows directly.
+  const bool direct = rows <= 8;
+  s.ctx.resize(rows);
+  s.krow.resize(context);
+  s.vrow.resize(context);
+  for (int64_t j = 0; j < context; ++j) {
+    const int64_t slot =
+        static_cast<int64_t>(block_table[j / kv.block_size]) * kv.block_size + j % kv.block_size;
+    s.krow[j] = kv.k + slot * kv_row + g * dim;
+    s.vrow[j] = kv.v + slot * kv_row + g * dim;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t t = t0 + r / nh;
+    const bf16* qh = q + t * q_stride + (h0 + r % nh) * dim;
+    for (int64_t d = 0; d < dim; ++d) s.q[r * dim + d] = BF16ToFloat(qh[d]);
+    s.ctx[r] = start_pos + t + 1;
+  }
+  const float* qrow[8];
+  float* srow[8];
+  const float* prow[8];
+  float* orow[8];
+  int64_t ctx8[8];
+  for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
+    const int64_t je = std::min(context, jb + kKeyBlock);
+    if (!direct) (avx512 ? WidenRowsAvx512 : WidenRows)(s.krow.data(), jb, je, dim, s.block.data());
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+      const int64_t nr = std::min<int64_t>(8, rows - r0);
+      const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
+      if (j1 <= jb) continue;
+      for (int64_t i = 0; i < 8; ++i) {
+        const int64_t r = r0 + std::min(i, nr - 1);
+        qrow[i] = s.q.data() + r * dim;
+        srow[i] = i < nr ? s.scores.data() + r * context : nullptr;
+      }
+      if (avx512) {
+        (direct ? TileScoresAvx512<true> : TileScoresAvx512<false>)(qrow, srow, s.block.data(), s.krow.data(),
+                                                                    jb, j1, dim, scale);
+      } else {
+        (direct ? TileScoresAvx2<true> : TileScoresAvx2<false>)(qrow, srow, s.block.data(), s.krow.data(), jb,
+                                                                j1, dim, scale);
+      }
+    }
+  }
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const int64_t nr = std::min<int64_t>(8, rows - r0);
+    for (int64_t i = 0; i < 8; ++i) {
+      const int64_t r = r0 + std::min(i, nr - 1);
+      srow[i] = s.scores.data() + r * context;
+      ctx8[i] = s.ctx[r];
+    }
+    SoftmaxRowsAvx2(srow, ctx8, static_cast<int>(nr));
+  }
+  for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
+    const int64_t je = std::min(context, jb + kKeyBlock);
+    if (!direct) (avx512 ? WidenRowsAvx512 : WidenRows)(s.vrow.data(), jb, je, dim, s.block.data());
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+      const int64_t nr = std::min<int64_t>(8, rows - r0);
+      const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
+      if (j1 <= jb) continue;
+      const int64_t jall = std::clamp(s.ctx[r0], jb, j1);
+      for (int64_t i = 0; i < 8; ++i) {
+        const int64_t r = r0 + std::min(i, nr - 1);
+        prow[i] = s.scores.data() + r * context;
+        orow[i] = s.out.data() + r * dim;
+        ctx8[i] = s.ctx[r];
+      }
+      if (avx512) {
+        (direct ? TilePvAvx512<true> : TilePvAvx512<false>)(prow, orow, ctx8, static_cast<int>(nr),
+                                                            s.block.data(), s.vrow.data(), jb, jall, j1, dim);
+      } else {
+        (direct ? TilePvAvx2<true> : TilePvAvx2<false>)(prow, orow, ctx8, static_cast<int>(nr),
+                                                        s.block.data(), s.vrow.data(), jb, jall, j1, dim);
+      }
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    bf16* o = out + (t0 + r / nh) * out_stride + (h0 + r % nh) * dim;
+    for (int64_t d = 0; d < dim; ++d) o[d] = FloatToBF16(s.out[r * dim + d]);
+  }
+}
 #endif  // MOE_ATTENTION_AVX2
 
 }  // namespace
@@ -199,18 +625,40 @@ void WriteKv(const bf16* k, int64_t k_stride, const bf16* v, int64_t v_stride, i
   }
 }
 
-void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos, int64_t num_heads,
-                    float scale, const int32_t* block_table, const PagedKv& kv, bf16* out,
-                    int64_t out_stride) {
+namespace internal {
+
+void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride, int64_t num_tokens,
+                            int64_t start_pos, int64_t num_heads, float scale, const int32_t* block_table,
+                            const PagedKv& kv, bf16* out, int64_t out_stride) {
   if (num_tokens <= 0 || num_heads <= 0 || kv.num_kv_heads <= 0) return;
   const int64_t dim = kv.head_dim;
   const int64_t group = std::max<int64_t>(1, num_heads / kv.num_kv_heads);
   const int64_t kv_row = kv.num_kv_heads * dim;
+  if (path == AttentionPath::kAuto) {
+    path = ActiveIsa() == Isa::kPortable ? AttentionPath::kScalar : AttentionPath::kTiled;
+  }
 #if MOE_ATTENTION_AVX2
-  if (ActiveIsa() == Isa::kAvx2Fma && dim % 16 == 0) {
+  const int64_t num_groups = (num_heads + group - 1) / group;
+  if (path != AttentionPath::kScalar && dim % 16 == 0 && CpuSupports(Isa::kAvx2Fma)) {
+    ThreadPool& pool = ThreadPool::Current();
+    if (path == AttentionPath::kTiled) {
+      // Tiles of up to kTileRows rows, halved while that leaves fewer than 4 tasks per thread.
+      // Each task owns its rows' output vectors, and a row's bits do not depend on its tile.
+      int64_t tile = std::max<int64_t>(1, kTileRows / group);
+      while (tile > 1 && num_groups * ((num_tokens + tile - 1) / tile) < 4 * pool.num_threads()) tile /= 2;
+      const int64_t num_tiles = (num_tokens + tile - 1) / tile;
+      const bool avx512 = ActiveIsa() == Isa::kAvx512Bf16;  // implies AVX-512 F
+      pool.ParallelFor(num_groups * num_tiles, [&](int64_t task) {
+        // The last tiles have the longest contexts: hand them out first.
+        const int64_t tt = num_tiles - 1 - task / num_groups, g = task % num_groups;
+        TiledAttention(avx512, q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos,
+                       g * group, std::min(num_heads, (g + 1) * group), g, scale, block_table, kv, out,
+                       out_stride);
+      });
+      return;
+    }
     // One task per (token, KV group): each owns its heads' output vectors.
-    const int64_t num_groups = (num_heads + group - 1) / group;
-    ThreadPool::Current().ParallelFor(num_tokens * num_groups, [&](int64_t task) {
+    pool.ParallelFor(num_tokens * num_groups, [&](int64_t task) {
       const int64_t t = task / num_groups, g = task % num_groups;
       GroupAttentionAvx2(q, q_stride, t, start_pos, g * group, std::min(num_heads, (g + 1) * group), g, scale,
                          block_table, kv, out, out_stride);
@@ -252,6 +700,15 @@ void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t
     bf16* o = out + t * out_stride + h * dim;
     for (int64_t d = 0; d < dim; ++d) o[d] = FloatToBF16(s.out[d]);
   });
+}
+
+}  // namespace internal
+
+void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos, int64_t num_heads,
+                    float scale, const int32_t* block_table, const PagedKv& kv, bf16* out,
+                    int64_t out_stride) {
+  internal::PagedAttentionWithPath(internal::AttentionPath::kAuto, q, q_stride, num_tokens, start_pos,
+                                   num_heads, scale, block_table, kv, out, out_stride);
 }
 
 }  // namespace moe::kernels::cpu

@@ -3,6 +3,7 @@
 #include <random>
 #include <vector>
 
+#include "common/kernels/cpu/attention_internal.h"
 #include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
 #include "common/kernels/cpu/thread_pool.h"
@@ -208,6 +209,139 @@ TEST(PagedAttentionTest, DotProductFollowsDocumentedOrderOnEveryPath) {
                    heads * dim);
     for (int64_t i = 0; i < heads * dim; ++i)
       ASSERT_EQ(BF16ToFloat(out[i]), 0.5f) << IsaName(isa) << " " << i;
+  }
+  internal::SetIsaForTesting(saved);
+}
+
+// The contract of kernels.h written out once more, plainly, over the logical (unpaged) K and V
+// ([context, kv_heads, dim]): for each query row, 16 fp32 lanes where lane i adds q[d]*k[d] for
+// d = i mod 16 ascending, the fixed tree (i, i+8), (i, i+4), (i, i+2), (0, 1), times scale; max,
+// exp and sum in ascending j; P rounded to bf16; o from +0 adding P_j * v_j in ascending j; bf16.
+// This file builds with -ffp-contract=off, so every multiply and add rounds separately.
+std::vector<bf16> ContractAttention(const std::vector<bf16>& q, int64_t num_tokens, int64_t start_pos,
+                                    int64_t num_heads, float scale, const std::vector<bf16>& keys,
+                                    const std::vector<bf16>& values, int64_t kv_heads, int64_t dim) {
+  const int64_t group = num_heads / kv_heads;
+  std::vector<bf16> out(num_tokens * num_heads * dim);
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int64_t h = 0; h < num_heads; ++h) {
+      const bf16* qh = q.data() + (t * num_heads + h) * dim;
+      const int64_t kvh = h / group, context = start_pos + t + 1;
+      std::vector<float> p(context);
+      for (int64_t j = 0; j < context; ++j) {
+        const bf16* k = keys.data() + (j * kv_heads + kvh) * dim;
+        float lane[16] = {};
+        for (int64_t d = 0; d < dim; ++d) lane[d % 16] += BF16ToFloat(qh[d]) * BF16ToFloat(k[d]);
+        float s8[8], s4[4];
+        for (int i = 0; i < 8; ++i) s8[i] = lane[i] + lane[i + 8];
+        for (int i = 0; i < 4; ++i) s4[i] = s8[i] + s8[i + 4];
+        p[j] = ((s4[0] + s4[2]) + (s4[1] + s4[3])) * scale;
+      }
+      float max_s = -INFINITY, sum = 0.0f;
+      for (float x : p) max_s = std::max(max_s, x);
+      for (float& x : p) sum += (x = std::exp(x - max_s));
+      std::vector<float> o(dim, 0.0f);
+      for (int64_t j = 0; j < context; ++j) {
+        const float pj = RoundBF16(p[j] / sum);
+        const bf16* v = values.data() + (j * kv_heads + kvh) * dim;
+        for (int64_t d = 0; d < dim; ++d) o[d] += pj * BF16ToFloat(v[d]);
+      }
+      for (int64_t d = 0; d < dim; ++d) out[(t * num_heads + h) * dim + d] = FloatToBF16(o[d]);
+    }
+  }
+  return out;
+}
+
+// Every implementation (the tiled one PagedAttention runs, the per-token AVX2 one, the scalar one)
+// gives the contract's bits on odd shapes: 1, 7, 33 and 130 queries from position 0 and from
+// mid-sequence, a block size that divides no context, GQA ratios 1, 4 and 8, head_dim 64 and 128,
+// one and three threads (which changes the tiling), and every ISA this CPU has.
+TEST(PagedAttentionTest, EveryPathGivesTheContractsBits) {
+  using internal::AttentionPath;
+  const int64_t block_size = 7;
+  struct Gqa {
+    int64_t heads, kv_heads;
+  };
+  ThreadPool three(3), one(1);
+  const Isa saved = ActiveIsa();
+  // The tiled path has AVX2 and AVX-512 micro-kernels, picked by the active ISA.
+  std::vector<Isa> isas;
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2Fma, Isa::kAvx512Bf16}) {
+    if (CpuSupports(isa)) isas.push_back(isa);
+  }
+  int cases = 0;
+  for (int64_t dim : {64, 128}) {
+    for (const Gqa& gqa : {Gqa{3, 3}, Gqa{8, 2}, Gqa{16, 2}}) {
+      for (int64_t start : {0, 45}) {
+        for (int64_t tokens : {1, 7, 33, 130}) {
+          const int64_t context = start + tokens, kv_row = gqa.kv_heads * dim, row = gqa.heads * dim;
+          const uint32_t seed = static_cast<uint32_t>(dim + gqa.heads + start + tokens);
+          TestCache cache((context + block_size - 1) / block_size + 1, block_size, gqa.kv_heads, dim, seed);
+          const std::vector<bf16> keys = RandomBf16(context * kv_row, seed + 1, 3.0f);
+          const std::vector<bf16> values = RandomBf16(context * kv_row, seed + 2);
+          WriteKv(keys.data(), kv_row, values.data(), kv_row, context, 0, cache.table.data(), cache.kv);
+          const std::vector<bf16> q = RandomBf16(tokens * row, seed + 3, 3.0f);
+          const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+          const std::vector<bf16> want =
+              ContractAttention(q, tokens, start, gqa.heads, scale, keys, values, gqa.kv_heads, dim);
+          for (Isa isa : isas) {
+            internal::SetIsaForTesting(isa);
+            for (AttentionPath path : {AttentionPath::kAuto, AttentionPath::kTiled, AttentionPath::kPerToken,
+                                       AttentionPath::kScalar}) {
+              for (ThreadPool* pool : {&one, &three}) {
+                ScopedThreadPool scoped(pool);
+                std::vector<bf16> got(tokens * row, FloatToBF16(-1.0f));
+                internal::PagedAttentionWithPath(path, q.data(), row, tokens, start, gqa.heads, scale,
+                                                 cache.table.data(), cache.kv, got.data(), row);
+                ASSERT_EQ(FirstDifference(got, want), -1)
+                    << IsaName(isa) << " path " << static_cast<int>(path) << " threads "
+                    << pool->num_threads() << " dim " << dim << " heads " << gqa.heads << "/" << gqa.kv_heads
+                    << " start " << start << " tokens " << tokens;
+                ++cases;
+              }
+            }
+          }
+          internal::SetIsaForTesting(saved);
+        }
+      }
+    }
+  }
+  EXPECT_EQ(cases, 2 * 3 * 2 * 4 * static_cast<int>(isas.size()) * 4 * 2);
+}
+
+// Non-finite inputs do not make the paths disagree: a NaN in one query head, an infinite key
+// element (infinite or NaN scores), a huge value. Each path gives the contract's bits.
+TEST(PagedAttentionTest, NonFiniteInputsGiveTheContractsBits) {
+  using internal::AttentionPath;
+  const Isa saved = ActiveIsa();
+  const int64_t heads = 8, kv_heads = 2, dim = 64, block_size = 7, start = 3, tokens = 20;
+  const int64_t context = start + tokens, kv_row = kv_heads * dim, row = heads * dim;
+  TestCache cache((context + block_size - 1) / block_size, block_size, kv_heads, dim, 41);
+  std::vector<bf16> keys = RandomBf16(context * kv_row, 42), values = RandomBf16(context * kv_row, 43);
+  keys[5 * kv_row + 3] = FloatToBF16(INFINITY);           // key 5 of KV head 0
+  values[9 * kv_row + dim + 1] = FloatToBF16(-INFINITY);  // value 9 of KV head 1
+  values[2 * kv_row + 7] = FloatToBF16(3.0e38f);          // value 2 of KV head 0
+  WriteKv(keys.data(), kv_row, values.data(), kv_row, context, 0, cache.table.data(), cache.kv);
+  std::vector<bf16> q = RandomBf16(tokens * row, 44);
+  q[(4 * heads + 6) * dim + 10] = FloatToBF16(NAN);  // token 4, head 6
+  const std::vector<bf16> want =
+      ContractAttention(q, tokens, start, heads, 0.125f, keys, values, kv_heads, dim);
+  int nans = 0, infs = 0;
+  for (bf16 x : want) {
+    nans += std::isnan(BF16ToFloat(x)) ? 1 : 0;
+    infs += std::isinf(BF16ToFloat(x)) ? 1 : 0;
+  }
+  ASSERT_GT(nans, 0);  // the cases above do reach the output
+  ASSERT_GT(infs, 0);
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2Fma, Isa::kAvx512Bf16}) {
+    if (!CpuSupports(isa)) continue;
+    internal::SetIsaForTesting(isa);
+    for (AttentionPath path : {AttentionPath::kTiled, AttentionPath::kPerToken, AttentionPath::kScalar}) {
+      std::vector<bf16> got(tokens * row);
+      internal::PagedAttentionWithPath(path, q.data(), row, tokens, start, heads, 0.125f, cache.table.data(),
+                                       cache.kv, got.data(), row);
+      EXPECT_EQ(FirstDifference(got, want), -1) << IsaName(isa) << " path " << static_cast<int>(path);
+    }
   }
   internal::SetIsaForTesting(saved);
 }

@@ -1,0 +1,29 @@
+// Internals of PagedAttention (not a public interface): its implementations, selectable so that
+// tests can compare them bit for bit and kernels_bench can time them against each other.
+#ifndef MOE_COMMON_KERNELS_CPU_ATTENTION_INTERNAL_H_
+#define MOE_COMMON_KERNELS_CPU_ATTENTION_INTERNAL_H_
+
+#include <cstdint>
+
+#include "common/kernels/cpu/kernels.h"
+
+namespace moe::kernels::cpu::internal {
+
+// Every path computes each query row with exactly the operations, in the order, that kernels.h
+// and docs/numerics.md#paged-attention document, so all give the same bits.
+enum class AttentionPath {
+  kAuto,      // what PagedAttention runs: kTiled unless the portable ISA is active, then kScalar
+  kScalar,    // one task per (token, query head), plain C++
+  kPerToken,  // AVX2, one task per (token, KV group): the group's query heads share each K/V load
+  kTiled,     // AVX2, one task per (KV group, tile of tokens): K/V blocks widened once per tile
+};
+
+// PagedAttention through `path`. The AVX2 paths need head_dim % 16 == 0 and an AVX2 CPU; without
+// them they run kScalar.
+void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride, int64_t num_tokens,
+                            int64_t start_pos, int64_t num_heads, float scale, const int32_t* block_table,
+                            const PagedKv& kv, bf16* out, int64_t out_stride);
+
+}  // namespace moe::kernels::cpu::internal
+
+#endif  // MOE_COMMON_KERNELS_CPU_ATTENTION_INTERNAL_H_
