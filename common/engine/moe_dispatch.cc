@@ -58,8 +58,13 @@ absl::Status MoeDispatcher::SendParts(DispatchHandle* handle, const std::vector<
     std::vector<int64_t>& live = live_of_expert[static_cast<size_t>(expert)];
     if (!known[static_cast<size_t>(expert)]) {
       known[static_cast<size_t>(expert)] = true;
-      for (int64_t w : placement_.Hosts(expert)) {
-        if (!excluded[static_cast<size_t>(w)] && Live(w)) live.push_back(w);
+      const int64_t num_home_hosts = placement_.replicas();  // Hosts(): the replicas, then the extras
+      const std::vector<int64_t> hosts = placement_.Hosts(expert);
+      for (size_t i = 0; i < hosts.size(); ++i) {
+        const int64_t w = hosts[i];
+        const bool lost_copy =
+            static_cast<int64_t>(i) >= num_home_hosts && extras_lost_[static_cast<size_t>(w)];
+        if (!excluded[static_cast<size_t>(w)] && !lost_copy && Live(w)) live.push_back(w);
       }
     }
     if (live.empty()) {
@@ -126,6 +131,7 @@ absl::Status MoeDispatcher::SetPlacement(ExpertPlacement placement) {
     }
   }
   placement_ = std::move(placement);
+  std::fill(extras_lost_.begin(), extras_lost_.end(), false);
   return absl::OkStatus();
 }
 
@@ -185,8 +191,29 @@ absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
       same = view.groups[g].expert == sent[g].expert && view.groups[g].num_rows == sent[g].num_rows;
     }
     if (!same) {
-      return absl::InternalError(absl::StrCat("expert worker ", part.worker,
-                                              " answered a different round layout (it failed the round)"));
+      const int64_t w = part.worker;
+      const bool holds_extras = !placement_.extra_experts(w).empty();
+      if (!holds_extras || extras_lost_[static_cast<size_t>(w)] || !view.groups.empty()) {
+        return absl::InternalError(
+            absl::StrCat("expert worker ", w, " answered a different round layout (it failed the round)"));
+      }
+      // Alive but without the extra copies the placement gives it (a restart loses them): its extra
+      // copies get no rows from now on, and this part goes out again on that basis (its home rows
+      // may go back to it).
+      extras_lost_[static_cast<size_t>(w)] = true;
+      ++handle.resends;
+      ++resends_;
+      const std::vector<int32_t> slots = part.slots;  // SendParts may reallocate handle.parts
+      const std::vector<bool> none_excluded(static_cast<size_t>(placement_.num_workers()), false);
+      const absl::Status resent = SendParts(&handle, slots, none_excluded, /*every_live_worker=*/false);
+      if (!resent.ok()) {
+        return absl::UnavailableError(absl::StrCat(
+            "expert worker ", w, " failed the round without its extra copies; ", resent.message()));
+      }
+      deadlines.resize(handle.parts.size(), absl::Now() + timeout_);
+      answers.back() = transport::Message();
+      rows.push_back(nullptr);
+      continue;
     }
     rows.push_back(view.rows);
   }

@@ -86,6 +86,12 @@ class MoeDispatcher {
   // is re-sent to other live replicas of the same shards (failover); the combine order is fixed, so
   // the result is the same whoever answers. UNAVAILABLE when a part's experts have no other live
   // replica; INTERNAL if an answer does not match what was sent.
+  //
+  // A worker that fails a round while alive (its answer is empty: e.g. an expert worker restarted
+  // since the balancer loaded its extra copies, which it lost) and holds extra copies in this
+  // placement is taken to have lost them: from then on, until the next SetPlacement, its extra copies
+  // get no rows (its home shard still does), and the failed part is re-sent on that basis. A second
+  // such answer from it is INTERNAL.
   absl::Status Combine(DispatchHandle& handle, bf16* out);
 
   // Parts re-sent after a failure since the last call (then resets).
@@ -95,8 +101,9 @@ class MoeDispatcher {
   // Switches to `placement` (a new version from the balancer) for the rounds dispatched from now on.
   // Call it between rounds (the engine does, between steps): a round's re-sends use the placement it
   // was dispatched with only if no switch came in between, so never switch inside a step. Every worker
-  // the new placement sends an expert to must hold it already. INVALID_ARGUMENT unless only the extra
-  // copies differ (same experts, workers, replicas and peers).
+  // the new placement sends an expert to must hold it already (so the extra copies a worker was
+  // taken to have lost count again). INVALID_ARGUMENT unless only the extra copies differ (same
+  // experts, workers, replicas and peers).
   absl::Status SetPlacement(ExpertPlacement placement);
   // Rows dispatched since the last call (then resets).
   ExpertLoad TakeLoad();
@@ -134,6 +141,8 @@ class MoeDispatcher {
   int64_t hidden_;
   absl::Duration timeout_;
   ExpertLiveness* liveness_;
+  // Workers taken to have lost their extra copies (see Combine), per worker; reset by SetPlacement.
+  std::vector<bool> extras_lost_ = std::vector<bool>(static_cast<size_t>(placement_.num_workers()), false);
   uint64_t resends_ = 0;
   ExpertLoad load_;
   absl::Duration dispatch_time_;

@@ -167,6 +167,47 @@ TEST(EngineBalancerTest, ExtraCopiesTakeFailedOverRows) {
   }
 }
 
+// An expert worker that restarts after a rebalance comes back without its extra copies; the
+// placement still sends it rows of them. Its empty answers fail no step: the dispatcher stops using
+// its extra copies (its home shard still gets rows) and re-sends the part; outputs keep the bits of
+// an unbalanced run.
+TEST(EngineBalancerTest, AWorkerThatLostItsExtraCopiesFailsNoStep) {
+  auto reference = MakeEngine(kSkewed, 1);
+  auto engine = MakeEngine(kSkewed, 4);
+  ASSERT_NE(reference, nullptr);
+  ASSERT_NE(engine, nullptr);
+  AddRequests(*reference);
+  AddRequests(*engine);
+  std::map<std::string, Output> expected, outputs;
+  while (reference->HasWork()) Collect(reference->Step(), &expected);
+  for (int i = 0; i < 4; ++i) Collect(engine->Step(), &outputs);
+  auto plan =
+      engine->RebalanceExperts(engine->TakeExpertLoad(), 4 * engine->embedded_experts()->ExpertBytes());
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_FALSE(plan->added.empty());
+  // "Restart" every worker that got copies: it holds its home shard only.
+  for (const auto& [expert, worker] : plan->added) {
+    ASSERT_TRUE(engine->embedded_experts()->blocks()[static_cast<size_t>(worker)]->SetExtraExperts({}).ok());
+  }
+  int64_t resends = 0;
+  ASSERT_TRUE(engine->HasWork()) << "the loss must happen mid-generation";
+  while (engine->HasWork()) {
+    Collect(engine->Step(), &outputs);
+    resends += engine->last_step_stats().expert_resends;
+  }
+  EXPECT_GT(resends, 0) << "the lost copies were never asked for";
+  for (const auto& [id, want] : expected) {
+    const Output& got = outputs[id];
+    EXPECT_EQ(got.finish, FinishReason::kLength) << id << ": " << got.error;
+    EXPECT_EQ(got.tokens, want.tokens) << id;
+    ASSERT_EQ(got.logprobs.size(), want.logprobs.size()) << id;
+    for (size_t i = 0; i < want.logprobs.size(); ++i) {
+      EXPECT_EQ(std::bit_cast<uint32_t>(got.logprobs[i]), std::bit_cast<uint32_t>(want.logprobs[i]))
+          << id << " token " << i;
+    }
+  }
+}
+
 TEST(EngineBalancerTest, RejectsBadRebalances) {
   auto engine = MakeEngine(kSkewed, 2);
   ASSERT_NE(engine, nullptr);
