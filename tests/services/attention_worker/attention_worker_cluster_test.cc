@@ -287,6 +287,62 @@ TEST(AttentionWorkerBalancerTest, SwitchesPlacementMidStreamOnlyOnceTheExpertsAr
   EXPECT_GT(later_sum, expert_sum);
 }
 
+// Every expert on both workers: each worker holds the other's whole shard as extra copies, so about
+// half of every expert's rows, cold experts included, are computed by a copy loaded at run time
+// (LoadExtraExperts) rather than by the home shard. Concurrent streams (so a row's host varies with
+// its place in the round) keep embedded mode's tokens and logprobs.
+TEST(AttentionWorkerBalancerTest, EveryExpertCopiedToTheOtherWorkerKeepsEmbeddedModesBits) {
+  const std::string& model = moe::testing::TestModelDir("tiny+skewed", "bf16");
+  Cluster cluster(model, 2, {"--extra_expert_budget_bytes", std::to_string(int64_t{64} << 30)});
+  std::vector<std::pair<int, int>> copies;
+  for (int w = 0; w < 2; ++w) {
+    auto other = v1::ExpertControl::NewStub(
+        grpc::CreateChannel(cluster.ExpertAddress(1 - w), grpc::InsecureChannelCredentials()));
+    v1::ExpertWorkerInfo info;
+    {
+      grpc::ClientContext context;
+      ASSERT_TRUE(other->GetInfo(&context, v1::GetInfoRequest(), &info).ok());
+    }
+    auto mine = v1::ExpertControl::NewStub(
+        grpc::CreateChannel(cluster.ExpertAddress(w), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+    v1::LoadExtraExpertsRequest request;
+    request.set_placement_version(1);
+    for (int e = info.first_expert(); e < info.first_expert() + info.num_experts(); ++e) {
+      request.add_experts(e);
+      copies.emplace_back(e, w);
+    }
+    v1::LoadExtraExpertsResponse response;
+    const grpc::Status loaded = mine->LoadExtraExperts(&context, request, &response);
+    ASSERT_TRUE(loaded.ok()) << loaded.error_message();
+  }
+  const grpc::Status switched = SetPlacement(cluster.stub(), 1, copies);
+  ASSERT_TRUE(switched.ok()) << switched.error_message() << "\n" << cluster.log();
+
+  constexpr int kStreams = 9, kTokens = 160;
+  std::vector<Generated> want;
+  for (const auto& prompt : Prompts()) want.push_back(Embedded(model, prompt, kTokens));
+  std::vector<Generated> got(kStreams);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kStreams; ++i) {
+    threads.emplace_back([&, i] {
+      got[static_cast<size_t>(i)] = cluster.Generate(
+          GreedyRequest(absl::StrCat("s", i), Prompts()[static_cast<size_t>(i) % Prompts().size()], kTokens));
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kStreams; ++i) {
+    const Generated& g = got[static_cast<size_t>(i)];
+    const Generated& w = want[static_cast<size_t>(i) % want.size()];
+    ASSERT_TRUE(g.status.ok()) << i << ": " << g.status.error_message() << "\n" << cluster.log();
+    EXPECT_EQ(g.tokens, w.tokens) << "stream " << i;
+    EXPECT_EQ(g.logprobs, w.logprobs) << "stream " << i;
+  }
+  const v1::WorkerLoad load = cluster.Load();
+  EXPECT_EQ(load.expert_placement_version(), 1u);
+}
+
 // An expert worker joining and leaving a running cluster (issue 8 item 7, docs/operations.md#scaling):
 // under 32 streams a joinable worker is started, the placement gives it its shard's experts as
 // copies (refused before it is connected), it takes rows, then a placement without it is switched
