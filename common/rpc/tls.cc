@@ -127,8 +127,12 @@ std::shared_ptr<grpc::Channel> ClientCredentials::CreateChannel(const std::strin
 
 void ApplyInternalChannelDefaults(grpc::ChannelArguments* args) {
   args->SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args->SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args->SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+  // gRPC's MIN_CONNECT_TIMEOUT (doc/connection-backoff.md): the least time one connection attempt
+  // (TCP, TLS handshake, HTTP/2 settings) gets before it is abandoned. It must not follow the short
+  // backoff: at 100 ms a handshake with a busy worker was abandoned ("handshaker shutdown") and the
+  // call failed UNAVAILABLE although the worker was up.
+  args->SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, kInternalMinConnectTimeoutMs);
 }
 
 absl::StatusOr<ClientCredentials> MakeClientCredentials(const TlsOptions& options) {

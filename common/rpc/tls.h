@@ -88,7 +88,10 @@ class ClientCredentials {
 // What every internal channel gets (CreateChannel applies it): reconnect backoff of 100 ms growing to
 // at most 1 s, so that a restarted worker is dialed again within a second instead of on gRPC's
 // default backoff, which grows to minutes (after a 120 s outage, 62 s passed before an attention
-// worker reconnected to its expert worker).
+// worker reconnected to its expert worker); and at least kInternalMinConnectTimeoutMs for each
+// connection attempt, so that a worker slow to finish a handshake (loaded, or a sanitizer build) is
+// still reached. gRPC takes GRPC_ARG_MIN_RECONNECT_BACKOFF_MS as that minimum, not as a backoff.
+inline constexpr int kInternalMinConnectTimeoutMs = 10000;
 void ApplyInternalChannelDefaults(grpc::ChannelArguments* args);
 
 // Server credentials for a public port (the router's --listen): TLS with `cert_file`/`key_file`

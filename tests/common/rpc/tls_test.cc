@@ -4,7 +4,11 @@
 // time with the openssl command (common/rpc/tls_certificates.h), never checked in.
 #include "common/rpc/tls.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <fstream>
 #include <map>
@@ -193,8 +197,39 @@ TEST(InternalChannelTest, DefaultsAreAShortReconnectBackoff) {
     if (c_args.args[i].type == GRPC_ARG_INTEGER) ints[c_args.args[i].key] = c_args.args[i].value.integer;
   }
   EXPECT_EQ(ints[GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS], 100);
-  EXPECT_EQ(ints[GRPC_ARG_MIN_RECONNECT_BACKOFF_MS], 100);
   EXPECT_EQ(ints[GRPC_ARG_MAX_RECONNECT_BACKOFF_MS], 1000);
+  EXPECT_EQ(ints[GRPC_ARG_MIN_RECONNECT_BACKOFF_MS], kInternalMinConnectTimeoutMs);
+}
+
+// A connection attempt whose handshake is slow is not abandoned after the short backoff: against a
+// listener that accepts TCP connections and never answers (the HTTP/2 handshake never completes),
+// the channel stays CONNECTING for seconds. With a 100 ms minimum connect timeout the attempt was
+// abandoned at once (TRANSIENT_FAILURE, "handshaker shutdown") and a call on a fresh channel to a
+// busy worker failed UNAVAILABLE.
+TEST(InternalChannelTest, ASlowHandshakeIsNotAbandonedWithinSeconds) {
+  const int listener = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(listener, 16), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  TlsOptions options;
+  options.insecure = true;
+  absl::StatusOr<ClientCredentials> credentials = MakeClientCredentials(options);
+  ASSERT_TRUE(credentials.ok()) << credentials.status();
+  auto channel = credentials->CreateChannel(absl::StrCat("127.0.0.1:", ntohs(addr.sin_port)));
+  ASSERT_EQ(channel->GetState(/*try_to_connect=*/true), GRPC_CHANNEL_IDLE);
+  ASSERT_TRUE(
+      channel->WaitForStateChange(GRPC_CHANNEL_IDLE, absl::ToChronoTime(absl::Now() + absl::Seconds(10))));
+  ASSERT_EQ(channel->GetState(false), GRPC_CHANNEL_CONNECTING);
+  // No change (to TRANSIENT_FAILURE) while the attempt waits for the server's settings.
+  EXPECT_FALSE(channel->WaitForStateChange(GRPC_CHANNEL_CONNECTING,
+                                           absl::ToChronoTime(absl::Now() + absl::Seconds(3))))
+      << "state " << channel->GetState(false);
+  close(listener);
 }
 
 }  // namespace
