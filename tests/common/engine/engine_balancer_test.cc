@@ -63,6 +63,22 @@ void AddRequests(Engine& engine) {
   }
 }
 
+// Every request ran to its length with the reference's tokens and logprobs, bit for bit.
+void ExpectSameOutputs(const std::map<std::string, Output>& expected,
+                       std::map<std::string, Output>& outputs) {
+  ASSERT_EQ(outputs.size(), expected.size());
+  for (const auto& [id, want] : expected) {
+    const Output& got = outputs[id];
+    EXPECT_EQ(got.finish, FinishReason::kLength) << id << ": " << got.error;
+    EXPECT_EQ(got.tokens, want.tokens) << id;
+    ASSERT_EQ(got.logprobs.size(), want.logprobs.size()) << id;
+    for (size_t i = 0; i < want.logprobs.size(); ++i) {
+      EXPECT_EQ(std::bit_cast<uint32_t>(got.logprobs[i]), std::bit_cast<uint32_t>(want.logprobs[i]))
+          << id << " token " << i;
+    }
+  }
+}
+
 double MeasuredRatio(const ExpertLoad& load) {
   return MaxMeanRatio(std::vector<double>(load.worker_rows.begin(), load.worker_rows.end()));
 }
@@ -130,17 +146,7 @@ TEST(EngineBalancerTest, RebalancingMidGenerationKeepsOutputsAndLowersTheLoadRat
     EXPECT_GT(after.worker_rows[static_cast<size_t>(worker)], 0u) << worker;
   }
 
-  ASSERT_EQ(outputs.size(), expected.size());
-  for (const auto& [id, want] : expected) {
-    const Output& got = outputs[id];
-    EXPECT_EQ(got.finish, FinishReason::kLength) << id << ": " << got.error;
-    EXPECT_EQ(got.tokens, want.tokens) << id;
-    ASSERT_EQ(got.logprobs.size(), want.logprobs.size()) << id;
-    for (size_t i = 0; i < want.logprobs.size(); ++i) {
-      EXPECT_EQ(std::bit_cast<uint32_t>(got.logprobs[i]), std::bit_cast<uint32_t>(want.logprobs[i]))
-          << id << " token " << i;
-    }
-  }
+  ExpectSameOutputs(expected, outputs);
 }
 
 // With replicated shards, a dead worker's rows fail over to the other hosts of its experts, the
@@ -161,10 +167,7 @@ TEST(EngineBalancerTest, ExtraCopiesTakeFailedOverRows) {
   EXPECT_FALSE(plan->added.empty());
   engine->DisconnectExpertShardForTest(0);  // a home copy of the hot experts
   while (engine->HasWork()) Collect(engine->Step(), &outputs);
-  for (const auto& [id, want] : expected) {
-    EXPECT_EQ(outputs[id].finish, FinishReason::kLength) << id << ": " << outputs[id].error;
-    EXPECT_EQ(outputs[id].tokens, want.tokens) << id;
-  }
+  ExpectSameOutputs(expected, outputs);
 }
 
 // An expert worker that restarts after a rebalance comes back without its extra copies; the
@@ -196,16 +199,7 @@ TEST(EngineBalancerTest, AWorkerThatLostItsExtraCopiesFailsNoStep) {
     resends += engine->last_step_stats().expert_resends;
   }
   EXPECT_GT(resends, 0) << "the lost copies were never asked for";
-  for (const auto& [id, want] : expected) {
-    const Output& got = outputs[id];
-    EXPECT_EQ(got.finish, FinishReason::kLength) << id << ": " << got.error;
-    EXPECT_EQ(got.tokens, want.tokens) << id;
-    ASSERT_EQ(got.logprobs.size(), want.logprobs.size()) << id;
-    for (size_t i = 0; i < want.logprobs.size(); ++i) {
-      EXPECT_EQ(std::bit_cast<uint32_t>(got.logprobs[i]), std::bit_cast<uint32_t>(want.logprobs[i]))
-          << id << " token " << i;
-    }
-  }
+  ExpectSameOutputs(expected, outputs);
 }
 
 TEST(EngineBalancerTest, RejectsBadRebalances) {
