@@ -149,6 +149,16 @@ absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
   std::vector<absl::Time> deadlines(handle.parts.size(), start + timeout_);
   std::vector<bool> failed(static_cast<size_t>(placement_.num_workers()), false);
   absl::Duration expert_time;  // the longest an expert worker reported holding this round
+  // Sends part p's rows again (to live hosts not in `excluded`) as a new part with the next re-send
+  // number; its answer is waited for in a later iteration of the loop below.
+  auto resend = [&](size_t p, const std::vector<bool>& excluded) -> absl::Status {
+    ++handle.resends;
+    ++resends_;
+    const std::vector<int32_t> slots = handle.parts[p].slots;  // SendParts may reallocate handle.parts
+    RETURN_IF_ERROR(SendParts(&handle, slots, excluded, /*every_live_worker=*/false));
+    deadlines.resize(handle.parts.size(), absl::Now() + timeout_);
+    return absl::OkStatus();
+  };
   // Parts may be appended (re-sends) while this loop runs, so index rather than iterate.
   for (size_t p = 0; p < handle.parts.size(); ++p) {
     const DispatchHandle::Part& part = handle.parts[p];
@@ -172,12 +182,8 @@ absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
         continue;
       }
       // Failover: the part's rows go to other live replicas of the same shards.
-      ++handle.resends;
-      ++resends_;
-      const std::vector<int32_t> slots = part.slots;  // SendParts may reallocate handle.parts
-      const absl::Status resent = SendParts(&handle, slots, failed, /*every_live_worker=*/false);
+      const absl::Status resent = resend(p, failed);
       if (!resent.ok()) return absl::UnavailableError(absl::StrCat(why.message(), "; ", resent.message()));
-      deadlines.resize(handle.parts.size(), absl::Now() + timeout_);
       answers.emplace_back();
       rows.push_back(nullptr);
       continue;
@@ -201,16 +207,11 @@ absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
       // copies get no rows from now on, and this part goes out again on that basis (its home rows
       // may go back to it).
       extras_lost_[static_cast<size_t>(w)] = true;
-      ++handle.resends;
-      ++resends_;
-      const std::vector<int32_t> slots = part.slots;  // SendParts may reallocate handle.parts
-      const std::vector<bool> none_excluded(static_cast<size_t>(placement_.num_workers()), false);
-      const absl::Status resent = SendParts(&handle, slots, none_excluded, /*every_live_worker=*/false);
+      const absl::Status resent = resend(p, std::vector<bool>(failed.size(), false));
       if (!resent.ok()) {
         return absl::UnavailableError(absl::StrCat(
             "expert worker ", w, " failed the round without its extra copies; ", resent.message()));
       }
-      deadlines.resize(handle.parts.size(), absl::Now() + timeout_);
       answers.back() = transport::Message();
       rows.push_back(nullptr);
       continue;
