@@ -284,12 +284,22 @@ constexpr int64_t kDotInlineRows = 2;
 #define MOE_FP8_DOT_INLINE MOE_FP8_DOT_TARGET inline __attribute__((always_inline))
 
 // Widens k-blocks [kb0, kb1) of columns [g, g1) (g1 - g <= 16) into scratch: column n - g at
-// (n - g) * kDotSliceWords words.
+// (n - g) * kDotSliceWords words. Also prefetches into L2 the codes the next slice will widen
+// (the next k range of these rows, or the next group's first): 16 short runs, k bytes apart, which
+// the hardware prefetcher would not find in time.
 MOE_FP8_DOT_TARGET void WidenSliceDot(const Fp8Task& t, int64_t g, int64_t g1, int64_t kb0, int64_t kb1,
                                       uint16_t* scratch) {
   const Widener widener;
   const int64_t c0 = kb0 * kFp8BlockSize, c1 = kb1 * kFp8BlockSize;
+  const bool last = kb1 >= t.num_k_blocks;
+  const int64_t next_c0 = last ? 0 : c1;
+  const int64_t next_c1 = std::min(t.k, last ? kDotSliceWords : c1 + kDotSliceWords);
+  // (Integer addresses: past the last group this points beyond the array, which prefetching
+  // tolerates but pointer arithmetic would not.)
+  const uintptr_t next_rows = reinterpret_cast<uintptr_t>(t.w) + (last ? g + 16 : g) * t.k;
   for (int64_t n = g; n < g1; ++n) {
+    for (int64_t c = next_c0; c < next_c1; c += 64)
+      _mm_prefetch(reinterpret_cast<const char*>(next_rows + (n - g) * t.k + c), _MM_HINT_T1);
     const uint8_t* w = t.w + n * t.k;
     uint16_t* out = scratch + (n - g) * kDotSliceWords - c0;
     for (int64_t c = c0; c < c1; c += 64) {
