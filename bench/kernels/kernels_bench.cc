@@ -5,7 +5,8 @@
 // loop of the widest multiply-add the CPU has: VDPBF16PS (AVX-512 BF16) or fp32 FMA (AVX2).
 //
 // Weights are cycled over enough copies (>= --pool-bytes in total) that every call streams them
-// from memory rather than from a cache.
+// from memory rather than from a cache. --fp8-kernels times the AVX-512 FP8 kernels (dot: VDPBF16PS,
+// fma: fp32 FMA) against each other on the same weights, in interleaved passes.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -21,6 +22,7 @@
 #include "common/kernels/cpu/attention_internal.h"
 #include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
+#include "common/kernels/cpu/linear_internal.h"
 #include "common/kernels/cpu/thread_pool.h"
 #include "common/tensor/bf16.h"
 #include "common/tensor/linear_weight.h"
@@ -143,8 +145,19 @@ struct Shape {
   int64_t out_features, in_features;
 };
 
+double MedianOf(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+// One shape and dtype at each row count. FP8 weights are timed with each kernel in `kernels`
+// (internal::Fp8Kernel; bf16 ignores it) in `passes` interleaved rounds, so they see the same
+// machine load; a line per kernel gives its median, and a last line the ratio of the first
+// kernel's time to the others'.
 void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_list, size_t pool_bytes,
-                 double min_seconds, double read_gbs, double peak_gflops) {
+                 double min_seconds, double read_gbs, double peak_gflops,
+                 const std::vector<internal::Fp8Kernel>& kernels, bool label_kernels, int passes) {
   LinearWeight proto{fp8 ? DType::kF8E4M3 : DType::kBF16, shape.out_features, shape.in_features, nullptr,
                      nullptr};
   const size_t data_bytes = shape.out_features * shape.in_features * (fp8 ? 1 : 2);
@@ -169,26 +182,48 @@ void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_
   for (bf16& v : x)
     v = FloatToBF16(static_cast<float>(static_cast<int64_t>(NextRandom(s) % 2001) - 1000) / 1000.0f);
   std::vector<bf16> y(max_rows * shape.out_features);
+  const size_t variants = fp8 ? kernels.size() : 1;
+  const internal::Fp8Kernel saved = internal::ActiveFp8Kernel();
+  size_t next = 1 % copies;
   for (int64_t rows : rows_list) {
-    Linear(x.data(), rows, weights[0], y.data());  // warm up (scratch, threads)
-    size_t calls = 0, next = 1 % copies;
-    const auto t0 = Clock::now();
-    double elapsed = 0;
-    while (elapsed < min_seconds || calls < copies) {
-      Linear(x.data(), rows, weights[next], y.data());
-      next = (next + 1) % copies;
-      ++calls;
-      elapsed = Seconds(t0, Clock::now());
+    std::vector<std::vector<double>> times(variants);
+    for (int pass = 0; pass < passes; ++pass) {
+      for (size_t v = 0; v < variants; ++v) {
+        if (fp8) internal::SetFp8KernelForTesting(kernels[v]);
+        if (pass == 0) Linear(x.data(), rows, weights[0], y.data());  // warm up (scratch, threads)
+        size_t calls = 0;
+        const auto t0 = Clock::now();
+        double elapsed = 0;
+        while (elapsed < min_seconds || calls < copies) {
+          Linear(x.data(), rows, weights[next], y.data());
+          next = (next + 1) % copies;
+          ++calls;
+          elapsed = Seconds(t0, Clock::now());
+        }
+        times[v].push_back(elapsed / calls);
+      }
     }
-    const double per_call = elapsed / calls;
-    const double weight_gbs = proto.WeightBytes() / per_call / 1e9;
-    const double gflops = 2.0 * rows * shape.out_features * shape.in_features / per_call / 1e9;
-    std::printf("%-8s %-14s %5s %5lld %10.1f %9.1f %7.2f %9.1f %7.3f\n", shape.name,
-                (std::to_string(shape.out_features) + "x" + std::to_string(shape.in_features)).c_str(),
-                fp8 ? "fp8" : "bf16", static_cast<long long>(rows), per_call * 1e6, weight_gbs,
-                weight_gbs / read_gbs, gflops, peak_gflops > 0 ? gflops / peak_gflops : 0.0);
+    std::vector<double> medians;
+    for (size_t v = 0; v < variants; ++v) {
+      const double per_call = MedianOf(times[v]);
+      medians.push_back(per_call);
+      const double weight_gbs = proto.WeightBytes() / per_call / 1e9;
+      const double gflops = 2.0 * rows * shape.out_features * shape.in_features / per_call / 1e9;
+      const std::string dtype =
+          !fp8 ? "bf16" : (label_kernels ? std::string("fp8-") + internal::Fp8KernelName(kernels[v]) : "fp8");
+      std::printf("%-8s %-14s %7s %5lld %10.1f %9.1f %7.2f %9.1f %7.3f\n", shape.name,
+                  (std::to_string(shape.out_features) + "x" + std::to_string(shape.in_features)).c_str(),
+                  dtype.c_str(), static_cast<long long>(rows), per_call * 1e6, weight_gbs,
+                  weight_gbs / read_gbs, gflops, peak_gflops > 0 ? gflops / peak_gflops : 0.0);
+    }
+    for (size_t v = 1; v < variants; ++v) {
+      std::printf("%-8s %5lld rows: fp8 time %s / %s = %.3f (medians of %d interleaved passes)\n", shape.name,
+                  static_cast<long long>(rows), internal::Fp8KernelName(kernels[0]),
+                  internal::Fp8KernelName(kernels[v]), medians[0] / medians[v], passes);
+    }
     std::fflush(stdout);
   }
+  internal::SetFp8KernelForTesting(saved);
 }
 
 // Causal attention with Qwen3-30B-A3B's heads (32 query heads, 4 KV heads, head_dim 128) over a
@@ -197,12 +232,6 @@ void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_
 // timed in `passes` interleaved rounds, so they see the same machine load; the table gives each
 // one's median time and QK^T + PV GFLOP/s (2 flops per multiply-add), and a last line the ratio of
 // the medians of the first path to the others.
-double MedianOf(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 const char* PathName(internal::AttentionPath path) {
   switch (path) {
     case internal::AttentionPath::kAuto:
@@ -262,7 +291,7 @@ void BenchAttention(int64_t tokens, bool decode, const std::vector<internal::Att
     const double per_call = MedianOf(times[i]);
     medians.push_back(per_call);
     const double gflops = 4.0 * dim * heads * pairs / per_call / 1e9;
-    std::printf("%-8s %-14s %5s %5lld %10.1f %9s %7s %9.1f %7.3f\n", decode ? "attn-dec" : "attn",
+    std::printf("%-8s %-14s %7s %5lld %10.1f %9s %7s %9.1f %7.3f\n", decode ? "attn-dec" : "attn",
                 (std::string("32q/4kv ") + PathName(paths[i])).c_str(), "bf16",
                 static_cast<long long>(tokens), per_call * 1e6, "-", "-", gflops,
                 peak_gflops > 0 ? gflops / peak_gflops : 0.0);
@@ -306,9 +335,22 @@ int main(int argc, char** argv) {
   app.add_option("--layers", layers, "Only these layers (q_proj, kv_proj, o_proj, expert, down, lm_head)");
   app.add_option("--dtype", dtype, "Only this weight dtype: bf16, fp8 or all")
       ->check(CLI::IsMember({"bf16", "fp8", "all"}));
+  std::vector<std::string> fp8_kernel_names;
+  int linear_passes = 1;
+  app.add_option(
+         "--fp8-kernels", fp8_kernel_names,
+         "AVX-512 FP8 kernels to time, the first against the others (dot, fma; default: the one Linear "
+         "uses). Without AVX-512 BF16 and VBMI every name runs the ISA's one FP8 path")
+      ->check(CLI::IsMember({"dot", "fma"}));
+  app.add_option("--linear-passes", linear_passes, "Interleaved rounds per Linear measurement (median)");
   CLI11_PARSE(app, argc, argv);
+  std::vector<internal::Fp8Kernel> fp8_kernels;
+  for (const std::string& name : fp8_kernel_names)
+    fp8_kernels.push_back(name == "fma" ? internal::Fp8Kernel::kFma : internal::Fp8Kernel::kDot);
+  if (fp8_kernels.empty()) fp8_kernels.push_back(internal::ActiveFp8Kernel());
 
-  std::printf("isa=%s threads=%d\n", KernelIsa(), ThreadPool::Global().num_threads());
+  std::printf("isa=%s fp8_kernel=%s threads=%d\n", KernelIsa(),
+              internal::Fp8KernelName(internal::ActiveFp8Kernel()), ThreadPool::Global().num_threads());
   Bandwidth bw{};
   if (!only_attention) {
     bw = MeasureBandwidth(static_cast<size_t>(buffer_mib * 1048576), 5);
@@ -317,7 +359,7 @@ int main(int argc, char** argv) {
   }
   const Peak peak = MeasurePeak();
   std::printf("compute peak (%s, register-blocked): %.1f GFLOP/s\n\n", peak.instruction, peak.gflops);
-  std::printf("%-8s %-14s %5s %5s %10s %9s %7s %9s %7s\n", "layer", "N x K", "dtype", "rows", "us/call",
+  std::printf("%-8s %-14s %7s %5s %10s %9s %7s %9s %7s\n", "layer", "N x K", "dtype", "rows", "us/call",
               "weightGB/s", "ratio", "GFLOP/s", "peak");
   // Qwen3-30B-A3B: q_proj Hq*D x H, k_proj and v_proj Hkv*D x H, o_proj H x Hq*D, experts' gate and
   // up I x H, down H x I, lm_head V x H.
@@ -333,7 +375,7 @@ int main(int argc, char** argv) {
       if (!skip_prefill && shape.out_features < 100000) rows.push_back(512);
       if (!rows_option.empty()) rows = rows_option;
       BenchLinear(shape, fp8, rows, static_cast<size_t>(pool_mib * 1048576), min_seconds, bw.read_gbs,
-                  peak.gflops);
+                  peak.gflops, fp8_kernels, !fp8_kernel_names.empty(), std::max(1, linear_passes));
     }
   }
   std::vector<internal::AttentionPath> paths;

@@ -1,7 +1,9 @@
 // Linear: dispatch, FP8 activation quantization and the portable path. See linear_internal.h
 // for the fixed reduction order every path follows.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -92,9 +94,35 @@ void LinearFp8TaskPortable(const Fp8Task& t, int64_t n0, int64_t n1) {
         }
         total += (Reduce16(lane) * t.a_scale[m * t.num_k_blocks + kb]) * ws[kb];
       }
-      t.y[m * t.y_stride + n] = FloatToBF16(total);
+      t.y[m * t.y_stride + n] = Fp8OutputToBF16(total);
     }
   }
+}
+
+namespace {
+
+Fp8Kernel DetectFp8Kernel() {
+  const char* env = std::getenv("MOE_KERNEL_FP8");
+  return env != nullptr && std::strcmp(env, "fma") == 0 ? Fp8Kernel::kFma : Fp8Kernel::kDot;
+}
+
+std::atomic<int>& Fp8KernelSlot() {
+  static std::atomic<int> slot{static_cast<int>(DetectFp8Kernel())};
+  return slot;
+}
+
+}  // namespace
+
+Fp8Kernel ActiveFp8Kernel() {
+  return static_cast<Fp8Kernel>(Fp8KernelSlot().load(std::memory_order_relaxed));
+}
+
+const char* Fp8KernelName(Fp8Kernel kernel) {
+  return kernel == Fp8Kernel::kFma ? "fma" : "dot";
+}
+
+void SetFp8KernelForTesting(Fp8Kernel kernel) {
+  Fp8KernelSlot().store(static_cast<int>(kernel), std::memory_order_relaxed);
 }
 
 }  // namespace internal
@@ -102,10 +130,19 @@ void LinearFp8TaskPortable(const Fp8Task& t, int64_t n0, int64_t n1) {
 namespace {
 
 // Per-thread scratch for quantized activations, grown as needed and reused across calls.
-std::vector<float>& ScratchFloats(size_t size) {
+// The returned pointer is 64-byte aligned (kScratchAlign floats), so that packed activation rows
+// (multiples of 128 elements) start on a cache line: the kernels' 64-byte loads never straddle two.
+constexpr size_t kScratchAlign = 16;
+float* ScratchFloats(size_t size) {
   thread_local std::vector<float> buffer;
-  if (buffer.size() < size) buffer.resize(size);
-  return buffer;
+  if (buffer.size() < size + kScratchAlign) buffer.resize(size + kScratchAlign);
+  return reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buffer.data()) + 63) & ~uintptr_t{63});
+}
+
+// Rounds a number of floats up to whole cache lines.
+int64_t AlignFloats(int64_t n) {
+  return (n + static_cast<int64_t>(kScratchAlign) - 1) / static_cast<int64_t>(kScratchAlign) *
+         static_cast<int64_t>(kScratchAlign);
 }
 
 // Quantizing this many activation elements or fewer runs on the calling thread: a fork/join
@@ -139,6 +176,7 @@ struct QuantizeJob {
 void LinearGrouped(std::span<const LinearCall> calls) {
   const bool avx = ActiveIsa() == Isa::kAvx512Bf16;
   const bool avx_fp8 = avx && internal::Fp8Avx512Supported();
+  const bool avx_fp8_dot = avx_fp8 && internal::ActiveFp8Kernel() == internal::Fp8Kernel::kDot;
   const bool avx2 = ActiveIsa() == Isa::kAvx2Fma;
   std::vector<PreparedCall> prepared(calls.size());
   std::vector<QuantizeJob> jobs;
@@ -155,12 +193,14 @@ void LinearGrouped(std::span<const LinearCall> calls) {
     if (c.num_rows <= 0 || c.w->out_features <= 0 || c.w->dtype != DType::kF8E4M3) continue;
     if (last_fp8 == nullptr || !same_input(*last_fp8, c)) {
       const int64_t num_k_blocks = c.w->ScaleCols();
-      scratch_floats += static_cast<size_t>(c.num_rows * (num_k_blocks * kFp8BlockSize + num_k_blocks));
+      scratch_floats += static_cast<size_t>(c.num_rows * num_k_blocks * kFp8BlockSize +
+                                            AlignFloats(c.num_rows * num_k_blocks));
     }
     last_fp8 = &c;
   }
-  // The same scratch holds any layout (natural for the portable path, packed for AVX-512/AVX2).
-  float* scratch = scratch_floats > 0 ? ScratchFloats(scratch_floats).data() : nullptr;
+  // The same scratch holds any layout (natural for the portable path, packed for AVX-512/AVX2;
+  // the dot kernel's bf16 words fill half of it).
+  float* scratch = scratch_floats > 0 ? ScratchFloats(scratch_floats) : nullptr;
 
   // Pass 2: task descriptors, task offsets and quantization jobs.
   int64_t total_tasks = 0, total_quantize_rows = 0, total_quantize_elements = 0;
@@ -185,7 +225,7 @@ void LinearGrouped(std::span<const LinearCall> calls) {
       if (last_fp8 == nullptr || !same_input(*last_fp8, c)) {
         float* aq = scratch;
         float* a_scale = aq + c.num_rows * aq_stride;
-        scratch = a_scale + c.num_rows * num_k_blocks;
+        scratch = a_scale + AlignFloats(c.num_rows * num_k_blocks);  // the next job's rows stay aligned
         jobs.push_back(
             QuantizeJob{c.x, c.x_stride, c.num_rows, k, num_k_blocks, aq, a_scale, total_quantize_rows});
         total_quantize_rows += c.num_rows;
@@ -194,9 +234,10 @@ void LinearGrouped(std::span<const LinearCall> calls) {
       last_fp8 = &c;
       const QuantizeJob& job = jobs.back();
       internal::Fp8Task& t = p.fp8;
-      const bool packed = avx_fp8 || avx2;
-      t.aq = packed ? nullptr : job.aq;
+      const bool packed = (avx_fp8 && !avx_fp8_dot) || avx2;
+      t.aq = packed || avx_fp8_dot ? nullptr : job.aq;
       t.aq_packed = packed ? job.aq : nullptr;
+      t.aq_dot = avx_fp8_dot ? reinterpret_cast<const uint16_t*>(job.aq) : nullptr;
       t.aq_stride = aq_stride;
       t.a_scale = job.a_scale;
       t.num_rows = c.num_rows;
@@ -225,7 +266,11 @@ void LinearGrouped(std::span<const LinearCall> calls) {
       const QuantizeJob& job = jobs[j];
       const int64_t m = row - job.first_row;
       const int64_t aq_stride = job.num_k_blocks * kFp8BlockSize;
-      if (avx_fp8) {
+      if (avx_fp8_dot) {
+        internal::QuantizeRowFp8DotAvx512(job.x + m * job.x_stride, job.k,
+                                          reinterpret_cast<uint16_t*>(job.aq) + m * aq_stride,
+                                          job.a_scale + m * job.num_k_blocks);
+      } else if (avx_fp8) {
         internal::QuantizeRowFp8PackedAvx512(job.x + m * job.x_stride, job.k, job.aq + m * aq_stride,
                                              job.a_scale + m * job.num_k_blocks);
       } else if (avx2) {
@@ -262,7 +307,9 @@ void LinearGrouped(std::span<const LinearCall> calls) {
         internal::LinearBf16TaskPortable(p.bf16, n0, n1);
       }
     } else if (p.kind == PreparedCall::Kind::kFp8) {
-      if (avx_fp8) {
+      if (avx_fp8_dot) {
+        internal::LinearFp8TaskAvx512Dot(p.fp8, n0, n1);
+      } else if (avx_fp8) {
         internal::LinearFp8TaskAvx512(p.fp8, n0, n1);
       } else if (avx2) {
         internal::LinearFp8TaskAvx2(p.fp8, n0, n1);

@@ -427,7 +427,7 @@ MOE_AVX2_TARGET void LinearFp8TaskAvx2(const Fp8Task& t, int64_t n0, int64_t n1)
         _mm256_store_ps(out, total[tile]);
         for (int lane = 0; lane < 8; ++lane) {
           const int o = kLaneOutput[lane], r = o / kTileCols, c = o % kTileCols;
-          if (r < mr && c < nr) t.y[(m + r) * t.y_stride + n + c] = FloatToBF16(out[lane]);
+          if (r < mr && c < nr) t.y[(m + r) * t.y_stride + n + c] = Fp8OutputToBF16(out[lane]);
         }
       }
     }

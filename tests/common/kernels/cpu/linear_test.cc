@@ -112,15 +112,34 @@ void ExpectClose(const std::vector<bf16>& y, const std::vector<double>& ref,
   }
 }
 
-class LinearIsaTest : public ::testing::TestWithParam<Isa> {
+// A kernel path: an ISA and, for AVX-512 with FP8 weights, which FP8 kernel.
+struct KernelPath {
+  Isa isa;
+  internal::Fp8Kernel fp8 = internal::Fp8Kernel::kDot;
+};
+
+// Switches to a kernel path for the scope, and back.
+class ScopedKernelPath {
+ public:
+  explicit ScopedKernelPath(KernelPath path) : saved_{ActiveIsa(), internal::ActiveFp8Kernel()} { Set(path); }
+  ~ScopedKernelPath() { Set(saved_); }
+  static void Set(KernelPath path) {
+    internal::SetIsaForTesting(path.isa);
+    internal::SetFp8KernelForTesting(path.fp8);
+  }
+
+ private:
+  KernelPath saved_;
+};
+
+class LinearIsaTest : public ::testing::TestWithParam<KernelPath> {
  protected:
   void SetUp() override {
-    if (!CpuSupports(GetParam())) GTEST_SKIP() << "CPU lacks " << IsaName(GetParam());
-    saved_ = ActiveIsa();
-    internal::SetIsaForTesting(GetParam());
+    if (!CpuSupports(GetParam().isa)) GTEST_SKIP() << "CPU lacks " << IsaName(GetParam().isa);
+    scoped_ = std::make_unique<ScopedKernelPath>(GetParam());
   }
-  void TearDown() override { internal::SetIsaForTesting(saved_); }
-  Isa saved_ = Isa::kPortable;
+  void TearDown() override { scoped_.reset(); }
+  std::unique_ptr<ScopedKernelPath> scoped_;
 };
 
 TEST_P(LinearIsaTest, Bf16MatchesDoubleReference) {
@@ -165,8 +184,9 @@ TEST_P(LinearIsaTest, HonorsRowStrides) {
 
 // Row r's output must not depend on the batch: all rows at once, one at a time, reversed order
 // (other positions), and pools of 1 and 3 threads must agree bit for bit.
-void CheckBatchInvariance(const LinearWeight& w, uint32_t seed) {
-  const int64_t m = 70, n = w.out_features, k = w.in_features;  // 70 rows cross a 64-row block
+void CheckBatchInvariance(const LinearWeight& w, uint32_t seed, int64_t m = 70) {
+  // 70 rows cross a 64-row block (bf16), 140 the AVX-512 FP8 dot kernel's 128-row block.
+  const int64_t n = w.out_features, k = w.in_features;
   const std::vector<bf16> x = RandomBf16(m * k, seed);
   std::vector<bf16> all(m * n);
   Linear(x.data(), m, w, all.data());
@@ -205,6 +225,7 @@ TEST_P(LinearIsaTest, Bf16IsBatchInvariant) {
 TEST_P(LinearIsaTest, Fp8IsBatchInvariant) {
   const TestWeight t = MakeFp8Weight(203, 300, 51);
   CheckBatchInvariance(t.w, 52);
+  CheckBatchInvariance(t.w, 53, 140);
 }
 
 // Pins the documented FP8 reduction order with absorption: P = 448 * 448 swallows t = 2^-9 in
@@ -213,6 +234,7 @@ TEST_P(LinearIsaTest, Fp8IsBatchInvariant) {
 //   column 0: k1 = +P, k0 = t, k9 = -P, k8 = t  -> ((P + t) - P) + t = t
 //   column 1: k1 = +P, k0 = t, k65 = -P, k64 = t -> t
 // Summing in k order, or the previous order (lane i: k = i, i + 16, ...), gives 2t instead.
+// The row is repeated to run every tile shape (and, in the dot kernel, both ways of widening).
 TEST_P(LinearIsaTest, Fp8FollowsDocumentedOrder) {
   constexpr int64_t kK = 128;
   constexpr uint8_t kPlus448 = 0x7e, kMinus448 = 0xfe, kOne = 0x38;
@@ -224,10 +246,15 @@ TEST_P(LinearIsaTest, Fp8FollowsDocumentedOrder) {
   std::vector<bf16> x(kK, FloatToBF16(0.0f));
   for (int64_t k : {1, 9, 65}) x[k] = FloatToBF16(448.0f);  // amax 448: scale 1, exact codes
   for (int64_t k : {0, 8, 64}) x[k] = FloatToBF16(std::ldexp(1.0f, -9));
-  std::vector<bf16> y(2);
-  Linear(x.data(), 1, w, y.data());
-  EXPECT_EQ(BF16ToFloat(y[0]), std::ldexp(1.0f, -9));
-  EXPECT_EQ(BF16ToFloat(y[1]), std::ldexp(1.0f, -9));
+  for (int64_t m : {1, 2, 3, 4, 8, 9, 130}) {
+    std::vector<bf16> xs(m * kK), y(m * 2);
+    for (int64_t r = 0; r < m; ++r) std::copy(x.begin(), x.end(), xs.begin() + r * kK);
+    Linear(xs.data(), m, w, y.data());
+    for (int64_t r = 0; r < m; ++r) {
+      EXPECT_EQ(BF16ToFloat(y[2 * r]), std::ldexp(1.0f, -9)) << "rows " << m << " row " << r;
+      EXPECT_EQ(BF16ToFloat(y[2 * r + 1]), std::ldexp(1.0f, -9)) << "rows " << m << " row " << r;
+    }
+  }
 }
 
 // LinearGrouped must equal one Linear per call, bit for bit: random shapes (partial column chunks,
@@ -332,8 +359,15 @@ TEST_P(LinearIsaTest, GroupedWritesOnlyItsOutputs) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Isas, LinearIsaTest,
-                         ::testing::Values(Isa::kPortable, Isa::kAvx512Bf16, Isa::kAvx2Fma),
-                         [](const auto& info) { return std::string(IsaName(info.param)); });
+                         ::testing::Values(KernelPath{Isa::kPortable}, KernelPath{Isa::kAvx512Bf16},
+                                           KernelPath{Isa::kAvx512Bf16, internal::Fp8Kernel::kFma},
+                                           KernelPath{Isa::kAvx2Fma}),
+                         [](const auto& info) {
+                           std::string name = IsaName(info.param.isa);
+                           if (info.param.isa == Isa::kAvx512Bf16)
+                             name += internal::Fp8KernelName(info.param.fp8);
+                           return name;
+                         });
 
 // The portable path reproduces the documented order, so it must equal the AVX-512 path exactly
 // (inputs here have no bf16 subnormals, the one documented difference).
@@ -363,27 +397,91 @@ std::vector<bf16> WideRangeBf16(size_t n, uint32_t seed) {
   return x;
 }
 
-// Every tile shape of the AVX-512 FP8 kernel (1 x 16, 2 x 8, 4 x 4 with 3 or 4 rows, 8 x 2 and
-// the mixes after it), partial column groups and partial k chunks and blocks must reproduce the
-// portable path bit for bit.
+// Every tile shape of both AVX-512 FP8 kernels (fma: 1 x 16, 2 x 8, 4 x 4 with 3 or 4 rows, 8 x 2
+// and the mixes after it; dot: weights widened in registers for 1 or 2 rows, else into the
+// scratch, 4 x 4 with 3 or 4 rows, 2 x 8, 1 x 16 after them, more than one 128-row block),
+// partial column groups and partial k chunks and blocks must reproduce the portable path bit for
+// bit.
 TEST(LinearTest, Fp8PortableEqualsAvx512ForEveryTileShape) {
   if (!CpuSupports(Isa::kAvx512Bf16) || !internal::Fp8Avx512Supported())
     GTEST_SKIP() << "no AVX-512 FP8 path on this CPU";
-  const Isa saved = ActiveIsa();
-  for (auto [n, k] :
-       {std::pair{37, 40}, std::pair{16, 64}, std::pair{130, 200}, std::pair{5, 1000}, std::pair{64, 256}}) {
+  for (auto [n, k] : {std::pair{37, 40}, std::pair{16, 64}, std::pair{130, 200}, std::pair{5, 1000},
+                      std::pair{64, 256}, std::pair{70, 1088}}) {
     const TestWeight t = MakeFp8Weight(n, k, static_cast<uint32_t>(n * 1000 + k));
-    for (int64_t m : {1, 2, 3, 4, 5, 7, 8, 9, 11, 13, 19}) {
+    for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 19, 130, 261}) {
+      if (m > 19 && k > 256) continue;  // keep the portable reference quick
       const std::vector<bf16> x = WideRangeBf16(m * k, static_cast<uint32_t>(m + k));
-      std::vector<bf16> fast(m * n), portable(m * n);
-      internal::SetIsaForTesting(Isa::kAvx512Bf16);
-      Linear(x.data(), m, t.w, fast.data());
-      internal::SetIsaForTesting(Isa::kPortable);
-      Linear(x.data(), m, t.w, portable.data());
-      ASSERT_EQ(FirstDifference(fast, portable), -1) << "n=" << n << " k=" << k << " rows=" << m;
+      std::vector<bf16> portable(m * n);
+      {
+        ScopedKernelPath path({Isa::kPortable});
+        Linear(x.data(), m, t.w, portable.data());
+      }
+      for (internal::Fp8Kernel kernel : {internal::Fp8Kernel::kDot, internal::Fp8Kernel::kFma}) {
+        ScopedKernelPath path({Isa::kAvx512Bf16, kernel});
+        std::vector<bf16> fast(m * n);
+        Linear(x.data(), m, t.w, fast.data());
+        ASSERT_EQ(FirstDifference(fast, portable), -1)
+            << internal::Fp8KernelName(kernel) << " n=" << n << " k=" << k << " rows=" << m;
+      }
     }
   }
-  internal::SetIsaForTesting(saved);
+}
+
+// Non-finite inputs: every e4m3 code (NaNs 0x7f and 0xff, subnormals) in the weights, and
+// activation rows with NaNs of both signs and infinities (a group holding an infinity quantizes to
+// NaN and zeros). Every path must give the same bits, which for a NaN output is the quiet NaN
+// 0x7FC0 whatever the signs of the NaNs that met (IEEE leaves that to the operand order).
+TEST(LinearTest, Fp8PathsAgreeOnNonFiniteInputs) {
+  const int64_t n = 256, k = 300;
+  TestWeight t;
+  t.fp8_data.resize(n * k);
+  std::mt19937 rng(5);
+  for (int64_t c = 0; c < n; ++c)
+    for (int64_t i = 0; i < k; ++i)  // column c holds code c at every 7th k, random codes elsewhere
+      t.fp8_data[c * k + i] = static_cast<uint8_t>(i % 7 == 0 ? c : rng() & 0x77);
+  t.w = LinearWeight{DType::kF8E4M3, n, k, t.fp8_data.data(), nullptr};
+  t.scale_inv.assign(t.w.ScaleRows() * t.w.ScaleCols(), 0.25f);
+  t.w.scale_inv = t.scale_inv.data();
+  const int64_t m = 9;
+  std::vector<bf16> x = WideRangeBf16(m * k, 77);
+  x[1 * k + 3] = bf16{0x7fc0};              // +NaN
+  x[2 * k + 130] = bf16{0xffc0};            // -NaN
+  x[3 * k + 5] = FloatToBF16(INFINITY);     // group 0: NaN (inf / inf) and zeros
+  x[4 * k + 260] = FloatToBF16(-INFINITY);  // last, partial group
+  x[5 * k + 7] = bf16{0x7fc0};              // both signs in one row
+  x[5 * k + 140] = bf16{0xffc0};
+  x[6 * k + 9] = FloatToBF16(INFINITY);
+  x[6 * k + 10] = bf16{0x7f81};  // a signalling NaN
+  std::vector<bf16> portable(m * n);
+  {
+    ScopedKernelPath path({Isa::kPortable});
+    Linear(x.data(), m, t.w, portable.data());
+  }
+  int nans = 0;
+  for (const bf16 v : portable) {
+    if (std::isnan(BF16ToFloat(v))) {
+      ASSERT_EQ(v.bits, 0x7fc0);
+      ++nans;
+    }
+  }
+  EXPECT_GT(nans, n * 6);  // rows 1-6 are all NaN, and the NaN weight columns in every row
+  EXPECT_LT(nans, m * n);  // rows 0, 7 and 8 keep finite outputs
+  std::vector<KernelPath> paths;
+  if (CpuSupports(Isa::kAvx512Bf16) && internal::Fp8Avx512Supported()) {
+    paths.push_back({Isa::kAvx512Bf16, internal::Fp8Kernel::kDot});
+    paths.push_back({Isa::kAvx512Bf16, internal::Fp8Kernel::kFma});
+  }
+  if (CpuSupports(Isa::kAvx2Fma)) paths.push_back({Isa::kAvx2Fma});
+  for (const KernelPath& p : paths) {
+    for (int64_t rows : {int64_t{1}, int64_t{2}, m}) {  // the dot kernel widens in registers up to 2 rows
+      ScopedKernelPath path(p);
+      std::vector<bf16> fast(m * n);
+      for (int64_t r = 0; r < m; r += rows)
+        Linear(x.data() + r * k, std::min(rows, m - r), t.w, fast.data() + r * n);
+      EXPECT_EQ(FirstDifference(fast, portable), -1)
+          << IsaName(p.isa) << " " << internal::Fp8KernelName(p.fp8) << " rows per call " << rows;
+    }
+  }
 }
 
 // The AVX2 path must reproduce the portable path bit for bit for both dtypes: 1- and 2-row tiles,
@@ -457,6 +555,19 @@ TEST(LinearTest, PackedPositionIsAPermutation) {
   EXPECT_EQ(internal::Fp8PackedPosition(26), 53);
 }
 
+TEST(LinearTest, DotPositionIsAPermutation) {
+  std::vector<int> seen(64, 0);
+  for (int i = 0; i < 64; ++i) ++seen[internal::Fp8DotPosition(i)];
+  for (int i = 0; i < 64; ++i) EXPECT_EQ(seen[i], 1) << i;
+  // Word pair l of run 0 holds k = j, j + 1 for j = 16 * (l / 4) + 2 * (l % 4); run 1: j + 8.
+  EXPECT_EQ(internal::Fp8DotPosition(0), 0);
+  EXPECT_EQ(internal::Fp8DotPosition(1), 1);
+  EXPECT_EQ(internal::Fp8DotPosition(18), 2 * 5);
+  EXPECT_EQ(internal::Fp8DotPosition(19), 2 * 5 + 1);
+  EXPECT_EQ(internal::Fp8DotPosition(8), 32);
+  EXPECT_EQ(internal::Fp8DotPosition(63), 63);
+}
+
 TEST(LinearTest, PackedQuantizationMatchesPortable) {
   if (!internal::Fp8Avx512Supported()) GTEST_SKIP() << "no AVX-512 FP8 path on this CPU";
   for (int64_t k : {1, 40, 128, 130, 300, 2048}) {
@@ -468,18 +579,26 @@ TEST(LinearTest, PackedQuantizationMatchesPortable) {
     }
     const int64_t groups = (k + 127) / 128;
     std::vector<float> aq(groups * 128), scale(groups), packed(groups * 128, -1.0f), packed_scale(groups);
+    std::vector<float> dot_scale(groups);
+    std::vector<uint16_t> dot(groups * 128, 0xffff);
     internal::QuantizeRowFp8(x.data(), k, aq.data(), scale.data());
     internal::QuantizeRowFp8PackedAvx512(x.data(), k, packed.data(), packed_scale.data());
+    internal::QuantizeRowFp8DotAvx512(x.data(), k, dot.data(), dot_scale.data());
     auto bits = [](float f) {
       uint32_t u;
       std::memcpy(&u, &f, sizeof(u));
       return u;
     };
-    for (int64_t g = 0; g < groups; ++g)
+    for (int64_t g = 0; g < groups; ++g) {
       ASSERT_EQ(bits(packed_scale[g]), bits(scale[g])) << "k=" << k << " g=" << g;
+      ASSERT_EQ(bits(dot_scale[g]), bits(scale[g])) << "k=" << k << " g=" << g;
+    }
     for (int64_t i = 0; i < groups * 128; ++i) {
       const float got = packed[i / 64 * 64 + internal::Fp8PackedPosition(i % 64)];
       ASSERT_EQ(bits(got), bits(aq[i])) << "k=" << k << " i=" << i << ": " << got << " vs " << aq[i];
+      // The dot layout holds the same value as a bf16 word (exact: e4m3 fits in bf16).
+      const uint16_t word = dot[i / 64 * 64 + internal::Fp8DotPosition(i % 64)];
+      ASSERT_EQ(uint32_t{word} << 16, bits(aq[i])) << "k=" << k << " i=" << i;
     }
     if (k == 2048) {
       EXPECT_TRUE(std::isnan(aq[300]));
