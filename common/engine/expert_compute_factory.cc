@@ -27,6 +27,7 @@ struct CudaPlugin {
   CudaBackendCheckDeviceFn check_device = nullptr;
   CudaExpertsCreateFn create = nullptr;
   CudaForwardCreateFn create_forward = nullptr;
+  CudaNcclApiCreateFn create_nccl_api = nullptr;  // null: the plugin was built without NCCL
 };
 
 // Where the plugin may be: $MOE_CUDA_BACKEND_PLUGIN; <binary dir>/../lib and <binary dir> (a build
@@ -70,6 +71,7 @@ CudaPlugin LoadCudaPlugin() {
       reinterpret_cast<CudaBackendCheckDeviceFn>(dlsym(handle, "moe_cuda_backend_check_device"));
   plugin.create = reinterpret_cast<CudaExpertsCreateFn>(dlsym(handle, "moe_cuda_experts_create"));
   plugin.create_forward = reinterpret_cast<CudaForwardCreateFn>(dlsym(handle, "moe_cuda_forward_create"));
+  plugin.create_nccl_api = reinterpret_cast<CudaNcclApiCreateFn>(dlsym(handle, "moe_cuda_nccl_api_create"));
   if (abi == nullptr || plugin.check_device == nullptr || plugin.create == nullptr ||
       plugin.create_forward == nullptr || abi() != kCudaBackendPluginAbi) {
     plugin.status = absl::FailedPreconditionError(absl::StrCat(
@@ -112,6 +114,32 @@ absl::Status CheckComputeDevice(const kernels::DeviceSpec& device, absl::string_
   return absl::FailedPreconditionError(absl::StrCat(flag, " ", device.ToString(),
                                                     ": this build has no CUDA support (configure with "
                                                     "-DMOE_WITH_CUDA=ON where nvcc is installed)"));
+#endif
+}
+
+absl::StatusOr<std::unique_ptr<transport::NcclApi>> CreateNcclApi(const kernels::DeviceSpec& device,
+                                                                  absl::string_view flag) {
+  if (!device.is_cuda()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(flag, ": nccl moves GPU memory and needs --device cuda[:N], not ", device.ToString()));
+  }
+#if MOE_HAVE_CUDA
+  const CudaPlugin& plugin = Plugin();
+  if (!plugin.status.ok())
+    return absl::FailedPreconditionError(absl::StrCat(flag, ": nccl: ", plugin.status.message()));
+  if (plugin.create_nccl_api == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(flag, ": nccl: the CUDA backend plugin ", kCudaBackendPluginFile,
+                     " was built without NCCL (configure with -DMOE_WITH_NCCL=ON where NCCL is installed)"));
+  }
+  absl::StatusOr<std::unique_ptr<transport::NcclApi>> api =
+      absl::InternalError("the CUDA backend plugin answered nothing");
+  plugin.create_nccl_api(device.ordinal, std::string(flag).c_str(), &api);
+  return api;
+#else
+  return absl::FailedPreconditionError(absl::StrCat(
+      flag,
+      ": nccl: this build has no CUDA support (configure with -DMOE_WITH_CUDA=ON where nvcc is installed)"));
 #endif
 }
 

@@ -15,6 +15,7 @@
 #include "common/kernels/device_spec.h"
 #include "common/model/config.h"
 #include "common/model/weights.h"
+#include "common/transport/nccl/nccl_api.h"
 
 namespace moe::engine {
 
@@ -25,6 +26,14 @@ bool BuiltWithCuda();
 // FAILED_PRECONDITION naming `flag` and the device (no CUDA in this build; no driver; only M
 // devices).
 absl::Status CheckComputeDevice(const kernels::DeviceSpec& device, absl::string_view flag = "--device");
+
+// The NCCL data plane's real calls (transport::CudaNcclApi over libnccl, on `device`'s ordinal),
+// from the CUDA backend plugin, so that no binary links NCCL or the CUDA runtime itself
+// (compute/cuda_backend_plugin.h says why). FAILED_PRECONDITION naming `flag`: `device` is not
+// cuda, this build has no CUDA or its plugin no NCCL, the plugin cannot be loaded, or the device
+// does not exist (no driver, too few devices).
+absl::StatusOr<std::unique_ptr<transport::NcclApi>> CreateNcclApi(const kernels::DeviceSpec& device,
+                                                                  absl::string_view flag = "--transport");
 
 // One shard's expert compute on `device`. cpu: prefaults `weights` and wraps them in an
 // ExpertBlock. cuda:N: uploads them to device N (CudaExpertBlock) and releases the host copy.

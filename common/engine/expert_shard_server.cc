@@ -1,11 +1,8 @@
 #include "common/engine/expert_shard_server.h"
 
 #include <iostream>
-#include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "common/transport/moe_message.h"
 
 namespace moe::engine {
 namespace {
@@ -29,7 +26,7 @@ uint64_t ExpertShardServer::Drain() {
   // progress is answered.
   absl::MutexLock lock(&control_mu_);
   if (thread_.joinable()) thread_.join();
-  return served_.load();
+  return handler_.rounds_served();
 }
 
 void ExpertShardServer::Stop() {
@@ -52,8 +49,8 @@ void ExpertShardServer::Loop() {
     if (draining_) return;
     if (message.ok()) {
       ServeLocked(*message);
-    } else if (observer_ != nullptr) {
-      observer_->OnIdle(absl::Now());
+    } else {
+      handler_.Idle(absl::Now());
     }
   }
 }
@@ -64,75 +61,15 @@ void ExpertShardServer::ServeOne(const transport::Message& message) {
 }
 
 void ExpertShardServer::ServeLocked(const transport::Message& message) {
-  const int64_t layer = message.tag.layer;
-  if (message.tag.kind != transport::MessageKind::kDispatch) {
-    std::cerr << "expert shard server: unexpected message " << message.tag.DebugString() << "\n";
-    ++failed_;
-    if (observer_ != nullptr) {
-      observer_->OnRoundFailed(
-          {.layer = layer,
-           .status = absl::InvalidArgumentError(absl::StrCat("not a dispatch: ", message.tag.DebugString())),
-           .compute = absl::ZeroDuration(),
-           .bytes_received = message.payload.size()});
-    }
-    return;
-  }
-  transport::MessageTag reply_tag = message.tag;
-  reply_tag.kind = transport::MessageKind::kCombine;
-  reply_tag.sender = transport_->self();
-
-  const absl::Time start = absl::Now();
-  absl::StatusOr<std::vector<std::byte>> served = block_->Serve(layer, message.payload);
-  const absl::Duration compute = absl::Now() - start;
-  std::vector<std::byte> reply;
-  if (served.ok()) {
-    reply = *std::move(served);
-    ++served_;
-  } else {
-    std::cerr << "expert shard server: " << served.status() << " for " << message.tag.DebugString() << "\n";
-    transport::EncodeMoeMessageHeader(0, {}, &reply);
-    ++failed_;
-  }
-  // The answer carries how long this worker held the round, so the attention worker can tell
-  // expert time from transport (moe_message.h, version 2). The reply was encoded just above. The
-  // observer counts the activation bytes, without the stamp.
-  const size_t reply_bytes = reply.size();
-  transport::StampExpertTime(absl::Now() - start, &reply).IgnoreError();
-  const absl::Status sent = transport_->Send(message.tag.sender, reply_tag, reply);
-  if (!sent.ok()) {
-    std::cerr << "expert shard server: reply to peer " << message.tag.sender << " failed: " << sent << "\n";
-  }
-  if (observer_ == nullptr) return;
-  if (served.ok()) {
-    ReportServed(message, start, compute, sent.ok() ? reply_bytes : 0);
-  } else {
-    observer_->OnRoundFailed({.layer = layer,
-                              .status = served.status(),
-                              .compute = compute,
-                              .bytes_received = message.payload.size()});
-  }
-}
-
-void ExpertShardServer::ReportServed(const transport::Message& message, absl::Time start,
-                                     absl::Duration compute, uint64_t bytes_sent) {
-  std::vector<uint64_t> rows(static_cast<size_t>(block_->num_experts()), 0);
-  // Serve validated the message (every group's expert is hosted here), so decoding it again cannot
-  // fail; it only gives the row counts.
-  absl::StatusOr<transport::MoeMessageView> view = transport::DecodeMoeMessage(message.payload);
-  if (view.ok()) {
-    for (const transport::ExpertGroup& group : view->groups) {
-      const int64_t local = group.expert - block_->first_expert();
-      if (local >= 0 && local < block_->num_experts()) {
-        rows[static_cast<size_t>(local)] += static_cast<uint64_t>(group.num_rows);
-      }
+  const ExpertRoundHandler::Answer answer = handler_.Handle(message, transport_->self());
+  absl::Status sent;
+  if (answer.reply) {
+    sent = transport_->Send(message.tag.sender, answer.tag, answer.payload);
+    if (!sent.ok()) {
+      std::cerr << "expert shard server: reply to peer " << message.tag.sender << " failed: " << sent << "\n";
     }
   }
-  observer_->OnRoundServed({.layer = message.tag.layer,
-                            .rows_per_expert = rows,
-                            .start = start,
-                            .compute = compute,
-                            .bytes_received = message.payload.size(),
-                            .bytes_sent = bytes_sent});
+  handler_.Finish(message, answer, sent);
 }
 
 }  // namespace moe::engine

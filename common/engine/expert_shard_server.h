@@ -5,10 +5,8 @@
 // with how long this shard held the round, so the attention worker can split its wait into expert
 // time and transport. The expert worker process serves over UCX with this; embedded mode serves
 // over loopback. Statistics go to an optional ExpertRoundObserver (the expert worker's metrics).
-//
-// A dispatch the block rejects (malformed, or an expert this shard does not host) is answered with
-// an empty combine message: the sender sees the group mismatch and fails its step at once rather
-// than at its deadline.
+// The per-round work (compute, stamp, observer, and the empty answer to a dispatch the block
+// rejects) is ExpertRoundHandler's, shared with the NCCL data plane's links.
 //
 // Thread safety: Start/Drain/Stop from one control thread (or several: they serialize); counters
 // readable from any thread. The observer is called from one thread at a time.
@@ -22,6 +20,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
 #include "common/engine/compute/expert_compute.h"
+#include "common/engine/expert_round_handler.h"
 #include "common/engine/expert_round_observer.h"
 #include "common/transport/activation_transport.h"
 
@@ -32,7 +31,7 @@ class ExpertShardServer {
   // None of the pointers is owned; all must outlive Stop(). `observer` may be null.
   ExpertShardServer(const ExpertCompute* block, transport::ActivationTransport* transport,
                     ExpertRoundObserver* observer = nullptr)
-      : block_(block), transport_(transport), observer_(observer) {}
+      : handler_(block, observer), transport_(transport) {}
   ~ExpertShardServer() { Stop(); }
   ExpertShardServer(const ExpertShardServer&) = delete;
   ExpertShardServer& operator=(const ExpertShardServer&) = delete;
@@ -49,9 +48,9 @@ class ExpertShardServer {
   // serving thread. Idempotent.
   void Stop();
 
-  uint64_t rounds_served() const { return served_.load(); }
+  uint64_t rounds_served() const { return handler_.rounds_served(); }
   // Messages that got no expert output (see FailedRound).
-  uint64_t rounds_failed() const { return failed_.load(); }
+  uint64_t rounds_failed() const { return handler_.rounds_failed(); }
 
   // Serves one received message exactly as the loop does (for tests, and for callers with their
   // own receive loop).
@@ -60,14 +59,9 @@ class ExpertShardServer {
  private:
   void Loop();
   void ServeLocked(const transport::Message& message) ABSL_EXCLUSIVE_LOCKS_REQUIRED(serve_mu_);
-  // Tells the observer the token rows of each hosted expert in `dispatch` (already validated by
-  // the block's Serve).
-  void ReportServed(const transport::Message& message, absl::Time start, absl::Duration compute,
-                    uint64_t bytes_sent) ABSL_EXCLUSIVE_LOCKS_REQUIRED(serve_mu_);
 
-  const ExpertCompute* const block_;
+  ExpertRoundHandler handler_;
   transport::ActivationTransport* const transport_;
-  ExpertRoundObserver* const observer_;
 
   absl::Mutex control_mu_;
   std::thread thread_ ABSL_GUARDED_BY(control_mu_);
@@ -75,8 +69,6 @@ class ExpertShardServer {
   // before the transport goes, and the observer never sees two calls at once.
   absl::Mutex serve_mu_;
   std::atomic<bool> draining_{false};
-  std::atomic<uint64_t> served_{0};
-  std::atomic<uint64_t> failed_{0};
 };
 
 }  // namespace moe::engine

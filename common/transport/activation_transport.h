@@ -1,7 +1,7 @@
 // The data-plane seam (docs/data-plane.md): send a tagged buffer to a peer, receive from a peer.
 // The implementations are loopback/ (in-process) and ucx/ (UCX: shared memory, TCP, RDMA), which
 // share their receive side (inbox_transport.h, a TaggedInbox), and nccl/ (NCCL, GPU memory: rounds
-// of matched sends and receives, not wired into the services yet; ReceiveAny is UNIMPLEMENTED there).
+// of matched sends and receives, the workers' --transport nccl; ReceiveAny is UNIMPLEMENTED there).
 // Control (membership, rendezvous) goes over gRPC and is not part of this interface.
 //
 // Peers are small integers in one rank space per cluster (see engine/expert_placement.h for how

@@ -146,7 +146,7 @@ expect fail "autoscaling minReplicas above maxReplicas is refused" "${helm}" tem
   --set attention.autoscaling.enabled=true --set attention.autoscaling.minReplicas=9
 # The device: MOE_DEVICE per worker (cpu by default, the router has none), refused when misspelt;
 # the GPU values put every worker on its GPU (MOE_DEVICE=cuda, one nvidia.com/gpu requested and
-# limited) over the data plane that works (ucx: host-staged).
+# limited) over the NCCL data plane (MOE_TRANSPORT=nccl).
 worker_docs() {  # worker_docs DIR helm-args...: one file per rendered worker StatefulSet, DIR/<component>
   local dir="$1"; shift
   mkdir -p "${dir}"
@@ -168,21 +168,23 @@ check_device() {  # check_device WANT helm-args...
   done
   ! "${helm}" template moe "${chart}" "$@" --show-only templates/router-deployment.yaml | grep -q MOE_DEVICE
 }
-check_gpu_values() {
-  local dir="${tmp}/gpu" component
-  worker_docs "${dir}" -f "${chart}/values-gpu.yaml" || return 1
+check_gpu_values() {  # check_gpu_values [more helm-args...]
+  local dir="${tmp}/gpu-$RANDOM" component
+  worker_docs "${dir}" -f "${chart}/values-gpu.yaml" "$@" || return 1
   for component in attention expert; do
     grep -A1 -- '- name: MOE_DEVICE$' "${dir}/${component}" | grep -qx ' *value: "cuda"' || return 1
     grep -A4 '^ *limits:$' "${dir}/${component}" | grep -qx ' *nvidia.com/gpu: 1' || return 1
     grep -A4 '^ *requests:$' "${dir}/${component}" | grep -qx ' *nvidia.com/gpu: 1' || return 1
   done
-  "${helm}" template moe "${chart}" -f "${chart}/values-gpu.yaml" --show-only templates/configmap.yaml \
-    | grep -qx '  MOE_TRANSPORT: "ucx"'
+  "${helm}" template moe "${chart}" -f "${chart}/values-gpu.yaml" "$@" --show-only templates/configmap.yaml \
+    | grep -qx '  MOE_TRANSPORT: "nccl"'
 }
 expect ok "workers get MOE_DEVICE=cpu by default, the router none" check_device cpu
 expect ok "expert.device and attention.device reach MOE_DEVICE" check_device cuda:1 \
   --set expert.device=cuda:1 --set attention.device=cuda:1
-expect ok "GPU values: every worker on cuda with one nvidia.com/gpu, data plane ucx" check_gpu_values
+expect ok "GPU values: every worker on cuda with one nvidia.com/gpu, data plane nccl" check_gpu_values
+expect fail "GPU check catches the data plane left on ucx" check_gpu_values --set cluster.transport=ucx
+expect ok "schema accepts cluster.transport=nccl" "${helm}" template moe "${chart}" --set cluster.transport=nccl
 expect fail "GPU check catches a worker left on the CPU" check_device cuda -f "${chart}/values-gpu.yaml" \
   --set attention.device=cpu
 for bad in gpu cuda:x CUDA cuda:01 'cuda 0'; do

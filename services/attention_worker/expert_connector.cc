@@ -19,7 +19,8 @@ constexpr int32_t kFirstExpertPeer = 1000;  // engine/expert_placement.h numberi
 }  // namespace
 
 absl::Status ValidateExpertInfo(const v1::ExpertWorkerInfo& info, int rank, int num_workers,
-                                int64_t num_experts, const std::string& fingerprint, int replicas) {
+                                int64_t num_experts, const std::string& fingerprint, int replicas,
+                                v1::DataPlane data_plane) {
   auto mismatch = [&](const char* field, auto got, auto want) {
     return absl::FailedPreconditionError(
         absl::StrCat("expert worker ", rank, ": ", field, " is ", got, ", expected ", want));
@@ -38,8 +39,8 @@ absl::Status ValidateExpertInfo(const v1::ExpertWorkerInfo& info, int rank, int 
   if (info.peer_id() != kFirstExpertPeer + rank) {
     return mismatch("peer_id", info.peer_id(), kFirstExpertPeer + rank);
   }
-  if (info.data_plane() != v1::DATA_PLANE_UCX) {
-    return mismatch("data_plane", v1::DataPlane_Name(info.data_plane()), "DATA_PLANE_UCX");
+  if (info.data_plane() != data_plane) {
+    return mismatch("data_plane", v1::DataPlane_Name(info.data_plane()), v1::DataPlane_Name(data_plane));
   }
   if (info.model_fingerprint() != fingerprint) {
     return mismatch("model_fingerprint", info.model_fingerprint(), fingerprint);

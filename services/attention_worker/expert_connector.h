@@ -66,9 +66,11 @@ struct ExpertConnectorOptions {
 
 // Checks one GetInfo answer against the layout the attention worker expects for expert rank
 // `rank`: rank, worker count, expert range (ExpertPlacement::RangeOf), peer id 1000 + rank, data
-// plane UCX and the fingerprint. FAILED_PRECONDITION naming the mismatching field.
+// plane (`data_plane`: UCX for ExpertConnector, NCCL for NcclConnector) and the fingerprint.
+// FAILED_PRECONDITION naming the mismatching field.
 absl::Status ValidateExpertInfo(const v1::ExpertWorkerInfo& info, int rank, int num_workers,
-                                int64_t num_experts, const std::string& fingerprint, int replicas = 1);
+                                int64_t num_experts, const std::string& fingerprint, int replicas = 1,
+                                v1::DataPlane data_plane = v1::DATA_PLANE_UCX);
 
 class ExpertConnector {
  public:

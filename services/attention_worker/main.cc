@@ -1,6 +1,7 @@
 // moe-attention-worker: dense weights, KV cache and continuous batching for the requests the router
-// places here; the experts are reached over UCX at the expert workers. Flags and env: --help,
-// deploy/k8s/README.md.
+// places here; the experts are reached over UCX or NCCL (--transport) at the expert workers. Flags and env:
+// --help, deploy/k8s/README.md.
+#include <memory>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -12,6 +13,7 @@
 #include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
+#include "common/transport/nccl/nccl_api.h"
 #include "common/transport/nccl/transport_choice.h"
 #include "services/attention_worker/attention_service.h"
 #include "services/attention_worker/attention_worker.h"
@@ -28,8 +30,8 @@ ABSL_FLAG(int, expert_replicas, 1,
           "copies of each expert shard (as the expert workers' --expert_replicas); a round fails over "
           "to another copy when a worker dies");
 ABSL_FLAG(std::string, transport, "ucx",
-          "data plane to the expert workers: ucx (any --device); nccl (--device cuda, a build with NCCL) "
-          "is refused until the workers serve rounds over it (docs/data-plane.md#nccl-transport)");
+          "data plane to the expert workers: ucx (any --device); nccl (--device cuda, a build with NCCL, "
+          "the expert workers on nccl too; docs/data-plane.md#nccl-rendezvous)");
 ABSL_FLAG(std::string, device, "cpu",
           "where the forward pass runs: cpu, cuda (= cuda:0) or cuda:N (dense weights and KV cache on that "
           "GPU; docs/gpu.md)");
@@ -71,6 +73,15 @@ int main(int argc, char** argv) {
       !s.ok()) {
     return service->Fail(s);
   }
+  // --transport nccl: NCCL's calls come from the CUDA backend plugin, like the CUDA kernels (this
+  // binary links no CUDA or NCCL library); FAILED_PRECONDITION naming the flag without it or a GPU.
+  // Declared before the worker, so it outlives it.
+  std::unique_ptr<moe::transport::NcclApi> nccl_api;
+  if (absl::GetFlag(FLAGS_transport) == "nccl") {
+    auto api = moe::engine::CreateNcclApi(*device, "--transport");
+    if (!api.ok()) return service->Fail(api.status());
+    nccl_api = *std::move(api);
+  }
   moe::services::AttentionWorkerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   auto rank = moe::rpc::ResolveRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_rank_from_hostname));
@@ -108,6 +119,8 @@ int main(int argc, char** argv) {
                          std::to_string(options.engine.micro_batches));
   }
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
+  options.data_plane = nccl_api != nullptr ? moe::v1::DATA_PLANE_NCCL : moe::v1::DATA_PLANE_UCX;
+  options.nccl_api = nccl_api.get();
   options.engine.device = *device;
   const int poll_spin_us = absl::GetFlag(FLAGS_ucx_poll_spin_us);
   if (poll_spin_us < 0 || absl::Microseconds(poll_spin_us) > moe::transport::UcxOptions::kMaxPollSpin) {

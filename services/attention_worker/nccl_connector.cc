@@ -8,6 +8,7 @@
 #include "absl/time/clock.h"
 #include "common/engine/expert_placement.h"
 #include "common/logging/logging.h"
+#include "common/status/status_macros.h"
 #include "common/transport/nccl/nccl_bootstrap.h"
 #include "grpcpp/grpcpp.h"
 
@@ -77,6 +78,21 @@ void NcclConnector::ReportFailure() {
 }
 
 absl::Status NcclConnector::RebuildOnce() {
+  if (options_.check_info) {
+    // Every expert worker's layout, model and data plane before any of them gets a unique id.
+    for (size_t rank = 0; rank < stubs_.size(); ++rank) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+      v1::ExpertWorkerInfo info;
+      const grpc::Status rpc = stubs_[rank]->GetInfo(&context, v1::GetInfoRequest(), &info);
+      if (!rpc.ok()) {
+        return absl::UnavailableError(absl::StrCat("expert worker ", rank, " (",
+                                                   options_.expert_addresses[rank],
+                                                   "): GetInfo: ", rpc.error_message()));
+      }
+      RETURN_IF_ERROR(options_.check_info(static_cast<int>(rank), info));
+    }
+  }
   transport::NcclBootstrap bootstrap;
   const transport::NcclResult made = api_->GetUniqueId(&bootstrap.unique_id);
   if (made != transport::NcclResult::kSuccess) {

@@ -6,6 +6,10 @@
 // started joining) and then joins itself (NcclTransport::Rebuild): that join completes only when
 // every rank has joined, so its success is the proof that the whole communicator is up.
 //
+// With `check_info` set, each attempt first asks every expert worker for its GetInfo and checks it
+// (the attention worker checks shard, model fingerprint and data plane, as ExpertConnector does for
+// UCX), so no unique id goes to a worker of another layout, model or data plane.
+//
 // It rebuilds at start and whenever ReportFailure() says a round failed (a dead or restarted peer:
 // the failed round aborted the communicator), with a bounded backoff, in the next generation each
 // time; expert workers that survived rebuild in place. It does not watch idle peers: a restarted
@@ -45,6 +49,9 @@ struct NcclConnectorOptions {
   absl::Duration initial_backoff = absl::Milliseconds(50);
   absl::Duration max_backoff = absl::Seconds(2);
   rpc::ClientCredentials credentials;
+  // If set, called with each expert worker's GetInfo answer (rank, info) before every rendezvous;
+  // an error (e.g. ValidateExpertInfo's FAILED_PRECONDITION) fails the attempt, naming the worker.
+  std::function<absl::Status(int rank, const v1::ExpertWorkerInfo& info)> check_info;
 };
 
 class NcclConnector {
@@ -74,7 +81,8 @@ class NcclConnector {
   uint64_t instance() const { return instance_; }
 
   // One rendezvous attempt in the next generation (what the thread does; public for tests).
-  // UNAVAILABLE naming the expert worker whose JoinNccl failed or the ranks that did not join.
+  // UNAVAILABLE naming the expert worker whose GetInfo or JoinNccl failed or the ranks that did not
+  // join; check_info's error for a worker whose GetInfo it refuses.
   absl::Status RebuildOnce();
 
  private:

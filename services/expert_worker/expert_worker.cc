@@ -1,6 +1,8 @@
 #include "services/expert_worker/expert_worker.h"
 
 #include <algorithm>
+#include <memory>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -48,6 +50,21 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
   }
   RETURN_IF_ERROR(engine::ExpertPlacement::Validate(config.num_experts, options.num_expert_workers,
                                                     options.expert_replicas));
+  const bool nccl = options.data_plane == v1::DATA_PLANE_NCCL;
+  if (options.data_plane != v1::DATA_PLANE_UCX && !nccl) {
+    return absl::InvalidArgumentError("--transport: the data plane must be ucx or nccl");
+  }
+  if (nccl && options.nccl_api == nullptr) {
+    return absl::FailedPreconditionError("--transport nccl: no NCCL API (the CUDA backend plugin's)");
+  }
+  // One communicator per attention worker over the home expert workers
+  // (docs/data-plane.md#nccl-rendezvous): no place for copies of a shard or workers that join later.
+  if (nccl && options.expert_replicas > 1) {
+    return absl::InvalidArgumentError("--expert_replicas: the nccl data plane serves one copy of each shard");
+  }
+  if (nccl && options.joinable) {
+    return absl::InvalidArgumentError("--joinable: the nccl data plane has no joinable expert workers");
+  }
   if (options.extra_expert_budget_bytes < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("--extra_expert_budget_bytes must be >= 0, got ", options.extra_expert_budget_bytes));
@@ -69,7 +86,9 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
   }
   ASSIGN_OR_RETURN(std::string fingerprint, model::ModelFingerprint(options.model_dir));
   const int32_t peer = kFirstExpertPeerId + options.rank;
-  ASSIGN_OR_RETURN(worker->transport_, transport::UcxTransport::Create(peer, options.ucx));
+  if (!nccl) {
+    ASSIGN_OR_RETURN(worker->transport_, transport::UcxTransport::Create(peer, options.ucx));
+  }
 
   v1::ExpertWorkerInfo& info = worker->info_;
   info.set_rank(options.rank);
@@ -77,8 +96,8 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
   info.set_first_expert(static_cast<int32_t>(range.first));
   info.set_num_experts(static_cast<int32_t>(range.count));
   info.set_peer_id(peer);
-  info.set_data_plane(v1::DATA_PLANE_UCX);
-  info.set_address(worker->transport_->WorkerAddress());
+  info.set_data_plane(options.data_plane);
+  if (!nccl) info.set_address(worker->transport_->WorkerAddress());
   info.set_model_fingerprint(fingerprint);
   info.set_expert_replicas(options.expert_replicas);
   info.set_extra_expert_budget_bytes(options.extra_expert_budget_bytes);
@@ -91,19 +110,66 @@ absl::StatusOr<std::unique_ptr<ExpertWorker>> ExpertWorker::Create(const ExpertW
     worker->metrics_ =
         std::make_unique<ExpertMetrics>(*registry, moe_layers, config.num_hidden_layers, range.first,
                                         range.count, options.per_expert_metrics, options.load_window);
+  }
+  if (nccl) {
+    worker->round_handler_ =
+        std::make_unique<engine::ExpertRoundHandler>(worker->block_.get(), worker->metrics_.get());
+    NcclLinksOptions links;
+    links.self_peer = peer;
+    links.model_fingerprint = fingerprint;
+    links.max_round_tokens = options.max_round_tokens;
+    // A dispatch carries at most min(top_k, hosted) rows per token (docs/data-plane.md#admission-and-bounds).
+    links.message_bound = [hidden = config.hidden_size, hosted = range.count,
+                           top_k = config.num_experts_per_tok](int64_t tokens) {
+      return transport::MaxMoeMessageSize(hidden, hosted, top_k, tokens);
+    };
+    links.join_timeout = options.nccl_join_timeout;
+    links.send_timeout = options.nccl_send_timeout;
+    engine::ExpertRoundHandler* handler = worker->round_handler_.get();
+    worker->nccl_links_ = std::make_unique<NcclExpertLinks>(
+        std::move(links), options.nccl_api, [handler, peer](const transport::Message& dispatch) {
+          // The round's record (without its payload, which is sent) finishes it after the send;
+          // `dispatch` is still alive then (NcclAnswer::done).
+          auto answer = std::make_shared<engine::ExpertRoundHandler::Answer>(handler->Handle(dispatch, peer));
+          NcclAnswer out;
+          out.payload = std::move(answer->payload);
+          out.done = [handler, answer, &dispatch](const absl::Status& sent) {
+            handler->Finish(dispatch, *answer, sent);
+          };
+          return out;
+        });
+  }
+  if (registry != nullptr) {
     worker->drop_metrics_ = std::make_unique<metrics::CounterMirror>(
         *registry, "moe_expert_data_plane_dropped_messages_total",
         "Data-plane messages dropped before being queued, by reason", "reason", transport::DropReasonNames(),
-        [transport = worker->transport_.get()] {
-          const transport::DropCounts counts = transport->drop_counts();
+        [raw = worker.get()] {
+          const transport::DropCounts counts = raw->data_plane_drops();
           return std::vector<uint64_t>(counts.begin(), counts.end());
         },
         absl::Seconds(1));
   }
+  if (nccl) return worker;
   worker->server_ = std::make_unique<engine::ExpertShardServer>(
       worker->block_.get(), worker->transport_.get(), worker->metrics_.get());
   worker->server_->Start();
   return worker;
+}
+
+uint64_t ExpertWorker::Drain() {
+  if (server_ != nullptr) return server_->Drain();
+  if (nccl_links_ != nullptr) nccl_links_->Stop();
+  return rounds_served();
+}
+
+void ExpertWorker::Stop() {
+  if (server_ != nullptr) server_->Stop();
+  if (nccl_links_ != nullptr) nccl_links_->Stop();
+}
+
+uint64_t ExpertWorker::rounds_served() const {
+  if (server_ != nullptr) return server_->rounds_served();
+  return round_handler_ != nullptr ? round_handler_->rounds_served() : 0;
 }
 
 bool ExpertWorker::WaitQuiet(absl::Duration quiet, absl::Duration limit) const {
@@ -139,6 +205,11 @@ absl::StatusOr<std::string> ExpertWorker::ConnectAttention(int32_t peer_id, cons
   if (max_round_tokens < 1 || max_round_tokens > max_round_tokens_) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_round_tokens: must be in [1, ", max_round_tokens_, "], got ", max_round_tokens));
+  }
+  if (transport_ == nullptr) {
+    return absl::FailedPreconditionError(
+        "this expert worker's data plane is NCCL (--transport nccl): the attention worker must use "
+        "ExpertControl/JoinNccl, not Connect");
   }
   if (secret.size() != transport::kDataPlaneSecretBytes) {
     return absl::InvalidArgumentError(absl::StrCat("data_plane_secret: ", secret.size(), " bytes, expected ",

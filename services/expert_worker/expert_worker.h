@@ -1,7 +1,9 @@
 // One expert worker: loads its shard of the experts (only those tensors: memory proportional to
-// the shard), opens its UCX endpoint (peer id 1000 + rank, engine/expert_placement.h) and serves
-// dispatches through an engine::ExpertShardServer observed by ExpertMetrics. The gRPC surface is
-// expert_control_service.h.
+// the shard) and serves dispatches as peer 1000 + rank (engine/expert_placement.h), each round
+// observed by ExpertMetrics. On the UCX data plane it opens a UCX endpoint and serves through an
+// engine::ExpertShardServer; on the NCCL data plane it serves through NcclExpertLinks (one
+// communicator per attention worker, formed by ExpertControl/JoinNccl), whose handler is the same
+// engine::ExpertRoundHandler. The gRPC surface is expert_control_service.h.
 //
 // Thread safety: info() and LoadExtraExperts may be called from any thread; ConnectAttention may be called
 // from any thread (UcxTransport is thread-safe); Drain/Stop from one control thread.
@@ -20,15 +22,18 @@
 #include "absl/time/time.h"
 #include "common/engine/compute/expert_compute.h"
 #include "common/engine/expert_placement.h"
+#include "common/engine/expert_round_handler.h"
 #include "common/engine/expert_shard_server.h"
 #include "common/kernels/device_spec.h"
 #include "common/metrics/counter_mirror.h"
 #include "common/model/checkpoint.h"
 #include "common/model/config.h"
+#include "common/transport/nccl/nccl_api.h"
 #include "common/transport/ucx/ucx_transport.h"
 #include "moe/v1/expert_control.pb.h"
 #include "prometheus/registry.h"
 #include "services/expert_worker/expert_metrics.h"
+#include "services/expert_worker/nccl_links.h"
 
 namespace moe::services {
 
@@ -52,7 +57,16 @@ struct ExpertWorkerOptions {
   int64_t max_round_tokens = 65536;
   // Bytes of extra experts (the balancer's copies, LoadExtraExperts) this worker may hold; 0: none.
   int64_t extra_expert_budget_bytes = 0;
+  // The data plane (--transport): DATA_PLANE_UCX (a UcxTransport and ExpertShardServer) or
+  // DATA_PLANE_NCCL (NcclExpertLinks; GetInfo reports it and Connect is refused).
+  v1::DataPlane data_plane = v1::DATA_PLANE_UCX;
   transport::UcxOptions ucx;
+  // The NCCL calls for DATA_PLANE_NCCL (not owned; must outlive the worker): the CUDA backend
+  // plugin's CudaNcclApi in the binary (engine::CreateNcclApi), a FakeNcclApi in tests.
+  transport::NcclApi* nccl_api = nullptr;
+  // How long a link waits for every rank of a bootstrap to join, and for its answer to be taken.
+  absl::Duration nccl_join_timeout = absl::Seconds(30);
+  absl::Duration nccl_send_timeout = absl::Seconds(10);
   // Where the shard's experts compute (`--device`): cpu, or cuda:N (weights uploaded once at start).
   kernels::DeviceSpec device;
 };
@@ -87,7 +101,11 @@ class ExpertWorker {
                                                const std::string& fingerprint, const std::string& secret,
                                                int64_t max_round_tokens);
   // Messages the data plane dropped, by reason (transport::DropReason).
-  transport::DropCounts data_plane_drops() const { return transport_->drop_counts(); }
+  transport::DropCounts data_plane_drops() const {
+    return transport_ != nullptr ? transport_->drop_counts() : nccl_links_->drop_counts();
+  }
+  // The NCCL data plane's links, for ExpertControl/JoinNccl (null on UCX).
+  NcclExpertLinks* nccl_links() const { return nccl_links_.get(); }
 
   // Draining before exit (SIGTERM): GetInfo says so (ExpertWorkerInfo.draining), the worker goes on
   // serving, and the attention workers move its rounds to other copies of its shard.
@@ -97,12 +115,11 @@ class ExpertWorker {
   // or `limit` has passed; returns whether it went quiet.
   bool WaitQuiet(absl::Duration quiet, absl::Duration limit) const;
 
-  // See engine::ExpertShardServer::Drain / Stop.
-  uint64_t Drain() { return server_->Drain(); }
-  void Stop() {
-    if (server_ != nullptr) server_->Stop();
-  }
-  uint64_t rounds_served() const { return server_->rounds_served(); }
+  // See engine::ExpertShardServer::Drain / Stop. On NCCL, Drain stops the links (a round in
+  // progress is cut off: its attention worker fails that step UNAVAILABLE and rebuilds without us).
+  uint64_t Drain();
+  void Stop();
+  uint64_t rounds_served() const;
 
  private:
   ExpertWorker() = default;
@@ -123,10 +140,14 @@ class ExpertWorker {
   std::unique_ptr<model::Checkpoint> checkpoint_;
   std::unique_ptr<engine::ExpertCompute> block_;  // the CPU ExpertBlock or the CUDA block
   std::unique_ptr<transport::UcxTransport> transport_;
-  // moe_expert_data_plane_dropped_messages_total; after transport_, so destroyed before it.
-  std::unique_ptr<metrics::CounterMirror> drop_metrics_;
   std::unique_ptr<ExpertMetrics> metrics_;
-  std::unique_ptr<engine::ExpertShardServer> server_;
+  std::unique_ptr<engine::ExpertShardServer> server_;  // UCX
+  // NCCL: the rounds' work (compute, stamp, metrics), then the links that serve them.
+  std::unique_ptr<engine::ExpertRoundHandler> round_handler_;
+  std::unique_ptr<NcclExpertLinks> nccl_links_;
+  // moe_expert_data_plane_dropped_messages_total; after transport_ and nccl_links_, so destroyed
+  // before them.
+  std::unique_ptr<metrics::CounterMirror> drop_metrics_;
 };
 
 }  // namespace moe::services

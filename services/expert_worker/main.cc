@@ -1,5 +1,7 @@
-// moe-expert-worker: serves experts [e0, e1) of every MoE layer to the attention workers over UCX;
-// control (identity, rendezvous, drain) over gRPC. Flags and env: --help, deploy/k8s/README.md.
+// moe-expert-worker: serves experts [e0, e1) of every MoE layer to the attention workers over UCX or
+// NCCL (--transport); control (identity, rendezvous, drain) over gRPC. Flags and env: --help,
+// deploy/k8s/README.md.
+#include <memory>
 #include <string>
 
 #include "absl/flags/flag.h"
@@ -10,6 +12,7 @@
 #include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
+#include "common/transport/nccl/nccl_api.h"
 #include "common/transport/nccl/transport_choice.h"
 #include "services/expert_worker/expert_control_service.h"
 #include "services/expert_worker/expert_worker.h"
@@ -24,8 +27,8 @@ ABSL_FLAG(bool, joinable, false,
 ABSL_FLAG(int, expert_replicas, 1,
           "copies of each expert shard: N workers hold N/R shards, rank r hosts shard r mod N/R");
 ABSL_FLAG(std::string, transport, "ucx",
-          "data plane to the attention workers: ucx (any --device); nccl (--device cuda, a build with NCCL) "
-          "is refused until the workers serve rounds over it (docs/data-plane.md#nccl-transport)");
+          "data plane to the attention workers: ucx (any --device); nccl (--device cuda, a build with NCCL, "
+          "the attention workers on nccl too; docs/data-plane.md#nccl-rendezvous)");
 ABSL_FLAG(
     std::string, device, "cpu",
     "where the experts compute: cpu, cuda (= cuda:0) or cuda:N (weights uploaded to that GPU at start)");
@@ -62,6 +65,15 @@ int main(int argc, char** argv) {
       !s.ok()) {
     return service->Fail(s);
   }
+  // --transport nccl: NCCL's calls come from the CUDA backend plugin, like the CUDA kernels (this
+  // binary links no CUDA or NCCL library); FAILED_PRECONDITION naming the flag without it or a GPU.
+  // Declared before the worker, so it outlives it.
+  std::unique_ptr<moe::transport::NcclApi> nccl_api;
+  if (absl::GetFlag(FLAGS_transport) == "nccl") {
+    auto api = moe::engine::CreateNcclApi(*device, "--transport");
+    if (!api.ok()) return service->Fail(api.status());
+    nccl_api = *std::move(api);
+  }
   moe::services::ExpertWorkerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   auto rank = moe::rpc::ResolveRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_rank_from_hostname));
@@ -75,6 +87,8 @@ int main(int argc, char** argv) {
   options.max_round_tokens = absl::GetFlag(FLAGS_max_round_tokens);
   options.extra_expert_budget_bytes = absl::GetFlag(FLAGS_extra_expert_budget_bytes);
   options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
+  options.data_plane = nccl_api != nullptr ? moe::v1::DATA_PLANE_NCCL : moe::v1::DATA_PLANE_UCX;
+  options.nccl_api = nccl_api.get();
   options.device = *device;
   const int poll_spin_us = absl::GetFlag(FLAGS_ucx_poll_spin_us);
   if (poll_spin_us < 0 || absl::Microseconds(poll_spin_us) > moe::transport::UcxOptions::kMaxPollSpin) {
@@ -95,6 +109,7 @@ int main(int argc, char** argv) {
   });
   auto worker = moe::services::ExpertWorker::Create(options, &moe::metrics::Registry());
   if (!worker.ok()) return service->Fail(worker.status());
+  control.SetNcclLinks((*worker)->nccl_links());  // null on UCX: JoinNccl is refused
   control.SetWorker(worker->get());
   service->SetStarted();
   service->SetReady(!control.drained());  // a Drain may already have come

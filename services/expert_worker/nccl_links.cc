@@ -91,7 +91,10 @@ absl::StatusOr<uint64_t> NcclExpertLinks::Join(int32_t attention_peer, uint64_t 
   }
   if (replaced != nullptr) {
     LOG(INFO) << "attention worker peer " << attention_peer << " restarted: its NCCL link starts over";
+    const transport::DropCounts drops = replaced->transport->drop_counts();
     StopLink(std::move(replaced));
+    absl::MutexLock lock(&mu_);
+    for (size_t r = 0; r < drops.size(); ++r) retired_drops_[r] += drops[r];
   }
   return generation;
 }
@@ -148,11 +151,12 @@ void NcclExpertLinks::Serve(Link* link) {
         transport.ReceiveFrom(link->peer, transport::MessageKind::kDispatch, absl::InfiniteFuture());
     absl::Status status = dispatch.status();
     if (dispatch.ok()) {
-      const std::vector<std::byte> answer = handler_(*dispatch);
+      const NcclAnswer answer = handler_(*dispatch);
       transport::MessageTag tag = dispatch->tag;
       tag.kind = transport::MessageKind::kCombine;
       tag.sender = options_.self_peer;
-      status = transport.Send(link->peer, tag, answer);
+      status = transport.Send(link->peer, tag, answer.payload);
+      if (answer.done) answer.done(status);
     }
     absl::MutexLock lock(&mu_);
     if (status.ok()) {
@@ -187,6 +191,16 @@ const transport::NcclTransport* NcclExpertLinks::transport(int32_t attention_pee
 uint64_t NcclExpertLinks::rounds_served() const {
   absl::MutexLock lock(&mu_);
   return rounds_;
+}
+
+transport::DropCounts NcclExpertLinks::drop_counts() const {
+  absl::MutexLock lock(&mu_);
+  transport::DropCounts counts = retired_drops_;
+  for (const auto& [peer, link] : links_) {
+    const transport::DropCounts drops = link->transport->drop_counts();
+    for (size_t r = 0; r < drops.size(); ++r) counts[r] += drops[r];
+  }
+  return counts;
 }
 
 }  // namespace moe::services

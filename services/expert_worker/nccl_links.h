@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -51,9 +52,17 @@ struct NcclLinksOptions {
   absl::Duration send_timeout = absl::Seconds(10);
 };
 
-// Serves one dispatch: returns the combine payload (an empty message for a dispatch it cannot serve,
-// as engine::ExpertShardServer does, so the sender fails its round on the layout at once).
-using NcclDispatchHandler = std::function<std::vector<std::byte>(const transport::Message& dispatch)>;
+// The answer to one dispatch: the combine payload (an empty message for a dispatch it cannot serve,
+// as engine::ExpertShardServer does, so the sender fails its round on the layout at once), and what
+// to do once it is sent (or not: `sent` says), e.g. count the round (may be empty). `done` is called
+// before the dispatch the handler was given is released, so it may refer to it.
+struct NcclAnswer {
+  std::vector<std::byte> payload;
+  std::function<void(const absl::Status& sent)> done;
+};
+// Serves one dispatch. Called from the links' threads, one per attention worker, so possibly
+// concurrently (the expert worker's is engine::ExpertRoundHandler, as ExpertShardServer's rounds).
+using NcclDispatchHandler = std::function<NcclAnswer(const transport::Message& dispatch)>;
 
 class NcclExpertLinks {
  public:
@@ -81,6 +90,9 @@ class NcclExpertLinks {
   // The link's transport (null if none): the same object across rebuilds of one attention process.
   const transport::NcclTransport* transport(int32_t attention_peer) const;
   uint64_t rounds_served() const;
+  // Messages the links' transports dropped, by reason (transport::DropReason), over every link this
+  // object has had (a restarted attention worker's old link included), so the counts only grow.
+  transport::DropCounts drop_counts() const;
   int32_t self_peer() const { return options_.self_peer; }
 
  private:
@@ -106,6 +118,7 @@ class NcclExpertLinks {
   bool stopped_ ABSL_GUARDED_BY(mu_) = false;
   std::map<int32_t, std::unique_ptr<Link>> links_ ABSL_GUARDED_BY(mu_);
   uint64_t rounds_ ABSL_GUARDED_BY(mu_) = 0;
+  transport::DropCounts retired_drops_ ABSL_GUARDED_BY(mu_){};  // of links replaced since
 };
 
 }  // namespace moe::services

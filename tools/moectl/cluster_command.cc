@@ -971,8 +971,8 @@ void RegisterClusterCommand(CLI::App& app) {
       "Bytes each expert worker may hold of extra expert copies for `moectl cluster rebalance` "
       "(BYTES, or a number with KiB/MiB/GiB; default 0: none)");
   up->add_option("--transport", flags->transport,
-                 "Data plane: ucx (default), or nccl (--device cuda; refused until the workers serve rounds "
-                 "over NCCL: docs/data-plane.md#nccl-transport); passed to every worker");
+                 "Data plane: ucx (default), or nccl (--device cuda, a build with NCCL: "
+                 "docs/data-plane.md#nccl-rendezvous); passed to every worker");
   up->add_option("--device", flags->device,
                  "Where every worker computes: cpu (default), cuda or cuda:N (passed to each worker's "
                  "--device)");

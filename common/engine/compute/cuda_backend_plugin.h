@@ -19,13 +19,17 @@
 #include "common/model/config.h"
 #include "common/model/weights.h"
 
+namespace moe::transport {
+class NcclApi;
+}  // namespace moe::transport
+
 namespace moe::engine {
 
 class ForwardPass;
 class MoeDispatcher;
 struct CudaForwardOptions;
 
-inline constexpr int kCudaBackendPluginAbi = 2;
+inline constexpr int kCudaBackendPluginAbi = 3;
 inline constexpr char kCudaBackendPluginFile[] = "libmoe_cuda_backend.so";
 
 // int moe_cuda_backend_abi(): kCudaBackendPluginAbi of the plugin's build.
@@ -40,6 +44,13 @@ using CudaExpertsCreateFn = void (*)(const model::ModelConfig* config,
 using CudaForwardCreateFn = void (*)(const model::ModelConfig* config, const model::DenseWeights* weights,
                                      MoeDispatcher* dispatcher, const CudaForwardOptions* options,
                                      absl::StatusOr<std::unique_ptr<ForwardPass>>* out);
+
+// *out = a transport::CudaNcclApi on device `ordinal` (the NCCL data plane's calls), or
+// FAILED_PRECONDITION naming `flag` when there is no such device. Exported as
+// moe_cuda_nccl_api_create only by a plugin built with NCCL (MOE_HAVE_NCCL); a plugin without it
+// lacks the symbol.
+using CudaNcclApiCreateFn = void (*)(int ordinal, const char* flag,
+                                     absl::StatusOr<std::unique_ptr<transport::NcclApi>>* out);
 
 }  // namespace moe::engine
 

@@ -6,6 +6,10 @@
 #include "common/engine/cuda/cuda_attention_block.h"
 #include "common/engine/cuda/cuda_expert_block.h"
 #include "common/kernels/cuda/cuda_kernels.h"
+#if MOE_HAVE_NCCL
+#include "absl/strings/str_cat.h"
+#include "common/transport/nccl/cuda_nccl_api.h"
+#endif
 
 extern "C" {
 
@@ -42,5 +46,19 @@ __attribute__((visibility("default"))) void moe_cuda_forward_create(
   }
   *out = std::unique_ptr<moe::engine::ForwardPass>(*std::move(block));
 }
+
+#if MOE_HAVE_NCCL
+__attribute__((visibility("default"))) void moe_cuda_nccl_api_create(
+    int ordinal, const char* flag, absl::StatusOr<std::unique_ptr<moe::transport::NcclApi>>* out) {
+  const int devices = moe::transport::CudaDeviceCount();
+  if (ordinal < 0 || ordinal >= devices) {
+    *out = absl::FailedPreconditionError(absl::StrCat(flag, ": nccl needs CUDA device ", ordinal,
+                                                      ", this machine has ", devices,
+                                                      " (no driver, or fewer devices)"));
+    return;
+  }
+  *out = std::unique_ptr<moe::transport::NcclApi>(std::make_unique<moe::transport::CudaNcclApi>(ordinal));
+}
+#endif
 
 }  // extern "C"

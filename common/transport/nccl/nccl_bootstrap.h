@@ -1,10 +1,9 @@
 // What every member of an NCCL communicator must agree on before joining it: the unique id, the
 // generation, and which data-plane peer holds which NCCL rank. One member (the one that owns the
 // membership) makes it, and it travels to the others over the gRPC rendezvous as the opaque bytes of
-// EncodeNcclBootstrap (docs/data-plane.md#nccl-transport says how the services are to carry it; they
-// do not yet). When a member restarts, a new bootstrap (new unique id, next generation, the new rank
-// map) goes to every member, and each calls NcclTransport::Rebuild with it: the survivors keep
-// running.
+// EncodeNcclBootstrap (ExpertControl/JoinNccl: docs/data-plane.md#nccl-rendezvous). When a member
+// restarts, a new bootstrap (new unique id, next generation, the new rank map) goes to every member,
+// and each calls NcclTransport::Rebuild with it: the survivors keep running.
 #ifndef MOE_COMMON_TRANSPORT_NCCL_NCCL_BOOTSTRAP_H_
 #define MOE_COMMON_TRANSPORT_NCCL_NCCL_BOOTSTRAP_H_
 

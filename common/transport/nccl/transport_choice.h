@@ -17,8 +17,8 @@ bool BuiltWithNccl();
 // BuiltWithNccl() says (a parameter so that both answers can be tested on one build).
 //   ucx: OK with any device.
 //   nccl: INVALID_ARGUMENT with --device cpu (NCCL moves GPU memory); FAILED_PRECONDITION in a build
-//     without NCCL; otherwise UNIMPLEMENTED: the rendezvous (ExpertControl/JoinNccl) exists but the
-//     workers do not serve rounds over NCCL yet.
+//     without NCCL; otherwise OK (the workers then get NCCL's calls from the CUDA backend plugin,
+//     engine::CreateNcclApi, which says FAILED_PRECONDITION when it or the GPU is missing).
 //   anything else: INVALID_ARGUMENT naming the accepted values.
 // Every message names `flag`.
 absl::Status CheckTransportChoice(absl::string_view transport, bool device_is_cuda, bool have_nccl,

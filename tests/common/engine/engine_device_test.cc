@@ -2,12 +2,15 @@
 // driver, fewer GPUs) is FAILED_PRECONDITION naming the device, found before the model is loaded,
 // and never a crash; options the CUDA backend cannot run are INVALID_ARGUMENT naming the option.
 // (What the CUDA backend computes is tested on a GPU: tests/common/engine/cuda/, label gpu.)
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "common/engine/engine.h"
+#include "common/engine/expert_compute_factory.h"
 #include "common/engine/forward_pass.h"
 #include "common/engine/testing/requests.h"
+#include "common/transport/nccl/transport_choice.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/util/test_models.h"
@@ -53,6 +56,24 @@ TEST(EngineDeviceTest, CudaZeroFollowsTheDeviceCheck) {
     auto logits = (*engine)->PromptLogits(engine_testing::PseudoRandomPrompt(5, 1));
     ASSERT_TRUE(logits.ok()) << logits.status();
     EXPECT_EQ(static_cast<int64_t>(logits->size()), (*engine)->config().vocab_size);
+  }
+}
+
+// The NCCL data plane's calls come from the CUDA backend plugin (CreateNcclApi). A cpu device has
+// none; a cuda device that does not exist is FAILED_PRECONDITION naming the flag, and in a build with
+// CUDA and NCCL it is the plugin's own entry point that says so (it was loaded and answered).
+TEST(EngineDeviceTest, NcclApiComesFromThePluginOnlyForAnExistingCudaDevice) {
+  const absl::StatusOr<std::unique_ptr<transport::NcclApi>> cpu = CreateNcclApi(kernels::DeviceSpec{});
+  EXPECT_EQ(cpu.status().code(), absl::StatusCode::kFailedPrecondition) << cpu.status();
+  EXPECT_THAT(cpu.status().message(), HasSubstr("--transport: nccl moves GPU memory"));
+
+  const absl::StatusOr<std::unique_ptr<transport::NcclApi>> missing =
+      CreateNcclApi(kernels::DeviceSpec{kernels::DeviceSpec::Kind::kCuda, 1023}, "--transport");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kFailedPrecondition) << missing.status();
+  EXPECT_THAT(missing.status().message(), HasSubstr("--transport: nccl"));
+  if (BuiltWithCuda() && transport::BuiltWithNccl()) {
+    EXPECT_THAT(missing.status().message(), HasSubstr("needs CUDA device 1023, this machine has"));
   }
 }
 

@@ -194,8 +194,8 @@ TEST(ServiceMainTest, EachServiceBinaryListsItsOwnFlagsInHelp) {
   expected.push_back(
       {"moe-attention-worker",
        "  --transport  (env MOE_TRANSPORT)\n      data plane to the expert workers: ucx (any --device); nccl "
-       "(--device cuda, a build with NCCL) is refused until the workers serve rounds over it "
-       "(docs/data-plane.md#nccl-transport); default: ucx\n"});
+       "(--device cuda, a build with NCCL, the expert workers on nccl too; "
+       "docs/data-plane.md#nccl-rendezvous); default: ucx\n"});
   expected.push_back({"moe-expert-worker", "  --num_expert_workers  (env MOE_NUM_EXPERT_WORKERS)\n"});
 #endif
   for (const auto& [binary, line] : expected) {

@@ -94,8 +94,9 @@ class NcclRendezvousTest : public ::testing::Test {
     options.message_bound = [](int64_t tokens) { return static_cast<size_t>(tokens) * 1024; };
     options.send_timeout = absl::Seconds(2);
     const int32_t self = options.self_peer;
-    e.links = std::make_unique<NcclExpertLinks>(options, e.api.get(),
-                                                [self](const Message& m) { return Answer(self, m.payload); });
+    e.links = std::make_unique<NcclExpertLinks>(options, e.api.get(), [self](const Message& m) {
+      return NcclAnswer{Answer(self, m.payload), {}};
+    });
     services_[static_cast<size_t>(rank)]->SetNcclLinks(e.links.get());
     return e;
   }
