@@ -35,7 +35,8 @@ struct UcxOptions {
   //  - nullopt (the default): adaptive. Each wait spins only as long as the transport's recent
   //    waits say an answer is about to come (transport::AdaptiveSpin with its default config: at
   //    most 50 us, none while waits take 100 us or more, paused while spins keep missing), so
-  //    it does not spin over TCP or for a peer that computes, nor keep spinning where spins fail.
+  //    it does not spin for answers that take longer (slow TCP round trips, a peer that computes)
+  //    nor keep spinning where spins miss (a crowded machine).
   //  - a positive duration: that fixed spin on every wait, at most kMaxPollSpin. It pays over
   //    shared memory with cores to spare; over TCP and on a crowded machine it costs.
   //  - zero: never spin.
