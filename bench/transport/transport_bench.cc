@@ -15,12 +15,16 @@
 // scripts.
 //
 // Usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,1048576,4194304] [--iters=N] [--busy_poll_us=U]
-//                        [--poll_spin_us=U] [--receiver_progress=0|1]
+//                        [--poll_spin_us=auto|U] [--receiver_progress=0|1]
 // --tls is a list of UCX_TLS selections separated by ';' or the shorthands sm (= sm,self) / tcp.
+// --poll_spin_us as the services' --ucx_poll_spin_us: auto (adaptive, UcxOptions' default), a fixed
+// spin in microseconds, or 0 (never). Each RESULT line also counts the waits of both peers during the
+// round trips, how many of them spun, and how many spins caught their message.
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <numeric>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -38,10 +42,10 @@ namespace {
 struct Args {
   std::vector<std::string> tls = {"sm", "tcp"};
   std::vector<size_t> sizes = {32 << 10, 256 << 10, 1 << 20, 4 << 20};
-  int iters = 0;               // 0: by size
-  int busy_poll_us = -1;       // -1: UcxOptions' default
-  int poll_spin_us = -1;       // -1: UcxOptions' default
-  int receiver_progress = -1;  // -1: UcxOptions' default; 0/1 off/on
+  int iters = 0;                            // 0: by size
+  int busy_poll_us = -1;                    // -1: UcxOptions' default
+  std::optional<absl::Duration> poll_spin;  // UcxOptions::poll_spin; unset: adaptive
+  int receiver_progress = -1;               // -1: UcxOptions' default; 0/1 off/on
 };
 
 bool ParseArgs(int argc, char** argv, Args* args) {
@@ -64,10 +68,12 @@ bool ParseArgs(int argc, char** argv, Args* args) {
     } else if (absl::ConsumePrefix(&arg, "--busy_poll_us=")) {
       if (!absl::SimpleAtoi(arg, &args->busy_poll_us) || args->busy_poll_us < 0) return false;
     } else if (absl::ConsumePrefix(&arg, "--poll_spin_us=")) {
-      if (!absl::SimpleAtoi(arg, &args->poll_spin_us) || args->poll_spin_us < 0) {
-        std::fprintf(stderr, "--poll_spin_us: not a non-negative integer\n");
+      absl::StatusOr<std::optional<absl::Duration>> spin = ParsePollSpinFlag(arg, "--poll_spin_us");
+      if (!spin.ok()) {
+        std::fprintf(stderr, "%s\n", std::string(spin.status().message()).c_str());
         return false;
       }
+      args->poll_spin = *spin;
     } else if (absl::ConsumePrefix(&arg, "--receiver_progress=")) {
       if (!absl::SimpleAtoi(arg, &args->receiver_progress) || args->receiver_progress < 0 ||
           args->receiver_progress > 1) {
@@ -104,7 +110,12 @@ struct Result {
   double rtt_mean_us = 0;
   double transport_median_us = 0;  // round trip less the echo's hold time, median
   double bw_mib_s = 0;             // MiB/s (2^20 bytes), the unit ucx_perftest prints as MB/s
+  SpinCounts spins;                // both peers' waits during the round trips (warm-up included)
 };
+
+SpinCounts Minus(const SpinCounts& after, const SpinCounts& before) {
+  return SpinCounts{after.waits - before.waits, after.spins - before.spins, after.caught - before.caught};
+}
 
 absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, int iters) {
   std::vector<std::byte> payload(size, std::byte{0x5a});
@@ -113,6 +124,9 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
   absl::Status echo_status;
   // Per round trip: how long the echo held the dispatch before sending the answer (not transport).
   std::vector<absl::Duration> holds(static_cast<size_t>(warmup + iters));
+  const SpinCounts a_before = a.spin_counts();
+  const SpinCounts b_before = b.spin_counts();
+  SpinCounts b_spins;
   // Peer 1: answer every dispatch, then take the bandwidth stream and acknowledge its end.
   std::thread echo([&] {
     for (int i = 0; i < warmup + iters; ++i) {
@@ -127,6 +141,7 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
       echo_status = b.Send(0, answer_tag, m->payload);
       if (!echo_status.ok()) return;
     }
+    b_spins = Minus(b.spin_counts(), b_before);
     const uint64_t base = warmup + iters;
     for (int i = 0; i < iters; ++i) {
       auto m = b.ReceiveTagged(Tag(MessageKind::kDispatch, base + i, 0), deadline_pad);
@@ -153,6 +168,7 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
     if (answer->payload.size() != size) status = absl::InternalError("echo size mismatch");
     if (i >= warmup) rtt_durations.push_back(absl::Now() - start);
   }
+  const SpinCounts a_spins = Minus(a.spin_counts(), a_before);
   const uint64_t base = warmup + iters;
   const absl::Time stream_start = absl::Now();
   for (int i = 0; i < iters && status.ok(); ++i) {
@@ -180,6 +196,8 @@ absl::StatusOr<Result> Measure(UcxTransport& a, UcxTransport& b, size_t size, in
   r.rtt_median_us = rtts[rtts.size() / 2];
   r.rtt_mean_us = std::accumulate(rtts.begin(), rtts.end(), 0.0) / rtts.size();
   r.bw_mib_s = static_cast<double>(size) * iters / (1 << 20) / absl::ToDoubleSeconds(stream_time);
+  r.spins = SpinCounts{a_spins.waits + b_spins.waits, a_spins.spins + b_spins.spins,
+                       a_spins.caught + b_spins.caught};
   return r;
 }
 
@@ -190,7 +208,7 @@ int Run(const Args& args) {
     UcxOptions options;
     options.tls = UcxTls(tls);
     if (args.busy_poll_us >= 0) options.busy_poll = absl::Microseconds(args.busy_poll_us);
-    if (args.poll_spin_us >= 0) options.poll_spin = absl::Microseconds(args.poll_spin_us);
+    options.poll_spin = args.poll_spin;
     if (args.receiver_progress >= 0) options.receiver_progress = args.receiver_progress == 1;
     // The bandwidth stream runs ahead of the receiver, and each size starts its steps over.
     options.inbox = InboxLimits::Unbounded();
@@ -223,8 +241,11 @@ int Run(const Args& args) {
                   r->rtt_median_us, r->rtt_mean_us, r->rtt_median_us / 2, r->transport_median_us,
                   r->bw_mib_s);
       std::printf(
-          "RESULT tls=%s bytes=%zu rtt_p50_us=%.2f rtt_mean_us=%.2f transport_p50_us=%.2f bw_MiBps=%.1f\n",
-          tls.c_str(), size, r->rtt_median_us, r->rtt_mean_us, r->transport_median_us, r->bw_mib_s);
+          "RESULT tls=%s bytes=%zu rtt_p50_us=%.2f rtt_mean_us=%.2f transport_p50_us=%.2f bw_MiBps=%.1f "
+          "waits=%llu spins=%llu caught=%llu\n",
+          tls.c_str(), size, r->rtt_median_us, r->rtt_mean_us, r->transport_median_us, r->bw_mib_s,
+          static_cast<unsigned long long>(r->spins.waits), static_cast<unsigned long long>(r->spins.spins),
+          static_cast<unsigned long long>(r->spins.caught));
       std::fflush(stdout);
     }
   }
@@ -240,7 +261,7 @@ int main(int argc, char** argv) {
     std::fprintf(
         stderr,
         "usage: transport_bench [--tls=sm,tcp] [--sizes=32768,262144,...] [--iters=N] [--busy_poll_us=U] "
-        "[--poll_spin_us=U] [--receiver_progress=0|1]\n");
+        "[--poll_spin_us=auto|U] [--receiver_progress=0|1]\n");
     return 2;
   }
   return moe::transport::Run(args);

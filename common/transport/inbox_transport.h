@@ -29,6 +29,8 @@ class InboxTransport : public ActivationTransport {
   DropCounts drop_counts() const final { return inbox_.drop_counts(); }
   // Messages queued now from `sender` (waiting to be received).
   size_t queued_messages(int32_t sender) const { return inbox_.queued_messages(sender); }
+  // The receivers' waits so far, and how many spun and caught their message (tagged_inbox.h).
+  SpinCounts spin_counts() const { return inbox_.spin_counts(); }
 
  protected:
   InboxTransport(int32_t self, InboxLimits limits) : self_(self), inbox_(limits) {}

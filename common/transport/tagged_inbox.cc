@@ -42,35 +42,60 @@ std::optional<DropReason> TaggedInbox::Screen(const MessageTag& tag, size_t pend
 }
 
 void TaggedInbox::SetPoller(InboxPoller* poller, absl::Duration spin, bool drive) {
+  absl::MutexLock lock(&mu_);
   poller_ = poller;
   spin_ = spin;
   drive_ = drive;
+  adaptive_.reset();
+}
+
+void TaggedInbox::SetAdaptivePoller(InboxPoller* poller, const AdaptiveSpinConfig& config, bool drive) {
+  absl::MutexLock lock(&mu_);
+  poller_ = poller;
+  spin_ = absl::ZeroDuration();
+  drive_ = drive;
+  adaptive_.emplace(config);
 }
 
 template <typename Ready>
-void TaggedInbox::SpinLocked(Ready ready, absl::Time deadline) {
-  if (poller_ == nullptr || (spin_ <= absl::ZeroDuration() && !drive_) || ready()) return;
-  const absl::Time end = std::min(absl::Now() + spin_, deadline);
-  mu_.Unlock();
-  poller_->BeginSpin();
-  mu_.Lock();
-  while (!ready() && absl::Now() < end) {
+bool TaggedInbox::WaitLocked(Ready ready, absl::Time deadline) {
+  if (ready()) return true;
+  const absl::Time start = absl::Now();
+  if (start >= deadline) return false;  // a look, not a wait: nothing to spin for or learn from
+  absl::Duration spin = absl::ZeroDuration();
+  if (poller_ != nullptr) spin = adaptive_.has_value() ? adaptive_->NextSpin() : spin_;
+  bool caught = false;
+  if (poller_ != nullptr && (spin > absl::ZeroDuration() || drive_)) {
+    const absl::Time end = std::min(start + spin, deadline);
     mu_.Unlock();
-    poller_->Poll();
+    poller_->BeginSpin();
+    mu_.Lock();
+    while (!ready() && absl::Now() < end) {
+      mu_.Unlock();
+      poller_->Poll();
+      mu_.Lock();
+    }
+    caught = spin > absl::ZeroDuration() && ready();
+    // Driving: sleep on the network's events and take what they bring on this thread.
+    while (drive_ && !ready()) {
+      const absl::Time now = absl::Now();
+      if (now >= deadline) break;
+      mu_.Unlock();
+      poller_->WaitForActivity(std::min(deadline, now + kDriveSlice));
+      poller_->Poll();
+      mu_.Lock();
+    }
+    mu_.Unlock();
+    poller_->EndSpin();
     mu_.Lock();
   }
-  // Driving: sleep on the network's events and take what they bring on this thread.
-  while (drive_ && !ready()) {
-    const absl::Time now = absl::Now();
-    if (now >= deadline) break;
-    mu_.Unlock();
-    poller_->WaitForActivity(std::min(deadline, now + kDriveSlice));
-    poller_->Poll();
-    mu_.Lock();
-  }
-  mu_.Unlock();
-  poller_->EndSpin();
-  mu_.Lock();
+  const bool done = mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+  if (shutdown_) return done;  // not a wait for a message: nothing to learn from it
+  ++spin_counts_.waits;
+  if (spin > absl::ZeroDuration()) ++spin_counts_.spins;
+  if (caught) ++spin_counts_.caught;
+  if (adaptive_.has_value()) adaptive_->Record(spin, absl::Now() - start, caught);
+  return done;
 }
 
 void TaggedInbox::CountDrop(DropReason reason) {
@@ -108,8 +133,7 @@ void TaggedInbox::ResetSender(int32_t peer) {
 absl::StatusOr<Message> TaggedInbox::ReceiveAny(absl::Time deadline) {
   absl::MutexLock lock(&mu_);
   auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutdown_ || queued_ > 0; };
-  SpinLocked(ready, deadline);
-  mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+  WaitLocked(ready, deadline);
   if (shutdown_) return absl::CancelledError("transport shut down");
   if (queued_ == 0) return absl::UnavailableError("no message from any peer before the deadline");
   // The message whose turn comes first: its arrival, or its sender's previous turn if later. A
@@ -163,8 +187,7 @@ absl::StatusOr<Message> TaggedInbox::ReceiveTagged(const MessageTag& tag, absl::
     auto changed = [this, queue, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
       return shutdown_ || queue->delivered != seen || !queue->failure.ok();
     };
-    SpinLocked(changed, deadline);
-    if (!mu_.AwaitWithDeadline(absl::Condition(&changed), deadline)) {
+    if (!WaitLocked(changed, deadline)) {
       return absl::UnavailableError(
           absl::StrCat("peer ", tag.sender, " did not answer ", tag.DebugString(), " in time"));
     }
@@ -218,6 +241,11 @@ DropCounts TaggedInbox::drop_counts() const {
 size_t TaggedInbox::queued_messages() const {
   absl::MutexLock lock(&mu_);
   return queued_;
+}
+
+SpinCounts TaggedInbox::spin_counts() const {
+  absl::MutexLock lock(&mu_);
+  return spin_counts_;
 }
 
 size_t TaggedInbox::queued_messages(int32_t sender) const {

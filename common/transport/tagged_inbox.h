@@ -27,10 +27,12 @@
 // (SetPoller): a receiver with nothing to take then polls it for up to `spin` before it sleeps, so
 // a message about to arrive is delivered on the waiting thread itself, without a wake-up; and with
 // `drive`, it then sleeps in the poller (on the network's own events) rather than on the inbox, so
-// an arriving message wakes the receiver directly instead of a thread that hands it over.
+// an arriving message wakes the receiver directly instead of a thread that hands it over. With
+// SetAdaptivePoller the spin of each wait is decided by an AdaptiveSpin (adaptive_spin.h) fed with
+// this inbox's recent waits: receivers spin only while answers have been coming quickly.
 //
 // Thread safety: all methods are thread-safe; any number of threads may deliver and receive at once.
-// SetPoller only before the first receive.
+// SetPoller / SetAdaptivePoller only before the first receive.
 #ifndef MOE_COMMON_TRANSPORT_TAGGED_INBOX_H_
 #define MOE_COMMON_TRANSPORT_TAGGED_INBOX_H_
 
@@ -46,6 +48,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "common/transport/activation_transport.h"
+#include "common/transport/adaptive_spin.h"
 
 namespace moe::transport {
 
@@ -76,6 +79,15 @@ struct InboxLimits {
   static InboxLimits Unbounded() { return InboxLimits{0, UINT64_MAX}; }
 };
 
+// What the receivers' waits did with the poller (TaggedInbox::spin_counts): waits that had to wait
+// for a message (or a deadline), of those the ones that spun, and of those the ones whose message
+// came during the spin (no sleep, no wake-up).
+struct SpinCounts {
+  uint64_t waits = 0;
+  uint64_t spins = 0;
+  uint64_t caught = 0;
+};
+
 class TaggedInbox {
  public:
   explicit TaggedInbox(InboxLimits limits = {}) : limits_(limits) {}
@@ -88,6 +100,9 @@ class TaggedInbox {
   // within one), instead of on the inbox. A null poller, or a zero spin without `drive`, turns it
   // off. Call before any receive.
   void SetPoller(InboxPoller* poller, absl::Duration spin, bool drive = false);
+  // As SetPoller, but each wait spins for what an AdaptiveSpin with `config` (which must be valid)
+  // decides from this inbox's previous waits (shared by all its receivers), zero included.
+  void SetAdaptivePoller(InboxPoller* poller, const AdaptiveSpinConfig& config, bool drive = false);
   static constexpr absl::Duration kDriveSlice = absl::Milliseconds(10);
 
   // Queues a received message under message.tag.sender, unless the sender's queue is full or the
@@ -139,6 +154,8 @@ class TaggedInbox {
   // Messages queued now (all senders / from `sender`).
   size_t queued_messages() const;
   size_t queued_messages(int32_t sender) const;
+  // The receivers' waits and spins so far.
+  SpinCounts spin_counts() const;
 
  private:
   struct QueuedMessage {
@@ -162,16 +179,21 @@ class TaggedInbox {
   std::optional<DropReason> ScreenLocked(const MessageTag& tag, size_t pending) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RaiseFloor(SenderQueue* queue, uint64_t step) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Before a waiter sleeps: calls the poller, without mu_ held, until `ready` holds, the spin is
-  // over or `deadline` passed. Returns with mu_ held, as it was called.
+  // Waits until `ready` holds or `deadline` passed, and returns whether it holds: first, when a
+  // poller is set, calls it without mu_ held for the spin (fixed or adaptive), then with `drive`
+  // sleeps in it, else on mu_. Feeds the adaptive spin with the wait's outcome. Returns with mu_
+  // held, as it was called.
   template <typename Ready>
-  void SpinLocked(Ready ready, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool WaitLocked(Ready ready, absl::Time deadline) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const InboxLimits limits_;
   InboxPoller* poller_ = nullptr;  // set before use, then read-only
   absl::Duration spin_;
   bool drive_ = false;
   mutable absl::Mutex mu_;
+  // Set by SetAdaptivePoller: decides each wait's spin instead of spin_.
+  std::optional<AdaptiveSpin> adaptive_ ABSL_GUARDED_BY(mu_);
+  SpinCounts spin_counts_ ABSL_GUARDED_BY(mu_);
   absl::node_hash_map<int32_t, SenderQueue> senders_ ABSL_GUARDED_BY(mu_);
   // Ticks on every delivery and every ReceiveAny: arrival numbers and turns share it.
   uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;

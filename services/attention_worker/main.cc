@@ -15,6 +15,7 @@
 #include "common/rpc/service_main.h"
 #include "common/transport/nccl/nccl_api.h"
 #include "common/transport/nccl/transport_choice.h"
+#include "common/transport/ucx/ucx_options.h"
 #include "services/attention_worker/attention_service.h"
 #include "services/attention_worker/attention_worker.h"
 
@@ -36,9 +37,10 @@ ABSL_FLAG(std::string, device, "cpu",
           "where the forward pass runs: cpu, cuda (= cuda:0) or cuda:N (dense weights and KV cache on that "
           "GPU; docs/gpu.md)");
 ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
-ABSL_FLAG(int, ucx_poll_spin_us, 0,
-          "microseconds a data-plane receiver busy-polls UCX before it sleeps, in [0, 10000]; "
-          "0: off (docs/data-plane.md#small-message-latency)");
+ABSL_FLAG(std::string, ucx_poll_spin_us, "auto",
+          "how long a data-plane receiver busy-polls UCX before it sleeps: auto (spins only while recent "
+          "answers came within tens of microseconds), microseconds in [1, 10000] (a fixed spin), or 0 "
+          "(never) (docs/data-plane.md#small-message-latency)");
 ABSL_FLAG(double, moe_timeout_seconds, 10, "deadline of one layer's dispatch+combine round");
 ABSL_FLAG(double, kv_cache_gib, 8,
           "KV cache size in GiB (mapped lazily: memory is used as blocks are written; Qwen3-30B-A3B "
@@ -122,11 +124,10 @@ int main(int argc, char** argv) {
   options.data_plane = nccl_api != nullptr ? moe::v1::DATA_PLANE_NCCL : moe::v1::DATA_PLANE_UCX;
   options.nccl_api = nccl_api.get();
   options.engine.device = *device;
-  const int poll_spin_us = absl::GetFlag(FLAGS_ucx_poll_spin_us);
-  if (poll_spin_us < 0 || absl::Microseconds(poll_spin_us) > moe::transport::UcxOptions::kMaxPollSpin) {
-    return service->Fail("--ucx_poll_spin_us must be in [0, 10000], got " + std::to_string(poll_spin_us));
-  }
-  options.ucx.poll_spin = absl::Microseconds(poll_spin_us);
+  auto poll_spin =
+      moe::transport::ParsePollSpinFlag(absl::GetFlag(FLAGS_ucx_poll_spin_us), "--ucx_poll_spin_us");
+  if (!poll_spin.ok()) return service->Fail(poll_spin.status());
+  options.ucx.poll_spin = *poll_spin;
   options.connector.credentials = service->client_credentials();
   // A send to a dead expert worker must not outlast the round's own deadline.
   options.ucx.send_timeout = options.engine.moe_timeout;

@@ -14,6 +14,7 @@
 #include "common/rpc/service_main.h"
 #include "common/transport/nccl/nccl_api.h"
 #include "common/transport/nccl/transport_choice.h"
+#include "common/transport/ucx/ucx_options.h"
 #include "services/expert_worker/expert_control_service.h"
 #include "services/expert_worker/expert_worker.h"
 
@@ -33,9 +34,10 @@ ABSL_FLAG(
     std::string, device, "cpu",
     "where the experts compute: cpu, cuda (= cuda:0) or cuda:N (weights uploaded to that GPU at start)");
 ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
-ABSL_FLAG(int, ucx_poll_spin_us, 0,
-          "microseconds a data-plane receiver busy-polls UCX before it sleeps, in [0, 10000]; "
-          "0: off (docs/data-plane.md#small-message-latency)");
+ABSL_FLAG(std::string, ucx_poll_spin_us, "auto",
+          "how long a data-plane receiver busy-polls UCX before it sleeps: auto (spins only while recent "
+          "answers came within tens of microseconds), microseconds in [1, 10000] (a fixed spin), or 0 "
+          "(never) (docs/data-plane.md#small-message-latency)");
 ABSL_FLAG(double, load_window_seconds, 60, "window of moe_expert_load_balance_ratio");
 ABSL_FLAG(bool, per_expert_metrics, false, "export moe_expert_expert_tokens_total{layer,expert}");
 ABSL_FLAG(int64_t, max_round_tokens, 65536,
@@ -90,11 +92,10 @@ int main(int argc, char** argv) {
   options.data_plane = nccl_api != nullptr ? moe::v1::DATA_PLANE_NCCL : moe::v1::DATA_PLANE_UCX;
   options.nccl_api = nccl_api.get();
   options.device = *device;
-  const int poll_spin_us = absl::GetFlag(FLAGS_ucx_poll_spin_us);
-  if (poll_spin_us < 0 || absl::Microseconds(poll_spin_us) > moe::transport::UcxOptions::kMaxPollSpin) {
-    return service->Fail("--ucx_poll_spin_us must be in [0, 10000], got " + std::to_string(poll_spin_us));
-  }
-  options.ucx.poll_spin = absl::Microseconds(poll_spin_us);
+  auto poll_spin =
+      moe::transport::ParsePollSpinFlag(absl::GetFlag(FLAGS_ucx_poll_spin_us), "--ucx_poll_spin_us");
+  if (!poll_spin.ok()) return service->Fail(poll_spin.status());
+  options.ucx.poll_spin = *poll_spin;
 
   moe::rpc::ServiceMain* main_service = service.get();
   moe::services::ExpertControlService control([main_service] { main_service->SetReady(false); });

@@ -4,8 +4,11 @@
 #define MOE_COMMON_TRANSPORT_UCX_UCX_OPTIONS_H_
 
 #include <cstddef>
+#include <optional>
 #include <string>
 
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/transport/tagged_inbox.h"
 
@@ -27,13 +30,18 @@ struct UcxOptions {
   // bench/transport); raise it on dedicated cores.
   absl::Duration busy_poll = absl::ZeroDuration();
   // How long a thread waiting for a message (ReceiveTagged, ReceiveAny) progresses the UCX worker
-  // itself before it sleeps: a message arriving within it is received without waking another
-  // thread (docs/data-plane.md#ucx-transport). It bounds the CPU a wait burns, once per wait: at
-  // most kMaxPollSpin. Default 0 (off, the progress thread receives): on a shared, oversubscribed
-  // machine a spinning waiter takes the core its peer needs (measured with bench/transport); set
-  // it on dedicated cores.
-  absl::Duration poll_spin = absl::ZeroDuration();
-  // After poll_spin, a waiting receiver sleeps on the UCX worker's event fd itself and receives on
+  // itself before it sleeps: a message arriving within it is received without waking any thread
+  // (docs/data-plane.md#small-message-latency).
+  //  - nullopt (the default): adaptive. Each wait spins only as long as the transport's recent
+  //    waits say an answer is about to come (transport::AdaptiveSpin with its default config: at
+  //    most 50 us, none while waits take 100 us or more, paused while spins keep missing), so
+  //    it does not spin for answers that take longer (slow TCP round trips, a peer that computes)
+  //    nor keep spinning where spins miss (a crowded machine).
+  //  - a positive duration: that fixed spin on every wait, at most kMaxPollSpin. It pays over
+  //    shared memory with cores to spare; over TCP and on a crowded machine it costs.
+  //  - zero: never spin.
+  std::optional<absl::Duration> poll_spin;
+  // After its spin, a waiting receiver sleeps on the UCX worker's event fd itself and receives on
   // its own thread, rather than sleeping until the progress thread hands it the message: one
   // wake-up per message instead of two, without spinning (docs/data-plane.md#small-message-latency).
   bool receiver_progress = true;
@@ -47,6 +55,12 @@ struct UcxOptions {
   // (docs/data-plane.md#admission-and-bounds).
   InboxLimits inbox;
 };
+
+// Parses the services' --ucx_poll_spin_us value into UcxOptions::poll_spin: "auto" is adaptive
+// (nullopt), an integer in [0, 10000] (kMaxPollSpin) that many microseconds, 0 never.
+// INVALID_ARGUMENT naming `flag` otherwise.
+absl::StatusOr<std::optional<absl::Duration>> ParsePollSpinFlag(absl::string_view value,
+                                                                absl::string_view flag);
 
 }  // namespace moe::transport
 

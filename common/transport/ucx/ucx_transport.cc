@@ -22,10 +22,11 @@ absl::StatusOr<std::unique_ptr<UcxTransport>> UcxTransport::Create(int32_t self,
   if (options.send_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("UcxOptions.send_timeout must be positive");
   }
-  if (options.poll_spin < absl::ZeroDuration() || options.poll_spin > UcxOptions::kMaxPollSpin) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("UcxOptions.poll_spin ", absl::FormatDuration(options.poll_spin),
-                     " must be between 0 and ", absl::FormatDuration(UcxOptions::kMaxPollSpin)));
+  if (options.poll_spin.has_value() &&
+      (*options.poll_spin < absl::ZeroDuration() || *options.poll_spin > UcxOptions::kMaxPollSpin)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "UcxOptions.poll_spin ", absl::FormatDuration(*options.poll_spin), " must be between 0 and ",
+        absl::FormatDuration(UcxOptions::kMaxPollSpin), " (or unset: adaptive)"));
   }
   std::unique_ptr<UcxTransport> transport(new UcxTransport(self, options));
   RETURN_IF_ERROR(transport->Init());
@@ -53,8 +54,13 @@ absl::Status UcxTransport::Init() {
                    ucx::UcxProgressThread::Create(worker_->worker(), options_.busy_poll,
                                                   [peers = peers_.get()] { return peers->CloseQueued(); }));
   receiver_->set_progress(progress_.get());
-  // A waiting receiver progresses UCX itself for a moment (the fast path; ucx_progress_thread.h).
-  inbox().SetPoller(progress_.get(), options_.poll_spin, options_.receiver_progress);
+  // A waiting receiver progresses UCX itself for a moment (the fast path; ucx_progress_thread.h):
+  // as long as its recent waits suggest (adaptive), or a fixed spin.
+  if (options_.poll_spin.has_value()) {
+    inbox().SetPoller(progress_.get(), *options_.poll_spin, options_.receiver_progress);
+  } else {
+    inbox().SetAdaptivePoller(progress_.get(), AdaptiveSpinConfig{}, options_.receiver_progress);
+  }
   sender_ = std::make_unique<ucx::UcxSender>(options_, &inbox(), peers_.get(), progress_.get());
   progress_->Start();  // last: from here on UCX callbacks may run
   return absl::OkStatus();

@@ -49,8 +49,8 @@
 // Thread safety: all methods are thread-safe. Send may be called from several threads at once,
 // also to the same peer. UCX is called by one thread at a time (UCS_THREAD_MODE_SERIALIZED, under
 // UcxProgressThread's lock): the progress thread, or on the fast path the caller itself (Send when
-// the progress thread is asleep; a receiver spinning for UcxOptions::poll_spin progresses the
-// worker while it waits), so an endpoint is never closed under a concurrent send.
+// the progress thread is asleep; a receiver spinning (UcxOptions::poll_spin, adaptive by default)
+// progresses the worker while it waits), so an endpoint is never closed under a concurrent send.
 #ifndef MOE_COMMON_TRANSPORT_UCX_UCX_TRANSPORT_H_
 #define MOE_COMMON_TRANSPORT_UCX_UCX_TRANSPORT_H_
 

@@ -494,5 +494,76 @@ TEST(TaggedInboxTest, ADrivingWaiterSleepsInThePollerAndTakesWhatItsEventsBring)
   EXPECT_TRUE(absl::IsCancelled(cancelled.status())) << cancelled.status();
 }
 
+// A network whose every Poll brings one message (steps 1, 2, ...): an answer already on its way.
+class EveryPollDelivers final : public InboxPoller {
+ public:
+  explicit EveryPollDelivers(TaggedInbox* inbox) : inbox_(inbox) {}
+  void BeginSpin() override {}
+  bool Poll() override {
+    const int n = ++polls;
+    inbox_->Deliver(Msg(Tag(MessageKind::kDispatch, static_cast<uint64_t>(n), 3), n));
+    return true;
+  }
+  void EndSpin() override {}
+  void WaitForActivity(absl::Time) override {}
+  std::atomic<int> polls{0};
+
+ private:
+  TaggedInbox* const inbox_;
+};
+
+TEST(TaggedInboxTest, AnAdaptiveWaiterKeepsSpinningWhileItsSpinsCatchTheMessages) {
+  TaggedInbox inbox;
+  EveryPollDelivers poller(&inbox);
+  // Spins of a second, and every wait counts as short: the spin ends with the message, never the
+  // clock, however slow this machine is.
+  AdaptiveSpinConfig config;
+  config.max_spin = config.min_spin = absl::Seconds(1);
+  config.spin_below = absl::Seconds(100);
+  ASSERT_TRUE(config.Validate().ok());
+  inbox.SetAdaptivePoller(&poller, config);
+  constexpr int kWaits = 20;
+  for (int i = 1; i <= kWaits; ++i) {
+    auto got = inbox.ReceiveAny(In(absl::Seconds(30)));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(Value(*got), i);
+  }
+  EXPECT_EQ(poller.polls.load(), kWaits);  // one Poll per wait: each spin caught its message
+  const SpinCounts counts = inbox.spin_counts();
+  EXPECT_EQ(counts.waits, static_cast<uint64_t>(kWaits));
+  EXPECT_EQ(counts.spins, static_cast<uint64_t>(kWaits));
+  EXPECT_EQ(counts.caught, static_cast<uint64_t>(kWaits));
+}
+
+TEST(TaggedInboxTest, AnAdaptiveWaiterStopsSpinningAfterALongWait) {
+  TaggedInbox inbox;
+  const MessageTag tag = Tag(MessageKind::kCombine, 1, 7);
+  FakePoller never(&inbox, /*deliver_on=*/-1, Msg(tag, 1));
+  // The first wait spins max_spin (no history yet); a wait of 20 ms is far above spin_below.
+  AdaptiveSpinConfig config;
+  config.max_spin = config.min_spin = absl::Milliseconds(1);
+  config.spin_below = absl::Milliseconds(1);
+  inbox.SetAdaptivePoller(&never, config);
+  EXPECT_TRUE(absl::IsUnavailable(inbox.ReceiveTagged(tag, In(absl::Milliseconds(20))).status()));
+  const int polls_after_first = never.polls.load();
+  EXPECT_GT(polls_after_first, 0);
+  EXPECT_EQ(never.begins.load(), 1);
+
+  // The next wait does not touch the poller: it sleeps on the inbox until its deadline.
+  EXPECT_TRUE(absl::IsUnavailable(inbox.ReceiveTagged(tag, In(absl::Milliseconds(20))).status()));
+  EXPECT_EQ(never.polls.load(), polls_after_first);
+  EXPECT_EQ(never.begins.load(), 1);
+  const SpinCounts counts = inbox.spin_counts();
+  EXPECT_EQ(counts.waits, 2u);
+  EXPECT_EQ(counts.spins, 1u);
+  EXPECT_EQ(counts.caught, 0u);
+
+  // A fixed spin (SetPoller) spins on every wait whatever the history.
+  inbox.SetPoller(&never, absl::Milliseconds(1));
+  EXPECT_TRUE(absl::IsUnavailable(inbox.ReceiveTagged(tag, In(absl::Milliseconds(20))).status()));
+  EXPECT_EQ(never.begins.load(), 2);
+  EXPECT_EQ(inbox.spin_counts().spins, 2u);
+}
+
 }  // namespace
 }  // namespace moe::transport

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -65,8 +66,9 @@ inline std::vector<std::byte> Pattern(size_t size, uint32_t seed) {
 struct TlsCase {
   std::string tls;
   std::vector<std::string> expected_any;  // empty: no check (environment's choice); always runs
-  // UcxOptions::poll_spin: the waiting threads progress UCX themselves (the fast path) for so long.
-  absl::Duration poll_spin = absl::ZeroDuration();
+  // UcxOptions::poll_spin: the waiting threads progress UCX themselves (the fast path) for so long
+  // (zero: never); unset: as long as the adaptive spin says (the default).
+  std::optional<absl::Duration> poll_spin;
 };
 
 // The UCT transports UCX finds on this machine ("tcp", "posix", "rc_verbs", ...), each with the
@@ -132,7 +134,7 @@ inline std::string TlsCaseName(const TlsCase& c) {
   if (c.tls.empty()) return "Env";
   std::string name;
   for (char ch : c.tls) name += (ch == ',' ? '_' : ch);
-  if (c.poll_spin > absl::ZeroDuration()) name += "_spin";
+  if (c.poll_spin.has_value()) name += *c.poll_spin > absl::ZeroDuration() ? "_spin" : "_nospin";
   return name;
 }
 

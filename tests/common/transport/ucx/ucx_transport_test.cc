@@ -1,7 +1,9 @@
 #include "common/transport/ucx/ucx_transport.h"
 
 #include <cstring>
+#include <optional>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -280,10 +282,12 @@ TEST_P(UcxTransportTest, DisconnectedPeerIsUnavailable) {
 INSTANTIATE_TEST_SUITE_P(
     Transports, UcxTransportTest,
     ::testing::Values(TlsCase{"tcp", {"tcp"}}, TlsCase{"sm,self", {"posix", "sysv", "cma"}}, TlsCase{"", {}},
-                      // Every test again with waiters spinning on UCX
-                      // themselves (the fast path), over both transports.
+                      // Every test again with waiters spinning on UCX themselves (the fast path)
+                      // on every wait, and never, over both transports (the default above: adaptive).
                       TlsCase{"sm,self", {"posix", "sysv", "cma"}, absl::Microseconds(200)},
-                      TlsCase{"tcp", {"tcp"}, absl::Microseconds(200)}),
+                      TlsCase{"tcp", {"tcp"}, absl::Microseconds(200)},
+                      TlsCase{"sm,self", {"posix", "sysv", "cma"}, absl::ZeroDuration()},
+                      TlsCase{"tcp", {"tcp"}, absl::ZeroDuration()}),
     [](const ::testing::TestParamInfo<TlsCase>& info) {
       return ::moe::transport::testing::TlsCaseName(info.param);
     });
@@ -306,6 +310,25 @@ TEST(UcxTransportBadInputTest, RejectsAPollSpinOutOfRangeNamingIt) {
   UcxOptions options;
   options.poll_spin = UcxOptions::kMaxPollSpin;
   EXPECT_TRUE(UcxTransport::Create(0, options).ok());
+  options.poll_spin.reset();  // adaptive
+  EXPECT_TRUE(UcxTransport::Create(0, options).ok());
+}
+
+TEST(UcxTransportBadInputTest, PollSpinFlagIsAutoOrMicrosecondsInRange) {
+  const absl::StatusOr<std::optional<absl::Duration>> adaptive = ParsePollSpinFlag("auto", "--spin");
+  ASSERT_TRUE(adaptive.ok()) << adaptive.status();
+  EXPECT_FALSE(adaptive->has_value());
+  for (const auto& [text, us] : {std::pair{"0", 0}, std::pair{"20", 20}, std::pair{"10000", 10000}}) {
+    const absl::StatusOr<std::optional<absl::Duration>> fixed = ParsePollSpinFlag(text, "--spin");
+    ASSERT_TRUE(fixed.ok()) << text << ": " << fixed.status();
+    EXPECT_EQ(*fixed, absl::Microseconds(us)) << text;
+  }
+  for (const char* bad : {"-1", "10001", "", "fast", "20us", "1e3", "AUTO"}) {
+    const absl::Status status = ParsePollSpinFlag(bad, "--spin").status();
+    EXPECT_TRUE(absl::IsInvalidArgument(status)) << bad;
+    EXPECT_TRUE(absl::StrContains(status.message(), "--spin must be auto or an integer in [0, 10000]"))
+        << status;
+  }
 }
 
 TEST(UcxTransportBadInputTest, RejectsNegativePeerIds) {
