@@ -185,7 +185,7 @@ struct Watcher {
   std::string out = testing::MakeTempDir("moectl-rebalance-watch") + "/out";
   pid_t pid = -1;
   int status = -1;
-  explicit Watcher(const std::string& state) {
+  Watcher(const std::string& state, const std::string& min_ratio) {
     pid = fork();
     if (pid == 0) {
       const int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -193,7 +193,7 @@ struct Watcher {
       dup2(fd, STDERR_FILENO);
       const std::string moectl = std::string(MOE_BINARY_DIR_DEFAULT) + "/bin/moectl";
       execl(moectl.c_str(), moectl.c_str(), "cluster", "rebalance", "--watch", "--interval", "0.5",
-            "--window", "0.5", "--min-ratio", "1.05", "--state-dir", state.c_str(),
+            "--window", "0.5", "--min-ratio", min_ratio.c_str(), "--state-dir", state.c_str(),
             static_cast<char*>(nullptr));
       _exit(127);
     }
@@ -302,7 +302,7 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
   EXPECT_THAT(lost.err, HasSubstr("shard 1's home experts have no live host: expert-1 (" + address(4) +
                                   "): GetInfo: "));
 
-  Watcher watcher(cluster.state);
+  Watcher watcher(cluster.state, "1.05");
   auto applied = [](int workers) {
     return [workers](const std::string& line) {
       return line.find("applied placement version") != std::string::npos &&
@@ -321,30 +321,40 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
   std::cout << "measured load ratio (max/mean rows per expert worker): " << before << " before, "
             << WatchRatio(watcher.Lines()[static_cast<size_t>(calm)]) << " after --watch applied"
             << std::endl;
+  EXPECT_EQ(watcher.Stop(), 0) << watcher.Text();
+  EXPECT_THAT(watcher.Text(), HasSubstr("moectl cluster rebalance --watch: stopped"));
+  std::cout << "the first watcher's output:\n" << watcher.Text() << std::flush;
 
+  // A watcher that never applies for the load alone (--min-ratio 1000) takes the cluster as it finds
+  // it, then applies when it changes.
+  Watcher keeper(cluster.state, "1000");
+  ASSERT_GE(keeper.WaitFor(
+                0, [](const std::string& line) { return line.find("nothing to do") != std::string::npos; }),
+            0)
+      << keeper.Text();
   // An expert worker joins (`cluster scale`): the next look includes it.
   const Result grow = RunMoectl("cluster scale --expert-workers 3 --state-dir " + cluster.state);
   ASSERT_EQ(grow.exit_code, 0) << grow.err;
-  const size_t after_grow = watcher.Lines().size();
-  const int joined = watcher.WaitFor(after_grow, applied(3));
-  ASSERT_GE(joined, 0) << watcher.Text();
+  const size_t after_grow = keeper.Lines().size();
+  const int joined = keeper.WaitFor(after_grow, applied(3));
+  ASSERT_GE(joined, 0) << keeper.Text();
 
   // It dies (kill -9) and `cluster up` restarts it without its copies: the watcher applies again.
   pid_t pid = 0;
   std::ifstream(cluster.state + "/expert-2.pid") >> pid;
   ASSERT_GT(pid, 0);
-  const size_t at_kill = watcher.Lines().size();
+  const size_t at_kill = keeper.Lines().size();
   ASSERT_EQ(kill(pid, SIGKILL), 0);
-  const int noticed = watcher.WaitFor(at_kill, [](const std::string& line) {
+  const int noticed = keeper.WaitFor(at_kill, [](const std::string& line) {
     return line.find("expert-2 (") != std::string::npos || line.find("expert-2 holds") != std::string::npos;
   });
-  ASSERT_GE(noticed, 0) << watcher.Text();
-  const int rejoined = watcher.WaitFor(static_cast<size_t>(noticed) + 1, applied(3), 90);
-  ASSERT_GE(rejoined, 0) << watcher.Text();
+  ASSERT_GE(noticed, 0) << keeper.Text();
+  const int rejoined = keeper.WaitFor(static_cast<size_t>(noticed) + 1, applied(3), 90);
+  ASSERT_GE(rejoined, 0) << keeper.Text();
 
-  EXPECT_EQ(watcher.Stop(), 0) << watcher.Text();
-  std::cout << "the watcher's output:\n" << watcher.Text() << std::flush;
-  EXPECT_THAT(watcher.Text(), HasSubstr("moectl cluster rebalance --watch: stopped"));
+  EXPECT_EQ(keeper.Stop(), 0) << keeper.Text();
+  std::cout << "the second watcher's output:\n" << keeper.Text() << std::flush;
+  EXPECT_THAT(keeper.Text(), HasSubstr("moectl cluster rebalance --watch: stopped"));
   done = true;
   for (std::thread& t : clients) t.join();
   clients.clear();

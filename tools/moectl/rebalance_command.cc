@@ -601,7 +601,20 @@ absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& targ
     }
     const bool unbalanced = ratio > flags.min_ratio;
     if (changes.empty()) {
-      if (!unbalanced) return absl::StrFormat("%s; balanced (<= %.2f): nothing to do", line, flags.min_ratio);
+      if (!unbalanced) {
+        // The first look of a watcher takes the cluster as it finds it as what to keep: the expert
+        // workers in the plan, their loaded copies and the highest placement version in use.
+        if (!watch->has_value()) {
+          Applied found{.version = current_version};
+          for (int64_t w = 0; w < placement_workers; ++w) {
+            if (!in_plan(w)) continue;
+            found.workers[w] = cluster.experts[static_cast<size_t>(w)];
+            found.loaded[w] = loaded_now(w);
+          }
+          *watch = std::move(found);
+        }
+        return absl::StrFormat("%s; balanced (<= %.2f): nothing to do", line, flags.min_ratio);
+      }
       if (watch->has_value() && (*watch)->placement.has_value() &&
           (*watch)->placement->num_workers() == placement_workers &&
           (*watch)->placement->num_experts() == num_experts) {
