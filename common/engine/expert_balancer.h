@@ -33,9 +33,30 @@ struct BalancePlan {
 // max / mean of `loads` (1 when they are all zero or there are none).
 double MaxMeanRatio(const std::vector<double>& loads);
 
-// Worker loads under `placement` for `expert_rows` (the load model above).
+// Worker loads under `placement` for `expert_rows` (the load model above, every worker available).
 std::vector<double> ModelWorkerLoads(const ExpertPlacement& placement,
                                      const std::vector<uint64_t>& expert_rows);
+// The same with only the `available` workers ([num_workers]) taking rows (BalanceConstraints).
+std::vector<double> ModelWorkerLoads(const ExpertPlacement& placement,
+                                     const std::vector<uint64_t>& expert_rows,
+                                     const std::vector<bool>& available);
+
+// What a cluster allows the planner: which workers may take rows and copies, how many copies each
+// may hold, and copies every plan keeps. Empty vectors: every worker available, the same maximum
+// everywhere.
+struct BalanceConstraints {
+  // [num_workers] or empty: whether the worker is available (answers, is not draining, is part of the
+  // placement). An unavailable worker takes no rows in the load model (its experts' rows split over
+  // their other hosts), is given no copy and is left out of the ratios.
+  std::vector<bool> available;
+  // [num_workers] or empty: the most extra experts each worker may be given (its budget divided by
+  // one expert's bytes); empty: max_extras_per_worker for every worker.
+  std::vector<int64_t> max_extras;
+  int64_t max_extras_per_worker = 0;
+  // (expert, worker) copies every plan keeps, free of budget: a joined worker's own shard, which it
+  // holds from the start (docs/architecture.md#expert-workers-joining-and-leaving).
+  std::vector<std::pair<int64_t, int64_t>> fixed;
+};
 
 // Plans extra copies from scratch on `base`'s home shards (its extras are ignored: a plan replaces
 // the previous one), at most `max_extras_per_worker` per worker (the memory budget divided by one
@@ -44,6 +65,15 @@ std::vector<double> ModelWorkerLoads(const ExpertPlacement& placement,
 absl::StatusOr<BalancePlan> PlanExpertReplicas(const ExpertPlacement& base,
                                                const std::vector<uint64_t>& expert_rows,
                                                int64_t max_extras_per_worker);
+
+// The same within `constraints`: copies only on available workers, at most max_extras[w] on worker w
+// besides the fixed ones, which every plan (and ratio_before) includes. INVALID_ARGUMENT naming the
+// field for vectors of the wrong size, a negative maximum or a fixed copy on a worker out of range,
+// unavailable or already holding the expert; FAILED_PRECONDITION naming the expert when an expert has
+// no available host (every worker of its shard unavailable and no fixed copy).
+absl::StatusOr<BalancePlan> PlanExpertReplicas(const ExpertPlacement& base,
+                                               const std::vector<uint64_t>& expert_rows,
+                                               const BalanceConstraints& constraints);
 
 }  // namespace moe::engine
 

@@ -190,6 +190,18 @@ expect fail "GPU check catches a worker left on the CPU" check_device cuda -f "$
 for bad in gpu cuda:x CUDA cuda:01 'cuda 0'; do
   expect fail "schema rejects expert.device=${bad}" "${helm}" template moe "${chart}" --set "expert.device=${bad}"
 done
+# The live balancer (balancer.enabled, default off; manifests_test.mjs checks what it renders): lint
+# with it, and refused with a message when it cannot work.
+balancer=(--set balancer.enabled=true --set expert.extraExpertBudgetBytes=1073741824)
+expect ok "helm lint --strict with the balancer" "${helm}" lint --strict "${chart}" "${balancer[@]}"
+expect ok "the balancer runs moectl cluster rebalance --watch with the values' interval" bash -c \
+  "'${helm}' template moe '${chart}' ${balancer[*]} --set balancer.intervalSeconds=15 | grep -q -- '- --interval=15$'"
+expect fail "the balancer needs an extra-expert budget" "${helm}" template moe "${chart}" --set balancer.enabled=true
+expect fail "the balancer needs fixed attention replicas" "${helm}" template moe "${chart}" "${balancer[@]}" \
+  --set attention.autoscaling.enabled=true
+for bad in balancer.enable=true balancer.minRatio=0.5 balancer.intervalSeconds=0 tls.secrets.operatorr=x; do
+  expect fail "schema rejects ${bad}" "${helm}" template moe "${chart}" "${balancer[@]}" --set "${bad}"
+done
 expect ok "plain manifests are up to date (deploy/k8s/render.sh)" env HELM="${helm}" "${root}/deploy/k8s/render.sh" --check
 
 echo "deploy_helm: ${passed} passed, ${failed} failed"

@@ -6,7 +6,8 @@
 // either mTLS with its files mounted from a Secret or --insecure, probes use the plaintext health
 // port when the gRPC port wants TLS, cert-manager Certificates name the role of the pods that mount
 // them, NetworkPolicies select existing pods and ports, and more. It then renders the chart with
-// TLS off, with a cert-manager issuer, with API keys and public TLS, and checks what each gives.
+// TLS off, with a cert-manager issuer, with API keys and public TLS, with the live balancer (a moectl
+// pod: no probes, ports or Service; its mTLS files are flags), and checks what each gives.
 // With --self-test it also breaks rendered objects on purpose and expects each check to notice.
 import fs from "node:fs";
 import os from "node:os";
@@ -32,7 +33,19 @@ for (const [api, file] of Object.entries(MODEL_FILES)) models[api] = await impor
 const BINARIES = new Set(["moe-router", "moe-attention-worker", "moe-expert-worker", "moectl"]);
 const COMPONENTS = ["router", "attention", "expert"];
 // The role (certificate common name, common/rpc/tls.h) of each service binary: its own name.
-const ROLE_OF_BINARY = { "moe-router": "moe-router", "moe-attention-worker": "moe-attention-worker", "moe-expert-worker": "moe-expert-worker" };
+const ROLE_OF_BINARY = { "moe-router": "moe-router", "moe-attention-worker": "moe-attention-worker", "moe-expert-worker": "moe-expert-worker", "moectl": "moe-operator" };
+// A tool pod (moectl, e.g. the live balancer) serves nothing: no probes, metrics port or Service.
+const isTool = (c) => c.command?.[0] === "moectl";
+// A tool's mTLS files and --insecure, from its flags (--tls-ca=FILE ...).
+function toolTlsFlags(c) {
+  const out = {};
+  for (const a of c.args ?? []) {
+    const m = String(a).match(/^--(tls-ca|tls-cert|tls-key)=(.*)$/);
+    if (m) out[{ "tls-ca": "MOE_TLS_CA", "tls-cert": "MOE_TLS_CERT", "tls-key": "MOE_TLS_KEY" }[m[1]]] = m[2];
+    if (a === "--insecure") out.MOE_INSECURE = "true";
+  }
+  return out;
+}
 const CLUSTER_SERVER_NAME = "moe-cluster.internal";
 
 // `sets`: --set arguments, e.g. ["tls.enabled=false"].
@@ -157,6 +170,10 @@ export function policyProblems(objs, { gpu }) {
     }
     for (const c of spec.containers) {
       const ck = `${key(w)} container ${c.name}`;
+      if (isTool(c)) {
+        if ((c.ports ?? []).length || c.startupProbe || c.livenessProbe || c.readinessProbe) bad(`${ck}: a tool pod serves nothing (no ports or probes)`);
+        continue;
+      }
       for (const probe of ["startupProbe", "livenessProbe", "readinessProbe"]) {
         const p = c[probe];
         if (!p) { bad(`${ck}: no ${probe}`); continue; }
@@ -192,7 +209,8 @@ export function policyProblems(objs, { gpu }) {
   // Each component's pods sit behind exactly one Service (so they are scraped once).
   for (const w of workloads) {
     const n = services.filter((s) => matchesLabels(s.spec.selector, podLabelsOf(w))).length;
-    if (n !== 1) bad(`${key(w)}: pods are selected by ${n} Services, want 1`);
+    const want = podSpecOf(w).containers.every(isTool) ? 0 : 1;
+    if (n !== want) bad(`${key(w)}: pods are selected by ${n} Services, want ${want}`);
   }
 
   // HPA and PDB targets.
@@ -236,7 +254,7 @@ export function policyProblems(objs, { gpu }) {
     const spec = podSpecOf(w);
     for (const c of spec.containers) {
       const ck = `${key(w)} container ${c.name}`;
-      const env = effectiveEnv(c, configMaps);
+      const env = isTool(c) ? toolTlsFlags(c) : effectiveEnv(c, configMaps);
       const tls = ["MOE_TLS_CA", "MOE_TLS_CERT", "MOE_TLS_KEY"].filter((k) => env[k]);
       const insecure = env.MOE_INSECURE === "true";
       if (tls.length !== 0 && tls.length !== 3) bad(`${ck}: only ${tls.join(", ")} of the three MOE_TLS_* files`);
@@ -493,6 +511,30 @@ if (rendered.default) {
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
+
+// The live balancer: one moectl pod running `cluster rebalance --watch` against every worker pod,
+// with the operator certificate (cert-manager renders it), admitted by the workers' NetworkPolicies.
+const balancer = renderScenario("balancer", ["balancer.enabled=true", "expert.extraExpertBudgetBytes=1073741824",
+  "tls.certManager.issuerRef.name=moe-ca"]);
+if (balancer) {
+  const w = workloadOf(balancer, "balancer");
+  const c = w && podSpecOf(w).containers[0];
+  checks.ok(w?.kind === "Deployment" && w.spec.replicas === 1 && w.spec.strategy?.type === "Recreate", "balancer: one pod, never two at once");
+  const args = c?.args ?? [];
+  checks.ok(c?.command?.[0] === "moectl" && same(args.slice(0, 3), ["cluster", "rebalance", "--watch"]), "balancer: runs moectl cluster rebalance --watch");
+  const pods = (comp, n) => Array.from({ length: n }, (_, i) => `${RELEASE}-${comp}-${i}.${RELEASE}-${comp}.moe-serving.svc:50051`).join(",");
+  checks.ok(args.includes(`--attention-workers=${pods("attention", 2)}`) && args.includes(`--expert-workers=${pods("expert", 4)}`),
+    "balancer: dials every attention and expert worker pod by its headless Service name, in rank order");
+  const secret = secretVolume(balancer, "balancer", "tls")?.secretName;
+  const cert = balancer.find((o) => o.kind === "Certificate" && o.spec.secretName === secret);
+  checks.ok(secret === `${RELEASE}-operator-tls` && cert?.spec.commonName === "moe-operator", "balancer: mounts the moe-operator certificate cert-manager makes");
+  for (const comp of ["attention", "expert"]) {
+    const np = balancer.find((o) => o.kind === "NetworkPolicy" && o.spec.podSelector.matchLabels["app.kubernetes.io/component"] === comp);
+    checks.ok(np && admitted(np).includes("balancer:grpc"), `balancer: the ${comp} NetworkPolicy admits it on gRPC`);
+  }
+}
+const balancerOff = rendered.default && !rendered.default.some((o) => o.metadata?.labels?.["app.kubernetes.io/component"] === "balancer");
+checks.ok(balancerOff, "balancer: off by default");
 
 // Metrics narrowed to a Prometheus namespace; NetworkPolicies off.
 const metricsNs = renderScenario("metricsFrom", ["networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.name=monitoring"]);

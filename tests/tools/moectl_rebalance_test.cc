@@ -1,20 +1,28 @@
 // `moectl cluster rebalance` against a real local cluster (`moectl cluster up`) on the skewed tiny
 // model: applied while 16 greedy streams run, no request fails, every stream is embedded mode's token
 // for token (ids, logprobs and text), and the measured load ratio falls; --dry-run changes nothing;
-// a cluster without an extra-expert budget is refused with a message naming the flag.
+// a cluster without an extra-expert budget is refused with a message naming the flag; an expert
+// worker that does not answer is left out of the plan (or, holding the only copy of a shard, is a
+// clear error); and `--watch` applies by itself, again when an expert worker joins or restarts, and
+// stops on SIGTERM with exit status 0.
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <random>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -170,6 +178,187 @@ TEST(MoectlRebalanceTest, RebalancingMidStreamKeepsOutputsFailsNothingAndLowersT
         << "stream " << i << " differs from embedded mode at this token";
     EXPECT_EQ(got->text, want.text) << "stream " << i;
   }
+}
+
+// `moectl cluster rebalance --watch` as a child process, stdout to a file; SIGTERM at the end.
+struct Watcher {
+  std::string out = testing::MakeTempDir("moectl-rebalance-watch") + "/out";
+  pid_t pid = -1;
+  int status = -1;
+  Watcher(const std::string& state, const std::string& min_ratio) {
+    pid = fork();
+    if (pid == 0) {
+      const int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, STDOUT_FILENO);
+      dup2(fd, STDERR_FILENO);
+      const std::string moectl = std::string(MOE_BINARY_DIR_DEFAULT) + "/bin/moectl";
+      execl(moectl.c_str(), moectl.c_str(), "cluster", "rebalance", "--watch", "--interval", "0.5",
+            "--window", "0.5", "--min-ratio", min_ratio.c_str(), "--state-dir", state.c_str(),
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+  }
+  // SIGTERM, then the exit status (-1 if it did not exit within 30 s).
+  int Stop() {
+    if (pid <= 0) return status;
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 300; ++i) {
+      if (waitpid(pid, &status, WNOHANG) == pid) {
+        pid = -1;
+        return status;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    pid = -1;
+    return -1;
+  }
+  ~Watcher() { Stop(); }
+  std::vector<std::string> Lines() const {
+    std::ifstream in(out);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+  }
+  // Waits up to `seconds` for a line from index `from` on for which `match` holds; its index or -1.
+  template <typename Match>
+  int WaitFor(size_t from, Match match, int seconds = 60) const {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
+    while (std::chrono::steady_clock::now() < deadline) {
+      const std::vector<std::string> lines = Lines();
+      for (size_t i = from; i < lines.size(); ++i)
+        if (match(lines[i])) return static_cast<int>(i);
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    return -1;
+  }
+  std::string Text() const {
+    std::string text;
+    for (const std::string& line : Lines()) text += line + "\n";
+    return text;
+  }
+};
+
+// The "measured ratio" of a --watch line (-1 if none).
+double WatchRatio(const std::string& line) {
+  std::smatch m;
+  if (!std::regex_search(line, m, std::regex(R"(measured ratio ([0-9.]+))"))) return -1;
+  return std::stod(m[1]);
+}
+
+TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrRestarts) {
+  const std::string& model = testing::TestModelDir("tiny+skewed", "bf16");
+  LocalCluster cluster;
+  cluster.port = FreePortBlock(6);
+  cluster.up = RunMoectl("cluster up --detach --model " + model +
+                         " --attention-workers 1 --expert-workers 2 --joinable-expert-workers 1" +
+                         " --extra-expert-budget 1GiB --kv-cache-gib 0.25 --port " +
+                         std::to_string(cluster.port) + " --state-dir " + cluster.state);
+  ASSERT_EQ(cluster.up.exit_code, 0) << cluster.up.err;
+  auto address = [&](int offset) { return "127.0.0.1:" + std::to_string(cluster.port + offset); };
+  const std::string tls = " --tls-ca " + cluster.state + "/tls/ca.crt --tls-cert " + cluster.state +
+                          "/tls/tls.crt --tls-key " + cluster.state + "/tls/tls.key";
+
+  // Clients stream all along: none may fail.
+  std::atomic<bool> done{false};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 8; ++c) {
+    clients.emplace_back([&, c] {
+      while (!done) {
+        const Result g = RunMoectl("generate --router " + cluster.router() + " --prompt 'Hello " +
+                                   std::to_string(c) + "' --max-tokens 64 --temperature 0 --ignore-eos");
+        if (g.exit_code != 0) {
+          std::lock_guard<std::mutex> lock(failures_mu);
+          failures.push_back(g.err);
+        }
+      }
+    });
+  }
+  struct JoinClients {
+    std::atomic<bool>& done;
+    std::vector<std::thread>& threads;
+    ~JoinClients() {
+      done = true;
+      for (std::thread& t : threads) t.join();
+    }
+  } join_clients{done, clients};
+
+  // One-shot, explicit addresses: the reserved joinable port (nothing runs there yet) is left out with
+  // a note; as home worker 1 it would leave shard 1 without a host, which is an error.
+  const Result noted =
+      RunMoectl("cluster rebalance --dry-run --window 0.5 --attention-workers " + address(1) +
+                " --expert-workers " + address(2) + "," + address(3) + "," + address(4) + tls);
+  EXPECT_EQ(noted.exit_code, 0) << noted.err;
+  EXPECT_THAT(noted.out, HasSubstr("note: left out of the plan: expert-2 (" + address(4) + "): GetInfo: "));
+  EXPECT_THAT(noted.out, HasSubstr("expert-2 (" + address(4) + "): left out"));
+  EXPECT_THAT(noted.out, HasSubstr("dry run: nothing changed"));
+  const Result lost = RunMoectl("cluster rebalance --dry-run --window 0.5 --attention-workers " + address(1) +
+                                " --expert-workers " + address(2) + "," + address(4) + tls);
+  EXPECT_FALSE(lost.crashed);
+  EXPECT_EQ(lost.exit_code, 1);
+  EXPECT_THAT(lost.err, HasSubstr("shard 1's home experts have no live host: expert-1 (" + address(4) +
+                                  "): GetInfo: "));
+
+  Watcher watcher(cluster.state, "1.05");
+  auto applied = [](int workers) {
+    return [workers](const std::string& line) {
+      return line.find("applied placement version") != std::string::npos &&
+             line.find(std::to_string(workers) + " expert workers") != std::string::npos;
+    };
+  };
+  // It applies by itself (the skewed load is above --min-ratio), and the measured ratio falls.
+  const int first = watcher.WaitFor(0, applied(2));
+  ASSERT_GE(first, 0) << watcher.Text();
+  const double before = WatchRatio(watcher.Lines()[static_cast<size_t>(first)]);
+  const int calm = watcher.WaitFor(static_cast<size_t>(first) + 1, [&](const std::string& line) {
+    return line.find("nothing to do") != std::string::npos && WatchRatio(line) > 0 &&
+           WatchRatio(line) < before - 0.05;
+  });
+  ASSERT_GE(calm, 0) << watcher.Text();
+  std::cout << "measured load ratio (max/mean rows per expert worker): " << before << " before, "
+            << WatchRatio(watcher.Lines()[static_cast<size_t>(calm)]) << " after --watch applied"
+            << std::endl;
+  EXPECT_EQ(watcher.Stop(), 0) << watcher.Text();
+  EXPECT_THAT(watcher.Text(), HasSubstr("moectl cluster rebalance --watch: stopped"));
+  std::cout << "the first watcher's output:\n" << watcher.Text() << std::flush;
+
+  // A watcher that never applies for the load alone (--min-ratio 1000) takes the cluster as it finds
+  // it, then applies when it changes.
+  Watcher keeper(cluster.state, "1000");
+  ASSERT_GE(keeper.WaitFor(
+                0, [](const std::string& line) { return line.find("nothing to do") != std::string::npos; }),
+            0)
+      << keeper.Text();
+  // An expert worker joins (`cluster scale`): the next look includes it.
+  const Result grow = RunMoectl("cluster scale --expert-workers 3 --state-dir " + cluster.state);
+  ASSERT_EQ(grow.exit_code, 0) << grow.err;
+  const size_t after_grow = keeper.Lines().size();
+  const int joined = keeper.WaitFor(after_grow, applied(3));
+  ASSERT_GE(joined, 0) << keeper.Text();
+
+  // It dies (kill -9) and `cluster up` restarts it without its copies: the watcher applies again.
+  pid_t pid = 0;
+  std::ifstream(cluster.state + "/expert-2.pid") >> pid;
+  ASSERT_GT(pid, 0);
+  const size_t at_kill = keeper.Lines().size();
+  ASSERT_EQ(kill(pid, SIGKILL), 0);
+  const int noticed = keeper.WaitFor(at_kill, [](const std::string& line) {
+    return line.find("expert-2 (") != std::string::npos || line.find("expert-2 holds") != std::string::npos;
+  });
+  ASSERT_GE(noticed, 0) << keeper.Text();
+  const int rejoined = keeper.WaitFor(static_cast<size_t>(noticed) + 1, applied(3), 90);
+  ASSERT_GE(rejoined, 0) << keeper.Text();
+
+  EXPECT_EQ(keeper.Stop(), 0) << keeper.Text();
+  std::cout << "the second watcher's output:\n" << keeper.Text() << std::flush;
+  EXPECT_THAT(keeper.Text(), HasSubstr("moectl cluster rebalance --watch: stopped"));
+  done = true;
+  for (std::thread& t : clients) t.join();
+  clients.clear();
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
 }
 
 TEST(MoectlRebalanceTest, RefusesWithoutABudgetOrACluster) {

@@ -558,6 +558,15 @@ TEST(MoectlTest, ClusterScaleAddsAndRemovesExpertWorkers) {
     std::ifstream(state + "/" + name + ".pid") >> pid;
     return pid;
   };
+  // <state>/expert_workers (what `cluster rebalance` reads): the running expert workers in rank order.
+  auto expert_file = [&] {
+    std::ifstream in(state + "/expert_workers");
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+  };
+  auto address = [&](int offset) { return "127.0.0.1:" + std::to_string(port + offset); };
+  EXPECT_THAT(expert_file(), ::testing::ElementsAre(address(2), address(3)));
   ExpectCleanFailure(RunMoectl("cluster scale --expert-workers 4 --state-dir " + state),
                      "--expert-workers 4: at most 3 (2 home + 1 joinable)");
   // A home worker cannot go: with one replica it holds the only copy of its shard.
@@ -597,6 +606,7 @@ TEST(MoectlTest, ClusterScaleAddsAndRemovesExpertWorkers) {
   const pid_t added = read_pid("expert-2");
   ASSERT_GT(added, 0);
   EXPECT_EQ(kill(added, 0), 0);
+  EXPECT_THAT(expert_file(), ::testing::ElementsAre(address(2), address(3), address(4)));
   // An attention worker added now gets the placement in use.
   Result attention = RunMoectl("cluster scale --attention-workers 2 --state-dir " + state);
   ASSERT_EQ(attention.exit_code, 0) << attention.err;
@@ -605,6 +615,7 @@ TEST(MoectlTest, ClusterScaleAddsAndRemovesExpertWorkers) {
   EXPECT_THAT(shrink.err, HasSubstr("expert workers: 2 (were 3; 2 home), placement version 2"));
   EXPECT_NE(kill(added, 0), 0) << "expert-2 still runs";
   EXPECT_FALSE(std::filesystem::exists(state + "/expert-2.pid"));
+  EXPECT_THAT(expert_file(), ::testing::ElementsAre(address(2), address(3)));
   std::ifstream log(state + "/supervisor.log");
   std::stringstream text;
   text << log.rdbuf();

@@ -26,7 +26,8 @@
 // router has stopped placing on them, and stops them with SIGTERM (their open streams migrate), so no
 // request fails. `scale` hands the supervisor a request file and SIGUSR1 and prints its answer.
 // --expert-workers adds or removes expert workers beyond the home ones, up to
-// `up --joinable-expert-workers` (docs/operations.md#scaling).
+// `up --joinable-expert-workers` (docs/operations.md#scaling), and keeps <state>/expert_workers (what
+// `cluster rebalance` reads) listing the running ones in rank order.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -555,8 +556,10 @@ void RunUp(const ClusterFlags& flags) {
            absl::StrCat("--extra_expert_budget_bytes=", flags.extra_expert_budget_bytes)},
           experts[static_cast<size_t>(i)]);
   }
-  // For `moectl cluster rebalance`: the expert workers' addresses (by rank) and how to dial them.
-  WriteAtomically(state / "expert_workers", absl::StrJoin(experts, "\n") + "\n");
+  // For `moectl cluster rebalance`: the running expert workers' addresses in rank order (the home ones,
+  // then those `scale` added; rewritten by `scale`) and how to dial them.
+  const fs::path expert_file = state / "expert_workers";
+  WriteAtomically(expert_file, absl::StrJoin(experts, "\n") + "\n");
   WriteAtomically(state / "tls_mode", flags.insecure ? "insecure\n" : "mtls\n");
   // Attention worker `rank`'s flags (ranks are never reused: `scale` gives new workers new ones).
   auto attention_args = [&](int rank, int num_attention_workers) {
@@ -719,6 +722,33 @@ void RunUp(const ClusterFlags& flags) {
     }
     return absl::OkStatus();
   };
+  // <state>/expert_workers: the home workers, then every added one still running, by rank.
+  auto write_expert_file = [&] {
+    std::vector<std::string> running = experts;
+    std::vector<std::pair<int, std::string>> added;
+    for (size_t i : joined_children()) {
+      int rank = 0;
+      if (absl::SimpleAtoi(children[i].name.substr(std::strlen("expert-")), &rank))
+        added.emplace_back(rank, children[i].address);
+    }
+    std::sort(added.begin(), added.end());
+    for (const auto& [rank, address] : added) running.push_back(address);
+    WriteAtomically(expert_file, absl::StrJoin(running, "\n") + "\n");
+  };
+  // The highest placement version an attention worker uses: `moectl cluster rebalance` may have gone
+  // past the supervisor's own, and a version not above the one in use is refused.
+  auto placement_version_in_use = [&] {
+    uint64_t version = placement_version;
+    for (size_t i : attention_children()) {
+      auto stub = v1::AttentionWorker::NewStub(worker_credentials->CreateChannel(children[i].address));
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      v1::WorkerLoad load;
+      if (stub->GetLoad(&ctx, v1::GetLoadRequest(), &load).ok())
+        version = std::max<uint64_t>(version, load.expert_placement_version());
+    }
+    return version;
+  };
   auto scale_experts = [&](int want) -> absl::StatusOr<std::string> {
     const int home = flags.expert_workers;
     std::vector<size_t> joined = joined_children();
@@ -766,7 +796,9 @@ void RunUp(const ClusterFlags& flags) {
         spawn(name, "moe-expert-worker",
               {"--model=" + flags.model_dir, absl::StrCat("--rank=", rank), "--joinable",
                absl::StrCat("--num_expert_workers=", home),
-               absl::StrCat("--expert_replicas=", flags.expert_replicas), "--transport=" + flags.transport},
+               absl::StrCat("--expert_replicas=", flags.expert_replicas), "--transport=" + flags.transport,
+               "--device=" + device->ToString(),
+               absl::StrCat("--extra_expert_budget_bytes=", flags.extra_expert_budget_bytes)},
               address);
         std::ofstream(state / (name + ".pid")) << children.back().pid << "\n";
         std::cerr << "moectl cluster: scale: starting " << name << " on " << address << std::endl;
@@ -782,9 +814,9 @@ void RunUp(const ClusterFlags& flags) {
     }
     // Joining: the attention workers connect the new workers and switch once each is connected and
     // holds its experts. Leaving: a placement without them first, then SIGTERM (they drain).
-    if (absl::Status s = set_placement(attention_children(), placement_version + 1, extras); !s.ok())
-      return s;
-    ++placement_version;
+    const uint64_t version = placement_version_in_use() + 1;
+    if (absl::Status s = set_placement(attention_children(), version, extras); !s.ok()) return s;
+    placement_version = version;
     placement_extras = extras;
     for (const Child& c : leaving) {
       std::erase_if(children, [&](const Child& x) { return x.name == c.name; });
@@ -792,6 +824,7 @@ void RunUp(const ClusterFlags& flags) {
       std::cerr << "moectl cluster: scale: stopping " << c.name << " (out of the placement; SIGTERM)"
                 << std::endl;
     }
+    write_expert_file();
     StopAll(leaving, std::chrono::seconds(30));
     return absl::StrCat("expert workers: ", want, " (were ", have, "; ", home, " home), placement version ",
                         placement_version, "\n");
@@ -800,6 +833,7 @@ void RunUp(const ClusterFlags& flags) {
     std::string expert_outcome;
     if (r.expert_workers >= 0) {
       absl::StatusOr<std::string> outcome = scale_experts(r.expert_workers);
+      write_expert_file();  // also after a failure: a worker started before it stays up
       if (!outcome.ok()) return outcome.status();
       if (r.attention_workers < 0) return outcome;
       expert_outcome = *outcome;
@@ -821,8 +855,11 @@ void RunUp(const ClusterFlags& flags) {
       std::ofstream(state / (name + ".pid")) << children.back().pid << "\n";
       std::cerr << "moectl cluster: scale: starting " << name << " on " << address << std::endl;
       if (absl::Status s = await_serving(name, address); !s.ok()) return s;
-      // A new attention worker starts on the home shards: give it the placement in use.
-      if (placement_version > 0) {
+      // A new attention worker starts on the home shards: give it the placement in use, if it is the
+      // supervisor's. One `moectl cluster rebalance` made is not known here: the worker stays on the
+      // home shards (always safe) until the balancer applies a plan again (`rebalance --watch` does
+      // at its next look, seeing a worker on another version).
+      if (placement_version > 0 && placement_version_in_use() == placement_version) {
         if (absl::Status s = set_placement({children.size() - 1}, placement_version, placement_extras);
             !s.ok())
           return s;

@@ -4,23 +4,36 @@
 //   moectl cluster rebalance [--state-dir D] [--window S] [--dry-run]
 //   moectl cluster rebalance --attention-workers A,.. --expert-workers E,.. (--tls-ca/--tls-cert/--tls-key
 //                            | --insecure) [--window S] [--dry-run]
+//   ... --watch [--interval S] [--min-ratio R]
 //
-// Reads every attention worker's per-expert row totals (WorkerLoad) twice, --window seconds apart, and
-// every expert worker's info (rank, shard, extra experts, budget); plans with PlanExpertReplicas from
-// the rows of the window, at most min over the expert workers of budget / expert bytes extra experts
-// per worker; prints the measured load ratio, the plan and the predicted ratio before and after; and,
-// unless --dry-run, applies it: LoadExtraExperts with the union of the old and new extra sets on every
-// expert worker, SetExpertPlacement on every attention worker, then LoadExtraExperts with the new sets
-// only to free the old copies. When the union does not fit a worker's budget, the attention workers
-// first switch to the home shards (one version), the expert workers load the new sets, and the
-// attention workers switch to the plan (the next version). No request waits or fails for any of it.
+// Asks every expert worker for its info (rank, shard, extra experts, budget; GetInfo): one that does
+// not answer, is draining, or is past the attention workers' placement is left out of the plan with a
+// note, unless its shard then has no live home copy (an error). Reads every attention worker's
+// per-expert row totals (WorkerLoad) twice, --window seconds apart; plans with PlanExpertReplicas
+// from the rows of the window, within each worker's budget / expert bytes extra experts (a joined
+// worker keeps its own shard as copies); prints the measured load ratio, the plan and the predicted
+// ratio before and after; and, unless --dry-run, applies it: LoadExtraExperts with the union of the
+// old and new extra sets on every expert worker in the plan, SetExpertPlacement on every attention
+// worker, then LoadExtraExperts with the new sets only to free the old copies. When the union does
+// not fit a worker's budget, the attention workers first switch to the home shards (one version),
+// the expert workers load the new sets, and the attention workers switch to the plan (the next
+// version). No request waits or fails for any of it.
+//
+// --watch does that every --interval seconds until SIGINT/SIGTERM (exit 0), printing one line per
+// look, and applies when the measured ratio is above --min-ratio or the cluster differs from what it
+// last applied (an expert worker came, went or lost its copies; an attention worker uses another
+// placement version). A look that fails is printed and the next one comes after a backoff.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -36,6 +49,7 @@
 #include "common/engine/expert_balancer.h"
 #include "common/engine/expert_placement.h"
 #include "common/rpc/tls.h"
+#include "common/status/status_macros.h"
 #include "grpcpp/grpcpp.h"
 #include "moe/v1/attention.grpc.pb.h"
 #include "moe/v1/expert_control.grpc.pb.h"
@@ -77,7 +91,27 @@ struct RebalanceFlags {
   double window_s = 10;
   double timeout_s = 120;  // per RPC
   bool dry_run = false;
+  bool watch = false;
+  double interval_s = 30;  // --watch: seconds from one look's start to the next
+  double min_ratio = 1.1;  // --watch: apply when the measured ratio is above this
 };
+
+std::atomic<bool> stop_requested{false};
+void OnStopSignal(int) {
+  stop_requested = true;
+}
+
+// Sleeps `seconds`; false (at once) when SIGINT/SIGTERM came.
+bool SleepUnlessStopped(double seconds) {
+  const auto until =
+      std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+  while (std::chrono::steady_clock::now() < until) {
+    if (stop_requested) return false;
+    std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+        std::chrono::milliseconds(50), until - std::chrono::steady_clock::now()));
+  }
+  return !stop_requested;
+}
 
 std::vector<std::string> ReadAddressFile(const fs::path& path) {
   std::vector<std::string> out;
@@ -102,20 +136,24 @@ std::string RpcError(const std::string& what, const grpc::Status& status) {
                       status.error_message());
 }
 
-struct Cluster {
-  std::vector<std::string> attention;
-  std::vector<std::string> experts;
+// Where the cluster is: the state dir of a local cluster (its files are read again at every look:
+// `cluster scale` rewrites them) or the addresses given, and the credentials to dial them.
+struct Target {
+  std::optional<fs::path> state;
+  std::vector<std::string> attention, experts;  // given on the command line
   rpc::ClientCredentials credentials;
 };
 
-Cluster Resolve(const RebalanceFlags& flags) {
-  Cluster cluster;
+Target Resolve(const RebalanceFlags& flags) {
+  Target target;
   rpc::TlsOptions tls = flags.tls;
   if (!flags.attention_workers.empty() || !flags.expert_workers.empty()) {
     if (flags.attention_workers.empty() || flags.expert_workers.empty())
       Fail(kCommand, "give both --attention-workers and --expert-workers (or neither: the local cluster)");
-    cluster.attention = SplitAddresses(flags.attention_workers);
-    cluster.experts = SplitAddresses(flags.expert_workers);
+    target.attention = SplitAddresses(flags.attention_workers);
+    target.experts = SplitAddresses(flags.expert_workers);
+    if (target.attention.empty()) Fail(kCommand, "--attention-workers: no addresses");
+    if (target.experts.empty()) Fail(kCommand, "--expert-workers: no addresses");
   } else {
     const char* runtime = std::getenv("XDG_RUNTIME_DIR");
     const fs::path state = !flags.state_dir.empty()
@@ -127,8 +165,7 @@ Cluster Resolve(const RebalanceFlags& flags) {
                          " (start one with `moectl cluster up`, or give --attention-workers and "
                          "--expert-workers with the cluster's credentials)");
     }
-    cluster.attention = ReadAddressFile(state / "attention_workers");
-    cluster.experts = ReadAddressFile(state / "expert_workers");
+    target.state = state;
     std::ifstream mode_file(state / "tls_mode");
     std::string mode;
     mode_file >> mode;
@@ -142,25 +179,43 @@ Cluster Resolve(const RebalanceFlags& flags) {
       }
     }
   }
-  if (cluster.attention.empty()) Fail(kCommand, "--attention-workers: no addresses");
-  if (cluster.experts.empty()) Fail(kCommand, "--expert-workers: no addresses");
   absl::StatusOr<rpc::ClientCredentials> credentials = rpc::MakeClientCredentials(tls);
   if (!credentials.ok()) {
     Fail(kCommand, absl::StrCat("the cluster's credentials (--tls-ca, --tls-cert and --tls-key: an operator "
                                 "certificate, or --insecure): ",
                                 credentials.status().message()));
   }
-  cluster.credentials = *credentials;
-  return cluster;
+  target.credentials = *credentials;
+  return target;
 }
 
 std::chrono::system_clock::time_point Deadline(double seconds) {
   return std::chrono::system_clock::now() + std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
 }
 
+struct Cluster {
+  std::vector<std::string> attention;
+  std::vector<std::string> experts;  // by rank: the home workers, then the joined ones
+  rpc::ClientCredentials credentials;
+};
+
+absl::StatusOr<Cluster> Addresses(const Target& target) {
+  Cluster cluster{target.attention, target.experts, target.credentials};
+  if (target.state.has_value()) {
+    cluster.attention = ReadAddressFile(*target.state / "attention_workers");
+    cluster.experts = ReadAddressFile(*target.state / "expert_workers");
+    if (cluster.attention.empty() || cluster.experts.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("no ", cluster.attention.empty() ? "attention" : "expert", " workers listed in ",
+                       target.state->string(), " (is the cluster still running?)"));
+    }
+  }
+  return cluster;
+}
+
 // Every attention worker's load, validated: per-expert totals of one size everywhere and per-worker
-// totals with one entry per expert worker.
-std::vector<v1::WorkerLoad> ReadLoads(const Cluster& cluster, int64_t num_expert_workers, double timeout_s) {
+// totals of one size (the attention workers' placement's expert workers, home and joinable).
+absl::StatusOr<std::vector<v1::WorkerLoad>> ReadLoads(const Cluster& cluster, double timeout_s) {
   std::vector<v1::WorkerLoad> loads;
   for (const std::string& address : cluster.attention) {
     auto stub = v1::AttentionWorker::NewStub(cluster.credentials.CreateChannel(address));
@@ -168,36 +223,41 @@ std::vector<v1::WorkerLoad> ReadLoads(const Cluster& cluster, int64_t num_expert
     ctx.set_deadline(Deadline(timeout_s));
     v1::WorkerLoad load;
     const grpc::Status status = stub->GetLoad(&ctx, v1::GetLoadRequest(), &load);
-    if (!status.ok()) Fail(kCommand, RpcError("GetLoad on attention worker " + address, status));
-    if (load.expert_worker_rows_total_size() != 0 &&
-        load.expert_worker_rows_total_size() != num_expert_workers) {
-      Fail(kCommand, absl::StrCat("attention worker ", address, ": expert_worker_rows_total has ",
-                                  load.expert_worker_rows_total_size(), " entries for ", num_expert_workers,
-                                  " expert workers (is it part of this cluster?)"));
-    }
-    if (!loads.empty() && load.expert_rows_total_size() != 0 && loads.front().expert_rows_total_size() != 0 &&
-        load.expert_rows_total_size() != loads.front().expert_rows_total_size()) {
-      Fail(kCommand, absl::StrCat("attention worker ", address, ": expert_rows_total has ",
-                                  load.expert_rows_total_size(), " experts, ", cluster.attention.front(),
-                                  " has ", loads.front().expert_rows_total_size()));
+    if (!status.ok())
+      return absl::UnavailableError(RpcError("GetLoad on attention worker " + address, status));
+    for (size_t i = 0; i < loads.size(); ++i) {
+      if (load.expert_rows_total_size() != 0 && loads[i].expert_rows_total_size() != 0 &&
+          load.expert_rows_total_size() != loads[i].expert_rows_total_size()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "attention worker ", address, ": expert_rows_total has ", load.expert_rows_total_size(),
+            " experts, ", cluster.attention[i], " has ", loads[i].expert_rows_total_size()));
+      }
+      if (load.expert_worker_rows_total_size() != 0 && loads[i].expert_worker_rows_total_size() != 0 &&
+          load.expert_worker_rows_total_size() != loads[i].expert_worker_rows_total_size()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("attention worker ", address, " places on ", load.expert_worker_rows_total_size(),
+                         " expert workers, ", cluster.attention[i], " on ",
+                         loads[i].expert_worker_rows_total_size(), " (are they part of one cluster?)"));
+      }
     }
     loads.push_back(std::move(load));
   }
   return loads;
 }
 
-v1::ExpertWorkerInfo GetExpertInfo(const Cluster& cluster, const std::string& address, double timeout_s) {
+absl::StatusOr<v1::ExpertWorkerInfo> GetExpertInfo(const Cluster& cluster, const std::string& address,
+                                                   double timeout_s) {
   auto stub = v1::ExpertControl::NewStub(cluster.credentials.CreateChannel(address));
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(timeout_s));
   v1::ExpertWorkerInfo info;
   const grpc::Status status = stub->GetInfo(&ctx, v1::GetInfoRequest(), &info);
-  if (!status.ok()) Fail(kCommand, RpcError("GetInfo on expert worker " + address, status));
+  if (!status.ok()) return absl::UnavailableError(RpcError("GetInfo", status));
   return info;
 }
 
-void LoadExtras(const Cluster& cluster, const std::string& address, uint64_t version,
-                const std::vector<int64_t>& experts, double timeout_s) {
+absl::Status LoadExtras(const Cluster& cluster, const std::string& address, uint64_t version,
+                        const std::vector<int64_t>& experts, double timeout_s) {
   auto stub = v1::ExpertControl::NewStub(cluster.credentials.CreateChannel(address));
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(timeout_s));
@@ -207,13 +267,16 @@ void LoadExtras(const Cluster& cluster, const std::string& address, uint64_t ver
   v1::LoadExtraExpertsResponse response;
   const grpc::Status status = stub->LoadExtraExperts(&ctx, request, &response);
   if (!status.ok()) {
-    Fail(kCommand, RpcError(absl::StrCat("LoadExtraExperts(version ", version, ", experts [",
-                                         absl::StrJoin(experts, ","), "]) on expert worker ", address),
-                            status));
+    return absl::UnavailableError(
+        RpcError(absl::StrCat("LoadExtraExperts(version ", version, ", experts [",
+                              absl::StrJoin(experts, ","), "]) on expert worker ", address),
+                 status));
   }
+  return absl::OkStatus();
 }
 
-void SetPlacement(const Cluster& cluster, const engine::ExpertPlacement& placement, double timeout_s) {
+absl::Status SetPlacement(const Cluster& cluster, const engine::ExpertPlacement& placement,
+                          double timeout_s) {
   v1::SetExpertPlacementRequest request;
   request.set_placement_version(placement.version());
   for (int64_t e = 0; e < placement.num_experts(); ++e) {
@@ -230,186 +293,446 @@ void SetPlacement(const Cluster& cluster, const engine::ExpertPlacement& placeme
     v1::SetExpertPlacementResponse response;
     const grpc::Status status = stub->SetExpertPlacement(&ctx, request, &response);
     if (!status.ok()) {
-      Fail(kCommand, RpcError(absl::StrCat("SetExpertPlacement(version ", placement.version(),
-                                           ") on attention worker ", address),
-                              status));
+      return absl::UnavailableError(RpcError(
+          absl::StrCat("SetExpertPlacement(version ", placement.version(), ") on attention worker ", address),
+          status));
     }
   }
+  return absl::OkStatus();
 }
 
-void RunRebalance(const RebalanceFlags& flags) {
-  const Cluster cluster = Resolve(flags);
-  const int64_t num_workers = static_cast<int64_t>(cluster.experts.size());
+// What the last plan applied by --watch left, to tell at the next look whether the cluster changed.
+struct Applied {
+  uint64_t version = 0;
+  std::map<int64_t, std::string> workers;           // the expert workers in the plan: rank -> address
+  std::map<int64_t, std::vector<int64_t>> loaded;   // rank -> its LoadExtraExperts set
+  std::vector<std::pair<int64_t, int64_t>> extras;  // the placement's (expert, worker) copies
+  std::optional<engine::ExpertPlacement> placement;
+};
 
-  // Expert workers, by rank: address i must be rank i of num_workers, all with the same replicas.
-  std::vector<v1::ExpertWorkerInfo> infos;
-  for (const std::string& address : cluster.experts)
-    infos.push_back(GetExpertInfo(cluster, address, flags.timeout_s));
-  for (size_t i = 0; i < infos.size(); ++i) {
-    if (infos[i].num_expert_workers() != num_workers || infos[i].rank() != static_cast<int32_t>(i)) {
-      Fail(kCommand, absl::StrCat("--expert-workers: ", cluster.experts[i], " is expert worker ",
-                                  infos[i].rank(), " of ", infos[i].num_expert_workers(), "; give all ",
-                                  num_workers, " expert workers' addresses in rank order"));
+// A plan must beat the one in use by this much (predicted max/mean, on the same window) to replace it
+// when nothing else changed: windows differ a little, and a plan that is only as good is churn.
+constexpr double kMinGain = 0.02;
+
+std::vector<std::pair<int64_t, int64_t>> ExtrasOf(const engine::ExpertPlacement& placement) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  for (int64_t e = 0; e < placement.num_experts(); ++e)
+    for (int64_t w : placement.extra_workers(e)) out.emplace_back(e, w);
+  return out;
+}
+
+// One look at the cluster: measure, plan, and apply when `watch` is null (one-shot) or when the
+// measured ratio or a change since *watch says so. One-shot prints the details; the returned line is
+// the look's summary (what --watch prints).
+absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& target,
+                                 std::optional<Applied>* watch) {
+  ASSIGN_OR_RETURN(const Cluster cluster, Addresses(target));
+  const double info_timeout_s = std::min(flags.timeout_s, 10.0);
+  const int64_t listed = static_cast<int64_t>(cluster.experts.size());
+
+  // Expert workers, by rank: address i must be rank i. One that does not answer is left out.
+  std::vector<std::optional<v1::ExpertWorkerInfo>> infos(static_cast<size_t>(listed));
+  std::vector<std::string> why_out(static_cast<size_t>(listed));  // empty: in the plan
+  int64_t home = -1, replicas = -1;
+  int64_t first_answering = -1;
+  for (int64_t i = 0; i < listed; ++i) {
+    const std::string& address = cluster.experts[static_cast<size_t>(i)];
+    absl::StatusOr<v1::ExpertWorkerInfo> info = GetExpertInfo(cluster, address, info_timeout_s);
+    if (!info.ok()) {
+      why_out[static_cast<size_t>(i)] = std::string(info.status().message());
+      continue;
     }
-    if (infos[i].expert_replicas() != infos[0].expert_replicas()) {
-      Fail(kCommand, absl::StrCat("expert worker ", cluster.experts[i], " has expert_replicas ",
-                                  infos[i].expert_replicas(), ", ", cluster.experts[0], " has ",
-                                  infos[0].expert_replicas()));
+    if (info->rank() != static_cast<int32_t>(i)) {
+      return absl::InvalidArgumentError(absl::StrCat("--expert-workers: ", address, " is expert worker ",
+                                                     info->rank(), " of ", info->num_expert_workers(),
+                                                     "; give the expert workers' addresses in rank order"));
+    }
+    if (first_answering < 0) {
+      first_answering = i;
+      home = info->num_expert_workers();
+      replicas = info->expert_replicas();
+    } else if (info->num_expert_workers() != home || info->expert_replicas() != replicas) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "expert worker ", address, " has ", info->num_expert_workers(),
+          " home workers and expert_replicas ", info->expert_replicas(), ", ",
+          cluster.experts[static_cast<size_t>(first_answering)], " has ", home, " and ", replicas));
+    }
+    if (info->draining()) why_out[static_cast<size_t>(i)] = "draining";
+    infos[static_cast<size_t>(i)] = *std::move(info);
+  }
+  if (first_answering < 0) {
+    return absl::UnavailableError(absl::StrCat("no expert worker answers GetInfo (", cluster.experts.front(),
+                                               ": ", why_out.front(), ")"));
+  }
+  if (listed < home) {
+    return absl::InvalidArgumentError(absl::StrCat("--expert-workers: ", listed, " addresses for ", home,
+                                                   " home expert workers; give all their addresses in rank "
+                                                   "order (then any joined ones)"));
+  }
+
+  auto name = [&](int64_t w) {
+    return absl::StrCat("expert-", w, " (", cluster.experts[static_cast<size_t>(w)], ")");
+  };
+  // Every shard needs a home copy that answers: its experts have no other host the attention workers
+  // rely on.
+  if (replicas < 1 || home < replicas || home % replicas != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the expert workers say ", home, " home workers in ", replicas, " replicas"));
+  }
+  const int64_t shards = home / replicas;
+  for (int64_t s = 0; s < shards; ++s) {
+    std::vector<std::string> out;
+    bool covered = false;
+    for (int64_t w = s; w < home; w += shards) {
+      if (why_out[static_cast<size_t>(w)].empty()) {
+        covered = true;
+      } else {
+        out.push_back(absl::StrCat(name(w), ": ", why_out[static_cast<size_t>(w)]));
+      }
+    }
+    if (!covered) {
+      return absl::UnavailableError(
+          absl::StrCat("shard ", s, "'s home experts have no live host: ", absl::StrJoin(out, "; ")));
     }
   }
-  int64_t max_extras = -1;
-  for (const v1::ExpertWorkerInfo& info : infos) {
-    const int64_t fit = info.expert_bytes() > 0 ? info.extra_expert_budget_bytes() / info.expert_bytes() : 0;
-    max_extras = max_extras < 0 ? fit : std::min(max_extras, fit);
-  }
-  if (max_extras <= 0) {
+  // Some worker in the plan must have room for an extra expert.
+  {
+    bool any_budget = false;
     std::string budgets;
-    for (size_t i = 0; i < infos.size(); ++i) {
-      absl::StrAppend(&budgets, i > 0 ? ", " : "", "expert-", i, " ", infos[i].extra_expert_budget_bytes());
+    int64_t expert_bytes = 0;
+    for (int64_t w = 0; w < listed; ++w) {
+      if (!why_out[static_cast<size_t>(w)].empty()) continue;
+      const v1::ExpertWorkerInfo& info = *infos[static_cast<size_t>(w)];
+      expert_bytes = info.expert_bytes();
+      any_budget =
+          any_budget || (info.expert_bytes() > 0 && info.extra_expert_budget_bytes() >= info.expert_bytes());
+      absl::StrAppend(&budgets, budgets.empty() ? "" : ", ", "expert-", w, " ",
+                      info.extra_expert_budget_bytes());
     }
-    Fail(kCommand,
-         absl::StrCat("no expert worker can hold an extra expert: --extra-expert-budget is 0 (or below "
-                      "one expert, ",
-                      infos[0].expert_bytes(),
-                      " bytes) on at least one expert worker (budgets in bytes: ", budgets,
-                      "); start the cluster with `moectl cluster up --extra-expert-budget BYTES` "
-                      "(expert workers: --extra_expert_budget_bytes, Helm: expert.extraExpertBudgetBytes)"));
+    if (!any_budget) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "no expert worker can hold an extra expert: --extra-expert-budget is 0 (or below one expert, ",
+          expert_bytes, " bytes) on every expert worker (budgets in bytes: ", budgets,
+          "); start the cluster with `moectl cluster up --extra-expert-budget BYTES` (expert workers: "
+          "--extra_expert_budget_bytes, Helm: expert.extraExpertBudgetBytes)"));
+    }
   }
 
   // The window: two reads of the monotonic totals.
-  const std::vector<v1::WorkerLoad> first = ReadLoads(cluster, num_workers, flags.timeout_s);
-  std::this_thread::sleep_for(std::chrono::milliseconds(static_cast<int64_t>(flags.window_s * 1000)));
-  const std::vector<v1::WorkerLoad> second = ReadLoads(cluster, num_workers, flags.timeout_s);
-  std::vector<uint64_t> expert_rows;
-  std::vector<double> worker_rows(static_cast<size_t>(num_workers), 0);
+  ASSIGN_OR_RETURN(const std::vector<v1::WorkerLoad> first, ReadLoads(cluster, flags.timeout_s));
+  if (!SleepUnlessStopped(flags.window_s)) return absl::CancelledError("stopped");
+  ASSIGN_OR_RETURN(const std::vector<v1::WorkerLoad> second, ReadLoads(cluster, flags.timeout_s));
+  // The attention workers' placement: its expert workers (home and joinable) and version.
+  int64_t placement_workers = 0;
   uint64_t current_version = 0;
-  for (const v1::ExpertWorkerInfo& info : infos)
-    current_version = std::max(current_version, info.placement_version());
+  for (const std::optional<v1::ExpertWorkerInfo>& info : infos) {
+    if (info.has_value()) current_version = std::max(current_version, info->placement_version());
+  }
+  std::vector<uint64_t> expert_rows;
   for (size_t a = 0; a < second.size(); ++a) {
     const v1::WorkerLoad& now = second[a];
     const v1::WorkerLoad& then = first[a];
     current_version = std::max(current_version, now.expert_placement_version());
     if (now.expert_rows_total_size() == 0) continue;  // no MoE step yet
+    placement_workers = now.expert_worker_rows_total_size();
     if (expert_rows.empty()) expert_rows.assign(static_cast<size_t>(now.expert_rows_total_size()), 0);
     if (now.expert_rows_total_size() != static_cast<int>(expert_rows.size())) {
-      Fail(kCommand, absl::StrCat("attention worker ", cluster.attention[a], ": expert_rows_total has ",
-                                  now.expert_rows_total_size(), " experts, others ", expert_rows.size()));
+      return absl::FailedPreconditionError(
+          absl::StrCat("attention worker ", cluster.attention[a], ": expert_rows_total has ",
+                       now.expert_rows_total_size(), " experts, others ", expert_rows.size()));
     }
     const bool restarted = then.expert_rows_total_size() != now.expert_rows_total_size();
     for (int e = 0; e < now.expert_rows_total_size(); ++e) {
       const uint64_t before = restarted ? 0 : then.expert_rows_total(e);
       if (now.expert_rows_total(e) < before) {
-        Fail(kCommand, absl::StrCat("attention worker ", cluster.attention[a],
-                                    " restarted during the window; run the command again"));
+        return absl::UnavailableError(absl::StrCat("attention worker ", cluster.attention[a],
+                                                   " restarted during the window; look again"));
       }
       expert_rows[static_cast<size_t>(e)] += now.expert_rows_total(e) - before;
-    }
-    const bool worker_restarted = then.expert_worker_rows_total_size() != now.expert_worker_rows_total_size();
-    for (int w = 0; w < now.expert_worker_rows_total_size(); ++w) {
-      const uint64_t before = worker_restarted ? 0 : then.expert_worker_rows_total(w);
-      if (now.expert_worker_rows_total(w) >= before)
-        worker_rows[static_cast<size_t>(w)] += static_cast<double>(now.expert_worker_rows_total(w) - before);
     }
   }
   uint64_t total_rows = 0;
   for (uint64_t rows : expert_rows) total_rows += rows;
   if (total_rows == 0) {
-    Fail(kCommand, absl::StrCat("no expert rows were routed in the ", flags.window_s,
-                                " s window (--window): nothing to plan from; rebalance while requests run"));
+    const std::string none = absl::StrCat("no expert rows were routed in the ", flags.window_s,
+                                          " s window (--window): nothing to plan from");
+    if (watch != nullptr) return none + "; nothing to do";
+    return absl::FailedPreconditionError(none + "; rebalance while requests run");
   }
-  const int64_t num_experts = static_cast<int64_t>(expert_rows.size());
-  if (absl::Status valid =
-          engine::ExpertPlacement::Validate(num_experts, num_workers, infos[0].expert_replicas());
-      !valid.ok()) {
-    Fail(kCommand, std::string(valid.message()));
+  if (placement_workers < home) {
+    return absl::FailedPreconditionError(absl::StrCat("the attention workers place on ", placement_workers,
+                                                      " expert workers, the expert workers say there are ",
+                                                      home, " (is it one cluster?)"));
   }
-  std::vector<int32_t> peers;
-  for (int64_t w = 0; w < num_workers; ++w)
-    peers.push_back(engine::kFirstExpertPeerId + static_cast<int32_t>(w));
-  const engine::ExpertPlacement home(num_experts, peers, infos[0].expert_replicas());
-  for (int64_t w = 0; w < num_workers; ++w) {
-    const engine::ExpertRange range = home.range(w);
-    const v1::ExpertWorkerInfo& info = infos[static_cast<size_t>(w)];
-    if (range.first != info.first_expert() || range.count != info.num_experts()) {
-      Fail(kCommand,
-           absl::StrCat("expert worker ", cluster.experts[static_cast<size_t>(w)], " serves experts [",
-                        info.first_expert(), ", ", info.first_expert() + info.num_experts(),
-                        "), not the shard [", range.first, ", ", range.first + range.count, ") of ",
-                        num_experts, " experts: the workers disagree on the model"));
+  // Left out besides those that do not answer: workers past the attention workers' placement.
+  for (int64_t i = placement_workers; i < listed; ++i) {
+    if (why_out[static_cast<size_t>(i)].empty()) {
+      why_out[static_cast<size_t>(i)] =
+          absl::StrCat("not in the attention workers' placement (", placement_workers,
+                       " expert workers, home and joinable)");
     }
   }
-  absl::StatusOr<engine::ExpertPlacement> base = home.WithExtras({}, current_version);
-  if (!base.ok()) Fail(kCommand, std::string(base.status().message()));
-  absl::StatusOr<engine::BalancePlan> plan = engine::PlanExpertReplicas(*base, expert_rows, max_extras);
-  if (!plan.ok()) Fail(kCommand, std::string(plan.status().message()));
-
-  std::cout << absl::StrFormat("window: %.1f s, %d expert rows from %d attention workers\n", flags.window_s,
-                               total_rows, cluster.attention.size());
-  std::cout << absl::StrFormat("measured load ratio (max/mean rows per expert worker): %.3f\n",
-                               engine::MaxMeanRatio(worker_rows));
-  std::cout << absl::StrFormat(
-      "plan: placement version %d, at most %d extra experts per expert worker (one expert: %d bytes)\n",
-      plan->placement.version(), max_extras, infos[0].expert_bytes());
-  for (int64_t w = 0; w < num_workers; ++w) {
-    const std::vector<int64_t> extras = plan->placement.extra_experts(w);
-    const std::vector<int32_t> old(infos[static_cast<size_t>(w)].extra_experts().begin(),
-                                   infos[static_cast<size_t>(w)].extra_experts().end());
-    std::cout << "  expert-" << w << " (" << cluster.experts[static_cast<size_t>(w)] << "): extra experts ["
-              << absl::StrJoin(extras, ",") << "] (now [" << absl::StrJoin(old, ",") << "])\n";
+  auto in_plan = [&](int64_t w) { return w < listed && why_out[static_cast<size_t>(w)].empty(); };
+  const int64_t num_experts = static_cast<int64_t>(expert_rows.size());
+  RETURN_IF_ERROR(engine::ExpertPlacement::Validate(num_experts, home, replicas));
+  for (int64_t w = 0; w < listed; ++w) {
+    if (!infos[static_cast<size_t>(w)].has_value()) continue;
+    const v1::ExpertWorkerInfo& info = *infos[static_cast<size_t>(w)];
+    const engine::ExpertRange range = engine::ExpertPlacement::RangeOf(num_experts, shards, w % shards);
+    if (range.first != info.first_expert() || range.count != info.num_experts()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "expert worker ", cluster.experts[static_cast<size_t>(w)], " serves experts [", info.first_expert(),
+          ", ", info.first_expert() + info.num_experts(), "), not the shard [", range.first, ", ",
+          range.first + range.count, ") of ", num_experts, " experts: the workers disagree on the model"));
+    }
   }
-  std::cout << absl::StrFormat("predicted load ratio: %.3f -> %.3f\n", plan->ratio_before, plan->ratio_after)
-            << std::flush;
-  if (flags.dry_run) {
-    std::cout << "dry run: nothing changed" << std::endl;
-    return;
+
+  // The attention workers' placement: home workers 0..home-1, joinable ones up to placement_workers.
+  std::vector<int32_t> peers, joinable_peers;
+  for (int64_t w = 0; w < placement_workers; ++w)
+    (w < home ? peers : joinable_peers).push_back(engine::kFirstExpertPeerId + static_cast<int32_t>(w));
+  ASSIGN_OR_RETURN(const engine::ExpertPlacement home_placement,
+                   engine::ExpertPlacement(num_experts, peers, replicas).WithJoinableWorkers(joinable_peers));
+  ASSIGN_OR_RETURN(const engine::ExpertPlacement base, home_placement.WithExtras({}, current_version));
+  engine::BalanceConstraints constraints;
+  constraints.available.assign(static_cast<size_t>(placement_workers), false);
+  constraints.max_extras.assign(static_cast<size_t>(placement_workers), 0);
+  std::vector<std::set<int64_t>> fixed(static_cast<size_t>(placement_workers));  // a joined worker's shard
+  int64_t expert_bytes = 0;
+  for (int64_t w = 0; w < placement_workers; ++w) {
+    if (!in_plan(w)) continue;
+    const v1::ExpertWorkerInfo& info = *infos[static_cast<size_t>(w)];
+    expert_bytes = info.expert_bytes();
+    constraints.available[static_cast<size_t>(w)] = true;
+    const int64_t fit = info.expert_bytes() > 0 ? info.extra_expert_budget_bytes() / info.expert_bytes() : 0;
+    constraints.max_extras[static_cast<size_t>(w)] = fit;
+    if (w >= home) {
+      for (int64_t e = info.first_expert(); e < info.first_expert() + info.num_experts(); ++e) {
+        constraints.fixed.emplace_back(e, w);
+        fixed[static_cast<size_t>(w)].insert(e);
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(engine::BalancePlan plan, engine::PlanExpertReplicas(base, expert_rows, constraints));
+  // What each worker in the plan must load (its plan copies but its own shard) and holds now.
+  auto to_load = [&](int64_t w) {
+    std::vector<int64_t> out;
+    for (int64_t e : plan.placement.extra_experts(w))
+      if (!fixed[static_cast<size_t>(w)].contains(e)) out.push_back(e);
+    return out;
+  };
+  auto loaded_now = [&](int64_t w) {
+    const v1::ExpertWorkerInfo& info = *infos[static_cast<size_t>(w)];
+    return std::vector<int64_t>(info.extra_experts().begin(), info.extra_experts().end());
+  };
+
+  std::vector<double> measured;
+  for (int64_t w = 0; w < placement_workers; ++w) {
+    if (!in_plan(w)) continue;
+    double rows = 0;
+    for (size_t a = 0; a < second.size(); ++a) {
+      const v1::WorkerLoad& now = second[a];
+      const v1::WorkerLoad& then = first[a];
+      if (w >= now.expert_worker_rows_total_size()) continue;
+      const uint64_t before = then.expert_worker_rows_total_size() == now.expert_worker_rows_total_size()
+                                  ? then.expert_worker_rows_total(static_cast<int>(w))
+                                  : 0;
+      if (now.expert_worker_rows_total(static_cast<int>(w)) >= before)
+        rows += static_cast<double>(now.expert_worker_rows_total(static_cast<int>(w)) - before);
+    }
+    measured.push_back(rows);
+  }
+  const double ratio = engine::MaxMeanRatio(measured);
+  std::vector<std::string> left_out;
+  for (int64_t w = 0; w < listed; ++w) {
+    if (!in_plan(w)) left_out.push_back(absl::StrCat(name(w), ": ", why_out[static_cast<size_t>(w)]));
+  }
+  std::string line = absl::StrFormat("measured ratio %.3f (%d expert workers, %d rows in %.1f s)", ratio,
+                                     measured.size(), total_rows, flags.window_s);
+  if (!left_out.empty()) absl::StrAppend(&line, "; left out: ", absl::StrJoin(left_out, "; "));
+
+  if (watch == nullptr) {
+    for (const std::string& note : left_out) std::cout << "note: left out of the plan: " << note << "\n";
+    std::cout << absl::StrFormat("window: %.1f s, %d expert rows from %d attention workers\n", flags.window_s,
+                                 total_rows, cluster.attention.size());
+    std::cout << absl::StrFormat("measured load ratio (max/mean rows per expert worker): %.3f\n", ratio);
+    std::cout << absl::StrFormat("plan: placement version %d, one expert: %d bytes\n",
+                                 plan.placement.version(), expert_bytes);
+    for (int64_t w = 0; w < listed; ++w) {
+      std::cout << "  " << name(w) << ": ";
+      if (!in_plan(w)) {
+        std::cout << "left out\n";
+        continue;
+      }
+      std::cout << "extra experts [" << absl::StrJoin(to_load(w), ",") << "] (now ["
+                << absl::StrJoin(loaded_now(w), ",") << "]), at most "
+                << constraints.max_extras[static_cast<size_t>(w)];
+      if (w >= home)
+        std::cout << " and its own shard's " << fixed[static_cast<size_t>(w)].size() << " as copies";
+      std::cout << "\n";
+    }
+    std::cout << absl::StrFormat("predicted load ratio: %.3f -> %.3f\n", plan.ratio_before, plan.ratio_after)
+              << std::flush;
+    if (flags.dry_run) {
+      std::cout << "dry run: nothing changed" << std::endl;
+      return line + "; dry run";
+    }
+  } else {
+    // Apply only when the load or the cluster says so.
+    std::vector<std::string> changes;
+    if (watch->has_value()) {
+      const Applied& last = **watch;
+      std::map<int64_t, std::string> workers;
+      for (int64_t w = 0; w < placement_workers; ++w)
+        if (in_plan(w)) workers[w] = cluster.experts[static_cast<size_t>(w)];
+      if (workers != last.workers) changes.push_back("the expert workers changed");
+      for (const auto& [w, address] : workers) {
+        auto it = last.loaded.find(w);
+        if (it != last.loaded.end() && loaded_now(w) != it->second)
+          changes.push_back(absl::StrCat("expert-", w, " holds [", absl::StrJoin(loaded_now(w), ","),
+                                         "], not [", absl::StrJoin(it->second, ","), "]"));
+      }
+      for (size_t a = 0; a < second.size(); ++a) {
+        if (second[a].expert_placement_version() != last.version)
+          changes.push_back(absl::StrCat("attention worker ", cluster.attention[a],
+                                         " uses placement version ", second[a].expert_placement_version(),
+                                         ", not ", last.version));
+      }
+    }
+    const bool unbalanced = ratio > flags.min_ratio;
+    if (changes.empty()) {
+      if (!unbalanced) {
+        // The first look of a watcher takes the cluster as it finds it as what to keep: the expert
+        // workers in the plan, their loaded copies and the highest placement version in use.
+        if (!watch->has_value()) {
+          Applied found{.version = current_version};
+          for (int64_t w = 0; w < placement_workers; ++w) {
+            if (!in_plan(w)) continue;
+            found.workers[w] = cluster.experts[static_cast<size_t>(w)];
+            found.loaded[w] = loaded_now(w);
+          }
+          *watch = std::move(found);
+        }
+        return absl::StrFormat("%s; balanced (<= %.2f): nothing to do", line, flags.min_ratio);
+      }
+      if (watch->has_value() && (*watch)->placement.has_value() &&
+          (*watch)->placement->num_workers() == placement_workers &&
+          (*watch)->placement->num_experts() == num_experts) {
+        const std::vector<double> loads =
+            engine::ModelWorkerLoads(*(*watch)->placement, expert_rows, constraints.available);
+        std::vector<double> in_use;
+        for (int64_t w = 0; w < placement_workers; ++w)
+          if (in_plan(w)) in_use.push_back(loads[static_cast<size_t>(w)]);
+        const double predicted = engine::MaxMeanRatio(in_use);
+        if (ExtrasOf(plan.placement) == (*watch)->extras || plan.ratio_after > predicted - kMinGain) {
+          return absl::StrFormat(
+              "%s; the plan in use is as good (predicted %.3f, a new one %.3f): nothing to do", line,
+              predicted, plan.ratio_after);
+        }
+      }
+    }
+    absl::StrAppend(
+        &line, "; ",
+        changes.empty() ? absl::StrFormat("above %.2f", flags.min_ratio) : absl::StrJoin(changes, "; "));
+    if (flags.dry_run) {
+      return absl::StrFormat("%s; dry run: would apply placement version %d (predicted %.3f -> %.3f)", line,
+                             plan.placement.version(), plan.ratio_before, plan.ratio_after);
+    }
   }
 
   // Load before switching: no attention worker ever sends an expert to a worker not holding it.
   bool union_fits = true;
-  std::vector<std::vector<int64_t>> unions;
-  for (int64_t w = 0; w < num_workers; ++w) {
-    const v1::ExpertWorkerInfo& info = infos[static_cast<size_t>(w)];
+  std::map<int64_t, std::vector<int64_t>> unions;
+  for (int64_t w = 0; w < placement_workers; ++w) {
+    if (!in_plan(w)) continue;
+    const v1::ExpertWorkerInfo& info = *infos[static_cast<size_t>(w)];
     std::set<int64_t> both(info.extra_experts().begin(), info.extra_experts().end());
-    for (int64_t e : plan->placement.extra_experts(w)) both.insert(e);
-    unions.emplace_back(both.begin(), both.end());
+    for (int64_t e : to_load(w)) both.insert(e);
+    unions[w] = std::vector<int64_t>(both.begin(), both.end());
     if (static_cast<int64_t>(both.size()) * info.expert_bytes() > info.extra_expert_budget_bytes())
       union_fits = false;
   }
-  const uint64_t version = plan->placement.version();
-  engine::ExpertPlacement target = plan->placement;
+  const uint64_t version = plan.placement.version();
+  engine::ExpertPlacement target_placement = plan.placement;
   if (union_fits) {
-    for (int64_t w = 0; w < num_workers; ++w)
-      LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], version, unions[static_cast<size_t>(w)],
-                 flags.timeout_s);
+    for (const auto& [w, experts] : unions) {
+      if (experts != loaded_now(w))
+        RETURN_IF_ERROR(
+            LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], version, experts, flags.timeout_s));
+    }
   } else {
     // The old and new copies do not fit together: back to the home shards first, then load the new set.
     std::cerr << "moectl cluster rebalance: the old and new extra experts do not fit a budget together; "
                  "switching to the home shards first"
               << std::endl;
-    absl::StatusOr<engine::ExpertPlacement> plain = home.WithExtras({}, version);
-    if (!plain.ok()) Fail(kCommand, std::string(plain.status().message()));
-    SetPlacement(cluster, *plain, flags.timeout_s);
+    ASSIGN_OR_RETURN(const engine::ExpertPlacement plain, home_placement.WithExtras({}, version));
+    RETURN_IF_ERROR(SetPlacement(cluster, plain, flags.timeout_s));
     std::vector<std::vector<int64_t>> lists(static_cast<size_t>(num_experts));
-    for (int64_t e = 0; e < num_experts; ++e)
-      lists[static_cast<size_t>(e)] = plan->placement.extra_workers(e);
-    absl::StatusOr<engine::ExpertPlacement> next = home.WithExtras(std::move(lists), version + 1);
-    if (!next.ok()) Fail(kCommand, std::string(next.status().message()));
-    target = *next;
-    for (int64_t w = 0; w < num_workers; ++w)
-      LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], target.version(), target.extra_experts(w),
-                 flags.timeout_s);
+    for (int64_t e = 0; e < num_experts; ++e) lists[static_cast<size_t>(e)] = plan.placement.extra_workers(e);
+    ASSIGN_OR_RETURN(target_placement, home_placement.WithExtras(std::move(lists), version + 1));
+    for (const auto& [w, experts] : unions)
+      RETURN_IF_ERROR(LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], target_placement.version(),
+                                 to_load(w), flags.timeout_s));
   }
-  SetPlacement(cluster, target, flags.timeout_s);
+  RETURN_IF_ERROR(SetPlacement(cluster, target_placement, flags.timeout_s));
   // Every attention worker now uses the new version: free the copies only the old one used.
-  if (union_fits) {
-    for (int64_t w = 0; w < num_workers; ++w) {
-      if (unions[static_cast<size_t>(w)].size() != target.extra_experts(w).size())
-        LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], version, target.extra_experts(w),
-                   flags.timeout_s);
-    }
+  Applied applied{.version = target_placement.version(),
+                  .extras = ExtrasOf(target_placement),
+                  .placement = target_placement};
+  for (const auto& [w, experts] : unions) {
+    if (union_fits && experts != to_load(w))
+      RETURN_IF_ERROR(
+          LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], version, to_load(w), flags.timeout_s));
+    applied.workers[w] = cluster.experts[static_cast<size_t>(w)];
+    applied.loaded[w] = to_load(w);
   }
-  std::cout << "applied: placement version " << target.version() << " on " << cluster.attention.size()
-            << " attention and " << num_workers << " expert workers" << std::endl;
+  if (watch != nullptr) *watch = std::move(applied);
+  const std::string done =
+      absl::StrFormat("applied placement version %d on %d attention and %d expert workers",
+                      target_placement.version(), cluster.attention.size(), unions.size());
+  if (watch == nullptr)
+    std::cout << "applied: placement version " << target_placement.version() << " on "
+              << cluster.attention.size() << " attention and " << unions.size() << " expert workers"
+              << std::endl;
+  return absl::StrFormat("%s; %s (predicted %.3f -> %.3f)", line, done, plan.ratio_before, plan.ratio_after);
+}
+
+void RunRebalance(const RebalanceFlags& flags) {
+  const Target target = Resolve(flags);
+  if (!flags.watch) {
+    absl::StatusOr<std::string> done = Look(flags, target, nullptr);
+    if (!done.ok()) Fail(kCommand, std::string(done.status().message()));
+    return;
+  }
+  std::signal(SIGINT, OnStopSignal);
+  std::signal(SIGTERM, OnStopSignal);
+  std::cout << absl::StrFormat(
+                   "moectl cluster rebalance --watch: a look every %.1f s (window %.1f s), applying above a "
+                   "max/mean ratio of %.2f or when the cluster changes; SIGINT/SIGTERM stops\n",
+                   flags.interval_s, flags.window_s, flags.min_ratio)
+            << std::flush;
+  std::optional<Applied> applied;
+  int failures = 0;
+  for (int64_t look = 1; !stop_requested; ++look) {
+    const auto start = std::chrono::steady_clock::now();
+    absl::StatusOr<std::string> line = Look(flags, target, &applied);
+    if (stop_requested) break;
+    double wait_s = flags.interval_s;
+    if (line.ok()) {
+      failures = 0;
+      std::cout << "look " << look << ": " << *line << std::endl;
+    } else {
+      // Back off after failures: the interval, doubling up to the larger of a minute and the interval.
+      wait_s = std::min(flags.interval_s * static_cast<double>(1 << std::min(failures, 6)),
+                        std::max(60.0, flags.interval_s));
+      ++failures;
+      std::cout << "look " << look << ": error: " << line.status().message()
+                << absl::StrFormat("; next look in %.1f s", wait_s) << std::endl;
+    }
+    const double spent = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (!SleepUnlessStopped(std::max(0.0, wait_s - (line.ok() ? spent : 0.0)))) break;
+  }
+  std::cout << "moectl cluster rebalance --watch: stopped" << std::endl;
 }
 
 }  // namespace
@@ -419,12 +742,13 @@ void RegisterClusterRebalanceCommand(CLI::App& cluster) {
   CLI::App* cmd = cluster.add_subcommand(
       "rebalance",
       "Give hot experts extra copies on other expert workers (the expert load balancer), without failing a "
-      "request");
+      "request; --watch keeps doing it");
   cmd->add_option("--state-dir", flags->state_dir, "The state dir given to `up` (the local cluster)");
   cmd->add_option("--attention-workers", flags->attention_workers,
                   "Any cluster: its attention workers' addresses, comma-separated (with --expert-workers)");
-  cmd->add_option("--expert-workers", flags->expert_workers,
-                  "Any cluster: its expert workers' addresses in rank order, comma-separated");
+  cmd->add_option(
+      "--expert-workers", flags->expert_workers,
+      "Any cluster: its expert workers' addresses in rank order (home, then joined), comma-separated");
   cmd->add_option("--tls-ca", flags->tls.ca_file,
                   "The cluster CA (PEM); default for the local cluster: its own");
   cmd->add_option("--tls-cert", flags->tls.cert_file, "An operator certificate of the cluster CA (PEM)");
@@ -432,10 +756,22 @@ void RegisterClusterRebalanceCommand(CLI::App& cluster) {
   cmd->add_flag("--insecure", flags->tls.insecure, "The cluster's internal hops are plaintext");
   cmd->add_option("--window", flags->window_s, "Seconds of routed rows to plan from (default 10)")
       ->check(CLI::Range(0.1, 3600.0));
-  cmd->add_option("--timeout", flags->timeout_s, "Deadline of each RPC in seconds (default 120)")
+  cmd->add_option("--timeout", flags->timeout_s,
+                  "Deadline of each RPC in seconds (default 120; GetInfo: at most 10)")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--dry-run", flags->dry_run,
                 "Print the measured load, the plan and its prediction; change nothing");
+  CLI::Option* watch = cmd->add_flag(
+      "--watch", flags->watch,
+      "Keep balancing until SIGINT/SIGTERM: look every --interval seconds, apply when the ratio is "
+      "above --min-ratio or the cluster changed; one line per look");
+  cmd->add_option("--interval", flags->interval_s, "--watch: seconds from one look to the next (default 30)")
+      ->check(CLI::Range(0.1, 86400.0))
+      ->needs(watch);
+  cmd->add_option("--min-ratio", flags->min_ratio,
+                  "--watch: apply when the measured max/mean load ratio is above this (default 1.1)")
+      ->check(CLI::Range(1.0, 1000.0))
+      ->needs(watch);
   cmd->callback([flags] { RunRebalance(*flags); });
 }
 

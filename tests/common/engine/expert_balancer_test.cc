@@ -137,6 +137,84 @@ TEST(ExpertBalancerTest, RejectsBadArguments) {
   EXPECT_THAT(negative.status().message(), HasSubstr("max_extras_per_worker"));
 }
 
+// A cluster's constraints (moectl cluster rebalance): workers that do not answer get neither rows
+// nor copies, each worker has its own budget, and a joined worker's own shard is kept at no cost.
+TEST(ExpertBalancerTest, LeavesUnavailableWorkersOut) {
+  // 2 shards x 2 replicas: workers 0 and 2 hold shard 0 (experts 0..7), 1 and 3 shard 1.
+  const ExpertPlacement base = Placement(16, 4, 2);
+  BalanceConstraints constraints;
+  constraints.available = {true, true, true, false};
+  constraints.max_extras_per_worker = 2;
+  auto plan = PlanExpertReplicas(base, SkewedRows(), constraints);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_FALSE(plan->added.empty());
+  for (const auto& [expert, worker] : plan->added) EXPECT_NE(worker, 3) << "expert " << expert;
+  EXPECT_TRUE(plan->placement.extra_experts(3).empty());
+  // Shard 1's rows all go to worker 1 now: shard 0 (760 rows) halves on 0 and 2, 80 on 1.
+  EXPECT_NEAR(plan->ratio_before, 380.0 / (840.0 / 3.0), 1e-9);
+  EXPECT_LT(plan->ratio_after, plan->ratio_before);
+  // The prediction is the load model with only the available workers taking rows.
+  const std::vector<double> loads = ModelWorkerLoads(plan->placement, SkewedRows(), constraints.available);
+  EXPECT_DOUBLE_EQ(loads[3], 0.0);
+  EXPECT_DOUBLE_EQ(plan->ratio_after, MaxMeanRatio({loads[0], loads[1], loads[2]}));
+}
+
+TEST(ExpertBalancerTest, RefusesAnExpertWithNoAvailableHost) {
+  const ExpertPlacement base = Placement(16, 4);
+  BalanceConstraints constraints;
+  constraints.available = {true, false, true, true};
+  constraints.max_extras_per_worker = 2;
+  auto plan = PlanExpertReplicas(base, SkewedRows(), constraints);
+  EXPECT_EQ(plan.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(plan.status().message(), HasSubstr("expert 4: no available worker hosts it"));
+}
+
+TEST(ExpertBalancerTest, GivesEachWorkerItsOwnBudget) {
+  const ExpertPlacement base = Placement(16, 4);
+  BalanceConstraints constraints;
+  constraints.max_extras = {0, 3, 0, 0};
+  auto plan = PlanExpertReplicas(base, SkewedRows(), constraints);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ASSERT_FALSE(plan->added.empty());
+  EXPECT_LE(plan->added.size(), 3u);
+  for (const auto& [expert, worker] : plan->added) EXPECT_EQ(worker, 1) << "expert " << expert;
+  constraints.max_extras = {0, -1, 0, 0};
+  EXPECT_THAT(PlanExpertReplicas(base, SkewedRows(), constraints).status().message(),
+              HasSubstr("max_extras[1]"));
+  constraints.max_extras = {1, 1};
+  EXPECT_THAT(PlanExpertReplicas(base, SkewedRows(), constraints).status().message(),
+              HasSubstr("max_extras: 2 entries for 4 workers"));
+}
+
+TEST(ExpertBalancerTest, KeepsAJoinedWorkersShardFreeOfBudget) {
+  // 2 home workers (shards of 8) and joinable worker 2 holding shard 0 (2 mod 2) as copies.
+  auto base = Placement(16, 2).WithJoinableWorkers({kFirstExpertPeerId + 2, kFirstExpertPeerId + 3});
+  ASSERT_TRUE(base.ok()) << base.status();
+  BalanceConstraints constraints;
+  constraints.available = {true, true, true, false};  // joinable worker 3 is not running
+  constraints.max_extras = {1, 1, 0, 1};
+  for (int64_t e = 0; e < 8; ++e) constraints.fixed.emplace_back(e, 2);
+  auto plan = PlanExpertReplicas(*base, SkewedRows(), constraints);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  // The joined worker holds shard 0's experts in every plan and is given nothing else.
+  for (int64_t e = 0; e < 8; ++e) EXPECT_THAT(plan->placement.extra_workers(e), ::testing::Contains(2));
+  EXPECT_EQ(plan->placement.extra_experts(2).size(), 8u);
+  EXPECT_TRUE(plan->placement.extra_experts(3).empty());
+  for (const auto& [expert, worker] : plan->added) {
+    EXPECT_NE(worker, 2);
+    EXPECT_NE(worker, 3);
+  }
+  // Before: shard 0 (760 rows) split over workers 0 and 2, shard 1 (80) on worker 1.
+  EXPECT_NEAR(plan->ratio_before, 380.0 / (840.0 / 3.0), 1e-9);
+  // A fixed copy on an unavailable worker, or on a home expert, is refused.
+  constraints.fixed.emplace_back(0, 3);
+  EXPECT_THAT(PlanExpertReplicas(*base, SkewedRows(), constraints).status().message(),
+              HasSubstr("worker 3 is not available"));
+  constraints.fixed.back() = {0, 0};
+  EXPECT_THAT(PlanExpertReplicas(*base, SkewedRows(), constraints).status().message(),
+              HasSubstr("worker 0 already holds expert 0"));
+}
+
 TEST(ExpertPlacementTest, WithExtrasValidatesEveryList) {
   const ExpertPlacement base = Placement(8, 2);  // worker 0: [0, 4), worker 1: [4, 8)
   std::vector<std::vector<int64_t>> extras(8);

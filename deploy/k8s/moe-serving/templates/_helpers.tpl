@@ -107,18 +107,18 @@ Empty otherwise: the probes use the gRPC port.
 {{- define "moe.tlsDir" -}}/etc/moe/tls{{- end }}
 
 {{/*
-The mTLS Secret of a component ("router", "attention" or "expert"): tls.secrets.<role>, else
-<fullname>-<component>-tls. Call with (dict "root" $ "component" "router").
+The mTLS Secret of a component ("router", "attention", "expert" or "operator", the balancer's):
+tls.secrets.<role>, else <fullname>-<component>-tls. Call with (dict "root" $ "component" "router").
 */}}
 {{- define "moe.tlsSecretName" -}}
-{{- $keys := dict "router" "router" "attention" "attentionWorker" "expert" "expertWorker" }}
+{{- $keys := dict "router" "router" "attention" "attentionWorker" "expert" "expertWorker" "operator" "operator" }}
 {{- $given := index .root.Values.tls.secrets (get $keys .component) }}
 {{- default (printf "%s-%s-tls" (include "moe.fullname" .root) .component) $given }}
 {{- end }}
 
 {{/* The role a component's certificate names as its subject common name (common/rpc/tls.h). */}}
 {{- define "moe.tlsCommonName" -}}
-{{- get (dict "router" "moe-router" "attention" "moe-attention-worker" "expert" "moe-expert-worker") .component }}
+{{- get (dict "router" "moe-router" "attention" "moe-attention-worker" "expert" "moe-expert-worker" "operator" "moe-operator") .component }}
 {{- end }}
 
 {{/*
