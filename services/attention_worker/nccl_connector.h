@@ -20,8 +20,9 @@
 // watch_timeout (a hung one) or answers another generation or an unusable one (a restarted one, or
 // its side failed) loses that worker: the connector aborts the generation at once
 // (NcclTransport::Abort, so a round in progress fails UNAVAILABLE naming the worker within
-// milliseconds instead of at its deadline), turns not ready and rebuilds. Each poll also tells the
-// expert worker how long to wait for the next one (watch_lease), after which it aborts its side.
+// milliseconds instead of at its deadline), turns not ready and rebuilds. Each poll (and JoinNccl,
+// for the first one) also tells the expert worker how long to wait for the next one (watch_lease),
+// after which it aborts its side.
 //
 // Thread safety: all public methods are thread-safe. One background thread does the rendezvous
 // RPCs, another the watch (gRPC's asynchronous API, one completion queue).
