@@ -144,6 +144,7 @@ void AttentionWorker::Start(std::function<void(bool)> on_ready_change) {
     hooks.ready = [connector] { return connector->ready(); };
     // A failed round aborted the communicator: rebuild it (next generation).
     hooks.on_data_plane_failure = [connector] { connector->ReportFailure(); };
+    hooks.not_ready_reason = [connector] { return connector->last_error(); };
     hooks.check_extras = [](const engine::ExpertPlacement&) {
       return absl::FailedPreconditionError("extras: the nccl data plane has no extra expert copies");
     };

@@ -38,6 +38,7 @@ NcclConnector::NcclConnector(NcclConnectorOptions options, transport::NcclApi* a
 
 void NcclConnector::Start() {
   thread_ = std::thread([this] { Loop(); });
+  if (options_.watch_hold > absl::ZeroDuration()) watch_thread_ = std::thread([this] { WatchLoop(); });
 }
 
 void NcclConnector::Stop() {
@@ -48,6 +49,7 @@ void NcclConnector::Stop() {
   // A join in progress gives up at once (no generation reaches this).
   transport_->Interrupt(UINT64_MAX);
   if (thread_.joinable()) thread_.join();
+  if (watch_thread_.joinable()) watch_thread_.join();
 }
 
 bool NcclConnector::ready() const {
@@ -64,6 +66,11 @@ bool NcclConnector::WaitReady(absl::Time deadline) const {
 uint64_t NcclConnector::generation() const {
   absl::MutexLock lock(&mu_);
   return generation_;
+}
+
+std::string NcclConnector::last_error() const {
+  absl::MutexLock lock(&mu_);
+  return ready_ ? std::string() : last_error_;
 }
 
 void NcclConnector::ReportFailure() {
@@ -116,6 +123,9 @@ absl::Status NcclConnector::RebuildOnce() {
   request.set_nccl_bootstrap(transport::EncodeNcclBootstrap(bootstrap));
   request.set_attention_instance(instance_);
   request.set_max_round_tokens(options_.max_round_tokens);
+  if (options_.watch_hold > absl::ZeroDuration()) {
+    request.set_watch_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.watch_lease)));
+  }
   for (size_t rank = 0; rank < stubs_.size(); ++rank) {
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
@@ -177,6 +187,105 @@ void NcclConnector::Loop() {
       mu_.AwaitWithTimeout(absl::Condition(&stop_), backoff);
       backoff = std::min(backoff * 2, options_.max_backoff);
     }
+  }
+}
+
+void NcclConnector::PeerLost(size_t rank, uint64_t generation, const std::string& why) {
+  const std::string text =
+      absl::StrCat("expert worker ", rank, " (peer ", engine::kFirstExpertPeerId + static_cast<int32_t>(rank),
+                   ", ", options_.expert_addresses[rank], ") lost: ", why);
+  {
+    absl::MutexLock lock(&mu_);
+    // Already given up (a failed round, another worker lost) or stopping: nothing more to do.
+    if (stop_ || !ready_ || generation_ != generation) return;
+    ready_ = false;
+    failed_ = true;
+    last_error_ = text;
+  }
+  LOG(WARNING) << "NCCL communicator generation " << generation << ": " << text << "; aborted, rebuilding";
+  // A round waiting on that worker fails now, with `text`, instead of at its deadline.
+  transport_->Abort(generation, text);
+  if (on_ready_change_) on_ready_change_(false);
+}
+
+void NcclConnector::WatchLoop() {
+  // One poll outstanding per expert worker while ready; all on one completion queue.
+  struct Poll {
+    size_t rank = 0;
+    uint64_t generation = 0;
+    bool cancelled = false;
+    grpc::ClientContext context;
+    v1::WatchNcclResponse response;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::WatchNcclResponse>> reader;
+  };
+  const absl::Duration patience = options_.watch_hold + options_.watch_timeout;
+  grpc::CompletionQueue queue;
+  std::vector<std::unique_ptr<Poll>> polls(stubs_.size());
+  size_t in_flight = 0;
+  while (true) {
+    bool stop;
+    uint64_t watched;
+    {
+      absl::MutexLock lock(&mu_);
+      stop = stop_;
+      watched = ready_ ? generation_ : 0;
+    }
+    for (size_t rank = 0; rank < stubs_.size(); ++rank) {
+      if (Poll* poll = polls[rank].get(); poll != nullptr) {
+        // A poll of a generation given up: cancelling it tells the expert worker to abort its side.
+        if ((stop || poll->generation != watched) && !poll->cancelled) {
+          poll->context.TryCancel();
+          poll->cancelled = true;
+        }
+        continue;
+      }
+      if (stop || watched == 0) continue;
+      auto poll = std::make_unique<Poll>();
+      poll->rank = rank;
+      poll->generation = watched;
+      poll->context.set_deadline(absl::ToChronoTime(absl::Now() + patience));
+      v1::WatchNcclRequest request;
+      request.set_peer_id(transport_->self());
+      request.set_attention_instance(instance_);
+      request.set_generation(watched);
+      request.set_hold_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.watch_hold)));
+      request.set_lease_ms(static_cast<uint32_t>(absl::ToInt64Milliseconds(options_.watch_lease)));
+      poll->reader = stubs_[rank]->AsyncWatchNccl(&poll->context, request, &queue);
+      poll->reader->Finish(&poll->response, &poll->status, poll.get());
+      polls[rank] = std::move(poll);
+      ++in_flight;
+    }
+    if (stop && in_flight == 0) break;
+    void* tag = nullptr;
+    bool ok = false;
+    // The tick bounds how late a change of readiness (a new generation to watch) is noticed.
+    const grpc::CompletionQueue::NextStatus next =
+        queue.AsyncNext(&tag, &ok, absl::ToChronoTime(absl::Now() + absl::Milliseconds(50)));
+    if (next == grpc::CompletionQueue::SHUTDOWN) break;
+    if (next != grpc::CompletionQueue::GOT_EVENT) continue;
+    const Poll* done = static_cast<Poll*>(tag);
+    const std::unique_ptr<Poll> poll = std::move(polls[done->rank]);
+    --in_flight;
+    if (poll->cancelled) continue;
+    std::string why;
+    if (poll->status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED) {
+      why = absl::StrCat("no answer to WatchNccl within ", absl::FormatDuration(patience), " (it hangs)");
+    } else if (!poll->status.ok()) {
+      why = absl::StrCat("WatchNccl failed: ", poll->status.error_message(), " (code ",
+                         static_cast<int>(poll->status.error_code()), ")");
+    } else if (poll->response.generation() != poll->generation) {
+      why = absl::StrCat("it is on generation ", poll->response.generation(), ", not ", poll->generation,
+                         " (restarted)");
+    } else if (!poll->response.usable()) {
+      why = absl::StrCat("its side of generation ", poll->generation, " failed");
+    }
+    if (!why.empty()) PeerLost(poll->rank, poll->generation, why);
+  }
+  queue.Shutdown();
+  void* tag = nullptr;
+  bool ok = false;
+  while (queue.Next(&tag, &ok)) {
   }
 }
 

@@ -10,12 +10,22 @@
 // (the attention worker checks shard, model fingerprint and data plane, as ExpertConnector does for
 // UCX), so no unique id goes to a worker of another layout, model or data plane.
 //
-// It rebuilds at start and whenever ReportFailure() says a round failed (a dead or restarted peer:
-// the failed round aborted the communicator), with a bounded backoff, in the next generation each
-// time; expert workers that survived rebuild in place. It does not watch idle peers: a restarted
-// expert worker is noticed by the first round that reaches it (UNAVAILABLE at the round's deadline).
+// It rebuilds at start and whenever the communicator is lost, with a bounded backoff, in the next
+// generation each time, until it succeeds (so a restarted expert worker is taken back as soon as it
+// answers, without a request); expert workers that survived rebuild in place. The communicator is
+// lost when ReportFailure() says a round failed (the round aborted it) or when the liveness watch
+// loses an expert worker (docs/data-plane.md#watching-the-peers): while ready, the connector keeps
+// one WatchNccl long poll outstanding on every expert worker (held there for watch_hold). A poll
+// that fails (a killed process: its connection resets), is not answered within watch_hold +
+// watch_timeout (a hung one) or answers another generation or an unusable one (a restarted one, or
+// its side failed) loses that worker: the connector aborts the generation at once
+// (NcclTransport::Abort, so a round in progress fails UNAVAILABLE naming the worker within
+// milliseconds instead of at its deadline), turns not ready and rebuilds. Each poll (and JoinNccl,
+// for the first one) also tells the expert worker how long to wait for the next one (watch_lease),
+// after which it aborts its side.
 //
-// Thread safety: all public methods are thread-safe. One background thread does the RPCs.
+// Thread safety: all public methods are thread-safe. One background thread does the rendezvous
+// RPCs, another the watch (gRPC's asynchronous API, one completion queue).
 #ifndef MOE_SERVICES_ATTENTION_WORKER_NCCL_CONNECTOR_H_
 #define MOE_SERVICES_ATTENTION_WORKER_NCCL_CONNECTOR_H_
 
@@ -52,6 +62,12 @@ struct NcclConnectorOptions {
   // If set, called with each expert worker's GetInfo answer (rank, info) before every rendezvous;
   // an error (e.g. ValidateExpertInfo's FAILED_PRECONDITION) fails the attempt, naming the worker.
   std::function<absl::Status(int rank, const v1::ExpertWorkerInfo& info)> check_info;
+  // The liveness watch: how long an expert worker holds a WatchNccl poll (zero: no watch, a lost
+  // expert worker is then noticed by the first round that reaches it, at the round's deadline), how
+  // much later than that its answer may come, and how long it waits for the next poll.
+  absl::Duration watch_hold = absl::Milliseconds(500);
+  absl::Duration watch_timeout = absl::Seconds(1);
+  absl::Duration watch_lease = absl::Seconds(3);
 };
 
 class NcclConnector {
@@ -77,6 +93,9 @@ class NcclConnector {
   void ReportFailure();
   // The generation of the last successful join (0: none yet).
   uint64_t generation() const;
+  // Why the connector is not ready (the last rendezvous error or the expert worker the watch lost);
+  // empty while ready.
+  std::string last_error() const;
   // This process's attention_instance (JoinNcclRequest): random, never 0.
   uint64_t instance() const { return instance_; }
 
@@ -87,6 +106,9 @@ class NcclConnector {
 
  private:
   void Loop();
+  void WatchLoop();
+  // The watch lost expert worker `rank` in `generation`: abort it and rebuild (if still in use).
+  void PeerLost(size_t rank, uint64_t generation, const std::string& why);
 
   const NcclConnectorOptions options_;
   transport::NcclApi* const api_;
@@ -98,6 +120,7 @@ class NcclConnector {
   std::atomic<uint64_t> attempted_generation_{0};
   std::vector<std::unique_ptr<v1::ExpertControl::Stub>> stubs_;
   std::thread thread_;
+  std::thread watch_thread_;
 
   mutable absl::Mutex mu_;
   bool stop_ ABSL_GUARDED_BY(mu_) = false;

@@ -145,8 +145,8 @@ void StepLoop::Apply(Command command, bool ready) {
     return;
   }
   if (!ready) {
-    command.stream->End(
-        grpc::Status(grpc::StatusCode::UNAVAILABLE, "UNAVAILABLE: not every expert worker is connected"));
+    command.stream->End(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                     WithReason("UNAVAILABLE: not every expert worker is connected")));
     return;
   }
   const std::string id = command.request.id;
@@ -159,9 +159,15 @@ void StepLoop::Apply(Command command, bool ready) {
   live_[id] = Live{std::move(command.stream), prompt_tokens, 0};
 }
 
+std::string StepLoop::WithReason(const std::string& text) const {
+  const std::string reason = hooks_.not_ready_reason ? hooks_.not_ready_reason() : std::string();
+  return reason.empty() ? text : absl::StrCat(text, " (", reason, ")");
+}
+
 void StepLoop::FailAllUnavailable() {
+  const std::string why = WithReason("UNAVAILABLE: an expert worker is unreachable");
   for (auto& [id, live] : live_) {
-    live.stream->FailUnavailable("UNAVAILABLE: an expert worker is unreachable");
+    live.stream->FailUnavailable(why);
     engine_->Cancel(id);
   }
 }

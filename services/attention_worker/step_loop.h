@@ -37,6 +37,9 @@ namespace moe::services {
 struct StepLoopHooks {
   std::function<bool()> ready;                  // may be called often; must be cheap
   std::function<void()> on_data_plane_failure;  // called from the loop thread
+  // Why the loop is not ready (e.g. the expert worker the NCCL watch lost), appended to the
+  // UNAVAILABLE it answers then; may be unset or return "".
+  std::function<std::string()> not_ready_reason;
   // Whether the expert workers hold a placement's extra experts (ExpertConnector::CheckHoldsExtras);
   // called from SwitchPlacement's caller. Unset: every placement is refused.
   std::function<absl::Status(const engine::ExpertPlacement&)> check_extras;
@@ -87,6 +90,8 @@ class StepLoop {
   void Apply(Command command, bool ready);
   void RunStep();
   void FailAllUnavailable();
+  // `text`, with hooks_.not_ready_reason's answer appended if there is one.
+  std::string WithReason(const std::string& text) const;
   void Publish();
   // Adds the step's rows per expert and per expert worker to the totals WorkerLoad reports and to the
   // window; sets moe_attention_expert_load_ratio and starts a new window every 10 s.

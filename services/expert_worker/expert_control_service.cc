@@ -59,13 +59,36 @@ grpc::Status ExpertControlService::JoinNccl(grpc::ServerContext* context, const 
   if (drained_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the expert worker is draining");
   absl::StatusOr<uint64_t> generation =
       links->Join(request->peer_id(), request->attention_instance(), request->model_fingerprint(),
-                  request->nccl_bootstrap(), request->max_round_tokens());
+                  request->nccl_bootstrap(), request->max_round_tokens(), request->watch_lease_ms());
   if (!generation.ok()) {
     LOG(WARNING) << "JoinNccl from attention rank " << request->attention_rank()
                  << " refused: " << generation.status();
     return rpc::ToGrpcStatus(generation.status());
   }
   response->set_generation(*generation);
+  response->set_peer_id(links->self_peer());
+  return grpc::Status::OK;
+}
+
+grpc::Status ExpertControlService::WatchNccl(grpc::ServerContext* context,
+                                             const v1::WatchNcclRequest* request,
+                                             v1::WatchNcclResponse* response) {
+  if (absl::Status s = rpc::RequireCallerRole(*context, rpc::kAttentionWorkerRole, "WatchNccl"); !s.ok()) {
+    LOG(WARNING) << "WatchNccl refused: " << s.message();
+    return rpc::ToGrpcStatus(s);
+  }
+  NcclExpertLinks* links = nccl_links_.load();
+  if (links == nullptr) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
+                        "this expert worker's data plane is not NCCL (--transport)");
+  }
+  if (drained_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the expert worker is draining");
+  absl::StatusOr<NcclExpertLinks::WatchState> state =
+      links->Watch(request->peer_id(), request->attention_instance(), request->generation(),
+                   request->hold_ms(), request->lease_ms(), [context] { return context->IsCancelled(); });
+  if (!state.ok()) return rpc::ToGrpcStatus(state.status());
+  response->set_generation(state->generation);
+  response->set_usable(state->usable);
   response->set_peer_id(links->self_peer());
   return grpc::Status::OK;
 }

@@ -44,6 +44,12 @@ class ExpertControlService final : public v1::ExpertControl::Service {
   grpc::Status JoinNccl(grpc::ServerContext* context, const v1::JoinNcclRequest* request,
                         v1::JoinNcclResponse* response) override;
 
+  // NcclExpertLinks::Watch, the NCCL data plane's liveness watch (docs/data-plane.md#watching-the-peers).
+  // Only for callers with an attention worker's certificate; UNAVAILABLE after Drain; FAILED_PRECONDITION
+  // without the NCCL data plane.
+  grpc::Status WatchNccl(grpc::ServerContext* context, const v1::WatchNcclRequest* request,
+                         v1::WatchNcclResponse* response) override;
+
   bool drained() const { return drained_.load(); }
 
  private:

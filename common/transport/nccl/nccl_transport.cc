@@ -110,6 +110,12 @@ std::string NcclTransport::PeersText() const {
   return absl::StrJoin(peers_, ",");
 }
 
+std::string NcclTransport::InterruptText() const {
+  absl::MutexLock lock(&abort_mu_);
+  if (aborted_generation_ == generation_ && !abort_why_.empty()) return absl::StrCat("aborted: ", abort_why_);
+  return "interrupted by a new bootstrap";
+}
+
 void NcclTransport::AbortLocked(std::string why) {
   if (comm_ == nullptr) return;
   api_->CommAbort(*comm_);
@@ -191,8 +197,8 @@ absl::Status NcclTransport::Rebuild(const NcclBootstrap& bootstrap, absl::Time d
       return absl::CancelledError("NCCL transport shut down while joining a communicator");
     }
     if (interrupt_below_.load() > generation_) {
-      const std::string text = absl::StrCat("joining NCCL communicator generation ", generation_,
-                                            " interrupted by a newer bootstrap");
+      const std::string text =
+          absl::StrCat("joining NCCL communicator generation ", generation_, " ", InterruptText());
       AbortLocked(text);
       return absl::UnavailableError(text);
     }
@@ -263,9 +269,8 @@ absl::Status NcclTransport::Wait(std::span<const Op> ops, const char* stage, abs
           absl::StrCat("NCCL transport shut down during the ", stage, " stage with ", who));
     }
     if (interrupt_below_.load() > generation_) {
-      const std::string text =
-          absl::StrCat("NCCL ", stage, " stage with ", who,
-                       " interrupted by a new bootstrap; communicator generation ", generation_, " aborted");
+      const std::string text = absl::StrCat("NCCL ", stage, " stage with ", who, " ", InterruptText(),
+                                            "; communicator generation ", generation_, " aborted");
       AbortLocked(text);
       return absl::UnavailableError(text);
     }
@@ -504,6 +509,22 @@ absl::StatusOr<Message> NcclTransport::ReceiveFrom(int32_t peer, MessageKind kin
 void NcclTransport::Interrupt(uint64_t generation) {
   uint64_t current = interrupt_below_.load();
   while (current < generation && !interrupt_below_.compare_exchange_weak(current, generation)) {
+  }
+}
+
+void NcclTransport::Abort(uint64_t generation, std::string why) {
+  if (generation == 0) return;
+  {
+    absl::MutexLock lock(&abort_mu_);
+    if (generation < aborted_generation_) return;
+    aborted_generation_ = generation;
+    abort_why_ = why;
+  }
+  // A round in progress (which holds mu_) gives up at its next poll.
+  Interrupt(generation + 1);
+  if (mu_.TryLock()) {
+    if (generation_ == generation) AbortLocked(absl::StrCat("aborted: ", why));
+    mu_.Unlock();
   }
 }
 

@@ -130,6 +130,14 @@ class NcclTransport : public ActivationTransport {
   // receive without a deadline (an expert worker waiting for its next dispatch) holds the transport,
   // and a new bootstrap must preempt it; a join of an older bootstrap still running is given up.
   void Interrupt(uint64_t generation);
+  // Aborts the communicator of `generation` if that is the current one: now if no round holds the
+  // transport, else the round in progress at its next poll (within max_poll_interval), which answers
+  // UNAVAILABLE with `why`; later rounds answer UNAVAILABLE with `why` too, until Rebuild joins a
+  // newer generation. A join of `generation` still to come is given up (as Interrupt(generation + 1));
+  // an older generation's Abort changes nothing. For the liveness watch
+  // (docs/data-plane.md#watching-the-peers): the control plane lost a member, so a round waiting on it must
+  // not wait for its deadline.
+  void Abort(uint64_t generation, std::string why);
   void Shutdown() override;
   uint64_t dropped_messages() const override;
   DropCounts drop_counts() const override;
@@ -170,6 +178,8 @@ class NcclTransport : public ActivationTransport {
   // Aborts the communicator (if any); `why` goes into later FAILED_PRECONDITION messages.
   void AbortLocked(std::string why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string PeersText() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Why the current generation is interrupted: Abort's `why`, or a newer bootstrap.
+  std::string InterruptText() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void CountDrop(DropReason reason);
 
   const int32_t self_;
@@ -181,6 +191,11 @@ class NcclTransport : public ActivationTransport {
   std::atomic<bool> has_comm_{false};
   std::atomic<uint64_t> published_generation_{0};  // Interrupt(): generations below it are given up
   std::array<std::atomic<uint64_t>, kNumDropReasons> drops_{};
+
+  // Abort(): the generation it aborted and why (never held with mu_ waited for).
+  mutable absl::Mutex abort_mu_;
+  uint64_t aborted_generation_ ABSL_GUARDED_BY(abort_mu_) = 0;
+  std::string abort_why_ ABSL_GUARDED_BY(abort_mu_);
 
   mutable absl::Mutex mu_;
   std::unique_ptr<NcclComm> comm_ ABSL_GUARDED_BY(mu_);

@@ -279,6 +279,9 @@ TEST_F(NcclRendezvousTest, JoinNcclRefusesBadRequestsNamingTheField) {
   r = good;
   r.set_attention_instance(0);
   expect_refused(r, grpc::StatusCode::INVALID_ARGUMENT, "attention_instance");
+  r = good;
+  r.set_watch_lease_ms(600001);
+  expect_refused(r, grpc::StatusCode::INVALID_ARGUMENT, "watch_lease_ms");
   transport::NcclBootstrap elsewhere = bootstrap;
   elsewhere.peers = {kAttentionPeer, 1001};
   r = good;
@@ -296,6 +299,82 @@ TEST_F(NcclRendezvousTest, JoinNcclRefusesBadRequestsNamingTheField) {
           ->JoinNccl(&context, good, &response);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
   EXPECT_THAT(s.error_message(), HasSubstr("not NCCL"));
+}
+
+// WatchNccl, the liveness watch's long poll: only for attention workers, fields checked, and an
+// attention process this worker has no link from is answered at once (generation 0, not usable), so
+// a restarted expert worker is told apart from a live one by the first poll it gets.
+TEST_F(NcclRendezvousTest, WatchNcclRefusesBadRequestsAndAnswersAnUnknownCallerAtOnce) {
+  v1::WatchNcclRequest good;
+  good.set_peer_id(kAttentionPeer);
+  good.set_attention_instance(42);
+  good.set_generation(1);
+  good.set_hold_ms(60000);
+  good.set_lease_ms(1000);
+  auto call = [&](const std::string& role, const v1::WatchNcclRequest& request,
+                  v1::WatchNcclResponse* response, size_t expert = 0) {
+    grpc::ClientContext context;
+    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    return v1::ExpertControl::NewStub(Credentials(role).CreateChannel(addresses_[expert]))
+        ->WatchNccl(&context, request, response);
+  };
+  v1::WatchNcclResponse response;
+  for (const std::string role : {"operator", "router", "expert-worker"}) {
+    const grpc::Status s = call(role, good, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::PERMISSION_DENIED) << role << ": " << s.error_message();
+  }
+  auto expect_refused = [&](v1::WatchNcclRequest request, const std::string& field) {
+    const grpc::Status s = call("attention-worker", request, &response);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field << ": " << s.error_message();
+    EXPECT_THAT(s.error_message(), HasSubstr(field));
+  };
+  v1::WatchNcclRequest r = good;
+  r.set_peer_id(1000);
+  expect_refused(r, "peer_id");
+  r = good;
+  r.set_attention_instance(0);
+  expect_refused(r, "attention_instance");
+  r = good;
+  r.set_generation(0);
+  expect_refused(r, "generation");
+  r = good;
+  r.set_hold_ms(0);
+  expect_refused(r, "hold_ms");
+  r = good;
+  r.set_hold_ms(60001);
+  expect_refused(r, "hold_ms");
+  r = good;
+  r.set_lease_ms(0);
+  expect_refused(r, "lease_ms");
+
+  // No link from that process: answered at once, not after the 60 s hold.
+  const absl::Time start = absl::Now();
+  const grpc::Status s = call("attention-worker", good, &response);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
+  EXPECT_EQ(response.generation(), 0u);
+  EXPECT_FALSE(response.usable());
+  EXPECT_EQ(response.peer_id(), 1000);
+
+  services_[1]->SetNcclLinks(nullptr);
+  const grpc::Status not_nccl = call("attention-worker", good, &response, 1);
+  EXPECT_EQ(not_nccl.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << not_nccl.error_message();
+  EXPECT_THAT(not_nccl.error_message(), HasSubstr("not NCCL"));
+}
+
+// While the attention worker is ready each expert worker holds its poll: the poll of the joined
+// generation is answered usable after the hold, and an idle, healthy communicator is never given up
+// by the watch (over several leases).
+TEST_F(NcclRendezvousTest, TheWatchKeepsAHealthyIdleCommunicator) {
+  StartAttention();
+  ASSERT_TRUE(connector_->WaitReady(absl::Now() + kReady));
+  WaitExpertsServe(1);
+  absl::SleepFor(absl::Seconds(4));  // the default lease is 3 s, the hold 0.5 s
+  EXPECT_TRUE(connector_->ready());
+  EXPECT_EQ(connector_->generation(), 1u);
+  WaitExpertsServe(1);
+  ASSERT_TRUE(Round(1, 0).ok());
+  EXPECT_EQ(hub_.aborts(), 0);
 }
 
 }  // namespace

@@ -1,11 +1,16 @@
 // Serving over the NCCL data plane, in one process: one AttentionWorker and two ExpertWorkers with
 // --transport nccl, each with its own FakeNcclApi on one FakeNcclHub (common/transport/nccl/
 // fake_nccl_api.h), their gRPC services over mTLS, and requests through the attention worker's
-// Generate RPC. Greedy tokens and logprobs must be embedded mode's, bit for bit; an expert worker
-// that dies fails the step with UNAVAILABLE within the round's 2 s deadline, and once it is back
-// the communicator is rebuilt and requests are served again.
+// Generate RPC. Greedy tokens and logprobs must be embedded mode's, bit for bit. The liveness watch
+// (ExpertControl/WatchNccl, docs/data-plane.md#watching-the-peers): an expert worker killed during a
+// streaming request fails it UNAVAILABLE naming the worker well before the 10 s round deadline; one
+// that dies idle makes the attention worker not ready at once, and its restart is taken back (next
+// generation) without any request; a hung one is lost within the watch's timeout; expert workers
+// abort their side when the attention worker goes. After each rebuild, embedded mode's bits again.
+#include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -18,6 +23,7 @@
 #include "common/rpc/tls.h"
 #include "common/rpc/tls_certificates.h"
 #include "common/transport/nccl/fake_nccl_api.h"
+#include "gmock/gmock.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
@@ -31,13 +37,20 @@
 namespace moe::services {
 namespace {
 
+using ::testing::HasSubstr;
 using transport::FakeNcclApi;
 using transport::FakeNcclHub;
 
 constexpr int kExperts = 2;
 // Generous on a loaded 2-core machine (and under sanitizers): these bound hangs, they time nothing.
 constexpr absl::Duration kReady = absl::Seconds(120);
-constexpr absl::Duration kRound = absl::Seconds(2);  // --moe_timeout_seconds
+constexpr absl::Duration kRound = absl::Seconds(10);  // --moe_timeout_seconds (its default)
+// What the watch must beat: a loss is noticed within 2 s (a reset connection at once, a hung worker
+// watch_hold + watch_timeout after the poll it did not answer was sent); the bound has slack for a
+// loaded machine and still fails if only the 10 s round deadline noticed it.
+constexpr absl::Duration kNoticed = absl::Seconds(5);
+// How long a test waits for what the watch should bring about before it fails.
+constexpr absl::Duration kGiveUp = absl::Seconds(20);
 
 struct Generated {
   std::vector<int32_t> tokens;
@@ -83,12 +96,54 @@ double Counter(prometheus::Registry& registry, const std::string& name) {
   return std::nan("");
 }
 
+// ExpertControl in front of the real service that can be frozen: a frozen worker's RPCs get no answer
+// until it thaws or the caller gives up (a hung process whose connections stay up). Its data plane
+// (the fake NCCL rank) is left alone.
+class FreezableExpertControl final : public v1::ExpertControl::Service {
+ public:
+  explicit FreezableExpertControl(ExpertControlService* inner) : inner_(inner) {}
+  void Freeze(bool frozen) { frozen_ = frozen; }
+
+  grpc::Status GetInfo(grpc::ServerContext* c, const v1::GetInfoRequest* q,
+                       v1::ExpertWorkerInfo* r) override {
+    return Thawed(c, [&] { return inner_->GetInfo(c, q, r); });
+  }
+  grpc::Status Connect(grpc::ServerContext* c, const v1::ConnectRequest* q, v1::ConnectResponse* r) override {
+    return Thawed(c, [&] { return inner_->Connect(c, q, r); });
+  }
+  grpc::Status Drain(grpc::ServerContext* c, const v1::DrainRequest* q, v1::DrainResponse* r) override {
+    return Thawed(c, [&] { return inner_->Drain(c, q, r); });
+  }
+  grpc::Status LoadExtraExperts(grpc::ServerContext* c, const v1::LoadExtraExpertsRequest* q,
+                                v1::LoadExtraExpertsResponse* r) override {
+    return Thawed(c, [&] { return inner_->LoadExtraExperts(c, q, r); });
+  }
+  grpc::Status JoinNccl(grpc::ServerContext* c, const v1::JoinNcclRequest* q,
+                        v1::JoinNcclResponse* r) override {
+    return Thawed(c, [&] { return inner_->JoinNccl(c, q, r); });
+  }
+  grpc::Status WatchNccl(grpc::ServerContext* c, const v1::WatchNcclRequest* q,
+                         v1::WatchNcclResponse* r) override {
+    return Thawed(c, [&] { return inner_->WatchNccl(c, q, r); });
+  }
+
+ private:
+  grpc::Status Thawed(grpc::ServerContext* context, const std::function<grpc::Status()>& call) {
+    while (frozen_ && !context->IsCancelled()) absl::SleepFor(absl::Milliseconds(10));
+    if (context->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "gave up while frozen");
+    return call();
+  }
+  ExpertControlService* const inner_;
+  std::atomic<bool> frozen_{false};
+};
+
 // One expert worker "process": its fake NCCL, the worker, its ExpertControl service and server.
 struct Expert {
   std::unique_ptr<FakeNcclApi> api;
   std::unique_ptr<prometheus::Registry> registry;
   std::unique_ptr<ExpertWorker> worker;
   std::unique_ptr<ExpertControlService> service;
+  std::unique_ptr<FreezableExpertControl> front;
   std::unique_ptr<rpc::GrpcServer> server;
 };
 
@@ -145,8 +200,9 @@ class NcclServingTest : public ::testing::Test {
     e.service = std::make_unique<ExpertControlService>();
     e.service->SetWorker(e.worker.get());
     e.service->SetNcclLinks(e.worker->nccl_links());
+    e.front = std::make_unique<FreezableExpertControl>(e.service.get());
     auto server =
-        rpc::GrpcServer::Start(listen, {e.service.get()}, 64 << 20, ServerCredentials("expert-worker"));
+        rpc::GrpcServer::Start(listen, {e.front.get()}, 64 << 20, ServerCredentials("expert-worker"));
     ASSERT_TRUE(server.ok()) << server.status();
     e.server = *std::move(server);
   }
@@ -156,6 +212,7 @@ class NcclServingTest : public ::testing::Test {
     if (e.server != nullptr) e.server->Shutdown(absl::ZeroDuration());
     if (e.worker != nullptr) e.worker->Stop();
     e.server.reset();
+    e.front.reset();
     e.service.reset();
     e.worker.reset();
   }
@@ -174,6 +231,7 @@ class NcclServingTest : public ::testing::Test {
     options.nccl.rpc_timeout = absl::Seconds(10);
     options.nccl.join_timeout = absl::Seconds(20);
     options.nccl.max_backoff = absl::Milliseconds(200);
+    options.nccl.watch_lease = watch_lease_;
     auto worker = AttentionWorker::Create(options, &attention_registry_);
     ASSERT_TRUE(worker.ok()) << worker.status();
     attention_ = *std::move(worker);
@@ -228,6 +286,7 @@ class NcclServingTest : public ::testing::Test {
     EXPECT_EQ(got.logprobs, want.logprobs) << id;
   }
 
+  absl::Duration watch_lease_ = NcclConnectorOptions().watch_lease;
   std::string model_;
   FakeNcclHub hub_;
   rpc::TlsOptions cluster_;
@@ -261,8 +320,8 @@ TEST_F(NcclServingTest, GreedyTokensAndLogprobsEqualEmbeddedMode) {
   EXPECT_EQ(hub_.aborts(), 0);
 }
 
-// An expert worker dies: the step fails UNAVAILABLE by the round's deadline (no hang, no NCCL
-// watchdog), the worker refuses requests while the communicator cannot be rebuilt, and once the
+// An expert worker that is down when a request comes: the request fails UNAVAILABLE (no hang, no
+// NCCL watchdog), the worker refuses requests while the communicator cannot be rebuilt, and once the
 // expert worker is back (same address, fresh process) rounds flow again with embedded mode's bits.
 TEST_F(NcclServingTest, ADeadExpertWorkerFailsTheStepAndARestartServesAgain) {
   ASSERT_TRUE(WaitReady());
@@ -274,15 +333,13 @@ TEST_F(NcclServingTest, ADeadExpertWorkerFailsTheStepAndARestartServesAgain) {
   const Generated failed = Generate("during", Prompts()[1], 8);
   const absl::Duration took = absl::Now() - start;
   EXPECT_EQ(failed.status.error_code(), grpc::StatusCode::UNAVAILABLE) << failed.status.error_message();
-  // The bound is the 2 s round deadline; the slack is for a loaded machine, not a measurement.
-  EXPECT_LT(took, kRound + absl::Seconds(8));
-  // While it is down the communicator cannot be rebuilt (the step loop's failure report comes just
-  // after the stream's end): new requests are refused at once.
+  EXPECT_LT(took, kNoticed);
   const absl::Time not_ready_by = absl::Now() + kReady;
   while (attention_->ready() && absl::Now() < not_ready_by) absl::SleepFor(absl::Milliseconds(5));
   EXPECT_FALSE(attention_->ready());
   const Generated refused = Generate("refused", Prompts()[1], 8);
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE) << refused.status.error_message();
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("expert worker 1"));
 
   StartExpert(1, address);
   ASSERT_FALSE(HasFatalFailure());
@@ -291,6 +348,142 @@ TEST_F(NcclServingTest, ADeadExpertWorkerFailsTheStepAndARestartServesAgain) {
   for (size_t i = 0; i < Prompts().size(); ++i) {
     ExpectEmbeddedModesBits(absl::StrCat("after", i), Prompts()[i], 8);
   }
+}
+
+// An expert worker killed (its gRPC server and its NCCL rank gone) while a request streams: the
+// watch's poll on it fails at once, the communicator is aborted, and the request ends UNAVAILABLE
+// naming the worker, long before the 10 s round deadline would have ended it.
+TEST_F(NcclServingTest, AnExpertWorkerKilledMidStreamFailsTheRequestWithinTwoSeconds) {
+  ASSERT_TRUE(WaitReady());
+  const uint64_t generation = attention_->nccl_connector()->generation();
+  const std::string address = addresses_[1];
+
+  v1::AttentionGenerateRequest request;
+  request.set_request_id("long");
+  for (int32_t t : Prompts()[0]) request.add_prompt(t);
+  request.mutable_sampling()->set_temperature(0);
+  request.mutable_sampling()->set_top_p(1);
+  request.mutable_sampling()->set_repetition_penalty(1);
+  request.set_max_new_tokens(1000);  // far more than it gets to before the kill
+  request.set_ignore_eos(true);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
+  auto reader = stub_->Generate(&context, request);
+  v1::AttentionGenerateResponse response;
+  int tokens = 0;
+  while (tokens < 3 && reader->Read(&response)) tokens += response.tokens_size();
+  ASSERT_GE(tokens, 3) << "the stream ended early: " << reader->Finish().error_message();
+
+  const absl::Time killed = absl::Now();
+  StopExpert(1);
+  while (reader->Read(&response)) {
+  }
+  const grpc::Status status = reader->Finish();
+  const absl::Duration took = absl::Now() - killed;
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("expert worker 1"));
+  EXPECT_LT(took, kNoticed) << status.error_message();
+
+  StartExpert(1, address);
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_TRUE(WaitReady());
+  EXPECT_EQ(attention_->nccl_connector()->generation(), generation + 1);
+  ExpectEmbeddedModesBits("after", Prompts()[2], 8);
+}
+
+// An idle expert worker dies: the attention worker turns not ready at once (no round had to fail),
+// and when the worker restarts the connector rebuilds the next generation by itself: ready again
+// before any request was sent, the restarted worker having served no round.
+TEST_F(NcclServingTest, AnIdleExpertWorkerThatRestartsIsTakenBackWithoutARequest) {
+  ASSERT_TRUE(WaitReady());
+  const uint64_t generation = attention_->nccl_connector()->generation();
+  const std::string address = addresses_[1];
+
+  const absl::Time killed = absl::Now();
+  StopExpert(1);
+  while (attention_->ready() && absl::Now() < killed + kGiveUp) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_LT(absl::Now() - killed, kNoticed);
+  EXPECT_FALSE(attention_->ready());
+  EXPECT_THAT(attention_->nccl_connector()->last_error(), HasSubstr("expert worker 1"));
+
+  StartExpert(1, address);
+  ASSERT_FALSE(HasFatalFailure());
+  ASSERT_TRUE(WaitReady());
+  EXPECT_EQ(attention_->nccl_connector()->generation(), generation + 1);
+  EXPECT_EQ(experts_[1].worker->rounds_served(), 0u);
+  // The survivor joined the new generation in place.
+  EXPECT_EQ(experts_[0].worker->nccl_links()->transport(0)->generation(), generation + 1);
+  for (size_t i = 0; i < Prompts().size(); ++i) {
+    ExpectEmbeddedModesBits(absl::StrCat("after", i), Prompts()[i], 8);
+  }
+}
+
+// A hung expert worker (its connections up, no answers): its poll gets no answer, so the attention
+// worker loses it within watch_hold + watch_timeout; the hung worker's own side gets no next poll and
+// aborts when its lease runs out. Once it answers again the next generation is joined.
+TEST_F(NcclServingTest, AHungExpertWorkerIsLostWithinTheWatchTimeout) {
+  ASSERT_TRUE(WaitReady());
+  const uint64_t generation = attention_->nccl_connector()->generation();
+  const NcclExpertLinks* hung_links = experts_[1].worker->nccl_links();
+  const absl::Time serving_by = absl::Now() + kReady;
+  while (hung_links->serving_generation(0) != generation && absl::Now() < serving_by) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  ASSERT_EQ(hung_links->serving_generation(0), generation);
+
+  experts_[1].front->Freeze(true);
+  const absl::Time hung = absl::Now();
+  while (attention_->ready() && absl::Now() < hung + kGiveUp) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_LT(absl::Now() - hung, kNoticed);
+  EXPECT_THAT(attention_->nccl_connector()->last_error(), HasSubstr("expert worker 1"));
+  EXPECT_THAT(attention_->nccl_connector()->last_error(), HasSubstr("hangs"));
+  // The hung side: no poll came within the 3 s lease, so it gave up the generation too.
+  while (hung_links->serving_generation(0) != 0 && absl::Now() < hung + kGiveUp) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(hung_links->serving_generation(0), 0u);
+
+  experts_[1].front->Freeze(false);
+  ASSERT_TRUE(WaitReady());
+  EXPECT_GT(attention_->nccl_connector()->generation(), generation);
+  ExpectEmbeddedModesBits("after", Prompts()[0], 8);
+}
+
+// With a lease far longer than the test, so that only a cancelled poll can end a generation on the
+// expert side.
+class NcclServingLongLeaseTest : public NcclServingTest {
+ protected:
+  NcclServingLongLeaseTest() { watch_lease_ = absl::Seconds(60); }
+};
+
+// The attention worker goes away: its polls end (a reset connection looks the same to the expert
+// workers), and each expert worker aborts its side of the communicator at once instead of keeping
+// a receive posted on it (the 60 s lease plays no part).
+TEST_F(NcclServingLongLeaseTest, ExpertWorkersAbortTheirSideWhenTheAttentionWorkerGoes) {
+  ASSERT_TRUE(WaitReady());
+  // Mid-hold (the polls start within 50 ms of readiness and are held 500 ms each): a poll is held
+  // on both expert workers when the attention worker goes.
+  absl::SleepFor(absl::Milliseconds(1250));
+  const uint64_t generation = attention_->nccl_connector()->generation();
+  for (int e = 0; e < kExperts; ++e) {
+    const NcclExpertLinks* links = experts_[static_cast<size_t>(e)].worker->nccl_links();
+    const absl::Time by = absl::Now() + kReady;
+    while (links->serving_generation(0) != generation && absl::Now() < by)
+      absl::SleepFor(absl::Milliseconds(5));
+    ASSERT_EQ(links->serving_generation(0), generation) << "expert " << e;
+  }
+  const int64_t aborts = hub_.aborts();
+  attention_server_->Shutdown(absl::ZeroDuration());
+  attention_->Stop();
+  const absl::Time gone = absl::Now();
+  for (int e = 0; e < kExperts; ++e) {
+    const NcclExpertLinks* links = experts_[static_cast<size_t>(e)].worker->nccl_links();
+    while (links->serving_generation(0) != 0 && absl::Now() < gone + kGiveUp)
+      absl::SleepFor(absl::Milliseconds(5));
+    EXPECT_EQ(links->serving_generation(0), 0u) << "expert " << e;
+  }
+  EXPECT_LT(absl::Now() - gone, kNoticed);
+  EXPECT_GE(hub_.aborts(), aborts + kExperts);
 }
 
 }  // namespace

@@ -498,5 +498,39 @@ TEST_F(NcclTransportTest, InterruptPreemptsAnIdleReceiveAndOlderJoinsUntilItsGen
   for (const auto& s : AllToAll({0, 1}, 1, [](size_t, size_t) { return 100; })) EXPECT_TRUE(s.ok()) << s;
 }
 
+// Abort(generation, why) (the liveness watch lost a member): a round waiting on that peer with a
+// long deadline gives up at once with `why`; an idle transport is aborted on the spot (later rounds
+// say why); an Abort of an older generation changes nothing; the next generation joins as usual.
+TEST_F(NcclTransportTest, AbortEndsAWaitingRoundAtOnceWithTheReason) {
+  MakeWorkers(2);
+  JoinAll(Bootstrap(1));
+  JoinAll(Bootstrap(2));
+  workers_[1]->Abort(1, "an older generation");
+  EXPECT_TRUE(workers_[1]->connected());
+  absl::StatusOr<std::vector<Message>> got;
+  std::thread waiter([&] {
+    std::vector<NcclTransport::ExpectedMessage> expect = {{Peer(1), Tag(Peer(1), 1)}};
+    got = workers_[0]->Exchange({}, expect, absl::Now() + absl::Seconds(30));
+  });
+  absl::SleepFor(absl::Milliseconds(50));
+  const absl::Time start = absl::Now();
+  workers_[0]->Abort(2, "expert worker 7 lost");
+  waiter.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(got.status().code(), absl::StatusCode::kUnavailable) << got.status();
+  EXPECT_THAT(got.status().message(), HasSubstr("expert worker 7 lost"));
+  EXPECT_FALSE(workers_[0]->connected());
+  EXPECT_EQ(hub_.pending_operations(), 0);
+  // Idle: aborted at once; the seam's next call is UNAVAILABLE with the reason.
+  workers_[1]->Abort(2, "attention worker gone");
+  EXPECT_FALSE(workers_[1]->connected());
+  const absl::Status next =
+      workers_[1]->ReceiveTagged(Tag(Peer(0), 2), absl::Now() + absl::Seconds(30)).status();
+  EXPECT_EQ(next.code(), absl::StatusCode::kUnavailable) << next;
+  EXPECT_THAT(next.message(), HasSubstr("attention worker gone"));
+  JoinAll(Bootstrap(3));
+  for (const auto& s : AllToAll({0, 1}, 1, [](size_t, size_t) { return 100; })) EXPECT_TRUE(s.ok()) << s;
+}
+
 }  // namespace
 }  // namespace moe::transport
