@@ -560,6 +560,124 @@ MOE_AVX512BF16_TARGET void TileScoresDp512(const uint16_t* const* qrow, float* c
     }
   }
 }
+
+// P·V on VDPBF16PS, with the fp32 kernel's bits: lane d of a register adds P_j * v_j[d] (odd words)
+// then P_{j+1} * v_{j+1}[d] (even words), i.e. ascending j. Value rows j, j+1 of a block are stored
+// interleaved per element (DpInterleaveRows: pair p = (j0 + 2p, j0 + 2p + 1) at vi + p * 2 * dim,
+// word 2d+1 = v_j[d], word 2d = v_{j+1}[d], a missing row as zeros), and a row's P as bf16 words
+// that are 0 past its own position, so the keys past it add +0 and leave the sum as it is (an
+// accumulator that starts at +0 never becomes -0). The flushing argument is QK^T's, with P for q:
+// each (row group, block) is checked (DpRangeOk), and once a group falls back to the fp32 kernel it
+// stays there for the later blocks (its partial sums need no longer be multiples of 2^-126).
+
+// Value rows [j0, j1) of `rows` interleaved in pairs into dst; returns their exponent range.
+MOE_AVX512BF16_TARGET ExpRange DpInterleaveRows(const bf16* const* rows, int64_t j0, int64_t j1, int64_t dim,
+                                                uint16_t* dst) {
+  alignas(64) static constexpr uint16_t kLo[32] = {32, 0,  33, 1,  34, 2,  35, 3,  36, 4,  37,
+                                                   5,  38, 6,  39, 7,  40, 8,  41, 9,  42, 10,
+                                                   43, 11, 44, 12, 45, 13, 46, 14, 47, 15};
+  alignas(64) static constexpr uint16_t kHi[32] = {48, 16, 49, 17, 50, 18, 51, 19, 52, 20, 53,
+                                                   21, 54, 22, 55, 23, 56, 24, 57, 25, 58, 26,
+                                                   59, 27, 60, 28, 61, 29, 62, 30, 63, 31};
+  const __m512i lo_index = _mm512_load_si512(kLo), hi_index = _mm512_load_si512(kHi);
+  __m512i lo = _mm512_set1_epi16(255), hi = _mm512_setzero_si512();
+  for (int64_t j = j0; j < j1; j += 2) {
+    if (j + kPrefetchRows < j1) {
+      for (int64_t d = 0; d < dim; d += 32) {
+        _mm_prefetch(reinterpret_cast<const char*>(rows[j + kPrefetchRows] + d), _MM_HINT_T0);
+        if (j + kPrefetchRows + 1 < j1)
+          _mm_prefetch(reinterpret_cast<const char*>(rows[j + kPrefetchRows + 1] + d), _MM_HINT_T0);
+      }
+    }
+    uint16_t* pair = dst + (j - j0) * dim;  // (j - j0) / 2 pairs of 2 * dim words
+    for (int64_t d = 0; d < dim; d += 32) {
+      const __m512i a = _mm512_loadu_si512(rows[j] + d);
+      const __m512i b = j + 1 < j1 ? _mm512_loadu_si512(rows[j + 1] + d) : _mm512_setzero_si512();
+      _mm512_storeu_si512(pair + 2 * d, _mm512_permutex2var_epi16(a, lo_index, b));
+      _mm512_storeu_si512(pair + 2 * d + 32, _mm512_permutex2var_epi16(a, hi_index, b));
+#pragma GCC unroll 2
+      for (const __m512i w : {a, b}) {
+        const __m512i e = _mm512_srli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x7f80)), 7);
+        lo = _mm512_mask_min_epu16(lo, _mm512_test_epi16_mask(w, _mm512_set1_epi16(0x7fff)), lo, e);
+        hi = _mm512_max_epu16(hi, e);
+      }
+    }
+  }
+  alignas(64) uint16_t l[32], h[32];
+  _mm512_store_si512(l, lo);
+  _mm512_store_si512(h, hi);
+  ExpRange range;
+  for (int i = 0; i < 32; ++i) {
+    range.min = std::min<int>(range.min, l[i]);
+    range.max = std::max<int>(range.max, h[i]);
+  }
+  return range;
+}
+
+// P_j for j in [0, n) (n <= 32; fp32 values already rounded to bf16, so taking their high words is
+// exact) as 32 bf16 words with each pair swapped (word j ^ 1 = P_j) and zeros from n on; returns
+// their exponent range.
+MOE_AVX512BF16_TARGET ExpRange DpPackP(const float* p, int64_t n, uint16_t* dst) {
+  // Output word 2i+1 = the high word of float 2i (input word 4i+1), word 2i = that of float 2i+1.
+  alignas(64) static constexpr uint16_t kIndex[32] = {3,  1,  7,  5,  11, 9,  15, 13, 19, 17, 23,
+                                                      21, 27, 25, 31, 29, 35, 33, 39, 37, 43, 41,
+                                                      47, 45, 51, 49, 55, 53, 59, 57, 63, 61};
+  const __mmask16 m0 = static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1),
+                  m1 = static_cast<__mmask16>(n >= 32   ? 0xffff
+                                              : n <= 16 ? 0
+                                                        : (1u << (n - 16)) - 1);
+  const __m512i a = _mm512_maskz_loadu_epi32(m0, p), b = _mm512_maskz_loadu_epi32(m1, p + 16);
+  const __m512i w = _mm512_permutex2var_epi16(a, _mm512_load_si512(kIndex), b);
+  _mm512_storeu_si512(dst, w);
+  const __m512i e = _mm512_srli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x7f80)), 7);
+  const __m512i lo =
+      _mm512_mask_min_epu16(_mm512_set1_epi16(255), _mm512_test_epi16_mask(w, _mm512_set1_epi16(0x7fff)),
+                            _mm512_set1_epi16(255), e);
+  alignas(64) uint16_t l[32], h[32];
+  _mm512_store_si512(l, lo);
+  _mm512_store_si512(h, e);
+  ExpRange range;
+  for (int i = 0; i < 32; ++i) {
+    range.min = std::min<int>(range.min, l[i]);
+    range.max = std::max<int>(range.max, h[i]);
+  }
+  return range;
+}
+
+// orow[i][d] += P_i[j] * value j [d] for j ascending in [j0, j1) (j0 even), for the first nr of 8
+// rows; prow[i] holds row i's P as bf16 words, each pair's two words swapped (word j ^ 1 = P_j, so
+// the dword at j is VDPBF16PS's pair), 0 past its position, readable up to j1 rounded up to even;
+// vi holds the block's interleaved value pairs.
+MOE_AVX512BF16_TARGET void TilePvDp512(const uint16_t* const* prow, float* const* orow, int nr,
+                                       const uint16_t* vi, int64_t j0, int64_t j1, int64_t dim) {
+  for (int64_t d = 0; d < dim; d += 32) {
+    __m512 acc[2][8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      acc[0][i] = _mm512_loadu_ps(orow[i] + d);
+      acc[1][i] = _mm512_loadu_ps(orow[i] + d + 16);
+    }
+    for (int64_t j = j0; j < j1; j += 2) {
+      const uint16_t* pair = vi + (j - j0) * dim + 2 * d;
+      const __m512bh v0 = (__m512bh)_mm512_loadu_si512(pair), v1 = (__m512bh)_mm512_loadu_si512(pair + 32);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        int32_t w;  // P_j (high word), P_{j+1} (low word)
+        std::memcpy(&w, prow[i] + j, sizeof(w));
+        const __m512bh p = (__m512bh)_mm512_set1_epi32(w);
+        acc[0][i] = _mm512_dpbf16_ps(acc[0][i], p, v0);
+        acc[1][i] = _mm512_dpbf16_ps(acc[1][i], p, v1);
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      if (i < nr) {
+        _mm512_storeu_ps(orow[i] + d, acc[0][i]);
+        _mm512_storeu_ps(orow[i] + d + 16, acc[1][i]);
+      }
+    }
+  }
+}
 #pragma GCC diagnostic pop
 
 // RoundBF16 of 8 floats: round to nearest even, a NaN keeps its payload's top bits and turns quiet
@@ -628,6 +746,9 @@ struct TileScratch {
   std::vector<const bf16*> krow, vrow;
   std::vector<uint16_t> qp, kp;  // q rows and a key block in the VDPBF16PS order (DpPermute)
   std::vector<ExpRange> qrange;  // per group of 8 rows, of their q
+  std::vector<uint16_t> pb, vi;  // rows' P as bf16 (0 past their positions); a value block in pairs
+  std::vector<ExpRange> prange;  // per (group of 8 rows, value block), of their P
+  std::vector<char> pv_fp32;     // per group of 8 rows: fell back to the fp32 P·V kernel
 };
 
 // K rows [j0, j1) of `rows` permuted into dst (DpPermute); returns their exponent range.
@@ -645,7 +766,8 @@ MOE_AVX512BF16_TARGET ExpRange DpPermuteRows(const bf16* const* rows, int64_t j0
 }
 
 // Tokens [t0, t1) and query heads [h0, h1), all reading KV head g. avx512: the AVX-512 kernels;
-// dp (with avx512, an AVX-512 BF16 CPU and head_dim % 32 == 0): QK^T on VDPBF16PS where DpRangeOk.
+// dp (with avx512, an AVX-512 BF16 CPU and head_dim % 32 == 0): QK^T and P·V on VDPBF16PS where
+// DpRangeOk.
 void TiledAttention(bool avx512, bool dp, const bf16* q, int64_t q_stride, int64_t t0, int64_t t1,
                     int64_t start_pos, int64_t h0, int64_t h1, int64_t g, float scale,
                     const int32_t* block_table, const PagedKv& kv, bf16* out, int64_t out_stride) {
@@ -736,9 +858,35 @@ void TiledAttention(bool avx512, bool dp, const bf16* q, int64_t q_stride, int64
     }
     SoftmaxRowsAvx2(srow, ctx8, static_cast<int>(nr));
   }
+  // P as bf16 words (exact: already rounded) and their exponent ranges, for P·V on VDPBF16PS.
+  const int64_t num_blocks = (context + kKeyBlock - 1) / kKeyBlock, pstride = num_blocks * kKeyBlock;
+  if (dp) {
+    s.pb.resize(rows * pstride);
+    s.vi.resize(kKeyBlock * dim);
+    s.prange.assign(((rows + 7) / 8) * num_blocks, ExpRange{});
+    s.pv_fp32.assign((rows + 7) / 8, 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* sc = s.scores.data() + r * context;
+      uint16_t* pw = s.pb.data() + r * pstride;
+      ExpRange* range = s.prange.data() + (r / 8) * num_blocks;
+      for (int64_t jb = 0; jb < pstride; jb += kKeyBlock) {
+        const ExpRange br = DpPackP(sc + jb, std::clamp<int64_t>(s.ctx[r] - jb, 0, kKeyBlock), pw + jb);
+        ExpRange& g = range[jb / kKeyBlock];
+        g.min = std::min(g.min, br.min);
+        g.max = std::max(g.max, br.max);
+      }
+    }
+  }
+  const uint16_t* pbrow[8];
   for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
     const int64_t je = std::min(context, jb + kKeyBlock);
-    if (!direct) (avx512 ? WidenRowsAvx512 : WidenRows)(s.vrow.data(), jb, je, dim, s.block.data());
+    ExpRange vrange;
+    if (dp) vrange = DpInterleaveRows(s.vrow.data(), jb, je, dim, s.vi.data());
+    bool widened = false;
+    if (!direct && !dp) {
+      (avx512 ? WidenRowsAvx512 : WidenRows)(s.vrow.data(), jb, je, dim, s.block.data());
+      widened = true;
+    }
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const int64_t nr = std::min<int64_t>(8, rows - r0);
       const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
@@ -747,8 +895,20 @@ void TiledAttention(bool avx512, bool dp, const bf16* q, int64_t q_stride, int64
       for (int64_t i = 0; i < 8; ++i) {
         const int64_t r = r0 + std::min(i, nr - 1);
         prow[i] = s.scores.data() + r * context;
+        pbrow[i] = dp ? s.pb.data() + r * pstride : nullptr;
         orow[i] = s.out.data() + r * dim;
         ctx8[i] = s.ctx[r];
+      }
+      if (dp && !s.pv_fp32[r0 / 8]) {
+        if (DpRangeOk(s.prange[(r0 / 8) * num_blocks + jb / kKeyBlock], vrange)) {
+          TilePvDp512(pbrow, orow, static_cast<int>(nr), s.vi.data(), jb, j1, dim);
+          continue;
+        }
+        s.pv_fp32[r0 / 8] = 1;
+      }
+      if (!direct && !widened) {
+        WidenRowsAvx512(s.vrow.data(), jb, je, dim, s.block.data());
+        widened = true;
       }
       if (avx512) {
         (direct ? TilePvAvx512<true> : TilePvAvx512<false>)(prow, orow, ctx8, static_cast<int>(nr),

@@ -16,8 +16,8 @@ enum class AttentionPath {
   kScalar,     // one task per (token, query head), plain C++
   kPerToken,   // AVX2, one task per (token, KV group): the group's query heads share each K/V load
   kTiled,      // AVX2, one task per (KV group, tile of tokens): K/V blocks widened once per tile;
-               // with the AVX-512 BF16 ISA and head_dim % 32 == 0, QK^T on VDPBF16PS
-  kTiledFp32,  // kTiled without VDPBF16PS (fp32 QK^T throughout), to compare against
+               // with the AVX-512 BF16 ISA and head_dim % 32 == 0, QK^T and P·V on VDPBF16PS
+  kTiledFp32,  // kTiled without VDPBF16PS (fp32 QK^T and P·V throughout), to compare against
 };
 
 // PagedAttention through `path`. The AVX2 paths need head_dim % 16 == 0 and an AVX2 CPU; without

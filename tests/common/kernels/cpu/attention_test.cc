@@ -353,14 +353,18 @@ TEST(PagedAttentionTest, NonFiniteInputsGiveTheContractsBits) {
 // input": a query element of 2^-130 against a key element of 2^120, which VDPBF16PS reads as 0
 // where it flushes subnormal inputs as Intel documents (this Zen 4's does not; the case guards those).
 // "subnormal sum": products 1.5 * 2^-126 and -2^-126, whose partial sum 2^-127 VDPBF16PS would
-// flush to 0, made visible by a scale of 2^120. The last two must take the fp32 fallback.
+// flush to 0, made visible by a scale of 2^120. For P·V (all keys 0, so each row's P is uniform):
+// "PV order", value element 5 of keys 2-5 is 2^24, 1, 1, -2^24, which ascending j sums differently
+// from any other order; "PV subnormal sum", 2^-121 and -(1 - 2^-7) * 2^-121, whose products with P
+// leave a subnormal sum that VDPBF16PS would flush to 0. The subnormal cases must take the fp32
+// fallback.
 TEST(PagedAttentionTest, CraftedOperandsGiveTheContractsBits) {
   using internal::AttentionPath;
   const Isa saved = ActiveIsa();
   const int64_t heads = 8, kv_heads = 2, dim = 64, block_size = 7, tokens = 24;
   const int64_t kv_row = kv_heads * dim, row = heads * dim;
-  enum Case { kLaneOrder, kSubnormalInput, kSubnormalSum };
-  for (Case c : {kLaneOrder, kSubnormalInput, kSubnormalSum}) {
+  enum Case { kLaneOrder, kSubnormalInput, kSubnormalSum, kPvOrder, kPvSubnormalSum };
+  for (Case c : {kLaneOrder, kSubnormalInput, kSubnormalSum, kPvOrder, kPvSubnormalSum}) {
     TestCache cache((tokens + block_size - 1) / block_size, block_size, kv_heads, dim, 51);
     std::vector<bf16> keys = RandomBf16(tokens * kv_row, 52, 0.5f), values = RandomBf16(tokens * kv_row, 53);
     std::vector<bf16> q(tokens * row, FloatToBF16(1.0f));
@@ -409,6 +413,17 @@ TEST(PagedAttentionTest, CraftedOperandsGiveTheContractsBits) {
       for (int64_t t = 0; t < tokens; ++t) {
         for (int64_t h = 0; h < heads; ++h)
           q[(t * heads + h) * dim + 18] = FloatToBF16(-std::ldexp(1.0f, -63));
+      }
+    }
+    if (c == kPvOrder || c == kPvSubnormalSum) {
+      for (bf16& x : keys) x = FloatToBF16(0.0f);
+      const float big = 16777216.0f, tiny = std::ldexp(1.0f, -121);
+      const float pattern[2][4] = {{big, 1.0f, 1.0f, -big}, {tiny, -(1.0f - 1.0f / 128) * tiny, 0.0f, 0.0f}};
+      for (int64_t j = 0; j < tokens; ++j) {
+        for (int64_t g = 0; g < kv_heads; ++g) {
+          const bool in = j >= 2 && j < 6;
+          values[j * kv_row + g * dim + 5] = FloatToBF16(in ? pattern[c == kPvSubnormalSum][j - 2] : 0.0f);
+        }
       }
     }
     WriteKv(keys.data(), kv_row, values.data(), kv_row, tokens, 0, cache.table.data(), cache.kv);
