@@ -242,6 +242,8 @@ const char* PathName(internal::AttentionPath path) {
       return "pertoken";
     case internal::AttentionPath::kTiled:
       return "tiled";
+    case internal::AttentionPath::kTiledFp32:
+      return "tiledfp32";
   }
   return "?";
 }
@@ -326,9 +328,10 @@ int main(int argc, char** argv) {
   app.add_option("--attention-tokens", attention_tokens,
                  "Sequence lengths of the attention measurements (default 512; 0: skip)");
   app.add_option("--attention-paths", attention_paths,
-                 "Attention implementations to time, the first against the others (default tiled pertoken "
+                 "Attention implementations to time, the first against the others (tiledfp32: tiled without "
+                 "VDPBF16PS; default tiled pertoken "
                  "scalar)")
-      ->check(CLI::IsMember({"auto", "tiled", "pertoken", "scalar"}));
+      ->check(CLI::IsMember({"auto", "tiled", "tiledfp32", "pertoken", "scalar"}));
   app.add_option("--attention-passes", attention_passes, "Interleaved rounds per attention measurement");
   bool only_attention = false;
   app.add_flag("--only-attention", only_attention, "Skip the bandwidth, peak and Linear measurements");
@@ -380,10 +383,11 @@ int main(int argc, char** argv) {
   }
   std::vector<internal::AttentionPath> paths;
   for (const std::string& name : attention_paths) {
-    paths.push_back(name == "tiled"      ? internal::AttentionPath::kTiled
-                    : name == "pertoken" ? internal::AttentionPath::kPerToken
-                    : name == "scalar"   ? internal::AttentionPath::kScalar
-                                         : internal::AttentionPath::kAuto);
+    paths.push_back(name == "tiled"       ? internal::AttentionPath::kTiled
+                    : name == "tiledfp32" ? internal::AttentionPath::kTiledFp32
+                    : name == "pertoken"  ? internal::AttentionPath::kPerToken
+                    : name == "scalar"    ? internal::AttentionPath::kScalar
+                                          : internal::AttentionPath::kAuto);
   }
   for (int64_t tokens : attention_tokens) {
     if (tokens <= 0) continue;

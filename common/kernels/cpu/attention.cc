@@ -449,6 +449,235 @@ MOE_AVX512_TARGET void WidenRowsAvx512(const bf16* const* rows, int64_t j0, int6
     }
   }
 }
+
+// QK^T on VDPBF16PS (the AVX-512 BF16 ISA, head_dim % 32 == 0), with DotQK's bits. Per 16-bit lane
+// pair, VDPBF16PS adds the product of the odd words first, then that of the even words, each add
+// rounded to fp32 (RNE) and the products of two bf16 values exact in fp32; it also flushes
+// subnormal inputs and results to zero. q rows and key rows are stored permuted per 32-element
+// chunk c (DpPermute): word 2i+1 holds element 32c+i, word 2i holds element 32c+16+i, so lane i
+// adds q[d]*k[d] for d = i, i+16, i+32, ... ascending, exactly DotQK's lane i. Flushing cannot act
+// when no input is subnormal and every nonzero product is a multiple of 2^-126 (then every partial
+// sum is too: a nonzero one is normal); a nonzero bf16 with exponent field e >= 1 is a multiple of
+// 2^(e-134), so it suffices that the smallest nonzero exponent fields of the 8 q rows and of the key
+// block are >= 1 and add up to >= 142. With no Inf/NaN (field 255) and fields adding up to <= 380,
+// every product is below 2^128, finite and exact. A (row group, key block) that fails the test runs
+// the fp32 kernel on the widened block instead (DpRangeOk).
+#define MOE_AVX512BF16_TARGET __attribute__((target("avx512f,avx512bw,avx512bf16,avx2")))
+
+// Smallest exponent field over the nonzero words and largest over all words, of 16-bit words.
+struct ExpRange {
+  int min = 255, max = 0;
+};
+
+// dst = src's n words (n % 32 == 0) permuted per 32-word chunk as above; widens range by theirs.
+MOE_AVX512BF16_TARGET void DpPermute(const bf16* src, int64_t n, uint16_t* dst, ExpRange* range) {
+  alignas(64) static constexpr uint16_t kIndex[32] = {16, 0,  17, 1,  18, 2,  19, 3,  20, 4,  21,
+                                                      5,  22, 6,  23, 7,  24, 8,  25, 9,  26, 10,
+                                                      27, 11, 28, 12, 29, 13, 30, 14, 31, 15};
+  const __m512i index = _mm512_load_si512(kIndex);
+  __m512i lo = _mm512_set1_epi16(255), hi = _mm512_setzero_si512();
+  for (int64_t d = 0; d < n; d += 32) {
+    const __m512i w = _mm512_loadu_si512(src + d);
+    _mm512_storeu_si512(dst + d, _mm512_permutexvar_epi16(index, w));
+    const __m512i e = _mm512_srli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x7f80)), 7);
+    const __mmask32 nonzero = _mm512_test_epi16_mask(w, _mm512_set1_epi16(0x7fff));
+    lo = _mm512_mask_min_epu16(lo, nonzero, lo, e);
+    hi = _mm512_max_epu16(hi, e);
+  }
+  alignas(64) uint16_t l[32], h[32];
+  _mm512_store_si512(l, lo);
+  _mm512_store_si512(h, hi);
+  for (int i = 0; i < 32; ++i) {
+    range->min = std::min<int>(range->min, l[i]);
+    range->max = std::max<int>(range->max, h[i]);
+  }
+}
+
+// Whether VDPBF16PS gives exact products and never flushes, for q and keys with these ranges.
+inline bool DpRangeOk(const ExpRange& q, const ExpRange& k) {
+  return q.min >= 1 && k.min >= 1 && q.min + k.min >= 142 && q.max < 255 && k.max < 255 &&
+         q.max + k.max <= 380;
+}
+
+// TileScoresAvx512 on VDPBF16PS: q rows qrow[i] and key j at kp + (j - j0) * dim, permuted.
+MOE_AVX512BF16_TARGET void TileScoresDp512(const uint16_t* const* qrow, float* const* srow,
+                                           const uint16_t* kp, int64_t j0, int64_t j1, int64_t dim,
+                                           float scale) {
+  int64_t j = j0;
+  for (; j + 2 <= j1; j += 2) {
+    __m512 a0[8], a1[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a0[i] = a1[i] = _mm512_setzero_ps();
+    const uint16_t* k0 = kp + (j - j0) * dim;
+    for (int64_t d = 0; d < dim; d += 32) {
+      const __m512bh kv0 = (__m512bh)_mm512_loadu_si512(k0 + d),
+                     kv1 = (__m512bh)_mm512_loadu_si512(k0 + dim + d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        const __m512bh qv = (__m512bh)_mm512_loadu_si512(qrow[i] + d);
+        a0[i] = _mm512_dpbf16_ps(a0[i], qv, kv0);
+        a1[i] = _mm512_dpbf16_ps(a1[i], qv, kv1);
+      }
+    }
+    __m256 s0[8], s1[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      s0[i] = SumHalves(a0[i]);
+      s1[i] = SumHalves(a1[i]);
+    }
+    alignas(32) float dots0[8], dots1[8];
+    _mm256_store_ps(dots0, Reduce8x8(s0));
+    _mm256_store_ps(dots1, Reduce8x8(s1));
+#pragma GCC unroll 8
+    for (int lane = 0; lane < 8; ++lane) {
+      float* dst = srow[kLaneOutput[lane]];
+      if (dst != nullptr) {
+        dst[j] = dots0[lane] * scale;
+        dst[j + 1] = dots1[lane] * scale;
+      }
+    }
+  }
+  if (j < j1) {
+    __m512 a0[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) a0[i] = _mm512_setzero_ps();
+    const uint16_t* k0 = kp + (j - j0) * dim;
+    for (int64_t d = 0; d < dim; d += 32) {
+      const __m512bh kv0 = (__m512bh)_mm512_loadu_si512(k0 + d);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i)
+        a0[i] = _mm512_dpbf16_ps(a0[i], (__m512bh)_mm512_loadu_si512(qrow[i] + d), kv0);
+    }
+    __m256 s0[8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) s0[i] = SumHalves(a0[i]);
+    alignas(32) float dots0[8];
+    _mm256_store_ps(dots0, Reduce8x8(s0));
+#pragma GCC unroll 8
+    for (int lane = 0; lane < 8; ++lane) {
+      float* dst = srow[kLaneOutput[lane]];
+      if (dst != nullptr) dst[j] = dots0[lane] * scale;
+    }
+  }
+}
+
+// P·V on VDPBF16PS, with the fp32 kernel's bits: lane d of a register adds P_j * v_j[d] (odd words)
+// then P_{j+1} * v_{j+1}[d] (even words), i.e. ascending j. Value rows j, j+1 of a block are stored
+// interleaved per element (DpInterleaveRows: pair p = (j0 + 2p, j0 + 2p + 1) at vi + p * 2 * dim,
+// word 2d+1 = v_j[d], word 2d = v_{j+1}[d], a missing row as zeros), and a row's P as bf16 words
+// that are 0 past its own position, so the keys past it add +0 and leave the sum as it is (an
+// accumulator that starts at +0 never becomes -0). The flushing argument is QK^T's, with P for q:
+// each (row group, block) is checked (DpRangeOk), and once a group falls back to the fp32 kernel it
+// stays there for the later blocks (its partial sums need no longer be multiples of 2^-126).
+
+// Value rows [j0, j1) of `rows` interleaved in pairs into dst; returns their exponent range.
+MOE_AVX512BF16_TARGET ExpRange DpInterleaveRows(const bf16* const* rows, int64_t j0, int64_t j1, int64_t dim,
+                                                uint16_t* dst) {
+  alignas(64) static constexpr uint16_t kLo[32] = {32, 0,  33, 1,  34, 2,  35, 3,  36, 4,  37,
+                                                   5,  38, 6,  39, 7,  40, 8,  41, 9,  42, 10,
+                                                   43, 11, 44, 12, 45, 13, 46, 14, 47, 15};
+  alignas(64) static constexpr uint16_t kHi[32] = {48, 16, 49, 17, 50, 18, 51, 19, 52, 20, 53,
+                                                   21, 54, 22, 55, 23, 56, 24, 57, 25, 58, 26,
+                                                   59, 27, 60, 28, 61, 29, 62, 30, 63, 31};
+  const __m512i lo_index = _mm512_load_si512(kLo), hi_index = _mm512_load_si512(kHi);
+  __m512i lo = _mm512_set1_epi16(255), hi = _mm512_setzero_si512();
+  for (int64_t j = j0; j < j1; j += 2) {
+    if (j + kPrefetchRows < j1) {
+      for (int64_t d = 0; d < dim; d += 32) {
+        _mm_prefetch(reinterpret_cast<const char*>(rows[j + kPrefetchRows] + d), _MM_HINT_T0);
+        if (j + kPrefetchRows + 1 < j1)
+          _mm_prefetch(reinterpret_cast<const char*>(rows[j + kPrefetchRows + 1] + d), _MM_HINT_T0);
+      }
+    }
+    uint16_t* pair = dst + (j - j0) * dim;  // (j - j0) / 2 pairs of 2 * dim words
+    for (int64_t d = 0; d < dim; d += 32) {
+      const __m512i a = _mm512_loadu_si512(rows[j] + d);
+      const __m512i b = j + 1 < j1 ? _mm512_loadu_si512(rows[j + 1] + d) : _mm512_setzero_si512();
+      _mm512_storeu_si512(pair + 2 * d, _mm512_permutex2var_epi16(a, lo_index, b));
+      _mm512_storeu_si512(pair + 2 * d + 32, _mm512_permutex2var_epi16(a, hi_index, b));
+#pragma GCC unroll 2
+      for (const __m512i w : {a, b}) {
+        const __m512i e = _mm512_srli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x7f80)), 7);
+        lo = _mm512_mask_min_epu16(lo, _mm512_test_epi16_mask(w, _mm512_set1_epi16(0x7fff)), lo, e);
+        hi = _mm512_max_epu16(hi, e);
+      }
+    }
+  }
+  alignas(64) uint16_t l[32], h[32];
+  _mm512_store_si512(l, lo);
+  _mm512_store_si512(h, hi);
+  ExpRange range;
+  for (int i = 0; i < 32; ++i) {
+    range.min = std::min<int>(range.min, l[i]);
+    range.max = std::max<int>(range.max, h[i]);
+  }
+  return range;
+}
+
+// P_j for j in [0, n) (n <= 32; fp32 values already rounded to bf16, so taking their high words is
+// exact) as 32 bf16 words with each pair swapped (word j ^ 1 = P_j) and zeros from n on; returns
+// their exponent range.
+MOE_AVX512BF16_TARGET ExpRange DpPackP(const float* p, int64_t n, uint16_t* dst) {
+  // Output word 2i+1 = the high word of float 2i (input word 4i+1), word 2i = that of float 2i+1.
+  alignas(64) static constexpr uint16_t kIndex[32] = {3,  1,  7,  5,  11, 9,  15, 13, 19, 17, 23,
+                                                      21, 27, 25, 31, 29, 35, 33, 39, 37, 43, 41,
+                                                      47, 45, 51, 49, 55, 53, 59, 57, 63, 61};
+  const __mmask16 m0 = static_cast<__mmask16>(n >= 16 ? 0xffff : (1u << n) - 1),
+                  m1 = static_cast<__mmask16>(n >= 32   ? 0xffff
+                                              : n <= 16 ? 0
+                                                        : (1u << (n - 16)) - 1);
+  const __m512i a = _mm512_maskz_loadu_epi32(m0, p), b = _mm512_maskz_loadu_epi32(m1, p + 16);
+  const __m512i w = _mm512_permutex2var_epi16(a, _mm512_load_si512(kIndex), b);
+  _mm512_storeu_si512(dst, w);
+  const __m512i e = _mm512_srli_epi16(_mm512_and_si512(w, _mm512_set1_epi16(0x7f80)), 7);
+  const __m512i lo =
+      _mm512_mask_min_epu16(_mm512_set1_epi16(255), _mm512_test_epi16_mask(w, _mm512_set1_epi16(0x7fff)),
+                            _mm512_set1_epi16(255), e);
+  alignas(64) uint16_t l[32], h[32];
+  _mm512_store_si512(l, lo);
+  _mm512_store_si512(h, e);
+  ExpRange range;
+  for (int i = 0; i < 32; ++i) {
+    range.min = std::min<int>(range.min, l[i]);
+    range.max = std::max<int>(range.max, h[i]);
+  }
+  return range;
+}
+
+// orow[i][d] += P_i[j] * value j [d] for j ascending in [j0, j1) (j0 even), for the first nr of 8
+// rows; prow[i] holds row i's P as bf16 words, each pair's two words swapped (word j ^ 1 = P_j, so
+// the dword at j is VDPBF16PS's pair), 0 past its position, readable up to j1 rounded up to even;
+// vi holds the block's interleaved value pairs.
+MOE_AVX512BF16_TARGET void TilePvDp512(const uint16_t* const* prow, float* const* orow, int nr,
+                                       const uint16_t* vi, int64_t j0, int64_t j1, int64_t dim) {
+  for (int64_t d = 0; d < dim; d += 32) {
+    __m512 acc[2][8];
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      acc[0][i] = _mm512_loadu_ps(orow[i] + d);
+      acc[1][i] = _mm512_loadu_ps(orow[i] + d + 16);
+    }
+    for (int64_t j = j0; j < j1; j += 2) {
+      const uint16_t* pair = vi + (j - j0) * dim + 2 * d;
+      const __m512bh v0 = (__m512bh)_mm512_loadu_si512(pair), v1 = (__m512bh)_mm512_loadu_si512(pair + 32);
+#pragma GCC unroll 8
+      for (int i = 0; i < 8; ++i) {
+        int32_t w;  // P_j (high word), P_{j+1} (low word)
+        std::memcpy(&w, prow[i] + j, sizeof(w));
+        const __m512bh p = (__m512bh)_mm512_set1_epi32(w);
+        acc[0][i] = _mm512_dpbf16_ps(acc[0][i], p, v0);
+        acc[1][i] = _mm512_dpbf16_ps(acc[1][i], p, v1);
+      }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < 8; ++i) {
+      if (i < nr) {
+        _mm512_storeu_ps(orow[i] + d, acc[0][i]);
+        _mm512_storeu_ps(orow[i] + d + 16, acc[1][i]);
+      }
+    }
+  }
+}
 #pragma GCC diagnostic pop
 
 // RoundBF16 of 8 floats: round to nearest even, a NaN keeps its payload's top bits and turns quiet
@@ -515,12 +744,33 @@ struct TileScratch {
   std::vector<float> q, scores, out, block;
   std::vector<int64_t> ctx;
   std::vector<const bf16*> krow, vrow;
+  std::vector<uint16_t> qp, kp;  // q rows and a key block in the VDPBF16PS order (DpPermute)
+  std::vector<ExpRange> qrange;  // per group of 8 rows, of their q
+  std::vector<uint16_t> pb, vi;  // rows' P as bf16 (0 past their positions); a value block in pairs
+  std::vector<ExpRange> prange;  // per (group of 8 rows, value block), of their P
+  std::vector<char> pv_fp32;     // per group of 8 rows: fell back to the fp32 P·V kernel
 };
 
-// Tokens [t0, t1) and query heads [h0, h1), all reading KV head g.
-void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, int64_t t1, int64_t start_pos,
-                    int64_t h0, int64_t h1, int64_t g, float scale, const int32_t* block_table,
-                    const PagedKv& kv, bf16* out, int64_t out_stride) {
+// K rows [j0, j1) of `rows` permuted into dst (DpPermute); returns their exponent range.
+MOE_AVX512BF16_TARGET ExpRange DpPermuteRows(const bf16* const* rows, int64_t j0, int64_t j1, int64_t dim,
+                                             uint16_t* dst) {
+  ExpRange range;
+  for (int64_t j = j0; j < j1; ++j) {
+    if (j + kPrefetchRows < j1) {
+      for (int64_t d = 0; d < dim; d += 32)
+        _mm_prefetch(reinterpret_cast<const char*>(rows[j + kPrefetchRows] + d), _MM_HINT_T0);
+    }
+    DpPermute(rows[j], dim, dst + (j - j0) * dim, &range);
+  }
+  return range;
+}
+
+// Tokens [t0, t1) and query heads [h0, h1), all reading KV head g. avx512: the AVX-512 kernels;
+// dp (with avx512, an AVX-512 BF16 CPU and head_dim % 32 == 0): QK^T and P·V on VDPBF16PS where
+// DpRangeOk.
+void TiledAttention(bool avx512, bool dp, const bf16* q, int64_t q_stride, int64_t t0, int64_t t1,
+                    int64_t start_pos, int64_t h0, int64_t h1, int64_t g, float scale,
+                    const int32_t* block_table, const PagedKv& kv, bf16* out, int64_t out_stride) {
   thread_local TileScratch s;
   const int64_t dim = kv.head_dim, kv_row = kv.num_kv_heads * dim;
   const int64_t nh = h1 - h0, rows = (t1 - t0) * nh;
@@ -546,6 +796,17 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
     for (int64_t d = 0; d < dim; ++d) s.q[r * dim + d] = BF16ToFloat(qh[d]);
     s.ctx[r] = start_pos + t + 1;
   }
+  dp = dp && !direct;
+  if (dp) {
+    s.qp.resize(rows * dim);
+    s.kp.resize(kKeyBlock * dim);
+    s.qrange.assign((rows + 7) / 8, ExpRange{});
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t t = t0 + r / nh;
+      DpPermute(q + t * q_stride + (h0 + r % nh) * dim, dim, s.qp.data() + r * dim, &s.qrange[r / 8]);
+    }
+  }
+  const uint16_t* qprow[8];
   const float* qrow[8];
   float* srow[8];
   const float* prow[8];
@@ -553,7 +814,14 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
   int64_t ctx8[8];
   for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
     const int64_t je = std::min(context, jb + kKeyBlock);
-    if (!direct) (avx512 ? WidenRowsAvx512 : WidenRows)(s.krow.data(), jb, je, dim, s.block.data());
+    // The block's keys in the VDPBF16PS order, and widened to fp32 only once a row group needs it.
+    ExpRange krange;
+    if (dp) krange = DpPermuteRows(s.krow.data(), jb, je, dim, s.kp.data());
+    bool widened = false;
+    if (!direct && !dp) {
+      (avx512 ? WidenRowsAvx512 : WidenRows)(s.krow.data(), jb, je, dim, s.block.data());
+      widened = true;
+    }
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const int64_t nr = std::min<int64_t>(8, rows - r0);
       const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
@@ -561,7 +829,16 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
       for (int64_t i = 0; i < 8; ++i) {
         const int64_t r = r0 + std::min(i, nr - 1);
         qrow[i] = s.q.data() + r * dim;
+        qprow[i] = dp ? s.qp.data() + r * dim : nullptr;
         srow[i] = i < nr ? s.scores.data() + r * context : nullptr;
+      }
+      if (dp && DpRangeOk(s.qrange[r0 / 8], krange)) {
+        TileScoresDp512(qprow, srow, s.kp.data(), jb, j1, dim, scale);
+        continue;
+      }
+      if (!direct && !widened) {
+        WidenRowsAvx512(s.krow.data(), jb, je, dim, s.block.data());
+        widened = true;
       }
       if (avx512) {
         (direct ? TileScoresAvx512<true> : TileScoresAvx512<false>)(qrow, srow, s.block.data(), s.krow.data(),
@@ -581,9 +858,35 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
     }
     SoftmaxRowsAvx2(srow, ctx8, static_cast<int>(nr));
   }
+  // P as bf16 words (exact: already rounded) and their exponent ranges, for P·V on VDPBF16PS.
+  const int64_t num_blocks = (context + kKeyBlock - 1) / kKeyBlock, pstride = num_blocks * kKeyBlock;
+  if (dp) {
+    s.pb.resize(rows * pstride);
+    s.vi.resize(kKeyBlock * dim);
+    s.prange.assign(((rows + 7) / 8) * num_blocks, ExpRange{});
+    s.pv_fp32.assign((rows + 7) / 8, 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* sc = s.scores.data() + r * context;
+      uint16_t* pw = s.pb.data() + r * pstride;
+      ExpRange* range = s.prange.data() + (r / 8) * num_blocks;
+      for (int64_t jb = 0; jb < pstride; jb += kKeyBlock) {
+        const ExpRange br = DpPackP(sc + jb, std::clamp<int64_t>(s.ctx[r] - jb, 0, kKeyBlock), pw + jb);
+        ExpRange& g = range[jb / kKeyBlock];
+        g.min = std::min(g.min, br.min);
+        g.max = std::max(g.max, br.max);
+      }
+    }
+  }
+  const uint16_t* pbrow[8];
   for (int64_t jb = 0; jb < context; jb += kKeyBlock) {
     const int64_t je = std::min(context, jb + kKeyBlock);
-    if (!direct) (avx512 ? WidenRowsAvx512 : WidenRows)(s.vrow.data(), jb, je, dim, s.block.data());
+    ExpRange vrange;
+    if (dp) vrange = DpInterleaveRows(s.vrow.data(), jb, je, dim, s.vi.data());
+    bool widened = false;
+    if (!direct && !dp) {
+      (avx512 ? WidenRowsAvx512 : WidenRows)(s.vrow.data(), jb, je, dim, s.block.data());
+      widened = true;
+    }
     for (int64_t r0 = 0; r0 < rows; r0 += 8) {
       const int64_t nr = std::min<int64_t>(8, rows - r0);
       const int64_t j1 = std::min(je, s.ctx[r0 + nr - 1]);
@@ -592,8 +895,20 @@ void TiledAttention(bool avx512, const bf16* q, int64_t q_stride, int64_t t0, in
       for (int64_t i = 0; i < 8; ++i) {
         const int64_t r = r0 + std::min(i, nr - 1);
         prow[i] = s.scores.data() + r * context;
+        pbrow[i] = dp ? s.pb.data() + r * pstride : nullptr;
         orow[i] = s.out.data() + r * dim;
         ctx8[i] = s.ctx[r];
+      }
+      if (dp && !s.pv_fp32[r0 / 8]) {
+        if (DpRangeOk(s.prange[(r0 / 8) * num_blocks + jb / kKeyBlock], vrange)) {
+          TilePvDp512(pbrow, orow, static_cast<int>(nr), s.vi.data(), jb, j1, dim);
+          continue;
+        }
+        s.pv_fp32[r0 / 8] = 1;
+      }
+      if (!direct && !widened) {
+        WidenRowsAvx512(s.vrow.data(), jb, je, dim, s.block.data());
+        widened = true;
       }
       if (avx512) {
         (direct ? TilePvAvx512<true> : TilePvAvx512<false>)(prow, orow, ctx8, static_cast<int>(nr),
@@ -641,17 +956,18 @@ void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride,
   const int64_t num_groups = (num_heads + group - 1) / group;
   if (path != AttentionPath::kScalar && dim % 16 == 0 && CpuSupports(Isa::kAvx2Fma)) {
     ThreadPool& pool = ThreadPool::Current();
-    if (path == AttentionPath::kTiled) {
+    if (path == AttentionPath::kTiled || path == AttentionPath::kTiledFp32) {
       // Tiles of up to kTileRows rows, halved while that leaves fewer than 4 tasks per thread.
       // Each task owns its rows' output vectors, and a row's bits do not depend on its tile.
       int64_t tile = std::max<int64_t>(1, kTileRows / group);
       while (tile > 1 && num_groups * ((num_tokens + tile - 1) / tile) < 4 * pool.num_threads()) tile /= 2;
       const int64_t num_tiles = (num_tokens + tile - 1) / tile;
-      const bool avx512 = ActiveIsa() == Isa::kAvx512Bf16;  // implies AVX-512 F
+      const bool avx512 = ActiveIsa() == Isa::kAvx512Bf16;  // implies AVX-512 F, BW and BF16
+      const bool dp = avx512 && path == AttentionPath::kTiled && dim % 32 == 0;
       pool.ParallelFor(num_groups * num_tiles, [&](int64_t task) {
         // The last tiles have the longest contexts: hand them out first.
         const int64_t tt = num_tiles - 1 - task / num_groups, g = task % num_groups;
-        TiledAttention(avx512, q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos,
+        TiledAttention(avx512, dp, q, q_stride, tt * tile, std::min(num_tokens, (tt + 1) * tile), start_pos,
                        g * group, std::min(num_heads, (g + 1) * group), g, scale, block_table, kv, out,
                        out_stride);
       });

@@ -12,10 +12,12 @@ namespace moe::kernels::cpu::internal {
 // Every path computes each query row with exactly the operations, in the order, that kernels.h
 // and docs/numerics.md#paged-attention document, so all give the same bits.
 enum class AttentionPath {
-  kAuto,      // what PagedAttention runs: kTiled unless the portable ISA is active, then kScalar
-  kScalar,    // one task per (token, query head), plain C++
-  kPerToken,  // AVX2, one task per (token, KV group): the group's query heads share each K/V load
-  kTiled,     // AVX2, one task per (KV group, tile of tokens): K/V blocks widened once per tile
+  kAuto,       // what PagedAttention runs: kTiled unless the portable ISA is active, then kScalar
+  kScalar,     // one task per (token, query head), plain C++
+  kPerToken,   // AVX2, one task per (token, KV group): the group's query heads share each K/V load
+  kTiled,      // AVX2, one task per (KV group, tile of tokens): K/V blocks widened once per tile;
+               // with the AVX-512 BF16 ISA and head_dim % 32 == 0, QK^T and P·V on VDPBF16PS
+  kTiledFp32,  // kTiled without VDPBF16PS (fp32 QK^T and P·V throughout), to compare against
 };
 
 // PagedAttention through `path`. The AVX2 paths need head_dim % 16 == 0 and an AVX2 CPU; without

@@ -346,5 +346,103 @@ TEST(PagedAttentionTest, NonFiniteInputsGiveTheContractsBits) {
   internal::SetIsaForTesting(saved);
 }
 
+// Keys and queries crafted against the VDPBF16PS form of the tiled path (AVX-512 BF16 ISA): every
+// path must still give the contract's bits. "lane order": in lane 3 of some keys the products are
+// 2^24, 1, 1, -2^24 for d = 3, 19, 35, 51, which DotQK's order sums to 0 but any other pairing or
+// order within the lane (or the linear kernel's layout, d = 2i+1 then 2i) does not. "subnormal
+// input": a query element of 2^-130 against a key element of 2^120, which VDPBF16PS reads as 0
+// where it flushes subnormal inputs as Intel documents (this Zen 4's does not; the case guards those).
+// "subnormal sum": products 1.5 * 2^-126 and -2^-126, whose partial sum 2^-127 VDPBF16PS would
+// flush to 0, made visible by a scale of 2^120. For P·V (all keys 0, so each row's P is uniform):
+// "PV order", value element 5 of keys 2-5 is 2^24, 1, 1, -2^24, which ascending j sums differently
+// from any other order; "PV subnormal sum", 2^-121 and -(1 - 2^-7) * 2^-121, whose products with P
+// leave a subnormal sum that VDPBF16PS would flush to 0. The subnormal cases must take the fp32
+// fallback.
+TEST(PagedAttentionTest, CraftedOperandsGiveTheContractsBits) {
+  using internal::AttentionPath;
+  const Isa saved = ActiveIsa();
+  const int64_t heads = 8, kv_heads = 2, dim = 64, block_size = 7, tokens = 24;
+  const int64_t kv_row = kv_heads * dim, row = heads * dim;
+  enum Case { kLaneOrder, kSubnormalInput, kSubnormalSum, kPvOrder, kPvSubnormalSum };
+  for (Case c : {kLaneOrder, kSubnormalInput, kSubnormalSum, kPvOrder, kPvSubnormalSum}) {
+    TestCache cache((tokens + block_size - 1) / block_size, block_size, kv_heads, dim, 51);
+    std::vector<bf16> keys = RandomBf16(tokens * kv_row, 52, 0.5f), values = RandomBf16(tokens * kv_row, 53);
+    std::vector<bf16> q(tokens * row, FloatToBF16(1.0f));
+    float scale = 0.125f;
+    for (int64_t j = 1; j < tokens; j += 3) {
+      for (int64_t g = 0; g < kv_heads; ++g) {
+        bf16* k = keys.data() + j * kv_row + g * dim;
+        if (c == kLaneOrder) {
+          for (int64_t d = 0; d < dim; ++d) k[d] = FloatToBF16(0.0f);
+          k[3] = FloatToBF16(16777216.0f);
+          k[19] = k[35] = FloatToBF16(1.0f);
+          k[51] = FloatToBF16(-16777216.0f);
+        } else if (c == kSubnormalInput) {
+          k[5] = FloatToBF16(std::ldexp(1.0f, 120));
+        }
+      }
+    }
+    if (c == kSubnormalInput) {
+      for (int64_t t = 0; t < tokens; t += 2)
+        q[(t * heads + 1) * dim + 5] = FloatToBF16(std::ldexp(1.0f, -130));
+      // Keep the other heads' scores finite against the huge key element.
+      for (int64_t t = 0; t < tokens; ++t) {
+        for (int64_t h = 0; h < heads; ++h) {
+          if (h != 1 || t % 2 != 0) q[(t * heads + h) * dim + 5] = FloatToBF16(0.0f);
+        }
+      }
+    } else if (c == kSubnormalSum) {
+      scale = std::ldexp(1.0f, 120);
+      for (bf16& x : keys) x = FloatToBF16(0.0f);
+      for (bf16& x : q) x = FloatToBF16(0.0f);
+      for (int64_t j = 1; j < tokens; j += 3) {
+        for (int64_t g = 0; g < kv_heads; ++g)
+          keys[j * kv_row + g * dim + 2] = FloatToBF16(std::ldexp(1.0f, -63));
+      }
+      for (int64_t t = 0; t < tokens; ++t) {
+        for (int64_t h = 0; h < heads; ++h) {
+          bf16* qh = q.data() + (t * heads + h) * dim;
+          qh[2] = FloatToBF16(1.5f * std::ldexp(1.0f, -63));  // lane 2, d = 2: 1.5 * 2^-126
+        }
+      }
+      // d = 18 (lane 2's second product): -2^-126 on the same keys.
+      for (int64_t j = 1; j < tokens; j += 3) {
+        for (int64_t g = 0; g < kv_heads; ++g)
+          keys[j * kv_row + g * dim + 18] = FloatToBF16(std::ldexp(1.0f, -63));
+      }
+      for (int64_t t = 0; t < tokens; ++t) {
+        for (int64_t h = 0; h < heads; ++h)
+          q[(t * heads + h) * dim + 18] = FloatToBF16(-std::ldexp(1.0f, -63));
+      }
+    }
+    if (c == kPvOrder || c == kPvSubnormalSum) {
+      for (bf16& x : keys) x = FloatToBF16(0.0f);
+      const float big = 16777216.0f, tiny = std::ldexp(1.0f, -121);
+      const float pattern[2][4] = {{big, 1.0f, 1.0f, -big}, {tiny, -(1.0f - 1.0f / 128) * tiny, 0.0f, 0.0f}};
+      for (int64_t j = 0; j < tokens; ++j) {
+        for (int64_t g = 0; g < kv_heads; ++g) {
+          const bool in = j >= 2 && j < 6;
+          values[j * kv_row + g * dim + 5] = FloatToBF16(in ? pattern[c == kPvSubnormalSum][j - 2] : 0.0f);
+        }
+      }
+    }
+    WriteKv(keys.data(), kv_row, values.data(), kv_row, tokens, 0, cache.table.data(), cache.kv);
+    const std::vector<bf16> want = ContractAttention(q, tokens, 0, heads, scale, keys, values, kv_heads, dim);
+    for (Isa isa : {Isa::kPortable, Isa::kAvx2Fma, Isa::kAvx512Bf16}) {
+      if (!CpuSupports(isa)) continue;
+      internal::SetIsaForTesting(isa);
+      for (AttentionPath path : {AttentionPath::kTiled, AttentionPath::kTiledFp32, AttentionPath::kPerToken,
+                                 AttentionPath::kScalar}) {
+        std::vector<bf16> got(tokens * row);
+        internal::PagedAttentionWithPath(path, q.data(), row, tokens, 0, heads, scale, cache.table.data(),
+                                         cache.kv, got.data(), row);
+        EXPECT_EQ(FirstDifference(got, want), -1)
+            << "case " << static_cast<int>(c) << " " << IsaName(isa) << " path " << static_cast<int>(path);
+      }
+    }
+    internal::SetIsaForTesting(saved);
+  }
+}
+
 }  // namespace
 }  // namespace moe::kernels::cpu
