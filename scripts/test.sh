@@ -19,10 +19,12 @@ scripts/install_deps.sh --test
 # Formatting first: it fails in a second where a build would take minutes.
 scripts/format.sh --check
 /usr/bin/python3 scripts/check_skips.py --self-test
+/usr/bin/python3 scripts/ctest_failures.py --self-test
 
-failed_passes=()
-# run_ctest NAME BUILD_DIR CTEST_ARGS...: one ctest pass; records NAME in failed_passes when a test
-# fails or skips unexpectedly, and goes on (a later pass may say more about the failure).
+failed_passes=() failed_junits=()
+# run_ctest NAME BUILD_DIR CTEST_ARGS...: one ctest pass; records NAME in failed_passes (and its
+# JUnit file in failed_junits) when a test fails or skips unexpectedly, and goes on (a later pass may
+# say more about the failure).
 run_ctest() {
   local name="$1" dir="$2"
   shift 2
@@ -33,7 +35,7 @@ run_ctest() {
   ctest --test-dir "${dir}" --show-only=json-v1 "$@" >"${tests}" || rc=1
   /usr/bin/python3 scripts/check_skips.py --tests "${tests}" "${junit}" tests/skip_allowlist.txt || rc=1
   echo "test.sh: ${name} tests: $((SECONDS - start)) s, $([[ ${rc} == 0 ]] && echo passed || echo FAILED)"
-  [[ ${rc} == 0 ]] || failed_passes+=("${name}")
+  [[ ${rc} == 0 ]] || { failed_passes+=("${name}"); failed_junits+=("${junit}"); }
 }
 
 # The main build treats warnings as errors (the sanitizer builds add their own flags and do not). It is
@@ -78,6 +80,13 @@ if [[ "${MOE_SKIP_SANITIZERS:-0}" != 1 ]]; then
 fi
 
 if ((${#failed_passes[@]})); then
+  # CI shows the tail of the log: repeat there which tests failed, their last lines, and the CPU
+  # (the kernels dispatch on its ISA at run time, so a failure can depend on the machine).
+  echo "test.sh: CPU: $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2-)," \
+    "ISA flags: $(grep -m1 '^flags' /proc/cpuinfo | grep -o -w -E 'avx2|fma|avx512f|avx512_bf16|avx512vbmi' | tr '\n' ' ')"
+  for junit in "${failed_junits[@]}"; do
+    if [[ -f ${junit} ]]; then /usr/bin/python3 scripts/ctest_failures.py "${junit}" 25 || true; fi
+  done
   echo "test.sh: FAILED: ${failed_passes[*]}"
   exit 1
 fi
