@@ -262,6 +262,7 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
 
   // Clients stream all along: none may fail.
   std::atomic<bool> done{false};
+  std::atomic<int> answered{0};
   std::mutex failures_mu;
   std::vector<std::string> failures;
   std::vector<std::thread> clients;
@@ -273,6 +274,8 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
         if (g.exit_code != 0) {
           std::lock_guard<std::mutex> lock(failures_mu);
           failures.push_back(g.err);
+        } else {
+          ++answered;
         }
       }
     });
@@ -286,6 +289,14 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
     }
   } join_clients{done, clients};
 
+  // A one-shot rebalance plans from the rows routed in its window and refuses an empty one: wait until
+  // every client has had an answer, so that rows flow (on a loaded machine the first streams take
+  // seconds to start, longer than the window).
+  const auto streams_by = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (answered < 8 && std::chrono::steady_clock::now() < streams_by) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GE(answered, 8) << "the clients' streams did not start";
   // One-shot, explicit addresses: the reserved joinable port (nothing runs there yet) is left out with
   // a note; as home worker 1 it would leave shard 1 without a host, which is an error.
   const Result noted =
