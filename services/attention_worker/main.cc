@@ -7,15 +7,11 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "common/engine/expert_compute_factory.h"
-#include "common/kernels/device_spec.h"
 #include "common/metrics/metrics.h"
 #include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
-#include "common/transport/nccl/nccl_api.h"
-#include "common/transport/nccl/transport_choice.h"
-#include "common/transport/ucx/ucx_options.h"
+#include "common/rpc/worker_main/data_plane_flags.h"
 #include "services/attention_worker/attention_service.h"
 #include "services/attention_worker/attention_worker.h"
 
@@ -36,11 +32,6 @@ ABSL_FLAG(std::string, transport, "ucx",
 ABSL_FLAG(std::string, device, "cpu",
           "where the forward pass runs: cpu, cuda (= cuda:0) or cuda:N (dense weights and KV cache on that "
           "GPU; docs/gpu.md)");
-ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
-ABSL_FLAG(std::string, ucx_poll_spin_us, "auto",
-          "how long a data-plane receiver busy-polls UCX before it sleeps: auto (spins only while recent "
-          "answers came within tens of microseconds), microseconds in [1, 10000] (a fixed spin), or 0 "
-          "(never) (docs/data-plane.md#small-message-latency)");
 ABSL_FLAG(double, moe_timeout_seconds, 10, "deadline of one layer's dispatch+combine round");
 ABSL_FLAG(double, kv_cache_gib, 8,
           "KV cache size in GiB (mapped lazily: memory is used as blocks are written; Qwen3-30B-A3B "
@@ -65,25 +56,12 @@ int main(int argc, char** argv) {
                 "(--tls_ca F --tls_cert F --tls_key F | --insecure)"});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
-  // --device (MOE_DEVICE): a spelling ParseDeviceSpec accepts and a device this build and machine have.
-  auto device = moe::kernels::ParseDeviceSpec(absl::GetFlag(FLAGS_device), "--device");
-  if (!device.ok()) return service->Fail(device.status());
-  if (absl::Status s = moe::engine::CheckComputeDevice(*device, "--device"); !s.ok()) return service->Fail(s);
-  // --transport (MOE_TRANSPORT): ucx, or nccl only with a cuda device in a build with NCCL.
-  if (absl::Status s = moe::transport::CheckTransportChoice(absl::GetFlag(FLAGS_transport), device->is_cuda(),
-                                                            moe::transport::BuiltWithNccl());
-      !s.ok()) {
-    return service->Fail(s);
-  }
-  // --transport nccl: NCCL's calls come from the CUDA backend plugin, like the CUDA kernels (this
-  // binary links no CUDA or NCCL library); FAILED_PRECONDITION naming the flag without it or a GPU.
-  // Declared before the worker, so it outlives it.
-  std::unique_ptr<moe::transport::NcclApi> nccl_api;
-  if (absl::GetFlag(FLAGS_transport) == "nccl") {
-    auto api = moe::engine::CreateNcclApi(*device, "--transport");
-    if (!api.ok()) return service->Fail(api.status());
-    nccl_api = *std::move(api);
-  }
+  // --device, --transport, --ucx_tls and --ucx_poll_spin_us (MOE_*), checked as in the other worker
+  // (common/rpc/worker_main/data_plane_flags.h); with --transport nccl, NCCL's calls from the CUDA
+  // backend plugin. Declared before the worker, so that it outlives it.
+  auto data_plane =
+      moe::rpc::WorkerDataPlaneFromFlags(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_transport));
+  if (!data_plane.ok()) return service->Fail(data_plane.status());
   moe::services::AttentionWorkerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   auto rank = moe::rpc::ResolveRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_rank_from_hostname));
@@ -120,14 +98,10 @@ int main(int argc, char** argv) {
     return service->Fail("--micro_batches must be 1 or 2, got " +
                          std::to_string(options.engine.micro_batches));
   }
-  options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
-  options.data_plane = nccl_api != nullptr ? moe::v1::DATA_PLANE_NCCL : moe::v1::DATA_PLANE_UCX;
-  options.nccl_api = nccl_api.get();
-  options.engine.device = *device;
-  auto poll_spin =
-      moe::transport::ParsePollSpinFlag(absl::GetFlag(FLAGS_ucx_poll_spin_us), "--ucx_poll_spin_us");
-  if (!poll_spin.ok()) return service->Fail(poll_spin.status());
-  options.ucx.poll_spin = *poll_spin;
+  options.ucx = data_plane->ucx;
+  options.data_plane = data_plane->nccl_api != nullptr ? moe::v1::DATA_PLANE_NCCL : moe::v1::DATA_PLANE_UCX;
+  options.nccl_api = data_plane->nccl_api.get();
+  options.engine.device = data_plane->device;
   options.connector.credentials = service->client_credentials();
   // A send to a dead expert worker must not outlast the round's own deadline.
   options.ucx.send_timeout = options.engine.moe_timeout;

@@ -6,15 +6,11 @@
 
 #include "absl/flags/flag.h"
 #include "absl/time/time.h"
-#include "common/engine/expert_compute_factory.h"
-#include "common/kernels/device_spec.h"
 #include "common/metrics/metrics.h"
 #include "common/model/load_progress.h"
 #include "common/rpc/flags.h"
 #include "common/rpc/service_main.h"
-#include "common/transport/nccl/nccl_api.h"
-#include "common/transport/nccl/transport_choice.h"
-#include "common/transport/ucx/ucx_options.h"
+#include "common/rpc/worker_main/data_plane_flags.h"
 #include "services/expert_worker/expert_control_service.h"
 #include "services/expert_worker/expert_worker.h"
 
@@ -33,11 +29,6 @@ ABSL_FLAG(std::string, transport, "ucx",
 ABSL_FLAG(
     std::string, device, "cpu",
     "where the experts compute: cpu, cuda (= cuda:0) or cuda:N (weights uploaded to that GPU at start)");
-ABSL_FLAG(std::string, ucx_tls, "", "UCX transports (e.g. tcp, sm); empty: UCX_TLS or UCX's default");
-ABSL_FLAG(std::string, ucx_poll_spin_us, "auto",
-          "how long a data-plane receiver busy-polls UCX before it sleeps: auto (spins only while recent "
-          "answers came within tens of microseconds), microseconds in [1, 10000] (a fixed spin), or 0 "
-          "(never) (docs/data-plane.md#small-message-latency)");
 ABSL_FLAG(double, load_window_seconds, 60, "window of moe_expert_load_balance_ratio");
 ABSL_FLAG(bool, per_expert_metrics, false, "export moe_expert_expert_tokens_total{layer,expert}");
 ABSL_FLAG(int64_t, max_round_tokens, 65536,
@@ -57,25 +48,12 @@ int main(int argc, char** argv) {
            "[--metrics_port M] (--tls_ca F --tls_cert F --tls_key F | --insecure)"});
 
   if (absl::GetFlag(FLAGS_model).empty()) return service->Fail("--model is required");
-  // --device (MOE_DEVICE): a spelling ParseDeviceSpec accepts and a device this build and machine have.
-  auto device = moe::kernels::ParseDeviceSpec(absl::GetFlag(FLAGS_device), "--device");
-  if (!device.ok()) return service->Fail(device.status());
-  if (absl::Status s = moe::engine::CheckComputeDevice(*device, "--device"); !s.ok()) return service->Fail(s);
-  // --transport (MOE_TRANSPORT): ucx, or nccl only with a cuda device in a build with NCCL.
-  if (absl::Status s = moe::transport::CheckTransportChoice(absl::GetFlag(FLAGS_transport), device->is_cuda(),
-                                                            moe::transport::BuiltWithNccl());
-      !s.ok()) {
-    return service->Fail(s);
-  }
-  // --transport nccl: NCCL's calls come from the CUDA backend plugin, like the CUDA kernels (this
-  // binary links no CUDA or NCCL library); FAILED_PRECONDITION naming the flag without it or a GPU.
-  // Declared before the worker, so it outlives it.
-  std::unique_ptr<moe::transport::NcclApi> nccl_api;
-  if (absl::GetFlag(FLAGS_transport) == "nccl") {
-    auto api = moe::engine::CreateNcclApi(*device, "--transport");
-    if (!api.ok()) return service->Fail(api.status());
-    nccl_api = *std::move(api);
-  }
+  // --device, --transport, --ucx_tls and --ucx_poll_spin_us (MOE_*), checked as in the other worker
+  // (common/rpc/worker_main/data_plane_flags.h); with --transport nccl, NCCL's calls from the CUDA
+  // backend plugin. Declared before the worker, so that it outlives it.
+  auto data_plane =
+      moe::rpc::WorkerDataPlaneFromFlags(absl::GetFlag(FLAGS_device), absl::GetFlag(FLAGS_transport));
+  if (!data_plane.ok()) return service->Fail(data_plane.status());
   moe::services::ExpertWorkerOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
   auto rank = moe::rpc::ResolveRank(absl::GetFlag(FLAGS_rank), absl::GetFlag(FLAGS_rank_from_hostname));
@@ -88,14 +66,10 @@ int main(int argc, char** argv) {
   options.per_expert_metrics = absl::GetFlag(FLAGS_per_expert_metrics);
   options.max_round_tokens = absl::GetFlag(FLAGS_max_round_tokens);
   options.extra_expert_budget_bytes = absl::GetFlag(FLAGS_extra_expert_budget_bytes);
-  options.ucx.tls = absl::GetFlag(FLAGS_ucx_tls);
-  options.data_plane = nccl_api != nullptr ? moe::v1::DATA_PLANE_NCCL : moe::v1::DATA_PLANE_UCX;
-  options.nccl_api = nccl_api.get();
-  options.device = *device;
-  auto poll_spin =
-      moe::transport::ParsePollSpinFlag(absl::GetFlag(FLAGS_ucx_poll_spin_us), "--ucx_poll_spin_us");
-  if (!poll_spin.ok()) return service->Fail(poll_spin.status());
-  options.ucx.poll_spin = *poll_spin;
+  options.ucx = data_plane->ucx;
+  options.data_plane = data_plane->nccl_api != nullptr ? moe::v1::DATA_PLANE_NCCL : moe::v1::DATA_PLANE_UCX;
+  options.nccl_api = data_plane->nccl_api.get();
+  options.device = data_plane->device;
 
   moe::rpc::ServiceMain* main_service = service.get();
   moe::services::ExpertControlService control([main_service] { main_service->SetReady(false); });

@@ -266,6 +266,39 @@ TEST(ServiceMainTest, WorkersRefuseATransportTheirDeviceCannotUse) {
         << other.output;
   }
 }
+
+// --ucx_poll_spin_us (MOE_UCX_POLL_SPIN_US), defined once for both workers
+// (common/rpc/worker_main/data_plane_flags.h): a value out of range is refused at start naming the
+// flag, and both list it in --help.
+TEST(ServiceMainTest, WorkersRefuseAPollSpinOutOfRangeNamingTheFlag) {
+  const auto run = [](const std::string& binary, std::vector<std::string> args) {
+    args.insert(args.begin(), {"--metrics_listen=127.0.0.1", "--metrics_port=0", "--model=/nonexistent"});
+    // Whatever the order of the checks, the attention worker's other required flag is right.
+    if (binary == "moe-attention-worker") args.push_back("--expert_workers=127.0.0.1:1");
+    args.push_back("--insecure");
+    return RunBinary(binary, args);
+  };
+  for (const std::string binary : {"moe-attention-worker", "moe-expert-worker"}) {
+    const ProcessRun help = RunBinary(binary, {"--help"});
+    EXPECT_TRUE(Contains(help.output, "  --ucx_poll_spin_us  (env MOE_UCX_POLL_SPIN_US)\n"))
+        << binary << ":\n"
+        << help.output;
+    EXPECT_TRUE(Contains(help.output, "  --ucx_tls  (env MOE_UCX_TLS)\n")) << binary << ":\n" << help.output;
+    const ProcessRun bad = run(binary, {"--ucx_poll_spin_us=10001"});
+    EXPECT_EQ(bad.exit_code, 1) << binary << ":\n" << bad.output;
+    EXPECT_TRUE(
+        Contains(bad.output, "INVALID_ARGUMENT: --ucx_poll_spin_us must be auto or an integer in [0, 10000]"))
+        << binary << ":\n"
+        << bad.output;
+    ASSERT_EQ(setenv("MOE_UCX_POLL_SPIN_US", "fast", 1), 0);
+    const ProcessRun from_env = run(binary, {});
+    unsetenv("MOE_UCX_POLL_SPIN_US");
+    EXPECT_EQ(from_env.exit_code, 1) << binary << ":\n" << from_env.output;
+    EXPECT_TRUE(Contains(from_env.output, "--ucx_poll_spin_us must be auto or an integer"))
+        << binary << ":\n"
+        << from_env.output;
+  }
+}
 #endif
 
 }  // namespace

@@ -18,12 +18,12 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "common/engine/engine.h"
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "moe/v1/attention.grpc.pb.h"
 #include "moe/v1/expert_control.grpc.pb.h"
 #include "tests/services/process_helper.h"
+#include "tests/util/generation/greedy_generation.h"
 #include "tests/util/http_get.h"
 #include "tests/util/test_models.h"
 
@@ -31,28 +31,10 @@ namespace moe::services {
 namespace {
 
 using moe::testing::ChildProcess;
-
-struct Generated {
-  std::vector<int32_t> tokens;
-  std::vector<float> logprobs;
-  grpc::Status status;
-  v1::AttentionFinishReason finish_reason = v1::ATTENTION_FINISH_REASON_UNSPECIFIED;
-};
-
-v1::AttentionGenerateRequest GreedyRequest(const std::string& id, std::vector<int32_t> prompt,
-                                           int max_new_tokens) {
-  v1::AttentionGenerateRequest request;
-  request.set_request_id(id);
-  for (int32_t t : prompt) request.add_prompt(t);
-  v1::AttentionSampling* sampling = request.mutable_sampling();
-  sampling->set_temperature(0);
-  sampling->set_top_p(1);
-  sampling->set_top_k(0);
-  sampling->set_repetition_penalty(1);
-  request.set_max_new_tokens(max_new_tokens);
-  request.set_ignore_eos(true);
-  return request;
-}
+using moe::testing::Embedded;
+using moe::testing::Generated;
+using moe::testing::GreedyRequest;
+using moe::testing::Prompts;
 
 class Cluster {
  public:
@@ -129,20 +111,7 @@ class Cluster {
   std::string log() const { return attention_->Log(); }
 
   Generated Generate(const v1::AttentionGenerateRequest& request) {
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(180)));
-    auto reader = stub_->Generate(&context, request);
-    Generated out;
-    v1::AttentionGenerateResponse response;
-    while (reader->Read(&response)) {
-      for (const auto& token : response.tokens()) {
-        out.tokens.push_back(token.token_id());
-        out.logprobs.push_back(token.logprob());
-      }
-      if (response.finished()) out.finish_reason = response.finish_reason();
-    }
-    out.status = reader->Finish();
-    return out;
+    return moe::testing::Generate(*stub_, request, absl::Seconds(180));
   }
 
   v1::WorkerLoad Load() {
@@ -164,14 +133,6 @@ class Cluster {
   std::unique_ptr<ChildProcess> attention_;  // destroyed first: stops before the experts
   std::unique_ptr<v1::AttentionWorker::Stub> stub_;
 };
-
-const std::vector<std::vector<int32_t>>& Prompts() {
-  static const auto* prompts = new std::vector<std::vector<int32_t>>{
-      {1, 2, 3, 4, 5}, {42}, {7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 9}};
-  return *prompts;
-}
-
-Generated Embedded(const std::string& model, const std::vector<int32_t>& prompt, int max_new_tokens);
 
 grpc::Status SetPlacement(v1::AttentionWorker::Stub& stub, uint64_t version,
                           const std::vector<std::pair<int, int>>& extras) {
@@ -469,30 +430,6 @@ TEST(ExpertWorkerJoinTest, BadJoinableFlagsAreRefusedNamingTheFlag) {
        "--listen", moe::testing::LocalAddress(moe::testing::FreePort()), "--metrics_port", "0", "--insecure"},
       "attention");
   EXPECT_NE(log.find("joinable_expert_workers"), std::string::npos) << log;
-}
-
-Generated Embedded(const std::string& model, const std::vector<int32_t>& prompt, int max_new_tokens) {
-  engine::EngineOptions options;
-  options.num_kv_blocks = 512;
-  auto engine = engine::Engine::CreateEmbedded(model, options);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  engine::GenerationRequest request;
-  request.id = "embedded";
-  request.prompt = prompt;
-  request.sampling.temperature = 0;
-  request.max_new_tokens = max_new_tokens;
-  request.ignore_eos = true;
-  EXPECT_TRUE((*engine)->AddRequest(request).ok());
-  Generated out;
-  while ((*engine)->HasWork()) {
-    for (const engine::TokenEvent& event : (*engine)->Step()) {
-      if (event.token_id >= 0) {
-        out.tokens.push_back(event.token_id);
-        out.logprobs.push_back(event.logprob);
-      }
-    }
-  }
-  return out;
 }
 
 class AttentionWorkerClusterTest : public ::testing::TestWithParam<int> {};

@@ -18,7 +18,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "common/engine/engine.h"
 #include "common/rpc/server.h"
 #include "common/rpc/tls.h"
 #include "common/rpc/tls_certificates.h"
@@ -32,11 +31,16 @@
 #include "services/attention_worker/attention_worker.h"
 #include "services/expert_worker/expert_control_service.h"
 #include "services/expert_worker/expert_worker.h"
+#include "tests/util/generation/greedy_generation.h"
 #include "tests/util/test_models.h"
 
 namespace moe::services {
 namespace {
 
+using moe::testing::Embedded;
+using moe::testing::Generated;
+using moe::testing::GreedyRequest;
+using moe::testing::Prompts;
 using ::testing::HasSubstr;
 using transport::FakeNcclApi;
 using transport::FakeNcclHub;
@@ -51,42 +55,6 @@ constexpr absl::Duration kRound = absl::Seconds(10);  // --moe_timeout_seconds (
 constexpr absl::Duration kNoticed = absl::Seconds(5);
 // How long a test waits for what the watch should bring about before it fails.
 constexpr absl::Duration kGiveUp = absl::Seconds(20);
-
-struct Generated {
-  std::vector<int32_t> tokens;
-  std::vector<float> logprobs;
-  grpc::Status status;
-};
-
-const std::vector<std::vector<int32_t>>& Prompts() {
-  static const auto* prompts = new std::vector<std::vector<int32_t>>{
-      {1, 2, 3, 4, 5}, {42}, {7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 7, 100, 9}};
-  return *prompts;
-}
-
-Generated Embedded(const std::string& model, const std::vector<int32_t>& prompt, int max_new_tokens) {
-  engine::EngineOptions options;
-  options.num_kv_blocks = 512;
-  auto engine = engine::Engine::CreateEmbedded(model, options);
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  engine::GenerationRequest request;
-  request.id = "embedded";
-  request.prompt = prompt;
-  request.sampling.temperature = 0;
-  request.max_new_tokens = max_new_tokens;
-  request.ignore_eos = true;
-  EXPECT_TRUE((*engine)->AddRequest(request).ok());
-  Generated out;
-  while ((*engine)->HasWork()) {
-    for (const engine::TokenEvent& event : (*engine)->Step()) {
-      if (event.token_id >= 0) {
-        out.tokens.push_back(event.token_id);
-        out.logprobs.push_back(event.logprob);
-      }
-    }
-  }
-  return out;
-}
 
 // The value of the unlabeled counter `name`, NaN if there is none.
 double Counter(prometheus::Registry& registry, const std::string& name) {
@@ -253,29 +221,7 @@ class NcclServingTest : public ::testing::Test {
   }
 
   Generated Generate(const std::string& id, const std::vector<int32_t>& prompt, int max_new_tokens) {
-    v1::AttentionGenerateRequest request;
-    request.set_request_id(id);
-    for (int32_t t : prompt) request.add_prompt(t);
-    v1::AttentionSampling* sampling = request.mutable_sampling();
-    sampling->set_temperature(0);
-    sampling->set_top_p(1);
-    sampling->set_top_k(0);
-    sampling->set_repetition_penalty(1);
-    request.set_max_new_tokens(max_new_tokens);
-    request.set_ignore_eos(true);
-    grpc::ClientContext context;
-    context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
-    auto reader = stub_->Generate(&context, request);
-    Generated out;
-    v1::AttentionGenerateResponse response;
-    while (reader->Read(&response)) {
-      for (const auto& token : response.tokens()) {
-        out.tokens.push_back(token.token_id());
-        out.logprobs.push_back(token.logprob());
-      }
-    }
-    out.status = reader->Finish();
-    return out;
+    return moe::testing::Generate(*stub_, GreedyRequest(id, prompt, max_new_tokens), absl::Seconds(120));
   }
 
   void ExpectEmbeddedModesBits(const std::string& id, const std::vector<int32_t>& prompt, int tokens) {
@@ -358,14 +304,8 @@ TEST_F(NcclServingTest, AnExpertWorkerKilledMidStreamFailsTheRequestWithinTwoSec
   const uint64_t generation = attention_->nccl_connector()->generation();
   const std::string address = addresses_[1];
 
-  v1::AttentionGenerateRequest request;
-  request.set_request_id("long");
-  for (int32_t t : Prompts()[0]) request.add_prompt(t);
-  request.mutable_sampling()->set_temperature(0);
-  request.mutable_sampling()->set_top_p(1);
-  request.mutable_sampling()->set_repetition_penalty(1);
-  request.set_max_new_tokens(1000);  // far more than it gets to before the kill
-  request.set_ignore_eos(true);
+  // Far more tokens than it gets to before the kill.
+  const v1::AttentionGenerateRequest request = GreedyRequest("long", Prompts()[0], 1000);
   grpc::ClientContext context;
   context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(120)));
   auto reader = stub_->Generate(&context, request);
