@@ -219,7 +219,7 @@ done
 # the home ones, a KEDA ScaledObject on it, the attention workers and the balancer told all
 # maxReplicas of them.
 elastic=("${balancer[@]}" --set expert.autoscaling.enabled=true)
-expect fail "no joinable expert workers by default" bash -c "'${helm}' template moe '${chart}' ${balancer[*]} | grep -q -e expert-joinable -e JOINABLE"
+expect fail "no joinable expert workers by default" bash -c "'${helm}' template moe '${chart}' ${balancer[*]} | grep -q -e moe-moe-serving-joinable -e JOINABLE -e '--joinable\$'"
 expect ok "helm lint --strict with expert autoscaling" "${helm}" lint --strict "${chart}" "${elastic[@]}"
 expect ok "helm lint --strict with attention and expert autoscaling" "${helm}" lint --strict "${chart}" "${elastic[@]}" \
   --set attention.autoscaling.enabled=true
@@ -227,13 +227,13 @@ check_joinable() {
   local out addrs
   out="$("${helm}" template moe "${chart}" --namespace ns "${elastic[@]}" --set expert.replicas=2 \
     --set expert.autoscaling.maxReplicas=3)" || return 1
-  addrs="moe-moe-serving-expert-joinable-2.moe-moe-serving-expert-joinable.ns.svc:50051"
-  addrs+=",moe-moe-serving-expert-joinable-3.moe-moe-serving-expert-joinable.ns.svc:50051"
-  addrs+=",moe-moe-serving-expert-joinable-4.moe-moe-serving-expert-joinable.ns.svc:50051"
+  addrs="moe-moe-serving-joinable-2.moe-moe-serving-joinable.ns.svc:50051"
+  addrs+=",moe-moe-serving-joinable-3.moe-moe-serving-joinable.ns.svc:50051"
+  addrs+=",moe-moe-serving-joinable-4.moe-moe-serving-joinable.ns.svc:50051"
   grep -qx "  MOE_JOINABLE_EXPERT_WORKERS: \"${addrs}\"" <<<"${out}" || return 1
   grep -q -- '- --joinable_expert_workers=\$(MOE_JOINABLE_EXPERT_WORKERS)$' <<<"${out}" || return 1
   grep -q -- "- --expert-workers=moe-moe-serving-expert-0\.[^,]*,moe-moe-serving-expert-1\.[^,]*,${addrs}$" <<<"${out}" || return 1
-  grep -A4 'scaleTargetRef:' <<<"${out}" | grep -q 'name: moe-moe-serving-expert-joinable$' || return 1
+  grep -A4 'scaleTargetRef:' <<<"${out}" | grep -q 'name: moe-moe-serving-joinable$' || return 1
   grep -q 'maxReplicaCount: 3' <<<"${out}" || return 1
   grep -q 'minReplicaCount: 0' <<<"${out}" || return 1
   grep -A1 '^  ordinals:' <<<"${out}" | grep -qx '    start: 2'

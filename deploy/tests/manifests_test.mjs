@@ -229,6 +229,8 @@ export function policyProblems(objs, { gpu }) {
     }
   }
   for (const w of workloads.filter((o) => o.kind === "StatefulSet")) {
+    // Its pods carry controller-revision-hash=<name>-<10-character hash>, a label value of at most 63.
+    if (w.metadata.name.length > 52) bad(`${key(w)}: a StatefulSet name over 52 characters (its pods' controller-revision-hash label would pass 63)`);
     const s = services.find((x) => x.metadata.name === w.spec.serviceName);
     if (!s) bad(`${key(w)}: serviceName ${w.spec.serviceName} has no Service`);
     else if (s.spec.clusterIP !== "None") bad(`${key(w)}: governing Service ${s.metadata.name} is not headless`);
@@ -400,6 +402,7 @@ const ELASTIC_MUTATIONS = [
   ["ScaledObject target", (o) => { o.find((x) => x.kind === "ScaledObject").spec.scaleTargetRef.name = "nope"; }],
   ["ScaledObject replica counts", (o) => { o.find((x) => x.kind === "ScaledObject").spec.minReplicaCount = 99; }],
   ["ScaledObject query", (o) => { delete o.find((x) => x.kind === "ScaledObject").spec.triggers[0].metadata.query; }],
+  ["StatefulSet name length", (o) => { const w = o.find((x) => x.kind === "StatefulSet"); w.metadata.name = "x".repeat(53); }],
 ];
 // Mutations of the cert-manager render.
 const CERT_MUTATIONS = [
@@ -573,35 +576,38 @@ const elastic = renderScenario("elastic", ["balancer.enabled=true", "expert.extr
   "attention.autoscaling.enabled=true", "attention.autoscaling.maxReplicas=3", "expert.autoscaling.enabled=true",
   "expert.autoscaling.maxReplicas=2"]);
 if (elastic) {
-  const joinable = workloadOf(elastic, "expert-joinable");
+  const joinable = workloadOf(elastic, "joinable");
   const jc = joinable && podSpecOf(joinable).containers[0];
   checks.ok(joinable?.kind === "StatefulSet" && joinable.spec.ordinals?.start === 4 && joinable.spec.replicas === undefined,
     "elastic: joinable expert workers: a StatefulSet whose ordinals start after the 4 home ones, replicas left to KEDA");
   checks.ok(jc?.command?.[0] === "moe-expert-worker" && jc.args.includes("--joinable") && jc.args.includes("--rank_from_hostname"),
     "elastic: they run moe-expert-worker --joinable, rank from the host name");
-  checks.ok(secretVolume(elastic, "expert-joinable", "tls")?.secretName === `${RELEASE}-expert-tls`,
+  checks.ok(secretVolume(elastic, "joinable", "tls")?.secretName === `${RELEASE}-expert-tls`,
     "elastic: they mount the expert workers' certificate");
   const targets = elastic.filter((o) => o.kind === "ScaledObject").map((o) => o.spec.scaleTargetRef.name).sort();
-  checks.ok(same(targets, [`${RELEASE}-attention`, `${RELEASE}-expert-joinable`]), `elastic: ScaledObjects on the attention and joinable StatefulSets (got ${targets.join(", ")})`);
+  checks.ok(same(targets, [`${RELEASE}-attention`, `${RELEASE}-joinable`]), `elastic: ScaledObjects on the attention and joinable StatefulSets (got ${targets.join(", ")})`);
   const pods = (comp, from, n) => Array.from({ length: n }, (_, i) => `${RELEASE}-${comp}-${from + i}.${RELEASE}-${comp}.moe-serving.svc:50051`).join(",");
   const env = envOf(elastic, "attention");
   const ac = serviceContainer(elastic, "attention");
-  checks.ok(env.MOE_JOINABLE_EXPERT_WORKERS === pods("expert-joinable", 4, 2) && ac.args.includes("--joinable_expert_workers=$(MOE_JOINABLE_EXPERT_WORKERS)"),
+  checks.ok(env.MOE_JOINABLE_EXPERT_WORKERS === pods("joinable", 4, 2) && ac.args.includes("--joinable_expert_workers=$(MOE_JOINABLE_EXPERT_WORKERS)"),
     "elastic: the attention workers are told every joinable expert worker, ranks 4 and 5");
   const bargs = podSpecOf(workloadOf(elastic, "balancer")).containers[0].args;
   checks.ok(bargs.includes(`--attention-workers=${pods("attention", 0, 3)}`) &&
-    bargs.includes(`--expert-workers=${pods("expert", 0, 4)},${pods("expert-joinable", 4, 2)}`),
+    bargs.includes(`--expert-workers=${pods("expert", 0, 4)},${pods("joinable", 4, 2)}`),
     "elastic: the balancer lists maxReplicas attention workers and the home then joinable expert workers");
   const np = (comp) => elastic.find((o) => o.kind === "NetworkPolicy" && o.spec.podSelector.matchLabels["app.kubernetes.io/component"] === comp);
-  checks.ok(np("attention") && admitted(np("attention")).includes("expert-joinable:*"), "elastic: the attention workers admit the joinable expert workers on every port");
-  checks.ok(np("expert-joinable") && same(admitted(np("expert-joinable")), ["*:health", "*:metrics", "attention:*", "balancer:grpc", "router:grpc"]),
-    `elastic: the joinable expert workers admit what the expert workers do (got ${np("expert-joinable") ? admitted(np("expert-joinable")).join(" ") : "none"})`);
+  checks.ok(np("attention") && admitted(np("attention")).includes("joinable:*"), "elastic: the attention workers admit the joinable expert workers on every port");
+  checks.ok(np("joinable") && same(admitted(np("joinable")), ["*:health", "*:metrics", "attention:*", "balancer:grpc", "router:grpc"]),
+    `elastic: the joinable expert workers admit what the expert workers do (got ${np("joinable") ? admitted(np("joinable")).join(" ") : "none"})`);
 }
+// The longest names: fullnameOverride of 40 characters (the schema's most) leaves room for every suffix.
+renderScenario("elastic, long names", ["balancer.enabled=true", "expert.extraExpertBudgetBytes=1073741824",
+  "expert.autoscaling.enabled=true", `fullnameOverride=${"a".repeat(40)}`]);
 const elasticMonitored = renderScenario("elastic monitored", ["balancer.enabled=true", "expert.extraExpertBudgetBytes=1073741824",
   "expert.autoscaling.enabled=true", "serviceMonitor.enabled=true"]);
 if (elasticMonitored) {
   const sm = elasticMonitored.find((o) => o.kind === "ServiceMonitor");
-  const svc = elasticMonitored.find((o) => o.kind === "Service" && o.metadata.labels["app.kubernetes.io/component"] === "expert-joinable");
+  const svc = elasticMonitored.find((o) => o.kind === "Service" && o.metadata.labels["app.kubernetes.io/component"] === "joinable");
   checks.ok(sm && svc && matchesSelector(sm.spec.selector, svc.metadata.labels), "elastic: the ServiceMonitor scrapes the joinable expert workers");
 }
 const balancerOff = rendered.default && !rendered.default.some((o) => o.metadata?.labels?.["app.kubernetes.io/component"] === "balancer");

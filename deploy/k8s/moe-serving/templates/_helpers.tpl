@@ -65,13 +65,13 @@ given). Call with (dict "root" $ "component" "attention" "replicas" N [ "first" 
 {{- end }}
 
 {{/*
-Every joinable expert worker there may be (expert.autoscaling): the expert-joinable StatefulSet's
+Every joinable expert worker there may be (expert.autoscaling): the joinable StatefulSet's
 pods, ordinals (ranks) expert.replicas .. expert.replicas + maxReplicas - 1. Empty when it is off.
 */}}
 {{- define "moe.joinableExpertAddresses" -}}
 {{- $e := .Values.expert }}
 {{- if $e.autoscaling.enabled }}
-{{- include "moe.workerAddresses" (dict "root" . "component" "expert-joinable" "replicas" $e.autoscaling.maxReplicas "first" $e.replicas) }}
+{{- include "moe.workerAddresses" (dict "root" . "component" "joinable" "replicas" $e.autoscaling.maxReplicas "first" $e.replicas) }}
 {{- end }}
 {{- end }}
 
