@@ -106,10 +106,9 @@ expect ok "attention autoscaling renders a KEDA ScaledObject on the cost rule" c
 # The ScaledObject's query, evaluated by promtool over deploy/prometheus/rules.yaml: default prices
 # (router 2 x 0.1, attention 2 x 2, expert 4 x 2 $/h) and 5 requests/s at 0.002 $ per request pay
 # for (3600 x 5 x 0.002 - 8.2) / 2 = 13.9 attention workers.
-check_scaling_query() {
-  local query
-  query="$("${helm}" template moe "${chart}" --namespace ns --set attention.autoscaling.enabled=true \
-    --show-only templates/attention-scaledobject.yaml |
+check_scaling_query() {  # check_scaling_query WANT TEMPLATE helm-args...: the query of TEMPLATE evaluates to WANT
+  local want="$1" template="$2" query; shift 2
+  query="$("${helm}" template moe "${chart}" --namespace ns "$@" --show-only "templates/${template}" |
     awk '/query: >-/ {on = 1; next} /threshold:/ {on = 0} on {sub(/^ +/, ""); printf "%s ", $0}')" || return 1
   [[ -n "${query}" ]] || return 1
   cat >"${tmp}/scaling_test.yaml" <<EOF
@@ -132,11 +131,14 @@ tests:
         eval_time: 10m
         exp_samples:
           - labels: '{}'
-            value: 13.9
+            value: ${want}
 EOF
   promtool test rules "${tmp}/scaling_test.yaml"
 }
-expect ok "the ScaledObject's query counts the attention workers the traffic pays for" check_scaling_query
+expect ok "the ScaledObject's query counts the attention workers the traffic pays for" \
+  check_scaling_query 13.9 attention-scaledobject.yaml --set attention.autoscaling.enabled=true
+expect fail "the query check catches a wrong count" \
+  check_scaling_query 13.8 attention-scaledobject.yaml --set attention.autoscaling.enabled=true
 for bad in attention.autoscaling.costPerRequestDollars=0 attention.autoscaling.minReplicas=0 \
     attention.autoscaling.prometheusAddress=prometheus:9090 attention.autoscaling.treshold=1 \
     attention.autoscaling.pollingIntervalSeconds=1; do
@@ -197,10 +199,73 @@ expect ok "helm lint --strict with the balancer" "${helm}" lint --strict "${char
 expect ok "the balancer runs moectl cluster rebalance --watch with the values' interval" bash -c \
   "'${helm}' template moe '${chart}' ${balancer[*]} --set balancer.intervalSeconds=15 | grep -q -- '- --interval=15$'"
 expect fail "the balancer needs an extra-expert budget" "${helm}" template moe "${chart}" --set balancer.enabled=true
-expect fail "the balancer needs fixed attention replicas" "${helm}" template moe "${chart}" "${balancer[@]}" \
-  --set attention.autoscaling.enabled=true
+# With attention autoscaling the balancer lists every attention worker there may be (maxReplicas);
+# moectl skips those that do not run.
+expect ok "helm lint --strict with the balancer and attention autoscaling" "${helm}" lint --strict "${chart}" \
+  "${balancer[@]}" --set attention.autoscaling.enabled=true
+check_balancer_attention() {
+  local args
+  args="$("${helm}" template moe "${chart}" --namespace ns "${balancer[@]}" --set attention.autoscaling.enabled=true \
+    --set attention.autoscaling.maxReplicas=5 --show-only templates/balancer-deployment.yaml |
+    sed -n 's/^ *- --attention-workers=//p')" || return 1
+  [[ "${args}" == "$(for i in 0 1 2 3 4; do printf 'moe-moe-serving-attention-%d.moe-moe-serving-attention.ns.svc:50051,' "$i"; done | sed 's/,$//')" ]]
+}
+expect ok "with attention autoscaling the balancer lists maxReplicas attention workers" check_balancer_attention
 for bad in balancer.enable=true balancer.minRatio=0.5 balancer.intervalSeconds=0 tls.secrets.operatorr=x; do
   expect fail "schema rejects ${bad}" "${helm}" template moe "${chart}" "${balancer[@]}" --set "${bad}"
+done
+# Joinable expert workers scaled on cost (expert.autoscaling, off by default; manifests_test.mjs
+# checks the objects): a second expert StatefulSet of --joinable workers whose ordinals (ranks) follow
+# the home ones, a KEDA ScaledObject on it, the attention workers and the balancer told all
+# maxReplicas of them.
+elastic=("${balancer[@]}" --set expert.autoscaling.enabled=true)
+expect fail "no joinable expert workers by default" bash -c "'${helm}' template moe '${chart}' ${balancer[*]} | grep -q -e moe-moe-serving-joinable -e JOINABLE -e '--joinable\$'"
+expect ok "helm lint --strict with expert autoscaling" "${helm}" lint --strict "${chart}" "${elastic[@]}"
+expect ok "helm lint --strict with attention and expert autoscaling" "${helm}" lint --strict "${chart}" "${elastic[@]}" \
+  --set attention.autoscaling.enabled=true
+check_joinable() {
+  local out addrs
+  out="$("${helm}" template moe "${chart}" --namespace ns "${elastic[@]}" --set expert.replicas=2 \
+    --set expert.autoscaling.maxReplicas=3)" || return 1
+  addrs="moe-moe-serving-joinable-2.moe-moe-serving-joinable.ns.svc:50051"
+  addrs+=",moe-moe-serving-joinable-3.moe-moe-serving-joinable.ns.svc:50051"
+  addrs+=",moe-moe-serving-joinable-4.moe-moe-serving-joinable.ns.svc:50051"
+  grep -qx "  MOE_JOINABLE_EXPERT_WORKERS: \"${addrs}\"" <<<"${out}" || return 1
+  grep -q -- '- --joinable_expert_workers=\$(MOE_JOINABLE_EXPERT_WORKERS)$' <<<"${out}" || return 1
+  grep -q -- "- --expert-workers=moe-moe-serving-expert-0\.[^,]*,moe-moe-serving-expert-1\.[^,]*,${addrs}$" <<<"${out}" || return 1
+  grep -A4 'scaleTargetRef:' <<<"${out}" | grep -q 'name: moe-moe-serving-joinable$' || return 1
+  grep -q 'maxReplicaCount: 3' <<<"${out}" || return 1
+  grep -q 'minReplicaCount: 0' <<<"${out}" || return 1
+  grep -A1 '^  ordinals:' <<<"${out}" | grep -qx '    start: 2'
+}
+expect ok "expert autoscaling: joinable workers from rank expert.replicas, told to the attention workers and the balancer" check_joinable
+# Default prices (router 2 x 0.1, attention 2 x 2, expert 4 x 2 $/h), 5 requests/s at 0.002 $: a
+# budget of 36 $/h. Attention fixed: (36 - 12.2) / 2 = 11.9 joinable expert workers. Both autoscaled
+# with budgetShare 0.2: 0.2 of (36 - 8.2) to the joinable ones, 2.78 of them, the rest to 11.12
+# attention workers.
+expect ok "the joinable ScaledObject's query counts what the budget leaves beside fixed attention workers" \
+  check_scaling_query 11.9 expert-scaledobject.yaml "${elastic[@]}"
+expect ok "both autoscaled: the joinable ones get budgetShare of the budget" \
+  check_scaling_query 2.78 expert-scaledobject.yaml "${elastic[@]}" --set attention.autoscaling.enabled=true \
+  --set-json expert.autoscaling.budgetShare=0.2
+expect ok "both autoscaled: the attention workers get the rest" \
+  check_scaling_query 11.12 attention-scaledobject.yaml "${elastic[@]}" --set attention.autoscaling.enabled=true \
+  --set-json expert.autoscaling.budgetShare=0.2
+expect fail "expert autoscaling needs the balancer" "${helm}" template moe "${chart}" --set expert.autoscaling.enabled=true
+expect ok "the refusal names balancer.enabled" bash -c \
+  "'${helm}' template moe '${chart}' --set expert.autoscaling.enabled=true 2>&1 | grep -q 'expert.autoscaling needs balancer.enabled'"
+expect fail "expert autoscaling needs the ucx data plane" "${helm}" template moe "${chart}" "${elastic[@]}" \
+  --set cluster.transport=nccl
+expect fail "expert autoscaling minReplicas above maxReplicas is refused" "${helm}" template moe "${chart}" \
+  "${elastic[@]}" --set expert.autoscaling.minReplicas=5
+expect fail "two cost thresholds for one budget are refused" "${helm}" template moe "${chart}" "${elastic[@]}" \
+  --set attention.autoscaling.enabled=true --set-json expert.autoscaling.costPerRequestDollars=0.003
+expect fail "more expert ranks than there are are refused" "${helm}" template moe "${chart}" "${elastic[@]}" \
+  --set expert.replicas=4 --set expert.autoscaling.maxReplicas=999
+for bad in expert.autoscaling.budgetShare=1 expert.autoscaling.budgetShare=0 expert.autoscaling.minReplicas=-1 \
+    expert.autoscaling.maxReplicas=0 expert.autoscaling.costPerRequestDollars=0 expert.autoscaling.enable=true \
+    expert.autoscaling.prometheusAddress=prometheus:9090; do
+  expect fail "schema rejects ${bad}" "${helm}" template moe "${chart}" "${elastic[@]}" --set "${bad}"
 done
 expect ok "plain manifests are up to date (deploy/k8s/render.sh)" env HELM="${helm}" "${root}/deploy/k8s/render.sh" --check
 

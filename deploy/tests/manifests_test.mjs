@@ -7,7 +7,8 @@
 // port when the gRPC port wants TLS, cert-manager Certificates name the role of the pods that mount
 // them, NetworkPolicies select existing pods and ports, and more. It then renders the chart with
 // TLS off, with a cert-manager issuer, with API keys and public TLS, with the live balancer (a moectl
-// pod: no probes, ports or Service; its mTLS files are flags), and checks what each gives.
+// pod: no probes, ports or Service; its mTLS files are flags), with attention and joinable expert
+// workers autoscaled on cost (KEDA ScaledObjects), and checks what each gives.
 // With --self-test it also breaks rendered objects on purpose and expects each check to notice.
 import fs from "node:fs";
 import os from "node:os";
@@ -106,6 +107,28 @@ function secretFileSource(spec, c, file) {
   return null;
 }
 
+// A KEDA ScaledObject: it targets a StatefulSet of the render, min <= max replicas, and each trigger
+// is a Prometheus query with a threshold.
+function scaledObjectProblems(so, workloads) {
+  const out = [];
+  const t = so.spec?.scaleTargetRef ?? {};
+  if (t.apiVersion !== "apps/v1" || !workloads.some((w) => w.kind === t.kind && w.metadata.name === t.name)) {
+    out.push(`target ${t.kind}/${t.name} missing`);
+  }
+  if (!(Number.isInteger(so.spec?.minReplicaCount) && Number.isInteger(so.spec?.maxReplicaCount) &&
+    so.spec.minReplicaCount >= 0 && so.spec.minReplicaCount <= so.spec.maxReplicaCount)) {
+    out.push(`replica counts ${so.spec?.minReplicaCount}..${so.spec?.maxReplicaCount}`);
+  }
+  const triggers = so.spec?.triggers ?? [];
+  if (triggers.length === 0) out.push("no triggers");
+  for (const tr of triggers) {
+    if (tr.type !== "prometheus" || !tr.metadata?.query || !tr.metadata?.serverAddress || !tr.metadata?.threshold) {
+      out.push(`trigger ${tr.type}: needs a Prometheus serverAddress, query and threshold`);
+    }
+  }
+  return out;
+}
+
 // Returns a list of problems; empty when the set of objects is fine. `gpu` says whether worker
 // containers must carry nvidia.com/gpu limits.
 export function policyProblems(objs, { gpu }) {
@@ -116,8 +139,13 @@ export function policyProblems(objs, { gpu }) {
   const services = objs.filter((o) => o.kind === "Service");
   const configMaps = objs.filter((o) => o.kind === "ConfigMap");
 
-  // Schema validation (types, required fields, enums) by kubernetes-models.
+  // Schema validation (types, required fields, enums) by kubernetes-models. KEDA's ScaledObject has
+  // no model there: scaledObjectProblems checks what the chart relies on instead.
   for (const o of objs) {
+    if (o.apiVersion === "keda.sh/v1alpha1" && o.kind === "ScaledObject") {
+      scaledObjectProblems(o, objs.filter(podSpecOf)).forEach((p) => bad(`${key(o)}: ${p}`));
+      continue;
+    }
     const mod = models[o.apiVersion];
     const Model = mod?.[o.kind];
     if (!Model) { bad(`${key(o)}: no schema for ${o.apiVersion} ${o.kind}`); continue; }
@@ -201,6 +229,8 @@ export function policyProblems(objs, { gpu }) {
     }
   }
   for (const w of workloads.filter((o) => o.kind === "StatefulSet")) {
+    // Its pods carry controller-revision-hash=<name>-<10-character hash>, a label value of at most 63.
+    if (w.metadata.name.length > 52) bad(`${key(w)}: a StatefulSet name over 52 characters (its pods' controller-revision-hash label would pass 63)`);
     const s = services.find((x) => x.metadata.name === w.spec.serviceName);
     if (!s) bad(`${key(w)}: serviceName ${w.spec.serviceName} has no Service`);
     else if (s.spec.clusterIP !== "None") bad(`${key(w)}: governing Service ${s.metadata.name} is not headless`);
@@ -366,6 +396,13 @@ const MUTATIONS = [
   ["NetworkPolicy selector", (o) => { o.find((x) => x.kind === "NetworkPolicy").spec.podSelector.matchLabels["app.kubernetes.io/component"] = "nope"; }],
   ["NetworkPolicy peer", (o) => { const np = o.filter((x) => x.kind === "NetworkPolicy")[1]; np.spec.ingress[0].from[0].podSelector.matchLabels["app.kubernetes.io/instance"] = "other"; }],
   ["NetworkPolicy port", (o) => { o.find((x) => x.kind === "NetworkPolicy").spec.ingress[0].ports[0].port = "grpcc"; }],
+];
+// Mutations of the elastic render (KEDA ScaledObjects).
+const ELASTIC_MUTATIONS = [
+  ["ScaledObject target", (o) => { o.find((x) => x.kind === "ScaledObject").spec.scaleTargetRef.name = "nope"; }],
+  ["ScaledObject replica counts", (o) => { o.find((x) => x.kind === "ScaledObject").spec.minReplicaCount = 99; }],
+  ["ScaledObject query", (o) => { delete o.find((x) => x.kind === "ScaledObject").spec.triggers[0].metadata.query; }],
+  ["StatefulSet name length", (o) => { const w = o.find((x) => x.kind === "StatefulSet"); w.metadata.name = "x".repeat(53); }],
 ];
 // Mutations of the cert-manager render.
 const CERT_MUTATIONS = [
@@ -533,6 +570,46 @@ if (balancer) {
     checks.ok(np && admitted(np).includes("balancer:grpc"), `balancer: the ${comp} NetworkPolicy admits it on gRPC`);
   }
 }
+// Elastic on cost with the live balancer: attention workers and joinable expert workers both scaled
+// by KEDA; the balancer lists every worker there may be.
+const elastic = renderScenario("elastic", ["balancer.enabled=true", "expert.extraExpertBudgetBytes=1073741824",
+  "attention.autoscaling.enabled=true", "attention.autoscaling.maxReplicas=3", "expert.autoscaling.enabled=true",
+  "expert.autoscaling.maxReplicas=2"]);
+if (elastic) {
+  const joinable = workloadOf(elastic, "joinable");
+  const jc = joinable && podSpecOf(joinable).containers[0];
+  checks.ok(joinable?.kind === "StatefulSet" && joinable.spec.ordinals?.start === 4 && joinable.spec.replicas === undefined,
+    "elastic: joinable expert workers: a StatefulSet whose ordinals start after the 4 home ones, replicas left to KEDA");
+  checks.ok(jc?.command?.[0] === "moe-expert-worker" && jc.args.includes("--joinable") && jc.args.includes("--rank_from_hostname"),
+    "elastic: they run moe-expert-worker --joinable, rank from the host name");
+  checks.ok(secretVolume(elastic, "joinable", "tls")?.secretName === `${RELEASE}-expert-tls`,
+    "elastic: they mount the expert workers' certificate");
+  const targets = elastic.filter((o) => o.kind === "ScaledObject").map((o) => o.spec.scaleTargetRef.name).sort();
+  checks.ok(same(targets, [`${RELEASE}-attention`, `${RELEASE}-joinable`]), `elastic: ScaledObjects on the attention and joinable StatefulSets (got ${targets.join(", ")})`);
+  const pods = (comp, from, n) => Array.from({ length: n }, (_, i) => `${RELEASE}-${comp}-${from + i}.${RELEASE}-${comp}.moe-serving.svc:50051`).join(",");
+  const env = envOf(elastic, "attention");
+  const ac = serviceContainer(elastic, "attention");
+  checks.ok(env.MOE_JOINABLE_EXPERT_WORKERS === pods("joinable", 4, 2) && ac.args.includes("--joinable_expert_workers=$(MOE_JOINABLE_EXPERT_WORKERS)"),
+    "elastic: the attention workers are told every joinable expert worker, ranks 4 and 5");
+  const bargs = podSpecOf(workloadOf(elastic, "balancer")).containers[0].args;
+  checks.ok(bargs.includes(`--attention-workers=${pods("attention", 0, 3)}`) &&
+    bargs.includes(`--expert-workers=${pods("expert", 0, 4)},${pods("joinable", 4, 2)}`),
+    "elastic: the balancer lists maxReplicas attention workers and the home then joinable expert workers");
+  const np = (comp) => elastic.find((o) => o.kind === "NetworkPolicy" && o.spec.podSelector.matchLabels["app.kubernetes.io/component"] === comp);
+  checks.ok(np("attention") && admitted(np("attention")).includes("joinable:*"), "elastic: the attention workers admit the joinable expert workers on every port");
+  checks.ok(np("joinable") && same(admitted(np("joinable")), ["*:health", "*:metrics", "attention:*", "balancer:grpc", "router:grpc"]),
+    `elastic: the joinable expert workers admit what the expert workers do (got ${np("joinable") ? admitted(np("joinable")).join(" ") : "none"})`);
+}
+// The longest names: fullnameOverride of 40 characters (the schema's most) leaves room for every suffix.
+renderScenario("elastic, long names", ["balancer.enabled=true", "expert.extraExpertBudgetBytes=1073741824",
+  "expert.autoscaling.enabled=true", `fullnameOverride=${"a".repeat(40)}`]);
+const elasticMonitored = renderScenario("elastic monitored", ["balancer.enabled=true", "expert.extraExpertBudgetBytes=1073741824",
+  "expert.autoscaling.enabled=true", "serviceMonitor.enabled=true"]);
+if (elasticMonitored) {
+  const sm = elasticMonitored.find((o) => o.kind === "ServiceMonitor");
+  const svc = elasticMonitored.find((o) => o.kind === "Service" && o.metadata.labels["app.kubernetes.io/component"] === "joinable");
+  checks.ok(sm && svc && matchesSelector(sm.spec.selector, svc.metadata.labels), "elastic: the ServiceMonitor scrapes the joinable expert workers");
+}
 const balancerOff = rendered.default && !rendered.default.some((o) => o.metadata?.labels?.["app.kubernetes.io/component"] === "balancer");
 checks.ok(balancerOff, "balancer: off by default");
 
@@ -556,6 +633,13 @@ if (process.argv.includes("--self-test") && rendered.gpu) {
 if (process.argv.includes("--self-test") && withIssuer) {
   for (const [what, mutate] of CERT_MUTATIONS) {
     const objs = structuredClone(withIssuer);
+    mutate(objs);
+    checks.ok(policyProblems(objs, { gpu: false }).length > 0, `self-test: breaking the ${what} is detected`);
+  }
+}
+if (process.argv.includes("--self-test") && elastic) {
+  for (const [what, mutate] of ELASTIC_MUTATIONS) {
+    const objs = structuredClone(elastic);
     mutate(objs);
     checks.ok(policyProblems(objs, { gpu: false }).length > 0, `self-test: breaking the ${what} is detected`);
   }

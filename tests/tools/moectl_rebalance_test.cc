@@ -3,8 +3,9 @@
 // for token (ids, logprobs and text), and the measured load ratio falls; --dry-run changes nothing;
 // a cluster without an extra-expert budget is refused with a message naming the flag; an expert
 // worker that does not answer is left out of the plan (or, holding the only copy of a shard, is a
-// clear error); and `--watch` applies by itself, again when an expert worker joins or restarts, and
-// stops on SIGTERM with exit status 0.
+// clear error); `--watch` applies by itself, again when an expert worker joins or restarts, and
+// stops on SIGTERM with exit status 0; and an attention worker listed but not running is skipped
+// with a note until it runs, then gets the placement.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -185,16 +186,24 @@ struct Watcher {
   std::string out = testing::MakeTempDir("moectl-rebalance-watch") + "/out";
   pid_t pid = -1;
   int status = -1;
-  Watcher(const std::string& state, const std::string& min_ratio) {
+  // The local cluster of `state`.
+  Watcher(const std::string& state, const std::string& min_ratio)
+      : Watcher(std::vector<std::string>{"--state-dir", state}, min_ratio) {}
+  // The cluster `target` names (--attention-workers ... --expert-workers ... and credentials).
+  Watcher(const std::vector<std::string>& target, const std::string& min_ratio) {
+    const std::string moectl = std::string(MOE_BINARY_DIR_DEFAULT) + "/bin/moectl";
+    std::vector<std::string> args = {moectl, "cluster",  "rebalance", "--watch",     "--interval",
+                                     "0.5",  "--window", "0.5",       "--min-ratio", min_ratio};
+    args.insert(args.end(), target.begin(), target.end());
+    std::vector<char*> argv;
+    for (std::string& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
     pid = fork();
     if (pid == 0) {
       const int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(fd, STDOUT_FILENO);
       dup2(fd, STDERR_FILENO);
-      const std::string moectl = std::string(MOE_BINARY_DIR_DEFAULT) + "/bin/moectl";
-      execl(moectl.c_str(), moectl.c_str(), "cluster", "rebalance", "--watch", "--interval", "0.5",
-            "--window", "0.5", "--min-ratio", min_ratio.c_str(), "--state-dir", state.c_str(),
-            static_cast<char*>(nullptr));
+      execv(moectl.c_str(), argv.data());
       _exit(127);
     }
   }
@@ -366,6 +375,107 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
   EXPECT_EQ(keeper.Stop(), 0) << keeper.Text();
   std::cout << "the second watcher's output:\n" << keeper.Text() << std::flush;
   EXPECT_THAT(keeper.Text(), HasSubstr("moectl cluster rebalance --watch: stopped"));
+  done = true;
+  for (std::thread& t : clients) t.join();
+  clients.clear();
+  EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
+}
+
+// The balancer of a cluster whose attention workers autoscale lists every attention worker there may
+// be (the chart: maxReplicas of them). One listed but not running is left out of each look with a
+// note; once it runs (`cluster scale` starts it, on the home shards) the next look sees it on another
+// placement version and gives it the placement; no request fails meanwhile.
+TEST(MoectlRebalanceTest, WatchSkipsAnAbsentAttentionWorkerAndGivesItThePlacementOnceItRuns) {
+  const std::string& model = testing::TestModelDir("tiny+skewed", "bf16");
+  LocalCluster cluster;
+  cluster.up = RunMoectl("cluster up --detach --model " + model +
+                         " --attention-workers 1 --expert-workers 2 --extra-expert-budget 1GiB" +
+                         " --kv-cache-gib 0.25 --port " + std::to_string(cluster.port) + " --state-dir " +
+                         cluster.state);
+  ASSERT_EQ(cluster.up.exit_code, 0) << cluster.up.err;
+  auto address = [&](int offset) { return "127.0.0.1:" + std::to_string(cluster.port + offset); };
+  // Router, attention-0, expert-0 and expert-1 hold port .. port + 3: `cluster scale` starts the
+  // next attention worker on port + 4 (FreePortBlock found it free).
+  const std::string absent = address(4);
+  const std::vector<std::string> target = {"--attention-workers",
+                                           address(1) + "," + absent,
+                                           "--expert-workers",
+                                           address(2) + "," + address(3),
+                                           "--tls-ca",
+                                           cluster.state + "/tls/ca.crt",
+                                           "--tls-cert",
+                                           cluster.state + "/tls/tls.crt",
+                                           "--tls-key",
+                                           cluster.state + "/tls/tls.key"};
+
+  std::atomic<bool> done{false};
+  std::mutex failures_mu;
+  std::vector<std::string> failures;
+  std::vector<std::thread> clients;
+  for (int c = 0; c < 4; ++c) {
+    clients.emplace_back([&, c] {
+      while (!done) {
+        const Result g = RunMoectl("generate --router " + cluster.router() + " --prompt 'Hello " +
+                                   std::to_string(c) + "' --max-tokens 64 --temperature 0 --ignore-eos");
+        if (g.exit_code != 0) {
+          std::lock_guard<std::mutex> lock(failures_mu);
+          failures.push_back(g.err);
+        }
+      }
+    });
+  }
+  struct JoinClients {
+    std::atomic<bool>& done;
+    std::vector<std::thread>& threads;
+    ~JoinClients() {
+      done = true;
+      for (std::thread& t : threads) t.join();
+    }
+  } join_clients{done, clients};
+
+  // A one-shot dry run notes the absent worker and plans for the one that runs.
+  std::string one_shot_args = "cluster rebalance --dry-run --window 0.5";
+  for (const std::string& a : target) one_shot_args += " " + a;
+  const Result noted = RunMoectl(one_shot_args);
+  EXPECT_EQ(noted.exit_code, 0) << noted.err;
+  EXPECT_THAT(noted.out, HasSubstr("note: left out (no placement until it answers): attention worker " +
+                                   absent + ": GetLoad: UNAVAILABLE"));
+  EXPECT_THAT(noted.out, HasSubstr("expert rows from 1 attention workers"));
+  EXPECT_THAT(noted.out, HasSubstr("dry run: nothing changed"));
+
+  // The watcher applies on the one attention worker that answers, noting the other.
+  Watcher watcher(target, "1.05");
+  auto applied = [](int attention) {
+    return [attention](const std::string& line) {
+      return line.find("applied placement version") != std::string::npos &&
+             line.find(" on " + std::to_string(attention) + " attention and ") != std::string::npos;
+    };
+  };
+  const int first = watcher.WaitFor(0, applied(1));
+  ASSERT_GE(first, 0) << watcher.Text();
+  EXPECT_THAT(watcher.Lines()[static_cast<size_t>(first)],
+              HasSubstr("left out: attention worker " + absent + ": GetLoad: UNAVAILABLE"));
+
+  // The second attention worker starts where the watcher expects it.
+  const Result grow = RunMoectl("cluster scale --attention-workers 2 --state-dir " + cluster.state);
+  ASSERT_EQ(grow.exit_code, 0) << grow.err;
+  ASSERT_THAT(grow.err, HasSubstr(absent)) << "`cluster scale` started the attention worker elsewhere";
+  const size_t after_grow = watcher.Lines().size();
+  // A look sees it on the home shards (another placement version) and applies on both.
+  const int joined = watcher.WaitFor(after_grow, [&](const std::string& line) {
+    return applied(2)(line) &&
+           line.find("attention worker " + absent + " uses placement version") != std::string::npos;
+  });
+  ASSERT_GE(joined, 0) << watcher.Text();
+  // Then both use it: a later look finds nothing changed and leaves nobody out.
+  const int settled = watcher.WaitFor(static_cast<size_t>(joined) + 1, [](const std::string& line) {
+    return line.find("nothing to do") != std::string::npos;
+  });
+  ASSERT_GE(settled, 0) << watcher.Text();
+  EXPECT_THAT(watcher.Lines()[static_cast<size_t>(settled)], ::testing::Not(HasSubstr("left out")));
+  EXPECT_EQ(watcher.Stop(), 0) << watcher.Text();
+  std::cout << "the watcher's output:\n" << watcher.Text() << std::flush;
+
   done = true;
   for (std::thread& t : clients) t.join();
   clients.clear();

@@ -9,7 +9,10 @@
 // Asks every expert worker for its info (rank, shard, extra experts, budget; GetInfo): one that does
 // not answer, is draining, or is past the attention workers' placement is left out of the plan with a
 // note, unless its shard then has no live home copy (an error). Reads every attention worker's
-// per-expert row totals (WorkerLoad) twice, --window seconds apart; plans with PlanExpertReplicas
+// per-expert row totals (WorkerLoad) twice, --window seconds apart; one that does not answer either
+// read within 10 s (listed but not running, e.g. past an autoscaled StatefulSet's current size) is
+// left out of the look with a note, and gets the placement at a later look once it answers (none
+// answering is an error); plans with PlanExpertReplicas
 // from the rows of the window, within each worker's budget / expert bytes extra experts (a joined
 // worker keeps its own shard as copies); prints the measured load ratio, the plan and the predicted
 // ratio before and after; and, unless --dry-run, applies it: LoadExtraExperts with the union of the
@@ -22,7 +25,8 @@
 // --watch does that every --interval seconds until SIGINT/SIGTERM (exit 0), printing one line per
 // look, and applies when the measured ratio is above --min-ratio or the cluster differs from what it
 // last applied (an expert worker came, went or lost its copies; an attention worker uses another
-// placement version). A look that fails is printed and the next one comes after a backoff.
+// placement version: one that came since, on the home shards, does). A look that fails is printed
+// and the next one comes after a backoff.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -213,36 +217,53 @@ absl::StatusOr<Cluster> Addresses(const Target& target) {
   return cluster;
 }
 
-// Every attention worker's load, validated: per-expert totals of one size everywhere and per-worker
-// totals of one size (the attention workers' placement's expert workers, home and joinable).
-absl::StatusOr<std::vector<v1::WorkerLoad>> ReadLoads(const Cluster& cluster, double timeout_s) {
-  std::vector<v1::WorkerLoad> loads;
-  for (const std::string& address : cluster.attention) {
+// The loads of the attention workers at `addresses` that answer GetLoad within `timeout_s`, validated:
+// per-expert totals of one size everywhere and per-worker totals of one size (the attention workers'
+// placement's expert workers, home and joinable). One that does not answer (not there yet, gone, or
+// hung) is left out with a note: it gets the placement at a later look, once it answers.
+struct AttentionLoads {
+  std::vector<std::string> addresses;  // the ones that answered, in the order given
+  std::vector<v1::WorkerLoad> loads;   // theirs, in the same order
+  std::vector<std::string> left_out;   // "attention worker A: GetLoad: ..."
+};
+
+absl::StatusOr<AttentionLoads> ReadLoads(const Cluster& cluster, const std::vector<std::string>& addresses,
+                                         double timeout_s) {
+  AttentionLoads out;
+  for (const std::string& address : addresses) {
     auto stub = v1::AttentionWorker::NewStub(cluster.credentials.CreateChannel(address));
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(timeout_s));
     v1::WorkerLoad load;
     const grpc::Status status = stub->GetLoad(&ctx, v1::GetLoadRequest(), &load);
-    if (!status.ok())
-      return absl::UnavailableError(RpcError("GetLoad on attention worker " + address, status));
-    for (size_t i = 0; i < loads.size(); ++i) {
-      if (load.expert_rows_total_size() != 0 && loads[i].expert_rows_total_size() != 0 &&
-          load.expert_rows_total_size() != loads[i].expert_rows_total_size()) {
+    if (!status.ok()) {
+      out.left_out.push_back(RpcError("attention worker " + address + ": GetLoad", status));
+      continue;
+    }
+    for (size_t i = 0; i < out.loads.size(); ++i) {
+      const v1::WorkerLoad& other = out.loads[i];
+      if (load.expert_rows_total_size() != 0 && other.expert_rows_total_size() != 0 &&
+          load.expert_rows_total_size() != other.expert_rows_total_size()) {
         return absl::FailedPreconditionError(absl::StrCat(
             "attention worker ", address, ": expert_rows_total has ", load.expert_rows_total_size(),
-            " experts, ", cluster.attention[i], " has ", loads[i].expert_rows_total_size()));
+            " experts, ", out.addresses[i], " has ", other.expert_rows_total_size()));
       }
-      if (load.expert_worker_rows_total_size() != 0 && loads[i].expert_worker_rows_total_size() != 0 &&
-          load.expert_worker_rows_total_size() != loads[i].expert_worker_rows_total_size()) {
+      if (load.expert_worker_rows_total_size() != 0 && other.expert_worker_rows_total_size() != 0 &&
+          load.expert_worker_rows_total_size() != other.expert_worker_rows_total_size()) {
         return absl::FailedPreconditionError(
             absl::StrCat("attention worker ", address, " places on ", load.expert_worker_rows_total_size(),
-                         " expert workers, ", cluster.attention[i], " on ",
-                         loads[i].expert_worker_rows_total_size(), " (are they part of one cluster?)"));
+                         " expert workers, ", out.addresses[i], " on ", other.expert_worker_rows_total_size(),
+                         " (are they part of one cluster?)"));
       }
     }
-    loads.push_back(std::move(load));
+    out.addresses.push_back(address);
+    out.loads.push_back(std::move(load));
   }
-  return loads;
+  if (out.addresses.empty()) {
+    return absl::UnavailableError(
+        absl::StrCat("no attention worker answers GetLoad (", absl::StrJoin(out.left_out, "; "), ")"));
+  }
+  return out;
 }
 
 absl::StatusOr<v1::ExpertWorkerInfo> GetExpertInfo(const Cluster& cluster, const std::string& address,
@@ -326,7 +347,7 @@ std::vector<std::pair<int64_t, int64_t>> ExtrasOf(const engine::ExpertPlacement&
 // the look's summary (what --watch prints).
 absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& target,
                                  std::optional<Applied>* watch) {
-  ASSIGN_OR_RETURN(const Cluster cluster, Addresses(target));
+  ASSIGN_OR_RETURN(Cluster cluster, Addresses(target));
   const double info_timeout_s = std::min(flags.timeout_s, 10.0);
   const int64_t listed = static_cast<int64_t>(cluster.experts.size());
 
@@ -419,9 +440,25 @@ absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& targ
   }
 
   // The window: two reads of the monotonic totals.
-  ASSIGN_OR_RETURN(const std::vector<v1::WorkerLoad> first, ReadLoads(cluster, flags.timeout_s));
+  // The window: two reads of the monotonic totals, of the attention workers that answer both. One that
+  // does not answer (listed but not running yet, as the balancer of an autoscaled cluster lists them
+  // all) is left out of this look with a note; it is read, and given the placement, once it answers.
+  ASSIGN_OR_RETURN(const AttentionLoads read_first, ReadLoads(cluster, cluster.attention, info_timeout_s));
   if (!SleepUnlessStopped(flags.window_s)) return absl::CancelledError("stopped");
-  ASSIGN_OR_RETURN(const std::vector<v1::WorkerLoad> second, ReadLoads(cluster, flags.timeout_s));
+  ASSIGN_OR_RETURN(const AttentionLoads read_second,
+                   ReadLoads(cluster, read_first.addresses, info_timeout_s));
+  std::vector<std::string> attention_out = read_first.left_out;
+  attention_out.insert(attention_out.end(), read_second.left_out.begin(), read_second.left_out.end());
+  const std::vector<v1::WorkerLoad>& second = read_second.loads;
+  std::vector<v1::WorkerLoad> first;  // the first read of each worker in `second`
+  for (const std::string& address : read_second.addresses) {
+    const size_t i =
+        static_cast<size_t>(std::find(read_first.addresses.begin(), read_first.addresses.end(), address) -
+                            read_first.addresses.begin());
+    first.push_back(read_first.loads[i]);
+  }
+  // From here on the cluster's attention workers are the answering ones: the placement goes to them.
+  cluster.attention = read_second.addresses;
   // The attention workers' placement: its expert workers (home and joinable) and version.
   int64_t placement_workers = 0;
   uint64_t current_version = 0;
@@ -543,7 +580,7 @@ absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& targ
     measured.push_back(rows);
   }
   const double ratio = engine::MaxMeanRatio(measured);
-  std::vector<std::string> left_out;
+  std::vector<std::string> left_out = attention_out;
   for (int64_t w = 0; w < listed; ++w) {
     if (!in_plan(w)) left_out.push_back(absl::StrCat(name(w), ": ", why_out[static_cast<size_t>(w)]));
   }
@@ -552,7 +589,10 @@ absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& targ
   if (!left_out.empty()) absl::StrAppend(&line, "; left out: ", absl::StrJoin(left_out, "; "));
 
   if (watch == nullptr) {
-    for (const std::string& note : left_out) std::cout << "note: left out of the plan: " << note << "\n";
+    for (const std::string& note : attention_out)
+      std::cout << "note: left out (no placement until it answers): " << note << "\n";
+    for (size_t i = attention_out.size(); i < left_out.size(); ++i)
+      std::cout << "note: left out of the plan: " << left_out[i] << "\n";
     std::cout << absl::StrFormat("window: %.1f s, %d expert rows from %d attention workers\n", flags.window_s,
                                  total_rows, cluster.attention.size());
     std::cout << absl::StrFormat("measured load ratio (max/mean rows per expert worker): %.3f\n", ratio);
@@ -745,7 +785,8 @@ void RegisterClusterRebalanceCommand(CLI::App& cluster) {
       "request; --watch keeps doing it");
   cmd->add_option("--state-dir", flags->state_dir, "The state dir given to `up` (the local cluster)");
   cmd->add_option("--attention-workers", flags->attention_workers,
-                  "Any cluster: its attention workers' addresses, comma-separated (with --expert-workers)");
+                  "Any cluster: its attention workers' addresses, comma-separated (with --expert-workers); "
+                  "ones that do not answer are skipped until they do");
   cmd->add_option(
       "--expert-workers", flags->expert_workers,
       "Any cluster: its expert workers' addresses in rank order (home, then joined), comma-separated");
@@ -757,7 +798,7 @@ void RegisterClusterRebalanceCommand(CLI::App& cluster) {
   cmd->add_option("--window", flags->window_s, "Seconds of routed rows to plan from (default 10)")
       ->check(CLI::Range(0.1, 3600.0));
   cmd->add_option("--timeout", flags->timeout_s,
-                  "Deadline of each RPC in seconds (default 120; GetInfo: at most 10)")
+                  "Deadline of each RPC in seconds (default 120; GetInfo and GetLoad: at most 10)")
       ->check(CLI::PositiveNumber);
   cmd->add_flag("--dry-run", flags->dry_run,
                 "Print the measured load, the plan and its prediction; change nothing");

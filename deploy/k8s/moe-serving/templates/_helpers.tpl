@@ -51,16 +51,28 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 
 {{/*
 Comma-separated gRPC addresses of a worker StatefulSet's pods through its headless Service:
-<sts>-<ordinal>.<sts>.<namespace>.svc:<grpc port>. Call with (dict "root" $ "component" "attention"
-"replicas" N).
+<sts>-<ordinal>.<sts>.<namespace>.svc:<grpc port>, ordinals first .. first+replicas-1 (first: 0 unless
+given). Call with (dict "root" $ "component" "attention" "replicas" N [ "first" F ]).
 */}}
 {{- define "moe.workerAddresses" -}}
 {{- $sts := printf "%s-%s" (include "moe.fullname" .root) .component }}
+{{- $first := int (default 0 .first) }}
 {{- $addrs := list }}
 {{- range $i := until (int .replicas) }}
-{{- $addrs = append $addrs (printf "%s-%d.%s.%s.svc:%d" $sts $i $sts $.root.Release.Namespace (int $.root.Values.ports.grpc)) }}
+{{- $addrs = append $addrs (printf "%s-%d.%s.%s.svc:%d" $sts (add $first $i) $sts $.root.Release.Namespace (int $.root.Values.ports.grpc)) }}
 {{- end }}
 {{- join "," $addrs }}
+{{- end }}
+
+{{/*
+Every joinable expert worker there may be (expert.autoscaling): the joinable StatefulSet's
+pods, ordinals (ranks) expert.replicas .. expert.replicas + maxReplicas - 1. Empty when it is off.
+*/}}
+{{- define "moe.joinableExpertAddresses" -}}
+{{- $e := .Values.expert }}
+{{- if $e.autoscaling.enabled }}
+{{- include "moe.workerAddresses" (dict "root" . "component" "joinable" "replicas" $e.autoscaling.maxReplicas "first" $e.replicas) }}
+{{- end }}
 {{- end }}
 
 {{/* The most attention workers there can be: attention.replicas, or autoscaling's maxReplicas. */}}
