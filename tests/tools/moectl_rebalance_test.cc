@@ -128,8 +128,15 @@ TEST(MoectlRebalanceTest, RebalancingMidStreamKeepsOutputsFailsNothingAndLowersT
     });
   }
   const std::string rebalance = "cluster rebalance --window 1.5 --state-dir " + cluster.state;
-  std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  const Result before = RunMoectl(rebalance + " --dry-run");
+  // The streams take a while to start on a loaded machine; a window before the first routed row is
+  // refused ("no expert rows"), so look again until rows flow.
+  Result before;
+  const auto rows_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  do {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    before = RunMoectl(rebalance + " --dry-run");
+  } while (before.err.find("no expert rows were routed") != std::string::npos &&
+           std::chrono::steady_clock::now() < rows_by);
   const Result again = RunMoectl(rebalance + " --dry-run");
   const Result applied = RunMoectl(rebalance);
   const Result after = RunMoectl(rebalance + " --dry-run");
@@ -180,6 +187,60 @@ TEST(MoectlRebalanceTest, RebalancingMidStreamKeepsOutputsFailsNothingAndLowersT
     EXPECT_EQ(got->text, want.text) << "stream " << i;
   }
 }
+
+// Clients that each run greedy `moectl generate` requests through the router one after another until
+// Stop(); a failed request is kept (a rebalance under load may fail none).
+class StreamingClients {
+ public:
+  StreamingClients(const std::string& router, int count) {
+    for (int c = 0; c < count; ++c) {
+      threads_.emplace_back([this, router, c] {
+        while (!done_) {
+          const Result g = RunMoectl("generate --router " + router + " --prompt 'Hello " + std::to_string(c) +
+                                     "' --max-tokens 64 --temperature 0 --ignore-eos");
+          std::lock_guard<std::mutex> lock(mu_);
+          if (g.exit_code != 0) {
+            failures_.push_back(g.err);
+          } else {
+            ++answered_;
+          }
+        }
+      });
+    }
+  }
+  ~StreamingClients() { Stop(); }
+
+  // Waits (up to 120 s) until `count` requests have been answered: a one-shot rebalance plans from the
+  // rows routed in its window and refuses an empty one, and on a loaded machine the first streams take
+  // seconds to start, longer than a window.
+  bool WaitForAnswers(int count) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (std::chrono::steady_clock::now() < deadline) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (answered_ >= count) return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  // Stops the clients after their current request; returns the failed requests' errors.
+  std::vector<std::string> Stop() {
+    done_ = true;
+    for (std::thread& t : threads_) t.join();
+    threads_.clear();
+    std::lock_guard<std::mutex> lock(mu_);
+    return failures_;
+  }
+
+ private:
+  std::atomic<bool> done_{false};
+  std::mutex mu_;
+  int answered_ = 0;
+  std::vector<std::string> failures_;
+  std::vector<std::thread> threads_;
+};
 
 // `moectl cluster rebalance --watch` as a child process, stdout to a file; SIGTERM at the end.
 struct Watcher {
@@ -270,42 +331,8 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
                           "/tls/tls.crt --tls-key " + cluster.state + "/tls/tls.key";
 
   // Clients stream all along: none may fail.
-  std::atomic<bool> done{false};
-  std::atomic<int> answered{0};
-  std::mutex failures_mu;
-  std::vector<std::string> failures;
-  std::vector<std::thread> clients;
-  for (int c = 0; c < 8; ++c) {
-    clients.emplace_back([&, c] {
-      while (!done) {
-        const Result g = RunMoectl("generate --router " + cluster.router() + " --prompt 'Hello " +
-                                   std::to_string(c) + "' --max-tokens 64 --temperature 0 --ignore-eos");
-        if (g.exit_code != 0) {
-          std::lock_guard<std::mutex> lock(failures_mu);
-          failures.push_back(g.err);
-        } else {
-          ++answered;
-        }
-      }
-    });
-  }
-  struct JoinClients {
-    std::atomic<bool>& done;
-    std::vector<std::thread>& threads;
-    ~JoinClients() {
-      done = true;
-      for (std::thread& t : threads) t.join();
-    }
-  } join_clients{done, clients};
-
-  // A one-shot rebalance plans from the rows routed in its window and refuses an empty one: wait until
-  // every client has had an answer, so that rows flow (on a loaded machine the first streams take
-  // seconds to start, longer than the window).
-  const auto streams_by = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (answered < 8 && std::chrono::steady_clock::now() < streams_by) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ASSERT_GE(answered, 8) << "the clients' streams did not start";
+  StreamingClients clients(cluster.router(), 8);
+  ASSERT_TRUE(clients.WaitForAnswers(8)) << "the clients' streams did not start";
   // One-shot, explicit addresses: the reserved joinable port (nothing runs there yet) is left out with
   // a note; as home worker 1 it would leave shard 1 without a host, which is an error.
   const Result noted =
@@ -375,9 +402,7 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
   EXPECT_EQ(keeper.Stop(), 0) << keeper.Text();
   std::cout << "the second watcher's output:\n" << keeper.Text() << std::flush;
   EXPECT_THAT(keeper.Text(), HasSubstr("moectl cluster rebalance --watch: stopped"));
-  done = true;
-  for (std::thread& t : clients) t.join();
-  clients.clear();
+  const std::vector<std::string> failures = clients.Stop();
   EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
 }
 
@@ -408,30 +433,8 @@ TEST(MoectlRebalanceTest, WatchSkipsAnAbsentAttentionWorkerAndGivesItThePlacemen
                                            "--tls-key",
                                            cluster.state + "/tls/tls.key"};
 
-  std::atomic<bool> done{false};
-  std::mutex failures_mu;
-  std::vector<std::string> failures;
-  std::vector<std::thread> clients;
-  for (int c = 0; c < 4; ++c) {
-    clients.emplace_back([&, c] {
-      while (!done) {
-        const Result g = RunMoectl("generate --router " + cluster.router() + " --prompt 'Hello " +
-                                   std::to_string(c) + "' --max-tokens 64 --temperature 0 --ignore-eos");
-        if (g.exit_code != 0) {
-          std::lock_guard<std::mutex> lock(failures_mu);
-          failures.push_back(g.err);
-        }
-      }
-    });
-  }
-  struct JoinClients {
-    std::atomic<bool>& done;
-    std::vector<std::thread>& threads;
-    ~JoinClients() {
-      done = true;
-      for (std::thread& t : threads) t.join();
-    }
-  } join_clients{done, clients};
+  StreamingClients clients(cluster.router(), 4);
+  ASSERT_TRUE(clients.WaitForAnswers(4)) << "the clients' streams did not start";
 
   // A one-shot dry run notes the absent worker and plans for the one that runs.
   std::string one_shot_args = "cluster rebalance --dry-run --window 0.5";
@@ -476,9 +479,7 @@ TEST(MoectlRebalanceTest, WatchSkipsAnAbsentAttentionWorkerAndGivesItThePlacemen
   EXPECT_EQ(watcher.Stop(), 0) << watcher.Text();
   std::cout << "the watcher's output:\n" << watcher.Text() << std::flush;
 
-  done = true;
-  for (std::thread& t : clients) t.join();
-  clients.clear();
+  const std::vector<std::string> failures = clients.Stop();
   EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();
 }
 
