@@ -63,8 +63,13 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
     const model::MlpWeights& w = *mlp[i];
     inter_offset[i + 1] = inter_offset[i] + groups[i].num_rows * w.gate_proj.out_features;
   }
-  std::vector<bf16> gate(static_cast<size_t>(inter_offset.back()));
-  std::vector<bf16> up(static_cast<size_t>(inter_offset.back()));
+  std::unique_ptr<Scratch> scratch = TakeScratch();
+  // Resizing keeps the capacity; the elements are all written by the products below before any is
+  // read, whatever a former round left in them.
+  std::vector<bf16>& gate = scratch->gate;
+  std::vector<bf16>& up = scratch->up;
+  gate.resize(static_cast<size_t>(inter_offset.back()));
+  up.resize(static_cast<size_t>(inter_offset.back()));
 
   // Gate and up projections of all groups in one grouped product (gate then up per group, so
   // the FP8 path quantizes each group's rows once), then SiLU·mul, then all down projections.
@@ -99,15 +104,36 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
     if (g.num_rows == 0 || local < 0 || local >= weights_->num_experts) continue;
     token_counts_.Add(layer, local, static_cast<uint64_t>(g.num_rows));
   }
+  ReturnScratch(std::move(scratch));
   return absl::OkStatus();
+}
+
+std::unique_ptr<ExpertBlock::Scratch> ExpertBlock::TakeScratch() const {
+  absl::MutexLock lock(&scratch_mu_);
+  if (scratch_.empty()) return std::make_unique<Scratch>();
+  std::unique_ptr<Scratch> scratch = std::move(scratch_.back());
+  scratch_.pop_back();
+  return scratch;
+}
+
+void ExpertBlock::ReturnScratch(std::unique_ptr<Scratch> scratch) const {
+  absl::MutexLock lock(&scratch_mu_);
+  scratch_.push_back(std::move(scratch));
 }
 
 absl::StatusOr<std::vector<std::byte>> ExpertBlock::Serve(int64_t layer,
                                                           std::span<const std::byte> dispatch) const {
+  std::vector<std::byte> out;
+  RETURN_IF_ERROR(ServeInto(layer, dispatch, &out));
+  return out;
+}
+
+absl::Status ExpertBlock::ServeInto(int64_t layer, std::span<const std::byte> dispatch,
+                                    std::vector<std::byte>* out) const {
   // RunGroups checks every group's expert against the home shard and the extra experts.
   ASSIGN_OR_RETURN(DecodedDispatch decoded,
                    DecodeDispatch(config_, weights_->first_expert, weights_->num_experts, layer, dispatch,
-                                  /*check_experts=*/false));
+                                  /*check_experts=*/false, std::move(*out)));
   const transport::MoeMessageView& in = decoded.in;
   bf16* rows_out = decoded.rows_out;
   std::vector<Group> groups;
@@ -119,7 +145,8 @@ absl::StatusOr<std::vector<std::byte>> ExpertBlock::Serve(int64_t layer,
     offset += g.num_rows;
   }
   RETURN_IF_ERROR(RunGroups(layer, groups));
-  return std::move(decoded.out);
+  *out = std::move(decoded.out);
+  return absl::OkStatus();
 }
 
 int64_t ExpertBlock::ExpertWeightBytes(int64_t layer) const {

@@ -4,7 +4,8 @@
 //
 // The CPU implementation of the expert-compute seam (ExpertCompute).
 //
-// Thread safety: Serve() may be called concurrently (it only reads weights; scratch is per call).
+// Thread safety: Serve() may be called concurrently (it only reads weights; each call takes its own
+// scratch from a pool that keeps the scratch of earlier rounds for reuse).
 #ifndef MOE_COMMON_ENGINE_EXPERT_BLOCK_H_
 #define MOE_COMMON_ENGINE_EXPERT_BLOCK_H_
 
@@ -38,6 +39,9 @@ class ExpertBlock : public ExpertCompute {
   // shard does not host.
   absl::StatusOr<std::vector<std::byte>> Serve(int64_t layer,
                                                std::span<const std::byte> dispatch) const override;
+  // As Serve, encoding into `*out` (reused: see ExpertCompute::ServeInto).
+  absl::Status ServeInto(int64_t layer, std::span<const std::byte> dispatch,
+                         std::vector<std::byte>* out) const override;
 
   // Bytes of one expert's weights (gate, up, down) in `layer`; 0 for a dense layer.
   int64_t ExpertWeightBytes(int64_t layer) const override;
@@ -72,11 +76,25 @@ class ExpertBlock : public ExpertCompute {
   // running each group alone.
   absl::Status RunGroups(int64_t layer, std::span<const Group> groups) const;
 
+  // The gate and up activations of one round ([total rows x intermediate] each). Rounds take them
+  // from scratch_ and put them back, so a round as large as an earlier one neither allocates nor
+  // page-faults (at a 4096-token prefill they are tens of MiB per layer); every element a round
+  // reads it has written first.
+  struct Scratch {
+    std::vector<bf16> gate;
+    std::vector<bf16> up;
+  };
+  std::unique_ptr<Scratch> TakeScratch() const;
+  void ReturnScratch(std::unique_ptr<Scratch> scratch) const;
+
   const model::ModelConfig config_;
   std::unique_ptr<model::ExpertShardWeights> weights_;
   mutable ExpertTokenCounter token_counts_;
   mutable absl::Mutex extras_mu_;
   std::shared_ptr<const Extras> extras_ ABSL_GUARDED_BY(extras_mu_);
+  mutable absl::Mutex scratch_mu_;
+  // One per round running at once, at most (a round takes one, or makes one if there is none).
+  mutable std::vector<std::unique_ptr<Scratch>> scratch_ ABSL_GUARDED_BY(scratch_mu_);
 };
 
 }  // namespace moe::engine

@@ -9,8 +9,10 @@
 
 namespace moe::engine {
 
-ExpertRoundHandler::Answer ExpertRoundHandler::Handle(const transport::Message& message, int32_t self) const {
+ExpertRoundHandler::Answer ExpertRoundHandler::Handle(const transport::Message& message, int32_t self,
+                                                      std::vector<std::byte> buffer) const {
   Answer answer;
+  answer.payload = std::move(buffer);
   if (message.tag.kind != transport::MessageKind::kDispatch) {
     std::cerr << "expert shard server: unexpected message " << message.tag.DebugString() << "\n";
     answer.served = absl::InvalidArgumentError(absl::StrCat("not a dispatch: ", message.tag.DebugString()));
@@ -22,18 +24,17 @@ ExpertRoundHandler::Answer ExpertRoundHandler::Handle(const transport::Message& 
   answer.tag.sender = self;
 
   answer.start = absl::Now();
-  absl::StatusOr<std::vector<std::byte>> served = block_->Serve(message.tag.layer, message.payload);
+  const absl::Status served = block_->ServeInto(message.tag.layer, message.payload, &answer.payload);
   answer.compute = absl::Now() - answer.start;
-  if (served.ok()) {
-    answer.payload = *std::move(served);
-  } else {
-    std::cerr << "expert shard server: " << served.status() << " for " << message.tag.DebugString() << "\n";
-    answer.served = served.status();
+  if (!served.ok()) {
+    std::cerr << "expert shard server: " << served << " for " << message.tag.DebugString() << "\n";
+    answer.served = served;
     transport::EncodeMoeMessageHeader(0, {}, &answer.payload);
   }
   // The answer carries how long this worker held the round, so the attention worker can tell
   // expert time from transport (moe_message.h, version 2). The payload was encoded just above. The
-  // observer counts the activation bytes, without the stamp.
+  // observer counts the activation bytes, without the stamp. The encoding reserved room for the
+  // stamp, so stamping does not reallocate.
   answer.activation_bytes = answer.payload.size();
   transport::StampExpertTime(absl::Now() - answer.start, &answer.payload).IgnoreError();
   return answer;

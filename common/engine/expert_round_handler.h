@@ -49,8 +49,10 @@ class ExpertRoundHandler {
     // Finish reads neither `payload` nor `tag`: a caller may move the payload out to send it.
   };
 
-  // Computes the answer to `message` as peer `self`. Logs (to stderr) a message it cannot serve.
-  Answer Handle(const transport::Message& message, int32_t self) const;
+  // Computes the answer to `message` as peer `self`, encoding the payload into `buffer` (one to
+  // reuse, e.g. what the previous answer's send left: ExpertCompute::ServeInto). Logs (to stderr) a
+  // message it cannot serve.
+  Answer Handle(const transport::Message& message, int32_t self, std::vector<std::byte> buffer = {}) const;
   // After the answer was sent (or not: `sent`, OK when there was nothing to send): counts the round
   // and tells the observer.
   void Finish(const transport::Message& message, const Answer& answer, const absl::Status& sent);

@@ -1,6 +1,7 @@
 #include "common/engine/expert_shard_server.h"
 
 #include <iostream>
+#include <utility>
 
 #include "absl/time/clock.h"
 
@@ -49,6 +50,7 @@ void ExpertShardServer::Loop() {
     if (draining_) return;
     if (message.ok()) {
       ServeLocked(*message);
+      transport_->Recycle(std::move(message->payload));
     } else {
       handler_.Idle(absl::Now());
     }
@@ -61,15 +63,16 @@ void ExpertShardServer::ServeOne(const transport::Message& message) {
 }
 
 void ExpertShardServer::ServeLocked(const transport::Message& message) {
-  const ExpertRoundHandler::Answer answer = handler_.Handle(message, transport_->self());
+  ExpertRoundHandler::Answer answer = handler_.Handle(message, transport_->self(), std::move(answer_buffer_));
   absl::Status sent;
   if (answer.reply) {
-    sent = transport_->Send(message.tag.sender, answer.tag, answer.payload);
+    sent = transport_->SendBuffer(message.tag.sender, answer.tag, &answer.payload);
     if (!sent.ok()) {
       std::cerr << "expert shard server: reply to peer " << message.tag.sender << " failed: " << sent << "\n";
     }
   }
-  handler_.Finish(message, answer, sent);
+  handler_.Finish(message, answer, sent);  // reads neither the payload nor the tag
+  answer_buffer_ = std::move(answer.payload);
 }
 
 }  // namespace moe::engine

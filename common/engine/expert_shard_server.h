@@ -6,7 +6,9 @@
 // time and transport. The expert worker process serves over UCX with this; embedded mode serves
 // over loopback. Statistics go to an optional ExpertRoundObserver (the expert worker's metrics).
 // The per-round work (compute, stamp, observer, and the empty answer to a dispatch the block
-// rejects) is ExpertRoundHandler's, shared with the NCCL data plane's links.
+// rejects) is ExpertRoundHandler's, shared with the NCCL data plane's links. Answers are encoded
+// into one buffer reused from round to round (and sent with SendBuffer, so the loopback hands it
+// over and gives back a recycled one), and a served dispatch's payload is recycled to the transport.
 //
 // Thread safety: Start/Drain/Stop from one control thread (or several: they serialize); counters
 // readable from any thread. The observer is called from one thread at a time.
@@ -14,8 +16,10 @@
 #define MOE_COMMON_ENGINE_EXPERT_SHARD_SERVER_H_
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <thread>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
@@ -68,6 +72,8 @@ class ExpertShardServer {
   // Held while one round is served (and while the observer is called), so Stop can let it finish
   // before the transport goes, and the observer never sees two calls at once.
   absl::Mutex serve_mu_;
+  // What the last answer's SendBuffer left: the next answer is encoded into it.
+  std::vector<std::byte> answer_buffer_ ABSL_GUARDED_BY(serve_mu_);
   std::atomic<bool> draining_{false};
 };
 

@@ -80,7 +80,6 @@ absl::Status MoeDispatcher::SendParts(DispatchHandle* handle, const std::vector<
     ++load_.expert_rows[static_cast<size_t>(expert)];
   }
 
-  std::vector<std::byte> payload;
   for (int64_t w = 0; w < num_workers; ++w) {
     std::vector<int32_t>& mine = slots_of_worker[static_cast<size_t>(w)];
     const bool live = !excluded[static_cast<size_t>(w)] && Live(w);
@@ -97,7 +96,7 @@ absl::Status MoeDispatcher::SendParts(DispatchHandle* handle, const std::vector<
       if (part.groups.empty() || part.groups.back().expert != expert) part.groups.push_back({expert, 0});
       ++part.groups.back().num_rows;
     }
-    bf16* rows = transport::EncodeMoeMessageHeader(hidden_, part.groups, &payload);
+    bf16* rows = transport::EncodeMoeMessageHeader(hidden_, part.groups, &send_buffer_);
     const int32_t index = static_cast<int32_t>(handle->parts.size());
     for (size_t row = 0; row < mine.size(); ++row) {
       const int32_t s = mine[row];
@@ -109,7 +108,8 @@ absl::Status MoeDispatcher::SendParts(DispatchHandle* handle, const std::vector<
     part.slots = std::move(mine);
     transport::MessageTag tag = handle->tag;
     tag.micro_batch |= part.resend << kResendShift;
-    part.sent = transport_->Send(placement_.peer(w), tag, payload);
+    // The transport may take the buffer (the loopback does) and leave another in its place.
+    part.sent = transport_->SendBuffer(placement_.peer(w), tag, &send_buffer_);
     handle->parts.push_back(std::move(part));
   }
   return absl::OkStatus();
@@ -241,6 +241,8 @@ absl::Status MoeDispatcher::Combine(DispatchHandle& handle, bf16* out) {
     bf16* o = out + t * hidden;
     for (int64_t i = 0; i < hidden; ++i) o[i] = FloatToBF16(acc[static_cast<size_t>(i)]);
   }
+  // The answers' buffers go back to the transport for later sends (the loopback reuses them).
+  for (transport::Message& answer : answers) transport_->Recycle(std::move(answer.payload));
   combine_time_ += absl::Now() - start;
   return absl::OkStatus();
 }

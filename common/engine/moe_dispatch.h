@@ -7,6 +7,7 @@
 #ifndef MOE_COMMON_ENGINE_MOE_DISPATCH_H_
 #define MOE_COMMON_ENGINE_MOE_DISPATCH_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <utility>
 #include <vector>
@@ -145,6 +146,10 @@ class MoeDispatcher {
   std::vector<bool> extras_lost_ = std::vector<bool>(static_cast<size_t>(placement_.num_workers()), false);
   uint64_t resends_ = 0;
   ExpertLoad load_;
+  // The buffer each dispatch message is encoded into, reused across rounds and layers (SendBuffer
+  // may swap it for another of the transport's): no allocation or page faults per round once it
+  // has grown to the largest message.
+  std::vector<std::byte> send_buffer_;
   absl::Duration dispatch_time_;
   absl::Duration combine_time_;
   WaitSplit wait_split_;

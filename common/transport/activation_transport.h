@@ -77,6 +77,17 @@ class ActivationTransport {
   // be reused. UNAVAILABLE if the peer is unknown or gone.
   virtual absl::Status Send(int32_t peer, const MessageTag& tag, std::span<const std::byte> payload) = 0;
 
+  // Sends `*payload` as Send does, but may take the buffer instead of copying it: on return
+  // `*payload` holds a buffer (whose size and contents are unspecified) for the caller to reuse for
+  // its next message. The default sends a copy (Send) and leaves `*payload` as it was; the loopback
+  // hands the buffer itself to the peer and gives back one the peers recycled (Recycle).
+  virtual absl::Status SendBuffer(int32_t peer, const MessageTag& tag, std::vector<std::byte>* payload) {
+    return Send(peer, tag, *payload);
+  }
+  // Gives back the buffer of a received message's payload once the caller is done with it, for a
+  // later SendBuffer to reuse. The default frees it.
+  virtual void Recycle(std::vector<std::byte>&& buffer) { std::vector<std::byte>().swap(buffer); }
+
   // The next message from any peer, in arrival order (expert workers serve rounds this way).
   // UNAVAILABLE when the deadline passes; CANCELLED after Shutdown().
   virtual absl::StatusOr<Message> ReceiveAny(absl::Time deadline) = 0;

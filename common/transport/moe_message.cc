@@ -55,7 +55,9 @@ bf16* EncodeMoeMessageHeader(int64_t hidden, std::span<const ExpertGroup> groups
                              std::vector<std::byte>* out) {
   int64_t total_rows = 0;
   for (const ExpertGroup& g : groups) total_rows += g.num_rows;
-  out->resize(MoeMessageSize(hidden, groups.size(), total_rows));
+  const size_t size = MoeMessageSize(hidden, groups.size(), total_rows);
+  out->reserve(size + kExpertTimeBytes);  // StampExpertTime's trailer: no reallocation then
+  out->resize(size);
   std::byte* p = out->data();
   Put<uint32_t>(p, kMagic);
   Put<uint16_t>(p, kVersion);

@@ -50,13 +50,17 @@ size_t MoeMessageSize(int64_t hidden, size_t num_groups, int64_t total_rows);
 size_t MaxMoeMessageSize(int64_t hidden, int64_t hosted_experts, int64_t top_k, int64_t max_tokens);
 // Writes the header and group table into `out` (resized to MoeMessageSize) and returns a pointer
 // to where the rows go ([total_rows, hidden] bf16), for the caller to fill without another copy.
+// `out` may be a buffer reused from an earlier message: its capacity is kept (only bytes past its
+// old size are zeroed by the resize, and the rows are the caller's to overwrite), and it reserves
+// kExpertTimeBytes more, so that StampExpertTime never reallocates (nor copies) the message.
 bf16* EncodeMoeMessageHeader(int64_t hidden, std::span<const ExpertGroup> groups,
                              std::vector<std::byte>* out);
 // The version-2 trailer's size.
 inline constexpr size_t kExpertTimeBytes = 8;
 // Turns a version-1 message that EncodeMoeMessageHeader wrote (and whose rows are filled) into
-// version 2 carrying `expert_time` (clamped to [0, 2^63) ns). INVALID_ARGUMENT, leaving `message`
-// as it was, when it is not a version-1 message.
+// version 2 carrying `expert_time` (clamped to [0, 2^63) ns), in place: the room for the trailer was
+// reserved by EncodeMoeMessageHeader. INVALID_ARGUMENT, leaving `message` as it was, when it is not a
+// version-1 message.
 absl::Status StampExpertTime(absl::Duration expert_time, std::vector<std::byte>* message);
 // Validates magic, version, dtype, sizes (no out-of-bounds read for any input) and returns a view.
 absl::StatusOr<MoeMessageView> DecodeMoeMessage(std::span<const std::byte> payload);

@@ -33,8 +33,10 @@ absl::Status CheckExpertGroup(int64_t first_expert, int64_t num_experts, int64_t
 
 absl::StatusOr<DecodedDispatch> DecodeDispatch(const model::ModelConfig& config, int64_t first_expert,
                                                int64_t num_experts, int64_t layer,
-                                               std::span<const std::byte> dispatch, bool check_experts) {
+                                               std::span<const std::byte> dispatch, bool check_experts,
+                                               std::vector<std::byte> out_buffer) {
   DecodedDispatch decoded;
+  decoded.out = std::move(out_buffer);
   ASSIGN_OR_RETURN(decoded.in, transport::DecodeMoeMessage(dispatch));
   if (decoded.in.hidden != config.hidden_size) {
     return absl::InvalidArgumentError(absl::StrCat("dispatch hidden size ", decoded.in.hidden,
@@ -46,6 +48,12 @@ absl::StatusOr<DecodedDispatch> DecodeDispatch(const model::ModelConfig& config,
   }
   decoded.rows_out = transport::EncodeMoeMessageHeader(decoded.in.hidden, decoded.in.groups, &decoded.out);
   return decoded;
+}
+
+absl::Status ExpertCompute::ServeInto(int64_t layer, std::span<const std::byte> dispatch,
+                                      std::vector<std::byte>* out) const {
+  ASSIGN_OR_RETURN(*out, Serve(layer, dispatch));
+  return absl::OkStatus();
 }
 
 int64_t ShardExpertWeightBytes(const model::ExpertShardWeights& weights, int64_t layer) {

@@ -38,6 +38,11 @@ class ExpertCompute {
   // Whether it may be called concurrently is the implementation's to say.
   virtual absl::StatusOr<std::vector<std::byte>> Serve(int64_t layer,
                                                        std::span<const std::byte> dispatch) const = 0;
+  // As Serve, writing the combine payload into `*out`, a buffer to reuse (its capacity is kept when
+  // it suffices, so a round of the size of an earlier one allocates nothing). On an error `*out` is
+  // unspecified. The default calls Serve and moves its payload into `*out`.
+  virtual absl::Status ServeInto(int64_t layer, std::span<const std::byte> dispatch,
+                                 std::vector<std::byte>* out) const;
 
   // Bytes of one expert's weights (gate, up, down) in `layer`; 0 for a dense layer.
   virtual int64_t ExpertWeightBytes(int64_t layer) const = 0;
@@ -60,7 +65,8 @@ absl::Status CheckMoeLayer(const model::ModelConfig& config, int64_t layer);
 absl::Status CheckExpertGroup(int64_t first_expert, int64_t num_experts, int64_t expert, int64_t num_rows);
 
 // A validated dispatch and the combine payload to fill: `out` holds the combine message's header
-// (the dispatch's groups) and room for its rows, which start at `rows_out`.
+// (the dispatch's groups) and room for its rows, which start at `rows_out` (and room for the
+// expert-time stamp, EncodeMoeMessageHeader).
 struct DecodedDispatch {
   transport::MoeMessageView in;  // points into the dispatch payload
   std::vector<std::byte> out;
@@ -70,11 +76,12 @@ struct DecodedDispatch {
 // `layer` is an MoE layer and that every group's expert is hosted ([first_expert, first_expert +
 // num_experts)), and encodes the combine header. Nothing is computed on a bad message. With
 // check_experts false the groups' experts are left to the caller (a block that also serves the
-// balancer's extra experts checks them against its own set).
+// balancer's extra experts checks them against its own set). The combine payload is encoded into
+// `out_buffer` (a buffer to reuse, e.g. an earlier round's; its contents are overwritten).
 absl::StatusOr<DecodedDispatch> DecodeDispatch(const model::ModelConfig& config, int64_t first_expert,
                                                int64_t num_experts, int64_t layer,
-                                               std::span<const std::byte> dispatch,
-                                               bool check_experts = true);
+                                               std::span<const std::byte> dispatch, bool check_experts = true,
+                                               std::vector<std::byte> out_buffer = {});
 
 // Bytes of one expert's weights (gate, up, down) in `layer` of `weights`; 0 for a dense layer.
 int64_t ShardExpertWeightBytes(const model::ExpertShardWeights& weights, int64_t layer);

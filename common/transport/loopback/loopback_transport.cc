@@ -41,6 +41,41 @@ absl::Status LoopbackTransport::Send(int32_t peer, const MessageTag& tag,
   return absl::OkStatus();
 }
 
+absl::Status LoopbackTransport::SendBuffer(int32_t peer, const MessageTag& tag,
+                                           std::vector<std::byte>* payload) {
+  if (absl::Status s = CheckSender(tag); !s.ok()) return s;
+  LoopbackTransport* target = hub_->Find(peer);
+  if (target == nullptr) return absl::UnavailableError(absl::StrCat("peer ", peer, " is gone"));
+  std::vector<std::byte> sent = std::exchange(*payload, hub_->TakeBuffer());
+  target->inbox().Deliver(Message{tag, std::move(sent)});
+  return absl::OkStatus();
+}
+
+void LoopbackTransport::Recycle(std::vector<std::byte>&& buffer) {
+  hub_->PutBuffer(std::move(buffer));
+}
+
+std::vector<std::byte> LoopbackHub::TakeBuffer() {
+  absl::MutexLock lock(&pool_mu_);
+  if (pool_.empty()) return {};
+  std::vector<std::byte> buffer = std::move(pool_.back());
+  pool_.pop_back();
+  return buffer;
+}
+
+void LoopbackHub::PutBuffer(std::vector<std::byte>&& buffer) {
+  std::vector<std::byte> taken = std::move(buffer);
+  if (taken.capacity() == 0) return;
+  absl::MutexLock lock(&pool_mu_);
+  if (pool_.size() < kMaxPooledBuffers) pool_.push_back(std::move(taken));
+  // Otherwise the pool is full and `taken` is freed on return, after the lock is released.
+}
+
+size_t LoopbackHub::pooled_buffers() {
+  absl::MutexLock lock(&pool_mu_);
+  return pool_.size();
+}
+
 void LoopbackTransport::Shutdown() {
   inbox().Shutdown();
 }

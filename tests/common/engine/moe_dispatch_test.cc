@@ -123,5 +123,75 @@ TEST(MoeDispatchSplitTest, AnUnstampedAnswerCountsAsTransport) {
   EXPECT_GE(t.split.transport, absl::Milliseconds(10));
 }
 
+// An expert worker that answers each of `rounds` dispatches with the dispatched rows themselves
+// (stamped), through one reused answer buffer. It sends copies (Send) and recycles nothing, so the
+// hub's pool holds only what the dispatcher gave back.
+void EchoRounds(transport::ActivationTransport* endpoint, int rounds) {
+  std::vector<std::byte> buffer;
+  for (int r = 0; r < rounds; ++r) {
+    absl::StatusOr<transport::Message> dispatch = endpoint->ReceiveAny(absl::Now() + absl::Seconds(30));
+    ASSERT_TRUE(dispatch.ok()) << dispatch.status();
+    absl::StatusOr<transport::MoeMessageView> view = transport::DecodeMoeMessage(dispatch->payload);
+    ASSERT_TRUE(view.ok()) << view.status();
+    bf16* rows = transport::EncodeMoeMessageHeader(kHidden, view->groups, &buffer);
+    std::copy(view->rows, view->rows + view->total_rows * kHidden, rows);
+    ASSERT_TRUE(transport::StampExpertTime(absl::Microseconds(1), &buffer).ok());
+    transport::MessageTag tag = dispatch->tag;
+    tag.kind = transport::MessageKind::kCombine;
+    tag.sender = endpoint->self();
+    ASSERT_TRUE(endpoint->Send(dispatch->tag.sender, tag, buffer).ok());
+  }
+}
+
+TEST(MoeDispatchBufferTest, RoundsOfChangingSizesThroughReusedBuffersCombineExactly) {
+  transport::LoopbackHub hub;
+  const std::vector<int32_t> peers = {kFirstExpertPeerId, kFirstExpertPeerId + 1};
+  MoeDispatcher dispatcher(hub.Endpoint(kAttentionPeer), ExpertPlacement(kExperts, peers), kHidden,
+                           absl::Seconds(30));
+  // Large, small, large again: a reused buffer holds a former round's bytes past the new size and
+  // must never leak them into a later round.
+  const std::vector<int64_t> tokens_per_round = {7, 1, 3, 7};
+  const int rounds = static_cast<int>(tokens_per_round.size());
+  std::vector<std::thread> experts;
+  for (int32_t peer : peers) experts.emplace_back(EchoRounds, hub.Endpoint(peer), rounds);
+  constexpr int64_t kTopK = 2;
+  for (int round = 0; round < rounds; ++round) {
+    const int64_t n = tokens_per_round[static_cast<size_t>(round)];
+    std::vector<bf16> h(static_cast<size_t>(n * kHidden));
+    for (size_t i = 0; i < h.size(); ++i) {
+      h[i] = FloatToBF16(static_cast<float>((static_cast<int>(i) * 7 + round * 13) % 29) * 0.125f - 1.5f);
+    }
+    std::vector<int32_t> ids;
+    std::vector<float> weights;
+    for (int64_t t = 0; t < n; ++t) {
+      ids.push_back(static_cast<int32_t>((t + round) % kExperts));
+      ids.push_back(static_cast<int32_t>((t + round + 1) % kExperts));
+      weights.push_back(0.625f);
+      weights.push_back(0.375f);
+    }
+    std::vector<bf16> out(h.size(), FloatToBF16(99.0f));
+    absl::StatusOr<DispatchHandle> handle = dispatcher.Dispatch(1, static_cast<uint32_t>(round), 0, h.data(),
+                                                                n, ids.data(), weights.data(), kTopK);
+    ASSERT_TRUE(handle.ok()) << handle.status();
+    ASSERT_TRUE(dispatcher.Combine(*handle, out.data()).ok());
+    // The combine of echoed rows: sum over ranks of weight x row, in fp32, rounded once.
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t i = 0; i < kHidden; ++i) {
+        float acc = 0.0f;
+        for (int64_t r = 0; r < kTopK; ++r) {
+          acc += weights[static_cast<size_t>(t * kTopK + r)] *
+                 BF16ToFloat(h[static_cast<size_t>(t * kHidden + i)]);
+        }
+        ASSERT_EQ(out[static_cast<size_t>(t * kHidden + i)].bits, FloatToBF16(acc).bits)
+            << "round " << round << " token " << t << " element " << i;
+      }
+    }
+  }
+  for (std::thread& t : experts) t.join();
+  // Each round the dispatcher's sends took the buffers its previous Combine gave back (one per
+  // worker's answer), and the last Combine gave back one per worker again.
+  EXPECT_EQ(hub.pooled_buffers(), peers.size());
+}
+
 }  // namespace
 }  // namespace moe::engine

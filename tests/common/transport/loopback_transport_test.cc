@@ -95,5 +95,62 @@ TEST(LoopbackTransportTest, RejectsASpoofedSender) {
             absl::StatusCode::kInvalidArgument);
 }
 
+TEST(LoopbackTransportTest, SendBufferHandsTheBufferOverAndGivesARecycledOneBack) {
+  LoopbackHub hub;
+  LoopbackTransport* a = hub.Endpoint(0);
+  LoopbackTransport* b = hub.Endpoint(1);
+  std::vector<std::byte> payload = Bytes({1, 2, 3, 4});
+  const std::byte* sent_data = payload.data();
+  // Nothing recycled yet: the sender gets an empty buffer back.
+  ASSERT_TRUE(a->SendBuffer(1, Tag(MessageKind::kDispatch, 1, 0), &payload).ok());
+  EXPECT_EQ(payload.capacity(), 0u);
+  auto first = b->ReceiveAny(absl::Now() + absl::Seconds(1));
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->payload, Bytes({1, 2, 3, 4}));
+  EXPECT_EQ(first->payload.data(), sent_data);  // handed over, not copied
+
+  // The receiver recycles it; the next SendBuffer (from any endpoint) gets that very buffer.
+  b->Recycle(std::move(first->payload));
+  EXPECT_EQ(hub.pooled_buffers(), 1u);
+  std::vector<std::byte> answer = Bytes({9, 8});
+  ASSERT_TRUE(b->SendBuffer(0, Tag(MessageKind::kCombine, 1, 1), &answer).ok());
+  EXPECT_EQ(answer.data(), sent_data);
+  EXPECT_EQ(hub.pooled_buffers(), 0u);
+  auto second = a->ReceiveAny(absl::Now() + absl::Seconds(1));
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(second->payload, Bytes({9, 8}));
+
+  // Send still copies and leaves the caller's bytes alone.
+  const std::vector<std::byte> kept = Bytes({5, 6});
+  ASSERT_TRUE(a->Send(1, Tag(MessageKind::kDispatch, 2, 0), kept).ok());
+  auto third = b->ReceiveAny(absl::Now() + absl::Seconds(1));
+  ASSERT_TRUE(third.ok());
+  EXPECT_NE(third->payload.data(), kept.data());
+  EXPECT_EQ(third->payload, kept);
+}
+
+TEST(LoopbackTransportTest, SendBufferLeavesThePayloadAloneOnAnError) {
+  LoopbackHub hub;
+  LoopbackTransport* a = hub.Endpoint(0);
+  hub.Endpoint(1);
+  std::vector<std::byte> payload = Bytes({7, 7, 7});
+  EXPECT_EQ(a->SendBuffer(1, Tag(MessageKind::kDispatch, 1, 3), &payload).code(),
+            absl::StatusCode::kInvalidArgument);  // spoofed sender
+  EXPECT_EQ(payload, Bytes({7, 7, 7}));
+  hub.Disconnect(1);
+  EXPECT_EQ(a->SendBuffer(1, Tag(MessageKind::kDispatch, 1, 0), &payload).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(payload, Bytes({7, 7, 7}));
+}
+
+TEST(LoopbackTransportTest, ThePoolKeepsABoundedNumberOfNonEmptyBuffers) {
+  LoopbackHub hub;
+  LoopbackTransport* a = hub.Endpoint(0);
+  a->Recycle(std::vector<std::byte>());  // nothing to keep
+  EXPECT_EQ(hub.pooled_buffers(), 0u);
+  for (size_t i = 0; i < LoopbackHub::kMaxPooledBuffers + 5; ++i) a->Recycle(Bytes({1}));
+  EXPECT_EQ(hub.pooled_buffers(), LoopbackHub::kMaxPooledBuffers);
+}
+
 }  // namespace
 }  // namespace moe::transport

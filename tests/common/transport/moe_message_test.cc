@@ -1,5 +1,6 @@
 #include "common/transport/moe_message.h"
 
+#include <algorithm>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -87,6 +88,30 @@ TEST(MoeMessageTest, StampedExpertTimeRoundTripsWithTheRowsUnchanged) {
   EncodeMoeMessageHeader(8, {}, &empty);
   ASSERT_TRUE(StampExpertTime(-absl::Seconds(1), &empty).ok());
   EXPECT_EQ(DecodeMoeMessage(empty)->expert_time, absl::ZeroDuration());
+}
+
+TEST(MoeMessageTest, StampingNeverReallocatesAndAReusedBufferEncodesTheSameBytes) {
+  const std::vector<ExpertGroup> groups = {{5, 3}, {9, 2}};
+  auto fill = [](bf16* rows) {
+    for (int i = 0; i < 5 * 16; ++i) rows[i] = FloatToBF16(static_cast<float>(i) * 0.5f);
+  };
+  std::vector<std::byte> fresh;
+  fill(EncodeMoeMessageHeader(16, groups, &fresh));
+  EXPECT_GE(fresh.capacity(), fresh.size() + kExpertTimeBytes);
+  const std::byte* data = fresh.data();
+  ASSERT_TRUE(StampExpertTime(absl::Nanoseconds(77), &fresh).ok());
+  EXPECT_EQ(fresh.data(), data);  // the trailer went into the reserved room, in place
+
+  // A buffer that carried a larger, stamped message before encodes the same bytes, in place.
+  std::vector<std::byte> reused;
+  EncodeMoeMessageHeader(16, std::vector<ExpertGroup>{{1, 40}}, &reused);
+  ASSERT_TRUE(StampExpertTime(absl::Seconds(2), &reused).ok());
+  std::fill(reused.begin(), reused.end(), std::byte{0xab});
+  data = reused.data();
+  fill(EncodeMoeMessageHeader(16, groups, &reused));
+  ASSERT_TRUE(StampExpertTime(absl::Nanoseconds(77), &reused).ok());
+  EXPECT_EQ(reused.data(), data);
+  EXPECT_EQ(reused, fresh);
 }
 
 TEST(MoeMessageTest, RejectsEveryTruncationOfAStampedMessage) {
