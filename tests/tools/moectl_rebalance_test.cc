@@ -379,11 +379,12 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
                 0, [](const std::string& line) { return line.find("nothing to do") != std::string::npos; }),
             0)
       << keeper.Text();
-  // An expert worker joins (`cluster scale`): the next look includes it.
+  // An expert worker joins (`cluster scale`): the next look includes it. The count is taken before the
+  // scale: a look may see the new worker, and apply, before `cluster scale` returns.
+  const size_t before_grow = keeper.Lines().size();
   const Result grow = RunMoectl("cluster scale --expert-workers 3 --state-dir " + cluster.state);
   ASSERT_EQ(grow.exit_code, 0) << grow.err;
-  const size_t after_grow = keeper.Lines().size();
-  const int joined = keeper.WaitFor(after_grow, applied(3));
+  const int joined = keeper.WaitFor(before_grow, applied(3));
   ASSERT_GE(joined, 0) << keeper.Text();
 
   // It dies (kill -9) and `cluster up` restarts it without its copies: the watcher applies again.
@@ -459,13 +460,15 @@ TEST(MoectlRebalanceTest, WatchSkipsAnAbsentAttentionWorkerAndGivesItThePlacemen
   EXPECT_THAT(watcher.Lines()[static_cast<size_t>(first)],
               HasSubstr("left out: attention worker " + absent + ": GetLoad: UNAVAILABLE"));
 
-  // The second attention worker starts where the watcher expects it.
+  // The second attention worker starts where the watcher expects it. The count is taken before the
+  // scale: a look may see the new worker, and apply, before `cluster scale` returns (it waits for the
+  // router to take the worker up).
+  const size_t before_grow = watcher.Lines().size();
   const Result grow = RunMoectl("cluster scale --attention-workers 2 --state-dir " + cluster.state);
   ASSERT_EQ(grow.exit_code, 0) << grow.err;
   ASSERT_THAT(grow.err, HasSubstr(absent)) << "`cluster scale` started the attention worker elsewhere";
-  const size_t after_grow = watcher.Lines().size();
   // A look sees it on the home shards (another placement version) and applies on both.
-  const int joined = watcher.WaitFor(after_grow, [&](const std::string& line) {
+  const int joined = watcher.WaitFor(before_grow, [&](const std::string& line) {
     return applied(2)(line) &&
            line.find("attention worker " + absent + " uses placement version") != std::string::npos;
   });
