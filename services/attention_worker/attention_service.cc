@@ -1,6 +1,7 @@
 #include "services/attention_worker/attention_service.h"
 
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -132,10 +133,12 @@ grpc::ServerUnaryReactor* AttentionService::SetExpertPlacement(grpc::CallbackSer
   std::vector<std::pair<int64_t, int64_t>> extras;
   for (const v1::ExtraExpertCopy& copy : request->extras()) extras.emplace_back(copy.expert(), copy.worker());
   const uint64_t version = request->placement_version();
+  const std::optional<uint64_t> replaces =
+      request->has_replaces_version() ? std::optional<uint64_t>(request->replaces_version()) : std::nullopt;
   // SwitchPlacement checks the expert workers with blocking GetInfo calls: not on this gRPC thread.
   absl::MutexLock lock(&control_mu_);
-  control_queue_.push_back([loop, extras = std::move(extras), reactor, response, version] {
-    loop->SwitchPlacement(version, extras, [reactor, response, version](absl::Status status) {
+  control_queue_.push_back([loop, extras = std::move(extras), reactor, response, version, replaces] {
+    loop->SwitchPlacement(version, extras, replaces, [reactor, response, version](absl::Status status) {
       if (status.ok()) {
         LOG(INFO) << "expert placement version " << version << " in use";
         response->set_placement_version(version);

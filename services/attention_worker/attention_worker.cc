@@ -169,6 +169,7 @@ void AttentionWorker::Start(std::function<void(bool)> on_ready_change) {
   hooks.check_extras = [connector](const engine::ExpertPlacement& placement) {
     return connector->CheckHoldsExtras(placement);
   };
+  hooks.expert_live = [liveness = liveness_.get()](int64_t w) { return liveness->live(w); };
   loop_ = std::make_unique<StepLoop>(std::move(engine_), options_.rank, std::move(hooks), metrics_.get());
   loop_->Start();
   connector_->Start();

@@ -6,9 +6,23 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/engine/expert_balancer.h"
 #include "common/rpc/status.h"
 
 namespace moe::services {
+
+double ExpertLoadRatio(const engine::ExpertPlacement& placement, const std::vector<uint64_t>& rows,
+                       const std::function<bool(int64_t)>& live) {
+  std::vector<double> counted;
+  for (size_t w = 0; w < rows.size(); ++w) {
+    const int64_t worker = static_cast<int64_t>(w);
+    const bool routed_to = worker < placement.num_workers() &&
+                           (!placement.joinable(worker) || !placement.extra_experts(worker).empty());
+    if (rows[w] > 0 || (routed_to && (!live || live(worker))))
+      counted.push_back(static_cast<double>(rows[w]));
+  }
+  return engine::MaxMeanRatio(counted);
+}
 
 StepLoop::StepLoop(std::unique_ptr<engine::Engine> engine, int rank, StepLoopHooks hooks,
                    AttentionMetrics* metrics)
@@ -18,10 +32,25 @@ StepLoop::StepLoop(std::unique_ptr<engine::Engine> engine, int rank, StepLoopHoo
 }
 
 void StepLoop::SwitchPlacement(uint64_t version, const std::vector<std::pair<int64_t, int64_t>>& extras,
-                               std::function<void(absl::Status)> done) {
+                               std::optional<uint64_t> replaces, std::function<void(absl::Status)> done) {
   if (!home_placement_.has_value()) {
     done(absl::FailedPreconditionError("a dense model has no expert placement"));
     return;
+  }
+  if (replaces.has_value()) {
+    // Early, from the published version (what GetLoad answers), so a stale writer hears ABORTED rather
+    // than that the copies it names are gone; the loop checks again when it applies the switch.
+    uint64_t published = 0;
+    {
+      absl::MutexLock lock(&mu_);
+      published = load_.expert_placement_version();
+    }
+    if (*replaces != published) {
+      done(absl::AbortedError(absl::StrCat("replaces_version: ", *replaces,
+                                           " is not the placement version in use, ", published,
+                                           " (another writer switched since; read again)")));
+      return;
+    }
   }
   const engine::ExpertPlacement& home = *home_placement_;
   std::vector<std::vector<int64_t>> lists(static_cast<size_t>(home.num_experts()));
@@ -54,6 +83,7 @@ void StepLoop::SwitchPlacement(uint64_t version, const std::vector<std::pair<int
   }
   Command command;
   command.placement = *std::move(placement);
+  command.replaces = replaces;
   command.done = std::move(done);
   inbox_.push_back(std::move(command));
 }
@@ -126,13 +156,26 @@ void StepLoop::Apply(Command command, bool ready) {
   if (command.placement.has_value()) {
     // Between two steps: no round is in flight, so the next step's rounds all use the new version.
     const uint64_t current = engine_->expert_placement()->version();
+    if (command.replaces.has_value() && *command.replaces != current) {
+      command.done(absl::AbortedError(absl::StrCat("replaces_version: ", *command.replaces,
+                                                   " is not the placement version in use, ", current,
+                                                   " (another writer switched since; read again)")));
+      return;
+    }
     if (command.placement->version() <= current) {
       command.done(absl::FailedPreconditionError(absl::StrCat(
           "placement_version: ", command.placement->version(), " is not above the one in use, ", current)));
       return;
     }
     const int64_t copies = command.placement->num_extras();
+    const uint64_t version = command.placement->version();
     const absl::Status switched = engine_->SwitchExpertPlacement(*std::move(command.placement));
+    if (switched.ok()) {
+      // Published before the caller hears OK: a GetLoad after the answer reads this version (a writer's
+      // next compare-and-set names it).
+      absl::MutexLock lock(&mu_);
+      load_.set_expert_placement_version(version);
+    }
     if (switched.ok() && metrics_ != nullptr) {
       metrics_->expert_placement_switches->Increment();
       metrics_->expert_extra_experts->Set(static_cast<double>(copies));
@@ -220,7 +263,7 @@ void StepLoop::PublishExpertLoad() {
   if (absl::Now() - window_start_ < absl::Seconds(10)) return;
   if (std::any_of(window_rows_.begin(), window_rows_.end(), [](uint64_t rows) { return rows > 0; })) {
     metrics_->expert_load_ratio->Set(
-        engine::MaxMeanRatio(std::vector<double>(window_rows_.begin(), window_rows_.end())));
+        ExpertLoadRatio(*engine_->expert_placement(), window_rows_, hooks_.expert_live));
   }
   std::fill(window_rows_.begin(), window_rows_.end(), 0);
   window_start_ = absl::Now();

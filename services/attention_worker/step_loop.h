@@ -43,7 +43,18 @@ struct StepLoopHooks {
   // Whether the expert workers hold a placement's extra experts (ExpertConnector::CheckHoldsExtras);
   // called from SwitchPlacement's caller. Unset: every placement is refused.
   std::function<absl::Status(const engine::ExpertPlacement&)> check_extras;
+  // Whether expert worker `w` (by rank, home then joinable) is connected now; for
+  // moe_attention_expert_load_ratio. Unset: every worker counts as live.
+  std::function<bool(int64_t)> expert_live;
 };
+
+// moe_attention_expert_load_ratio: max / mean of `rows` (a window's rows per expert worker of
+// `placement`, home then joinable) over the workers that count: those with rows in the window, and
+// those the placement routes to (every home worker; a joinable worker only when the placement gives it
+// copies) that are live (`live`; null: all are). A joinable slot nothing runs on, or that the placement
+// does not use, is not a worker with zero load. 1 when no worker counts or none has rows.
+double ExpertLoadRatio(const engine::ExpertPlacement& placement, const std::vector<uint64_t>& rows,
+                       const std::function<bool(int64_t)>& live);
 
 class StepLoop {
  public:
@@ -68,10 +79,12 @@ class StepLoop {
   // The expert load balancer: validates `extras` ((expert, worker) copies) into a placement of
   // version `version` (INVALID_ARGUMENT naming the field), checks hooks.check_extras, and has the loop
   // switch the engine to it between two steps; `done` hears the result (from the loop thread, or at
-  // once on an error). FAILED_PRECONDITION when `version` is not above the one in use (checked by the
-  // loop, so concurrent calls are ordered).
+  // once on an error). FAILED_PRECONDITION when `version` is not above the one in use; ABORTED naming
+  // replaces_version when `replaces` is given and is not the version in use (a compare-and-set: another
+  // writer switched since the caller read it). Both are checked by the loop, so concurrent calls are
+  // ordered.
   void SwitchPlacement(uint64_t version, const std::vector<std::pair<int64_t, int64_t>>& extras,
-                       std::function<void(absl::Status)> done);
+                       std::optional<uint64_t> replaces, std::function<void(absl::Status)> done);
 
  private:
   struct Command {
@@ -79,6 +92,7 @@ class StepLoop {
     engine::GenerationRequest request;
     std::string cancel_id;
     std::optional<engine::ExpertPlacement> placement;  // a switch
+    std::optional<uint64_t> replaces;                  // a switch's compare-and-set version
     std::function<void(absl::Status)> done;            // a switch's answer
   };
   struct Live {

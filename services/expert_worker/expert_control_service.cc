@@ -1,5 +1,6 @@
 #include "services/expert_worker/expert_control_service.h"
 
+#include <optional>
 #include <vector>
 
 #include "common/logging/logging.h"
@@ -119,7 +120,11 @@ grpc::Status ExpertControlService::LoadExtraExperts(grpc::ServerContext* context
   ExpertWorker* worker = worker_.load();
   if (worker == nullptr) return kLoading;
   const std::vector<int32_t> experts(request->experts().begin(), request->experts().end());
-  if (absl::Status s = worker->LoadExtraExperts(request->placement_version(), experts); !s.ok()) {
+  if (absl::Status s = worker->LoadExtraExperts(request->placement_version(), experts,
+                                                request->has_replaces_version()
+                                                    ? std::optional<uint64_t>(request->replaces_version())
+                                                    : std::nullopt);
+      !s.ok()) {
     LOG(WARNING) << "LoadExtraExperts refused: " << s;
     return rpc::ToGrpcStatus(s);
   }

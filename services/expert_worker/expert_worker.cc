@@ -238,8 +238,14 @@ v1::ExpertWorkerInfo ExpertWorker::info() const {
   return info;
 }
 
-absl::Status ExpertWorker::LoadExtraExperts(uint64_t version, const std::vector<int32_t>& experts) {
+absl::Status ExpertWorker::LoadExtraExperts(uint64_t version, const std::vector<int32_t>& experts,
+                                            std::optional<uint64_t> replaces) {
   absl::MutexLock lock(&extras_mu_);
+  if (replaces.has_value() && *replaces != placement_version_) {
+    return absl::AbortedError(absl::StrCat("replaces_version: ", *replaces,
+                                           " is not this worker's placement version, ", placement_version_,
+                                           " (another writer loaded extra experts since; read again)"));
+  }
   if (version < placement_version_) {
     return absl::FailedPreconditionError(
         absl::StrCat("placement_version: ", version, " is older than this worker's ", placement_version_));
@@ -268,6 +274,11 @@ absl::Status ExpertWorker::LoadExtraExperts(uint64_t version, const std::vector<
                                                      extra_budget_bytes_));
   }
   std::sort(sorted.begin(), sorted.end());
+  if (sorted == extra_experts_) {
+    // The set held already (a balancer claiming this worker for its version): nothing to load.
+    placement_version_ = version;
+    return absl::OkStatus();
+  }
   std::vector<std::unique_ptr<model::ExpertShardWeights>> weights;
   for (int32_t e : sorted) {
     ASSIGN_OR_RETURN(auto extra, model::LoadExpertShard(*checkpoint_, config_, e, 1));

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -86,9 +87,12 @@ class ExpertWorker {
   // (all MoE layers) as the extra experts, replacing the previous set once all have loaded, for
   // placement `version`. INVALID_ARGUMENT naming experts[i] for an id out of range, a duplicate or
   // a home-shard expert; RESOURCE_EXHAUSTED naming --extra_expert_budget_bytes when they do not fit;
-  // FAILED_PRECONDITION naming placement_version when it is older than the current one. On an error
-  // the previous set stays. Thread-safe (calls are serialised).
-  absl::Status LoadExtraExperts(uint64_t version, const std::vector<int32_t>& experts);
+  // FAILED_PRECONDITION naming placement_version when it is older than the current one; ABORTED
+  // naming replaces_version when `replaces` is given and is not the current version (another writer
+  // loaded a set since the caller read it). On an error the previous set stays. Thread-safe (calls
+  // are serialised).
+  absl::Status LoadExtraExperts(uint64_t version, const std::vector<int32_t>& experts,
+                                std::optional<uint64_t> replaces = std::nullopt);
 
   // The rendezvous with attention worker `peer_id` (0 <= peer_id < 1000), from its Connect RPC:
   // connects the data plane back to it at `address`, carrying `secret` (the one it admitted us

@@ -4,8 +4,9 @@
 // a cluster without an extra-expert budget is refused with a message naming the flag; an expert
 // worker that does not answer is left out of the plan (or, holding the only copy of a shard, is a
 // clear error); `--watch` applies by itself, again when an expert worker joins or restarts, and
-// stops on SIGTERM with exit status 0; and an attention worker listed but not running is skipped
-// with a note until it runs, then gets the placement.
+// stops on SIGTERM with exit status 0; an attention worker listed but not running is skipped
+// with a note until it runs, then gets the placement; and a one-shot run whose window another
+// writer's switch falls into stops (ABORTED) instead of applying a plan made from stale reads.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -481,6 +482,23 @@ TEST(MoectlRebalanceTest, WatchSkipsAnAbsentAttentionWorkerAndGivesItThePlacemen
   EXPECT_THAT(watcher.Lines()[static_cast<size_t>(settled)], ::testing::Not(HasSubstr("left out")));
   EXPECT_EQ(watcher.Stop(), 0) << watcher.Text();
   std::cout << "the watcher's output:\n" << watcher.Text() << std::flush;
+
+  // Two writers at once (docs/operations.md#two-writers-scale-and-rebalance): another rebalance
+  // switches both attention workers during a one-shot's window. The one-shot would have planned from
+  // what it read before (and replaced the expert workers' extra sets the other placement routes to);
+  // it stops with ABORTED instead and applies nothing.
+  Result slow;
+  std::thread slow_thread(
+      [&] { slow = RunMoectl("cluster rebalance --window 8 --state-dir " + cluster.state); });
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  const Result quick = RunMoectl("cluster rebalance --window 0.5 --state-dir " + cluster.state);
+  slow_thread.join();
+  ASSERT_EQ(quick.exit_code, 0) << quick.err;
+  EXPECT_THAT(quick.out, HasSubstr("applied: placement version"));
+  EXPECT_FALSE(slow.crashed);
+  EXPECT_EQ(slow.exit_code, 1) << slow.out << slow.err;
+  EXPECT_THAT(slow.err, HasSubstr("during the window (another writer): look again"));
+  EXPECT_THAT(slow.out, ::testing::Not(HasSubstr("applied:")));
 
   const std::vector<std::string> failures = clients.Stop();
   EXPECT_TRUE(failures.empty()) << failures.size() << " failed, the first: " << failures.front();

@@ -48,6 +48,7 @@
 #include <fstream>
 #include <iostream>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -676,65 +677,6 @@ void RunUp(const ClusterFlags& flags) {
     }
     return out;
   };
-  // SetExpertPlacement(version, extras) on the attention workers `which` (indices into children),
-  // retrying while one refuses for a worker it has not connected yet, or cannot be reached, for up
-  // to 90 s. Each try waits for the channel to connect (wait_for_ready) but for at most 15 s, so one
-  // slow connection attempt (a loaded machine, a sanitizer build) cannot use up the whole window.
-  auto set_placement = [&](const std::vector<size_t>& which, uint64_t version,
-                           const std::vector<std::pair<int, int>>& extras) -> absl::Status {
-    for (size_t i : which) {
-      const Child& c = children[i];
-      auto stub = v1::AttentionWorker::NewStub(worker_credentials->CreateChannel(c.address));
-      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
-      for (int attempt = 0;; ++attempt) {
-        // A retry after a try that timed out may find the switch made (the same version twice is
-        // refused): done then.
-        if (attempt > 0) {
-          grpc::ClientContext ctx;
-          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-          v1::WorkerLoad load;
-          if (stub->GetLoad(&ctx, v1::GetLoadRequest(), &load).ok() &&
-              load.expert_placement_version() == version)
-            break;
-        }
-        grpc::ClientContext ctx;
-        ctx.set_wait_for_ready(true);
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
-        v1::SetExpertPlacementRequest request;
-        request.set_placement_version(version);
-        for (const auto& [expert, worker] : extras) {
-          v1::ExtraExpertCopy* copy = request.add_extras();
-          copy->set_expert(expert);
-          copy->set_worker(worker);
-        }
-        v1::SetExpertPlacementResponse response;
-        const grpc::Status status = stub->SetExpertPlacement(&ctx, request, &response);
-        if (status.ok()) break;
-        const bool retry = status.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
-                           status.error_code() == grpc::StatusCode::UNAVAILABLE ||
-                           status.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
-        if (!retry || std::chrono::steady_clock::now() > deadline || stop_requested) {
-          return absl::UnavailableError(absl::StrCat(c.name, " refused expert placement version ", version,
-                                                     ": ", status.error_message(), "; see ", c.name, ".log"));
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
-      }
-    }
-    return absl::OkStatus();
-  };
-  // <state>/expert_workers: the home workers, then every added one still running, by rank.
-  auto write_expert_file = [&] {
-    std::vector<std::string> running = experts;
-    std::vector<std::pair<int, std::string>> added;
-    for (size_t i : joined_children()) {
-      int rank = 0;
-      if (absl::SimpleAtoi(children[i].name.substr(std::strlen("expert-")), &rank))
-        added.emplace_back(rank, children[i].address);
-    }
-    std::sort(added.begin(), added.end());
-    for (const auto& [rank, address] : added) running.push_back(address);
-    WriteAtomically(expert_file, absl::StrJoin(running, "\n") + "\n");
-  };
   // The highest placement version an attention worker uses: `moectl cluster rebalance` may have gone
   // past the supervisor's own, and a version not above the one in use is refused.
   auto placement_version_in_use = [&] {
@@ -748,6 +690,112 @@ void RunUp(const ClusterFlags& flags) {
         version = std::max<uint64_t>(version, load.expert_placement_version());
     }
     return version;
+  };
+  // SetExpertPlacement(extras) on the attention workers `which` (indices into children), each a
+  // compare-and-set on the version read from it just before (replaces_version), so a concurrent
+  // `moectl cluster rebalance` never leaves two placements under one version number. `fixed` 0: a new
+  // version above every attention worker's (and the supervisor's); otherwise that version (the
+  // supervisor's placement in use, for a new attention worker; one already on it or past it is left
+  // alone). A worker that has not connected a named expert worker yet (FAILED_PRECONDITION) or cannot
+  // be reached is tried again, for up to 90 s; when another writer switched a worker since it was read
+  // (ABORTED, or a version at or above this one that this call did not set: also a try that timed out
+  // but switched), the pass starts over with a new version, so every worker ends on one version that
+  // only this placement has. Each try waits for the channel to connect (wait_for_ready) but for at most
+  // 15 s, so one slow connection attempt (a loaded machine, a sanitizer build) cannot use up the whole
+  // window. Returns the version switched to.
+  auto set_placement = [&](const std::vector<size_t>& which, uint64_t fixed,
+                           const std::vector<std::pair<int, int>>& extras) -> absl::StatusOr<uint64_t> {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+    uint64_t version = 0;
+    std::set<size_t> switched;  // the workers this call switched to `version`
+    for (int pass = 0;; ++pass) {
+      if (pass > 0) std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      if (version == 0) {
+        version = fixed > 0 ? fixed : placement_version_in_use() + 1;
+        switched.clear();
+      }
+      grpc::Status failed = grpc::Status::OK;
+      std::string failed_name;
+      bool superseded = false;
+      for (size_t i : which) {
+        const Child& c = children[i];
+        auto stub = v1::AttentionWorker::NewStub(worker_credentials->CreateChannel(c.address));
+        v1::WorkerLoad load;
+        {
+          grpc::ClientContext ctx;
+          ctx.set_wait_for_ready(true);
+          ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
+          failed = stub->GetLoad(&ctx, v1::GetLoadRequest(), &load);
+        }
+        if (!failed.ok()) {
+          failed_name = c.name;
+          break;
+        }
+        const uint64_t in_use = load.expert_placement_version();
+        if (fixed > 0 ? in_use >= fixed : (switched.contains(i) && in_use == version)) continue;
+        if (fixed == 0 && in_use >= version) {
+          superseded = true;
+          break;
+        }
+        grpc::ClientContext ctx;
+        ctx.set_wait_for_ready(true);
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(15));
+        v1::SetExpertPlacementRequest request;
+        request.set_placement_version(version);
+        request.set_replaces_version(in_use);
+        for (const auto& [expert, worker] : extras) {
+          v1::ExtraExpertCopy* copy = request.add_extras();
+          copy->set_expert(expert);
+          copy->set_worker(worker);
+        }
+        v1::SetExpertPlacementResponse response;
+        failed = stub->SetExpertPlacement(&ctx, request, &response);
+        if (!failed.ok()) {
+          failed_name = c.name;
+          superseded = failed.error_code() == grpc::StatusCode::ABORTED;
+          break;
+        }
+        switched.insert(i);
+      }
+      if (failed.ok() && !superseded) return version;
+      if (superseded) {
+        std::cerr << "moectl cluster: scale: another writer switched the placement of an attention worker "
+                     "(version "
+                  << version << " taken or passed"
+                  << (failed.ok() ? std::string() : ": " + failed.error_message())
+                  << "); switching every attention worker again" << std::endl;
+        if (fixed == 0) version = 0;
+      }
+      const bool retry = superseded || failed.error_code() == grpc::StatusCode::FAILED_PRECONDITION ||
+                         failed.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                         failed.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED;
+      if (!retry || std::chrono::steady_clock::now() > deadline || stop_requested) {
+        if (failed.ok()) {
+          return absl::AbortedError(
+              "another writer kept switching the attention workers' expert placement for 90 s; try again");
+        }
+        return absl::UnavailableError(absl::StrCat(failed_name, " refused expert placement version ", version,
+                                                   ": ", failed.error_message(), "; see ", failed_name,
+                                                   ".log"));
+      }
+    }
+  };
+  // <state>/expert_workers: the home workers, then every added one still running, by rank.
+  // `unlisted`: workers running that are not listed (they leave the placement next, or join it).
+  auto write_expert_file = [&](const std::vector<Child>& unlisted = {}) {
+    std::vector<std::string> running = experts;
+    std::vector<std::pair<int, std::string>> added;
+    for (size_t i : joined_children()) {
+      int rank = 0;
+      if (std::any_of(unlisted.begin(), unlisted.end(),
+                      [&](const Child& c) { return c.name == children[i].name; }))
+        continue;
+      if (absl::SimpleAtoi(children[i].name.substr(std::strlen("expert-")), &rank))
+        added.emplace_back(rank, children[i].address);
+    }
+    std::sort(added.begin(), added.end());
+    for (const auto& [rank, address] : added) running.push_back(address);
+    WriteAtomically(expert_file, absl::StrJoin(running, "\n") + "\n");
   };
   auto scale_experts = [&](int want) -> absl::StatusOr<std::string> {
     const int home = flags.expert_workers;
@@ -814,9 +862,19 @@ void RunUp(const ClusterFlags& flags) {
     }
     // Joining: the attention workers connect the new workers and switch once each is connected and
     // holds its experts. Leaving: a placement without them first, then SIGTERM (they drain).
-    const uint64_t version = placement_version_in_use() + 1;
-    if (absl::Status s = set_placement(attention_children(), version, extras); !s.ok()) return s;
-    placement_version = version;
+    // The expert workers' file without the leaving workers first (and the joining ones only after the
+    // switch, once the attention workers have connected them): a `cluster rebalance` look that sees
+    // the switch sees the new list too, as it checks that the list did not change during the look.
+    std::vector<Child> unlisted = leaving;
+    for (size_t i : joined_children()) {
+      int rank = 0;
+      if (absl::SimpleAtoi(children[i].name.substr(std::strlen("expert-")), &rank) && rank >= have)
+        unlisted.push_back(children[i]);
+    }
+    write_expert_file(unlisted);
+    absl::StatusOr<uint64_t> version = set_placement(attention_children(), 0, extras);
+    if (!version.ok()) return version.status();
+    placement_version = *version;
     placement_extras = extras;
     for (const Child& c : leaving) {
       std::erase_if(children, [&](const Child& x) { return x.name == c.name; });
@@ -860,9 +918,10 @@ void RunUp(const ClusterFlags& flags) {
       // home shards (always safe) until the balancer applies a plan again (`rebalance --watch` does
       // at its next look, seeing a worker on another version).
       if (placement_version > 0 && placement_version_in_use() == placement_version) {
-        if (absl::Status s = set_placement({children.size() - 1}, placement_version, placement_extras);
+        if (absl::StatusOr<uint64_t> s =
+                set_placement({children.size() - 1}, placement_version, placement_extras);
             !s.ok())
-          return s;
+          return s.status();
       }
       addresses.push_back(address);
       std::cerr << "moectl cluster: scale: " << name << " ready" << std::endl;

@@ -277,27 +277,67 @@ absl::StatusOr<v1::ExpertWorkerInfo> GetExpertInfo(const Cluster& cluster, const
   return info;
 }
 
+// What a look reports when another writer (`moectl cluster scale`, another balancer) changed the
+// placement or an expert worker's extra set since the look read it: ABORTED, nothing of the other
+// writer's undone; the next look (or a rerun) plans from the new state.
+absl::Status Aborted(const std::string& what, const grpc::Status& status) {
+  return absl::AbortedError(absl::StrCat(RpcError(what, status),
+                                         "; another writer changed it since this look read it: stopped "
+                                         "there, look again"));
+}
+
+// LoadExtraExperts, a compare-and-set on the worker's version: `replaces` is the version this look
+// read from it (GetInfo) or last loaded there itself. ABORTED when another writer loaded since.
 absl::Status LoadExtras(const Cluster& cluster, const std::string& address, uint64_t version,
-                        const std::vector<int64_t>& experts, double timeout_s) {
+                        const std::vector<int64_t>& experts, uint64_t replaces, double timeout_s) {
   auto stub = v1::ExpertControl::NewStub(cluster.credentials.CreateChannel(address));
   grpc::ClientContext ctx;
   ctx.set_deadline(Deadline(timeout_s));
   v1::LoadExtraExpertsRequest request;
   request.set_placement_version(version);
+  request.set_replaces_version(replaces);
   for (int64_t e : experts) request.add_experts(static_cast<int32_t>(e));
   v1::LoadExtraExpertsResponse response;
   const grpc::Status status = stub->LoadExtraExperts(&ctx, request, &response);
-  if (!status.ok()) {
-    return absl::UnavailableError(
-        RpcError(absl::StrCat("LoadExtraExperts(version ", version, ", experts [",
-                              absl::StrJoin(experts, ","), "]) on expert worker ", address),
-                 status));
+  const std::string what = absl::StrCat("LoadExtraExperts(version ", version, ", experts [",
+                                        absl::StrJoin(experts, ","), "]) on expert worker ", address);
+  if (status.error_code() == grpc::StatusCode::ABORTED) return Aborted(what, status);
+  if (!status.ok()) return absl::UnavailableError(RpcError(what, status));
+  return absl::OkStatus();
+}
+
+// Confirms, before copies are freed, that no attention worker may still dispatch with a placement
+// other than `version`: every listed one that answers GetLoad uses `version` or version 0 (the home
+// shards as started: no extra copies), and every other one is not running (UNAVAILABLE: nothing
+// listens). One that answers late (hung) or with another version may still name the copies:
+// FAILED_PRECONDITION saying which, and the caller keeps them.
+absl::Status AllAttentionWorkersOn(const std::vector<std::string>& listed, const Cluster& cluster,
+                                   uint64_t version, double timeout_s) {
+  for (const std::string& address : listed) {
+    auto stub = v1::AttentionWorker::NewStub(cluster.credentials.CreateChannel(address));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Deadline(timeout_s));
+    v1::WorkerLoad load;
+    const grpc::Status status = stub->GetLoad(&ctx, v1::GetLoadRequest(), &load);
+    if (status.error_code() == grpc::StatusCode::UNAVAILABLE) continue;  // not running: no placement
+    if (!status.ok()) {
+      return absl::FailedPreconditionError(RpcError(
+          "attention worker " + address + ": GetLoad (it may still use an older placement)", status));
+    }
+    if (load.expert_placement_version() != version && load.expert_placement_version() != 0) {
+      return absl::FailedPreconditionError(absl::StrCat("attention worker ", address,
+                                                        " uses placement version ",
+                                                        load.expert_placement_version(), ", not ", version));
+    }
   }
   return absl::OkStatus();
 }
 
+// SetExpertPlacement on every attention worker of `cluster`, in order, each a compare-and-set on the
+// version this look read from it (`replaces`, by the same index). ABORTED at the first that another
+// writer switched since; the ones before keep the new placement (the next look sees them).
 absl::Status SetPlacement(const Cluster& cluster, const engine::ExpertPlacement& placement,
-                          double timeout_s) {
+                          const std::vector<uint64_t>& replaces, double timeout_s) {
   v1::SetExpertPlacementRequest request;
   request.set_placement_version(placement.version());
   for (int64_t e = 0; e < placement.num_experts(); ++e) {
@@ -307,17 +347,18 @@ absl::Status SetPlacement(const Cluster& cluster, const engine::ExpertPlacement&
       copy->set_worker(static_cast<int32_t>(w));
     }
   }
-  for (const std::string& address : cluster.attention) {
+  for (size_t a = 0; a < cluster.attention.size(); ++a) {
+    const std::string& address = cluster.attention[a];
     auto stub = v1::AttentionWorker::NewStub(cluster.credentials.CreateChannel(address));
     grpc::ClientContext ctx;
     ctx.set_deadline(Deadline(timeout_s));
+    request.set_replaces_version(replaces[a]);
     v1::SetExpertPlacementResponse response;
     const grpc::Status status = stub->SetExpertPlacement(&ctx, request, &response);
-    if (!status.ok()) {
-      return absl::UnavailableError(RpcError(
-          absl::StrCat("SetExpertPlacement(version ", placement.version(), ") on attention worker ", address),
-          status));
-    }
+    const std::string what = absl::StrCat("SetExpertPlacement(version ", placement.version(), ", replacing ",
+                                          replaces[a], ") on attention worker ", address);
+    if (status.error_code() == grpc::StatusCode::ABORTED) return Aborted(what, status);
+    if (!status.ok()) return absl::UnavailableError(RpcError(what, status));
   }
   return absl::OkStatus();
 }
@@ -457,8 +498,29 @@ absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& targ
                             read_first.addresses.begin());
     first.push_back(read_first.loads[i]);
   }
+  // `cluster scale` writes the expert workers' file before it switches the placement: a look that saw
+  // the switch but not the new list would plan with a worker that is leaving (or without one joining).
+  {
+    ASSIGN_OR_RETURN(const Cluster again, Addresses(target));
+    if (again.experts != cluster.experts) {
+      return absl::AbortedError(absl::StrCat("the expert workers changed during this look (",
+                                             absl::StrJoin(cluster.experts, ","), " -> ",
+                                             absl::StrJoin(again.experts, ","), "): look again"));
+    }
+  }
   // From here on the cluster's attention workers are the answering ones: the placement goes to them.
   cluster.attention = read_second.addresses;
+  // The compare-and-set versions: what each of them uses now.
+  std::vector<uint64_t> attention_versions;
+  for (size_t a = 0; a < second.size(); ++a) {
+    if (first[a].expert_placement_version() != second[a].expert_placement_version()) {
+      return absl::AbortedError(
+          absl::StrCat("attention worker ", cluster.attention[a], " switched from placement version ",
+                       first[a].expert_placement_version(), " to ", second[a].expert_placement_version(),
+                       " during the window (another writer): look again"));
+    }
+    attention_versions.push_back(second[a].expert_placement_version());
+  }
   // The attention workers' placement: its expert workers (home and joinable) and version.
   int64_t placement_workers = 0;
   uint64_t current_version = 0;
@@ -694,11 +756,28 @@ absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& targ
   }
   const uint64_t version = plan.placement.version();
   engine::ExpertPlacement target_placement = plan.placement;
+  // Every LoadExtraExperts and SetExpertPlacement below is a compare-and-set on the version this look
+  // read (or last set itself), so a concurrent writer (`cluster scale`, another balancer) makes this
+  // look stop with ABORTED instead of mixing placements or freeing copies the other one routes to.
+  // An expert worker's version after this look's own loads: the version of the next compare-and-set.
+  std::map<int64_t, uint64_t> expert_version;
+  for (const auto& [w, experts] : unions)
+    expert_version[w] = infos[static_cast<size_t>(w)]->placement_version();
+  // Frees copies only once no attention worker may still use a placement naming them (see
+  // AllAttentionWorkersOn); the attention workers listed now, not only the ones that answered the
+  // look.
+  auto safe_to_free = [&](uint64_t in_use) -> absl::Status {
+    ASSIGN_OR_RETURN(const Cluster now, Addresses(target));
+    return AllAttentionWorkersOn(now.attention, cluster, in_use, info_timeout_s);
+  };
   if (union_fits) {
+    // Also a set already loaded is loaded again (the worker only takes the new version): it claims the
+    // worker, so a concurrent writer's trim (same old version) cannot free what this plan names.
     for (const auto& [w, experts] : unions) {
-      if (experts != loaded_now(w))
-        RETURN_IF_ERROR(
-            LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], version, experts, flags.timeout_s));
+      if (experts.empty() && loaded_now(w).empty()) continue;
+      RETURN_IF_ERROR(LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], version, experts,
+                                 expert_version[w], flags.timeout_s));
+      expert_version[w] = version;
     }
   } else {
     // The old and new copies do not fit together: back to the home shards first, then load the new set.
@@ -706,25 +785,48 @@ absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& targ
                  "switching to the home shards first"
               << std::endl;
     ASSIGN_OR_RETURN(const engine::ExpertPlacement plain, home_placement.WithExtras({}, version));
-    RETURN_IF_ERROR(SetPlacement(cluster, plain, flags.timeout_s));
+    RETURN_IF_ERROR(SetPlacement(cluster, plain, attention_versions, flags.timeout_s));
+    attention_versions.assign(attention_versions.size(), version);
+    // Loading the new sets frees the old copies: only once every attention worker is on the home shards.
+    if (absl::Status free = safe_to_free(version); !free.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("switched to the home shards (placement version ", version,
+                       ") but not loading the new extra experts, which frees the old ones: ", free.message(),
+                       "; look again"));
+    }
     std::vector<std::vector<int64_t>> lists(static_cast<size_t>(num_experts));
     for (int64_t e = 0; e < num_experts; ++e) lists[static_cast<size_t>(e)] = plan.placement.extra_workers(e);
     ASSIGN_OR_RETURN(target_placement, home_placement.WithExtras(std::move(lists), version + 1));
-    for (const auto& [w, experts] : unions)
+    for (const auto& [w, experts] : unions) {
       RETURN_IF_ERROR(LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], target_placement.version(),
-                                 to_load(w), flags.timeout_s));
+                                 to_load(w), expert_version[w], flags.timeout_s));
+      expert_version[w] = target_placement.version();
+    }
   }
-  RETURN_IF_ERROR(SetPlacement(cluster, target_placement, flags.timeout_s));
-  // Every attention worker now uses the new version: free the copies only the old one used.
+  RETURN_IF_ERROR(SetPlacement(cluster, target_placement, attention_versions, flags.timeout_s));
+  // Every attention worker that answered now uses the new version: free the copies only the old one
+  // used, unless one may still use another placement (then they stay, and the next look sees them).
   Applied applied{.version = target_placement.version(),
                   .extras = ExtrasOf(target_placement),
                   .placement = target_placement};
+  std::string kept;
+  if (union_fits) {
+    bool trims = false;
+    for (const auto& [w, experts] : unions) trims = trims || experts != to_load(w);
+    if (trims) {
+      if (absl::Status free = safe_to_free(target_placement.version()); !free.ok()) {
+        kept = absl::StrCat("; the old copies stay loaded: ", free.message());
+        std::cerr << "moectl cluster rebalance: not freeing the old extra experts: " << free.message()
+                  << std::endl;
+      }
+    }
+  }
   for (const auto& [w, experts] : unions) {
-    if (union_fits && experts != to_load(w))
-      RETURN_IF_ERROR(
-          LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], version, to_load(w), flags.timeout_s));
     applied.workers[w] = cluster.experts[static_cast<size_t>(w)];
-    applied.loaded[w] = to_load(w);
+    applied.loaded[w] = kept.empty() ? to_load(w) : experts;
+    if (!union_fits || !kept.empty() || experts == to_load(w)) continue;
+    RETURN_IF_ERROR(LoadExtras(cluster, cluster.experts[static_cast<size_t>(w)], version, to_load(w),
+                               expert_version[w], flags.timeout_s));
   }
   if (watch != nullptr) *watch = std::move(applied);
   const std::string done =
@@ -734,7 +836,8 @@ absl::StatusOr<std::string> Look(const RebalanceFlags& flags, const Target& targ
     std::cout << "applied: placement version " << target_placement.version() << " on "
               << cluster.attention.size() << " attention and " << unions.size() << " expert workers"
               << std::endl;
-  return absl::StrFormat("%s; %s (predicted %.3f -> %.3f)", line, done, plan.ratio_before, plan.ratio_after);
+  return absl::StrFormat("%s; %s (predicted %.3f -> %.3f)%s", line, done, plan.ratio_before, plan.ratio_after,
+                         kept);
 }
 
 void RunRebalance(const RebalanceFlags& flags) {
@@ -761,6 +864,11 @@ void RunRebalance(const RebalanceFlags& flags) {
     if (line.ok()) {
       failures = 0;
       std::cout << "look " << look << ": " << *line << std::endl;
+    } else if (absl::IsAborted(line.status())) {
+      // Another writer moved the placement on: not a failure; the next look plans from its state.
+      failures = 0;
+      std::cout << "look " << look << ": aborted: " << line.status().message()
+                << absl::StrFormat("; next look in %.1f s", wait_s) << std::endl;
     } else {
       // Back off after failures: the interval, doubling up to the larger of a minute and the interval.
       wait_s = std::min(flags.interval_s * static_cast<double>(1 << std::min(failures, 6)),

@@ -1,8 +1,12 @@
 #include "services/attention_worker/attention_service.h"
 
+#include <cstdint>
 #include <string>
+#include <vector>
 
+#include "common/engine/expert_placement.h"
 #include "gtest/gtest.h"
+#include "services/attention_worker/step_loop.h"
 
 namespace moe::services {
 namespace {
@@ -71,6 +75,31 @@ TEST(ToGenerationRequestTest, RejectsBadFieldsNamingThem) {
   request.set_top_logprobs(0);
   request.add_stop_token_ids(-1);
   EXPECT_EQ(ToGenerationRequest(request).status().message(), "stop_token_ids: negative id -1");
+}
+
+// moe_attention_expert_load_ratio over 2 home expert workers and 2 joinable slots (a chart with
+// expert.autoscaling lists joinable slots nothing may run on).
+TEST(ExpertLoadRatioTest, CountsOnlyTheWorkersThePlacementRoutesToOrThatHadRows) {
+  const engine::ExpertPlacement home =
+      *engine::ExpertPlacement(8, {1000, 1001}).WithJoinableWorkers({1002, 1003});
+  // Home only: the joinable slots take no rows and are not zero-load workers of the ratio.
+  EXPECT_DOUBLE_EQ(ExpertLoadRatio(home, {100, 100, 0, 0}, nullptr), 1.0);
+  EXPECT_DOUBLE_EQ(ExpertLoadRatio(home, {300, 100, 0, 0}, nullptr), 1.5);
+  // A home worker that took no rows while live is real imbalance: it counts.
+  EXPECT_DOUBLE_EQ(ExpertLoadRatio(home, {200, 0, 0, 0}, nullptr), 2.0);
+  // ... but not while it is down (its replica took its rows).
+  EXPECT_DOUBLE_EQ(ExpertLoadRatio(home, {200, 0, 0, 0}, [](int64_t w) { return w != 1; }), 1.0);
+  // Joinable worker 2 holds copies of experts 0..3 in the placement in use: it counts, even idle,
+  // once it is live; slot 3 does not.
+  std::vector<std::vector<int64_t>> extras(8);
+  for (int e = 0; e < 4; ++e) extras[static_cast<size_t>(e)] = {2};
+  const engine::ExpertPlacement joined = *home.WithExtras(extras, 1);
+  EXPECT_DOUBLE_EQ(ExpertLoadRatio(joined, {100, 100, 100, 0}, nullptr), 1.0);
+  EXPECT_DOUBLE_EQ(ExpertLoadRatio(joined, {150, 150, 0, 0}, nullptr), 1.5);
+  EXPECT_DOUBLE_EQ(ExpertLoadRatio(joined, {150, 150, 0, 0}, [](int64_t w) { return w != 2; }), 1.0);
+  // A worker that had rows in the window counts whatever the placement now says (it left since).
+  EXPECT_DOUBLE_EQ(ExpertLoadRatio(home, {100, 100, 0, 100}, nullptr), 1.0);
+  EXPECT_DOUBLE_EQ(ExpertLoadRatio(home, {0, 0, 0, 0}, nullptr), 1.0);
 }
 
 }  // namespace

@@ -248,6 +248,95 @@ TEST(AttentionWorkerBalancerTest, SwitchesPlacementMidStreamOnlyOnceTheExpertsAr
   EXPECT_GT(later_sum, expert_sum);
 }
 
+grpc::Status LoadExtras(const std::string& address, uint64_t version, const std::vector<int32_t>& experts,
+                        std::optional<uint64_t> replaces) {
+  auto stub = v1::ExpertControl::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(60)));
+  v1::LoadExtraExpertsRequest request;
+  request.set_placement_version(version);
+  if (replaces.has_value()) request.set_replaces_version(*replaces);
+  for (int32_t e : experts) request.add_experts(e);
+  v1::LoadExtraExpertsResponse response;
+  return stub->LoadExtraExperts(&context, request, &response);
+}
+
+grpc::Status SetPlacementReplacing(v1::AttentionWorker::Stub& stub, uint64_t version,
+                                   const std::vector<std::pair<int, int>>& extras, uint64_t replaces) {
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+  v1::SetExpertPlacementRequest request;
+  request.set_placement_version(version);
+  request.set_replaces_version(replaces);
+  for (const auto& [expert, worker] : extras) {
+    v1::ExtraExpertCopy* copy = request.add_extras();
+    copy->set_expert(expert);
+    copy->set_worker(worker);
+  }
+  v1::SetExpertPlacementResponse response;
+  return stub.SetExpertPlacement(&context, request, &response);
+}
+
+std::vector<int32_t> ExtraExpertsOf(const std::string& address) {
+  auto stub = v1::ExpertControl::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext context;
+  v1::ExpertWorkerInfo info;
+  EXPECT_TRUE(stub->GetInfo(&context, v1::GetInfoRequest(), &info).ok());
+  return std::vector<int32_t>(info.extra_experts().begin(), info.extra_experts().end());
+}
+
+// Two writers of the placement (`moectl cluster scale` and `moectl cluster rebalance`, or two
+// balancers) that read the same state pick the same next version. Each step is a compare-and-set on
+// the version read, so the second writer is refused (ABORTED naming replaces_version) instead of
+// replacing the first one's extra set (freeing copies the first one's placement routes to) or putting
+// its own placement under the same version number. Without replaces_version the old ordering rules
+// let exactly that through: the same-version load is accepted.
+TEST(AttentionWorkerBalancerTest, TwoWritersOfOneVersionCannotMixPlacementsOrFreeEachOthersCopies) {
+  const std::string& model = moe::testing::TestModelDir("tiny", "bf16");
+  Cluster cluster(model, 2, {"--extra_expert_budget_bytes", std::to_string(int64_t{64} << 20)});
+  // Worker 1 of 2 holds [half, num_experts); both writers read version 0 everywhere and no extras.
+  // Writer A copies experts 0, 1 to worker 1; writer B copies experts 2, 3 there.
+  ASSERT_TRUE(LoadExtras(cluster.ExpertAddress(1), 1, {0, 1}, 0).ok());
+  const grpc::Status b_load = LoadExtras(cluster.ExpertAddress(1), 1, {2, 3}, 0);
+  EXPECT_EQ(b_load.error_code(), grpc::StatusCode::ABORTED) << b_load.error_message();
+  EXPECT_NE(b_load.error_message().find("replaces_version: 0"), std::string::npos) << b_load.error_message();
+  EXPECT_EQ(ExtraExpertsOf(cluster.ExpertAddress(1)), std::vector<int32_t>({0, 1}));
+  // The old rule alone (no replaces_version: same version allowed) would have replaced A's set.
+  // A switches; B's switch under the same version is refused by the ordering rule, and under a higher
+  // one by the compare-and-set (B read version 0).
+  const std::vector<std::pair<int, int>> a_copies = {{0, 1}, {1, 1}};
+  const grpc::Status a_switch = SetPlacementReplacing(cluster.stub(), 1, a_copies, 0);
+  ASSERT_TRUE(a_switch.ok()) << a_switch.error_message() << "\n" << cluster.log();
+  const grpc::Status b_switch = SetPlacementReplacing(cluster.stub(), 2, {}, 0);
+  EXPECT_EQ(b_switch.error_code(), grpc::StatusCode::ABORTED) << b_switch.error_message();
+  EXPECT_NE(b_switch.error_message().find("replaces_version: 0 is not the placement version in use, 1"),
+            std::string::npos)
+      << b_switch.error_message();
+  EXPECT_EQ(cluster.Load().expert_placement_version(), 1u);
+  // A's placement is in use and its copies are held: requests keep embedded mode's bits.
+  const Generated got = cluster.Generate(GreedyRequest("after", Prompts()[0], 16));
+  ASSERT_TRUE(got.status.ok()) << got.status.error_message() << "\n" << cluster.log();
+  EXPECT_EQ(got.tokens, Embedded(model, Prompts()[0], 16).tokens);
+  // A writer that read the current versions goes ahead: B claims worker 1 (same set, new version:
+  // nothing is loaded again), then switches.
+  ASSERT_TRUE(LoadExtras(cluster.ExpertAddress(1), 2, {0, 1}, 1).ok());
+  // A's trim (replacing its own version 1) now comes too late: refused, B's claim stands. Without
+  // replaces_version the old rules would let a trim under B's version through.
+  const grpc::Status a_trim = LoadExtras(cluster.ExpertAddress(1), 2, {0}, 1);
+  EXPECT_EQ(a_trim.error_code(), grpc::StatusCode::ABORTED) << a_trim.error_message();
+  EXPECT_NE(a_trim.error_message().find("replaces_version: 1 is not this worker's placement version, 2"),
+            std::string::npos)
+      << a_trim.error_message();
+  EXPECT_EQ(ExtraExpertsOf(cluster.ExpertAddress(1)), std::vector<int32_t>({0, 1}));
+  const grpc::Status b_switched = SetPlacementReplacing(cluster.stub(), 2, {{1, 1}}, 1);
+  EXPECT_TRUE(b_switched.ok()) << b_switched.error_message();
+  EXPECT_EQ(cluster.Load().expert_placement_version(), 2u);
+  // Callers that do not set replaces_version keep the old rules.
+  EXPECT_TRUE(SetPlacement(cluster.stub(), 3, {}).ok());
+  EXPECT_TRUE(LoadExtras(cluster.ExpertAddress(1), 3, {}, std::nullopt).ok());
+  EXPECT_TRUE(ExtraExpertsOf(cluster.ExpertAddress(1)).empty());
+}
+
 // Every expert on both workers: each worker holds the other's whole shard as extra copies, so about
 // half of every expert's rows, cold experts included, are computed by a copy loaded at run time
 // (LoadExtraExperts) rather than by the home shard. Concurrent streams (so a row's host varies with

@@ -244,10 +244,12 @@ TEST(ExpertWorkerProcessTest, LoadExtraExpertsValidatesAndEnforcesTheBudget) {
   ASSERT_TRUE(child.ok());
   ASSERT_TRUE(moe::testing::WaitForHealth(address, "readiness", true, absl::Now() + absl::Seconds(60)).ok());
   auto stub = v1::ExpertControl::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  auto load = [&](uint64_t version, std::vector<int32_t> experts, v1::LoadExtraExpertsResponse* response) {
+  auto load = [&](uint64_t version, std::vector<int32_t> experts, v1::LoadExtraExpertsResponse* response,
+                  std::optional<uint64_t> replaces = std::nullopt) {
     grpc::ClientContext context;
     v1::LoadExtraExpertsRequest request;
     request.set_placement_version(version);
+    if (replaces.has_value()) request.set_replaces_version(*replaces);
     for (int32_t e : experts) request.add_experts(e);
     return stub->LoadExtraExperts(&context, request, response);
   };
@@ -285,6 +287,21 @@ TEST(ExpertWorkerProcessTest, LoadExtraExpertsValidatesAndEnforcesTheBudget) {
   EXPECT_EQ(info.placement_version(), 2u);
   ASSERT_EQ(info.extra_experts_size(), 1);
   EXPECT_EQ(info.extra_experts(0), 64);
+  // Compare-and-set (replaces_version): a writer that read another version than the worker's is
+  // refused and the set stays; one that read it goes ahead.
+  const grpc::Status stale = load(3, {100}, &response, 1);
+  EXPECT_EQ(stale.error_code(), grpc::StatusCode::ABORTED) << stale.error_message();
+  EXPECT_NE(stale.error_message().find("replaces_version: 1 is not this worker's placement version, 2"),
+            std::string::npos)
+      << stale.error_message();
+  ASSERT_TRUE(load(3, {100}, &response, 2).ok());
+  EXPECT_EQ(response.info().placement_version(), 3u);
+  // The set it holds again: only the version changes (a balancer claiming the worker).
+  ASSERT_TRUE(load(4, {100}, &response, 3).ok());
+  EXPECT_EQ(response.info().placement_version(), 4u);
+  EXPECT_EQ(
+      std::vector<int32_t>(response.info().extra_experts().begin(), response.info().extra_experts().end()),
+      std::vector<int32_t>({100}));
   (*child)->Signal(SIGTERM);
   EXPECT_TRUE((*child)->Wait(absl::Seconds(10)).has_value());
 }
