@@ -486,11 +486,12 @@ TEST(MoectlRebalanceTest, WatchSkipsAnAbsentAttentionWorkerAndGivesItThePlacemen
   // Two writers at once (docs/operations.md#two-writers-scale-and-rebalance): another rebalance
   // switches both attention workers during a one-shot's window. The one-shot would have planned from
   // what it read before (and replaced the expert workers' extra sets the other placement routes to);
-  // it stops with ABORTED instead and applies nothing.
+  // it stops with ABORTED instead and applies nothing. The margins are wide for a loaded (sanitized)
+  // machine: 4 s for the slow run to make its first read, 16 s for the quick one to switch.
   Result slow;
   std::thread slow_thread(
-      [&] { slow = RunMoectl("cluster rebalance --window 8 --state-dir " + cluster.state); });
-  std::this_thread::sleep_for(std::chrono::seconds(2));
+      [&] { slow = RunMoectl("cluster rebalance --window 20 --state-dir " + cluster.state); });
+  std::this_thread::sleep_for(std::chrono::seconds(4));
   const Result quick = RunMoectl("cluster rebalance --window 0.5 --state-dir " + cluster.state);
   slow_thread.join();
   ASSERT_EQ(quick.exit_code, 0) << quick.err;
