@@ -366,6 +366,24 @@ MOE_AVX512_TARGET inline __m256 SumHalves(__m512 x) {
                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
 }
 
+// The QK^T epilogue of the AVX-512 kernels for key j: a[i] holds row i's 16 DotQK lanes, whose
+// halves are added and reduced by Reduce8x8 as in the AVX2 kernel; srow[row][j] = dot * scale for
+// each row whose srow is not null.
+MOE_AVX512_TARGET inline __attribute__((always_inline)) void StoreScores16(const __m512* a,
+                                                                           float* const* srow, int64_t j,
+                                                                           float scale) {
+  __m256 s8[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) s8[i] = SumHalves(a[i]);
+  alignas(32) float dots[8];
+  _mm256_store_ps(dots, Reduce8x8(s8));
+#pragma GCC unroll 8
+  for (int lane = 0; lane < 8; ++lane) {
+    float* dst = srow[kLaneOutput[lane]];
+    if (dst != nullptr) dst[j] = dots[lane] * scale;
+  }
+}
+
 // Row8 with 16 elements.
 template <bool kBf16>
 MOE_AVX512_TARGET inline __attribute__((always_inline)) __m512 Row16(const float* block,
@@ -399,23 +417,8 @@ MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* 
         a1[i] = _mm512_add_ps(a1[i], _mm512_mul_ps(qv, kv1));
       }
     }
-    __m256 s0[8], s1[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) {
-      s0[i] = SumHalves(a0[i]);
-      s1[i] = SumHalves(a1[i]);
-    }
-    alignas(32) float dots0[8], dots1[8];
-    _mm256_store_ps(dots0, Reduce8x8(s0));
-    _mm256_store_ps(dots1, Reduce8x8(s1));
-#pragma GCC unroll 8
-    for (int lane = 0; lane < 8; ++lane) {
-      float* dst = srow[kLaneOutput[lane]];
-      if (dst != nullptr) {
-        dst[j] = dots0[lane] * scale;
-        dst[j + 1] = dots1[lane] * scale;
-      }
-    }
+    StoreScores16(a0, srow, j, scale);
+    StoreScores16(a1, srow, j + 1, scale);
   }
   if (j < j1) {
     __m512 a0[8];
@@ -427,16 +430,7 @@ MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* 
       for (int i = 0; i < 8; ++i)
         a0[i] = _mm512_add_ps(a0[i], _mm512_mul_ps(_mm512_loadu_ps(qrow[i] + d), kv0));
     }
-    __m256 s0[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) s0[i] = SumHalves(a0[i]);
-    alignas(32) float dots0[8];
-    _mm256_store_ps(dots0, Reduce8x8(s0));
-#pragma GCC unroll 8
-    for (int lane = 0; lane < 8; ++lane) {
-      float* dst = srow[kLaneOutput[lane]];
-      if (dst != nullptr) dst[j] = dots0[lane] * scale;
-    }
+    StoreScores16(a0, srow, j, scale);
   }
 }
 
@@ -611,23 +605,8 @@ MOE_AVX512BF16_TARGET void TileScoresDp512(const uint16_t* const* qrow, float* c
         a1[i] = _mm512_dpbf16_ps(a1[i], qv, kv1);
       }
     }
-    __m256 s0[8], s1[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) {
-      s0[i] = SumHalves(a0[i]);
-      s1[i] = SumHalves(a1[i]);
-    }
-    alignas(32) float dots0[8], dots1[8];
-    _mm256_store_ps(dots0, Reduce8x8(s0));
-    _mm256_store_ps(dots1, Reduce8x8(s1));
-#pragma GCC unroll 8
-    for (int lane = 0; lane < 8; ++lane) {
-      float* dst = srow[kLaneOutput[lane]];
-      if (dst != nullptr) {
-        dst[j] = dots0[lane] * scale;
-        dst[j + 1] = dots1[lane] * scale;
-      }
-    }
+    StoreScores16(a0, srow, j, scale);
+    StoreScores16(a1, srow, j + 1, scale);
   }
   if (j < j1) {
     __m512 a0[8];
@@ -640,16 +619,7 @@ MOE_AVX512BF16_TARGET void TileScoresDp512(const uint16_t* const* qrow, float* c
       for (int i = 0; i < 8; ++i)
         a0[i] = _mm512_dpbf16_ps(a0[i], (__m512bh)_mm512_loadu_si512(qrow[i] + d), kv0);
     }
-    __m256 s0[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) s0[i] = SumHalves(a0[i]);
-    alignas(32) float dots0[8];
-    _mm256_store_ps(dots0, Reduce8x8(s0));
-#pragma GCC unroll 8
-    for (int lane = 0; lane < 8; ++lane) {
-      float* dst = srow[kLaneOutput[lane]];
-      if (dst != nullptr) dst[j] = dots0[lane] * scale;
-    }
+    StoreScores16(a0, srow, j, scale);
   }
 }
 
