@@ -2,7 +2,9 @@
 // path: fp32 QK^T and softmax, P rounded to bf16, fp32 P·V, bf16 output). Three implementations
 // with identical results (attention_internal.h): scalar, per-token AVX2 and tiled AVX2/AVX-512.
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -19,6 +21,41 @@
 #endif
 
 namespace moe::kernels::cpu {
+namespace {
+
+// SoftmaxExp's constants (attention_internal.h).
+constexpr float kExpLog2e = 1.44269504088896341f;
+constexpr float kExpRound = 12582912.0f;         // 1.5 * 2^23: adding and subtracting it rounds to an integer
+constexpr float kExpLn2Hi = 0.693145751953125f;  // 45426 / 2^16: ln 2 to 16 bits
+constexpr float kExpLn2Lo = 1.42860677e-6f;      // ln 2 - kExpLn2Hi
+constexpr float kExpMin = -87.33654f;            // the smallest float x with exp(x) >= FLT_MIN
+// q(r) ~ (e^r - 1 - r) / r^2 on |r| <= ln(2)/2 (a minimax fit of the relative error of e^r).
+constexpr float kExpQ0 = 0.5f, kExpQ1 = 0.166665301f, kExpQ2 = 0.0416671559f, kExpQ3 = 0.00836769678f,
+                kExpQ4 = 0.00138825236f;
+
+}  // namespace
+
+namespace internal {
+
+// The vector forms (Exp8, Exp16 below) repeat these operations in this order.
+float SoftmaxExp(float x) {
+  const float t = x * kExpLog2e + kExpRound;
+  const float n = t - kExpRound;
+  float r = x - n * kExpLn2Hi;
+  r = r - n * kExpLn2Lo;
+  float q = kExpQ4;
+  q = q * r + kExpQ3;
+  q = q * r + kExpQ2;
+  q = q * r + kExpQ1;
+  q = q * r + kExpQ0;
+  const float p = (q * (r * r) + r) + 1.0f;
+  // t's low mantissa bits hold n (two's complement); (n + 127) << 23 is 2^n.
+  const float e = p * std::bit_cast<float>((std::bit_cast<uint32_t>(t) + 127u) << 23);
+  return x < kExpMin ? 0.0f : e;
+}
+
+}  // namespace internal
+
 namespace {
 
 // The inner loops are cloned for AVX-512 and baseline x86-64 and picked by the loader. Both
@@ -61,6 +98,32 @@ AttentionScratch& Scratch() {
 #if MOE_ATTENTION_AVX2
 #define MOE_AVX2_TARGET __attribute__((target("avx2")))
 #define MOE_AVX2_INLINE MOE_AVX2_TARGET inline __attribute__((always_inline))
+
+// SoftmaxExp on 8 lanes (attention_internal.h): the same operations in the same order.
+MOE_AVX2_INLINE __m256 Exp8(__m256 x) {
+  const __m256 t = _mm256_add_ps(_mm256_mul_ps(x, _mm256_set1_ps(kExpLog2e)), _mm256_set1_ps(kExpRound));
+  const __m256 n = _mm256_sub_ps(t, _mm256_set1_ps(kExpRound));
+  __m256 r = _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(kExpLn2Hi)));
+  r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(kExpLn2Lo)));
+  __m256 q = _mm256_set1_ps(kExpQ4);
+  q = _mm256_add_ps(_mm256_mul_ps(q, r), _mm256_set1_ps(kExpQ3));
+  q = _mm256_add_ps(_mm256_mul_ps(q, r), _mm256_set1_ps(kExpQ2));
+  q = _mm256_add_ps(_mm256_mul_ps(q, r), _mm256_set1_ps(kExpQ1));
+  q = _mm256_add_ps(_mm256_mul_ps(q, r), _mm256_set1_ps(kExpQ0));
+  const __m256 p =
+      _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(q, _mm256_mul_ps(r, r)), r), _mm256_set1_ps(1.0f));
+  const __m256i scale =
+      _mm256_slli_epi32(_mm256_add_epi32(_mm256_castps_si256(t), _mm256_set1_epi32(127)), 23);
+  const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(scale));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(kExpMin), _CMP_LT_OQ), e);
+}
+
+MOE_AVX2_TARGET void SoftmaxExpRowAvx2(float* x, int64_t n, float shift) {
+  const __m256 s8 = _mm256_set1_ps(shift);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(x + j, Exp8(_mm256_sub_ps(_mm256_loadu_ps(x + j), s8)));
+  for (; j < n; ++j) x[j] = internal::SoftmaxExp(x[j] - shift);
+}
 
 // AVX2 path of one (token, KV head) pair: all query heads of the KV group at once, so every key
 // and value row is widened once for the group, not once per head. Each (query head, key) dot
@@ -165,15 +228,14 @@ void GroupAttentionAvx2(const bf16* q, int64_t q_stride, int64_t t, int64_t star
                     context, dim, scale, s.scores.data() + c * context, context);
   }
   // Softmax per head exactly as the scalar path: max, exp and sum in ascending j, P rounded to bf16.
+  const Isa exp_isa = ActiveIsa() == Isa::kAvx512Bf16 ? Isa::kAvx512Bf16 : Isa::kAvx2Fma;
   for (int64_t hh = 0; hh < nh; ++hh) {
     float* sc = s.scores.data() + hh * context;
     float max_score = -INFINITY;
     for (int64_t j = 0; j < context; ++j) max_score = std::max(max_score, sc[j]);
+    internal::SoftmaxExpRow(exp_isa, sc, context, max_score);
     float sum = 0.0f;
-    for (int64_t j = 0; j < context; ++j) {
-      sc[j] = std::exp(sc[j] - max_score);
-      sum += sc[j];
-    }
+    for (int64_t j = 0; j < context; ++j) sum += sc[j];
     for (int64_t j = 0; j < context; ++j) sc[j] = RoundBF16(sc[j] / sum);
   }
   for (int64_t c = 0; c < nh; c += 8) {
@@ -304,6 +366,24 @@ MOE_AVX512_TARGET inline __m256 SumHalves(__m512 x) {
                        _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
 }
 
+// The QK^T epilogue of the AVX-512 kernels for key j: a[i] holds row i's 16 DotQK lanes, whose
+// halves are added and reduced by Reduce8x8 as in the AVX2 kernel; srow[row][j] = dot * scale for
+// each row whose srow is not null.
+MOE_AVX512_TARGET inline __attribute__((always_inline)) void StoreScores16(const __m512* a,
+                                                                           float* const* srow, int64_t j,
+                                                                           float scale) {
+  __m256 s8[8];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) s8[i] = SumHalves(a[i]);
+  alignas(32) float dots[8];
+  _mm256_store_ps(dots, Reduce8x8(s8));
+#pragma GCC unroll 8
+  for (int lane = 0; lane < 8; ++lane) {
+    float* dst = srow[kLaneOutput[lane]];
+    if (dst != nullptr) dst[j] = dots[lane] * scale;
+  }
+}
+
 // Row8 with 16 elements.
 template <bool kBf16>
 MOE_AVX512_TARGET inline __attribute__((always_inline)) __m512 Row16(const float* block,
@@ -337,23 +417,8 @@ MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* 
         a1[i] = _mm512_add_ps(a1[i], _mm512_mul_ps(qv, kv1));
       }
     }
-    __m256 s0[8], s1[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) {
-      s0[i] = SumHalves(a0[i]);
-      s1[i] = SumHalves(a1[i]);
-    }
-    alignas(32) float dots0[8], dots1[8];
-    _mm256_store_ps(dots0, Reduce8x8(s0));
-    _mm256_store_ps(dots1, Reduce8x8(s1));
-#pragma GCC unroll 8
-    for (int lane = 0; lane < 8; ++lane) {
-      float* dst = srow[kLaneOutput[lane]];
-      if (dst != nullptr) {
-        dst[j] = dots0[lane] * scale;
-        dst[j + 1] = dots1[lane] * scale;
-      }
-    }
+    StoreScores16(a0, srow, j, scale);
+    StoreScores16(a1, srow, j + 1, scale);
   }
   if (j < j1) {
     __m512 a0[8];
@@ -365,16 +430,7 @@ MOE_AVX512_TARGET void TileScoresAvx512(const float* const* qrow, float* const* 
       for (int i = 0; i < 8; ++i)
         a0[i] = _mm512_add_ps(a0[i], _mm512_mul_ps(_mm512_loadu_ps(qrow[i] + d), kv0));
     }
-    __m256 s0[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) s0[i] = SumHalves(a0[i]);
-    alignas(32) float dots0[8];
-    _mm256_store_ps(dots0, Reduce8x8(s0));
-#pragma GCC unroll 8
-    for (int lane = 0; lane < 8; ++lane) {
-      float* dst = srow[kLaneOutput[lane]];
-      if (dst != nullptr) dst[j] = dots0[lane] * scale;
-    }
+    StoreScores16(a0, srow, j, scale);
   }
 }
 
@@ -431,6 +487,36 @@ MOE_AVX512_TARGET void TilePvAvx512(const float* const* prow, float* const* orow
     TilePvColumns512<kBf16, 2>(prow, orow, ctx, nr, vf, vrow, j0, jall, j1, dim, d);
   if (d < dim) TilePvColumns512<kBf16, 1>(prow, orow, ctx, nr, vf, vrow, j0, jall, j1, dim, d);
 }
+// SoftmaxExp on 16 lanes (attention_internal.h): the same operations in the same order.
+MOE_AVX512_TARGET inline __attribute__((always_inline)) __m512 Exp16(__m512 x) {
+  const __m512 t = _mm512_add_ps(_mm512_mul_ps(x, _mm512_set1_ps(kExpLog2e)), _mm512_set1_ps(kExpRound));
+  const __m512 n = _mm512_sub_ps(t, _mm512_set1_ps(kExpRound));
+  __m512 r = _mm512_sub_ps(x, _mm512_mul_ps(n, _mm512_set1_ps(kExpLn2Hi)));
+  r = _mm512_sub_ps(r, _mm512_mul_ps(n, _mm512_set1_ps(kExpLn2Lo)));
+  __m512 q = _mm512_set1_ps(kExpQ4);
+  q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(kExpQ3));
+  q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(kExpQ2));
+  q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(kExpQ1));
+  q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(kExpQ0));
+  const __m512 p =
+      _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(q, _mm512_mul_ps(r, r)), r), _mm512_set1_ps(1.0f));
+  const __m512i scale =
+      _mm512_slli_epi32(_mm512_add_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(127)), 23);
+  const __m512 e = _mm512_mul_ps(p, _mm512_castsi512_ps(scale));
+  return _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(x, _mm512_set1_ps(kExpMin), _CMP_LT_OQ),
+                            _mm512_setzero_ps());
+}
+
+MOE_AVX512_TARGET void SoftmaxExpRowAvx512(float* x, int64_t n, float shift) {
+  const __m512 s16 = _mm512_set1_ps(shift);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) _mm512_storeu_ps(x + j, Exp16(_mm512_sub_ps(_mm512_loadu_ps(x + j), s16)));
+  if (j < n) {
+    const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1);
+    _mm512_mask_storeu_ps(x + j, tail, Exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, x + j), s16)));
+  }
+}
+
 // Rows ahead whose cache lines WidenRows asks for (the paged rows are scattered).
 constexpr int64_t kPrefetchRows = 4;
 
@@ -519,23 +605,8 @@ MOE_AVX512BF16_TARGET void TileScoresDp512(const uint16_t* const* qrow, float* c
         a1[i] = _mm512_dpbf16_ps(a1[i], qv, kv1);
       }
     }
-    __m256 s0[8], s1[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) {
-      s0[i] = SumHalves(a0[i]);
-      s1[i] = SumHalves(a1[i]);
-    }
-    alignas(32) float dots0[8], dots1[8];
-    _mm256_store_ps(dots0, Reduce8x8(s0));
-    _mm256_store_ps(dots1, Reduce8x8(s1));
-#pragma GCC unroll 8
-    for (int lane = 0; lane < 8; ++lane) {
-      float* dst = srow[kLaneOutput[lane]];
-      if (dst != nullptr) {
-        dst[j] = dots0[lane] * scale;
-        dst[j + 1] = dots1[lane] * scale;
-      }
-    }
+    StoreScores16(a0, srow, j, scale);
+    StoreScores16(a1, srow, j + 1, scale);
   }
   if (j < j1) {
     __m512 a0[8];
@@ -548,16 +619,7 @@ MOE_AVX512BF16_TARGET void TileScoresDp512(const uint16_t* const* qrow, float* c
       for (int i = 0; i < 8; ++i)
         a0[i] = _mm512_dpbf16_ps(a0[i], (__m512bh)_mm512_loadu_si512(qrow[i] + d), kv0);
     }
-    __m256 s0[8];
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) s0[i] = SumHalves(a0[i]);
-    alignas(32) float dots0[8];
-    _mm256_store_ps(dots0, Reduce8x8(s0));
-#pragma GCC unroll 8
-    for (int lane = 0; lane < 8; ++lane) {
-      float* dst = srow[kLaneOutput[lane]];
-      if (dst != nullptr) dst[j] = dots0[lane] * scale;
-    }
+    StoreScores16(a0, srow, j, scale);
   }
 }
 
@@ -695,12 +757,13 @@ MOE_AVX2_INLINE __m256 RoundBf16x8(__m256 x) {
 }
 
 // The scalar path's softmax of the first nr of 8 rows (row i holds n[i] scores; the others repeat
-// row nr - 1 and are left alone): max_score, then e_j = exp(s_j - max_score) and their sum in
-// ascending j from +0, then P_j = RoundBF16(e_j / sum), all in place. The max is taken 8 lanes at a
-// time, which gives the same value (std::max and MAX_PS both skip a NaN score here, and a -0/+0
-// choice does not change any s_j - max_score's exp); the sums of the rows run interleaved, each
-// still in ascending j; division and rounding are exact per element in any width.
-MOE_AVX2_TARGET void SoftmaxRowsAvx2(float* const* rows, const int64_t* n, int nr) {
+// row nr - 1 and are left alone): max_score, then e_j = SoftmaxExp(s_j - max_score) and their sum
+// in ascending j from +0, then P_j = RoundBF16(e_j / sum), all in place. The max is taken 8 lanes at
+// a time, which gives the same value (std::max and MAX_PS both skip a NaN score here, and a -0/+0
+// choice does not change any s_j - max_score's exp); the exps run 8 (AVX2) or 16 (avx512) lanes at
+// a time with SoftmaxExp's bits; the sums of the rows run interleaved, each still in ascending j;
+// division and rounding are exact per element in any width.
+MOE_AVX2_TARGET void SoftmaxRowsAvx2(bool avx512, float* const* rows, const int64_t* n, int nr) {
   float max_score[8], sum[8];
   for (int i = 0; i < nr; ++i) {
     const float* sc = rows[i];
@@ -714,10 +777,8 @@ MOE_AVX2_TARGET void SoftmaxRowsAvx2(float* const* rows, const int64_t* n, int n
     for (; j < n[i]; ++j) m = std::max(m, sc[j]);
     max_score[i] = m;
   }
-  for (int i = 0; i < nr; ++i) {
-    float* sc = rows[i];
-    for (int64_t j = 0; j < n[i]; ++j) sc[j] = std::exp(sc[j] - max_score[i]);
-  }
+  for (int i = 0; i < nr; ++i)
+    (avx512 ? SoftmaxExpRowAvx512 : SoftmaxExpRowAvx2)(rows[i], n[i], max_score[i]);
   int64_t common = n[0];
   for (int i = 0; i < 8; ++i) {
     sum[i] = 0.0f;
@@ -856,7 +917,7 @@ void TiledAttention(bool avx512, bool dp, const bf16* q, int64_t q_stride, int64
       srow[i] = s.scores.data() + r * context;
       ctx8[i] = s.ctx[r];
     }
-    SoftmaxRowsAvx2(srow, ctx8, static_cast<int>(nr));
+    SoftmaxRowsAvx2(avx512, srow, ctx8, static_cast<int>(nr));
   }
   // P as bf16 words (exact: already rounded) and their exponent ranges, for P·V on VDPBF16PS.
   const int64_t num_blocks = (context + kKeyBlock - 1) / kKeyBlock, pstride = num_blocks * kKeyBlock;
@@ -942,6 +1003,16 @@ void WriteKv(const bf16* k, int64_t k_stride, const bf16* v, int64_t v_stride, i
 
 namespace internal {
 
+void SoftmaxExpRow(Isa isa, float* x, int64_t n, float shift) {
+#if MOE_ATTENTION_AVX2
+  if (isa == Isa::kAvx512Bf16) return SoftmaxExpRowAvx512(x, n, shift);
+  if (isa == Isa::kAvx2Fma) return SoftmaxExpRowAvx2(x, n, shift);
+#else
+  (void)isa;
+#endif
+  for (int64_t j = 0; j < n; ++j) x[j] = SoftmaxExp(x[j] - shift);
+}
+
 void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride, int64_t num_tokens,
                             int64_t start_pos, int64_t num_heads, float scale, const int32_t* block_table,
                             const PagedKv& kv, bf16* out, int64_t out_stride) {
@@ -1004,7 +1075,7 @@ void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride,
     }
     float sum = 0.0f;  // ascending j
     for (int64_t j = 0; j < context; ++j) {
-      s.scores[j] = std::exp(s.scores[j] - max_score);
+      s.scores[j] = SoftmaxExp(s.scores[j] - max_score);
       sum += s.scores[j];
     }
     for (int64_t j = 0; j < context; ++j) {

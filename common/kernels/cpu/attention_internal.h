@@ -5,6 +5,7 @@
 
 #include <cstdint>
 
+#include "common/kernels/cpu/cpu_features.h"
 #include "common/kernels/cpu/kernels.h"
 
 namespace moe::kernels::cpu::internal {
@@ -25,6 +26,21 @@ enum class AttentionPath {
 void PagedAttentionWithPath(AttentionPath path, const bf16* q, int64_t q_stride, int64_t num_tokens,
                             int64_t start_pos, int64_t num_heads, float scale, const int32_t* block_table,
                             const PagedKv& kv, bf16* out, int64_t out_stride);
+
+// The exponential of the attention softmax (docs/numerics.md#paged-attention), for every path.
+// n = nearest integer to x·log2(e) (ties to even, by adding and subtracting 1.5·2^23), r = (x − n·ln2_hi)
+// − n·ln2_lo (ln2_hi has 16 significant bits, so n·ln2_hi and the first subtraction are exact),
+// e^r ≈ 1 + (r + r²·q(r)) with q of degree 4 (Horner), times 2^n built from n's bits; every
+// multiply and add rounds separately (no fused multiply-add). Faithful (under 1 ulp from the exact
+// value, so at most 1 ulp from std::exp) for x in [-87.33654, 88]; exactly 1 at ±0; 0 below
+// -87.33654 (where exp(x) is below FLT_MIN: subnormal results flush to 0), at -inf too; NaN stays
+// NaN. Above 88 undefined (the softmax passes s − max ≤ 0).
+float SoftmaxExp(float x);
+
+// x[j] = SoftmaxExp(x[j] - shift) for j in [0, n): 16 lanes at a time with kAvx512Bf16 (AVX-512),
+// 8 with kAvx2Fma (AVX2), one with kPortable; the lanes compute SoftmaxExp's operations in its
+// order, so every isa gives the same bits. The CPU must support `isa`.
+void SoftmaxExpRow(Isa isa, float* x, int64_t n, float shift);
 
 }  // namespace moe::kernels::cpu::internal
 

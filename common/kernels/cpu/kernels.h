@@ -107,7 +107,8 @@ void WriteKv(const bf16* k, int64_t k_stride, const bf16* v, int64_t v_stride, i
 // (inclusive) of one sequence. q: [num_tokens, num_heads, head_dim] with row stride q_stride;
 // out: [num_tokens, num_heads * head_dim] with row stride out_stride. Query head h uses kv head
 // h / (num_heads / num_kv_heads). Per query: s_j = fp32 dot(q, k_j) * scale; p = softmax(s) in
-// fp32 over all j <= pos in one pass (so the result does not depend on chunking); P rounded to
+// fp32 over all j <= pos in one pass (so the result does not depend on chunking), its exp the
+// faithfully rounded SoftmaxExp of attention_internal.h (not std::exp); P rounded to
 // bf16; o = sum_j bf16(p_j) * v_j in fp32 ascending j; output rounded to bf16.
 void PagedAttention(const bf16* q, int64_t q_stride, int64_t num_tokens, int64_t start_pos, int64_t num_heads,
                     float scale, const int32_t* block_table, const PagedKv& kv, bf16* out,

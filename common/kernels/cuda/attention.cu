@@ -10,7 +10,8 @@
 //      ascending j (P in shared memory, one thread per d).
 //   3. reduce: o[d] = bf16(sum_s o_s[d]) in ascending split order.
 // Differences from the CPU reference: the dot products' and L's summation order, and expf's last
-// bit; the P rounding and the ascending-j P.V sum within a split are the CPU's.
+// bit (the CPU uses its own SoftmaxExp, docs/numerics.md#paged-attention); the P rounding and the ascending-j
+// P.V sum within a split are the CPU's.
 #include <cuda_runtime.h>
 
 #include <algorithm>

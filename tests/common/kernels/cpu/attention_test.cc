@@ -1,4 +1,9 @@
+#include <bit>
+#include <cfloat>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -216,8 +221,8 @@ TEST(PagedAttentionTest, DotProductFollowsDocumentedOrderOnEveryPath) {
 // The contract of kernels.h written out once more, plainly, over the logical (unpaged) K and V
 // ([context, kv_heads, dim]): for each query row, 16 fp32 lanes where lane i adds q[d]*k[d] for
 // d = i mod 16 ascending, the fixed tree (i, i+8), (i, i+4), (i, i+2), (0, 1), times scale; max,
-// exp and sum in ascending j; P rounded to bf16; o from +0 adding P_j * v_j in ascending j; bf16.
-// This file builds with -ffp-contract=off, so every multiply and add rounds separately.
+// exp (SoftmaxExp) and sum in ascending j; P rounded to bf16; o from +0 adding P_j * v_j in ascending j;
+// bf16. This file builds with -ffp-contract=off, so every multiply and add rounds separately.
 std::vector<bf16> ContractAttention(const std::vector<bf16>& q, int64_t num_tokens, int64_t start_pos,
                                     int64_t num_heads, float scale, const std::vector<bf16>& keys,
                                     const std::vector<bf16>& values, int64_t kv_heads, int64_t dim) {
@@ -239,7 +244,7 @@ std::vector<bf16> ContractAttention(const std::vector<bf16>& q, int64_t num_toke
       }
       float max_s = -INFINITY, sum = 0.0f;
       for (float x : p) max_s = std::max(max_s, x);
-      for (float& x : p) sum += (x = std::exp(x - max_s));
+      for (float& x : p) sum += (x = internal::SoftmaxExp(x - max_s));
       std::vector<float> o(dim, 0.0f);
       for (int64_t j = 0; j < context; ++j) {
         const float pj = RoundBF16(p[j] / sum);
@@ -442,6 +447,112 @@ TEST(PagedAttentionTest, CraftedOperandsGiveTheContractsBits) {
     }
     internal::SetIsaForTesting(saved);
   }
+}
+
+// SoftmaxExp's test inputs: every 509th bit pattern of the negative floats (-0 to -inf and the
+// negative NaNs), the positive NaNs, +0, the floats next to the flush threshold -87.33654 and to
+// -1, and some positive x up to 88.
+std::vector<float> ExpTestInputs() {
+  std::vector<float> xs;
+  for (uint64_t b = 0x80000000u; b <= 0xffffffffu; b += 509)
+    xs.push_back(std::bit_cast<float>(static_cast<uint32_t>(b)));
+  for (float x : {-87.33654f, -1.0f}) {
+    float lo = x, hi = x;
+    for (int i = 0; i < 8; ++i) {
+      xs.push_back(lo = std::nextafter(lo, -INFINITY));
+      xs.push_back(hi = std::nextafter(hi, INFINITY));
+    }
+  }
+  for (float x :
+       {0.0f, -0.0f, -INFINITY, std::numeric_limits<float>::quiet_NaN(), std::bit_cast<float>(0x7fa00001u),
+        -std::numeric_limits<float>::denorm_min(), 1e-30f, 0.5f, 1.0f, 10.0f, 50.0f, 87.9f, 88.0f}) {
+    xs.push_back(x);
+  }
+  return xs;
+}
+
+bool SameBitsOrBothNan(float a, float b) {
+  return std::bit_cast<uint32_t>(a) == std::bit_cast<uint32_t>(b) || (std::isnan(a) && std::isnan(b));
+}
+
+// The vector forms of SoftmaxExp (8 and 16 lanes, with their tails) give the scalar twin's bits for
+// every input, whatever the shift, and write nothing past the row.
+TEST(SoftmaxExpTest, EveryIsaGivesTheScalarTwinsBits) {
+  const std::vector<float> xs = ExpTestInputs();
+  const int64_t size = static_cast<int64_t>(xs.size());
+  int isas = 0;
+  for (Isa isa : {Isa::kPortable, Isa::kAvx2Fma, Isa::kAvx512Bf16}) {
+    if (!CpuSupports(isa)) continue;
+    ++isas;
+    for (float shift : {0.0f, 1.5f, -3.25f, 100.0f}) {
+      std::vector<float> got = xs;
+      // Rows of 1 to 40 elements: vector bodies and every tail length.
+      for (int64_t pos = 0, len = 1; pos < size; pos += len, len = len % 40 + 1) {
+        internal::SoftmaxExpRow(isa, got.data() + pos, std::min(len, size - pos), shift);
+      }
+      for (int64_t i = 0; i < size; ++i) {
+        const float want = internal::SoftmaxExp(xs[i] - shift);
+        ASSERT_TRUE(SameBitsOrBothNan(got[i], want))
+            << IsaName(isa) << " x " << xs[i] << " (0x" << std::hex << std::bit_cast<uint32_t>(xs[i])
+            << std::dec << ") shift " << shift << ": " << got[i] << " against the scalar twin's " << want;
+      }
+    }
+    for (int64_t n = 0; n <= 20; ++n) {
+      std::vector<float> row(40, -2.0f);
+      internal::SoftmaxExpRow(isa, row.data(), n, 0.0f);
+      for (int64_t j = 0; j < 40; ++j) {
+        ASSERT_EQ(std::bit_cast<uint32_t>(row[j]),
+                  std::bit_cast<uint32_t>(j < n ? internal::SoftmaxExp(-2.0f) : -2.0f))
+            << IsaName(isa) << " n " << n << " j " << j;
+      }
+    }
+  }
+  EXPECT_GE(isas, 1);
+}
+
+// Accuracy over the range the softmax uses (x = s - max <= 0): under 1 ulp from exp(x) computed in
+// double (faithful rounding), so at most 1 ulp from std::exp; the documented special values.
+TEST(SoftmaxExpTest, IsFaithfulDownToTheFlushThreshold) {
+  const float flush = -87.33654f;  // the smallest float whose exp is a normal float
+  ASSERT_GE(std::exp(static_cast<double>(flush)), FLT_MIN);
+  ASSERT_LT(std::exp(static_cast<double>(std::nextafter(flush, -INFINITY))), FLT_MIN);
+  double worst = 0, worst_x = 0;
+  int64_t checked = 0, off_by_one = 0;
+  auto check = [&](float x) {
+    const float got = internal::SoftmaxExp(x);
+    const double exact = std::exp(static_cast<double>(x));
+    const double ulp = std::ldexp(1.0, std::ilogb(exact) - 23);  // of a float in [2^e, 2^(e+1))
+    const double err = std::fabs(static_cast<double>(got) - exact) / ulp;
+    if (err > worst) {
+      worst = err;
+      worst_x = x;
+    }
+    const int64_t apart = std::llabs(static_cast<int64_t>(std::bit_cast<uint32_t>(got)) -
+                                     static_cast<int64_t>(std::bit_cast<uint32_t>(std::exp(x))));
+    ASSERT_LE(apart, 1) << "x " << x << ": " << got << " against std::exp's " << std::exp(x);
+    off_by_one += apart;
+    ++checked;
+  };
+  // Every 97th float of [flush, -0] (about 11.5 million), both ends, and x up to 88.
+  for (uint32_t b = 0x80000000u; b <= std::bit_cast<uint32_t>(flush); b += 97) check(std::bit_cast<float>(b));
+  for (float x : {flush, -0.0f, 0.0f, 1e-30f, 0.5f, 1.0f, 10.0f, 50.0f, 87.9f, 88.0f}) check(x);
+  std::printf(
+      "[SoftmaxExp] %lld inputs, max error %.4f ulp (at x = %.9g), %lld differ from std::exp by 1 ulp\n",
+      static_cast<long long>(checked), worst, worst_x, static_cast<long long>(off_by_one));
+  EXPECT_LT(worst, 1.0);
+  EXPECT_GT(checked, 10000000);
+
+  EXPECT_EQ(std::bit_cast<uint32_t>(internal::SoftmaxExp(0.0f)), std::bit_cast<uint32_t>(1.0f));
+  EXPECT_EQ(std::bit_cast<uint32_t>(internal::SoftmaxExp(-0.0f)), std::bit_cast<uint32_t>(1.0f));
+  EXPECT_EQ(internal::SoftmaxExp(-std::numeric_limits<float>::denorm_min()), 1.0f);
+  EXPECT_GE(internal::SoftmaxExp(flush), FLT_MIN);
+  for (float x : {std::nextafter(flush, -INFINITY), -88.0f, -103.0f, -1e30f,
+                  std::numeric_limits<float>::lowest(), -INFINITY}) {
+    EXPECT_EQ(std::bit_cast<uint32_t>(internal::SoftmaxExp(x)), 0u) << x;  // +0: below FLT_MIN, flushed
+  }
+  EXPECT_TRUE(std::isnan(internal::SoftmaxExp(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_TRUE(std::isnan(internal::SoftmaxExp(-std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_TRUE(std::isnan(internal::SoftmaxExp(std::bit_cast<float>(0x7fa00001u))));  // signalling
 }
 
 }  // namespace
