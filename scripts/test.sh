@@ -66,7 +66,9 @@ if [[ "${MOE_SKIP_SANITIZERS:-0}" != 1 ]]; then
   # under ASan here is the same as EngineTest's in-process failover and migration tests and
   # ClusterTest's.
   asan_exclude+='|^ReplicatedExpertFailoverTest\.|^Signals/AttentionWorkerFailoverTest\.'
-  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  # tests/lsan.supp: OpenSSL's allocations that gRPC's TLS stack leaves at a process's exit.
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 LSAN_OPTIONS="suppressions=${PWD}/tests/lsan.supp" \
+    UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     run_ctest asan build-asan -j 2 -LE gpu -E "${asan_exclude}" --timeout 900
 
   start=${SECONDS}
