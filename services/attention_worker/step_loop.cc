@@ -10,6 +10,16 @@
 #include "common/rpc/status.h"
 
 namespace moe::services {
+namespace {
+
+// A switch's compare-and-set lost: `replaces` is not the version in use.
+absl::Status NotTheVersionInUse(uint64_t replaces, uint64_t in_use) {
+  return absl::AbortedError(absl::StrCat("replaces_version: ", replaces,
+                                         " is not the placement version in use, ", in_use,
+                                         " (another writer switched since; read again)"));
+}
+
+}  // namespace
 
 double ExpertLoadRatio(const engine::ExpertPlacement& placement, const std::vector<uint64_t>& rows,
                        const std::function<bool(int64_t)>& live) {
@@ -46,9 +56,7 @@ void StepLoop::SwitchPlacement(uint64_t version, const std::vector<std::pair<int
       published = load_.expert_placement_version();
     }
     if (*replaces != published) {
-      done(absl::AbortedError(absl::StrCat("replaces_version: ", *replaces,
-                                           " is not the placement version in use, ", published,
-                                           " (another writer switched since; read again)")));
+      done(NotTheVersionInUse(*replaces, published));
       return;
     }
   }
@@ -157,9 +165,7 @@ void StepLoop::Apply(Command command, bool ready) {
     // Between two steps: no round is in flight, so the next step's rounds all use the new version.
     const uint64_t current = engine_->expert_placement()->version();
     if (command.replaces.has_value() && *command.replaces != current) {
-      command.done(absl::AbortedError(absl::StrCat("replaces_version: ", *command.replaces,
-                                                   " is not the placement version in use, ", current,
-                                                   " (another writer switched since; read again)")));
+      command.done(NotTheVersionInUse(*command.replaces, current));
       return;
     }
     if (command.placement->version() <= current) {

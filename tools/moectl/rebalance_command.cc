@@ -227,15 +227,21 @@ struct AttentionLoads {
   std::vector<std::string> left_out;   // "attention worker A: GetLoad: ..."
 };
 
+// One attention worker's GetLoad, within `timeout_s`.
+grpc::Status GetLoad(const Cluster& cluster, const std::string& address, double timeout_s,
+                     v1::WorkerLoad* load) {
+  auto stub = v1::AttentionWorker::NewStub(cluster.credentials.CreateChannel(address));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Deadline(timeout_s));
+  return stub->GetLoad(&ctx, v1::GetLoadRequest(), load);
+}
+
 absl::StatusOr<AttentionLoads> ReadLoads(const Cluster& cluster, const std::vector<std::string>& addresses,
                                          double timeout_s) {
   AttentionLoads out;
   for (const std::string& address : addresses) {
-    auto stub = v1::AttentionWorker::NewStub(cluster.credentials.CreateChannel(address));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(timeout_s));
     v1::WorkerLoad load;
-    const grpc::Status status = stub->GetLoad(&ctx, v1::GetLoadRequest(), &load);
+    const grpc::Status status = GetLoad(cluster, address, timeout_s, &load);
     if (!status.ok()) {
       out.left_out.push_back(RpcError("attention worker " + address + ": GetLoad", status));
       continue;
@@ -314,11 +320,8 @@ absl::Status LoadExtras(const Cluster& cluster, const std::string& address, uint
 absl::Status AllAttentionWorkersOn(const std::vector<std::string>& listed, const Cluster& cluster,
                                    uint64_t version, double timeout_s) {
   for (const std::string& address : listed) {
-    auto stub = v1::AttentionWorker::NewStub(cluster.credentials.CreateChannel(address));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Deadline(timeout_s));
     v1::WorkerLoad load;
-    const grpc::Status status = stub->GetLoad(&ctx, v1::GetLoadRequest(), &load);
+    const grpc::Status status = GetLoad(cluster, address, timeout_s, &load);
     if (status.error_code() == grpc::StatusCode::UNAVAILABLE) continue;  // not running: no placement
     if (!status.ok()) {
       return absl::FailedPreconditionError(RpcError(
