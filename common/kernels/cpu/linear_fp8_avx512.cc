@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/kernels/cpu/avx512_reduce.h"
 #include "common/kernels/cpu/linear_internal.h"
 #include "common/tensor/fp8.h"
 #include "common/tensor/linear_weight.h"
@@ -98,32 +99,6 @@ struct Widener {
     w[3] = _mm512_castsi512_ps(_mm512_slli_epi32(p1, 16));
   }
 };
-
-// Lane l of the result is Reduce16(v[l]) with Reduce16's tree: (i, i+8), (i, i+4), (i, i+2),
-// (0, 1). The inputs are taken in the order u[a] = v[4 * (a % 4) + a / 4], the transpose that the
-// shuffle network below undoes.
-MOE_FP8_INLINE __m512 Reduce16x16(const __m512* v) {
-  __m512 s8[8], s4[4], s2[2];
-#pragma GCC unroll 8
-  for (int j = 0; j < 8; ++j) {
-    const __m512 a = v[4 * ((2 * j) % 4) + (2 * j) / 4];
-    const __m512 b = v[4 * ((2 * j + 1) % 4) + (2 * j + 1) / 4];
-    s8[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));
-  }
-#pragma GCC unroll 4
-  for (int j = 0; j < 4; ++j) {
-    const __m512 a = s8[2 * j], b = s8[2 * j + 1];
-    s4[j] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xdd));
-  }
-#pragma GCC unroll 2
-  for (int j = 0; j < 2; ++j) {
-    const __m512d a = _mm512_castps_pd(s4[2 * j]), b = _mm512_castps_pd(s4[2 * j + 1]);
-    s2[j] =
-        _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
-  }
-  return _mm512_add_ps(_mm512_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_ps(s2[0], s2[1], _MM_SHUFFLE(3, 1, 3, 1)));
-}
 
 // The 16 block dot products of one k-block [k0, k1) for an MR x NR tile (w: NR weight rows,
 // a: MR packed activation rows), folded by Reduce16x16: lane m * NR + n.
