@@ -17,7 +17,6 @@
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
 #define MOE_AVX512_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
-#define MOE_AVX512_INLINE MOE_AVX512_TARGET inline __attribute__((always_inline))
 
 namespace moe::kernels::cpu::internal {
 namespace {
