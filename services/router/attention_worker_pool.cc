@@ -70,6 +70,11 @@ size_t AttentionWorkerPool::num_workers() const {
       std::count_if(state_.begin(), state_.end(), [](const Worker& w) { return !w.removed; }));
 }
 
+size_t AttentionWorkerPool::num_ready_workers() const {
+  absl::MutexLock lock(&mu_);
+  return static_cast<size_t>(NumReadyLocked());
+}
+
 std::vector<std::string> AttentionWorkerPool::attention_workers() const {
   absl::MutexLock lock(&mu_);
   std::vector<std::string> out;

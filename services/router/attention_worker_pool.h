@@ -79,6 +79,8 @@ class AttentionWorkerPool {
   AttentionClient& worker(size_t index);
   // Current (not removed) attention workers.
   size_t num_workers() const;
+  // Of those, the ones whose last load poll said ready (the ones requests go to).
+  size_t num_ready_workers() const;
   bool ready() const;
   size_t queued() const;
 

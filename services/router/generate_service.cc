@@ -68,6 +68,7 @@ grpc::ServerUnaryReactor* GenerateService::GetModelInfo(grpc::CallbackServerCont
   response->set_weight_dtype(model_->weight_dtype());
   response->set_num_attention_workers(static_cast<int32_t>(worker_pool_->num_workers()));
   response->set_num_expert_workers(num_expert_workers_);
+  response->set_num_ready_attention_workers(static_cast<int32_t>(worker_pool_->num_ready_workers()));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

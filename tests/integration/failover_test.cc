@@ -22,8 +22,10 @@
 #include <functional>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -154,18 +156,21 @@ class FailoverTest : public ::testing::Test {
     ASSERT_EQ(std::rename(tmp.c_str(), AttentionWorkersFile().c_str()), 0);
   }
   // The router's count of attention workers it places on (GetModelInfo), or -1.
-  int RouterAttentionWorkers() const {
+  // The router's attention workers: how many are in its set, and how many of those it polled ready
+  // (only those get requests); nullopt when GetModelInfo fails.
+  std::optional<std::pair<int, int>> RouterAttentionWorkers() const {
     auto stub =
         v1::Generation::NewStub(grpc::CreateChannel(router_address_, grpc::InsecureChannelCredentials()));
     grpc::ClientContext context;
     context.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(5)));
     v1::ModelInfo info;
-    if (!stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok()) return -1;
-    return info.num_attention_workers();
+    if (!stub->GetModelInfo(&context, v1::GetModelInfoRequest(), &info).ok()) return std::nullopt;
+    return std::pair(info.num_attention_workers(), info.num_ready_attention_workers());
   }
+  // Until the router has `n` attention workers, all of them ready.
   bool WaitForRouterAttentionWorkers(int n) const {
     for (const absl::Time deadline = absl::Now() + absl::Seconds(30); absl::Now() < deadline;) {
-      if (RouterAttentionWorkers() == n) return true;
+      if (RouterAttentionWorkers() == std::pair(n, n)) return true;
       absl::SleepFor(absl::Milliseconds(20));
     }
     return false;

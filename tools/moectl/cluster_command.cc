@@ -293,21 +293,20 @@ void WriteAttentionWorkersFile(const fs::path& path, const std::vector<std::stri
   WriteAtomically(path, "# written by moectl cluster (up, scale)\n" + absl::StrJoin(addresses, "\n") + "\n");
 }
 
-// How many attention workers the router at `address` places on (GetModelInfo), or -1.
-int RouterAttentionWorkers(const std::string& address) {
-  auto stub = v1::Generation::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  v1::ModelInfo info;
-  if (!stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok()) return -1;
-  return info.num_attention_workers();
-}
-
-// Polls until the router places on exactly `n` attention workers (its file re-read), up to 30 s.
+// Polls until the router at `router` has exactly `n` attention workers, every one polled ready (so
+// requests go to each; a worker just added counts as ready only after the router's next load poll),
+// up to 30 s.
 bool WaitForRouterAttentionWorkers(const std::string& router, int n) {
+  auto stub = v1::Generation::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()));
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (std::chrono::steady_clock::now() < deadline) {
-    if (RouterAttentionWorkers(router) == n) return true;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    v1::ModelInfo info;
+    if (stub->GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info).ok() &&
+        info.num_attention_workers() == n && info.num_ready_attention_workers() == n) {
+      return true;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   return false;

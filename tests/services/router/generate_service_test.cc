@@ -246,6 +246,7 @@ TEST_F(GenerateServiceTest, ModelInfoAndTokenize) {
   EXPECT_EQ(info.model(), "tiny");
   EXPECT_EQ(info.vocab_size(), model_->config.vocab_size);
   EXPECT_EQ(info.num_attention_workers(), 1);
+  EXPECT_EQ(info.num_ready_attention_workers(), 1);  // the fixture waited for it
   grpc::ClientContext c2;
   moe::v1::TokenizeRequest tr;
   tr.set_text("Hello world peace and more");
