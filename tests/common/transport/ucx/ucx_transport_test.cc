@@ -1,16 +1,30 @@
 #include "common/transport/ucx/ucx_transport.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
 #include <cstring>
+#include <fstream>
 #include <optional>
+#include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/common/transport/ucx/ucx_test_peers.h"
+#ifdef MOE_TEST_PEER_PROCESS
+#include "tests/services/process_helper.h"
+#endif
 
 namespace moe::transport {
 namespace {
@@ -230,33 +244,81 @@ TEST_P(UcxTransportTest, ShutdownWakesWaitersWithCancelled) {
   EXPECT_LT(absl::Now() - wait_start, absl::Seconds(10));
 }
 
-TEST_P(UcxTransportTest, PeerDestroyedMidExchangeIsUnavailableNotAHang) {
+#ifdef MOE_TEST_PEER_PROCESS  // with the services' test helpers (tests/services/process_helper.h)
+// A peer in a process of its own (ucx_test_peer) takes one 16 MiB message, then dies while peer 0
+// keeps sending and waits for an answer: once by destroying its transport (goodbye) and exiting, once
+// by SIGKILL (no goodbye). Peer 0 gets UNAVAILABLE naming it, fast, and still talks to the others.
+// The dying peer runs as a process, as in a cluster: with both peers' UCX workers in one process,
+// UCX 1.13's tcp transport crashes now and then when one of them is destroyed mid-rendezvous
+// (a progress callback of the survivor's worker runs on freed state; seen in ~4 % of runs).
+TEST_P(UcxTransportTest, PeerProcessDyingMidExchangeIsUnavailableNotAHang) {
   constexpr size_t kSize = 16 * 1024 * 1024;
   const std::vector<std::byte> payload = Pattern(kSize, 9);
-  // Peer 1 takes one message, then dies while peer 0 keeps sending and waits for an answer.
-  std::thread victim([&] {
-    auto first = peer(1).ReceiveTagged(Tag(MessageKind::kDispatch, 0, 0), In(absl::Seconds(20)));
-    EXPECT_TRUE(first.ok()) << first.status();
-    peers_[1].reset();
-  });
-  const absl::Time start = absl::Now();
-  absl::Status send_status;
-  for (uint64_t step = 0; step < 1000 && send_status.ok(); ++step) {
-    send_status = peer(0).Send(1, Tag(MessageKind::kDispatch, step, 0), payload);
+  int32_t victim_id = 3;
+  for (const std::string die : {"exit", "kill"}) {
+    SCOPED_TRACE("the peer dies by " + die);
+    const int32_t victim = victim_id++;
+    auto secret = peer(0).Admit(victim, testing::kTestMaxMessageBytes);
+    ASSERT_TRUE(secret.ok()) << secret.status();
+    const std::string dir = ::testing::TempDir();
+    const std::string address_file = absl::StrCat(dir, "/ucx_test_peer.", getpid(), ".", victim);
+    std::remove(address_file.c_str());
+    std::string spin = "auto";
+    if (GetParam().poll_spin.has_value())
+      spin = absl::StrCat(absl::ToInt64Microseconds(*GetParam().poll_spin));
+    auto child = moe::testing::ChildProcess::Start(
+        moe::testing::BinaryPath("ucx_test_peer"),
+        {absl::StrCat("--self=", victim), "--peer=0",
+         "--peer_address=" + absl::BytesToHexString(peer(0).WorkerAddress()),
+         "--peer_secret=" + absl::BytesToHexString(*secret), "--tls=" + GetParam().tls,
+         "--poll_spin_us=" + spin, "--address_file=" + address_file, "--die=" + die},
+        address_file + ".log");
+    ASSERT_TRUE(child.ok()) << child.status();
+    std::string line;
+    for (const absl::Time deadline = In(absl::Seconds(20)); line.empty() && absl::Now() < deadline;) {
+      std::getline(std::ifstream(address_file), line);
+      if (line.empty()) absl::SleepFor(absl::Milliseconds(10));
+    }
+    ASSERT_FALSE(line.empty()) << "ucx_test_peer wrote no address:\n" << (*child)->Log();
+    const std::vector<std::string> fields = absl::StrSplit(line, ' ');
+    ASSERT_EQ(fields.size(), 2u) << line;
+    ASSERT_TRUE(
+        peer(0).Connect(victim, absl::HexStringToBytes(fields[0]), absl::HexStringToBytes(fields[1])).ok());
+
+    // Reaped as soon as it dies, as a cluster's supervisor does: over shared memory UCX tells a dead
+    // peer by its pid, and a zombie's pid still looks alive.
+    std::optional<int> exit_status;
+    std::thread reaper([&] { exit_status = (*child)->Wait(absl::Seconds(40)); });
+    const absl::Time start = absl::Now();
+    absl::Status send_status;
+    for (uint64_t step = 0; step < 1000 && send_status.ok(); ++step) {
+      send_status = peer(0).Send(victim, Tag(MessageKind::kDispatch, step, 0), payload);
+    }
+    EXPECT_TRUE(absl::IsUnavailable(send_status)) << send_status;
+    EXPECT_TRUE(absl::StrContains(send_status.message(), absl::StrCat("peer ", victim))) << send_status;
+    auto answer = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 0, victim), In(absl::Seconds(30)));
+    EXPECT_TRUE(absl::IsUnavailable(answer.status())) << answer.status();
+    EXPECT_TRUE(absl::StrContains(answer.status().message(), absl::StrCat("peer ", victim)))
+        << answer.status();
+    EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+    reaper.join();
+    ASSERT_TRUE(exit_status.has_value()) << (*child)->Log();
+    if (die == "exit") {
+      EXPECT_TRUE(WIFEXITED(*exit_status) && WEXITSTATUS(*exit_status) == 0) << (*child)->Log();
+    } else {
+      EXPECT_TRUE(WIFSIGNALED(*exit_status) && WTERMSIG(*exit_status) == SIGKILL) << (*child)->Log();
+    }
+    EXPECT_THAT((*child)->Log(), ::testing::HasSubstr("received 16777216 bytes"));
+    // The survivors still talk.
+    ASSERT_TRUE(peer(0).Send(2, Tag(MessageKind::kDispatch, victim, 0), Pattern(64, 1)).ok());
+    auto got = peer(2).ReceiveTagged(Tag(MessageKind::kDispatch, victim, 0), In(absl::Seconds(10)));
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->payload, Pattern(64, 1));
+    std::remove(address_file.c_str());
+    std::remove((address_file + ".log").c_str());
   }
-  victim.join();
-  EXPECT_TRUE(absl::IsUnavailable(send_status)) << send_status;
-  EXPECT_TRUE(absl::StrContains(send_status.message(), "peer 1")) << send_status;
-  auto answer = peer(0).ReceiveTagged(Tag(MessageKind::kCombine, 0, 1), In(absl::Seconds(30)));
-  EXPECT_TRUE(absl::IsUnavailable(answer.status())) << answer.status();
-  EXPECT_TRUE(absl::StrContains(answer.status().message(), "peer 1")) << answer.status();
-  EXPECT_LT(absl::Now() - start, absl::Seconds(20));
-  // The survivors still talk.
-  ASSERT_TRUE(peer(0).Send(2, Tag(MessageKind::kDispatch, 1, 0), Pattern(64, 1)).ok());
-  auto got = peer(2).ReceiveTagged(Tag(MessageKind::kDispatch, 1, 0), In(absl::Seconds(10)));
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(got->payload, Pattern(64, 1));
 }
+#endif  // MOE_TEST_PEER_PROCESS
 
 TEST_P(UcxTransportTest, RestartedPeerIsReachableAfterConnectingAgain) {
   peers_[1].reset();
