@@ -1,5 +1,6 @@
 #include "common/kernels/cpu/thread_pool.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <string>
 
@@ -19,9 +20,35 @@ int DefaultThreadCount() {
   return hw == 0 ? 1 : static_cast<int>(hw);
 }
 
+// Polls `done` for up to `spin_us` microseconds; true as soon as it holds.
+template <typename Done>
+bool PollFor(int64_t spin_us, const Done& done) {
+  if (spin_us <= 0) return done();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return done();
+  }
+}
+
 }  // namespace
 
-ThreadPool::ThreadPool(int num_threads) : num_threads_(num_threads < 1 ? 1 : num_threads) {
+int64_t ThreadPool::DefaultSpinMicros() {
+  if (const char* env = std::getenv("MOE_POOL_SPIN_US")) {
+    char* end = nullptr;
+    const long long us = std::strtoll(env, &end, 10);
+    if (end != env && *end == '\0' && us >= 0 && us <= 100000) return us;
+  }
+  return 200;
+}
+
+ThreadPool::ThreadPool(int num_threads, int64_t spin_us)
+    : num_threads_(num_threads < 1 ? 1 : num_threads), spin_us_(spin_us < 0 ? DefaultSpinMicros() : spin_us) {
   workers_.reserve(num_threads_ - 1);
   for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this] { WorkerLoop(); });
 }
@@ -51,6 +78,9 @@ void ThreadPool::WorkerLoop() {
   const std::function<void(int64_t)>* fn = nullptr;
   int64_t num_tasks = 0;
   for (;;) {
+    PollFor(spin_us_, [&] {
+      return stop_.load(std::memory_order_relaxed) || generation_.load(std::memory_order_relaxed) != seen;
+    });
     {
       std::unique_lock<std::mutex> lock(mu_);
       work_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
@@ -91,6 +121,7 @@ void ThreadPool::ParallelFor(int64_t num_tasks, const std::function<void(int64_t
   RunTasks(fn, num_tasks);
   // Every task has been claimed; wait for workers still running one. A worker that wakes late
   // finds no task left (next_task_ >= num_tasks_) and leaves without touching fn_.
+  PollFor(spin_us_, [&] { return active_workers_.load(std::memory_order_relaxed) == 0; });
   std::unique_lock<std::mutex> lock(mu_);
   done_cv_.wait(lock, [&] { return active_workers_ == 0; });
   fn_ = nullptr;

@@ -15,15 +15,21 @@
 namespace moe::kernels::cpu {
 
 // Runs ParallelFor loops on `num_threads` threads (the caller plus num_threads - 1 workers).
-// Tasks are handed out dynamically, so which thread runs a task is not fixed: kernels must make
-// each task's result independent of the thread that runs it (they do: a task owns its outputs).
+// Between loops a worker polls for the next one for `spin_us` microseconds before it sleeps on a
+// condition variable, and the caller polls for the workers' last tasks before it sleeps: a decode
+// step is hundreds of loops of tens of microseconds each, and waking a sleeping thread costs about
+// as much as one loop (on a VM, an inter-processor interrupt through the hypervisor), so without
+// the polling a small loop ran mostly on the caller alone. Tasks are handed out dynamically, so which thread
+// runs a task is not fixed: kernels must make each task's result independent of the thread that runs it (they
+// do: a task owns its outputs).
 //
 // Thread safety: ParallelFor may be called from any thread; concurrent calls from different
 // threads are serialized (one loop runs at a time). A ParallelFor issued from inside a task runs
 // inline on the calling thread, so nesting never deadlocks.
 class ThreadPool {
  public:
-  explicit ThreadPool(int num_threads);
+  // spin_us < 0: DefaultSpinMicros().
+  explicit ThreadPool(int num_threads, int64_t spin_us = -1);
   ~ThreadPool();
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -35,6 +41,9 @@ class ThreadPool {
 
   // The process-wide pool: hardware threads, or MOE_NUM_THREADS if set to a positive integer.
   static ThreadPool& Global();
+  // How long threads poll between loops: MOE_POOL_SPIN_US if set to an integer in [0, 100000],
+  // else 200 (0: never poll, sleep at once).
+  static int64_t DefaultSpinMicros();
   // The pool kernels use on this thread: the innermost ScopedThreadPool, else Global().
   static ThreadPool& Current();
 
@@ -43,15 +52,18 @@ class ThreadPool {
   void RunTasks(const std::function<void(int64_t)>& fn, int64_t num_tasks);
 
   const int num_threads_;
+  const int64_t spin_us_;
   std::vector<std::thread> workers_;
   std::mutex submit_mu_;  // serializes ParallelFor calls from different threads
 
   std::mutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable done_cv_;
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  int active_workers_ ABSL_GUARDED_BY(mu_) = 0;
+  // Written under mu_; atomic so that the polling reads them without it (a poll that sees a change
+  // takes mu_ and checks again).
+  std::atomic<uint64_t> generation_ = 0;
+  std::atomic<bool> stop_ = false;
+  std::atomic<int> active_workers_ = 0;
 
   // The current loop (nullptr between loops).
   const std::function<void(int64_t)>* fn_ ABSL_GUARDED_BY(mu_) = nullptr;
