@@ -401,15 +401,16 @@ std::vector<bf16> WideRangeBf16(size_t n, uint32_t seed) {
 }
 
 // Every tile shape of both AVX-512 FP8 kernels (fma: 1 x 16, 2 x 8, 4 x 4 with 3 or 4 rows, 8 x 2
-// and the mixes after it; dot: weights widened in registers for 1 or 2 rows, else into the
-// scratch, 4 x 4 with 3 or 4 rows, 2 x 8, 1 x 16 after them, more than one 128-row block),
-// partial column groups and partial k chunks and blocks must reproduce the portable path bit for
-// bit.
+// and the mixes after it; dot: one row streamed a weight row at a time (two columns per fold up
+// to 8 k-blocks, one from 9, more than 16 blocks in several folds), weights widened in registers
+// for 2 rows, else into the scratch, 4 x 4 with 3 or 4 rows, 2 x 8, 1 x 16 after them, more than
+// one 128-row block), partial column groups and partial k chunks and blocks must reproduce the
+// portable path bit for bit.
 TEST(LinearTest, Fp8PortableEqualsAvx512ForEveryTileShape) {
   if (!CpuSupports(Isa::kAvx512Bf16) || !internal::Fp8Avx512Supported())
     GTEST_SKIP() << "no AVX-512 FP8 path on this CPU";
   for (auto [n, k] : {std::pair{37, 40}, std::pair{16, 64}, std::pair{130, 200}, std::pair{5, 1000},
-                      std::pair{64, 256}, std::pair{70, 1088}}) {
+                      std::pair{64, 256}, std::pair{70, 1088}, std::pair{21, 2200}}) {
     const TestWeight t = MakeFp8Weight(n, k, static_cast<uint32_t>(n * 1000 + k));
     for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 13, 19, 130, 261}) {
       if (m > 19 && k > 256) continue;  // keep the portable reference quick
