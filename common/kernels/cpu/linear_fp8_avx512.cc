@@ -243,10 +243,10 @@ MOE_FP8_INLINE float QuantizeGroupAvx512(const bf16* x, int64_t valid, __m512* v
 // slices of kDotSliceBlocks k-blocks: the slice's weights are widened once (dot layout, 2 x 64
 // bytes per 64 codes: 16 KiB) into a per-thread scratch that stays in L1 while every row tile of
 // the block runs over it; the row tiles' running totals wait in a small per-thread buffer between
-// slices. Batches of at most kDotInlineRows rows widen in registers instead and use each widened
-// vector at once (a scratch would be written and read back for one or two rows); a single row
-// also reads the weights in memory order, a weight row at a time (StreamDot1). Row tiles are
-// 4 x 4 (3 rows: the last repeated), 2 x 8 or 1 x 16, 16 accumulators each, folded per 128-wide
+// slices. Batches of at most kDotStreamRows rows instead read the weights in memory order, a weight
+// row at a time, widening each 64 codes in registers and using them at once (StreamDot: a scratch
+// would be written and read back for one or two rows). Row tiles are 4 x 4 (3 rows: the last
+// repeated), 2 x 8 or 1 x 16, 16 accumulators each, folded per 128-wide
 // k-block by the same transposing reduction as the fma kernel. Every output sees the same
 // VDPBF16PS sequence on the same words (zero padded to the block end in both operands, so the
 // padded products add +0, which changes nothing), then the same scalar steps per block, whatever
@@ -254,7 +254,7 @@ MOE_FP8_INLINE float QuantizeGroupAvx512(const bf16* x, int64_t valid, __m512* v
 constexpr int64_t kDotRowBlock = 128;
 constexpr int64_t kDotSliceBlocks = 4;
 constexpr int64_t kDotSliceWords = kDotSliceBlocks * kFp8BlockSize;  // per column
-constexpr int64_t kDotInlineRows = 2;
+constexpr int64_t kDotStreamRows = 2;
 
 #define MOE_FP8_DOT_TARGET __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512bf16")))
 #define MOE_FP8_DOT_INLINE MOE_FP8_DOT_TARGET inline __attribute__((always_inline))
@@ -289,53 +289,25 @@ MOE_FP8_DOT_TARGET void WidenSliceDot(const Fp8Task& t, int64_t g, int64_t g1, i
 }
 
 // The 16 block dot products of one k-block for an MR x NR tile, folded by Reduce16x16 (lane
-// m * NR + n). a: MR activation rows at the block (dot layout, 4 vectors of 32 words). Weights
-// from the scratch (w: NR columns at the block), or, kInline, widened here from the codes (codes:
-// NR weight rows, [k0, k1) valid).
-template <int MR, int NR, bool kInline>
-MOE_FP8_DOT_INLINE __m512 BlockDot(const Widener& widener, const uint16_t* const* w,
-                                   const uint8_t* const* codes, int64_t k0, int64_t k1,
-                                   const uint16_t* const* a) {
+// m * NR + n). a: MR activation rows at the block (dot layout, 4 vectors of 32 words); w: NR
+// columns at the block in the scratch.
+template <int MR, int NR>
+MOE_FP8_DOT_INLINE __m512 BlockDot(const uint16_t* const* w, const uint16_t* const* a) {
   static_assert(MR * NR == 16);
   __m512 acc[16];
 #pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
-  if constexpr (kInline) {
-    // One weight row at a time, widened and used at once (all NR would need 4 * NR registers).
-    __m512i av[MR][4];
-#pragma GCC unroll 16
-    for (int m = 0; m < MR; ++m)
 #pragma GCC unroll 4
-      for (int v = 0; v < 4; ++v) av[m][v] = _mm512_loadu_si512(a[m] + 32 * v);
+  for (int v = 0; v < 4; ++v) {
+    __m512i wv[NR];
 #pragma GCC unroll 16
-    for (int n = 0; n < NR; ++n) {
-#pragma GCC unroll 2
-      for (int c = 0; c < 2; ++c) {
-        const int64_t kc = k0 + 64 * c;
-        const __mmask64 mask = kc + 64 <= k1 ? ~0ull : (kc < k1 ? (1ull << (k1 - kc)) - 1 : 0);
-        __m512i p[2];
-        widener.WidenWords(_mm512_maskz_loadu_epi8(mask, codes[n] + kc), p);
+    for (int n = 0; n < NR; ++n) wv[n] = _mm512_load_si512(w[n] + 32 * v);
 #pragma GCC unroll 16
-        for (int m = 0; m < MR; ++m) {
-          __m512& s = acc[m * NR + n];
-          s = _mm512_dpbf16_ps(s, (__m512bh)av[m][2 * c], (__m512bh)p[0]);
-          s = _mm512_dpbf16_ps(s, (__m512bh)av[m][2 * c + 1], (__m512bh)p[1]);
-        }
-      }
-    }
-  } else {
-#pragma GCC unroll 4
-    for (int v = 0; v < 4; ++v) {
-      __m512i wv[NR];
+    for (int m = 0; m < MR; ++m) {
+      const __m512i av = _mm512_loadu_si512(a[m] + 32 * v);
 #pragma GCC unroll 16
-      for (int n = 0; n < NR; ++n) wv[n] = _mm512_load_si512(w[n] + 32 * v);
-#pragma GCC unroll 16
-      for (int m = 0; m < MR; ++m) {
-        const __m512i av = _mm512_loadu_si512(a[m] + 32 * v);
-#pragma GCC unroll 16
-        for (int n = 0; n < NR; ++n)
-          acc[m * NR + n] = _mm512_dpbf16_ps(acc[m * NR + n], (__m512bh)av, (__m512bh)wv[n]);
-      }
+      for (int n = 0; n < NR; ++n)
+        acc[m * NR + n] = _mm512_dpbf16_ps(acc[m * NR + n], (__m512bh)av, (__m512bh)wv[n]);
     }
   }
   return Reduce16x16(acc);
@@ -343,25 +315,22 @@ MOE_FP8_DOT_INLINE __m512 BlockDot(const Widener& widener, const uint16_t* const
 
 // Rows [m0, m0 + mr) (mr <= MR) x the columns [g, g1) of one 16-column group (g a multiple of
 // 16, so inside one 128-row scale group), as 16 / NR tiles of NR columns, over k-blocks
-// [kb0, kb1): scratch holds them widened (WidenSliceDot) unless kInline. The running totals
+// [kb0, kb1), which scratch holds widened (WidenSliceDot). The running totals
 // start at +0 when kb0 = 0, else come from `totals` (16 floats per tile); when kb1 is the last
 // block the outputs are stored, else the totals go back to `totals`. Missing rows and columns
 // repeat the last valid one and are not stored.
-template <int MR, int NR, bool kInline>
+template <int MR, int NR>
 MOE_FP8_DOT_TARGET void TileDot(const Fp8Task& t, const uint16_t* scratch, int64_t kb0, int64_t kb1,
                                 float* totals, int64_t m0, int mr, int64_t g, int64_t g1) {
   constexpr int kTiles = 16 / NR;
   const int num_tiles = static_cast<int>((g1 - g + NR - 1) / NR);
-  const Widener widener;
   const uint16_t* w[kTiles][NR];
-  const uint8_t* codes[kTiles][NR];
 #pragma GCC unroll 16
   for (int j = 0; j < kTiles; ++j) {
 #pragma GCC unroll 16
     for (int n = 0; n < NR; ++n) {
       const int64_t col = std::min(g + j * NR + n, g1 - 1);
-      w[j][n] = kInline ? nullptr : scratch + (col - g) * kDotSliceWords - kb0 * kFp8BlockSize;
-      codes[j][n] = t.w + col * t.k;
+      w[j][n] = scratch + (col - g) * kDotSliceWords - kb0 * kFp8BlockSize;
     }
   }
   const uint16_t* a[MR];
@@ -373,21 +342,13 @@ MOE_FP8_DOT_TARGET void TileDot(const Fp8Task& t, const uint16_t* scratch, int64
     a_scale[m] = t.a_scale + row * t.num_k_blocks;
   }
   const float* w_scale = t.w_scale_inv + (g / kFp8BlockSize) * t.num_k_blocks;
-  // Inline: the rows of this group are read 16 at a time, k bytes each: fetch the next group's
-  // (contiguous) linearly, one block's share per block, into L2 (see the fma kernel).
-  const uintptr_t next = reinterpret_cast<uintptr_t>(t.w) + (g + 16) * t.k;
 
   __m512 total[kTiles];
 #pragma GCC unroll 16
   for (int j = 0; j < kTiles; ++j)
     total[j] = kb0 == 0 ? _mm512_setzero_ps() : _mm512_load_ps(totals + 16 * j);
   for (int64_t kb = kb0; kb < kb1; ++kb) {
-    if constexpr (kInline) {
-      for (int i = 0; i < 16 * kFp8BlockSize; i += 64)
-        _mm_prefetch(reinterpret_cast<const char*>(next + kb * 16 * kFp8BlockSize + i), _MM_HINT_T1);
-    }
     const int64_t k0 = kb * kFp8BlockSize;
-    const int64_t k1 = std::min(t.k, k0 + kFp8BlockSize);
     __m512 as = _mm512_set1_ps(a_scale[0][kb]);
 #pragma GCC unroll 16
     for (int m = 1; m < MR; ++m)
@@ -402,8 +363,8 @@ MOE_FP8_DOT_TARGET void TileDot(const Fp8Task& t, const uint16_t* scratch, int64
       if (j >= num_tiles) break;
       const uint16_t* wb[NR];
 #pragma GCC unroll 16
-      for (int n = 0; n < NR; ++n) wb[n] = kInline ? nullptr : w[j][n] + k0;
-      const __m512 block = BlockDot<MR, NR, kInline>(widener, wb, codes[j], k0, k1, ab);
+      for (int n = 0; n < NR; ++n) wb[n] = w[j][n] + k0;
+      const __m512 block = BlockDot<MR, NR>(wb, ab);
       total[j] = _mm512_add_ps(total[j], _mm512_mul_ps(_mm512_mul_ps(block, as), ws));
     }
   }
@@ -422,54 +383,33 @@ MOE_FP8_DOT_TARGET void TileDot(const Fp8Task& t, const uint16_t* scratch, int64
   }
 }
 
-// One activation row against the columns [g, g1) of one 16-column group, a weight row at a time in
-// memory order (the bf16 GEMV's MicroBf16Stream does the same): the 16 k-blocks of a column at a
-// time are widened inline and dotted into one accumulator each, folded by Reduce16x16 (lane b:
-// block b), scaled per block and added to the column's total in block order. Every block sees the
-// same VDPBF16PS sequence and fold as in TileDot<1, 16, true>, and the totals the same scalar
-// steps, so the outputs are the same bits.
-// The dot product of one 128-wide k-block [k0, k0 + 128) of a weight row (codes) with an
-// activation row (a, dot layout), as TileDot<1, 16, true> computes it for one column; kMasked for a
-// ragged last block ending at k1.
-template <bool kMasked>
-MOE_FP8_DOT_INLINE __m512 StreamBlock(const Widener& widener, const uint8_t* codes, const uint16_t* a,
-                                      int64_t k0, int64_t k1) {
-  __m512 acc = _mm512_setzero_ps();
-#pragma GCC unroll 2
-  for (int c = 0; c < 2; ++c) {
-    const int64_t kc = k0 + 64 * c;
-    __m512i p[2];
-    if constexpr (kMasked) {
-      const __mmask64 mask = kc + 64 <= k1 ? ~0ull : (kc < k1 ? (1ull << (k1 - kc)) - 1 : 0);
-      widener.WidenWords(_mm512_maskz_loadu_epi8(mask, codes + kc), p);
-    } else {
-      widener.WidenWords(_mm512_loadu_si512(codes + kc), p);
-    }
-    acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a + kc), (__m512bh)p[0]);
-    acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(a + kc + 32), (__m512bh)p[1]);
-  }
-  return acc;
-}
-
-// One activation row against the columns [g, g1) of one 16-column group, a weight row at a time in
-// memory order (as the bf16 GEMV's MicroBf16Stream): kPer columns' k-blocks at a time (up to
-// 16 / kPer blocks each) are dotted into one accumulator each, folded by Reduce16x16 (lane
-// 16 / kPer * h + b: column h, block b), scaled per block and added to each column's total in block
-// order. Every block sees the same VDPBF16PS sequence and fold as in TileDot<1, 16, true>, and the
-// totals the same scalar steps, so the outputs are the same bits.
-// Against TileDot<1, 16, true>'s 16 weight rows 128 bytes at a time (plus a linear prefetch of the
-// next group), same-process A/B on Zen 4 (2 threads, weights cycled through 512 MiB, 20
-// interleaved rounds, medians): 1.04-1.35x the bandwidth over the q/kv/expert/down shapes; with
-// the weights in cache it is 0.8-0.96x, so the gain is the memory order, not the arithmetic.
-template <int kPer>
-MOE_FP8_DOT_TARGET void StreamDot1(const Fp8Task& t, int64_t m0, int64_t g, int64_t g1) {
-  constexpr int kSlots = 16 / kPer;
+// MR (1 or 2) activation rows against the columns [g, g1) of one 16-column group, a weight row at a
+// time in memory order (as the bf16 GEMV's MicroBf16Stream): kPer columns' k-blocks at a time
+// (kSlots = 16 / (MR * kPer) blocks each) are dotted into one accumulator per row and block, folded
+// by Reduce16x16 (lane kSlots * (MR * h + m) + b: column h, row m, block b), scaled per block and
+// added to each output's total in block order. Every block sees the same VDPBF16PS sequence and
+// fold as the scratch path's TileDot<MR, 16 / MR>, and the totals the same scalar steps, so the
+// outputs are the same bits.
+// Against the kernel it replaced (16 weight rows widened in registers 128 bytes at a time, plus a
+// linear prefetch of the next group),
+// same-process A/B on Zen 4 (2 threads, weights cycled through 512 MiB, 20 interleaved rounds,
+// medians): 1.04-1.35x the bandwidth at 1 row and 0.98-1.17x at 2 over the q/kv/expert/down
+// shapes; with the weights in cache it is 0.72-0.96x, so the gain is the memory order, not the
+// arithmetic.
+template <int MR, int kPer>
+MOE_FP8_DOT_TARGET void StreamDot(const Fp8Task& t, int64_t g, int64_t g1) {
+  constexpr int kSlots = 16 / (MR * kPer);
   const Widener widener;
-  const uint16_t* a = t.aq_dot + m0 * t.aq_stride;
-  const float* a_scale = t.a_scale + m0 * t.num_k_blocks;
+  const uint16_t* a[MR];
+  const float* a_scale[MR];
+#pragma GCC unroll 2
+  for (int m = 0; m < MR; ++m) {
+    a[m] = t.aq_dot + m * t.aq_stride;
+    a_scale[m] = t.a_scale + m * t.num_k_blocks;
+  }
   const float* w_scale = t.w_scale_inv + (g / kFp8BlockSize) * t.num_k_blocks;
   for (int64_t n = g; n < g1; n += kPer) {
-    float total[kPer] = {};
+    float total[kPer][MR] = {};
     for (int64_t kb0 = 0; kb0 < t.num_k_blocks; kb0 += kSlots) {
       const int nb = static_cast<int>(std::min<int64_t>(kSlots, t.num_k_blocks - kb0));
       __m512 acc[16];
@@ -482,28 +422,46 @@ MOE_FP8_DOT_TARGET void StreamDot1(const Fp8Task& t, int64_t m0, int64_t g, int6
         for (int b = 0; b < kSlots; ++b) {
           if (b >= nb) break;
           const int64_t k0 = (kb0 + b) * kFp8BlockSize;
-          acc[kSlots * h + b] = StreamBlock<true>(widener, codes, a, k0, std::min(t.k, k0 + kFp8BlockSize));
+          const int64_t k1 = std::min(t.k, k0 + kFp8BlockSize);
+#pragma GCC unroll 2
+          for (int c = 0; c < 2; ++c) {
+            const int64_t kc = k0 + 64 * c;
+            const __mmask64 mask = kc + 64 <= k1 ? ~0ull : (kc < k1 ? (1ull << (k1 - kc)) - 1 : 0);
+            __m512i p[2];
+            widener.WidenWords(_mm512_maskz_loadu_epi8(mask, codes + kc), p);
+#pragma GCC unroll 2
+            for (int m = 0; m < MR; ++m) {
+              __m512& s = acc[kSlots * (MR * h + m) + b];
+              s = _mm512_dpbf16_ps(s, (__m512bh)_mm512_loadu_si512(a[m] + kc), (__m512bh)p[0]);
+              s = _mm512_dpbf16_ps(s, (__m512bh)_mm512_loadu_si512(a[m] + kc + 32), (__m512bh)p[1]);
+            }
+          }
         }
       }
-      __m512 as = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << nb) - 1), a_scale + kb0);
-      __m512 ws = _mm512_maskz_loadu_ps(static_cast<__mmask16>((1u << nb) - 1), w_scale + kb0);
-      if constexpr (kPer == 2) {
-        as = _mm512_shuffle_f32x4(as, as, _MM_SHUFFLE(1, 0, 1, 0));  // lanes 8..15 repeat 0..7
-        ws = _mm512_shuffle_f32x4(ws, ws, _MM_SHUFFLE(1, 0, 1, 0));
+      alignas(64) float as[16], ws[16];
+      for (int h = 0; h < kPer; ++h) {
+        for (int m = 0; m < MR; ++m) {
+          for (int b = 0; b < kSlots; ++b) {
+            as[kSlots * (MR * h + m) + b] = b < nb ? a_scale[m][kb0 + b] : 0.0f;
+            ws[kSlots * (MR * h + m) + b] = b < nb ? w_scale[kb0 + b] : 0.0f;
+          }
+        }
       }
       alignas(64) float scaled[16];
-      _mm512_store_ps(scaled, _mm512_mul_ps(_mm512_mul_ps(Reduce16x16(acc), as), ws));
+      _mm512_store_ps(scaled,
+                      _mm512_mul_ps(_mm512_mul_ps(Reduce16x16(acc), _mm512_load_ps(as)), _mm512_load_ps(ws)));
       for (int h = 0; h < kPer; ++h)
-        for (int b = 0; b < nb; ++b) total[h] += scaled[kSlots * h + b];
+        for (int m = 0; m < MR; ++m)
+          for (int b = 0; b < nb; ++b) total[h][m] += scaled[kSlots * (MR * h + m) + b];
     }
-    for (int h = 0; h < kPer && n + h < g1; ++h) t.y[m0 * t.y_stride + n + h] = Fp8OutputToBF16(total[h]);
+    for (int h = 0; h < kPer && n + h < g1; ++h)
+      for (int m = 0; m < MR; ++m) t.y[m * t.y_stride + n + h] = Fp8OutputToBF16(total[h][m]);
   }
 }
 
 // Rows [m0, m1) of one group over k-blocks [kb0, kb1): 4 x 4 tiles while at least 3 rows remain,
 // then 2 x 8 or 1 x 16. The tile starting at row m keeps its totals at totals + 16 * (m - m0)
 // (a tile of MR rows has 16 * MR floats; the one 3-row tile is the last).
-template <bool kInline>
 MOE_FP8_DOT_TARGET void RowsDot(const Fp8Task& t, const uint16_t* scratch, int64_t kb0, int64_t kb1,
                                 float* totals, int64_t m0, int64_t m1, int64_t g, int64_t g1) {
   for (int64_t m = m0; m < m1;) {
@@ -511,13 +469,13 @@ MOE_FP8_DOT_TARGET void RowsDot(const Fp8Task& t, const uint16_t* scratch, int64
     float* tile_totals = totals == nullptr ? nullptr : totals + 16 * (m - m0);
     if (left >= 3) {
       const int mr = static_cast<int>(std::min<int64_t>(4, left));
-      TileDot<4, 4, kInline>(t, scratch, kb0, kb1, tile_totals, m, mr, g, g1);
+      TileDot<4, 4>(t, scratch, kb0, kb1, tile_totals, m, mr, g, g1);
       m += mr;
     } else if (left == 2) {
-      TileDot<2, 8, kInline>(t, scratch, kb0, kb1, tile_totals, m, 2, g, g1);
+      TileDot<2, 8>(t, scratch, kb0, kb1, tile_totals, m, 2, g, g1);
       m += 2;
     } else {
-      TileDot<1, 16, kInline>(t, scratch, kb0, kb1, tile_totals, m, 1, g, g1);
+      TileDot<1, 16>(t, scratch, kb0, kb1, tile_totals, m, 1, g, g1);
       m += 1;
     }
   }
@@ -626,20 +584,12 @@ void LinearFp8TaskAvx512(const Fp8Task& t, int64_t n0, int64_t n1) {
 }
 
 void LinearFp8TaskAvx512Dot(const Fp8Task& t, int64_t n0, int64_t n1) {
-  if (t.num_rows == 1) {
-    // Up to 8 k-blocks (k <= 1024), two columns share a fold.
-    for (int64_t g = n0; g < n1; g += 16) {
-      if (t.num_k_blocks <= 8) {
-        StreamDot1<2>(t, 0, g, std::min(n1, g + 16));
-      } else {
-        StreamDot1<1>(t, 0, g, std::min(n1, g + 16));
-      }
-    }
-    return;
-  }
-  if (t.num_rows <= kDotInlineRows) {
-    for (int64_t g = n0; g < n1; g += 16)
-      RowsDot<true>(t, nullptr, 0, t.num_k_blocks, nullptr, 0, t.num_rows, g, std::min(n1, g + 16));
+  if (t.num_rows <= kDotStreamRows) {
+    // Two columns share a fold when their blocks fit in it.
+    using Stream = void (*)(const Fp8Task&, int64_t, int64_t);
+    const Stream stream = t.num_rows == 1 ? (t.num_k_blocks <= 8 ? StreamDot<1, 2> : StreamDot<1, 1>)
+                                          : (t.num_k_blocks <= 4 ? StreamDot<2, 2> : StreamDot<2, 1>);
+    for (int64_t g = n0; g < n1; g += 16) stream(t, g, std::min(n1, g + 16));
     return;
   }
   thread_local std::vector<uint16_t> scratch_buffer;
@@ -653,7 +603,7 @@ void LinearFp8TaskAvx512Dot(const Fp8Task& t, int64_t n0, int64_t n1) {
       for (int64_t kb0 = 0; kb0 < t.num_k_blocks; kb0 += kDotSliceBlocks) {
         const int64_t kb1 = std::min(t.num_k_blocks, kb0 + kDotSliceBlocks);
         WidenSliceDot(t, g, g1, kb0, kb1, scratch);
-        RowsDot<false>(t, scratch, kb0, kb1, totals, mb, mb1, g, g1);
+        RowsDot(t, scratch, kb0, kb1, totals, mb, mb1, g, g1);
       }
     }
   }

@@ -401,11 +401,10 @@ std::vector<bf16> WideRangeBf16(size_t n, uint32_t seed) {
 }
 
 // Every tile shape of both AVX-512 FP8 kernels (fma: 1 x 16, 2 x 8, 4 x 4 with 3 or 4 rows, 8 x 2
-// and the mixes after it; dot: one row streamed a weight row at a time (two columns per fold up
-// to 8 k-blocks, one from 9, more than 16 blocks in several folds), weights widened in registers
-// for 2 rows, else into the scratch, 4 x 4 with 3 or 4 rows, 2 x 8, 1 x 16 after them, more than
-// one 128-row block), partial column groups and partial k chunks and blocks must reproduce the
-// portable path bit for bit.
+// and the mixes after it; dot: 1 or 2 rows streamed a weight row at a time (two columns per fold
+// up to 8 / 4 k-blocks, one beyond, several folds per column from 17 / 9 blocks), else the scratch,
+// 4 x 4 with 3 or 4 rows, 2 x 8, 1 x 16 after them, more than one 128-row block), partial column
+// groups and partial k chunks and blocks must reproduce the portable path bit for bit.
 TEST(LinearTest, Fp8PortableEqualsAvx512ForEveryTileShape) {
   if (!CpuSupports(Isa::kAvx512Bf16) || !internal::Fp8Avx512Supported())
     GTEST_SKIP() << "no AVX-512 FP8 path on this CPU";
@@ -477,7 +476,7 @@ TEST(LinearTest, Fp8PathsAgreeOnNonFiniteInputs) {
   }
   if (CpuSupports(Isa::kAvx2Fma)) paths.push_back({Isa::kAvx2Fma});
   for (const KernelPath& p : paths) {
-    for (int64_t rows : {int64_t{1}, int64_t{2}, m}) {  // the dot kernel widens in registers up to 2 rows
+    for (int64_t rows : {int64_t{1}, int64_t{2}, m}) {  // the dot kernel streams up to 2 rows
       ScopedKernelPath path(p);
       std::vector<bf16> fast(m * n);
       for (int64_t r = 0; r < m; r += rows)
