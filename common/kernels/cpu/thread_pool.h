@@ -19,9 +19,9 @@ namespace moe::kernels::cpu {
 // condition variable, and the caller polls for the workers' last tasks before it sleeps: a decode
 // step is hundreds of loops of tens of microseconds each, and waking a sleeping thread costs about
 // as much as one loop (on a VM, an inter-processor interrupt through the hypervisor), so without
-// the polling a small loop ran mostly on the caller alone. Tasks are handed out dynamically, so which thread
-// runs a task is not fixed: kernels must make each task's result independent of the thread that runs it (they
-// do: a task owns its outputs).
+// the polling a small loop ran mostly on the caller alone.
+// Tasks are handed out dynamically, so which thread runs a task is not fixed: kernels must make
+// each task's result independent of the thread that runs it (they do: a task owns its outputs).
 //
 // Thread safety: ParallelFor may be called from any thread; concurrent calls from different
 // threads are serialized (one loop runs at a time). A ParallelFor issued from inside a task runs
