@@ -6,7 +6,8 @@
 //
 // Weights are cycled over enough copies (>= --pool-bytes in total) that every call streams them
 // from memory rather than from a cache. --fp8-kernels times the AVX-512 FP8 kernels (dot: VDPBF16PS,
-// fma: fp32 FMA) against each other on the same weights, in interleaved passes.
+// fma: fp32 FMA) against each other on the same weights, in interleaved passes; --pool-spin-us does
+// the same for thread pools that poll for different times between loops.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -164,13 +166,20 @@ double MedianOf(std::vector<double> v) {
   return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
+// A thread pool that polls for `spin_us` between loops (--pool-spin-us).
+struct SpinPool {
+  int64_t spin_us;
+  ThreadPool* pool;
+};
+
 // One shape and dtype at each row count. FP8 weights are timed with each kernel in `kernels`
 // (internal::Fp8Kernel; bf16 ignores it) in `passes` interleaved rounds, so they see the same
 // machine load; a line per kernel gives its median, and a last line the ratio of the first
-// kernel's time to the others'.
+// kernel's time to the others'. With `pools`, the variants are those thread pools instead.
 void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_list, size_t pool_bytes,
                  double min_seconds, double read_gbs, double peak_gflops,
-                 const std::vector<internal::Fp8Kernel>& kernels, bool label_kernels, int passes) {
+                 const std::vector<internal::Fp8Kernel>& kernels, bool label_kernels, int passes,
+                 const std::vector<SpinPool>& pools) {
   LinearWeight proto{fp8 ? DType::kF8E4M3 : DType::kBF16, shape.out_features, shape.in_features, nullptr,
                      nullptr};
   const size_t data_bytes = shape.out_features * shape.in_features * (fp8 ? 1 : 2);
@@ -195,14 +204,18 @@ void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_
   for (bf16& v : x)
     v = FloatToBF16(static_cast<float>(static_cast<int64_t>(NextRandom(s) % 2001) - 1000) / 1000.0f);
   std::vector<bf16> y(max_rows * shape.out_features);
-  const size_t variants = fp8 ? kernels.size() : 1;
+  // Variants timed against each other: the thread pools of --pool-spin-us if given, else the FP8
+  // kernels.
+  const size_t variants = !pools.empty() ? pools.size() : (fp8 ? kernels.size() : 1);
   const internal::Fp8Kernel saved = internal::ActiveFp8Kernel();
   size_t next = 1 % copies;
   for (int64_t rows : rows_list) {
     std::vector<std::vector<double>> times(variants);
     for (int pass = 0; pass < passes; ++pass) {
       for (size_t v = 0; v < variants; ++v) {
-        if (fp8) internal::SetFp8KernelForTesting(kernels[v]);
+        if (fp8) internal::SetFp8KernelForTesting(kernels[pools.empty() ? v : 0]);
+        std::optional<ScopedThreadPool> scoped;
+        if (!pools.empty()) scoped.emplace(pools[v].pool);
         if (pass == 0) Linear(x.data(), rows, weights[0], y.data());  // warm up (scratch, threads)
         size_t calls = 0;
         const auto t0 = Clock::now();
@@ -222,14 +235,25 @@ void BenchLinear(const Shape& shape, bool fp8, const std::vector<int64_t>& rows_
       medians.push_back(per_call);
       const double weight_gbs = proto.WeightBytes() / per_call / 1e9;
       const double gflops = 2.0 * rows * shape.out_features * shape.in_features / per_call / 1e9;
-      const std::string dtype =
-          !fp8 ? "bf16" : (label_kernels ? std::string("fp8-") + internal::Fp8KernelName(kernels[v]) : "fp8");
+      std::string dtype =
+          !fp8 ? "bf16"
+               : (label_kernels && pools.empty() ? std::string("fp8-") + internal::Fp8KernelName(kernels[v])
+                                                 : "fp8");
+      if (!pools.empty()) dtype += "/" + std::to_string(pools[v].spin_us);
       std::printf("%-8s %-14s %7s %5lld %10.1f %9.1f %7.2f %9.1f %7.3f\n", shape.name,
                   (std::to_string(shape.out_features) + "x" + std::to_string(shape.in_features)).c_str(),
                   dtype.c_str(), static_cast<long long>(rows), per_call * 1e6, weight_gbs,
                   weight_gbs / read_gbs, gflops, peak_gflops > 0 ? gflops / peak_gflops : 0.0);
     }
     for (size_t v = 1; v < variants; ++v) {
+      if (!pools.empty()) {
+        std::printf(
+            "%-8s %5lld rows: time with pool spin %lld us / %lld us = %.3f (medians of %d interleaved "
+            "passes)\n",
+            shape.name, static_cast<long long>(rows), static_cast<long long>(pools[0].spin_us),
+            static_cast<long long>(pools[v].spin_us), medians[0] / medians[v], passes);
+        continue;
+      }
       std::printf("%-8s %5lld rows: fp8 time %s / %s = %.3f (medians of %d interleaved passes)\n", shape.name,
                   static_cast<long long>(rows), internal::Fp8KernelName(kernels[0]),
                   internal::Fp8KernelName(kernels[v]), medians[0] / medians[v], passes);
@@ -359,7 +383,18 @@ int main(int argc, char** argv) {
          "uses). Without AVX-512 BF16 and VBMI every name runs the ISA's one FP8 path")
       ->check(CLI::IsMember({"dot", "fma"}));
   app.add_option("--linear-passes", linear_passes, "Interleaved rounds per Linear measurement (median)");
+  std::vector<int64_t> pool_spins;
+  app.add_option("--pool-spin-us", pool_spins,
+                 "Time each Linear with thread pools (as many threads as the global one) that poll this "
+                 "long between loops, the first against the others (e.g. 0 200); instead of --fp8-kernels")
+      ->check(CLI::Range(int64_t{0}, int64_t{100000}));
   CLI11_PARSE(app, argc, argv);
+  std::vector<std::unique_ptr<ThreadPool>> spin_pools;
+  std::vector<SpinPool> pools;
+  for (int64_t spin : pool_spins) {
+    spin_pools.push_back(std::make_unique<ThreadPool>(ThreadPool::Global().num_threads(), spin));
+    pools.push_back({spin, spin_pools.back().get()});
+  }
   std::vector<internal::Fp8Kernel> fp8_kernels;
   for (const std::string& name : fp8_kernel_names)
     fp8_kernels.push_back(name == "fma" ? internal::Fp8Kernel::kFma : internal::Fp8Kernel::kDot);
@@ -391,7 +426,7 @@ int main(int argc, char** argv) {
       if (!skip_prefill && shape.out_features < 100000) rows.push_back(512);
       if (!rows_option.empty()) rows = rows_option;
       BenchLinear(shape, fp8, rows, static_cast<size_t>(pool_mib * 1048576), min_seconds, bw.read_gbs,
-                  peak.gflops, fp8_kernels, !fp8_kernel_names.empty(), std::max(1, linear_passes));
+                  peak.gflops, fp8_kernels, !fp8_kernel_names.empty(), std::max(1, linear_passes), pools);
     }
   }
   std::vector<internal::AttentionPath> paths;
