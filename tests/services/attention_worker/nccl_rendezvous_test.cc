@@ -175,7 +175,12 @@ TEST_F(NcclRendezvousTest, TheBootstrapTravelsOverJoinNcclAndRoundsFlow) {
   for (uint64_t step = 1; step <= 3; ++step) {
     for (uint32_t layer = 0; layer < 2; ++layer) ASSERT_TRUE(Round(step, layer).ok()) << step << "/" << layer;
   }
-  EXPECT_EQ(experts_[0].links->rounds_served() + experts_[1].links->rounds_served(), 12u);
+  // An expert counts a round once its answer's Send has returned, which may be after the answer
+  // arrived here: wait for the count rather than read it at once.
+  auto served = [this] { return experts_[0].links->rounds_served() + experts_[1].links->rounds_served(); };
+  for (const absl::Time deadline = absl::Now() + kReady; served() < 12u && absl::Now() < deadline;)
+    absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(served(), 12u);
   EXPECT_EQ(hub_.aborts(), 0);
 }
 
