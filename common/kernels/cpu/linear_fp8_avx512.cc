@@ -100,6 +100,13 @@ struct Widener {
   }
 };
 
+// The load mask of the 64 codes at [start, start + 64) that lie before `end`: all of them, the
+// first end - start, or none. Masked-off codes load as zero, which widens to +0.
+MOE_FP8_INLINE __mmask64 TailMask64(int64_t start, int64_t end) {
+  if (start + 64 <= end) return ~0ull;
+  return start < end ? (1ull << (end - start)) - 1 : 0;
+}
+
 // The 16 block dot products of one k-block [k0, k1) for an MR x NR tile (w: NR weight rows,
 // a: MR packed activation rows), folded by Reduce16x16: lane m * NR + n.
 template <int MR, int NR>
@@ -110,7 +117,7 @@ MOE_FP8_INLINE __m512 BlockFp8(const Widener& widener, const uint8_t* const* w, 
 #pragma GCC unroll 16
   for (int i = 0; i < 16; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t c = k0; c < k1; c += 64) {
-    const __mmask64 mask = c + 64 <= k1 ? ~0ull : (1ull << (k1 - c)) - 1;  // zeros widen to +0
+    const __mmask64 mask = TailMask64(c, k1);
     // Widen one weight row at a time and use it at once: widening all NR rows first would need
     // 4 * NR more registers than there are. Activations come straight from L1.
 #pragma GCC unroll 16
@@ -246,11 +253,11 @@ MOE_FP8_INLINE float QuantizeGroupAvx512(const bf16* x, int64_t valid, __m512* v
 // slices. Batches of at most kDotStreamRows rows instead read the weights in memory order, a weight
 // row at a time, widening each 64 codes in registers and using them at once (StreamDot: a scratch
 // would be written and read back for one or two rows). Row tiles are 4 x 4 (3 rows: the last
-// repeated), 2 x 8 or 1 x 16, 16 accumulators each, folded per 128-wide
-// k-block by the same transposing reduction as the fma kernel. Every output sees the same
-// VDPBF16PS sequence on the same words (zero padded to the block end in both operands, so the
-// padded products add +0, which changes nothing), then the same scalar steps per block, whatever
-// the tile, block or slice, so the result does not depend on the batch.
+// repeated), 2 x 8 or 1 x 16, 16 accumulators each, folded per 128-wide k-block by the same
+// transposing reduction as the fma kernel. Every output sees the same VDPBF16PS sequence on the
+// same words (zero padded to the block end in both operands, so the padded products add +0, which
+// changes nothing), then the same scalar steps per block, whatever the tile, block or slice, so the
+// result does not depend on the batch.
 constexpr int64_t kDotRowBlock = 128;
 constexpr int64_t kDotSliceBlocks = 4;
 constexpr int64_t kDotSliceWords = kDotSliceBlocks * kFp8BlockSize;  // per column
@@ -279,7 +286,7 @@ MOE_FP8_DOT_TARGET void WidenSliceDot(const Fp8Task& t, int64_t g, int64_t g1, i
     const uint8_t* w = t.w + n * t.k;
     uint16_t* out = scratch + (n - g) * kDotSliceWords - c0;
     for (int64_t c = c0; c < c1; c += 64) {
-      const __mmask64 mask = c + 64 <= t.k ? ~0ull : (c < t.k ? (1ull << (t.k - c)) - 1 : 0);
+      const __mmask64 mask = TailMask64(c, t.k);
       __m512i p[2];
       widener.WidenWords(_mm512_maskz_loadu_epi8(mask, w + c), p);  // zero codes widen to +0
       _mm512_store_si512(out + c, p[0]);
@@ -426,7 +433,7 @@ MOE_FP8_DOT_TARGET void StreamDot(const Fp8Task& t, int64_t g, int64_t g1) {
 #pragma GCC unroll 2
           for (int c = 0; c < 2; ++c) {
             const int64_t kc = k0 + 64 * c;
-            const __mmask64 mask = kc + 64 <= k1 ? ~0ull : (kc < k1 ? (1ull << (k1 - kc)) - 1 : 0);
+            const __mmask64 mask = TailMask64(kc, k1);
             __m512i p[2];
             widener.WidenWords(_mm512_maskz_loadu_epi8(mask, codes + kc), p);
 #pragma GCC unroll 2
