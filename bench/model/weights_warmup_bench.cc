@@ -85,6 +85,10 @@ int Run(int argc, char** argv) {
       ->check(CLI::ExistingDirectory);
   app.add_option("--threads", threads, "Warm-up threads (0: the default)")->check(CLI::Range(0, 256));
   app.add_flag("--touch", touch, "Readahead + one read per page instead of MADV_POPULATE_READ");
+  std::string memory = "auto";
+  app.add_option("--memory", memory,
+                 "Where the weights go: mapped, huge_pages, or auto (MOE_WEIGHTS_MEMORY's rule)")
+      ->check(CLI::IsMember({"mapped", "huge_pages", "auto"}));
   app.add_flag("--evict", evict, "Drop the checkpoint from the page cache first (a cold start)");
   CLI11_PARSE(app, argc, argv);
 
@@ -101,7 +105,11 @@ int Run(int argc, char** argv) {
   auto experts = LoadExpertShard(**checkpoint, *config, 0, config->num_experts);
   if (!experts.ok()) return std::fprintf(stderr, "%s\n", experts.status().ToString().c_str()), 1;
 
-  const WarmUpOptions options{.num_threads = threads, .populate_read = !touch};
+  const WarmUpOptions options{.num_threads = threads,
+                              .populate_read = !touch,
+                              .memory = memory == "mapped"       ? WeightsMemory::kMapped
+                                        : memory == "huge_pages" ? WeightsMemory::kHugePages
+                                                                 : WeightsMemoryFromEnv()};
   rusage before{};
   getrusage(RUSAGE_SELF, &before);
   const WarmUpResult d = PrefaultWeights(**dense, options);
@@ -109,9 +117,10 @@ int Run(int argc, char** argv) {
   rusage after{};
   getrusage(RUSAGE_SELF, &after);
   for (const auto& [name, r] : {std::pair{"dense", d}, std::pair{"experts", e}}) {
-    std::printf("%-8s %8.3f GiB in %7.3f s = %6.2f GB/s, %d threads, %s\n", name, r.bytes / double(1 << 30),
+    std::printf("%-8s %8.3f GiB in %7.3f s = %6.2f GB/s, %d threads, %s%s\n", name, r.bytes / double(1 << 30),
                 r.seconds, r.BytesPerSecond() / 1e9, r.num_threads,
-                r.populate ? "MADV_POPULATE_READ" : "readahead + touch");
+                r.populate ? "MADV_POPULATE_READ" : "readahead + touch",
+                r.copy != nullptr ? ", copied into huge pages" : "");
   }
   const double seconds = d.seconds + e.seconds;
   std::printf("warm-up  %8.3f GiB in %7.3f s = %6.2f GB/s; page faults: %ld minor, %ld major\n",

@@ -54,7 +54,11 @@ absl::Status Engine::LoadDense(const std::string& model_dir) {
   ASSIGN_OR_RETURN(generation_config_, model::GenerationConfig::FromModelDir(model_dir, config_));
   ASSIGN_OR_RETURN(checkpoint_, model::Checkpoint::Open(model_dir));
   ASSIGN_OR_RETURN(dense_, model::LoadDenseWeights(*checkpoint_, config_));
-  model::PrefaultWeights(*dense_);
+  // A cuda engine uploads the dense weights once (CreateCudaForwardPass): a huge-page copy on the host
+  // would only hold a second copy of what the device reads.
+  model::WarmUpOptions warm_up = model::WeightsWarmUpOptions();
+  if (options_.device.is_cuda()) warm_up.memory = model::WeightsMemory::kMapped;
+  model::PrefaultWeights(*dense_, warm_up);
   return absl::OkStatus();
 }
 

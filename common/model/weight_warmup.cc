@@ -6,7 +6,12 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iostream>
 #include <mutex>
+#include <string>
 #include <thread>
 
 #include "common/model/load_progress.h"
@@ -39,12 +44,82 @@ bool PopulateChunk(const uint8_t* begin, size_t bytes, bool populate_read) {
   return false;
 }
 
+constexpr size_t kHugePage = size_t{2} << 20;
+
+// An anonymous mapping of `bytes` (rounded up to whole huge pages) starting on a huge-page boundary,
+// marked for transparent huge pages before anything touches it; null when mmap fails.
+void* MapHugePageArena(size_t bytes, size_t* mapped_bytes) {
+  const size_t size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* raw = mmap(nullptr, size + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  // Trim the mapping to the aligned part, so every huge page of the arena can be one.
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t aligned = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  if (aligned > begin) munmap(raw, aligned - begin);
+  const uintptr_t end = begin + size + kHugePage;
+  if (end > aligned + size) munmap(reinterpret_cast<void*>(aligned + size), end - (aligned + size));
+  madvise(reinterpret_cast<void*>(aligned), size, MADV_HUGEPAGE);
+  *mapped_bytes = size;
+  return reinterpret_cast<void*>(aligned);
+}
+
+bool TransparentHugePagesEnabled() {
+  std::ifstream in("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string line;
+  if (!std::getline(in, line)) return false;
+  return line.find("[always]") != std::string::npos || line.find("[madvise]") != std::string::npos;
+}
+
+// Drops from the page tables the pages of `chunk` that lie wholly inside a releasable range.
+void ReleaseCopied(const MemoryRange& chunk, const std::vector<std::pair<uintptr_t, uintptr_t>>& releasable) {
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(chunk.data);
+  const uintptr_t end = begin + static_cast<uintptr_t>(chunk.bytes);
+  // A linear scan: a few thousand ranges at most, against a 64 MiB copy per chunk.
+  for (const auto& [rb, re] : releasable) {
+    if (rb >= end) break;
+    const uintptr_t b = std::max(rb, begin), e = std::min(re, end);
+    if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+  }
+}
+
 int DefaultThreads() {
   const int hw = static_cast<int>(std::thread::hardware_concurrency());
   return std::clamp(hw, 4, 16);
 }
 
 }  // namespace
+
+WeightsMemory WeightsMemoryFromEnv() {
+  static const WeightsMemory memory = [] {
+    const char* env = std::getenv("MOE_WEIGHTS_MEMORY");
+    const std::string value = env == nullptr ? "auto" : env;
+    if (value == "mapped") return WeightsMemory::kMapped;
+    if (value == "huge_pages") return WeightsMemory::kHugePages;
+    if (value != "auto") {
+      std::cerr << "MOE_WEIGHTS_MEMORY=" << value << " is not mapped, huge_pages or auto: using auto\n";
+    }
+    return TransparentHugePagesEnabled() ? WeightsMemory::kHugePages : WeightsMemory::kMapped;
+  }();
+  return memory;
+}
+
+const char* WeightsMemoryName(WeightsMemory memory) {
+  return memory == WeightsMemory::kHugePages ? "huge_pages" : "mapped";
+}
+
+ResidentCopy::~ResidentCopy() {
+  if (arena_ != nullptr) munmap(arena_, arena_bytes_);
+}
+
+const void* ResidentCopy::Relocate(const void* p) const {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  auto it = std::upper_bound(spans_.begin(), spans_.end(), a,
+                             [](uintptr_t v, const Span& s) { return v < s.begin; });
+  if (it == spans_.begin()) return p;
+  --it;
+  if (a >= it->end) return p;
+  return it->copy + (a - it->begin);
+}
 
 std::vector<MemoryRange> MergePageRanges(std::vector<MemoryRange> ranges) {
   const uintptr_t page = PageSize();
@@ -75,6 +150,16 @@ std::vector<MemoryRange> MergePageRanges(std::vector<MemoryRange> ranges) {
 WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, const WarmUpOptions& options) {
   using Clock = std::chrono::steady_clock;
   const Clock::time_point start = Clock::now();
+  // The page-aligned insides of the ranges to release once copied, sorted.
+  std::vector<std::pair<uintptr_t, uintptr_t>> releasable;
+  for (const MemoryRange& r : ranges) {
+    if (!r.release_after_copy || r.data == nullptr || r.bytes <= 0) continue;
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(r.data) + PageSize() - 1) & ~(PageSize() - 1);
+    const uintptr_t end =
+        (reinterpret_cast<uintptr_t>(r.data) + static_cast<uintptr_t>(r.bytes)) & ~(PageSize() - 1);
+    if (end > begin) releasable.emplace_back(begin, end);
+  }
+  std::sort(releasable.begin(), releasable.end());
   const std::vector<MemoryRange> merged = MergePageRanges(std::move(ranges));
   // Chunks never straddle two ranges (a gap between them may not be mapped).
   const int64_t chunk = std::max<int64_t>(options.chunk_bytes, static_cast<int64_t>(PageSize())) &
@@ -87,6 +172,29 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
       chunks.push_back({p + offset, std::min(chunk, r.bytes - offset)});
     }
     total += r.bytes;
+  }
+  // kHugePages: one arena, each merged range at its original offset within the arena's pages.
+  std::vector<ResidentCopy::Span> spans;
+  std::vector<uint8_t*> chunk_copy(chunks.size(), nullptr);
+  void* arena = nullptr;
+  size_t arena_bytes = 0;
+  if (options.memory == WeightsMemory::kHugePages && total > 0) {
+    arena = MapHugePageArena(static_cast<size_t>(total), &arena_bytes);
+    if (arena == nullptr) {
+      std::cerr << stage << ": no memory for a " << total
+                << "-byte huge-page copy; serving from the mapping\n";
+    } else {
+      auto* next_copy = static_cast<uint8_t*>(arena);
+      size_t c = 0;
+      for (const MemoryRange& r : merged) {
+        const auto begin = reinterpret_cast<uintptr_t>(r.data);
+        spans.push_back({begin, begin + static_cast<uintptr_t>(r.bytes), next_copy});
+        for (; c < chunks.size() && reinterpret_cast<uintptr_t>(chunks[c].data) < begin + r.bytes; ++c) {
+          chunk_copy[c] = next_copy + (reinterpret_cast<uintptr_t>(chunks[c].data) - begin);
+        }
+        next_copy += r.bytes;
+      }
+    }
   }
   WarmUpResult result;
   result.bytes = total;
@@ -103,6 +211,10 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
       if (!PopulateChunk(static_cast<const uint8_t*>(chunks[i].data), static_cast<size_t>(chunks[i].bytes),
                          options.populate_read)) {
         all_populate.store(false, std::memory_order_relaxed);
+      }
+      if (chunk_copy[i] != nullptr) {
+        std::memcpy(chunk_copy[i], chunks[i].data, static_cast<size_t>(chunks[i].bytes));
+        ReleaseCopied(chunks[i], releasable);
       }
       const int64_t now_done = done.fetch_add(chunks[i].bytes) + chunks[i].bytes;
       std::unique_lock<std::mutex> lock(report_mu, std::try_to_lock);
@@ -122,6 +234,7 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
   for (std::thread& t : threads) t.join();
   result.seconds = seconds_since_start();
   result.populate = all_populate.load();
+  if (arena != nullptr) result.copy = std::make_shared<ResidentCopy>(arena, arena_bytes, std::move(spans));
   ReportLoadProgress(LoadProgress{.stage = stage,
                                   .unit = LoadProgress::Unit::kByte,
                                   .done = total,

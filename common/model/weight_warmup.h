@@ -9,12 +9,20 @@
 // page. Progress goes to the load-progress sink (load_progress.h) in bytes, at most about once a
 // second and once at the end (docs/operations.md#loading-the-weights).
 //
+// With WeightsMemory::kHugePages the chunks are also copied into one anonymous arena backed by
+// transparent huge pages, and the caller points its views at the copy (ResidentCopy::Relocate).
+// Weights are streamed at every decode step; on a VM whose page tables are shadowed by the
+// hypervisor, streaming a multi-GiB file mapping through 4 KiB pages ran at a fifth of the speed
+// of the same bytes in huge pages (docs/operations.md#loading-the-weights).
+//
 // Thread safety: WarmUp may run concurrently with itself; it starts and joins its own threads.
 #ifndef MOE_COMMON_MODEL_WEIGHT_WARMUP_H_
 #define MOE_COMMON_MODEL_WEIGHT_WARMUP_H_
 
 #include <cstdint>
+#include <memory>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace moe::model {
@@ -22,6 +30,52 @@ namespace moe::model {
 struct MemoryRange {
   const void* data = nullptr;
   int64_t bytes = 0;
+  // kHugePages: once copied, the pages wholly inside this range leave the process's page tables
+  // (madvise(MADV_DONTNEED); for a file mapping they stay in the page cache). Only for ranges that
+  // nothing reads through the original address any more and whose pages hold nothing else.
+  bool release_after_copy = false;
+};
+
+// Where a worker keeps the weights it serves.
+enum class WeightsMemory {
+  kMapped,     // views of the checkpoint's mapping, its pages faulted in
+  kHugePages,  // a copy in anonymous memory backed by transparent huge pages
+};
+
+// MOE_WEIGHTS_MEMORY: `mapped` or `huge_pages`; unset, `auto` or anything else (logged once):
+// huge_pages where transparent huge pages are enabled (`always` or `madvise` in
+// /sys/kernel/mm/transparent_hugepage/enabled), else mapped (an arena of 4 KiB pages would cost a
+// page fault per 4 KiB to fill and gain nothing over the mapping).
+WeightsMemory WeightsMemoryFromEnv();
+const char* WeightsMemoryName(WeightsMemory memory);
+
+// The copies WarmUp made with kHugePages: one arena holding each merged, page-aligned range at the
+// same offset within its page as the original, so alignment is kept.
+class ResidentCopy {
+ public:
+  struct Span {
+    uintptr_t begin = 0, end = 0;  // the original range, page-aligned
+    uint8_t* copy = nullptr;       // its copy
+  };
+  // Takes the arena (munmapped at destruction); `spans` sorted by begin and disjoint.
+  ResidentCopy(void* arena, size_t arena_bytes, std::vector<Span> spans)
+      : spans_(std::move(spans)), arena_(arena), arena_bytes_(arena_bytes) {}
+  ResidentCopy(const ResidentCopy&) = delete;
+  ResidentCopy& operator=(const ResidentCopy&) = delete;
+  ~ResidentCopy();
+
+  // Where the copy of the byte at `p` lives; `p` itself when no copied range holds it.
+  const void* Relocate(const void* p) const;
+  template <typename T>
+  const T* Relocate(const T* p) const {
+    return static_cast<const T*>(Relocate(static_cast<const void*>(p)));
+  }
+  int64_t bytes() const { return static_cast<int64_t>(arena_bytes_); }
+
+ private:
+  std::vector<Span> spans_;  // sorted by begin, disjoint
+  void* arena_ = nullptr;
+  size_t arena_bytes_ = 0;
 };
 
 struct WarmUpOptions {
@@ -33,6 +87,7 @@ struct WarmUpOptions {
   // false: MADV_WILLNEED readahead and one read per page for every chunk (what kernels before 5.14
   // get; tests use it to cover that path).
   bool populate_read = true;
+  WeightsMemory memory = WeightsMemory::kMapped;
 };
 
 struct WarmUpResult {
@@ -40,11 +95,15 @@ struct WarmUpResult {
   double seconds = 0;     // wall time
   int num_threads = 0;    // threads used
   bool populate = false;  // every chunk took MADV_POPULATE_READ (else some took the touch loop)
+  // kHugePages: the copy the caller's views must be relocated into (null with kMapped, or when the
+  // arena could not be allocated: then the ranges were warmed up in place, as with kMapped).
+  std::shared_ptr<const ResidentCopy> copy;
   double BytesPerSecond() const { return seconds > 0 ? static_cast<double>(bytes) / seconds : 0; }
 };
 
-// Faults every page of `ranges` in; reports progress under `stage`. Null or empty ranges are
-// skipped. Never fails: a page that cannot be read would fault the same way when first used.
+// Faults every page of `ranges` in (and with kHugePages copies them); reports progress under
+// `stage`. Null or empty ranges are skipped. Never fails: a page that cannot be read would fault the
+// same way when first used.
 WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges,
                     const WarmUpOptions& options = {});
 

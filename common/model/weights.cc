@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -359,7 +360,49 @@ void AddRanges(const MlpWeights& w, std::vector<MemoryRange>* ranges) {
 
 }  // namespace
 
-WarmUpResult PrefaultWeights(const DenseWeights& weights, const WarmUpOptions& options) {
+WarmUpOptions WeightsWarmUpOptions() {
+  WarmUpOptions options;
+  options.memory = WeightsMemoryFromEnv();
+  return options;
+}
+
+namespace {
+
+// The warm-up of `ranges`; with a huge-page copy, the checkpoint pages each chunk came from leave
+// this process's page tables once copied (they stay in the page cache), so resident memory is the
+// weights once, and then `relocate` points every view at the copy. Owned conversions are heap
+// memory whose edge pages other objects share: they are not released, and are freed with the
+// weights.
+template <typename Relocate>
+WarmUpResult WarmUpWeights(std::string_view stage, std::vector<MemoryRange> ranges, const Owned& owned,
+                           const WarmUpOptions& options, std::shared_ptr<const ResidentCopy>* resident,
+                           Relocate relocate) {
+  for (MemoryRange& r : ranges) {
+    r.release_after_copy = std::none_of(
+        owned.begin(), owned.end(), [&r](const std::unique_ptr<uint8_t[]>& o) { return o.get() == r.data; });
+  }
+  WarmUpResult result = WarmUp(stage, std::move(ranges), options);
+  if (result.copy != nullptr) {
+    relocate(*result.copy);
+    *resident = result.copy;
+  }
+  return result;
+}
+
+void RelocateLinear(const ResidentCopy& copy, LinearWeight* w) {
+  w->data = copy.Relocate(w->data);
+  if (w->scale_inv != nullptr) w->scale_inv = copy.Relocate(w->scale_inv);
+}
+
+void RelocateMlp(const ResidentCopy& copy, MlpWeights* m) {
+  RelocateLinear(copy, &m->gate_proj);
+  RelocateLinear(copy, &m->up_proj);
+  RelocateLinear(copy, &m->down_proj);
+}
+
+}  // namespace
+
+WarmUpResult PrefaultWeights(DenseWeights& weights, const WarmUpOptions& options) {
   std::vector<MemoryRange> ranges;
   AddRanges(weights.lm_head, &ranges);
   if (weights.embed_tokens != weights.lm_head.data) {
@@ -371,17 +414,33 @@ WarmUpResult PrefaultWeights(const DenseWeights& weights, const WarmUpOptions& o
     }
     AddRanges(layer.dense_mlp, &ranges);
   }
-  return WarmUp("reading dense weights", std::move(ranges), options);
+  return WarmUpWeights(
+      "reading dense weights", std::move(ranges), weights.owned, options, &weights.resident,
+      [&weights](const ResidentCopy& copy) {
+        weights.embed_tokens = copy.Relocate(weights.embed_tokens);
+        RelocateLinear(copy, &weights.lm_head);
+        for (AttentionLayerWeights& layer : weights.layers) {
+          for (LinearWeight* w : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
+            RelocateLinear(copy, w);
+          }
+          if (layer.dense_mlp.gate_proj.data != nullptr) RelocateMlp(copy, &layer.dense_mlp);
+        }
+      });
 }
 
-WarmUpResult PrefaultWeights(const ExpertShardWeights& weights, const WarmUpOptions& options) {
+WarmUpResult PrefaultWeights(ExpertShardWeights& weights, const WarmUpOptions& options) {
   std::vector<MemoryRange> ranges;
   for (const std::vector<MlpWeights>& layer : weights.layers) {
     for (const MlpWeights& expert : layer) AddRanges(expert, &ranges);
   }
-  return WarmUp(absl::StrCat("reading experts ", weights.first_expert, "-",
-                             weights.first_expert + weights.num_experts - 1),
-                std::move(ranges), options);
+  return WarmUpWeights(absl::StrCat("reading experts ", weights.first_expert, "-",
+                                    weights.first_expert + weights.num_experts - 1),
+                       std::move(ranges), weights.owned, options, &weights.resident,
+                       [&weights](const ResidentCopy& copy) {
+                         for (std::vector<MlpWeights>& layer : weights.layers) {
+                           for (MlpWeights& expert : layer) RelocateMlp(copy, &expert);
+                         }
+                       });
 }
 
 }  // namespace moe::model

@@ -51,6 +51,8 @@ struct DenseWeights {
 
   // Owned conversions (see file comment). Views above may point into these.
   std::vector<std::unique_ptr<uint8_t[]>> owned;
+  // The huge-page copy the views point into once PrefaultWeights made one (MOE_WEIGHTS_MEMORY).
+  std::shared_ptr<const ResidentCopy> resident;
 };
 
 // Experts [first_expert, first_expert + num_experts) of every MoE layer.
@@ -60,6 +62,7 @@ struct ExpertShardWeights {
   // layers[l][e - first_expert]; empty vector for dense layers.
   std::vector<std::vector<MlpWeights>> layers;
   std::vector<std::unique_ptr<uint8_t[]>> owned;
+  std::shared_ptr<const ResidentCopy> resident;  // as in DenseWeights
 };
 
 // Resolves and validates the dense part. Errors: NOT_FOUND naming a missing tensor,
@@ -73,13 +76,19 @@ absl::StatusOr<std::unique_ptr<ExpertShardWeights>> LoadExpertShard(const Checkp
                                                                     int64_t first_expert,
                                                                     int64_t num_experts);
 
-// Brings every byte the weights view into memory and into this process's page tables now, with
-// several threads (weight_warmup.h), so the first request that routes to a cold expert does not
-// wait on the disk, and resident memory is what the worker will use: all dense weights, or exactly
-// the shard's experts. Reports progress in bytes to the load-progress sink; returns what it read
-// and how fast.
-WarmUpResult PrefaultWeights(const DenseWeights& weights, const WarmUpOptions& options = {});
-WarmUpResult PrefaultWeights(const ExpertShardWeights& weights, const WarmUpOptions& options = {});
+// WarmUpOptions with `memory` from MOE_WEIGHTS_MEMORY (WeightsMemoryFromEnv).
+WarmUpOptions WeightsWarmUpOptions();
+
+// Brings every byte the linear weights view into memory and into this process's page tables now,
+// with several threads (weight_warmup.h), so the first request that routes to a cold expert does
+// not wait on the disk, and resident memory is what the worker will use: all dense weights, or
+// exactly the shard's experts. With WeightsMemory::kHugePages the bytes are copied into a
+// huge-page arena (`resident`) and the views repointed there, so call this before anything keeps a
+// pointer into the weights. Reports progress in bytes to the load-progress sink; returns what it
+// read and how fast.
+WarmUpResult PrefaultWeights(DenseWeights& weights, const WarmUpOptions& options = WeightsWarmUpOptions());
+WarmUpResult PrefaultWeights(ExpertShardWeights& weights,
+                             const WarmUpOptions& options = WeightsWarmUpOptions());
 
 }  // namespace moe::model
 

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -103,12 +104,60 @@ TEST_P(WeightWarmupPathTest, MapsEveryPageOfTheRangesIntoThePageTables) {
   // At least every page of the ranges (the kernel's fault-around may map the gap's pages too).
   EXPECT_GE(MappingRssBytes(file.data()), 56 * kPage);
   EXPECT_EQ(result.populate, GetParam());
+  EXPECT_EQ(result.copy, nullptr) << "kMapped serves from the mapping";
 }
 
 INSTANTIATE_TEST_SUITE_P(PopulateReadOrTouchLoop, WeightWarmupPathTest, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& info) {
                            return info.param ? "PopulateRead" : "TouchLoop";
                          });
+
+TEST(WeightWarmupTest, HugePagesCopyEachRangeAtItsPageOffsetAndReleaseOnlyTheMarkedSources) {
+  testing::TempDir dir;
+  MappedFile file(dir, 256);
+  const uint8_t* base = file.data();
+  // A: pages 0-199 but unaligned at both ends, released once copied; B: pages 220-235, kept (as
+  // an owned conversion would be); the rest is not asked for.
+  const MemoryRange a{base + 100, 200 * kPage - 300, /*release_after_copy=*/true};
+  const MemoryRange b{base + 220 * kPage, 16 * kPage, /*release_after_copy=*/false};
+  const WarmUpResult result =
+      WarmUp("test", {a, b},
+             WarmUpOptions{.num_threads = 3, .chunk_bytes = 64 * kPage, .memory = WeightsMemory::kHugePages});
+  ASSERT_NE(result.copy, nullptr);
+  const ResidentCopy& copy = *result.copy;
+  EXPECT_EQ(copy.bytes() % (2 << 20), 0) << "whole huge pages";
+  EXPECT_GE(copy.bytes(), 216 * kPage);
+  // A's 198 whole pages left the page tables (but for what fault-around mapped back while the next
+  // chunk was read: at most 15 pages per chunk); B's 16 pages stayed. (Checked first: reading the
+  // source below faults it back in.)
+  const int64_t rss = MappingRssBytes(base);
+  EXPECT_GE(rss, 16 * kPage);
+  EXPECT_LE(rss, (256 - 198 + 4 * 15) * kPage);
+  for (const MemoryRange& r : {a, b}) {
+    const auto* original = static_cast<const uint8_t*>(r.data);
+    const uint8_t* moved = copy.Relocate(original);
+    ASSERT_NE(moved, original);
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(moved) % kPage, reinterpret_cast<uintptr_t>(original) % kPage);
+    EXPECT_EQ(copy.Relocate(original + r.bytes - 1), moved + r.bytes - 1);
+    EXPECT_EQ(std::memcmp(moved, original, static_cast<size_t>(r.bytes)), 0);
+  }
+  for (int64_t page : {1, 150, 199, 220, 235}) {
+    EXPECT_EQ(*copy.Relocate(base + page * kPage), static_cast<uint8_t>(page)) << "page " << page;
+  }
+  // Outside every range: unchanged.
+  EXPECT_EQ(copy.Relocate(base + 210 * kPage), base + 210 * kPage);
+  EXPECT_EQ(copy.Relocate(base + 255 * kPage), base + 255 * kPage);
+  EXPECT_EQ(copy.Relocate(base - 1), base - 1);
+  // The source is intact: released file pages fault back in from the page cache.
+  EXPECT_EQ(base[5 * kPage], 5);
+}
+
+TEST(WeightWarmupTest, WeightsMemoryNamesAndEnvironmentChoice) {
+  EXPECT_STREQ(WeightsMemoryName(WeightsMemory::kMapped), "mapped");
+  EXPECT_STREQ(WeightsMemoryName(WeightsMemory::kHugePages), "huge_pages");
+  // Whatever MOE_WEIGHTS_MEMORY says, the choice is one of the two and stable.
+  EXPECT_EQ(WeightsMemoryFromEnv(), WeightsMemoryFromEnv());
+}
 
 TEST(WeightWarmupTest, ReportsBytesUpToTheTotalAndEndsWithTheTotal) {
   testing::TempDir dir;

@@ -154,6 +154,87 @@ TEST(WeightsTest, AConvertedTensorIsResidentOnceNotAlsoAsItsSource) {
   EXPECT_LT(MappedRssOf(dir.File("model.safetensors")), 512 * 1024);
 }
 
+ModelConfig Fp8Config();  // below, with the other FP8 tests
+
+// Every linear weight's bytes, in a fixed order, for comparing views before and after a move.
+std::vector<uint8_t> LinearBytes(const std::vector<const LinearWeight*>& weights) {
+  std::vector<uint8_t> bytes;
+  for (const LinearWeight* w : weights) {
+    const auto* d = static_cast<const uint8_t*>(w->data);
+    bytes.insert(bytes.end(), d,
+                 d + w->out_features * w->in_features * static_cast<int64_t>(DTypeSize(w->dtype)));
+    if (w->scale_inv != nullptr) {
+      const auto* s = reinterpret_cast<const uint8_t*>(w->scale_inv);
+      bytes.insert(bytes.end(), s, s + w->ScaleRows() * w->ScaleCols() * 4);
+    }
+  }
+  return bytes;
+}
+
+std::vector<const LinearWeight*> DenseLinears(const DenseWeights& w) {
+  std::vector<const LinearWeight*> out{&w.lm_head};
+  for (const AttentionLayerWeights& l : w.layers) {
+    for (const LinearWeight* x : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj}) out.push_back(x);
+  }
+  return out;
+}
+
+std::vector<const LinearWeight*> ExpertLinears(const ExpertShardWeights& w) {
+  std::vector<const LinearWeight*> out;
+  for (const std::vector<MlpWeights>& layer : w.layers) {
+    for (const MlpWeights& m : layer) {
+      for (const LinearWeight* x : {&m.gate_proj, &m.up_proj, &m.down_proj}) out.push_back(x);
+    }
+  }
+  return out;
+}
+
+// With huge pages, PrefaultWeights moves every linear weight (FP8 codes and their scales, owned
+// conversions included) into its arena, keeps the bytes, and leaves the other views alone.
+TEST(WeightsTest, HugePagePrefaultMovesEveryLinearWeightAndKeepsItsBytes) {
+  for (const DType scales : {DType::kF32, DType::kBF16}) {
+    TempDir dir;
+    const ModelConfig config = Fp8Config();
+    auto ck = Write(dir, testing::ModelTensors(config, /*fp8=*/true, scales));
+    absl::StatusOr<std::unique_ptr<DenseWeights>> dense = LoadDenseWeights(*ck, config);
+    absl::StatusOr<std::unique_ptr<ExpertShardWeights>> shard = LoadExpertShard(*ck, config, 1, 2);
+    ASSERT_TRUE(dense.ok() && shard.ok());
+    const std::vector<uint8_t> dense_bytes = LinearBytes(DenseLinears(**dense));
+    const std::vector<uint8_t> expert_bytes = LinearBytes(ExpertLinears(**shard));
+    const void* q_before = (*dense)->layers[0].q_proj.data;
+    const bf16* norm_before = (*dense)->final_norm;
+    const WarmUpOptions options{.num_threads = 2, .memory = WeightsMemory::kHugePages};
+    const WarmUpResult d = PrefaultWeights(**dense, options);
+    const WarmUpResult e = PrefaultWeights(**shard, options);
+    ASSERT_NE(d.copy, nullptr);
+    ASSERT_NE(e.copy, nullptr);
+    EXPECT_EQ((*dense)->resident, d.copy);
+    EXPECT_EQ((*shard)->resident, e.copy);
+    EXPECT_NE((*dense)->layers[0].q_proj.data, q_before);
+    EXPECT_EQ((*dense)->layers[0].q_proj.data, d.copy->Relocate(q_before));
+    EXPECT_EQ((*dense)->final_norm, norm_before) << "norms are not linear weights: they stay";
+    EXPECT_EQ(LinearBytes(DenseLinears(**dense)), dense_bytes);
+    EXPECT_EQ(LinearBytes(ExpertLinears(**shard)), expert_bytes);
+    for (const LinearWeight* w : ExpertLinears(**shard)) {
+      EXPECT_EQ(e.copy->Relocate(w->data), w->data) << "already in the arena";
+      EXPECT_EQ(e.copy->Relocate(w->scale_inv), w->scale_inv);
+    }
+  }
+}
+
+TEST(WeightsTest, MappedPrefaultLeavesTheViewsWhereTheyAre) {
+  TempDir dir;
+  const ModelConfig config = Config();
+  auto ck = Write(dir, testing::ModelTensors(config));
+  absl::StatusOr<std::unique_ptr<DenseWeights>> w = LoadDenseWeights(*ck, config);
+  ASSERT_TRUE(w.ok()) << w.status();
+  const void* q = (*w)->layers[1].q_proj.data;
+  const WarmUpResult r = PrefaultWeights(**w, WarmUpOptions{.memory = WeightsMemory::kMapped});
+  EXPECT_EQ(r.copy, nullptr);
+  EXPECT_EQ((*w)->resident, nullptr);
+  EXPECT_EQ((*w)->layers[1].q_proj.data, q);
+}
+
 TEST(WeightsTest, DenseQwen3LayersHaveMlp) {
   TempDir dir;
   absl::StatusOr<ModelConfig> config = ModelConfig::FromJson(
