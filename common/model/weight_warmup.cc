@@ -70,16 +70,30 @@ bool TransparentHugePagesEnabled() {
   return line.find("[always]") != std::string::npos || line.find("[madvise]") != std::string::npos;
 }
 
-// Drops from the page tables the pages of `chunk` that lie wholly inside a releasable range.
-void ReleaseCopied(const MemoryRange& chunk, const std::vector<std::pair<uintptr_t, uintptr_t>>& releasable) {
+using Spans = std::vector<std::pair<uintptr_t, uintptr_t>>;  // [begin, end), sorted by begin
+
+// Calls fn(b, e) for each non-empty intersection of [begin, end) with one of `spans`. A linear
+// scan: a few thousand ranges at most, against a 64 MiB copy per chunk.
+template <typename Fn>
+void ForEachOverlap(const Spans& spans, uintptr_t begin, uintptr_t end, Fn fn) {
+  for (const auto& [sb, se] : spans) {
+    if (sb >= end) break;
+    const uintptr_t b = std::max(sb, begin), e = std::min(se, end);
+    if (e > b) fn(b, e);
+  }
+}
+
+// Copies the bytes of `chunk` that the ranges asked for (only those: the rest of a page may be
+// another heap object's) to `copy`, the chunk's place in the arena; then drops from the page tables
+// the pages of the chunk that lie wholly inside a releasable range.
+void CopyChunk(const MemoryRange& chunk, uint8_t* copy, const Spans& exact, const Spans& releasable) {
   const uintptr_t begin = reinterpret_cast<uintptr_t>(chunk.data);
   const uintptr_t end = begin + static_cast<uintptr_t>(chunk.bytes);
-  // A linear scan: a few thousand ranges at most, against a 64 MiB copy per chunk.
-  for (const auto& [rb, re] : releasable) {
-    if (rb >= end) break;
-    const uintptr_t b = std::max(rb, begin), e = std::min(re, end);
-    if (e > b) madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
-  }
+  ForEachOverlap(exact, begin, end, [&](uintptr_t b, uintptr_t e) {
+    std::memcpy(copy + (b - begin), reinterpret_cast<const void*>(b), e - b);
+  });
+  ForEachOverlap(releasable, begin, end,
+                 [](uintptr_t b, uintptr_t e) { madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED); });
 }
 
 int DefaultThreads() {
@@ -150,15 +164,19 @@ std::vector<MemoryRange> MergePageRanges(std::vector<MemoryRange> ranges) {
 WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, const WarmUpOptions& options) {
   using Clock = std::chrono::steady_clock;
   const Clock::time_point start = Clock::now();
-  // The page-aligned insides of the ranges to release once copied, sorted.
-  std::vector<std::pair<uintptr_t, uintptr_t>> releasable;
+  // The ranges' exact bytes (what a copy reads), and the page-aligned insides of those to release
+  // once copied.
+  Spans exact, releasable;
   for (const MemoryRange& r : ranges) {
-    if (!r.release_after_copy || r.data == nullptr || r.bytes <= 0) continue;
+    if (r.data == nullptr || r.bytes <= 0) continue;
+    exact.emplace_back(reinterpret_cast<uintptr_t>(r.data), reinterpret_cast<uintptr_t>(r.data) + r.bytes);
+    if (!r.release_after_copy) continue;
     const uintptr_t begin = (reinterpret_cast<uintptr_t>(r.data) + PageSize() - 1) & ~(PageSize() - 1);
     const uintptr_t end =
         (reinterpret_cast<uintptr_t>(r.data) + static_cast<uintptr_t>(r.bytes)) & ~(PageSize() - 1);
     if (end > begin) releasable.emplace_back(begin, end);
   }
+  std::sort(exact.begin(), exact.end());
   std::sort(releasable.begin(), releasable.end());
   const std::vector<MemoryRange> merged = MergePageRanges(std::move(ranges));
   // Chunks never straddle two ranges (a gap between them may not be mapped).
@@ -212,10 +230,7 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
                          options.populate_read)) {
         all_populate.store(false, std::memory_order_relaxed);
       }
-      if (chunk_copy[i] != nullptr) {
-        std::memcpy(chunk_copy[i], chunks[i].data, static_cast<size_t>(chunks[i].bytes));
-        ReleaseCopied(chunks[i], releasable);
-      }
+      if (chunk_copy[i] != nullptr) CopyChunk(chunks[i], chunk_copy[i], exact, releasable);
       const int64_t now_done = done.fetch_add(chunks[i].bytes) + chunks[i].bytes;
       std::unique_lock<std::mutex> lock(report_mu, std::try_to_lock);
       if (lock.owns_lock() && now_done < total && Clock::now() - last_report >= std::chrono::seconds(1)) {

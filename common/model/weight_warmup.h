@@ -50,7 +50,8 @@ WeightsMemory WeightsMemoryFromEnv();
 const char* WeightsMemoryName(WeightsMemory memory);
 
 // The copies WarmUp made with kHugePages: one arena holding each merged, page-aligned range at the
-// same offset within its page as the original, so alignment is kept.
+// same offset within its page as the original, so alignment is kept. Only the ranges' own bytes are
+// copied; the rest of their first and last pages is zero in the copy.
 class ResidentCopy {
  public:
   struct Span {
