@@ -337,7 +337,7 @@ TEST(MoectlRebalanceTest, WatchAppliesByItselfAndAgainWhenAnExpertWorkerJoinsOrR
   // One-shot, explicit addresses: the reserved joinable port (nothing runs there yet) is left out with
   // a note; as home worker 1 it would leave shard 1 without a host, which is an error.
   const Result noted =
-      RunMoectl("cluster rebalance --dry-run --window 0.5 --attention-workers " + address(1) +
+      RunMoectl("cluster rebalance --dry-run --window 2 --attention-workers " + address(1) +
                 " --expert-workers " + address(2) + "," + address(3) + "," + address(4) + tls);
   EXPECT_EQ(noted.exit_code, 0) << noted.err;
   EXPECT_THAT(noted.out, HasSubstr("note: left out of the plan: expert-2 (" + address(4) + "): GetInfo: "));
@@ -439,7 +439,7 @@ TEST(MoectlRebalanceTest, WatchSkipsAnAbsentAttentionWorkerAndGivesItThePlacemen
   ASSERT_TRUE(clients.WaitForAnswers(4)) << "the clients' streams did not start";
 
   // A one-shot dry run notes the absent worker and plans for the one that runs.
-  std::string one_shot_args = "cluster rebalance --dry-run --window 0.5";
+  std::string one_shot_args = "cluster rebalance --dry-run --window 2";
   for (const std::string& a : target) one_shot_args += " " + a;
   const Result noted = RunMoectl(one_shot_args);
   EXPECT_EQ(noted.exit_code, 0) << noted.err;
@@ -487,12 +487,14 @@ TEST(MoectlRebalanceTest, WatchSkipsAnAbsentAttentionWorkerAndGivesItThePlacemen
   // switches both attention workers during a one-shot's window. The one-shot would have planned from
   // what it read before (and replaced the expert workers' extra sets the other placement routes to);
   // it stops with ABORTED instead and applies nothing. The margins are wide for a loaded (sanitized)
-  // machine: 4 s for the slow run to make its first read, 16 s for the quick one to switch.
+  // machine: 4 s for the slow run to make its first read, 16 s for the quick one to switch. The quick
+  // one's window is 2 s, not 0.5: each client starts a `moectl generate` process per request, and under
+  // a sanitizer all four were once between requests for a whole 0.5 s window (no rows: refused).
   Result slow;
   std::thread slow_thread(
       [&] { slow = RunMoectl("cluster rebalance --window 20 --state-dir " + cluster.state); });
   std::this_thread::sleep_for(std::chrono::seconds(4));
-  const Result quick = RunMoectl("cluster rebalance --window 0.5 --state-dir " + cluster.state);
+  const Result quick = RunMoectl("cluster rebalance --window 2 --state-dir " + cluster.state);
   slow_thread.join();
   ASSERT_EQ(quick.exit_code, 0) << quick.err;
   EXPECT_THAT(quick.out, HasSubstr("applied: placement version"));
