@@ -11,7 +11,8 @@ endfunction()
 find_package(GTest REQUIRED)
 include(GoogleTest)
 
-# The test targets over the threaded parts (transports, expert round serving and embedded experts,
+# The test targets over the threaded parts (transports, expert blocks switching into huge pages while
+# they serve, expert round serving and embedded experts,
 # the dispatcher's split of a round's wait, the thread pool, the attention worker's step loop, the
 # expert worker, the router's admission queue). Not engine_test (its threads are the ones embedded_experts_test covers, and its forward
 # passes take minutes under TSan), nor the router's single-threaded units (each loads the real
@@ -22,7 +23,7 @@ include(GoogleTest)
 # a regular expression). The target moe_threaded_tests builds them all: the ThreadSanitizer pass of
 # scripts/test.sh builds only that target and runs `ctest -L threaded`.
 set(MOE_THREADED_TEST_TARGETS
-    "^(transport|tagged_inbox|ucx_transport|nccl_transport|expert_shard_server|moe_dispatch|embedded_experts|kernels_cpu|attention_worker|expert_worker|router_admission)_test$")
+    "^(transport|tagged_inbox|ucx_transport|nccl_transport|expert_block|expert_shard_server|moe_dispatch|embedded_experts|kernels_cpu|attention_worker|expert_worker|router_admission)_test$")
 if(NOT TARGET moe_threaded_tests)
   add_custom_target(moe_threaded_tests)
 endif()

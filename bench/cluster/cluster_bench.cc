@@ -245,6 +245,7 @@ int Main(int argc, char** argv) {
         engine::Engine::CreateEmbedded(flags.model_dir, engine::EngineOptions{}, flags.embedded_shards);
     if (!created.ok()) return Fail(created.status().ToString());
     engine = *std::move(created);
+    engine->WaitForHugePages();  // steady state: the weights where they are served from
   }
   // Warm-up: fault in the mmap'ed weights (most experts are routed to by this many tokens).
   const int warm = *std::max_element(concurrencies.begin(), concurrencies.end());

@@ -97,6 +97,7 @@ int Main(int argc, char** argv) {
     std::fprintf(stderr, "balancer_bench: %s\n", engine.status().ToString().c_str());
     return 1;
   }
+  (*engine)->WaitForHugePages();  // steady state: the weights where they are served from
   RunBatch(**engine, 2, prompt_len, 4, "warmup");
   const RunResult before = RunBatch(**engine, requests, prompt_len, new_tokens, "a");
   const int64_t budget = budget_experts * (*engine)->embedded_experts()->ExpertBytes();

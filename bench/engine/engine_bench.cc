@@ -243,6 +243,11 @@ int Main(int argc, char** argv) {
     return 1;
   }
   const double load_s = std::chrono::duration<double>(Clock::now() - t_load).count();
+  // Steady state: the weights in the memory they are served from once the background copy into
+  // huge pages (MOE_WEIGHTS_MEMORY=huge_pages, the default where THP is on) is made and switched to.
+  const auto t_switch = Clock::now();
+  engine.WaitForHugePages();
+  const double switch_s = std::chrono::duration<double>(Clock::now() - t_switch).count();
   const double rss_after_load = PeakRssGiB();
 
   // The roofline: the host's memory bandwidth for the CPU engine, the device's HBM for a cuda one
@@ -267,7 +272,10 @@ int Main(int argc, char** argv) {
               model_dir.c_str(), device->ToString().c_str(), static_cast<long long>(config.num_hidden_layers),
               static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_experts),
               kernels::cpu::KernelIsa(), kernels::cpu::ThreadPool::Global().num_threads());
-  std::printf("load + first forward: %.1f s, peak RSS %.2f GiB\n", load_s, rss_after_load);
+  std::printf(
+      "load + first forward: %.1f s, then %.1f s more until the weights were in %s memory, peak RSS "
+      "%.2f GiB\n",
+      load_s, switch_s, model::WeightsMemoryName(model::WeightsMemoryFromEnv()), rss_after_load);
   const double memcpy_gbs = bw.copy_gbs / 2;
   std::printf(
       "memcpy rate (bytes copied): %.1f GB/s, copy traffic (read+write): %.1f GB/s, "

@@ -87,8 +87,12 @@ int Run(int argc, char** argv) {
   app.add_flag("--touch", touch, "Readahead + one read per page instead of MADV_POPULATE_READ");
   std::string memory = "auto";
   app.add_option("--memory", memory,
-                 "Where the weights go: mapped, huge_pages, or auto (MOE_WEIGHTS_MEMORY's rule)")
-      ->check(CLI::IsMember({"mapped", "huge_pages", "auto"}));
+                 "Where the weights go: mapped, huge_pages (timed here as the copy it makes, which a "
+                 "worker makes in the background), huge_pages_at_load, or auto (MOE_WEIGHTS_MEMORY's rule)")
+      ->check([](const std::string& v) {
+        return ParseWeightsMemory(v).has_value() ? std::string()
+                                                 : "not mapped, huge_pages, huge_pages_at_load or auto";
+      });
   app.add_flag("--evict", evict, "Drop the checkpoint from the page cache first (a cold start)");
   CLI11_PARSE(app, argc, argv);
 
@@ -105,11 +109,8 @@ int Run(int argc, char** argv) {
   auto experts = LoadExpertShard(**checkpoint, *config, 0, config->num_experts);
   if (!experts.ok()) return std::fprintf(stderr, "%s\n", experts.status().ToString().c_str()), 1;
 
-  const WarmUpOptions options{.num_threads = threads,
-                              .populate_read = !touch,
-                              .memory = memory == "mapped"       ? WeightsMemory::kMapped
-                                        : memory == "huge_pages" ? WeightsMemory::kHugePages
-                                                                 : WeightsMemoryFromEnv()};
+  const WarmUpOptions options{
+      .num_threads = threads, .populate_read = !touch, .memory = *ParseWeightsMemory(memory)};
   rusage before{};
   getrusage(RUSAGE_SELF, &before);
   const WarmUpResult d = PrefaultWeights(**dense, options);

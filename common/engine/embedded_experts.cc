@@ -34,8 +34,7 @@ absl::StatusOr<std::unique_ptr<EmbeddedExperts>> EmbeddedExperts::Create(const m
       experts->device_blocks_.push_back(std::move(block));
       experts->shards_.push_back(experts->device_blocks_.back().get());
     } else {
-      model::PrefaultWeights(*shard);
-      experts->blocks_.push_back(std::make_unique<ExpertBlock>(config, std::move(shard)));
+      experts->blocks_.push_back(LoadExpertBlock(config, std::move(shard)));
       experts->shards_.push_back(experts->blocks_.back().get());
     }
     experts->servers_.push_back(std::make_unique<ExpertShardServer>(
@@ -47,6 +46,10 @@ absl::StatusOr<std::unique_ptr<EmbeddedExperts>> EmbeddedExperts::Create(const m
 
 EmbeddedExperts::~EmbeddedExperts() {
   for (auto& server : servers_) server->Stop();
+}
+
+void EmbeddedExperts::WaitForHugePages() {
+  for (auto& block : blocks_) block->WaitForHugePages();
 }
 
 void EmbeddedExperts::DisconnectShardForTest(int worker) {

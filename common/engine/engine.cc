@@ -58,8 +58,31 @@ absl::Status Engine::LoadDense(const std::string& model_dir) {
   // would only hold a second copy of what the device reads.
   model::WarmUpOptions warm_up = model::WeightsWarmUpOptions();
   if (options_.device.is_cuda()) warm_up.memory = model::WeightsMemory::kMapped;
+  // huge_pages: serve from the mapping at once; Forward switches to the copy once it is made.
+  const bool background = warm_up.memory == model::WeightsMemory::kHugePages;
+  if (background) warm_up.memory = model::WeightsMemory::kMapped;
   model::PrefaultWeights(*dense_, warm_up);
+  if (background) dense_huge_pages_ = model::HugePageSwitch::Start(*dense_);
   return absl::OkStatus();
+}
+
+absl::Status Engine::Forward(uint64_t step, std::span<const BatchSegment> segments,
+                             std::vector<float>* logits) {
+  // Between two forward passes nothing reads the dense weights: the switch can repoint them here.
+  if (dense_huge_pages_ != nullptr && dense_huge_pages_->ready()) {
+    dense_huge_pages_->Apply(*dense_);
+    dense_huge_pages_.reset();
+  }
+  return attention_->Forward(step, segments, logits);
+}
+
+void Engine::WaitForHugePages() {
+  if (dense_huge_pages_ != nullptr) {
+    dense_huge_pages_->Wait();
+    if (dense_huge_pages_->ready()) dense_huge_pages_->Apply(*dense_);
+    dense_huge_pages_.reset();
+  }
+  if (embedded_experts_ != nullptr) embedded_experts_->WaitForHugePages();
 }
 
 absl::Status Engine::BuildStepState() {
@@ -277,7 +300,7 @@ std::vector<TokenEvent> Engine::Step() {
     dispatcher_->TakeWaitSplit();
     dispatcher_->TakeResends();
   }
-  absl::Status status = attention_->Forward(step_, segments, &logits);
+  absl::Status status = Forward(step_, segments, &logits);
   stats.forward = absl::Now() - forward_start;
   stats.micro_batches = attention_->last_micro_batches();
   if (dispatcher_ != nullptr) {
@@ -374,7 +397,7 @@ absl::StatusOr<std::vector<std::vector<float>>> Engine::BatchLogits(
     segments.push_back(BatchSegment{prompts[i].data(), n, 0, &tables[i], true});
   }
   std::vector<float> logits;
-  if (status.ok()) status = attention_->Forward(++step_, segments, &logits);
+  if (status.ok()) status = Forward(++step_, segments, &logits);
   for (auto& table : tables) {
     if (!table.empty()) kv_cache_->pool().Free(table).IgnoreError();
   }
@@ -431,7 +454,7 @@ absl::StatusOr<std::vector<float>> Engine::PromptLogits(const std::vector<int32_
   for (int64_t start = 0; start < n && status.ok(); start += options_.max_step_tokens) {
     const int64_t len = std::min(options_.max_step_tokens, n - start);
     const BatchSegment segment{prompt.data() + start, len, start, &blocks, start + len == n};
-    status = attention_->Forward(++step_, std::span<const BatchSegment>(&segment, 1), &chunk_logits);
+    status = Forward(++step_, std::span<const BatchSegment>(&segment, 1), &chunk_logits);
     if (status.ok() && start + len == n) logits = std::move(chunk_logits);
   }
   kv_cache_->pool().Free(blocks).IgnoreError();

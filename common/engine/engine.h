@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -171,6 +172,12 @@ class Engine {
   // The last Step()'s logits: [sequences that sampled a token, vocab] fp32 in plan order (for tests).
   const std::vector<float>& last_step_logits() const { return step_logits_; }
 
+  // MOE_WEIGHTS_MEMORY=huge_pages copies the weights into huge pages in the background while the
+  // engine serves from the mapping (model::HugePageSwitch); this waits until the copies are made
+  // and switched to (the dense weights here, the embedded experts' own switches): a benchmark's
+  // steady state. Between two Step()s, like the other calls.
+  void WaitForHugePages();
+
   // For benchmarks and load reporting.
   const model::DenseWeights& dense_weights() const { return *dense_; }
   // Embedded mode's experts; nullptr for a cluster attention worker or a dense model.
@@ -196,6 +203,8 @@ class Engine {
   // if it has none), releases its KV blocks and destroys it.
   void EndSequence(Sequence* seq, FinishReason reason, std::vector<TokenEvent>* events,
                    absl::Status error = absl::OkStatus());
+  // attention_->Forward, after switching the dense weights to their huge-page copy if it is ready.
+  absl::Status Forward(uint64_t step, std::span<const BatchSegment> segments, std::vector<float>* logits);
 
   model::ModelConfig config_;
   model::GenerationConfig generation_config_;
@@ -206,6 +215,8 @@ class Engine {
   // experts view the checkpoint, the dispatcher sends from an embedded-experts endpoint.
   std::unique_ptr<model::Checkpoint> checkpoint_;
   std::unique_ptr<model::DenseWeights> dense_;
+  // The dense weights' huge-page copy while it is made (null once applied, or when not asked for).
+  std::unique_ptr<model::HugePageSwitch> dense_huge_pages_;
   std::unique_ptr<EmbeddedExperts> embedded_experts_;
   std::unique_ptr<MoeDispatcher> dispatcher_;
 

@@ -13,8 +13,52 @@ namespace moe::engine {
 
 ExpertBlock::ExpertBlock(const model::ModelConfig& config, std::unique_ptr<model::ExpertShardWeights> weights)
     : config_(config),
-      weights_(std::move(weights)),
-      token_counts_(config_.num_hidden_layers, weights_->num_experts) {}
+      first_expert_(weights->first_expert),
+      num_experts_(weights->num_experts),
+      num_layers_(weights->layers.size()),
+      token_counts_(config_.num_hidden_layers, weights->num_experts),
+      weights_(std::move(weights)) {}
+
+std::unique_ptr<ExpertBlock> LoadExpertBlock(const model::ModelConfig& config,
+                                             std::unique_ptr<model::ExpertShardWeights> weights) {
+  model::WarmUpOptions options = model::WeightsWarmUpOptions();
+  const bool background = options.memory == model::WeightsMemory::kHugePages;
+  if (background) options.memory = model::WeightsMemory::kMapped;
+  model::PrefaultWeights(*weights, options);
+  auto block = std::make_unique<ExpertBlock>(config, std::move(weights));
+  if (background) block->SwitchToHugePagesInBackground();
+  return block;
+}
+
+void ExpertBlock::SwitchToHugePagesInBackground() {
+  std::shared_ptr<const model::ExpertShardWeights> home;
+  {
+    absl::MutexLock lock(&weights_mu_);
+    home = weights_;
+  }
+  if (huge_pages_ != nullptr || home->resident != nullptr) return;
+  huge_pages_ = model::HugePageSwitch::Start(*home, [this, home](model::HugePageSwitch& copy) {
+    std::shared_ptr<const model::ExpertShardWeights> relocated = copy.Relocated(home);
+    {
+      absl::MutexLock lock(&weights_mu_);
+      weights_ = std::move(relocated);
+    }
+    copy.ReleaseSource();
+  });
+}
+
+void ExpertBlock::WaitForHugePages() {
+  if (huge_pages_ != nullptr) huge_pages_->Wait();
+}
+
+bool ExpertBlock::home_in_huge_pages() const {
+  return TakeSnapshot().home->resident != nullptr;
+}
+
+ExpertBlock::Snapshot ExpertBlock::TakeSnapshot() const {
+  absl::MutexLock lock(&weights_mu_);
+  return Snapshot{weights_, extras_};
+}
 
 absl::Status ExpertBlock::Apply(int64_t layer, int64_t expert, const bf16* x, int64_t num_rows,
                                 bf16* y) const {
@@ -24,30 +68,26 @@ absl::Status ExpertBlock::Apply(int64_t layer, int64_t expert, const bf16* x, in
 
 absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups) const {
   RETURN_IF_ERROR(CheckMoeLayer(config_, layer));
-  std::shared_ptr<const Extras> extras;
-  {
-    absl::MutexLock lock(&extras_mu_);
-    extras = extras_;
-  }
+  const Snapshot snapshot = TakeSnapshot();
+  const std::shared_ptr<const Extras>& extras = snapshot.extras;
   // Validate every group before computing anything, so a bad group leaves no partial work; resolve
   // each group's weights (home shard or an extra expert).
   int64_t total_rows = 0;
   std::vector<const model::MlpWeights*> mlp(groups.size(), nullptr);
   for (size_t i = 0; i < groups.size(); ++i) {
     const Group& g = groups[i];
-    const int64_t local = g.expert - weights_->first_expert;
-    if (local >= 0 && local < weights_->num_experts) {
-      mlp[i] = &weights_->layers[static_cast<size_t>(layer)][static_cast<size_t>(local)];
+    const int64_t local = g.expert - first_expert_;
+    if (local >= 0 && local < num_experts_) {
+      mlp[i] = &snapshot.home->layers[static_cast<size_t>(layer)][static_cast<size_t>(local)];
     } else if (extras != nullptr) {
       for (const auto& extra : *extras) {
         if (extra->first_expert == g.expert) mlp[i] = &extra->layers[static_cast<size_t>(layer)].front();
       }
     }
     if (mlp[i] == nullptr) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("expert ", g.expert, " is not hosted here ([", weights_->first_expert, ", ",
-                       weights_->first_expert + weights_->num_experts, ")",
-                       extras != nullptr && !extras->empty() ? " and extras" : "", ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expert ", g.expert, " is not hosted here ([", first_expert_, ", ", first_expert_ + num_experts_,
+          ")", extras != nullptr && !extras->empty() ? " and extras" : "", ")"));
     }
     if (g.num_rows < 0) {
       return absl::InvalidArgumentError(absl::StrCat("negative row count ", g.num_rows));
@@ -100,8 +140,8 @@ absl::Status ExpertBlock::RunGroups(int64_t layer, std::span<const Group> groups
   }
   kernels::cpu::LinearGrouped(calls);
   for (const Group& g : groups) {
-    const int64_t local = g.expert - weights_->first_expert;
-    if (g.num_rows == 0 || local < 0 || local >= weights_->num_experts) continue;
+    const int64_t local = g.expert - first_expert_;
+    if (g.num_rows == 0 || local < 0 || local >= num_experts_) continue;
     token_counts_.Add(layer, local, static_cast<uint64_t>(g.num_rows));
   }
   ReturnScratch(std::move(scratch));
@@ -132,7 +172,7 @@ absl::Status ExpertBlock::ServeInto(int64_t layer, std::span<const std::byte> di
                                     std::vector<std::byte>* out) const {
   // RunGroups checks every group's expert against the home shard and the extra experts.
   ASSIGN_OR_RETURN(DecodedDispatch decoded,
-                   DecodeDispatch(config_, weights_->first_expert, weights_->num_experts, layer, dispatch,
+                   DecodeDispatch(config_, first_expert_, num_experts_, layer, dispatch,
                                   /*check_experts=*/false, std::move(*out)));
   const transport::MoeMessageView& in = decoded.in;
   bf16* rows_out = decoded.rows_out;
@@ -150,7 +190,7 @@ absl::Status ExpertBlock::ServeInto(int64_t layer, std::span<const std::byte> di
 }
 
 int64_t ExpertBlock::ExpertWeightBytes(int64_t layer) const {
-  return ShardExpertWeightBytes(*weights_, layer);
+  return ShardExpertWeightBytes(*TakeSnapshot().home, layer);
 }
 
 std::vector<std::vector<uint64_t>> ExpertBlock::TokenCounts() const {
@@ -168,13 +208,12 @@ absl::Status ExpertBlock::SetExtraExperts(std::vector<std::unique_ptr<model::Exp
       return absl::InvalidArgumentError("extra experts: each must hold exactly one expert");
     }
     const int64_t e = extra->first_expert;
-    if (e >= weights_->first_expert && e < weights_->first_expert + weights_->num_experts) {
+    if (e >= first_expert_ && e < first_expert_ + num_experts_) {
       return absl::InvalidArgumentError(absl::StrCat("extra expert ", e, " is in this block's home shard"));
     }
-    if (extra->layers.size() != weights_->layers.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("extra expert ", e, ": weights of ",
-                                                     extra->layers.size(), " layers, the model has ",
-                                                     weights_->layers.size()));
+    if (extra->layers.size() != num_layers_) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "extra expert ", e, ": weights of ", extra->layers.size(), " layers, the model has ", num_layers_));
     }
     set->push_back(std::move(extra));
   }
@@ -186,17 +225,13 @@ absl::Status ExpertBlock::SetExtraExperts(std::vector<std::unique_ptr<model::Exp
           absl::StrCat("extra expert ", (*set)[i]->first_expert, " given twice"));
     }
   }
-  absl::MutexLock lock(&extras_mu_);
+  absl::MutexLock lock(&weights_mu_);
   extras_ = std::move(set);
   return absl::OkStatus();
 }
 
 std::vector<int64_t> ExpertBlock::ExtraExperts() const {
-  std::shared_ptr<const Extras> extras;
-  {
-    absl::MutexLock lock(&extras_mu_);
-    extras = extras_;
-  }
+  const std::shared_ptr<const Extras> extras = TakeSnapshot().extras;
   std::vector<int64_t> ids;
   if (extras != nullptr) {
     for (const auto& extra : *extras) ids.push_back(extra->first_expert);

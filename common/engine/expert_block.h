@@ -5,7 +5,9 @@
 // The CPU implementation of the expert-compute seam (ExpertCompute).
 //
 // Thread safety: Serve() may be called concurrently (it only reads weights; each call takes its own
-// scratch from a pool that keeps the scratch of earlier rounds for reuse).
+// scratch from a pool that keeps the scratch of earlier rounds for reuse). Each round reads the
+// weights it found at its start: a switch into huge pages or a new set of extra experts applies
+// to the rounds after it.
 #ifndef MOE_COMMON_ENGINE_EXPERT_BLOCK_H_
 #define MOE_COMMON_ENGINE_EXPERT_BLOCK_H_
 
@@ -28,8 +30,17 @@ class ExpertBlock : public ExpertCompute {
  public:
   ExpertBlock(const model::ModelConfig& config, std::unique_ptr<model::ExpertShardWeights> weights);
 
-  int64_t first_expert() const override { return weights_->first_expert; }
-  int64_t num_experts() const override { return weights_->num_experts; }
+  int64_t first_expert() const override { return first_expert_; }
+  int64_t num_experts() const override { return num_experts_; }
+
+  // MOE_WEIGHTS_MEMORY=huge_pages: copies the home shard into huge pages on a background thread
+  // while this block serves from the mapping, and switches the rounds that start after the copy
+  // is complete over to it (model::HugePageSwitch). Once per block.
+  void SwitchToHugePagesInBackground();
+  // Waits until that switch is done (or could not be made): a benchmark's steady state.
+  void WaitForHugePages();
+  // The rounds starting now read the home shard from a huge-page copy.
+  bool home_in_huge_pages() const;
 
   // y = down(silu(gate(x)) * up(x)) for the experts of `layer`. x, y: [num_rows, hidden] bf16.
   absl::Status Apply(int64_t layer, int64_t expert, const bf16* x, int64_t num_rows, bf16* y) const;
@@ -63,6 +74,12 @@ class ExpertBlock : public ExpertCompute {
  private:
   // Extra experts by id, ascending; shared with the rounds using them.
   using Extras = std::vector<std::shared_ptr<const model::ExpertShardWeights>>;
+  // What a round reads: the home shard and the extra experts, as they were at its start.
+  struct Snapshot {
+    std::shared_ptr<const model::ExpertShardWeights> home;
+    std::shared_ptr<const Extras> extras;
+  };
+  Snapshot TakeSnapshot() const;
   // Rows x -> y ([num_rows, hidden], row stride hidden) through one expert.
   struct Group {
     int64_t expert;
@@ -88,14 +105,25 @@ class ExpertBlock : public ExpertCompute {
   void ReturnScratch(std::unique_ptr<Scratch> scratch) const;
 
   const model::ModelConfig config_;
-  std::unique_ptr<model::ExpertShardWeights> weights_;
+  const int64_t first_expert_;
+  const int64_t num_experts_;
+  const size_t num_layers_;  // of the weights (validated against extras)
   mutable ExpertTokenCounter token_counts_;
-  mutable absl::Mutex extras_mu_;
-  std::shared_ptr<const Extras> extras_ ABSL_GUARDED_BY(extras_mu_);
+  mutable absl::Mutex weights_mu_;
+  std::shared_ptr<const model::ExpertShardWeights> weights_ ABSL_GUARDED_BY(weights_mu_);
+  std::shared_ptr<const Extras> extras_ ABSL_GUARDED_BY(weights_mu_);
   mutable absl::Mutex scratch_mu_;
   // One per round running at once, at most (a round takes one, or makes one if there is none).
   mutable std::vector<std::unique_ptr<Scratch>> scratch_ ABSL_GUARDED_BY(scratch_mu_);
+  // Last: destroyed (its thread stopped and joined) before anything it swaps into.
+  std::unique_ptr<model::HugePageSwitch> huge_pages_;
 };
+
+// An expert block serving `weights` on the CPU, in the memory MOE_WEIGHTS_MEMORY chooses
+// (model::WeightsMemoryFromEnv): faulted in, and copied into huge pages now (huge_pages_at_load)
+// or in the background once it serves (huge_pages).
+std::unique_ptr<ExpertBlock> LoadExpertBlock(const model::ModelConfig& config,
+                                             std::unique_ptr<model::ExpertShardWeights> weights);
 
 }  // namespace moe::engine
 

@@ -148,8 +148,7 @@ absl::StatusOr<std::unique_ptr<ExpertCompute>> CreateExpertCompute(
     const kernels::DeviceSpec& device) {
   RETURN_IF_ERROR(CheckComputeDevice(device));
   if (!device.is_cuda()) {
-    model::PrefaultWeights(*weights);
-    return std::make_unique<ExpertBlock>(config, std::move(weights));
+    return LoadExpertBlock(config, std::move(weights));
   }
 #if MOE_HAVE_CUDA
   absl::StatusOr<std::unique_ptr<ExpertCompute>> block =

@@ -11,6 +11,7 @@
 #include <fstream>
 #include <iostream>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -42,6 +43,12 @@ bool PopulateChunk(const uint8_t* begin, size_t bytes, bool populate_read) {
   if (populate_read && madvise(const_cast<uint8_t*>(begin), bytes, MADV_POPULATE_READ) == 0) return true;
   TouchPages(begin, bytes);
   return false;
+}
+
+// The whole pages inside [data, data + bytes), as [begin, end) (empty when end <= begin).
+std::pair<uintptr_t, uintptr_t> PagesInside(const void* data, int64_t bytes) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(data);
+  return {(a + PageSize() - 1) & ~(PageSize() - 1), (a + static_cast<uintptr_t>(bytes)) & ~(PageSize() - 1)};
 }
 
 constexpr size_t kHugePage = size_t{2} << 20;
@@ -103,22 +110,42 @@ int DefaultThreads() {
 
 }  // namespace
 
+std::optional<WeightsMemory> ParseWeightsMemory(std::string_view name) {
+  if (name == "mapped") return WeightsMemory::kMapped;
+  if (name == "huge_pages") return WeightsMemory::kHugePages;
+  if (name == "huge_pages_at_load") return WeightsMemory::kHugePagesAtLoad;
+  if (name == "auto")
+    return TransparentHugePagesEnabled() ? WeightsMemory::kHugePages : WeightsMemory::kMapped;
+  return std::nullopt;
+}
+
 WeightsMemory WeightsMemoryFromEnv() {
   static const WeightsMemory memory = [] {
     const char* env = std::getenv("MOE_WEIGHTS_MEMORY");
     const std::string value = env == nullptr ? "auto" : env;
-    if (value == "mapped") return WeightsMemory::kMapped;
-    if (value == "huge_pages") return WeightsMemory::kHugePages;
-    if (value != "auto") {
-      std::cerr << "MOE_WEIGHTS_MEMORY=" << value << " is not mapped, huge_pages or auto: using auto\n";
-    }
-    return TransparentHugePagesEnabled() ? WeightsMemory::kHugePages : WeightsMemory::kMapped;
+    if (std::optional<WeightsMemory> parsed = ParseWeightsMemory(value)) return *parsed;
+    std::cerr << "MOE_WEIGHTS_MEMORY=" << value
+              << " is not mapped, huge_pages, huge_pages_at_load or auto: using auto\n";
+    return *ParseWeightsMemory("auto");
   }();
   return memory;
 }
 
 const char* WeightsMemoryName(WeightsMemory memory) {
-  return memory == WeightsMemory::kHugePages ? "huge_pages" : "mapped";
+  switch (memory) {
+    case WeightsMemory::kMapped:
+      return "mapped";
+    case WeightsMemory::kHugePages:
+      return "huge_pages";
+    case WeightsMemory::kHugePagesAtLoad:
+      return "huge_pages_at_load";
+  }
+  return "unknown";
+}
+
+void ReleasePagesInside(const void* data, int64_t bytes) {
+  const auto [begin, end] = PagesInside(data, bytes);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 ResidentCopy::~ResidentCopy() {
@@ -171,9 +198,7 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
     if (r.data == nullptr || r.bytes <= 0) continue;
     exact.emplace_back(reinterpret_cast<uintptr_t>(r.data), reinterpret_cast<uintptr_t>(r.data) + r.bytes);
     if (!r.release_after_copy) continue;
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(r.data) + PageSize() - 1) & ~(PageSize() - 1);
-    const uintptr_t end =
-        (reinterpret_cast<uintptr_t>(r.data) + static_cast<uintptr_t>(r.bytes)) & ~(PageSize() - 1);
+    const auto [begin, end] = PagesInside(r.data, r.bytes);
     if (end > begin) releasable.emplace_back(begin, end);
   }
   std::sort(exact.begin(), exact.end());
@@ -196,7 +221,7 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
   std::vector<uint8_t*> chunk_copy(chunks.size(), nullptr);
   void* arena = nullptr;
   size_t arena_bytes = 0;
-  if (options.memory == WeightsMemory::kHugePages && total > 0) {
+  if (options.memory != WeightsMemory::kMapped && total > 0) {
     arena = MapHugePageArena(static_cast<size_t>(total), &arena_bytes);
     if (arena == nullptr) {
       std::cerr << stage << ": no memory for a " << total
@@ -224,14 +249,20 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
   std::mutex report_mu;
   Clock::time_point last_report = start;
   auto seconds_since_start = [&start] { return std::chrono::duration<double>(Clock::now() - start).count(); };
+  std::atomic<bool> stopped{false};
   auto work = [&] {
     for (size_t i = next.fetch_add(1); i < chunks.size(); i = next.fetch_add(1)) {
+      if (options.stop != nullptr && options.stop->load(std::memory_order_relaxed)) {
+        stopped.store(true, std::memory_order_relaxed);
+        break;
+      }
       if (!PopulateChunk(static_cast<const uint8_t*>(chunks[i].data), static_cast<size_t>(chunks[i].bytes),
                          options.populate_read)) {
         all_populate.store(false, std::memory_order_relaxed);
       }
       if (chunk_copy[i] != nullptr) CopyChunk(chunks[i], chunk_copy[i], exact, releasable);
       const int64_t now_done = done.fetch_add(chunks[i].bytes) + chunks[i].bytes;
+      if (!options.report_progress) continue;
       std::unique_lock<std::mutex> lock(report_mu, std::try_to_lock);
       if (lock.owns_lock() && now_done < total && Clock::now() - last_report >= std::chrono::seconds(1)) {
         last_report = Clock::now();
@@ -249,7 +280,13 @@ WarmUpResult WarmUp(std::string_view stage, std::vector<MemoryRange> ranges, con
   for (std::thread& t : threads) t.join();
   result.seconds = seconds_since_start();
   result.populate = all_populate.load();
-  if (arena != nullptr) result.copy = std::make_shared<ResidentCopy>(arena, arena_bytes, std::move(spans));
+  result.stopped = stopped.load();
+  if (arena != nullptr) {
+    // A stopped copy is incomplete: nothing may point into it.
+    auto copy = std::make_shared<ResidentCopy>(arena, arena_bytes, std::move(spans));
+    if (!result.stopped) result.copy = std::move(copy);
+  }
+  if (result.stopped || !options.report_progress) return result;
   ReportLoadProgress(LoadProgress{.stage = stage,
                                   .unit = LoadProgress::Unit::kByte,
                                   .done = total,

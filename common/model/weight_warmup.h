@@ -16,11 +16,14 @@
 // of the same bytes in huge pages (docs/operations.md#loading-the-weights).
 //
 // Thread safety: WarmUp may run concurrently with itself; it starts and joins its own threads.
+// ResidentCopy is immutable once made.
 #ifndef MOE_COMMON_MODEL_WEIGHT_WARMUP_H_
 #define MOE_COMMON_MODEL_WEIGHT_WARMUP_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -38,16 +41,29 @@ struct MemoryRange {
 
 // Where a worker keeps the weights it serves.
 enum class WeightsMemory {
-  kMapped,     // views of the checkpoint's mapping, its pages faulted in
-  kHugePages,  // a copy in anonymous memory backed by transparent huge pages
+  kMapped,  // views of the checkpoint's mapping, its pages faulted in
+  // A copy in anonymous memory backed by transparent huge pages, made while the worker already
+  // serves from the mapping; the views switch over once it is complete (HugePageSwitch, weights.h).
+  kHugePages,
+  // The same copy, made before the worker serves (a benchmark's steady state from the first step).
+  kHugePagesAtLoad,
 };
 
-// MOE_WEIGHTS_MEMORY: `mapped` or `huge_pages`; unset, `auto` or anything else (logged once):
-// huge_pages where transparent huge pages are enabled (`always` or `madvise` in
+// MOE_WEIGHTS_MEMORY: `mapped`, `huge_pages` or `huge_pages_at_load`; unset, `auto` or anything
+// else (logged once): huge_pages where transparent huge pages are enabled (`always` or `madvise` in
 // /sys/kernel/mm/transparent_hugepage/enabled), else mapped (an arena of 4 KiB pages would cost a
 // page fault per 4 KiB to fill and gain nothing over the mapping).
 WeightsMemory WeightsMemoryFromEnv();
+// One of the names above, or `auto` (what the machine supports, as for the variable unset);
+// nullopt for anything else.
+std::optional<WeightsMemory> ParseWeightsMemory(std::string_view name);
 const char* WeightsMemoryName(WeightsMemory memory);
+
+// Drops from this process's page tables the pages wholly inside [data, data + bytes)
+// (madvise(MADV_DONTNEED)); pages it shares with neighbours stay. Only for memory nothing will
+// write: a read-only private file mapping keeps its pages in the page cache, and a later read
+// faults them back in.
+void ReleasePagesInside(const void* data, int64_t bytes);
 
 // The copies WarmUp made with kHugePages: one arena holding each merged, page-aligned range at the
 // same offset within its page as the original, so alignment is kept. Only the ranges' own bytes are
@@ -88,7 +104,13 @@ struct WarmUpOptions {
   // false: MADV_WILLNEED readahead and one read per page for every chunk (what kernels before 5.14
   // get; tests use it to cover that path).
   bool populate_read = true;
+  // kHugePages and kHugePagesAtLoad both copy (WarmUp itself is always synchronous).
   WeightsMemory memory = WeightsMemory::kMapped;
+  // Read before each chunk: once true, the remaining chunks are skipped and no copy is returned
+  // (a background copy whose owner is going away).
+  const std::atomic<bool>* stop = nullptr;
+  // false: no load-progress reports.
+  bool report_progress = true;
 };
 
 struct WarmUpResult {
@@ -96,6 +118,7 @@ struct WarmUpResult {
   double seconds = 0;     // wall time
   int num_threads = 0;    // threads used
   bool populate = false;  // every chunk took MADV_POPULATE_READ (else some took the touch loop)
+  bool stopped = false;   // options.stop was set before every chunk was done
   // kHugePages: the copy the caller's views must be relocated into (null with kMapped, or when the
   // arena could not be allocated: then the ranges were warmed up in place, as with kMapped).
   std::shared_ptr<const ResidentCopy> copy;

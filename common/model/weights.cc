@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cassert>
 #include <cstring>
 #include <string>
 
@@ -66,10 +67,7 @@ float LoadAsFloat(DType dtype, const uint8_t* src, int64_t i) {
 // source go; those it shares with neighbouring tensors stay. The checkpoint is mapped read-only and
 // private, never written, so nothing is lost.
 void ReleaseSourcePages(const uint8_t* src, int64_t bytes) {
-  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(src) + page - 1) & ~(page - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(src) + static_cast<uintptr_t>(bytes)) & ~(page - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+  ReleasePagesInside(src, bytes);
 }
 
 bool IsFloatDType(DType d) {
@@ -358,6 +356,13 @@ void AddRanges(const MlpWeights& w, std::vector<MemoryRange>* ranges) {
   AddRanges(w.down_proj, ranges);
 }
 
+void MarkReleasable(const Owned& owned, std::vector<MemoryRange>* ranges) {
+  for (MemoryRange& r : *ranges) {
+    r.release_after_copy = std::none_of(
+        owned.begin(), owned.end(), [&r](const std::unique_ptr<uint8_t[]>& o) { return o.get() == r.data; });
+  }
+}
+
 }  // namespace
 
 WarmUpOptions WeightsWarmUpOptions() {
@@ -368,25 +373,32 @@ WarmUpOptions WeightsWarmUpOptions() {
 
 namespace {
 
-// The warm-up of `ranges`; with a huge-page copy, the checkpoint pages each chunk came from leave
-// this process's page tables once copied (they stay in the page cache), so resident memory is the
-// weights once, and then `relocate` points every view at the copy. Owned conversions are heap
-// memory whose edge pages other objects share: they are not released, and are freed with the
-// weights.
-template <typename Relocate>
-WarmUpResult WarmUpWeights(std::string_view stage, std::vector<MemoryRange> ranges, const Owned& owned,
-                           const WarmUpOptions& options, std::shared_ptr<const ResidentCopy>* resident,
-                           Relocate relocate) {
-  for (MemoryRange& r : ranges) {
-    r.release_after_copy = std::none_of(
-        owned.begin(), owned.end(), [&r](const std::unique_ptr<uint8_t[]>& o) { return o.get() == r.data; });
+// Every linear weight's bytes (codes and scales), and the embedding unless the head aliases it.
+// A range outside the owned conversions may have its pages released once copied; an owned
+// conversion is heap memory whose edge pages other objects share, and is freed with the weights.
+std::vector<MemoryRange> WeightRanges(const DenseWeights& weights) {
+  std::vector<MemoryRange> ranges;
+  AddRanges(weights.lm_head, &ranges);
+  if (weights.embed_tokens != weights.lm_head.data) {
+    ranges.push_back({weights.embed_tokens, weights.lm_head.out_features * weights.lm_head.in_features * 2});
   }
-  WarmUpResult result = WarmUp(stage, std::move(ranges), options);
-  if (result.copy != nullptr) {
-    relocate(*result.copy);
-    *resident = result.copy;
+  for (const AttentionLayerWeights& layer : weights.layers) {
+    for (const LinearWeight* w : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
+      AddRanges(*w, &ranges);
+    }
+    AddRanges(layer.dense_mlp, &ranges);
   }
-  return result;
+  MarkReleasable(weights.owned, &ranges);
+  return ranges;
+}
+
+std::vector<MemoryRange> WeightRanges(const ExpertShardWeights& weights) {
+  std::vector<MemoryRange> ranges;
+  for (const std::vector<MlpWeights>& layer : weights.layers) {
+    for (const MlpWeights& expert : layer) AddRanges(expert, &ranges);
+  }
+  MarkReleasable(weights.owned, &ranges);
+  return ranges;
 }
 
 void RelocateLinear(const ResidentCopy& copy, LinearWeight* w) {
@@ -400,47 +412,123 @@ void RelocateMlp(const ResidentCopy& copy, MlpWeights* m) {
   RelocateLinear(copy, &m->down_proj);
 }
 
+// Points every view WeightRanges covers at `copy`, which then stays alive with the weights.
+void Relocate(std::shared_ptr<const ResidentCopy> copy, DenseWeights& weights) {
+  weights.embed_tokens = copy->Relocate(weights.embed_tokens);
+  RelocateLinear(*copy, &weights.lm_head);
+  for (AttentionLayerWeights& layer : weights.layers) {
+    for (LinearWeight* w : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj})
+      RelocateLinear(*copy, w);
+    if (layer.dense_mlp.gate_proj.data != nullptr) RelocateMlp(*copy, &layer.dense_mlp);
+  }
+  weights.resident = std::move(copy);
+}
+
+void Relocate(std::shared_ptr<const ResidentCopy> copy, ExpertShardWeights& weights) {
+  for (std::vector<MlpWeights>& layer : weights.layers) {
+    for (MlpWeights& expert : layer) RelocateMlp(*copy, &expert);
+  }
+  weights.resident = std::move(copy);
+}
+
+void ReleaseRanges(const std::vector<MemoryRange>& ranges) {
+  for (const MemoryRange& r : ranges) {
+    if (r.release_after_copy) ReleasePagesInside(r.data, r.bytes);
+  }
+}
+
+// The warm-up of `weights`; with a huge-page copy (made now), the checkpoint pages each chunk came
+// from leave this process's page tables once copied (they stay in the page cache), so resident
+// memory is the weights once, and then the views point at the copy.
+template <typename Weights>
+WarmUpResult WarmUpWeights(std::string_view stage, Weights& weights, const WarmUpOptions& options) {
+  WarmUpResult result = WarmUp(stage, WeightRanges(weights), options);
+  if (result.copy != nullptr) Relocate(result.copy, weights);
+  return result;
+}
+
+std::string ShardStage(const ExpertShardWeights& weights) {
+  return absl::StrCat("experts ", weights.first_expert, "-", weights.first_expert + weights.num_experts - 1);
+}
+
 }  // namespace
 
 WarmUpResult PrefaultWeights(DenseWeights& weights, const WarmUpOptions& options) {
-  std::vector<MemoryRange> ranges;
-  AddRanges(weights.lm_head, &ranges);
-  if (weights.embed_tokens != weights.lm_head.data) {
-    ranges.push_back({weights.embed_tokens, weights.lm_head.out_features * weights.lm_head.in_features * 2});
-  }
-  for (const AttentionLayerWeights& layer : weights.layers) {
-    for (const LinearWeight* w : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
-      AddRanges(*w, &ranges);
-    }
-    AddRanges(layer.dense_mlp, &ranges);
-  }
-  return WarmUpWeights(
-      "reading dense weights", std::move(ranges), weights.owned, options, &weights.resident,
-      [&weights](const ResidentCopy& copy) {
-        weights.embed_tokens = copy.Relocate(weights.embed_tokens);
-        RelocateLinear(copy, &weights.lm_head);
-        for (AttentionLayerWeights& layer : weights.layers) {
-          for (LinearWeight* w : {&layer.q_proj, &layer.k_proj, &layer.v_proj, &layer.o_proj}) {
-            RelocateLinear(copy, w);
-          }
-          if (layer.dense_mlp.gate_proj.data != nullptr) RelocateMlp(copy, &layer.dense_mlp);
-        }
-      });
+  return WarmUpWeights("reading dense weights", weights, options);
 }
 
 WarmUpResult PrefaultWeights(ExpertShardWeights& weights, const WarmUpOptions& options) {
-  std::vector<MemoryRange> ranges;
-  for (const std::vector<MlpWeights>& layer : weights.layers) {
-    for (const MlpWeights& expert : layer) AddRanges(expert, &ranges);
-  }
-  return WarmUpWeights(absl::StrCat("reading experts ", weights.first_expert, "-",
-                                    weights.first_expert + weights.num_experts - 1),
-                       std::move(ranges), weights.owned, options, &weights.resident,
-                       [&weights](const ResidentCopy& copy) {
-                         for (std::vector<MlpWeights>& layer : weights.layers) {
-                           for (MlpWeights& expert : layer) RelocateMlp(copy, &expert);
-                         }
-                       });
+  return WarmUpWeights("reading " + ShardStage(weights), weights, options);
+}
+
+// HugePageSwitch
+
+HugePageSwitch::HugePageSwitch(std::string stage, std::vector<MemoryRange> ranges, OnReady on_ready)
+    : ranges_(std::move(ranges)) {
+  // One thread, so serving keeps the cores; the pages are in the page tables already, so the work
+  // is the copy (and the kernel zeroing the arena's huge pages).
+  thread_ = std::thread([this, stage = std::move(stage), on_ready = std::move(on_ready)] {
+    WarmUpOptions options;
+    options.num_threads = 1;
+    options.memory = WeightsMemory::kHugePages;
+    options.stop = &stop_;
+    // The views still point at the source while the worker serves: nothing is released per chunk.
+    std::vector<MemoryRange> ranges = ranges_;
+    for (MemoryRange& r : ranges) r.release_after_copy = false;
+    WarmUpResult result = WarmUp(stage, std::move(ranges), options);
+    if (result.copy == nullptr) return;
+    seconds_ = result.seconds;
+    copy_ = std::move(result.copy);
+    ready_.store(true, std::memory_order_release);
+    if (on_ready) on_ready(*this);
+  });
+}
+
+std::unique_ptr<HugePageSwitch> HugePageSwitch::Start(const DenseWeights& weights, OnReady on_ready) {
+  return std::unique_ptr<HugePageSwitch>(new HugePageSwitch("copying dense weights into huge pages",
+                                                            WeightRanges(weights), std::move(on_ready)));
+}
+
+std::unique_ptr<HugePageSwitch> HugePageSwitch::Start(const ExpertShardWeights& weights, OnReady on_ready) {
+  return std::unique_ptr<HugePageSwitch>(new HugePageSwitch(
+      "copying " + ShardStage(weights) + " into huge pages", WeightRanges(weights), std::move(on_ready)));
+}
+
+HugePageSwitch::~HugePageSwitch() {
+  stop_.store(true, std::memory_order_relaxed);
+  Wait();
+}
+
+void HugePageSwitch::Wait() {
+  if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) thread_.join();
+}
+
+void HugePageSwitch::Apply(DenseWeights& weights) {
+  assert(ready());
+  Relocate(copy_, weights);
+  ReleaseSource();
+}
+
+std::shared_ptr<const ExpertShardWeights> HugePageSwitch::Relocated(
+    std::shared_ptr<const ExpertShardWeights> weights) const {
+  assert(ready());
+  // The copy's views: owned conversions were copied too, so nothing points into `weights` any
+  // more; it is kept alive with the copy all the same, for whatever it owns.
+  struct Holder {
+    ExpertShardWeights copy;
+    std::shared_ptr<const ExpertShardWeights> source;
+  };
+  auto holder = std::make_shared<Holder>();
+  holder->copy.first_expert = weights->first_expert;
+  holder->copy.num_experts = weights->num_experts;
+  holder->copy.layers = weights->layers;
+  Relocate(copy_, holder->copy);
+  holder->source = std::move(weights);
+  return std::shared_ptr<const ExpertShardWeights>(holder, &holder->copy);
+}
+
+void HugePageSwitch::ReleaseSource() const {
+  ReleaseRanges(ranges_);
 }
 
 }  // namespace moe::model

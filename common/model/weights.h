@@ -8,8 +8,12 @@
 #ifndef MOE_COMMON_MODEL_WEIGHTS_H_
 #define MOE_COMMON_MODEL_WEIGHTS_H_
 
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -82,13 +86,69 @@ WarmUpOptions WeightsWarmUpOptions();
 // Brings every byte the linear weights view into memory and into this process's page tables now,
 // with several threads (weight_warmup.h), so the first request that routes to a cold expert does
 // not wait on the disk, and resident memory is what the worker will use: all dense weights, or
-// exactly the shard's experts. With WeightsMemory::kHugePages the bytes are copied into a
+// exactly the shard's experts. With either huge-page choice the bytes are copied now into a
 // huge-page arena (`resident`) and the views repointed there, so call this before anything keeps a
-// pointer into the weights. Reports progress in bytes to the load-progress sink; returns what it
-// read and how fast.
+// pointer into the weights (a worker that serves before the copy is made uses kMapped here, then
+// HugePageSwitch). Reports progress in bytes to the load-progress sink; returns what it read and
+// how fast.
 WarmUpResult PrefaultWeights(DenseWeights& weights, const WarmUpOptions& options = WeightsWarmUpOptions());
 WarmUpResult PrefaultWeights(ExpertShardWeights& weights,
                              const WarmUpOptions& options = WeightsWarmUpOptions());
+
+// MOE_WEIGHTS_MEMORY=huge_pages: the huge-page copy made while the worker already serves. The
+// weights are faulted in place first (PrefaultWeights with kMapped), so no request waits on the
+// disk; one background thread then copies them into a huge-page arena, and the owner switches its
+// views over at a point of its choosing (docs/operations.md#loading-the-weights):
+//   - the engine between two steps, in place (Apply(DenseWeights&));
+//   - an expert block, which serves rounds concurrently, by swapping in a relocated snapshot
+//     (Relocated, then ReleaseSource) that each round takes at its start.
+// After the switch the source pages leave the page tables (ReleaseSource): a reader still on the
+// old views faults them back in from the page cache, so it is slow, never wrong.
+//
+// Thread safety: ready() from any thread; the rest from the owner's thread, except `on_ready`,
+// which runs on the copying thread.
+class HugePageSwitch {
+ public:
+  using OnReady = std::function<void(HugePageSwitch&)>;
+  // Starts copying every linear weight of `weights` (the ranges PrefaultWeights covers). `weights`
+  // must stay where it is until the switch is applied or destroyed. `on_ready`, if any, runs on
+  // the copying thread once the copy is complete (never when it was stopped or could not be made).
+  static std::unique_ptr<HugePageSwitch> Start(const DenseWeights& weights, OnReady on_ready = {});
+  static std::unique_ptr<HugePageSwitch> Start(const ExpertShardWeights& weights, OnReady on_ready = {});
+  HugePageSwitch(const HugePageSwitch&) = delete;
+  HugePageSwitch& operator=(const HugePageSwitch&) = delete;
+  // Stops a copy still running (after the chunk in hand) and waits for the thread.
+  ~HugePageSwitch();
+
+  // The copy is complete. Stays false when the arena could not be allocated (logged on stderr;
+  // the worker serves from the mapping).
+  bool ready() const { return ready_.load(std::memory_order_acquire); }
+  // Waits until the copying thread is done (ready, or no copy): a benchmark's steady state. Not
+  // from `on_ready`.
+  void Wait();
+  // Seconds the copy took (once ready).
+  double seconds() const { return seconds_; }
+
+  // Once ready(): points the views of `weights` (those given to Start) at the copy, then releases
+  // the source. Only where nothing reads the views.
+  void Apply(DenseWeights& weights);
+  // Once ready(): new weights equal to `weights` (those given to Start) but for views into the
+  // copy; `weights` stays alive with them.
+  std::shared_ptr<const ExpertShardWeights> Relocated(
+      std::shared_ptr<const ExpertShardWeights> weights) const;
+  // Drops the source's pages from the page tables (those outside owned conversions).
+  void ReleaseSource() const;
+
+ private:
+  HugePageSwitch(std::string stage, std::vector<MemoryRange> ranges, OnReady on_ready);
+
+  const std::vector<MemoryRange> ranges_;  // the source, release_after_copy set where it may go
+  std::atomic<bool> stop_{false};
+  std::atomic<bool> ready_{false};
+  std::shared_ptr<const ResidentCopy> copy_;  // written before ready_
+  double seconds_ = 0;                        // written before ready_
+  std::thread thread_;                        // last: starts once the rest is initialized
+};
 
 }  // namespace moe::model
 

@@ -462,6 +462,31 @@ TEST(EngineTest, ReplicatedExpertsFailOverWithoutChangingTheOutputs) {
 
 // Ping-pong micro-batches (docs/architecture.md#micro-batches): two micro-batches, on one shard,
 // three shards or two shards with two copies each, give the bits of one micro-batch on one shard.
+// MOE_WEIGHTS_MEMORY=huge_pages (the default where transparent huge pages are on) serves from the
+// mapping until the background copies are made, then switches between two forward passes: the
+// logits are bit-identical on either side of the switch, and after it the dense weights and every
+// expert shard are in their huge-page copies. (With the variable set to `mapped` there is nothing
+// to switch: then only the first half holds.)
+TEST(EngineTest, TheSwitchIntoHugePagesChangesNoLogit) {
+  for (const std::string dtype : {"bf16", "fp8"}) {
+    auto engine = MakeEngine(dtype, {}, /*shards=*/2);
+    ASSERT_NE(engine, nullptr);
+    const std::vector<int32_t> prompt = PseudoRandomPrompt(21, 5);
+    absl::StatusOr<std::vector<float>> before = engine->PromptLogits(prompt);
+    ASSERT_TRUE(before.ok()) << before.status();
+    engine->WaitForHugePages();
+    absl::StatusOr<std::vector<float>> after = engine->PromptLogits(prompt);
+    ASSERT_TRUE(after.ok()) << after.status();
+    EXPECT_TRUE(BitEqual(*before, *after)) << dtype;
+    if (model::WeightsMemoryFromEnv() != model::WeightsMemory::kHugePages) continue;
+    EXPECT_NE(engine->dense_weights().resident, nullptr) << dtype;
+    ASSERT_NE(engine->embedded_experts(), nullptr);
+    for (const auto& block : engine->embedded_experts()->blocks()) {
+      EXPECT_TRUE(block->home_in_huge_pages()) << dtype << " experts from " << block->first_expert();
+    }
+  }
+}
+
 TEST(EngineTest, TwoMicroBatchesGiveTheSameOutputsAsOne) {
   EngineOptions two;
   two.micro_batches = 2;

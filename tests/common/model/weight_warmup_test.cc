@@ -4,6 +4,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -153,10 +154,60 @@ TEST(WeightWarmupTest, HugePagesCopyEachRangeAtItsPageOffsetAndReleaseOnlyTheMar
 }
 
 TEST(WeightWarmupTest, WeightsMemoryNamesAndEnvironmentChoice) {
-  EXPECT_STREQ(WeightsMemoryName(WeightsMemory::kMapped), "mapped");
-  EXPECT_STREQ(WeightsMemoryName(WeightsMemory::kHugePages), "huge_pages");
-  // Whatever MOE_WEIGHTS_MEMORY says, the choice is one of the two and stable.
+  for (const WeightsMemory m :
+       {WeightsMemory::kMapped, WeightsMemory::kHugePages, WeightsMemory::kHugePagesAtLoad}) {
+    EXPECT_EQ(ParseWeightsMemory(WeightsMemoryName(m)), m) << WeightsMemoryName(m);
+  }
+  EXPECT_STREQ(WeightsMemoryName(WeightsMemory::kHugePagesAtLoad), "huge_pages_at_load");
+  // auto is what the machine supports, never the copy before serving.
+  ASSERT_TRUE(ParseWeightsMemory("auto").has_value());
+  EXPECT_NE(ParseWeightsMemory("auto"), WeightsMemory::kHugePagesAtLoad);
+  EXPECT_EQ(ParseWeightsMemory("hugepages"), std::nullopt);
+  EXPECT_EQ(ParseWeightsMemory(""), std::nullopt);
+  // Whatever MOE_WEIGHTS_MEMORY says, the choice is stable.
   EXPECT_EQ(WeightsMemoryFromEnv(), WeightsMemoryFromEnv());
+}
+
+// A copy whose owner goes away stops: set before it starts, nothing is copied, nothing is
+// returned to point into, and no progress is reported as if it had finished.
+TEST(WeightWarmupTest, StopSkipsTheRemainingChunksAndReturnsNoCopy) {
+  testing::TempDir dir;
+  MappedFile file(dir, 64);
+  std::vector<LoadProgress> reports;
+  SetLoadProgressSink([&reports](const LoadProgress& p) { reports.push_back(p); });
+  const std::atomic<bool> stop{true};
+  const WarmUpResult stopped = WarmUp(
+      "test", {{file.data(), file.bytes()}},
+      WarmUpOptions{
+          .num_threads = 2, .chunk_bytes = 4 * kPage, .memory = WeightsMemory::kHugePages, .stop = &stop});
+  EXPECT_TRUE(stopped.stopped);
+  EXPECT_EQ(stopped.copy, nullptr);
+  const std::atomic<bool> go{false};
+  const WarmUpResult quiet = WarmUp("test", {{file.data(), file.bytes()}},
+                                    WarmUpOptions{.num_threads = 2,
+                                                  .chunk_bytes = 4 * kPage,
+                                                  .memory = WeightsMemory::kHugePagesAtLoad,
+                                                  .stop = &go,
+                                                  .report_progress = false});
+  SetLoadProgressSink(nullptr);
+  EXPECT_TRUE(reports.empty()) << reports.size() << " reports, the first: " << FormatLoadProgress(reports[0]);
+  EXPECT_FALSE(quiet.stopped);
+  ASSERT_NE(quiet.copy, nullptr) << "huge_pages_at_load copies like huge_pages";
+  EXPECT_EQ(*quiet.copy->Relocate(file.data() + 9 * kPage), 9);
+}
+
+// Only the whole pages inside a range leave the page tables; its edge pages stay.
+TEST(WeightWarmupTest, ReleasePagesInsideKeepsTheEdgePages) {
+  testing::TempDir dir;
+  MappedFile file(dir, 32);
+  const uint8_t* base = file.data();
+  WarmUp("test", {{base, file.bytes()}}, WarmUpOptions{.num_threads = 1, .report_progress = false});
+  const int64_t before = MappingRssBytes(base);
+  ASSERT_GE(before, 32 * kPage);
+  ReleasePagesInside(base + 100, 20 * kPage);  // pages 1-19 are inside; 0 and 20 are edges
+  const int64_t after = MappingRssBytes(base);
+  EXPECT_EQ(before - after, 19 * kPage);
+  EXPECT_EQ(base[7 * kPage], 7) << "a released page faults back in from the page cache";
 }
 
 TEST(WeightWarmupTest, ReportsBytesUpToTheTotalAndEndsWithTheTotal) {

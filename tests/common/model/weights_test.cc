@@ -1,5 +1,6 @@
 #include "common/model/weights.h"
 
+#include <atomic>
 #include <cctype>
 #include <cstring>
 #include <fstream>
@@ -220,6 +221,65 @@ TEST(WeightsTest, HugePagePrefaultMovesEveryLinearWeightAndKeepsItsBytes) {
       EXPECT_EQ(e.copy->Relocate(w->scale_inv), w->scale_inv);
     }
   }
+}
+
+// The background switch: the weights are served from the mapping meanwhile, then the dense views
+// are repointed in place and the expert views come as a new snapshot; the bytes do not change and
+// the source the old snapshot owns stays alive with the new one.
+TEST(WeightsTest, HugePageSwitchRepointsTheViewsOnceTheCopyIsMade) {
+  TempDir dir;
+  const ModelConfig config = Fp8Config();
+  auto ck = Write(dir, testing::ModelTensors(config, /*fp8=*/true, DType::kBF16));
+  absl::StatusOr<std::unique_ptr<DenseWeights>> dense = LoadDenseWeights(*ck, config);
+  absl::StatusOr<std::unique_ptr<ExpertShardWeights>> loaded = LoadExpertShard(*ck, config, 1, 2);
+  ASSERT_TRUE(dense.ok() && loaded.ok());
+  PrefaultWeights(**dense, WarmUpOptions{.memory = WeightsMemory::kMapped});
+  PrefaultWeights(**loaded, WarmUpOptions{.memory = WeightsMemory::kMapped});
+  const std::vector<uint8_t> dense_bytes = LinearBytes(DenseLinears(**dense));
+  const std::vector<uint8_t> expert_bytes = LinearBytes(ExpertLinears(**loaded));
+  const void* q_before = (*dense)->layers[0].q_proj.data;
+  const bf16* norm_before = (*dense)->final_norm;
+
+  std::unique_ptr<HugePageSwitch> dense_switch = HugePageSwitch::Start(**dense);
+  dense_switch->Wait();
+  ASSERT_TRUE(dense_switch->ready());
+  EXPECT_EQ((*dense)->layers[0].q_proj.data, q_before) << "nothing moves until Apply";
+  dense_switch->Apply(**dense);
+  ASSERT_NE((*dense)->resident, nullptr);
+  EXPECT_EQ((*dense)->layers[0].q_proj.data, (*dense)->resident->Relocate(q_before));
+  EXPECT_NE((*dense)->layers[0].q_proj.data, q_before);
+  EXPECT_EQ((*dense)->final_norm, norm_before);
+  EXPECT_EQ(LinearBytes(DenseLinears(**dense)), dense_bytes);
+  dense_switch.reset();
+  EXPECT_EQ(LinearBytes(DenseLinears(**dense)), dense_bytes) << "the copy outlives the switch";
+
+  std::shared_ptr<const ExpertShardWeights> shard = *std::move(loaded);
+  std::atomic<int> called{0};
+  std::unique_ptr<HugePageSwitch> expert_switch =
+      HugePageSwitch::Start(*shard, [&called](HugePageSwitch&) { called.fetch_add(1); });
+  expert_switch->Wait();
+  ASSERT_TRUE(expert_switch->ready());
+  EXPECT_EQ(called.load(), 1);
+  std::shared_ptr<const ExpertShardWeights> relocated = expert_switch->Relocated(shard);
+  expert_switch->ReleaseSource();
+  ASSERT_NE(relocated->resident, nullptr);
+  EXPECT_EQ(relocated->first_expert, 1);
+  EXPECT_EQ(relocated->num_experts, 2);
+  const std::vector<const LinearWeight*> old_views = ExpertLinears(*shard);
+  const std::vector<const LinearWeight*> new_views = ExpertLinears(*relocated);
+  ASSERT_EQ(old_views.size(), new_views.size());
+  for (size_t i = 0; i < new_views.size(); ++i) {
+    EXPECT_EQ(new_views[i]->data, relocated->resident->Relocate(old_views[i]->data));
+    EXPECT_NE(new_views[i]->data, old_views[i]->data);
+    EXPECT_EQ(new_views[i]->scale_inv, relocated->resident->Relocate(old_views[i]->scale_inv));
+  }
+  EXPECT_EQ(LinearBytes(new_views), expert_bytes);
+  EXPECT_EQ(LinearBytes(old_views), expert_bytes) << "released pages fault back in from the page cache";
+  std::weak_ptr<const ExpertShardWeights> source = shard;
+  shard.reset();
+  EXPECT_FALSE(source.expired()) << "the relocated snapshot keeps its source alive";
+  relocated.reset();
+  EXPECT_TRUE(source.expired());
 }
 
 TEST(WeightsTest, MappedPrefaultLeavesTheViewsWhereTheyAre) {
