@@ -272,10 +272,9 @@ int Main(int argc, char** argv) {
               model_dir.c_str(), device->ToString().c_str(), static_cast<long long>(config.num_hidden_layers),
               static_cast<long long>(config.hidden_size), static_cast<long long>(config.num_experts),
               kernels::cpu::KernelIsa(), kernels::cpu::ThreadPool::Global().num_threads());
-  std::printf(
-      "load + first forward: %.1f s, then %.1f s more until the weights were in %s memory, peak RSS "
-      "%.2f GiB\n",
-      load_s, switch_s, model::WeightsMemoryName(model::WeightsMemoryFromEnv()), rss_after_load);
+  std::printf("load + first forward: %.1f s, peak RSS %.2f GiB\n", load_s, rss_after_load);
+  std::printf("weights memory: %s, %.1f s more until switched to\n",
+              model::WeightsMemoryName(model::WeightsMemoryFromEnv()), switch_s);
   const double memcpy_gbs = bw.copy_gbs / 2;
   std::printf(
       "memcpy rate (bytes copied): %.1f GB/s, copy traffic (read+write): %.1f GB/s, "

@@ -48,6 +48,10 @@ EmbeddedExperts::~EmbeddedExperts() {
   for (auto& server : servers_) server->Stop();
 }
 
+void EmbeddedExperts::SwitchToHugePagesInBackground() {
+  for (auto& block : blocks_) block->SwitchToHugePagesInBackground();
+}
+
 void EmbeddedExperts::WaitForHugePages() {
   for (auto& block : blocks_) block->WaitForHugePages();
 }

@@ -60,7 +60,9 @@ class EmbeddedExperts {
   // that read ExpertBlock directly.
   const std::vector<std::unique_ptr<ExpertBlock>>& blocks() const { return blocks_; }
 
-  // Waits until every CPU block's background switch into huge pages is done (ExpertBlock).
+  // Starts every CPU block's background switch into huge pages (ExpertBlock; the engine decides
+  // when), and waits until they are done.
+  void SwitchToHugePagesInBackground();
   void WaitForHugePages();
 
   // Makes worker `worker` unreachable, as if it died: later dispatches to it fail with UNAVAILABLE.

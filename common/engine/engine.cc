@@ -58,12 +58,18 @@ absl::Status Engine::LoadDense(const std::string& model_dir) {
   // would only hold a second copy of what the device reads.
   model::WarmUpOptions warm_up = model::WeightsWarmUpOptions();
   if (options_.device.is_cuda()) warm_up.memory = model::WeightsMemory::kMapped;
-  // huge_pages: serve from the mapping at once; Forward switches to the copy once it is made.
-  const bool background = warm_up.memory == model::WeightsMemory::kHugePages;
-  if (background) warm_up.memory = model::WeightsMemory::kMapped;
+  // huge_pages: serve from the mapping at once, copy in the background (StartHugePageSwitch).
+  huge_pages_in_background_ = warm_up.memory == model::WeightsMemory::kHugePages;
+  if (huge_pages_in_background_) warm_up.memory = model::WeightsMemory::kMapped;
   model::PrefaultWeights(*dense_, warm_up);
-  if (background) dense_huge_pages_ = model::HugePageSwitch::Start(*dense_);
   return absl::OkStatus();
+}
+
+void Engine::StartHugePageSwitch() {
+  if (!huge_pages_in_background_ || huge_pages_started_) return;
+  huge_pages_started_ = true;
+  dense_huge_pages_ = model::HugePageSwitch::Start(*dense_);
+  if (embedded_experts_ != nullptr) embedded_experts_->SwitchToHugePagesInBackground();
 }
 
 absl::Status Engine::Forward(uint64_t step, std::span<const BatchSegment> segments,
@@ -73,10 +79,14 @@ absl::Status Engine::Forward(uint64_t step, std::span<const BatchSegment> segmen
     dense_huge_pages_->Apply(*dense_);
     dense_huge_pages_.reset();
   }
-  return attention_->Forward(step, segments, logits);
+  absl::Status status = attention_->Forward(step, segments, logits);
+  // Not before: on a small machine the copying thread would slow the first answer down.
+  StartHugePageSwitch();
+  return status;
 }
 
 void Engine::WaitForHugePages() {
+  StartHugePageSwitch();
   if (dense_huge_pages_ != nullptr) {
     dense_huge_pages_->Wait();
     if (dense_huge_pages_->ready()) dense_huge_pages_->Apply(*dense_);

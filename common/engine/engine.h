@@ -173,8 +173,13 @@ class Engine {
   const std::vector<float>& last_step_logits() const { return step_logits_; }
 
   // MOE_WEIGHTS_MEMORY=huge_pages copies the weights into huge pages in the background while the
-  // engine serves from the mapping (model::HugePageSwitch); this waits until the copies are made
-  // and switched to (the dense weights here, the embedded experts' own switches): a benchmark's
+  // engine serves from the mapping (model::HugePageSwitch): the dense weights here, switched
+  // between two forward passes, and the embedded experts' shards. The copy starts after the first
+  // forward pass (so it does not slow the first answer of a one-shot command), or here, earlier:
+  // a service calls this once loaded, to have it done before its traffic comes. A no-op for the
+  // other choices and once started.
+  void StartHugePageSwitch();
+  // Starts the copies if need be and waits until they are made and switched to: a benchmark's
   // steady state. Between two Step()s, like the other calls.
   void WaitForHugePages();
 
@@ -217,6 +222,8 @@ class Engine {
   std::unique_ptr<model::DenseWeights> dense_;
   // The dense weights' huge-page copy while it is made (null once applied, or when not asked for).
   std::unique_ptr<model::HugePageSwitch> dense_huge_pages_;
+  bool huge_pages_in_background_ = false;  // MOE_WEIGHTS_MEMORY=huge_pages on a cpu engine
+  bool huge_pages_started_ = false;
   std::unique_ptr<EmbeddedExperts> embedded_experts_;
   std::unique_ptr<MoeDispatcher> dispatcher_;
 

@@ -20,14 +20,14 @@ ExpertBlock::ExpertBlock(const model::ModelConfig& config, std::unique_ptr<model
       weights_(std::move(weights)) {}
 
 std::unique_ptr<ExpertBlock> LoadExpertBlock(const model::ModelConfig& config,
-                                             std::unique_ptr<model::ExpertShardWeights> weights) {
+                                             std::unique_ptr<model::ExpertShardWeights> weights,
+                                             bool* in_background) {
   model::WarmUpOptions options = model::WeightsWarmUpOptions();
   const bool background = options.memory == model::WeightsMemory::kHugePages;
   if (background) options.memory = model::WeightsMemory::kMapped;
   model::PrefaultWeights(*weights, options);
-  auto block = std::make_unique<ExpertBlock>(config, std::move(weights));
-  if (background) block->SwitchToHugePagesInBackground();
-  return block;
+  if (in_background != nullptr) *in_background = background;
+  return std::make_unique<ExpertBlock>(config, std::move(weights));
 }
 
 void ExpertBlock::SwitchToHugePagesInBackground() {

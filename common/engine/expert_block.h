@@ -121,9 +121,11 @@ class ExpertBlock : public ExpertCompute {
 
 // An expert block serving `weights` on the CPU, in the memory MOE_WEIGHTS_MEMORY chooses
 // (model::WeightsMemoryFromEnv): faulted in, and copied into huge pages now (huge_pages_at_load)
-// or in the background once it serves (huge_pages).
+// or, with huge_pages, in the background from when the owner calls
+// SwitchToHugePagesInBackground (`*in_background` tells it to; may be null).
 std::unique_ptr<ExpertBlock> LoadExpertBlock(const model::ModelConfig& config,
-                                             std::unique_ptr<model::ExpertShardWeights> weights);
+                                             std::unique_ptr<model::ExpertShardWeights> weights,
+                                             bool* in_background = nullptr);
 
 }  // namespace moe::engine
 

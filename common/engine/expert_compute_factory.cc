@@ -148,7 +148,11 @@ absl::StatusOr<std::unique_ptr<ExpertCompute>> CreateExpertCompute(
     const kernels::DeviceSpec& device) {
   RETURN_IF_ERROR(CheckComputeDevice(device));
   if (!device.is_cuda()) {
-    return LoadExpertBlock(config, std::move(weights));
+    // An expert worker: the copy starts once loaded, to be done before its traffic comes.
+    bool in_background = false;
+    std::unique_ptr<ExpertBlock> block = LoadExpertBlock(config, std::move(weights), &in_background);
+    if (in_background) block->SwitchToHugePagesInBackground();
+    return block;
   }
 #if MOE_HAVE_CUDA
   absl::StatusOr<std::unique_ptr<ExpertCompute>> block =

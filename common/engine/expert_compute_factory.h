@@ -35,8 +35,9 @@ absl::Status CheckComputeDevice(const kernels::DeviceSpec& device, absl::string_
 absl::StatusOr<std::unique_ptr<transport::NcclApi>> CreateNcclApi(const kernels::DeviceSpec& device,
                                                                   absl::string_view flag = "--transport");
 
-// One shard's expert compute on `device`. cpu: prefaults `weights` and wraps them in an
-// ExpertBlock. cuda:N: uploads them to device N (CudaExpertBlock) and releases the host copy.
+// One shard's expert compute on `device`, for an expert worker. cpu: an ExpertBlock
+// (LoadExpertBlock), whose background copy into huge pages, if MOE_WEIGHTS_MEMORY asks for one,
+// starts at once. cuda:N: uploads them to device N (CudaExpertBlock) and releases the host copy.
 // CheckComputeDevice's errors, and the upload's (RESOURCE_EXHAUSTED when the shard does not fit).
 absl::StatusOr<std::unique_ptr<ExpertCompute>> CreateExpertCompute(
     const model::ModelConfig& config, std::unique_ptr<model::ExpertShardWeights> weights,

@@ -470,6 +470,7 @@ HugePageSwitch::HugePageSwitch(std::string stage, std::vector<MemoryRange> range
   thread_ = std::thread([this, stage = std::move(stage), on_ready = std::move(on_ready)] {
     WarmUpOptions options;
     options.num_threads = 1;
+    options.chunk_bytes = int64_t{16} << 20;  // how long a stop may wait: one chunk
     options.memory = WeightsMemory::kHugePages;
     options.stop = &stop_;
     // The views still point at the source while the worker serves: nothing is released per chunk.

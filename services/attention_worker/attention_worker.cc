@@ -90,6 +90,8 @@ absl::StatusOr<std::unique_ptr<AttentionWorker>> AttentionWorker::Create(
   ASSIGN_OR_RETURN(worker->engine_, engine::Engine::CreateAttentionWorker(
                                         options.model_dir, options.engine, worker->transport(),
                                         std::move(placement), nccl ? nullptr : worker->liveness_.get()));
+  // A service: the weights' copy into huge pages (if any) starts now, to be done before traffic.
+  worker->engine_->StartHugePageSwitch();
   ExpertConnectorOptions& connector = worker->options_.connector;
   connector.expert_addresses = options.expert_addresses;
   connector.expert_addresses.insert(connector.expert_addresses.end(),
