@@ -1,8 +1,5 @@
 #include "common/model/weights.h"
 
-#include <sys/mman.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cassert>
 #include <cstring>
@@ -61,15 +58,6 @@ float LoadAsFloat(DType dtype, const uint8_t* src, int64_t i) {
   }
 }
 
-// After a conversion the worker reads only the converted copy: drop the source's pages from this
-// process's page tables (they stay in the page cache, and fault back in if something reads them
-// again), so a converted tensor is resident once, not once per dtype. Only pages wholly inside the
-// source go; those it shares with neighbouring tensors stay. The checkpoint is mapped read-only and
-// private, never written, so nothing is lost.
-void ReleaseSourcePages(const uint8_t* src, int64_t bytes) {
-  ReleasePagesInside(src, bytes);
-}
-
 bool IsFloatDType(DType d) {
   return d == DType::kF32 || d == DType::kF16 || d == DType::kBF16;
 }
@@ -86,7 +74,9 @@ absl::StatusOr<const bf16*> Bf16Data(const Part& p, int64_t count, Owned* owned)
   auto buffer = std::make_unique<uint8_t[]>(static_cast<size_t>(count) * sizeof(bf16));
   auto* dst = reinterpret_cast<bf16*>(buffer.get());
   for (int64_t i = 0; i < count; ++i) dst[i] = FloatToBF16(LoadAsFloat(p.view.dtype, src, i));
-  ReleaseSourcePages(src, count * static_cast<int64_t>(DTypeSize(p.view.dtype)));
+  // The worker reads only the converted copy: the source's pages leave the page tables (they stay in
+  // the page cache; the mapping is read-only and private), so the tensor is resident once.
+  ReleasePagesInside(src, count * static_cast<int64_t>(DTypeSize(p.view.dtype)));
   owned->push_back(std::move(buffer));
   return dst;
 }
@@ -102,7 +92,7 @@ absl::StatusOr<const float*> F32Data(const Part& p, int64_t count, Owned* owned)
   auto buffer = std::make_unique<uint8_t[]>(static_cast<size_t>(count) * sizeof(float));
   auto* dst = reinterpret_cast<float*>(buffer.get());
   for (int64_t i = 0; i < count; ++i) dst[i] = LoadAsFloat(p.view.dtype, src, i);
-  ReleaseSourcePages(src, count * static_cast<int64_t>(DTypeSize(p.view.dtype)));
+  ReleasePagesInside(src, count * static_cast<int64_t>(DTypeSize(p.view.dtype)));
   owned->push_back(std::move(buffer));
   return dst;
 }
@@ -478,7 +468,6 @@ HugePageSwitch::HugePageSwitch(std::string stage, std::vector<MemoryRange> range
     for (MemoryRange& r : ranges) r.release_after_copy = false;
     WarmUpResult result = WarmUp(stage, std::move(ranges), options);
     if (result.copy == nullptr) return;
-    seconds_ = result.seconds;
     copy_ = std::move(result.copy);
     ready_.store(true, std::memory_order_release);
     if (on_ready) on_ready(*this);

@@ -126,8 +126,6 @@ class HugePageSwitch {
   // Waits until the copying thread is done (ready, or no copy): a benchmark's steady state. Not
   // from `on_ready`.
   void Wait();
-  // Seconds the copy took (once ready).
-  double seconds() const { return seconds_; }
 
   // Once ready(): points the views of `weights` (those given to Start) at the copy, then releases
   // the source. Only where nothing reads the views.
@@ -146,7 +144,6 @@ class HugePageSwitch {
   std::atomic<bool> stop_{false};
   std::atomic<bool> ready_{false};
   std::shared_ptr<const ResidentCopy> copy_;  // written before ready_
-  double seconds_ = 0;                        // written before ready_
   std::thread thread_;                        // last: starts once the rest is initialized
 };
 
